@@ -1,0 +1,5 @@
+"""Allow ``python -m fleetci``."""
+
+from fleetci.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,329 @@
+"""The caching engine behind ``fleetci cache serve`` and the in-process API.
+
+Order of business for a GET: fresh local entry -> join an identical in-flight request -> (rate-limited?
+serve stale) -> conditional request upstream (a 304 is free) -> store. Anything else passes through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from fleetci.cache.policy import (
+    TTLPolicy,
+    cache_key,
+    normalize_target,
+    response_is_storable,
+    scope_of,
+    wants_revalidation,
+)
+from fleetci.cache.ratelimit import RateLimitTracker
+from fleetci.cache.store import CacheStore, Entry, Headers
+from fleetci.config import CacheSettings
+from fleetci.http import HOP_BY_HOP, AsyncUpstream, UpstreamError, UpstreamResponse, forwardable
+
+CACHE_HEADER = "X-Fleetci-Cache"
+MAX_STORED_BODY = 16 * 1024 * 1024
+DROP_FROM_STORED = HOP_BY_HOP | {"x-fleetci-cache", "set-cookie"}
+CONDITIONAL = {"if-none-match", "if-modified-since", "cache-control", "pragma"}
+
+
+class Outcome:
+    HIT = "HIT"
+    PEER = "PEER"
+    REVALIDATED = "REVALIDATED"
+    MISS = "MISS"
+    COALESCED = "COALESCED"
+    STALE = "STALE"
+    BYPASS = "BYPASS"
+
+
+@dataclass(frozen=True)
+class ProxyResponse:
+    status: int
+    headers: Headers
+    body: bytes
+    outcome: str
+
+
+@dataclass
+class Counters:
+    requests: int = 0
+    local_hits: int = 0
+    peer_hits: int = 0
+    misses: int = 0
+    revalidations: int = 0
+    coalesced: int = 0
+    stale_served: int = 0
+    bypassed: int = 0
+    upstream_errors: int = 0
+    rate_limited: int = 0
+    upstream_requests: int = 0
+    started_at: float = field(default_factory=time.time)
+
+    def count(self, outcome: str) -> None:
+        name = {
+            Outcome.HIT: "local_hits",
+            Outcome.PEER: "peer_hits",
+            Outcome.REVALIDATED: "revalidations",
+            Outcome.MISS: "misses",
+            Outcome.COALESCED: "coalesced",
+            Outcome.STALE: "stale_served",
+            Outcome.BYPASS: "bypassed",
+        }[outcome]
+        setattr(self, name, getattr(self, name) + 1)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A GET/HEAD after normalization: where it lives in the cache and for how long."""
+
+    scope: str
+    target: str
+    key: str
+    ttl_class: str
+    ttl: int
+
+
+def _lower(headers: Sequence[tuple[str, str]]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers}
+
+
+def _etag_matches(client_inm: str, etag: str | None) -> bool:
+    if not etag:
+        return False
+    if client_inm.strip() == "*":
+        return True
+    strip = lambda t: t.strip().removeprefix("W/")  # noqa: E731 - weak comparison, as GitHub does
+    return strip(etag) in {strip(t) for t in client_inm.split(",")}
+
+
+class CacheEngine:
+    """Transport-independent cache logic; one per proxy process."""
+
+    def __init__(
+        self,
+        settings: CacheSettings,
+        store: CacheStore | None = None,
+        upstream: AsyncUpstream | None = None,
+    ) -> None:
+        self.settings = settings
+        self.policy = TTLPolicy.build(settings.ttl_rules, settings.default_ttl)
+        self.store = store or CacheStore(settings.db_path, settings.max_entries, settings.max_bytes)
+        self.upstream = upstream or AsyncUpstream(settings.upstream, settings.upstream_timeout)
+        self.limits = RateLimitTracker(settings.max_concurrency)
+        self.counters = Counters()
+        self.connected_peers = 0
+        self._inflight: dict[str, asyncio.Future[ProxyResponse]] = {}
+
+    # -- classification ------------------------------------------------------------------------------
+    def prepare(self, target: str, headers: dict[str, str]) -> Prepared:
+        norm = normalize_target(target, self.upstream.base_path)
+        ttl_class, ttl = self.policy.classify(norm)
+        scope = scope_of(headers.get("authorization"))
+        return Prepared(scope, norm, cache_key(scope, norm, headers), ttl_class, ttl)
+
+    def lookup_fresh(self, key: str, now: float | None = None) -> Entry | None:
+        """In-process fast path: a fresh entry or None, no I/O when the memory tier has it."""
+        now = time.time() if now is None else now
+        entry = self.store.peek(key) or self.store.get(key)
+        if entry is not None and entry.is_fresh(now):
+            return entry
+        return None
+
+    # -- main entry point ----------------------------------------------------------------------------
+    async def handle(
+        self, method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes | None = None
+    ) -> ProxyResponse:
+        self.counters.requests += 1
+        lower = _lower(headers)
+        method = method.upper()
+        if method not in ("GET", "HEAD"):
+            return await self._passthrough(method, target, headers, lower, body)
+        prep = self.prepare(target, lower)
+        if prep.ttl <= 0:
+            return await self._passthrough("GET", target, headers, lower, None)
+        now = time.time()
+        force = wants_revalidation(lower)
+        entry = self.store.get(prep.key)
+        if entry is not None and entry.is_fresh(now) and not force:
+            self.counters.count(Outcome.HIT)
+            return self._finish(self._from_entry(entry, Outcome.HIT, prep.scope), lower)
+        pending = self._inflight.get(prep.key)
+        if pending is not None:
+            shared = await asyncio.shield(pending)
+            self.counters.count(Outcome.COALESCED)
+            return self._finish(replace(shared, outcome=Outcome.COALESCED), lower)
+        future: asyncio.Future[ProxyResponse] = asyncio.get_running_loop().create_future()
+        self._inflight[prep.key] = future
+        try:
+            result = await self._fetch(prep, headers, entry)
+            future.set_result(result)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it, nobody else must log it
+            raise
+        finally:
+            del self._inflight[prep.key]
+        self.counters.count(result.outcome)
+        return self._finish(result, lower)
+
+    async def _fetch(self, prep: Prepared, headers: Sequence[tuple[str, str]], entry: Entry | None) -> ProxyResponse:
+        now = time.time()
+        usable_stale = entry if entry is not None and now - entry.fresh_until <= self.settings.max_stale else None
+        wait = self.limits.blocked_for(prep.scope, now)
+        if wait > 0:
+            self.counters.rate_limited += 1
+            if usable_stale is not None:
+                return self._from_entry(usable_stale, Outcome.STALE, prep.scope)
+            return self._limited_response(prep.scope, wait)
+        fwd = [(k, v) for k, v in headers if k.lower() not in CONDITIONAL]
+        if entry is not None:
+            if entry.etag:
+                fwd.append(("If-None-Match", entry.etag))
+            if entry.last_modified:
+                fwd.append(("If-Modified-Since", entry.last_modified))
+        else:
+            fwd += [(k, v) for k, v in headers if k.lower() in ("if-none-match", "if-modified-since")]
+        try:
+            async with self.limits.semaphore(prep.scope):
+                self.counters.upstream_requests += 1
+                up = await self.upstream.request("GET", prep.target, fwd)
+        except UpstreamError:
+            self.counters.upstream_errors += 1
+            if usable_stale is not None:
+                return self._from_entry(usable_stale, Outcome.STALE, prep.scope)
+            raise
+        up_headers = up.header_map()
+        now = time.time()
+        if self.limits.observe(prep.scope, up.status, up_headers, up.body, now):
+            self.counters.rate_limited += 1
+            if usable_stale is not None:
+                return self._from_entry(usable_stale, Outcome.STALE, prep.scope)
+            return self._from_upstream(up, Outcome.MISS)
+        if up.status == 304 and entry is not None:
+            merged = self._merge_headers(entry.headers, up.headers)
+            refreshed = self.store.refresh(prep.key, now + prep.ttl, merged) or entry
+            return self._from_entry(refreshed, Outcome.REVALIDATED, prep.scope)
+        if up.status >= 500 and usable_stale is not None:
+            self.counters.upstream_errors += 1
+            return self._from_entry(usable_stale, Outcome.STALE, prep.scope)
+        if response_is_storable(up.status, up_headers) and len(up.body) <= MAX_STORED_BODY:
+            stored = Entry.create(
+                prep.key, prep.scope, prep.target, up.status, self._storable_headers(up.headers), up.body, prep.ttl, now
+            )
+            self.store.put(stored)
+            return self._from_entry(stored, Outcome.MISS, prep.scope)
+        return self._from_upstream(up, Outcome.MISS)
+
+    async def _passthrough(
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        lower: dict[str, str],
+        body: bytes | None,
+    ) -> ProxyResponse:
+        scope = scope_of(lower.get("authorization"))
+        wait = self.limits.blocked_for(scope, time.time())
+        if wait > 0:
+            self.counters.rate_limited += 1
+            self.counters.count(Outcome.BYPASS)
+            return self._limited_response(scope, wait, Outcome.BYPASS)
+        async with self.limits.semaphore(scope):
+            self.counters.upstream_requests += 1
+            try:
+                up = await self.upstream.request(method, target, headers, body)
+            except UpstreamError:
+                self.counters.upstream_errors += 1
+                raise
+        self.limits.observe(scope, up.status, up.header_map(), up.body, time.time())
+        self.counters.count(Outcome.BYPASS)
+        return self._from_upstream(up, Outcome.BYPASS)
+
+    # -- response shaping ----------------------------------------------------------------------------
+    @staticmethod
+    def _storable_headers(headers: Sequence[tuple[str, str]]) -> Headers:
+        return tuple((k, v) for k, v in headers if k.lower() not in DROP_FROM_STORED)
+
+    def _merge_headers(self, old: Headers, fresh: Sequence[tuple[str, str]]) -> Headers:
+        """A 304 carries updated validators and rate-limit values; keep the rest of the stored set."""
+        newer = {k.lower(): (k, v) for k, v in fresh if k.lower() not in DROP_FROM_STORED}
+        keep = tuple((k, v) for k, v in old if k.lower() not in newer)
+        return keep + tuple(newer.values())
+
+    def _from_entry(self, entry: Entry, outcome: str, scope: str) -> ProxyResponse:
+        latest = self.limits.headers_for(scope)
+        if latest:
+            names = {k.lower() for k in latest}
+            headers = tuple((k, v) for k, v in entry.headers if k.lower() not in names) + tuple(latest.items())
+        else:
+            headers = entry.headers
+        return ProxyResponse(entry.status, headers, entry.body, outcome)
+
+    @staticmethod
+    def _from_upstream(up: UpstreamResponse, outcome: str) -> ProxyResponse:
+        return ProxyResponse(up.status, tuple(forwardable(up.headers)), up.body, outcome)
+
+    def _limited_response(self, scope: str, wait: float, outcome: str = Outcome.MISS) -> ProxyResponse:
+        state = self.limits.scopes.get(scope)
+        reason = state.reason if state else "rate limit"
+        retry = max(1, int(wait + 0.999))
+        body = json.dumps(
+            {
+                "message": f"fleetci: upstream {reason} for this token; not calling GitHub for {retry}s "
+                "and no cached copy exists",
+                "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api",
+            }
+        ).encode()
+        headers: list[tuple[str, str]] = [
+            ("Content-Type", "application/json; charset=utf-8"),
+            ("Retry-After", str(retry)),
+            ("X-Fleetci-Blocked", reason),
+        ]
+        headers += list(self.limits.headers_for(scope).items())
+        return ProxyResponse(429, tuple(headers), body, outcome)
+
+    def _finish(self, resp: ProxyResponse, client: dict[str, str]) -> ProxyResponse:
+        """Add our header and answer the client's own conditional request."""
+        headers = (*resp.headers, (CACHE_HEADER, resp.outcome))
+        inm = client.get("if-none-match")
+        if resp.status == 200 and inm:
+            etag = next((v for k, v in resp.headers if k.lower() == "etag"), None)
+            if _etag_matches(inm, etag):
+                return ProxyResponse(304, headers, b"", resp.outcome)
+        return ProxyResponse(resp.status, headers, resp.body, resp.outcome)
+
+    # -- stats -----------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        c = self.counters
+        served_free = c.local_hits + c.peer_hits + c.coalesced + c.stale_served + c.revalidations
+        cacheable = served_free + c.misses
+        return {
+            "requests": c.requests,
+            "local_hits": c.local_hits,
+            "peer_hits": c.peer_hits,
+            "misses": c.misses,
+            "revalidations": c.revalidations,
+            "coalesced": c.coalesced,
+            "stale_served": c.stale_served,
+            "bypassed": c.bypassed,
+            "upstream_requests": c.upstream_requests,
+            "upstream_errors": c.upstream_errors,
+            "rate_limited": c.rate_limited,
+            "hit_rate": round(served_free / cacheable, 4) if cacheable else 0.0,
+            "api_calls_saved": served_free,
+            "rate_limit_remaining": self.limits.lowest_remaining(),
+            "cache_size": len(self.store),
+            "cache_bytes": self.store.total_bytes,
+            "connected_peers": self.connected_peers,
+            "uptime_s": round(time.time() - c.started_at, 1),
+        }
+
+    async def close(self) -> None:
+        await self.upstream.close()
+        self.store.close()

@@ -1,0 +1,231 @@
+"""``fleetci cache serve``: the engine behind an aiohttp server on TCP and a unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from fleetci.cache.engine import CACHE_HEADER, CacheEngine, Outcome
+from fleetci.config import CacheSettings
+from fleetci.errors import FleetciError
+from fleetci.http import UpstreamError, check_port_free, describe
+
+log = logging.getLogger("fleetci.cache")
+
+HEALTH_PATH = "/_fleetci/health"
+STATS_PATH = "/_fleetci/stats"
+METRICS_PATH = "/metrics"
+STATS_FLUSH_S = 2.0
+LINK_URL = re.compile(r"<([^>]*)>")
+ENGINE_KEY = web.AppKey("engine", CacheEngine)
+
+
+class _Collector:
+    """Prometheus view of the engine counters (read at scrape time, nothing to keep in sync)."""
+
+    def __init__(self, engine: CacheEngine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Any:
+        s = self.engine.stats()
+        for name in ("local_hits", "peer_hits", "misses", "revalidations", "coalesced", "stale_served",
+                     "bypassed", "upstream_requests", "upstream_errors", "rate_limited", "requests"):
+            c = CounterMetricFamily(f"fleetci_cache_{name}", f"fleetci cache {name.replace('_', ' ')}")
+            c.add_metric([], float(s[name]))
+            yield c
+        for name in ("hit_rate", "cache_size", "cache_bytes", "connected_peers"):
+            g = GaugeMetricFamily(f"fleetci_cache_{name}", f"fleetci cache {name.replace('_', ' ')}")
+            g.add_metric([], float(s[name]))
+            yield g
+        remaining = s["rate_limit_remaining"]
+        g = GaugeMetricFamily("fleetci_rate_limit_remaining", "lowest X-RateLimit-Remaining seen over tokens")
+        if remaining is not None:
+            g.add_metric([], float(remaining))
+        yield g
+
+
+def _client_base(request: web.Request, engine: CacheEngine) -> str:
+    host = request.headers.get("Host", "")
+    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+    if sock is not None and sock.family == socket.AF_UNIX:
+        # gh's http_unix_socket: the client believes it talks to https://<host>
+        return f"https://{host}{engine.upstream.base_path}"
+    return f"http://{host}"
+
+
+def _rewrite_links(value: str, upstream_prefixes: tuple[str, ...], client_base: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        url = m.group(1)
+        for prefix in upstream_prefixes:
+            if url.startswith(prefix):
+                return f"<{client_base}{url[len(prefix):]}>"
+        return m.group(0)
+
+    return LINK_URL.sub(sub, value)
+
+
+async def _proxy(request: web.Request) -> web.StreamResponse:
+    engine = request.app[ENGINE_KEY]
+    body = await request.read() if request.can_read_body else None
+    try:
+        resp = await engine.handle(request.method, request.rel_url.raw_path_qs, list(request.headers.items()), body)
+    except UpstreamError as exc:
+        payload = json.dumps({"message": f"fleetci: upstream unavailable and no cached copy: {exc}"}).encode()
+        return web.Response(
+            status=502,
+            body=payload,
+            headers={"Content-Type": "application/json; charset=utf-8", CACHE_HEADER: Outcome.MISS},
+        )
+    headers = list(resp.headers)
+    if any(k.lower() == "link" for k, _ in headers):
+        base = _client_base(request, engine)
+        prefixes = (engine.upstream.base_url, engine.upstream.origin)
+        headers = [(k, _rewrite_links(v, prefixes, base) if k.lower() == "link" else v) for k, v in headers]
+    out = web.Response(status=resp.status, body=None if request.method == "HEAD" else resp.body)
+    for k, v in headers:
+        out.headers.add(k, v)
+    if request.method == "HEAD":
+        out.headers["Content-Length"] = str(len(resp.body))
+    return out
+
+
+async def _health(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE_KEY]
+    return web.json_response(
+        {
+            "status": "ok",
+            "upstream": engine.settings.upstream,
+            "socket": str(engine.settings.socket_path),
+            "proxy_url": request.app.get("proxy_url", ""),
+            "pid": os.getpid(),
+            "peer_id": "",
+        }
+    )
+
+
+async def _stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[ENGINE_KEY].stats())
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    registry = CollectorRegistry()
+    registry.register(_Collector(request.app[ENGINE_KEY]))  # type: ignore[arg-type]
+    return web.Response(body=generate_latest(registry), headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+def make_app(engine: CacheEngine) -> web.Application:
+    app = web.Application(client_max_size=256 * 1024 * 1024)
+    app[ENGINE_KEY] = engine
+    app.router.add_get(HEALTH_PATH, _health)
+    app.router.add_get(STATS_PATH, _stats)
+    app.router.add_get(METRICS_PATH, _metrics)
+    app.router.add_route("*", "/{tail:.*}", _proxy)
+    return app
+
+
+async def probe_upstream(engine: CacheEngine, attempts: int = 3) -> None:
+    """Fail fast, in one line, when the upstream cannot be reached at start-up."""
+    last = ""
+    for i in range(attempts):
+        try:
+            await engine.upstream.request("GET", "/rate_limit", [("Accept", "application/vnd.github+json")])
+            return
+        except UpstreamError as exc:
+            last = str(exc)
+            await asyncio.sleep(0.3 * (i + 1))
+    raise FleetciError(f"upstream {engine.settings.upstream} is unreachable: {last}")
+
+
+async def _flush_stats_forever(engine: CacheEngine) -> None:
+    while True:
+        await asyncio.sleep(STATS_FLUSH_S)
+        persist_stats(engine)
+
+
+def persist_stats(engine: CacheEngine) -> None:
+    with contextlib.suppress(Exception):
+        engine.store.flush()
+        engine.store.save_meta("stats", {**engine.stats(), "saved_at": time.time()})
+
+
+async def serve(settings: CacheSettings, probe: bool = True, ready: asyncio.Event | None = None) -> None:
+    """Run the proxy until SIGINT/SIGTERM (or until cancelled)."""
+    check_port_free(settings.host, settings.proxy_port)
+    if settings.upstream.rstrip("/") in (settings.proxy_url, f"http://localhost:{settings.proxy_port}"):
+        raise FleetciError(f"upstream {settings.upstream} is this proxy itself")
+    engine = CacheEngine(settings)
+    runner: web.AppRunner | None = None
+    flusher: asyncio.Task[None] | None = None
+    sock = settings.socket_path
+    try:
+        if probe:
+            await probe_upstream(engine)
+        app = make_app(engine)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        tcp = web.TCPSite(runner, settings.host, settings.proxy_port, reuse_address=True)
+        try:
+            await tcp.start()
+        except OSError as exc:
+            raise FleetciError(f"cannot listen on {settings.host}:{settings.proxy_port}: {describe(exc)}") from exc
+        port = settings.proxy_port
+        server = getattr(tcp, "_server", None)
+        if server is not None and server.sockets:
+            port = server.sockets[0].getsockname()[1]
+        app["proxy_url"] = f"http://{settings.host}:{port}"
+        with contextlib.suppress(FileNotFoundError):
+            if sock.is_socket():
+                sock.unlink()
+        try:
+            await web.UnixSite(runner, str(sock)).start()
+            sock.chmod(0o600)
+        except OSError as exc:
+            raise FleetciError(f"cannot listen on unix socket {sock}: {describe(exc)}") from exc
+        flusher = asyncio.create_task(_flush_stats_forever(engine))
+        print(
+            f"fleetci cache listening on http://{settings.host}:{port} and unix:{sock} "
+            f"(upstream {settings.upstream}, cache {settings.cache_dir})",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        if flusher is not None:
+            flusher.cancel()
+        if runner is not None:
+            await runner.cleanup()
+        persist_stats(engine)
+        await engine.close()
+        with contextlib.suppress(OSError):
+            if sock.is_socket():
+                sock.unlink()
+
+
+def run(settings: CacheSettings, probe: bool = True) -> int:
+    try:
+        asyncio.run(serve(settings, probe=probe))
+    except FleetciError:
+        raise
+    except KeyboardInterrupt:
+        pass
+    print("fleetci cache stopped", file=sys.stderr, flush=True)
+    return 0

@@ -1,0 +1,423 @@
+"""Embedded cache store: SQLite (WAL) on disk with an in-memory tier in front.
+
+Why this shape:
+- SQLite commits are atomic, so ``kill -9`` in the middle of a write never leaves half an entry; each body
+  also carries its sha256 so a damaged row is detected on read and dropped.
+- A corrupt database file is moved aside with a warning and rebuilt: a cache must never stop CI.
+- The memory tier keeps hits in the tens of microseconds; ``PRAGMA data_version`` tells when another
+  process (``fleetci cache clear``, a second proxy) changed the file, and the tier is dropped then.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from fleetci.errors import FleetciError
+
+log = logging.getLogger("fleetci.cache")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    scope TEXT NOT NULL,
+    target TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL,
+    etag TEXT,
+    last_modified TEXT,
+    stored_at REAL NOT NULL,
+    fresh_until REAL NOT NULL,
+    last_access REAL NOT NULL,
+    size INTEGER NOT NULL,
+    digest TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_last_access ON entries(last_access);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+Headers = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One cached upstream response, body decoded (no content-encoding)."""
+
+    key: str
+    scope: str
+    target: str
+    status: int
+    headers: Headers
+    body: bytes
+    etag: str | None
+    last_modified: str | None
+    stored_at: float
+    fresh_until: float
+    digest: str
+
+    @classmethod
+    def create(
+        cls,
+        key: str,
+        scope: str,
+        target: str,
+        status: int,
+        headers: Headers,
+        body: bytes,
+        ttl: float,
+        now: float | None = None,
+    ) -> Entry:
+        now = time.time() if now is None else now
+        lower = {k.lower(): v for k, v in headers}
+        return cls(
+            key=key,
+            scope=scope,
+            target=target,
+            status=status,
+            headers=headers,
+            body=body,
+            etag=lower.get("etag"),
+            last_modified=lower.get("last-modified"),
+            stored_at=now,
+            fresh_until=now + ttl,
+            digest=hashlib.sha256(body).hexdigest(),
+        )
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers) + 256
+
+    def is_fresh(self, now: float) -> bool:
+        return now < self.fresh_until
+
+    def cid(self) -> str:
+        """CIDv1 (raw codec, sha2-256) of the body: the content address peers announce and verify."""
+        from multiformats import CID, multihash
+
+        digest = multihash.digest(self.body, "sha2-256")
+        return str(CID("base32", 1, "raw", digest))
+
+
+class CacheStore:
+    """Bounded LRU store (entries and bytes) that survives restarts. Thread-safe."""
+
+    def __init__(self, path: Path, max_entries: int = 10_000, max_bytes: int = 256 * 1024 * 1024) -> None:
+        self.path = path
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._lock = threading.RLock()
+        self._mem: OrderedDict[str, Entry] = OrderedDict()
+        self._mem_bytes = 0
+        self._touched: dict[str, float] = {}
+        self._last_flush = time.monotonic()
+        self._count = 0
+        self._bytes = 0
+        self.corrupt_moved_to: Path | None = None
+        self._db = self._open()
+        self._data_version = self._read_data_version()
+        self._recount()
+
+    # -- opening, corruption -------------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FleetciError(f"cache dir {self.path.parent} is not usable: {exc.strerror or exc}") from exc
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
+                raise FleetciError(f"cache dir {self.path.parent} is not writable: {exc}") from exc
+            moved = self._move_aside()
+            log.warning("cache database %s was corrupt (%s); moved it to %s and started empty", self.path, exc, moved)
+            try:
+                return self._connect()
+            except sqlite3.DatabaseError as exc2:
+                raise FleetciError(f"cannot create cache database {self.path}: {exc2}") from exc2
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            row = db.execute("PRAGMA quick_check").fetchone()
+            if row is None or row[0] != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {row[0] if row else 'no answer'}")
+            db.executescript(SCHEMA)
+            # A writable probe: a read-only directory or file shows here, not at the first cache miss.
+            db.execute("INSERT OR REPLACE INTO meta(name, value) VALUES('opened_at', ?)", (str(time.time()),))
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if "readonly" in str(exc) or "unable to open" in str(exc) or "disk I/O" in str(exc):
+                raise FleetciError(f"cache dir {self.path.parent} is not writable: {exc}") from exc
+            raise
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _move_aside(self) -> Path:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                src.replace(Path(str(target) + suffix))
+        self.corrupt_moved_to = target
+        return target
+
+    def _read_data_version(self) -> int:
+        row = self._db.execute("PRAGMA data_version").fetchone()
+        return int(row[0]) if row else 0
+
+    def _recount(self) -> None:
+        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM entries").fetchone()
+        self._count, self._bytes = int(row[0]), int(row[1])
+
+    def _sync_with_disk(self) -> None:
+        """Drop the memory tier when another connection committed (cheap: one pragma)."""
+        version = self._read_data_version()
+        if version != self._data_version:
+            self._data_version = version
+            self._mem.clear()
+            self._mem_bytes = 0
+            self._recount()
+
+    # -- reads -------------------------------------------------------------------------------------
+    def get(self, key: str) -> Entry | None:
+        with self._lock:
+            self._sync_with_disk()
+            entry = self._mem.get(key)
+            if entry is not None:
+                self._mem.move_to_end(key)
+                self._touched[key] = time.time()
+                return entry
+            entry = self._load(key)
+            if entry is not None:
+                self._remember(entry)
+                self._touched[key] = time.time()
+            return entry
+
+    def peek(self, key: str) -> Entry | None:
+        """Memory-tier lookup only, for the in-process fast path (no disk, no LRU bookkeeping)."""
+        return self._mem.get(key)
+
+    def _load(self, key: str) -> Entry | None:
+        row = self._db.execute(
+            "SELECT key, scope, target, status, headers, body, etag, last_modified, stored_at, fresh_until,"
+            " digest FROM entries WHERE key = ?",
+            (key,),
+        ).fetchone()
+        if row is None:
+            return None
+        entry = self._row_to_entry(row)
+        if entry is None:
+            log.warning("dropping damaged cache entry %s", key[:12])
+            self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
+            self._recount()
+        return entry
+
+    @staticmethod
+    def _row_to_entry(row: tuple[Any, ...]) -> Entry | None:
+        body = bytes(row[5])
+        if hashlib.sha256(body).hexdigest() != row[10]:
+            return None
+        try:
+            headers = tuple((str(k), str(v)) for k, v in json.loads(row[4]))
+        except (ValueError, TypeError):
+            return None
+        return Entry(
+            key=row[0],
+            scope=row[1],
+            target=row[2],
+            status=int(row[3]),
+            headers=headers,
+            body=body,
+            etag=row[6],
+            last_modified=row[7],
+            stored_at=float(row[8]),
+            fresh_until=float(row[9]),
+            digest=row[10],
+        )
+
+    def _remember(self, entry: Entry) -> None:
+        old = self._mem.pop(entry.key, None)
+        if old is not None:
+            self._mem_bytes -= old.size
+        self._mem[entry.key] = entry
+        self._mem_bytes += entry.size
+        while self._mem and (len(self._mem) > self.max_entries or self._mem_bytes > self.max_bytes):
+            _, dropped = self._mem.popitem(last=False)
+            self._mem_bytes -= dropped.size
+
+    # -- writes ------------------------------------------------------------------------------------
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def put(self, entry: Entry) -> None:
+        if entry.size > self.max_bytes:
+            return
+        now = time.time()
+        with self._lock:
+            self._sync_with_disk()
+            with self._transaction() as db:
+                old = db.execute("SELECT size FROM entries WHERE key = ?", (entry.key,)).fetchone()
+                db.execute(
+                    "INSERT OR REPLACE INTO entries(key, scope, target, status, headers, body, etag,"
+                    " last_modified, stored_at, fresh_until, last_access, size, digest)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        entry.key,
+                        entry.scope,
+                        entry.target,
+                        entry.status,
+                        json.dumps(entry.headers),
+                        entry.body,
+                        entry.etag,
+                        entry.last_modified,
+                        entry.stored_at,
+                        entry.fresh_until,
+                        now,
+                        entry.size,
+                        entry.digest,
+                    ),
+                )
+                if old is None:
+                    self._count += 1
+                else:
+                    self._bytes -= int(old[0])
+                self._bytes += entry.size
+                self._flush_touched(db)
+                self._evict(db)
+            self._touched.pop(entry.key, None)
+            self._remember(entry)
+
+    def refresh(self, key: str, fresh_until: float, headers: Headers | None = None) -> Entry | None:
+        """Extend an entry's fresh window after a 304 (and take the 304's newer headers)."""
+        with self._lock:
+            entry = self.get(key)
+            if entry is None:
+                return None
+            updated = replace(entry, fresh_until=fresh_until, headers=headers or entry.headers)
+            self._db.execute(
+                "UPDATE entries SET fresh_until = ?, headers = ?, last_access = ? WHERE key = ?",
+                (fresh_until, json.dumps(updated.headers), time.time(), key),
+            )
+            self._remember(updated)
+            return updated
+
+    def _flush_touched(self, db: sqlite3.Connection) -> None:
+        if self._touched:
+            db.executemany(
+                "UPDATE entries SET last_access = ? WHERE key = ?", [(t, k) for k, t in self._touched.items()]
+            )
+            self._touched.clear()
+        self._last_flush = time.monotonic()
+
+    def _evict(self, db: sqlite3.Connection) -> None:
+        while self._count > self.max_entries or self._bytes > self.max_bytes:
+            excess = max(self._count - self.max_entries, 1)
+            rows = db.execute(
+                "SELECT key, size FROM entries ORDER BY last_access ASC LIMIT ?", (min(excess, 500),)
+            ).fetchall()
+            if not rows:
+                break
+            db.executemany("DELETE FROM entries WHERE key = ?", [(r[0],) for r in rows])
+            for k, size in rows:
+                self._count -= 1
+                self._bytes -= int(size)
+                dropped = self._mem.pop(k, None)
+                if dropped is not None:
+                    self._mem_bytes -= dropped.size
+
+    def flush(self) -> None:
+        """Persist LRU access times (batched so hits never write to disk)."""
+        with self._lock:
+            if self._touched:
+                with self._transaction() as db:
+                    self._flush_touched(db)
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
+            dropped = self._mem.pop(key, None)
+            if dropped is not None:
+                self._mem_bytes -= dropped.size
+            self._recount()
+
+    def clear(self, stale_only: bool = False, older_than: float | None = None) -> int:
+        """Remove all entries, or only those past their fresh window (``older_than`` defaults to now)."""
+        with self._lock:
+            if stale_only:
+                cutoff = time.time() if older_than is None else older_than
+                cur = self._db.execute("DELETE FROM entries WHERE fresh_until <= ?", (cutoff,))
+            else:
+                cur = self._db.execute("DELETE FROM entries")
+            self._mem.clear()
+            self._mem_bytes = 0
+            self._touched.clear()
+            self._recount()
+            return int(cur.rowcount)
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        with self._lock:
+            self._sync_with_disk()
+            return self._count
+
+    @property
+    def total_bytes(self) -> int:
+        with self._lock:
+            self._sync_with_disk()
+            return self._bytes
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT key FROM entries")]
+
+    def save_meta(self, name: str, value: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta(name, value) VALUES(?, ?)", (name, json.dumps(value, sort_keys=True))
+            )
+
+    def load_meta(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        try:
+            value = json.loads(row[0])
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    def integrity_ok(self) -> bool:
+        with self._lock:
+            row = self._db.execute("PRAGMA integrity_check").fetchone()
+            return bool(row and row[0] == "ok")
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self.flush()
+            finally:
+                self._db.close()

@@ -1,0 +1,49 @@
+"""The ``fleetci`` command: a thin map from verbs to capability functions.
+
+Every failure ends as one ``fleetci: error: …`` line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from fleetci import __version__
+from fleetci.errors import FleetciError, UsageError
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (argparse prints usage + error over several)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def build_parser() -> Parser:
+    from fleetci.cli import bench, cache, demo, emulate
+
+    parser = Parser(prog="fleetci", description="Make CI fleets cheaper and less flaky.")
+    parser.add_argument("--version", action="version", version=f"fleetci {__version__}")
+    parser.add_argument("--config", help="YAML config file (default $FLEETCI_CONFIG or ~/.config/fleetci/config.yml)")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
+    sub.required = True
+    for module in (cache, emulate, bench, demo):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = None
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        func: Any = args.func
+        return int(func(args) or 0)
+    except FleetciError as exc:
+        print(f"fleetci: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("fleetci: interrupted", file=sys.stderr)
+        return 130

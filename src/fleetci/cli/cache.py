@@ -1,0 +1,255 @@
+"""``fleetci cache serve|start|stop|stats|clear``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fleetci import gha
+from fleetci.config import CacheSettings, cache_settings, load_config_file
+from fleetci.errors import FleetciError
+from fleetci.http import describe, sync_client, wait_healthy
+
+SETTING_FLAGS = {
+    "upstream": "--upstream",
+    "host": "--host",
+    "proxy_port": "--port",
+    "listen_port": "--listen-port",
+    "cache_dir": "--cache-dir",
+    "socket": "--socket",
+    "default_ttl": "--default-ttl",
+    "max_entries": "--max-entries",
+    "max_bytes": "--max-bytes",
+    "max_concurrency": "--max-concurrency",
+    "bootstrap_peers": "--bootstrap-peers",
+}
+
+
+def _add_settings_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("settings (flag > environment > config file > default)")
+    g.add_argument("--upstream", help="GitHub API base URL ($CACHE_UPSTREAM, $GITHUB_API_URL; https://api.github.com)")
+    g.add_argument("--host", help="bind address for the proxy ($CACHE_PROXY_HOST; 127.0.0.1)")
+    g.add_argument("--port", dest="proxy_port", help="proxy TCP port ($CACHE_PROXY_PORT; 9101)")
+    g.add_argument("--listen-port", help="peer-to-peer port ($CACHE_LISTEN_PORT; 9100)")
+    g.add_argument("--cache-dir", help="cache directory ($CACHE_DIR; ~/.cache/fleetci)")
+    g.add_argument("--socket", help="unix socket path ($CACHE_SOCKET; <cache-dir>/proxy.sock)")
+    g.add_argument("--default-ttl", help="fresh window in seconds for unclassified URLs ($CACHE_DEFAULT_TTL; 300)")
+    g.add_argument("--max-entries", help="entry bound ($CACHE_MAX_ENTRIES; 10000)")
+    g.add_argument("--max-bytes", help="byte budget ($CACHE_MAX_BYTES; 256 MiB)")
+    g.add_argument("--max-concurrency", help="concurrent upstream requests per token ($CACHE_MAX_CONCURRENCY; 20)")
+    g.add_argument("--enable-p2p", "--p2p", dest="enable_p2p", action="store_const", const="true",
+                   help="share entries with peers ($CACHE_ENABLE_P2P)")
+    g.add_argument("--bootstrap-peers", help="comma-separated peer multiaddrs ($CACHE_BOOTSTRAP_PEERS)")
+
+
+def _settings(args: argparse.Namespace) -> CacheSettings:
+    config = load_config_file(getattr(args, "config", None))
+    flags = {name: getattr(args, name, None) for name in (*SETTING_FLAGS, "enable_p2p")}
+    return cache_settings(flags, config)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("cache", help="GitHub REST API caching proxy")
+    verbs = p.add_subparsers(dest="cache_verb", metavar="VERB", parser_class=type(p))
+    verbs.required = True
+
+    serve = verbs.add_parser("serve", help="run the caching proxy in the foreground")
+    _add_settings_flags(serve)
+    serve.add_argument("--no-probe", action="store_true", help="do not check the upstream at start-up")
+    serve.set_defaults(func=cmd_serve)
+
+    start = verbs.add_parser("start", help="start the proxy in the background and wait until it is healthy")
+    _add_settings_flags(start)
+    start.add_argument("--log-file", help="where the background proxy logs (default <cache-dir>/proxy.log)")
+    start.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for health (30)")
+    start.add_argument("--no-probe", action="store_true", help="do not check the upstream at start-up")
+    start.set_defaults(func=cmd_start)
+
+    stop = verbs.add_parser("stop", help="stop a proxy started with 'fleetci cache start'")
+    _add_settings_flags(stop)
+    stop.set_defaults(func=cmd_stop)
+
+    stats = verbs.add_parser("stats", help="hit/miss counters of the running proxy (or the last saved ones)")
+    _add_settings_flags(stats)
+    stats.add_argument("--json", action="store_true", help="print one JSON object")
+    stats.add_argument("--summary", action="store_true", help="append a Markdown table to $GITHUB_STEP_SUMMARY")
+    stats.add_argument("--url", help="query this proxy URL instead of the unix socket")
+    stats.set_defaults(func=cmd_stats)
+
+    clear = verbs.add_parser("clear", help="delete cached entries")
+    _add_settings_flags(clear)
+    clear.add_argument("--stale", action="store_true", help="only entries past their fresh window")
+    clear.set_defaults(func=cmd_clear)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from fleetci.cache.server import run
+
+    settings = _settings(args)
+    if settings.enable_p2p:
+        print("fleetci: warning: peer-to-peer sharing is not available in this build; caching locally",
+              file=sys.stderr)
+    return run(settings, probe=not args.no_probe)
+
+
+def _pid_file(settings: CacheSettings) -> Path:
+    return settings.cache_dir / "proxy.pid"
+
+
+def _serve_argv(args: argparse.Namespace) -> list[str]:
+    argv = [sys.executable, "-m", "fleetci"]
+    if getattr(args, "config", None):
+        argv += ["--config", args.config]
+    argv += ["cache", "serve"]
+    for name, flag in SETTING_FLAGS.items():
+        value = getattr(args, name, None)
+        if value is not None:
+            argv += [flag, str(value)]
+    if getattr(args, "enable_p2p", None):
+        argv.append("--enable-p2p")
+    if args.no_probe:
+        argv.append("--no-probe")
+    return argv
+
+
+def _write_gh_config(settings: CacheSettings) -> Path:
+    """A private GH_CONFIG_DIR whose config routes gh through the proxy's unix socket."""
+    gh_dir = settings.cache_dir / "gh"
+    gh_dir.mkdir(parents=True, exist_ok=True)
+    (gh_dir / "config.yml").write_text(f"http_unix_socket: {settings.socket_path}\n", encoding="utf-8")
+    home_hosts = Path(os.environ.get("GH_CONFIG_DIR") or Path.home() / ".config" / "gh") / "hosts.yml"
+    if home_hosts.is_file() and home_hosts.parent != gh_dir:
+        (gh_dir / "hosts.yml").write_bytes(home_hosts.read_bytes())
+        (gh_dir / "hosts.yml").chmod(0o600)
+    return gh_dir
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    try:
+        settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FleetciError(f"cache dir {settings.cache_dir} is not usable: {exc.strerror or exc}") from exc
+    log_path = Path(args.log_file) if args.log_file else settings.cache_dir / "proxy.log"
+    with log_path.open("ab") as log_fh:
+        proc = subprocess.Popen(
+            _serve_argv(args), stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        health = wait_healthy("/_fleetci/health", uds=settings.socket_path, timeout=args.timeout, alive=proc)
+    except FleetciError as exc:
+        if proc.poll() is None:
+            proc.terminate()
+        tail = _last_line(log_path)
+        raise FleetciError(f"cache proxy did not start: {tail or exc}") from exc
+    _pid_file(settings).write_text(str(proc.pid), encoding="utf-8")
+    api_url = str(health.get("proxy_url") or settings.proxy_url)
+    gh_dir = _write_gh_config(settings)
+    peer_id = str(health.get("peer_id") or "")
+    print(f"fleetci cache running (pid {proc.pid}) at {api_url} and unix:{settings.socket_path}; log {log_path}")
+    gha.set_env("FLEETCI_API_URL", api_url)
+    gha.set_env("FLEETCI_CACHE_SOCKET", str(settings.socket_path))
+    gha.set_env("GH_CONFIG_DIR", str(gh_dir))
+    gha.set_output("api-url", api_url)
+    gha.set_output("socket", str(settings.socket_path))
+    gha.set_output("peer-id", peer_id)
+    return 0
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1].removeprefix("fleetci: error: ") if lines else ""
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    pid_file = _pid_file(settings)
+    try:
+        pid = int(pid_file.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError) as exc:
+        raise FleetciError(f"no running proxy recorded in {pid_file}") from exc
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pid_file.unlink(missing_ok=True)
+        raise FleetciError(f"proxy pid {pid} from {pid_file} is not running") from None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    pid_file.unlink(missing_ok=True)
+    print(f"fleetci cache stopped (pid {pid})")
+    return 0
+
+
+def fetch_stats(settings: CacheSettings, url: str | None = None) -> dict[str, Any]:
+    """Live counters from the proxy; saved ones from the database when it is not running."""
+    try:
+        if url:
+            with sync_client(base_url=url.rstrip("/"), timeout=5) as client:
+                r = client.get("/_fleetci/stats")
+        else:
+            with sync_client(uds=settings.socket_path, timeout=5) as client:
+                r = client.get("/_fleetci/stats")
+        r.raise_for_status()
+        data: dict[str, Any] = r.json()
+        data["source"] = "live"
+        return data
+    except (httpx.HTTPError, ValueError) as exc:
+        if url:
+            raise FleetciError(f"cannot read stats from {url}: {describe(exc)}") from exc
+    if not settings.db_path.exists():
+        raise FleetciError(f"no proxy running on {settings.socket_path} and no cache at {settings.cache_dir}")
+    from fleetci.cache import GitHubAPICache
+
+    return GitHubAPICache(settings).get_stats()
+
+
+STAT_ROWS = ("local_hits", "peer_hits", "misses", "revalidations", "coalesced", "stale_served", "hit_rate",
+             "api_calls_saved", "rate_limit_remaining", "cache_size", "connected_peers")
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    stats = fetch_stats(settings, args.url)
+    if args.json:
+        print(json.dumps(stats, sort_keys=True))
+    else:
+        width = max(len(k) for k in STAT_ROWS)
+        for k in STAT_ROWS:
+            v = stats.get(k)
+            shown = f"{v:.1%}" if k == "hit_rate" and isinstance(v, (int, float)) else ("-" if v is None else v)
+            print(f"{k:<{width}}  {shown}")
+    if args.summary:
+        rows = [[k, str(stats.get(k, "-"))] for k in STAT_ROWS]
+        if not gha.append_step_summary("### fleetci API cache\n\n" + gha.markdown_table(["metric", "value"], rows)):
+            raise FleetciError("--summary needs $GITHUB_STEP_SUMMARY (set by GitHub Actions)")
+    return 0
+
+
+def cmd_clear(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if not settings.db_path.exists():
+        raise FleetciError(f"no cache at {settings.cache_dir}")
+    from fleetci.cache import GitHubAPICache
+
+    cache = GitHubAPICache(settings)
+    n = cache.clear_stale() if args.stale else cache.clear()
+    print(f"removed {n} {'stale ' if args.stale else ''}entries from {settings.db_path}")
+    return 0

@@ -1,0 +1,166 @@
+"""Shared HTTP plumbing: the async upstream client, hop-by-hop rules, health waits and port checks.
+
+Every capability that talks HTTP goes through here so timeouts, error wording and header hygiene agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+import httpx
+
+from fleetci.errors import FleetciError
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "content-encoding",
+        "accept-encoding",
+    }
+)
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or did not answer in time."""
+
+
+@dataclass(frozen=True)
+class UpstreamResponse:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def header_map(self) -> dict[str, str]:
+        """Lower-case name -> last value (enough for the single-valued headers we inspect)."""
+        return {k.lower(): v for k, v in self.headers}
+
+
+def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP]
+
+
+class AsyncUpstream:
+    """Keep-alive client for one upstream base URL (``https://api.github.com``, GHES ``…/api/v3``)."""
+
+    def __init__(self, base_url: str, timeout: float = 30.0, max_connections: int = 200) -> None:
+        self.base_url = base_url.rstrip("/")
+        parts = urlsplit(self.base_url)
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.base_path = parts.path.rstrip("/")
+        self.timeout = timeout
+        self.max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _session_now(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=min(self.timeout, 10)),
+                auto_decompress=True,
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    async def request(
+        self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes | None = None
+    ) -> UpstreamResponse:
+        """Send ``method target`` (path + query, relative to the base URL) and read the whole answer."""
+        url = self.base_url + target
+        try:
+            async with self._session_now().request(
+                method,
+                url,
+                headers=list(forwardable(headers)),
+                data=body if body else None,
+                allow_redirects=False,
+            ) as resp:
+                data = await resp.read()
+                return UpstreamResponse(resp.status, tuple(resp.headers.items()), data)
+        except asyncio.TimeoutError as exc:
+            raise UpstreamError(f"{self.origin} did not answer within {self.timeout:g}s") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"{self.origin} unreachable: {describe(exc)}") from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def describe(exc: BaseException) -> str:
+    """A short, single-line reason for a network error."""
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())[:300]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail early, in one line, when a TCP port is taken (aiohttp would raise a long OSError later)."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise FleetciError(f"cannot listen on {host}:{port}: address already in use") from exc
+            raise FleetciError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def sync_client(
+    base_url: str | None = None, uds: str | Path | None = None, timeout: float = 10.0
+) -> httpx.Client:
+    """An httpx client for our own local services, over TCP or a unix socket."""
+    transport = httpx.HTTPTransport(uds=str(uds)) if uds else None
+    return httpx.Client(base_url=base_url or "http://fleetci.local", transport=transport, timeout=timeout)
+
+
+def wait_healthy(
+    url: str, uds: str | Path | None = None, timeout: float = 30.0, alive: object = None
+) -> dict[str, object]:
+    """Poll a JSON health endpoint until it answers 200; ``alive`` (a Popen) stops the wait if it exits."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    with sync_client(uds=uds, timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            poll = getattr(alive, "poll", None)
+            if poll is not None and poll() is not None:
+                raise FleetciError(f"process exited with code {poll()} before it became healthy")
+            try:
+                r = client.get(url)
+                if r.status_code == 200:
+                    data = r.json()
+                    return data if isinstance(data, dict) else {}
+                last = f"HTTP {r.status_code}"
+            except (httpx.HTTPError, ValueError) as exc:
+                last = describe(exc)
+            time.sleep(0.05)
+    raise FleetciError(f"{url} not healthy after {timeout:g}s ({last})")
+
+
+def lower_map(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return {k.lower(): v for k, v in items}
