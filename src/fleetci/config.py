@@ -7,6 +7,7 @@ Settings are frozen dataclasses built once at start-up, so nothing reads the env
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +124,7 @@ class TTLRule:
     """Fresh window for URLs whose path (and query) match ``pattern`` (a regular expression)."""
 
     pattern: str
-    seconds: int
+    seconds: float
     name: str = "custom"
 
 
@@ -137,11 +138,9 @@ def parse_ttl_rules(raw: Any) -> tuple[TTLRule, ...]:
         if not isinstance(item, dict) or "pattern" not in item or "seconds" not in item:
             raise UsageError(f"config key cache.ttl[{i}] needs 'pattern' and 'seconds'")
         try:
-            import re
-
             re.compile(str(item["pattern"]))
-            seconds = int(item["seconds"])
-        except (ValueError, TypeError) as exc:
+            seconds = float(item["seconds"])
+        except (ValueError, TypeError, re.error) as exc:
             raise UsageError(f"config key cache.ttl[{i}] is invalid: {exc}") from exc
         if seconds < 0:
             raise UsageError(f"config key cache.ttl[{i}].seconds must be >= 0")
@@ -167,7 +166,7 @@ class CacheSettings:
     listen_port: int = 9100
     cache_dir: Path = Path(".")
     socket: Path | None = None
-    default_ttl: int = 300
+    default_ttl: float = 300.0
     max_entries: int = 10_000
     max_bytes: int = 256 * 1024 * 1024
     max_concurrency: int = 20
@@ -219,7 +218,7 @@ def cache_settings(
         listen_port=r.get("listen_port", 9100, parse_port, env=("CACHE_LISTEN_PORT",)),
         cache_dir=Path(r.get("cache_dir", str(default_cache_dir()), str, env=("CACHE_DIR",))).expanduser(),
         socket=Path(socket_raw) if socket_raw else None,
-        default_ttl=r.get("default_ttl", 300, int, env=("CACHE_DEFAULT_TTL",)),
+        default_ttl=r.get("default_ttl", 300.0, float, env=("CACHE_DEFAULT_TTL",)),
         max_entries=r.get("max_entries", 10_000, parse_positive_int, env=("CACHE_MAX_ENTRIES",)),
         max_bytes=r.get("max_bytes", 256 * 1024 * 1024, parse_positive_int, env=("CACHE_MAX_BYTES",)),
         max_concurrency=r.get(

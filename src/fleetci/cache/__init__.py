@@ -57,9 +57,7 @@ class GitHubAPICache:
         self, target: str, authorization: str | None = None, headers: dict[str, str] | None = None
     ) -> Entry | None:
         """The fresh entry for ``GET target`` under that Authorization header, or None."""
-        entry = self.store.peek(self.key_for(target, authorization, headers))
-        if entry is None:
-            entry = self.store.get(self.key_for(target, authorization, headers))
+        entry = self.store.get(self.key_for(target, authorization, headers))
         return entry if entry is not None and entry.is_fresh(time.time()) else None
 
     def get_stats(self) -> dict[str, Any]:

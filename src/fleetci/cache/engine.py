@@ -86,7 +86,7 @@ class Prepared:
     target: str
     key: str
     ttl_class: str
-    ttl: int
+    ttl: float
 
 
 def _lower(headers: Sequence[tuple[str, str]]) -> dict[str, str]:
@@ -98,8 +98,12 @@ def _etag_matches(client_inm: str, etag: str | None) -> bool:
         return False
     if client_inm.strip() == "*":
         return True
-    strip = lambda t: t.strip().removeprefix("W/")  # noqa: E731 - weak comparison, as GitHub does
-    return strip(etag) in {strip(t) for t in client_inm.split(",")}
+    return _weak(etag) in {_weak(t) for t in client_inm.split(",")}
+
+
+def _weak(tag: str) -> str:
+    """Weak comparison, as GitHub does: W/"x" equals "x"."""
+    return tag.strip().removeprefix("W/")
 
 
 class CacheEngine:
@@ -130,7 +134,7 @@ class CacheEngine:
     def lookup_fresh(self, key: str, now: float | None = None) -> Entry | None:
         """In-process fast path: a fresh entry or None, no I/O when the memory tier has it."""
         now = time.time() if now is None else now
-        entry = self.store.peek(key) or self.store.get(key)
+        entry = self.store.get(key)
         if entry is not None and entry.is_fresh(now):
             return entry
         return None

@@ -34,15 +34,15 @@ VARY_HEADERS = ("accept", "x-github-api-version")
 class TTLPolicy:
     """Ordered TTL rules: user rules from the config file first, then the seed defaults."""
 
-    rules: tuple[tuple[re.Pattern[str], int, str], ...]
-    default_ttl: int
+    rules: tuple[tuple[re.Pattern[str], float, str], ...]
+    default_ttl: float
 
     @classmethod
-    def build(cls, user_rules: Sequence[TTLRule], default_ttl: int) -> TTLPolicy:
+    def build(cls, user_rules: Sequence[TTLRule], default_ttl: float) -> TTLPolicy:
         compiled = tuple((re.compile(r.pattern), r.seconds, r.name) for r in (*user_rules, *DEFAULT_RULES))
         return cls(compiled, default_ttl)
 
-    def classify(self, path_and_query: str) -> tuple[str, int]:
+    def classify(self, path_and_query: str) -> tuple[str, float]:
         for pattern, seconds, name in self.rules:
             if pattern.search(path_and_query):
                 return name, seconds

@@ -122,7 +122,7 @@ async def _stats(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     registry = CollectorRegistry()
-    registry.register(_Collector(request.app[ENGINE_KEY]))  # type: ignore[arg-type]
+    registry.register(_Collector(request.app[ENGINE_KEY]))
     return web.Response(body=generate_latest(registry), headers={"Content-Type": "text/plain; version=0.0.4"})
 
 

@@ -209,10 +209,6 @@ class CacheStore:
                 self._touched[key] = time.time()
             return entry
 
-    def peek(self, key: str) -> Entry | None:
-        """Memory-tier lookup only, for the in-process fast path (no disk, no LRU bookkeeping)."""
-        return self._mem.get(key)
-
     def _load(self, key: str) -> Entry | None:
         row = self._db.execute(
             "SELECT key, scope, target, status, headers, body, etag, last_modified, stored_at, fresh_until,"

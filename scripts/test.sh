@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One command, fresh machine: install every apt/pip/npm test dependency, then run the whole test suite.
+# Extra arguments go to pytest (e.g. scripts/test.sh -m "not integration").
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh" dev
+cd "$ROOT"
+# Real components the integration tests start: the gh CLI, node/npm for GitHub's OpenAPI description.
+apt_install gh ca-certificates git
+command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+OPENAPI="$ROOT/.cache/npm/node_modules/@octokit/openapi/generated/api.github.com.json"
+if [ ! -f "$OPENAPI" ]; then
+  echo "test: npm install @octokit/openapi (GitHub's official OpenAPI description)"
+  npm install --silent --no-save --no-audit --no-fund --prefix "$ROOT/.cache/npm" "@octokit/openapi@^23" >/dev/null
+fi
+export FLEETCI_OPENAPI_SPEC="$OPENAPI"
+exec python -m pytest "$@"

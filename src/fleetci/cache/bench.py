@@ -1,0 +1,299 @@
+"""``fleetci bench cache`` and the demo fleet: simulated autoscaler runners against the emulator.
+
+Charged calls are counted by the emulator (the truth, as GitHub would count them). Time is compressed:
+runners poll every 2 simulated minutes, and the proxy's fresh windows, the emulator's latency and the
+world's churn are scaled by the same factor, so a 40-minute fleet session runs in seconds without
+changing which calls hit, revalidate or miss.
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import statistics
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import yaml
+
+from fleetci.cache.policy import DEFAULT_RULES
+from fleetci.process import Service, fleetci_argv, running
+
+POLL_INTERVAL_S = 120.0  # seed: autoscalers check every 2 minutes
+CALLS_PER_CYCLE = 5
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    runners: int = 5
+    calls: int = 100
+    latency_ms: tuple[float, float] = (100.0, 500.0)
+    time_scale: float = 240.0
+    churn_every_s: float = 600.0  # simulated seconds between changes in the world (new/finished runs)
+    repos: int = 3
+    seed: int = 1
+
+
+@dataclass
+class FleetResult:
+    calls: int
+    charged: int
+    outcomes: Counter[str] = field(default_factory=Counter)
+    per_runner: list[Counter[str]] = field(default_factory=list)
+    churn_events: int = 0
+    errors: int = 0
+    wall_s: float = 0.0
+
+
+def workload(org: str, repos: list[str], cycle: int, runner: int) -> list[str]:
+    """One autoscaler poll: queue depth, runner list, workflow runs, repository list, repository metadata."""
+    repo = repos[(cycle + runner) % len(repos)]
+    return [
+        f"/repos/{org}/{repo}/actions/runs?status=queued&per_page=100",
+        f"/orgs/{org}/actions/runners?per_page=100",
+        f"/repos/{org}/{repo}/actions/runs?per_page=30",
+        f"/orgs/{org}/repos?per_page=100",
+        f"/repos/{org}/{repo}",
+    ]
+
+
+def fleet_token() -> str:
+    from fleetci.testing import TOKENS
+
+    return next(t for t, who in TOKENS.items() if who == "fleet-bot")
+
+
+def charged_total(emulator_url: str, login: str = "fleet-bot") -> int:
+    data = httpx.get(f"{emulator_url}/_emulator/stats", timeout=10).json()
+    return int(data["charged"].get(login, 0))
+
+
+def set_emulator(emulator_url: str, **config: Any) -> None:
+    httpx.post(f"{emulator_url}/_emulator/config", json=config, timeout=10).raise_for_status()
+
+
+def list_repo_names(emulator_url: str, org: str, n: int) -> list[str]:
+    r = httpx.get(f"{emulator_url}/orgs/{org}/repos?per_page=100",
+                  headers={"Authorization": f"token {fleet_token()}"}, timeout=30)
+    r.raise_for_status()
+    return [x["name"] for x in r.json()][:n]
+
+
+def run_fleet(
+    target_url: str,
+    emulator_url: str,
+    spec: FleetSpec,
+    repos: list[str],
+    org: str = "octo-org",
+    paced: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> FleetResult:
+    """Run ``spec.runners`` threads of ``spec.calls`` calls each against ``target_url``."""
+    token = fleet_token()
+    interval = POLL_INTERVAL_S / spec.time_scale
+    cycles = max(1, spec.calls // CALLS_PER_CYCLE)
+    before = charged_total(emulator_url)
+    result = FleetResult(calls=0, charged=0, per_runner=[Counter() for _ in range(spec.runners)])
+    lock = threading.Lock()
+    stop_churn = threading.Event()
+    start = time.monotonic()
+
+    def churn() -> None:
+        every = spec.churn_every_s / spec.time_scale
+        while not stop_churn.wait(every):
+            httpx.post(f"{emulator_url}/_emulator/mutate", json={"n": 1}, timeout=10)
+            result.churn_events += 1
+
+    def runner(i: int) -> None:
+        rng = random.Random(spec.seed * 1000 + i)
+        offset = rng.uniform(0, interval) if paced else 0.0
+        local: Counter[str] = Counter()
+        errors = 0
+        made = 0
+        with httpx.Client(base_url=target_url, timeout=60,
+                          headers={"Authorization": f"token {token}", "Accept": "application/vnd.github+json"}) as c:
+            for cycle in range(cycles):
+                if paced:
+                    due = start + offset + cycle * interval * rng.uniform(0.95, 1.05)
+                    time.sleep(max(0.0, due - time.monotonic()))
+                for path in workload(org, repos, cycle, i):
+                    if made >= spec.calls:
+                        break
+                    r = c.get(path)
+                    made += 1
+                    local[r.headers.get("X-Fleetci-Cache", "DIRECT")] += 1
+                    if r.status_code >= 400:
+                        errors += 1
+        with lock:
+            result.per_runner[i] = local
+            result.outcomes.update(local)
+            result.calls += made
+            result.errors += errors
+
+    churner = threading.Thread(target=churn, daemon=True) if paced and spec.churn_every_s > 0 else None
+    if churner:
+        churner.start()
+    threads = [threading.Thread(target=runner, args=(i,)) for i in range(spec.runners)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop_churn.set()
+    if churner:
+        churner.join()
+    result.charged = charged_total(emulator_url) - before
+    result.wall_s = time.monotonic() - start
+    if progress:
+        progress(f"{spec.runners} runners x {spec.calls} calls -> {result.charged} charged ({result.wall_s:.1f}s)")
+    return result
+
+
+def scaled_config(path: Path, scale: float, default_ttl: float = 300.0) -> Path:
+    """The proxy's fresh windows, compressed by the same factor as the runners' clock."""
+    rules = [{"pattern": r.pattern, "seconds": r.seconds / scale, "name": r.name} for r in DEFAULT_RULES]
+    path.write_text(yaml.safe_dump({"cache": {"ttl": rules, "default_ttl": default_ttl / scale}}))
+    return path
+
+
+def _p50_ms(samples: list[float]) -> float:
+    return round(statistics.median(samples) * 1000, 4)
+
+
+class _Conn:
+    """Keep-alive HTTP/1.1 client with the least client-side overhead, so timings show the server."""
+
+    def __init__(self, url: str, token: str) -> None:
+        u = urlsplit(url)
+        self.conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port or 80, timeout=30)
+        self.headers = {"Authorization": f"token {token}", "Accept": "application/vnd.github+json"}
+
+    def get(self, path: str, extra: dict[str, str] | None = None) -> tuple[float, int, str]:
+        t0 = time.perf_counter()
+        self.conn.request("GET", path, headers={**self.headers, **(extra or {})})
+        resp = self.conn.getresponse()
+        resp.read()
+        elapsed = time.perf_counter() - t0
+        return elapsed, resp.status, resp.getheader("X-Fleetci-Cache") or ""
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def measure_latencies(proxy_url: str, emulator_url: str, cache_dir: Path, repos: list[str],
+                      samples: int = 400, org: str = "octo-org") -> dict[str, float]:
+    """Hit over HTTP, hit in-process, direct, and miss overhead, with a zero-latency emulator."""
+    from fleetci.cache import GitHubAPICache
+    from fleetci.config import cache_settings
+    from fleetci.testing import TOKENS
+
+    set_emulator(emulator_url, latency_ms=[0, 0], error_rate=0.0, drop_rate=0.0)
+    tok = next(t for t, who in TOKENS.items() if who == "alice")  # a scope the fleet phase left cold
+    direct, via = _Conn(emulator_url, tok), _Conn(proxy_url, tok)
+    try:
+        # Distinct URLs, each a miss for the proxy; interleaved with the direct call to the same URL so
+        # drift on the machine affects both sides alike.
+        direct_s: list[float] = []
+        miss_s: list[float] = []
+        for i in range(samples):
+            path = f"/repos/{org}/{repos[i % len(repos)]}/actions/runs?per_page={1 + i % 100}&page={1 + i // 100}"
+            d, status, _ = direct.get(path)
+            m, status2, outcome = via.get(path)
+            if status == status2 == 200 and outcome == "MISS":
+                direct_s.append(d)
+                miss_s.append(m)
+        hit_path = f"/repos/{org}/{repos[0]}"
+        via.get(hit_path)
+        hits = [via.get(hit_path)[0] for _ in range(samples * 2)]
+    finally:
+        direct.close()
+        via.close()
+    cache = GitHubAPICache(cache_settings({"upstream": emulator_url, "cache_dir": str(cache_dir)}, {}, {}))
+    auth = f"token {tok}"
+    assert cache.get(hit_path, auth, {"Accept": "application/vnd.github+json"}) is not None
+    inproc = []
+    for _ in range(samples * 5):
+        t0 = time.perf_counter()
+        cache.get(hit_path, auth, {"Accept": "application/vnd.github+json"})
+        inproc.append(time.perf_counter() - t0)
+    cache.close()
+    pairs = sorted(m - d for m, d in zip(miss_s, direct_s, strict=True))
+    return {
+        "local_hit_http_p50_ms": _p50_ms(hits),
+        "local_hit_inproc_p50_ms": _p50_ms(inproc),
+        "direct_p50_ms": _p50_ms(direct_s),
+        "miss_via_proxy_p50_ms": _p50_ms(miss_s),
+        "miss_overhead_p50_ms": round(statistics.median(pairs) * 1000, 4) if pairs else float("nan"),
+        "latency_samples": len(pairs),
+    }
+
+
+TARGETS = {
+    "upstream_charged_max_5_runners": 25,
+    "local_hit_http_p50_ms_max": 1.0,
+    "local_hit_inproc_p50_ms_max": 0.05,
+    "miss_overhead_p50_ms_max": 2.0,
+}
+
+
+def start_emulator(latency_ms: tuple[float, float]) -> Any:
+    return running(fleetci_argv("emulate", "github", "--port", "0",
+                                "--latency-ms", f"{latency_ms[0]:g}-{latency_ms[1]:g}"))
+
+
+def start_proxy(emulator_url: str, cache_dir: Path, config: Path) -> Any:
+    from fleetci.http import free_port
+
+    return running(fleetci_argv("--config", str(config), "cache", "serve", "--upstream", emulator_url,
+                                "--port", str(free_port()), "--cache-dir", str(cache_dir)))
+
+
+def bench_cache(spec: FleetSpec, progress: Callable[[str], None] | None = None,
+                latency_samples: int = 400) -> dict[str, Any]:
+    say = progress or (lambda _m: None)
+    scaled_latency = (spec.latency_ms[0] / spec.time_scale, spec.latency_ms[1] / spec.time_scale)
+    with tempfile.TemporaryDirectory(prefix="fleetci-bench-") as tmp:
+        tmp_path = Path(tmp)
+        emu: Service
+        with start_emulator(spec.latency_ms) as emu:
+            repos = list_repo_names(emu.url, "octo-org", spec.repos)
+            say(f"emulator at {emu.url}; baseline: {spec.runners} runners straight to the API")
+            set_emulator(emu.url, latency_ms=list(scaled_latency))
+            baseline = run_fleet(emu.url, emu.url, spec, repos, paced=False, progress=say)
+            httpx.post(f"{emu.url}/_emulator/reset", timeout=10)
+            config = scaled_config(tmp_path / "bench.yml", spec.time_scale)
+            with start_proxy(emu.url, tmp_path / "cache", config) as proxy:
+                say(f"proxy at {proxy.url}; the same fleet through the cache")
+                cached = run_fleet(proxy.url, emu.url, spec, repos, paced=True, progress=say)
+                stats = httpx.get(f"{proxy.url}/_fleetci/stats", timeout=10).json()
+                say("latency: direct vs proxy miss vs proxy hit (zero-latency emulator)")
+                lat = measure_latencies(proxy.url, emu.url, tmp_path / "cache", repos, latency_samples)
+    simulated_min = (max(1, spec.calls // CALLS_PER_CYCLE) * POLL_INTERVAL_S) / 60
+    out: dict[str, Any] = {
+        "runners": spec.runners,
+        "calls_per_runner": spec.calls,
+        "total_calls": cached.calls,
+        "baseline_charged": baseline.charged,
+        "upstream_charged": cached.charged,
+        "saved_ratio": round(1 - cached.charged / baseline.charged, 4) if baseline.charged else 0.0,
+        **{k: lat[k] for k in ("local_hit_http_p50_ms", "local_hit_inproc_p50_ms", "direct_p50_ms",
+                               "miss_overhead_p50_ms", "miss_via_proxy_p50_ms", "latency_samples")},
+        "outcomes": dict(sorted(cached.outcomes.items())),
+        "per_runner": [dict(sorted(c.items())) for c in cached.per_runner],
+        "hit_rate": stats.get("hit_rate"),
+        "errors": baseline.errors + cached.errors,
+        "churn_events": cached.churn_events,
+        "simulated_minutes": simulated_min,
+        "time_scale": spec.time_scale,
+        "latency_ms": list(spec.latency_ms),
+        "wall_s": round(baseline.wall_s + cached.wall_s, 2),
+        "targets": TARGETS,
+    }
+    return out

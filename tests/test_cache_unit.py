@@ -1,0 +1,184 @@
+"""Fast logic: policy, keys, rate-limit tracker, store, configuration precedence."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from fleetci.cache.policy import TTLPolicy, cache_key, normalize_target, scope_of, wants_revalidation
+from fleetci.cache.ratelimit import RateLimitTracker
+from fleetci.cache.store import CacheStore, Entry
+from fleetci.config import Resolver, TTLRule, cache_settings, parse_ttl_rules
+from fleetci.errors import UsageError
+
+
+def test_ttl_classes_follow_seed_defaults() -> None:
+    p = TTLPolicy.build((), 300)
+    assert p.classify("/orgs/octo-org/repos?per_page=100") == ("repo-list", 600)
+    assert p.classify("/user/repos") == ("repo-list", 600)
+    assert p.classify("/repos/o/r/actions/runs?per_page=5&status=queued") == ("queue", 60)
+    assert p.classify("/repos/o/r/actions/runs") == ("workflow-runs", 120)
+    assert p.classify("/repos/o/r/actions/runs/12/jobs") == ("jobs", 60)
+    assert p.classify("/orgs/o/actions/runners") == ("runners", 300)
+    assert p.classify("/repos/o/r") == ("default", 300)
+    assert p.classify("/rate_limit") == ("rate-limit", 0)
+
+
+def test_config_rules_override_defaults() -> None:
+    rules = parse_ttl_rules([{"pattern": r"/actions/runners", "seconds": 5, "name": "fast-runners"}])
+    assert TTLPolicy.build(rules, 300).classify("/orgs/o/actions/runners") == ("fast-runners", 5)
+    with pytest.raises(UsageError):
+        parse_ttl_rules([{"pattern": "x"}])
+    with pytest.raises(UsageError):
+        parse_ttl_rules([{"pattern": "(", "seconds": 1}])
+
+
+def test_scope_never_contains_token_and_separates_tokens() -> None:
+    a, b = scope_of("token ghp_secretA"), scope_of("token ghp_secretB")
+    assert a != b and "secretA" not in a
+    assert scope_of(None) == scope_of("") == "anonymous"
+    k1 = cache_key(a, "/repos/o/r", {})
+    assert k1 != cache_key(b, "/repos/o/r", {})
+    assert k1 != cache_key(a, "/repos/o/r", {"accept": "application/vnd.github.raw"})
+
+
+def test_normalize_sorts_query_and_strips_ghes_prefix() -> None:
+    assert normalize_target("/repos/o/r/actions/runs?status=queued&per_page=5") == normalize_target(
+        "/repos/o/r/actions/runs?per_page=5&status=queued"
+    )
+    assert normalize_target("/api/v3/repos/o/r/", "/api/v3") == "/repos/o/r"
+
+
+def test_no_cache_detection() -> None:
+    assert wants_revalidation({"cache-control": "no-cache"})
+    assert wants_revalidation({"cache-control": "max-age=0"})
+    assert not wants_revalidation({"cache-control": "max-age=60"})
+
+
+def test_primary_limit_blocks_until_reset() -> None:
+    t = RateLimitTracker()
+    now = 1000.0
+    limited = t.observe("s", 403, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "1300"}, b"{}", now)
+    assert limited
+    assert t.blocked_for("s", now) == pytest.approx(300)
+    assert t.blocked_for("other", now) == 0
+
+
+def test_exhausted_budget_blocks_before_refusal() -> None:
+    t = RateLimitTracker()
+    assert not t.observe("s", 200, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "1060"}, b"", 1000.0)
+    assert t.blocked_for("s", 1000.0) == pytest.approx(60)
+
+
+def test_secondary_limit_retry_after_then_fallback_and_exponential_backoff() -> None:
+    t = RateLimitTracker()
+    assert t.observe("s", 403, {"retry-after": "30"}, b"secondary rate limit", 0.0)
+    assert t.blocked_for("s", 0.0) == pytest.approx(30)
+    body = b'{"message": "You have exceeded a secondary rate limit."}'
+    assert t.observe("s", 403, {}, body, 100.0)
+    assert t.blocked_for("s", 100.0) == pytest.approx(60)
+    assert t.observe("s", 429, {}, body, 200.0)
+    assert t.blocked_for("s", 200.0) == pytest.approx(120)
+    t.observe("s", 200, {}, b"", 400.0)  # success resets the backoff
+    assert t.observe("s", 403, {}, body, 500.0)
+    assert t.blocked_for("s", 500.0) == pytest.approx(60)
+
+
+def test_plain_forbidden_is_not_a_rate_limit() -> None:
+    t = RateLimitTracker()
+    assert not t.observe("s", 403, {"x-ratelimit-remaining": "4000"}, b'{"message":"Must have admin rights"}', 0)
+    assert t.blocked_for("s", 0) == 0
+
+
+def _entry(key: str, body: bytes = b"{}", ttl: float = 60) -> Entry:
+    return Entry.create(key, "scope", f"/t/{key}", 200, (("ETag", f'"{key}"'),), body, ttl)
+
+
+def test_store_roundtrip_restart_and_lru_bound(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    s = CacheStore(db, max_entries=3)
+    for k in "abcd":
+        s.put(_entry(k))
+    assert len(s) == 3 and s.get("a") is None  # a was least recently used
+    s.get("b")
+    s.put(_entry("e"))
+    s.close()
+    s2 = CacheStore(db, max_entries=3)
+    assert {k for k in "abcde" if s2.get(k) is not None} == {"b", "d", "e"}
+    assert s2.get("b") is not None and s2.get("b").etag == '"b"'  # type: ignore[union-attr]
+
+
+def test_store_byte_budget(tmp_path: Path) -> None:
+    s = CacheStore(tmp_path / "c.db", max_entries=100, max_bytes=5000)
+    for i in range(10):
+        s.put(_entry(str(i), b"x" * 1000))
+    assert s.total_bytes <= 5000
+    assert s.get("9") is not None and s.get("0") is None
+
+
+def test_store_drops_damaged_row(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    s = CacheStore(db)
+    s.put(_entry("k", b'{"a": 1}'))
+    s.close()
+    with sqlite3.connect(db) as raw:
+        raw.execute("UPDATE entries SET body = ? WHERE key = 'k'", (b'{"a": 2}',))
+    assert CacheStore(db).get("k") is None
+
+
+def test_store_sees_other_process_changes(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    a, b = CacheStore(db), CacheStore(db)
+    a.put(_entry("k"))
+    assert b.get("k") is not None
+    a.clear()
+    assert b.get("k") is None and len(b) == 0
+
+
+def test_corrupt_database_is_moved_aside(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    db.write_bytes(b"this is not a database" * 100)
+    s = CacheStore(db)
+    assert s.corrupt_moved_to is not None
+    assert s.corrupt_moved_to.read_bytes().startswith(b"this is not a database")
+    s.put(_entry("k"))
+    assert s.get("k") is not None
+
+
+def test_entry_freshness_and_cid() -> None:
+    e = _entry("k", b"hello", ttl=10)
+    assert e.is_fresh(time.time()) and not e.is_fresh(time.time() + 11)
+    assert e.cid().startswith("bafkrei")  # CIDv1, raw codec, sha2-256, base32
+
+
+def test_precedence_flag_env_file_default() -> None:
+    file = {"cache": {"proxy_port": 7000, "default_ttl": 42}}
+    env = {"CACHE_PROXY_PORT": "8000"}
+    assert cache_settings({"proxy_port": "9000"}, file, env).proxy_port == 9000
+    assert cache_settings({}, file, env).proxy_port == 8000
+    assert cache_settings({}, file, {}).proxy_port == 7000
+    assert cache_settings({}, {}, {}).proxy_port == 9101
+    assert cache_settings({}, file, {}).default_ttl == 42
+    assert cache_settings({}, {}, {"CACHE_ENABLE_P2P": "true"}).enable_p2p is True
+    assert cache_settings({}, {}, {"CACHE_BOOTSTRAP_PEERS": "/ip4/1/tcp/1, /ip4/2/tcp/2"}).bootstrap_peers == (
+        "/ip4/1/tcp/1",
+        "/ip4/2/tcp/2",
+    )
+
+
+def test_bad_values_are_usage_errors() -> None:
+    with pytest.raises(UsageError, match=r"\$CACHE_PROXY_PORT"):
+        cache_settings({}, {}, {"CACHE_PROXY_PORT": "abc"})
+    with pytest.raises(UsageError, match="upstream"):
+        cache_settings({"upstream": "ftp://x"}, {}, {})
+    with pytest.raises(UsageError):
+        Resolver({}, {}, {"X": "maybe"}).get("x", False, lambda s: s == "true" or int(s) > 0, env=("X",))
+
+
+def test_ttl_rule_dataclass_is_frozen() -> None:
+    r = TTLRule("x", 1)
+    with pytest.raises(AttributeError):
+        r.seconds = 2  # type: ignore[misc]
