@@ -31,7 +31,9 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_fleetci(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_fleetci(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         fleetci_cmd(*args), env=env or clean_env(), capture_output=True, text=True, timeout=timeout
     )
@@ -77,9 +79,23 @@ def start_proxy(upstream: str, cache_dir: Path, *args: str, env: dict[str, str] 
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as fh:
         proc = subprocess.Popen(
-            fleetci_cmd("cache", "serve", "--upstream", upstream, "--port", str(port), "--cache-dir",
-                        str(cache_dir), "--socket", str(sock), *args),
-            env=env or clean_env(), stdout=fh, stderr=subprocess.STDOUT, text=True,
+            fleetci_cmd(
+                "cache",
+                "serve",
+                "--upstream",
+                upstream,
+                "--port",
+                str(port),
+                "--cache-dir",
+                str(cache_dir),
+                "--socket",
+                str(sock),
+                *args,
+            ),
+            env=env or clean_env(),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
     try:
         wait_healthy(f"http://127.0.0.1:{port}/_fleetci/health", timeout=30, alive=proc)
@@ -105,7 +121,9 @@ def emulator() -> Iterator[object]:
 def proxy_factory(tmp_path: Path) -> Iterator[object]:
     started: list[Proxy] = []
 
-    def factory(upstream: str, *args: str, cache_dir: Path | None = None, env: dict[str, str] | None = None) -> Proxy:
+    def factory(
+        upstream: str, *args: str, cache_dir: Path | None = None, env: dict[str, str] | None = None
+    ) -> Proxy:
         p = start_proxy(upstream, cache_dir or tmp_path / "cache", *args, env=env)
         started.append(p)
         return p

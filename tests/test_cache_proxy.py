@@ -71,9 +71,12 @@ def test_fifty_concurrent_identical_requests_make_one_upstream_call(emulator: An
     before = charged(emulator, "alice")
 
     async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=proxy.url, timeout=30,
-                                     headers={"Authorization": f"token {token('alice')}"},
-                                     limits=httpx.Limits(max_connections=60)) as c:
+        async with httpx.AsyncClient(
+            base_url=proxy.url,
+            timeout=30,
+            headers={"Authorization": f"token {token('alice')}"},
+            limits=httpx.Limits(max_connections=60),
+        ) as c:
             return await asyncio.gather(*(c.get(f"/repos/{repo}/actions/runs") for _ in range(50)))
 
     responses = asyncio.run(burst())
@@ -127,8 +130,10 @@ def test_link_pagination_points_back_at_proxy(emulator: Any, proxy: Proxy) -> No
             url = r.links.get("next", {}).get("url")
             if url:
                 assert url.startswith(proxy.url), url
-    direct = httpx.get(f"{emulator.url}/orgs/octo-org/repos?per_page=100",
-                       headers={"Authorization": f"token {token('alice')}"}).json()
+    direct = httpx.get(
+        f"{emulator.url}/orgs/octo-org/repos?per_page=100",
+        headers={"Authorization": f"token {token('alice')}"},
+    ).json()
     assert seen == [x["full_name"] for x in direct] and len(seen) > 2
 
 
@@ -197,13 +202,16 @@ def test_restart_keeps_entries(emulator: Any, proxy_factory: Any, tmp_path: Path
         assert c.get(f"/repos/{repo}").headers["X-Fleetci-Cache"] == "HIT"
     assert charged(emulator, "alice") == spent
     # counters of the first run were saved at shutdown
-    saved = run_fleetci("cache", "stats", "--json", "--cache-dir", str(tmp_path / "c"),
-                        "--socket", str(tmp_path / "nosock"))
+    saved = run_fleetci(
+        "cache", "stats", "--json", "--cache-dir", str(tmp_path / "c"), "--socket", str(tmp_path / "nosock")
+    )
     assert saved.returncode == 0, saved.stderr
     assert json.loads(saved.stdout)["misses"] >= 1
 
 
-def test_kill_9_during_writes_leaves_no_broken_entry(emulator: Any, proxy_factory: Any, tmp_path: Path) -> None:
+def test_kill_9_during_writes_leaves_no_broken_entry(
+    emulator: Any, proxy_factory: Any, tmp_path: Path
+) -> None:
     writer = textwrap.dedent(
         """
         import sys, os
@@ -243,7 +251,9 @@ def test_kill_9_during_writes_leaves_no_broken_entry(emulator: Any, proxy_factor
         assert c.get(f"/repos/{repo}/actions/runs?per_page=1").headers["X-Fleetci-Cache"] == "HIT"
 
 
-def test_corrupt_database_is_moved_aside_and_rebuilt(emulator: Any, proxy_factory: Any, tmp_path: Path) -> None:
+def test_corrupt_database_is_moved_aside_and_rebuilt(
+    emulator: Any, proxy_factory: Any, tmp_path: Path
+) -> None:
     cache_dir = tmp_path / "corrupt"
     cache_dir.mkdir()
     garbage = b"SQLite format 3\x00" + os.urandom(8192)
@@ -263,21 +273,37 @@ def test_gh_cli_through_unix_socket(emulator: Any, proxy: Proxy, tmp_path: Path)
     cfg = tmp_path / "gh"
     cfg.mkdir()
     (cfg / "config.yml").write_text(f"http_unix_socket: {proxy.socket}\n")
-    env = clean_env(GH_CONFIG_DIR=str(cfg), GH_TOKEN=token("alice"), GH_NO_UPDATE_NOTIFIER="1",
-                    GH_PROMPT_DISABLED="1", NO_COLOR="1")
+    env = clean_env(
+        GH_CONFIG_DIR=str(cfg),
+        GH_TOKEN=token("alice"),
+        GH_NO_UPDATE_NOTIFIER="1",
+        GH_PROMPT_DISABLED="1",
+        NO_COLOR="1",
+    )
     repo = org_repo(emulator)
     before = charged(emulator, "alice")
-    outs = [subprocess.run([gh, "api", "-i", f"repos/{repo}"], env=env, capture_output=True, text=True,
-                           timeout=60) for _ in range(2)]
+    outs = [
+        subprocess.run(
+            [gh, "api", "-i", f"repos/{repo}"], env=env, capture_output=True, text=True, timeout=60
+        )
+        for _ in range(2)
+    ]
     for o in outs:
         assert o.returncode == 0, o.stderr
     assert "X-Fleetci-Cache: MISS" in outs[0].stdout and "X-Fleetci-Cache: HIT" in outs[1].stdout
     assert charged(emulator, "alice") - before == 1
-    paged = subprocess.run([gh, "api", "--paginate", "orgs/octo-org/repos?per_page=2", "--jq", ".[].full_name"],
-                           env=env, capture_output=True, text=True, timeout=60)
+    paged = subprocess.run(
+        [gh, "api", "--paginate", "orgs/octo-org/repos?per_page=2", "--jq", ".[].full_name"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert paged.returncode == 0, paged.stderr
-    direct = httpx.get(f"{emulator.url}/orgs/octo-org/repos?per_page=100",
-                       headers={"Authorization": f"token {token('alice')}"}).json()
+    direct = httpx.get(
+        f"{emulator.url}/orgs/octo-org/repos?per_page=100",
+        headers={"Authorization": f"token {token('alice')}"},
+    ).json()
     assert paged.stdout.split() == [x["full_name"] for x in direct]
 
 
@@ -308,14 +334,33 @@ def test_metrics_and_stats_cli(emulator: Any, proxy: Proxy, tmp_path: Path) -> N
     metrics = httpx.get(f"{proxy.url}/metrics").text
     assert "fleetci_cache_local_hits_total 1.0" in metrics
     summary = tmp_path / "summary.md"
-    out = run_fleetci("cache", "stats", "--summary", "--cache-dir", str(proxy.cache_dir), "--socket",
-                      str(proxy.socket), env=clean_env(GITHUB_STEP_SUMMARY=str(summary)))
+    out = run_fleetci(
+        "cache",
+        "stats",
+        "--summary",
+        "--cache-dir",
+        str(proxy.cache_dir),
+        "--socket",
+        str(proxy.socket),
+        env=clean_env(GITHUB_STEP_SUMMARY=str(summary)),
+    )
     assert out.returncode == 0, out.stderr
     assert "local_hits" in out.stdout and "| local_hits | 1 |" in summary.read_text()
     js = run_fleetci("cache", "stats", "--json", "--url", proxy.url)
     data = json.loads(js.stdout)
-    for key in ("local_hits", "peer_hits", "misses", "revalidations", "coalesced", "stale_served", "hit_rate",
-                "api_calls_saved", "rate_limit_remaining", "cache_size", "connected_peers"):
+    for key in (
+        "local_hits",
+        "peer_hits",
+        "misses",
+        "revalidations",
+        "coalesced",
+        "stale_served",
+        "hit_rate",
+        "api_calls_saved",
+        "rate_limit_remaining",
+        "cache_size",
+        "connected_peers",
+    ):
         assert key in data
     assert data["source"] == "live" and data["cache_size"] == 1
 
@@ -369,8 +414,9 @@ def test_start_stop_background(emulator: Any, tmp_path: Path) -> None:
     cache_dir = tmp_path / "bg"
     env = clean_env(GITHUB_ENV=str(tmp_path / "env"), GITHUB_OUTPUT=str(tmp_path / "out"))
     port = str(free_port())
-    started = run_fleetci("cache", "start", "--upstream", emulator.url, "--port", port, "--cache-dir",
-                          str(cache_dir), env=env)
+    started = run_fleetci(
+        "cache", "start", "--upstream", emulator.url, "--port", port, "--cache-dir", str(cache_dir), env=env
+    )
     try:
         assert started.returncode == 0, started.stderr
         exported = (tmp_path / "env").read_text()
@@ -378,7 +424,9 @@ def test_start_stop_background(emulator: Any, tmp_path: Path) -> None:
         gh_dir = next(ln.split("=", 1)[1] for ln in exported.splitlines() if ln.startswith("GH_CONFIG_DIR="))
         assert "http_unix_socket" in (Path(gh_dir) / "config.yml").read_text()
         assert "api-url=" in (tmp_path / "out").read_text()
-        r = httpx.get(f"http://127.0.0.1:{port}/user/repos", headers={"Authorization": f"token {token('alice')}"})
+        r = httpx.get(
+            f"http://127.0.0.1:{port}/user/repos", headers={"Authorization": f"token {token('alice')}"}
+        )
         assert r.status_code == 200
     finally:
         stopped = run_fleetci("cache", "stop", "--cache-dir", str(cache_dir), env=env)
@@ -388,6 +436,7 @@ def test_start_stop_background(emulator: Any, tmp_path: Path) -> None:
 
 # -- bad input: one clear line, non-zero exit ---------------------------------------------------------
 
+
 def test_unknown_flag(tmp_path: Path) -> None:
     out = run_fleetci("cache", "serve", "--bogus")
     assert out.returncode == 2
@@ -396,37 +445,55 @@ def test_unknown_flag(tmp_path: Path) -> None:
 
 
 def test_bad_env_value(tmp_path: Path) -> None:
-    out = run_fleetci("cache", "serve", "--cache-dir", str(tmp_path), env=clean_env(CACHE_PROXY_PORT="ninety"))
+    out = run_fleetci(
+        "cache", "serve", "--cache-dir", str(tmp_path), env=clean_env(CACHE_PROXY_PORT="ninety")
+    )
     assert "$CACHE_PROXY_PORT" in one_line_error(out)
 
 
 def test_port_already_in_use(emulator: Any, proxy: Proxy, tmp_path: Path) -> None:
     port = proxy.url.rsplit(":", 1)[1]
-    out = run_fleetci("cache", "serve", "--upstream", emulator.url, "--port", port, "--cache-dir", str(tmp_path / "x"))
+    out = run_fleetci(
+        "cache", "serve", "--upstream", emulator.url, "--port", port, "--cache-dir", str(tmp_path / "x")
+    )
     assert "address already in use" in one_line_error(out)
 
 
 def test_unreachable_upstream(tmp_path: Path) -> None:
     from fleetci.http import free_port
 
-    out = run_fleetci("cache", "serve", "--upstream", f"http://127.0.0.1:{free_port()}", "--port", "0",
-                      "--cache-dir", str(tmp_path / "x"))
+    out = run_fleetci(
+        "cache",
+        "serve",
+        "--upstream",
+        f"http://127.0.0.1:{free_port()}",
+        "--port",
+        "0",
+        "--cache-dir",
+        str(tmp_path / "x"),
+    )
     assert "unreachable" in one_line_error(out)
 
 
 def test_unwritable_cache_dir(emulator: Any, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    out = run_fleetci("cache", "serve", "--upstream", emulator.url, "--port", "0", "--cache-dir",
-                      str(blocker / "cache"))
+    out = run_fleetci(
+        "cache", "serve", "--upstream", emulator.url, "--port", "0", "--cache-dir", str(blocker / "cache")
+    )
     assert "cache dir" in one_line_error(out)
     ro = tmp_path / "ro"
     ro.mkdir()
-    if os.geteuid() == 0 and shutil.which("mount") and subprocess.run(
-        ["mount", "--bind", "-o", "ro", str(ro), str(ro)], capture_output=True
-    ).returncode == 0:
+    if (
+        os.geteuid() == 0
+        and shutil.which("mount")
+        and subprocess.run(["mount", "--bind", "-o", "ro", str(ro), str(ro)], capture_output=True).returncode
+        == 0
+    ):
         try:
-            out = run_fleetci("cache", "serve", "--upstream", emulator.url, "--port", "0", "--cache-dir", str(ro))
+            out = run_fleetci(
+                "cache", "serve", "--upstream", emulator.url, "--port", "0", "--cache-dir", str(ro)
+            )
             assert "not writable" in one_line_error(out)
         finally:
             subprocess.run(["umount", str(ro)], check=False)
@@ -438,7 +505,9 @@ def test_corrupt_config_file(tmp_path: Path) -> None:
     assert "not valid YAML" in one_line_error(run_fleetci("--config", str(cfg), "cache", "stats"))
     cfg.write_text("cache:\n  ttl: [{pattern: '(', seconds: 5}]\n")
     assert "ttl" in one_line_error(run_fleetci("--config", str(cfg), "cache", "stats"))
-    assert "does not exist" in one_line_error(run_fleetci("--config", str(tmp_path / "nope.yml"), "cache", "stats"))
+    assert "does not exist" in one_line_error(
+        run_fleetci("--config", str(tmp_path / "nope.yml"), "cache", "stats")
+    )
 
 
 def test_stats_and_clear_without_cache(tmp_path: Path) -> None:
@@ -460,8 +529,18 @@ def test_summary_outside_actions(emulator: Any, proxy: Proxy) -> None:
 
 def test_start_reports_failure_in_one_line(emulator: Any, proxy: Proxy, tmp_path: Path) -> None:
     port = proxy.url.rsplit(":", 1)[1]
-    out = run_fleetci("cache", "start", "--upstream", emulator.url, "--port", port, "--cache-dir",
-                      str(tmp_path / "s"), "--timeout", "20")
+    out = run_fleetci(
+        "cache",
+        "start",
+        "--upstream",
+        emulator.url,
+        "--port",
+        port,
+        "--cache-dir",
+        str(tmp_path / "s"),
+        "--timeout",
+        "20",
+    )
     assert "address already in use" in one_line_error(out)
 
 

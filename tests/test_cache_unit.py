@@ -89,7 +89,9 @@ def test_secondary_limit_retry_after_then_fallback_and_exponential_backoff() -> 
 
 def test_plain_forbidden_is_not_a_rate_limit() -> None:
     t = RateLimitTracker()
-    assert not t.observe("s", 403, {"x-ratelimit-remaining": "4000"}, b'{"message":"Must have admin rights"}', 0)
+    assert not t.observe(
+        "s", 403, {"x-ratelimit-remaining": "4000"}, b'{"message":"Must have admin rights"}', 0
+    )
     assert t.blocked_for("s", 0) == 0
 
 
@@ -163,7 +165,9 @@ def test_precedence_flag_env_file_default() -> None:
     assert cache_settings({}, {}, {}).proxy_port == 9101
     assert cache_settings({}, file, {}).default_ttl == 42
     assert cache_settings({}, {}, {"CACHE_ENABLE_P2P": "true"}).enable_p2p is True
-    assert cache_settings({}, {}, {"CACHE_BOOTSTRAP_PEERS": "/ip4/1/tcp/1, /ip4/2/tcp/2"}).bootstrap_peers == (
+    assert cache_settings(
+        {}, {}, {"CACHE_BOOTSTRAP_PEERS": "/ip4/1/tcp/1, /ip4/2/tcp/2"}
+    ).bootstrap_peers == (
         "/ip4/1/tcp/1",
         "/ip4/2/tcp/2",
     )

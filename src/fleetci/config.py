@@ -221,9 +221,7 @@ def cache_settings(
         default_ttl=r.get("default_ttl", 300.0, float, env=("CACHE_DEFAULT_TTL",)),
         max_entries=r.get("max_entries", 10_000, parse_positive_int, env=("CACHE_MAX_ENTRIES",)),
         max_bytes=r.get("max_bytes", 256 * 1024 * 1024, parse_positive_int, env=("CACHE_MAX_BYTES",)),
-        max_concurrency=r.get(
-            "max_concurrency", 20, parse_positive_int, env=("CACHE_MAX_CONCURRENCY",)
-        ),
+        max_concurrency=r.get("max_concurrency", 20, parse_positive_int, env=("CACHE_MAX_CONCURRENCY",)),
         max_stale=r.get("max_stale", 24 * 3600, int, env=("CACHE_MAX_STALE",)),
         upstream_timeout=r.get("upstream_timeout", 30.0, float, env=("CACHE_UPSTREAM_TIMEOUT",)),
         enable_p2p=r.get("enable_p2p", False, parse_bool, env=("CACHE_ENABLE_P2P",)),

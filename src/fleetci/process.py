@@ -79,7 +79,9 @@ def _drain(stream: object) -> None:
 
 
 @contextlib.contextmanager
-def running(argv: Sequence[str], timeout: float = 30.0, env: dict[str, str] | None = None) -> Iterator[Service]:
+def running(
+    argv: Sequence[str], timeout: float = 30.0, env: dict[str, str] | None = None
+) -> Iterator[Service]:
     svc = spawn(argv, timeout, env)
     try:
         yield svc

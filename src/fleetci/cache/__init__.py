@@ -8,6 +8,7 @@ Seed names kept: ``get_cache()`` / ``get_global_cache()`` with ``.get_stats()`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
@@ -48,7 +49,9 @@ class GitHubAPICache:
         self.policy = TTLPolicy.build(self.settings.ttl_rules, self.settings.default_ttl)
         self.engine: CacheEngine | None = None
 
-    def key_for(self, target: str, authorization: str | None = None, headers: dict[str, str] | None = None) -> str:
+    def key_for(
+        self, target: str, authorization: str | None = None, headers: dict[str, str] | None = None
+    ) -> str:
         lower = {k.lower(): v for k, v in (headers or {}).items()}
         base_path = urlsplit(self.settings.upstream).path.rstrip("/")
         return cache_key(scope_of(authorization), normalize_target(target, base_path), lower)
@@ -72,8 +75,16 @@ class GitHubAPICache:
                 "source": "saved" if saved else "empty",
             }
         )
-        for k in ("local_hits", "peer_hits", "misses", "revalidations", "coalesced", "stale_served",
-                  "api_calls_saved", "connected_peers"):
+        for k in (
+            "local_hits",
+            "peer_hits",
+            "misses",
+            "revalidations",
+            "coalesced",
+            "stale_served",
+            "api_calls_saved",
+            "connected_peers",
+        ):
             stats.setdefault(k, 0)
         stats.setdefault("hit_rate", 0.0)
         stats.setdefault("rate_limit_remaining", None)
@@ -156,8 +167,11 @@ class CachedGitHubCLI:
             self.cache.engine = CacheEngine(self.cache.settings, store=self.cache.store)
 
     def _headers(self) -> dict[str, str]:
-        h = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28",
-             "User-Agent": "fleetci"}
+        h = {
+            "Accept": "application/vnd.github+json",
+            "X-GitHub-Api-Version": "2022-11-28",
+            "User-Agent": "fleetci",
+        }
         if self.token:
             h["Authorization"] = f"Bearer {self.token}"
         return h
@@ -167,7 +181,9 @@ class CachedGitHubCLI:
         if target.startswith(("http://", "https://")):
             parts = urlsplit(target)
             base_path = urlsplit(self.base_url).path.rstrip("/")
-            path = parts.path[len(base_path):] if base_path and parts.path.startswith(base_path) else parts.path
+            path = (
+                parts.path[len(base_path) :] if base_path and parts.path.startswith(base_path) else parts.path
+            )
             target = path + (f"?{parts.query}" if parts.query else "")
         headers = self._headers()
         if self._client is not None:
@@ -188,10 +204,8 @@ class CachedGitHubCLI:
         status, _, body = self.request(target)
         if status >= 400:
             message = ""
-            try:
+            with contextlib.suppress(ValueError, AttributeError):
                 message = json.loads(body).get("message", "")
-            except (ValueError, AttributeError):
-                pass
             raise FleetciError(f"GitHub API GET {target} failed: HTTP {status} {message}".strip())
         return json.loads(body) if body else None
 
@@ -207,7 +221,9 @@ class CachedGitHubCLI:
             next_url = _next_link(headers.get("link", ""))
         return items[:limit]
 
-    def list_repos(self, owner: str | None = None, since_days: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    def list_repos(
+        self, owner: str | None = None, since_days: float | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
         owner = owner or self.owner
         target = f"/users/{owner}/repos?per_page=100" if owner else "/user/repos?per_page=100"
         repos = self._paginate(target, None, limit)

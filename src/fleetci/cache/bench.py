@@ -81,8 +81,11 @@ def set_emulator(emulator_url: str, **config: Any) -> None:
 
 
 def list_repo_names(emulator_url: str, org: str, n: int) -> list[str]:
-    r = httpx.get(f"{emulator_url}/orgs/{org}/repos?per_page=100",
-                  headers={"Authorization": f"token {fleet_token()}"}, timeout=30)
+    r = httpx.get(
+        f"{emulator_url}/orgs/{org}/repos?per_page=100",
+        headers={"Authorization": f"token {fleet_token()}"},
+        timeout=30,
+    )
     r.raise_for_status()
     return [x["name"] for x in r.json()][:n]
 
@@ -118,8 +121,11 @@ def run_fleet(
         local: Counter[str] = Counter()
         errors = 0
         made = 0
-        with httpx.Client(base_url=target_url, timeout=60,
-                          headers={"Authorization": f"token {token}", "Accept": "application/vnd.github+json"}) as c:
+        with httpx.Client(
+            base_url=target_url,
+            timeout=60,
+            headers={"Authorization": f"token {token}", "Accept": "application/vnd.github+json"},
+        ) as c:
             for cycle in range(cycles):
                 if paced:
                     due = start + offset + cycle * interval * rng.uniform(0.95, 1.05)
@@ -152,7 +158,9 @@ def run_fleet(
     result.charged = charged_total(emulator_url) - before
     result.wall_s = time.monotonic() - start
     if progress:
-        progress(f"{spec.runners} runners x {spec.calls} calls -> {result.charged} charged ({result.wall_s:.1f}s)")
+        progress(
+            f"{spec.runners} runners x {spec.calls} calls -> {result.charged} charged ({result.wall_s:.1f}s)"
+        )
     return result
 
 
@@ -187,8 +195,14 @@ class _Conn:
         self.conn.close()
 
 
-def measure_latencies(proxy_url: str, emulator_url: str, cache_dir: Path, repos: list[str],
-                      samples: int = 400, org: str = "octo-org") -> dict[str, float]:
+def measure_latencies(
+    proxy_url: str,
+    emulator_url: str,
+    cache_dir: Path,
+    repos: list[str],
+    samples: int = 400,
+    org: str = "octo-org",
+) -> dict[str, float]:
     """Hit over HTTP, hit in-process, direct, and miss overhead, with a zero-latency emulator."""
     from fleetci.cache import GitHubAPICache
     from fleetci.config import cache_settings
@@ -203,7 +217,8 @@ def measure_latencies(proxy_url: str, emulator_url: str, cache_dir: Path, repos:
         direct_s: list[float] = []
         miss_s: list[float] = []
         for i in range(samples):
-            path = f"/repos/{org}/{repos[i % len(repos)]}/actions/runs?per_page={1 + i % 100}&page={1 + i // 100}"
+            repo = repos[i % len(repos)]
+            path = f"/repos/{org}/{repo}/actions/runs?per_page={1 + i % 100}&page={1 + i // 100}"
             d, status, _ = direct.get(path)
             m, status2, outcome = via.get(path)
             if status == status2 == 200 and outcome == "MISS":
@@ -244,19 +259,35 @@ TARGETS = {
 
 
 def start_emulator(latency_ms: tuple[float, float]) -> Any:
-    return running(fleetci_argv("emulate", "github", "--port", "0",
-                                "--latency-ms", f"{latency_ms[0]:g}-{latency_ms[1]:g}"))
+    return running(
+        fleetci_argv(
+            "emulate", "github", "--port", "0", "--latency-ms", f"{latency_ms[0]:g}-{latency_ms[1]:g}"
+        )
+    )
 
 
 def start_proxy(emulator_url: str, cache_dir: Path, config: Path) -> Any:
     from fleetci.http import free_port
 
-    return running(fleetci_argv("--config", str(config), "cache", "serve", "--upstream", emulator_url,
-                                "--port", str(free_port()), "--cache-dir", str(cache_dir)))
+    return running(
+        fleetci_argv(
+            "--config",
+            str(config),
+            "cache",
+            "serve",
+            "--upstream",
+            emulator_url,
+            "--port",
+            str(free_port()),
+            "--cache-dir",
+            str(cache_dir),
+        )
+    )
 
 
-def bench_cache(spec: FleetSpec, progress: Callable[[str], None] | None = None,
-                latency_samples: int = 400) -> dict[str, Any]:
+def bench_cache(
+    spec: FleetSpec, progress: Callable[[str], None] | None = None, latency_samples: int = 400
+) -> dict[str, Any]:
     say = progress or (lambda _m: None)
     scaled_latency = (spec.latency_ms[0] / spec.time_scale, spec.latency_ms[1] / spec.time_scale)
     with tempfile.TemporaryDirectory(prefix="fleetci-bench-") as tmp:
@@ -283,8 +314,17 @@ def bench_cache(spec: FleetSpec, progress: Callable[[str], None] | None = None,
         "baseline_charged": baseline.charged,
         "upstream_charged": cached.charged,
         "saved_ratio": round(1 - cached.charged / baseline.charged, 4) if baseline.charged else 0.0,
-        **{k: lat[k] for k in ("local_hit_http_p50_ms", "local_hit_inproc_p50_ms", "direct_p50_ms",
-                               "miss_overhead_p50_ms", "miss_via_proxy_p50_ms", "latency_samples")},
+        **{
+            k: lat[k]
+            for k in (
+                "local_hit_http_p50_ms",
+                "local_hit_inproc_p50_ms",
+                "direct_p50_ms",
+                "miss_overhead_p50_ms",
+                "miss_via_proxy_p50_ms",
+                "latency_samples",
+            )
+        },
         "outcomes": dict(sorted(cached.outcomes.items())),
         "per_runner": [dict(sorted(c.items())) for c in cached.per_runner],
         "hit_rate": stats.get("hit_rate"),

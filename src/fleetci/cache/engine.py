@@ -147,10 +147,10 @@ class CacheEngine:
         lower = _lower(headers)
         method = method.upper()
         if method not in ("GET", "HEAD"):
-            return await self._passthrough(method, target, headers, lower, body)
+            return self._finish(await self._passthrough(method, target, headers, lower, body), lower)
         prep = self.prepare(target, lower)
         if prep.ttl <= 0:
-            return await self._passthrough("GET", target, headers, lower, None)
+            return self._finish(await self._passthrough("GET", target, headers, lower, None), lower)
         now = time.time()
         force = wants_revalidation(lower)
         entry = self.store.get(prep.key)
@@ -176,9 +176,13 @@ class CacheEngine:
         self.counters.count(result.outcome)
         return self._finish(result, lower)
 
-    async def _fetch(self, prep: Prepared, headers: Sequence[tuple[str, str]], entry: Entry | None) -> ProxyResponse:
+    async def _fetch(
+        self, prep: Prepared, headers: Sequence[tuple[str, str]], entry: Entry | None
+    ) -> ProxyResponse:
         now = time.time()
-        usable_stale = entry if entry is not None and now - entry.fresh_until <= self.settings.max_stale else None
+        usable_stale = (
+            entry if entry is not None and now - entry.fresh_until <= self.settings.max_stale else None
+        )
         wait = self.limits.blocked_for(prep.scope, now)
         if wait > 0:
             self.counters.rate_limited += 1
@@ -218,7 +222,14 @@ class CacheEngine:
             return self._from_entry(usable_stale, Outcome.STALE, prep.scope)
         if response_is_storable(up.status, up_headers) and len(up.body) <= MAX_STORED_BODY:
             stored = Entry.create(
-                prep.key, prep.scope, prep.target, up.status, self._storable_headers(up.headers), up.body, prep.ttl, now
+                prep.key,
+                prep.scope,
+                prep.target,
+                up.status,
+                self._storable_headers(up.headers),
+                up.body,
+                prep.ttl,
+                now,
             )
             self.store.put(stored)
             return self._from_entry(stored, Outcome.MISS, prep.scope)
@@ -264,7 +275,9 @@ class CacheEngine:
         latest = self.limits.headers_for(scope)
         if latest:
             names = {k.lower() for k in latest}
-            headers = tuple((k, v) for k, v in entry.headers if k.lower() not in names) + tuple(latest.items())
+            headers = tuple((k, v) for k, v in entry.headers if k.lower() not in names) + tuple(
+                latest.items()
+            )
         else:
             headers = entry.headers
         return ProxyResponse(entry.status, headers, entry.body, outcome)

@@ -19,15 +19,30 @@ ANONYMOUS_SCOPE = "anonymous"
 # Seed defaults (docs/seed 004): repo lists 10 min, workflow runs 2 min, queue depth 1 min, runners 5 min.
 DEFAULT_RULES: tuple[TTLRule, ...] = (
     TTLRule(r"^/rate_limit(\?|$)", 0, "rate-limit"),
-    TTLRule(r"^/repos/[^/]+/[^/]+/actions/runs\?(.*&)?status=(queued|in_progress|waiting|pending)", 60, "queue"),
+    TTLRule(
+        r"^/repos/[^/]+/[^/]+/actions/runs\?(.*&)?status=(queued|in_progress|waiting|pending)", 60, "queue"
+    ),
     TTLRule(r"^/repos/[^/]+/[^/]+/actions/(runs/\d+/)?jobs", 60, "jobs"),
     TTLRule(r"^/repos/[^/]+/[^/]+/actions/(workflows/[^/]+/)?runs", 120, "workflow-runs"),
     TTLRule(r"^/(repos/[^/]+/[^/]+|orgs/[^/]+|enterprises/[^/]+)/actions/runners", 300, "runners"),
     TTLRule(r"^/(user|users/[^/]+|orgs/[^/]+)/repos(\?|$)", 600, "repo-list"),
 )
 
-# Headers that make the same URL answer differently; part of the key.
-VARY_HEADERS = ("accept", "x-github-api-version")
+# Headers that make the same URL answer differently; part of the key, after canonicalization so that
+# gh, curl, PyGithub and octokit (which send different but equivalent defaults) share entries.
+JSON_MEDIA_TYPES = frozenset(
+    {"", "*/*", "application/json", "application/vnd.github+json", "application/vnd.github.v3+json"}
+)
+DEFAULT_API_VERSION = "2022-11-28"
+
+
+def canonical_accept(value: str) -> str:
+    v = ",".join(sorted(p.strip() for p in value.strip().lower().split(",") if p.strip()))
+    return "json" if v in JSON_MEDIA_TYPES else v
+
+
+def canonical_api_version(value: str) -> str:
+    return value.strip() or DEFAULT_API_VERSION
 
 
 @dataclass(frozen=True)
@@ -74,9 +89,8 @@ def cache_key(scope: str, target: str, headers: Mapping[str, str]) -> str:
     h.update(scope.encode())
     h.update(b"\x00")
     h.update(target.encode())
-    for name in VARY_HEADERS:
-        h.update(b"\x00")
-        h.update(headers.get(name, "").strip().lower().encode())
+    h.update(b"\x00" + canonical_accept(headers.get("accept", "")).encode())
+    h.update(b"\x00" + canonical_api_version(headers.get("x-github-api-version", "")).encode())
     return h.hexdigest()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -41,8 +42,19 @@ class _Collector:
 
     def collect(self) -> Any:
         s = self.engine.stats()
-        for name in ("local_hits", "peer_hits", "misses", "revalidations", "coalesced", "stale_served",
-                     "bypassed", "upstream_requests", "upstream_errors", "rate_limited", "requests"):
+        for name in (
+            "local_hits",
+            "peer_hits",
+            "misses",
+            "revalidations",
+            "coalesced",
+            "stale_served",
+            "bypassed",
+            "upstream_requests",
+            "upstream_errors",
+            "rate_limited",
+            "requests",
+        ):
             c = CounterMetricFamily(f"fleetci_cache_{name}", f"fleetci cache {name.replace('_', ' ')}")
             c.add_metric([], float(s[name]))
             yield c
@@ -66,22 +78,57 @@ def _client_base(request: web.Request, engine: CacheEngine) -> str:
     return f"http://{host}"
 
 
-def _rewrite_links(value: str, upstream_prefixes: tuple[str, ...], client_base: str) -> str:
+def _rewrite_links(value: str, upstream_base: str, client_base: str) -> str:
     def sub(m: re.Match[str]) -> str:
         url = m.group(1)
-        for prefix in upstream_prefixes:
-            if url.startswith(prefix):
-                return f"<{client_base}{url[len(prefix):]}>"
+        if url.startswith(upstream_base):
+            return f"<{client_base}{url[len(upstream_base) :]}>"
         return m.group(0)
 
     return LINK_URL.sub(sub, value)
+
+
+@functools.lru_cache(maxsize=512)
+def _rewrite_body(body: bytes, upstream_base: str, client_base: str) -> bytes:
+    """API URLs inside JSON bodies point at the upstream; clients such as PyGithub follow them and refuse
+    foreign hosts, so they must point back at the proxy. Memoized: hits reuse the same bytes object."""
+    pattern = re.compile(re.escape(upstream_base.encode()) + rb'(?=[/"?])')
+    return pattern.sub(client_base.encode(), body)
+
+
+def rewrite_for_client(
+    headers: list[tuple[str, str]], body: bytes, upstream_base: str, client_base: str
+) -> tuple[list[tuple[str, str]], bytes]:
+    """Point Link, Location and URLs in JSON bodies at the address the client used."""
+    if client_base == upstream_base:
+        return headers, body
+    out: list[tuple[str, str]] = []
+    is_json = False
+    for k, v in headers:
+        low = k.lower()
+        if low == "link":
+            v = _rewrite_links(v, upstream_base, client_base)
+        elif low == "location" and v.startswith(upstream_base):
+            v = client_base + v[len(upstream_base) :]
+        elif low == "content-type":
+            is_json = "json" in v
+        out.append((k, v))
+    if is_json and upstream_base.encode() in body:
+        body = (
+            _rewrite_body(body, upstream_base, client_base)
+            if len(body) < 1 << 20
+            else (_rewrite_body.__wrapped__(body, upstream_base, client_base))
+        )
+    return out, body
 
 
 async def _proxy(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE_KEY]
     body = await request.read() if request.can_read_body else None
     try:
-        resp = await engine.handle(request.method, request.rel_url.raw_path_qs, list(request.headers.items()), body)
+        resp = await engine.handle(
+            request.method, request.rel_url.raw_path_qs, list(request.headers.items()), body
+        )
     except UpstreamError as exc:
         payload = json.dumps({"message": f"fleetci: upstream unavailable and no cached copy: {exc}"}).encode()
         return web.Response(
@@ -89,16 +136,14 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
             body=payload,
             headers={"Content-Type": "application/json; charset=utf-8", CACHE_HEADER: Outcome.MISS},
         )
-    headers = list(resp.headers)
-    if any(k.lower() == "link" for k, _ in headers):
-        base = _client_base(request, engine)
-        prefixes = (engine.upstream.base_url, engine.upstream.origin)
-        headers = [(k, _rewrite_links(v, prefixes, base) if k.lower() == "link" else v) for k, v in headers]
-    out = web.Response(status=resp.status, body=None if request.method == "HEAD" else resp.body)
+    headers, body = rewrite_for_client(
+        list(resp.headers), resp.body, engine.upstream.base_url, _client_base(request, engine)
+    )
+    out = web.Response(status=resp.status, body=None if request.method == "HEAD" else body)
     for k, v in headers:
         out.headers.add(k, v)
     if request.method == "HEAD":
-        out.headers["Content-Length"] = str(len(resp.body))
+        out.headers["Content-Length"] = str(len(body))
     return out
 
 
@@ -180,7 +225,9 @@ async def serve(settings: CacheSettings, probe: bool = True, ready: asyncio.Even
         try:
             await tcp.start()
         except OSError as exc:
-            raise FleetciError(f"cannot listen on {settings.host}:{settings.proxy_port}: {describe(exc)}") from exc
+            raise FleetciError(
+                f"cannot listen on {settings.host}:{settings.proxy_port}: {describe(exc)}"
+            ) from exc
         port = settings.proxy_port
         server = getattr(tcp, "_server", None)
         if server is not None and server.sockets:

@@ -140,7 +140,9 @@ class CacheStore:
             if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
                 raise FleetciError(f"cache dir {self.path.parent} is not writable: {exc}") from exc
             moved = self._move_aside()
-            log.warning("cache database %s was corrupt (%s); moved it to %s and started empty", self.path, exc, moved)
+            log.warning(
+                "cache database %s was corrupt (%s); moved it to %s and started empty", self.path, exc, moved
+            )
             try:
                 return self._connect()
             except sqlite3.DatabaseError as exc2:
@@ -392,7 +394,8 @@ class CacheStore:
     def save_meta(self, name: str, value: dict[str, Any]) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO meta(name, value) VALUES(?, ?)", (name, json.dumps(value, sort_keys=True))
+                "INSERT OR REPLACE INTO meta(name, value) VALUES(?, ?)",
+                (name, json.dumps(value, sort_keys=True)),
             )
 
     def load_meta(self, name: str) -> dict[str, Any] | None:

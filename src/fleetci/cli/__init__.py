@@ -26,7 +26,9 @@ def build_parser() -> Parser:
 
     parser = Parser(prog="fleetci", description="Make CI fleets cheaper and less flaky.")
     parser.add_argument("--version", action="version", version=f"fleetci {__version__}")
-    parser.add_argument("--config", help="YAML config file (default $FLEETCI_CONFIG or ~/.config/fleetci/config.yml)")
+    parser.add_argument(
+        "--config", help="YAML config file (default $FLEETCI_CONFIG or ~/.config/fleetci/config.yml)"
+    )
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
     sub.required = True
     for module in (cache, emulate, bench, demo):

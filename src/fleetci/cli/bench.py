@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from fleetci.errors import UsageError
+
+if TYPE_CHECKING:
+    from fleetci.cache.bench import FleetSpec
 
 
 def parse_range(text: str) -> tuple[float, float]:
@@ -24,24 +28,42 @@ def parse_range(text: str) -> tuple[float, float]:
 def add_fleet_flags(p: argparse.ArgumentParser, runners: int = 5) -> None:
     p.add_argument("--runners", type=int, default=runners, help=f"simulated runners ({runners})")
     p.add_argument("--calls", type=int, default=100, help="API calls per runner (100)")
-    p.add_argument("--latency-ms", type=parse_range, default=(100.0, 500.0),
-                   help="emulated GitHub latency per call, LOW-HIGH ms (100-500)")
-    p.add_argument("--time-scale", type=float, default=240.0,
-                   help="simulated seconds per real second (240: a 2-minute poll every 0.5 s)")
-    p.add_argument("--churn-every", type=float, default=600.0,
-                   help="simulated seconds between changes in the emulated world (600; 0 = static)")
+    p.add_argument(
+        "--latency-ms",
+        type=parse_range,
+        default=(100.0, 500.0),
+        help="emulated GitHub latency per call, LOW-HIGH ms (100-500)",
+    )
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        default=240.0,
+        help="simulated seconds per real second (240: a 2-minute poll every 0.5 s)",
+    )
+    p.add_argument(
+        "--churn-every",
+        type=float,
+        default=600.0,
+        help="simulated seconds between changes in the emulated world (600; 0 = static)",
+    )
     p.add_argument("--repos", type=int, default=3, help="repositories the autoscalers watch (3)")
 
 
-def fleet_spec(args: argparse.Namespace) -> object:
+def fleet_spec(args: argparse.Namespace) -> FleetSpec:
     from fleetci.cache.bench import FleetSpec
 
     if args.runners < 1 or args.calls < 1 or args.repos < 1:
         raise UsageError("--runners, --calls and --repos must be at least 1")
     if args.time_scale <= 0:
         raise UsageError("--time-scale must be positive")
-    return FleetSpec(runners=args.runners, calls=args.calls, latency_ms=args.latency_ms,
-                     time_scale=args.time_scale, churn_every_s=args.churn_every, repos=args.repos)
+    return FleetSpec(
+        runners=args.runners,
+        calls=args.calls,
+        latency_ms=args.latency_ms,
+        time_scale=args.time_scale,
+        churn_every_s=args.churn_every,
+        repos=args.repos,
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -61,8 +83,11 @@ def cmd_bench_cache(args: argparse.Namespace) -> int:
     spec = fleet_spec(args)
     if args.samples < 10:
         raise UsageError("--samples must be at least 10")
-    result = bench_cache(spec, progress=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True),  # type: ignore[arg-type]
-                         latency_samples=args.samples)
+    result = bench_cache(
+        spec,
+        progress=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True),
+        latency_samples=args.samples,
+    )
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:

@@ -36,18 +36,30 @@ SETTING_FLAGS = {
 
 def _add_settings_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("settings (flag > environment > config file > default)")
-    g.add_argument("--upstream", help="GitHub API base URL ($CACHE_UPSTREAM, $GITHUB_API_URL; https://api.github.com)")
+    g.add_argument(
+        "--upstream", help="GitHub API base URL ($CACHE_UPSTREAM, $GITHUB_API_URL; https://api.github.com)"
+    )
     g.add_argument("--host", help="bind address for the proxy ($CACHE_PROXY_HOST; 127.0.0.1)")
     g.add_argument("--port", dest="proxy_port", help="proxy TCP port ($CACHE_PROXY_PORT; 9101)")
     g.add_argument("--listen-port", help="peer-to-peer port ($CACHE_LISTEN_PORT; 9100)")
     g.add_argument("--cache-dir", help="cache directory ($CACHE_DIR; ~/.cache/fleetci)")
     g.add_argument("--socket", help="unix socket path ($CACHE_SOCKET; <cache-dir>/proxy.sock)")
-    g.add_argument("--default-ttl", help="fresh window in seconds for unclassified URLs ($CACHE_DEFAULT_TTL; 300)")
+    g.add_argument(
+        "--default-ttl", help="fresh window in seconds for unclassified URLs ($CACHE_DEFAULT_TTL; 300)"
+    )
     g.add_argument("--max-entries", help="entry bound ($CACHE_MAX_ENTRIES; 10000)")
     g.add_argument("--max-bytes", help="byte budget ($CACHE_MAX_BYTES; 256 MiB)")
-    g.add_argument("--max-concurrency", help="concurrent upstream requests per token ($CACHE_MAX_CONCURRENCY; 20)")
-    g.add_argument("--enable-p2p", "--p2p", dest="enable_p2p", action="store_const", const="true",
-                   help="share entries with peers ($CACHE_ENABLE_P2P)")
+    g.add_argument(
+        "--max-concurrency", help="concurrent upstream requests per token ($CACHE_MAX_CONCURRENCY; 20)"
+    )
+    g.add_argument(
+        "--enable-p2p",
+        "--p2p",
+        dest="enable_p2p",
+        action="store_const",
+        const="true",
+        help="share entries with peers ($CACHE_ENABLE_P2P)",
+    )
     g.add_argument("--bootstrap-peers", help="comma-separated peer multiaddrs ($CACHE_BOOTSTRAP_PEERS)")
 
 
@@ -81,7 +93,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     stats = verbs.add_parser("stats", help="hit/miss counters of the running proxy (or the last saved ones)")
     _add_settings_flags(stats)
     stats.add_argument("--json", action="store_true", help="print one JSON object")
-    stats.add_argument("--summary", action="store_true", help="append a Markdown table to $GITHUB_STEP_SUMMARY")
+    stats.add_argument(
+        "--summary", action="store_true", help="append a Markdown table to $GITHUB_STEP_SUMMARY"
+    )
     stats.add_argument("--url", help="query this proxy URL instead of the unix socket")
     stats.set_defaults(func=cmd_stats)
 
@@ -96,8 +110,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if settings.enable_p2p:
-        print("fleetci: warning: peer-to-peer sharing is not available in this build; caching locally",
-              file=sys.stderr)
+        print(
+            "fleetci: warning: peer-to-peer sharing is not available in this build; caching locally",
+            file=sys.stderr,
+        )
     return run(settings, probe=not args.no_probe)
 
 
@@ -142,7 +158,10 @@ def cmd_start(args: argparse.Namespace) -> int:
     log_path = Path(args.log_file) if args.log_file else settings.cache_dir / "proxy.log"
     with log_path.open("ab") as log_fh:
         proc = subprocess.Popen(
-            _serve_argv(args), stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            _serve_argv(args),
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     try:
@@ -156,7 +175,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     api_url = str(health.get("proxy_url") or settings.proxy_url)
     gh_dir = _write_gh_config(settings)
     peer_id = str(health.get("peer_id") or "")
-    print(f"fleetci cache running (pid {proc.pid}) at {api_url} and unix:{settings.socket_path}; log {log_path}")
+    print(
+        f"fleetci cache running (pid {proc.pid}) at {api_url} and unix:{settings.socket_path}; log {log_path}"
+    )
     gha.set_env("FLEETCI_API_URL", api_url)
     gha.set_env("FLEETCI_CACHE_SOCKET", str(settings.socket_path))
     gha.set_env("GH_CONFIG_DIR", str(gh_dir))
@@ -221,8 +242,19 @@ def fetch_stats(settings: CacheSettings, url: str | None = None) -> dict[str, An
     return GitHubAPICache(settings).get_stats()
 
 
-STAT_ROWS = ("local_hits", "peer_hits", "misses", "revalidations", "coalesced", "stale_served", "hit_rate",
-             "api_calls_saved", "rate_limit_remaining", "cache_size", "connected_peers")
+STAT_ROWS = (
+    "local_hits",
+    "peer_hits",
+    "misses",
+    "revalidations",
+    "coalesced",
+    "stale_served",
+    "hit_rate",
+    "api_calls_saved",
+    "rate_limit_remaining",
+    "cache_size",
+    "connected_peers",
+)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -234,11 +266,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
         width = max(len(k) for k in STAT_ROWS)
         for k in STAT_ROWS:
             v = stats.get(k)
-            shown = f"{v:.1%}" if k == "hit_rate" and isinstance(v, (int, float)) else ("-" if v is None else v)
+            shown = (
+                f"{v:.1%}" if k == "hit_rate" and isinstance(v, (int, float)) else ("-" if v is None else v)
+            )
             print(f"{k:<{width}}  {shown}")
     if args.summary:
         rows = [[k, str(stats.get(k, "-"))] for k in STAT_ROWS]
-        if not gha.append_step_summary("### fleetci API cache\n\n" + gha.markdown_table(["metric", "value"], rows)):
+        if not gha.append_step_summary(
+            "### fleetci API cache\n\n" + gha.markdown_table(["metric", "value"], rows)
+        ):
             raise FleetciError("--summary needs $GITHUB_STEP_SUMMARY (set by GitHub Actions)")
     return 0
 

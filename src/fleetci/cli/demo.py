@@ -18,10 +18,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fleetci.cache.bench import POLL_INTERVAL_S, bench_cache
 
     spec = fleet_spec(args)
-    print(f"fleetci demo: {args.runners} autoscaler runners, {args.calls} GitHub API calls each, polling every "
-          f"{POLL_INTERVAL_S / 60:g} simulated minutes (time x{args.time_scale:g}), through `fleetci cache serve` "
-          "in front of the bundled GitHub emulator", flush=True)
-    r = bench_cache(spec, progress=lambda m: print(f"  ... {m}", flush=True), latency_samples=100)  # type: ignore[arg-type]
+    print(
+        f"fleetci demo: {args.runners} autoscaler runners, {args.calls} GitHub API calls each, polling every "
+        f"{POLL_INTERVAL_S / 60:g} simulated minutes (time x{args.time_scale:g}),\n"
+        "through `fleetci cache serve` in front of the bundled GitHub emulator",
+        flush=True,
+    )
+    r = bench_cache(spec, progress=lambda m: print(f"  ... {m}", flush=True), latency_samples=100)
     cols = ("HIT", "COALESCED", "REVALIDATED", "STALE", "MISS")
     print()
     print(f"{'runner':<8}{'calls':>7}" + "".join(f"{c.lower():>13}" for c in cols))

@@ -1,0 +1,156 @@
+"""``fleetci emulate github``: the GitHub API emulator as a process, for demos, benchmarks and other tools."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from types import FrameType
+
+from fleetci.errors import FleetciError, UsageError
+
+
+def _latency(text: str) -> tuple[float, float]:
+    """``100-500`` (uniform range) or ``250`` (fixed), in milliseconds."""
+    low, sep, high = text.partition("-")
+    try:
+        lo = float(low)
+        hi = float(high) if sep else lo
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected LOW-HIGH milliseconds such as 100-500, got {text!r}"
+        ) from None
+    if not (0 <= lo <= hi < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected 0 <= LOW <= HIGH milliseconds, got {text!r}")
+    return lo, hi
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _count(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port between 0 and 65535, got {text!r}")
+    return value
+
+
+def _token(text: str) -> tuple[str, str]:
+    login, sep, token = text.partition("=")
+    if not sep or not login.strip() or not token.strip() or any(c.isspace() for c in token.strip()):
+        raise argparse.ArgumentTypeError(f"expected LOGIN=TOKEN, got {text!r}")
+    return login.strip(), token.strip()
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "emulate",
+        help="run a faithful emulator of an external service (tests, demos, benchmarks)",
+        description="Run a faithful emulator of an external service.",
+    )
+    p.set_defaults(func=lambda args: _help(p))
+    targets = p.add_subparsers(dest="emulate_target", metavar="SERVICE", parser_class=type(p))
+    targets.required = True
+    g = targets.add_parser(
+        "github",
+        help="the GitHub REST API (ETags, rate limits, pagination, latency, faults)",
+        description="Serve an emulated GitHub REST API: org octo-org, its repos, workflow runs and runners. "
+        "Tokens: see fleetci.testing.TOKENS (alice, bob, fleet-bot). Admin endpoints live under "
+        "/_emulator/ (stats, config, reset, mutate).",
+    )
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    g.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0 picks a free one)")
+    g.add_argument(
+        "--latency-ms",
+        type=_latency,
+        default=(100.0, 500.0),
+        metavar="LOW-HIGH",
+        help="uniform random delay per request in milliseconds (default 100-500)",
+    )
+    g.add_argument("--error-rate", type=_rate, default=0.0, metavar="F", help="fraction answered 502/503")
+    g.add_argument(
+        "--drop-rate",
+        type=_rate,
+        default=0.0,
+        metavar="F",
+        help="fraction whose connection is closed without an answer",
+    )
+    g.add_argument("--limit", type=_count, default=5000, metavar="N", help="requests per hour per token")
+    g.add_argument("--anon-limit", type=_count, default=60, metavar="N", help="anonymous requests per hour")
+    g.add_argument("--seed", type=int, default=None, help="seed for the dataset and the latency/fault dice")
+    g.add_argument(
+        "--token",
+        type=_token,
+        action="append",
+        default=[],
+        metavar="LOGIN=TOKEN",
+        help="accept TOKEN for LOGIN (repeatable; adds to the built-in tokens)",
+    )
+    g.set_defaults(func=run_github)
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def run_github(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM; print the one ``listening on`` line once the port accepts connections."""
+    from fleetci.testing import TOKENS, EmulatorConfig, EmulatorServer, GitHubEmulator
+    from fleetci.testing.github import port_in_use
+
+    tokens = dict(TOKENS)
+    for login, token in args.token:
+        tokens[token] = login
+    try:
+        config = EmulatorConfig(
+            latency_ms=args.latency_ms,
+            error_rate=args.error_rate,
+            drop_rate=args.drop_rate,
+            primary_limit=args.limit,
+            anon_limit=args.anon_limit,
+            seed=args.seed,
+        )
+        emulator = GitHubEmulator(config, tokens)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    server = EmulatorServer(emulator, host=args.host, port=args.port)
+    try:
+        server.start()
+    except OSError as exc:
+        reason = "address already in use" if port_in_use(exc) else (exc.strerror or str(exc))
+        raise FleetciError(f"cannot listen on {args.host}:{args.port}: {reason}") from None
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"fleetci emulator listening on {server.url}", flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        server.stop()
+    sys.stdout.flush()
+    return 0

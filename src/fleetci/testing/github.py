@@ -1,0 +1,1341 @@
+"""A GitHub REST API emulator that follows GitHub's caching and rate-limit rules closely.
+
+It exists so the caching proxy, the benchmarks and the demos can be measured against something that behaves
+like api.github.com where it matters for cost: per-token ETags, free 304s, charged-call accounting that is
+exact, primary and secondary rate limits, Link pagination, latency and faults. Bodies follow GitHub's
+official OpenAPI response schemas (the tests check them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import gzip
+import hashlib
+import itertools
+import json
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from fleetci.testing import github_data as gd
+from fleetci.testing.github_data import JSON, Job, Repo, Run, World
+
+__all__ = ["DEFAULT_OWNER", "TOKENS", "EmulatorConfig", "EmulatorServer", "GitHubEmulator"]
+
+#: Token string -> login. Shaped like classic personal access tokens (``ghp_`` + 36 characters).
+TOKENS: dict[str, str] = {
+    "ghp_emuAliceiqPyQL7nUEQ4wRTuppimk5hgl7vQ": "alice",
+    "ghp_emuBobwIWeYFAZ5TOHAWXuJP0TEMUlGU4HiJ": "bob",
+    "ghp_emuFleetBotoNC6EdL5ZVqBrnJm2I1jDqT6i": "fleet-bot",
+}
+DEFAULT_OWNER = "octo-org"
+DATA_SEED = 20250303  # the dataset's seed when the config gives none: data stays reproducible
+
+DOCS = "https://docs.github.com/rest"
+RATE_DOCS = "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"
+SECONDARY_DOCS = f"{RATE_DOCS}#about-secondary-rate-limits"
+VARY = "Accept, Authorization, Cookie, X-GitHub-OTP, Accept-Encoding"
+STATIC_HEADERS = {
+    "Server": "github.com",
+    "X-GitHub-Api-Version-Selected": "2022-11-28",
+    "X-GitHub-Media-Type": "github.v3; format=json",
+    "X-RateLimit-Resource": "core",
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": (
+        "ETag, Link, Location, Retry-After, X-GitHub-OTP, X-RateLimit-Limit, X-RateLimit-Remaining, "
+        "X-RateLimit-Used, X-RateLimit-Resource, X-RateLimit-Reset, X-OAuth-Scopes, X-Accepted-OAuth-Scopes, "
+        "X-Poll-Interval, X-GitHub-Media-Type, X-GitHub-SSO, X-GitHub-Request-Id, Deprecation, Sunset"
+    ),
+    "Strict-Transport-Security": "max-age=31536000; includeSubdomains; preload",
+    "X-Frame-Options": "deny",
+    "X-Content-Type-Options": "nosniff",
+    "X-XSS-Protection": "0",
+    "Referrer-Policy": "origin-when-cross-origin, strict-origin-when-cross-origin",
+    "Content-Security-Policy": "default-src 'none'",
+}
+JSON_TYPE = "application/json; charset=utf-8"
+RUN_STATUSES = frozenset({"completed", "in_progress", "queued", "requested", "waiting", "pending"})
+T = TypeVar("T")
+
+
+@dataclass
+class EmulatorConfig:
+    """Knobs of the emulated service; all of them can also be changed at runtime (``configure``)."""
+
+    latency_ms: tuple[float, float] = (100.0, 500.0)  # uniform random per request, like real cache misses
+    error_rate: float = 0.0  # fraction of requests answered 502/503 (JSON body)
+    drop_rate: float = 0.0  # fraction of requests whose TCP connection is closed with no response
+    primary_limit: int = 5000  # per-token requests per window
+    anon_limit: int = 60  # anonymous requests per window, keyed by client address
+    secondary_concurrency: int = 100  # more in-flight requests than this for one token -> secondary limit
+    seed: int | None = None  # seeds the dataset and the latency/fault dice; None: fixed dataset, random dice
+    window_seconds: float = 3600.0  # length of a primary rate-limit window
+    gzip: bool = True  # compress bodies >= 1 KiB when the client accepts gzip, as GitHub does
+    epoch: float | None = None  # the world's "now" (epoch seconds); None: a fixed date, reproducible data
+
+    def check(self) -> None:
+        """Raise ValueError (one line) for values the emulator cannot honour."""
+        lo, hi = self.latency_ms
+        if not (0 <= lo <= hi) or math.isinf(hi):
+            raise ValueError(f"latency_ms must be 0 <= low <= high, got {list(self.latency_ms)}")
+        for name in ("error_rate", "drop_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        for name in ("primary_limit", "anon_limit", "secondary_concurrency"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.window_seconds <= 0:
+            raise ValueError(f"window_seconds must be > 0, got {self.window_seconds}")
+
+
+@dataclass(slots=True)
+class _Rendered:
+    """One answer before per-request headers; cached per world version, base URL, viewer and path."""
+
+    status: int
+    body: bytes | None
+    cacheable: bool = False
+    last_modified: float | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    digest: str = ""
+    gz: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.body is not None and not self.digest:
+            self.digest = hashlib.sha256(self.body).hexdigest()
+
+
+class _Answer(Exception):
+    """Raised by a renderer to answer early (an error body)."""
+
+    def __init__(self, rendered: _Rendered) -> None:
+        super().__init__(rendered.status)
+        self.rendered = rendered
+
+
+@dataclass(slots=True)
+class _Window:
+    reset: float
+    used: int = 0
+
+
+@dataclass(slots=True)
+class _Ctx:
+    base: str
+    login: str | None
+    match: dict[str, str]
+    query: list[tuple[str, str]]
+    path: str
+    body: bytes
+    doc: str
+    key: str  # rate-limit key: the login, or ``anon:<address>``
+
+    def q(self, name: str, default: str | None = None) -> str | None:
+        for k, v in self.query:
+            if k == name:
+                return v
+        return default
+
+
+Renderer = Callable[[_Ctx], _Rendered]
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _json(
+    obj: Any,
+    status: int = 200,
+    *,
+    cacheable: bool = True,
+    headers: dict[str, str] | None = None,
+    last_modified: float | None = None,
+) -> _Rendered:
+    return _Rendered(status, _dumps(obj), cacheable, last_modified, headers or {})
+
+
+def _error(status: int, message: str, doc: str) -> _Rendered:
+    return _Rendered(status, _dumps(gd.error(message, doc, status)))
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    if header.strip() == "*":
+        return True
+    bare = etag[2:] if etag.startswith("W/") else etag
+    for candidate in header.split(","):
+        c = candidate.strip()
+        if c.startswith("W/"):
+            c = c[2:]
+        if c == bare:
+            return True
+    return False
+
+
+class GitHubEmulator:
+    """State and rules of the emulated API. Thread-safe: tests drive it from their own thread."""
+
+    def __init__(self, config: EmulatorConfig | None = None, tokens: dict[str, str] | None = None) -> None:
+        self.config = config or EmulatorConfig()
+        self.config.check()
+        self.tokens: dict[str, str] = dict(TOKENS if tokens is None else tokens)
+        seed = DATA_SEED if self.config.seed is None else self.config.seed
+        self._lock = threading.RLock()
+        self._world: World = gd.seed_world(seed, sorted(set(self.tokens.values())), self.config.epoch)
+        self._world_rng = random.Random(seed + 1)
+        self._dice = random.Random(self.config.seed)
+        self._version = 0
+        self._render_cache: dict[tuple[str, str, str, str | None], _Rendered] = {}
+        self._charged: dict[str, int] = {}
+        self._windows: dict[str, _Window] = {}
+        self._inflight: dict[str, int] = {}
+        self._not_modified = 0
+        self._requests = 0
+        self._secondary_until = 0.0
+        self._secondary_retry_after: int | None = 60
+        self._request_ids = itertools.count(1)
+        self._app: web.Application | None = None
+
+    # -- public control surface ------------------------------------------------------------------------
+
+    @property
+    def app(self) -> web.Application:
+        if self._app is None:
+            self._app = self.make_app()
+        return self._app
+
+    def charged(self, token: str | None) -> int:
+        """Charged calls for a token (or a login); ``None``: all anonymous callers together."""
+        with self._lock:
+            if token is None:
+                return sum(n for k, n in self._charged.items() if k.startswith("anon:"))
+            return self._charged.get(self.tokens.get(token, token), 0)
+
+    @property
+    def total_charged(self) -> int:
+        with self._lock:
+            return sum(self._charged.values())
+
+    def stats(self) -> JSON:
+        with self._lock:
+            by_login: dict[str, int] = {}
+            for key, n in self._charged.items():
+                name = "anonymous" if key.startswith("anon:") else key
+                by_login[name] = by_login.get(name, 0) + n
+            return {
+                "charged": by_login,
+                "total_charged": sum(self._charged.values()),
+                "not_modified": self._not_modified,
+                "requests": self._requests,
+            }
+
+    def reset_counters(self) -> None:
+        """Forget charged calls, 304 and request counts, rate windows and any forced secondary limit."""
+        with self._lock:
+            self._charged.clear()
+            self._windows.clear()
+            self._not_modified = 0
+            self._requests = 0
+            self._secondary_until = 0.0
+
+    def configure(self, **changes: Any) -> EmulatorConfig:
+        """Apply runtime changes (the admin endpoint's keys); raises ValueError, changing nothing, if bad."""
+        with self._lock:
+            trigger = changes.pop("secondary_for_seconds", None)
+            retry_after = changes.pop("secondary_retry_after", self._secondary_retry_after)
+            allowed = {f for f in EmulatorConfig.__dataclass_fields__ if f not in ("seed", "epoch")}
+            unknown = set(changes) - allowed
+            if unknown:
+                raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+            candidate = EmulatorConfig(**{**asdict(self.config), **changes})
+            try:
+                lo, hi = candidate.latency_ms
+                candidate.latency_ms = (float(lo), float(hi))
+                candidate.error_rate = float(candidate.error_rate)
+                candidate.drop_rate = float(candidate.drop_rate)
+                for name in ("primary_limit", "anon_limit", "secondary_concurrency"):
+                    value = getattr(candidate, name)
+                    if isinstance(value, bool) or int(value) != value:
+                        raise ValueError(f"{name} must be an integer, got {value!r}")
+                    setattr(candidate, name, int(value))
+                candidate.window_seconds = float(candidate.window_seconds)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"bad setting: {exc}") from None
+            candidate.check()
+            if retry_after is not None and (
+                isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0
+            ):
+                raise ValueError(
+                    f"secondary_retry_after must be a non-negative integer or null, got {retry_after!r}"
+                )
+            if trigger is not None and (isinstance(trigger, bool) or not isinstance(trigger, int | float)):
+                raise ValueError(f"secondary_for_seconds must be a number, got {trigger!r}")
+            self.config = candidate
+            self._secondary_retry_after = retry_after
+            if trigger is not None:
+                self.trigger_secondary(float(trigger), retry_after)
+            return candidate
+
+    def set_latency(self, low_ms: float, high_ms: float) -> None:
+        self.configure(latency_ms=(low_ms, high_ms))
+
+    def set_faults(self, error_rate: float | None = None, drop_rate: float | None = None) -> None:
+        changes = {k: v for k, v in (("error_rate", error_rate), ("drop_rate", drop_rate)) if v is not None}
+        self.configure(**changes)
+
+    def set_primary_limit(self, limit: int, window_seconds: float | None = None) -> None:
+        """Change the per-token limit (and window length) now; windows already open keep their reset time."""
+        changes: dict[str, Any] = {"primary_limit": limit}
+        if window_seconds is not None:
+            changes["window_seconds"] = window_seconds
+        self.configure(**changes)
+
+    def trigger_secondary(self, seconds: float, retry_after: int | None = 60) -> None:
+        """Answer every charged request with a secondary-limit 403 for ``seconds`` (0 ends it)."""
+        with self._lock:
+            self._secondary_until = time.monotonic() + seconds if seconds > 0 else 0.0
+            self._secondary_retry_after = retry_after
+
+    def mutate(self, n: int = 1) -> None:
+        """Change the world ``n`` times: new queued runs, runs starting and completing, runners flipping."""
+        with self._lock:
+            for _ in range(max(n, 0)):
+                self._mutate_once()
+            self._bump()
+
+    def add_artifact(self, owner: str, repo: str, run_id: int, name: str, files: dict[str, bytes]) -> int:
+        """Attach an artifact (a real zip of ``files``) to a run; returns the artifact id."""
+        with self._lock:
+            r = self._world.repo(owner, repo)
+            run = self._world.runs.get(run_id)
+            if r is None or run is None or run.repo_id != r.id:
+                raise KeyError(f"no run {run_id} in {owner}/{repo}")
+            art = gd.add_artifact(self._world, run, name, files)
+            self._bump()
+            return art.id
+
+    def set_job_log(self, job_id: int, text: str) -> None:
+        """Set the log text served for a job (and inside its run's log archive)."""
+        with self._lock:
+            if job_id not in self._world.jobs:
+                raise KeyError(f"no job {job_id}")
+            self._world.job_logs[job_id] = text
+            self._bump()
+
+    def run_ids(self, owner: str, repo: str, status: str | None = None) -> list[int]:
+        """Run ids of a repository, newest first (optionally with one status), for tests and demos."""
+        with self._lock:
+            r = self._world.repo(owner, repo)
+            if r is None:
+                raise KeyError(f"no repository {owner}/{repo}")
+            runs = [x for x in self._world.runs.values() if x.repo_id == r.id and status in (None, x.status)]
+            return [x.id for x in sorted(runs, key=lambda x: (x.created_at, x.id), reverse=True)]
+
+    def job_ids(self, run_id: int) -> list[int]:
+        with self._lock:
+            return list(self._world.runs[run_id].job_ids)
+
+    def workflow_ids(self, owner: str, repo: str) -> list[int]:
+        with self._lock:
+            r = self._world.repo(owner, repo)
+            if r is None:
+                raise KeyError(f"no repository {owner}/{repo}")
+            return sorted(w.id for w in self._world.workflows.values() if w.repo_id == r.id)
+
+    def token_for(self, login: str) -> str:
+        return next(t for t, who in self.tokens.items() if who == login)
+
+    # -- world changes ---------------------------------------------------------------------------------
+
+    def _bump(self) -> None:
+        self._version += 1
+        self._render_cache.clear()
+
+    def _mutate_once(self) -> None:
+        w, rng = self._world, self._world_rng
+        w.now += rng.randrange(20, 90)
+        queued = sorted((r for r in w.runs.values() if r.status == "queued"), key=lambda r: r.id)
+        running = sorted((r for r in w.runs.values() if r.status == "in_progress"), key=lambda r: r.id)
+        dice = rng.random()
+        if dice < 0.3 or not (queued or running):
+            repos = sorted((r for r in w.repos.values() if r.owner == DEFAULT_OWNER), key=lambda r: r.id)
+            repo = rng.choice(repos)
+            flows = sorted((f for f in w.workflows.values() if f.repo_id == repo.id), key=lambda f: f.id)
+            run = gd.add_run(w, rng, repo, rng.choice(flows), "queued", w.now)
+            if run.event == "push":
+                repo.pushed_at = repo.updated_at = w.now
+        elif dice < 0.6 and queued:
+            run = queued[0]
+            run.status, run.run_started_at, run.updated_at = "in_progress", w.now, w.now
+            for job in gd.jobs_of(w, run):
+                gd.start_job(w, job, self._runner_for(job), w.now)
+        elif dice < 0.9 and running:
+            gd.complete_run(w, rng, running[0], w.now)
+        else:
+            idle = sorted((r for r in w.runners.values() if not r.busy), key=lambda r: r.id)
+            if idle:
+                runner = rng.choice(idle)
+                runner.status = "offline" if runner.status == "online" else "online"
+
+    def _runner_for(self, job: Job) -> gd.Runner | None:
+        """An organization runner carrying all the job's labels, preferring an idle one (None: hosted)."""
+        if "self-hosted" not in job.labels:
+            return None
+        fitting = [
+            r
+            for r in sorted(self._world.runners.values(), key=lambda r: r.id)
+            if r.repo_id is None and set(job.labels) <= {lb[1] for lb in r.labels}
+        ]
+        idle = [r for r in fitting if not r.busy]
+        choices = idle or fitting
+        return choices[0] if choices else None
+
+    # -- the HTTP application --------------------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        """A fresh aiohttp application serving this emulator (one per runner, as aiohttp requires)."""
+        app = web.Application(client_max_size=8 * 1024 * 1024)
+        r = app.router
+        a = "actions"
+        get: list[tuple[str, Renderer, str, bool]] = [
+            ("/user", self._r_user, "users/users#get-the-authenticated-user", True),
+            (
+                "/user/repos",
+                self._r_user_repos,
+                "repos/repos#list-repositories-for-the-authenticated-user",
+                True,
+            ),
+            ("/orgs/{org}/repos", self._r_org_repos, "repos/repos#list-organization-repositories", True),
+            (
+                "/users/{user}/repos",
+                self._r_user_public_repos,
+                "repos/repos#list-repositories-for-a-user",
+                True,
+            ),
+            ("/repos/{owner}/{repo}", self._r_repo, "repos/repos#get-a-repository", True),
+            ("/orgs/{org}", self._r_org, "orgs/orgs#get-an-organization", True),
+            ("/users/{user}", self._r_public_user, "users/users#get-a-user", True),
+            (
+                "/repos/{owner}/{repo}/actions/workflows",
+                self._r_workflows,
+                f"{a}/workflows#list-repository-workflows",
+                True,
+            ),
+            (
+                "/repos/{owner}/{repo}/actions/workflows/{workflow_id}",
+                self._r_workflow,
+                f"{a}/workflows#get-a-workflow",
+                True,
+            ),
+            (
+                "/repos/{owner}/{repo}/actions/runs",
+                self._r_runs,
+                f"{a}/workflow-runs#list-workflow-runs-for-a-repository",
+                True,
+            ),
+            (
+                r"/repos/{owner}/{repo}/actions/runs/{run_id:\d+}",
+                self._r_run,
+                f"{a}/workflow-runs#get-a-workflow-run",
+                True,
+            ),
+            (
+                "/repos/{owner}/{repo}/actions/workflows/{workflow_id}/runs",
+                self._r_workflow_runs,
+                f"{a}/workflow-runs#list-workflow-runs-for-a-workflow",
+                True,
+            ),
+            (
+                r"/repos/{owner}/{repo}/actions/runs/{run_id:\d+}/jobs",
+                self._r_run_jobs,
+                f"{a}/workflow-jobs#list-jobs-for-a-workflow-run",
+                True,
+            ),
+            (
+                r"/repos/{owner}/{repo}/actions/jobs/{job_id:\d+}",
+                self._r_job,
+                f"{a}/workflow-jobs#get-a-job-for-a-workflow-run",
+                True,
+            ),
+            (
+                "/repos/{owner}/{repo}/actions/runners",
+                self._r_repo_runners,
+                f"{a}/self-hosted-runners#list-self-hosted-runners-for-a-repository",
+                True,
+            ),
+            (
+                "/orgs/{org}/actions/runners",
+                self._r_org_runners,
+                f"{a}/self-hosted-runners#list-self-hosted-runners-for-an-organization",
+                True,
+            ),
+            (
+                r"/repos/{owner}/{repo}/actions/runs/{run_id:\d+}/artifacts",
+                self._r_run_artifacts,
+                f"{a}/artifacts#list-workflow-run-artifacts",
+                True,
+            ),
+            (
+                "/repos/{owner}/{repo}/actions/artifacts",
+                self._r_repo_artifacts,
+                f"{a}/artifacts#list-artifacts-for-a-repository",
+                True,
+            ),
+            (
+                r"/repos/{owner}/{repo}/actions/artifacts/{artifact_id:\d+}",
+                self._r_artifact,
+                f"{a}/artifacts#get-an-artifact",
+                True,
+            ),
+            (
+                r"/repos/{owner}/{repo}/actions/artifacts/{artifact_id:\d+}/{archive_format}",
+                self._r_artifact_zip,
+                f"{a}/artifacts#download-an-artifact",
+                False,
+            ),
+            (
+                r"/repos/{owner}/{repo}/actions/runs/{run_id:\d+}/logs",
+                self._r_run_logs,
+                f"{a}/workflow-runs#download-workflow-run-logs",
+                False,
+            ),
+            (
+                r"/repos/{owner}/{repo}/actions/jobs/{job_id:\d+}/logs",
+                self._r_job_logs,
+                f"{a}/workflow-jobs#download-job-logs-for-a-workflow-run",
+                False,
+            ),
+        ]
+        for path, renderer, doc, cacheable in get:
+            r.add_get(path, self._endpoint(renderer, f"{DOCS}/{doc}", cacheable=cacheable))
+        r.add_get(
+            "/rate_limit",
+            self._endpoint(
+                self._r_rate_limit, f"{DOCS}/rate-limit/rate-limit", cacheable=False, charged=False
+            ),
+        )
+        r.add_post(
+            "/repos/{owner}/{repo}/actions/runners/registration-token",
+            self._endpoint(
+                self._r_repo_reg_token,
+                f"{DOCS}/{a}/self-hosted-runners#create-a-registration-token-for-a-repository",
+                cacheable=False,
+            ),
+        )
+        r.add_post(
+            "/orgs/{org}/actions/runners/registration-token",
+            self._endpoint(
+                self._r_org_reg_token,
+                f"{DOCS}/{a}/self-hosted-runners#create-a-registration-token-for-an-organization",
+                cacheable=False,
+            ),
+        )
+        r.add_post(
+            "/graphql", self._endpoint(self._r_graphql, "https://docs.github.com/graphql", cacheable=False)
+        )
+        r.add_get("/_emulator/stats", self._admin(self._a_stats))
+        r.add_get("/_emulator/health", self._admin(self._a_health))
+        r.add_get("/_emulator/config", self._admin(self._a_get_config))
+        r.add_post("/_emulator/config", self._admin(self._a_config))
+        r.add_post("/_emulator/reset", self._admin(self._a_reset))
+        r.add_post("/_emulator/mutate", self._admin(self._a_mutate))
+        r.add_get("/_emulator/blobs/{kind}/{name}", self._admin(self._a_blob))
+        r.add_route("*", "/_emulator/{tail:.*}", self._admin(self._a_not_found))
+        r.add_route("*", "/{tail:.*}", self._endpoint(self._r_not_found, DOCS, cacheable=False))
+        return app
+
+    def _admin(
+        self, fn: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            with self._lock:
+                self._requests += 1
+            return await fn(request)
+
+        return handler
+
+    def _endpoint(
+        self, renderer: Renderer, doc: str, *, cacheable: bool = True, charged: bool = True
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self._handle(request, renderer, doc, cacheable, charged)
+
+        return handler
+
+    async def _handle(
+        self, request: web.Request, renderer: Renderer, doc: str, cacheable: bool, charged: bool
+    ) -> web.StreamResponse:
+        cfg = self.config
+        auth = request.headers.get("Authorization")
+        login: str | None = None
+        bad_credentials = False
+        if auth:
+            scheme, _, value = auth.strip().partition(" ")
+            login = self.tokens.get(value.strip()) if scheme.lower() in ("token", "bearer") else None
+            bad_credentials = login is None
+        key = login if login is not None else f"anon:{request.remote}"
+        with self._lock:
+            self._requests += 1
+            inflight = self._inflight.get(key, 0) + 1
+            self._inflight[key] = inflight
+            secondary = charged and (
+                inflight > cfg.secondary_concurrency or time.monotonic() < self._secondary_until
+            )
+            retry_after = 60 if inflight > cfg.secondary_concurrency else self._secondary_retry_after
+            dice_drop, dice_error = self._dice.random(), self._dice.random()
+            lo, hi = cfg.latency_ms
+            delay = self._dice.uniform(lo, hi) / 1000.0 if hi > 0 else 0.0
+        try:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            rid = self._request_id()
+            if charged and dice_drop < cfg.drop_rate:
+                self._charge(key, login)
+                if request.transport is not None:
+                    request.transport.close()
+                return web.Response(status=499)  # never written: the connection is gone
+            if bad_credentials:
+                self._charge(key, None)
+                return self._respond(request, _error(401, "Bad credentials", DOCS), key, None, rid)
+            if charged and dice_error < cfg.error_rate:
+                self._charge(key, login)
+                status = 502 if dice_error < cfg.error_rate / 2 else 503
+                message = "Server Error" if status == 502 else "Service Unavailable"
+                return self._respond(request, _error(status, message, DOCS), key, login, rid)
+            if secondary:
+                self._charge(key, login)
+                body = _error(
+                    403,
+                    "You have exceeded a secondary rate limit. Please wait a few minutes before you "
+                    f"try again. If you reach out to GitHub Support for help, please include the "
+                    f"request ID {rid}.",
+                    SECONDARY_DOCS,
+                )
+                if retry_after is not None:
+                    body.headers["Retry-After"] = str(retry_after)
+                return self._respond(request, body, key, login, rid)
+            rendered = await self._render(request, renderer, doc, login, key, cacheable)
+            etag = None
+            if rendered.cacheable and rendered.status == 200 and request.method in ("GET", "HEAD"):
+                etag = 'W/"' + hashlib.sha256(f"{auth or ''}\n{rendered.digest}".encode()).hexdigest() + '"'
+                if self._not_modified_since(request, etag, rendered.last_modified):
+                    with self._lock:
+                        self._not_modified += 1
+                    return self._respond(request, rendered, key, login, rid, etag=etag, not_modified=True)
+            if charged and not self._charge(key, login):
+                return self._respond(request, self._primary_exceeded(request, login, rid), key, login, rid)
+            return self._respond(request, rendered, key, login, rid, etag=etag)
+        finally:
+            with self._lock:
+                left = self._inflight[key] - 1
+                if left:
+                    self._inflight[key] = left
+                else:
+                    del self._inflight[key]
+
+    @staticmethod
+    def _not_modified_since(request: web.Request, etag: str, last_modified: float | None) -> bool:
+        inm = request.headers.get("If-None-Match")
+        if inm is not None:
+            return _etag_matches(inm, etag)
+        ims = request.headers.get("If-Modified-Since")
+        if ims and last_modified is not None:
+            try:
+                since = parsedate_to_datetime(ims).timestamp()
+            except (TypeError, ValueError, IndexError, OverflowError):
+                return False
+            return int(last_modified) <= since
+        return False
+
+    def _request_id(self) -> str:
+        n = next(self._request_ids)
+        return (
+            f"{os.getpid() & 0xFFFF:04X}:{(n * 2654435761) & 0xFFFFF:05X}:{(n * 40503) & 0xFFFFFFF:07X}:"
+            f"{n & 0xFFFFFFF:07X}:{int(time.time()) & 0xFFFFFFFF:08X}"
+        )
+
+    def _limit_for(self, key: str) -> int:
+        return self.config.anon_limit if key.startswith("anon:") else self.config.primary_limit
+
+    def _window(self, key: str, now: float, create: bool) -> _Window:
+        w = self._windows.get(key)
+        if w is None or now >= w.reset:
+            w = _Window(reset=math.ceil(now + self.config.window_seconds))
+            if create:
+                self._windows[key] = w
+        return w
+
+    def _charge(self, key: str, login: str | None) -> bool:
+        """Count one call against ``key``'s window; False (and nothing counted) once the limit is used up."""
+        with self._lock:
+            w = self._window(key, time.time(), create=True)
+            if w.used >= self._limit_for(key):
+                return False
+            w.used += 1
+            self._charged[key] = self._charged.get(key, 0) + 1
+            return True
+
+    def _primary_exceeded(self, request: web.Request, login: str | None, rid: str) -> _Rendered:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        support = (
+            "If you reach out to GitHub Support for help, please include the request ID "
+            f"{rid} and timestamp {stamp}."
+        )
+        if login is None:
+            message = (
+                f"API rate limit exceeded for {request.remote}. (But here's the good news: Authenticated "
+                f"requests get a higher rate limit. Check out the documentation for more details.) {support}"
+            )
+        else:
+            with self._lock:
+                uid = self._world.ensure_user(login).id
+            message = f"API rate limit exceeded for user ID {uid}. {support}"
+        return _error(403, message, f"{RATE_DOCS}#about-primary-rate-limits")
+
+    async def _render(
+        self, request: web.Request, renderer: Renderer, doc: str, login: str | None, key: str, cacheable: bool
+    ) -> _Rendered:
+        base = f"{request.scheme}://{request.host}"
+        cache_key = (request.method, request.path_qs, base, login)
+        if cacheable:
+            with self._lock:
+                hit = self._render_cache.get(cache_key)
+            if hit is not None:
+                return hit
+        body = await request.read() if request.can_read_body else b""
+        ctx = _Ctx(
+            base, login, dict(request.match_info), list(request.query.items()), request.path, body, doc, key
+        )
+        with self._lock:
+            version = self._version
+            try:
+                rendered = renderer(ctx)
+            except _Answer as answer:
+                rendered = answer.rendered
+            if cacheable and version == self._version:
+                if len(self._render_cache) > 20_000:
+                    self._render_cache.clear()
+                self._render_cache[cache_key] = rendered
+        return rendered
+
+    def _respond(
+        self,
+        request: web.Request,
+        rendered: _Rendered,
+        key: str,
+        login: str | None,
+        rid: str,
+        *,
+        etag: str | None = None,
+        not_modified: bool = False,
+    ) -> web.Response:
+        now = time.time()
+        with self._lock:
+            w = self._window(key, now, create=False)
+            limit = self._limit_for(key)
+            used = min(w.used, limit)
+        headers = dict(STATIC_HEADERS)
+        headers.update(
+            {
+                "X-RateLimit-Limit": str(limit),
+                "X-RateLimit-Remaining": str(limit - used),
+                "X-RateLimit-Used": str(used),
+                "X-RateLimit-Reset": str(int(w.reset)),
+                "X-GitHub-Request-Id": rid,
+            }
+        )
+        if login is not None:
+            headers["X-OAuth-Scopes"] = "admin:org, repo, workflow"
+            headers["X-Accepted-OAuth-Scopes"] = "repo"
+        if etag is not None:
+            headers["ETag"] = etag
+            headers["Cache-Control"] = (
+                "private, max-age=60, s-maxage=60" if login else "public, max-age=60, s-maxage=60"
+            )
+            headers["Vary"] = VARY
+            if rendered.last_modified is not None:
+                headers["Last-Modified"] = gd.http_date(rendered.last_modified)
+        else:
+            headers["Cache-Control"] = "no-cache"
+            headers["Vary"] = VARY
+        if not_modified:
+            return web.Response(status=304, headers=headers)
+        headers.update(rendered.headers)
+        headers["Content-Type"] = JSON_TYPE
+        body = rendered.body
+        if (
+            body is not None
+            and len(body) >= 1024
+            and self.config.gzip
+            and "gzip" in request.headers.get("Accept-Encoding", "")
+        ):
+            if rendered.gz is None:
+                rendered.gz = gzip.compress(body, compresslevel=6, mtime=0)
+            body = rendered.gz
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(status=rendered.status, body=body, headers=headers)
+
+    # -- lookups ---------------------------------------------------------------------------------------
+
+    def _not_found(self, ctx: _Ctx) -> _Answer:
+        return _Answer(_error(404, "Not Found", ctx.doc))
+
+    def _visible_repo(self, ctx: _Ctx) -> Repo:
+        repo = self._world.repo(ctx.match["owner"], ctx.match["repo"])
+        if repo is None or not self._world.can_see(ctx.login, repo):
+            raise self._not_found(ctx)
+        return repo
+
+    def _require_auth(self, ctx: _Ctx) -> str:
+        if ctx.login is None:
+            raise _Answer(_error(401, "Requires authentication", ctx.doc))
+        return ctx.login
+
+    def _page(self, ctx: _Ctx, items: Sequence[T]) -> tuple[Sequence[T], dict[str, str]]:
+        """GitHub pagination: ``per_page`` (default 30, max 100), ``page``, and a ``Link`` header."""
+
+        def number(name: str, default: int) -> int:
+            try:
+                return int(ctx.q(name) or default)
+            except ValueError:
+                return default
+
+        per_page = number("per_page", 30)
+        per_page = 30 if per_page < 1 else min(per_page, 100)
+        page = max(number("page", 1), 1)
+        last = max(1, math.ceil(len(items) / per_page))
+
+        def url(p: int) -> str:
+            query = [(k, v) for k, v in ctx.query if k != "page"] + [("page", str(p))]
+            return f"{ctx.base}{ctx.path}?{urlencode(query)}"
+
+        links = []
+        if page > 1:
+            links.append(f'<{url(min(page - 1, last))}>; rel="prev"')
+        if page < last:
+            links += [f'<{url(page + 1)}>; rel="next"', f'<{url(last)}>; rel="last"']
+        if page > 1:
+            links.append(f'<{url(1)}>; rel="first"')
+        headers = {"Link": ", ".join(links)} if links else {}
+        return items[(page - 1) * per_page : page * per_page], headers
+
+    def _user_json(self, ctx: _Ctx, login: str) -> JSON:
+        return gd.simple_user(ctx.base, self._world.ensure_user(login), ctx.base)
+
+    def _repo_json(self, ctx: _Ctx, repo: Repo, kind: gd.RepoKind) -> JSON:
+        perms = None
+        if ctx.login is not None and kind != "embedded":
+            admin = self._world.is_member(ctx.login, repo.owner)
+            perms = {"admin": admin, "maintain": admin, "push": admin, "triage": admin, "pull": True}
+        return gd.repository(ctx.base, ctx.base, repo, self._world.ensure_user(repo.owner), kind, perms)
+
+    def _sorted_repos(self, ctx: _Ctx, repos: Iterable[Repo], default_sort: str) -> list[Repo]:
+        sort = ctx.q("sort", default_sort) or default_sort
+        keys: dict[str, Callable[[Repo], Any]] = {
+            "created": lambda r: r.created_at,
+            "updated": lambda r: r.updated_at,
+            "pushed": lambda r: r.pushed_at,
+            "full_name": lambda r: r.full_name.lower(),
+        }
+        if sort not in keys:
+            raise _Answer(_error(422, "Validation Failed", ctx.doc))
+        direction = ctx.q("direction", "asc" if sort == "full_name" else "desc")
+        return sorted(repos, key=keys[sort], reverse=direction == "desc")
+
+    def _repo_list(self, ctx: _Ctx, repos: list[Repo], kind: gd.RepoKind) -> _Rendered:
+        page, headers = self._page(ctx, repos)
+        return _json([self._repo_json(ctx, r, kind) for r in page], headers=headers)
+
+    # -- renderers -------------------------------------------------------------------------------------
+
+    def _r_not_found(self, ctx: _Ctx) -> _Rendered:
+        raise self._not_found(ctx)
+
+    def _r_user(self, ctx: _Ctx) -> _Rendered:
+        login = self._require_auth(ctx)
+        user = self._world.ensure_user(login)
+        owned = [r for r in self._world.repos.values() if r.owner.lower() == login.lower()]
+        private = sum(1 for r in owned if r.private)
+        body = gd.private_user(ctx.base, user, ctx.base, len(owned) - private, private)
+        return _json(body, last_modified=user.created_at + 86400 * 300)
+
+    def _r_user_repos(self, ctx: _Ctx) -> _Rendered:
+        login = self._require_auth(ctx)
+        visibility = ctx.q("visibility", "all")
+        affiliation = set((ctx.q("affiliation") or "owner,collaborator,organization_member").split(","))
+        repos = []
+        for r in self._world.repos.values():
+            own = r.owner.lower() == login.lower()
+            member = not own and self._world.is_member(login, r.owner)
+            if not ((own and "owner" in affiliation) or (member and "organization_member" in affiliation)):
+                continue
+            if visibility in ("public", "private") and r.private != (visibility == "private"):
+                continue
+            repos.append(r)
+        return self._repo_list(ctx, self._sorted_repos(ctx, repos, "full_name"), "repository")
+
+    def _r_org_repos(self, ctx: _Ctx) -> _Rendered:
+        org = self._world.users.get(ctx.match["org"].lower())
+        if org is None or org.type != "Organization":
+            raise self._not_found(ctx)
+        kind = ctx.q("type", "all")
+        repos = [
+            r
+            for r in self._world.repos.values()
+            if r.owner == org.login
+            and self._world.can_see(ctx.login, r)
+            and (kind not in ("public", "private") or r.private == (kind == "private"))
+        ]
+        return self._repo_list(ctx, self._sorted_repos(ctx, repos, "created"), "minimal")
+
+    def _r_user_public_repos(self, ctx: _Ctx) -> _Rendered:
+        owner = self._world.users.get(ctx.match["user"].lower())
+        if owner is None:
+            raise self._not_found(ctx)
+        repos = [
+            r
+            for r in self._world.repos.values()
+            if r.owner == owner.login and self._world.can_see(ctx.login, r)
+        ]
+        return self._repo_list(ctx, self._sorted_repos(ctx, repos, "full_name"), "minimal")
+
+    def _r_org(self, ctx: _Ctx) -> _Rendered:
+        org = self._world.users.get(ctx.match["org"].lower())
+        if org is None or org.type != "Organization":
+            raise self._not_found(ctx)
+        repos = [r for r in self._world.repos.values() if r.owner == org.login]
+        private = sum(1 for r in repos if r.private)
+        member = self._world.is_member(ctx.login, org.login)
+        body = gd.organization(ctx.base, org, ctx.base, len(repos) - private, private if member else None)
+        return _json(body, last_modified=org.created_at + 86400 * 30)
+
+    def _r_public_user(self, ctx: _Ctx) -> _Rendered:
+        user = self._world.users.get(ctx.match["user"].lower())
+        if user is None:
+            raise self._not_found(ctx)
+        public = sum(1 for r in self._world.repos.values() if r.owner == user.login and not r.private)
+        return _json(
+            gd.public_user(ctx.base, user, ctx.base, public), last_modified=user.created_at + 86400 * 300
+        )
+
+    def _find_workflow(self, ctx: _Ctx, repo: Repo) -> gd.Workflow:
+        wanted = ctx.match["workflow_id"]
+        for wf in self._world.workflows.values():
+            if wf.repo_id == repo.id and (str(wf.id) == wanted or wf.path.rsplit("/", 1)[-1] == wanted):
+                return wf
+        raise self._not_found(ctx)
+
+    def _r_workflows(self, ctx: _Ctx) -> _Rendered:
+        repo = self._visible_repo(ctx)
+        flows = sorted(
+            (w for w in self._world.workflows.values() if w.repo_id == repo.id), key=lambda w: w.id
+        )
+        page, headers = self._page(ctx, flows)
+        body = {
+            "total_count": len(flows),
+            "workflows": [gd.workflow(ctx.base, ctx.base, w, repo) for w in page],
+        }
+        return _json(body, headers=headers)
+
+    def _r_workflow(self, ctx: _Ctx) -> _Rendered:
+        repo = self._visible_repo(ctx)
+        return _json(gd.workflow(ctx.base, ctx.base, self._find_workflow(ctx, repo), repo))
+
+    def _r_repo(self, ctx: _Ctx) -> _Rendered:
+        repo = self._visible_repo(ctx)
+        return _json(self._repo_json(ctx, repo, "full"), last_modified=repo.last_modified)
+
+    def _run_json(self, ctx: _Ctx, run: Run, repo: Repo, embedded: JSON) -> JSON:
+        wf = self._world.workflows[run.workflow_id]
+        return gd.workflow_run(ctx.base, ctx.base, run, repo, embedded, wf, self._user_json(ctx, run.actor))
+
+    def _runs_list(self, ctx: _Ctx, repo: Repo, workflow_id: int | None) -> _Rendered:
+        status, branch, event = ctx.q("status"), ctx.q("branch"), ctx.q("event")
+        actor, head_sha = ctx.q("actor"), ctx.q("head_sha")
+        runs = [
+            r
+            for r in self._world.runs.values()
+            if r.repo_id == repo.id
+            and workflow_id in (None, r.workflow_id)
+            and (status is None or (r.status == status if status in RUN_STATUSES else r.conclusion == status))
+            and branch in (None, r.head_branch)
+            and event in (None, r.event)
+            and (actor is None or r.actor.lower() == actor.lower())
+            and head_sha in (None, r.head_sha)
+        ]
+        runs.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        page, headers = self._page(ctx, runs)
+        embedded = self._repo_json(ctx, repo, "embedded")
+        body = {
+            "total_count": len(runs),
+            "workflow_runs": [self._run_json(ctx, r, repo, embedded) for r in page],
+        }
+        return _json(body, headers=headers)
+
+    def _r_runs(self, ctx: _Ctx) -> _Rendered:
+        return self._runs_list(ctx, self._visible_repo(ctx), None)
+
+    def _r_workflow_runs(self, ctx: _Ctx) -> _Rendered:
+        repo = self._visible_repo(ctx)
+        return self._runs_list(ctx, repo, self._find_workflow(ctx, repo).id)
+
+    def _visible_run(self, ctx: _Ctx) -> tuple[Repo, Run]:
+        repo = self._visible_repo(ctx)
+        run = self._world.runs.get(int(ctx.match["run_id"]))
+        if run is None or run.repo_id != repo.id:
+            raise self._not_found(ctx)
+        return repo, run
+
+    def _visible_job(self, ctx: _Ctx) -> tuple[Repo, Run, Job]:
+        repo = self._visible_repo(ctx)
+        job = self._world.jobs.get(int(ctx.match["job_id"]))
+        run = None if job is None else self._world.runs[job.run_id]
+        if job is None or run is None or run.repo_id != repo.id:
+            raise self._not_found(ctx)
+        return repo, run, job
+
+    def _r_run(self, ctx: _Ctx) -> _Rendered:
+        repo, run = self._visible_run(ctx)
+        return _json(self._run_json(ctx, run, repo, self._repo_json(ctx, repo, "embedded")))
+
+    def _job_json(self, ctx: _Ctx, job: Job, run: Run, repo: Repo) -> JSON:
+        return gd.job(ctx.base, ctx.base, job, run, repo, self._world.workflows[run.workflow_id])
+
+    def _r_run_jobs(self, ctx: _Ctx) -> _Rendered:
+        repo, run = self._visible_run(ctx)
+        jobs = gd.jobs_of(self._world, run)
+        page, headers = self._page(ctx, jobs)
+        body = {"total_count": len(jobs), "jobs": [self._job_json(ctx, j, run, repo) for j in page]}
+        return _json(body, headers=headers)
+
+    def _r_job(self, ctx: _Ctx) -> _Rendered:
+        repo, run, job = self._visible_job(ctx)
+        return _json(self._job_json(ctx, job, run, repo))
+
+    def _runners_list(self, ctx: _Ctx, runners: list[gd.Runner]) -> _Rendered:
+        name = ctx.q("name")
+        runners = sorted((r for r in runners if name in (None, r.name)), key=lambda r: r.id)
+        page, headers = self._page(ctx, runners)
+        return _json({"total_count": len(runners), "runners": [gd.runner(r) for r in page]}, headers=headers)
+
+    def _admin_repo(self, ctx: _Ctx) -> Repo:
+        repo = self._visible_repo(ctx)
+        login = self._require_auth(ctx)
+        if not self._world.is_member(login, repo.owner):
+            raise _Answer(_error(403, "Must have admin rights to Repository.", ctx.doc))
+        return repo
+
+    def _admin_org(self, ctx: _Ctx) -> str:
+        org = self._world.users.get(ctx.match["org"].lower())
+        if org is None or org.type != "Organization":
+            raise self._not_found(ctx)
+        login = self._require_auth(ctx)
+        if not self._world.is_member(login, org.login):
+            raise _Answer(
+                _error(
+                    403,
+                    "You must be an org admin or have the manage_runners:org fine-grained permission.",
+                    ctx.doc,
+                )
+            )
+        return org.login
+
+    def _r_repo_runners(self, ctx: _Ctx) -> _Rendered:
+        repo = self._admin_repo(ctx)
+        return self._runners_list(ctx, [r for r in self._world.runners.values() if r.repo_id == repo.id])
+
+    def _r_org_runners(self, ctx: _Ctx) -> _Rendered:
+        org = self._admin_org(ctx)
+        return self._runners_list(
+            ctx, [r for r in self._world.runners.values() if r.org == org and r.repo_id is None]
+        )
+
+    def _registration_token(self) -> _Rendered:
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+        token = "".join(self._dice.choice(alphabet) for _ in range(29))
+        return _json({"token": token, "expires_at": gd.iso(time.time() + 3600)}, 201, cacheable=False)
+
+    def _r_repo_reg_token(self, ctx: _Ctx) -> _Rendered:
+        self._admin_repo(ctx)
+        return self._registration_token()
+
+    def _r_org_reg_token(self, ctx: _Ctx) -> _Rendered:
+        self._admin_org(ctx)
+        return self._registration_token()
+
+    def _r_graphql(self, ctx: _Ctx) -> _Rendered:
+        if ctx.login is None:
+            raise _Answer(
+                _error(
+                    401,
+                    "This endpoint requires you to be authenticated.",
+                    "https://docs.github.com/graphql/guides/forming-calls-with-graphql"
+                    "#authenticating-with-graphql",
+                )
+            )
+        try:
+            payload = json.loads(ctx.body or b"null")
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
+            raise _Answer(_error(400, "Problems parsing JSON", ctx.doc))
+        return _json({"data": {"viewer": {"login": ctx.login}}}, cacheable=False)
+
+    def _artifacts_list(self, ctx: _Ctx, repo: Repo, run_id: int | None) -> _Rendered:
+        name = ctx.q("name")
+        arts = sorted(
+            (
+                a
+                for a in self._world.artifacts.values()
+                if a.repo_id == repo.id and run_id in (None, a.run_id) and name in (None, a.name)
+            ),
+            key=lambda a: a.id,
+            reverse=True,
+        )
+        page, headers = self._page(ctx, arts)
+        body = {
+            "total_count": len(arts),
+            "artifacts": [
+                gd.artifact(ctx.base, a, self._world.runs[a.run_id], repo, self._world.now) for a in page
+            ],
+        }
+        return _json(body, headers=headers)
+
+    def _r_run_artifacts(self, ctx: _Ctx) -> _Rendered:
+        repo, run = self._visible_run(ctx)
+        return self._artifacts_list(ctx, repo, run.id)
+
+    def _r_repo_artifacts(self, ctx: _Ctx) -> _Rendered:
+        return self._artifacts_list(ctx, self._visible_repo(ctx), None)
+
+    def _visible_artifact(self, ctx: _Ctx) -> tuple[Repo, gd.Artifact]:
+        repo = self._visible_repo(ctx)
+        art = self._world.artifacts.get(int(ctx.match["artifact_id"]))
+        if art is None or art.repo_id != repo.id:
+            raise self._not_found(ctx)
+        return repo, art
+
+    def _r_artifact(self, ctx: _Ctx) -> _Rendered:
+        repo, art = self._visible_artifact(ctx)
+        return _json(gd.artifact(ctx.base, art, self._world.runs[art.run_id], repo, self._world.now))
+
+    def _blob_url(self, ctx: _Ctx, kind: str, name: str) -> _Rendered:
+        sig = hashlib.sha256(f"{kind}/{name}/{self._version}".encode()).hexdigest()[:32]
+        return _Rendered(
+            302, None, headers={"Location": f"{ctx.base}/_emulator/blobs/{kind}/{name}?sig={sig}"}
+        )
+
+    def _r_artifact_zip(self, ctx: _Ctx) -> _Rendered:
+        self._require_auth(ctx)
+        _, art = self._visible_artifact(ctx)
+        if ctx.match["archive_format"] != "zip":
+            raise self._not_found(ctx)
+        if art.expires_at <= self._world.now:
+            raise _Answer(_error(410, "Artifact has expired", ctx.doc))
+        return self._blob_url(ctx, "artifacts", f"{art.id}.zip")
+
+    def _has_log(self, job: Job) -> bool:
+        return job.status == "completed" or job.id in self._world.job_logs
+
+    def _r_run_logs(self, ctx: _Ctx) -> _Rendered:
+        self._require_auth(ctx)
+        _, run = self._visible_run(ctx)
+        if not any(self._has_log(j) for j in gd.jobs_of(self._world, run)):
+            raise self._not_found(ctx)
+        return self._blob_url(ctx, "run-logs", f"{run.id}.zip")
+
+    def _r_job_logs(self, ctx: _Ctx) -> _Rendered:
+        self._require_auth(ctx)
+        _, _, job = self._visible_job(ctx)
+        if not self._has_log(job):
+            raise self._not_found(ctx)
+        return self._blob_url(ctx, "job-logs", f"{job.id}.txt")
+
+    def _r_rate_limit(self, ctx: _Ctx) -> _Rendered:
+        w = self._window(ctx.key, time.time(), create=False)
+        limit = self._limit_for(ctx.key)
+        return _json(gd.rate_limit_overview(limit, min(w.used, limit), int(w.reset)), cacheable=False)
+
+    # -- admin -----------------------------------------------------------------------------------------
+
+    async def _a_stats(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self.stats())
+
+    async def _a_health(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"ok": True, "version": self._version})
+
+    def _config_json(self) -> JSON:
+        with self._lock:
+            body = asdict(self.config)
+            body["latency_ms"] = list(self.config.latency_ms)
+            left = self._secondary_until - time.monotonic()
+            body["secondary_for_seconds"] = max(round(left, 3), 0) if self._secondary_until else 0
+            body["secondary_retry_after"] = self._secondary_retry_after
+            return body
+
+    async def _a_get_config(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self._config_json())
+
+    async def _a_config(self, request: web.Request) -> web.StreamResponse:
+        try:
+            changes = await request.json()
+            if not isinstance(changes, dict):
+                raise ValueError("expected a JSON object")
+            self.configure(**changes)
+        except ValueError as exc:  # includes JSON decoding errors
+            return web.json_response({"message": str(exc)}, status=422)
+        return web.json_response(self._config_json())
+
+    async def _a_reset(self, request: web.Request) -> web.StreamResponse:
+        self.reset_counters()
+        return web.json_response(self.stats())
+
+    async def _a_mutate(self, request: web.Request) -> web.StreamResponse:
+        n = 1
+        if request.can_read_body:
+            try:
+                payload = await request.json()
+                n = int(payload.get("n", 1)) if isinstance(payload, dict) else 1
+            except (ValueError, TypeError):
+                return web.json_response({"message": 'expected {"n": <int>}'}, status=422)
+        self.mutate(n)
+        return web.json_response({"mutated": n, "version": self._version})
+
+    async def _a_not_found(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"message": "Not Found"}, status=404)
+
+    async def _a_blob(self, request: web.Request) -> web.StreamResponse:
+        kind, name = request.match_info["kind"], request.match_info["name"]
+        stem, _, ext = name.partition(".")
+        with self._lock:
+            w = self._world
+            if kind == "artifacts" and ext == "zip" and stem.isdigit() and int(stem) in w.artifacts:
+                art = w.artifacts[int(stem)]
+                return web.Response(
+                    body=art.data,
+                    content_type="application/zip",
+                    headers={"Content-Disposition": f"attachment; filename={art.name}.zip"},
+                )
+            if kind == "run-logs" and ext == "zip" and stem.isdigit() and int(stem) in w.runs:
+                files: dict[str, bytes] = {}
+                for i, job in enumerate(gd.jobs_of(w, w.runs[int(stem)])):
+                    if not self._has_log(job):
+                        continue
+                    safe = job.name.replace("/", "_")
+                    text = w.job_logs.get(job.id) or gd.default_log(w, job)
+                    files[f"{i}_{safe}.txt"] = text.encode()
+                    for step in job.steps:
+                        files[f"{safe}/{step.number}_{step.name.replace('/', '_')}.txt"] = (
+                            f"{step.name}: {step.conclusion or step.status}\n".encode()
+                        )
+                return web.Response(body=gd.make_zip(files), content_type="application/zip")
+            if kind == "job-logs" and ext == "txt" and stem.isdigit() and int(stem) in w.jobs:
+                job = w.jobs[int(stem)]
+                text = w.job_logs.get(job.id) or gd.default_log(w, job)
+                return web.Response(text=text, content_type="text/plain", charset="utf-8")
+        return web.Response(status=404, text="BlobNotFound", content_type="text/plain")
+
+
+class EmulatorServer:
+    """Runs a GitHubEmulator on its own event loop in a daemon thread, on a real TCP port."""
+
+    def __init__(
+        self, emulator: GitHubEmulator | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.emulator = emulator or GitHubEmulator()
+        self.host = host
+        self.port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> EmulatorServer:
+        """Start listening; returns once the port accepts connections (raises OSError if it cannot bind)."""
+        if self._thread is not None:
+            return self
+        self._ready.clear()
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name=f"github-emulator-{self.port}", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            self._thread.join()
+            self._thread = None
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._setup())
+        except BaseException as exc:  # reported to start()'s caller
+            self._error = exc
+            loop.close()
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            if self._runner is not None:
+                loop.run_until_complete(self._runner.cleanup())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _setup(self) -> None:
+        runner = web.AppRunner(
+            self.emulator.make_app(), access_log=None, handle_signals=False, shutdown_timeout=0.5
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, backlog=1024)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        for addr in runner.addresses:
+            if isinstance(addr, tuple):
+                self.port = int(addr[1])
+                break
+
+    def stop(self) -> None:
+        """Stop listening and end the thread (idempotent)."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+        self._thread = None
+        self._loop = None
+
+    def __enter__(self) -> EmulatorServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def port_in_use(exc: OSError) -> bool:
+    return exc.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1))

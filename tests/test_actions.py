@@ -1,0 +1,603 @@
+"""The composite actions, the install script and the reference workflows.
+
+Static checks run the real validators (check-jsonschema with GitHub's schemas, actionlint, shellcheck) on
+every ``action.yml`` and every ``workflows/*.yml``, and prove each validator rejects a broken copy. The
+integration tests install fleetci with the script into a fresh virtualenv, and run ``workflows/amd64-ci.yml``
+under ``act`` (host mode, offline) against the GitHub API emulator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ACTION_FILES = sorted([REPO_ROOT / "action.yml", *REPO_ROOT.glob("actions/*/action.yml")])
+WORKFLOW_FILES = sorted([*REPO_ROOT.glob("workflows/*.yml"), *REPO_ROOT.glob("workflows/*.yaml")])
+INSTALL_SCRIPT = REPO_ROOT / "scripts" / "install_fleetci.sh"
+ACTION_REPO = "fleetci/fleetci"
+# `uses: fleetci/fleetci[/path]@ref`: this repository's own actions, as users reference them.
+OWN_USES_RE = re.compile(r"(uses:\s*)fleetci/fleetci(?:/(?P<path>[^@\s]+))?@\S+")
+VERSION = re.search(
+    r'^__version__\s*=\s*["\']([^"\']+)["\']', (REPO_ROOT / "src/fleetci/__init__.py").read_text(), re.M
+).group(1)  # type: ignore[union-attr]
+# Everything a checkout of the action needs; caches and VCS data stay out (GitHub downloads a clean tree).
+COPY_IGNORE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "venv",
+    ".cache",
+    "*_cache",
+    ".benchmarks",
+    "__pycache__",
+    "*.egg-info",
+    "build",
+    "dist",
+    "node_modules",
+)
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(REPO_ROOT))
+
+
+def tool(name: str) -> str:
+    """A validator's executable: next to this interpreter first (the venv), then PATH; skip when absent."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if not found:
+        pytest.skip(f"{name} is not installed (pip install -e '.[test]')")
+    return found
+
+
+def run_tool(
+    argv: list[str], cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def shown(proc: subprocess.CompletedProcess[str]) -> str:
+    command = " ".join(map(str, proc.args))
+    return f"$ {command}\nexit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """This environment without variables a runner (or the outer CI) would set for fleetci, gh or Actions."""
+    prefixes = ("CACHE_", "FLEETCI_", "GITHUB_", "GH_", "RUNNER_", "ACTIONS_", "INPUT_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env.update(extra)
+    return env
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(data, dict), f"{rel(path)} is not a YAML mapping"
+    return data
+
+
+def localize(workflow_text: str) -> str:
+    """Point `uses: fleetci/fleetci/<path>@ref` at `./<path>`: actionlint then checks `with:` keys."""
+    return OWN_USES_RE.sub(lambda m: f"{m.group(1)}./{m.group('path') or ''}".rstrip("/"), workflow_text)
+
+
+def lint_repo(tmp_path: Path, workflows: dict[str, str]) -> tuple[Path, list[Path]]:
+    """A throwaway git repository with this repo's actions and the given workflows in .github/workflows."""
+    repo = tmp_path / "lint-repo"
+    wf_dir = repo / ".github" / "workflows"
+    wf_dir.mkdir(parents=True)
+    shutil.copy2(REPO_ROOT / "action.yml", repo / "action.yml")
+    shutil.copytree(REPO_ROOT / "actions", repo / "actions")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True, capture_output=True)
+    files = []
+    for name, text in workflows.items():
+        (wf_dir / name).write_text(text, encoding="utf-8")
+        files.append(wf_dir / name)
+    return repo, files
+
+
+def actionlint(repo: Path, files: list[Path]) -> subprocess.CompletedProcess[str]:
+    argv = [tool("actionlint"), "-no-color"]
+    if not shutil.which("shellcheck"):
+        argv.append("-shellcheck=")
+    if not shutil.which("pyflakes"):
+        argv.append("-pyflakes=")
+    return run_tool([*argv, *(str(f.relative_to(repo)) for f in files)], cwd=repo)
+
+
+def check_schema(schema: str, *files: Path) -> subprocess.CompletedProcess[str]:
+    return run_tool([tool("check-jsonschema"), "--builtin-schema", schema, *map(str, files)])
+
+
+# --- static validation ------------------------------------------------------------------------------
+
+
+def test_the_actions_and_workflows_are_found() -> None:
+    names = {rel(p) for p in ACTION_FILES}
+    assert {"action.yml", "actions/setup-p2p-cache/action.yml"} <= names
+    assert all(p.is_file() for p in ACTION_FILES), names
+    assert {"workflows/amd64-ci.yml", "workflows/arm64-ci.yml"} <= {rel(p) for p in WORKFLOW_FILES}
+
+
+@pytest.mark.parametrize("action", ACTION_FILES, ids=rel)
+def test_action_metadata_matches_githubs_schema(action: Path) -> None:
+    proc = check_schema("vendor.github-actions", action)
+    assert proc.returncode == 0, shown(proc)
+
+
+@pytest.mark.parametrize("workflow", WORKFLOW_FILES, ids=rel)
+def test_workflow_matches_githubs_schema(workflow: Path) -> None:
+    proc = check_schema("vendor.github-workflows", workflow)
+    assert proc.returncode == 0, shown(proc)
+
+
+@pytest.mark.parametrize("workflow", WORKFLOW_FILES, ids=rel)
+def test_workflow_passes_actionlint(workflow: Path, tmp_path: Path) -> None:
+    text = workflow.read_text(encoding="utf-8")
+    local = localize(text)
+    assert local != text, f"{rel(workflow)} does not use fleetci's own actions"
+    # As users copy it, and with our actions resolved locally (checks inputs and outputs against action.yml).
+    repo, files = lint_repo(tmp_path, {workflow.name: text, f"local-{workflow.name}": local})
+    proc = actionlint(repo, files)
+    assert proc.returncode == 0, shown(proc)
+
+
+def test_install_script_passes_shellcheck() -> None:
+    proc = run_tool(["bash", "-n", str(INSTALL_SCRIPT)])
+    assert proc.returncode == 0, shown(proc)
+    if not shutil.which("shellcheck"):
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    proc = run_tool(["shellcheck", "--severity=style", str(INSTALL_SCRIPT)])
+    assert proc.returncode == 0, shown(proc)
+
+
+def test_schema_validators_reject_broken_files(tmp_path: Path) -> None:
+    action = REPO_ROOT / "actions" / "setup-p2p-cache" / "action.yml"
+    broken_action = tmp_path / "action.yml"
+    text = action.read_text(encoding="utf-8")
+    assert "      shell: bash\n" in text
+    # A composite action's run step without `shell:` is invalid.
+    broken_action.write_text(text.replace("      shell: bash\n", "", 1), encoding="utf-8")
+    assert check_schema("vendor.github-actions", action).returncode == 0
+    proc = check_schema("vendor.github-actions", broken_action)
+    assert proc.returncode != 0, shown(proc)
+
+    workflow = REPO_ROOT / "workflows" / "amd64-ci.yml"
+    text = workflow.read_text(encoding="utf-8")
+    broken_workflow = tmp_path / "amd64-ci.yml"
+    assert "    runs-on: ubuntu-latest\n" in text
+    broken_workflow.write_text(text.replace("    runs-on: ubuntu-latest\n", "", 1), encoding="utf-8")
+    assert check_schema("vendor.github-workflows", workflow).returncode == 0
+    proc = check_schema("vendor.github-workflows", broken_workflow)
+    assert proc.returncode != 0, shown(proc)
+    assert "runs-on" in proc.stdout + proc.stderr, shown(proc)
+
+
+def test_actionlint_rejects_broken_workflows(tmp_path: Path) -> None:
+    text = localize((REPO_ROOT / "workflows" / "amd64-ci.yml").read_text(encoding="utf-8"))
+    bad_input = re.sub(r"(\n(\s+)enable-p2p:)", r"\n\2no-such-input: x\1", text, count=1)
+    bad_output = text.replace("steps.cache.outputs.api-url", "steps.nope.outputs.api-url", 1)
+    assert bad_input != text and bad_output != text
+    repo, files = lint_repo(tmp_path, {"bad-input.yml": bad_input, "bad-output.yml": bad_output})
+    proc = actionlint(repo, files)
+    assert proc.returncode != 0, shown(proc)
+    assert 'input "no-such-input" is not defined' in proc.stdout, shown(proc)
+    assert "steps.nope" in proc.stdout or '"nope"' in proc.stdout, shown(proc)
+
+
+@pytest.mark.parametrize("action", ACTION_FILES, ids=rel)
+def test_action_steps_are_injection_safe_and_outputs_resolve(action: Path) -> None:
+    """Inputs reach scripts through env (never `${{ }}` inside `run:`); outputs name existing step ids."""
+    meta = load_yaml(action)
+    steps = meta["runs"]["steps"]
+    ids = {s["id"] for s in steps if "id" in s}
+    for step in steps:
+        if "run" in step:
+            assert step.get("shell") == "bash", step
+            assert "${{" not in step["run"], f"{rel(action)}: expression inside run: of {step.get('name')}"
+    for name, out in (meta.get("outputs") or {}).items():
+        m = re.fullmatch(r"\$\{\{\s*steps\.([\w-]+)\.outputs\.([\w-]+)\s*\}\}", str(out["value"]))
+        assert m and m.group(1) in ids, f"{rel(action)}: output {name} -> {out['value']}"
+
+
+def test_setup_p2p_cache_passes_every_setting_input_to_the_cli() -> None:
+    meta = load_yaml(REPO_ROOT / "actions" / "setup-p2p-cache" / "action.yml")
+    inputs = meta["inputs"]
+    seed = {
+        "enable-p2p": "false",
+        "listen-port": "9100",
+        "bootstrap-peers": "",
+        "default-ttl": "300",
+        "cache-dir": "",
+    }
+    assert {k: str(inputs[k]["default"]) for k in seed} == seed
+    start = next(s for s in meta["runs"]["steps"] if s.get("id") == "start")
+    assert "cache start" in start["run"]
+    env = start["env"]
+    cli_env = {
+        "enable-p2p": "CACHE_ENABLE_P2P",
+        "listen-port": "CACHE_LISTEN_PORT",
+        "proxy-port": "CACHE_PROXY_PORT",
+        "bootstrap-peers": "CACHE_BOOTSTRAP_PEERS",
+        "default-ttl": "CACHE_DEFAULT_TTL",
+        "cache-dir": "CACHE_DIR",
+        "max-entries": "CACHE_MAX_ENTRIES",
+        "upstream": "CACHE_UPSTREAM",
+    }
+    assert set(inputs) - {"python", "extras"} == set(cli_env)
+    for name, var in cli_env.items():
+        assert f"inputs.{name}" in str(env.get(var)), f"input {name} does not reach ${var}: {env.get(var)}"
+    assert set(meta["outputs"]) >= {"api-url", "socket", "peer-id"}
+
+
+# --- the install script -----------------------------------------------------------------------------
+
+
+def fake_bin(tmp_path: Path, **scripts: str) -> Path:
+    """A PATH directory holding `python3` (this interpreter) and the given fake commands."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    (bindir / "python3").symlink_to(sys.executable)
+    for name, body in scripts.items():
+        path = bindir / name
+        path.write_text("#!/bin/sh\n" + body + "\n", encoding="utf-8")
+        path.chmod(0o755)
+    return bindir
+
+
+def run_install(tmp_path: Path, bindir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    for name in ("GITHUB_PATH", "GITHUB_OUTPUT"):
+        (tmp_path / name).touch()
+    full_env = base_env(
+        PATH=f"{bindir}:/usr/bin:/bin",
+        GITHUB_PATH=str(tmp_path / "GITHUB_PATH"),
+        GITHUB_OUTPUT=str(tmp_path / "GITHUB_OUTPUT"),
+        RUNNER_TOOL_CACHE=str(tmp_path / "toolcache"),
+        **env,
+    )
+    return subprocess.run(
+        ["bash", str(INSTALL_SCRIPT), *args], env=full_env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_install_script_skips_when_the_same_version_is_on_path(tmp_path: Path) -> None:
+    bindir = fake_bin(tmp_path, fleetci=f'echo "fleetci {VERSION}"')
+    proc = run_install(tmp_path, bindir)
+    assert proc.returncode == 0, shown(proc)
+    assert "already installed" in proc.stdout, shown(proc)
+    assert (tmp_path / "GITHUB_PATH").read_text() == ""
+    assert f"version={VERSION}\n" in (tmp_path / "GITHUB_OUTPUT").read_text()
+    assert not (tmp_path / "toolcache").exists()
+
+
+def test_install_script_explains_a_missing_venv_module(tmp_path: Path) -> None:
+    real = sys.executable
+    python = (
+        f'case "$*" in *ensurepip*) echo "No module named ensurepip" >&2; exit 1;; esac\nexec "{real}" "$@"'
+    )
+    bindir = fake_bin(tmp_path, fleetci='echo "fleetci 0.0.0-old"')
+    (bindir / "python3").unlink()
+    (bindir / "python3").write_text("#!/bin/sh\n" + python + "\n", encoding="utf-8")
+    (bindir / "python3").chmod(0o755)
+    proc = run_install(tmp_path, bindir)
+    assert proc.returncode != 0, shown(proc)
+    assert "python3-venv" in proc.stderr, shown(proc)
+    assert "install_fleetci: error:" in proc.stderr, shown(proc)
+    assert (tmp_path / "GITHUB_PATH").read_text() == ""
+
+
+def test_install_script_rejects_a_directory_that_is_not_a_checkout(tmp_path: Path) -> None:
+    bindir = fake_bin(tmp_path)
+    proc = run_install(tmp_path, bindir, str(tmp_path))
+    assert proc.returncode != 0, shown(proc)
+    assert "not a fleetci checkout" in proc.stderr, shown(proc)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_install_script_installs_into_a_virtualenv_and_reuses_it(tmp_path: Path) -> None:
+    checkout = tmp_path / "checkout"
+    shutil.copytree(REPO_ROOT, checkout, ignore=COPY_IGNORE)  # pip builds in-tree: keep the repo clean
+    # An older fleetci on PATH must not count as installed.
+    bindir = fake_bin(tmp_path, fleetci='echo "fleetci 0.0.0-old"')
+    proc = run_install(tmp_path, bindir, str(checkout))
+    assert proc.returncode == 0, shown(proc)
+    venv = tmp_path / "toolcache" / "fleetci" / VERSION
+    fleetci = venv / "bin" / "fleetci"
+    version = subprocess.run([str(fleetci), "--version"], capture_output=True, text=True, timeout=60)
+    assert version.stdout.strip() == f"fleetci {VERSION}", shown(version)
+    assert (tmp_path / "GITHUB_PATH").read_text().splitlines() == [str(venv / "bin")]
+    outputs = (tmp_path / "GITHUB_OUTPUT").read_text()
+    assert f"version={VERSION}\n" in outputs and f"bin-dir={venv / 'bin'}\n" in outputs
+
+    again = run_install(tmp_path, bindir, str(checkout))
+    assert again.returncode == 0, shown(again)
+    assert "reusing" in again.stdout, shown(again)
+
+
+# --- the reference workflow under act, against the emulator --------------------------------------------
+
+
+@dataclass
+class Emulator:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+    def stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = httpx.get(f"{self.url}/_emulator/stats", timeout=10).json()
+        return data
+
+
+def alice_token() -> str:
+    from fleetci.testing import TOKENS
+
+    return next(t for t, login in TOKENS.items() if login == "alice")
+
+
+@pytest.fixture
+def emulator_process(tmp_path: Path) -> Iterator[Emulator]:
+    log = tmp_path / "emulator.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fleetci", "emulate", "github", "--port", "0", "--latency-ms", "0-0"],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=base_env(),
+        )
+    try:
+        url = None
+        deadline = time.monotonic() + 30
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            m = re.search(r"fleetci emulator listening on (http://\S+)", log.read_text(errors="replace"))
+            url = m.group(1) if m else None
+            time.sleep(0.05)
+        assert url, f"emulator did not start:\n{log.read_text(errors='replace')}"
+        yield Emulator(url, proc)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+
+
+def proxies_for(upstream: str) -> list[int]:
+    """Live `fleetci cache serve` processes whose upstream is the given URL (the ones a test started)."""
+    pids = []
+    needle = f"CACHE_UPSTREAM={upstream}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            b"cache" in cmdline
+            and b"serve" in cmdline
+            and needle in environ
+            and process_alive(int(entry.name))
+        ):
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop_leftover_proxies(upstream: str) -> list[int]:
+    leftovers = proxies_for(upstream)
+    for pid in leftovers:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(process_alive(p) for p in leftovers):
+        time.sleep(0.05)
+    for pid in leftovers:
+        if process_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    return leftovers
+
+
+@dataclass
+class ActRun:
+    proc: subprocess.CompletedProcess[str]
+    events: list[dict[str, Any]]
+
+    @property
+    def output_lines(self) -> list[str]:
+        return [str(e["msg"]).rstrip("\n") for e in self.events if e.get("raw_output")]
+
+    def step_results(self) -> dict[str, list[str]]:
+        """Step name (as act reports it for the Main stage) -> results."""
+        results: dict[str, list[str]] = {}
+        for e in self.events:
+            if "stepResult" in e and e.get("stage", "Main") == "Main":
+                name = re.sub(r"\s*\[[^\]]*\]\s*$", "", str(e["msg"]).split(" - ", 1)[-1].strip())
+                results.setdefault(name.removeprefix("Main "), []).append(str(e["stepResult"]))
+        return results
+
+    def describe(self) -> str:
+        lines = [str(e.get("msg", "")).rstrip() for e in self.events]
+        return (
+            f"act exit {self.proc.returncode}\n--- log\n"
+            + "\n".join(lines[-150:])
+            + (f"\n--- stderr\n{self.proc.stderr[-4000:]}")
+        )
+
+
+def run_act(
+    workflow: Path,
+    workdir: Path,
+    cache: Path,
+    action_root: Path,
+    variables: dict[str, str],
+    secrets: dict[str, str],
+    platforms: tuple[str, ...] = ("ubuntu-latest",),
+    timeout: float = 110,
+) -> ActRun:
+    """Run one workflow with act on this machine (host mode, offline); `platforms` are its runs-on labels."""
+    repo = workdir / "repo"
+    (repo / ".github" / "workflows").mkdir(parents=True)
+    shutil.copy2(workflow, repo / ".github" / "workflows" / workflow.name)
+    git = ["git", "-C", str(repo), "-c", "user.name=fleetci-test", "-c", "user.email=test@fleetci.invalid"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, capture_output=True)
+    subprocess.run([*git, "add", "-A"], check=True, capture_output=True)
+    subprocess.run([*git, "commit", "-q", "-m", "reference workflow"], check=True, capture_output=True)
+    argv = [
+        tool("act"),
+        "push",
+        "-W",
+        str(repo / ".github" / "workflows" / workflow.name),
+        *(arg for label in platforms for arg in ("-P", f"{label}=-self-hosted")),
+        "--action-offline-mode",
+        "--pull=false",
+        "--no-cache-server",
+        "--action-cache-path",
+        str(cache),
+        "--local-repository",
+        f"{ACTION_REPO}@v1={action_root}",
+        "--json",
+    ]
+    for k, v in variables.items():
+        argv += ["--var", f"{k}={v}"]
+    for k, v in secrets.items():
+        argv += ["-s", f"{k}={v}"]
+    popen = subprocess.Popen(
+        argv,
+        cwd=repo,
+        env=base_env(ACT_DISABLE_VERSION_CHECK="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = popen.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(popen.pid, signal.SIGKILL)
+        out, err = popen.communicate()
+        err += f"\n[test] act killed after {timeout}s"
+    events = []
+    for line in out.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return ActRun(subprocess.CompletedProcess(argv, popen.returncode, out, err), events)
+
+
+def expected_step_names(workflow: Path) -> list[str]:
+    names = []
+    for job in load_yaml(workflow)["jobs"].values():
+        names += [s["name"] for s in job["steps"] if "name" in s]
+    return names
+
+
+def runs_on_labels(workflow: Path) -> tuple[str, ...]:
+    labels: list[str] = []
+    for job in load_yaml(workflow)["jobs"].values():
+        runs_on = job["runs-on"]
+        labels += [runs_on] if isinstance(runs_on, str) else list(runs_on)
+    return tuple(dict.fromkeys(labels))
+
+
+# (workflow, repository variable that sets its P2P port). arm64-ci.yml runs on this machine's architecture
+# with its [self-hosted, ARM64] labels mapped to the host: that checks the workflow, not the architecture.
+ACT_WORKFLOWS = [("amd64-ci.yml", "FLEETCI_LISTEN_PORT"), ("arm64-ci.yml", "FLEETCI_ARM64_LISTEN_PORT")]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(("workflow_name", "port_variable"), ACT_WORKFLOWS, ids=[w for w, _ in ACT_WORKFLOWS])
+def test_reference_workflow_runs_under_act_against_the_emulator(
+    emulator_process: Emulator, tmp_path: Path, workflow_name: str, port_variable: str
+) -> None:
+    from fleetci.http import free_port
+
+    workflow = REPO_ROOT / "workflows" / workflow_name
+    assert f"vars.{port_variable}" in workflow.read_text(encoding="utf-8")
+    repo_name = "octo-org/api"
+    token = alice_token()
+    r = httpx.get(f"{emulator_process.url}/repos/{repo_name}", headers={"Authorization": f"token {token}"})
+    assert r.status_code == 200, f"{repo_name} is not in the emulator: {r.status_code} {r.text[:200]}"
+    before = emulator_process.stats()
+
+    # The action as GitHub would download it: a clean copy of this repository (no caches, no .git).
+    action_root = tmp_path / "fleetci-action"
+    shutil.copytree(REPO_ROOT, action_root, ignore=COPY_IGNORE)
+    try:
+        run = run_act(
+            workflow,
+            tmp_path,
+            tmp_path / "act-cache",
+            action_root,
+            variables={
+                "FLEETCI_UPSTREAM": emulator_process.url,
+                "FLEETCI_REPO": repo_name,
+                port_variable: str(free_port()),
+            },
+            secrets={"GITHUB_TOKEN": token},
+            platforms=runs_on_labels(workflow),
+        )
+    finally:
+        leftovers = stop_leftover_proxies(emulator_process.url)
+    after = emulator_process.stats()
+
+    assert run.proc.returncode == 0, run.describe()
+    job_results = [e["jobResult"] for e in run.events if "jobResult" in e]
+    assert job_results == ["success"], run.describe()
+    # The job really ran: every named step of the workflow, and the action's own steps, succeeded.
+    results = run.step_results()
+    for name in [*expected_step_names(workflow), "Install fleetci", "Start the API cache"]:
+        assert results.get(name) == ["success"], f"step {name!r}: {results.get(name)}\n{run.describe()}"
+
+    # Cache hits happened: the emulator charged fewer calls than the workflow made through the proxy.
+    stats = next(
+        (json.loads(line) for line in run.output_lines if line.startswith("{") and '"local_hits"' in line),
+        None,
+    )
+    assert stats is not None, f"no 'fleetci cache stats --json' output\n{run.describe()}"
+    charged = after["total_charged"] - before["total_charged"]
+    assert stats["requests"] >= 8, stats  # gh (6) and curl (2) at least
+    assert 0 < charged < stats["requests"], (charged, stats)
+    assert stats["local_hits"] > 0, stats
+    assert any(re.search(r"pass 2: GET /repos/\S+ -> HIT$", line) for line in run.output_lines), (
+        run.describe()
+    )
+
+    # The step summary got the table.
+    summaries = "".join(str(e.get("content", "")) for e in run.events if e.get("command") == "summary")
+    assert "### fleetci API cache" in summaries and "| local_hits |" in summaries, run.describe()
+
+    # The workflow stopped its proxy itself (the teardown found nothing left to stop).
+    started = [
+        m for line in run.output_lines if (m := re.search(r"fleetci cache running \(pid (\d+)\)", line))
+    ]
+    assert len(started) == 1, run.describe()
+    assert not process_alive(int(started[0].group(1)))
+    assert leftovers == [], f"proxy processes left running: {leftovers}"
