@@ -186,3 +186,41 @@ def test_ttl_rule_dataclass_is_frozen() -> None:
     r = TTLRule("x", 1)
     with pytest.raises(AttributeError):
         r.seconds = 2  # type: ignore[misc]
+
+
+def test_equivalent_accept_headers_share_a_key_but_media_types_do_not() -> None:
+    s = scope_of("token x")
+    plain = cache_key(s, "/repos/o/r", {})
+    assert plain == cache_key(s, "/repos/o/r", {"accept": "application/vnd.github+json"})
+    assert plain == cache_key(s, "/repos/o/r", {"accept": "*/*", "x-github-api-version": "2022-11-28"})
+    assert plain != cache_key(s, "/repos/o/r", {"accept": "application/vnd.github.raw+json"})
+    assert plain != cache_key(s, "/repos/o/r", {"x-github-api-version": "2026-03-10"})
+
+
+def test_rewrite_for_client_points_urls_back_at_the_proxy() -> None:
+    from fleetci.cache.server import rewrite_for_client
+
+    up, me = "https://ghe.example.com/api/v3", "http://127.0.0.1:9101"
+    body = (
+        b'{"url": "https://ghe.example.com/api/v3/repos/o/r", "html_url": "https://ghe.example.com/o/r",'
+        b' "other": "https://ghe.example.com/api/v3x"}'
+    )
+    headers = [
+        ("Content-Type", "application/json; charset=utf-8"),
+        (
+            "Link",
+            '<https://ghe.example.com/api/v3/orgs/o/repos?page=2>; rel="next", <https://x.io/a>; rel="x"',
+        ),
+        ("Location", "https://ghe.example.com/api/v3/repositories/1"),
+    ]
+    out, new_body = rewrite_for_client(headers, body, up, me)
+    assert b'"url": "http://127.0.0.1:9101/repos/o/r"' in new_body
+    assert b'"html_url": "https://ghe.example.com/o/r"' in new_body  # web URLs are not API URLs
+    assert b"https://ghe.example.com/api/v3x" in new_body  # only whole prefixes
+    d = dict(out)
+    assert d["Link"].startswith('<http://127.0.0.1:9101/orgs/o/repos?page=2>; rel="next"')
+    assert "<https://x.io/a>" in d["Link"]
+    assert d["Location"] == "http://127.0.0.1:9101/repositories/1"
+    assert rewrite_for_client(headers, body, up, up) == (headers, body)
+    binary = [("Content-Type", "application/zip")]
+    assert rewrite_for_client(binary, body, up, me)[1] == body

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -25,6 +27,8 @@ from fleetci.cache.ratelimit import RateLimitTracker
 from fleetci.cache.store import CacheStore, Entry, Headers
 from fleetci.config import CacheSettings
 from fleetci.http import HOP_BY_HOP, AsyncUpstream, UpstreamError, UpstreamResponse, forwardable
+
+log = logging.getLogger("fleetci.cache")
 
 CACHE_HEADER = "X-Fleetci-Cache"
 MAX_STORED_BODY = 16 * 1024 * 1024
@@ -231,9 +235,17 @@ class CacheEngine:
                 prep.ttl,
                 now,
             )
-            self.store.put(stored)
+            # Visible at once; the SQLite commit runs right after this response is written.
+            self.store.remember(stored)
+            asyncio.get_running_loop().call_soon(self._persist, stored)
             return self._from_entry(stored, Outcome.MISS, prep.scope)
         return self._from_upstream(up, Outcome.MISS)
+
+    def _persist(self, entry: Entry) -> None:
+        try:
+            self.store.put(entry)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("could not persist cache entry (%s); it stays in memory only", exc)
 
     async def _passthrough(
         self,

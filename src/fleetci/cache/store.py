@@ -249,6 +249,11 @@ class CacheStore:
             digest=row[10],
         )
 
+    def remember(self, entry: Entry) -> None:
+        """Make an entry visible in memory now; ``put`` persists it (write-behind for the miss path)."""
+        with self._lock:
+            self._remember(entry)
+
     def _remember(self, entry: Entry) -> None:
         old = self._mem.pop(entry.key, None)
         if old is not None:
