@@ -209,7 +209,7 @@ def cache_settings(
     upstream = r.get("upstream", DEFAULT_UPSTREAM, str, env=("CACHE_UPSTREAM", "GITHUB_API_URL")).rstrip("/")
     if not upstream.startswith(("http://", "https://")):
         raise UsageError(f"invalid upstream {upstream!r}: expected an http:// or https:// URL")
-    socket_raw = r.get("socket", "", str, env=("CACHE_SOCKET",))
+    socket_raw = r.get("socket", "", str, env=("CACHE_SOCKET", "FLEETCI_CACHE_SOCKET"))
     rules = parse_ttl_rules(section.get("ttl"))
     return CacheSettings(
         upstream=upstream,

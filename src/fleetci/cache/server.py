@@ -157,6 +157,7 @@ async def _health(request: web.Request) -> web.Response:
             "proxy_url": request.app.get("proxy_url", ""),
             "pid": os.getpid(),
             "peer_id": "",
+            "p2p": "unavailable" if engine.settings.enable_p2p else "off",
         }
     )
 
@@ -219,7 +220,7 @@ async def serve(settings: CacheSettings, probe: bool = True, ready: asyncio.Even
         if probe:
             await probe_upstream(engine)
         app = make_app(engine)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
         tcp = web.TCPSite(runner, settings.host, settings.proxy_port, reuse_address=True)
         try:

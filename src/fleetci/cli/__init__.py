@@ -37,7 +37,10 @@ def build_parser() -> Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:  # answer even when a capability module fails to import
+        print(f"fleetci {__version__}")
+        return 0
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -169,6 +169,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     except FleetciError as exc:
         if proc.poll() is None:
             proc.terminate()
+        if gha.in_actions():
+            with gha.group(f"fleetci proxy log ({log_path})"):
+                print(log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else "")
         tail = _last_line(log_path)
         raise FleetciError(f"cache proxy did not start: {tail or exc}") from exc
     _pid_file(settings).write_text(str(proc.pid), encoding="utf-8")
@@ -178,8 +181,18 @@ def cmd_start(args: argparse.Namespace) -> int:
     print(
         f"fleetci cache running (pid {proc.pid}) at {api_url} and unix:{settings.socket_path}; log {log_path}"
     )
-    gha.set_env("FLEETCI_API_URL", api_url)
+    if settings.enable_p2p and health.get("p2p") != "active":
+        message = (
+            "peer-to-peer sharing was requested but is not in this build yet; caching on this runner only"
+        )
+        if gha.in_actions():
+            print(f"::notice title=fleetci cache::{message}")
+        else:
+            print(f"fleetci: warning: {message}", file=sys.stderr)
+    # Later steps (fleetci cache stats|stop, gh, any REST client) find this proxy through these.
+    gha.set_env("CACHE_DIR", str(settings.cache_dir))
     gha.set_env("FLEETCI_CACHE_SOCKET", str(settings.socket_path))
+    gha.set_env("FLEETCI_API_URL", api_url)
     gha.set_env("GH_CONFIG_DIR", str(gh_dir))
     gha.set_output("api-url", api_url)
     gha.set_output("socket", str(settings.socket_path))
