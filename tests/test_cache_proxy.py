@@ -547,3 +547,53 @@ def test_start_reports_failure_in_one_line(emulator: Any, proxy: Proxy, tmp_path
 def test_start_proxy_helper_fails_loudly(tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="did not start"):
         start_proxy("http://127.0.0.1:1", tmp_path / "c")
+
+
+def test_head_is_served_from_the_get_entry(emulator: Any, proxy: Proxy) -> None:
+    repo = org_repo(emulator)
+    with proxy.client(token("alice")) as c:
+        got = c.get(f"/repos/{repo}")
+        head = c.head(f"/repos/{repo}")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["X-Fleetci-Cache"] == "HIT"
+    assert int(head.headers["Content-Length"]) == len(got.content)
+
+
+@pytest.mark.parametrize(("cap", "expect_refusals"), [(2, False), (20, True)])
+def test_upstream_concurrency_is_capped_per_token(
+    emulator: Any, proxy_factory: Any, cap: int, expect_refusals: bool
+) -> None:
+    # The emulator refuses (secondary limit) more than 3 in-flight requests per token.
+    admin(emulator, latency_ms=[300, 300], secondary_concurrency=3)
+    p = proxy_factory(emulator.url, "--max-concurrency", str(cap))
+    repo = org_repo(emulator)
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(
+            base_url=p.url, timeout=60, headers={"Authorization": f"token {token('alice')}"}
+        ) as c:
+            return await asyncio.gather(
+                *(c.get(f"/repos/{repo}/actions/runs?per_page={n}") for n in range(1, 13))
+            )
+
+    statuses = [r.status_code for r in asyncio.run(burst())]
+    if expect_refusals:
+        assert any(s in (403, 429) for s in statuses), statuses
+    else:
+        assert statuses == [200] * 12
+
+
+def test_bench_and_demo_bad_input() -> None:
+    assert "--runners" in one_line_error(run_fleetci("bench", "cache", "--runners", "0"))
+    assert "--latency-ms" in one_line_error(run_fleetci("bench", "cache", "--latency-ms", "fast"))
+    assert "--samples" in one_line_error(run_fleetci("bench", "cache", "--samples", "1"))
+    assert "invalid choice" in one_line_error(run_fleetci("bench", "nothing"))
+    assert "--calls" in one_line_error(run_fleetci("demo", "--calls", "-5"))
+    assert "--time-scale" in one_line_error(run_fleetci("demo", "--time-scale", "0"))
+
+
+def test_version_answers_without_building_the_parser() -> None:
+    from fleetci import __version__
+
+    out = run_fleetci("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"fleetci {__version__}"
