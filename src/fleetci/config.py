@@ -64,6 +64,19 @@ def parse_port(text: str) -> int:
     return port
 
 
+def parse_ms_range(text: str) -> tuple[float, float]:
+    """``100-500`` (a uniform range) or ``250`` (fixed), in milliseconds."""
+    low, sep, high = text.partition("-")
+    try:
+        lo = float(low)
+        hi = float(high) if sep else lo
+    except ValueError:
+        raise ValueError(f"expected LOW-HIGH milliseconds such as 100-500, got {text!r}") from None
+    if not (0 <= lo <= hi < float("inf")):
+        raise ValueError(f"expected 0 <= LOW <= HIGH milliseconds, got {text!r}")
+    return lo, hi
+
+
 def parse_positive_int(text: str) -> int:
     n = int(text)
     if n <= 0:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from fleetci.cache.engine import CacheEngine, Outcome, ProxyResponse
+from fleetci.cache.engine import SUMMARY_KEYS, CacheEngine, Outcome, ProxyResponse
 from fleetci.cache.policy import TTLPolicy, cache_key, normalize_target, scope_of
 from fleetci.cache.store import CacheStore, Entry
 from fleetci.config import CacheSettings, cache_settings, github_token, load_config_file
@@ -75,19 +75,8 @@ class GitHubAPICache:
                 "source": "saved" if saved else "empty",
             }
         )
-        for k in (
-            "local_hits",
-            "peer_hits",
-            "misses",
-            "revalidations",
-            "coalesced",
-            "stale_served",
-            "api_calls_saved",
-            "connected_peers",
-        ):
-            stats.setdefault(k, 0)
-        stats.setdefault("hit_rate", 0.0)
-        stats.setdefault("rate_limit_remaining", None)
+        for k in SUMMARY_KEYS:
+            stats.setdefault(k, None if k == "rate_limit_remaining" else 0)
         return stats
 
     def clear_stale(self) -> int:

@@ -36,6 +36,35 @@ DROP_FROM_STORED = HOP_BY_HOP | {"x-fleetci-cache", "set-cookie"}
 CONDITIONAL = {"if-none-match", "if-modified-since", "cache-control", "pragma"}
 
 
+# Counters (monotonic) and the seed's summary keys, shared by the stats table, the saved stats and /metrics.
+COUNTER_KEYS = (
+    "requests",
+    "local_hits",
+    "peer_hits",
+    "misses",
+    "revalidations",
+    "coalesced",
+    "stale_served",
+    "bypassed",
+    "upstream_requests",
+    "upstream_errors",
+    "rate_limited",
+)
+SUMMARY_KEYS = (
+    "local_hits",
+    "peer_hits",
+    "misses",
+    "revalidations",
+    "coalesced",
+    "stale_served",
+    "hit_rate",
+    "api_calls_saved",
+    "rate_limit_remaining",
+    "cache_size",
+    "connected_peers",
+)
+
+
 class Outcome:
     HIT = "HIT"
     PEER = "PEER"
@@ -333,17 +362,7 @@ class CacheEngine:
         served_free = c.local_hits + c.peer_hits + c.coalesced + c.stale_served + c.revalidations
         cacheable = served_free + c.misses
         return {
-            "requests": c.requests,
-            "local_hits": c.local_hits,
-            "peer_hits": c.peer_hits,
-            "misses": c.misses,
-            "revalidations": c.revalidations,
-            "coalesced": c.coalesced,
-            "stale_served": c.stale_served,
-            "bypassed": c.bypassed,
-            "upstream_requests": c.upstream_requests,
-            "upstream_errors": c.upstream_errors,
-            "rate_limited": c.rate_limited,
+            **{k: getattr(c, k) for k in COUNTER_KEYS},
             "hit_rate": round(served_free / cacheable, 4) if cacheable else 0.0,
             "api_calls_saved": served_free,
             "rate_limit_remaining": self.limits.lowest_remaining(),

@@ -19,7 +19,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from fleetci.cache.engine import CACHE_HEADER, CacheEngine, Outcome
+from fleetci.cache.engine import CACHE_HEADER, COUNTER_KEYS, CacheEngine, Outcome
 from fleetci.config import CacheSettings
 from fleetci.errors import FleetciError
 from fleetci.http import UpstreamError, check_port_free, describe
@@ -42,19 +42,7 @@ class _Collector:
 
     def collect(self) -> Any:
         s = self.engine.stats()
-        for name in (
-            "local_hits",
-            "peer_hits",
-            "misses",
-            "revalidations",
-            "coalesced",
-            "stale_served",
-            "bypassed",
-            "upstream_requests",
-            "upstream_errors",
-            "rate_limited",
-            "requests",
-        ):
+        for name in COUNTER_KEYS:
             c = CounterMetricFamily(f"fleetci_cache_{name}", f"fleetci cache {name.replace('_', ' ')}")
             c.add_metric([], float(s[name]))
             yield c

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TypeVar
 
 from fleetci import __version__
 from fleetci.errors import FleetciError, UsageError
+
+T = TypeVar("T")
 
 
 class Parser(argparse.ArgumentParser):
@@ -19,6 +21,19 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def arg_type(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """Use a ``fleetci.config`` parser as an argparse ``type=`` with its own error message."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
 
 
 def build_parser() -> Parser:

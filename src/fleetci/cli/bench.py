@@ -7,22 +7,12 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
+from fleetci.cli import arg_type
+from fleetci.config import parse_ms_range
 from fleetci.errors import UsageError
 
 if TYPE_CHECKING:
     from fleetci.cache.bench import FleetSpec
-
-
-def parse_range(text: str) -> tuple[float, float]:
-    """``100-500`` or ``0`` (milliseconds)."""
-    try:
-        lo, _, hi = text.partition("-")
-        low, high = float(lo), float(hi or lo)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LOW-HIGH milliseconds, got {text!r}") from None
-    if low < 0 or high < low:
-        raise argparse.ArgumentTypeError(f"expected 0 <= LOW <= HIGH, got {text!r}")
-    return low, high
 
 
 def add_fleet_flags(p: argparse.ArgumentParser, runners: int = 5) -> None:
@@ -30,7 +20,7 @@ def add_fleet_flags(p: argparse.ArgumentParser, runners: int = 5) -> None:
     p.add_argument("--calls", type=int, default=100, help="API calls per runner (100)")
     p.add_argument(
         "--latency-ms",
-        type=parse_range,
+        type=arg_type(parse_ms_range),
         default=(100.0, 500.0),
         help="emulated GitHub latency per call, LOW-HIGH ms (100-500)",
     )

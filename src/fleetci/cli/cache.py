@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from fleetci import gha
+from fleetci.cache.engine import SUMMARY_KEYS
 from fleetci.config import CacheSettings, cache_settings, load_config_file
 from fleetci.errors import FleetciError
 from fleetci.http import describe, sync_client, wait_healthy
@@ -255,19 +256,7 @@ def fetch_stats(settings: CacheSettings, url: str | None = None) -> dict[str, An
     return GitHubAPICache(settings).get_stats()
 
 
-STAT_ROWS = (
-    "local_hits",
-    "peer_hits",
-    "misses",
-    "revalidations",
-    "coalesced",
-    "stale_served",
-    "hit_rate",
-    "api_calls_saved",
-    "rate_limit_remaining",
-    "cache_size",
-    "connected_peers",
-)
+STAT_ROWS = SUMMARY_KEYS
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

@@ -8,22 +8,9 @@ import sys
 import threading
 from types import FrameType
 
+from fleetci.cli import arg_type
+from fleetci.config import parse_ms_range
 from fleetci.errors import FleetciError, UsageError
-
-
-def _latency(text: str) -> tuple[float, float]:
-    """``100-500`` (uniform range) or ``250`` (fixed), in milliseconds."""
-    low, sep, high = text.partition("-")
-    try:
-        lo = float(low)
-        hi = float(high) if sep else lo
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected LOW-HIGH milliseconds such as 100-500, got {text!r}"
-        ) from None
-    if not (0 <= lo <= hi < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected 0 <= LOW <= HIGH milliseconds, got {text!r}")
-    return lo, hi
 
 
 def _rate(text: str) -> float:
@@ -80,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0 picks a free one)")
     g.add_argument(
         "--latency-ms",
-        type=_latency,
+        type=arg_type(parse_ms_range),
         default=(100.0, 500.0),
         metavar="LOW-HIGH",
         help="uniform random delay per request in milliseconds (default 100-500)",
