@@ -224,3 +224,27 @@ def test_rewrite_for_client_points_urls_back_at_the_proxy() -> None:
     assert rewrite_for_client(headers, body, up, up) == (headers, body)
     binary = [("Content-Type", "application/zip")]
     assert rewrite_for_client(binary, body, up, me)[1] == body
+
+
+def test_ghes_base_path_is_not_doubled_for_passthrough(tmp_path: Path) -> None:
+    import asyncio
+
+    from fleetci.cache.engine import CacheEngine
+    from fleetci.http import AsyncUpstream, UpstreamResponse
+
+    seen: list[str] = []
+
+    class Recorder(AsyncUpstream):
+        async def request(self, method, target, headers, body=None):  # type: ignore[no-untyped-def]
+            seen.append(f"{method} {self.base_url}{target}")
+            return UpstreamResponse(201, (("Content-Type", "application/json"),), b"{}")
+
+    settings = cache_settings(
+        {"upstream": "https://ghe.example.com/api/v3", "cache_dir": str(tmp_path)}, {}, {}
+    )
+    engine = CacheEngine(settings, upstream=Recorder(settings.upstream))
+    resp = asyncio.run(
+        engine.handle("POST", "/api/v3/repos/o/r/issues", [("Authorization", "token x")], b"{}")
+    )
+    assert resp.status == 201 and resp.outcome == "BYPASS"
+    assert seen == ["POST https://ghe.example.com/api/v3/repos/o/r/issues"]

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from fleetci import gha
 from fleetci.cache.engine import SUMMARY_KEYS, CacheEngine, Outcome, ProxyResponse
 from fleetci.cache.policy import TTLPolicy, cache_key, normalize_target, scope_of
 from fleetci.cache.store import CacheStore, Entry
@@ -141,6 +142,7 @@ class CachedGitHubCLI:
         owner: str | None = None,
     ) -> None:
         self.token = token or getattr(gh, "token", None) or github_token()
+        gha.add_mask(self.token)
         self.owner = owner or os.environ.get("GITHUB_REPOSITORY_OWNER")
         proxy = api_url or os.environ.get("FLEETCI_API_URL")
         self._client: httpx.Client | None = None

@@ -290,6 +290,9 @@ class CacheEngine:
             self.counters.rate_limited += 1
             self.counters.count(Outcome.BYPASS)
             return self._limited_response(scope, wait, Outcome.BYPASS)
+        base = self.upstream.base_path
+        if base and target.startswith(base + "/"):  # gh on GHES sends /api/v3/...; the base URL has it
+            target = target[len(base) :]
         async with self.limits.semaphore(scope):
             self.counters.upstream_requests += 1
             try:
