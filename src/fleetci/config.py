@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -188,6 +188,16 @@ class CacheSettings:
     enable_p2p: bool = False
     bootstrap_peers: tuple[str, ...] = ()
     ttl_rules: tuple[TTLRule, ...] = ()
+    secret: str = field(default="", repr=False)
+    peer_registry: Path | None = None
+    p2p_host: str = "0.0.0.0"
+    shared_scope: str = ""
+    public_bootstrap: bool = False
+    peer_timeout: float = 0.5
+
+    @property
+    def identity_path(self) -> Path:
+        return self.cache_dir / "p2p-identity.key"
 
     @property
     def db_path(self) -> Path:
@@ -240,6 +250,14 @@ def cache_settings(
         enable_p2p=r.get("enable_p2p", False, parse_bool, env=("CACHE_ENABLE_P2P",)),
         bootstrap_peers=r.get("bootstrap_peers", (), parse_csv, env=("CACHE_BOOTSTRAP_PEERS",)),
         ttl_rules=rules,
+        secret=r.get("secret", "", str, env=("FLEETCI_CACHE_SECRET",)),
+        peer_registry=Path(registry)
+        if (registry := r.get("peer_registry", "", str, env=("CACHE_PEER_REGISTRY",)))
+        else None,
+        p2p_host=r.get("p2p_host", "0.0.0.0", str, env=("CACHE_P2P_HOST",)),
+        shared_scope=r.get("shared_scope", "", str, env=("CACHE_SHARED_SCOPE",)),
+        public_bootstrap=r.get("public_bootstrap", False, parse_bool, env=("CACHE_PUBLIC_BOOTSTRAP",)),
+        peer_timeout=r.get("peer_timeout", 0.5, float, env=("CACHE_PEER_TIMEOUT",)),
     )
 
 

@@ -7,26 +7,33 @@ serve stale) -> conditional request upstream (a 304 is free) -> store. Anything 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fleetci.cache.policy import (
+    ANONYMOUS_SCOPE,
     TTLPolicy,
     cache_key,
     normalize_target,
     response_is_storable,
     scope_of,
+    shared_scope_of,
     wants_revalidation,
 )
 from fleetci.cache.ratelimit import RateLimitTracker
 from fleetci.cache.store import CacheStore, Entry, Headers
 from fleetci.config import CacheSettings
 from fleetci.http import HOP_BY_HOP, AsyncUpstream, UpstreamError, UpstreamResponse, forwardable
+
+if TYPE_CHECKING:
+    from fleetci.p2p.messages import Announcement
 
 log = logging.getLogger("fleetci.cache")
 
@@ -115,11 +122,12 @@ class Counters:
 class Prepared:
     """A GET/HEAD after normalization: where it lives in the cache and for how long."""
 
-    scope: str
+    scope: str  # cache partition (the token's scope, or a declared shared scope)
     target: str
     key: str
     ttl_class: str
     ttl: float
+    limit_scope: str  # rate limits are always per real token
 
 
 def _lower(headers: Sequence[tuple[str, str]]) -> dict[str, str]:
@@ -139,6 +147,17 @@ def _weak(tag: str) -> str:
     return tag.strip().removeprefix("W/")
 
 
+class PeerLink(Protocol):
+    """What the engine needs from the peer-to-peer layer (``fleetci.p2p.node.P2PNode``)."""
+
+    def announce(self, entry: Entry) -> None: ...
+    def fetch(self, ann: Announcement) -> concurrent.futures.Future[bytes | None]: ...
+    def connected_peers(self) -> list[str]: ...
+
+
+PEER_INDEX_MAX = 50_000
+
+
 class CacheEngine:
     """Transport-independent cache logic; one per proxy process."""
 
@@ -154,15 +173,20 @@ class CacheEngine:
         self.upstream = upstream or AsyncUpstream(settings.upstream, settings.upstream_timeout)
         self.limits = RateLimitTracker(settings.max_concurrency)
         self.counters = Counters()
-        self.connected_peers = 0
+        self.peers: PeerLink | None = None
+        self._peer_index: OrderedDict[str, Announcement] = OrderedDict()  # announced, body not fetched yet
+        self._peer_origin: set[str] = set()  # stored from a peer, not yet served
         self._inflight: dict[str, asyncio.Future[ProxyResponse]] = {}
 
     # -- classification ------------------------------------------------------------------------------
     def prepare(self, target: str, headers: dict[str, str]) -> Prepared:
         norm = normalize_target(target, self.upstream.base_path)
         ttl_class, ttl = self.policy.classify(norm)
-        scope = scope_of(headers.get("authorization"))
-        return Prepared(scope, norm, cache_key(scope, norm, headers), ttl_class, ttl)
+        token_scope = scope_of(headers.get("authorization"))
+        scope = token_scope
+        if self.settings.shared_scope and token_scope != ANONYMOUS_SCOPE:
+            scope = shared_scope_of(self.settings.shared_scope)
+        return Prepared(scope, norm, cache_key(scope, norm, headers), ttl_class, ttl, token_scope)
 
     def lookup_fresh(self, key: str, now: float | None = None) -> Entry | None:
         """In-process fast path: a fresh entry or None, no I/O when the memory tier has it."""
@@ -188,8 +212,12 @@ class CacheEngine:
         force = wants_revalidation(lower)
         entry = self.store.get(prep.key)
         if entry is not None and entry.is_fresh(now) and not force:
-            self.counters.count(Outcome.HIT)
-            return self._finish(self._from_entry(entry, Outcome.HIT, prep.scope), lower)
+            outcome = Outcome.HIT
+            if prep.key in self._peer_origin:
+                self._peer_origin.discard(prep.key)
+                outcome = Outcome.PEER
+            self.counters.count(outcome)
+            return self._finish(self._from_entry(entry, outcome, prep.limit_scope), lower)
         pending = self._inflight.get(prep.key)
         if pending is not None:
             shared = await asyncio.shield(pending)
@@ -198,7 +226,7 @@ class CacheEngine:
         future: asyncio.Future[ProxyResponse] = asyncio.get_running_loop().create_future()
         self._inflight[prep.key] = future
         try:
-            result = await self._fetch(prep, headers, entry)
+            result = await self._fetch(prep, headers, entry, force)
             future.set_result(result)
         except BaseException as exc:
             future.set_exception(exc)
@@ -210,18 +238,22 @@ class CacheEngine:
         return self._finish(result, lower)
 
     async def _fetch(
-        self, prep: Prepared, headers: Sequence[tuple[str, str]], entry: Entry | None
+        self, prep: Prepared, headers: Sequence[tuple[str, str]], entry: Entry | None, force: bool = False
     ) -> ProxyResponse:
         now = time.time()
+        if self.peers is not None and not force:
+            from_peer = await self._from_peers(prep, entry, now)
+            if from_peer is not None:
+                return from_peer
         usable_stale = (
             entry if entry is not None and now - entry.fresh_until <= self.settings.max_stale else None
         )
-        wait = self.limits.blocked_for(prep.scope, now)
+        wait = self.limits.blocked_for(prep.limit_scope, now)
         if wait > 0:
             self.counters.rate_limited += 1
             if usable_stale is not None:
-                return self._from_entry(usable_stale, Outcome.STALE, prep.scope)
-            return self._limited_response(prep.scope, wait)
+                return self._from_entry(usable_stale, Outcome.STALE, prep.limit_scope)
+            return self._limited_response(prep.limit_scope, wait)
         fwd = [(k, v) for k, v in headers if k.lower() not in CONDITIONAL]
         if entry is not None:
             if entry.etag:
@@ -231,28 +263,29 @@ class CacheEngine:
         else:
             fwd += [(k, v) for k, v in headers if k.lower() in ("if-none-match", "if-modified-since")]
         try:
-            async with self.limits.semaphore(prep.scope):
+            async with self.limits.semaphore(prep.limit_scope):
                 self.counters.upstream_requests += 1
                 up = await self.upstream.request("GET", prep.target, fwd)
         except UpstreamError:
             self.counters.upstream_errors += 1
             if usable_stale is not None:
-                return self._from_entry(usable_stale, Outcome.STALE, prep.scope)
+                return self._from_entry(usable_stale, Outcome.STALE, prep.limit_scope)
             raise
         up_headers = up.header_map()
         now = time.time()
-        if self.limits.observe(prep.scope, up.status, up_headers, up.body, now):
+        if self.limits.observe(prep.limit_scope, up.status, up_headers, up.body, now):
             self.counters.rate_limited += 1
             if usable_stale is not None:
-                return self._from_entry(usable_stale, Outcome.STALE, prep.scope)
+                return self._from_entry(usable_stale, Outcome.STALE, prep.limit_scope)
             return self._from_upstream(up, Outcome.MISS)
         if up.status == 304 and entry is not None:
             merged = self._merge_headers(entry.headers, up.headers)
             refreshed = self.store.refresh(prep.key, now + prep.ttl, merged) or entry
-            return self._from_entry(refreshed, Outcome.REVALIDATED, prep.scope)
+            self._announce(refreshed)
+            return self._from_entry(refreshed, Outcome.REVALIDATED, prep.limit_scope)
         if up.status >= 500 and usable_stale is not None:
             self.counters.upstream_errors += 1
-            return self._from_entry(usable_stale, Outcome.STALE, prep.scope)
+            return self._from_entry(usable_stale, Outcome.STALE, prep.limit_scope)
         if response_is_storable(up.status, up_headers) and len(up.body) <= MAX_STORED_BODY:
             stored = Entry.create(
                 prep.key,
@@ -267,8 +300,60 @@ class CacheEngine:
             # Visible at once; the SQLite commit runs right after this response is written.
             self.store.remember(stored)
             asyncio.get_running_loop().call_soon(self._persist, stored)
-            return self._from_entry(stored, Outcome.MISS, prep.scope)
+            self._announce(stored)
+            return self._from_entry(stored, Outcome.MISS, prep.limit_scope)
         return self._from_upstream(up, Outcome.MISS)
+
+    # -- peers ---------------------------------------------------------------------------------------
+    def _announce(self, entry: Entry) -> None:
+        if self.peers is not None:
+            self._peer_origin.discard(entry.key)
+            self.peers.announce(entry)
+
+    async def _from_peers(self, prep: Prepared, entry: Entry | None, now: float) -> ProxyResponse | None:
+        """Local miss (or stale): a fresh copy a peer announced beats a call to GitHub."""
+        ann = self._peer_index.get(prep.key)
+        if ann is None or ann.fresh_until <= now or self.peers is None:
+            return None
+        if entry is not None and entry.etag == ann.etag and entry.is_fresh(now):
+            return None
+        try:
+            body = await asyncio.wait_for(
+                asyncio.wrap_future(self.peers.fetch(ann)), timeout=self.settings.peer_timeout + 0.5
+            )
+        except asyncio.TimeoutError:
+            body = None
+        if body is None:
+            self._peer_index.pop(prep.key, None)  # that peer could not deliver; GitHub it is
+            return None
+        self._peer_index.pop(prep.key, None)
+        got = ann.to_entry(body)
+        self.store.remember(got)
+        asyncio.get_running_loop().call_soon(self._persist, got)
+        return self._from_entry(got, Outcome.PEER, prep.limit_scope)
+
+    def accept_announcements(self, anns: list[Announcement]) -> None:
+        """Entries peers announced (runs on the event loop thread)."""
+        now = time.time()
+        for ann in anns:
+            if ann.fresh_until <= now:
+                continue
+            local = self.store.get(ann.key)
+            if local is not None and local.etag == ann.etag and ann.etag is not None:
+                if ann.fresh_until > local.fresh_until:
+                    self.store.refresh(ann.key, ann.fresh_until)
+                continue
+            if local is not None and local.fresh_until >= ann.fresh_until:
+                continue
+            if ann.body is not None:
+                self.store.put(ann.to_entry(ann.body))
+                self._peer_origin.add(ann.key)
+                self._peer_index.pop(ann.key, None)
+            else:
+                self._peer_index[ann.key] = ann
+                self._peer_index.move_to_end(ann.key)
+                while len(self._peer_index) > PEER_INDEX_MAX:
+                    self._peer_index.popitem(last=False)
 
     def _persist(self, entry: Entry) -> None:
         try:
@@ -371,7 +456,7 @@ class CacheEngine:
             "rate_limit_remaining": self.limits.lowest_remaining(),
             "cache_size": len(self.store),
             "cache_bytes": self.store.total_bytes,
-            "connected_peers": self.connected_peers,
+            "connected_peers": len(self.peers.connected_peers()) if self.peers is not None else 0,
             "uptime_s": round(time.time() - c.started_at, 1),
         }
 

@@ -71,6 +71,11 @@ def scope_of(authorization: str | None) -> str:
     return hashlib.sha256(b"fleetci-scope\x00" + authorization.encode("utf-8")).hexdigest()[:32]
 
 
+def shared_scope_of(name: str) -> str:
+    """The cache scope an operator declared shareable (several runners on one PAT / App installation)."""
+    return "shared-" + hashlib.sha256(b"fleetci-shared-scope\x00" + name.encode("utf-8")).hexdigest()[:25]
+
+
 def normalize_target(target: str, base_path: str = "") -> str:
     """Path plus sorted query, relative to the upstream base path (``/api/v3`` on GHES)."""
     parts = urlsplit(target)

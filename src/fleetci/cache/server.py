@@ -28,6 +28,7 @@ log = logging.getLogger("fleetci.cache")
 
 HEALTH_PATH = "/_fleetci/health"
 STATS_PATH = "/_fleetci/stats"
+PEERS_PATH = "/_fleetci/peers"
 METRICS_PATH = "/metrics"
 STATS_FLUSH_S = 2.0
 LINK_URL = re.compile(r"<([^>]*)>")
@@ -144,8 +145,25 @@ async def _health(request: web.Request) -> web.Response:
             "socket": str(engine.settings.socket_path),
             "proxy_url": request.app.get("proxy_url", ""),
             "pid": os.getpid(),
-            "peer_id": "",
-            "p2p": "unavailable" if engine.settings.enable_p2p else "off",
+            "peer_id": request.app.get("peer_id", ""),
+            "p2p": request.app.get("p2p_status", "off"),
+        }
+    )
+
+
+async def _peers(request: web.Request) -> web.Response:
+    node = request.app.get("p2p_node")
+    if node is None:
+        return web.json_response(
+            {"p2p": request.app.get("p2p_status", "off"), "peer_id": "", "connected": []}
+        )
+    return web.json_response(
+        {
+            "p2p": "active",
+            "peer_id": node.peer_id,
+            "addrs": node.addrs,
+            "connected": node.connected_peers(),
+            "stats": {k: v for k, v in vars(node.stats).items()},
         }
     )
 
@@ -165,6 +183,7 @@ def make_app(engine: CacheEngine) -> web.Application:
     app[ENGINE_KEY] = engine
     app.router.add_get(HEALTH_PATH, _health)
     app.router.add_get(STATS_PATH, _stats)
+    app.router.add_get(PEERS_PATH, _peers)
     app.router.add_get(METRICS_PATH, _metrics)
     app.router.add_route("*", "/{tail:.*}", _proxy)
     return app
@@ -230,6 +249,12 @@ async def serve(settings: CacheSettings, probe: bool = True, ready: asyncio.Even
             sock.chmod(0o600)
         except OSError as exc:
             raise FleetciError(f"cannot listen on unix socket {sock}: {describe(exc)}") from exc
+        if settings.enable_p2p:
+            node = start_peers(settings, engine, asyncio.get_running_loop())
+            if node is not None:
+                app["p2p_node"], app["peer_id"], app["p2p_status"] = node, node.peer_id, "active"
+            else:
+                app["p2p_status"] = "failed"
         flusher = asyncio.create_task(_flush_stats_forever(engine))
         print(
             f"fleetci cache listening on http://{settings.host}:{port} and unix:{sock} "
@@ -247,6 +272,9 @@ async def serve(settings: CacheSettings, probe: bool = True, ready: asyncio.Even
     finally:
         if flusher is not None:
             flusher.cancel()
+        if engine.peers is not None:
+            await asyncio.to_thread(engine.peers.stop)  # type: ignore[attr-defined]
+            engine.peers = None
         if runner is not None:
             await runner.cleanup()
         persist_stats(engine)
@@ -254,6 +282,36 @@ async def serve(settings: CacheSettings, probe: bool = True, ready: asyncio.Even
         with contextlib.suppress(OSError):
             if sock.is_socket():
                 sock.unlink()
+
+
+def start_peers(settings: CacheSettings, engine: CacheEngine, loop: asyncio.AbstractEventLoop) -> Any:
+    """Start the libp2p node; on any problem say so in one line and keep serving locally."""
+    try:
+        from fleetci.p2p.setup import start_node
+
+        node = start_node(settings, engine, loop)
+    except ImportError as exc:
+        print(
+            f"fleetci: warning: peer-to-peer sharing needs 'pip install fleetci[p2p]' "
+            f"({exc.name} is missing); serving locally",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    except FleetciError as exc:
+        print(
+            f"fleetci: warning: peer-to-peer sharing disabled: {exc}; serving locally",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    engine.peers = node
+    print(
+        f"fleetci cache peer {node.peer_id} listening on {', '.join(node.addrs)} "
+        f"(fleet topic {node.keys.topic})",
+        flush=True,
+    )
+    return node
 
 
 def run(settings: CacheSettings, probe: bool = True) -> int:

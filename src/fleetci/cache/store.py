@@ -103,10 +103,13 @@ class Entry:
 
     def cid(self) -> str:
         """CIDv1 (raw codec, sha2-256) of the body: the content address peers announce and verify."""
-        from multiformats import CID, multihash
+        return cid_of(self.body)
 
-        digest = multihash.digest(self.body, "sha2-256")
-        return str(CID("base32", 1, "raw", digest))
+
+def cid_of(body: bytes) -> str:
+    from multiformats import CID, multihash
+
+    return str(CID("base32", 1, "raw", multihash.digest(body, "sha2-256")))
 
 
 class CacheStore:

@@ -32,6 +32,9 @@ SETTING_FLAGS = {
     "max_bytes": "--max-bytes",
     "max_concurrency": "--max-concurrency",
     "bootstrap_peers": "--bootstrap-peers",
+    "p2p_host": "--p2p-host",
+    "peer_registry": "--peer-registry",
+    "shared_scope": "--shared-scope",
 }
 
 
@@ -62,6 +65,13 @@ def _add_settings_flags(p: argparse.ArgumentParser) -> None:
         help="share entries with peers ($CACHE_ENABLE_P2P)",
     )
     g.add_argument("--bootstrap-peers", help="comma-separated peer multiaddrs ($CACHE_BOOTSTRAP_PEERS)")
+    g.add_argument("--p2p-host", help="address the peer transport binds ($CACHE_P2P_HOST; 0.0.0.0)")
+    g.add_argument("--peer-registry", help="directory shared by runners for discovery ($CACHE_PEER_REGISTRY)")
+    g.add_argument(
+        "--shared-scope",
+        help="declare every token used with this fleet equivalent and share entries under NAME "
+        "($CACHE_SHARED_SCOPE; read the README first)",
+    )
 
 
 def _settings(args: argparse.Namespace) -> CacheSettings:
@@ -110,11 +120,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fleetci.cache.server import run
 
     settings = _settings(args)
-    if settings.enable_p2p:
-        print(
-            "fleetci: warning: peer-to-peer sharing is not available in this build; caching locally",
-            file=sys.stderr,
-        )
     return run(settings, probe=not args.no_probe)
 
 
@@ -183,9 +188,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         f"fleetci cache running (pid {proc.pid}) at {api_url} and unix:{settings.socket_path}; log {log_path}"
     )
     if settings.enable_p2p and health.get("p2p") != "active":
-        message = (
-            "peer-to-peer sharing was requested but is not in this build yet; caching on this runner only"
-        )
+        reason = _last_line(log_path, "warning: peer-to-peer") or "see the proxy log"
+        message = f"peer-to-peer sharing is off ({reason}); caching on this runner only"
         if gha.in_actions():
             print(f"::notice title=fleetci cache::{message}")
         else:
@@ -201,12 +205,16 @@ def cmd_start(args: argparse.Namespace) -> int:
     return 0
 
 
-def _last_line(path: Path) -> str:
+def _last_line(path: Path, containing: str = "") -> str:
     try:
-        lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        lines = [
+            ln
+            for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()
+            if ln.strip() and containing in ln
+        ]
     except OSError:
         return ""
-    return lines[-1].removeprefix("fleetci: error: ") if lines else ""
+    return lines[-1].removeprefix("fleetci: error: ").removeprefix("fleetci: warning: ") if lines else ""
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

@@ -1,0 +1,157 @@
+"""Wire format of announcements (gossip) and fetches (request/response).
+
+Gossip message = ``header-json \\n sealed(batch-json)`` with the header as AAD. The header carries the
+protocol version, the announcing peer and the scope id (a salted hash), so a receiver can pick the
+scope key; everything else, including the URL, headers and any inline body, is sealed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from fleetci.cache.store import Entry
+from fleetci.p2p.crypto import FleetKeys
+
+VERSION = 1
+INLINE_MAX = 32 * 1024  # bodies up to this size ride in the announcement itself
+FETCH_PROTOCOL = "/fleetci/cache/1.0.0"
+
+
+class MessageError(Exception):
+    """A message that is not ours, or not well formed."""
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """What a peer says it holds: enough to fetch, verify and serve the entry."""
+
+    key: str
+    scope: str
+    target: str
+    cid: str
+    etag: str | None
+    last_modified: str | None
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    stored_at: float
+    fresh_until: float
+    size: int
+    peer: str
+    body: bytes | None = None
+
+    @classmethod
+    def of(cls, entry: Entry, peer: str, inline: bool = True) -> Announcement:
+        return cls(
+            key=entry.key,
+            scope=entry.scope,
+            target=entry.target,
+            cid=entry.cid(),
+            etag=entry.etag,
+            last_modified=entry.last_modified,
+            status=entry.status,
+            headers=entry.headers,
+            stored_at=entry.stored_at,
+            fresh_until=entry.fresh_until,
+            size=len(entry.body),
+            peer=peer,
+            body=entry.body if inline and len(entry.body) <= INLINE_MAX else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "k": self.key,
+            "t": self.target,
+            "c": self.cid,
+            "e": self.etag,
+            "l": self.last_modified,
+            "s": self.status,
+            "h": self.headers,
+            "a": self.stored_at,
+            "x": self.fresh_until,
+            "n": self.size,
+        }
+        if self.body is not None:
+            d["b"] = base64.b64encode(self.body).decode()
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], scope: str, peer: str) -> Announcement:
+        try:
+            body = base64.b64decode(d["b"]) if "b" in d else None
+            return cls(
+                key=str(d["k"]),
+                scope=scope,
+                target=str(d["t"]),
+                cid=str(d["c"]),
+                etag=d.get("e"),
+                last_modified=d.get("l"),
+                status=int(d["s"]),
+                headers=tuple((str(k), str(v)) for k, v in d["h"]),
+                stored_at=float(d["a"]),
+                fresh_until=float(d["x"]),
+                size=int(d["n"]),
+                peer=peer,
+                body=body,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MessageError(f"malformed announcement: {exc}") from exc
+
+    def to_entry(self, body: bytes) -> Entry:
+        """The entry as the announcing peer stored it; the caller has checked ``body`` against the CID."""
+        return Entry.create(
+            self.key,
+            self.scope,
+            self.target,
+            self.status,
+            self.headers,
+            body,
+            self.fresh_until - self.stored_at,
+            now=self.stored_at,
+        )
+
+
+def encode_batch(keys: FleetKeys, peer: str, scope: str, anns: list[Announcement]) -> bytes:
+    header = json.dumps({"v": VERSION, "p": peer, "s": scope}, separators=(",", ":")).encode()
+    payload = json.dumps([a.to_json() for a in anns], separators=(",", ":")).encode()
+    return header + b"\n" + keys.seal(scope, payload, header)
+
+
+def decode_batch(keys: FleetKeys, data: bytes) -> tuple[str, list[Announcement]]:
+    """(announcing peer, announcements); raises SealError / MessageError."""
+    header, sep, sealed = data.partition(b"\n")
+    if not sep:
+        raise MessageError("no header")
+    try:
+        h = json.loads(header)
+        if h.get("v") != VERSION:
+            raise MessageError(f"unsupported version {h.get('v')!r}")
+        peer, scope = str(h["p"]), str(h["s"])
+    except (ValueError, KeyError, AttributeError) as exc:
+        raise MessageError(f"bad header: {exc}") from exc
+    items = json.loads(keys.open(scope, sealed, header))
+    if not isinstance(items, list):
+        raise MessageError("batch is not a list")
+    return peer, [Announcement.from_json(d, scope, peer) for d in items]
+
+
+def encode_fetch_request(key: str, scope: str) -> bytes:
+    return json.dumps({"v": VERSION, "k": key, "s": scope}, separators=(",", ":")).encode() + b"\n"
+
+
+def decode_fetch_request(line: bytes) -> tuple[str, str]:
+    try:
+        d = json.loads(line)
+        return str(d["k"]), str(d["s"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MessageError(f"bad fetch request: {exc}") from exc
+
+
+def seal_body(keys: FleetKeys, scope: str, key: str, body: bytes) -> bytes:
+    return keys.seal(scope, body, b"body\x00" + key.encode())
+
+
+def open_body(keys: FleetKeys, scope: str, key: str, sealed: bytes) -> bytes:
+    return keys.open(scope, sealed, b"body\x00" + key.encode())

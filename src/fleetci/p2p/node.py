@@ -1,0 +1,486 @@
+"""A libp2p node on its own trio thread, bridged to the asyncio proxy.
+
+py-libp2p runs on trio; the proxy runs on asyncio. The node owns one thread running ``trio.run``; the proxy
+talks to it only through ``TrioToken.run_sync_soon`` (thread-safe, never blocks the asyncio loop) and
+concurrent futures, and the node hands received entries back through a callback the engine makes
+thread-safe. py-libp2p's defaults drop bursts silently (32-deep outbound and subscription queues, 10
+messages/s per peer and topic, 120 s heartbeat), so announcements are batched per scope every
+``batch_window`` and the limits are raised (see ``_gossipsub``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import functools
+import logging
+import os
+import secrets
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleetci.cache.store import Entry, cid_of
+from fleetci.errors import FleetciError
+from fleetci.p2p.crypto import FleetKeys, SealError
+from fleetci.p2p.messages import (
+    FETCH_PROTOCOL,
+    Announcement,
+    MessageError,
+    decode_batch,
+    decode_fetch_request,
+    encode_batch,
+    encode_fetch_request,
+    open_body,
+    seal_body,
+)
+from fleetci.p2p.registry import PeerRegistry
+
+log = logging.getLogger("fleetci.p2p")
+
+GOSSIP_PROTOCOLS = ("/meshsub/1.1.0", "/meshsub/1.0.0")
+MAX_REQUEST = 64 * 1024
+MAX_BODY = 32 * 1024 * 1024
+# Seed 001: these only when the operator opts in; dialled in the background, never blocking start-up.
+PUBLIC_BOOTSTRAP = (
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmQCU2EcMqAqQPR2i9bChDtGNJchTbq5TbXJJ16u19uLTa",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmbLHAnMoJPWSCR5Zhtx6BHJX9KiKNN6tpvbUcqanj75Nb",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmcZf59bWwK5XFi76CZX8cbJ4BhTzzA3gU1ZjYZcYW3dwt",
+)
+
+
+class P2PError(FleetciError):
+    """Peer-to-peer sharing could not start (the proxy keeps serving locally)."""
+
+
+@dataclass(frozen=True)
+class P2PConfig:
+    listen_host: str
+    listen_port: int
+    identity_path: Path
+    secret: str
+    bootstrap: tuple[str, ...] = ()
+    registry: Path | None = None
+    announce_host: str | None = None
+    fetch_timeout: float = 0.5
+    batch_window: float = 0.02
+    discover_every: float = 10.0
+
+
+@dataclass
+class P2PStats:
+    announced: int = 0
+    batches_sent: int = 0
+    received: int = 0
+    rejected: int = 0
+    cid_mismatch: int = 0
+    fetches: int = 0
+    fetch_failures: int = 0
+    served: int = 0
+    bad_bootstrap: list[str] = field(default_factory=list)
+
+
+def load_identity(path: Path) -> bytes:
+    """The node's ed25519 seed: created once, kept 0600 in CACHE_DIR, so the peer ID survives restarts."""
+    try:
+        seed = path.read_bytes()
+        if len(seed) == 32:
+            return seed
+        log.warning("identity file %s is damaged; creating a new peer identity", path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise P2PError(f"cannot read peer identity {path}: {exc.strerror or exc}") from exc
+    seed = secrets.token_bytes(32)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(seed)
+        tmp.replace(path)
+    except OSError as exc:
+        raise P2PError(f"cannot write peer identity {path}: {exc.strerror or exc}") from exc
+    return seed
+
+
+def peer_id_for(seed: bytes) -> str:
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.id import ID
+
+    return str(ID.from_pubkey(create_new_key_pair(seed).public_key).pretty())
+
+
+def parse_multiaddr(text: str) -> Any:
+    """A dialable ``/ip4/…/tcp/…/p2p/<id>`` multiaddr, or ValueError with the reason."""
+    import multiaddr
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    try:
+        return info_from_p2p_addr(multiaddr.Multiaddr(text.strip()))
+    except Exception as exc:  # the library raises several unrelated types for bad input
+        raise ValueError(f"invalid peer multiaddr {text.strip()!r}: {exc}") from None
+
+
+class P2PNode:
+    """Thread-safe facade; every public method may be called from the asyncio thread."""
+
+    def __init__(
+        self,
+        config: P2PConfig,
+        keys: FleetKeys,
+        on_announcements: Callable[[list[Announcement]], None],
+        lookup: Callable[[str], Entry | None],
+    ) -> None:
+        self.config = config
+        self.keys = keys
+        self.on_announcements = on_announcements
+        self.lookup = lookup
+        self.stats = P2PStats()
+        self.seed = load_identity(config.identity_path)
+        self.peer_id = peer_id_for(self.seed)
+        self.addrs: list[str] = []
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._token: Any = None
+        self._cancel: Any = None
+        self._send: Any = None
+        self._host: Any = None
+        self._pending: dict[str, list[Announcement]] = defaultdict(list)
+        self._peers: set[str] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self, timeout: float = 20.0) -> None:
+        self._thread = threading.Thread(target=self._run, name="fleetci-p2p", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise P2PError(f"peer-to-peer node did not start within {timeout:g}s")
+        if self._error is not None:
+            err = self._error
+            self._thread.join(timeout=5)
+            if isinstance(err, P2PError):
+                raise err
+            raise P2PError(f"peer-to-peer node failed: {err}") from err
+
+    def stop(self) -> None:
+        if self._token is not None and self._cancel is not None:
+            with contextlib.suppress(Exception):
+                self._token.run_sync_soon(self._cancel.cancel)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self.config.registry is not None:
+            PeerRegistry(self.config.registry).remove(self.peer_id)
+
+    def _run(self) -> None:
+        import trio
+
+        try:
+            trio.run(self._main)
+        except BaseException as exc:  # reported to start()
+            if not self._ready.is_set():
+                self._error = exc
+                self._ready.set()
+            else:
+                log.warning("peer-to-peer node stopped: %s", exc)
+
+    # -- calls from the asyncio side -----------------------------------------------------------------
+    def announce(self, entry: Entry) -> None:
+        ann = Announcement.of(entry, self.peer_id)
+        if self._token is not None:
+            with contextlib.suppress(Exception):  # trio already closed: nothing to announce to
+                self._token.run_sync_soon(self._queue_announcement, ann)
+
+    def _queue_announcement(self, ann: Announcement) -> None:
+        self._pending[ann.scope].append(ann)
+
+    def fetch(self, ann: Announcement) -> concurrent.futures.Future[bytes | None]:
+        fut: concurrent.futures.Future[bytes | None] = concurrent.futures.Future()
+        if self._token is None or self._send is None:
+            fut.set_result(None)
+            return fut
+        try:
+            self._token.run_sync_soon(self._send.send_nowait, (ann, fut))
+        except Exception:
+            fut.set_result(None)
+        return fut
+
+    def connected_peers(self) -> list[str]:
+        return sorted(self._peers)
+
+    # -- trio side -----------------------------------------------------------------------------------
+    def _gossipsub(self) -> Any:
+        from libp2p.custom_types import TProtocol
+        from libp2p.pubsub.gossipsub import GossipSub
+
+        return GossipSub(
+            protocols=[TProtocol(p) for p in GOSSIP_PROTOCOLS],
+            degree=6,
+            degree_low=4,
+            degree_high=12,
+            heartbeat_interval=1,  # default 120 s: meshes would take minutes to form
+            heartbeat_initial_delay=0.1,
+            time_to_live=30,
+            max_messages_per_topic_per_second=1000.0,  # default 10/s per peer drops bursts silently
+            spam_protection_enabled=False,  # the fleet secret already rejects strangers' payloads
+            eclipse_protection_enabled=False,  # every runner of a self-hosted box shares one IP
+            max_pending_messages_per_peer=10_000,
+        )
+
+    async def _main(self) -> None:
+        import multiaddr
+        import trio
+        from libp2p import new_host
+        from libp2p.crypto.ed25519 import create_new_key_pair
+        from libp2p.custom_types import TProtocol
+        from libp2p.pubsub import pubsub as pubsub_module
+        from libp2p.pubsub import rpc_queue
+        from libp2p.tools.anyio_service import background_trio_service
+
+        # Bounded queues that drop silently by default (32 deep): deepen them for bursts.
+        pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = 4096
+        if getattr(pubsub_module, "RpcQueue", None) is rpc_queue.RpcQueue:
+            deeper = functools.partial(rpc_queue.RpcQueue, max_size=4096)
+            setattr(pubsub_module, "RpcQueue", deeper)  # noqa: B010 - read at call time by Pubsub
+
+        listen = multiaddr.Multiaddr(f"/ip4/{self.config.listen_host}/tcp/{self.config.listen_port}")
+        host = new_host(key_pair=create_new_key_pair(self.seed), listen_addrs=[listen])
+        self._host = host
+        router = self._gossipsub()
+        ps = pubsub_module.Pubsub(host, router)
+        host.set_stream_handler(TProtocol(FETCH_PROTOCOL), self._serve_fetch)
+        try:
+            async with host.run([listen]), background_trio_service(ps), background_trio_service(router):
+                await ps.wait_until_ready()
+                sub = await ps.subscribe(self.keys.topic)
+                announce_host = self.config.announce_host or self.config.listen_host
+                if announce_host in ("0.0.0.0", ""):
+                    announce_host = _primary_ip()
+                self.addrs = [
+                    f"/ip4/{announce_host}/tcp/{a.value_for_protocol('tcp')}/p2p/{self.peer_id}"
+                    for a in host.get_addrs()
+                    if a.value_for_protocol("tcp")
+                ][:1]
+                self._send, receive = trio.open_memory_channel[tuple[Announcement, Any]](1024)
+                with trio.CancelScope() as cancel:
+                    self._cancel = cancel
+                    self._token = trio.lowlevel.current_trio_token()
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._publish_loop, ps)
+                        nursery.start_soon(self._receive_loop, sub)
+                        nursery.start_soon(self._fetch_loop, receive, nursery)
+                        nursery.start_soon(self._discovery_loop)
+                        nursery.start_soon(self._peer_watch)
+                        self._ready.set()
+        except OSError as exc:
+            raise P2PError(
+                f"cannot listen for peers on {self.config.listen_host}:{self.config.listen_port}: "
+                f"{exc.strerror or exc}"
+            ) from exc
+        finally:
+            self._token = None
+
+    async def _publish_loop(self, ps: Any) -> None:
+        import trio
+
+        while True:
+            await trio.sleep(self.config.batch_window)
+            if not self._pending:
+                continue
+            pending, self._pending = self._pending, defaultdict(list)
+            for scope, anns in pending.items():
+                # Keep each gossip message well under the 1 MiB RPC limit.
+                batch: list[Announcement] = []
+                size = 0
+                for ann in anns:
+                    cost = (len(ann.body) * 4 // 3 if ann.body else 0) + 512
+                    if batch and size + cost > 512 * 1024:
+                        await self._publish(ps, scope, batch)
+                        batch, size = [], 0
+                    batch.append(ann)
+                    size += cost
+                if batch:
+                    await self._publish(ps, scope, batch)
+
+    async def _publish(self, ps: Any, scope: str, batch: list[Announcement]) -> None:
+        try:
+            await ps.publish(self.keys.topic, encode_batch(self.keys, self.peer_id, scope, batch))
+            self.stats.batches_sent += 1
+            self.stats.announced += len(batch)
+        except Exception as exc:
+            log.warning("could not publish %d announcements: %s", len(batch), exc)
+
+    async def _receive_loop(self, sub: Any) -> None:
+        from libp2p.peer.id import ID
+
+        while True:
+            msg = await sub.get()
+            try:
+                sender = ID(msg.from_id).pretty()
+                peer, anns = decode_batch(self.keys, msg.data)
+                if peer != sender:
+                    raise MessageError(f"header names {peer}, message signed by {sender}")
+            except (SealError, MessageError, ValueError) as exc:
+                self.stats.rejected += 1
+                log.debug("rejected a gossip message: %s", exc)
+                continue
+            if peer == self.peer_id:
+                continue
+            accepted = []
+            for ann in anns:
+                if ann.body is not None and cid_of(ann.body) != ann.cid:
+                    self.stats.cid_mismatch += 1
+                    continue
+                accepted.append(ann)
+            self.stats.received += len(accepted)
+            if accepted:
+                self.on_announcements(accepted)
+
+    async def _fetch_loop(self, receive: Any, nursery: Any) -> None:
+        async for ann, fut in receive:
+            nursery.start_soon(self._fetch_one, ann, fut)
+
+    async def _fetch_one(self, ann: Announcement, fut: concurrent.futures.Future[bytes | None]) -> None:
+        import trio
+        from libp2p.custom_types import TProtocol
+        from libp2p.peer.id import ID
+
+        self.stats.fetches += 1
+        body: bytes | None = None
+        with trio.move_on_after(self.config.fetch_timeout):
+            try:
+                stream = await self._host.new_stream(ID.from_base58(ann.peer), [TProtocol(FETCH_PROTOCOL)])
+                try:
+                    await stream.write(encode_fetch_request(ann.key, ann.scope))
+                    data = await _read_all(stream, MAX_BODY)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await stream.close()
+                if data[:1] == b"1":
+                    candidate = open_body(self.keys, ann.scope, ann.key, data[1:])
+                    if cid_of(candidate) == ann.cid:
+                        body = candidate
+                    else:
+                        self.stats.cid_mismatch += 1
+            except Exception as exc:
+                log.debug("fetch of %s from %s failed: %s", ann.key[:12], ann.peer, exc)
+        if body is None:
+            self.stats.fetch_failures += 1
+        if not fut.done():
+            fut.set_result(body)
+
+    async def _serve_fetch(self, stream: Any) -> None:
+        try:
+            line = await _read_line(stream, MAX_REQUEST)
+            key, scope = decode_fetch_request(line)
+            entry = self.lookup(key)
+            if entry is None or entry.scope != scope:
+                await stream.write(b"0")
+            else:
+                await stream.write(b"1" + seal_body(self.keys, scope, key, entry.body))
+                self.stats.served += 1
+        except Exception as exc:
+            log.debug("fetch request failed: %s", exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.close()
+
+    async def _connect(self, addr: str) -> bool:
+        import trio
+
+        try:
+            info = parse_multiaddr(addr)
+        except ValueError:
+            return False
+        if str(info.peer_id.pretty()) == self.peer_id:
+            return False
+        with trio.move_on_after(5):
+            try:
+                await self._host.connect(info)
+                return True
+            except Exception as exc:
+                log.debug("could not connect to %s: %s", addr, exc)
+        return False
+
+    async def _discovery_loop(self) -> None:
+        """Bootstrap peers and the shared registry; lost peers are retried with exponential backoff."""
+        import trio
+
+        retry_at: dict[str, float] = {}
+        backoff: dict[str, float] = {}
+        registry = PeerRegistry(self.config.registry) if self.config.registry else None
+        last_register = 0.0
+        while True:
+            now = time.monotonic()
+            if registry is not None and now - last_register > 60:
+                with contextlib.suppress(OSError):
+                    registry.register(self.peer_id, self.addrs)
+                last_register = now
+            wanted = list(self.config.bootstrap)
+            if registry is not None:
+                with contextlib.suppress(OSError):
+                    wanted += [a for p in registry.active() if p.peer_id != self.peer_id for a in p.addrs]
+            for addr in dict.fromkeys(wanted):
+                peer = addr.rsplit("/p2p/", 1)[-1]
+                if peer in self._peers or now < retry_at.get(addr, 0.0):
+                    continue
+                if await self._connect(addr):
+                    backoff.pop(addr, None)
+                else:
+                    delay = min(backoff.get(addr, 0.5) * 2, 60.0)
+                    backoff[addr] = delay
+                    retry_at[addr] = time.monotonic() + delay
+            await trio.sleep(min(1.0, self.config.discover_every) if len(self._peers) == 0 else 1.0)
+
+    async def _peer_watch(self) -> None:
+        import trio
+
+        while True:
+            try:
+                self._peers = {p.pretty() for p in self._host.get_connected_peers()}
+            except Exception:  # the network is shutting down
+                self._peers = set()
+            await trio.sleep(0.25)
+
+
+async def _read_all(stream: Any, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        try:
+            chunk = await stream.read(65536)
+        except Exception:  # StreamEOF / reset after the peer closed: what we have is the answer
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise ValueError("peer sent more than the size limit")
+    return b"".join(chunks)
+
+
+async def _read_line(stream: Any, limit: int) -> bytes:
+    buf = b""
+    while b"\n" not in buf:
+        chunk = await stream.read(4096)
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > limit:
+            raise ValueError("request too large")
+    return buf.split(b"\n", 1)[0]
+
+
+def _primary_ip() -> str:
+    import socket
+
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # TEST-NET address: connect() on UDP sends nothing
+        return str(s.getsockname()[0])
+    return "127.0.0.1"
