@@ -192,6 +192,7 @@ class CacheSettings:
     peer_registry: Path | None = None
     p2p_host: str = "0.0.0.0"
     shared_scope: str = ""
+    fleet: str = ""
     public_bootstrap: bool = False
     peer_timeout: float = 0.5
 
@@ -256,6 +257,7 @@ def cache_settings(
         else None,
         p2p_host=r.get("p2p_host", "0.0.0.0", str, env=("CACHE_P2P_HOST",)),
         shared_scope=r.get("shared_scope", "", str, env=("CACHE_SHARED_SCOPE",)),
+        fleet=r.get("fleet", "", str, env=("CACHE_FLEET",)),
         public_bootstrap=r.get("public_bootstrap", False, parse_bool, env=("CACHE_PUBLIC_BOOTSTRAP",)),
         peer_timeout=r.get("peer_timeout", 0.5, float, env=("CACHE_PEER_TIMEOUT",)),
     )

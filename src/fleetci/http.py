@@ -6,6 +6,7 @@ Every capability that talks HTTP goes through here so timeouts, error wording an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import socket
 import time
@@ -164,3 +165,11 @@ def wait_healthy(
 def lower_map(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
     items = headers.items() if isinstance(headers, Mapping) else headers
     return {k.lower(): v for k, v in items}
+
+
+def primary_ip() -> str:
+    """This machine's outbound IPv4 address (what other runners can dial); 127.0.0.1 when offline."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # TEST-NET address: connect() on UDP sends no packet
+        return str(s.getsockname()[0])
+    return "127.0.0.1"

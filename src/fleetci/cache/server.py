@@ -29,6 +29,7 @@ log = logging.getLogger("fleetci.cache")
 HEALTH_PATH = "/_fleetci/health"
 STATS_PATH = "/_fleetci/stats"
 PEERS_PATH = "/_fleetci/peers"
+PROBE_PATH = "/_fleetci/p2p/probe"
 METRICS_PATH = "/metrics"
 STATS_FLUSH_S = 2.0
 LINK_URL = re.compile(r"<([^>]*)>")
@@ -168,6 +169,16 @@ async def _peers(request: web.Request) -> web.Response:
     )
 
 
+async def _probe(request: web.Request) -> web.Response:
+    """Announce a throw-away entry, then fetch it back from every peer (``fleetci cache verify``)."""
+    node = request.app.get("p2p_node")
+    if node is None:
+        return web.json_response({"error": "peer-to-peer sharing is not active"}, status=409)
+    from fleetci.p2p.probe import probe_peers
+
+    return web.json_response(await probe_peers(node, request.app[ENGINE_KEY]))
+
+
 async def _stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[ENGINE_KEY].stats())
 
@@ -184,6 +195,7 @@ def make_app(engine: CacheEngine) -> web.Application:
     app.router.add_get(HEALTH_PATH, _health)
     app.router.add_get(STATS_PATH, _stats)
     app.router.add_get(PEERS_PATH, _peers)
+    app.router.add_post(PROBE_PATH, _probe)
     app.router.add_get(METRICS_PATH, _metrics)
     app.router.add_route("*", "/{tail:.*}", _proxy)
     return app

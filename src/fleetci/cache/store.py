@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 Headers = tuple[tuple[str, str], ...]
+ENTRY_COLUMNS = (
+    "key, scope, target, status, headers, body, etag, last_modified, stored_at, fresh_until, digest"
+)
 
 
 @dataclass(frozen=True)
@@ -216,8 +219,7 @@ class CacheStore:
 
     def _load(self, key: str) -> Entry | None:
         row = self._db.execute(
-            "SELECT key, scope, target, status, headers, body, etag, last_modified, stored_at, fresh_until,"
-            " digest FROM entries WHERE key = ?",
+            f"SELECT {ENTRY_COLUMNS} FROM entries WHERE key = ?",
             (key,),
         ).fetchone()
         if row is None:
@@ -394,6 +396,16 @@ class CacheStore:
         with self._lock:
             self._sync_with_disk()
             return self._bytes
+
+    def fresh_entries(self, limit: int = 5000, now: float | None = None) -> list[Entry]:
+        """Entries still inside their fresh window, newest first (what a rejoining peer catches up on)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {ENTRY_COLUMNS} FROM entries WHERE fresh_until > ? ORDER BY stored_at DESC LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [e for e in (self._row_to_entry(r) for r in rows) if e is not None]
 
     def keys(self) -> list[str]:
         with self._lock:

@@ -18,7 +18,7 @@ from fleetci import gha
 from fleetci.cache.engine import SUMMARY_KEYS
 from fleetci.config import CacheSettings, cache_settings, load_config_file
 from fleetci.errors import FleetciError
-from fleetci.http import describe, sync_client, wait_healthy
+from fleetci.http import describe, primary_ip, sync_client, wait_healthy
 
 SETTING_FLAGS = {
     "upstream": "--upstream",
@@ -109,6 +109,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     stats.add_argument("--url", help="query this proxy URL instead of the unix socket")
     stats.set_defaults(func=cmd_stats)
+
+    peers = verbs.add_parser(
+        "peers", help="list peers; 'init' creates this runner's identity, 'discover' finds others"
+    )
+    _add_settings_flags(peers)
+    peers.add_argument("action", nargs="?", choices=("list", "init", "discover"), default="list")
+    peers.add_argument("--json", action="store_true", help="print one JSON object")
+    peers.set_defaults(func=cmd_peers)
+
+    verify = verbs.add_parser("verify", help="check proxy health, connected peers and end-to-end sharing")
+    _add_settings_flags(verify)
+    verify.add_argument("--min-peers", type=int, default=1, help="peers that must be connected and share (1)")
+    verify.add_argument("--local-only", action="store_true", help="only check the proxy, not peers")
+    verify.set_defaults(func=cmd_verify)
 
     clear = verbs.add_parser("clear", help="delete cached entries")
     _add_settings_flags(clear)
@@ -298,4 +312,91 @@ def cmd_clear(args: argparse.Namespace) -> int:
     cache = GitHubAPICache(settings)
     n = cache.clear_stale() if args.stale else cache.clear()
     print(f"removed {n} {'stale ' if args.stale else ''}entries from {settings.db_path}")
+    return 0
+
+
+def _proxy_get(
+    settings: CacheSettings, path: str, method: str = "GET", timeout: float = 10
+) -> dict[str, Any]:
+    try:
+        with sync_client(uds=settings.socket_path, timeout=timeout) as client:
+            r = client.request(method, path)
+        data: dict[str, Any] = r.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise FleetciError(f"no proxy answering on {settings.socket_path}: {describe(exc)}") from exc
+    return data
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    from fleetci.p2p.registry import PeerRegistry
+
+    settings = _settings(args)
+    if args.action == "init":
+        from fleetci.p2p.node import load_identity, peer_id_for
+
+        peer_id = peer_id_for(load_identity(settings.identity_path))
+        host = settings.p2p_host if settings.p2p_host not in ("0.0.0.0", "") else primary_ip()
+        addr = f"/ip4/{host}/tcp/{settings.listen_port}/p2p/{peer_id}"
+        if settings.peer_registry is not None:
+            PeerRegistry(settings.peer_registry).register(peer_id, [addr])
+        gha.set_output("peer-id", peer_id)
+        gha.set_env("CACHE_ENABLE_P2P", "true")
+        gha.set_env("CACHE_LISTEN_PORT", str(settings.listen_port))
+        print(json.dumps({"peer_id": peer_id, "addr": addr}) if args.json else f"{peer_id} {addr}")
+        return 0
+    if args.action == "discover":
+        if settings.peer_registry is None:
+            raise FleetciError(
+                "no peer registry: set CACHE_PEER_REGISTRY (or --peer-registry) to a shared directory"
+            )
+        own = ""
+        if settings.identity_path.exists():
+            from fleetci.p2p.node import load_identity, peer_id_for
+
+            own = peer_id_for(load_identity(settings.identity_path))
+        addrs = [
+            a
+            for rec in PeerRegistry(settings.peer_registry).active()
+            if rec.peer_id != own
+            for a in rec.addrs
+        ]
+        joined = ",".join(addrs)
+        if addrs:
+            gha.set_env("CACHE_BOOTSTRAP_PEERS", joined)
+        print(json.dumps({"peers": addrs}) if args.json else (joined or "no peers registered"))
+        return 0
+    data = _proxy_get(settings, "/_fleetci/peers")
+    if args.json:
+        print(json.dumps(data, sort_keys=True))
+        return 0
+    print(f"p2p: {data.get('p2p')}  peer id: {data.get('peer_id') or '-'}")
+    for addr in data.get("addrs", []):
+        print(f"listening: {addr}")
+    for peer in data.get("connected", []):
+        print(f"connected: {peer}")
+    if settings.peer_registry is not None:
+        for rec in PeerRegistry(settings.peer_registry).active():
+            print(f"registered: {rec.peer_id} {' '.join(rec.addrs)}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    health = _proxy_get(settings, "/_fleetci/health")
+    print(f"proxy healthy: upstream {health.get('upstream')}")
+    if args.local_only:
+        return 0
+    if health.get("p2p") != "active":
+        raise FleetciError(f"peer-to-peer sharing is {health.get('p2p', 'off')} (see the proxy log)")
+    peers = _proxy_get(settings, "/_fleetci/peers").get("connected", [])
+    print(f"connected peers: {len(peers)}")
+    if len(peers) < args.min_peers:
+        raise FleetciError(f"{len(peers)} connected peers, fewer than --min-peers {args.min_peers}")
+    result = _proxy_get(settings, "/_fleetci/p2p/probe", method="POST", timeout=30)
+    shared = result.get("shared_with", [])
+    print(f"entry {result.get('cid')} shared end to end with {len(shared)} of {len(peers)} peers")
+    if len(shared) < args.min_peers:
+        raise FleetciError(
+            f"an announced entry came back from {len(shared)} peers, fewer than {args.min_peers}"
+        )
     return 0

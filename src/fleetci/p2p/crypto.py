@@ -24,11 +24,13 @@ class SealError(Exception):
 
 
 class FleetKeys:
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, fleet: str = "") -> None:
         if not secret:
             raise ValueError("an empty fleet secret would let anyone read and inject entries")
         self._secret = secret.encode("utf-8")
-        self.fleet_id = self._derive(b"fleetci/fleet-id/v1")[:8].hex()
+        # A named fleet shares a topic whatever the secret (a node with the wrong secret then still
+        # cannot read or inject); unnamed fleets get a topic derived from the secret.
+        self.fleet_id = fleet or self._derive(b"fleetci/fleet-id/v1")[:8].hex()
 
     def _derive(self, info: bytes) -> bytes:
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"fleetci-p2p-v1", info=info).derive(

@@ -137,16 +137,43 @@ def decode_batch(keys: FleetKeys, data: bytes) -> tuple[str, list[Announcement]]
     return peer, [Announcement.from_json(d, scope, peer) for d in items]
 
 
+SYNC = "sync"  # op: peer exchange + what you hold that is still fresh (a peer that (re)joins catches up)
+PX = "px"  # op: peer exchange only
+
+
 def encode_fetch_request(key: str, scope: str) -> bytes:
     return json.dumps({"v": VERSION, "k": key, "s": scope}, separators=(",", ":")).encode() + b"\n"
 
 
+def encode_sync_request(op: str, sealed_addrs: bytes) -> bytes:
+    """``op`` is SYNC or PX; ``sealed_addrs`` are the caller's own listen addresses, sealed for the fleet."""
+    me = base64.b64encode(sealed_addrs).decode()
+    return json.dumps({"v": VERSION, "op": op, "me": me}, separators=(",", ":")).encode() + b"\n"
+
+
 def decode_fetch_request(line: bytes) -> tuple[str, str]:
+    """(key, scope) of a body request, or (SYNC|PX, base64 sealed addresses) for peer exchange."""
     try:
         d = json.loads(line)
+        if d.get("op") in (SYNC, PX):
+            return str(d["op"]), str(d.get("me", ""))
         return str(d["k"]), str(d["s"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise MessageError(f"bad fetch request: {exc}") from exc
+
+
+def frame(parts: list[bytes]) -> bytes:
+    """Length-prefixed concatenation (for several sealed batches in one stream answer)."""
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
+def unframe(data: bytes) -> list[bytes]:
+    out, i = [], 0
+    while i + 4 <= len(data):
+        n = int.from_bytes(data[i : i + 4], "big")
+        out.append(data[i + 4 : i + 4 + n])
+        i += 4 + n
+    return out
 
 
 def seal_body(keys: FleetKeys, scope: str, key: str, body: bytes) -> bytes:

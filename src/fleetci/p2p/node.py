@@ -13,8 +13,10 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
+import json
 import logging
 import os
+import random
 import secrets
 import threading
 import time
@@ -26,17 +28,23 @@ from typing import Any
 
 from fleetci.cache.store import Entry, cid_of
 from fleetci.errors import FleetciError
+from fleetci.http import check_port_free, primary_ip
 from fleetci.p2p.crypto import FleetKeys, SealError
 from fleetci.p2p.messages import (
     FETCH_PROTOCOL,
+    PX,
+    SYNC,
     Announcement,
     MessageError,
     decode_batch,
     decode_fetch_request,
     encode_batch,
     encode_fetch_request,
+    encode_sync_request,
+    frame,
     open_body,
     seal_body,
+    unframe,
 )
 from fleetci.p2p.registry import PeerRegistry
 
@@ -44,6 +52,8 @@ log = logging.getLogger("fleetci.p2p")
 
 GOSSIP_PROTOCOLS = ("/meshsub/1.1.0", "/meshsub/1.0.0")
 MAX_REQUEST = 64 * 1024
+PX_SCOPE = "fleetci-px"
+PX_TARGET = 8  # connections a node tries to keep through peer exchange
 MAX_BODY = 32 * 1024 * 1024
 # Seed 001: these only when the operator opts in; dialled in the background, never blocking start-up.
 PUBLIC_BOOTSTRAP = (
@@ -70,6 +80,7 @@ class P2PConfig:
     fetch_timeout: float = 0.5
     batch_window: float = 0.02
     discover_every: float = 10.0
+    sync_limit: int = 5000
 
 
 @dataclass
@@ -136,7 +147,9 @@ class P2PNode:
         keys: FleetKeys,
         on_announcements: Callable[[list[Announcement]], None],
         lookup: Callable[[str], Entry | None],
+        fresh_entries: Callable[[int], list[Entry]] | None = None,
     ) -> None:
+        self.fresh_entries = fresh_entries
         self.config = config
         self.keys = keys
         self.on_announcements = on_announcements
@@ -154,9 +167,15 @@ class P2PNode:
         self._host: Any = None
         self._pending: dict[str, list[Announcement]] = defaultdict(list)
         self._peers: set[str] = set()
+        self._px: set[str] = set()  # addresses learned by peer exchange
+        self._px_book: dict[str, list[str]] = {}  # peer -> the listen addresses it told us
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self, timeout: float = 20.0) -> None:
+        try:  # libp2p only logs a failed listen and runs on without an address
+            check_port_free(self.config.listen_host, self.config.listen_port)
+        except FleetciError as exc:
+            raise P2PError(f"cannot listen for peers: {str(exc).removeprefix('cannot listen on ')}") from None
         self._thread = threading.Thread(target=self._run, name="fleetci-p2p", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
@@ -191,7 +210,10 @@ class P2PNode:
 
     # -- calls from the asyncio side -----------------------------------------------------------------
     def announce(self, entry: Entry) -> None:
-        ann = Announcement.of(entry, self.peer_id)
+        self.publish_announcement(Announcement.of(entry, self.peer_id))
+
+    def publish_announcement(self, ann: Announcement) -> None:
+        """Queue an announcement for the next batch (thread-safe, non-blocking)."""
         if self._token is not None:
             with contextlib.suppress(Exception):  # trio already closed: nothing to announce to
                 self._token.run_sync_soon(self._queue_announcement, ann)
@@ -252,6 +274,7 @@ class P2PNode:
         host = new_host(key_pair=create_new_key_pair(self.seed), listen_addrs=[listen])
         self._host = host
         router = self._gossipsub()
+        self._router = router
         ps = pubsub_module.Pubsub(host, router)
         host.set_stream_handler(TProtocol(FETCH_PROTOCOL), self._serve_fetch)
         try:
@@ -260,7 +283,7 @@ class P2PNode:
                 sub = await ps.subscribe(self.keys.topic)
                 announce_host = self.config.announce_host or self.config.listen_host
                 if announce_host in ("0.0.0.0", ""):
-                    announce_host = _primary_ip()
+                    announce_host = primary_ip()
                 self.addrs = [
                     f"/ip4/{announce_host}/tcp/{a.value_for_protocol('tcp')}/p2p/{self.peer_id}"
                     for a in host.get_addrs()
@@ -322,24 +345,32 @@ class P2PNode:
             msg = await sub.get()
             try:
                 sender = ID(msg.from_id).pretty()
-                peer, anns = decode_batch(self.keys, msg.data)
-                if peer != sender:
-                    raise MessageError(f"header names {peer}, message signed by {sender}")
-            except (SealError, MessageError, ValueError) as exc:
+            except Exception:
                 self.stats.rejected += 1
-                log.debug("rejected a gossip message: %s", exc)
                 continue
-            if peer == self.peer_id:
+            self._deliver(msg.data, sender)
+
+    def _deliver(self, data: bytes, sender: str) -> None:
+        """Open, check and hand over one sealed batch; anything not sealed by the fleet is dropped."""
+        try:
+            peer, anns = decode_batch(self.keys, data)
+            if peer != sender:
+                raise MessageError(f"header names {peer}, message signed by {sender}")
+        except (SealError, MessageError, ValueError) as exc:
+            self.stats.rejected += 1
+            log.debug("rejected a batch from %s: %s", sender, exc)
+            return
+        if peer == self.peer_id:
+            return
+        accepted = []
+        for ann in anns:
+            if ann.body is not None and cid_of(ann.body) != ann.cid:
+                self.stats.cid_mismatch += 1
                 continue
-            accepted = []
-            for ann in anns:
-                if ann.body is not None and cid_of(ann.body) != ann.cid:
-                    self.stats.cid_mismatch += 1
-                    continue
-                accepted.append(ann)
-            self.stats.received += len(accepted)
-            if accepted:
-                self.on_announcements(accepted)
+            accepted.append(ann)
+        self.stats.received += len(accepted)
+        if accepted:
+            self.on_announcements(accepted)
 
     async def _fetch_loop(self, receive: Any, nursery: Any) -> None:
         async for ann, fut in receive:
@@ -378,6 +409,10 @@ class P2PNode:
         try:
             line = await _read_line(stream, MAX_REQUEST)
             key, scope = decode_fetch_request(line)
+            if key in (SYNC, PX):
+                self._learn_addrs(stream, scope)
+                await stream.write(self._sync_answer(with_entries=key == SYNC))
+                return
             entry = self.lookup(key)
             if entry is None or entry.scope != scope:
                 await stream.write(b"0")
@@ -389,6 +424,71 @@ class P2PNode:
         finally:
             with contextlib.suppress(Exception):
                 await stream.close()
+
+    def _seal_addrs(self, addrs: list[str], owner: str) -> bytes:
+        return self.keys.seal(PX_SCOPE, json.dumps(addrs).encode(), b"px\x00" + owner.encode())
+
+    def _open_addrs(self, sealed: bytes, owner: str) -> list[str]:
+        addrs = json.loads(self.keys.open(PX_SCOPE, sealed, b"px\x00" + owner.encode()))
+        return [str(a) for a in addrs if isinstance(a, str)]
+
+    def _learn_addrs(self, stream: Any, sealed_b64: str) -> None:
+        """Remember where a fleet member listens, if it proves fleet membership and owns the addresses."""
+        import base64
+
+        try:
+            remote = stream.muxed_conn.peer_id.pretty()
+            addrs = self._open_addrs(base64.b64decode(sealed_b64), remote)
+        except Exception:
+            self.stats.rejected += 1
+            return
+        own = [a for a in addrs if a.endswith("/p2p/" + remote)]
+        if own:
+            self._px_book[remote] = own
+
+    def _sync_answer(self, with_entries: bool = True) -> bytes:
+        """Peer exchange (sealed: only fleet members can steer our dialling), then fresh entries."""
+        known = [a for pid, addrs in self._px_book.items() if pid in self._peers for a in addrs[:1]]
+        parts = [self._seal_addrs([*self.addrs, *known], self.peer_id)]
+        entries = self.fresh_entries(self.config.sync_limit) if self.fresh_entries and with_entries else []
+        by_scope: dict[str, list[Announcement]] = defaultdict(list)
+        for e in entries:
+            by_scope[e.scope].append(Announcement.of(e, self.peer_id))
+        for scope, anns in by_scope.items():
+            for i in range(0, len(anns), 200):
+                parts.append(encode_batch(self.keys, self.peer_id, scope, anns[i : i + 200]))
+        return frame(parts)
+
+    async def _catch_up(self, peer: str, op: str = SYNC) -> None:
+        """Exchange peers with a connected peer, and (SYNC) take its fresh entries: a node that was down
+        misses no gossip, and a node that joined through one bootstrap peer learns the rest of the fleet."""
+        import trio
+        from libp2p.custom_types import TProtocol
+        from libp2p.peer.id import ID
+
+        with trio.move_on_after(10):
+            try:
+                stream = await self._host.new_stream(ID.from_base58(peer), [TProtocol(FETCH_PROTOCOL)])
+                try:
+                    await stream.write(encode_sync_request(op, self._seal_addrs(self.addrs, self.peer_id)))
+                    data = await _read_all(stream, MAX_BODY)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await stream.close()
+            except Exception as exc:
+                log.debug("catch-up from %s failed: %s", peer, exc)
+                return
+            parts = unframe(data)
+            if parts:
+                try:
+                    self._px.update(
+                        a for a in self._open_addrs(parts[0], peer) if not a.endswith(self.peer_id)
+                    )
+                except (SealError, ValueError):
+                    self.stats.rejected += 1
+                    return
+            for part in parts[1:]:
+                self._deliver(part, peer)
 
     async def _connect(self, addr: str) -> bool:
         import trio
@@ -422,6 +522,8 @@ class P2PNode:
                     registry.register(self.peer_id, self.addrs)
                 last_register = now
             wanted = list(self.config.bootstrap)
+            if len(self._peers) < PX_TARGET:  # a denser overlay: gossipsub meshes need more than a star
+                wanted += sorted(self._px)
             if registry is not None:
                 with contextlib.suppress(OSError):
                     wanted += [a for p in registry.active() if p.peer_id != self.peer_id for a in p.addrs]
@@ -440,12 +542,20 @@ class P2PNode:
     async def _peer_watch(self) -> None:
         import trio
 
-        while True:
-            try:
-                self._peers = {p.pretty() for p in self._host.get_connected_peers()}
-            except Exception:  # the network is shutting down
-                self._peers = set()
-            await trio.sleep(0.25)
+        next_px = 0.0
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    now = {p.pretty() for p in self._host.get_connected_peers()}
+                except Exception:  # the network is shutting down
+                    now = set()
+                for peer in now - self._peers:
+                    nursery.start_soon(self._catch_up, peer)
+                self._peers = now
+                if now and len(now) < PX_TARGET and time.monotonic() >= next_px:
+                    nursery.start_soon(self._catch_up, random.choice(sorted(now)), PX)
+                    next_px = time.monotonic() + 2.0
+                await trio.sleep(0.25)
 
 
 async def _read_all(stream: Any, limit: int) -> bytes:
@@ -475,12 +585,3 @@ async def _read_line(stream: Any, limit: int) -> bytes:
         if len(buf) > limit:
             raise ValueError("request too large")
     return buf.split(b"\n", 1)[0]
-
-
-def _primary_ip() -> str:
-    import socket
-
-    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect(("192.0.2.1", 9))  # TEST-NET address: connect() on UDP sends nothing
-        return str(s.getsockname()[0])
-    return "127.0.0.1"

@@ -51,7 +51,7 @@ def bootstrap_list(settings: CacheSettings) -> tuple[str, ...]:
 def start_node(settings: CacheSettings, engine: CacheEngine, loop: asyncio.AbstractEventLoop) -> P2PNode:
     secret = fleet_secret(settings)
     gha.add_mask(secret)
-    keys = FleetKeys(secret)
+    keys = FleetKeys(secret, settings.fleet)
 
     def deliver(anns: list[Announcement]) -> None:  # trio thread -> event loop thread
         loop.call_soon_threadsafe(engine.accept_announcements, anns)
@@ -69,6 +69,7 @@ def start_node(settings: CacheSettings, engine: CacheEngine, loop: asyncio.Abstr
         keys,
         on_announcements=deliver,
         lookup=engine.store.get,
+        fresh_entries=engine.store.fresh_entries,
     )
     node.start()
     log.info("fleet secret fingerprint %s", secret_fingerprint(secret))
