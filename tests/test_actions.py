@@ -610,3 +610,169 @@ def test_reference_workflow_runs_under_act_against_the_emulator(
     assert len(started) == 1, run.describe()
     assert not process_alive(int(started[0].group(1)))
     assert leftovers == [], f"proxy processes left running: {leftovers}"
+
+
+SAFE_INSTALL_WORKFLOW = """\
+name: safe-install
+on: push
+jobs:
+  deps:
+    runs-on: ubuntu-latest
+    env:
+      PIP_INDEX_URL: ${{ vars.INDEX_URL }}
+      PIP_CONFIG_FILE: /dev/null
+      PIP_NO_CACHE_DIR: "1"
+    steps:
+      - name: Create the target virtualenv
+        run: python3 -m venv "$RUNNER_TEMP/target"
+      - name: Safe install
+        id: deps
+        uses: fleetci/fleetci/actions/safe-install@v1
+        with:
+          packages: beta
+          verify-imports: beta,alpha
+          python: ${{ runner.temp }}/target/bin/python
+          retries: "5"
+          report-path: ${{ vars.REPORT_PATH }}
+      - name: Use the outputs
+        env:
+          REPORT: ${{ steps.deps.outputs.report-path }}
+          FAILED: ${{ steps.deps.outputs.failed }}
+        run: |
+          echo "outputs: report=$REPORT failed=[$FAILED]"
+          "$RUNNER_TEMP/target/bin/python" -c 'import beta; print("beta", beta.__version__)'
+          fleetci install matrix "$REPORT"
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_safe_install_action_runs_under_act_against_a_faulty_local_index(tmp_path: Path) -> None:
+    from fleetci.install.index import FaultPlan, LocalIndex, build_wheel
+
+    wheels = tmp_path / "wheels"
+    build_wheel(wheels, "alpha", "1.0")
+    build_wheel(wheels, "beta", "2.0", ("alpha>=1",))
+    workflow = tmp_path / "wf" / "safe-install.yml"
+    workflow.parent.mkdir()
+    workflow.write_text(SAFE_INSTALL_WORKFLOW, encoding="utf-8")
+    # The workflow as users write it is valid too (schema + actionlint with the action resolved locally).
+    assert check_schema("vendor.github-workflows", workflow).returncode == 0
+    repo, files = lint_repo(tmp_path / "lint", {"safe-install.yml": localize(SAFE_INSTALL_WORKFLOW)})
+    lint = actionlint(repo, files)
+    assert lint.returncode == 0, shown(lint)
+
+    action_root = tmp_path / "fleetci-action"
+    shutil.copytree(REPO_ROOT, action_root, ignore=COPY_IGNORE)
+    report = tmp_path / "deps.json"
+    with LocalIndex(wheels, FaultPlan(first=2, kinds=("503",))) as index:
+        run = run_act(
+            workflow,
+            tmp_path / "act",
+            tmp_path / "act-cache",
+            action_root,
+            variables={"INDEX_URL": index.url, "REPORT_PATH": str(report)},
+            secrets={},
+        )
+        faults = index.plan.faults
+
+    assert run.proc.returncode == 0, run.describe()
+    assert [e["jobResult"] for e in run.events if "jobResult" in e] == ["success"], run.describe()
+    results = run.step_results()
+    for name in ["Create the target virtualenv", "Safe install", "Use the outputs", "Install dependencies"]:
+        assert results.get(name) == ["success"], f"step {name!r}: {results.get(name)}\n{run.describe()}"
+    assert f"outputs: report={report} failed=[]" in run.output_lines, run.describe()
+    assert "beta 2.0" in run.output_lines, run.describe()
+    assert "| pip:beta | ✅ 2.0 (1 retry) |" in run.output_lines, run.describe()
+    data = json.loads(report.read_text(encoding="utf-8"))
+    beta = next(p for p in data["packages"] if p["name"] == "beta")
+    assert faults == 1 and beta["attempts"] == 2 and beta["installed"] == "2.0", (faults, beta)
+    assert [(v["module"], v["version"]) for v in data["verify"]] == [("beta", "2.0"), ("alpha", "1.0")]
+    summaries = "".join(str(e.get("content", "")) for e in run.events if e.get("command") == "summary")
+    assert "### fleetci install" in summaries and "| pip:beta |" in summaries, run.describe()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_distributed_build_workflow_runs_under_act_against_a_real_master(tmp_path: Path) -> None:
+    """workflows/distributed-build.yml: two worker jobs register with a real master; the submit job waits."""
+    from fleetci.build.client import verify_repository
+    from fleetci.http import free_port
+
+    workflow = REPO_ROOT / "workflows" / "distributed-build.yml"
+    packages = tmp_path / "packages"
+    for name, deps in {"core": [], "plugin": ["core"], "cli": ["core", "plugin"]}.items():
+        (packages / name).mkdir(parents=True)
+        recipe = {
+            "name": name,
+            "version": "1.0",
+            "depends": deps,
+            "build": f"sleep 0.3; echo {name} > {name}.pkg",
+            "artifacts": [f"{name}.pkg"],
+        }
+        (packages / name / "recipe.yml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    admin, join = "act-admin-" + "x" * 24, "act-join-" + "y" * 24
+    port = free_port()
+    master_url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "master.log"
+    with log.open("wb") as fh:
+        master = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fleetci",
+                "build",
+                "master",
+                "--port",
+                str(port),
+                "--state-dir",
+                str(tmp_path / "state"),
+                "--heartbeat-ttl",
+                "5",
+            ],
+            env=base_env(FLEETCI_BUILD_TOKEN=admin, FLEETCI_BUILD_JOIN_TOKEN=join),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "listening on" not in log.read_text(errors="replace") and time.monotonic() < deadline:
+            assert master.poll() is None, log.read_text(errors="replace")
+            time.sleep(0.05)
+        action_root = tmp_path / "fleetci-action"
+        shutil.copytree(REPO_ROOT, action_root, ignore=COPY_IGNORE)
+        run = run_act(
+            workflow,
+            tmp_path / "act",
+            tmp_path / "act-cache",
+            action_root,
+            variables={
+                "FLEETCI_BUILD_MASTER": master_url,
+                "FLEETCI_BUILD_PACKAGES": str(packages),
+                "FLEETCI_BUILD_IDLE_TIMEOUT": "10",
+            },
+            secrets={"FLEETCI_BUILD_TOKEN": admin, "FLEETCI_BUILD_JOIN_TOKEN": join},
+            platforms=runs_on_labels(workflow),
+            timeout=200,
+        )
+        repo = verify_repository(master_url)
+    finally:
+        master.terminate()
+        master.wait(timeout=15)
+
+    assert run.proc.returncode == 0, run.describe()
+    assert [e["jobResult"] for e in run.events if "jobResult" in e] == ["success"] * 3, run.describe()
+    assert repo["files"] == 3 and set(repo["index"]["packages"]) == {"core", "plugin", "cli"}
+    builders = {p["built_by"]["name"] for p in repo["index"]["packages"].values()}
+    assert builders <= {"builder-1", "builder-2"}, builders
+    assert any(line.startswith("repository OK: 3 packages, 3 files") for line in run.output_lines), (
+        run.describe()
+    )
+    summaries = "".join(str(e.get("content", "")) for e in run.events if e.get("command") == "summary")
+    assert "### fleetci build 1: done" in summaries, run.describe()
+    for name in ("core", "plugin", "cli"):
+        assert f"| {name} | 1.0-1 | done |" in summaries, run.describe()
+    assert "build 1 finished" in run.output_lines, run.describe()  # the action's build-id output
+    # Secrets never reach the log.
+    text = "\n".join(run.output_lines)
+    assert admin not in text and join not in text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fleetci.cli import arg_type
 from fleetci.config import parse_ms_range
@@ -65,6 +65,37 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("--samples", type=int, default=400, help="latency samples per measurement (400)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=cmd_bench_cache)
+    i = caps.add_parser("install", help="safe installs: success under lock + index faults, overhead vs pip")
+    i.add_argument("--lock-hold", type=float, default=30.0, help="seconds a child holds the apt lock (30)")
+    i.add_argument("--trials", type=int, default=3, help="concurrent faulted installs (3)")
+    i.add_argument("--packages", type=int, default=4, help="generated wheels per install (4)")
+    i.add_argument("--repeats", type=int, default=5, help="plain pip vs fleetci rounds, no faults (5)")
+    i.add_argument(
+        "--faulty-first", type=int, default=8, help="fault every other of the first N requests (8)"
+    )
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    i.set_defaults(func=cmd_bench_install)
+    b = caps.add_parser("build", help="distributed builds: 30-package DAG makespan vs lower bound, failover")
+    b.add_argument("--workers", type=int, default=4, help="worker processes (4)")
+    b.add_argument("--heartbeat-ttl", type=float, default=2.0, help="heartbeat TTL in seconds (2)")
+    b.add_argument(
+        "--no-replace", action="store_true", help="do not start a replacement for the killed worker"
+    )
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(func=cmd_bench_build)
+
+
+
+def emit(result: dict[str, Any], as_json: bool) -> int:
+    """One JSON object (``--json``), or an aligned table without the nested parts."""
+    if as_json:
+        print(json.dumps(result, sort_keys=True))
+        return 0
+    width = max(len(k) for k in result)
+    for k, v in result.items():
+        if not isinstance(v, (dict, list)) or k == "outcomes":
+            print(f"{k:<{width}} {v}")
+    return 0
 
 
 def cmd_bench_cache(args: argparse.Namespace) -> int:
@@ -78,10 +109,40 @@ def cmd_bench_cache(args: argparse.Namespace) -> int:
         progress=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True),
         latency_samples=args.samples,
     )
-    if args.json:
-        print(json.dumps(result, sort_keys=True))
-    else:
-        for k, v in result.items():
-            if k not in ("per_runner", "targets"):
-                print(f"{k:<26} {v}")
-    return 0
+    return emit(result, args.json)
+
+
+def cmd_bench_install(args: argparse.Namespace) -> int:
+    from fleetci.install.bench import bench_install
+
+    if (
+        args.lock_hold < 0
+        or args.trials < 1
+        or args.packages < 1
+        or args.repeats < 1
+        or args.faulty_first < 0
+    ):
+        raise UsageError("--trials, --packages, --repeats must be >= 1; --lock-hold, --faulty-first >= 0")
+    result = bench_install(
+        lock_hold=args.lock_hold,
+        trials=args.trials,
+        packages=args.packages,
+        repeats=args.repeats,
+        faulty_first=args.faulty_first,
+        progress=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True),
+    )
+    return emit(result, args.json)
+
+
+def cmd_bench_build(args: argparse.Namespace) -> int:
+    from fleetci.build.bench import bench_build
+
+    if args.workers < 1 or args.heartbeat_ttl <= 0:
+        raise UsageError("--workers must be at least 1 and --heartbeat-ttl positive")
+    result = bench_build(
+        args.workers,
+        args.heartbeat_ttl,
+        replace=not args.no_replace,
+        progress=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True),
+    )
+    return emit(result, args.json)

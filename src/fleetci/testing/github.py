@@ -29,6 +29,7 @@ from aiohttp import web
 
 from fleetci.testing import github_data as gd
 from fleetci.testing.github_data import JSON, Job, Repo, Run, World
+from fleetci.testing.server import BackgroundApp
 
 __all__ = ["DEFAULT_OWNER", "TOKENS", "EmulatorConfig", "EmulatorServer", "GitHubEmulator"]
 
@@ -324,6 +325,46 @@ class GitHubEmulator:
             art = gd.add_artifact(self._world, run, name, files)
             self._bump()
             return art.id
+
+    def add_workflow(self, owner: str, repo: str, name: str, path: str) -> int:
+        """Add a workflow file to a repository (or return the existing one's id)."""
+        with self._lock:
+            r = self._world.repo(owner, repo)
+            if r is None:
+                raise KeyError(f"no repository {owner}/{repo}")
+            for wf in self._world.workflows.values():
+                if wf.repo_id == r.id and wf.path == path:
+                    return wf.id
+            wf = gd.Workflow(self._world.new_id("workflow"), r.id, name, path, self._world.now)
+            self._world.workflows[wf.id] = wf
+            self._bump()
+            return wf.id
+
+    def add_completed_run(
+        self, owner: str, repo: str, workflow_id: int, conclusion: str = "success", branch: str | None = None
+    ) -> int:
+        """A finished run of a workflow, newer than every other run (a build that just completed)."""
+        with self._lock:
+            r = self._world.repo(owner, repo)
+            if r is None:
+                raise KeyError(f"no repository {owner}/{repo}")
+            self._world.now += 60
+            run = gd.add_run(
+                self._world,
+                self._world_rng,
+                r,
+                self._world.workflows[workflow_id],
+                "in_progress",
+                self._world.now,
+            )
+            for job in gd.jobs_of(self._world, run):
+                gd.finish_job(self._world, job, conclusion, self._world.now + 30)
+            run.status, run.conclusion = "completed", conclusion
+            run.updated_at = self._world.now + 30
+            if branch is not None:
+                run.head_branch = branch
+            self._bump()
+            return run.id
 
     def set_job_log(self, job_id: int, text: str) -> None:
         """Set the log text served for a job (and inside its run's log archive)."""
@@ -1247,94 +1288,21 @@ class GitHubEmulator:
         return web.Response(status=404, text="BlobNotFound", content_type="text/plain")
 
 
-class EmulatorServer:
+class EmulatorServer(BackgroundApp):
     """Runs a GitHubEmulator on its own event loop in a daemon thread, on a real TCP port."""
 
     def __init__(
         self, emulator: GitHubEmulator | None = None, host: str = "127.0.0.1", port: int = 0
     ) -> None:
         self.emulator = emulator or GitHubEmulator()
-        self.host = host
-        self.port = port
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        super().__init__(self.emulator.make_app, host, port)
 
     def start(self) -> EmulatorServer:
-        """Start listening; returns once the port accepts connections (raises OSError if it cannot bind)."""
-        if self._thread is not None:
-            return self
-        self._ready.clear()
-        self._error = None
-        self._thread = threading.Thread(target=self._run, name=f"github-emulator-{self.port}", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            self._thread.join()
-            self._thread = None
-            raise self._error
+        super().start()
         return self
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._setup())
-        except BaseException as exc:  # reported to start()'s caller
-            self._error = exc
-            loop.close()
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            if self._runner is not None:
-                loop.run_until_complete(self._runner.cleanup())
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def _setup(self) -> None:
-        runner = web.AppRunner(
-            self.emulator.make_app(), access_log=None, handle_signals=False, shutdown_timeout=0.5
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, backlog=1024)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        for addr in runner.addresses:
-            if isinstance(addr, tuple):
-                self.port = int(addr[1])
-                break
-
-    def stop(self) -> None:
-        """Stop listening and end the thread (idempotent)."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=30)
-        self._thread = None
-        self._loop = None
 
     def __enter__(self) -> EmulatorServer:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def port_in_use(exc: OSError) -> bool:

@@ -1,0 +1,175 @@
+"""``fleetci install [PACKAGE …]`` and ``fleetci install matrix REPORT …``."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from typing import Any
+
+from fleetci import gha
+from fleetci.config import load_config_file
+from fleetci.errors import FleetciError, UsageError
+
+SETTING_FLAGS = (
+    "apt",
+    "requirements",
+    "constraints",
+    "project",
+    "extras",
+    "verify",
+    "preset",
+    "python",
+    "index_url",
+    "extra_index_url",
+    "lock_timeout",
+    "lock_root",
+    "apt_update",
+    "retries",
+    "backoff",
+    "backoff_max",
+    "pip_timeout",
+    "progress_every",
+    "report",
+)
+
+
+def _join(values: list[str] | None) -> str | None:
+    return ",".join(values) if values else None
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "install",
+        help="apt/pip installs that wait for dpkg locks and retry transient index failures",
+        description="Install apt and pip packages safely. 'fleetci install matrix REPORT…' renders the "
+        "dependency matrix of several --report files.",
+    )
+    p.add_argument("packages", nargs="*", metavar="PACKAGE", help="pip requirements (or: matrix REPORT…)")
+    g = p.add_argument_group("what to install (flag > $INSTALL_* > config 'install:')")
+    g.add_argument("--apt", action="append", metavar="PKG[,PKG]", help="apt packages ($INSTALL_APT_PACKAGES)")
+    g.add_argument(
+        "-r",
+        "--requirement",
+        dest="requirements",
+        action="append",
+        metavar="FILE",
+        help="requirements file, repeatable ($INSTALL_REQUIREMENTS)",
+    )
+    g.add_argument(
+        "-c",
+        "--constraint",
+        dest="constraints",
+        action="append",
+        metavar="FILE",
+        help="constraints file, repeatable ($INSTALL_CONSTRAINTS)",
+    )
+    g.add_argument(
+        "-e", "--project", metavar="DIR", help="install a local project editable ($INSTALL_PROJECT)"
+    )
+    g.add_argument("--extras", metavar="X[,Y]", help="extras of the project; implies -e . ($INSTALL_EXTRAS)")
+    g.add_argument(
+        "--verify",
+        action="append",
+        metavar="MOD[,MOD]",
+        help="import these in a fresh interpreter and report versions ($INSTALL_VERIFY)",
+    )
+    g.add_argument("--preset", help="a known dependency set: libp2p ($INSTALL_PRESET)")
+    g.add_argument("--python", help="interpreter to install into ($INSTALL_PYTHON; python3 on PATH)")
+    g.add_argument("--index-url", help="pip index (default: pip's own, e.g. $PIP_INDEX_URL)")
+    g.add_argument("--extra-index-url", action="append", help="extra pip index, repeatable")
+    b = p.add_argument_group("behaviour")
+    b.add_argument("--lock-timeout", help="seconds to wait for apt/dpkg locks ($INSTALL_LOCK_TIMEOUT; 300)")
+    b.add_argument("--lock-root", help="prefix of the lock paths ($INSTALL_LOCK_ROOT, $FLEETCI_LOCK_ROOT; /)")
+    b.add_argument(
+        "--wait-locks",
+        action="store_const",
+        const="true",
+        help="wait for the apt/dpkg locks even without --apt",
+    )
+    b.add_argument("--apt-update", help="auto|always|never: refresh apt lists ($INSTALL_APT_UPDATE; auto)")
+    b.add_argument("--retries", help="retries after a transient failure ($INSTALL_RETRIES; 4)")
+    b.add_argument("--backoff", help="first retry delay in seconds, doubled each time ($INSTALL_BACKOFF; 1)")
+    b.add_argument("--backoff-max", help="longest retry delay ($INSTALL_BACKOFF_MAX; 30)")
+    b.add_argument("--pip-timeout", help="pip's socket timeout in seconds ($INSTALL_PIP_TIMEOUT; 60)")
+    b.add_argument("--progress-every", help="seconds between lock-wait lines ($INSTALL_PROGRESS_INTERVAL; 5)")
+    b.add_argument("--report", metavar="FILE", help="write the JSON report here ($INSTALL_REPORT)")
+    b.add_argument("--summary", action="store_true", help="append a Markdown table to $GITHUB_STEP_SUMMARY")
+    p.set_defaults(func=cmd_install)
+
+
+def _progress(message: str) -> None:
+    print(f"install: {message}", file=sys.stderr, flush=True)
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    if args.packages[:1] == ["matrix"]:
+        return cmd_matrix(args)
+    from fleetci.install import install_settings, run
+    from fleetci.install.report import write_report
+
+    config = load_config_file(getattr(args, "config", None))
+    flags: dict[str, Any] = {name: getattr(args, name, None) for name in SETTING_FLAGS}
+    for name in ("apt", "requirements", "constraints", "verify", "extra_index_url"):
+        flags[name] = _join(flags[name])
+    flags["packages"] = _join(args.packages)
+    flags["wait_locks"] = args.wait_locks
+    settings = install_settings(flags, config)
+    if not (settings.wants_apt or settings.pip_specs or settings.requirements or settings.verify_modules):
+        raise UsageError("nothing to install: give packages, --apt, -r, -e, --preset or --verify")
+    with gha.group("fleetci install"):
+        report = run(settings, _progress, describe_platform=bool(settings.report) or gha.in_actions())
+    if settings.report:
+        write_report(settings.report, report)
+        gha.set_output("report-path", str(settings.report))
+    gha.set_output("failed", ",".join(report["failed"]))
+    for pkg in report["packages"]:
+        state = f"{pkg['installed'] or '?'}" if pkg["ok"] else f"FAILED: {pkg['error']}"
+        print(
+            f"{pkg['kind']:<4} {pkg['name']:<28} {state}  (attempts {pkg['attempts']}, {pkg['duration_s']}s)"
+        )
+    for v in report["verify"]:
+        state = f"{v['version'] or '(no version)'}" if v["ok"] else f"FAILED: {v['error']}"
+        print(f"import {v['module']:<26} {state}")
+    if args.summary or gha.in_actions():
+        from fleetci.install.report import render_matrix
+
+        written = gha.append_step_summary(
+            render_matrix([report]).replace("Dependency matrix", "fleetci install")
+        )
+        if args.summary and not written:
+            raise FleetciError("--summary needs $GITHUB_STEP_SUMMARY (set by GitHub Actions)")
+    if not report["ok"]:
+        failed = [p for p in report["packages"] if not p["ok"]]
+        details = "; ".join(f"{p['name']}: {p['error']}" for p in failed)
+        bad = [v for v in report["verify"] if not v["ok"]]
+        details += ("; " if details and bad else "") + "; ".join(
+            f"import {v['module']}: {v['error']}" for v in bad
+        )
+        raise FleetciError(f"{len(report['failed'])} failed: {details}")
+    return 0
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from fleetci.install.report import load_report, render_matrix
+
+    extra = [
+        n
+        for n in ("apt", "requirements", "constraints", "project", "extras", "verify", "preset", "report")
+        if getattr(args, n, None)
+    ]
+    if extra:
+        raise UsageError(f"'fleetci install matrix' takes only report files and --summary, not --{extra[0]}")
+    paths: list[str] = []
+    for pattern in args.packages[1:]:
+        found = sorted(glob.glob(pattern)) if any(ch in pattern for ch in "*?[") else [pattern]
+        if not found:
+            raise UsageError(f"no report files match {pattern!r}")
+        paths += found
+    if not paths:
+        raise UsageError("usage: fleetci install matrix REPORT.json [REPORT.json …] [--summary]")
+    markdown = render_matrix([load_report(p) for p in paths])
+    print(markdown, end="")
+    if args.summary and not gha.append_step_summary(markdown):
+        raise FleetciError("--summary needs $GITHUB_STEP_SUMMARY (set by GitHub Actions)")
+    return 0

@@ -1,0 +1,116 @@
+"""The JSON install report and the dependency matrix (arch × package) rendered from several reports."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from fleetci.errors import UsageError
+
+SCHEMA = "fleetci.install/1"
+ARCH_NAMES = {
+    "x86_64": "amd64",
+    "aarch64": "arm64",
+    "armv7l": "armv7",
+    "armv8l": "armv7",
+    "riscv64": "riscv64",
+}
+
+_PLATFORM = (
+    "import json, platform, sys\n"
+    "print(json.dumps({'machine': platform.machine(), 'python': platform.python_version(),"
+    " 'implementation': platform.python_implementation(), 'libc': ' '.join(platform.libc_ver()).strip(),"
+    " 'executable': sys.executable}))\n"
+)
+
+
+def platform_info(python: str) -> dict[str, str]:
+    """Facts about the environment the packages went into (the target interpreter, not fleetci's)."""
+    data: dict[str, str] = {}
+    try:
+        proc = subprocess.run([python, "-c", _PLATFORM], capture_output=True, text=True, timeout=60)
+        data = json.loads(proc.stdout)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        data = {
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "libc": " ".join(platform.libc_ver()).strip(),
+            "executable": python,
+        }
+    data["arch"] = ARCH_NAMES.get(data.get("machine", ""), data.get("machine", "unknown"))
+    data["system"] = platform.system()
+    return data
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        raise UsageError(f"cannot write report {path}: {exc.strerror or exc}") from exc
+
+
+def load_report(path: str) -> dict[str, Any]:
+    """Read one report; anything that is not a fleetci install report is a one-line usage error."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read report {path}: {exc.strerror or exc}") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"report {path} is not valid JSON: {str(exc).splitlines()[0]}") from exc
+    if (
+        not isinstance(data, dict)
+        or data.get("schema") != SCHEMA
+        or not isinstance(data.get("packages"), list)
+    ):
+        raise UsageError(f"{path} is not a fleetci install report (schema {SCHEMA!r})")
+    return data
+
+
+def _cell(pkg: dict[str, Any]) -> str:
+    if pkg.get("ok"):
+        text = f"✅ {pkg.get('installed') or pkg.get('version') or ''}".rstrip()
+        retries = int(pkg.get("retries") or 0)
+        return text + (f" ({retries} {'retry' if retries == 1 else 'retries'})" if retries else "")
+    reason = str(pkg.get("error") or "failed").replace("|", "/")
+    return f"❌ {reason[:80]}"
+
+
+def matrix_rows(reports: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Columns per arch (in first-seen order); a failure on any run of an arch wins over a success."""
+    arches: list[str] = []
+    cells: dict[tuple[str, str], tuple[bool, str]] = {}
+    names: list[str] = []
+    for rep in reports:
+        arch = str((rep.get("platform") or {}).get("arch") or "unknown")
+        py = str((rep.get("platform") or {}).get("python") or "")
+        column = arch if not py else f"{arch} (py{'.'.join(py.split('.')[:2])})"
+        if column not in arches:
+            arches.append(column)
+        entries = [(f"{p.get('kind', 'pip')}:{p.get('name')}", p) for p in rep.get("packages", [])]
+        entries += [(f"import:{v.get('module')}", v) for v in rep.get("verify", [])]
+        for key, entry in entries:
+            if key not in names:
+                names.append(key)
+            ok = bool(entry.get("ok"))
+            prev = cells.get((key, column))
+            if prev is None or (prev[0] and not ok):
+                cells[(key, column)] = (ok, _cell(entry))
+    headers = ["package", *arches]
+    rows = [[name, *(cells.get((name, a), (True, "—"))[1] for a in arches)] for name in names]
+    return headers, rows
+
+
+def render_matrix(reports: list[dict[str, Any]]) -> str:
+    from fleetci.gha import markdown_table
+
+    headers, rows = matrix_rows(reports)
+    failed = sum(1 for r in reports if not r.get("ok"))
+    head = f"### Dependency matrix\n\n{len(reports)} report(s), {failed} with failures.\n\n"
+    return head + markdown_table(headers, rows)

@@ -1,0 +1,102 @@
+"""Run an aiohttp application on its own event loop in a daemon thread, on a real TCP port.
+
+The emulators (GitHub, GitLab) are real HTTP servers that tests, benchmarks and the demo start in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+
+class BackgroundApp:
+    """Start/stop an app built by ``make_app``; ``start()`` returns once the port accepts connections."""
+
+    def __init__(
+        self, make_app: Callable[[], web.Application], host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self._make_app = make_app
+        self.host = host
+        self.port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> Any:
+        """Start listening (raises OSError if it cannot bind); returns self."""
+        if self._thread is not None:
+            return self
+        self._ready.clear()
+        self._error = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"{type(self).__name__}-{self.port}", daemon=True
+        )
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            self._thread.join()
+            self._thread = None
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._setup())
+        except BaseException as exc:  # reported to start()'s caller
+            self._error = exc
+            loop.close()
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            if self._runner is not None:
+                loop.run_until_complete(self._runner.cleanup())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _setup(self) -> None:
+        runner = web.AppRunner(self._make_app(), access_log=None, handle_signals=False, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, backlog=1024)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        for addr in runner.addresses:
+            if isinstance(addr, tuple):
+                self.port = int(addr[1])
+                break
+
+    def stop(self) -> None:
+        """Stop listening and end the thread (idempotent)."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+        self._thread = None
+        self._loop = None
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,270 @@
+"""Fast checks of recipes, the dependency graph, keys, settings and the ``fleetci build`` CLI's bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import clean_env, one_line_error, run_fleetci
+from fleetci.build import keys
+from fleetci.build.master import valid_artifact_name
+from fleetci.build.recipe import (
+    check_graph,
+    critical_path,
+    discover,
+    levels,
+    pack_source,
+    parse_recipe,
+    partitions,
+    priorities,
+    unpack_source,
+)
+from fleetci.build.settings import client_settings, master_settings, worker_settings
+from fleetci.errors import FleetciError, UsageError
+
+
+def recipe(root: Path, name: str, depends: list[str] | None = None, **extra: object) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    data = {
+        "name": name,
+        "version": "1.0",
+        "build": f"echo {name} > {name}.txt",
+        "artifacts": [f"{name}.txt"],
+    }
+    if depends:
+        data["depends"] = depends
+    data.update(extra)
+    (d / "recipe.yml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    return d
+
+
+def test_levels_priorities_and_critical_path(tmp_path: Path) -> None:
+    recipe(tmp_path, "a")
+    recipe(tmp_path, "b", ["a"])
+    recipe(tmp_path, "c", ["a"], estimate_s=5)
+    recipe(tmp_path, "d", ["b", "c"])
+    recipe(tmp_path, "e")
+    graph = check_graph(discover([tmp_path]))
+    assert levels(graph) == [["a", "e"], ["b", "c"], ["d"]]
+    cost = {"a": 1.0, "b": 1.0, "c": 5.0, "d": 1.0, "e": 1.0}
+    prio = priorities(graph, cost)
+    assert prio == {"a": 7.0, "b": 2.0, "c": 6.0, "d": 1.0, "e": 1.0}
+    assert critical_path(graph, cost) == 7.0
+
+
+def test_partitions_keep_dependencies_together_and_balance(tmp_path: Path) -> None:
+    graph = {"a": (), "b": ("a",), "c": (), "d": ("c",), "e": (), "f": (), "g": ("f",), "h": ()}
+    parts = partitions(graph, 3)
+    assert sorted(x for p in parts for x in p) == sorted(graph)
+    assert sorted(len(p) for p in parts) == [2, 3, 3]
+    for p in parts:
+        for name in p:
+            assert all(dep in p for dep in graph[name]), (name, parts)
+            # a dependency comes before its dependents in the printed order
+            assert all(p.index(dep) < p.index(name) for dep in graph[name])
+    with pytest.raises(UsageError):
+        partitions(graph, 0)
+
+
+def test_cycles_and_missing_dependencies_are_named(tmp_path: Path) -> None:
+    recipe(tmp_path, "a", ["c"])
+    recipe(tmp_path, "b", ["a"])
+    recipe(tmp_path, "c", ["b"])
+    with pytest.raises(FleetciError, match=r"dependency cycle: a -> c -> b -> a"):
+        check_graph(discover([tmp_path]))
+    other = tmp_path / "other"
+    recipe(other, "x", ["nowhere"])
+    with pytest.raises(FleetciError, match="depends on nowhere"):
+        check_graph(discover([other]))
+    assert check_graph(discover([other]), available={"nowhere"}) == {"x": ()}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([], "must be a YAML mapping"),
+        ({"name": "Bad Name", "version": "1", "build": "x", "artifacts": ["a"]}, "'name'"),
+        ({"name": "a", "version": "", "build": "x", "artifacts": ["a"]}, "'version'"),
+        ({"name": "a", "version": "1", "build": " ", "artifacts": ["a"]}, "'build'"),
+        ({"name": "a", "version": "1", "build": "x", "artifacts": []}, "'artifacts'"),
+        ({"name": "a", "version": "1", "build": "x", "artifacts": ["../up"]}, "inside the build"),
+        ({"name": "a", "version": "1", "build": "x", "artifacts": ["a"], "depends": ["a"]}, "itself"),
+        ({"name": "a", "version": "1", "build": "x", "artifacts": ["a"], "colour": 1}, "unknown"),
+        ({"name": "a", "version": "1", "build": "x", "artifacts": ["a"], "timeout_s": 0}, "timeout_s"),
+    ],
+)
+def test_recipe_validation(data: object, message: str) -> None:
+    with pytest.raises(FleetciError, match=message):
+        parse_recipe(data, "recipe.yml")
+
+
+def test_numeric_version_is_read_as_text() -> None:
+    r = parse_recipe({"name": "a", "version": 2.1, "build": "x", "artifacts": "a.txt"}, "r")
+    assert (r.version, r.artifacts) == ("2.1", ("a.txt",))
+
+
+def test_source_archive_round_trip_and_unsafe_archives(tmp_path: Path) -> None:
+    d = recipe(tmp_path / "src", "a")
+    (d / "sub").mkdir()
+    (d / "sub" / "data.bin").write_bytes(b"\0" * 10)
+    (d / ".git").mkdir()
+    (d / ".git" / "HEAD").write_text("x")
+    out = tmp_path / "out"
+    out.mkdir()
+    unpack_source(pack_source(d), out)
+    assert (out / "sub" / "data.bin").read_bytes() == b"\0" * 10
+    assert not (out / ".git").exists()
+
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("../escape.txt")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(FleetciError, match="unusable"):
+        unpack_source(buf.getvalue(), out)
+    assert not (tmp_path / "escape.txt").exists()
+    with pytest.raises(FleetciError):
+        unpack_source(b"not a tarball", out)
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("pkg-1.0.tar.gz", True),
+        ("a", True),
+        ("../etc/passwd", False),
+        ("..", False),
+        (".hidden", False),
+        ("a/b", False),
+        ("a\\b", False),
+        ("a\0b", False),
+        ("", False),
+        ("x" * 201, False),
+    ],
+)
+def test_artifact_names(name: str, ok: bool) -> None:
+    assert valid_artifact_name(name) is ok
+
+
+def test_keys_sign_verify_and_persist(tmp_path: Path) -> None:
+    key = keys.load_or_create_key(tmp_path / "k.pem")
+    assert (tmp_path / "k.pem").stat().st_mode & 0o777 == 0o600
+    again = keys.load_or_create_key(tmp_path / "k.pem")
+    assert keys.public_b64(key) == keys.public_b64(again)
+    msg = keys.artifact_message("pkg", "f.txt", "ab" * 32)
+    sig = keys.sign(key, msg)
+    assert keys.verify(keys.public_b64(key), msg, sig)
+    assert not keys.verify(keys.public_b64(key), keys.artifact_message("pkg", "g.txt", "ab" * 32), sig)
+    other = keys.load_or_create_key(tmp_path / "other.pem")
+    assert not keys.verify(keys.public_b64(other), msg, sig)
+    assert not keys.verify(keys.public_b64(key), msg, "not base64!")
+    (tmp_path / "bad.pem").write_text("garbage")
+    with pytest.raises(FleetciError, match="not a PEM"):
+        keys.load_or_create_key(tmp_path / "bad.pem")
+    token = keys.new_token("fcw")
+    assert keys.token_matches(token, keys.token_hash(token))
+    assert not keys.token_matches(token + "x", keys.token_hash(token))
+
+
+def test_settings_precedence() -> None:
+    env = {"FLEETCI_BUILD_PORT": "9400", "FLEETCI_BUILD_HEARTBEAT_TTL": "7", "FLEETCI_BUILD_TOKEN": "t"}
+    config = {"build": {"port": 9500, "heartbeat_ttl": 9, "max_attempts": 5}}
+    s = master_settings({"port": "9600"}, config, env)
+    assert (s.port, s.heartbeat_ttl, s.max_attempts, s.admin_token) == (9600, 7.0, 5, "t")
+    assert master_settings({}, None, {}).heartbeat_ttl == 60.0
+    with pytest.raises(UsageError, match="heartbeat-ttl"):
+        master_settings({"heartbeat_ttl": "-1"}, None, {})
+    with pytest.raises(UsageError, match="no master URL"):
+        client_settings({}, None, {"FLEETCI_BUILD_TOKEN": "t"})
+    with pytest.raises(UsageError, match="no admin token"):
+        client_settings({"master": "http://127.0.0.1:1"}, None, {})
+    with pytest.raises(UsageError, match="http://"):
+        client_settings({"master": "ftp://x"}, None, {"FLEETCI_BUILD_TOKEN": "t"})
+    with pytest.raises(UsageError, match="no join token"):
+        worker_settings({"master": "http://127.0.0.1:1"}, None, {})
+    w = worker_settings({}, {"build": {"master": "http://m:1/"}}, {"FLEETCI_BUILD_JOIN_TOKEN": "j"})
+    assert (w.master, w.join_token) == ("http://m:1", "j")
+
+
+# --- the CLI: one line on bad input -------------------------------------------------------------------
+
+
+def test_tree_prints_levels_and_partitions(tmp_path: Path) -> None:
+    recipe(tmp_path, "a")
+    recipe(tmp_path, "b", ["a"])
+    recipe(tmp_path, "c")
+    proc = run_fleetci("build", "tree", str(tmp_path), "--partitions", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "level 0: a c",
+        "level 1: b",
+        "partition 1 (2 packages, cost 2): a b",
+        "partition 2 (1 packages, cost 1): c",
+    ]
+
+
+def test_tree_rejects_a_cycle_and_a_missing_dependency(tmp_path: Path) -> None:
+    recipe(tmp_path / "cyc", "a", ["b"])
+    recipe(tmp_path / "cyc", "b", ["a"])
+    assert "dependency cycle: a -> b -> a" in one_line_error(
+        run_fleetci("build", "tree", str(tmp_path / "cyc"))
+    )
+    recipe(tmp_path / "miss", "a", ["ghost"])
+    err = one_line_error(run_fleetci("build", "tree", str(tmp_path / "miss")))
+    assert "depends on ghost" in err
+
+
+def test_tree_rejects_corrupt_and_missing_recipes(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "recipe.yml").write_text("name: [unclosed\n")
+    assert "not valid YAML" in one_line_error(run_fleetci("build", "tree", str(bad)))
+    assert "does not exist" in one_line_error(run_fleetci("build", "tree", str(tmp_path / "nope")))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no recipe.yml" in one_line_error(run_fleetci("build", "tree", str(empty)))
+    proc = run_fleetci("build", "tree", str(bad), "--partitions", "x")
+    assert proc.returncode == 2 and "invalid int value" in one_line_error(proc)
+
+
+def test_submit_status_and_worker_need_credentials_and_a_reachable_master(tmp_path: Path) -> None:
+    pkg = recipe(tmp_path, "a")
+    dead = "http://127.0.0.1:9"
+    err = one_line_error(run_fleetci("build", "submit", str(pkg), "--master", dead))
+    assert "no admin token" in err
+    env = clean_env(FLEETCI_BUILD_TOKEN="secret-admin-token")
+    proc = run_fleetci("build", "submit", str(pkg), "--master", dead, env=env)
+    err = one_line_error(proc)
+    assert "cannot reach the build master" in err and "secret-admin-token" not in proc.stderr
+    assert "cannot reach" in one_line_error(run_fleetci("build", "status", "--master", dead, env=env))
+    assert "no master URL" in one_line_error(run_fleetci("build", "status", env=env))
+    assert "no join token" in one_line_error(run_fleetci("build", "worker", "--master", dead))
+    wenv = clean_env(FLEETCI_BUILD_JOIN_TOKEN="j", FLEETCI_BUILD_WORK_DIR=str(tmp_path / "w"))
+    proc = run_fleetci("build", "worker", "--master", dead, env=wenv)
+    assert "cannot reach the build master" in one_line_error(proc)
+    assert "cannot read the repository" in one_line_error(run_fleetci("build", "verify", "--master", dead))
+    proc = run_fleetci("build", "submit", str(pkg), "--master", dead, "--bogus", env=env)
+    assert proc.returncode == 2 and "unrecognized arguments" in one_line_error(proc)
+
+
+def test_master_refuses_a_corrupt_state_database_or_key_without_touching_it(tmp_path: Path) -> None:
+    env = clean_env(FLEETCI_BUILD_TOKEN="a", FLEETCI_BUILD_JOIN_TOKEN="j")
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "state.db").write_bytes(b"this is not a database" * 100)
+    proc = run_fleetci("build", "master", "--port", "0", "--state-dir", str(state), env=env)
+    assert "state database" in one_line_error(proc)
+    assert (state / "state.db").read_bytes() == b"this is not a database" * 100
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "master.key").write_text("-----BEGIN PRIVATE KEY-----\ngarbage\n")
+    proc = run_fleetci("build", "master", "--port", "0", "--state-dir", str(other), env=env)
+    assert "not a PEM private key" in one_line_error(proc)
+    proc = run_fleetci("build", "master", "--heartbeat-ttl", "0", "--state-dir", str(other), env=env)
+    assert proc.returncode == 2 and "--heartbeat-ttl" in one_line_error(proc)
