@@ -1,0 +1,1 @@
+"""Distributed package builds: recipes, the master service, self-registering workers, the benchmark."""

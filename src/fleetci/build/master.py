@@ -1,0 +1,585 @@
+"""``fleetci build master``: the aiohttp service that queues builds, hands jobs to workers and signs the repo.
+
+Workers register themselves (join token -> a per-worker credential stored hashed), heartbeat, and
+long-poll for the ready job with the longest critical path. A worker silent for a heartbeat TTL is marked
+lost and its job goes back to the queue. Artifacts arrive hardened (basename only, size limit, temp file +
+atomic rename, SHA-256 and the worker's ed25519 signature checked) and enter a repository whose index the
+master signs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from aiohttp import web
+
+from fleetci import __version__, gha
+from fleetci.build import keys
+from fleetci.build.recipe import MAX_SOURCE_BYTES, parse_recipe
+from fleetci.build.settings import MasterSettings
+from fleetci.build.store import StateError, Store
+from fleetci.errors import FleetciError
+from fleetci.http import check_port_free
+
+ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
+MAX_LOG = 256 * 1024
+INLINE_SOURCE = 256 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def fail(status: int, message: str) -> web.HTTPException:
+    """An HTTP error whose body is one JSON line the CLI can print as is."""
+    cls = {
+        400: web.HTTPBadRequest,
+        401: web.HTTPUnauthorized,
+        403: web.HTTPForbidden,
+        404: web.HTTPNotFound,
+        409: web.HTTPConflict,
+        413: web.HTTPRequestEntityTooLarge,
+    }.get(status, web.HTTPBadRequest)
+    kwargs: dict[str, Any] = {}
+    if cls is web.HTTPRequestEntityTooLarge:
+        kwargs = {"max_size": 0, "actual_size": 0}
+    exc: web.HTTPException = cls(
+        text=json.dumps({"error": message}), content_type="application/json", **kwargs
+    )
+    return exc
+
+
+def valid_artifact_name(name: str) -> bool:
+    return bool(ARTIFACT_NAME.match(name)) and PurePosixPath(name).name == name and ".." not in name
+
+
+def _secret_file(path: Path, prefix: str) -> str:
+    """Read a token file, or create it (0600) with a fresh token."""
+    if path.exists():
+        token = path.read_text(encoding="utf-8").strip()
+        if token:
+            return token
+    token = keys.new_token(prefix)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(token + "\n")
+    return token
+
+
+class Master:
+    def __init__(self, settings: MasterSettings) -> None:
+        self.settings = settings
+        d = settings.state_dir
+        try:
+            for sub in ("sources", "staging", "repo"):
+                (d / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FleetciError(f"state dir {d} is not usable: {exc.strerror or exc}") from exc
+        self.store = Store(d / "state.db")
+        self.key = keys.load_or_create_key(d / "master.key")
+        self.public_key = keys.public_b64(self.key)
+        admin = settings.admin_token or _secret_file(d / "admin.token", "fca")
+        join = settings.join_token or _secret_file(d / "join.token", "fcj")
+        gha.add_mask(admin)
+        gha.add_mask(join)
+        self.admin_hash = keys.token_hash(admin)
+        self.join_hash = keys.token_hash(join)
+        self.waiters: set[asyncio.Future[None]] = set()
+        self.closing = False
+        self.index_bytes = b""
+        self.index_sig = ""
+        self.store.grace_all_workers()
+        self._write_index()
+
+    # --- plumbing -------------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        for fut in list(self.waiters):
+            if not fut.done():
+                fut.set_result(None)
+
+    def _bearer(self, request: web.Request) -> str:
+        auth = request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise fail(401, "missing credentials: send 'Authorization: Bearer <token>'")
+        return token.strip()
+
+    def admin(self, request: web.Request) -> None:
+        if not keys.token_matches(self._bearer(request), self.admin_hash):
+            raise fail(401, "invalid admin token")
+
+    def worker(self, request: web.Request) -> str:
+        token = self._bearer(request)
+        wid, _, _ = token.partition(".")
+        row = self.store.worker(wid) if wid.startswith("w-") else None
+        if row is None or not row["token_hash"] or not keys.token_matches(token, row["token_hash"]):
+            raise fail(401, "unknown or revoked worker credential; register again")
+        self.store.touch_worker(wid)
+        return wid
+
+    def _write_index(self) -> None:
+        """Rebuild, sign and atomically publish ``repo/index.json`` (+ ``.sig``)."""
+        pkgs = self.store.packages()
+        index = {
+            "format": 1,
+            "master_key": self.public_key,
+            "generated_at": time.time(),
+            "packages": {
+                name: {
+                    "version": p["version"],
+                    "release": p["release"],
+                    "depends": p["depends"],
+                    "built_by": {"id": p["worker_id"], "name": p["worker_name"], "key": p["worker_key"]},
+                    "built_at": p["built_at"],
+                    "duration_s": p["duration_s"],
+                    "job": p["job_id"],
+                    "files": p["files"],
+                }
+                for name, p in pkgs.items()
+            },
+        }
+        data = json.dumps(index, sort_keys=True, indent=1).encode()
+        sig = keys.sign(self.key, data)
+        repo = self.settings.state_dir / "repo"
+        for name, content in (("index.json", data), ("index.json.sig", sig.encode())):
+            tmp = repo / f".{name}.tmp"
+            tmp.write_bytes(content)
+            os.replace(tmp, repo / name)
+        self.index_bytes, self.index_sig = data, sig
+
+    async def reaper(self) -> None:
+        """Expire silent workers; their jobs become ready again for the others."""
+        interval = min(1.0, self.settings.heartbeat_ttl / 10)
+        while True:
+            await asyncio.sleep(interval)
+            lost = self.store.expire_workers(self.settings.heartbeat_ttl, self.settings.max_attempts)
+            if lost:
+                for wid in lost:
+                    shutil.rmtree(self.settings.state_dir / "staging" / wid, ignore_errors=True)
+                print(
+                    f"workers lost (no heartbeat for {self.settings.heartbeat_ttl:g}s): {', '.join(lost)}",
+                    flush=True,
+                )
+                self.wake()
+
+    # --- public ---------------------------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "version": __version__, "master_key": self.public_key})
+
+    async def keys_(self, request: web.Request) -> web.Response:
+        workers = {w["id"]: w["public_key"] for w in self.store.workers(include_gone=True)}
+        return web.json_response({"master": self.public_key, "workers": workers})
+
+    async def index(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.index_bytes, content_type="application/json")
+
+    async def index_sig_(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.index_sig, content_type="text/plain")
+
+    async def repo_file(self, request: web.Request) -> web.StreamResponse:
+        name, rel, filename = (request.match_info[k] for k in ("name", "rel", "file"))
+        if not all(valid_artifact_name(x) for x in (name, rel, filename)):
+            raise fail(404, "no such file")
+        path = self.settings.state_dir / "repo" / name / rel / filename
+        if not path.is_file():
+            raise fail(404, "no such file")
+        return web.FileResponse(path)
+
+    # --- workers --------------------------------------------------------------------------------------
+
+    async def register(self, request: web.Request) -> web.Response:
+        if not keys.token_matches(self._bearer(request), self.join_hash):
+            raise fail(401, "invalid join token")
+        body = await self._json(request)
+        name = str(body.get("name") or "worker")[:100]
+        public = str(body.get("public_key") or "")
+        try:
+            keys.parse_public(public)
+        except FleetciError as exc:
+            raise fail(400, f"public_key: {exc}") from None
+        wid = "w-" + secrets.token_hex(6)
+        token = f"{wid}.{secrets.token_urlsafe(32)}"
+        self.store.add_worker(wid, name, keys.token_hash(token), public)
+        ttl = self.settings.heartbeat_ttl
+        print(f"worker {wid} ({name}) registered", flush=True)
+        return web.json_response(
+            {"worker_id": wid, "token": token, "heartbeat_ttl": ttl, "heartbeat_interval": ttl / 4}
+        )
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        wid = self.worker(request)
+        return web.json_response({"worker_id": wid, "state": "active"})
+
+    async def unregister(self, request: web.Request) -> web.Response:
+        wid = self.worker(request)
+        requeued = self.store.unregister(wid)
+        shutil.rmtree(self.settings.state_dir / "staging" / wid, ignore_errors=True)
+        print(f"worker {wid} unregistered; requeued jobs {requeued}", flush=True)
+        self.wake()
+        return web.json_response({"worker_id": wid, "requeued": requeued})
+
+    async def next_job(self, request: web.Request) -> web.Response:
+        """Long poll: answer at once when a job is ready, else when one becomes ready or ``wait`` ends."""
+        wid = self.worker(request)
+        try:
+            wait = min(max(float(request.query.get("wait", "20")), 0.0), 60.0)
+        except ValueError:
+            raise fail(400, "wait must be a number of seconds") from None
+        deadline = time.monotonic() + wait
+        while True:
+            row = self.store.worker(wid)
+            if row is None or row["state"] == "gone":
+                raise fail(401, "this worker has unregistered")
+            if self.closing or request.transport is None or request.transport.is_closing():
+                return web.Response(status=204)  # the worker hung up: do not hand it a job
+            job = self.store.claim(wid)
+            if job is not None:
+                return web.json_response(self._job_payload(job))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return web.Response(status=204)
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.waiters.add(fut)
+            try:
+                await asyncio.wait_for(fut, timeout=left)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                self.waiters.discard(fut)
+
+    def _job_payload(self, job: Any) -> dict[str, Any]:
+        recipe = json.loads(job["recipe"])
+        repo = self.store.packages()
+        deps = []
+        for dep in recipe.get("depends", []):
+            p = repo.get(dep)
+            if p is None:
+                continue
+            rel = f"{p['version']}-{p['release']}"
+            deps.append(
+                {
+                    "package": dep,
+                    "version": p["version"],
+                    "release": p["release"],
+                    "files": [
+                        {"name": f["name"], "sha256": f["sha256"], "url": f"/repo/{dep}/{rel}/{f['name']}"}
+                        for f in p["files"]
+                    ],
+                }
+            )
+        return {
+            "id": job["id"],
+            "package": job["package"],
+            "version": job["version"],
+            "release": job["release"],
+            "attempt": job["attempts"],
+            "recipe": recipe,
+            "source_url": f"/api/v1/jobs/{job['id']}/source",
+            "source": self._inline_source(str(job["source_sha"])),
+            "deps": deps,
+        }
+
+    def _inline_source(self, sha: str) -> str | None:
+        """Small sources travel with the job, saving the worker a round trip per job."""
+        path = self.settings.state_dir / "sources" / f"{sha}.tar.gz"
+        if path.stat().st_size > INLINE_SOURCE:
+            return None
+        return base64.b64encode(path.read_bytes()).decode()
+
+    def _own_job(self, request: web.Request, wid: str) -> Any:
+        try:
+            jid = int(request.match_info["job"])
+            return self.store.running_job(jid, wid)
+        except ValueError:
+            raise fail(404, "no such job") from None
+        except StateError as exc:
+            raise fail(exc.status, str(exc)) from None
+
+    async def source(self, request: web.Request) -> web.StreamResponse:
+        wid = self.worker(request)
+        job = self._own_job(request, wid)
+        return web.FileResponse(self.settings.state_dir / "sources" / f"{job['source_sha']}.tar.gz")
+
+    async def upload(self, request: web.Request) -> web.Response:
+        """One artifact: checked name, bounded size, streamed to a temp file, digest + signature verified."""
+        wid = self.worker(request)
+        job = self._own_job(request, wid)
+        filename = request.match_info["file"]
+        if not valid_artifact_name(filename):
+            raise fail(400, f"invalid artifact name {filename[:80]!r}: a plain file name is required")
+        declared = request.headers.get("X-Fleetci-Sha256", "").lower()
+        signature = request.headers.get("X-Fleetci-Signature", "")
+        if not re.fullmatch(r"[0-9a-f]{64}", declared):
+            raise fail(400, "X-Fleetci-Sha256 must be the artifact's hex SHA-256")
+        limit = self.settings.max_upload_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise fail(413, f"artifact is {request.content_length} bytes; the limit is {limit}")
+        stage = self.settings.state_dir / "staging" / wid / str(job["id"])
+        stage.mkdir(parents=True, exist_ok=True)
+        tmp = stage / f".upload-{secrets.token_hex(8)}.part"
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with tmp.open("wb") as fh:
+                async for chunk in request.content.iter_chunked(1 << 16):
+                    size += len(chunk)
+                    if size > limit:
+                        raise fail(413, f"artifact exceeds the {limit}-byte limit")
+                    digest.update(chunk)
+                    fh.write(chunk)
+            # No fsync: the same durability as the SQLite state (WAL, synchronous=NORMAL) - safe when the
+            # master crashes, while a power loss may drop the newest files, which `verify` then reports.
+            actual = digest.hexdigest()
+            if actual != declared:
+                raise fail(400, f"SHA-256 mismatch for {filename}: declared {declared}, received {actual}")
+            worker = self.store.worker(wid)
+            assert worker is not None
+            message = keys.artifact_message(str(job["package"]), filename, actual)
+            if not keys.verify(str(worker["public_key"]), message, signature):
+                raise fail(400, f"signature of {filename} does not verify with this worker's key")
+            os.replace(tmp, stage / filename)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.store.record_upload(int(job["id"]), filename, actual, size, signature)
+        return web.json_response({"name": filename, "sha256": actual, "size": size})
+
+    async def result(self, request: web.Request) -> web.Response:
+        wid = self.worker(request)
+        job = self._own_job(request, wid)
+        body = await self._json(request)
+        ok = bool(body.get("ok"))
+        log = str(body.get("log") or "")[-MAX_LOG:]
+        error = str(body.get("error") or "")[:2000] or None
+        try:
+            duration = float(body.get("duration_s") or 0.0)
+        except (TypeError, ValueError):
+            raise fail(400, "duration_s must be a number") from None
+        jid = int(job["id"])
+        stage = self.settings.state_dir / "staging" / wid / str(jid)
+        uploads = self.store.uploads(jid)
+        expected = body.get("artifacts")
+        if ok and (
+            not uploads
+            or (isinstance(expected, list) and sorted(expected) != [u["filename"] for u in uploads])
+        ):
+            ok, error = (
+                False,
+                f"artifacts reported {expected} but uploaded {[u['filename'] for u in uploads]}",
+            )
+        files: list[dict[str, Any]] = []
+        if ok:
+            rel = f"{job['version']}-{job['release']}"
+            pkg_dir = self.settings.state_dir / "repo" / str(job["package"])
+            dest = pkg_dir / rel
+            dest.mkdir(parents=True, exist_ok=True)
+            for u in uploads:
+                os.replace(stage / u["filename"], dest / u["filename"])
+                files.append(
+                    {
+                        "name": u["filename"],
+                        "path": f"{job['package']}/{rel}/{u['filename']}",
+                        "sha256": u["sha256"],
+                        "size": u["size"],
+                        "signature": u["signature"],
+                    }
+                )
+        self.store.finish(job, ok, duration, log, error, files)
+        shutil.rmtree(stage, ignore_errors=True)
+        if ok:
+            for old in (self.settings.state_dir / "repo" / str(job["package"])).iterdir():
+                if old.name != f"{job['version']}-{job['release']}":
+                    shutil.rmtree(old, ignore_errors=True)
+            self._write_index()
+        self.wake()
+        state = "done" if ok else "failed"
+        print(f"job {jid} {job['package']} {job['version']}-{job['release']} {state} on {wid}", flush=True)
+        answer: dict[str, Any] = {"job": jid, "state": state, "error": error, "next": None}
+        if body.get("want_next") and not self.closing:
+            # Hand the worker its next job in the same round trip (a ready job, if any; no waiting).
+            nxt = self.store.claim(wid)
+            answer["next"] = None if nxt is None else self._job_payload(nxt)
+        return web.json_response(answer)
+
+    # --- admin ----------------------------------------------------------------------------------------
+
+    async def submit(self, request: web.Request) -> web.Response:
+        self.admin(request)
+        body = await self._json(request)
+        items = body.get("packages")
+        if not isinstance(items, list) or not items:
+            raise fail(400, "packages must be a non-empty list")
+        parsed = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise fail(400, f"packages[{i}] must be an object")
+            try:
+                recipe = parse_recipe(item.get("recipe"), f"packages[{i}]")
+                source = base64.b64decode(str(item.get("source") or ""), validate=True)
+            except FleetciError as exc:
+                raise fail(400, str(exc)) from None
+            except (binascii.Error, ValueError):
+                raise fail(400, f"packages[{i}].source is not base64") from None
+            if len(source) > MAX_SOURCE_BYTES:
+                raise fail(413, f"packages[{i}] source is larger than {MAX_SOURCE_BYTES} bytes")
+            sha = hashlib.sha256(source).hexdigest()
+            path = self.settings.state_dir / "sources" / f"{sha}.tar.gz"
+            if not path.exists():
+                tmp = path.with_name(f".{sha}.{secrets.token_hex(4)}.tmp")
+                tmp.write_bytes(source)
+                os.replace(tmp, path)
+            parsed.append((recipe, sha))
+        try:
+            build_id, jobs = self.store.submit(parsed)
+        except StateError as exc:
+            raise fail(exc.status, str(exc)) from None
+        except FleetciError as exc:
+            raise fail(400, str(exc)) from None
+        self.wake()
+        print(f"build {build_id} queued: {', '.join(j['package'] for j in jobs)}", flush=True)
+        return web.json_response({"build": build_id, "jobs": jobs})
+
+    async def build_status(self, request: web.Request) -> web.Response:
+        self.admin(request)
+        try:
+            build_id = int(request.match_info["build"])
+        except ValueError:
+            raise fail(404, "no such build") from None
+        if not self.store.build_exists(build_id):
+            raise fail(404, f"build {build_id} does not exist")
+        jobs = self.store.jobs(build_id)
+        states = {j["state"] for j in jobs}
+        if states & {"waiting", "ready", "running"}:
+            state = "running"
+        elif states <= {"done"}:
+            state = "done"
+        else:
+            state = "failed"
+        return web.json_response({"build": build_id, "state": state, "jobs": jobs})
+
+    async def status(self, request: web.Request) -> web.Response:
+        self.admin(request)
+        repo = {
+            n: {"version": p["version"], "release": p["release"], "built_by": p["worker_name"]}
+            for n, p in self.store.packages().items()
+        }
+        return web.json_response(
+            {
+                "master_key": self.public_key,
+                "heartbeat_ttl": self.settings.heartbeat_ttl,
+                "workers": [{k: v for k, v in w.items() if k != "public_key"} for w in self.store.workers()],
+                "counts": self.store.counts(),
+                "jobs": self.store.jobs(limit=200),
+                "repository": repo,
+            }
+        )
+
+    async def job_log(self, request: web.Request) -> web.Response:
+        self.admin(request)
+        try:
+            job = self.store.job(int(request.match_info["job"]))
+        except ValueError:
+            job = None
+        if job is None:
+            raise fail(404, "no such job")
+        return web.Response(text=job["log"] or "", content_type="text/plain")
+
+    async def remove(self, request: web.Request) -> web.Response:
+        self.admin(request)
+        name = request.match_info["name"]
+        try:
+            result = self.store.remove_package(name, force=request.query.get("force") in ("1", "true"))
+        except StateError as exc:
+            raise fail(exc.status, str(exc)) from None
+        if valid_artifact_name(name):
+            shutil.rmtree(self.settings.state_dir / "repo" / name, ignore_errors=True)
+        self._write_index()
+        self.wake()
+        return web.json_response(result)
+
+    async def _json(self, request: web.Request) -> dict[str, Any]:
+        try:
+            data = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            raise fail(400, "request body must be JSON") from None
+        if not isinstance(data, dict):
+            raise fail(400, "request body must be a JSON object")
+        return data
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        r = app.router
+        r.add_get("/health", self.health)
+        r.add_get("/api/v1/keys", self.keys_)
+        r.add_get("/repo/index.json", self.index)
+        r.add_get("/repo/index.json.sig", self.index_sig_)
+        r.add_get("/repo/{name}/{rel}/{file}", self.repo_file)
+        r.add_post("/api/v1/workers", self.register)
+        r.add_post("/api/v1/workers/me/heartbeat", self.heartbeat)
+        r.add_delete("/api/v1/workers/me", self.unregister)
+        r.add_post("/api/v1/jobs/next", self.next_job)
+        r.add_get("/api/v1/jobs/{job}/source", self.source)
+        r.add_put("/api/v1/jobs/{job}/artifacts/{file}", self.upload)
+        r.add_post("/api/v1/jobs/{job}/result", self.result)
+        r.add_get("/api/v1/jobs/{job}/log", self.job_log)
+        r.add_post("/api/v1/builds", self.submit)
+        r.add_get("/api/v1/builds/{build}", self.build_status)
+        r.add_get("/api/v1/status", self.status)
+        r.add_delete("/api/v1/packages/{name}", self.remove)
+        return app
+
+
+def run(settings: MasterSettings) -> int:
+    """Serve until SIGTERM/SIGINT; prints ``listening on http://…`` once the socket is bound."""
+    check_port_free(settings.host, settings.port)
+    master = Master(settings)
+
+    async def main() -> None:
+        runner = web.AppRunner(master.app(), access_log=None, handler_cancellation=True)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise FleetciError(
+                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+            ) from exc
+        port = runner.addresses[0][1]
+        reaper = asyncio.create_task(master.reaper())
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print(
+            f"fleetci build master {__version__} listening on http://{settings.host}:{port}"
+            f" (state {settings.state_dir}, heartbeat ttl {settings.heartbeat_ttl:g}s,"
+            f" master key {master.public_key})",
+            flush=True,
+        )
+        await stop.wait()
+        reaper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reaper
+        master.closing = True  # pending long polls answer "no job" so the shutdown does not wait for them
+        master.wake()
+        await runner.cleanup()
+
+    try:
+        asyncio.run(main())
+    finally:
+        master.store.close()
+    print("fleetci build master stopped", file=sys.stderr, flush=True)
+    return 0
