@@ -13,12 +13,14 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import aiohttp
-import httpx
-
 from fleetci.errors import FleetciError
+
+if TYPE_CHECKING:  # aiohttp and httpx cost ~0.3 s to import: only the commands that talk HTTP pay it
+    import aiohttp
+    import httpx
 
 HOP_BY_HOP = frozenset(
     {
@@ -71,6 +73,8 @@ class AsyncUpstream:
         self._session: aiohttp.ClientSession | None = None
 
     def _session_now(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300),
@@ -84,6 +88,8 @@ class AsyncUpstream:
         self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes | None = None
     ) -> UpstreamResponse:
         """Send ``method target`` (path + query, relative to the base URL) and read the whole answer."""
+        import aiohttp
+
         url = self.base_url + target
         try:
             async with self._session_now().request(
@@ -135,6 +141,8 @@ def sync_client(
     base_url: str | None = None, uds: str | Path | None = None, timeout: float = 10.0
 ) -> httpx.Client:
     """An httpx client for our own local services, over TCP or a unix socket."""
+    import httpx
+
     transport = httpx.HTTPTransport(uds=str(uds)) if uds else None
     return httpx.Client(base_url=base_url or "http://fleetci.local", transport=transport, timeout=timeout)
 
@@ -143,6 +151,8 @@ def wait_healthy(
     url: str, uds: str | Path | None = None, timeout: float = 30.0, alive: object = None
 ) -> dict[str, object]:
     """Poll a JSON health endpoint until it answers 200; ``alive`` (a Popen) stops the wait if it exits."""
+    import httpx
+
     deadline = time.monotonic() + timeout
     last = "no answer"
     with sync_client(uds=uds, timeout=2.0) as client:

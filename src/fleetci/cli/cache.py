@@ -12,10 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from fleetci import gha
-from fleetci.cache.engine import SUMMARY_KEYS
 from fleetci.config import CacheSettings, cache_settings, load_config_file
 from fleetci.errors import FleetciError
 from fleetci.http import describe, primary_ip, sync_client, wait_healthy
@@ -257,6 +254,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def fetch_stats(settings: CacheSettings, url: str | None = None) -> dict[str, Any]:
     """Live counters from the proxy; saved ones from the database when it is not running."""
+    import httpx
+
     try:
         if url:
             with sync_client(base_url=url.rstrip("/"), timeout=5) as client:
@@ -278,10 +277,11 @@ def fetch_stats(settings: CacheSettings, url: str | None = None) -> dict[str, An
     return GitHubAPICache(settings).get_stats()
 
 
-STAT_ROWS = SUMMARY_KEYS
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    from fleetci.cache.engine import SUMMARY_KEYS as STAT_ROWS
+
     settings = _settings(args)
     stats = fetch_stats(settings, args.url)
     if args.json:
@@ -318,6 +318,8 @@ def cmd_clear(args: argparse.Namespace) -> int:
 def _proxy_get(
     settings: CacheSettings, path: str, method: str = "GET", timeout: float = 10
 ) -> dict[str, Any]:
+    import httpx
+
     try:
         with sync_client(uds=settings.socket_path, timeout=timeout) as client:
             r = client.request(method, path)
