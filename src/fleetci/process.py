@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import queue
 import re
-import selectors
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from fleetci.errors import FleetciError
 
@@ -43,43 +45,46 @@ def fleetci_argv(*args: str) -> list[str]:
 
 
 def spawn(argv: Sequence[str], timeout: float = 30.0, env: dict[str, str] | None = None) -> Service:
-    """Run ``argv`` and wait for its ``listening on http://…`` line; its later output is discarded."""
+    """Run ``argv`` and wait for its ``listening on http://…`` line; its later output is discarded.
+
+    Both pipes are drained by threads from the start: a chatty child (libp2p logs to stderr) must never
+    block on a full pipe, and lines are read whole (select() on a buffered reader can miss lines).
+    """
     proc = subprocess.Popen(
         list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
     )
-    assert proc.stdout is not None and proc.stderr is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    tail: collections.deque[str] = collections.deque(maxlen=20)
+    lines: queue.Queue[str | None] = queue.Queue()
+    _drain(proc.stderr, tail.append)
+    _drain(proc.stdout, lines.put, end=lambda: lines.put(None))
     deadline = time.monotonic() + timeout
     seen: list[str] = []
-    while time.monotonic() < deadline:
-        if not sel.select(timeout=0.1):
-            if proc.poll() is not None:
-                break
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=min(left, 0.5))
+        except queue.Empty:
             continue
-        line = proc.stdout.readline()
-        if not line:
+        if line is None:
             break
-        seen.append(line.rstrip())
+        seen.append(line)
         m = LISTENING.search(line)
         if m:
-            # keep draining the pipes so the child never blocks on a full pipe
-            for stream in (proc.stdout, proc.stderr):
-                _drain(stream)
             return Service(proc, m.group(1), line.strip())
-    proc.kill()
-    err = proc.stderr.read().strip().splitlines() if proc.poll() is not None else []
-    reason = (err[-1] if err else "") or (seen[-1] if seen else "no output")
-    raise FleetciError(f"{' '.join(argv[2:5])} did not start: {reason}")
+    stop_process(proc, timeout=2)
+    errors = [ln for ln in tail if ln.startswith("fleetci: error:")]
+    reason = (errors or list(tail) or seen or ["no output"])[-1].removeprefix("fleetci: error: ")
+    raise FleetciError(f"{' '.join(argv[2:5])} did not start within {timeout:g}s: {reason}")
 
 
-def _drain(stream: object) -> None:
-    import threading
-
+def _drain(
+    stream: IO[str] | None, sink: Callable[[str], object], end: Callable[[], object] | None = None
+) -> None:
     def pump() -> None:
         with contextlib.suppress(Exception):
-            for _ in stream:  # type: ignore[attr-defined]
-                pass
+            for line in stream or ():
+                sink(line.rstrip())
+        if end is not None:
+            end()
 
     threading.Thread(target=pump, daemon=True).start()
 

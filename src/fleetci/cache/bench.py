@@ -8,7 +8,9 @@ changing which calls hit, revalidate or miss.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import os
 import random
 import statistics
 import tempfile
@@ -30,6 +32,7 @@ from fleetci.process import Service, fleetci_argv, running
 POLL_INTERVAL_S = 120.0  # seed: autoscalers check every 2 minutes
 CALLS_PER_CYCLE = 5
 BENCH_PRIMARY_LIMIT = 10_000_000
+BENCH_SECRET = "fleetci-bench-" + os.urandom(8).hex()
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ def list_repo_names(emulator_url: str, org: str, n: int) -> list[str]:
 
 
 def run_fleet(
-    target_url: str,
+    target_url: str | list[str],
     emulator_url: str,
     spec: FleetSpec,
     repos: list[str],
@@ -100,7 +103,8 @@ def run_fleet(
     paced: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> FleetResult:
-    """Run ``spec.runners`` threads of ``spec.calls`` calls each against ``target_url``."""
+    """Run ``spec.runners`` threads of ``spec.calls`` calls each; runner i uses ``target_url[i % n]``."""
+    targets = [target_url] if isinstance(target_url, str) else target_url
     token = fleet_token()
     interval = POLL_INTERVAL_S / spec.time_scale
     cycles = max(1, spec.calls // CALLS_PER_CYCLE)
@@ -123,7 +127,7 @@ def run_fleet(
         errors = 0
         made = 0
         with httpx.Client(
-            base_url=target_url,
+            base_url=targets[i % len(targets)],
             timeout=60,
             headers={"Authorization": f"token {token}", "Accept": "application/vnd.github+json"},
         ) as c:
@@ -264,6 +268,79 @@ TARGETS = {
 }
 
 
+P2P_TARGETS = {"peer_hit_p50_ms_max": 5.0, "propagation_p99_ms_max": 1000.0, "rss_mb_per_node_max": 100.0}
+
+
+def wait_for_mesh(nodes: list[Service], timeout: float = 60.0) -> None:
+    """Until an entry announced by the first node comes back from every other node."""
+    want = {httpx.get(f"{n.url}/_fleetci/peers", timeout=10).json()["peer_id"] for n in nodes[1:]}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = httpx.post(f"{nodes[0].url}/_fleetci/p2p/probe", timeout=30).json()
+        if want <= set(r.get("shared_with", [])):
+            return
+        time.sleep(0.5)
+    raise RuntimeError("the benchmark fleet did not form a mesh")
+
+
+def _rss_mb(pid: int) -> float:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def measure_peers(
+    nodes: list[Service], repos: list[str], samples: int = 200, org: str = "octo-org"
+) -> dict[str, Any]:
+    """Peer hit latency on node 1 for entries node 0 fetched; propagation from node 0 to every node."""
+    from fleetci.cache.policy import cache_key, normalize_target, scope_of
+    from fleetci.testing import TOKENS
+
+    tok = next(t for t, who in TOKENS.items() if who == "bob")  # a scope the fleet phase never used
+    origin, reader = _Conn(nodes[0].url, tok), _Conn(nodes[1].url, tok)
+    sent: dict[str, float] = {}
+    peer_s: list[float] = []
+    try:
+        for i in range(samples):
+            path = f"/repos/{org}/{repos[i % len(repos)]}?fleetci_probe={i}"
+            _, status, outcome = origin.get(path)
+            sent[
+                cache_key(
+                    scope_of(f"token {tok}"),
+                    normalize_target(path),
+                    {"accept": "application/vnd.github+json"},
+                )
+            ] = time.time()
+            time.sleep(0.05)  # let the announcement travel; propagation is measured separately below
+            elapsed, status, outcome = reader.get(path)
+            if status == 200 and outcome == "PEER":
+                peer_s.append(elapsed)
+    finally:
+        origin.close()
+        reader.close()
+    delays: list[float] = []
+    for n in nodes[1:]:
+        receipts = httpx.get(f"{n.url}/_fleetci/peers", params={"receipts": "1"}, timeout=10).json()[
+            "receipts"
+        ]
+        delays += [max(0.0, receipts[k] - t) for k, t in sent.items() if k in receipts]
+    delays.sort()
+    peers = [len(httpx.get(f"{n.url}/_fleetci/peers", timeout=10).json()["connected"]) for n in nodes]
+    return {
+        "peer_hit_p50_ms": _p50_ms(peer_s) if peer_s else float("nan"),
+        "peer_samples": len(peer_s),
+        "propagation_p50_ms": round(statistics.median(delays) * 1000, 2) if delays else float("nan"),
+        "propagation_p99_ms": round(delays[min(len(delays) - 1, int(len(delays) * 0.99))] * 1000, 2)
+        if delays
+        else float("nan"),
+        "propagation_received": f"{len(delays)}/{len(sent) * (len(nodes) - 1)}",
+        "connected_peers": min(peers),
+        "rss_mb_per_node": round(max(_rss_mb(n.proc.pid) for n in nodes), 1),
+    }
+
+
 def start_emulator(latency_ms: tuple[float, float]) -> Any:
     return running(
         fleetci_argv(
@@ -272,9 +349,30 @@ def start_emulator(latency_ms: tuple[float, float]) -> Any:
     )
 
 
-def start_proxy(emulator_url: str, cache_dir: Path, config: Path) -> Any:
+def start_proxy(emulator_url: str, cache_dir: Path, config: Path, p2p: list[str] | None = None) -> Any:
     from fleetci.http import free_port
 
+    if p2p is not None:
+        env = {**os.environ, "FLEETCI_CACHE_SECRET": BENCH_SECRET, "CACHE_FLEET": "bench"}
+        argv = fleetci_argv(
+            "--config",
+            str(config),
+            "cache",
+            "serve",
+            "--upstream",
+            emulator_url,
+            "--port",
+            str(free_port()),
+            "--cache-dir",
+            str(cache_dir),
+            "--enable-p2p",
+            "--p2p-host",
+            "127.0.0.1",
+            "--listen-port",
+            str(free_port()),
+            *p2p,
+        )
+        return running(argv, env=env)
     return running(
         fleetci_argv(
             "--config",
@@ -292,7 +390,10 @@ def start_proxy(emulator_url: str, cache_dir: Path, config: Path) -> Any:
 
 
 def bench_cache(
-    spec: FleetSpec, progress: Callable[[str], None] | None = None, latency_samples: int = 400
+    spec: FleetSpec,
+    progress: Callable[[str], None] | None = None,
+    latency_samples: int = 400,
+    p2p: bool = False,
 ) -> dict[str, Any]:
     say = progress or (lambda _m: None)
     scaled_latency = (spec.latency_ms[0] / spec.time_scale, spec.latency_ms[1] / spec.time_scale)
@@ -308,12 +409,31 @@ def bench_cache(
             baseline = run_fleet(emu.url, emu.url, spec, repos, paced=False, progress=say)
             httpx.post(f"{emu.url}/_emulator/reset", timeout=10)
             config = scaled_config(tmp_path / "bench.yml", spec.time_scale)
-            with start_proxy(emu.url, tmp_path / "cache", config) as proxy:
+            with contextlib.ExitStack() as stack:
+                proxy = stack.enter_context(
+                    start_proxy(emu.url, tmp_path / "cache", config, [] if p2p else None)
+                )
+                nodes = [proxy]
+                if p2p:
+                    boot = httpx.get(f"{proxy.url}/_fleetci/peers", timeout=10).json()["addrs"][0]
+                    for i in range(1, spec.runners):
+                        nodes.append(
+                            stack.enter_context(
+                                start_proxy(
+                                    emu.url, tmp_path / f"cache{i}", config, ["--bootstrap-peers", boot]
+                                )
+                            )
+                        )
+                    say(f"{len(nodes)} proxies on libp2p; waiting for the mesh")
+                    wait_for_mesh(nodes)
                 say(f"proxy at {proxy.url}; the same fleet through the cache")
-                cached = run_fleet(proxy.url, emu.url, spec, repos, paced=True, progress=say)
+                cached = run_fleet([n.url for n in nodes], emu.url, spec, repos, paced=True, progress=say)
                 stats = httpx.get(f"{proxy.url}/_fleetci/stats", timeout=10).json()
                 say("latency: direct vs proxy miss vs proxy hit (zero-latency emulator)")
                 lat = measure_latencies(proxy.url, emu.url, tmp_path / "cache", repos, latency_samples)
+                if p2p:
+                    say("peer hits and propagation")
+                    lat.update(measure_peers(nodes, repos, samples=min(latency_samples, 200)))
     simulated_min = (max(1, spec.calls // CALLS_PER_CYCLE) * POLL_INTERVAL_S) / 60
     out: dict[str, Any] = {
         "runners": spec.runners,
@@ -342,6 +462,16 @@ def bench_cache(
         "time_scale": spec.time_scale,
         "latency_ms": list(spec.latency_ms),
         "wall_s": round(baseline.wall_s + cached.wall_s, 2),
-        "targets": TARGETS,
+        "targets": {**TARGETS, **(P2P_TARGETS if p2p else {})},
     }
+    if p2p:
+        for k in (
+            "peer_hit_p50_ms",
+            "propagation_p99_ms",
+            "propagation_p50_ms",
+            "connected_peers",
+            "rss_mb_per_node",
+            "peer_samples",
+        ):
+            out[k] = lat[k]
     return out

@@ -165,6 +165,7 @@ async def _peers(request: web.Request) -> web.Response:
             "addrs": node.addrs,
             "connected": node.connected_peers(),
             "stats": {k: v for k, v in vars(node.stats).items()},
+            **({"receipts": dict(node.receipts)} if request.query.get("receipts") else {}),
         }
     )
 

@@ -64,6 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_fleet_flags(c)
     c.add_argument("--samples", type=int, default=400, help="latency samples per measurement (400)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.add_argument(
+        "--p2p", action="store_true", help="one proxy per runner, sharing over libp2p on 127.0.0.1"
+    )
     c.set_defaults(func=cmd_bench_cache)
     i = caps.add_parser("install", help="safe installs: success under lock + index faults, overhead vs pip")
     i.add_argument("--lock-hold", type=float, default=30.0, help="seconds a child holds the apt lock (30)")
@@ -104,10 +107,13 @@ def cmd_bench_cache(args: argparse.Namespace) -> int:
     spec = fleet_spec(args)
     if args.samples < 10:
         raise UsageError("--samples must be at least 10")
+    if args.p2p and spec.runners < 2:
+        raise UsageError("--p2p needs at least 2 runners")
     result = bench_cache(
         spec,
         progress=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True),
         latency_samples=args.samples,
+        p2p=args.p2p,
     )
     return emit(result, args.json)
 

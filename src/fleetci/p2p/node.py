@@ -20,7 +20,7 @@ import random
 import secrets
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +53,7 @@ log = logging.getLogger("fleetci.p2p")
 GOSSIP_PROTOCOLS = ("/meshsub/1.1.0", "/meshsub/1.0.0")
 MAX_REQUEST = 64 * 1024
 PX_SCOPE = "fleetci-px"
+RECEIPTS_KEPT = 5000  # arrival times of recent announcements (propagation measurements)
 PX_TARGET = 8  # connections a node tries to keep through peer exchange
 MAX_BODY = 32 * 1024 * 1024
 # Seed 001: these only when the operator opts in; dialled in the background, never blocking start-up.
@@ -167,11 +168,13 @@ class P2PNode:
         self._host: Any = None
         self._pending: dict[str, list[Announcement]] = defaultdict(list)
         self._peers: set[str] = set()
+        self.receipts: OrderedDict[str, float] = OrderedDict()  # key -> when its announcement arrived
         self._px: set[str] = set()  # addresses learned by peer exchange
         self._px_book: dict[str, list[str]] = {}  # peer -> the listen addresses it told us
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self, timeout: float = 20.0) -> None:
+        logging.getLogger("libp2p").setLevel(logging.ERROR)  # its warnings are per message: too chatty
         try:  # libp2p only logs a failed listen and runs on without an address
             check_port_free(self.config.listen_host, self.config.listen_port)
         except FleetciError as exc:
@@ -369,6 +372,11 @@ class P2PNode:
                 continue
             accepted.append(ann)
         self.stats.received += len(accepted)
+        now = time.time()
+        for ann in accepted:
+            self.receipts[ann.key] = now
+        while len(self.receipts) > RECEIPTS_KEPT:
+            self.receipts.popitem(last=False)
         if accepted:
             self.on_announcements(accepted)
 
