@@ -778,5 +778,3 @@ def test_distributed_build_workflow_runs_under_act_against_a_real_master(tmp_pat
     # Secrets never reach the log.
     text = "\n".join(run.output_lines)
     assert admin not in text and join not in text
-@pytest.mark.integration
-@pytest.mark.timeout(180)
