@@ -8,7 +8,6 @@ under ``act`` (host mode, offline) against the GitHub API emulator.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
