@@ -88,7 +88,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     b.set_defaults(func=cmd_bench_build)
 
 
-
 def emit(result: dict[str, Any], as_json: bool) -> int:
     """One JSON object (``--json``), or an aligned table without the nested parts."""
     if as_json:

@@ -277,8 +277,6 @@ def fetch_stats(settings: CacheSettings, url: str | None = None) -> dict[str, An
     return GitHubAPICache(settings).get_stats()
 
 
-
-
 def cmd_stats(args: argparse.Namespace) -> int:
     from fleetci.cache.engine import SUMMARY_KEYS as STAT_ROWS
 
