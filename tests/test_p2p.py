@@ -149,7 +149,7 @@ def fleet(emulator: Any, tmp_path: Path) -> Iterator[Any]:
         for i in range(1, n):
             nodes.append(start_node(emulator, tmp_path, f"n{i}", "--bootstrap-peers", boot))
         mesh_ready(first, nodes[1:])
-        return list(nodes)
+        return nodes  # the fixture's own list: nodes a test appends are torn down too
 
     yield make
     for p in nodes:
