@@ -8,6 +8,7 @@ under ``act`` (host mode, offline) against the GitHub API emulator.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -777,3 +778,102 @@ def test_distributed_build_workflow_runs_under_act_against_a_real_master(tmp_pat
     # Secrets never reach the log.
     text = "\n".join(run.output_lines)
     assert admin not in text and join not in text
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_presto_build_and_sync_workflow_syncs_a_build_under_act(emulator: Any, tmp_path: Path) -> None:
+    """workflows/presto-build-and-sync.yml, scheduled: its sync job pushes a new build's images to GitLab.
+
+    Real components: the GitHub emulator holds a successful run of this workflow with the artifacts its
+    build job uploads (`presto-images` = `docker save | gzip` bundle, `image-metadata` = metadata.json); the
+    GitLab emulator lists a real no-auth `docker-registry`; act runs the job on this machine.
+    """
+    import gzip
+    import io
+    import tarfile
+
+    from fleetci.testing.gitlab import GitLabEmulator, GitLabServer, TokenInfo
+    from fleetci.testing.images import write_docker_archive
+    from fleetci.testing.registry import no_auth_registry, registry_binary
+
+    if registry_binary() is None or shutil.which("skopeo") is None:
+        pytest.skip("docker-registry and skopeo are installed by scripts/test.sh (apt)")
+    workflow = REPO_ROOT / "workflows" / "presto-build-and-sync.yml"
+    owner, repo_name, project = "octo-org", "api", "hercules/veloxtesting"
+    image_tag = "presto-92865fbce0d2-velox-65797d572e0a-linux-amd64"
+    gitlab_tag = "presto-92865fbce0d2-velox-65797d572e0a"
+    gitlab_token = "glpat-actSyncWriteToken0000"
+    emu = emulator.emulator
+    gh_token = str(emu.token_for("alice"))
+
+    # What the workflow's build job uploads, as a completed run of this very workflow.
+    built = write_docker_archive(
+        tmp_path / "out" / "presto-coordinator.tar", f"presto-coordinator:{image_tag}", [200_000, 600_000]
+    )
+    bundle = io.BytesIO()
+    with tarfile.open(fileobj=bundle, mode="w") as tar:
+        tar.add(built.path, built.path.name)
+    wf_id = emu.add_workflow(
+        owner, repo_name, "Presto build images and sync to GitLab", f".github/workflows/{workflow.name}"
+    )
+    run_id = emu.add_completed_run(owner, repo_name, wf_id)
+    bundle_gz = gzip.compress(bundle.getvalue(), compresslevel=1)
+    emu.add_artifact(owner, repo_name, run_id, "presto-images", {"presto-images.tar.gz": bundle_gz})
+    meta = {"image_tag": image_tag, "target_platform": "linux/amd64", "worker_bundle_mode": "single"}
+    emu.add_artifact(owner, repo_name, run_id, "image-metadata", {"metadata.json": json.dumps(meta).encode()})
+
+    registry = no_auth_registry(tmp_path / "registry").start()
+    gitlab = GitLabServer(
+        GitLabEmulator(
+            registry_url=registry.url,
+            registry_host=registry.host,
+            tokens={gitlab_token: TokenInfo("maintainer")},
+        )
+    ).start()
+    try:
+        action_root = tmp_path / "fleetci-action"
+        shutil.copytree(REPO_ROOT, action_root, ignore=COPY_IGNORE)
+        run = run_act(
+            workflow,
+            tmp_path / "act",
+            tmp_path / "act-cache",
+            action_root,
+            variables={
+                "GH_SYNC_REPO": f"{owner}/{repo_name}",
+                "GH_SYNC_API_URL": emulator.url,
+                "GITLAB_HOST": gitlab.url,
+                "GITLAB_PROJECT": project,
+                "GITLAB_REGISTRY": registry.url,
+            },
+            secrets={"GITHUB_TOKEN": gh_token, "GITLAB_TOKEN": gitlab_token},
+            platforms=("ubuntu-latest",),
+            timeout=150,
+            event="schedule",
+        )
+        ref = f"docker://{registry.host}/{project}/x86/presto-coordinator:{gitlab_tag}"
+        inspect = subprocess.run(
+            ["skopeo", "inspect", "--tls-verify=false", "--config", "--raw", ref],
+            capture_output=True,
+            timeout=60,
+        )
+    finally:
+        gitlab.stop()
+        registry.stop()
+
+    assert run.proc.returncode == 0, run.describe()
+    # Only the sync job runs on a schedule (the build job is for workflow_dispatch), and it really ran.
+    assert [e["jobResult"] for e in run.events if "jobResult" in e] == ["success"], run.describe()
+    results = run.step_results()
+    for name in ("Sync missing images to GitLab", "Install fleetci", "Sync images to GitLab"):
+        assert results.get(name) == ["success"], f"step {name!r}: {results.get(name)}\n{run.describe()}"
+    text = "\n".join(run.output_lines)
+    assert f"{project}/x86/presto-coordinator:{gitlab_tag} pushed" in text, run.describe()
+    # The tag landed, with the image the build produced (its config blob is the same bytes).
+    assert inspect.returncode == 0, inspect.stderr
+    assert "sha256:" + hashlib.sha256(inspect.stdout).hexdigest() == built.config_digest
+    assert json.loads(inspect.stdout)["rootfs"]["diff_ids"] == built.layer_digests
+    assert "1 tag(s) missing in GitLab, 0 present" in text, run.describe()
+    summaries = "".join(str(e.get("content", "")) for e in run.events if e.get("command") == "summary")
+    assert f"| {project}/x86/presto-coordinator:{gitlab_tag} | pushed |" in summaries, run.describe()
+    assert gitlab_token not in text and gh_token not in text

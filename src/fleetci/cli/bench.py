@@ -87,6 +87,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=cmd_bench_build)
 
+    r = caps.add_parser(
+        "registry", help="registry push: daemonless push vs skopeo copy, re-push/retag bytes, RSS"
+    )
+    r.add_argument("--size-mb", type=int, default=512, help="image size for the throughput comparison (512)")
+    r.add_argument(
+        "--rss-size-mb", type=int, default=2048, help="image size for the peak-RSS measurement (2048)"
+    )
+    r.add_argument("--chunk-mb", type=int, default=128, help="chunked-upload threshold in MiB (128)")
+    r.add_argument("--workdir", help="where the temporary images and registry go (default: $TMPDIR)")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.set_defaults(func=cmd_bench_registry)
+
 
 def emit(result: dict[str, Any], as_json: bool) -> int:
     """One JSON object (``--json``), or an aligned table without the nested parts."""
@@ -148,6 +160,23 @@ def cmd_bench_build(args: argparse.Namespace) -> int:
         args.workers,
         args.heartbeat_ttl,
         replace=not args.no_replace,
+        progress=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True),
+    )
+    return emit(result, args.json)
+
+
+def cmd_bench_registry(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fleetci.registry.bench import bench_registry
+
+    if args.size_mb < 1 or args.rss_size_mb < 1 or args.chunk_mb < 1:
+        raise UsageError("--size-mb, --rss-size-mb and --chunk-mb must be at least 1")
+    result = bench_registry(
+        args.size_mb,
+        args.rss_size_mb,
+        args.chunk_mb,
+        Path(args.workdir) if args.workdir else None,
         progress=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True),
     )
     return emit(result, args.json)

@@ -1,0 +1,641 @@
+"""The seed's verbs: gh-list, gitlab-list, xref, download, prepare, push, clean, daemon, retag.
+
+Local layout per image tag (``<downloads>/<image-tag>/``): ``artifacts/*.zip`` (as GitHub sent them),
+``metadata.json``, ``extracted/*.tar``, ``upload-plan.json`` and ``push-state.json``. Nothing there is
+deleted unless ``clean`` finds every image of the plan verified in the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sys
+import tarfile
+import threading
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleetci import gha
+from fleetci.errors import FleetciError, UsageError
+from fleetci.registry.archive import READ_CHUNK, Blob, DockerArchive, gunzip_to, is_gzip, verify_image
+from fleetci.registry.github import BuildRun, GitHubSide
+from fleetci.registry.gitlab import GitLabAPI, GitLabRepository
+from fleetci.registry.oci import RegistryClient
+from fleetci.registry.settings import RegistrySettings
+from fleetci.registry.state import PushState, exclusive_lock, read_json, write_json_atomic
+from fleetci.registry.tags import image_name, map_tag
+
+PLAN_FILE = "upload-plan.json"
+META_FILE = "metadata.json"
+STATE_FILE = "push-state.json"
+Log = Callable[[str], None]
+
+
+def stderr_log(message: str) -> None:
+    print(f"registry: {message}", file=sys.stderr, flush=True)
+
+
+def tag_dir(settings: RegistrySettings, image_tag: str) -> Path:
+    map_tag(image_tag)  # rejects path tricks and tags without a platform suffix
+    return settings.downloads_dir / image_tag
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Interactive confirmation; without a terminal the caller must pass --yes (nothing ever hangs)."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question.rstrip('?')} needs --yes when not run interactively")
+    answer = input(f"{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise FleetciError("cancelled; nothing was changed")
+
+
+# -- listing and cross-referencing ------------------------------------------------------------------------
+
+
+def gh_list(settings: RegistrySettings, log: Log = stderr_log) -> list[BuildRun]:
+    gh = GitHubSide(settings, log)
+    try:
+        return gh.runs()
+    finally:
+        gh.close()
+
+
+def gitlab_list(settings: RegistrySettings) -> list[GitLabRepository]:
+    api = GitLabAPI(settings)
+    try:
+        return api.repositories()
+    finally:
+        api.close()
+
+
+def latest_by_tag(runs: list[BuildRun]) -> dict[str, BuildRun]:
+    """For a tag built twice, the most recent successful run wins (seed rule)."""
+    best: dict[str, BuildRun] = {}
+    for run in runs:
+        tag = run.image_tag
+        if not tag or run.conclusion != "success":
+            continue
+        if tag not in best or (run.created_at, run.run_id) > (best[tag].created_at, best[tag].run_id):
+            best[tag] = run
+    return best
+
+
+@dataclass
+class Xref:
+    missing: list[BuildRun] = field(default_factory=list)
+    present: list[BuildRun] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    unmapped: list[BuildRun] = field(default_factory=list)
+
+
+def xref(settings: RegistrySettings, list_extra: bool = False, log: Log = stderr_log) -> Xref:
+    runs = gh_list(settings, log)
+    repos = gitlab_list(settings)
+    have = {(r.name, t) for r in repos for t in r.tags}
+    by_arch: dict[tuple[str, str], set[str]] = {}
+    for r in repos:
+        arch, _, image = r.name.partition("/")
+        for t in r.tags:
+            by_arch.setdefault((arch, t), set()).add(image)
+    result = Xref()
+    wanted: set[tuple[str, str]] = set()
+    for tag, run in sorted(latest_by_tag(runs).items(), key=lambda kv: (kv[1].created_at, kv[0])):
+        try:
+            m = map_tag(tag)
+        except FleetciError:
+            result.unmapped.append(run)
+            continue
+        wanted.add((m.arch_dir, m.gitlab_tag))
+        images = [i.strip() for i in run.metadata.get("images", "").split(",") if i.strip()]
+        if images:
+            ok = all((m.repository(i), m.gitlab_tag) in have for i in images)
+        else:
+            ok = bool(by_arch.get((m.arch_dir, m.gitlab_tag)))
+        (result.present if ok else result.missing).append(run)
+    if list_extra:
+        for r in repos:
+            arch = r.name.partition("/")[0]
+            if arch not in ("x86", "arm"):
+                continue
+            result.extra += [f"{r.name}:{t}" for t in r.tags if t != "latest" and (arch, t) not in wanted]
+    return result
+
+
+# -- download and prepare ---------------------------------------------------------------------------------
+
+
+def download(settings: RegistrySettings, image_tag: str, force: bool = False, log: Log = stderr_log) -> Path:
+    """Fetch the image artifact(s) of the newest successful run that built ``image_tag``."""
+    directory = tag_dir(settings, image_tag)
+    gh = GitHubSide(settings, log)
+    try:
+        run = latest_by_tag(gh.runs(successful_only=True)).get(image_tag)
+        if run is None:
+            raise FleetciError(
+                f"no successful run of {settings.workflow_file} in {settings.repo} built {image_tag} "
+                f"(looked at the last {settings.limit} runs)"
+            )
+        images = [a for a in run.artifacts if "metadata" not in a.name.lower()]
+        if not images:
+            raise FleetciError(f"run {run.run_id} built {image_tag} but has no image artifact")
+        for art in images:
+            dest = directory / "artifacts" / f"{art.name}.zip"
+            if dest.is_file() and dest.stat().st_size == art.size and not force:
+                log(f"{dest} already downloaded ({art.size / 1e6:.1f} MB); --force downloads again")
+                continue
+            log(f"downloading artifact {art.name} of run {run.run_id} ({art.size / 1e6:.1f} MB)")
+            gh.download(art, dest)
+    finally:
+        gh.close()
+    m = map_tag(image_tag)
+    write_json_atomic(
+        directory / META_FILE,
+        {
+            "image_tag": image_tag,
+            "gitlab_tag": m.gitlab_tag,
+            "arch_dir": m.arch_dir,
+            "run": run.to_json(),
+            "downloaded_at": int(time.time()),
+        },
+    )
+    return directory
+
+
+def _is_docker_archive(path: Path) -> bool:
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for info in tar:
+                if info.name.lstrip("./") in ("manifest.json", "index.json"):
+                    return True
+    except (tarfile.TarError, OSError, EOFError):
+        return False
+    return False
+
+
+def _extract_zip(zip_path: Path, dest: Path, log: Log) -> list[Path]:
+    out = []
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            for info in zf.infolist():
+                if info.is_dir():
+                    continue
+                name = Path(info.filename).name
+                if not name or name == META_FILE:
+                    continue
+                target = dest / name
+                log(f"extract {name} ({info.file_size / 1e6:.1f} MB) from {zip_path.name}")
+                tmp = target.with_name(target.name + ".partial")
+                with zf.open(info) as src, tmp.open("wb") as fh:
+                    shutil.copyfileobj(src, fh, READ_CHUNK)
+                tmp.replace(target)
+                out.append(target)
+    except (zipfile.BadZipFile, OSError, EOFError, zipfile.LargeZipFile) as exc:
+        raise FleetciError(f"{zip_path} is not a valid zip archive: {exc}") from exc
+    return out
+
+
+def _plain_tar(path: Path, log: Log) -> Path:
+    if not is_gzip(path):
+        return path
+    stem = path.name.removesuffix(".gz").removesuffix(".tgz")
+    target = path.with_name(stem if stem.endswith(".tar") else stem + ".tar")
+    log(f"decompress {path.name}")
+    gunzip_to(path, target)
+    path.unlink()  # our own intermediate copy; the downloaded zip still holds the original
+    return target
+
+
+def _expand_bundle(path: Path, dest: Path, log: Log) -> list[Path]:
+    """An outer tar that holds one tarball per image (the seed's ``docker save | gzip`` bundle)."""
+    out = []
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for info in tar:
+                if not info.isreg():
+                    continue
+                name = Path(info.name).name
+                src = tar.extractfile(info)
+                if src is None or not name:
+                    continue
+                target = dest / name
+                tmp = target.with_name(target.name + ".partial")
+                with tmp.open("wb") as fh:
+                    shutil.copyfileobj(src, fh, READ_CHUNK)
+                tmp.replace(target)
+                out.append(target)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise FleetciError(f"{path} is not a valid tar archive: {exc}") from exc
+    log(f"unpacked {len(out)} file(s) from bundle {path.name}")
+    path.unlink()
+    return out
+
+
+def prepare(
+    settings: RegistrySettings, image_tag: str, clean: bool = False, log: Log = stderr_log
+) -> dict[str, Any]:
+    """Extract the artifact, verify every tarball's blobs against their digests, write upload-plan.json."""
+    directory = tag_dir(settings, image_tag)
+    meta = read_json(directory / META_FILE, "metadata (run 'fleetci registry download' first):")
+    zips = sorted((directory / "artifacts").glob("*.zip"))
+    if not zips:
+        raise FleetciError(f"no downloaded artifact in {directory / 'artifacts'}; run download first")
+    extracted = directory / "extracted"
+    if clean and extracted.exists():
+        shutil.rmtree(extracted)
+    extracted.mkdir(parents=True, exist_ok=True)
+    candidates: list[Path] = []
+    for z in zips:
+        candidates += _extract_zip(z, extracted, log)
+    archives: list[Path] = []
+    for path in candidates:
+        plain = _plain_tar(path, log)
+        if _is_docker_archive(plain):
+            archives.append(plain)
+            continue
+        if tarfile.is_tarfile(plain):
+            for inner in _expand_bundle(plain, extracted, log):
+                inner_plain = _plain_tar(inner, log)
+                if _is_docker_archive(inner_plain):
+                    archives.append(inner_plain)
+                else:
+                    raise FleetciError(f"{inner.name} in the bundle is not a docker save archive")
+        else:
+            raise FleetciError(f"{path.name} in the artifact is not a docker save archive (corrupt tarball?)")
+    if not archives:
+        raise FleetciError(f"the artifact of {image_tag} holds no docker save archive")
+    m = map_tag(image_tag)
+    images: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for path in sorted(archives):
+        archive = DockerArchive(path)
+        for image in archive.images():
+            image = verify_image(archive, image, log)
+            if not image.repo_tags:
+                raise FleetciError(f"{path.name} holds an image without a tag (RepoTags is empty)")
+            for repo_tag in image.repo_tags:
+                repository = m.repository(image_name(repo_tag))
+                if repository in seen:
+                    continue
+                seen.add(repository)
+                images.append(
+                    {
+                        "tarball": str(path.relative_to(directory)),
+                        "tarball_size": path.stat().st_size,
+                        "source": repo_tag,
+                        "repository": repository,
+                        "tag": m.gitlab_tag,
+                        "manifest": image.manifest.decode(),
+                        "manifest_media_type": image.media_type,
+                        "manifest_digest": image.manifest_digest,
+                        "config_digest": image.config.digest,
+                        "blobs": [b.to_json() for b in image.blobs],
+                        "size": image.size,
+                    }
+                )
+                log(f"plan {repo_tag} -> {repository}:{m.gitlab_tag} ({image.size / 1e6:.1f} MB)")
+    plan = {
+        "image_tag": image_tag,
+        "gitlab_tag": m.gitlab_tag,
+        "arch_dir": m.arch_dir,
+        "run_id": (meta.get("run") or {}).get("run_id") if isinstance(meta, dict) else None,
+        "images": images,
+    }
+    write_json_atomic(directory / PLAN_FILE, plan)
+    return plan
+
+
+# -- push, retag, clean -----------------------------------------------------------------------------------
+
+
+@dataclass
+class PushRow:
+    ref: str
+    result: str
+    bytes_sent: int = 0
+    seconds: float = 0.0
+    blobs: dict[str, int] = field(default_factory=dict)
+
+
+def load_plan(directory: Path) -> dict[str, Any]:
+    plan = read_json(directory / PLAN_FILE, "upload plan (run 'fleetci registry prepare' first):")
+    if not isinstance(plan, dict) or not isinstance(plan.get("images"), list):
+        raise FleetciError(f"upload plan {directory / PLAN_FILE} is corrupt (no image list)")
+    return plan
+
+
+def registry_client(
+    settings: RegistrySettings, skip_login: bool = False, log: Log | None = None
+) -> RegistryClient:
+    user, password = (None, None) if skip_login else (settings.registry_username, settings.registry_password)
+    return RegistryClient(
+        settings.registry_url,
+        user,
+        password,
+        timeout=settings.timeout,
+        chunk_size=settings.chunk_size,
+        log=log,
+    )
+
+
+def _config_digest(manifest: bytes) -> str | None:
+    try:
+        doc = json.loads(manifest)
+        return str(doc["config"]["digest"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def push(
+    settings: RegistrySettings,
+    image_tag: str,
+    *,
+    force: bool = False,
+    retag_as_latest: bool = False,
+    yes: bool = False,
+    verbose: bool = False,
+    skip_login: bool = False,
+    log: Log = stderr_log,
+) -> list[PushRow]:
+    directory = tag_dir(settings, image_tag)
+    plan = load_plan(directory)
+    confirm(
+        f"push {len(plan['images'])} image(s) of {image_tag} to "
+        f"{settings.registry_host}/{settings.registry_project}?",
+        yes,
+    )
+    if settings.engine == "docker":
+        from fleetci.registry.engine_docker import docker_push
+
+        rows = docker_push(
+            settings,
+            directory,
+            plan,
+            force=force,
+            retag_as_latest=retag_as_latest,
+            verbose=verbose,
+            skip_login=skip_login,
+            log=log,
+        )
+    else:
+        rows = _oci_push(
+            settings,
+            directory,
+            plan,
+            force=force,
+            retag_as_latest=retag_as_latest,
+            verbose=verbose,
+            skip_login=skip_login,
+            log=log,
+        )
+    _summary(f"fleetci registry push {image_tag}", rows)
+    return rows
+
+
+def _oci_push(
+    settings: RegistrySettings,
+    directory: Path,
+    plan: dict[str, Any],
+    *,
+    force: bool,
+    retag_as_latest: bool,
+    verbose: bool,
+    skip_login: bool,
+    log: Log,
+) -> list[PushRow]:
+    state = PushState(directory / STATE_FILE)
+    rows: list[PushRow] = []
+    detail: Log = log if verbose else (lambda _m: None)
+    with registry_client(settings, skip_login, detail) as client:
+        client.ping()
+        for img in plan["images"]:
+            repo = f"{settings.registry_project}/{img['repository']}"
+            tag = str(img["tag"])
+            ref = f"{repo}:{tag}"
+            manifest = str(img["manifest"]).encode()
+            existing = client.get_manifest(repo, tag, push=True)
+            if existing is not None and not force:
+                if _config_digest(existing[0]) == img["config_digest"]:
+                    state.mark_verified(ref, existing[2])
+                    log(f"{ref} already present (same image); skipped")
+                    rows.append(PushRow(ref, "present"))
+                else:
+                    log(f"{ref} exists with a different image; skipped (--force overwrites)")
+                    rows.append(PushRow(ref, "skipped: different image exists"))
+                continue
+            path = directory / str(img["tarball"])
+            if not path.is_file():
+                raise FleetciError(f"{path} is missing; run prepare again")
+            if path.stat().st_size != int(img.get("tarball_size", path.stat().st_size)):
+                raise FleetciError(f"{path} changed since prepare; run prepare again")
+            before = client.counters.blob_bytes_sent
+            started = time.monotonic()
+            how_count: dict[str, int] = {}
+            blobs = [Blob.from_json(b) for b in img["blobs"]]
+            for i, blob in enumerate(blobs, 1):
+                sources = [r for r in state.repos_with(blob.digest) if r != repo]
+                how = client.push_blob(repo, blob, path, sources, state)
+                how_count[how] = how_count.get(how, 0) + 1
+                state.blob_done(repo, blob.digest)
+                state.save()
+                log(f"{ref}: blob {i}/{len(blobs)} {blob.digest[:19]} {blob.size / 1e6:.1f} MB {how}")
+            digest = client.put_manifest(repo, tag, manifest, str(img["manifest_media_type"]))
+            actual = client.manifest_digest(repo, tag)
+            if actual != img["manifest_digest"]:
+                raise FleetciError(
+                    f"{ref}: registry reports digest {actual}, pushed {img['manifest_digest']}"
+                )
+            state.mark_verified(ref, digest or str(actual))
+            if retag_as_latest:
+                client.put_manifest(repo, "latest", manifest, str(img["manifest_media_type"]))
+                log(f"{repo}:latest -> {actual}")
+            sent = client.counters.blob_bytes_sent - before
+            row = PushRow(ref, "pushed", sent, time.monotonic() - started, how_count)
+            log(f"{ref} pushed {actual} ({sent / 1e6:.1f} MB sent in {row.seconds:.1f}s)")
+            rows.append(row)
+    return rows
+
+
+def _summary(title: str, rows: list[PushRow]) -> None:
+    table = gha.markdown_table(
+        ["image", "result", "MB sent", "MB/s", "blobs"],
+        [
+            [
+                r.ref,
+                r.result,
+                f"{r.bytes_sent / 1e6:.1f}",
+                f"{r.bytes_sent / 1e6 / r.seconds:.1f}" if r.seconds > 0 else "-",
+                ", ".join(f"{k} {v}" for k, v in sorted(r.blobs.items())) or "-",
+            ]
+            for r in rows
+        ],
+    )
+    gha.append_step_summary(f"### {title}\n\n{table}")
+
+
+def parse_ref(text: str, default_repo: str | None = None) -> tuple[str, str]:
+    """``x86/img:tag`` -> (``x86/img``, ``tag``); a bare ``tag`` uses ``default_repo``."""
+    repo, sep, tag = text.rpartition(":")
+    if not sep and default_repo is not None and text and "/" not in text:
+        return default_repo, text
+    if not sep or "/" in tag:
+        raise UsageError(f"expected REPOSITORY:TAG, got {text!r}")
+    if not repo:
+        if default_repo is None:
+            raise UsageError(f"expected REPOSITORY:TAG, got {text!r}")
+        repo = default_repo
+    return repo.strip("/"), tag
+
+
+def retag(
+    settings: RegistrySettings, source: str, target: str, skip_login: bool = False, log: Log = stderr_log
+) -> dict[str, Any]:
+    """Point ``target`` at ``source``'s manifest: manifest GET + PUT (mounts across repositories)."""
+    src_repo, src_tag = parse_ref(source)
+    dst_repo, dst_tag = parse_ref(target, default_repo=src_repo)
+    project = settings.registry_project
+    full_src, full_dst = f"{project}/{src_repo}", f"{project}/{dst_repo}"
+    with registry_client(settings, skip_login, log) as client:
+        got = client.get_manifest(full_src, src_tag)
+        if got is None:
+            raise FleetciError(f"{settings.registry_host}/{full_src}:{src_tag} does not exist")
+        data, media_type, digest = got
+        if full_src != full_dst:
+            doc = json.loads(data)
+            for desc in [doc.get("config"), *(doc.get("layers") or [])]:
+                if isinstance(desc, dict):
+                    blob_digest = str(desc["digest"])
+                    if not client.mount_blob(full_dst, blob_digest, full_src):
+                        raise FleetciError(f"registry would not mount {blob_digest[:19]} from {full_src}")
+        new_digest = client.put_manifest(full_dst, dst_tag, data, media_type)
+        result = {
+            "source": f"{full_src}:{src_tag}",
+            "target": f"{full_dst}:{dst_tag}",
+            "digest": new_digest or digest,
+            "blob_bytes_sent": client.counters.blob_bytes_sent,
+        }
+    log(f"{result['target']} -> {result['digest']} ({result['blob_bytes_sent']} blob bytes sent)")
+    return result
+
+
+def clean(settings: RegistrySettings, image_tag: str, yes: bool = False, log: Log = stderr_log) -> int:
+    """Delete the local files of ``image_tag`` only when every planned image was verified pushed."""
+    directory = tag_dir(settings, image_tag)
+    if not directory.exists():
+        raise FleetciError(f"nothing to clean: {directory} does not exist")
+    if not (directory / PLAN_FILE).exists():
+        raise FleetciError(f"not cleaning {directory}: it was never prepared and pushed (nothing deleted)")
+    plan = load_plan(directory)
+    state = PushState(directory / STATE_FILE)
+    for img in plan["images"]:
+        ref = f"{settings.registry_project}/{img['repository']}:{img['tag']}"
+        if state.verified(ref) is None:
+            raise FleetciError(
+                f"not cleaning {directory}: {ref} is not verified in the registry; "
+                "push first (nothing deleted)"
+            )
+    confirm(f"delete {directory}?", yes)
+    size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+    shutil.rmtree(directory)
+    log(f"removed {directory} ({size / 1e6:.1f} MB)")
+    return size
+
+
+# -- daemon -----------------------------------------------------------------------------------------------
+
+
+def daemon(
+    settings: RegistrySettings,
+    *,
+    interval: float = 900.0,
+    once: bool = False,
+    force_push: bool = False,
+    retag_as_latest: bool = False,
+    skip_login: bool = False,
+    verbose: bool = False,
+    log: Log = stderr_log,
+) -> dict[str, Any]:
+    """xref -> download -> prepare -> push -> clean for every missing tag, every ``interval`` seconds."""
+    root = settings.downloads_dir
+    root.mkdir(parents=True, exist_ok=True)
+    state_path = root / "daemon-state.json"
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log(f"signal {signum}: stopping after the current step")
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+    with exclusive_lock(root / "daemon.lock"):
+        state: dict[str, Any] = {"tags": {}, "cycles": 0}
+        if state_path.exists():
+            try:
+                loaded = json.loads(state_path.read_text(encoding="utf-8"))
+                if isinstance(loaded, dict) and isinstance(loaded.get("tags"), dict):
+                    state = loaded
+            except (OSError, ValueError):
+                bad = state_path.with_name(f"daemon-state.json.corrupt-{int(time.time())}")
+                state_path.replace(bad)
+                log(f"daemon state was corrupt; kept it as {bad.name} and started fresh")
+        while True:
+            failures = _cycle(settings, state, force_push, retag_as_latest, skip_login, verbose, log, stop)
+            state["cycles"] = int(state.get("cycles", 0)) + 1
+            state["last_cycle"] = int(time.time())
+            write_json_atomic(state_path, state)
+            if once or stop.is_set():
+                if failures:
+                    first = failures[0]
+                    raise FleetciError(f"{len(failures)} tag(s) failed this cycle; {first[0]}: {first[1]}")
+                return state
+            log(f"sleeping {interval:g}s")
+            if stop.wait(interval):
+                return state
+
+
+def _cycle(
+    settings: RegistrySettings,
+    state: dict[str, Any],
+    force_push: bool,
+    retag_as_latest: bool,
+    skip_login: bool,
+    verbose: bool,
+    log: Log,
+    stop: threading.Event,
+) -> list[tuple[str, str]]:
+    x = xref(settings, log=log)
+    todo = x.missing + (x.present if force_push else [])
+    log(f"{len(x.missing)} tag(s) missing in GitLab, {len(x.present)} present")
+    failures: list[tuple[str, str]] = []
+    for run in todo:
+        if stop.is_set():
+            break
+        tag = str(run.image_tag)
+        entry = state["tags"].setdefault(tag, {})
+        entry.update({"run_id": run.run_id, "started_at": int(time.time())})
+        try:
+            download(settings, tag, log=log)
+            prepare(settings, tag, log=log)
+            push(
+                settings,
+                tag,
+                force=force_push,
+                retag_as_latest=retag_as_latest,
+                yes=True,
+                verbose=verbose,
+                skip_login=skip_login,
+                log=log,
+            )
+            clean(settings, tag, yes=True, log=log)
+            entry.update({"status": "pushed", "error": None, "finished_at": int(time.time())})
+        except FleetciError as exc:
+            entry.update({"status": "failed", "error": str(exc), "finished_at": int(time.time())})
+            failures.append((tag, str(exc)))
+            log(f"{tag} failed (kept its files for the next cycle): {exc}")
+    return failures
