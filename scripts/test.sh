@@ -7,7 +7,7 @@ cd "$ROOT"
 # Real components the integration tests start: the gh CLI, node/npm for GitHub's OpenAPI description.
 apt_install gh ca-certificates git
 # fleetci registry: the real registry (distribution 2.8) and skopeo as an independent reader/baseline.
-apt_install docker-registry skopeo
+apt_install docker-registry skopeo docker.io
 command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 OPENAPI="$ROOT/.cache/npm/node_modules/@octokit/openapi/generated/api.github.com.json"
 if [ ! -f "$OPENAPI" ]; then
