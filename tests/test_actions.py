@@ -780,6 +780,49 @@ def test_distributed_build_workflow_runs_under_act_against_a_real_master(tmp_pat
     assert admin not in text and join not in text
 
 
+def test_multi_arch_test_action_passes_every_input_to_the_cli() -> None:
+    meta = load_yaml(REPO_ROOT / "actions" / "multi-arch-test" / "action.yml")
+    inputs = meta["inputs"]
+    assert {"arch", "python-version", "command", "backend", "cache-dir", "requirements"} <= set(inputs)
+    assert inputs["arch"]["required"] is True and str(inputs["backend"]["default"]) == "auto"
+    run = next(s for s in meta["runs"]["steps"] if "multiarch run" in s.get("run", ""))
+    env = run["env"]
+    cli_env = {
+        "arch": "MULTIARCH_ARCH",
+        "python-version": "MULTIARCH_PYTHON",
+        "backend": "MULTIARCH_BACKEND",
+        "requirements": "MULTIARCH_REQUIREMENTS",
+        "packages": "MULTIARCH_PACKAGES",
+        "image": "MULTIARCH_IMAGE",
+        "command": "MULTIARCH_COMMAND",
+    }
+    for name, var in cli_env.items():
+        assert env[var] == f"${{{{ inputs.{name} }}}}", (name, env.get(var))
+    assert env["MULTIARCH_CACHE_DIR"] == "${{ steps.paths.outputs.cache-dir }}"
+    assert '"$MULTIARCH_COMMAND"' in run["run"]
+    # Every input reaches some step (nothing is silently ignored).
+    text = (REPO_ROOT / "actions" / "multi-arch-test" / "action.yml").read_text(encoding="utf-8")
+    for name in inputs:
+        assert f"inputs.{name} " in text or f"inputs.{name}}}" in text, name
+
+
+def test_multi_arch_workflow_mirrors_the_seed_layout() -> None:
+    wf = load_yaml(REPO_ROOT / "workflows" / "multi-arch-ci.yml")
+    jobs = wf["jobs"]
+    assert set(jobs) == {"test-multi-arch", "test-arm64-native", "test-riscv", "verify-dependencies"}
+    matrix = jobs["test-multi-arch"]["strategy"]["matrix"]
+    assert matrix["arch"] == ["amd64", "arm64", "armv7"]
+    assert matrix["python-version"] == ["3.9", "3.10", "3.11"]
+    assert jobs["test-arm64-native"]["runs-on"] == ["self-hosted", "ARM64"]
+    native_uses = [s.get("uses", "") for s in jobs["test-arm64-native"]["steps"]]
+    assert any("actions/safe-install@" in u for u in native_uses)
+    assert any("actions/setup-p2p-cache@" in u for u in native_uses)
+    assert "workflow_dispatch" in jobs["test-riscv"]["if"]
+    assert any("upload-artifact" in s.get("uses", "") for s in jobs["verify-dependencies"]["steps"])
+    on = wf.get("on") or wf.get(True)  # PyYAML reads the bare key `on` as True
+    assert "workflow_dispatch" in on and "push" in on and "pull_request" in on
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(180)
 def test_presto_build_and_sync_workflow_syncs_a_build_under_act(emulator: Any, tmp_path: Path) -> None:

@@ -32,7 +32,13 @@ def load_config_file(path: str | Path | None, env: Mapping[str, str] | None = No
     env = os.environ if env is None else env
     explicit = path or env.get(CONFIG_ENV)
     p = Path(explicit) if explicit else default_config_path()
-    if not p.exists():
+    try:
+        exists = p.exists()
+    except OSError as exc:  # e.g. an unreadable ~/.config for a non-root user
+        if explicit:
+            raise UsageError(f"config file {p} cannot be read: {exc.strerror or exc}") from exc
+        return {}
+    if not exists:
         if explicit:
             raise UsageError(f"config file {p} does not exist")
         return {}

@@ -37,7 +37,7 @@ def arg_type(parse: Callable[[str], T]) -> Callable[[str], T]:
 
 
 def build_parser() -> Parser:
-    from fleetci.cli import bench, build, cache, demo, emulate, install, registry
+    from fleetci.cli import bench, build, cache, demo, emulate, install, multiarch, registry
 
     parser = Parser(prog="fleetci", description="Make CI fleets cheaper and less flaky.")
     parser.add_argument("--version", action="version", version=f"fleetci {__version__}")
@@ -46,7 +46,7 @@ def build_parser() -> Parser:
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
     sub.required = True
-    for module in (cache, emulate, install, build, registry, bench, demo):
+    for module in (cache, emulate, install, build, multiarch, registry, bench, demo):
         module.register(sub)
     return parser
 

@@ -78,6 +78,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.set_defaults(func=cmd_bench_install)
+    m = caps.add_parser("multiarch", help="multi-arch tests: the same pytest suite natively and under QEMU")
+    m.add_argument("--arch", default="arm64", help="emulated architecture (arm64)")
+    m.add_argument("--cache-dir", help="reuse rootfs archives from here (default: a fresh dir, a cold build)")
+    m.add_argument("--mirror", default=None, help="Debian mirror (deb.debian.org)")
+    m.add_argument("--json", action="store_true", help="print one JSON object")
+    m.set_defaults(func=cmd_bench_multiarch)
     b = caps.add_parser("build", help="distributed builds: 30-package DAG makespan vs lower bound, failover")
     b.add_argument("--workers", type=int, default=4, help="worker processes (4)")
     b.add_argument("--heartbeat-ttl", type=float, default=2.0, help="heartbeat TTL in seconds (2)")
@@ -146,6 +152,22 @@ def cmd_bench_install(args: argparse.Namespace) -> int:
         packages=args.packages,
         repeats=args.repeats,
         faulty_first=args.faulty_first,
+        progress=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True),
+    )
+    return emit(result, args.json)
+
+
+def cmd_bench_multiarch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fleetci.multiarch.arch import parse_arch
+    from fleetci.multiarch.bench import bench_multiarch
+    from fleetci.multiarch.settings import DEFAULT_MIRROR
+
+    result = bench_multiarch(
+        parse_arch(args.arch),
+        Path(args.cache_dir) if args.cache_dir else None,
+        (args.mirror or DEFAULT_MIRROR).rstrip("/"),
         progress=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True),
     )
     return emit(result, args.json)

@@ -1,0 +1,106 @@
+"""``fleetci multiarch run`` and ``fleetci matrix``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from fleetci import gha
+from fleetci.config import load_config_file
+from fleetci.errors import FleetciError, UsageError
+
+SETTING_FLAGS = (
+    "arch",
+    "python",
+    "backend",
+    "project",
+    "cache_dir",
+    "mirror",
+    "packages",
+    "requirements",
+    "image",
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("multiarch", help="run a command (a test suite) on amd64/arm64/armv7/riscv64")
+    verbs = p.add_subparsers(dest="multiarch_verb", metavar="VERB", parser_class=type(p))
+    verbs.required = True
+    r = verbs.add_parser(
+        "run",
+        help="run CMD in the project on another architecture and return its exit code",
+        usage="fleetci multiarch run --arch ARCH [options] -- CMD …",
+    )
+    g = r.add_argument_group("settings (flag > environment > config file 'multiarch:' > default)")
+    g.add_argument("--arch", help="amd64, arm64, armv7 or riscv64 ($MULTIARCH_ARCH)")
+    g.add_argument("--python", help="Python X.Y in the guest ($MULTIARCH_PYTHON; the guest's own)")
+    g.add_argument("--backend", help="auto, native, docker or chroot ($MULTIARCH_BACKEND; auto)")
+    g.add_argument("--project", help="project directory, mounted at /project ($MULTIARCH_PROJECT; cwd)")
+    g.add_argument(
+        "--cache-dir", help="rootfs and pip caches ($MULTIARCH_CACHE_DIR; ~/.cache/fleetci/multiarch)"
+    )
+    g.add_argument("--mirror", help="Debian mirror for rootfs builds ($MULTIARCH_MIRROR; deb.debian.org)")
+    g.add_argument(
+        "--packages", help="extra Debian packages in the rootfs, comma-separated ($MULTIARCH_PACKAGES)"
+    )
+    g.add_argument(
+        "--requirements",
+        help="requirements files to pip install in the guest, comma-separated ($MULTIARCH_REQUIREMENTS)",
+    )
+    g.add_argument("--image", help="docker image ($MULTIARCH_IMAGE; python:X.Y)")
+    r.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+    r.set_defaults(func=cmd_run)
+
+    m = sub.add_parser("matrix", help="write a GitHub Actions matrix over architectures × Python versions")
+    m.add_argument("--arch", required=True, help="comma-separated architectures, e.g. amd64,arm64,armv7")
+    m.add_argument("--python", required=True, help="comma-separated Python versions, e.g. 3.9,3.10,3.11")
+    m.add_argument(
+        "--prefer-native", action="store_true", help="use GitHub's native runners where they exist (arm64)"
+    )
+    m.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        help="ARCH or ARCH:X.Y to leave out (repeatable, comma-separated)",
+    )
+    m.set_defaults(func=cmd_matrix)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fleetci.multiarch.runner import run
+    from fleetci.multiarch.settings import multiarch_settings
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("no command given: fleetci multiarch run --arch ARCH -- CMD …")
+    config = load_config_file(getattr(args, "config", None))
+    settings = multiarch_settings({k: getattr(args, k) for k in SETTING_FLAGS}, config)
+    result = run(settings, command)
+    if result.exit_code != 0:
+        code = result.exit_code if result.exit_code > 0 else 128 - result.exit_code  # killed by a signal
+        raise FleetciError(
+            f"command failed with exit code {result.exit_code} on {settings.arch.name} ({result.backend}): "
+            f"{' '.join(command)}",
+            exit_code=code,
+        )
+    return 0
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from fleetci.config import parse_csv
+    from fleetci.multiarch.matrix import build_matrix
+
+    entries = build_matrix(
+        list(parse_csv(args.arch)), list(parse_csv(args.python)), args.prefer_native, args.exclude
+    )
+    matrix = json.dumps({"include": [e.as_dict() for e in entries]}, separators=(",", ":"))
+    print(matrix)
+    gha.set_output("matrix", matrix)
+    gha.set_output("count", str(len(entries)))
+    rows = [[e.arch, e.python, e.runner, e.backend] for e in entries]
+    gha.append_step_summary(
+        "### fleetci matrix\n\n" + gha.markdown_table(["arch", "python", "runner", "backend"], rows)
+    )
+    return 0

@@ -1,0 +1,142 @@
+"""The native and docker backends (the chroot one lives in :mod:`fleetci.multiarch.chroot`)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from fleetci.errors import FleetciError
+from fleetci.multiarch.arch import host_arch
+from fleetci.multiarch.binfmt import ensure_binfmt
+from fleetci.multiarch.rootfs import Progress
+from fleetci.multiarch.settings import MultiarchSettings
+
+# Exit code the docker guest script uses when pip fails, so it is not mistaken for the command's own.
+PIP_FAILED = 222
+
+
+def run_native(settings: MultiarchSettings, command: list[str], progress: Progress) -> int:
+    """Run on this machine; with --python, ``python``/``python3`` resolve to that interpreter."""
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="fleetci-native-") as shim:
+        if settings.python:
+            interpreter = shutil.which(f"python{settings.python}")
+            if interpreter is None:
+                current = f"{sys.version_info.major}.{sys.version_info.minor}"
+                if current != settings.python:
+                    raise FleetciError(
+                        f"Python {settings.python} is not installed on this {settings.arch.name} host "
+                        f"(no python{settings.python} on PATH; actions/setup-python can provide it)"
+                    )
+                interpreter = sys.executable
+            for name in ("python", "python3"):
+                os.symlink(interpreter, Path(shim) / name)
+            env["PATH"] = f"{shim}{os.pathsep}{env.get('PATH', '')}"
+        for req in settings.requirements:
+            progress(f"pip install -r {req.name} (native)")
+            rc = subprocess.run(
+                ["python3", "-m", "pip", "install", "--progress-bar", "off", "-r", str(req)],
+                cwd=settings.project,
+                env=env,
+                check=False,
+            ).returncode
+            if rc != 0:
+                raise FleetciError(f"installing test dependencies failed (pip exit {rc})", exit_code=rc)
+        sys.stdout.flush()
+        return subprocess.run(command, cwd=settings.project, env=env, check=False).returncode
+
+
+def docker_available(env: dict[str, str] | None = None) -> str | None:
+    """None when a docker daemon answers, else why not (one line)."""
+    if not shutil.which("docker"):
+        return "the docker CLI is not installed"
+    try:
+        proc = subprocess.run(
+            ["docker", "version", "--format", "{{.Server.Version}}"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return "the docker daemon did not answer within 20 s"
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        return lines[-1] if lines else "docker version failed"
+    return None
+
+
+def docker_image(settings: MultiarchSettings) -> str:
+    return settings.image or f"python:{settings.python or '3.11'}"
+
+
+def run_docker(settings: MultiarchSettings, command: list[str], progress: Progress) -> int:
+    """``docker run --platform linux/<arch>`` with the project mounted at /project."""
+    problem = docker_available()
+    if problem:
+        host = os.environ.get("DOCKER_HOST", "the default socket")
+        raise FleetciError(f"docker backend unavailable ({host}): {problem}")
+    native = host_arch()
+    if native is None or native.name != settings.arch.name:
+        ensure_binfmt(settings.arch)
+    image = docker_image(settings)
+    platform = settings.arch.platform
+    have = subprocess.run(["docker", "image", "inspect", image], capture_output=True, text=True)
+    if have.returncode != 0:
+        progress(f"docker pull --platform {platform} {image}")
+        pulled = subprocess.run(
+            ["docker", "pull", "--platform", platform, image], capture_output=True, text=True
+        )
+        if pulled.returncode != 0:
+            lines = [ln for ln in pulled.stderr.strip().splitlines() if ln.strip()]
+            raise FleetciError(
+                f"cannot pull image {image} for {platform}: {lines[-1] if lines else 'docker pull failed'}"
+            )
+    reqs = " ".join(
+        "-r " + shlex.quote("/project/" + str(r.relative_to(settings.project))) for r in settings.requirements
+    )
+    script = 'cd /project && exec "$@"'
+    if reqs:
+        script = (
+            f"cd /project && {{ python3 -m pip install --progress-bar off {reqs} || "
+            f'{{ echo "fleetci-guest: pip install failed" >&2; exit {PIP_FAILED}; }}; }} && exec "$@"'
+        )
+    argv = [
+        "docker",
+        "run",
+        "--rm",
+        "--platform",
+        platform,
+        "--network",
+        "host",
+        "-v",
+        f"{settings.project}:/project",
+        "-w",
+        "/project",
+        "-e",
+        "PIP_BREAK_SYSTEM_PACKAGES=1",
+        "-e",
+        "PIP_DISABLE_PIP_VERSION_CHECK=1",
+        "-e",
+        "PIP_ROOT_USER_ACTION=ignore",
+        "-e",
+        "PYTHONUNBUFFERED=1",
+        image,
+        "/bin/sh",
+        "-c",
+        script,
+        "fleetci-guest",
+        *command,
+    ]
+    sys.stdout.flush()
+    rc = subprocess.run(argv, check=False).returncode
+    if reqs and rc == PIP_FAILED:
+        raise FleetciError(
+            f"installing test dependencies in the {settings.arch.name} container failed", exit_code=1
+        )
+    return rc

@@ -1,0 +1,379 @@
+"""The chroot backend: a cached Debian rootfs, QEMU through binfmt_misc, no docker daemon.
+
+Each run unpacks a fresh guest (about a second), bind-mounts the project at ``/project`` inside a
+private mount namespace (``unshare --mount``: the mounts vanish with the process even on ``kill -9``)
+and runs the command with a clean environment. Test dependencies installed with pip in the guest are
+cached as a layer keyed by the requirements' content, so pip (slow under emulation) runs once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from fleetci.errors import FleetciError
+from fleetci.multiarch.arch import SUITE_PYTHON, Arch, host_arch, suite_for
+from fleetci.multiarch.binfmt import ensure_binfmt
+from fleetci.multiarch.rootfs import (
+    Progress,
+    RootfsSpec,
+    build_lock,
+    ensure_rootfs,
+    remove_tree,
+    sha256_file,
+    sidecar,
+    stderr_progress,
+    unpack,
+)
+from fleetci.multiarch.settings import MultiarchSettings
+
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+GUEST_PROJECT = "/project"
+# Host CA bundles: the guest's pip must trust the same (possibly private) CAs as the host.
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+HOST_EXTRA_CAS = Path("/usr/local/share/ca-certificates")
+
+# Runs as root in a private mount namespace: "$1" guest root, "$2" project, "$3" pip cache, "$4"-"$6"
+# overlay lower/upper/work dirs ("-" when the guest is a plain unpacked tree), then the command's argv.
+MOUNT_SCRIPT = r"""
+set -e
+root=$1 project=$2 pipcache=$3 lower=$4 upper=$5 work=$6
+shift 6
+if [ "$lower" != - ]; then
+  mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$root"
+fi
+mount --bind "$project" "$root/project"
+mount -t proc proc "$root/proc"
+mount --rbind /dev "$root/dev"
+mount --rbind /sys "$root/sys"
+mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
+mount --bind "$pipcache" "$root/root/.cache/pip"
+exec chroot "$root" "$@"
+"""
+
+
+MOUNT_POINTS = ("project", "proc", "dev", "sys", "tmp", "root/.cache/pip")
+_OVERLAY: dict[Path, bool] = {}
+
+
+def overlay_supported(cache_dir: Path) -> bool:
+    """Can this kernel/filesystem overlay-mount under ``cache_dir``? Tried once per process."""
+    if cache_dir in _OVERLAY:
+        return _OVERLAY[cache_dir]
+    probe = cache_dir / "run" / f".overlay-probe-{os.getpid()}"
+    dirs = [probe / d for d in ("lower", "upper", "work", "merged")]
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    opts = f"lowerdir={dirs[0]},upperdir={dirs[1]},workdir={dirs[2]}"
+    proc = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            opts,
+            str(dirs[3]),
+        ],
+        capture_output=True,
+    )
+    remove_tree(probe)
+    _OVERLAY[cache_dir] = proc.returncode == 0
+    return _OVERLAY[cache_dir]
+
+
+def ensure_tree(archive: Path, trees_dir: Path, progress: Progress) -> Path:
+    """The archive unpacked once into ``trees_dir`` (reused while the archive's checksum is unchanged)."""
+    digest = sidecar(archive).read_text(encoding="utf-8").split()[0]
+    tree = trees_dir / archive.name.removesuffix(".tar.zst")
+    marker = tree / ".fleetci-tree"
+    if marker.is_file() and marker.read_text(encoding="utf-8").strip() == digest:
+        return tree
+    with build_lock(trees_dir, tree.name):
+        if marker.is_file() and marker.read_text(encoding="utf-8").strip() == digest:
+            return tree
+        partial = trees_dir / f".{tree.name}.{os.getpid()}"
+        remove_tree(partial)
+        seconds = unpack(archive, partial, progress)
+        for d in MOUNT_POINTS:
+            (partial / d).mkdir(parents=True, exist_ok=True)
+        (partial / ".fleetci-tree").write_text(digest + "\n", encoding="utf-8")
+        remove_tree(tree)
+        os.replace(partial, tree)
+        progress(f"unpacked {archive.name} in {seconds:.1f} s (once per machine)")
+    return tree
+
+
+@dataclass
+class Timings:
+    """Where a run's wall time went (the bench and the step summary report these)."""
+
+    rootfs_s: float = 0.0
+    rootfs_built: bool = False
+    unpack_s: float = 0.0
+    deps_s: float = 0.0
+    deps_cached: bool = False
+    precompile_s: float = 0.0
+    command_s: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise FleetciError(
+            f"{what} needs root (mmdebstrap, mount and chroot); run it with sudo or use --backend docker"
+        )
+
+
+def guest_env(extra: dict[str, str] | None = None) -> list[str]:
+    """``env -i`` arguments: nothing from the host leaks in (host PIP_* settings break the guest's pip)."""
+    env = {
+        "PATH": GUEST_PATH,
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "PIP_BREAK_SYSTEM_PACKAGES": "1",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_ROOT_USER_ACTION": "ignore",
+        "PIP_NO_WARN_SCRIPT_LOCATION": "1",
+    }
+    env.update(extra or {})
+    return ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in sorted(env.items()))]
+
+
+class Guest:
+    """One unpacked rootfs, ready to run commands in; removed by :meth:`close`."""
+
+    def __init__(self, settings: MultiarchSettings, progress: Progress = stderr_progress) -> None:
+        self.settings = settings
+        self.progress = progress
+        self.arch: Arch = settings.arch
+        self.suite = suite_for(settings.arch, settings.python)
+        self.python = SUITE_PYTHON[self.suite]
+        self.spec = RootfsSpec(self.arch, self.suite, settings.all_packages, settings.mirror)
+        self.timings = Timings()
+        self.root: Path | None = None  # what the guest sees as /
+        self.upper: Path | None = None  # where the run's own files go (== root without overlay)
+        self.lower: Path | None = None  # shared read-only tree (overlay mode)
+        self.run_dir: Path | None = None
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        require_root("the chroot backend")
+        native = host_arch()
+        if native is None or native.name != self.arch.name:
+            ensure_binfmt(self.arch)
+        result = ensure_rootfs(self.spec, self.settings.rootfs_dir, self.progress)
+        self.timings.rootfs_s, self.timings.rootfs_built = result.seconds, result.built
+        if not result.built:
+            self.progress(f"reusing cached rootfs {result.archive.name} (checked in {result.seconds:.1f} s)")
+        run_dir = self.settings.cache_dir / "run" / f"{self.arch.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.run_dir = run_dir
+        if overlay_supported(self.settings.cache_dir):
+            # The archive is unpacked once per machine into a read-only lower tree; every run gets its
+            # own writable overlay on top, so a warm start costs a mount instead of an unpack.
+            t0 = time.monotonic()
+            self.lower = ensure_tree(result.archive, self.settings.cache_dir / "trees", self.progress)
+            self.root = run_dir / "merged"
+            self.upper = run_dir / "upper"
+            for d in (self.root, self.upper, run_dir / "work"):
+                d.mkdir(parents=True, exist_ok=True)
+            self.timings.unpack_s = time.monotonic() - t0
+            self.progress(f"{self.arch.name} guest ready in {self.timings.unpack_s:.1f} s (overlay)")
+        else:
+            self.root = self.upper = run_dir / "root"
+            self.timings.unpack_s = unpack(result.archive, self.root, self.progress)
+            self.progress(f"unpacked {self.arch.name} guest in {self.timings.unpack_s:.1f} s")
+        self._configure()
+
+    def _configure(self) -> None:
+        """Files the guest needs from the host, written where the run's changes go (upper layer)."""
+        assert self.upper is not None
+        for d in MOUNT_POINTS:
+            (self.upper / d).mkdir(parents=True, exist_ok=True)
+        certs = self.upper / "etc/ssl/certs"
+        if HOST_CA_BUNDLE.is_file():
+            certs.mkdir(parents=True, exist_ok=True)
+            target = certs / "ca-certificates.crt"
+            target.unlink(missing_ok=True)  # may be a symlink into the guest
+            shutil.copyfile(HOST_CA_BUNDLE, target)
+        if HOST_EXTRA_CAS.is_dir():
+            dest = self.upper / "usr/local/share/ca-certificates"
+            dest.mkdir(parents=True, exist_ok=True)
+            for crt in HOST_EXTRA_CAS.glob("*.crt"):
+                shutil.copyfile(crt, dest / crt.name)
+        resolv = self.upper / "etc/resolv.conf"
+        resolv.unlink(missing_ok=True)
+        if Path("/etc/resolv.conf").exists():
+            shutil.copyfile("/etc/resolv.conf", resolv)
+
+    def pip_cache(self) -> Path:
+        path = self.settings.cache_dir / "pip" / f"{self.arch.name}-{self.suite}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # -- running --------------------------------------------------------------------------------
+    def exec(self, argv: list[str], env: dict[str, str] | None = None, stdout: TextIO | None = None) -> int:
+        """Run ``argv`` in the guest (cwd /project); returns its exit code, output goes straight through."""
+        outer = self._outer(argv, env)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        return subprocess.run(outer, check=False, stdout=stdout).returncode
+
+    def _outer(self, argv: list[str], env: dict[str, str] | None) -> list[str]:
+        assert self.root is not None, "prepare() first"
+        inner = [*guest_env(env), "/bin/sh", "-c", 'cd "$0" && exec "$@"', GUEST_PROJECT, *argv]
+        return [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+            "-c",
+            MOUNT_SCRIPT,
+            "fleetci-guest",
+            str(self.root),
+            str(self.settings.project),
+            str(self.pip_cache()),
+            *(
+                (str(self.lower), str(self.upper), str(self.run_dir / "work"))
+                if self.lower is not None and self.run_dir is not None
+                else ("-", "-", "-")
+            ),
+            *inner,
+        ]
+
+    def shell(self, command: str, env: dict[str, str] | None = None) -> int:
+        return self.exec(["/bin/sh", "-c", command], env)
+
+    # -- test dependencies ------------------------------------------------------------------------
+    def deps_key(self) -> str | None:
+        reqs = self.settings.requirements
+        if not reqs:
+            return None
+        h = hashlib.sha256(self.spec.key.encode())
+        for req in reqs:
+            h.update(req.name.encode() + b"\0" + sha256_file(req).encode())
+        return h.hexdigest()[:16]
+
+    def install_requirements(self) -> None:
+        """pip install -r … in the guest once; later runs unpack the saved layer instead of running pip."""
+        key = self.deps_key()
+        if key is None or self.root is None:
+            return
+        started = time.monotonic()
+        layer = self.settings.cache_dir / "deps" / f"{self.arch.name}-{self.suite}-{key}.tar.zst"
+        if layer.is_file():
+            proc = subprocess.run(
+                ["tar", "--use-compress-program=zstd -d -T0", "-x", "-f", str(layer), "-C", str(self.upper)],
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode == 0:
+                self.timings.deps_s, self.timings.deps_cached = time.monotonic() - started, True
+                self.progress(
+                    f"test dependencies from cached layer {layer.name} ({self.timings.deps_s:.1f} s)"
+                )
+                return
+            layer.rename(layer.with_name(f"{layer.name}.corrupt-{int(time.time())}"))
+            self.progress(f"warning: dependency layer {layer.name} is corrupt; moved aside, running pip")
+        args = " ".join(
+            f"-r {shlex.quote(GUEST_PROJECT + '/' + str(r.relative_to(self.settings.project)))}"
+            for r in self.settings.requirements
+        )
+        self.progress(f"pip install {args} inside the {self.arch.name} guest")
+        self._pip_with_retries(f"python3 -m pip install --progress-bar off {args}")
+        layer.parent.mkdir(parents=True, exist_ok=True)
+        partial = layer.with_name(f".{layer.name}.{os.getpid()}")
+        subprocess.run(
+            [
+                "tar",
+                "--use-compress-program=zstd -T0",
+                "-c",
+                "-f",
+                str(partial),
+                "-C",
+                str(self.upper),
+                "usr/local",
+            ],
+            check=True,
+        )
+        os.replace(partial, layer)
+        self.timings.deps_s = time.monotonic() - started
+
+    def _pip_with_retries(self, command: str) -> None:
+        """Guest pip with safe-install's policy: retry transient failures, fail fast on others."""
+        from fleetci.install.pip import classify
+        from fleetci.install.retry import InstallFailure, with_retries
+
+        def attempt(n: int) -> None:
+            rc, output = self.exec_captured(["/bin/sh", "-c", command])
+            if rc != 0:
+                raise classify(output)
+
+        def on_retry(n: int, sleep: float, exc: BaseException) -> None:
+            self.progress(f"guest pip attempt {n} failed ({exc}); retrying in {sleep:.0f} s")
+
+        try:
+            with_retries(attempt, retries=3, backoff=2.0, backoff_max=30.0, on_retry=on_retry)
+        except InstallFailure as exc:
+            raise FleetciError(
+                f"installing test dependencies in the {self.arch.name} guest failed: {exc}"
+            ) from exc
+
+    def exec_captured(self, argv: list[str]) -> tuple[int, str]:
+        """Like :meth:`exec`, but also keep the output (pip's, to classify its failures)."""
+        outer = self._outer(argv, None)
+        proc = subprocess.Popen(
+            outer, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        )
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            lines.append(line)
+        sys.stdout.flush()
+        return proc.wait(), "".join(lines)
+
+    # -- bytecode ---------------------------------------------------------------------------------
+    def precompile(self) -> None:
+        """Compile the project's modules with the host's native interpreter when it matches the guest's.
+
+        CPython bytecode does not depend on the CPU, only on the version, so a native compile replaces
+        the guest's emulated one.
+        """
+        if not self.settings.precompile:
+            return
+        host = f"{sys.version_info.major}.{sys.version_info.minor}"
+        if host != self.python:
+            return
+        started = time.monotonic()
+        import compileall
+
+        compileall.compile_dir(
+            str(self.settings.project),
+            quiet=2,
+            workers=0,
+            rx=__import__("re").compile(r"/(\.git|\.venv|venv|node_modules|\.tox)/"),
+        )
+        self.timings.precompile_s = time.monotonic() - started
+
+    def close(self) -> None:
+        if self.run_dir is not None:
+            remove_tree(self.run_dir)
+        self.root = self.upper = self.lower = self.run_dir = None

@@ -1,0 +1,1 @@
+"""Makes ``mathkit`` importable from the project root (the sample has no packaging)."""
