@@ -350,43 +350,25 @@ def start_emulator(latency_ms: tuple[float, float]) -> Any:
 
 
 def start_proxy(emulator_url: str, cache_dir: Path, config: Path, p2p: list[str] | None = None) -> Any:
+    """A real ``fleetci cache serve``; with ``p2p`` (extra flags: bootstrap peers) a libp2p fleet node."""
     from fleetci.http import free_port
 
-    if p2p is not None:
-        env = {**os.environ, "FLEETCI_CACHE_SECRET": BENCH_SECRET, "CACHE_FLEET": "bench"}
-        argv = fleetci_argv(
-            "--config",
-            str(config),
-            "cache",
-            "serve",
-            "--upstream",
-            emulator_url,
-            "--port",
-            str(free_port()),
-            "--cache-dir",
-            str(cache_dir),
-            "--enable-p2p",
-            "--p2p-host",
-            "127.0.0.1",
-            "--listen-port",
-            str(free_port()),
-            *p2p,
-        )
-        return running(argv, env=env)
-    return running(
-        fleetci_argv(
-            "--config",
-            str(config),
-            "cache",
-            "serve",
-            "--upstream",
-            emulator_url,
-            "--port",
-            str(free_port()),
-            "--cache-dir",
-            str(cache_dir),
-        )
+    argv = fleetci_argv(
+        "--config",
+        str(config),
+        "cache",
+        "serve",
+        "--upstream",
+        emulator_url,
+        "--port",
+        str(free_port()),
+        "--cache-dir",
+        str(cache_dir),
     )
+    if p2p is None:
+        return running(argv)
+    argv += ["--enable-p2p", "--p2p-host", "127.0.0.1", "--listen-port", str(free_port()), *p2p]
+    return running(argv, env={**os.environ, "FLEETCI_CACHE_SECRET": BENCH_SECRET, "CACHE_FLEET": "bench"})
 
 
 def bench_cache(
