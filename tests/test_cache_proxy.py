@@ -597,3 +597,47 @@ def test_version_answers_without_building_the_parser() -> None:
 
     out = run_fleetci("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"fleetci {__version__}"
+
+
+def test_bench_cache_prints_one_json_object_with_the_issue_keys() -> None:
+    out = run_fleetci(
+        "bench",
+        "cache",
+        "--runners",
+        "2",
+        "--calls",
+        "10",
+        "--samples",
+        "10",
+        "--time-scale",
+        "2400",
+        "--latency-ms",
+        "0-5",
+        "--json",
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    for key in (
+        "runners",
+        "calls_per_runner",
+        "baseline_charged",
+        "upstream_charged",
+        "saved_ratio",
+        "local_hit_http_p50_ms",
+        "local_hit_inproc_p50_ms",
+        "direct_p50_ms",
+        "miss_overhead_p50_ms",
+    ):
+        assert key in data, key
+    assert data["baseline_charged"] == 20 and data["errors"] == 0
+    assert 0 < data["upstream_charged"] < data["baseline_charged"]
+
+
+def test_demo_prints_the_table_of_calls_saved() -> None:
+    out = run_fleetci(
+        "demo", "--runners", "2", "--calls", "10", "--time-scale", "2400", "--latency-ms", "0-5", timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert "charged GitHub calls without fleetci : 20" in out.stdout
+    assert "calls saved" in out.stdout and "runner" in out.stdout
