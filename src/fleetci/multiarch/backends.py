@@ -101,9 +101,9 @@ def run_docker(settings: MultiarchSettings, command: list[str], progress: Progre
         "-r " + shlex.quote("/project/" + str(r.relative_to(settings.project))) for r in settings.requirements
     )
     script = 'cd /project && exec "$@"'
-    if reqs:
+    if reqs:  # pip's output is set-up progress: stderr; stdout belongs to the command
         script = (
-            f"cd /project && {{ python3 -m pip install --progress-bar off {reqs} || "
+            f"cd /project && {{ python3 -m pip install --progress-bar off {reqs} 1>&2 || "
             f'{{ echo "fleetci-guest: pip install failed" >&2; exit {PIP_FAILED}; }}; }} && exec "$@"'
         )
     argv = [

@@ -337,7 +337,8 @@ class Guest:
             ) from exc
 
     def exec_captured(self, argv: list[str]) -> tuple[int, str]:
-        """Like :meth:`exec`, but also keep the output (pip's, to classify its failures)."""
+        """Like :meth:`exec`, but keep the output (pip's, to classify its failures) and show it on stderr:
+        set-up is progress, stdout belongs to the user's command."""
         outer = self._outer(argv, None)
         proc = subprocess.Popen(
             outer, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
@@ -345,9 +346,9 @@ class Guest:
         assert proc.stdout is not None
         lines = []
         for line in proc.stdout:
-            sys.stdout.write(line)
+            sys.stderr.write(line)
             lines.append(line)
-        sys.stdout.flush()
+        sys.stderr.flush()
         return proc.wait(), "".join(lines)
 
     # -- bytecode ---------------------------------------------------------------------------------
