@@ -239,6 +239,9 @@ def test_setup_p2p_cache_passes_every_setting_input_to_the_cli() -> None:
         "cache-dir": "CACHE_DIR",
         "max-entries": "CACHE_MAX_ENTRIES",
         "upstream": "CACHE_UPSTREAM",
+        "secret": "FLEETCI_CACHE_SECRET",
+        "peer-registry": "CACHE_PEER_REGISTRY",
+        "fleet": "CACHE_FLEET",
     }
     assert set(inputs) - {"python", "extras"} == set(cli_env)
     for name, var in cli_env.items():
