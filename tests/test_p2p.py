@@ -251,7 +251,7 @@ class Rogue:
         self.received: list[Announcement] = []
         serve = serve or {}
         self.node = P2PNode(
-            P2PConfig("127.0.0.1", free_port(), tmp / "rogue.key", secret, bootstrap=(bootstrap,)),
+            P2PConfig("127.0.0.1", free_port(), tmp / "rogue.key", bootstrap=(bootstrap,)),
             FleetKeys(secret, FLEET),
             on_announcements=self.received.extend,
             lookup=serve.get,

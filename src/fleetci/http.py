@@ -10,7 +10,7 @@ import contextlib
 import errno
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -170,11 +170,6 @@ def wait_healthy(
                 last = describe(exc)
             time.sleep(0.05)
     raise FleetciError(f"{url} not healthy after {timeout:g}s ({last})")
-
-
-def lower_map(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    return {k.lower(): v for k, v in items}
 
 
 def primary_ip() -> str:

@@ -22,7 +22,7 @@ import threading
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,6 @@ class P2PConfig:
     listen_host: str
     listen_port: int
     identity_path: Path
-    secret: str
     bootstrap: tuple[str, ...] = ()
     registry: Path | None = None
     announce_host: str | None = None
@@ -94,7 +93,6 @@ class P2PStats:
     fetches: int = 0
     fetch_failures: int = 0
     served: int = 0
-    bad_bootstrap: list[str] = field(default_factory=list)
 
 
 def load_identity(path: Path) -> bytes:
@@ -277,7 +275,6 @@ class P2PNode:
         host = new_host(key_pair=create_new_key_pair(self.seed), listen_addrs=[listen])
         self._host = host
         router = self._gossipsub()
-        self._router = router
         ps = pubsub_module.Pubsub(host, router)
         host.set_stream_handler(TProtocol(FETCH_PROTOCOL), self._serve_fetch)
         try:

@@ -61,7 +61,6 @@ def start_node(settings: CacheSettings, engine: CacheEngine, loop: asyncio.Abstr
             listen_host=settings.p2p_host,
             listen_port=settings.listen_port,
             identity_path=settings.identity_path,
-            secret=secret,
             bootstrap=bootstrap_list(settings),
             registry=settings.peer_registry,
             fetch_timeout=settings.peer_timeout,

@@ -370,30 +370,19 @@ def push(
         f"{settings.registry_host}/{settings.registry_project}?",
         yes,
     )
+    push = _oci_push
     if settings.engine == "docker":
-        from fleetci.registry.engine_docker import docker_push
-
-        rows = docker_push(
-            settings,
-            directory,
-            plan,
-            force=force,
-            retag_as_latest=retag_as_latest,
-            verbose=verbose,
-            skip_login=skip_login,
-            log=log,
-        )
-    else:
-        rows = _oci_push(
-            settings,
-            directory,
-            plan,
-            force=force,
-            retag_as_latest=retag_as_latest,
-            verbose=verbose,
-            skip_login=skip_login,
-            log=log,
-        )
+        from fleetci.registry.engine_docker import docker_push as push
+    rows = push(
+        settings,
+        directory,
+        plan,
+        force=force,
+        retag_as_latest=retag_as_latest,
+        verbose=verbose,
+        skip_login=skip_login,
+        log=log,
+    )
     _summary(f"fleetci registry push {image_tag}", rows)
     return rows
 
