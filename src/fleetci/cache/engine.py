@@ -323,10 +323,9 @@ class CacheEngine:
             )
         except asyncio.TimeoutError:
             body = None
+        self._peer_index.pop(prep.key, None)  # fetched now, or that peer could not deliver
         if body is None:
-            self._peer_index.pop(prep.key, None)  # that peer could not deliver; GitHub it is
             return None
-        self._peer_index.pop(prep.key, None)
         got = ann.to_entry(body)
         self.store.remember(got)
         asyncio.get_running_loop().call_soon(self._persist, got)
