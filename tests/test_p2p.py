@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -194,6 +196,50 @@ def test_five_nodes_one_miss_then_peers(emulator: Any, fleet: Any) -> None:
     assert sum(int(s["peer_hits"]) for s in stats) == 8
     assert all(int(s["connected_peers"]) >= 1 for s in stats)
     assert sum(int(peers_of(n)["stats"]["fetches"]) for n in nodes[1:]) >= 4  # the large body, on demand
+
+
+@pytestmark_integration
+def test_simultaneous_misses_on_five_nodes_cost_one_call(emulator: Any, fleet: Any) -> None:
+    """Fleet-wide coalescing: five runners ask five different proxies for the same URLs at the same
+    moment; claims let one node fetch while the others wait for its announcement."""
+    nodes = fleet(5)
+    h = {"Authorization": f"token {token('alice')}"}
+    repos = [r["name"] for r in httpx.get(nodes[0].url + "/orgs/octo-org/repos", headers=h).json()][:4]
+    urls = [f"/repos/octo-org/{name}/actions/runs?per_page=5" for name in repos]
+    urls += [f"/repos/octo-org/{name}/actions/workflows" for name in repos]
+    clients = [httpx.Client(base_url=n.url, headers=h, timeout=30) for n in nodes]
+    for c in clients:
+        c.get("/orgs/octo-org/repos")  # connections up (and a local hit) before the races
+    pool = concurrent.futures.ThreadPoolExecutor(len(nodes))
+
+    def race(url: str) -> list[str]:
+        """All five proxies get ``url`` at the same moment."""
+        barrier = threading.Barrier(len(nodes))
+
+        def ask(c: httpx.Client) -> str:
+            barrier.wait()
+            r = c.get(url)
+            assert r.status_code == 200, r.text
+            return r.headers["X-Fleetci-Cache"]
+
+        answers = list(pool.map(ask, clients))
+        time.sleep(0.5)  # runners poll; they do not flood: let gossip drain between rounds
+        return answers
+
+    race("/orgs/octo-org/actions/runners?per_page=100")  # warm-up: first claims open gossip streams
+    before = emulator.emulator.charged(token("alice"))
+    outcomes = [race(url) for url in urls]
+    pool.shutdown()
+    for c in clients:
+        c.close()
+    charged = emulator.emulator.charged(token("alice")) - before
+    # Without claims every proxy misses: 5 calls per URL. A claim loses its race only when the machine
+    # delays gossip past the claim window (50 ms), so allow a second call per URL, not five.
+    assert charged <= 2 * len(urls), (charged, outcomes)
+    misses = sum(o.count("MISS") for o in outcomes)
+    peer = sum(o.count("PEER") for o in outcomes)
+    assert misses == charged and peer == len(urls) * len(nodes) - misses, outcomes
+    assert sum(int(str(n.stats()["claim_waits"])) for n in nodes) >= peer, outcomes
 
 
 @pytestmark_integration

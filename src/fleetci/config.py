@@ -201,6 +201,8 @@ class CacheSettings:
     fleet: str = ""
     public_bootstrap: bool = False
     peer_timeout: float = 0.5
+    claim_window: float = 0.05
+    claim_wait: float = 2.0
 
     @property
     def identity_path(self) -> Path:
@@ -266,6 +268,8 @@ def cache_settings(
         fleet=r.get("fleet", "", str, env=("CACHE_FLEET",)),
         public_bootstrap=r.get("public_bootstrap", False, parse_bool, env=("CACHE_PUBLIC_BOOTSTRAP",)),
         peer_timeout=r.get("peer_timeout", 0.5, float, env=("CACHE_PEER_TIMEOUT",)),
+        claim_window=r.get("claim_window_ms", 50.0, float, env=("CACHE_CLAIM_WINDOW_MS",)) / 1000,
+        claim_wait=r.get("claim_wait", 2.0, float, env=("CACHE_CLAIM_WAIT",)),
     )
 
 

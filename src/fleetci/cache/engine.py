@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import sqlite3
@@ -33,7 +34,7 @@ from fleetci.config import CacheSettings
 from fleetci.http import HOP_BY_HOP, AsyncUpstream, UpstreamError, UpstreamResponse, forwardable
 
 if TYPE_CHECKING:
-    from fleetci.p2p.messages import Announcement
+    from fleetci.p2p.messages import Announcement, Claim
 
 log = logging.getLogger("fleetci.cache")
 
@@ -56,6 +57,7 @@ COUNTER_KEYS = (
     "upstream_requests",
     "upstream_errors",
     "rate_limited",
+    "claim_waits",
 )
 SUMMARY_KEYS = (
     "local_hits",
@@ -103,6 +105,7 @@ class Counters:
     upstream_errors: int = 0
     rate_limited: int = 0
     upstream_requests: int = 0
+    claim_waits: int = 0  # peer answers obtained by waiting for another node's claimed fetch
     started_at: float = field(default_factory=time.time)
 
     def count(self, outcome: str) -> None:
@@ -150,12 +153,16 @@ def _weak(tag: str) -> str:
 class PeerLink(Protocol):
     """What the engine needs from the peer-to-peer layer (``fleetci.p2p.node.P2PNode``)."""
 
+    peer_id: str
+
     def announce(self, entry: Entry) -> None: ...
+    def claim(self, scope: str, key: str, release: bool = False) -> None: ...
     def fetch(self, ann: Announcement) -> concurrent.futures.Future[bytes | None]: ...
     def connected_peers(self) -> list[str]: ...
 
 
 PEER_INDEX_MAX = 50_000
+CLAIMS_MAX = 50_000
 
 
 class CacheEngine:
@@ -177,6 +184,11 @@ class CacheEngine:
         self._peer_index: OrderedDict[str, Announcement] = OrderedDict()  # announced, body not fetched yet
         self._peer_origin: set[str] = set()  # stored from a peer, not yet served
         self._inflight: dict[str, asyncio.Future[ProxyResponse]] = {}
+        # Fleet-wide coalescing: key -> {peer: when its claim arrived (monotonic)}, the keys we claimed
+        # and have not announced yet, and requests waiting for a claimant's announcement.
+        self._claims: OrderedDict[str, dict[str, float]] = OrderedDict()
+        self._claimed: set[str] = set()
+        self._arrivals: dict[str, asyncio.Future[None]] = {}
 
     # -- classification ------------------------------------------------------------------------------
     def prepare(self, target: str, headers: dict[str, str]) -> Prepared:
@@ -243,8 +255,22 @@ class CacheEngine:
         now = time.time()
         if self.peers is not None and not force:
             from_peer = await self._from_peers(prep, entry, now)
+            if from_peer is None:
+                from_peer = await self._after_claimant(prep, entry)
             if from_peer is not None:
                 return from_peer
+            try:
+                return await self._fetch_upstream(prep, headers, entry, force)
+            finally:
+                if prep.key in self._claimed:  # we claimed it but have nothing to announce: say so
+                    self._claimed.discard(prep.key)
+                    self.peers.claim(prep.scope, prep.key, release=True)
+        return await self._fetch_upstream(prep, headers, entry, force)
+
+    async def _fetch_upstream(
+        self, prep: Prepared, headers: Sequence[tuple[str, str]], entry: Entry | None, force: bool
+    ) -> ProxyResponse:
+        now = time.time()
         usable_stale = (
             entry if entry is not None and now - entry.fresh_until <= self.settings.max_stale else None
         )
@@ -308,7 +334,85 @@ class CacheEngine:
     def _announce(self, entry: Entry) -> None:
         if self.peers is not None:
             self._peer_origin.discard(entry.key)
+            self._claimed.discard(entry.key)
             self.peers.announce(entry)
+
+    def _claimants(self, key: str, now: float) -> list[str]:
+        """Peers whose claim on ``key`` is recent enough that their announcement may still come."""
+        peers = self._claims.get(key)
+        if not peers:
+            return []
+        live = [p for p, at in peers.items() if now - at < self.settings.claim_wait]
+        if not live:
+            self._claims.pop(key, None)
+        return live
+
+    async def _after_claimant(self, prep: Prepared, entry: Entry | None) -> ProxyResponse | None:
+        """Fleet-wide coalescing: if another node is already fetching this key from GitHub, wait for its
+        announcement instead of paying for the same call. Otherwise claim the key, give concurrent
+        claims ``claim_window`` to arrive, and let the lowest peer ID fetch; everyone else waits at
+        most ``claim_wait`` and then goes upstream itself, so a silent claimant costs time, not errors."""
+        peers = self.peers
+        if peers is None or not peers.connected_peers():
+            return None
+        claimants = self._claimants(prep.key, time.monotonic())
+        if not claimants:
+            peers.claim(prep.scope, prep.key)
+            self._claimed.add(prep.key)
+            if self.settings.claim_window <= 0:
+                return None
+            await asyncio.sleep(self.settings.claim_window)
+            answer = await self._served_by_fleet(prep, entry)  # a fast claimant may be done already
+            if answer is not None:
+                return answer
+            claimants = self._claimants(prep.key, time.monotonic())
+            if not claimants or peers.peer_id < min(claimants):
+                return None
+        arrival = self._arrivals.get(prep.key)
+        if arrival is None:
+            arrival = self._arrivals[prep.key] = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(arrival), timeout=self.settings.claim_wait)
+        if self._arrivals.get(prep.key) is arrival and not arrival.done():
+            del self._arrivals[prep.key]  # nobody delivered within claim_wait
+        return await self._served_by_fleet(prep, entry)
+
+    async def _served_by_fleet(self, prep: Prepared, entry: Entry | None) -> ProxyResponse | None:
+        """After waiting on a claim: the entry a peer announced meanwhile, if any."""
+        now = time.time()
+        got = self.store.get(prep.key)
+        if got is not None and got.is_fresh(now):
+            self._peer_origin.discard(prep.key)
+            answer: ProxyResponse | None = self._from_entry(got, Outcome.PEER, prep.limit_scope)
+        else:
+            answer = await self._from_peers(prep, entry, now)
+        if answer is not None:
+            self.counters.claim_waits += 1
+            self._claimed.discard(prep.key)  # served by the fleet: our own claim needs no release
+        return answer
+
+    def _arrived(self, key: str) -> None:
+        """An announcement (or a release) for ``key``: wake whoever waits for it."""
+        self._claims.pop(key, None)
+        arrival = self._arrivals.pop(key, None)
+        if arrival is not None and not arrival.done():
+            arrival.set_result(None)
+
+    def accept_claims(self, claims: list[Claim]) -> None:
+        """Claims peers made (runs on the event loop thread)."""
+        now = time.monotonic()
+        for c in claims:
+            if c.release:
+                peers = self._claims.get(c.key)
+                if peers is not None:
+                    peers.pop(c.peer, None)
+                    if not peers:
+                        self._arrived(c.key)
+                continue
+            self._claims.setdefault(c.key, {})[c.peer] = now
+            self._claims.move_to_end(c.key)
+        while len(self._claims) > CLAIMS_MAX:
+            self._claims.popitem(last=False)
 
     async def _from_peers(self, prep: Prepared, entry: Entry | None, now: float) -> ProxyResponse | None:
         """Local miss (or stale): a fresh copy a peer announced beats a call to GitHub."""
@@ -337,6 +441,7 @@ class CacheEngine:
         for ann in anns:
             if ann.fresh_until <= now:
                 continue
+            self._arrived(ann.key)  # waiters resume after this loop
             local = self.store.get(ann.key)
             if local is not None and local.etag == ann.etag and ann.etag is not None:
                 if ann.fresh_until > local.fresh_until:

@@ -2,13 +2,17 @@
 
 Gossip message = ``header-json \\n sealed(batch-json)`` with the header as AAD. The header carries the
 protocol version, the announcing peer and the scope id (a salted hash), so a receiver can pick the
-scope key; everything else, including the URL, headers and any inline body, is sealed.
+scope key; everything else, including the URL, headers and any inline body, is sealed. A header with
+``"m": "claim"`` carries claims instead: "I am fetching these keys from GitHub now" (or, released, "I
+did not get them"), which lets the rest of the fleet wait for one upstream call instead of making their
+own.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,14 +117,52 @@ class Announcement:
         )
 
 
-def encode_batch(keys: FleetKeys, peer: str, scope: str, anns: list[Announcement]) -> bytes:
-    header = json.dumps({"v": VERSION, "p": peer, "s": scope}, separators=(",", ":")).encode()
-    payload = json.dumps([a.to_json() for a in anns], separators=(",", ":")).encode()
+ANNOUNCE = "ann"
+CLAIM = "claim"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A peer is fetching ``key`` upstream right now (``release``: it gave up without an entry)."""
+
+    key: str
+    scope: str
+    peer: str
+    release: bool = False
+    sent_at: float = 0.0  # the claimant's clock: propagation statistics only
+
+
+@dataclass(frozen=True)
+class Gossip:
+    """One opened gossip message: announcements or claims, from ``peer``."""
+
+    peer: str
+    scope: str
+    announcements: list[Announcement]
+    claims: list[Claim]
+
+
+def _seal_message(keys: FleetKeys, peer: str, scope: str, kind: str, items: list[Any]) -> bytes:
+    h: dict[str, Any] = {"v": VERSION, "p": peer, "s": scope}
+    if kind != ANNOUNCE:
+        h["m"] = kind
+    header = json.dumps(h, separators=(",", ":")).encode()
+    payload = json.dumps(items, separators=(",", ":")).encode()
     return header + b"\n" + keys.seal(scope, payload, header)
 
 
-def decode_batch(keys: FleetKeys, data: bytes) -> tuple[str, list[Announcement]]:
-    """(announcing peer, announcements); raises SealError / MessageError."""
+def encode_batch(keys: FleetKeys, peer: str, scope: str, anns: list[Announcement]) -> bytes:
+    return _seal_message(keys, peer, scope, ANNOUNCE, [a.to_json() for a in anns])
+
+
+def encode_claims(keys: FleetKeys, peer: str, scope: str, claims: list[tuple[str, bool]]) -> bytes:
+    """``claims``: (key, release) pairs of one scope."""
+    now = round(time.time(), 4)
+    return _seal_message(keys, peer, scope, CLAIM, [[k, 1 if r else 0, now] for k, r in claims])
+
+
+def decode_message(keys: FleetKeys, data: bytes) -> Gossip:
+    """Open one gossip message; raises SealError / MessageError for anything not sealed by the fleet."""
     header, sep, sealed = data.partition(b"\n")
     if not sep:
         raise MessageError("no header")
@@ -128,13 +170,29 @@ def decode_batch(keys: FleetKeys, data: bytes) -> tuple[str, list[Announcement]]
         h = json.loads(header)
         if h.get("v") != VERSION:
             raise MessageError(f"unsupported version {h.get('v')!r}")
-        peer, scope = str(h["p"]), str(h["s"])
+        peer, scope, kind = str(h["p"]), str(h["s"]), str(h.get("m", ANNOUNCE))
     except (ValueError, KeyError, AttributeError) as exc:
         raise MessageError(f"bad header: {exc}") from exc
     items = json.loads(keys.open(scope, sealed, header))
     if not isinstance(items, list):
-        raise MessageError("batch is not a list")
-    return peer, [Announcement.from_json(d, scope, peer) for d in items]
+        raise MessageError("message is not a list")
+    if kind == ANNOUNCE:
+        return Gossip(peer, scope, [Announcement.from_json(d, scope, peer) for d in items], [])
+    if kind == CLAIM:
+        try:
+            claims = [Claim(str(k), scope, peer, bool(r), float(t)) for k, r, t in items]
+        except (TypeError, ValueError) as exc:
+            raise MessageError(f"malformed claim: {exc}") from exc
+        return Gossip(peer, scope, [], claims)
+    raise MessageError(f"unknown message kind {kind!r}")
+
+
+def decode_batch(keys: FleetKeys, data: bytes) -> tuple[str, list[Announcement]]:
+    """(announcing peer, announcements) of an announcement message."""
+    msg = decode_message(keys, data)
+    if msg.claims:
+        raise MessageError("a claim message, not announcements")
+    return msg.peer, msg.announcements
 
 
 SYNC = "sync"  # op: peer exchange + what you hold that is still fresh (a peer that (re)joins catches up)

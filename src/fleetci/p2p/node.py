@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -35,10 +34,12 @@ from fleetci.p2p.messages import (
     PX,
     SYNC,
     Announcement,
+    Claim,
     MessageError,
-    decode_batch,
     decode_fetch_request,
+    decode_message,
     encode_batch,
+    encode_claims,
     encode_fetch_request,
     encode_sync_request,
     frame,
@@ -93,6 +94,8 @@ class P2PStats:
     fetches: int = 0
     fetch_failures: int = 0
     served: int = 0
+    claims_sent: int = 0
+    claims_received: int = 0
 
 
 def load_identity(path: Path) -> bytes:
@@ -147,8 +150,10 @@ class P2PNode:
         on_announcements: Callable[[list[Announcement]], None],
         lookup: Callable[[str], Entry | None],
         fresh_entries: Callable[[int], list[Entry]] | None = None,
+        on_claims: Callable[[list[Claim]], None] | None = None,
     ) -> None:
         self.fresh_entries = fresh_entries
+        self.on_claims = on_claims
         self.config = config
         self.keys = keys
         self.on_announcements = on_announcements
@@ -163,6 +168,7 @@ class P2PNode:
         self._token: Any = None
         self._cancel: Any = None
         self._send: Any = None
+        self._claim_send: Any = None
         self._host: Any = None
         self._pending: dict[str, list[Announcement]] = defaultdict(list)
         self._peers: set[str] = set()
@@ -222,6 +228,12 @@ class P2PNode:
     def _queue_announcement(self, ann: Announcement) -> None:
         self._pending[ann.scope].append(ann)
 
+    def claim(self, scope: str, key: str, release: bool = False) -> None:
+        """Tell the fleet we are fetching ``key`` upstream now (or gave up); sent at once, unbatched."""
+        if self._token is not None and self._claim_send is not None:
+            with contextlib.suppress(Exception):
+                self._token.run_sync_soon(self._claim_send.send_nowait, (scope, key, release))
+
     def fetch(self, ann: Announcement) -> concurrent.futures.Future[bytes | None]:
         fut: concurrent.futures.Future[bytes | None] = concurrent.futures.Future()
         if self._token is None or self._send is None:
@@ -241,7 +253,23 @@ class P2PNode:
         from libp2p.custom_types import TProtocol
         from libp2p.pubsub.gossipsub import GossipSub
 
-        return GossipSub(
+        class FloodPublishGossipSub(GossipSub):
+            """Gossipsub v1.1's flood publishing (go-libp2p's default; py-libp2p lacks it): a node's own
+            messages go to every peer on the topic, not only its mesh. Claims must beat the other
+            runners' misses, and a mesh still forming, or a peer the scorer has throttled, would
+            otherwise leave them to heartbeat gossip (up to a second later)."""
+
+            def _get_peers_to_send(
+                self, topic_ids: Any, msg_forwarder: Any, origin: Any, msg_id: bytes | None = None
+            ) -> Any:
+                peers = set(super()._get_peers_to_send(topic_ids, msg_forwarder, origin, msg_id))
+                if self.pubsub is not None and origin == msg_forwarder == self.pubsub.my_id:
+                    for topic in topic_ids:
+                        peers.update(self.pubsub.peer_topics.get(topic, ()))
+                    peers.discard(origin)
+                yield from peers
+
+        return FloodPublishGossipSub(
             protocols=[TProtocol(p) for p in GOSSIP_PROTOCOLS],
             degree=6,
             degree_low=4,
@@ -262,15 +290,11 @@ class P2PNode:
         from libp2p.crypto.ed25519 import create_new_key_pair
         from libp2p.custom_types import TProtocol
         from libp2p.pubsub import pubsub as pubsub_module
-        from libp2p.pubsub import rpc_queue
         from libp2p.tools.anyio_service import background_trio_service
 
-        # Bounded queues that drop silently by default (32 deep): deepen them for bursts.
-        pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = 4096
-        if getattr(pubsub_module, "RpcQueue", None) is rpc_queue.RpcQueue:
-            deeper = functools.partial(rpc_queue.RpcQueue, max_size=4096)
-            setattr(pubsub_module, "RpcQueue", deeper)  # noqa: B010 - read at call time by Pubsub
+        from fleetci.p2p import tuning
 
+        tuning.apply()
         listen = multiaddr.Multiaddr(f"/ip4/{self.config.listen_host}/tcp/{self.config.listen_port}")
         host = new_host(key_pair=create_new_key_pair(self.seed), listen_addrs=[listen])
         self._host = host
@@ -290,11 +314,13 @@ class P2PNode:
                     if a.value_for_protocol("tcp")
                 ][:1]
                 self._send, receive = trio.open_memory_channel[tuple[Announcement, Any]](1024)
+                self._claim_send, claims = trio.open_memory_channel[tuple[str, str, bool]](4096)
                 with trio.CancelScope() as cancel:
                     self._cancel = cancel
                     self._token = trio.lowlevel.current_trio_token()
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._publish_loop, ps)
+                        nursery.start_soon(self._claim_loop, ps, claims)
                         nursery.start_soon(self._receive_loop, sub)
                         nursery.start_soon(self._fetch_loop, receive, nursery)
                         nursery.start_soon(self._discovery_loop)
@@ -330,6 +356,26 @@ class P2PNode:
                 if batch:
                     await self._publish(ps, scope, batch)
 
+    async def _claim_loop(self, ps: Any, receive: Any) -> None:
+        """Claims go out as soon as they are made (whatever else is queued rides along): they only help
+        if they reach the fleet before the other runners' own misses."""
+        import trio
+
+        async for first in receive:
+            queued = [first]
+            with contextlib.suppress(trio.WouldBlock):
+                while len(queued) < 500:
+                    queued.append(receive.receive_nowait())
+            by_scope: dict[str, list[tuple[str, bool]]] = defaultdict(list)
+            for scope, key, release in queued:
+                by_scope[scope].append((key, release))
+            for scope, items in by_scope.items():
+                try:
+                    await ps.publish(self.keys.topic, encode_claims(self.keys, self.peer_id, scope, items))
+                    self.stats.claims_sent += len(items)
+                except Exception as exc:
+                    log.debug("could not publish %d claims: %s", len(items), exc)
+
     async def _publish(self, ps: Any, scope: str, batch: list[Announcement]) -> None:
         try:
             await ps.publish(self.keys.topic, encode_batch(self.keys, self.peer_id, scope, batch))
@@ -353,15 +399,21 @@ class P2PNode:
     def _deliver(self, data: bytes, sender: str) -> None:
         """Open, check and hand over one sealed batch; anything not sealed by the fleet is dropped."""
         try:
-            peer, anns = decode_batch(self.keys, data)
-            if peer != sender:
-                raise MessageError(f"header names {peer}, message signed by {sender}")
+            msg = decode_message(self.keys, data)
+            if msg.peer != sender:
+                raise MessageError(f"header names {msg.peer}, message signed by {sender}")
         except (SealError, MessageError, ValueError) as exc:
             self.stats.rejected += 1
             log.debug("rejected a batch from %s: %s", sender, exc)
             return
-        if peer == self.peer_id:
+        if msg.peer == self.peer_id:
             return
+        if msg.claims:
+            self.stats.claims_received += len(msg.claims)
+            if self.on_claims is not None:
+                self.on_claims(msg.claims)
+            return
+        anns = msg.announcements
         accepted = []
         for ann in anns:
             if ann.body is not None and cid_of(ann.body) != ann.cid:

@@ -11,7 +11,7 @@ from fleetci import gha
 from fleetci.cache.engine import CacheEngine
 from fleetci.config import CacheSettings
 from fleetci.p2p.crypto import FleetKeys, secret_fingerprint
-from fleetci.p2p.messages import Announcement
+from fleetci.p2p.messages import Announcement, Claim
 from fleetci.p2p.node import PUBLIC_BOOTSTRAP, P2PConfig, P2PError, P2PNode, parse_multiaddr
 
 log = logging.getLogger("fleetci.p2p")
@@ -56,6 +56,9 @@ def start_node(settings: CacheSettings, engine: CacheEngine, loop: asyncio.Abstr
     def deliver(anns: list[Announcement]) -> None:  # trio thread -> event loop thread
         loop.call_soon_threadsafe(engine.accept_announcements, anns)
 
+    def claims(batch: list[Claim]) -> None:
+        loop.call_soon_threadsafe(engine.accept_claims, batch)
+
     node = P2PNode(
         P2PConfig(
             listen_host=settings.p2p_host,
@@ -69,6 +72,7 @@ def start_node(settings: CacheSettings, engine: CacheEngine, loop: asyncio.Abstr
         on_announcements=deliver,
         lookup=engine.store.get,
         fresh_entries=engine.store.fresh_entries,
+        on_claims=claims,
     )
     node.start()
     log.info("fleet secret fingerprint %s", secret_fingerprint(secret))
