@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -10,7 +12,7 @@ import pytest
 
 from fleetci.cache.policy import TTLPolicy, cache_key, normalize_target, scope_of, wants_revalidation
 from fleetci.cache.ratelimit import RateLimitTracker
-from fleetci.cache.store import CacheStore, Entry
+from fleetci.cache.store import CacheStore, Entry, cid_of
 from fleetci.config import Resolver, TTLRule, cache_settings, parse_ttl_rules
 from fleetci.errors import UsageError
 
@@ -154,6 +156,18 @@ def test_entry_freshness_and_cid() -> None:
     e = _entry("k", b"hello", ttl=10)
     assert e.is_fresh(time.time()) and not e.is_fresh(time.time() + 11)
     assert e.cid().startswith("bafkrei")  # CIDv1, raw codec, sha2-256, base32
+
+
+@pytest.mark.parametrize("body", [b"", b"hello", bytes(range(256)) * 300, os.urandom(4097)])
+def test_cid_matches_multiformats(body: bytes) -> None:
+    """The fast path must print exactly what multiformats prints, and decode back to the body's hash."""
+    from multiformats import CID, multihash
+
+    expected = str(CID("base32", 1, "raw", multihash.digest(body, "sha2-256")))
+    assert cid_of(body) == expected
+    decoded = CID.decode(cid_of(body))
+    assert decoded.codec.name == "raw" and decoded.version == 1
+    assert multihash.unwrap(decoded.digest) == hashlib.sha256(body).digest()
 
 
 def test_precedence_flag_env_file_default() -> None:

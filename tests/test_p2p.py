@@ -7,6 +7,7 @@ import json
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,61 @@ def test_simultaneous_misses_on_five_nodes_cost_one_call(emulator: Any, fleet: A
     peer = sum(o.count("PEER") for o in outcomes)
     assert misses == charged and peer == len(urls) * len(nodes) - misses, outcomes
     assert sum(int(str(n.stats()["claim_waits"])) for n in nodes) >= peer, outcomes
+
+
+@pytestmark_integration
+def test_twenty_nodes_five_hundred_announcements_nothing_lost(emulator: Any, tmp_path: Path) -> None:
+    """Twenty proxy processes; a burst of 500 new entries spread over all of them (25 each, at once).
+    Every node must receive all 475 announcements of the others, and serve them without GitHub."""
+    nodes = [start_node(emulator, tmp_path, "n0")]
+    try:
+        boot = peers_of(nodes[0])["addrs"][0]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            nodes += pool.map(
+                lambda i: start_node(emulator, tmp_path, f"n{i}", "--bootstrap-peers", boot), range(1, 20)
+            )
+        assert wait_until(lambda: all(len(peers_of(n)["connected"]) >= 3 for n in nodes), timeout=90)
+        h = {"Authorization": f"token {token('alice')}"}
+        urls = [f"/orgs/octo-org/repos?per_page=1&page={i}" for i in range(1, 501)]  # 10-minute TTL
+        shares = [urls[i::20] for i in range(20)]
+        before = emulator.emulator.charged(token("alice"))
+
+        def fetch(node: Proxy, mine: list[str]) -> list[str]:
+            with httpx.Client(base_url=node.url, headers=h, timeout=60) as c:
+                answers = [c.get(u) for u in mine]
+            return [r.headers.get("X-Fleetci-Cache", f"{r.status_code} {r.text[:80]}") for r in answers]
+
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            first = [o for got in pool.map(fetch, nodes, shares) for o in got]
+        assert first.count("MISS") == 500, Counter(first)
+        assert emulator.emulator.charged(token("alice")) - before == 500
+
+        keys = {u: _key_for("alice", u) for u in urls}
+        wanted = [{keys[u] for u in urls if u not in set(mine)} for mine in shares]
+
+        def missing() -> list[int]:
+            """Per node, how many of the other nodes' announcements it has not received (yet)."""
+            got = [peers_of_receipts(n) for n in nodes]
+            return [len(w - g) for w, g in zip(wanted, got, strict=True)]
+
+        assert wait_until(lambda: not any(missing()), timeout=150, interval=2.0), {
+            i: (m, peers_of(nodes[i])["stats"]) for i, m in enumerate(missing()) if m
+        }
+        # End to end on a sample of nodes: 1,500 answers from the fleet, not one new call to GitHub.
+        sample = [nodes[1], nodes[10], nodes[19]]
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            every = list(pool.map(fetch, sample, [urls] * 3))
+        served = Counter(o for got in every for o in got)
+        assert set(served) <= {"HIT", "PEER"}, served
+        assert emulator.emulator.charged(token("alice")) - before == 500
+    finally:
+        for n in nodes:
+            n.stop(signal.SIGKILL)
+
+
+def peers_of_receipts(p: Proxy) -> set[str]:
+    data = httpx.get(f"{p.url}/_fleetci/peers", params={"receipts": "1"}, timeout=30).json()
+    return set(data["receipts"])
 
 
 @pytestmark_integration
