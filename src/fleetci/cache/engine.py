@@ -14,7 +14,7 @@ import logging
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -173,8 +173,10 @@ class CacheEngine:
         settings: CacheSettings,
         store: CacheStore | None = None,
         upstream: AsyncUpstream | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.clock = clock  # injectable: ``fleetci bench fleet`` runs an hour of virtual time
         self.policy = TTLPolicy.build(settings.ttl_rules, settings.default_ttl)
         self.store = store or CacheStore(settings.db_path, settings.max_entries, settings.max_bytes)
         self.upstream = upstream or AsyncUpstream(settings.upstream, settings.upstream_timeout)
@@ -202,7 +204,7 @@ class CacheEngine:
 
     def lookup_fresh(self, key: str, now: float | None = None) -> Entry | None:
         """In-process fast path: a fresh entry or None, no I/O when the memory tier has it."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         entry = self.store.get(key)
         if entry is not None and entry.is_fresh(now):
             return entry
@@ -220,7 +222,7 @@ class CacheEngine:
         prep = self.prepare(target, lower)
         if prep.ttl <= 0:
             return self._finish(await self._passthrough("GET", target, headers, lower, None), lower)
-        now = time.time()
+        now = self.clock()
         force = wants_revalidation(lower)
         entry = self.store.get(prep.key)
         if entry is not None and entry.is_fresh(now) and not force:
@@ -252,7 +254,7 @@ class CacheEngine:
     async def _fetch(
         self, prep: Prepared, headers: Sequence[tuple[str, str]], entry: Entry | None, force: bool = False
     ) -> ProxyResponse:
-        now = time.time()
+        now = self.clock()
         if self.peers is not None and not force:
             from_peer = await self._from_peers(prep, entry, now)
             if from_peer is None:
@@ -270,7 +272,7 @@ class CacheEngine:
     async def _fetch_upstream(
         self, prep: Prepared, headers: Sequence[tuple[str, str]], entry: Entry | None, force: bool
     ) -> ProxyResponse:
-        now = time.time()
+        now = self.clock()
         usable_stale = (
             entry if entry is not None and now - entry.fresh_until <= self.settings.max_stale else None
         )
@@ -298,7 +300,7 @@ class CacheEngine:
                 return self._from_entry(usable_stale, Outcome.STALE, prep.limit_scope)
             raise
         up_headers = up.header_map()
-        now = time.time()
+        now = self.clock()
         if self.limits.observe(prep.limit_scope, up.status, up_headers, up.body, now):
             self.counters.rate_limited += 1
             if usable_stale is not None:
@@ -355,7 +357,7 @@ class CacheEngine:
         peers = self.peers
         if peers is None or not peers.connected_peers():
             return None
-        claimants = self._claimants(prep.key, time.monotonic())
+        claimants = self._claimants(prep.key, self.clock())
         if not claimants:
             peers.claim(prep.scope, prep.key)
             self._claimed.add(prep.key)
@@ -365,7 +367,7 @@ class CacheEngine:
             answer = await self._served_by_fleet(prep, entry)  # a fast claimant may be done already
             if answer is not None:
                 return answer
-            claimants = self._claimants(prep.key, time.monotonic())
+            claimants = self._claimants(prep.key, self.clock())
             if not claimants or peers.peer_id < min(claimants):
                 return None
         arrival = self._arrivals.get(prep.key)
@@ -379,7 +381,7 @@ class CacheEngine:
 
     async def _served_by_fleet(self, prep: Prepared, entry: Entry | None) -> ProxyResponse | None:
         """After waiting on a claim: the entry a peer announced meanwhile, if any."""
-        now = time.time()
+        now = self.clock()
         got = self.store.get(prep.key)
         if got is not None and got.is_fresh(now):
             self._peer_origin.discard(prep.key)
@@ -400,7 +402,7 @@ class CacheEngine:
 
     def accept_claims(self, claims: list[Claim]) -> None:
         """Claims peers made (runs on the event loop thread)."""
-        now = time.monotonic()
+        now = self.clock()
         for c in claims:
             if c.release:
                 peers = self._claims.get(c.key)
@@ -437,7 +439,7 @@ class CacheEngine:
 
     def accept_announcements(self, anns: list[Announcement]) -> None:
         """Entries peers announced (runs on the event loop thread)."""
-        now = time.time()
+        now = self.clock()
         for ann in anns:
             if ann.fresh_until <= now:
                 continue
@@ -474,7 +476,7 @@ class CacheEngine:
         body: bytes | None,
     ) -> ProxyResponse:
         scope = scope_of(lower.get("authorization"))
-        wait = self.limits.blocked_for(scope, time.time())
+        wait = self.limits.blocked_for(scope, self.clock())
         if wait > 0:
             self.counters.rate_limited += 1
             self.counters.count(Outcome.BYPASS)
@@ -489,7 +491,7 @@ class CacheEngine:
             except UpstreamError:
                 self.counters.upstream_errors += 1
                 raise
-        self.limits.observe(scope, up.status, up.header_map(), up.body, time.time())
+        self.limits.observe(scope, up.status, up.header_map(), up.body, self.clock())
         self.counters.count(Outcome.BYPASS)
         return self._from_upstream(up, Outcome.BYPASS)
 
@@ -561,7 +563,7 @@ class CacheEngine:
             "cache_size": len(self.store),
             "cache_bytes": self.store.total_bytes,
             "connected_peers": len(self.peers.connected_peers()) if self.peers is not None else 0,
-            "uptime_s": round(time.time() - c.started_at, 1),
+            "uptime_s": round(self.clock() - c.started_at, 1),
         }
 
     async def close(self) -> None:

@@ -68,6 +68,32 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--p2p", action="store_true", help="one proxy per runner, sharing over libp2p on 127.0.0.1"
     )
     c.set_defaults(func=cmd_bench_cache)
+    f = caps.add_parser(
+        "fleet", help="API cache at fleet scale: charged calls per hour for N runners, in virtual time"
+    )
+    f.add_argument("--runners", type=int, default=500, help="runners in the fleet (500)")
+    f.add_argument("--hours", type=float, default=1.0, help="virtual hours to simulate (1)")
+    f.add_argument("--runners-per-node", type=int, default=10, help="runners sharing one proxy (10)")
+    f.add_argument("--repos", type=int, default=7, help="repositories the autoscalers watch (7)")
+    f.add_argument("--poll", type=float, default=120.0, help="seconds between an autoscaler's polls (120)")
+    f.add_argument(
+        "--churn-every", type=float, default=60.0, help="seconds between changes in the world (60; 0 = none)"
+    )
+    f.add_argument(
+        "--latency-ms",
+        type=arg_type(parse_ms_range),
+        default=(100.0, 500.0),
+        help="emulated GitHub latency, LOW-HIGH ms (100-500)",
+    )
+    f.add_argument(
+        "--propagation-ms",
+        type=arg_type(parse_ms_range),
+        default=(10.0, 100.0),
+        help="peer-to-peer delivery delay, LOW-HIGH ms (10-100, as bench cache --p2p measures)",
+    )
+    f.add_argument("--baseline-runners", type=int, default=20, help="runners sampled without any cache (20)")
+    f.add_argument("--json", action="store_true", help="print one JSON object")
+    f.set_defaults(func=cmd_bench_fleet)
     i = caps.add_parser("install", help="safe installs: success under lock + index faults, overhead vs pip")
     i.add_argument("--lock-hold", type=float, default=30.0, help="seconds a child holds the apt lock (30)")
     i.add_argument("--trials", type=int, default=3, help="concurrent faulted installs (3)")
@@ -132,6 +158,28 @@ def cmd_bench_cache(args: argparse.Namespace) -> int:
         latency_samples=args.samples,
         p2p=args.p2p,
     )
+    return emit(result, args.json)
+
+
+def cmd_bench_fleet(args: argparse.Namespace) -> int:
+    from fleetci.cache.fleet import FleetSimSpec, bench_fleet
+
+    if args.runners < 1 or args.runners_per_node < 1 or args.repos < 1 or args.baseline_runners < 1:
+        raise UsageError("--runners, --runners-per-node, --repos and --baseline-runners must be at least 1")
+    if args.hours <= 0 or args.poll <= 0 or args.churn_every < 0:
+        raise UsageError("--hours and --poll must be positive, --churn-every not negative")
+    spec = FleetSimSpec(
+        runners=args.runners,
+        hours=args.hours,
+        runners_per_node=args.runners_per_node,
+        repos=args.repos,
+        poll_s=args.poll,
+        churn_every_s=args.churn_every,
+        latency_ms=args.latency_ms,
+        propagation_ms=args.propagation_ms,
+        baseline_runners=min(args.baseline_runners, args.runners),
+    )
+    result = bench_fleet(spec, progress=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True))
     return emit(result, args.json)
 
 
