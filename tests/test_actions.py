@@ -462,6 +462,7 @@ def run_act(
     platforms: tuple[str, ...] = ("ubuntu-latest",),
     timeout: float = 110,
     event: str = "push",
+    extra_args: tuple[str, ...] = (),
 ) -> ActRun:
     """Run one workflow with act on this machine (host mode, offline); `platforms` are its runs-on labels."""
     repo = workdir / "repo"
@@ -485,6 +486,7 @@ def run_act(
         "--local-repository",
         f"{ACTION_REPO}@v1={action_root}",
         "--json",
+        *extra_args,
     ]
     for k, v in variables.items():
         argv += ["--var", f"{k}={v}"]
@@ -614,6 +616,63 @@ def test_reference_workflow_runs_under_act_against_the_emulator(
     ]
     assert len(started) == 1, run.describe()
     assert not process_alive(int(started[0].group(1)))
+    assert leftovers == [], f"proxy processes left running: {leftovers}"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_cache_fleet_workflow_shares_one_cache_between_jobs_under_act(
+    emulator_process: Emulator, tmp_path: Path
+) -> None:
+    """workflows/cache-fleet.yml: three jobs at once on this machine, each with its own proxy and
+    libp2p peer, find each other through the registry directory and pay for each URL about once."""
+    workflow = REPO_ROOT / "workflows" / "cache-fleet.yml"
+    repo_name = "octo-org/api"
+    token = alice_token()
+    action_root = tmp_path / "fleetci-action"
+    shutil.copytree(REPO_ROOT, action_root, ignore=COPY_IGNORE)
+    before = emulator_process.stats()
+    try:
+        run = run_act(
+            workflow,
+            tmp_path,
+            tmp_path / "act-cache",
+            action_root,
+            variables={
+                "FLEETCI_UPSTREAM": emulator_process.url,
+                "FLEETCI_REPO": repo_name,
+                "FLEETCI_PEER_REGISTRY": str(tmp_path / "peers"),
+                "FLEETCI_FLEET": f"act-{os.getpid()}",
+            },
+            secrets={"GITHUB_TOKEN": token, "FLEETCI_CACHE_SECRET": "act fleet " + os.urandom(8).hex()},
+            platforms=runs_on_labels(workflow),
+            timeout=280,
+            event="workflow_dispatch",
+            extra_args=("--concurrent-jobs", "3"),
+        )
+    finally:
+        leftovers = stop_leftover_proxies(emulator_process.url)
+    after = emulator_process.stats()
+    assert run.proc.returncode == 0, run.describe()
+    assert [e["jobResult"] for e in run.events if "jobResult" in e] == ["success"] * 3, run.describe()
+    connected = [
+        int(m.group(1)) for ln in run.output_lines if (m := re.fullmatch(r"connected peers: (\d+)", ln))
+    ]
+    assert len(connected) == 3 and min(connected) >= 2, run.describe()
+    polls = [
+        m.groups()
+        for ln in run.output_lines
+        if (m := re.fullmatch(r"member (\d) round (\d): GET (\S+) -> (\w+)", ln))
+    ]
+    assert len(polls) == 18, run.describe()
+    first = [outcome for _, rnd, _, outcome in polls if rnd == "1"]
+    assert set(first) <= {"MISS", "PEER", "HIT", "COALESCED"} and "PEER" in first, polls
+    assert all(outcome in ("HIT", "PEER") for _, rnd, _, outcome in polls if rnd == "2"), polls
+    # Three members x three URLs would be nine charged calls without the fleet; each MISS is one.
+    charged = after["total_charged"] - before["total_charged"]
+    assert first.count("MISS") < 9 and charged <= first.count("MISS") + 3, (charged, polls)
+    summaries = "".join(str(e.get("content", "")) for e in run.events if e.get("command") == "summary")
+    assert summaries.count("### fleetci API cache") == 3 and "| peer_hits |" in summaries, run.describe()
     assert leftovers == [], f"proxy processes left running: {leftovers}"
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from fleetci import gha
 from fleetci.config import CacheSettings, cache_settings, load_config_file
-from fleetci.errors import FleetciError
+from fleetci.errors import FleetciError, UsageError
 from fleetci.http import describe, primary_ip, sync_client, wait_healthy
 
 SETTING_FLAGS = {
@@ -119,6 +119,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _add_settings_flags(verify)
     verify.add_argument("--min-peers", type=int, default=1, help="peers that must be connected and share (1)")
     verify.add_argument("--local-only", action="store_true", help="only check the proxy, not peers")
+    verify.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        help="seconds to wait for --min-peers to connect, for jobs that start together (0)",
+    )
     verify.set_defaults(func=cmd_verify)
 
     clear = verbs.add_parser("clear", help="delete cached entries")
@@ -388,7 +394,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 0
     if health.get("p2p") != "active":
         raise FleetciError(f"peer-to-peer sharing is {health.get('p2p', 'off')} (see the proxy log)")
-    peers = _proxy_get(settings, "/_fleetci/peers").get("connected", [])
+    if args.wait < 0:
+        raise UsageError("--wait must not be negative")
+    deadline = time.monotonic() + args.wait
+    while True:
+        peers = _proxy_get(settings, "/_fleetci/peers").get("connected", [])
+        if len(peers) >= args.min_peers or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
     print(f"connected peers: {len(peers)}")
     if len(peers) < args.min_peers:
         raise FleetciError(f"{len(peers)} connected peers, fewer than --min-peers {args.min_peers}")

@@ -10,6 +10,7 @@ import sys
 from fleetci import gha
 from fleetci.cache.engine import CacheEngine
 from fleetci.config import CacheSettings
+from fleetci.http import free_port
 from fleetci.p2p.crypto import FleetKeys, secret_fingerprint
 from fleetci.p2p.messages import Announcement, Claim
 from fleetci.p2p.node import PUBLIC_BOOTSTRAP, P2PConfig, P2PError, P2PNode, parse_multiaddr
@@ -62,7 +63,9 @@ def start_node(settings: CacheSettings, engine: CacheEngine, loop: asyncio.Abstr
     node = P2PNode(
         P2PConfig(
             listen_host=settings.p2p_host,
-            listen_port=settings.listen_port,
+            # 0: any free port, so several runners (or act jobs) on one machine never collide; peers
+            # learn the real address from the registry, peer exchange or `fleetci cache peers`.
+            listen_port=settings.listen_port or free_port(settings.p2p_host),
             identity_path=settings.identity_path,
             bootstrap=bootstrap_list(settings),
             registry=settings.peer_registry,
