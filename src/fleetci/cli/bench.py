@@ -15,9 +15,9 @@ if TYPE_CHECKING:
     from fleetci.cache.bench import FleetSpec
 
 
-def add_fleet_flags(p: argparse.ArgumentParser, runners: int = 5) -> None:
+def add_world_flags(p: argparse.ArgumentParser, runners: int, churn_every: float, repos: int) -> None:
+    """The simulated fleet and world shared by ``bench cache`` and ``bench fleet``."""
     p.add_argument("--runners", type=int, default=runners, help=f"simulated runners ({runners})")
-    p.add_argument("--calls", type=int, default=100, help="API calls per runner (100)")
     p.add_argument(
         "--latency-ms",
         type=arg_type(parse_ms_range),
@@ -25,18 +25,23 @@ def add_fleet_flags(p: argparse.ArgumentParser, runners: int = 5) -> None:
         help="emulated GitHub latency per call, LOW-HIGH ms (100-500)",
     )
     p.add_argument(
+        "--churn-every",
+        type=float,
+        default=churn_every,
+        help=f"simulated seconds between changes in the emulated world ({churn_every:g}; 0 = static)",
+    )
+    p.add_argument("--repos", type=int, default=repos, help=f"repositories the autoscalers watch ({repos})")
+
+
+def add_fleet_flags(p: argparse.ArgumentParser, runners: int = 5) -> None:
+    add_world_flags(p, runners, churn_every=600.0, repos=3)
+    p.add_argument("--calls", type=int, default=100, help="API calls per runner (100)")
+    p.add_argument(
         "--time-scale",
         type=float,
         default=240.0,
         help="simulated seconds per real second (240: a 2-minute poll every 0.5 s)",
     )
-    p.add_argument(
-        "--churn-every",
-        type=float,
-        default=600.0,
-        help="simulated seconds between changes in the emulated world (600; 0 = static)",
-    )
-    p.add_argument("--repos", type=int, default=3, help="repositories the autoscalers watch (3)")
 
 
 def fleet_spec(args: argparse.Namespace) -> FleetSpec:
@@ -71,20 +76,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     f = caps.add_parser(
         "fleet", help="API cache at fleet scale: charged calls per hour for N runners, in virtual time"
     )
-    f.add_argument("--runners", type=int, default=500, help="runners in the fleet (500)")
+    add_world_flags(f, runners=500, churn_every=60.0, repos=7)
     f.add_argument("--hours", type=float, default=1.0, help="virtual hours to simulate (1)")
     f.add_argument("--runners-per-node", type=int, default=10, help="runners sharing one proxy (10)")
-    f.add_argument("--repos", type=int, default=7, help="repositories the autoscalers watch (7)")
     f.add_argument("--poll", type=float, default=120.0, help="seconds between an autoscaler's polls (120)")
-    f.add_argument(
-        "--churn-every", type=float, default=60.0, help="seconds between changes in the world (60; 0 = none)"
-    )
-    f.add_argument(
-        "--latency-ms",
-        type=arg_type(parse_ms_range),
-        default=(100.0, 500.0),
-        help="emulated GitHub latency, LOW-HIGH ms (100-500)",
-    )
     f.add_argument(
         "--propagation-ms",
         type=arg_type(parse_ms_range),
