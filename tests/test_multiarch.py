@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -153,6 +154,8 @@ def test_sample_suite_passes_in_the_emulated_guest(
     assert lines[0] == machine, run.proc.stdout  # uname -m inside the guest
     # the whole suite, including the 32/64-bit check and the dependency pip installed in the guest
     assert any(line.startswith("18 passed") for line in lines), run.proc.stdout
+    if sys.version_info[:2] == (3, 11):  # host and guest Python match: test modules rewritten natively
+        assert "pytest assertion rewrite compiled natively for 3 test files" in run.proc.stderr
     if not run.cached_before:
         assert f"building the {arch} rootfs" in run.proc.stderr
         assert "I: running apt-get update" in run.proc.stderr  # progress while the rootfs builds

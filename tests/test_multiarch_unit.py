@@ -250,3 +250,171 @@ def test_chroot_backend_needs_root() -> None:
     finally:
         shutil.rmtree(base)
     assert "the chroot backend needs root" in one_line_error(proc), proc.stderr
+
+
+REWRITE_TEST = """import pytest
+
+
+def helper(x: int) -> int:
+    return x * 2
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_double(n: int) -> None:
+    assert helper(n) == n + n, "doubling"
+    assert [helper(i) for i in range(3)] == [0, 2, 4]
+"""
+
+
+def rewrite_project(root: Path) -> Path:
+    (root / "tests").mkdir(parents=True)
+    (root / "conftest.py").write_text(
+        "import pytest\n\n\n@pytest.fixture\ndef answer() -> int:\n    return 42\n"
+    )
+    (root / "tests" / "__init__.py").write_text("")
+    (root / "tests" / "test_double.py").write_text(REWRITE_TEST)
+    (root / "tests" / "test_noisy.py").write_text(
+        "def test_tuple() -> None:\n    assert (1, 'always true')\n"
+    )
+    return root
+
+
+def run_rewrite_helper(tmp_path: Path, files: list[list[str]]) -> dict[str, object]:
+    import sys
+
+    import _pytest
+
+    from fleetci.multiarch.chroot import REWRITE_HELPER
+
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"path": [str(Path(_pytest.__file__).parents[1])], "files": files}))
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-B", str(REWRITE_HELPER), str(request)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    result: dict[str, object] = json.loads(proc.stdout)
+    return result
+
+
+def test_native_pytest_rewrite_is_byte_for_byte_what_pytest_writes(tmp_path: Path) -> None:
+    """The helper's cache files are the ones pytest writes itself, so pytest loads them unchanged."""
+    import sys
+
+    project = rewrite_project(tmp_path / "p")
+    files = [
+        [str(project / name), str(project / name)]
+        for name in ("conftest.py", "tests/test_double.py", "tests/test_noisy.py")
+    ]
+    result = run_rewrite_helper(tmp_path, files)
+    # test_noisy.py makes the rewriter warn: it is left to pytest, which shows the warning
+    assert result["written"] == 2 and result["skipped"] == 1, result
+    pycs = sorted(project.rglob(f"*{result['tag']}.pyc"))
+    assert [p.name.split(".")[0] for p in pycs] == ["conftest", "test_double"]
+    ours = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in pycs}
+    pytest_cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    run = subprocess.run(pytest_cmd, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in pycs} == ours  # loaded, not rewritten
+    for p in pycs:
+        p.unlink()
+    run = subprocess.run(pytest_cmd, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout
+    assert {p: p.read_bytes() for p in pycs} == {p: data for p, (data, _) in ours.items()}
+
+
+def test_native_pytest_rewrite_names_code_by_the_guest_path(tmp_path: Path) -> None:
+    import marshal
+
+    project = rewrite_project(tmp_path / "p")
+    host = project / "tests" / "test_double.py"
+    result = run_rewrite_helper(tmp_path, [[str(host), "/project/tests/test_double.py"]])
+    assert result["written"] == 1, result
+    (pyc,) = project.rglob(f"test_double.{result['tag']}.pyc")
+    code = marshal.loads(pyc.read_bytes()[16:])
+    assert code.co_filename == "/project/tests/test_double.py"
+    # a valid cache file is kept as it is
+    assert run_rewrite_helper(tmp_path, [[str(host), "/project/tests/test_double.py"]])["written"] == 0
+
+
+def test_pytest_rewrite_helper_without_pytest_in_the_guest_writes_nothing(tmp_path: Path) -> None:
+    import sys
+
+    from fleetci.multiarch.chroot import REWRITE_HELPER
+
+    project = rewrite_project(tmp_path / "p")
+    request = tmp_path / "request.json"
+    files = [[str(project / "conftest.py"), "/project/conftest.py"]]
+    request.write_text(json.dumps({"path": [str(tmp_path / "empty-site")], "files": files}))
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-B", str(REWRITE_HELPER), str(request)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["written"] == 0
+    assert not list(project.rglob("*.pyc"))
+
+
+def test_project_scan_finds_test_modules_and_the_assertion_pass_hook(tmp_path: Path) -> None:
+    from fleetci.multiarch.chroot import scan_project
+
+    project = rewrite_project(tmp_path / "p")
+    (project / "pkg").mkdir()
+    (project / "pkg" / "core.py").write_text("X = 1\n")
+    (project / "pkg" / "core_test.py").write_text("def test_x() -> None:\n    assert True\n")
+    for skipped in (".git", ".venv", "node_modules", ".hidden"):
+        (project / skipped).mkdir()
+        (project / skipped / "test_skipped.py").write_text("")
+    scan = scan_project(project)
+    assert scan is not None and not scan.mentions_pass_hook
+    assert [p.relative_to(project).as_posix() for p in scan.test_files] == [
+        "conftest.py",
+        "pkg/core_test.py",
+        "tests/test_double.py",
+        "tests/test_noisy.py",
+    ]
+    (project / "blob.zip").write_bytes(b"PK enable_assertion_pass_hook")  # data files are not read
+    scan = scan_project(project)
+    assert scan is not None and not scan.mentions_pass_hook
+    (project / ".hidden" / "pytest.ini").write_text("[pytest]\nenable_assertion_pass_hook = true\n")
+    scan = scan_project(project)
+    assert scan is not None and scan.mentions_pass_hook
+
+
+def test_guest_command_is_entered_with_native_tools_and_the_same_environment(tmp_path: Path) -> None:
+    from fleetci.multiarch import chroot
+    from fleetci.multiarch.chroot import Guest
+
+    settings = multiarch_settings(
+        {"arch": "arm64", "project": str(tmp_path), "cache_dir": str(tmp_path / "c")}
+    )
+    guest = Guest(settings, lambda message: None)
+    guest.root = tmp_path / "root"
+    saved = list(chroot._NATIVE_ENTER)
+    try:
+        chroot._NATIVE_ENTER[:] = [("/usr/bin/env", "/usr/bin/unshare")]
+        argv = guest._enter(["python3", "-m", "pytest"], None)
+        assert argv[:2] == ["/usr/bin/env", "-i"]
+        assert argv[-7:] == [
+            "/usr/bin/unshare",
+            f"--root={tmp_path / 'root'}",
+            "--wd=/project",
+            "--",
+            "python3",
+            "-m",
+            "pytest",
+        ]
+        native_env = set(argv[2:-7])
+        chroot._NATIVE_ENTER[:] = [None]  # an unshare without --root/--wd: the guest's env and sh
+        argv = guest._enter(["python3", "-m", "pytest"], None)
+        assert argv[:4] == ["chroot", str(tmp_path / "root"), "/usr/bin/env", "-i"]
+        assert argv[-7:] == ["/bin/sh", "-c", 'cd "$0" && exec "$@"', "/project", "python3", "-m", "pytest"]
+        # the same variables the guest's sh leaves behind (PWD, OLDPWD after its cd)
+        assert native_env == {*argv[4:-7], "PWD=/project", "OLDPWD=/"}
+    finally:
+        chroot._NATIVE_ENTER[:] = saved

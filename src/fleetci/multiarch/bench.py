@@ -1,15 +1,24 @@
 """``fleetci bench multiarch``: the same pytest suite natively and under QEMU, in one run.
 
 Every figure is a fresh copy of the bundled sample project, as a CI checkout would be: ``native_s`` is
-the host's interpreter, ``emulated_s`` the chroot guest with fleetci's cuts (bytecode compiled natively
-on the host), ``emulated_plain_s`` the guest without them. ``rootfs_cold_s`` is an mmdebstrap build,
-``rootfs_warm_s`` checking + unpacking the cached archive.
+the host's interpreter, ``emulated_s`` the chroot guest with fleetci's host-side precompile (bytecode
+and pytest's rewritten test modules compiled natively), ``emulated_plain_s`` the guest without it.
+Each is the median of ``ROUNDS`` runs taken interleaved (native, plain, cuts, native, …) so that the
+load of a shared machine falls on all three alike; each emulated run gets a fresh guest (overlay), as a
+CI job would. Only the suite's own command is timed (plus the host-side precompile for ``emulated_s``);
+the guest's ``uname -m`` is asked separately. ``*_cpu_s`` are the CPU seconds of the same runs (the
+emulator's, the host interpreter's), less sensitive to other processes than wall time.
+``rootfs_cold_s`` is an mmdebstrap build, ``rootfs_warm_s`` checking the cached archive and mounting
+the guest (median), ``rootfs_first_unpack_s`` the first guest of the run (unpacks the shared tree once
+per machine).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +34,7 @@ from fleetci.multiarch.settings import DEFAULT_MIRROR, MultiarchSettings
 
 SAMPLE = Path(__file__).with_name("sample")
 PYTEST = ["python3", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+ROUNDS = 3
 
 
 def fresh_copy(dest: Path) -> Path:
@@ -34,7 +44,30 @@ def fresh_copy(dest: Path) -> Path:
     return dest
 
 
-def bench_multiarch(arch: Arch, cache_dir: Path | None, mirror: str, progress: Progress) -> dict[str, Any]:
+def cpu_seconds() -> float:
+    """CPU time of this process and its waited-for children so far."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@dataclasses.dataclass
+class Sample:
+    wall: float
+    cpu: float
+    prepare: float = 0.0
+
+
+def median(samples: list[Sample], attr: str) -> float:
+    return float(statistics.median(getattr(s, attr) for s in samples))
+
+
+def runs(samples: list[Sample]) -> list[float]:
+    return [round(s.wall, 2) for s in samples]
+
+
+def bench_multiarch(
+    arch: Arch, cache_dir: Path | None, mirror: str, progress: Progress, rounds: int = ROUNDS
+) -> dict[str, Any]:
     require_root("fleetci bench multiarch")
     with tempfile.TemporaryDirectory(prefix="fleetci-bench-multiarch-") as tmp:
         work = Path(tmp)
@@ -58,61 +91,85 @@ def bench_multiarch(arch: Arch, cache_dir: Path | None, mirror: str, progress: P
         cold = ensure_rootfs(spec_guest.spec, base.rootfs_dir, progress)
         rootfs_cold_s = None if not cold.built else round(cold.seconds, 2)
 
-        # 2. native baseline, measured after the build so both sides see the same machine load:
-        # the median of three fresh-checkout runs of the host's interpreter
-        samples = []
-        for _ in range(3):
+        # 2. the suite natively (the host's interpreter), measured after the build so that every side
+        # sees the same machine load
+        def native() -> Sample:
             fresh_copy(base.project)
-            t0 = time.monotonic()
-            native = subprocess.run(
+            c0, t0 = cpu_seconds(), time.monotonic()
+            proc = subprocess.run(
                 [sys.executable, *PYTEST[1:]], cwd=base.project, capture_output=True, text=True, check=False
             )
-            samples.append(time.monotonic() - t0)
-            if native.returncode != 0:
-                tail = native.stdout.strip().splitlines()[-1:]
+            sample = Sample(time.monotonic() - t0, cpu_seconds() - c0)
+            if proc.returncode != 0:
+                tail = proc.stdout.strip().splitlines()[-1:]
                 raise FleetciError(f"the sample suite failed natively: {tail}")
-        native_s = sorted(samples)[1]
-        progress(f"native runs: {', '.join(f'{x:.2f}' for x in samples)} s")
+            return sample
 
-        def emulated(precompile: bool) -> tuple[float, float, str]:
+        # 3. the suite in a fresh guest, with or without fleetci's cuts (the host-side precompile is
+        # part of the timed figure: a CI run pays for it too)
+        machine = ""
+
+        def emulated(precompile: bool) -> Sample:
+            nonlocal machine
             settings = dataclasses.replace(base, precompile=precompile)
             fresh_copy(settings.project)
             guest = Guest(settings, progress)
             try:
                 t_prepare = time.monotonic()
                 guest.prepare()
-                warm = time.monotonic() - t_prepare
-                guest.precompile()
-                t1 = time.monotonic()
+                prepare = time.monotonic() - t_prepare
+                c0, t0 = cpu_seconds(), time.monotonic()
+                guest.precompile(PYTEST)
                 # the suite's own output goes to stderr: stdout is the one JSON object
-                rc = guest.exec(
-                    ["/bin/sh", "-c", 'uname -m > .machine && exec "$@"', "sh", *PYTEST], stdout=sys.stderr
-                )
-                took = time.monotonic() - t1 + guest.timings.precompile_s
-                machine = (settings.project / ".machine").read_text().strip()
+                rc = guest.exec(PYTEST, stdout=sys.stderr)
+                sample = Sample(time.monotonic() - t0, cpu_seconds() - c0, prepare)
+                if rc == 0 and not machine:
+                    _, out = guest.exec_captured(["uname", "-m"])
+                    machine = out.strip()
             finally:
                 guest.close()
             if rc != 0:
                 raise FleetciError(f"the sample suite failed on {arch.name} (exit {rc})")
-            return took, warm, machine
+            return sample
 
-        progress(f"emulated run on {arch.name} without bytecode precompiled on the host")
-        plain_s, first_prepare_s, _ = emulated(False)
-        progress(f"emulated run on {arch.name} with fleetci's cuts")
-        emulated_s, warm_s, machine = emulated(True)
+        natives: list[Sample] = []
+        plains: list[Sample] = []
+        cuts: list[Sample] = []
+        for n in range(1, rounds + 1):
+            progress(f"round {n}/{rounds}: native, then {arch.name} without and with fleetci's cuts")
+            natives.append(native())
+            plains.append(emulated(False))
+            cuts.append(emulated(True))
+            progress(
+                f"round {n}/{rounds}: native {natives[-1].wall:.2f} s, plain {plains[-1].wall:.2f} s, "
+                f"cuts {cuts[-1].wall:.2f} s"
+            )
         remove_tree(work / "project")
+
+    native_s, emulated_s, plain_s = (median(x, "wall") for x in (natives, cuts, plains))
+    native_cpu, emulated_cpu, plain_cpu = (median(x, "cpu") for x in (natives, cuts, plains))
+    prepares = [s.prepare for s in plains + cuts]
     return {
         "arch": arch.name,
         "guest_machine": machine,
         "suite": spec_guest.suite,
+        "rounds": rounds,
         "native_s": round(native_s, 2),
         "emulated_s": round(emulated_s, 2),
         "emulated_plain_s": round(plain_s, 2),
         "ratio": round(emulated_s / native_s, 2),
         "ratio_plain": round(plain_s / native_s, 2),
+        "native_runs": runs(natives),
+        "emulated_runs": runs(cuts),
+        "emulated_plain_runs": runs(plains),
+        "native_cpu_s": round(native_cpu, 2),
+        "emulated_cpu_s": round(emulated_cpu, 2),
+        "emulated_plain_cpu_s": round(plain_cpu, 2),
+        "ratio_cpu": round(emulated_cpu / native_cpu, 2),
+        "ratio_plain_cpu": round(plain_cpu / native_cpu, 2),
         "rootfs_cold_s": rootfs_cold_s,
-        "rootfs_warm_s": round(warm_s, 2),
-        "rootfs_first_unpack_s": round(first_prepare_s, 2),
+        "rootfs_warm_s": round(statistics.median(prepares[1:] or prepares), 2),
+        "rootfs_first_unpack_s": round(prepares[0], 2),
         "targets": {"ratio": 6, "rootfs_warm_s": 3},
         "mirror": mirror if mirror != DEFAULT_MIRROR else "deb.debian.org",
     }

@@ -8,14 +8,19 @@ cached as a layer keyed by the requirements' content, so pip (slow under emulati
 
 from __future__ import annotations
 
+import compileall
 import hashlib
+import json
 import os
+import py_compile
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -43,7 +48,8 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 HOST_EXTRA_CAS = Path("/usr/local/share/ca-certificates")
 
 # Runs as root in a private mount namespace: "$1" guest root, "$2" project, "$3" pip cache, "$4"-"$6"
-# overlay lower/upper/work dirs ("-" when the guest is a plain unpacked tree), then the command's argv.
+# overlay lower/upper/work dirs ("-" when the guest is a plain unpacked tree), then the argv that enters
+# the guest (see Guest._enter).
 MOUNT_SCRIPT = r"""
 set -e
 root=$1 project=$2 pipcache=$3 lower=$4 upper=$5 work=$6
@@ -57,8 +63,11 @@ mount --rbind /dev "$root/dev"
 mount --rbind /sys "$root/sys"
 mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
 mount --bind "$pipcache" "$root/root/.cache/pip"
-exec chroot "$root" "$@"
+exec "$@"
 """
+# What the guest's environment gets beyond guest_env(): the variables the shell that used to start
+# every command (``sh -c 'cd /project && exec "$@"'``) left behind, so commands see the same environment.
+SHELL_CD_ENV = {"PWD": GUEST_PROJECT, "OLDPWD": "/"}
 
 
 MOUNT_POINTS = ("project", "proc", "dev", "sys", "tmp", "root/.cache/pip")
@@ -132,6 +141,22 @@ class Timings:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+_NATIVE_ENTER: list[tuple[str, str] | None] = []
+
+
+def native_enter_tools() -> tuple[str, str] | None:
+    """The host's ``env`` and an ``unshare`` that has ``--root``/``--wd`` (util-linux >= 2.36), or None."""
+    if not _NATIVE_ENTER:
+        host_env, unshare = shutil.which("env"), shutil.which("unshare")
+        found = None
+        if host_env and unshare:
+            proc = subprocess.run([unshare, "--help"], capture_output=True, text=True, check=False)
+            if "--root" in proc.stdout and "--wd" in proc.stdout:
+                found = (host_env, unshare)
+        _NATIVE_ENTER.append(found)
+    return _NATIVE_ENTER[0]
+
+
 def require_root(what: str) -> None:
     if os.geteuid() != 0:
         raise FleetciError(
@@ -139,8 +164,8 @@ def require_root(what: str) -> None:
         )
 
 
-def guest_env(extra: dict[str, str] | None = None) -> list[str]:
-    """``env -i`` arguments: nothing from the host leaks in (host PIP_* settings break the guest's pip)."""
+def guest_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The guest's whole environment: nothing from the host leaks in (host PIP_* settings break pip)."""
     env = {
         "PATH": GUEST_PATH,
         "HOME": "/root",
@@ -152,7 +177,93 @@ def guest_env(extra: dict[str, str] | None = None) -> list[str]:
         "PIP_NO_WARN_SCRIPT_LOCATION": "1",
     }
     env.update(extra or {})
-    return ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in sorted(env.items()))]
+    return env
+
+
+def assignments(env: dict[str, str]) -> list[str]:
+    return [f"{k}={v}" for k, v in sorted(env.items())]
+
+
+def guest_env(extra: dict[str, str] | None = None) -> list[str]:
+    """``env -i`` arguments (the guest's own env binary) for :func:`guest_environment`."""
+    return ["/usr/bin/env", "-i", *assignments(guest_environment(extra))]
+
+
+# -- native precompile of pytest's rewritten test modules (see Guest.start_pytest_rewrite) ---------
+REWRITE_HELPER = Path(__file__).with_name("pytest_rewrite.py")
+PASS_HOOK = b"enable_assertion_pass_hook"
+DEBIAN_SITE = "usr/lib/python3/dist-packages"  # Debian's packages; pip puts everything in /usr/local
+# Never descended into: VCS data, caches, virtualenvs and node_modules (as compileall is told above).
+SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".venv", "venv", ".tox", "node_modules"})
+SCAN_MAX_FILES = 20_000
+# Below this many modules compileall runs in-process: a worker pool costs more than it saves.
+PARALLEL_COMPILE_FROM = 200
+REWRITE_TIMEOUT = 120.0
+SCAN_MAX_FILE_BYTES = 1 << 20
+# Not read when looking for the setting: archives, images, compiled and data files.
+_BINARY = (
+    ".7z .a .bin .bmp .bz2 .class .csv .dat .db .dll .exe .gif .gz .h5 .ico .jar .jpeg .jpg .mo .npy .npz .o "
+    ".onnx .parquet .pdf .pkl .png .pt .pyc .pyo .safetensors .so .sqlite .tar .tgz .tsv .ttf .webp .whl "
+    ".woff .woff2 .xz .zip .zst"
+)
+BINARY_SUFFIXES = frozenset(_BINARY.split())
+
+
+@dataclass
+class ProjectScan:
+    test_files: list[Path]  # what pytest rewrites by default: conftest.py, test_*.py, *_test.py
+    mentions_pass_hook: bool
+    python_files: int = 0  # counted until the walk ends (or stops at a mention of the pass hook)
+
+
+def is_test_module(name: str) -> bool:
+    return name == "conftest.py" or (
+        name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py"))
+    )
+
+
+def scan_project(project: Path) -> ProjectScan | None:
+    """One walk of the project: its test modules, and whether any file mentions the pass hook.
+
+    None when the project is too big to read through quickly (then nothing is precompiled for pytest).
+    """
+    tests: list[Path] = []
+    seen = python_files = 0
+    for dirpath, dirnames, filenames in os.walk(project):
+        dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
+        hidden = any(part.startswith(".") for part in Path(dirpath).relative_to(project).parts)
+        for name in filenames:
+            path = Path(dirpath, name)
+            if path.is_symlink() or not path.is_file():
+                continue
+            seen += 1
+            python_files += name.endswith(".py")
+            if seen > SCAN_MAX_FILES:
+                return None
+            readable = path.suffix.lower() not in BINARY_SUFFIXES
+            if readable and path.stat().st_size <= SCAN_MAX_FILE_BYTES and PASS_HOOK in path.read_bytes():
+                return ProjectScan(tests, True, python_files)
+            if not hidden and is_test_module(name):
+                tests.append(path)
+    return ProjectScan(sorted(tests), False, python_files)
+
+
+def mentions_pass_hook(site_dir: Path) -> bool:
+    """Any ``.py``/``.pth``/``.txt``/``.cfg``/``.toml`` in a site directory, outside pytest's own code."""
+    for dirpath, dirnames, filenames in os.walk(site_dir):
+        if Path(dirpath) == site_dir:
+            dirnames[:] = [d for d in dirnames if d not in {"_pytest", "pytest", "__pycache__"}]
+        else:
+            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        for name in filenames:
+            if name.endswith((".py", ".pth", ".txt", ".cfg", ".toml", ".ini")):
+                path = Path(dirpath, name)
+                try:
+                    if PASS_HOOK in path.read_bytes():
+                        return True
+                except OSError:
+                    continue
+    return False
 
 
 class Guest:
@@ -170,6 +281,8 @@ class Guest:
         self.upper: Path | None = None  # where the run's own files go (== root without overlay)
         self.lower: Path | None = None  # shared read-only tree (overlay mode)
         self.run_dir: Path | None = None
+        self.archive: Path | None = None  # the cached rootfs archive the guest comes from
+        self._rewrite: subprocess.Popen[str] | None = None  # the native pytest rewrite, while it runs
 
     # -- set-up ---------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -179,6 +292,7 @@ class Guest:
             ensure_binfmt(self.arch)
         result = ensure_rootfs(self.spec, self.settings.rootfs_dir, self.progress)
         self.timings.rootfs_s, self.timings.rootfs_built = result.seconds, result.built
+        self.archive = result.archive
         if not result.built:
             self.progress(f"reusing cached rootfs {result.archive.name} (checked in {result.seconds:.1f} s)")
         run_dir = self.settings.cache_dir / "run" / f"{self.arch.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -232,11 +346,38 @@ class Guest:
         outer = self._outer(argv, env)
         sys.stdout.flush()
         sys.stderr.flush()
-        return subprocess.run(outer, check=False, stdout=stdout).returncode
+        rc = subprocess.run(outer, check=False, stdout=stdout).returncode
+        self.finish_pytest_rewrite()
+        return rc
+
+    def _enter(self, argv: list[str], env: dict[str, str] | None) -> list[str]:
+        """How the mount script enters the guest and starts ``argv`` in /project with a clean environment.
+
+        With util-linux ``unshare --root --wd`` the host's native ``env``/``unshare`` clear the environment,
+        chroot and change directory, then exec the command: nothing but the command runs under QEMU.
+        Otherwise the guest's own ``env`` and ``sh`` do it, two more emulated process starts (~0.13 s).
+        """
+        assert self.root is not None, "prepare() first"
+        tools = native_enter_tools()
+        if tools is not None:
+            host_env, unshare = tools
+            clean = assignments(guest_environment({**SHELL_CD_ENV, **(env or {})}))
+            return [
+                host_env,
+                "-i",
+                *clean,
+                unshare,
+                f"--root={self.root}",
+                f"--wd={GUEST_PROJECT}",
+                "--",
+                *argv,
+            ]
+        inner = [*guest_env(env), "/bin/sh", "-c", 'cd "$0" && exec "$@"', GUEST_PROJECT, *argv]
+        return ["chroot", str(self.root), *inner]
 
     def _outer(self, argv: list[str], env: dict[str, str] | None) -> list[str]:
         assert self.root is not None, "prepare() first"
-        inner = [*guest_env(env), "/bin/sh", "-c", 'cd "$0" && exec "$@"', GUEST_PROJECT, *argv]
+        inner = self._enter(argv, env)
         return [
             "unshare",
             "--mount",
@@ -352,11 +493,14 @@ class Guest:
         return proc.wait(), "".join(lines)
 
     # -- bytecode ---------------------------------------------------------------------------------
-    def precompile(self) -> None:
-        """Compile the project's modules with the host's native interpreter when it matches the guest's.
+    def precompile(self, command: Sequence[str] = ()) -> None:
+        """Compile the project's bytecode with the host's native interpreter when it matches the guest's.
 
         CPython bytecode does not depend on the CPU, only on the version, so a native compile replaces
-        the guest's emulated one.
+        the guest's emulated one: plain ``.pyc`` files for every module (with the guest's paths as the
+        code's file names: byte for byte what the guest's import would write), and pytest's
+        assertion-rewritten ``.pyc`` for the test modules (:meth:`start_pytest_rewrite`, which runs
+        while the guest starts). ``command`` is the command about to run.
         """
         if not self.settings.precompile:
             return
@@ -364,17 +508,115 @@ class Guest:
         if host != self.python:
             return
         started = time.monotonic()
-        import compileall
-
+        scan = scan_project(self.settings.project)
+        small = scan is not None and not scan.mentions_pass_hook and scan.python_files < PARALLEL_COMPILE_FROM
         compileall.compile_dir(
             str(self.settings.project),
             quiet=2,
-            workers=0,
-            rx=__import__("re").compile(r"/(\.git|\.venv|venv|node_modules|\.tox)/"),
+            workers=1 if small else 0,
+            rx=re.compile(r"/(\.git|\.venv|venv|node_modules|\.tox)/"),
+            ddir=GUEST_PROJECT,
+            invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP,
         )
+        if scan is not None:
+            self.start_pytest_rewrite(command, scan)
         self.timings.precompile_s = time.monotonic() - started
 
+    def start_pytest_rewrite(self, command: Sequence[str], scan: ProjectScan) -> bool:
+        """Start making pytest's rewritten-assertion cache for test modules and conftest.py natively.
+
+        Under QEMU pytest spends ~0.3 s (sample suite) parsing, rewriting and compiling test modules
+        in every fresh checkout. The host runs the *guest's* pytest code for it (pytest_rewrite.py, a
+        native process that needs ~0.2 s, mostly importing pytest) and writes the same cache files,
+        which the guest's pytest then loads. It runs while the guest starts: pytest reaches the test
+        modules seconds later under emulation, and if it gets there first it rewrites them itself
+        (pytest's cache files are written atomically and both sides write identical bytes). The
+        rewrite depends on one setting, ``enable_assertion_pass_hook``: when that name appears
+        anywhere (the command, the project's files, a package in the guest's site directories other
+        than pytest), nothing is done. :meth:`finish_pytest_rewrite` collects the result.
+        """
+        if self.run_dir is None or scan.mentions_pass_hook or not scan.test_files:
+            return False
+        if any(PASS_HOOK in arg.encode() for arg in command):
+            return False
+        site = self.guest_site_dirs()
+        if self.site_mentions_pass_hook(site):
+            return False
+        project = self.settings.project
+        request = {
+            "path": [str(d) for d in site],
+            "files": [
+                [str(f), f"{GUEST_PROJECT}/{f.relative_to(project).as_posix()}"] for f in scan.test_files
+            ],
+        }
+        request_file = self.run_dir / "pytest-rewrite.json"
+        request_file.write_text(json.dumps(request), encoding="utf-8")
+        self._rewrite = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-B", str(REWRITE_HELPER), str(request_file)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        return True
+
+    def finish_pytest_rewrite(self) -> int:
+        """Wait for :meth:`start_pytest_rewrite`'s helper; returns the number of files it wrote."""
+        proc, self._rewrite = self._rewrite, None
+        if proc is None:
+            return 0
+        try:
+            out, _ = proc.communicate(timeout=REWRITE_TIMEOUT)
+            result = json.loads((out.strip().splitlines() or ["{}"])[-1])
+        except (subprocess.TimeoutExpired, ValueError) as exc:
+            proc.kill()
+            proc.communicate()
+            self.progress(f"pytest's assertion rewrite was left to the guest ({type(exc).__name__})")
+            return 0
+        written = int(result.get("written", 0))
+        self.timings.extra["pytest_rewritten_files"] = float(written)
+        if written:
+            self.progress(
+                f"pytest assertion rewrite compiled natively for {written} test files ({result['tag']})"
+            )
+        return written
+
+    def guest_site_dirs(self) -> list[Path]:
+        """The guest's site directories in its ``sys.path`` order, per layer (the run's own first)."""
+        layers = [layer for layer in (self.upper, self.lower) if layer is not None]
+        rels = (f"usr/local/lib/python{self.python}/dist-packages", DEBIAN_SITE)
+        return [layer / rel for rel in rels for layer in layers if (layer / rel).is_dir()]
+
+    def site_mentions_pass_hook(self, site: list[Path]) -> bool:
+        """Does any package in ``site`` other than pytest itself mention ``enable_assertion_pass_hook``?
+
+        Debian's site directory comes unchanged from the archive (pip installs into /usr/local), so its
+        answer is kept per archive; /usr/local (test dependencies) is read every run.
+        """
+        base = [d for d in site if d.as_posix().endswith("/" + DEBIAN_SITE)]
+        if any(mentions_pass_hook(d) for d in site if d not in base):
+            return True
+        if not base or self.archive is None:
+            return False
+        digest = sidecar(self.archive).read_text(encoding="utf-8").split()[0]
+        marker = self.settings.cache_dir / "trees" / f"{self.archive.name.removesuffix('.tar.zst')}.pass-hook"
+        try:
+            kept_digest, answer = marker.read_text(encoding="utf-8").split()
+            if kept_digest == digest:
+                return answer == "1"
+        except (OSError, ValueError):
+            pass
+        found = any(mentions_pass_hook(d) for d in base)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        partial = marker.with_name(f".{marker.name}.{os.getpid()}")
+        partial.write_text(f"{digest} {int(found)}\n", encoding="utf-8")
+        os.replace(partial, marker)
+        return found
+
     def close(self) -> None:
+        if self._rewrite is not None:
+            self._rewrite.kill()
+            self._rewrite.wait()
+            self._rewrite = None
         if self.run_dir is not None:
             remove_tree(self.run_dir)
         self.root = self.upper = self.lower = self.run_dir = None

@@ -71,7 +71,7 @@ def run(settings: MultiarchSettings, command: list[str], progress: Progress = st
             with gha.group(f"fleetci multiarch: prepare the {settings.arch.name} guest ({guest.suite})"):
                 guest.prepare()
                 guest.install_requirements()
-                guest.precompile()
+                guest.precompile(command)
             with gha.group(f"fleetci multiarch: {' '.join(command)} on {label}"):
                 t0 = time.monotonic()
                 rc = guest.exec(command)
