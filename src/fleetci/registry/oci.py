@@ -412,37 +412,34 @@ class RegistryClient:
         self.counters.blobs_uploaded += 1
         return "uploaded"
 
-    def get_manifest(self, repo: str, ref: str, push: bool = False) -> tuple[bytes, str, str] | None:
-        """(bytes, media type, digest) of ``repo:ref``; None when the tag does not exist."""
+    def _manifest(self, method: str, repo: str, ref: str, push: bool) -> httpx.Response | None:
+        """GET or HEAD ``repo:ref`` in any manifest type; None when the tag does not exist."""
+        what = f"{method} manifest {repo}:{ref}"
         resp = self._request(
-            "GET",
+            method,
             f"/v2/{repo}/manifests/{ref}",
             self._scopes(repo, push=push),
             headers={"Accept": ", ".join(MANIFEST_TYPES)},
-            what=f"GET manifest {repo}:{ref}",
+            what=what,
             idempotent=True,
         )
         if resp.status_code == 404:
             return None
         if resp.status_code != 200:
-            raise self._fail(resp, f"GET manifest {repo}:{ref}")
+            raise self._fail(resp, what)
+        return resp
+
+    def get_manifest(self, repo: str, ref: str, push: bool = False) -> tuple[bytes, str, str] | None:
+        """(bytes, media type, digest) of ``repo:ref``; None when the tag does not exist."""
+        resp = self._manifest("GET", repo, ref, push)
+        if resp is None:
+            return None
         digest = resp.headers.get("docker-content-digest", "")
         return resp.content, resp.headers.get("content-type", ""), digest
 
     def manifest_digest(self, repo: str, ref: str) -> str | None:
-        resp = self._request(
-            "HEAD",
-            f"/v2/{repo}/manifests/{ref}",
-            self._scopes(repo, push=False),
-            headers={"Accept": ", ".join(MANIFEST_TYPES)},
-            what=f"HEAD manifest {repo}:{ref}",
-            idempotent=True,
-        )
-        if resp.status_code == 404:
-            return None
-        if resp.status_code != 200:
-            raise self._fail(resp, f"HEAD manifest {repo}:{ref}")
-        return resp.headers.get("docker-content-digest") or None
+        resp = self._manifest("HEAD", repo, ref, push=False)
+        return None if resp is None else resp.headers.get("docker-content-digest") or None
 
     def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
         resp = self._request(
