@@ -40,10 +40,10 @@ def test_fleet_modes_rank_and_charges_match_misses(tmp_path: Path) -> None:
     spec = FleetSimSpec(runners=40, hours=0.25, runners_per_node=10, repos=4, baseline_runners=8)
     runs = {mode: simulate(spec, mode, tmp_path, lambda _m: None) for mode in ("p2p", "isolated", "direct")}
     for mode in ("p2p", "isolated"):
-        outcomes = runs[mode].outcomes or {}
+        outcomes = runs[mode].outcomes
         assert runs[mode].charged == outcomes.get("MISS", 0), (mode, outcomes)
-    assert (runs["p2p"].outcomes or {}).get("PEER", 0) > 0
-    assert "PEER" not in (runs["isolated"].outcomes or {})
+    assert runs["p2p"].outcomes.get("PEER", 0) > 0
+    assert "PEER" not in runs["isolated"].outcomes
     per_runner = {
         m: r.charged / (spec.baseline_runners if m == "direct" else spec.runners) for m, r in runs.items()
     }

@@ -20,7 +20,7 @@ from fleetci.cache.policy import cache_key, normalize_target, scope_of
 from fleetci.cache.store import Entry
 from fleetci.http import free_port
 from fleetci.p2p.crypto import FleetKeys, SealError
-from fleetci.p2p.messages import INLINE_MAX, Announcement, decode_batch, encode_batch
+from fleetci.p2p.messages import INLINE_MAX, Announcement, decode_message, encode_batch, encode_claims
 from fleetci.p2p.registry import PeerRegistry
 
 SECRET = "correct horse battery staple"
@@ -44,14 +44,32 @@ def test_batches_open_only_with_the_fleet_secret() -> None:
     keys = FleetKeys(SECRET, FLEET)
     ann = Announcement.of(_entry(), "peerA")
     data = encode_batch(keys, "peerA", "scope-a", [ann])
-    peer, anns = decode_batch(keys, data)
-    assert peer == "peerA" and anns[0].body == ann.body and anns[0].cid == ann.cid
+    msg = decode_message(keys, data)
+    peer, anns = msg.peer, msg.announcements
+    assert peer == "peerA" and anns[0].body == ann.body and anns[0].cid == ann.cid and not msg.claims
     assert b"/repos/o/r" not in data  # the URL is sealed, only the scope hash is in clear
     with pytest.raises(SealError):
-        decode_batch(FleetKeys("wrong secret", FLEET), data)
+        decode_message(FleetKeys("wrong secret", FLEET), data)
     forged = data.replace(b'"p":"peerA"', b'"p":"peerB"')  # the header is authenticated too
     with pytest.raises(SealError):
-        decode_batch(keys, forged)
+        decode_message(keys, forged)
+
+
+def test_claims_open_only_with_the_fleet_secret() -> None:
+    keys = FleetKeys(SECRET, FLEET)
+    data = encode_claims(keys, "peerA", "scope-a", [("claimed-key-one", False), ("claimed-key-two", True)])
+    msg = decode_message(keys, data)
+    assert not msg.announcements and msg.peer == "peerA"
+    assert [(c.key, c.release, c.peer, c.scope) for c in msg.claims] == [
+        ("claimed-key-one", False, "peerA", "scope-a"),
+        ("claimed-key-two", True, "peerA", "scope-a"),
+    ]
+    assert b"claimed-key" not in data  # claimed keys are sealed like announcements
+    with pytest.raises(SealError):
+        decode_message(FleetKeys("wrong secret", FLEET), data)
+    forged = data.replace(b'"m":"claim"', b'"m":"ann"')  # the message kind is authenticated too
+    with pytest.raises(SealError):
+        decode_message(keys, forged)
 
 
 def test_scope_keys_differ_and_topic_follows_secret_unless_named() -> None:

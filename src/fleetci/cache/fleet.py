@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +184,7 @@ class FleetRun:
     label: str
     calls: int = 0
     charged: int = 0
-    outcomes: Counter[str] | None = None
+    outcomes: Counter[str] = field(default_factory=Counter)
     virtual_s: float = 0.0
     wall_s: float = 0.0
 
@@ -195,12 +195,11 @@ class FleetRun:
 def _emulator(spec: FleetSimSpec) -> Any:
     from fleetci.testing import EmulatorConfig, GitHubEmulator
 
-    emu = GitHubEmulator(
+    return GitHubEmulator(
         EmulatorConfig(
             latency_ms=spec.latency_ms, primary_limit=10**9, secondary_concurrency=10**6, seed=spec.seed
         )
     )
-    return emu
 
 
 def _repo_names(emu: Any, n: int) -> list[str]:
@@ -219,7 +218,7 @@ def simulate(spec: FleetSimSpec, mode: str, work: Path, progress: Callable[[str]
     headers = [("Authorization", f"token {token}"), ("Accept", "application/vnd.github+json")]
     repos = _repo_names(emu, spec.repos)
     end = spec.hours * 3600.0
-    run = FleetRun(mode, outcomes=Counter())
+    run = FleetRun(mode)
     runners = spec.baseline_runners if mode == "direct" else spec.runners
     engines: list[CacheEngine] = []
     if mode != "direct":
@@ -247,7 +246,7 @@ def simulate(spec: FleetSimSpec, mode: str, work: Path, progress: Callable[[str]
                 else:
                     outcome = (await engine.handle("GET", path, headers)).outcome
                 run.calls += 1
-                run.outcomes[outcome] += 1  # type: ignore[index]
+                run.outcomes[outcome] += 1
             cycle += 1
             pause = spec.poll_s * r.uniform(0.95, 1.05)
             if loop.time() + pause >= end:
@@ -317,8 +316,8 @@ def bench_fleet(spec: FleetSimSpec, progress: Callable[[str], None] | None = Non
         "baseline_charged_per_hour": round(direct_per_runner * spec.runners, 1),
         "baseline_runners_supported_per_5000h": int(HOURLY_BUDGET / direct_per_runner),
         "baseline_sampled_runners": spec.baseline_runners,
-        "outcomes": dict(sorted((shared.outcomes or Counter()).items())),
-        "outcomes_isolated": dict(sorted((isolated.outcomes or Counter()).items())),
+        "outcomes": dict(sorted(shared.outcomes.items())),
+        "outcomes_isolated": dict(sorted(isolated.outcomes.items())),
         "repos": spec.repos,
         "poll_s": spec.poll_s,
         "churn_every_s": spec.churn_every_s,

@@ -187,14 +187,6 @@ def decode_message(keys: FleetKeys, data: bytes) -> Gossip:
     raise MessageError(f"unknown message kind {kind!r}")
 
 
-def decode_batch(keys: FleetKeys, data: bytes) -> tuple[str, list[Announcement]]:
-    """(announcing peer, announcements) of an announcement message."""
-    msg = decode_message(keys, data)
-    if msg.claims:
-        raise MessageError("a claim message, not announcements")
-    return msg.peer, msg.announcements
-
-
 SYNC = "sync"  # op: peer exchange + what you hold that is still fresh (a peer that (re)joins catches up)
 PX = "px"  # op: peer exchange only
 
