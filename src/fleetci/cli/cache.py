@@ -387,6 +387,8 @@ def cmd_peers(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    if args.wait < 0:
+        raise UsageError("--wait must not be negative")
     settings = _settings(args)
     health = _proxy_get(settings, "/_fleetci/health")
     print(f"proxy healthy: upstream {health.get('upstream')}")
@@ -394,8 +396,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 0
     if health.get("p2p") != "active":
         raise FleetciError(f"peer-to-peer sharing is {health.get('p2p', 'off')} (see the proxy log)")
-    if args.wait < 0:
-        raise UsageError("--wait must not be negative")
     deadline = time.monotonic() + args.wait
     while True:
         peers = _proxy_get(settings, "/_fleetci/peers").get("connected", [])
