@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -104,6 +107,38 @@ def test_fetch_requests_round_trip() -> None:
 def test_large_bodies_do_not_ride_inline() -> None:
     assert Announcement.of(_entry(body=b"x" * (INLINE_MAX + 1)), "p").body is None
     assert Announcement.of(_entry(body=b"x" * 10), "p").body == b"x" * 10
+
+
+SLIM_PROBE = """
+import sys
+from fleetci.p2p import slim
+stubbed = slim.install()
+import libp2p, libp2p.transport.quic.transport as quic
+print(sorted(stubbed), slim.stubbed("aioquic"), slim.stubbed("zeroconf"), "libp2p" in sys.modules)
+try:
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    quic.QUICTransport(create_new_key_pair().private_key)
+except Exception as exc:  # py-libp2p wraps it in its own QUICSecurityError; the reason survives
+    print("refused:", str(exc).split(": ", 1)[-1])
+"""
+
+
+def test_slim_keeps_unused_libp2p_extras_out_and_refuses_their_use() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", SLIM_PROBE], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.splitlines()
+    assert out[0].startswith("['aioquic', 'cbor2', 'miniupnpc', 'pylsqpack', 'requests',")
+    assert out[0].endswith("] True True True")
+    # The one QUIC path that needs aioquic fails with the reason and the way back, not an obscure error.
+    assert len(out) == 2 and out[1].startswith("refused: aioquic.") and "FLEETCI_P2P_SLIM=0" in out[1]
+
+
+def test_slim_off_loads_the_real_packages() -> None:
+    env = {**os.environ, "FLEETCI_P2P_SLIM": "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", SLIM_PROBE], capture_output=True, text=True, timeout=120, env=env
+    ).stdout.splitlines()
+    assert out[0] == "[] False False True"
 
 
 def test_registry_expires_peers_after_thirty_minutes(tmp_path: Path) -> None:
@@ -215,6 +250,11 @@ def test_five_nodes_one_miss_then_peers(emulator: Any, fleet: Any) -> None:
     assert sum(int(s["peer_hits"]) for s in stats) == 8
     assert all(int(s["connected_peers"]) >= 1 for s in stats)
     assert sum(int(peers_of(n)["stats"]["fetches"]) for n in nodes[1:]) >= 4  # the large body, on demand
+    # All of that ran without py-libp2p's unused extras in memory (their C extensions never mapped).
+    for n in nodes:
+        maps = Path(f"/proc/{n.proc.pid}/maps").read_text()
+        assert "fleetci" in Path(f"/proc/{n.proc.pid}/cmdline").read_text()
+        assert not [m for m in ("/aioquic/", "/zeroconf/", "/cbor2/", "/pylsqpack/", "miniupnpc") if m in maps]
 
 
 @pytestmark_integration

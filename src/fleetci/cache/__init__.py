@@ -15,10 +15,8 @@ import threading
 import time
 from collections.abc import Coroutine
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
-
-import httpx
 
 from fleetci import gha
 from fleetci.cache.engine import SUMMARY_KEYS, CacheEngine, Outcome, ProxyResponse
@@ -26,6 +24,9 @@ from fleetci.cache.policy import TTLPolicy, cache_key, normalize_target, scope_o
 from fleetci.cache.store import CacheStore, Entry
 from fleetci.config import CacheSettings, cache_settings, github_token, load_config_file
 from fleetci.errors import FleetciError
+
+if TYPE_CHECKING:  # the proxy process never needs httpx (or the CLI extras it pulls in)
+    import httpx
 
 __all__ = [
     "CacheEngine",
@@ -149,6 +150,8 @@ class CachedGitHubCLI:
         self._loop: _LoopThread | None = None
         self.cache: GitHubAPICache | None = None
         if proxy:
+            import httpx
+
             self.base_url = proxy.rstrip("/")
             self._client = httpx.Client(base_url=self.base_url, timeout=60)
         else:

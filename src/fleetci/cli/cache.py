@@ -137,6 +137,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fleetci.cache.server import run
 
     settings = _settings(args)
+    if settings.enable_p2p:
+        from fleetci.p2p import slim
+
+        slim.install()  # before anything imports libp2p: this process never needs its extras
     return run(settings, probe=not args.no_probe)
 
 
