@@ -254,7 +254,9 @@ def test_five_nodes_one_miss_then_peers(emulator: Any, fleet: Any) -> None:
     for n in nodes:
         maps = Path(f"/proc/{n.proc.pid}/maps").read_text()
         assert "fleetci" in Path(f"/proc/{n.proc.pid}/cmdline").read_text()
-        assert not [m for m in ("/aioquic/", "/zeroconf/", "/cbor2/", "/pylsqpack/", "miniupnpc") if m in maps]
+        assert not [
+            m for m in ("/aioquic/", "/zeroconf/", "/cbor2/", "/pylsqpack/", "miniupnpc") if m in maps
+        ]
 
 
 @pytestmark_integration

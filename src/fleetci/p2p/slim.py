@@ -97,7 +97,9 @@ class _SlimFinder(importlib.abc.MetaPathFinder):
         self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
         if fullname in ABSENT:
-            raise ModuleNotFoundError(f"{fullname} is left out of the proxy ({ABSENT[fullname]})", name=fullname)
+            raise ModuleNotFoundError(
+                f"{fullname} is left out of the proxy ({ABSENT[fullname]})", name=fullname
+            )
         if fullname.split(".", 1)[0] in self.packages:
             return importlib.machinery.ModuleSpec(fullname, _StubLoader(), is_package=True)
         return None
