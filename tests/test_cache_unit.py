@@ -123,6 +123,42 @@ def test_store_byte_budget(tmp_path: Path) -> None:
     assert s.get("9") is not None and s.get("0") is None
 
 
+def test_store_memory_tier_has_its_own_budget(tmp_path: Path) -> None:
+    s = CacheStore(tmp_path / "c.db", max_entries=100, max_bytes=100_000, memory_bytes=3000)
+    for i in range(10):
+        s.put(_entry(str(i), b"x" * 1000))
+    assert s.memory_tier_bytes <= 3000  # RAM holds the hot few ...
+    assert s.total_bytes >= 10_000 and len(s) == 10  # ... disk keeps every entry
+    assert all(s.get(str(i)) is not None for i in range(10))  # cold ones come back from disk
+    assert s.memory_tier_bytes <= 3000
+    big = CacheStore(tmp_path / "d.db", memory_bytes=10)  # the newest entry stays until it is on disk
+    big.remember(_entry("n", b"y" * 100))
+    assert big.get("n") is not None
+
+
+def test_cold_put_stays_out_of_memory_until_read(tmp_path: Path) -> None:
+    """Entries peers push (``hot=False``) take no RAM until a client here reads one."""
+    s = CacheStore(tmp_path / "c.db")
+    s.put(_entry("hot", b"h" * 1000))
+    s.put(_entry("cold", b"c" * 5000), hot=False)
+    assert s.memory_tier_bytes == _entry("hot", b"h" * 1000).size
+    got = s.get("cold")
+    assert got is not None and got.body == b"c" * 5000
+    assert s.memory_tier_bytes == _entry("hot", b"h" * 1000).size + got.size  # read: now it is hot
+    s.put(_entry("hot", b"H" * 10), hot=False)  # a cold overwrite drops the stale hot copy
+    assert s.get("hot") is not None and s.get("hot").body == b"H" * 10  # type: ignore[union-attr]
+    reopened = CacheStore(tmp_path / "c.db")  # both were persisted
+    assert reopened.get("cold") is not None and reopened.get("hot") is not None
+
+
+def test_memory_budget_setting_follows_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cache_settings({}, {}).memory_bytes == 8 * 1024 * 1024
+    monkeypatch.setenv("CACHE_MEMORY_BYTES", "4096")
+    assert cache_settings({}, {"memory_bytes": 1}).memory_bytes == 4096
+    assert cache_settings({"memory_bytes": "8192"}, {}).memory_bytes == 8192
+    assert CacheStore.for_settings(cache_settings({}, {"cache_dir": str(tmp_path)})).memory_bytes == 4096
+
+
 def test_store_drops_damaged_row(tmp_path: Path) -> None:
     db = tmp_path / "c.db"
     s = CacheStore(db)
@@ -262,3 +298,19 @@ def test_ghes_base_path_is_not_doubled_for_passthrough(tmp_path: Path) -> None:
     )
     assert resp.status == 201 and resp.outcome == "BYPASS"
     assert seen == ["POST https://ghe.example.com/api/v3/repos/o/r/issues"]
+
+
+def test_entries_peers_push_are_served_but_not_held_in_ram(tmp_path: Path) -> None:
+    """A peer's inline body lands on disk; it costs this runner RAM only once a client asks for it."""
+    from fleetci.cache.engine import CacheEngine
+    from fleetci.p2p.messages import Announcement
+
+    settings = cache_settings({"cache_dir": str(tmp_path)}, {}, {})
+    engine = CacheEngine(settings)
+    pushed = Entry.create("p" * 64, "scope", "/repos/o/r", 200, (("ETag", '"e"'),), b"b" * 4000, 60)
+    before = engine.store.memory_tier_bytes
+    engine.accept_announcements([Announcement.of(pushed, "12D3KooWpeer")])
+    assert engine.store.memory_tier_bytes == before
+    got = engine.store.get(pushed.key)
+    assert got is not None and got.body == pushed.body and got.etag == '"e"'
+    assert engine.store.memory_tier_bytes == before + got.size

@@ -123,6 +123,39 @@ except Exception as exc:  # py-libp2p wraps it in its own QUICSecurityError; the
 """
 
 
+def test_equivocation_check_keeps_fingerprints_not_messages(tmp_path: Path) -> None:
+    """py-libp2p kept every whole message (inline bodies too) for this check; ours keeps 32 bytes each."""
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.id import ID
+    from libp2p.pubsub.pb import rpc_pb2
+
+    from fleetci.p2p import tuning
+    from fleetci.p2p.node import P2PConfig, P2PNode
+
+    node = P2PNode(
+        P2PConfig("127.0.0.1", free_port(), tmp_path / "n.key"),
+        FleetKeys(SECRET, FLEET),
+        on_announcements=lambda _a: None,
+        lookup=lambda _k: None,
+    )
+    router = node._gossipsub()
+    sender = ID.from_pubkey(create_new_key_pair(b"s" * 32).public_key).to_bytes()
+
+    def msg(seq: int, data: bytes, topic: str = "t") -> Any:
+        return rpc_pb2.Message(from_id=sender, seqno=seq.to_bytes(8, "big"), data=data, topicIDs=[topic])
+
+    body = b"x" * 50_000
+    assert router._check_equivocation(msg(1, body))
+    assert router._check_equivocation(msg(1, body))  # the same message again (gossip) is fine
+    assert not router._check_equivocation(msg(1, body + b"!"))  # same seqno, other data
+    assert not router._check_equivocation(msg(1, body, topic="other"))  # same seqno, other topic
+    assert all(isinstance(v, bytes) and len(v) == 32 for v in router.equivocation_detection.values())
+    for seq in range(2, tuning.EQUIVOCATION_KEPT + 50):
+        assert router._check_equivocation(msg(seq, b"y"))
+    assert len(router.equivocation_detection) == tuning.EQUIVOCATION_KEPT  # oldest IDs dropped
+    assert sender + (1).to_bytes(8, "big") not in router.equivocation_detection
+
+
 def test_slim_keeps_unused_libp2p_extras_out_and_refuses_their_use() -> None:
     out = subprocess.run(
         [sys.executable, "-c", SLIM_PROBE], capture_output=True, text=True, timeout=120, check=True

@@ -175,6 +175,10 @@ def default_cache_dir() -> Path:
     return Path(base) / "fleetci"
 
 
+# The hot part of a proxy's cache kept in RAM; the rest is a SQLite read away (see cache/store.py).
+MEMORY_BYTES = 8 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class CacheSettings:
     """Everything ``fleetci cache …`` needs; seed-compatible environment names are kept."""
@@ -188,6 +192,7 @@ class CacheSettings:
     default_ttl: float = 300.0
     max_entries: int = 10_000
     max_bytes: int = 256 * 1024 * 1024
+    memory_bytes: int = MEMORY_BYTES
     max_concurrency: int = 20
     max_stale: int = 24 * 3600
     upstream_timeout: float = 30.0
@@ -253,6 +258,7 @@ def cache_settings(
         default_ttl=r.get("default_ttl", 300.0, float, env=("CACHE_DEFAULT_TTL",)),
         max_entries=r.get("max_entries", 10_000, parse_positive_int, env=("CACHE_MAX_ENTRIES",)),
         max_bytes=r.get("max_bytes", 256 * 1024 * 1024, parse_positive_int, env=("CACHE_MAX_BYTES",)),
+        memory_bytes=r.get("memory_bytes", MEMORY_BYTES, parse_positive_int, env=("CACHE_MEMORY_BYTES",)),
         max_concurrency=r.get("max_concurrency", 20, parse_positive_int, env=("CACHE_MAX_CONCURRENCY",)),
         max_stale=r.get("max_stale", 24 * 3600, int, env=("CACHE_MAX_STALE",)),
         upstream_timeout=r.get("upstream_timeout", 30.0, float, env=("CACHE_UPSTREAM_TIMEOUT",)),

@@ -47,7 +47,7 @@ class GitHubAPICache:
 
     def __init__(self, settings: CacheSettings | None = None) -> None:
         self.settings = settings or cache_settings({}, load_config_file(None))
-        self.store = CacheStore(self.settings.db_path, self.settings.max_entries, self.settings.max_bytes)
+        self.store = CacheStore.for_settings(self.settings)
         self.policy = TTLPolicy.build(self.settings.ttl_rules, self.settings.default_ttl)
         self.engine: CacheEngine | None = None
 

@@ -178,7 +178,7 @@ class CacheEngine:
         self.settings = settings
         self.clock = clock  # injectable: ``fleetci bench fleet`` runs an hour of virtual time
         self.policy = TTLPolicy.build(settings.ttl_rules, settings.default_ttl)
-        self.store = store or CacheStore(settings.db_path, settings.max_entries, settings.max_bytes)
+        self.store = store or CacheStore.for_settings(settings)
         self.upstream = upstream or AsyncUpstream(settings.upstream, settings.upstream_timeout)
         self.limits = RateLimitTracker(settings.max_concurrency)
         self.counters = Counters()
@@ -452,7 +452,7 @@ class CacheEngine:
             if local is not None and local.fresh_until >= ann.fresh_until:
                 continue
             if ann.body is not None:
-                self.store.put(ann.to_entry(ann.body))
+                self.store.put(ann.to_entry(ann.body), hot=False)  # RAM only once a client asks
                 self._peer_origin.add(ann.key)
                 self._peer_index.pop(ann.key, None)
             else:

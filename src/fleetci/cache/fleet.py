@@ -227,7 +227,7 @@ def simulate(spec: FleetSimSpec, mode: str, work: Path, progress: Callable[[str]
         for n in range(spec.nodes):
             settings = replace(base, cache_dir=work / mode / f"node{n}")
             settings.cache_dir.mkdir(parents=True, exist_ok=True)
-            store = CacheStore(settings.db_path, settings.max_entries, settings.max_bytes)
+            store = CacheStore.for_settings(settings)
             engine = CacheEngine(settings, store, upstream, clock=loop.wall)  # type: ignore[arg-type]
             if mode == "p2p":
                 net.join(engine)

@@ -4,7 +4,10 @@ Why this shape:
 - SQLite commits are atomic, so ``kill -9`` in the middle of a write never leaves half an entry; each body
   also carries its sha256 so a damaged row is detected on read and dropped.
 - A corrupt database file is moved aside with a warning and rebuilt: a cache must never stop CI.
-- The memory tier keeps hits in the tens of microseconds; ``PRAGMA data_version`` tells when another
+- The memory tier keeps hits in the tens of microseconds. It has its own, small byte budget
+  (``CACHE_MEMORY_BYTES``, 8 MiB): the hot set of an API cache is small, and twenty runners' proxies on
+  one box must not each hold the whole disk tier in RAM; colder entries are a SQLite read away, and so
+  are entries peers pushed until a client here asks for one. ``PRAGMA data_version`` tells when another
   process (``fleetci cache clear``, a second proxy) changed the file, and the tier is dropped then.
 """
 
@@ -22,9 +25,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from fleetci.config import MEMORY_BYTES
 from fleetci.errors import FleetciError
+
+if TYPE_CHECKING:
+    from fleetci.config import CacheSettings
 
 log = logging.getLogger("fleetci.cache")
 
@@ -139,10 +146,17 @@ def cid_of(body: bytes) -> str:
 class CacheStore:
     """Bounded LRU store (entries and bytes) that survives restarts. Thread-safe."""
 
-    def __init__(self, path: Path, max_entries: int = 10_000, max_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_entries: int = 10_000,
+        max_bytes: int = 256 * 1024 * 1024,
+        memory_bytes: int = MEMORY_BYTES,
+    ) -> None:
         self.path = path
         self.max_entries = max_entries
         self.max_bytes = max_bytes
+        self.memory_bytes = min(memory_bytes, max_bytes)
         self._lock = threading.RLock()
         self._mem: OrderedDict[str, Entry] = OrderedDict()
         self._mem_bytes = 0
@@ -154,6 +168,10 @@ class CacheStore:
         self._db = self._open()
         self._data_version = self._read_data_version()
         self._recount()
+
+    @classmethod
+    def for_settings(cls, settings: CacheSettings) -> CacheStore:
+        return cls(settings.db_path, settings.max_entries, settings.max_bytes, settings.memory_bytes)
 
     # -- opening, corruption -------------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
@@ -281,14 +299,20 @@ class CacheStore:
             self._remember(entry)
 
     def _remember(self, entry: Entry) -> None:
-        old = self._mem.pop(entry.key, None)
-        if old is not None:
-            self._mem_bytes -= old.size
+        self._forget(entry.key)
         self._mem[entry.key] = entry
         self._mem_bytes += entry.size
-        while self._mem and (len(self._mem) > self.max_entries or self._mem_bytes > self.max_bytes):
+        # The newest entry always stays (it may not be on disk yet: ``put`` follows ``remember``).
+        while len(self._mem) > 1 and (
+            len(self._mem) > self.max_entries or self._mem_bytes > self.memory_bytes
+        ):
             _, dropped = self._mem.popitem(last=False)
             self._mem_bytes -= dropped.size
+
+    def _forget(self, key: str) -> None:
+        old = self._mem.pop(key, None)
+        if old is not None:
+            self._mem_bytes -= old.size
 
     # -- writes ------------------------------------------------------------------------------------
     @contextmanager
@@ -301,7 +325,9 @@ class CacheStore:
             raise
         self._db.execute("COMMIT")
 
-    def put(self, entry: Entry) -> None:
+    def put(self, entry: Entry, hot: bool = True) -> None:
+        """Persist ``entry``; ``hot=False`` (entries peers pushed that no client asked for yet) keeps it
+        out of the memory tier until a client reads it."""
         if entry.size > self.max_bytes:
             return
         now = time.time()
@@ -337,7 +363,10 @@ class CacheStore:
                 self._flush_touched(db)
                 self._evict(db)
             self._touched.pop(entry.key, None)
-            self._remember(entry)
+            if hot:
+                self._remember(entry)
+            else:
+                self._forget(entry.key)
 
     def refresh(self, key: str, fresh_until: float, headers: Headers | None = None) -> Entry | None:
         """Extend an entry's fresh window after a 304 (and take the 304's newer headers)."""
@@ -411,6 +440,12 @@ class CacheStore:
         with self._lock:
             self._sync_with_disk()
             return self._count
+
+    @property
+    def memory_tier_bytes(self) -> int:
+        """Body bytes held in RAM (bounded by ``memory_bytes``; the rest is on disk)."""
+        with self._lock:
+            return self._mem_bytes
 
     @property
     def total_bytes(self) -> int:

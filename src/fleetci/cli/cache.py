@@ -27,6 +27,7 @@ SETTING_FLAGS = {
     "default_ttl": "--default-ttl",
     "max_entries": "--max-entries",
     "max_bytes": "--max-bytes",
+    "memory_bytes": "--memory-bytes",
     "max_concurrency": "--max-concurrency",
     "bootstrap_peers": "--bootstrap-peers",
     "p2p_host": "--p2p-host",
@@ -50,6 +51,9 @@ def _add_settings_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--max-entries", help="entry bound ($CACHE_MAX_ENTRIES; 10000)")
     g.add_argument("--max-bytes", help="byte budget ($CACHE_MAX_BYTES; 256 MiB)")
+    g.add_argument(
+        "--memory-bytes", help="bytes of hot entries kept in RAM as well ($CACHE_MEMORY_BYTES; 8 MiB)"
+    )
     g.add_argument(
         "--max-concurrency", help="concurrent upstream requests per token ($CACHE_MAX_CONCURRENCY; 20)"
     )

@@ -56,6 +56,11 @@ MAX_REQUEST = 64 * 1024
 PX_SCOPE = "fleetci-px"
 RECEIPTS_KEPT = 5000  # arrival times of recent announcements (propagation measurements)
 PX_TARGET = 8  # connections a node tries to keep through peer exchange
+# Back-pressure: while the typical peer still has this many RPCs queued from us, hold our own messages
+# back (at most the given seconds) so what piles up meanwhile leaves as one message instead of hundreds.
+BACKLOG_RPCS = 16
+HOLD_ANNOUNCEMENTS_S = 2.0
+HOLD_CLAIMS_S = 0.25
 MAX_BODY = 32 * 1024 * 1024
 # Seed 001: these only when the operator opts in; dialled in the background, never blocking start-up.
 PUBLIC_BOOTSTRAP = (
@@ -96,6 +101,7 @@ class P2PStats:
     served: int = 0
     claims_sent: int = 0
     claims_received: int = 0
+    held: int = 0  # 10 ms waits for back-pressure (see _hold_while_backlogged)
 
 
 def load_identity(path: Path) -> bytes:
@@ -251,7 +257,10 @@ class P2PNode:
     # -- trio side -----------------------------------------------------------------------------------
     def _gossipsub(self) -> Any:
         from libp2p.custom_types import TProtocol
+        from libp2p.peer.id import ID
         from libp2p.pubsub.gossipsub import GossipSub
+
+        from fleetci.p2p import tuning
 
         class FloodPublishGossipSub(GossipSub):
             """Gossipsub v1.1's flood publishing (go-libp2p's default; py-libp2p lacks it): a node's own
@@ -268,6 +277,25 @@ class P2PNode:
                         peers.update(self.pubsub.peer_topics.get(topic, ()))
                     peers.discard(origin)
                 yield from peers
+
+            def _check_equivocation(self, msg: Any) -> bool:
+                """py-libp2p's check, keeping a fingerprint instead of the whole message.
+
+                Upstream keeps every message it saw (up to 1,000 between clean-ups, far more in a burst)
+                in ``equivocation_detection`` only to compare data and topics later; with inline bodies
+                that was megabytes per node. A sha256 of the same fields keeps the check intact.
+                """
+                key = msg.from_id + msg.seqno
+                seen: dict[bytes, Any] = self.equivocation_detection  # fingerprints, not messages
+                mark = tuning.fingerprint(msg)
+                first = seen.setdefault(key, mark)
+                if first != mark:
+                    log.warning("equivocation: peer %s sent two messages with one sequence number", key[:8])
+                    if self.scorer is not None:
+                        self.scorer.penalize_equivocation(ID(msg.from_id), 100.0)
+                    return False
+                tuning.bound(seen)
+                return True
 
         return FloodPublishGossipSub(
             protocols=[TProtocol(p) for p in GOSSIP_PROTOCOLS],
@@ -337,6 +365,24 @@ class P2PNode:
         finally:
             self._token = None
 
+    async def _hold_while_backlogged(self, ps: Any, limit: float) -> None:
+        """Wait (up to ``limit`` s) while the median peer's outbound queue is deep.
+
+        py-libp2p copies every message into each peer's queue, so a node that publishes faster than its
+        peers read (20 runners on two cores, or a slow link) piles up copies (memory) and per-message work
+        on every peer (CPU), and gossip latency then grows with the pile. Holding back instead lets the
+        next batch carry everything that queued up meanwhile.
+        """
+        import trio
+
+        deadline = trio.current_time() + limit
+        while trio.current_time() < deadline:
+            depths = sorted(len(q) for q in getattr(ps, "peer_queues", {}).values())
+            if not depths or depths[len(depths) // 2] < BACKLOG_RPCS:
+                return
+            self.stats.held += 1
+            await trio.sleep(0.01)
+
     async def _publish_loop(self, ps: Any) -> None:
         import trio
 
@@ -344,6 +390,7 @@ class P2PNode:
             await trio.sleep(self.config.batch_window)
             if not self._pending:
                 continue
+            await self._hold_while_backlogged(ps, HOLD_ANNOUNCEMENTS_S)
             pending, self._pending = self._pending, defaultdict(list)
             for scope, anns in pending.items():
                 # Keep each gossip message well under the 1 MiB RPC limit.
@@ -365,6 +412,7 @@ class P2PNode:
         import trio
 
         async for first in receive:
+            await self._hold_while_backlogged(ps, HOLD_CLAIMS_S)
             queued = [first]
             with contextlib.suppress(trio.WouldBlock):
                 while len(queued) < 500:

@@ -8,7 +8,9 @@ to per-message overhead, not to our payloads:
   remembered for a minute, keyed by their exact bytes and sender;
 * yamux answers every read with a WINDOW_UPDATE frame (``PY_YAMUX_RELEASE_ON_READ``, one extra write per
   message); go-yamux's half-window hysteresis is enough;
-* the outbound and subscription queues (32 deep) drop silently; they are deepened.
+* the outbound and subscription queues (32 deep) drop silently; they are deepened;
+* gossipsub's equivocation check kept whole messages (bodies included) by the thousand: it keeps a
+  fingerprint instead (:func:`fingerprint`, used by the node's router), bounded by :func:`bound`.
 
 Everything here is idempotent and only touches py-libp2p module attributes that exist in 0.8.
 """
@@ -16,6 +18,8 @@ Everything here is idempotent and only touches py-libp2p module attributes that 
 from __future__ import annotations
 
 import functools
+import hashlib
+import itertools
 import os
 import time
 from collections import OrderedDict
@@ -25,6 +29,7 @@ from typing import Any
 RECORD_TTL_S = 60.0
 RECORDS_KEPT = 4096
 QUEUE_DEPTH = 4096
+EQUIVOCATION_KEPT = 4096  # message IDs whose fingerprint is kept (upstream: 500-1000 whole messages)
 
 _applied = False
 
@@ -50,6 +55,22 @@ def _remembering(consume: Callable[[Any, Any, Any], bool]) -> Callable[[Any, Any
         return ok
 
     return maybe_consume
+
+
+def fingerprint(msg: Any) -> bytes:
+    """What equivocation compares (data and topics), in 32 bytes."""
+    h = hashlib.sha256(msg.data)
+    for topic in msg.topicIDs:
+        h.update(b"\0" + topic.encode())
+    return h.digest()
+
+
+def bound(seen: dict[bytes, Any], kept: int = EQUIVOCATION_KEPT) -> None:
+    """Drop the oldest message IDs (dicts keep insertion order) once more than ``kept`` are held."""
+    excess = len(seen) - kept
+    if excess > 0:
+        for key in list(itertools.islice(seen, excess)):
+            del seen[key]
 
 
 def apply() -> None:
