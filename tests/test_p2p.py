@@ -112,7 +112,7 @@ def test_large_bodies_do_not_ride_inline() -> None:
 SLIM_PROBE = """
 import sys
 from fleetci.p2p import slim
-stubbed = slim.install()
+stubbed = slim.install(public_peers=sys.argv[1:] == ["public"])
 import libp2p, libp2p.transport.quic.transport as quic
 print(sorted(stubbed), slim.stubbed("aioquic"), slim.stubbed("zeroconf"), "libp2p" in sys.modules)
 try:
@@ -120,6 +120,11 @@ try:
     quic.QUICTransport(create_new_key_pair().private_key)
 except Exception as exc:  # py-libp2p wraps it in its own QUICSecurityError; the reason survives
     print("refused:", str(exc).split(": ", 1)[-1])
+try:
+    from libp2p.crypto.rsa import create_new_key_pair as rsa_pair
+    print("rsa:", rsa_pair(1024).private_key.get_type().name)
+except Exception as exc:
+    print("rsa refused:", exc)
 """
 
 
@@ -160,10 +165,20 @@ def test_slim_keeps_unused_libp2p_extras_out_and_refuses_their_use() -> None:
     out = subprocess.run(
         [sys.executable, "-c", SLIM_PROBE], capture_output=True, text=True, timeout=120, check=True
     ).stdout.splitlines()
-    assert out[0].startswith("['aioquic', 'cbor2', 'miniupnpc', 'pylsqpack', 'requests',")
+    assert out[0].startswith("['Crypto', 'aioquic', 'cbor2', 'h11', 'httpcore', 'httpx', 'miniupnpc',")
     assert out[0].endswith("] True True True")
     # The one QUIC path that needs aioquic fails with the reason and the way back, not an obscure error.
-    assert len(out) == 2 and out[1].startswith("refused: aioquic.") and "FLEETCI_P2P_SLIM=0" in out[1]
+    assert len(out) == 3 and out[1].startswith("refused: aioquic.") and "FLEETCI_P2P_SLIM=0" in out[1]
+    assert out[2].startswith("rsa refused:") and "RSA peer identities" in out[2]
+
+
+def test_slim_keeps_rsa_for_public_bootstrap_nodes() -> None:
+    """Public libp2p nodes include RSA identities: opting in to them keeps pycryptodome loaded."""
+    out = subprocess.run(
+        [sys.executable, "-c", SLIM_PROBE, "public"], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.splitlines()
+    assert "'Crypto'" not in out[0] and "'aioquic'" in out[0]
+    assert out[-1] == "rsa: RSA"
 
 
 def test_slim_off_loads_the_real_packages() -> None:

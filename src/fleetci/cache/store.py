@@ -198,6 +198,8 @@ class CacheStore:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            # SQLite's page cache (2 MB by default) would duplicate the memory tier; the OS caches the file.
+            db.execute("PRAGMA cache_size=-512")
             row = db.execute("PRAGMA quick_check").fetchone()
             if row is None or row[0] != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {row[0] if row else 'no answer'}")

@@ -144,7 +144,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.enable_p2p:
         from fleetci.p2p import slim
 
-        slim.install()  # before anything imports libp2p: this process never needs its extras
+        slim.install(public_peers=settings.public_bootstrap)  # before anything imports libp2p
     return run(settings, probe=not args.no_probe)
 
 

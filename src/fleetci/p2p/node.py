@@ -308,6 +308,10 @@ class P2PNode:
             heartbeat_interval=1,  # default 120 s: meshes would take minutes to form
             heartbeat_initial_delay=0.1,
             time_to_live=30,
+            # Messages (inline bodies included) are kept for IWANT during gossip_history heartbeats;
+            # flood publishing and catch-up make older ones unneeded (defaults 3 and 5).
+            gossip_window=2,
+            gossip_history=3,
             max_messages_per_topic_per_second=1000.0,  # default 10/s per peer drops bursts silently
             spam_protection_enabled=False,  # the fleet secret already rejects strangers' payloads
             eclipse_protection_enabled=False,  # every runner of a self-hosted box shares one IP

@@ -2,8 +2,9 @@
 
 ``import libp2p`` (0.8) loads every subsystem it ships, whatever the host uses: QUIC and WebTransport
 (aioquic, pylsqpack, pyOpenSSL, service_identity), mDNS (zeroconf), UPnP (miniupnpc), WebSocket
-(trio_websocket, wsproto), AutoTLS/ACME (requests) and IPNS records (cbor2). A fleet node uses TCP, Noise,
-yamux and gossipsub only, yet those imports cost ~14 MB of every runner's proxy; with 20 runners on one
+(trio_websocket, wsproto), AutoTLS/ACME (requests, httpx), IPNS records (cbor2) and, unless public
+bootstrap nodes are opted in, RSA identities (pycryptodome). A fleet node uses TCP, Noise,
+yamux and gossipsub only, yet those imports cost ~18 MB of every runner's proxy; with 20 runners on one
 box that is the difference between fitting a 100 MB budget per node or not.
 
 :func:`install` registers an import hook, only in the ``fleetci cache serve`` process and only for those
@@ -32,8 +33,14 @@ SLIMMED: dict[str, str] = {
     "trio_websocket": "the WebSocket transport",
     "wsproto": "the WebSocket transport",
     "requests": "AutoTLS (ACME)",
+    "httpx": "AutoTLS (ACME); the proxy itself talks HTTP through aiohttp",
+    "httpcore": "AutoTLS (ACME)",
+    "h11": "AutoTLS (ACME)",
     "cbor2": "IPNS records",
 }
+# Only the fleet's own peers (ed25519 keys, Noise) are dialled unless public bootstrap is opted in; the
+# public nodes still include RSA identities (``Qm…`` peer IDs), which need pycryptodome.
+FLEET_ONLY: dict[str, str] = {"Crypto": "RSA peer identities, SECIO and private networks (pnet)"}
 # Optional modules whose importers already cope with ImportError.
 ABSENT: dict[str, str] = {"httpx._main": "httpx's command-line tool (click, pygments, rich)"}
 
@@ -55,7 +62,8 @@ class _Placeholder(type):
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         raise SlimmedOut(
             f"{cls.__qualname__} is not loaded: fleetci leaves {cls._package} out of the proxy "
-            f"({SLIMMED.get(cls._package, 'unused')}); set FLEETCI_P2P_SLIM=0 to load it"
+            f"({SLIMMED.get(cls._package) or FLEET_ONLY.get(cls._package, 'unused')}); "
+            "set FLEETCI_P2P_SLIM=0 to load it"
         )
 
     def __getitem__(cls, item: Any) -> Any:  # generic annotations, e.g. Placeholder[int]
@@ -105,13 +113,17 @@ class _SlimFinder(importlib.abc.MetaPathFinder):
         return None
 
 
-def install() -> frozenset[str]:
-    """Stub the unused packages for this process; returns what was stubbed (empty if turned off)."""
+def install(public_peers: bool = False) -> frozenset[str]:
+    """Stub the unused packages for this process; returns what was stubbed (empty if turned off).
+
+    ``public_peers``: the node may dial public libp2p nodes, so keep what their identities need.
+    """
     if os.environ.get("FLEETCI_P2P_SLIM", "1").strip().lower() in ("0", "false", "no", "off"):
         return frozenset()
     if any(isinstance(f, _SlimFinder) for f in sys.meta_path) or "libp2p" in sys.modules:
         return frozenset()  # already slimmed, or too late to matter
-    packages = frozenset(p for p in SLIMMED if p not in sys.modules)
+    wanted = {**SLIMMED, **({} if public_peers else FLEET_ONLY)}
+    packages = frozenset(p for p in wanted if p not in sys.modules)
     sys.meta_path.insert(0, _SlimFinder(packages))
     return packages
 
