@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import sqlite3
@@ -152,7 +153,7 @@ def test_cold_put_stays_out_of_memory_until_read(tmp_path: Path) -> None:
 
 
 def test_memory_budget_setting_follows_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert cache_settings({}, {}).memory_bytes == 8 * 1024 * 1024
+    assert cache_settings({}, {}).memory_bytes == 4 * 1024 * 1024
     monkeypatch.setenv("CACHE_MEMORY_BYTES", "4096")
     assert cache_settings({}, {"memory_bytes": 1}).memory_bytes == 4096
     assert cache_settings({"memory_bytes": "8192"}, {}).memory_bytes == 8192
@@ -277,7 +278,6 @@ def test_rewrite_for_client_points_urls_back_at_the_proxy() -> None:
 
 
 def test_ghes_base_path_is_not_doubled_for_passthrough(tmp_path: Path) -> None:
-    import asyncio
 
     from fleetci.cache.engine import CacheEngine
     from fleetci.http import AsyncUpstream, UpstreamResponse
@@ -314,3 +314,45 @@ def test_entries_peers_push_are_served_but_not_held_in_ram(tmp_path: Path) -> No
     got = engine.store.get(pushed.key)
     assert got is not None and got.body == pushed.body and got.etag == '"e"'
     assert engine.store.memory_tier_bytes == before + got.size
+
+
+def test_first_answer_of_a_pushed_entry_says_peer_and_the_marks_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleetci.cache import engine as engine_module
+    from fleetci.cache.engine import CacheEngine
+    from fleetci.p2p.messages import Announcement
+
+    monkeypatch.setattr(engine_module, "PEER_INDEX_MAX", 3)
+    engine = CacheEngine(cache_settings({"cache_dir": str(tmp_path)}, {}, {}))
+    scope = scope_of("token t")
+    key = cache_key(scope, normalize_target("/repos/o/r"), {})
+    first = Entry.create(key, scope, "/repos/o/r", 200, (), b"{}", 60)
+    others = [Entry.create(f"{i}" * 64, scope, f"/x/{i}", 200, (), b"{}", 60) for i in range(1, 4)]
+    engine.accept_announcements([Announcement.of(first, "12D3KooWpeer")])
+
+    async def get() -> str:
+        return (await engine.handle("GET", "/repos/o/r", [("Authorization", "token t")], None)).outcome
+
+    assert asyncio.run(get()) == "PEER"
+    assert asyncio.run(get()) == "HIT"  # only the first answer came from the peer
+    engine.accept_announcements([Announcement.of(first, "12D3KooWpeer")])  # unchanged: no new mark
+    engine.accept_announcements([Announcement.of(e, "12D3KooWpeer") for e in others])
+    assert len(engine._peer_origin) == 3
+
+
+def test_release_free_memory_trims_the_heap() -> None:
+    """glibc here: freed pages in the middle of the heap go back to the OS."""
+    from fleetci.process import release_free_memory
+
+    def anon_kb() -> int:
+        with open("/proc/self/smaps_rollup") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("Anonymous:"))
+
+    blocks = [bytearray(64 * 1024) for _ in range(800)]  # 50 MiB below glibc's mmap threshold: heap
+    keep = blocks[-1]
+    del blocks[:-1]
+    high = anon_kb()
+    assert release_free_memory()
+    assert anon_kb() < high - 20 * 1024
+    del keep

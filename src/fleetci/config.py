@@ -176,7 +176,7 @@ def default_cache_dir() -> Path:
 
 
 # The hot part of a proxy's cache kept in RAM; the rest is a SQLite read away (see cache/store.py).
-MEMORY_BYTES = 8 * 1024 * 1024
+MEMORY_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)

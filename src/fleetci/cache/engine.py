@@ -184,7 +184,9 @@ class CacheEngine:
         self.counters = Counters()
         self.peers: PeerLink | None = None
         self._peer_index: OrderedDict[str, Announcement] = OrderedDict()  # announced, body not fetched yet
-        self._peer_origin: set[str] = set()  # stored from a peer, not yet served
+        # Stored from a peer, not served yet (its first answer says PEER); bounded like the index, since
+        # a runner may never serve most of what its peers push.
+        self._peer_origin: OrderedDict[str, None] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[ProxyResponse]] = {}
         # Fleet-wide coalescing: key -> {peer: when its claim arrived (monotonic)}, the keys we claimed
         # and have not announced yet, and requests waiting for a claimant's announcement.
@@ -228,7 +230,7 @@ class CacheEngine:
         if entry is not None and entry.is_fresh(now) and not force:
             outcome = Outcome.HIT
             if prep.key in self._peer_origin:
-                self._peer_origin.discard(prep.key)
+                del self._peer_origin[prep.key]
                 outcome = Outcome.PEER
             self.counters.count(outcome)
             return self._finish(self._from_entry(entry, outcome, prep.limit_scope), lower)
@@ -335,7 +337,7 @@ class CacheEngine:
     # -- peers ---------------------------------------------------------------------------------------
     def _announce(self, entry: Entry) -> None:
         if self.peers is not None:
-            self._peer_origin.discard(entry.key)
+            self._peer_origin.pop(entry.key, None)
             self._claimed.discard(entry.key)
             self.peers.announce(entry)
 
@@ -384,7 +386,7 @@ class CacheEngine:
         now = self.clock()
         got = self.store.get(prep.key)
         if got is not None and got.is_fresh(now):
-            self._peer_origin.discard(prep.key)
+            self._peer_origin.pop(prep.key, None)
             answer: ProxyResponse | None = self._from_entry(got, Outcome.PEER, prep.limit_scope)
         else:
             answer = await self._from_peers(prep, entry, now)
@@ -453,7 +455,9 @@ class CacheEngine:
                 continue
             if ann.body is not None:
                 self.store.put(ann.to_entry(ann.body), hot=False)  # RAM only once a client asks
-                self._peer_origin.add(ann.key)
+                self._peer_origin[ann.key] = None
+                while len(self._peer_origin) > PEER_INDEX_MAX:
+                    self._peer_origin.popitem(last=False)
                 self._peer_index.pop(ann.key, None)
             else:
                 self._peer_index[ann.key] = ann

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ PEERS_PATH = "/_fleetci/peers"
 PROBE_PATH = "/_fleetci/p2p/probe"
 METRICS_PATH = "/metrics"
 STATS_FLUSH_S = 2.0
+TRIM_EVERY = 5  # flushes between heap trims (10 s; see fleetci.process.release_free_memory)
 LINK_URL = re.compile(r"<([^>]*)>")
 ENGINE_KEY = web.AppKey("engine", CacheEngine)
 
@@ -216,9 +218,13 @@ async def probe_upstream(engine: CacheEngine, attempts: int = 3) -> None:
 
 
 async def _flush_stats_forever(engine: CacheEngine) -> None:
-    while True:
+    from fleetci.process import release_free_memory
+
+    for tick in itertools.count(1):
         await asyncio.sleep(STATS_FLUSH_S)
         persist_stats(engine)
+        if tick % TRIM_EVERY == 0:
+            release_free_memory()
 
 
 def persist_stats(engine: CacheEngine) -> None:

@@ -5,7 +5,7 @@ Why this shape:
   also carries its sha256 so a damaged row is detected on read and dropped.
 - A corrupt database file is moved aside with a warning and rebuilt: a cache must never stop CI.
 - The memory tier keeps hits in the tens of microseconds. It has its own, small byte budget
-  (``CACHE_MEMORY_BYTES``, 8 MiB): the hot set of an API cache is small, and twenty runners' proxies on
+  (``CACHE_MEMORY_BYTES``, 4 MiB): the hot set of an API cache is small, and twenty runners' proxies on
   one box must not each hold the whole disk tier in RAM; colder entries are a SQLite read away, and so
   are entries peers pushed until a client here asks for one. ``PRAGMA data_version`` tells when another
   process (``fleetci cache clear``, a second proxy) changed the file, and the tier is dropped then.

@@ -52,7 +52,7 @@ def _add_settings_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-entries", help="entry bound ($CACHE_MAX_ENTRIES; 10000)")
     g.add_argument("--max-bytes", help="byte budget ($CACHE_MAX_BYTES; 256 MiB)")
     g.add_argument(
-        "--memory-bytes", help="bytes of hot entries kept in RAM as well ($CACHE_MEMORY_BYTES; 8 MiB)"
+        "--memory-bytes", help="bytes of hot entries kept in RAM as well ($CACHE_MEMORY_BYTES; 4 MiB)"
     )
     g.add_argument(
         "--max-concurrency", help="concurrent upstream requests per token ($CACHE_MAX_CONCURRENCY; 20)"
