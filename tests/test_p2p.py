@@ -161,6 +161,45 @@ def test_equivocation_check_keeps_fingerprints_not_messages(tmp_path: Path) -> N
     assert sender + (1).to_bytes(8, "big") not in router.equivocation_detection
 
 
+def test_publishing_holds_back_while_peers_queues_are_deep(tmp_path: Path) -> None:
+    """Back-pressure: a node whose typical peer still has a deep outbound queue waits (bounded)."""
+    import trio
+
+    from fleetci.p2p import node as node_module
+    from fleetci.p2p.node import P2PConfig, P2PNode
+
+    node = P2PNode(
+        P2PConfig("127.0.0.1", free_port(), tmp_path / "n.key"),
+        FleetKeys(SECRET, FLEET),
+        on_announcements=lambda _a: None,
+        lookup=lambda _k: None,
+    )
+
+    class Pubsub:
+        def __init__(self, depths: list[int]) -> None:
+            self.peer_queues = {f"peer{i}": [None] * d for i, d in enumerate(depths)}
+
+    deep = node_module.BACKLOG_RPCS
+    trio.run(node._hold_while_backlogged, Pubsub([0, 1, deep * 3]), 5.0)  # one slow peer: no wait
+    trio.run(node._hold_while_backlogged, Pubsub([]), 5.0)
+    assert node.stats.held == 0
+    backlog = Pubsub([deep, deep + 1, 0])
+    started = time.monotonic()
+    trio.run(node._hold_while_backlogged, backlog, 0.1)  # the median peer is behind: hold, bounded
+    assert node.stats.held > 0 and time.monotonic() - started < 5.0
+
+    async def drains() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node._hold_while_backlogged, backlog, 30.0)
+            await trio.sleep(0.05)
+            for q in backlog.peer_queues.values():
+                q.clear()  # peers caught up: the hold ends well before its limit
+
+    started = time.monotonic()
+    trio.run(drains)
+    assert time.monotonic() - started < 10.0
+
+
 def test_slim_keeps_unused_libp2p_extras_out_and_refuses_their_use() -> None:
     out = subprocess.run(
         [sys.executable, "-c", SLIM_PROBE], capture_output=True, text=True, timeout=120, check=True

@@ -445,7 +445,7 @@ class CacheStore:
 
     @property
     def memory_tier_bytes(self) -> int:
-        """Body bytes held in RAM (bounded by ``memory_bytes``; the rest is on disk)."""
+        """Bytes of the entries held in RAM (bounded by ``memory_bytes``; the rest is on disk)."""
         with self._lock:
             return self._mem_bytes
 
