@@ -49,7 +49,9 @@ def ensure_binfmt(arch: Arch, binfmt_dir: Path = BINFMT_DIR) -> None:
         proc = subprocess.run(
             ["mount", "-t", "binfmt_misc", "binfmt_misc", str(binfmt_dir)], capture_output=True, text=True
         )
-        if proc.returncode != 0:
+        # Another process (binfmt-support's service, a parallel job) may mount it between the check
+        # and our mount: "already mounted" with ``register`` present is success, not an error.
+        if proc.returncode != 0 and not (binfmt_dir / "register").exists():
             raise FleetciError(
                 f"binfmt unavailable: cannot mount binfmt_misc at {binfmt_dir}: "
                 f"{proc.stderr.strip() or 'mount failed'} (a container needs --privileged)"
