@@ -259,7 +259,7 @@ def start_node(
         "--p2p-host",
         "127.0.0.1",
         "--listen-port",
-        str(port or free_port()),
+        str(port or 0),  # 0: the node binds a free port itself (no race with other processes)
         *args,
         env=env or p2p_env(),
     )
