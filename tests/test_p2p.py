@@ -128,6 +128,18 @@ except Exception as exc:
 """
 
 
+def _bare_node(tmp_path: Path) -> Any:
+    """A node that is never started: for the router and publishing logic alone."""
+    from fleetci.p2p.node import P2PConfig, P2PNode
+
+    return P2PNode(
+        P2PConfig("127.0.0.1", free_port(), tmp_path / "n.key"),
+        FleetKeys(SECRET, FLEET),
+        on_announcements=lambda _a: None,
+        lookup=lambda _k: None,
+    )
+
+
 def test_equivocation_check_keeps_fingerprints_not_messages(tmp_path: Path) -> None:
     """py-libp2p kept every whole message (inline bodies too) for this check; ours keeps 32 bytes each."""
     from libp2p.crypto.ed25519 import create_new_key_pair
@@ -135,14 +147,8 @@ def test_equivocation_check_keeps_fingerprints_not_messages(tmp_path: Path) -> N
     from libp2p.pubsub.pb import rpc_pb2
 
     from fleetci.p2p import tuning
-    from fleetci.p2p.node import P2PConfig, P2PNode
 
-    node = P2PNode(
-        P2PConfig("127.0.0.1", free_port(), tmp_path / "n.key"),
-        FleetKeys(SECRET, FLEET),
-        on_announcements=lambda _a: None,
-        lookup=lambda _k: None,
-    )
+    node = _bare_node(tmp_path)
     router = node._gossipsub()
     sender = ID.from_pubkey(create_new_key_pair(b"s" * 32).public_key).to_bytes()
 
@@ -166,14 +172,8 @@ def test_publishing_holds_back_while_peers_queues_are_deep(tmp_path: Path) -> No
     import trio
 
     from fleetci.p2p import node as node_module
-    from fleetci.p2p.node import P2PConfig, P2PNode
 
-    node = P2PNode(
-        P2PConfig("127.0.0.1", free_port(), tmp_path / "n.key"),
-        FleetKeys(SECRET, FLEET),
-        on_announcements=lambda _a: None,
-        lookup=lambda _k: None,
-    )
+    node = _bare_node(tmp_path)
 
     class Pubsub:
         def __init__(self, depths: list[int]) -> None:
