@@ -1,4 +1,5 @@
-"""Shared HTTP plumbing: the async upstream client, hop-by-hop rules, health waits and port checks.
+"""Shared HTTP plumbing: the async upstream client, hop-by-hop rules, health waits, port checks, and the
+guards every server of ours runs behind (body cap before reading, one-line errors, no tracebacks).
 
 Every capability that talks HTTP goes through here so timeouts, error wording and header hygiene agree.
 """
@@ -8,19 +9,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from fleetci.errors import FleetciError
 
+_server_log = logging.getLogger("fleetci.server")
+
 if TYPE_CHECKING:  # aiohttp and httpx cost ~0.3 s to import: only the commands that talk HTTP pay it
     import aiohttp
     import httpx
+    from aiohttp import web
 
 HOP_BY_HOP = frozenset(
     {
@@ -178,3 +183,62 @@ def primary_ip() -> str:
         s.connect(("192.0.2.1", 9))  # TEST-NET address: connect() on UDP sends no packet
         return str(s.getsockname()[0])
     return "127.0.0.1"
+
+
+# -- servers ---------------------------------------------------------------------------------------------
+# What a server of ours accepts by default: GitHub's own request bodies are capped far higher (tens of
+# MB for a few upload endpoints), but nothing a CI client sends through us comes close to this.
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+# Passed to ``web.AppRunner``: no per-request access log (a flood would fill the disk), and no lingering
+# read of a body we refused: the connection closes right after the 413.
+RUNNER_OPTIONS: dict[str, object] = {"access_log": None, "lingering_time": 0}
+
+
+def error_response(status: int, message: str, **headers: str) -> web.Response:
+    """A one-line JSON error, shaped like GitHub's (``{"message": …}``)."""
+    from aiohttp import web
+
+    resp = web.json_response({"message": " ".join(message.split())[:500]}, status=status, headers=headers)
+    return resp
+
+
+def guarded_app(max_body: int = DEFAULT_MAX_BODY_BYTES) -> web.Application:
+    """An aiohttp application behind our guards.
+
+    - A declared body over ``max_body`` is refused with 413 before a byte of it is read; an undeclared
+      (chunked) one stops at ``max_body`` when the handler reads it (aiohttp's ``client_max_size``).
+    - An unexpected exception answers a one-line JSON 500 and logs one line: never a traceback.
+    """
+    from aiohttp import web
+
+    from fleetci.logs import quiet_server_logs
+
+    quiet_server_logs()
+    limit = max_body
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            resp = error_response(
+                413,
+                f"request body of {declared} bytes is over this server's limit of {limit}",
+            )
+            resp.force_close()
+            return resp
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except web.HTTPRequestEntityTooLarge:
+            resp = error_response(413, f"request body is over this server's limit of {limit} bytes")
+            resp.force_close()
+            return resp
+        except web.HTTPException:
+            raise
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception as exc:
+            _server_log.error("%s %s failed", request.method, request.path, exc_info=exc)
+            return error_response(500, f"internal error ({type(exc).__name__})")
+
+    return web.Application(client_max_size=max_body, middlewares=[guard])
