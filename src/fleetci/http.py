@@ -116,6 +116,17 @@ class AsyncUpstream:
             await self._session.close()
 
 
+def redact_url(url: str) -> str:
+    """``url`` without its password (``http://user:***@host``): for every URL we print, log or serve."""
+    parts = urlsplit(url)
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{user}:***@{host}" if user else f"***@{host}"
+    return parts._replace(netloc=netloc).geturl()
+
+
 def describe(exc: BaseException) -> str:
     """A short, single-line reason for a network error."""
     text = str(exc).strip() or type(exc).__name__
