@@ -117,14 +117,14 @@ class AsyncUpstream:
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its password (``http://user:***@host``): for every URL we print, log or serve."""
+    """``url`` with its userinfo hidden (``http://***@host``): for every URL we print, log or serve.
+
+    The whole userinfo goes, not just the password: ``https://TOKEN@host`` carries the secret as the user.
+    """
     parts = urlsplit(url)
-    if parts.password is None and "@" not in parts.netloc:
+    if "@" not in parts.netloc:
         return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    netloc = f"{user}:***@{host}" if user else f"***@{host}"
-    return parts._replace(netloc=netloc).geturl()
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
 
 
 def describe(exc: BaseException) -> str:
