@@ -200,9 +200,9 @@ def primary_ip() -> str:
 # What a server of ours accepts by default: GitHub's own request bodies are capped far higher (tens of
 # MB for a few upload endpoints), but nothing a CI client sends through us comes close to this.
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
-# Passed to ``web.AppRunner``: no per-request access log (a flood would fill the disk), and no lingering
-# read of a body we refused: the connection closes right after the 413.
-RUNNER_OPTIONS: dict[str, object] = {"access_log": None, "lingering_time": 0}
+# Passed to ``web.AppRunner``: no per-request access log (a flood would fill the disk), and a refused
+# body is read and discarded (never kept) for at most 2 s so the client sees its 413 instead of a reset.
+RUNNER_OPTIONS: dict[str, object] = {"access_log": None, "lingering_time": 2.0}
 
 
 def error_response(status: int, message: str, **headers: str) -> web.Response:
