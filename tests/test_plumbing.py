@@ -176,3 +176,30 @@ def test_guarded_app_caps_bodies_and_never_shows_a_traceback(caplog: pytest.LogC
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+# -- the CLI's last line of defence --------------------------------------------------------------------
+class _Broken:
+    def parse_args(self, argv: list[str]) -> object:
+        import argparse
+
+        def func(args: object) -> int:
+            raise RuntimeError("row 7 of state.json\nsecond line")
+
+        return argparse.Namespace(func=func)
+
+
+def test_an_unforeseen_failure_is_one_line_and_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import fleetci.cli as cli
+
+    monkeypatch.delenv("FLEETCI_DEBUG", raising=False)
+    monkeypatch.setattr(cli, "build_parser", _Broken)
+    assert cli.main(["anything"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("fleetci: error: internal error: RuntimeError: row 7 of state.json second line (")
+    monkeypatch.setenv("FLEETCI_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        cli.main(["anything"])

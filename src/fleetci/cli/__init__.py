@@ -1,11 +1,13 @@
 """The ``fleetci`` command: a thin map from verbs to capability functions.
 
-Every failure ends as one ``fleetci: error: …`` line on stderr and a non-zero exit code.
+Every failure ends as one ``fleetci: error: …`` line on stderr and a non-zero exit code; a bug we did not
+foresee says ``internal error`` in that line (``FLEETCI_DEBUG=1`` shows its traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
@@ -67,3 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fleetci: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if os.environ.get("FLEETCI_DEBUG"):
+            raise
+        text = " ".join(str(exc).split())[:300]
+        print(
+            f"fleetci: error: internal error: {type(exc).__name__}: {text} "
+            "(FLEETCI_DEBUG=1 shows the traceback; please report it)",
+            file=sys.stderr,
+        )
+        return 1
