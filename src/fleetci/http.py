@@ -12,7 +12,7 @@ import errno
 import logging
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -213,11 +213,15 @@ def error_response(status: int, message: str, **headers: str) -> web.Response:
     return resp
 
 
-def guarded_app(max_body: int = DEFAULT_MAX_BODY_BYTES) -> web.Application:
+def guarded_app(
+    max_body: int = DEFAULT_MAX_BODY_BYTES, body_limit: Callable[[web.Request], int] | None = None
+) -> web.Application:
     """An aiohttp application behind our guards.
 
     - A declared body over ``max_body`` is refused with 413 before a byte of it is read; an undeclared
       (chunked) one stops at ``max_body`` when the handler reads it (aiohttp's ``client_max_size``).
+    - ``body_limit(request)``, when given, picks the declared-body cap per request instead: for a route
+      that streams its body to disk under a cap of its own (large uploads), not for one that reads it whole.
     - An unexpected exception answers a one-line JSON 500 and logs one line: never a traceback.
     """
     from aiohttp import web
@@ -230,10 +234,11 @@ def guarded_app(max_body: int = DEFAULT_MAX_BODY_BYTES) -> web.Application:
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         declared = request.content_length
-        if declared is not None and declared > limit:
+        cap = limit if body_limit is None else body_limit(request)
+        if declared is not None and declared > cap:
             resp = error_response(
                 413,
-                f"request body of {declared} bytes is over this server's limit of {limit}",
+                f"request body of {declared} bytes is over this server's limit of {cap}",
             )
             resp.force_close()
             return resp
