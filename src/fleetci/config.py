@@ -6,9 +6,11 @@ Settings are frozen dataclasses built once at start-up, so nothing reads the env
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,8 +20,11 @@ import yaml
 from fleetci.errors import UsageError
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 CONFIG_ENV = "FLEETCI_CONFIG"
+# The config file's top-level keys: one section per capability.
+SECTIONS = ("cache", "install", "multiarch", "registry", "build")
 
 
 def default_config_path() -> Path:
@@ -51,7 +56,44 @@ def load_config_file(path: str | Path | None, env: Mapping[str, str] | None = No
         return {}
     if not isinstance(data, dict):
         raise UsageError(f"config file {p} must hold a mapping at the top level")
+    unknown = [str(k) for k in data if str(k) not in SECTIONS]
+    if unknown:
+        raise UsageError(f"config file {p}: {_unknown_keys(unknown, SECTIONS, 'section')}")
     return data
+
+
+def _unknown_keys(keys: Sequence[str], known: Iterable[str], what: str) -> str:
+    """``unknown config key 'cache.proxy_prot' (did you mean 'proxy_port'?)``: typos get a hint."""
+    choices = sorted(known)
+    shown = []
+    for key in keys:
+        leaf = key.rsplit(".", 1)[-1]
+        close = difflib.get_close_matches(leaf, choices, n=1)
+        shown.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    plural = "s" if len(shown) > 1 else ""
+    return f"unknown config {what}{plural} {', '.join(shown)}"
+
+
+def section(config: Mapping[str, Any] | None, name: str) -> dict[str, Any]:
+    """One capability's section of the config file: a mapping or nothing (a list or a string is a typo)."""
+    raw = (config or {}).get(name)
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise UsageError(f"config section {name!r} must be a mapping (key: value), got {_kind(raw)}")
+    return {str(k): v for k, v in raw.items()}
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return f"a {type(value).__name__}"
 
 
 def parse_bool(text: str) -> bool:
@@ -63,11 +105,70 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"expected true/false, got {text!r}")
 
 
-def parse_port(text: str) -> int:
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} is out of range 0-65535")
-    return port
+# Durations above ten years are typos, and would overflow timeouts (threading.TIMEOUT_MAX is ~292 years).
+MAX_SECONDS = 10 * 365 * 24 * 3600
+# Counts and byte sizes end up in SQLite and C APIs: a signed 64-bit integer is the most they hold.
+MAX_INT = 2**63 - 1
+
+
+def number(
+    kind: type[N],
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    min_inclusive: bool = True,
+    max_inclusive: bool = True,
+    unit: str = "",
+) -> Callable[[str], N]:
+    """A parser for one numeric setting: finite (no nan/inf) and in range, else a one-line ValueError.
+
+    Every numeric setting and numeric flag is built from this, so ``nan``, ``inf`` and ``-5`` get the
+    same refusal everywhere; the Resolver (or ``fleetci.cli.arg_type``) prefixes the flag/env/config key.
+    """
+    low, high = min, max
+    parts = [f"{'a whole number' if kind is int else 'a number'}{f' of {unit}' if unit else ''}"]
+    if low is not None and high is not None and min_inclusive and max_inclusive:
+        parts.append(f"between {_num(low)} and {_num(high)}")
+    else:
+        if low is not None:
+            parts.append(f"{'>=' if min_inclusive else '>'} {_num(low)}")
+        if high is not None:
+            parts.append(f"{'<=' if max_inclusive else '<'} {_num(high)}")
+    expected = " ".join(parts[:1]) + (" " + " and ".join(parts[1:]) if parts[1:] else "")
+    cap = MAX_INT if kind is int and high is None else None
+
+    def parse(text: str) -> N:
+        try:
+            value = kind(text.strip())
+        except ValueError:
+            raise ValueError(f"expected {expected}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"expected {expected}, got {text!r} (not a finite number)")
+        too_low = low is not None and (value < low if min_inclusive else value <= low)
+        too_high = high is not None and (value > high if max_inclusive else value >= high)
+        if too_low or too_high:
+            raise ValueError(f"expected {expected}, got {text!r}")
+        if cap is not None and value > cap:
+            raise ValueError(f"expected {expected} and <= {cap}, got {text!r}")
+        return value
+
+    parse.__name__ = f"parse_{kind.__name__}"
+    return parse
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+parse_port = number(int, min=0, max=65535)
+parse_positive_int = number(int, min=1)
+parse_count = number(int, min=0)
+# A duration that may be zero (a TTL, a stale window, "wait this long at most"), in seconds.
+parse_seconds = number(float, min=0, max=MAX_SECONDS, unit="seconds")
+# A timeout or an interval: zero would mean "fail at once" or "spin", so it must be positive.
+parse_timeout = number(float, min=0, max=MAX_SECONDS, min_inclusive=False, unit="seconds")
+parse_ms = number(float, min=0, max=MAX_SECONDS * 1000, unit="milliseconds")
+parse_stale = number(int, min=0, max=MAX_SECONDS, unit="seconds")
 
 
 def parse_ms_range(text: str) -> tuple[float, float]:
@@ -83,29 +184,46 @@ def parse_ms_range(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def parse_positive_int(text: str) -> int:
-    n = int(text)
-    if n <= 0:
-        raise ValueError(f"expected a positive number, got {n}")
-    return n
-
-
 def parse_csv(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
 class Resolver:
-    """Look a setting up in flags, then the environment, then one section of the config file."""
+    """Look a setting up in flags, then the environment, then one section of the config file.
+
+    It remembers every name asked for, so :meth:`check_unknown` can refuse config keys nobody reads
+    (a typo would otherwise fall back to the default without a word).
+    """
 
     def __init__(
         self,
         flags: Mapping[str, Any] | None,
         section: Mapping[str, Any] | None,
         env: Mapping[str, str] | None = None,
+        *,
+        name: str = "",
     ) -> None:
         self.flags = dict(flags or {})
-        self.section = dict(section or {})
+        self.section = {str(k): v for k, v in (section or {}).items()}
         self.env = os.environ if env is None else env
+        self.name = name
+        self.asked: set[str] = set()
+
+    def key(self, name: str) -> str:
+        """The config key as the user wrote it: ``cache.default_ttl``."""
+        return f"{self.name}.{name}" if self.name else name
+
+    def raw(self, name: str) -> Any:
+        """A config value that is not one flat setting (cache.ttl's list of rules); its key is known."""
+        self.asked.add(name)
+        return self.section.get(name)
+
+    def check_unknown(self, known: Iterable[str] = ()) -> None:
+        """Refuse config keys that no setting asked for (call it once, after every ``get``)."""
+        names = self.asked | set(known)
+        unknown = [self.key(k) for k in self.section if k not in names]
+        if unknown:
+            raise UsageError(_unknown_keys(unknown, names, "key"))
 
     def get(
         self,
@@ -114,6 +232,7 @@ class Resolver:
         parse: Callable[[str], T],
         env: Sequence[str] = (),
     ) -> T:
+        self.asked.add(name)
         flag = self.flags.get(name)
         if flag is not None:
             return self._coerce(flag, parse, f"--{name.replace('_', '-')}")
@@ -122,11 +241,13 @@ class Resolver:
             if raw is not None and raw != "":
                 return self._coerce(raw, parse, f"${var}")
         if name in self.section and self.section[name] is not None:
-            return self._coerce(self.section[name], parse, f"config key {name!r}")
+            return self._coerce(self.section[name], parse, f"config key {self.key(name)!r}")
         return default
 
     @staticmethod
     def _coerce(value: Any, parse: Callable[[str], T], where: str) -> T:
+        if isinstance(value, Mapping):
+            raise UsageError(f"invalid value for {where}: expected a value or a list, got a mapping")
         if not isinstance(value, str):
             if isinstance(value, (list, tuple)):
                 value = ",".join(str(v) for v in value)
@@ -151,20 +272,27 @@ def parse_ttl_rules(raw: Any) -> tuple[TTLRule, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise UsageError("config key cache.ttl must be a list of {pattern, seconds} mappings")
+        raise UsageError("config key 'cache.ttl' must be a list of {pattern, seconds} mappings")
     rules = []
     for i, item in enumerate(raw):
-        if not isinstance(item, dict) or "pattern" not in item or "seconds" not in item:
-            raise UsageError(f"config key cache.ttl[{i}] needs 'pattern' and 'seconds'")
-        try:
-            re.compile(str(item["pattern"]))
-            seconds = float(item["seconds"])
-        except (ValueError, TypeError, re.error) as exc:
-            raise UsageError(f"config key cache.ttl[{i}] is invalid: {exc}") from exc
-        if seconds < 0:
-            raise UsageError(f"config key cache.ttl[{i}].seconds must be >= 0")
-        rules.append(TTLRule(str(item["pattern"]), seconds, str(item.get("name", "custom"))))
+        where = f"cache.ttl[{i}]"
+        if not isinstance(item, Mapping) or item.get("pattern") is None or item.get("seconds") is None:
+            raise UsageError(f"config key {where!r} needs 'pattern' and 'seconds'")
+        r = Resolver(None, item, {}, name=where)  # the same checks as every other setting
+        pattern = r.get("pattern", "", _regex)
+        seconds = r.get("seconds", 0.0, parse_seconds)
+        name = r.get("name", "custom", str)
+        r.check_unknown()
+        rules.append(TTLRule(pattern, seconds, name))
     return tuple(rules)
+
+
+def _regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    return text
 
 
 DEFAULT_UPSTREAM = "https://api.github.com"
@@ -241,27 +369,26 @@ def cache_settings(
     env: Mapping[str, str] | None = None,
 ) -> CacheSettings:
     """Build :class:`CacheSettings` from flags, environment and the ``cache:`` section of the config file."""
-    section = dict((config or {}).get("cache") or {})
-    r = Resolver(flags, section, env)
+    r = Resolver(flags, section(config, "cache"), env, name="cache")
     upstream = r.get("upstream", DEFAULT_UPSTREAM, str, env=("CACHE_UPSTREAM", "GITHUB_API_URL")).rstrip("/")
     if not upstream.startswith(("http://", "https://")):
         raise UsageError(f"invalid upstream {upstream!r}: expected an http:// or https:// URL")
     socket_raw = r.get("socket", "", str, env=("CACHE_SOCKET", "FLEETCI_CACHE_SOCKET"))
-    rules = parse_ttl_rules(section.get("ttl"))
-    return CacheSettings(
+    rules = parse_ttl_rules(r.raw("ttl"))
+    settings = CacheSettings(
         upstream=upstream,
         host=r.get("host", "127.0.0.1", str, env=("CACHE_PROXY_HOST",)),
         proxy_port=r.get("proxy_port", 9101, parse_port, env=("CACHE_PROXY_PORT",)),
         listen_port=r.get("listen_port", 9100, parse_port, env=("CACHE_LISTEN_PORT",)),
         cache_dir=Path(r.get("cache_dir", str(default_cache_dir()), str, env=("CACHE_DIR",))).expanduser(),
         socket=Path(socket_raw) if socket_raw else None,
-        default_ttl=r.get("default_ttl", 300.0, float, env=("CACHE_DEFAULT_TTL",)),
+        default_ttl=r.get("default_ttl", 300.0, parse_seconds, env=("CACHE_DEFAULT_TTL",)),
         max_entries=r.get("max_entries", 10_000, parse_positive_int, env=("CACHE_MAX_ENTRIES",)),
         max_bytes=r.get("max_bytes", 256 * 1024 * 1024, parse_positive_int, env=("CACHE_MAX_BYTES",)),
         memory_bytes=r.get("memory_bytes", MEMORY_BYTES, parse_positive_int, env=("CACHE_MEMORY_BYTES",)),
         max_concurrency=r.get("max_concurrency", 20, parse_positive_int, env=("CACHE_MAX_CONCURRENCY",)),
-        max_stale=r.get("max_stale", 24 * 3600, int, env=("CACHE_MAX_STALE",)),
-        upstream_timeout=r.get("upstream_timeout", 30.0, float, env=("CACHE_UPSTREAM_TIMEOUT",)),
+        max_stale=r.get("max_stale", 24 * 3600, parse_stale, env=("CACHE_MAX_STALE",)),
+        upstream_timeout=r.get("upstream_timeout", 30.0, parse_timeout, env=("CACHE_UPSTREAM_TIMEOUT",)),
         enable_p2p=r.get("enable_p2p", False, parse_bool, env=("CACHE_ENABLE_P2P",)),
         bootstrap_peers=r.get("bootstrap_peers", (), parse_csv, env=("CACHE_BOOTSTRAP_PEERS",)),
         ttl_rules=rules,
@@ -273,10 +400,12 @@ def cache_settings(
         shared_scope=r.get("shared_scope", "", str, env=("CACHE_SHARED_SCOPE",)),
         fleet=r.get("fleet", "", str, env=("CACHE_FLEET",)),
         public_bootstrap=r.get("public_bootstrap", False, parse_bool, env=("CACHE_PUBLIC_BOOTSTRAP",)),
-        peer_timeout=r.get("peer_timeout", 0.5, float, env=("CACHE_PEER_TIMEOUT",)),
-        claim_window=r.get("claim_window_ms", 50.0, float, env=("CACHE_CLAIM_WINDOW_MS",)) / 1000,
-        claim_wait=r.get("claim_wait", 2.0, float, env=("CACHE_CLAIM_WAIT",)),
+        peer_timeout=r.get("peer_timeout", 0.5, parse_timeout, env=("CACHE_PEER_TIMEOUT",)),
+        claim_window=r.get("claim_window_ms", 50.0, parse_ms, env=("CACHE_CLAIM_WINDOW_MS",)) / 1000,
+        claim_wait=r.get("claim_wait", 2.0, parse_seconds, env=("CACHE_CLAIM_WAIT",)),
     )
+    r.check_unknown()
+    return settings
 
 
 def github_token(flag: str | None = None, env: Mapping[str, str] | None = None) -> str | None:
