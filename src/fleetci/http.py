@@ -205,16 +205,27 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 RUNNER_OPTIONS: dict[str, object] = {"access_log": None, "lingering_time": 2.0}
 
 
-def error_response(status: int, message: str, **headers: str) -> web.Response:
-    """A one-line JSON error, shaped like GitHub's (``{"message": …}``)."""
+# Builds an error body from (status, one-line message): a server that imitates a service answers in its shape.
+ErrorShape = Callable[[int, str], dict[str, object]]
+
+
+def error_response(
+    status: int, message: str, *, shape: ErrorShape | None = None, **headers: str
+) -> web.Response:
+    """A one-line JSON error, shaped like GitHub's (``{"message": …}``), or by ``shape`` when given."""
     from aiohttp import web
 
-    resp = web.json_response({"message": " ".join(message.split())[:500]}, status=status, headers=headers)
+    text = " ".join(message.split())[:500]
+    body = shape(status, text) if shape is not None else {"message": text}
+    resp = web.json_response(body, status=status, headers=headers)
     return resp
 
 
 def guarded_app(
-    max_body: int = DEFAULT_MAX_BODY_BYTES, body_limit: Callable[[web.Request], int] | None = None
+    max_body: int = DEFAULT_MAX_BODY_BYTES,
+    body_limit: Callable[[web.Request], int] | None = None,
+    *,
+    shape: ErrorShape | None = None,
 ) -> web.Application:
     """An aiohttp application behind our guards.
 
@@ -223,6 +234,7 @@ def guarded_app(
     - ``body_limit(request)``, when given, picks the declared-body cap per request instead: for a route
       that streams its body to disk under a cap of its own (large uploads), not for one that reads it whole.
     - An unexpected exception answers a one-line JSON 500 and logs one line: never a traceback.
+    - ``shape`` builds those error bodies (an emulator answers in the shape of the service it imitates).
     """
     from aiohttp import web
 
@@ -239,6 +251,7 @@ def guarded_app(
             resp = error_response(
                 413,
                 f"request body of {declared} bytes is over this server's limit of {cap}",
+                shape=shape,
             )
             resp.force_close()
             return resp
@@ -246,7 +259,9 @@ def guarded_app(
             response: web.StreamResponse = await handler(request)
             return response
         except web.HTTPRequestEntityTooLarge:
-            resp = error_response(413, f"request body is over this server's limit of {limit} bytes")
+            resp = error_response(
+                413, f"request body is over this server's limit of {limit} bytes", shape=shape
+            )
             resp.force_close()
             return resp
         except web.HTTPException:
@@ -255,6 +270,6 @@ def guarded_app(
             raise
         except Exception as exc:
             _server_log.error("%s %s failed", request.method, request.path, exc_info=exc)
-            return error_response(500, f"internal error ({type(exc).__name__})")
+            return error_response(500, f"internal error ({type(exc).__name__})", shape=shape)
 
     return web.Application(client_max_size=max_body, middlewares=[guard])
