@@ -13,6 +13,8 @@ from fleetci.errors import UsageError
 DEFAULT_PORT = 9300
 DEFAULT_TTL = 60.0
 DEFAULT_MAX_UPLOAD = 512 * 1024 * 1024
+# JSON request bodies (a submission carries its sources base64-encoded; uploads have their own cap).
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
 
 
 def _positive_float(text: str) -> float:
@@ -39,6 +41,7 @@ class MasterSettings:
     heartbeat_ttl: float = DEFAULT_TTL
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     max_attempts: int = 3
+    max_body_bytes: int = DEFAULT_MAX_BODY
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,9 @@ def master_settings(
             "max_upload_bytes", DEFAULT_MAX_UPLOAD, parse_positive_int, env=("FLEETCI_BUILD_MAX_UPLOAD",)
         ),
         max_attempts=r.get("max_attempts", 3, parse_positive_int, env=("FLEETCI_BUILD_MAX_ATTEMPTS",)),
+        max_body_bytes=r.get(
+            "max_body_bytes", DEFAULT_MAX_BODY, parse_positive_int, env=("FLEETCI_BUILD_MAX_BODY",)
+        ),
     )
 
 
