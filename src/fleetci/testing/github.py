@@ -27,9 +27,10 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from fleetci.http import error_response, guarded_app
 from fleetci.testing import github_data as gd
 from fleetci.testing.github_data import JSON, Job, Repo, Run, World
-from fleetci.testing.server import BackgroundApp
+from fleetci.testing.server import BackgroundApp, plain_host
 
 __all__ = ["DEFAULT_OWNER", "TOKENS", "EmulatorConfig", "EmulatorServer", "GitHubEmulator"]
 
@@ -66,6 +67,9 @@ STATIC_HEADERS = {
 }
 JSON_TYPE = "application/json; charset=utf-8"
 RUN_STATUSES = frozenset({"completed", "in_progress", "queued", "requested", "waiting", "pending"})
+MAX_BODY_BYTES = 8 * 1024 * 1024  # request bodies: nothing a client sends the emulator comes close
+MAX_LATENCY_MS = 600_000.0  # a delay the emulator can honour (longer would only hang its clients)
+MUTATE_MAX = 1000  # world changes per admin call: each one holds the lock, a huge n would stall the server
 T = TypeVar("T")
 
 
@@ -87,8 +91,10 @@ class EmulatorConfig:
     def check(self) -> None:
         """Raise ValueError (one line) for values the emulator cannot honour."""
         lo, hi = self.latency_ms
-        if not (0 <= lo <= hi) or math.isinf(hi):
-            raise ValueError(f"latency_ms must be 0 <= low <= high, got {list(self.latency_ms)}")
+        if not (0 <= lo <= hi <= MAX_LATENCY_MS):
+            raise ValueError(
+                f"latency_ms must be 0 <= low <= high <= {MAX_LATENCY_MS:g}, got {list(self.latency_ms)}"
+            )
         for name in ("error_rate", "drop_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -96,8 +102,10 @@ class EmulatorConfig:
         for name in ("primary_limit", "anon_limit", "secondary_concurrency"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.window_seconds <= 0:
-            raise ValueError(f"window_seconds must be > 0, got {self.window_seconds}")
+        if not 0 < self.window_seconds < math.inf:  # NaN fails too: it would break every reset time
+            raise ValueError(f"window_seconds must be a finite number > 0, got {self.window_seconds}")
+        if not isinstance(self.gzip, bool):
+            raise ValueError(f"gzip must be true or false, got {self.gzip!r}")
 
 
 @dataclass(slots=True)
@@ -184,12 +192,45 @@ def _etag_matches(header: str, etag: str) -> bool:
     return False
 
 
+def _github_shape(status: int, message: str) -> dict[str, object]:
+    """Errors the guards answer (413, 500) in GitHub's shape, as the emulator's own errors are."""
+    return gd.error(message, DOCS, status)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads(body: bytes) -> Any:
+    """Parse a request body; ValueError for whatever GitHub answers "Problems parsing JSON" to.
+
+    That includes NaN/Infinity (not JSON) and nesting too deep for Python's parser, which would otherwise
+    raise RecursionError and turn into a 500.
+    """
+    try:
+        return json.loads(body, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _small_int(text: str) -> int | None:
+    """An id from a URL: ASCII digits that fit 64 bits, else None (a 404, never int()'s ValueError)."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
 class GitHubEmulator:
     """State and rules of the emulated API. Thread-safe: tests drive it from their own thread."""
 
-    def __init__(self, config: EmulatorConfig | None = None, tokens: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: EmulatorConfig | None = None,
+        tokens: dict[str, str] | None = None,
+        *,
+        max_body: int = MAX_BODY_BYTES,
+    ) -> None:
         self.config = config or EmulatorConfig()
         self.config.check()
+        self.max_body = max_body
         self.tokens: dict[str, str] = dict(TOKENS if tokens is None else tokens)
         seed = DATA_SEED if self.config.seed is None else self.config.seed
         self._lock = threading.RLock()
@@ -252,6 +293,11 @@ class GitHubEmulator:
 
     def configure(self, **changes: Any) -> EmulatorConfig:
         """Apply runtime changes (the admin endpoint's keys); raises ValueError, changing nothing, if bad."""
+        return self._configure(changes)
+
+    def _configure(self, changes: dict[str, Any]) -> EmulatorConfig:
+        """``configure`` on a mapping: a JSON key such as ``self`` is an unknown setting, not a TypeError."""
+        changes = dict(changes)
         with self._lock:
             trigger = changes.pop("secondary_for_seconds", None)
             retry_after = changes.pop("secondary_retry_after", self._secondary_retry_after)
@@ -261,6 +307,8 @@ class GitHubEmulator:
                 raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
             candidate = EmulatorConfig(**{**asdict(self.config), **changes})
             try:
+                if not isinstance(candidate.latency_ms, list | tuple):  # "05" would unpack as (0, 5)
+                    raise ValueError(f"latency_ms must be [low, high], got {candidate.latency_ms!r}")
                 lo, hi = candidate.latency_ms
                 candidate.latency_ms = (float(lo), float(hi))
                 candidate.error_rate = float(candidate.error_rate)
@@ -271,7 +319,7 @@ class GitHubEmulator:
                         raise ValueError(f"{name} must be an integer, got {value!r}")
                     setattr(candidate, name, int(value))
                 candidate.window_seconds = float(candidate.window_seconds)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, OverflowError) as exc:
                 raise ValueError(f"bad setting: {exc}") from None
             candidate.check()
             if retry_after is not None and (
@@ -280,8 +328,12 @@ class GitHubEmulator:
                 raise ValueError(
                     f"secondary_retry_after must be a non-negative integer or null, got {retry_after!r}"
                 )
-            if trigger is not None and (isinstance(trigger, bool) or not isinstance(trigger, int | float)):
-                raise ValueError(f"secondary_for_seconds must be a number, got {trigger!r}")
+            if trigger is not None and (
+                isinstance(trigger, bool)
+                or not isinstance(trigger, int | float)
+                or not math.isfinite(trigger)
+            ):
+                raise ValueError(f"secondary_for_seconds must be a finite number, got {trigger!r}")
             self.config = candidate
             self._secondary_retry_after = retry_after
             if trigger is not None:
@@ -446,7 +498,7 @@ class GitHubEmulator:
 
     def make_app(self) -> web.Application:
         """A fresh aiohttp application serving this emulator (one per runner, as aiohttp requires)."""
-        app = web.Application(client_max_size=8 * 1024 * 1024)
+        app = guarded_app(self.max_body, shape=_github_shape)
         r = app.router
         a = "actions"
         get: list[tuple[str, Renderer, str, bool]] = [
@@ -617,6 +669,10 @@ class GitHubEmulator:
     async def _handle(
         self, request: web.Request, renderer: Renderer, doc: str, cacheable: bool, charged: bool
     ) -> web.StreamResponse:
+        if not plain_host(request):  # it ends up in every URL of the body
+            return error_response(
+                400, "Bad Request: the Host header is not printable ASCII", shape=_github_shape
+            )
         cfg = self.config
         auth = request.headers.get("Authorization")
         login: str | None = None
@@ -1033,14 +1089,14 @@ class GitHubEmulator:
 
     def _visible_run(self, ctx: _Ctx) -> tuple[Repo, Run]:
         repo = self._visible_repo(ctx)
-        run = self._world.runs.get(int(ctx.match["run_id"]))
+        run = self._world.runs.get(_small_int(ctx.match["run_id"]) or 0)
         if run is None or run.repo_id != repo.id:
             raise self._not_found(ctx)
         return repo, run
 
     def _visible_job(self, ctx: _Ctx) -> tuple[Repo, Run, Job]:
         repo = self._visible_repo(ctx)
-        job = self._world.jobs.get(int(ctx.match["job_id"]))
+        job = self._world.jobs.get(_small_int(ctx.match["job_id"]) or 0)
         run = None if job is None else self._world.runs[job.run_id]
         if job is None or run is None or run.repo_id != repo.id:
             raise self._not_found(ctx)
@@ -1126,7 +1182,7 @@ class GitHubEmulator:
                 )
             )
         try:
-            payload = json.loads(ctx.body or b"null")
+            payload = _loads(ctx.body or b"null")
         except ValueError:
             payload = None
         if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
@@ -1162,7 +1218,7 @@ class GitHubEmulator:
 
     def _visible_artifact(self, ctx: _Ctx) -> tuple[Repo, gd.Artifact]:
         repo = self._visible_repo(ctx)
-        art = self._world.artifacts.get(int(ctx.match["artifact_id"]))
+        art = self._world.artifacts.get(_small_int(ctx.match["artifact_id"]) or 0)
         if art is None or art.repo_id != repo.id:
             raise self._not_found(ctx)
         return repo, art
@@ -1230,12 +1286,15 @@ class GitHubEmulator:
 
     async def _a_config(self, request: web.Request) -> web.StreamResponse:
         try:
-            changes = await request.json()
-            if not isinstance(changes, dict):
-                raise ValueError("expected a JSON object")
-            self.configure(**changes)
-        except ValueError as exc:  # includes JSON decoding errors
-            return web.json_response({"message": str(exc)}, status=422)
+            changes = _loads(await request.read())
+        except ValueError as exc:
+            return error_response(400, f"Problems parsing JSON: {exc}")
+        if not isinstance(changes, dict):
+            return error_response(422, "expected a JSON object of settings")
+        try:
+            self._configure(changes)
+        except ValueError as exc:
+            return error_response(422, str(exc))
         return web.json_response(self._config_json())
 
     async def _a_reset(self, request: web.Request) -> web.StreamResponse:
@@ -1243,34 +1302,38 @@ class GitHubEmulator:
         return web.json_response(self.stats())
 
     async def _a_mutate(self, request: web.Request) -> web.StreamResponse:
-        n = 1
-        if request.can_read_body:
+        n: Any = 1
+        body = await request.read()
+        if body.strip():
             try:
-                payload = await request.json()
-                n = int(payload.get("n", 1)) if isinstance(payload, dict) else 1
-            except (ValueError, TypeError):
-                return web.json_response({"message": 'expected {"n": <int>}'}, status=422)
+                payload = _loads(body)
+            except ValueError as exc:
+                return error_response(400, f"Problems parsing JSON: {exc}")
+            n = payload.get("n", 1) if isinstance(payload, dict) else None
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MUTATE_MAX:
+            return error_response(422, f'expected {{"n": <integer 0..{MUTATE_MAX}>}}')
         self.mutate(n)
         return web.json_response({"mutated": n, "version": self._version})
 
     async def _a_not_found(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"message": "Not Found"}, status=404)
+        return error_response(404, "Not Found")
 
     async def _a_blob(self, request: web.Request) -> web.StreamResponse:
         kind, name = request.match_info["kind"], request.match_info["name"]
         stem, _, ext = name.partition(".")
+        number = _small_int(stem)
         with self._lock:
             w = self._world
-            if kind == "artifacts" and ext == "zip" and stem.isdigit() and int(stem) in w.artifacts:
-                art = w.artifacts[int(stem)]
+            if kind == "artifacts" and ext == "zip" and number in w.artifacts:
+                art = w.artifacts[number]
                 return web.Response(
                     body=art.data,
                     content_type="application/zip",
                     headers={"Content-Disposition": f"attachment; filename={art.name}.zip"},
                 )
-            if kind == "run-logs" and ext == "zip" and stem.isdigit() and int(stem) in w.runs:
+            if kind == "run-logs" and ext == "zip" and number in w.runs:
                 files: dict[str, bytes] = {}
-                for i, job in enumerate(gd.jobs_of(w, w.runs[int(stem)])):
+                for i, job in enumerate(gd.jobs_of(w, w.runs[number])):
                     if not self._has_log(job):
                         continue
                     safe = job.name.replace("/", "_")
@@ -1281,8 +1344,8 @@ class GitHubEmulator:
                             f"{step.name}: {step.conclusion or step.status}\n".encode()
                         )
                 return web.Response(body=gd.make_zip(files), content_type="application/zip")
-            if kind == "job-logs" and ext == "txt" and stem.isdigit() and int(stem) in w.jobs:
-                job = w.jobs[int(stem)]
+            if kind == "job-logs" and ext == "txt" and number in w.jobs:
+                job = w.jobs[number]
                 text = w.job_logs.get(job.id) or gd.default_log(w, job)
                 return web.Response(text=text, content_type="text/plain", charset="utf-8")
         return web.Response(status=404, text="BlobNotFound", content_type="text/plain")

@@ -1,6 +1,8 @@
 """Run an aiohttp application on its own event loop in a daemon thread, on a real TCP port.
 
 The emulators (GitHub, GitLab) are real HTTP servers that tests, benchmarks and the demo start in-process.
+Their apps are built on :func:`fleetci.http.guarded_app` and run with ``RUNNER_OPTIONS`` like every other
+server of ours: a hostile client meets the same body cap, one-line errors and quiet logs.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+
+from fleetci.http import RUNNER_OPTIONS
 
 
 class BackgroundApp:
@@ -70,7 +74,12 @@ class BackgroundApp:
             loop.close()
 
     async def _setup(self) -> None:
-        runner = web.AppRunner(self._make_app(), access_log=None, handle_signals=False, shutdown_timeout=0.5)
+        runner = web.AppRunner(
+            self._make_app(),
+            handle_signals=False,
+            shutdown_timeout=0.5,
+            **RUNNER_OPTIONS,  # type: ignore[arg-type]
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, backlog=1024)
         try:
@@ -100,3 +109,9 @@ class BackgroundApp:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def plain_host(request: web.Request) -> bool:
+    """Whether the Host header is printable ASCII: the emulators echo it into URLs in bodies and headers."""
+    host = request.host
+    return host.isascii() and host.isprintable()
