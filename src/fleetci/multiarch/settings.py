@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleetci.config import Resolver, default_cache_dir, parse_bool, parse_csv
+from fleetci.config import Resolver, default_cache_dir, parse_bool, parse_csv, section
 from fleetci.errors import UsageError
+from fleetci.install.settings import parse_apt_packages
 from fleetci.multiarch.arch import Arch, parse_arch, parse_python
 
 BACKENDS = ("auto", "native", "docker", "chroot")
@@ -55,8 +56,7 @@ def multiarch_settings(
     env: Mapping[str, str] | None = None,
 ) -> MultiarchSettings:
     """Build :class:`MultiarchSettings`; environment names follow the action's inputs (MULTIARCH_*)."""
-    section = dict((config or {}).get("multiarch") or {})
-    r = Resolver(flags, section, env)
+    r = Resolver(flags, section(config, "multiarch"), env, name="multiarch")
     arch_name = r.get("arch", "", str, env=("MULTIARCH_ARCH",))
     if not arch_name:
         raise UsageError("--arch is required (amd64, arm64, armv7 or riscv64)")
@@ -83,18 +83,20 @@ def multiarch_settings(
         if project.resolve() not in req.resolve().parents:
             raise UsageError(f"requirements file {req} must be inside the project {project}")
     image = r.get("image", "", str, env=("MULTIARCH_IMAGE",)) or None
-    return MultiarchSettings(
+    settings = MultiarchSettings(
         arch=arch,
         python=python,
         backend=r.get("backend", "auto", _backend, env=("MULTIARCH_BACKEND",)),
         project=project.resolve(),
         cache_dir=cache_dir,
         mirror=mirror,
-        packages=r.get("packages", tuple[str, ...](), parse_csv, env=("MULTIARCH_PACKAGES",)),
+        packages=r.get("packages", tuple[str, ...](), parse_apt_packages, env=("MULTIARCH_PACKAGES",)),
         requirements=requirements,
         image=image,
         precompile=r.get("precompile", True, parse_bool, env=("MULTIARCH_PRECOMPILE",)),
     )
+    r.check_unknown()
+    return settings
 
 
 def _optional_python(text: str) -> str | None:

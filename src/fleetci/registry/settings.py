@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from fleetci.config import Resolver, parse_positive_int
+from fleetci.config import Resolver, number, parse_positive_int, parse_timeout, section
 from fleetci.errors import UsageError
 
 DEFAULT_REPO = "rapidsai/velox-testing"
@@ -18,6 +18,8 @@ DEFAULT_GITLAB_HOST = "gitlab-master.nvidia.com"
 DEFAULT_GITLAB_PROJECT = "hercules/veloxtesting"
 DEFAULT_REGISTRY = "gitlab-master.nvidia.com:5005"
 DEFAULT_CHUNK_MB = 128
+# Chunks of up to 1 TiB: chunk_mb * MiB must stay a sane byte count.
+parse_chunk_mb = number(int, min=1, max=1024 * 1024)
 
 
 def base_url(text: str, what: str) -> str:
@@ -119,8 +121,7 @@ def registry_settings(
 ) -> RegistrySettings:
     """Build :class:`RegistrySettings` from flags, the environment and the ``registry:`` config section."""
     environ = os.environ if env is None else env
-    section = dict((config or {}).get("registry") or {})
-    r = Resolver(flags, section, environ)
+    r = Resolver(flags, section(config, "registry"), environ, name="registry")
     gitlab_project = r.get("gitlab_project", DEFAULT_GITLAB_PROJECT, str, env=("GITLAB_PROJECT",)).strip("/")
     gitlab_token = r.get("gitlab_token", "", str, env=("GITLAB_TOKEN",)) or None
     job_token = environ.get("CI_JOB_TOKEN") or None
@@ -141,8 +142,8 @@ def registry_settings(
         api_url = base_url(api, "--api-url")
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    chunk_mb = r.get("chunk_mb", DEFAULT_CHUNK_MB, parse_positive_int, env=("REGISTRY_CHUNK_MB",))
-    return RegistrySettings(
+    chunk_mb = r.get("chunk_mb", DEFAULT_CHUNK_MB, parse_chunk_mb, env=("REGISTRY_CHUNK_MB",))
+    settings = RegistrySettings(
         repo=r.get("repo", DEFAULT_REPO, parse_repo, env=("GH_SYNC_REPO",)),
         workflow=r.get("workflow", DEFAULT_WORKFLOW, str, env=("GH_SYNC_WORKFLOW",)),
         branch=r.get("branch", "", str, env=("GH_SYNC_BRANCH",)) or None,
@@ -165,5 +166,7 @@ def registry_settings(
         engine=r.get("engine", "oci", parse_engine, env=("REGISTRY_ENGINE",)),
         chunk_size=chunk_mb * 1024 * 1024,
         docker_host=r.get("docker_host", "", str, env=("DOCKER_HOST",)) or None,
-        timeout=r.get("timeout", 60.0, float, env=("REGISTRY_TIMEOUT",)),
+        timeout=r.get("timeout", 60.0, parse_timeout, env=("REGISTRY_TIMEOUT",)),
     )
+    r.check_unknown()
+    return settings
