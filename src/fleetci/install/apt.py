@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetci.errors import FleetciError
+from fleetci.errors import FleetciError, UsageError
 from fleetci.install.locks import lock_paths, wait_for_locks
 from fleetci.install.pip import PackageResult
 from fleetci.install.retry import PermanentFailure, TransientFailure, first_match, with_retries
-from fleetci.install.settings import InstallSettings
+from fleetci.install.settings import InstallSettings, apt_name, parse_apt_packages
 
 Progress = Callable[[str], None]
 
@@ -79,6 +79,10 @@ def _run(argv: list[str], label: str, progress: Progress) -> None:
 
 def apt_install(settings: InstallSettings, progress: Progress) -> AptOutcome:
     """Wait for the locks, refresh lists when needed (with retries), install; one result per package."""
+    try:  # settings built by hand (the benchmark, tests) get the same check as the CLI's
+        parse_apt_packages(",".join(settings.apt_packages))
+    except ValueError as exc:
+        raise UsageError(f"invalid apt package: {exc}") from None
     start = time.monotonic()
     deadline = start + settings.lock_timeout
     waited = wait_for_locks(
@@ -115,7 +119,7 @@ def apt_install(settings: InstallSettings, progress: Progress) -> AptOutcome:
         attempts += 1
         argv = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *lock_opt()]
         argv += ["-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"]
-        _run([*argv, *settings.apt_packages], "install", progress)
+        _run([*argv, "--", *settings.apt_packages], "install", progress)  # "--": never an option
 
     def retried(step: Callable[[int], None]) -> None:
         with_retries(step, settings.retries, settings.backoff, settings.backoff_max, on_retry)
@@ -141,7 +145,7 @@ def apt_install(settings: InstallSettings, progress: Progress) -> AptOutcome:
     elapsed = round(time.monotonic() - start, 3)
     results = []
     for pkg in settings.apt_packages:
-        name = pkg.split("=", 1)[0].split(":", 1)[0]
+        name = apt_name(pkg)
         ok = error is None and name in versions
         results.append(
             PackageResult(
@@ -161,9 +165,9 @@ def apt_install(settings: InstallSettings, progress: Progress) -> AptOutcome:
 
 
 def _dpkg_versions(packages: tuple[str, ...]) -> dict[str, str]:
-    names = [p.split("=", 1)[0].split(":", 1)[0] for p in packages]
+    names = [apt_name(p) for p in packages]
     proc = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Package}\t${Version}\t${db:Status-Status}\n", *names],
+        ["dpkg-query", "-W", "-f=${Package}\t${Version}\t${db:Status-Status}\n", "--", *names],
         capture_output=True,
         text=True,
     )

@@ -120,6 +120,12 @@ class Plan:
 def parse_item(spec: str, where: str, editable: bool = False) -> Item:
     """Validate one requirement before pip runs: bad syntax is a usage error, not a retry."""
     text = spec.strip()
+    if text.startswith("-"):  # pip would read it as an option (--index-url=…, --pre, -r …)
+        raise UsageError(
+            f"{where}: {text!r} is a pip option, not a requirement (write a path as ./{text})"
+            if editable
+            else f"{where}: {text!r} is a pip option, not a requirement"
+        )
     if (
         editable
         or text.startswith((".", "/", "~"))
@@ -220,7 +226,7 @@ def pip_argv(settings: InstallSettings, plan: Plan, items: list[Item], log: Path
         argv += ["--extra-index-url", url]
     argv += plan.options
     for c in plan.constraints:
-        argv += ["-c", c]
+        argv.append(f"--constraint={c}")  # one argument: a path starting with '-' stays a path
     for item in items:
         argv += item.argv
     return argv

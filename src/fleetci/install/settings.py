@@ -6,6 +6,7 @@ action can pass every input as an ``INSTALL_*`` variable, where an empty input s
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from collections.abc import Mapping
@@ -13,7 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleetci.config import Resolver, parse_csv
+from fleetci.config import (
+    Resolver,
+    parse_bool,
+    parse_count,
+    parse_csv,
+    parse_seconds,
+    parse_timeout,
+    section,
+)
 from fleetci.errors import UsageError
 
 # libp2p 0.8.x on PyPI (checked with `pip download --no-deps libp2p` → 0.8.1 METADATA): it requires
@@ -30,29 +39,40 @@ APT_UPDATE_MODES = ("auto", "always", "never")
 NONE: tuple[str, ...] = ()
 
 
-def parse_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a number of seconds, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise ValueError(f"expected a non-negative number of seconds, got {text!r}")
-    return value
-
-
-def parse_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"expected a number >= 0, got {value}")
-    return value
-
-
 def parse_list(text: str) -> tuple[str, ...]:
     """Comma- or newline-separated values (action inputs are often multi-line)."""
     return parse_csv(text.replace("\n", ","))
+
+
+# Debian policy 5.6.1: lowercase letters, digits, '+', '-', '.'; at least two characters, starting with a
+# letter or digit. apt-get also takes NAME:ARCH, then =VERSION (policy 5.6.12) or /RELEASE.
+APT_PACKAGE = re.compile(
+    r"(?P<name>[a-z0-9][a-z0-9+.-]+)"
+    r"(?::(?P<arch>[a-z0-9][a-z0-9-]*))?"
+    r"(?:=(?P<version>(?:[0-9]+:)?[A-Za-z0-9][A-Za-z0-9.+~-]*)|/(?P<release>[A-Za-z0-9][A-Za-z0-9.+~_-]*))?"
+)
+
+
+def parse_apt_packages(text: str) -> tuple[str, ...]:
+    """Validated apt package names: nothing that apt-get would read as an option or a removal."""
+    packages = parse_list(text)
+    for pkg in packages:
+        match = APT_PACKAGE.fullmatch(pkg)
+        if match is None:
+            raise ValueError(
+                f"{pkg!r} is not an apt package name (Debian names are lowercase letters, digits, '+', "
+                "'-' and '.', at least 2 characters, starting with a letter or digit; optionally :ARCH and "
+                "=VERSION or /RELEASE; separate packages with commas)"
+            )
+        if match["name"].endswith("-"):
+            raise ValueError(f"{pkg!r} is not an apt package name (a trailing '-' asks apt-get to remove it)")
+    return packages
+
+
+def apt_name(spec: str) -> str:
+    """The package name of a validated apt request (``libc6:arm64=2.36-9`` -> ``libc6``)."""
+    match = APT_PACKAGE.fullmatch(spec)
+    return match["name"] if match else spec
 
 
 def parse_apt_update(text: str) -> str:
@@ -121,10 +141,7 @@ def install_settings(
     env: Mapping[str, str] | None = None,
 ) -> InstallSettings:
     """Build :class:`InstallSettings` from flags, ``INSTALL_*`` variables and the ``install:`` section."""
-    raw_section = (config or {}).get("install") or {}
-    if not isinstance(raw_section, dict):
-        raise UsageError("config key 'install' must be a mapping")
-    r = Resolver(flags, raw_section, env)
+    r = Resolver(flags, section(config, "install"), env, name="install")
     preset = r.get("preset", "", str, env=("INSTALL_PRESET",)).strip()
     if preset and preset not in PRESETS:
         raise UsageError(f"unknown preset {preset!r} (known: {', '.join(sorted(PRESETS))})")
@@ -135,8 +152,8 @@ def install_settings(
     backoff = r.get("backoff", 1.0, parse_seconds, env=("INSTALL_BACKOFF",))
     backoff_max = r.get("backoff_max", 30.0, parse_seconds, env=("INSTALL_BACKOFF_MAX",))
     report = r.get("report", "", str, env=("INSTALL_REPORT",)).strip()
-    return InstallSettings(
-        apt_packages=r.get("apt", NONE, parse_list, env=("INSTALL_APT_PACKAGES",)),
+    settings = InstallSettings(
+        apt_packages=r.get("apt", NONE, parse_apt_packages, env=("INSTALL_APT_PACKAGES",)),
         packages=r.get("packages", NONE, parse_list, env=("INSTALL_PACKAGES",)),
         requirements=r.get("requirements", NONE, parse_list, env=("INSTALL_REQUIREMENTS",)),
         constraints=r.get("constraints", NONE, parse_list, env=("INSTALL_CONSTRAINTS",)),
@@ -149,18 +166,14 @@ def install_settings(
         extra_index_urls=r.get("extra_index_url", NONE, parse_list, env=()),
         lock_timeout=r.get("lock_timeout", 300.0, parse_seconds, env=("INSTALL_LOCK_TIMEOUT",)),
         lock_root=Path(r.get("lock_root", "/", str, env=("INSTALL_LOCK_ROOT", "FLEETCI_LOCK_ROOT"))),
-        wait_locks=r.get("wait_locks", False, _parse_flag, env=()),
+        wait_locks=r.get("wait_locks", False, parse_bool, env=()),
         apt_update=r.get("apt_update", "auto", parse_apt_update, env=("INSTALL_APT_UPDATE",)),
         retries=r.get("retries", 4, parse_count, env=("INSTALL_RETRIES",)),
         backoff=backoff,
         backoff_max=max(backoff, backoff_max),
-        pip_timeout=r.get("pip_timeout", 60.0, parse_seconds, env=("INSTALL_PIP_TIMEOUT",)),
+        pip_timeout=r.get("pip_timeout", 60.0, parse_timeout, env=("INSTALL_PIP_TIMEOUT",)),
         progress_every=r.get("progress_every", 5.0, parse_seconds, env=("INSTALL_PROGRESS_INTERVAL",)),
         report=Path(report) if report else None,
     )
-
-
-def _parse_flag(text: str) -> bool:
-    from fleetci.config import parse_bool
-
-    return parse_bool(text)
+    r.check_unknown()
+    return settings
