@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from fleetci.config import Resolver, default_cache_dir, parse_port, parse_positive_int
+from fleetci.config import (
+    Resolver,
+    default_cache_dir,
+    parse_count,
+    parse_port,
+    parse_positive_int,
+    parse_seconds,
+    parse_timeout,
+    section,
+)
 from fleetci.errors import UsageError
 
 DEFAULT_PORT = 9300
@@ -15,13 +24,6 @@ DEFAULT_TTL = 60.0
 DEFAULT_MAX_UPLOAD = 512 * 1024 * 1024
 # JSON request bodies (a submission carries its sources base64-encoded; uploads have their own cap).
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError(f"expected a positive number, got {text}")
-    return value
 
 
 def _url(text: str) -> str:
@@ -60,11 +62,15 @@ class ClientSettings:
     token: str | None
 
 
-def _section(config: Mapping[str, Any] | None) -> dict[str, Any]:
-    section = (config or {}).get("build") or {}
-    if not isinstance(section, dict):
-        raise UsageError("config key 'build' must be a mapping")
-    return dict(section)
+def _resolver(
+    flags: Mapping[str, Any], config: Mapping[str, Any] | None, env: Mapping[str, str] | None
+) -> Resolver:
+    return Resolver(flags, section(config, "build"), env, name="build")
+
+
+def _check_unknown(r: Resolver) -> None:
+    """Master, worker and client share the ``build:`` section: a key of any of them is known to all."""
+    r.check_unknown(f.name for cls in (MasterSettings, WorkerSettings, ClientSettings) for f in fields(cls))
 
 
 def default_state_dir() -> Path:
@@ -74,8 +80,8 @@ def default_state_dir() -> Path:
 def master_settings(
     flags: Mapping[str, Any], config: Mapping[str, Any] | None, env: Mapping[str, str] | None = None
 ) -> MasterSettings:
-    r = Resolver(flags, _section(config), env)
-    return MasterSettings(
+    r = _resolver(flags, config, env)
+    settings = MasterSettings(
         host=r.get("host", "127.0.0.1", str, env=("FLEETCI_BUILD_HOST",)),
         port=r.get("port", DEFAULT_PORT, parse_port, env=("FLEETCI_BUILD_PORT",)),
         state_dir=Path(
@@ -85,7 +91,7 @@ def master_settings(
         admin_token=r.get("admin_token", None, str, env=("FLEETCI_BUILD_TOKEN",)),
         join_token=r.get("join_token", None, str, env=("FLEETCI_BUILD_JOIN_TOKEN",)),
         heartbeat_ttl=r.get(
-            "heartbeat_ttl", DEFAULT_TTL, _positive_float, env=("FLEETCI_BUILD_HEARTBEAT_TTL",)
+            "heartbeat_ttl", DEFAULT_TTL, parse_timeout, env=("FLEETCI_BUILD_HEARTBEAT_TTL",)
         ),
         max_upload_bytes=r.get(
             "max_upload_bytes", DEFAULT_MAX_UPLOAD, parse_positive_int, env=("FLEETCI_BUILD_MAX_UPLOAD",)
@@ -95,6 +101,8 @@ def master_settings(
             "max_body_bytes", DEFAULT_MAX_BODY, parse_positive_int, env=("FLEETCI_BUILD_MAX_BODY",)
         ),
     )
+    _check_unknown(r)
+    return settings
 
 
 def _master(r: Resolver) -> str:
@@ -109,21 +117,23 @@ def worker_settings(
 ) -> WorkerSettings:
     import socket
 
-    r = Resolver(flags, _section(config), env)
+    r = _resolver(flags, config, env)
     master = _master(r)
     token = r.get("join_token", "", str, env=("FLEETCI_BUILD_JOIN_TOKEN",))
     if not token:
         raise UsageError("no join token: set $FLEETCI_BUILD_JOIN_TOKEN (the master writes it to join.token)")
-    return WorkerSettings(
+    settings = WorkerSettings(
         master=master,
         join_token=token,
         name=r.get("name", socket.gethostname(), str, env=("FLEETCI_BUILD_WORKER_NAME",)),
         work_dir=Path(
             r.get("work_dir", str(default_cache_dir() / "build-worker"), str, env=("FLEETCI_BUILD_WORK_DIR",))
         ).expanduser(),
-        idle_timeout=r.get("idle_timeout", 0.0, float, env=("FLEETCI_BUILD_IDLE_TIMEOUT",)),
-        max_jobs=r.get("max_jobs", 0, int, env=("FLEETCI_BUILD_MAX_JOBS",)),
+        idle_timeout=r.get("idle_timeout", 0.0, parse_seconds, env=("FLEETCI_BUILD_IDLE_TIMEOUT",)),
+        max_jobs=r.get("max_jobs", 0, parse_count, env=("FLEETCI_BUILD_MAX_JOBS",)),
     )
+    _check_unknown(r)
+    return settings
 
 
 def client_settings(
@@ -132,9 +142,10 @@ def client_settings(
     env: Mapping[str, str] | None = None,
     need_token: bool = True,
 ) -> ClientSettings:
-    r = Resolver(flags, _section(config), env)
+    r = _resolver(flags, config, env)
     master = _master(r)
     token = r.get("token", "", str, env=("FLEETCI_BUILD_TOKEN",)) or None
     if need_token and not token:
         raise UsageError("no admin token: set $FLEETCI_BUILD_TOKEN (the master writes it to admin.token)")
+    _check_unknown(r)
     return ClientSettings(master=master, token=token)
