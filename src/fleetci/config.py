@@ -321,6 +321,7 @@ class CacheSettings:
     max_entries: int = 10_000
     max_bytes: int = 256 * 1024 * 1024
     memory_bytes: int = MEMORY_BYTES
+    max_body_bytes: int = 16 * 1024 * 1024  # fleetci.http.DEFAULT_MAX_BODY_BYTES (config imports no asyncio)
     max_concurrency: int = 20
     max_stale: int = 24 * 3600
     upstream_timeout: float = 30.0
@@ -386,6 +387,9 @@ def cache_settings(
         max_entries=r.get("max_entries", 10_000, parse_positive_int, env=("CACHE_MAX_ENTRIES",)),
         max_bytes=r.get("max_bytes", 256 * 1024 * 1024, parse_positive_int, env=("CACHE_MAX_BYTES",)),
         memory_bytes=r.get("memory_bytes", MEMORY_BYTES, parse_positive_int, env=("CACHE_MEMORY_BYTES",)),
+        max_body_bytes=r.get(
+            "max_body_bytes", 16 * 1024 * 1024, parse_positive_int, env=("CACHE_MAX_BODY_BYTES",)
+        ),
         max_concurrency=r.get("max_concurrency", 20, parse_positive_int, env=("CACHE_MAX_CONCURRENCY",)),
         max_stale=r.get("max_stale", 24 * 3600, parse_stale, env=("CACHE_MAX_STALE",)),
         upstream_timeout=r.get("upstream_timeout", 30.0, parse_timeout, env=("CACHE_UPSTREAM_TIMEOUT",)),
