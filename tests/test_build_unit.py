@@ -230,7 +230,7 @@ def test_tree_rejects_corrupt_and_missing_recipes(tmp_path: Path) -> None:
     empty.mkdir()
     assert "no recipe.yml" in one_line_error(run_fleetci("build", "tree", str(empty)))
     proc = run_fleetci("build", "tree", str(bad), "--partitions", "x")
-    assert proc.returncode == 2 and "invalid int value" in one_line_error(proc)
+    assert proc.returncode == 2 and "--partitions: expected a whole number >= 1" in one_line_error(proc)
 
 
 def test_submit_status_and_worker_need_credentials_and_a_reachable_master(tmp_path: Path) -> None:

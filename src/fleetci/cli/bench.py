@@ -8,16 +8,31 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from fleetci.cli import arg_type
-from fleetci.config import parse_ms_range
+from fleetci.config import (
+    MAX_SECONDS,
+    number,
+    parse_count,
+    parse_ms_range,
+    parse_positive_int,
+    parse_seconds,
+    parse_timeout,
+)
 from fleetci.errors import UsageError
 
 if TYPE_CHECKING:
     from fleetci.cache.bench import FleetSpec
 
+# Numeric flags share the settings' parsers: nan, inf and out-of-range values are one-line usage errors.
+COUNT = arg_type(parse_positive_int)
+COUNT_0 = arg_type(parse_count)
+SECONDS = arg_type(parse_seconds)
+TIMEOUT = arg_type(parse_timeout)
+HOURS = arg_type(number(float, min=0, max=MAX_SECONDS / 3600, min_inclusive=False, unit="hours"))
+
 
 def add_world_flags(p: argparse.ArgumentParser, runners: int, churn_every: float, repos: int) -> None:
     """The simulated fleet and world shared by ``bench cache`` and ``bench fleet``."""
-    p.add_argument("--runners", type=int, default=runners, help=f"simulated runners ({runners})")
+    p.add_argument("--runners", type=COUNT, default=runners, help=f"simulated runners ({runners})")
     p.add_argument(
         "--latency-ms",
         type=arg_type(parse_ms_range),
@@ -26,19 +41,19 @@ def add_world_flags(p: argparse.ArgumentParser, runners: int, churn_every: float
     )
     p.add_argument(
         "--churn-every",
-        type=float,
+        type=SECONDS,
         default=churn_every,
         help=f"simulated seconds between changes in the emulated world ({churn_every:g}; 0 = static)",
     )
-    p.add_argument("--repos", type=int, default=repos, help=f"repositories the autoscalers watch ({repos})")
+    p.add_argument("--repos", type=COUNT, default=repos, help=f"repositories the autoscalers watch ({repos})")
 
 
 def add_fleet_flags(p: argparse.ArgumentParser, runners: int = 5) -> None:
     add_world_flags(p, runners, churn_every=600.0, repos=3)
-    p.add_argument("--calls", type=int, default=100, help="API calls per runner (100)")
+    p.add_argument("--calls", type=COUNT, default=100, help="API calls per runner (100)")
     p.add_argument(
         "--time-scale",
-        type=float,
+        type=arg_type(number(float, min=0, min_inclusive=False)),
         default=240.0,
         help="simulated seconds per real second (240: a 2-minute poll every 0.5 s)",
     )
@@ -67,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     caps.required = True
     c = caps.add_parser("cache", help="API cache: charged calls and latency vs going straight to the API")
     add_fleet_flags(c)
-    c.add_argument("--samples", type=int, default=400, help="latency samples per measurement (400)")
+    c.add_argument("--samples", type=COUNT, default=400, help="latency samples per measurement (400)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.add_argument(
         "--p2p", action="store_true", help="one proxy per runner, sharing over libp2p on 127.0.0.1"
@@ -77,25 +92,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "fleet", help="API cache at fleet scale: charged calls per hour for N runners, in virtual time"
     )
     add_world_flags(f, runners=500, churn_every=60.0, repos=7)
-    f.add_argument("--hours", type=float, default=1.0, help="virtual hours to simulate (1)")
-    f.add_argument("--runners-per-node", type=int, default=10, help="runners sharing one proxy (10)")
-    f.add_argument("--poll", type=float, default=120.0, help="seconds between an autoscaler's polls (120)")
+    f.add_argument("--hours", type=HOURS, default=1.0, help="virtual hours to simulate (1)")
+    f.add_argument("--runners-per-node", type=COUNT, default=10, help="runners sharing one proxy (10)")
+    f.add_argument("--poll", type=TIMEOUT, default=120.0, help="seconds between an autoscaler's polls (120)")
     f.add_argument(
         "--propagation-ms",
         type=arg_type(parse_ms_range),
         default=(10.0, 100.0),
         help="peer-to-peer delivery delay, LOW-HIGH ms (10-100, as bench cache --p2p measures)",
     )
-    f.add_argument("--baseline-runners", type=int, default=20, help="runners sampled without any cache (20)")
+    f.add_argument(
+        "--baseline-runners", type=COUNT, default=20, help="runners sampled without any cache (20)"
+    )
     f.add_argument("--json", action="store_true", help="print one JSON object")
     f.set_defaults(func=cmd_bench_fleet)
     i = caps.add_parser("install", help="safe installs: success under lock + index faults, overhead vs pip")
-    i.add_argument("--lock-hold", type=float, default=30.0, help="seconds a child holds the apt lock (30)")
-    i.add_argument("--trials", type=int, default=3, help="concurrent faulted installs (3)")
-    i.add_argument("--packages", type=int, default=4, help="generated wheels per install (4)")
-    i.add_argument("--repeats", type=int, default=5, help="plain pip vs fleetci rounds, no faults (5)")
+    i.add_argument("--lock-hold", type=SECONDS, default=30.0, help="seconds a child holds the apt lock (30)")
+    i.add_argument("--trials", type=COUNT, default=3, help="concurrent faulted installs (3)")
+    i.add_argument("--packages", type=COUNT, default=4, help="generated wheels per install (4)")
+    i.add_argument("--repeats", type=COUNT, default=5, help="plain pip vs fleetci rounds, no faults (5)")
     i.add_argument(
-        "--faulty-first", type=int, default=8, help="fault every other of the first N requests (8)"
+        "--faulty-first", type=COUNT_0, default=8, help="fault every other of the first N requests (8)"
     )
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.set_defaults(func=cmd_bench_install)
@@ -106,8 +123,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     m.add_argument("--json", action="store_true", help="print one JSON object")
     m.set_defaults(func=cmd_bench_multiarch)
     b = caps.add_parser("build", help="distributed builds: 30-package DAG makespan vs lower bound, failover")
-    b.add_argument("--workers", type=int, default=4, help="worker processes (4)")
-    b.add_argument("--heartbeat-ttl", type=float, default=2.0, help="heartbeat TTL in seconds (2)")
+    b.add_argument("--workers", type=COUNT, default=4, help="worker processes (4)")
+    b.add_argument("--heartbeat-ttl", type=TIMEOUT, default=2.0, help="heartbeat TTL in seconds (2)")
     b.add_argument(
         "--no-replace", action="store_true", help="do not start a replacement for the killed worker"
     )
@@ -117,11 +134,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r = caps.add_parser(
         "registry", help="registry push: daemonless push vs skopeo copy, re-push/retag bytes, RSS"
     )
-    r.add_argument("--size-mb", type=int, default=512, help="image size for the throughput comparison (512)")
     r.add_argument(
-        "--rss-size-mb", type=int, default=2048, help="image size for the peak-RSS measurement (2048)"
+        "--size-mb", type=COUNT, default=512, help="image size for the throughput comparison (512)"
     )
-    r.add_argument("--chunk-mb", type=int, default=128, help="chunked-upload threshold in MiB (128)")
+    r.add_argument(
+        "--rss-size-mb", type=COUNT, default=2048, help="image size for the peak-RSS measurement (2048)"
+    )
+    r.add_argument("--chunk-mb", type=COUNT, default=128, help="chunked-upload threshold in MiB (128)")
     r.add_argument("--workdir", help="where the temporary images and registry go (default: $TMPDIR)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.set_defaults(func=cmd_bench_registry)

@@ -8,7 +8,11 @@ import sys
 from typing import Any
 
 from fleetci import gha
-from fleetci.config import load_config_file
+from fleetci.cli import arg_type
+from fleetci.config import load_config_file, parse_positive_int, parse_timeout
+
+COUNT = arg_type(parse_positive_int)  # numbers as the settings parse them: no nan/inf/negatives
+TIMEOUT = arg_type(parse_timeout)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -18,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     tree = verbs.add_parser("tree", help="dependency levels and balanced partitions of recipe directories")
     tree.add_argument("dirs", nargs="+", help="package directories, or directories holding them")
-    tree.add_argument("--partitions", type=int, default=1, help="number of balanced partitions (1)")
+    tree.add_argument("--partitions", type=COUNT, default=1, help="number of balanced partitions (1)")
     tree.add_argument("--json", action="store_true", help="print one JSON object")
     tree.set_defaults(func=cmd_tree)
 
@@ -44,20 +48,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _master_flag(submit)
     submit.add_argument("dirs", nargs="+", help="package directories, or directories holding them")
     submit.add_argument("--wait", action="store_true", help="wait until the build finishes")
-    submit.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait with --wait (3600)")
+    submit.add_argument("--timeout", type=TIMEOUT, default=3600.0, help="seconds to wait with --wait (3600)")
     submit.add_argument("--json", action="store_true", help="print one JSON object")
     submit.add_argument("--summary", action="store_true", help="append a table to $GITHUB_STEP_SUMMARY")
     submit.set_defaults(func=cmd_submit)
 
     status = verbs.add_parser("status", help="workers, jobs and the repository of a master")
     _master_flag(status)
-    status.add_argument("--build", type=int, help="one build's jobs")
+    status.add_argument("--build", type=COUNT, help="one build's jobs")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.set_defaults(func=cmd_status)
 
     remove = verbs.add_parser("remove", help="remove packages from the repository (one step)")
     _master_flag(remove)
-    remove.add_argument("names", nargs="+", help="package names")
+    remove.add_argument("names", nargs="+", type=_package_name, help="package names")
     remove.add_argument("--force", action="store_true", help="even when other packages depend on them")
     remove.set_defaults(func=cmd_remove)
 
@@ -69,8 +73,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     log = verbs.add_parser("log", help="print a job's build log")
     _master_flag(log)
-    log.add_argument("job", type=int, help="job id")
+    log.add_argument("job", type=COUNT, help="job id")
     log.set_defaults(func=cmd_log)
+
+
+def _package_name(text: str) -> str:
+    from fleetci.build.recipe import NAME_RE
+
+    if not NAME_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a package name ({NAME_RE.pattern})")
+    return text
 
 
 def _master_flag(p: argparse.ArgumentParser) -> None:

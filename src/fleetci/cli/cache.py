@@ -13,9 +13,23 @@ from pathlib import Path
 from typing import Any
 
 from fleetci import gha
-from fleetci.config import CacheSettings, cache_settings, load_config_file
+from fleetci.cli import arg_type
+from fleetci.config import (
+    CacheSettings,
+    cache_settings,
+    load_config_file,
+    parse_count,
+    parse_seconds,
+    parse_timeout,
+)
 from fleetci.errors import FleetciError, UsageError
+from fleetci.files import ensure_private_dir, private_fd, write_private
 from fleetci.http import describe, primary_ip, sync_client, wait_healthy
+
+# Numeric flags outside the settings parse as the settings do: no nan, inf or negative values.
+COUNT_0 = arg_type(parse_count)
+SECONDS = arg_type(parse_seconds)
+TIMEOUT = arg_type(parse_timeout)
 
 SETTING_FLAGS = {
     "upstream": "--upstream",
@@ -28,6 +42,7 @@ SETTING_FLAGS = {
     "max_entries": "--max-entries",
     "max_bytes": "--max-bytes",
     "memory_bytes": "--memory-bytes",
+    "max_body_bytes": "--max-body-bytes",
     "max_concurrency": "--max-concurrency",
     "bootstrap_peers": "--bootstrap-peers",
     "p2p_host": "--p2p-host",
@@ -53,6 +68,10 @@ def _add_settings_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-bytes", help="byte budget ($CACHE_MAX_BYTES; 256 MiB)")
     g.add_argument(
         "--memory-bytes", help="bytes of hot entries kept in RAM as well ($CACHE_MEMORY_BYTES; 4 MiB)"
+    )
+    g.add_argument(
+        "--max-body-bytes",
+        help="largest request body passed through; bigger ones get 413 ($CACHE_MAX_BODY_BYTES; 16 MiB)",
     )
     g.add_argument(
         "--max-concurrency", help="concurrent upstream requests per token ($CACHE_MAX_CONCURRENCY; 20)"
@@ -94,7 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     start = verbs.add_parser("start", help="start the proxy in the background and wait until it is healthy")
     _add_settings_flags(start)
     start.add_argument("--log-file", help="where the background proxy logs (default <cache-dir>/proxy.log)")
-    start.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for health (30)")
+    start.add_argument("--timeout", type=TIMEOUT, default=30.0, help="seconds to wait for health (30)")
     start.add_argument("--no-probe", action="store_true", help="do not check the upstream at start-up")
     start.set_defaults(func=cmd_start)
 
@@ -121,11 +140,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     verify = verbs.add_parser("verify", help="check proxy health, connected peers and end-to-end sharing")
     _add_settings_flags(verify)
-    verify.add_argument("--min-peers", type=int, default=1, help="peers that must be connected and share (1)")
+    verify.add_argument(
+        "--min-peers", type=COUNT_0, default=1, help="peers that must be connected and share (1)"
+    )
     verify.add_argument("--local-only", action="store_true", help="only check the proxy, not peers")
     verify.add_argument(
         "--wait",
-        type=float,
+        type=SECONDS,
         default=0.0,
         help="seconds to wait for --min-peers to connect, for jobs that start together (0)",
     )
@@ -169,32 +190,33 @@ def _serve_argv(args: argparse.Namespace) -> list[str]:
 
 
 def _write_gh_config(settings: CacheSettings) -> Path:
-    """A private GH_CONFIG_DIR whose config routes gh through the proxy's unix socket."""
-    gh_dir = settings.cache_dir / "gh"
-    gh_dir.mkdir(parents=True, exist_ok=True)
-    (gh_dir / "config.yml").write_text(f"http_unix_socket: {settings.socket_path}\n", encoding="utf-8")
+    """A private GH_CONFIG_DIR (0700; hosts.yml holds gh's token) routing gh through the unix socket."""
+    gh_dir = ensure_private_dir(settings.cache_dir / "gh")
+    write_private(gh_dir / "config.yml", f"http_unix_socket: {settings.socket_path}\n")
     home_hosts = Path(os.environ.get("GH_CONFIG_DIR") or Path.home() / ".config" / "gh") / "hosts.yml"
     if home_hosts.is_file() and home_hosts.parent != gh_dir:
-        (gh_dir / "hosts.yml").write_bytes(home_hosts.read_bytes())
-        (gh_dir / "hosts.yml").chmod(0o600)
+        write_private(gh_dir / "hosts.yml", home_hosts.read_bytes())
     return gh_dir
 
 
 def cmd_start(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    try:
-        settings.cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FleetciError(f"cache dir {settings.cache_dir} is not usable: {exc.strerror or exc}") from exc
     log_path = Path(args.log_file) if args.log_file else settings.cache_dir / "proxy.log"
-    with log_path.open("ab") as log_fh:
+    try:
+        ensure_private_dir(settings.cache_dir)
+        log_fd = private_fd(log_path)  # 0600: the log may echo request paths of private repositories
+    except OSError as exc:
+        raise FleetciError(f"cannot write {log_path}: {exc.strerror or exc}") from exc
+    try:
         proc = subprocess.Popen(
             _serve_argv(args),
-            stdout=log_fh,
+            stdout=log_fd,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    finally:
+        os.close(log_fd)
     try:
         health = wait_healthy("/_fleetci/health", uds=settings.socket_path, timeout=args.timeout, alive=proc)
     except FleetciError as exc:
@@ -205,7 +227,7 @@ def cmd_start(args: argparse.Namespace) -> int:
                 print(log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else "")
         tail = _last_line(log_path)
         raise FleetciError(f"cache proxy did not start: {tail or exc}") from exc
-    _pid_file(settings).write_text(str(proc.pid), encoding="utf-8")
+    write_private(_pid_file(settings), str(proc.pid))
     api_url = str(health.get("proxy_url") or settings.proxy_url)
     gh_dir = _write_gh_config(settings)
     peer_id = str(health.get("peer_id") or "")

@@ -7,8 +7,11 @@ import json
 from typing import Any
 
 from fleetci import gha
-from fleetci.config import load_config_file
+from fleetci.cli import arg_type
+from fleetci.config import load_config_file, parse_timeout
 from fleetci.registry.settings import FLAG_NAMES, RegistrySettings, registry_settings
+
+TIMEOUT = arg_type(parse_timeout)  # as the settings parse numbers: no nan/inf/zero
 
 
 def _github_flags(p: argparse.ArgumentParser) -> None:
@@ -115,7 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _gitlab_flags(v)
     _dir_flag(v)
     _push_flags(v)
-    v.add_argument("--interval", type=float, default=900.0, help="seconds between cycles (900)")
+    v.add_argument("--interval", type=TIMEOUT, default=900.0, help="seconds between cycles (900)")
     v.add_argument("--once", action="store_true", help="run one cycle and exit (non-zero if a tag failed)")
     v.add_argument("--force-push", action="store_true", help="push tags even when already present")
     v.set_defaults(func=cmd_daemon)
