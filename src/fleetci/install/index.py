@@ -10,14 +10,25 @@ import base64
 import contextlib
 import hashlib
 import html
+import json
+import logging
 import re
 import socket
 import struct
+import sys
 import threading
 import zipfile
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from fleetci.logs import quiet_server_logs
+
+_log = logging.getLogger("fleetci.server")
+MAX_BODY_BYTES = 64 * 1024  # pip sends no bodies; a small one is drained, a larger one refused
+MAX_HEADER_BYTES = 16 * 1024  # all header lines together (the stdlib alone allows 100 x 64 KiB)
+IDLE_TIMEOUT_S = 60.0
+LOG_MAX = 10_000  # FaultPlan.log entries kept: tests read a handful, a flood must not grow it forever
 
 
 def normalize(name: str) -> str:
@@ -76,18 +87,88 @@ class FaultPlan:
             if i < self.first and i % 2 == 0:
                 kind = self.kinds[self.faults % len(self.kinds)]
                 self.faults += 1
-            self.log.append(f"{path} {kind or 'ok'}")
+            if len(self.log) < LOG_MAX:
+                self.log.append(f"{path} {kind or 'ok'}")
             return kind
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """GET-only PEP 503 pages and wheels; anything else is refused in one JSON line, never a traceback.
+
+    The stdlib server reads no body on its own: a declared one is capped and drained (so a keep-alive
+    connection stays in step), an undeclared (chunked) one is refused, and headers are capped in total.
+    """
+
     server: _IndexServer
     protocol_version = "HTTP/1.1"
+    timeout = IDLE_TIMEOUT_S  # a client that stops sending frees its thread (stdlib: wait forever)
+    _answered = False
 
     def log_message(self, format: str, *args: object) -> None:  # quiet: pip's output is what matters
         return
 
+    def log_error(self, format: str, *args: object) -> None:
+        """Refusals as one rate-limited line (``fleetci.server``); an idle keep-alive timeout is routine."""
+        level = logging.DEBUG if format.startswith("Request timed out") else logging.WARNING
+        _log.log(level, "local index: %s from %s", format % args, self.client_address[0])
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """A one-line JSON ``{"message": …}`` instead of the stdlib's HTML page; the connection closes."""
+        phrase = self.responses.get(code, ("Error", ""))[0]
+        text = " ".join((message or phrase).split())[:300]
+        self.log_error("%d %s", code, text)
+        body = json.dumps({"message": text}).encode()
+        self.send_response(code, phrase)
+        self.send_header("Connection", "close")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self._answered = True
+
+    def parse_request(self) -> bool:
+        """The stdlib's parsing, then our caps on header size and request bodies, for every method."""
+        if not super().parse_request():
+            return False
+        size = sum(len(k) + len(v) + 4 for k, v in self.headers.items())
+        if size > MAX_HEADER_BYTES:
+            self.send_error(431, f"request headers of {size} bytes are over this server's limit")
+            return False
+        if "Transfer-Encoding" in self.headers:
+            self.send_error(411, "this index reads no body without a Content-Length")
+            return False
+        declared = self.headers.get("Content-Length")
+        if declared is None:
+            return True
+        length = int(declared) if declared.isascii() and declared.isdigit() and len(declared) < 19 else -1
+        if length < 0:
+            self.send_error(400, "bad Content-Length")
+            return False
+        if length > MAX_BODY_BYTES:
+            self.send_error(413, f"request body of {length} bytes is over this server's limit")
+            return False
+        if length:
+            self.rfile.read(length)  # unused, but read so the next request on this connection parses
+        return True
+
+    def _not_allowed(self) -> None:
+        self.send_error(405, f"{self.command} is not allowed here: the index is read-only")
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = _not_allowed
+
     def do_GET(self) -> None:
+        self._answered = False
+        try:
+            self._get()
+        except (ConnectionError, TimeoutError):
+            raise  # the client left: nothing to answer (handle_error stays quiet about it)
+        except Exception as exc:
+            _log.error("local index: GET failed", exc_info=exc)  # one line: OneLineRateLimited
+            if not self._answered:
+                self.send_error(500, f"internal error ({type(exc).__name__})")
+
+    def _get(self) -> None:
         fault = self.server.plan.next(self.path)
         if fault == "reset":
             # SO_LINGER 0 makes close() send RST: pip sees "Connection reset by peer".
@@ -99,13 +180,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(int(fault), b"injected fault\n", "text/plain")
             return
         parts = [p for p in self.path.split("?")[0].split("/") if p]
-        wheels = self.server.wheels
+        wheels = {w.name: w for w in self.server.wheels.glob("*.whl")}  # served by name: no path tricks
         if parts == ["simple"]:
-            names = sorted({normalize(w.name.split("-")[0]) for w in wheels.glob("*.whl")})
+            names = sorted({normalize(name.split("-")[0]) for name in wheels})
             body = "".join(f'<a href="/simple/{n}/">{n}</a>\n' for n in names)
             self._send(200, f"<!DOCTYPE html><html><body>\n{body}</body></html>\n".encode(), "text/html")
         elif len(parts) == 2 and parts[0] == "simple":
-            files = sorted(w for w in wheels.glob("*.whl") if normalize(w.name.split("-")[0]) == parts[1])
+            files = sorted(w for name, w in wheels.items() if normalize(name.split("-")[0]) == parts[1])
             if not files:
                 self._send(404, b"not found\n", "text/plain")
                 return
@@ -114,12 +195,13 @@ class _Handler(BaseHTTPRequestHandler):
                 for w in files
             )
             self._send(200, f"<!DOCTYPE html><html><body>\n{links}</body></html>\n".encode(), "text/html")
-        elif len(parts) == 2 and parts[0] == "packages" and (wheels / parts[1]).is_file():
-            self._send(200, (wheels / parts[1]).read_bytes(), "application/octet-stream")
+        elif len(parts) == 2 and parts[0] == "packages" and parts[1] in wheels:
+            self._send(200, wheels[parts[1]].read_bytes(), "application/octet-stream")
         else:
             self._send(404, b"not found\n", "text/plain")
 
     def _send(self, status: int, body: bytes, ctype: str) -> None:
+        self._answered = True
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -140,13 +222,18 @@ class _IndexServer(ThreadingHTTPServer):
         self.plan = plan
 
     def handle_error(self, request: object, client_address: object) -> None:
-        return  # resets and client disconnects are expected here
+        """Resets and disconnects are expected here; anything else is one line, never a traceback."""
+        exc = sys.exc_info()[1]
+        if exc is None or isinstance(exc, ConnectionError | TimeoutError):
+            return
+        _log.error("local index: a connection failed", exc_info=exc)
 
 
 class LocalIndex:
     """``/simple/`` over the wheels in a directory, with an optional :class:`FaultPlan` in front."""
 
     def __init__(self, wheels: Path, plan: FaultPlan | None = None) -> None:
+        quiet_server_logs()
         self.plan = plan or FaultPlan()
         self._server = _IndexServer(wheels, self.plan)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

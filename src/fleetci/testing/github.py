@@ -30,7 +30,7 @@ from aiohttp import web
 from fleetci.http import error_response, guarded_app
 from fleetci.testing import github_data as gd
 from fleetci.testing.github_data import JSON, Job, Repo, Run, World
-from fleetci.testing.server import BackgroundApp, plain_host
+from fleetci.testing.server import BackgroundApp, plain_host, small_int
 
 __all__ = ["DEFAULT_OWNER", "TOKENS", "EmulatorConfig", "EmulatorServer", "GitHubEmulator"]
 
@@ -211,11 +211,6 @@ def _loads(body: bytes) -> Any:
         return json.loads(body, parse_constant=_no_constant)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
-
-
-def _small_int(text: str) -> int | None:
-    """An id from a URL: ASCII digits that fit 64 bits, else None (a 404, never int()'s ValueError)."""
-    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
 class GitHubEmulator:
@@ -1089,14 +1084,14 @@ class GitHubEmulator:
 
     def _visible_run(self, ctx: _Ctx) -> tuple[Repo, Run]:
         repo = self._visible_repo(ctx)
-        run = self._world.runs.get(_small_int(ctx.match["run_id"]) or 0)
+        run = self._world.runs.get(small_int(ctx.match["run_id"]) or 0)
         if run is None or run.repo_id != repo.id:
             raise self._not_found(ctx)
         return repo, run
 
     def _visible_job(self, ctx: _Ctx) -> tuple[Repo, Run, Job]:
         repo = self._visible_repo(ctx)
-        job = self._world.jobs.get(_small_int(ctx.match["job_id"]) or 0)
+        job = self._world.jobs.get(small_int(ctx.match["job_id"]) or 0)
         run = None if job is None else self._world.runs[job.run_id]
         if job is None or run is None or run.repo_id != repo.id:
             raise self._not_found(ctx)
@@ -1218,7 +1213,7 @@ class GitHubEmulator:
 
     def _visible_artifact(self, ctx: _Ctx) -> tuple[Repo, gd.Artifact]:
         repo = self._visible_repo(ctx)
-        art = self._world.artifacts.get(_small_int(ctx.match["artifact_id"]) or 0)
+        art = self._world.artifacts.get(small_int(ctx.match["artifact_id"]) or 0)
         if art is None or art.repo_id != repo.id:
             raise self._not_found(ctx)
         return repo, art
@@ -1321,7 +1316,7 @@ class GitHubEmulator:
     async def _a_blob(self, request: web.Request) -> web.StreamResponse:
         kind, name = request.match_info["kind"], request.match_info["name"]
         stem, _, ext = name.partition(".")
-        number = _small_int(stem)
+        number = small_int(stem)
         with self._lock:
             w = self._world
             if kind == "artifacts" and ext == "zip" and number in w.artifacts:

@@ -29,10 +29,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from fleetci.testing.server import BackgroundApp
+from fleetci.http import describe, error_response, guarded_app
+from fleetci.testing.server import BackgroundApp, plain_host, small_int
 
 SERVICE = "container_registry"
 ISSUER = "gitlab-issuer"
+MAX_BODY_BYTES = 64 * 1024  # every endpoint is a GET: a body is never needed, a small one is tolerated
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,8 @@ class GitLabEmulator:
     # -- HTTP --------------------------------------------------------------------------------------------
 
     def make_app(self) -> web.Application:
-        app = web.Application()
+        """GitLab's routes behind the shared guards (body cap, one-line errors, quiet logs)."""
+        app = guarded_app(MAX_BODY_BYTES)
         app.router.add_get(
             "/api/v4/projects/{project:.+}/registry/repositories/{repo_id:\\d+}/tags", self._h_tags
         )
@@ -177,7 +180,22 @@ class GitLabEmulator:
 
     @staticmethod
     def _error(status: int, message: str) -> web.Response:
-        return web.json_response({"message": message}, status=status)
+        return error_response(status, message)
+
+    def _refuse(self, request: web.Request) -> web.Response | None:
+        """GitLab's 400/401 before any work: a Host we would echo into links, then the token."""
+        if not plain_host(request):
+            return self._error(400, "400 Bad request - Host header is not printable ASCII")
+        if self._api_auth(request) is None:
+            return self._error(401, "401 Unauthorized")
+        return None
+
+    async def _reflect(self, project: str) -> list[tuple[str, list[str]]] | web.Response:
+        """The registry's repositories of ``project``, or a one-line 502 when the registry fails us."""
+        try:
+            return await self._repositories(project)
+        except (httpx.HTTPError, ValueError) as exc:
+            return self._error(502, f"502 Bad Gateway - container registry: {describe(exc)}")
 
     def _api_auth(self, request: web.Request) -> TokenInfo | None:
         raw = request.headers.get("PRIVATE-TOKEN") or request.headers.get("JOB-TOKEN")
@@ -198,8 +216,9 @@ class GitLabEmulator:
 
     def _project(self, request: web.Request) -> str | None:
         raw = unquote(request.match_info["project"])
-        if raw.isdigit():
-            return next((p for p, i in self.projects.items() if i == int(raw)), None)
+        number = small_int(raw)
+        if number is not None:
+            return next((p for p, i in self.projects.items() if i == number), None)
         return raw if raw in self.projects else None
 
     async def _h_health(self, request: web.Request) -> web.StreamResponse:
@@ -258,12 +277,15 @@ class GitLabEmulator:
 
     async def _h_repositories(self, request: web.Request) -> web.StreamResponse:
         self._count("repositories")
-        if self._api_auth(request) is None:
-            return self._error(401, "401 Unauthorized")
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
         project = self._project(request)
         if project is None:
             return self._error(404, "404 Project Not Found")
-        repos = await self._repositories(project)
+        repos = await self._reflect(project)
+        if isinstance(repos, web.Response):
+            return repos
         items = [
             self._repo_json(
                 project,
@@ -279,13 +301,16 @@ class GitLabEmulator:
 
     async def _h_tags(self, request: web.Request) -> web.StreamResponse:
         self._count("tags")
-        if self._api_auth(request) is None:
-            return self._error(401, "401 Unauthorized")
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
         project = self._project(request)
         if project is None:
             return self._error(404, "404 Project Not Found")
-        repo_id = int(request.match_info["repo_id"])
-        repos = await self._repositories(project)
+        repo_id = small_int(request.match_info["repo_id"])
+        repos = await self._reflect(project)
+        if isinstance(repos, web.Response):
+            return repos
         match = next(((n, t) for n, t in repos if self.repo_id(n) == repo_id), None)
         if match is None:
             return self._error(404, "404 Repository Not Found")

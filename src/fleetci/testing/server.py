@@ -115,3 +115,8 @@ def plain_host(request: web.Request) -> bool:
     """Whether the Host header is printable ASCII: the emulators echo it into URLs in bodies and headers."""
     host = request.host
     return host.isascii() and host.isprintable()
+
+
+def small_int(text: str) -> int | None:
+    """An id from a URL: ASCII digits that fit 64 bits, else None (a 404, never int()'s ValueError)."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
