@@ -320,7 +320,7 @@ def test_forged_workers_and_hostile_uploads_are_refused(small_upload_fleet: Flee
         json={"name": "x", "public_key": pub},
         headers={"Authorization": "Bearer wrong"},
     )
-    assert r.status_code == 401 and "join token" in r.json()["error"]
+    assert r.status_code == 401 and "join token" in r.json()["message"]
     r = httpx.post(f"{url}/api/v1/workers", json={"name": "x", "public_key": pub})
     assert r.status_code == 401
     r = httpx.post(
@@ -384,9 +384,9 @@ def test_forged_workers_and_hostile_uploads_are_refused(small_upload_fleet: Flee
     )
     assert r.status_code == 413, r.text
     r = put("wrong.pkg", b"content", sha=hashlib.sha256(b"other").hexdigest())
-    assert r.status_code == 400 and "mismatch" in r.json()["error"]
+    assert r.status_code == 400 and "mismatch" in r.json()["message"]
     r = put("resigned.pkg", b"content", sign_name="other-name.pkg")
-    assert r.status_code == 400 and "signature" in r.json()["error"]
+    assert r.status_code == 400 and "signature" in r.json()["message"]
     leftovers = [p for p in state.rglob("*") if p.is_file() and p.parent.name == str(jid)]
     assert leftovers == [], leftovers  # refused uploads leave no temp files and no partial artifacts
     r = put("good.pkg", b"good")
@@ -443,7 +443,7 @@ def test_submit_rejects_cycles_missing_dependencies_and_bad_tokens(fleet: Fleet,
             ]
         },
     )
-    assert r.status_code == 400 and "ghost" in r.json()["error"]
+    assert r.status_code == 400 and "ghost" in r.json()["message"]
     env = clean_env(FLEETCI_BUILD_TOKEN="wrong-token")
     err = one_line_error(run_fleetci("build", "status", "--master", fleet.url, env=env))
     assert "401" in err and "invalid admin token" in err

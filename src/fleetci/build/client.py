@@ -18,6 +18,18 @@ from fleetci.errors import FleetciError
 from fleetci.http import describe
 
 
+def pending(info: dict[str, Any]) -> str:
+    """``b running on w-1 (attempt 2), c ready``: the unfinished jobs of a build, for a timeout message."""
+    parts = []
+    for j in info["jobs"]:
+        if j["state"] in ("done", "failed", "cancelled"):
+            continue
+        where = f" on {j['worker_id']}" if j.get("worker_id") and j["state"] == "running" else ""
+        tries = f" (attempt {j['attempts']})" if j.get("attempts", 0) > 1 else ""
+        parts.append(f"{j['package']} (job {j['id']}) {j['state']}{where}{tries}")
+    return ", ".join(parts) or "no job left"
+
+
 class MasterClient:
     def __init__(self, settings: ClientSettings, timeout: float = 30.0) -> None:
         self.s = settings
@@ -37,7 +49,8 @@ class MasterClient:
             raise FleetciError(f"cannot reach the build master at {self.s.master}: {describe(exc)}") from exc
         if r.status_code >= 400:
             try:
-                reason = str(r.json().get("error"))
+                data = r.json()
+                reason = str(data.get("message") or data.get("error"))
             except (ValueError, AttributeError):
                 reason = r.text[:200] or r.reason_phrase
             raise FleetciError(f"master answered {r.status_code}: {reason}")
@@ -71,6 +84,7 @@ class MasterClient:
     def wait(
         self, build_id: int, timeout: float, progress: Callable[[dict[str, Any]], None] | None = None
     ) -> dict[str, Any]:
+        """Poll until the build finishes; past ``timeout`` fail with each unfinished job's state."""
         deadline = time.monotonic() + timeout
         last = ""
         while True:
@@ -82,7 +96,7 @@ class MasterClient:
             if info["state"] != "running":
                 return info
             if time.monotonic() > deadline:
-                raise FleetciError(f"build {build_id} did not finish within {timeout:g}s")
+                raise FleetciError(f"build {build_id} did not finish within {timeout:g}s: {pending(info)}")
             time.sleep(0.25)
 
     def log(self, job_id: int) -> str:

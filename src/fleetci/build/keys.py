@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 from pathlib import Path
 
@@ -14,11 +13,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fleetci.errors import FleetciError
+from fleetci.files import tighten, write_private
 
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
-    """The private key at ``path``; created (mode 0600) on first use so a restart keeps the identity."""
+    """The private key at ``path``; created (mode 0600) on first use so a restart keeps the identity.
+
+    A key file an older version left group- or world-readable is tightened to 0600.
+    """
     if path.exists():
+        tighten(path)
         try:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except (OSError, ValueError, TypeError) as exc:
@@ -30,12 +34,7 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    os.replace(tmp, path)
+    write_private(path, pem)
     return key
 
 

@@ -1,10 +1,15 @@
 """``fleetci build master``: the aiohttp service that queues builds, hands jobs to workers and signs the repo.
 
-Workers register themselves (join token -> a per-worker credential stored hashed), heartbeat, and
-long-poll for the ready job with the longest critical path. A worker silent for a heartbeat TTL is marked
-lost and its job goes back to the queue. Artifacts arrive hardened (basename only, size limit, temp file +
-atomic rename, SHA-256 and the worker's ed25519 signature checked) and enter a repository whose index the
-master signs.
+Workers register themselves (join token -> a per-worker credential stored hashed), heartbeat naming the
+jobs they hold, and long-poll for the ready job with the longest critical path. A worker silent for a
+heartbeat TTL is marked lost, and a job its heartbeat no longer names goes back to the queue. Every request
+is checked against the OpenAPI document in ``api.py``; errors are one JSON line. Artifacts arrive hardened
+(basename only, streamed under their own size limit, SHA-256 and the worker's ed25519 signature checked)
+and enter the repository in one journaled step; the master signs the repository's index.
+
+On disk (all 0600 files in 0700 directories): ``state.db``, ``master.key``, ``*.token``, ``index.json``
+(+ ``.sig``), ``sources/``, ``staging/<worker>/<job>/`` and ``repo/<package>/<version>-<release>/``, which
+holds package files only, so no package name can collide with repository metadata.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import binascii
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -23,59 +29,63 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from fleetci import __version__, gha
-from fleetci.build import keys
-from fleetci.build.recipe import MAX_SOURCE_BYTES, parse_recipe
+from fleetci.build import api, keys
+from fleetci.build.api import ApiError
+from fleetci.build.recipe import MAX_SOURCE_BYTES, NAME_RE, parse_recipe
 from fleetci.build.settings import MasterSettings
 from fleetci.build.store import StateError, Store
 from fleetci.errors import FleetciError
-from fleetci.http import check_port_free
+from fleetci.files import ensure_private_dir, open_private, tighten, write_private
+from fleetci.http import RUNNER_OPTIONS, check_port_free, error_response, guarded_app
 
-ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
+ARTIFACT_NAME = re.compile(api.ARTIFACT_PATTERN)
 MAX_LOG = 256 * 1024
 INLINE_SOURCE = 256 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def fail(status: int, message: str) -> web.HTTPException:
-    """An HTTP error whose body is one JSON line the CLI can print as is."""
-    cls = {
-        400: web.HTTPBadRequest,
-        401: web.HTTPUnauthorized,
-        403: web.HTTPForbidden,
-        404: web.HTTPNotFound,
-        409: web.HTTPConflict,
-        413: web.HTTPRequestEntityTooLarge,
-    }.get(status, web.HTTPBadRequest)
-    kwargs: dict[str, Any] = {}
-    if cls is web.HTTPRequestEntityTooLarge:
-        kwargs = {"max_size": 0, "actual_size": 0}
-    exc: web.HTTPException = cls(
-        text=json.dumps({"error": message}), content_type="application/json", **kwargs
-    )
-    return exc
-
-
 def valid_artifact_name(name: str) -> bool:
-    return bool(ARTIFACT_NAME.match(name)) and PurePosixPath(name).name == name and ".." not in name
+    """A plain file name (the same rule as the document's ``ArtifactName``, matched whole)."""
+    return len(name) <= api.ARTIFACT_MAX and ARTIFACT_NAME.fullmatch(name) is not None
 
 
 def _secret_file(path: Path, prefix: str) -> str:
-    """Read a token file, or create it (0600) with a fresh token."""
+    """Read a token file (tightened to 0600), or create it 0600 with a fresh token."""
     if path.exists():
+        tighten(path)
         token = path.read_text(encoding="utf-8").strip()
         if token:
             return token
     token = keys.new_token(prefix)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(token + "\n")
+    write_private(path, token + "\n")
     return token
+
+
+@web.middleware
+async def one_line_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refusals and aiohttp's own 404/405 become ``{"message": ...}`` lines; 413 is left to the guard."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        resp = error_response(exc.status, str(exc))
+        if exc.status == 413:
+            resp.force_close()  # the body was not read
+        return resp
+    except web.HTTPRequestEntityTooLarge:
+        raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        resp = error_response(exc.status, exc.reason)
+        if "Allow" in exc.headers:
+            resp.headers["Allow"] = exc.headers["Allow"]
+        return resp
 
 
 class Master:
@@ -84,9 +94,11 @@ class Master:
         d = settings.state_dir
         try:
             for sub in ("sources", "staging", "repo"):
-                (d / sub).mkdir(parents=True, exist_ok=True)
+                ensure_private_dir(d / sub)
+            ensure_private_dir(d)
         except OSError as exc:
             raise FleetciError(f"state dir {d} is not usable: {exc.strerror or exc}") from exc
+        self.repo = d / "repo"
         self.store = Store(d / "state.db")
         self.key = keys.load_or_create_key(d / "master.key")
         self.public_key = keys.public_b64(self.key)
@@ -101,6 +113,7 @@ class Master:
         self.index_bytes = b""
         self.index_sig = ""
         self.store.grace_all_workers()
+        self._recover()
         self._write_index()
 
     # --- plumbing -------------------------------------------------------------------------------------
@@ -114,24 +127,31 @@ class Master:
         auth = request.headers.get("Authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise fail(401, "missing credentials: send 'Authorization: Bearer <token>'")
+            raise ApiError(401, "missing credentials: send 'Authorization: Bearer <token>'")
         return token.strip()
 
     def admin(self, request: web.Request) -> None:
         if not keys.token_matches(self._bearer(request), self.admin_hash):
-            raise fail(401, "invalid admin token")
+            raise ApiError(401, "invalid admin token")
 
     def worker(self, request: web.Request) -> str:
         token = self._bearer(request)
         wid, _, _ = token.partition(".")
         row = self.store.worker(wid) if wid.startswith("w-") else None
         if row is None or not row["token_hash"] or not keys.token_matches(token, row["token_hash"]):
-            raise fail(401, "unknown or revoked worker credential; register again")
+            raise ApiError(401, "unknown or revoked worker credential; register again")
         self.store.touch_worker(wid)
         return wid
 
+    async def _body(self, request: web.Request, op_id: str) -> dict[str, Any]:
+        """The request's JSON object, valid for ``op_id`` (the body is capped by the guarded app)."""
+        return api.parse_body(op_id, await request.read())
+
+    def _stage(self, wid: str, jid: int) -> Path:
+        return self.settings.state_dir / "staging" / wid / str(jid)
+
     def _write_index(self) -> None:
-        """Rebuild, sign and atomically publish ``repo/index.json`` (+ ``.sig``)."""
+        """Rebuild, sign and atomically publish ``index.json`` (+ ``.sig``), kept apart from ``repo/``."""
         pkgs = self.store.packages()
         index = {
             "format": 1,
@@ -153,12 +173,67 @@ class Master:
         }
         data = json.dumps(index, sort_keys=True, indent=1).encode()
         sig = keys.sign(self.key, data)
-        repo = self.settings.state_dir / "repo"
-        for name, content in (("index.json", data), ("index.json.sig", sig.encode())):
-            tmp = repo / f".{name}.tmp"
-            tmp.write_bytes(content)
-            os.replace(tmp, repo / name)
+        write_private(self.settings.state_dir / "index.json", data)
+        write_private(self.settings.state_dir / "index.json.sig", sig.encode())
         self.index_bytes, self.index_sig = data, sig
+
+    # --- applying results -----------------------------------------------------------------------------
+
+    def _publish(self, pending: dict[str, Any]) -> None:
+        """Move a committed result's staged files into ``repo/`` and drop older releases (idempotent).
+
+        Runs right after the result's transaction, and again on start-up for a journal entry a crash
+        left behind; a file already moved is skipped, an entry for a superseded release only cleans up.
+        """
+        jid, package, rel = int(pending["job_id"]), str(pending["package"]), str(pending["rel"])
+        stage = self.settings.state_dir / str(pending["stage"])
+        current = self.store.packages().get(package)
+        if current is not None and f"{current['version']}-{current['release']}" == rel:
+            dest = ensure_private_dir(self.repo / package / rel)
+            for name in pending["files"]:
+                src = stage / str(name)
+                if src.exists():
+                    os.replace(src, dest / str(name))
+                elif not (dest / str(name)).exists():
+                    print(
+                        f"job {jid}: staged file {name} is missing; `fleetci build verify` reports it",
+                        flush=True,
+                    )
+            for old in (self.repo / package).iterdir():
+                if old.name != rel:
+                    shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
+        self.store.applied(jid)
+
+    def _recover(self) -> None:
+        """Finish what a crash interrupted, then drop what no committed state refers to."""
+        for pending in self.store.pending_applies():
+            self._publish(pending)
+        for stale in ("index.json", "index.json.sig", ".index.json.tmp", ".index.json.sig.tmp"):
+            path = self.repo / stale  # an older layout kept the index inside repo/
+            if path.is_file():
+                path.unlink()
+        pkgs = self.store.packages()
+        for entry in self.repo.iterdir():
+            p = pkgs.get(entry.name)
+            if p is None:
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink()
+                continue
+            for rel in entry.iterdir():
+                if rel.name != f"{p['version']}-{p['release']}":
+                    shutil.rmtree(rel, ignore_errors=True)
+        running = set(self.store.running_jobs())
+        for wdir in (self.settings.state_dir / "staging").iterdir():
+            for jdir in wdir.iterdir() if wdir.is_dir() else ():
+                if (wdir.name, jdir.name) not in running:
+                    shutil.rmtree(jdir, ignore_errors=True)
+        for root, dirs, files in os.walk(self.settings.state_dir):
+            for name in dirs:
+                ensure_private_dir(Path(root) / name)
+            tighten(*(Path(root) / name for name in files))
 
     async def reaper(self) -> None:
         """Expire silent workers; their jobs become ready again for the others."""
@@ -180,6 +255,9 @@ class Master:
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "version": __version__, "master_key": self.public_key})
 
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=api.DOCUMENT_BYTES, content_type="application/json")
+
     async def keys_(self, request: web.Request) -> web.Response:
         workers = {w["id"]: w["public_key"] for w in self.store.workers(include_gone=True)}
         return web.json_response({"master": self.public_key, "workers": workers})
@@ -193,24 +271,24 @@ class Master:
     async def repo_file(self, request: web.Request) -> web.StreamResponse:
         name, rel, filename = (request.match_info[k] for k in ("name", "rel", "file"))
         if not all(valid_artifact_name(x) for x in (name, rel, filename)):
-            raise fail(404, "no such file")
-        path = self.settings.state_dir / "repo" / name / rel / filename
+            raise ApiError(404, "no such file")
+        path = self.repo / name / rel / filename
         if not path.is_file():
-            raise fail(404, "no such file")
-        return web.FileResponse(path)
+            raise ApiError(404, "no such file")
+        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
 
     # --- workers --------------------------------------------------------------------------------------
 
     async def register(self, request: web.Request) -> web.Response:
         if not keys.token_matches(self._bearer(request), self.join_hash):
-            raise fail(401, "invalid join token")
-        body = await self._json(request)
-        name = str(body.get("name") or "worker")[:100]
-        public = str(body.get("public_key") or "")
+            raise ApiError(401, "invalid join token")
+        body = await self._body(request, "register")
+        name = str(body.get("name") or "worker")
+        public = str(body["public_key"])
         try:
             keys.parse_public(public)
         except FleetciError as exc:
-            raise fail(400, f"public_key: {exc}") from None
+            raise ApiError(400, f"public_key: {exc}") from None
         wid = "w-" + secrets.token_hex(6)
         token = f"{wid}.{secrets.token_urlsafe(32)}"
         self.store.add_worker(wid, name, keys.token_hash(token), public)
@@ -221,8 +299,20 @@ class Master:
         )
 
     async def heartbeat(self, request: web.Request) -> web.Response:
+        """Alive; with ``jobs``, also the truth about what it holds: a job it dropped is requeued."""
         wid = self.worker(request)
-        return web.json_response({"worker_id": wid, "state": "active"})
+        body = await self._body(request, "heartbeat")
+        requeued: list[int] = []
+        if "jobs" in body:
+            requeued = self.store.release_unheld(
+                wid, body["jobs"], time.time() - self.settings.heartbeat_ttl, self.settings.max_attempts
+            )
+            if requeued:
+                for jid in requeued:
+                    shutil.rmtree(self._stage(wid, jid), ignore_errors=True)
+                print(f"worker {wid} no longer holds jobs {requeued}: requeued", flush=True)
+                self.wake()
+        return web.json_response({"worker_id": wid, "state": "active", "requeued": requeued})
 
     async def unregister(self, request: web.Request) -> web.Response:
         wid = self.worker(request)
@@ -236,14 +326,17 @@ class Master:
         """Long poll: answer at once when a job is ready, else when one becomes ready or ``wait`` ends."""
         wid = self.worker(request)
         try:
-            wait = min(max(float(request.query.get("wait", "20")), 0.0), 60.0)
+            wait = float(request.query.get("wait", "20"))
         except ValueError:
-            raise fail(400, "wait must be a number of seconds") from None
+            raise ApiError(400, "wait must be a number of seconds") from None
+        if not math.isfinite(wait):
+            raise ApiError(400, "wait must be a finite number of seconds")
+        api.check_param("next_job", "wait", wait)
         deadline = time.monotonic() + wait
         while True:
             row = self.store.worker(wid)
             if row is None or row["state"] == "gone":
-                raise fail(401, "this worker has unregistered")
+                raise ApiError(401, "this worker has unregistered")
             if self.closing or request.transport is None or request.transport.is_closing():
                 return web.Response(status=204)  # the worker hung up: do not hand it a job
             job = self.store.claim(wid)
@@ -300,57 +393,57 @@ class Master:
             return None
         return base64.b64encode(path.read_bytes()).decode()
 
-    def _own_job(self, request: web.Request, wid: str) -> Any:
+    def _own_job(self, request: web.Request, wid: str, op_id: str) -> Any:
+        jid = api.path_id(op_id, "job", request.match_info["job"])
         try:
-            jid = int(request.match_info["job"])
             return self.store.running_job(jid, wid)
-        except ValueError:
-            raise fail(404, "no such job") from None
         except StateError as exc:
-            raise fail(exc.status, str(exc)) from None
+            raise ApiError(exc.status, str(exc)) from None
 
     async def source(self, request: web.Request) -> web.StreamResponse:
         wid = self.worker(request)
-        job = self._own_job(request, wid)
-        return web.FileResponse(self.settings.state_dir / "sources" / f"{job['source_sha']}.tar.gz")
+        job = self._own_job(request, wid, "source")
+        path = self.settings.state_dir / "sources" / f"{job['source_sha']}.tar.gz"
+        return web.FileResponse(path, headers={"Content-Type": "application/gzip"})
 
     async def upload(self, request: web.Request) -> web.Response:
         """One artifact: checked name, bounded size, streamed to a temp file, digest + signature verified."""
         wid = self.worker(request)
-        job = self._own_job(request, wid)
+        job = self._own_job(request, wid, "upload")
         filename = request.match_info["file"]
         if not valid_artifact_name(filename):
-            raise fail(400, f"invalid artifact name {filename[:80]!r}: a plain file name is required")
+            raise ApiError(400, f"invalid artifact name {filename[:80]!r}: a plain file name is required")
         declared = request.headers.get("X-Fleetci-Sha256", "").lower()
         signature = request.headers.get("X-Fleetci-Signature", "")
         if not re.fullmatch(r"[0-9a-f]{64}", declared):
-            raise fail(400, "X-Fleetci-Sha256 must be the artifact's hex SHA-256")
+            raise ApiError(400, "X-Fleetci-Sha256 must be the artifact's hex SHA-256")
         limit = self.settings.max_upload_bytes
         if request.content_length is not None and request.content_length > limit:
-            raise fail(413, f"artifact is {request.content_length} bytes; the limit is {limit}")
-        stage = self.settings.state_dir / "staging" / wid / str(job["id"])
-        stage.mkdir(parents=True, exist_ok=True)
+            raise ApiError(413, f"artifact is {request.content_length} bytes; the limit is {limit}")
+        stage = ensure_private_dir(self._stage(wid, int(job["id"])))
         tmp = stage / f".upload-{secrets.token_hex(8)}.part"
         digest = hashlib.sha256()
         size = 0
         try:
-            with tmp.open("wb") as fh:
+            with open_private(tmp, "wb") as fh:
                 async for chunk in request.content.iter_chunked(1 << 16):
                     size += len(chunk)
                     if size > limit:
-                        raise fail(413, f"artifact exceeds the {limit}-byte limit")
+                        raise ApiError(413, f"artifact exceeds the {limit}-byte limit")
                     digest.update(chunk)
                     fh.write(chunk)
             # No fsync: the same durability as the SQLite state (WAL, synchronous=NORMAL) - safe when the
             # master crashes, while a power loss may drop the newest files, which `verify` then reports.
             actual = digest.hexdigest()
             if actual != declared:
-                raise fail(400, f"SHA-256 mismatch for {filename}: declared {declared}, received {actual}")
+                raise ApiError(
+                    400, f"SHA-256 mismatch for {filename}: declared {declared}, received {actual}"
+                )
             worker = self.store.worker(wid)
             assert worker is not None
             message = keys.artifact_message(str(job["package"]), filename, actual)
             if not keys.verify(str(worker["public_key"]), message, signature):
-                raise fail(400, f"signature of {filename} does not verify with this worker's key")
+                raise ApiError(400, f"signature of {filename} does not verify with this worker's key")
             os.replace(tmp, stage / filename)
         finally:
             tmp.unlink(missing_ok=True)
@@ -358,18 +451,20 @@ class Master:
         return web.json_response({"name": filename, "sha256": actual, "size": size})
 
     async def result(self, request: web.Request) -> web.Response:
+        """Record a job's outcome; a success enters the repository in one journaled step.
+
+        The database commit comes first and journals the file moves, so a failure before it changes
+        nothing (the worker retries), and a crash after it is finished by ``_recover`` on restart.
+        """
         wid = self.worker(request)
-        job = self._own_job(request, wid)
-        body = await self._json(request)
-        ok = bool(body.get("ok"))
+        job = self._own_job(request, wid, "result")
+        body = await self._body(request, "result")
+        ok = bool(body["ok"])
         log = str(body.get("log") or "")[-MAX_LOG:]
         error = str(body.get("error") or "")[:2000] or None
-        try:
-            duration = float(body.get("duration_s") or 0.0)
-        except (TypeError, ValueError):
-            raise fail(400, "duration_s must be a number") from None
+        duration = float(body.get("duration_s") or 0.0)
         jid = int(job["id"])
-        stage = self.settings.state_dir / "staging" / wid / str(jid)
+        stage = self._stage(wid, jid)
         uploads = self.store.uploads(jid)
         expected = body.get("artifacts")
         if ok and (
@@ -380,33 +475,35 @@ class Master:
                 False,
                 f"artifacts reported {expected} but uploaded {[u['filename'] for u in uploads]}",
             )
+        rel = f"{job['version']}-{job['release']}"
         files: list[dict[str, Any]] = []
         if ok:
-            rel = f"{job['version']}-{job['release']}"
-            pkg_dir = self.settings.state_dir / "repo" / str(job["package"])
-            dest = pkg_dir / rel
-            dest.mkdir(parents=True, exist_ok=True)
-            for u in uploads:
-                os.replace(stage / u["filename"], dest / u["filename"])
-                files.append(
-                    {
-                        "name": u["filename"],
-                        "path": f"{job['package']}/{rel}/{u['filename']}",
-                        "sha256": u["sha256"],
-                        "size": u["size"],
-                        "signature": u["signature"],
-                    }
-                )
-        self.store.finish(job, ok, duration, log, error, files)
-        shutil.rmtree(stage, ignore_errors=True)
+            missing = [u["filename"] for u in uploads if not (stage / u["filename"]).is_file()]
+            if missing:
+                raise ApiError(409, f"staged artifacts {missing} are missing: upload them again")
+            files = [
+                {
+                    "name": u["filename"],
+                    "path": f"{job['package']}/{rel}/{u['filename']}",
+                    "sha256": u["sha256"],
+                    "size": u["size"],
+                    "signature": u["signature"],
+                }
+                for u in uploads
+            ]
+        stage_rel = str(stage.relative_to(self.settings.state_dir))
+        self.store.finish(job, ok, duration, log, error, files, stage=stage_rel)
         if ok:
-            for old in (self.settings.state_dir / "repo" / str(job["package"])).iterdir():
-                if old.name != f"{job['version']}-{job['release']}":
-                    shutil.rmtree(old, ignore_errors=True)
+            names = [f["name"] for f in files]
+            self._publish(
+                {"job_id": jid, "package": job["package"], "rel": rel, "stage": stage_rel, "files": names}
+            )
             self._write_index()
+        else:
+            shutil.rmtree(stage, ignore_errors=True)
         self.wake()
         state = "done" if ok else "failed"
-        print(f"job {jid} {job['package']} {job['version']}-{job['release']} {state} on {wid}", flush=True)
+        print(f"job {jid} {job['package']} {rel} {state} on {wid}", flush=True)
         answer: dict[str, Any] = {"job": jid, "state": state, "error": error, "next": None}
         if body.get("want_next") and not self.closing:
             # Hand the worker its next job in the same round trip (a ready job, if any; no waiting).
@@ -418,48 +515,42 @@ class Master:
 
     async def submit(self, request: web.Request) -> web.Response:
         self.admin(request)
-        body = await self._json(request)
-        items = body.get("packages")
-        if not isinstance(items, list) or not items:
-            raise fail(400, "packages must be a non-empty list")
+        body = await self._body(request, "submit")
         parsed = []
-        for i, item in enumerate(items):
-            if not isinstance(item, dict):
-                raise fail(400, f"packages[{i}] must be an object")
+        seen: set[str] = set()
+        for i, item in enumerate(body["packages"]):
             try:
-                recipe = parse_recipe(item.get("recipe"), f"packages[{i}]")
-                source = base64.b64decode(str(item.get("source") or ""), validate=True)
+                recipe = parse_recipe(item["recipe"], f"packages[{i}]")
+                source = base64.b64decode(str(item["source"]), validate=True)
             except FleetciError as exc:
-                raise fail(400, str(exc)) from None
+                raise ApiError(400, str(exc)) from None
             except (binascii.Error, ValueError):
-                raise fail(400, f"packages[{i}].source is not base64") from None
+                raise ApiError(400, f"packages[{i}].source is not base64") from None
+            if recipe.name in seen:
+                raise ApiError(400, f"packages[{i}]: package {recipe.name} is submitted twice")
+            seen.add(recipe.name)
             if len(source) > MAX_SOURCE_BYTES:
-                raise fail(413, f"packages[{i}] source is larger than {MAX_SOURCE_BYTES} bytes")
+                raise ApiError(413, f"packages[{i}] source is larger than {MAX_SOURCE_BYTES} bytes")
             sha = hashlib.sha256(source).hexdigest()
             path = self.settings.state_dir / "sources" / f"{sha}.tar.gz"
             if not path.exists():
-                tmp = path.with_name(f".{sha}.{secrets.token_hex(4)}.tmp")
-                tmp.write_bytes(source)
-                os.replace(tmp, path)
+                write_private(path, source)
             parsed.append((recipe, sha))
         try:
             build_id, jobs = self.store.submit(parsed)
         except StateError as exc:
-            raise fail(exc.status, str(exc)) from None
+            raise ApiError(exc.status, str(exc)) from None
         except FleetciError as exc:
-            raise fail(400, str(exc)) from None
+            raise ApiError(400, str(exc)) from None
         self.wake()
         print(f"build {build_id} queued: {', '.join(j['package'] for j in jobs)}", flush=True)
         return web.json_response({"build": build_id, "jobs": jobs})
 
     async def build_status(self, request: web.Request) -> web.Response:
         self.admin(request)
-        try:
-            build_id = int(request.match_info["build"])
-        except ValueError:
-            raise fail(404, "no such build") from None
+        build_id = api.path_id("build_status", "build", request.match_info["build"])
         if not self.store.build_exists(build_id):
-            raise fail(404, f"build {build_id} does not exist")
+            raise ApiError(404, f"build {build_id} does not exist")
         jobs = self.store.jobs(build_id)
         states = {j["state"] for j in jobs}
         if states & {"waiting", "ready", "running"}:
@@ -489,40 +580,39 @@ class Master:
 
     async def job_log(self, request: web.Request) -> web.Response:
         self.admin(request)
-        try:
-            job = self.store.job(int(request.match_info["job"]))
-        except ValueError:
-            job = None
+        job = self.store.job(api.path_id("job_log", "job", request.match_info["job"]))
         if job is None:
-            raise fail(404, "no such job")
+            raise ApiError(404, "no such job")
         return web.Response(text=job["log"] or "", content_type="text/plain")
 
     async def remove(self, request: web.Request) -> web.Response:
         self.admin(request)
         name = request.match_info["name"]
+        force = request.query.get("force", "0")
+        api.check_param("remove", "force", force)
+        if not NAME_RE.fullmatch(name):
+            raise ApiError(404, f"no package is named {name[:80]!r}")
         try:
-            result = self.store.remove_package(name, force=request.query.get("force") in ("1", "true"))
+            result = self.store.remove_package(name, force=force in ("1", "true"))
         except StateError as exc:
-            raise fail(exc.status, str(exc)) from None
-        if valid_artifact_name(name):
-            shutil.rmtree(self.settings.state_dir / "repo" / name, ignore_errors=True)
+            raise ApiError(exc.status, str(exc)) from None
+        shutil.rmtree(self.repo / name, ignore_errors=True)
         self._write_index()
         self.wake()
         return web.json_response(result)
 
-    async def _json(self, request: web.Request) -> dict[str, Any]:
-        try:
-            data = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise fail(400, "request body must be JSON") from None
-        if not isinstance(data, dict):
-            raise fail(400, "request body must be a JSON object")
-        return data
+    def _body_limit(self, request: web.Request) -> int:
+        """Artifact uploads stream to disk under their own cap; everything else is read whole."""
+        if request.match_info.route.name == "upload":
+            return self.settings.max_upload_bytes
+        return self.settings.max_body_bytes
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = guarded_app(self.settings.max_body_bytes, body_limit=self._body_limit)
+        app.middlewares.append(one_line_errors)
         r = app.router
         r.add_get("/health", self.health)
+        r.add_get("/api/v1/openapi.json", self.openapi)
         r.add_get("/api/v1/keys", self.keys_)
         r.add_get("/repo/index.json", self.index)
         r.add_get("/repo/index.json.sig", self.index_sig_)
@@ -532,7 +622,7 @@ class Master:
         r.add_delete("/api/v1/workers/me", self.unregister)
         r.add_post("/api/v1/jobs/next", self.next_job)
         r.add_get("/api/v1/jobs/{job}/source", self.source)
-        r.add_put("/api/v1/jobs/{job}/artifacts/{file}", self.upload)
+        r.add_put("/api/v1/jobs/{job}/artifacts/{file}", self.upload, name="upload")
         r.add_post("/api/v1/jobs/{job}/result", self.result)
         r.add_get("/api/v1/jobs/{job}/log", self.job_log)
         r.add_post("/api/v1/builds", self.submit)
@@ -548,7 +638,11 @@ def run(settings: MasterSettings) -> int:
     master = Master(settings)
 
     async def main() -> None:
-        runner = web.AppRunner(master.app(), access_log=None, handler_cancellation=True)
+        runner = web.AppRunner(
+            master.app(),
+            **RUNNER_OPTIONS,  # type: ignore[arg-type]
+            handler_cancellation=True,
+        )
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
         try:

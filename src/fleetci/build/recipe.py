@@ -7,6 +7,7 @@ the submitter and the master agree on one reading of a recipe.
 from __future__ import annotations
 
 import io
+import math
 import re
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,6 +23,8 @@ RECIPE_FILE = "recipe.yml"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._+-]{0,99}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$")
 MAX_SOURCE_BYTES = 32 * 1024 * 1024
+MAX_PARTITIONS = 10_000
+MAX_TIMEOUT_S = 30 * 86400.0  # a month: longer is a typo, and a huge value overflows the worker's timer
 
 
 @dataclass(frozen=True)
@@ -61,12 +64,12 @@ def parse_recipe(data: Any, where: str) -> Recipe:
     if unknown:
         raise FleetciError(f"{where}: unknown recipe key(s) {', '.join(sorted(map(str, unknown)))}")
     name = data.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise FleetciError(f"{where}: 'name' must match {NAME_RE.pattern} (got {name!r})")
     version = data.get("version")
     if isinstance(version, (int, float)) and not isinstance(version, bool):
         version = str(version)
-    if not isinstance(version, str) or not VERSION_RE.match(version):
+    if not isinstance(version, str) or not VERSION_RE.fullmatch(version):
         raise FleetciError(f"{where}: 'version' must match {VERSION_RE.pattern} (got {version!r})")
     build = data.get("build")
     if not isinstance(build, str) or not build.strip():
@@ -82,7 +85,7 @@ def parse_recipe(data: Any, where: str) -> Recipe:
     depends = data.get("depends") or []
     if isinstance(depends, str):
         depends = [depends]
-    if not isinstance(depends, list) or not all(isinstance(d, str) and NAME_RE.match(d) for d in depends):
+    if not isinstance(depends, list) or not all(isinstance(d, str) and NAME_RE.fullmatch(d) for d in depends):
         raise FleetciError(f"{where}: 'depends' must be a list of package names")
     if name in depends:
         raise FleetciError(f"{where}: package {name} depends on itself")
@@ -93,8 +96,10 @@ def parse_recipe(data: Any, where: str) -> Recipe:
         tmo = float(timeout)
     except (TypeError, ValueError):
         raise FleetciError(f"{where}: 'estimate_s' and 'timeout_s' must be numbers") from None
-    if (est is not None and est < 0) or tmo <= 0:
-        raise FleetciError(f"{where}: 'estimate_s' must be >= 0 and 'timeout_s' > 0")
+    if (est is not None and not 0 <= est < math.inf) or not 0 < tmo <= MAX_TIMEOUT_S:
+        raise FleetciError(
+            f"{where}: 'estimate_s' must be a finite number >= 0 and 'timeout_s' > 0 and <= {MAX_TIMEOUT_S:g}"
+        )
     return Recipe(name, version, build, tuple(artifacts), tuple(dict.fromkeys(depends)), est, tmo)
 
 
@@ -216,6 +221,8 @@ def partitions(
     """
     if n < 1:
         raise UsageError("--partitions must be at least 1")
+    if n > MAX_PARTITIONS:
+        raise UsageError(f"--partitions must be at most {MAX_PARTITIONS}")
     weight = dict(cost) if cost else dict.fromkeys(graph, 1.0)
     parent = {x: x for x in graph}
 

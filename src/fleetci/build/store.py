@@ -1,6 +1,8 @@
 """The master's state in SQLite: workers, submissions, jobs, the repository and release numbers.
 
-Every change is one transaction, so a master killed at any point restarts with a consistent view.
+Every change is one transaction, so a master killed at any point restarts with a consistent view. A
+result's files move into the repository after its transaction commits; the ``applying`` journal, written
+in that same transaction, lets a restarted master finish the moves (see ``Master._publish``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from fleetci.build.recipe import Recipe, check_graph, parse_recipe, priorities
 from fleetci.errors import FleetciError
+from fleetci.files import tighten, touch_private
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -38,6 +41,9 @@ CREATE TABLE IF NOT EXISTS packages(
 CREATE TABLE IF NOT EXISTS releases(
   name TEXT, version TEXT, last INTEGER NOT NULL, PRIMARY KEY(name, version));
 CREATE TABLE IF NOT EXISTS durations(name TEXT PRIMARY KEY, seconds REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS applying(
+  job_id INTEGER PRIMARY KEY, package TEXT NOT NULL, rel TEXT NOT NULL, stage TEXT NOT NULL,
+  files TEXT NOT NULL);
 """
 
 ACTIVE = ("waiting", "ready", "running")
@@ -54,6 +60,12 @@ class StateError(FleetciError):
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
+        try:
+            # 0600 before SQLite opens it: its -wal and -shm files take the database file's mode.
+            touch_private(path)
+            tighten(f"{path}-wal", f"{path}-shm")
+        except OSError as exc:
+            raise FleetciError(f"state database {path} is unusable: {exc.strerror or exc}") from exc
         try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.row_factory = sqlite3.Row
@@ -148,28 +160,56 @@ class Store:
                 raise
         return lost
 
+    def release_unheld(
+        self, wid: str, held: Iterable[int], claimed_before: float, max_attempts: int
+    ) -> list[int]:
+        """Requeue this worker's running jobs that its heartbeat no longer names.
+
+        Only jobs handed out before ``claimed_before``: one handed out a moment ago may still be on its
+        way to the worker, which cannot name it yet.
+        """
+        keep = set(held)
+        self.begin()
+        try:
+            rows = [
+                r
+                for r in self._exec(
+                    "SELECT id, attempts FROM jobs WHERE worker_id=? AND state='running' AND started_at < ?",
+                    (wid, claimed_before),
+                ).fetchall()
+                if int(r["id"]) not in keep
+            ]
+            self._requeue(rows, wid, "no longer holds it", count_attempt=True, max_attempts=max_attempts)
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+        return [int(r["id"]) for r in rows]
+
     def _requeue_worker_jobs(self, wid: str, count_attempt: bool, max_attempts: int = 3) -> list[int]:
         rows = self._exec(
             "SELECT id, attempts FROM jobs WHERE worker_id=? AND state='running'", (wid,)
         ).fetchall()
+        self._requeue(rows, wid, "lost" if count_attempt else "left", count_attempt, max_attempts)
+        return [int(r["id"]) for r in rows]
+
+    def _requeue(
+        self, rows: list[sqlite3.Row], wid: str, why: str, count_attempt: bool, max_attempts: int
+    ) -> None:
         now = time.time()
         for row in rows:
             self._exec("DELETE FROM uploads WHERE job_id=?", (row["id"],))
             if count_attempt and row["attempts"] >= max_attempts:
-                self._fail(int(row["id"]), f"its worker was lost {row['attempts']} times")
+                self._fail(
+                    int(row["id"]), f"handed out {row['attempts']} times, never finished (worker {wid} {why})"
+                )
             else:
                 attempts = row["attempts"] if count_attempt else max(0, row["attempts"] - 1)
                 self._exec(
                     "UPDATE jobs SET state='ready', worker_id=NULL, started_at=NULL, ready_at=?, attempts=?,"
                     " error=? WHERE id=?",
-                    (
-                        now,
-                        attempts,
-                        f"requeued: worker {wid} {'lost' if count_attempt else 'left'}",
-                        row["id"],
-                    ),
+                    (now, attempts, f"requeued: worker {wid} {why}", row["id"]),
                 )
-        return [int(r["id"]) for r in rows]
 
     # --- submissions ----------------------------------------------------------------------------------
 
@@ -296,6 +336,11 @@ class Store:
             raise StateError(f"job {jid} is not assigned to this worker (state {row['state']})")
         return row
 
+    def running_jobs(self) -> list[tuple[str, str]]:
+        """(worker id, job id) of every running job: what staging directories may belong to."""
+        rows = self._exec("SELECT worker_id, id FROM jobs WHERE state='running'")
+        return [(str(r[0]), str(r[1])) for r in rows]
+
     def record_upload(self, jid: int, filename: str, sha256: str, size: int, signature: str) -> None:
         self._exec(
             "INSERT OR REPLACE INTO uploads(job_id, filename, sha256, size, signature) VALUES(?, ?, ?, ?, ?)",
@@ -313,8 +358,12 @@ class Store:
         log: str,
         error: str | None,
         files: list[dict[str, Any]],
+        stage: str = "",
     ) -> None:
-        """Record a result; on success the package enters the repository and dependents become ready."""
+        """Record a result; on success the package enters the repository and dependents become ready.
+
+        On success the same transaction journals the file moves from ``stage`` (see ``applying``).
+        """
         jid = int(job["id"])
         now = time.time()
         self.begin()
@@ -351,12 +400,35 @@ class Store:
                     "INSERT OR REPLACE INTO durations(name, seconds) VALUES(?, ?)", (job["package"], duration)
                 )
                 self._exec("UPDATE workers SET jobs_done=jobs_done+1 WHERE id=?", (worker["id"],))
+                self._exec(
+                    "INSERT OR REPLACE INTO applying(job_id, package, rel, stage, files)"
+                    " VALUES(?, ?, ?, ?, ?)",
+                    (
+                        jid,
+                        job["package"],
+                        f"{job['version']}-{job['release']}",
+                        stage,
+                        json.dumps([f["name"] for f in files]),
+                    ),
+                )
                 self._promote(self._dependents(jid))
             self._exec("DELETE FROM uploads WHERE job_id=?", (jid,))
             self.commit()
         except BaseException:
             self.rollback()
             raise
+
+    def pending_applies(self) -> list[dict[str, Any]]:
+        """Committed results whose files may not all be in the repository yet (a crash in between)."""
+        out = []
+        for r in self._exec("SELECT * FROM applying ORDER BY job_id"):
+            d = dict(r)
+            d["files"] = json.loads(d["files"])
+            out.append(d)
+        return out
+
+    def applied(self, jid: int) -> None:
+        self._exec("DELETE FROM applying WHERE job_id=?", (jid,))
 
     # --- repository -----------------------------------------------------------------------------------
 

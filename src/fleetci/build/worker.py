@@ -1,8 +1,10 @@
 """``fleetci build worker``: register with the master, heartbeat, build pulled jobs, sign and upload.
 
 Each job builds in a fresh directory with a clean environment; the worker's credential never reaches the
-build command. SIGTERM/SIGINT stop the current build and unregister, so the master requeues the job at
-once instead of waiting for the heartbeat to expire.
+build command. Every heartbeat names the jobs the worker holds, so a job it lets go is requeued. A finished
+result waits on disk and its delivery is retried with backoff until the master acknowledges it (or refuses
+it, or keeps failing: then the job is handed back). SIGTERM/SIGINT stop the current build and unregister,
+so the master requeues the job at once instead of waiting for the heartbeat to expire.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -29,6 +32,7 @@ from fleetci.build import keys
 from fleetci.build.recipe import unpack_source
 from fleetci.build.settings import WorkerSettings
 from fleetci.errors import FleetciError
+from fleetci.files import ensure_private_dir, write_private
 from fleetci.http import describe
 
 MAX_LOG = 256 * 1024
@@ -40,9 +44,11 @@ class Shutdown(Exception):
 
 
 def api_error(r: httpx.Response) -> str:
+    """The one-line reason of a refusal (``{"message": ...}``; older masters said ``error``)."""
     try:
-        return str(r.json().get("error") or r.text[:200])
-    except ValueError:
+        data = r.json()
+        return str(data.get("message") or data.get("error") or r.text[:200])
+    except (ValueError, AttributeError):
         return f"HTTP {r.status_code} {r.text[:200]}"
 
 
@@ -53,8 +59,16 @@ def log(message: str) -> None:
 class Worker:
     def __init__(self, settings: WorkerSettings) -> None:
         self.s = settings
-        settings.work_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(settings.work_dir)
         self.key = keys.load_or_create_key(settings.work_dir / "worker.key")
+        # Results not yet delivered. A new process registers as a new worker, whose master requeued the
+        # old one's jobs: what a previous run left here can never be delivered.
+        self.outbox = settings.work_dir / "outbox"
+        shutil.rmtree(self.outbox, ignore_errors=True)
+        ensure_private_dir(self.outbox)
+        self.held: set[int] = set()  # jobs this worker holds: named in every heartbeat
+        self.held_lock = threading.Lock()
+        self.ttl = 60.0
         self.client = httpx.Client(base_url=settings.master, timeout=httpx.Timeout(30.0))
         self.wid = ""
         self.token = ""
@@ -84,6 +98,7 @@ class Worker:
         self.wid, self.token = str(data["worker_id"]), str(data["token"])
         gha.add_mask(self.token)
         self.interval = float(data["heartbeat_interval"])
+        self.ttl = float(data["heartbeat_ttl"])
         self.registered = True
         log(
             f"worker {self.wid} ({self.s.name}) registered with {self.s.master};"
@@ -93,11 +108,15 @@ class Worker:
     def heartbeat_loop(self) -> None:
         with httpx.Client(base_url=self.s.master, timeout=httpx.Timeout(max(self.interval, 2.0))) as c:
             while not self.stop.wait(self.interval):
+                with self.held_lock:
+                    held = sorted(self.held)
                 try:
-                    r = c.post("/api/v1/workers/me/heartbeat", headers=self._auth())
+                    r = c.post("/api/v1/workers/me/heartbeat", headers=self._auth(), json={"jobs": held})
                     if r.status_code != 200:
                         log(f"heartbeat refused: {api_error(r)}")
-                except httpx.HTTPError as exc:
+                    elif r.json().get("requeued"):
+                        log(f"master requeued jobs {r.json()['requeued']}, which this worker does not hold")
+                except (httpx.HTTPError, ValueError) as exc:
                     log(f"heartbeat failed: {describe(exc)}")
 
     def unregister(self) -> None:
@@ -180,56 +199,138 @@ class Worker:
     # --- one job --------------------------------------------------------------------------------------
 
     def build(self, job: dict[str, Any]) -> dict[str, Any] | None:
-        """Build one job and report it; returns the next job when the master hands one out with the answer."""
-        if self.stop.is_set():
-            return None  # stopping: unregistering hands this job back
+        """Build one job and deliver its result; returns the next job when the master hands one out."""
         jid = int(job["id"])
-        label = f"job {jid} {job['package']} {job['version']}-{job['release']}"
+        with self.held_lock:
+            self.held.add(jid)
+        try:
+            if self.stop.is_set():
+                return None  # stopping: unregistering hands this job back
+            outbox = self._run_job(job)
+            if outbox is None:
+                return None
+            try:
+                return self._deliver(job, outbox)
+            finally:
+                shutil.rmtree(outbox, ignore_errors=True)
+        finally:
+            with self.held_lock:
+                self.held.discard(jid)  # the next heartbeat tells the master, which requeues it if open
+
+    def _label(self, job: dict[str, Any]) -> str:
+        return f"job {job['id']} {job['package']} {job['version']}-{job['release']}"
+
+    def _run_job(self, job: dict[str, Any]) -> Path | None:
+        """Build in a fresh directory and keep the outcome on disk (``outbox/<job>``) until delivered."""
+        jid = int(job["id"])
+        label = self._label(job)
         log(f"{label}: building (attempt {job['attempt']})")
         root = Path(tempfile.mkdtemp(prefix=f"job{jid}-", dir=self.s.work_dir.resolve()))
-        t0 = time.monotonic()
         try:
-            ok, error, output, duration, files = self._build_in(job, root)
-            t1 = time.monotonic()
+            try:
+                ok, error, output, duration, files = self._build_in(job, root)
+            except httpx.HTTPError as exc:
+                log(f"{label}: lost contact with the master ({describe(exc)}); handing the job back")
+                return None
             if self.stop.is_set():
                 return None  # unregistering hands the job back at once
-            artifacts = []
+            outbox = self.outbox / str(jid)
+            shutil.rmtree(outbox, ignore_errors=True)
+            ensure_private_dir(outbox / "files")
+            names = [p.name for p in files]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if ok and dup:
+                ok, error = False, f"two artifacts share the file name {dup[0]}"
             if ok:
-                try:
-                    artifacts = [self._upload(job, path) for path in files]
-                except FleetciError as exc:
-                    ok, error = False, str(exc)
-            t2 = time.monotonic()
+                for path in files:
+                    os.replace(path, outbox / "files" / path.name)
+            result = {"ok": ok, "error": error, "log": output[-MAX_LOG:], "duration_s": duration}
+            write_private(outbox / "result.json", json.dumps(result))
             if ok:
-                log(
-                    f"{label}: built in {duration:.2f}s, uploaded {len(artifacts)} artifact(s)"
-                    f" (prepare+build {1000 * (t1 - t0):.0f} ms, upload {1000 * (t2 - t1):.0f} ms)"
-                )
+                log(f"{label}: built in {duration:.2f}s, {len(files)} artifact(s)")
             else:
                 log(f"{label}: failed: {error}")
-            r = self.client.post(
-                f"/api/v1/jobs/{jid}/result",
-                headers=self._auth(),
-                json={
-                    "want_next": not self.stop.is_set()
-                    and not (self.s.max_jobs and self.jobs_done + 1 >= self.s.max_jobs),
-                    "ok": ok,
-                    "error": error,
-                    "log": output[-MAX_LOG:],
-                    "duration_s": duration,
-                    "artifacts": artifacts,
-                },
-            )
-            if r.status_code != 200:
-                log(f"{label}: result refused: {api_error(r)}")
-                return None
-            nxt = r.json().get("next")
-            return nxt if isinstance(nxt, dict) else None
-        except httpx.HTTPError as exc:
-            log(f"{label}: lost contact with the master ({describe(exc)}); the job will be requeued")
-            return None
+            return outbox
         finally:
             shutil.rmtree(root, ignore_errors=True)
+
+    def _deliver(self, job: dict[str, Any], outbox: Path) -> dict[str, Any] | None:
+        """Upload and report until the master acknowledges, with backoff; or hand the job back.
+
+        A master that is down (or restarting) is waited for: the job stays named in the heartbeats, so
+        it stays ours. A master that answers but no longer gives us the job (401/404/409, or a request it
+        refuses) ends the attempt at once; one that keeps failing (5xx) for ``give_up_s`` gets the job
+        back: it drops out of the heartbeats and the master requeues it.
+        """
+        label = self._label(job)
+        result: dict[str, Any] = json.loads((outbox / "result.json").read_text(encoding="utf-8"))
+        uploaded: set[str] = set()
+        failures = 0
+        failing_since: float | None = None
+        give_up_s = max(60.0, 10 * self.ttl)
+        cap = max(0.2, min(self.interval, 5.0))
+        while not self.stop.is_set():
+            try:
+                verdict, detail = self._try_deliver(job, outbox, result, uploaded)
+            except httpx.HTTPError as exc:
+                verdict, detail, failing_since = "retry", describe(exc), None
+            if verdict == "done":
+                if failures:
+                    log(f"{label}: result delivered after {failures} failed attempt(s)")
+                return detail if isinstance(detail, dict) else None
+            if verdict == "refused":
+                log(f"{label}: the master no longer takes this result ({detail}); dropping it")
+                return None
+            if verdict == "server":
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > give_up_s:
+                    log(f"{label}: the master failed for {give_up_s:g}s ({detail}); handing the job back")
+                    return None
+            failures += 1
+            delay = min(0.2 * 2**failures, cap)
+            if failures & (failures - 1) == 0:  # 1, 2, 4, 8...: a long outage logs a few lines, not one a try
+                log(
+                    f"{label}: result not delivered ({detail}); kept in {outbox},"
+                    f" retrying every {cap:g}s at most (attempt {failures})"
+                )
+            self.stop.wait(delay)
+        return None  # stopping: unregistering hands the job back
+
+    def _try_deliver(
+        self, job: dict[str, Any], outbox: Path, result: dict[str, Any], uploaded: set[str]
+    ) -> tuple[str, Any]:
+        """One delivery attempt: ("done", next job), ("refused", why), ("server"|"retry", why)."""
+        names = sorted(p.name for p in (outbox / "files").iterdir())
+        if result["ok"]:
+            for name in names:
+                if name in uploaded:
+                    continue
+                r = self._upload(job, outbox / "files" / name)
+                if r.status_code == 200:
+                    uploaded.add(name)
+                    continue
+                if r.status_code in (401, 404, 409):
+                    return "refused", f"upload of {name}: {api_error(r)}"
+                if r.status_code >= 500:
+                    return "server", f"upload of {name}: HTTP {r.status_code} {api_error(r)}"
+                result.update(ok=False, error=f"upload of {name} refused: {api_error(r)}")
+                break
+        r = self.client.post(
+            f"/api/v1/jobs/{job['id']}/result",
+            headers=self._auth(),
+            json={
+                **result,
+                "artifacts": names if result["ok"] else [],
+                "want_next": not self.stop.is_set()
+                and not (self.s.max_jobs and self.jobs_done + 1 >= self.s.max_jobs),
+            },
+        )
+        if r.status_code == 200:
+            nxt = r.json().get("next")
+            return "done", nxt if isinstance(nxt, dict) else None
+        if r.status_code >= 500:
+            return "server", f"HTTP {r.status_code} {api_error(r)}"
+        return "refused", f"HTTP {r.status_code} {api_error(r)}"
 
     def _build_in(self, job: dict[str, Any], root: Path) -> tuple[bool, str | None, str, float, list[Path]]:
         recipe = job["recipe"]
@@ -299,7 +400,7 @@ class Worker:
             files += [m for m in matched if m not in files]
         return True, None, output, duration, files
 
-    def _upload(self, job: dict[str, Any], path: Path) -> str:
+    def _upload(self, job: dict[str, Any], path: Path) -> httpx.Response:
         digest = hashlib.sha256()
         with path.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -307,7 +408,7 @@ class Worker:
         sha = digest.hexdigest()
         sig = keys.sign(self.key, keys.artifact_message(str(job["package"]), path.name, sha))
         with path.open("rb") as fh:
-            r = self.client.put(
+            return self.client.put(
                 f"/api/v1/jobs/{job['id']}/artifacts/{path.name}",
                 content=fh,
                 headers={
@@ -318,9 +419,6 @@ class Worker:
                 },
                 timeout=300,
             )
-        if r.status_code != 200:
-            raise FleetciError(f"upload of {path.name} refused: {api_error(r)}")
-        return path.name
 
 
 def run(settings: WorkerSettings) -> int:
