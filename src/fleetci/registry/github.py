@@ -21,7 +21,8 @@ import requests
 from github import Auth, Github, GithubException
 
 from fleetci.errors import FleetciError, UsageError
-from fleetci.http import describe
+from fleetci.files import ensure_private_dir
+from fleetci.http import describe, redact_url
 from fleetci.registry.settings import RegistrySettings
 from fleetci.registry.tags import parse_metadata_block
 
@@ -75,7 +76,7 @@ def _github_error(exc: Exception, what: str, api_url: str) -> FleetciError:
                 f"GitHub: not found while {what} (HTTP 404; check --repo/--workflow and the token's access)"
             )
         return FleetciError(f"GitHub answered HTTP {exc.status} while {what}: {message or exc}")
-    return FleetciError(f"GitHub API at {api_url} unreachable while {what}: {describe(exc)}")
+    return FleetciError(f"GitHub API at {redact_url(api_url)} unreachable while {what}: {describe(exc)}")
 
 
 NETWORK_ERRORS = (GithubException, requests.exceptions.RequestException)
@@ -228,7 +229,7 @@ class GitHubSide:
         """Stream an artifact zip to ``dest`` (via ``.partial``), printing progress to stderr."""
         if art.expired:
             raise FleetciError(f"artifact {art.name} of this run has expired on GitHub")
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(dest.parent)
         tmp = dest.with_name(dest.name + ".partial")
         started = time.monotonic()
         last = [0.0]

@@ -10,7 +10,7 @@ from urllib.parse import quote
 import httpx
 
 from fleetci.errors import FleetciError, UsageError
-from fleetci.http import describe
+from fleetci.http import describe, redact_url
 from fleetci.registry.settings import RegistrySettings
 
 
@@ -43,7 +43,7 @@ class GitLabAPI:
         self.client.close()
 
     def _get(self, url: str, params: dict[str, Any] | None = None) -> httpx.Response:
-        host = self.settings.gitlab_url
+        host = redact_url(self.settings.gitlab_url)
         try:
             resp = self.client.get(url, params=params)
         except httpx.TransportError as exc:

@@ -22,7 +22,7 @@ import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from fleetci.errors import FleetciError
-from fleetci.http import describe
+from fleetci.http import describe, redact_url
 from fleetci.registry.archive import MANIFEST_TYPES, Blob, read_window
 
 CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
@@ -83,7 +83,7 @@ class RegistryClient:
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.host = urlsplit(self.base_url).netloc
+        self.host = urlsplit(self.base_url).netloc.rpartition("@")[2]  # what messages name: no userinfo
         self.username = username
         self.password = password
         self.chunk_size = chunk_size
@@ -259,7 +259,8 @@ class RegistryClient:
             raise FleetciError(f"registry {self.host} unreachable: {describe(exc)}") from exc
         if resp.status_code not in (200, 401):
             raise FleetciError(
-                f"{self.base_url} is not an OCI registry (GET /v2/ answered HTTP {resp.status_code})"
+                f"{redact_url(self.base_url)} is not an OCI registry "
+                f"(GET /v2/ answered HTTP {resp.status_code})"
             )
 
     def blob_exists(self, repo: str, digest: str, push: bool = True) -> bool:
@@ -318,16 +319,120 @@ class RegistryClient:
 
         return gen
 
-    def _upload_offset(self, location: str, repo: str) -> int | None:
-        """Bytes the registry already holds for an upload session; None when the session is gone."""
+    def upload_status(self, location: str, repo: str) -> tuple[str, int] | None:
+        """(fresh Location, bytes held) of an upload session, from the spec's status GET; None when gone.
+
+        A pusher killed mid-chunk leaves the registry holding more than its saved offset (the chunk in
+        flight landed, in part or whole, and its answer was lost). The status GET reports what the registry
+        really holds (``204``, ``Range: 0-<last>``) and a Location whose state matches that offset: the
+        upload goes on from there with that Location (the saved URL's state is stale, a PATCH on it is
+        refused). Registries that validate the state even for status requests (distribution 2.8) answer
+        ``404 BLOB_UPLOAD_INVALID`` then: the session is lost and the caller starts again.
+        """
         resp = self._request(
             "GET", location, self._scopes(repo), what=f"upload status in {repo}", idempotent=True
         )
         if resp.status_code != 204:
             return None
-        rng = resp.headers.get("range", "")
-        m = re.fullmatch(r"(?:bytes=)?0-(\d+)", rng)
-        return int(m.group(1)) + 1 if m else 0
+        m = re.fullmatch(r"\s*(?:bytes=)?0-(\d+)\s*", resp.headers.get("range", ""))
+        if m is None:
+            return None
+        last = int(m.group(1))
+        # "0-0" is what an empty session reports (distribution answers 0-0 for 0 bytes)
+        held = 0 if last == 0 else last + 1
+        return self._absolute(resp.headers.get("location") or location), held
+
+    def _resume(self, repo: str, blob: Blob, state: UploadState) -> tuple[str, int]:
+        """The saved session of ``blob`` and where to go on in it; ("", 0) when there is none to use."""
+        session = state.upload_session(repo, blob.digest)
+        if session is None:
+            return "", 0
+        saved_location, saved = session
+        status = self.upload_status(saved_location, repo)
+        if status is None or status[1] > blob.size:
+            self.counters.sessions_refused += 1
+            state.forget_upload(repo, blob.digest)
+            self.log(
+                f"saved upload session for {blob.digest[:19]} in {repo} (offset {saved}) was "
+                "refused by the registry; re-uploading the blob from the start"
+            )
+            return "", 0
+        location, held = status
+        self.counters.chunks_resumed += 1
+        if held != saved:
+            side = "ahead of" if held > saved else "behind"
+            self.log(
+                f"registry holds {held} bytes of {blob.digest[:19]} in {repo}, {side} the saved offset "
+                f"{saved}: going on from the registry's"
+            )
+        self.log(f"resume {blob.digest[:19]} in {repo} at {held / 1e6:.1f} MB")
+        state.save_upload(repo, blob.digest, location, held)
+        return location, held
+
+    def _send_blob(
+        self,
+        repo: str,
+        blob: Blob,
+        archive: Path,
+        location: str,
+        offset: int,
+        state: UploadState | None,
+    ) -> None:
+        """Send ``blob`` from ``offset`` through the session at ``location`` and complete it.
+
+        Raises :class:`_SessionLost` when the registry refuses the session itself (400/404/416: unknown,
+        invalid state, wrong range or a digest that does not match what the session holds).
+        """
+        what = f"upload of {blob.digest[:19]} to {repo}"
+        if blob.size <= self.chunk_size and offset == 0:
+            resp = self._request(
+                "PUT",
+                self._with_digest(location, blob.digest),
+                self._scopes(repo),
+                headers={"Content-Length": str(blob.size), "Content-Type": "application/octet-stream"},
+                content=self._stream(archive, blob.offset, blob.size),
+                what=what,
+            )
+        else:
+            if state is not None and offset == 0:
+                state.save_upload(repo, blob.digest, location, 0)  # a kill in the first chunk resumes too
+            while offset < blob.size:
+                n = min(self.chunk_size, blob.size - offset)
+                resp = self._request(
+                    "PATCH",
+                    location,
+                    self._scopes(repo),
+                    headers={
+                        "Content-Length": str(n),
+                        "Content-Range": f"{offset}-{offset + n - 1}",
+                        "Content-Type": "application/octet-stream",
+                    },
+                    content=self._stream(archive, blob.offset + offset, n),
+                    what=what,
+                )
+                if resp.status_code != 202:
+                    fail = self._fail(
+                        resp, f"chunk {offset}-{offset + n - 1} of {blob.digest[:19]} in {repo}"
+                    )
+                    if resp.status_code in _SESSION_REFUSED:
+                        raise _SessionLost(str(fail))
+                    raise fail
+                location = self._absolute(resp.headers.get("location", location))
+                offset += n
+                if state is not None:
+                    state.save_upload(repo, blob.digest, location, offset)
+            resp = self._request(
+                "PUT",
+                self._with_digest(location, blob.digest),
+                self._scopes(repo),
+                headers={"Content-Length": "0"},
+                what=f"completing {blob.digest[:19]} in {repo}",
+            )
+        if resp.status_code != 201:
+            fail = self._fail(resp, what)
+            if resp.status_code in _SESSION_REFUSED:
+                raise _SessionLost(str(fail))
+            raise fail
 
     def push_blob(
         self,
@@ -337,7 +442,12 @@ class RegistryClient:
         mount_from: list[str] | None = None,
         state: UploadState | None = None,
     ) -> str:
-        """Make ``blob`` exist in ``repo``; returns how: ``skipped``, ``mounted`` or ``uploaded``."""
+        """Make ``blob`` exist in ``repo``; returns how: ``skipped``, ``mounted`` or ``uploaded``.
+
+        A saved session (``state``) is resumed where the registry says it stands; when the registry
+        refuses that session (expired, purged, or its state is stale), the blob starts again from 0 in a
+        new session, once: a refusal of the new session is an error.
+        """
         if self.blob_exists(repo, blob.digest):
             self.counters.blobs_skipped += 1
             return "skipped"
@@ -351,62 +461,25 @@ class RegistryClient:
                 return "mounted"
             break  # the registry opened a normal upload session instead; use it
         offset = 0
-        session = state.upload_session(repo, blob.digest) if state is not None else None
-        if session is not None and not location:
-            known = self._upload_offset(session[0], repo)
-            if known is not None:
-                location, offset = session[0], min(known, blob.size)
-                self.counters.chunks_resumed += 1
-                self.log(f"resume {blob.digest[:19]} in {repo} at {offset / 1e6:.1f} MB")
-            else:
-                self.counters.sessions_refused += 1
-                self.log(
-                    f"saved upload session for {blob.digest[:19]} in {repo} (offset {session[1]}) was "
-                    "refused by the registry; re-uploading the blob from the start"
-                )
-        if not location:
-            _, location = self._start_upload(repo)
-        if blob.size <= self.chunk_size and offset == 0:
-            resp = self._request(
-                "PUT",
-                self._with_digest(location, blob.digest),
-                self._scopes(repo),
-                headers={"Content-Length": str(blob.size), "Content-Type": "application/octet-stream"},
-                content=self._stream(archive, blob.offset, blob.size),
-                what=f"upload of {blob.digest[:19]} to {repo}",
-            )
-        else:
-            while offset < blob.size:
-                n = min(self.chunk_size, blob.size - offset)
-                resp = self._request(
-                    "PATCH",
-                    location,
-                    self._scopes(repo),
-                    headers={
-                        "Content-Length": str(n),
-                        "Content-Range": f"{offset}-{offset + n - 1}",
-                        "Content-Type": "application/octet-stream",
-                    },
-                    content=self._stream(archive, blob.offset + offset, n),
-                    what=f"upload of {blob.digest[:19]} to {repo}",
-                )
-                if resp.status_code != 202:
-                    raise self._fail(resp, f"chunk {offset}-{offset + n - 1} of {blob.digest[:19]} in {repo}")
-                location = self._absolute(resp.headers.get("location", location))
-                offset += n
+        resumed = False
+        if not location and state is not None:
+            location, offset = self._resume(repo, blob, state)
+            resumed = bool(location)
+        while True:
+            if not location:
+                _, location = self._start_upload(repo)
+                offset = 0
+            try:
+                self._send_blob(repo, blob, archive, location, offset, state)
+                break
+            except _SessionLost as exc:
                 if state is not None:
-                    state.save_upload(repo, blob.digest, location, offset)
-            resp = self._request(
-                "PUT",
-                self._with_digest(location, blob.digest),
-                self._scopes(repo),
-                headers={"Content-Length": "0"},
-                what=f"completing {blob.digest[:19]} in {repo}",
-            )
-        if resp.status_code != 201:
-            if state is not None:
-                state.forget_upload(repo, blob.digest)
-            raise self._fail(resp, f"upload of {blob.digest[:19]} to {repo}")
+                    state.forget_upload(repo, blob.digest)
+                if not resumed:
+                    raise FleetciError(str(exc)) from None
+                self.counters.sessions_refused += 1
+                self.log(f"resumed session refused ({exc}); re-uploading the blob from the start")
+                location, offset, resumed = "", 0, False
         if state is not None:
             state.forget_upload(repo, blob.digest)
         self.counters.blobs_uploaded += 1
@@ -479,3 +552,11 @@ class _Transient(Exception):
 
 class _Unreachable(Exception):
     pass
+
+
+class _SessionLost(Exception):
+    """The registry refused an upload session itself (not the request): start a new one, or fail."""
+
+
+# unknown or invalid session, digest that does not match what it holds, out-of-range chunk
+_SESSION_REFUSED = frozenset({400, 404, 416})

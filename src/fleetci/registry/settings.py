@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from fleetci.config import Resolver, number, parse_positive_int, parse_timeout, section
 from fleetci.errors import UsageError
+from fleetci.http import redact_url
 
 DEFAULT_REPO = "rapidsai/velox-testing"
 DEFAULT_WORKFLOW = ".github/workflows/presto-build-images.yml"
@@ -33,7 +34,7 @@ def base_url(text: str, what: str) -> str:
         raw = f"{scheme}://{raw}"
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{what} {text!r} is not a host or an http(s) URL")
+        raise ValueError(f"{what} {redact_url(text)!r} is not a host or an http(s) URL")
     return raw
 
 
@@ -81,8 +82,8 @@ class RegistrySettings:
 
     @property
     def registry_host(self) -> str:
-        """``host:port`` as image references spell it."""
-        return urlsplit(self.registry_url).netloc
+        """``host:port`` as image references spell it (never the URL's userinfo: it is printed)."""
+        return urlsplit(self.registry_url).netloc.rpartition("@")[2]
 
     def secrets(self) -> tuple[str, ...]:
         return tuple(

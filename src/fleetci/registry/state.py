@@ -1,4 +1,8 @@
-"""Files that make syncing resumable and safe: atomic JSON state, the daemon lock, per-tag push state."""
+"""Files that make syncing resumable and safe: atomic JSON state, the daemon lock, per-tag push state.
+
+All of it is private (0600 files in 0700 directories, via ``fleetci.files``): push state holds upload
+session URLs, and the directories hold the downloaded images.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +10,25 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from fleetci.errors import FleetciError
+from fleetci.files import tighten, touch_private, write_private
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write-then-rename: a crash leaves the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write-then-rename, 0600 in a 0700 directory: a crash leaves the old file or the new one.
+
+    State files hold upload session URLs (whose signed state lets anyone go on writing the upload)."""
+    write_private(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: Path, what: str) -> Any:
+    """Parse a state file (tightening one an older version left group/world readable)."""
+    tighten(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -44,7 +40,7 @@ def read_json(path: Path, what: str) -> Any:
 @contextlib.contextmanager
 def exclusive_lock(path: Path) -> Iterator[None]:
     """Hold an flock on ``path`` for the block; a second holder fails at once with the first one's pid."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    touch_private(path)
     fh = path.open("a+", encoding="utf-8")
     try:
         try:

@@ -22,13 +22,14 @@ from typing import Any
 
 from fleetci import gha
 from fleetci.errors import FleetciError, UsageError
+from fleetci.files import ensure_private_dir
 from fleetci.registry.archive import READ_CHUNK, Blob, DockerArchive, gunzip_to, is_gzip, verify_image
 from fleetci.registry.github import BuildRun, GitHubSide
 from fleetci.registry.gitlab import GitLabAPI, GitLabRepository
 from fleetci.registry.oci import RegistryClient
 from fleetci.registry.settings import RegistrySettings
 from fleetci.registry.state import PushState, exclusive_lock, read_json, write_json_atomic
-from fleetci.registry.tags import image_name, map_tag
+from fleetci.registry.tags import check_repository, check_tag, image_name, map_tag
 
 PLAN_FILE = "upload-plan.json"
 META_FILE = "metadata.json"
@@ -43,6 +44,17 @@ def stderr_log(message: str) -> None:
 def tag_dir(settings: RegistrySettings, image_tag: str) -> Path:
     map_tag(image_tag)  # rejects path tricks and tags without a platform suffix
     return settings.downloads_dir / image_tag
+
+
+def private_tag_dir(settings: RegistrySettings, image_tag: str) -> Path:
+    """The tag's directory, 0700 (it holds the images and the upload sessions of the push state).
+
+    The downloads root is made 0700 only when we create it: an existing one may be the user's own.
+    """
+    directory = tag_dir(settings, image_tag)
+    if not settings.downloads_dir.exists():
+        ensure_private_dir(settings.downloads_dir)
+    return ensure_private_dir(directory)
 
 
 def confirm(question: str, yes: bool) -> None:
@@ -145,6 +157,7 @@ def download(settings: RegistrySettings, image_tag: str, force: bool = False, lo
         images = [a for a in run.artifacts if "metadata" not in a.name.lower()]
         if not images:
             raise FleetciError(f"run {run.run_id} built {image_tag} but has no image artifact")
+        private_tag_dir(settings, image_tag)
         for art in images:
             dest = directory / "artifacts" / f"{art.name}.zip"
             if dest.is_file() and dest.stat().st_size == art.size and not force:
@@ -249,7 +262,8 @@ def prepare(
     extracted = directory / "extracted"
     if clean and extracted.exists():
         shutil.rmtree(extracted)
-    extracted.mkdir(parents=True, exist_ok=True)
+    private_tag_dir(settings, image_tag)
+    ensure_private_dir(extracted)
     candidates: list[Path] = []
     for z in zips:
         candidates += _extract_zip(z, extracted, log)
@@ -364,6 +378,7 @@ def push(
     log: Log = stderr_log,
 ) -> list[PushRow]:
     directory = tag_dir(settings, image_tag)
+    check_repository(settings.registry_project, "--registry-project")
     plan = load_plan(directory)
     confirm(
         f"push {len(plan['images'])} image(s) of {image_tag} to "
@@ -479,7 +494,7 @@ def parse_ref(text: str, default_repo: str | None = None) -> tuple[str, str]:
         if default_repo is None:
             raise UsageError(f"expected REPOSITORY:TAG, got {text!r}")
         repo = default_repo
-    return repo.strip("/"), tag
+    return check_repository(repo.strip("/")), check_tag(tag)
 
 
 def retag(
@@ -488,7 +503,7 @@ def retag(
     """Point ``target`` at ``source``'s manifest: manifest GET + PUT (mounts across repositories)."""
     src_repo, src_tag = parse_ref(source)
     dst_repo, dst_tag = parse_ref(target, default_repo=src_repo)
-    project = settings.registry_project
+    project = check_repository(settings.registry_project, "--registry-project")
     full_src, full_dst = f"{project}/{src_repo}", f"{project}/{dst_repo}"
     with registry_client(settings, skip_login, log) as client:
         got = client.get_manifest(full_src, src_tag)
@@ -552,7 +567,8 @@ def daemon(
 ) -> dict[str, Any]:
     """xref -> download -> prepare -> push -> clean for every missing tag, every ``interval`` seconds."""
     root = settings.downloads_dir
-    root.mkdir(parents=True, exist_ok=True)
+    check_repository(settings.registry_project, "--registry-project")
+    ensure_private_dir(root)  # holds the daemon's state and lock, and every tag's images
     state_path = root / "daemon-state.json"
     stop = threading.Event()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from fleetci.errors import FleetciError
+from fleetci.errors import UsageError
 
 ARCH_DIRS = {"amd64": "x86", "arm64": "arm"}
 PLATFORM_SUFFIX = re.compile(r"-linux-(amd64|arm64)$")
@@ -29,6 +29,8 @@ KNOWN_KEYS = {
     "images",
 }
 VALID_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# The OCI distribution spec's repository name: lower-case path components joined by '/'.
+VALID_NAME = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$")
 
 
 @dataclass(frozen=True)
@@ -44,12 +46,28 @@ class TagMapping:
 
 def map_tag(github_tag: str) -> TagMapping:
     """Seed rule: ``…-linux-amd64`` -> ``x86/…:<tag without the platform>``, arm64 -> ``arm/…``."""
-    if not VALID_TAG.match(github_tag):
-        raise FleetciError(f"{github_tag!r} is not a valid image tag")
+    check_tag(github_tag, "image tag")
     m = PLATFORM_SUFFIX.search(github_tag)
     if m is None:
-        raise FleetciError(f"image tag {github_tag!r} does not end in -linux-amd64 or -linux-arm64")
+        raise UsageError(f"image tag {github_tag!r} does not end in -linux-amd64 or -linux-arm64")
     return TagMapping(github_tag, ARCH_DIRS[m.group(1)], github_tag[: m.start()])
+
+
+def check_tag(tag: str, what: str = "tag") -> str:
+    """A tag the registry accepts (``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``); a bad one is a usage error."""
+    if not VALID_TAG.match(tag):
+        raise UsageError(f"{tag!r} is not a valid {what} (letters, digits, '_', '.', '-'; at most 128)")
+    return tag
+
+
+def check_repository(name: str, what: str = "repository name") -> str:
+    """A repository path the registry accepts (lower-case components, '/'-separated, 255 at most)."""
+    if len(name) > 255 or not VALID_NAME.match(name):
+        raise UsageError(
+            f"{name!r} is not a valid {what} "
+            "(lower-case letters, digits and . _ - between '/'-separated parts)"
+        )
+    return name
 
 
 def image_name(repo_tag: str) -> str:

@@ -1,0 +1,142 @@
+"""GitLab's container registry's upload-status rule, in front of the real Debian ``docker-registry``.
+
+distribution 2.8 checks an upload URL's signed ``_state`` (name, UUID, offset) on every request to the
+session, the status GET included: when a pusher died with a chunk in flight, the registry holds more
+bytes than the last state it signed, so it answers the status GET with ``404 BLOB_UPLOAD_INVALID`` and
+the session can never be continued. GitLab's container registry (the fork fleetci pushes to in
+production) skips that offset check for GET and HEAD, and answers with the real ``Range`` and a fresh
+``Location`` signed for it, as the OCI distribution spec describes resuming.
+
+:class:`RegistryFront` reproduces that one rule and nothing else: for a status GET/HEAD whose ``_state``
+the registry itself signed (the test registry's HTTP secret is ours), it re-signs the state with the
+offset the registry's storage holds; every request, upload data included, goes to the real registry,
+which does all the checking and storing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from aiohttp import ClientSession, ClientTimeout, web
+
+from fleetci.http import forwardable, guarded_app
+from fleetci.testing.registry import RegistryProcess
+from fleetci.testing.server import BackgroundApp
+
+UPLOAD_PATH = re.compile(r"^/v2/(?P<name>.+)/blobs/uploads/(?P<uuid>[0-9a-fA-F-]{36})$")
+
+
+def _b64decode(token: str) -> bytes:
+    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+
+
+def resign_state(token: str, secret: str, offset: int) -> str | None:
+    """``token`` with its Offset replaced, signed as distribution signs; None unless ``secret`` signed it."""
+    try:
+        raw = _b64decode(token)
+    except (binascii.Error, ValueError):
+        return None
+    mac, payload = raw[:32], raw[32:]
+    if not hmac.compare_digest(mac, hmac.new(secret.encode(), payload, hashlib.sha256).digest()):
+        return None
+    try:
+        state = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(state, dict):
+        return None
+    state["Offset"] = offset
+    body = json.dumps(state, separators=(",", ":")).encode()
+    signed = hmac.new(secret.encode(), body, hashlib.sha256).digest() + body
+    return base64.urlsafe_b64encode(signed).decode()
+
+
+def state_offset(token: str) -> int | None:
+    """The offset a ``_state`` token says the session is at (no signature check: for tests' reading)."""
+    try:
+        value = json.loads(_b64decode(token)[32:]).get("Offset")
+    except (binascii.Error, ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) else None
+
+
+class RegistryFront(BackgroundApp):
+    """A pass-through HTTP front for ``registry`` that answers upload status the way GitLab's does."""
+
+    def __init__(self, registry: RegistryProcess, max_body: int = 4 * 1024**3) -> None:
+        super().__init__(self._app)
+        self.registry = registry
+        self.max_body = max_body
+        self.resigned = 0  # status requests whose stale state was re-signed (what a test asserts on)
+        self._session: ClientSession | None = None
+
+    @property
+    def secret(self) -> str:
+        http: dict[str, Any] = self.registry.config()["http"]  # type: ignore[assignment]
+        return str(http["secret"])
+
+    @property
+    def host_port(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def upload_size(self, name: str, uuid: str) -> int | None:
+        """Bytes the registry's storage holds for an upload session (filesystem driver layout)."""
+        data = self.registry.storage / "docker/registry/v2/repositories" / name / "_uploads" / uuid / "data"
+        try:
+            return Path(data).stat().st_size
+        except OSError:
+            return None
+
+    def _app(self) -> web.Application:
+        app = guarded_app(self.max_body)
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+
+        async def open_session(_app: web.Application) -> None:
+            self._session = ClientSession(auto_decompress=False, timeout=ClientTimeout(total=None))
+
+        async def close_session(_app: web.Application) -> None:
+            if self._session is not None:
+                await self._session.close()
+
+        app.on_startup.append(open_session)
+        app.on_cleanup.append(close_session)
+        return app
+
+    def _target(self, request: web.Request) -> str:
+        query = list(parse_qsl(request.query_string, keep_blank_values=True))
+        m = UPLOAD_PATH.match(request.path)
+        if request.method in ("GET", "HEAD") and m is not None:
+            size = self.upload_size(m["name"], m["uuid"])
+            for i, (key, value) in enumerate(query):
+                if key == "_state" and size is not None and state_offset(value) != size:
+                    fresh = resign_state(value, self.secret, size)
+                    if fresh is not None:
+                        query[i] = (key, fresh)
+                        self.resigned += 1
+        qs = f"?{urlencode(query)}" if query else ""
+        return f"{self.registry.url}{request.raw_path.split('?', 1)[0]}{qs}"
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        assert self._session is not None
+        headers = dict(forwardable(request.headers.items()))
+        headers["Host"] = request.host  # the registry builds Location URLs from it: they point here
+        if request.content_length is not None:
+            headers["Content-Length"] = str(request.content_length)
+        body = request.content if request.body_exists else None
+        async with self._session.request(
+            request.method, self._target(request), headers=headers, data=body, allow_redirects=False
+        ) as upstream:
+            data = await upstream.read()
+            return web.Response(
+                status=upstream.status,
+                headers=dict(forwardable(upstream.headers.items())),
+                body=data if request.method != "HEAD" else None,
+            )
