@@ -141,6 +141,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--rss-size-mb", type=COUNT, default=2048, help="image size for the peak-RSS measurement (2048)"
     )
     r.add_argument("--chunk-mb", type=COUNT, default=128, help="chunked-upload threshold in MiB (128)")
+    r.add_argument(
+        "--resume-layer-mb",
+        type=COUNT,
+        default=300,
+        help="layer of the push killed mid-layer and resumed; more than --chunk-mb (300)",
+    )
     r.add_argument("--workdir", help="where the temporary images and registry go (default: $TMPDIR)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.set_defaults(func=cmd_bench_registry)
@@ -256,11 +262,14 @@ def cmd_bench_registry(args: argparse.Namespace) -> int:
 
     if args.size_mb < 1 or args.rss_size_mb < 1 or args.chunk_mb < 1:
         raise UsageError("--size-mb, --rss-size-mb and --chunk-mb must be at least 1")
+    if args.resume_layer_mb <= args.chunk_mb:
+        raise UsageError("--resume-layer-mb must be more than --chunk-mb (a layer sent in chunks)")
     result = bench_registry(
         args.size_mb,
         args.rss_size_mb,
         args.chunk_mb,
         Path(args.workdir) if args.workdir else None,
         progress=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True),
+        resume_layer_mb=args.resume_layer_mb,
     )
     return emit(result, args.json)

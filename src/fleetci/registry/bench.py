@@ -1,15 +1,20 @@
 """``fleetci bench registry``: our daemonless push vs ``skopeo copy`` of the same archive, same registry.
 
 Each push runs in a child process so its peak RSS (``wait4`` rusage) is the pusher's own. The figures:
-first-push throughput of both tools, blob bytes a re-push and a retag send (both should be 0), and the
-peak RSS while pushing a 2 GiB image (bounded memory: layers are streamed, never held).
+first-push throughput of both tools, blob bytes a re-push and a retag send (both should be 0), the
+peak RSS while pushing a 2 GiB image (bounded memory: layers are streamed, never held), and the bytes a
+push killed (SIGKILL) mid-layer sends again when it is resumed: the kill lands with a chunk in flight
+(the registry holds more than the pusher saved), once against the registry as it is and once behind
+:class:`~fleetci.testing.registry_front.RegistryFront` (GitLab's status-GET rule on the same registry).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -52,17 +57,132 @@ def _child_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "fleetci.registry.bench", *args]
 
 
-def child_push(plan_path: str, registry: str, repo: str, tag: str, chunk_mb: str) -> dict[str, Any]:
-    """Push one prepared image (plan entry) with the library; prints counters as JSON."""
+def child_push(
+    plan_path: str, registry: str, repo: str, tag: str, chunk_mb: str, state_path: str = ""
+) -> dict[str, Any]:
+    """Push one prepared image (plan entry) with the library; prints counters as JSON.
+
+    With ``state_path`` upload sessions are saved there (``push-state.json``) and resumed from it.
+    """
     from fleetci.registry.archive import Blob
     from fleetci.registry.oci import RegistryClient
+    from fleetci.registry.state import PushState
 
     plan = json.loads(Path(plan_path).read_text())
+    state = PushState(Path(state_path)) if state_path else None
     with RegistryClient(registry, chunk_size=int(chunk_mb) * 1024 * 1024) as client:
         for b in plan["blobs"]:
-            client.push_blob(repo, Blob.from_json(b), Path(plan["tarball"]))
+            client.push_blob(repo, Blob.from_json(b), Path(plan["tarball"]), state=state)
         client.put_manifest(repo, tag, plan["manifest"].encode(), plan["media_type"])
-        return {"blob_bytes_sent": client.counters.blob_bytes_sent}
+        c = client.counters
+        return {
+            "blob_bytes_sent": c.blob_bytes_sent,
+            "sessions_resumed": c.chunks_resumed,
+            "sessions_refused": c.sessions_refused,
+        }
+
+
+def saved_session(state_file: Path) -> tuple[str, int] | None:
+    """The one upload session a push state file holds (location, offset); None before there is one."""
+    try:
+        uploads = json.loads(state_file.read_text())["uploads"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not written yet (it is replaced atomically: never half a file)
+    if not isinstance(uploads, dict) or len(uploads) != 1:
+        return None
+    entry = next(iter(uploads.values()))
+    return str(entry["location"]), int(entry["offset"])
+
+
+def settled(size: Callable[[], int], polls: int = 10, interval: float = 0.02, limit: int = 1000) -> int:
+    """``size()`` once it stopped changing for ``polls`` polls in a row (socket buffers drained)."""
+    last, same = size(), 0
+    for _ in range(limit):
+        time.sleep(interval)
+        now = size()
+        same = same + 1 if now == last else 0
+        last = now
+        if same >= polls:
+            break
+    return last
+
+
+def kill_mid_chunk(
+    proc: subprocess.Popen[Any],
+    state_file: Path,
+    held: Callable[[str], int],
+    min_offset: int,
+    attempts: int = 50,
+    timeout: float = 300.0,
+) -> tuple[str, int, int]:
+    """SIGKILL a chunked push while a chunk is in flight: (saved location, saved offset, registry bytes).
+
+    Waits until the pusher saved an offset of at least ``min_offset`` and the registry holds more than
+    that (the next chunk is landing), freezes the pusher (SIGSTOP), lets the registry take in what was
+    already on the wire, and kills it when the registry still holds more than the saved offset: part of
+    a chunk landed and its answer (the session's new state) never will, the case a kill at a random
+    moment mid-layer almost always hits. If the pusher got to save that chunk first, it goes on
+    (SIGCONT). Raises when the push ends first or no such moment comes in ``attempts`` tries.
+    """
+    deadline = time.monotonic() + timeout
+    for _ in range(attempts):
+        while (s := saved_session(state_file)) is None or s[1] < min_offset or held(s[0]) <= s[1]:
+            if proc.poll() is not None:
+                raise FleetciError(f"the push ended (exit {proc.returncode}) before it could be killed")
+            if time.monotonic() > deadline:
+                raise FleetciError(f"the push sent no chunk past offset {min_offset} in {timeout:g}s")
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGSTOP)
+        session = saved_session(state_file)  # re-read: it may have moved on before the stop
+        assert session is not None
+        location, saved = session
+        if settled(functools.partial(held, location)) > saved:
+            proc.kill()
+            proc.wait()
+            # the registry writes what it buffered when it sees the connection go: count it too
+            return location, saved, settled(functools.partial(held, location))
+        proc.send_signal(signal.SIGCONT)
+    proc.kill()
+    proc.wait()
+    raise FleetciError(f"never caught the push with a chunk in flight in {attempts} tries")
+
+
+def resume_resent(
+    registry: Any,
+    push_url: str,
+    plan: Path,
+    repo: str,
+    chunk_mb: int,
+    state_file: Path,
+    image_bytes: int,
+) -> dict[str, Any]:
+    """Kill a real push mid-layer (:func:`kill_mid_chunk`), resume it, count the bytes sent twice.
+
+    Re-sent = what the registry already held + what the resume sent - the image's size (the killed push
+    committed no blob: its single layer is the first one it sends).
+    """
+    from fleetci.testing.registry_front import held_bytes
+
+    chunk = chunk_mb * 1024 * 1024
+    argv = _child_argv("push", str(plan), push_url, repo, "v1", str(chunk_mb), str(state_file))
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _, saved, held = kill_mid_chunk(
+            proc, state_file, lambda loc: held_bytes(registry.storage, loc), min_offset=chunk
+        )
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _, _, out = _run_child(argv)
+    resumed = json.loads(out)
+    return {
+        "resent_bytes": held + int(resumed["blob_bytes_sent"]) - image_bytes,
+        "saved_offset": saved,
+        "registry_bytes": held,
+        "resume_blob_bytes": int(resumed["blob_bytes_sent"]),
+        "sessions_refused": int(resumed["sessions_refused"]),
+    }
 
 
 def child_retag(registry: str, repo: str, src: str, dst: str) -> dict[str, Any]:
@@ -101,9 +221,11 @@ def bench_registry(
     chunk_mb: int = 128,
     workdir: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    resume_layer_mb: int = 300,
 ) -> dict[str, Any]:
     from fleetci.testing.images import write_docker_archive
     from fleetci.testing.registry import no_auth_registry
+    from fleetci.testing.registry_front import RegistryFront
 
     say = progress or (lambda _m: None)
     if shutil.which("skopeo") is None:
@@ -147,6 +269,21 @@ def bench_registry(
         big_s, big_rss, _ = _run_child(
             _child_argv("push", str(root / "big-plan.json"), reg.url, "bench/big", "v1", str(chunk_mb))
         )
+        big.path.unlink()
+        say(f"building a {resume_layer_mb} MiB single-layer image for the kill-and-resume measurement")
+        one = write_docker_archive(
+            root / "one.tar", "bench/one:bench-linux-amd64", [resume_layer_mb * 1024 * 1024], seed=3
+        )
+        one_size, _ = _prepare(one.path, root / "one-plan.json")
+        say("push killed (SIGKILL) mid-layer, then resumed: the registry as it is")
+        plain = resume_resent(
+            reg, reg.url, root / "one-plan.json", "bench/one", chunk_mb, root / "state-a.json", one_size
+        )
+        say("push killed mid-layer, then resumed: behind GitLab's status-GET rule")
+        with RegistryFront(reg) as front:
+            gitlab = resume_resent(
+                reg, front.url, root / "one-plan.json", "bench/two", chunk_mb, root / "state-b.json", one_size
+            )
         push_mb_s = size / 1e6 / push_s
         skopeo_mb_s = size / 1e6 / skopeo_s
         return {
@@ -165,11 +302,21 @@ def bench_registry(
             "skopeo_rss_mb": round(skopeo_rss, 1),
             "prepare_verify_s": round(prepare_s, 2),
             "chunk_mb": chunk_mb,
+            "resume_image_bytes": one_size,
+            "resume_resent_bytes": plain["resent_bytes"],
+            "resume_saved_offset": plain["saved_offset"],
+            "resume_registry_bytes": plain["registry_bytes"],
+            "resume_sessions_refused": plain["sessions_refused"],
+            "resume_gitlab_resent_bytes": gitlab["resent_bytes"],
+            "resume_gitlab_saved_offset": gitlab["saved_offset"],
+            "resume_gitlab_registry_bytes": gitlab["registry_bytes"],
+            "resume_gitlab_sessions_refused": gitlab["sessions_refused"],
             "targets": {
                 "ratio": ">= 1.0",
                 "repush_blob_bytes": 0,
                 "retag_blob_bytes": 0,
                 "peak_rss_mb": "<= 200",
+                "resume_resent_bytes": f"<= {chunk_mb * 1024 * 1024} (one chunk)",
             },
         }
     finally:

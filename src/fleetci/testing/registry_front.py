@@ -88,12 +88,9 @@ class RegistryFront(BackgroundApp):
         return f"{self.host}:{self.port}"
 
     def upload_size(self, name: str, uuid: str) -> int | None:
-        """Bytes the registry's storage holds for an upload session (filesystem driver layout)."""
-        data = self.registry.storage / "docker/registry/v2/repositories" / name / "_uploads" / uuid / "data"
-        try:
-            return Path(data).stat().st_size
-        except OSError:
-            return None
+        """Bytes the registry's storage holds for an upload session; None when it has none."""
+        held = held_bytes(self.registry.storage, f"/v2/{name}/blobs/uploads/{uuid}")
+        return None if held < 0 else held
 
     def _app(self) -> web.Application:
         app = guarded_app(self.max_body)
@@ -140,3 +137,18 @@ class RegistryFront(BackgroundApp):
                 headers=dict(forwardable(upstream.headers.items())),
                 body=data if request.method != "HEAD" else None,
             )
+
+
+def upload_data(storage: Path, location: str) -> Path:
+    """The registry's on-disk data of the upload session at ``location`` (filesystem driver layout)."""
+    path = location.split("://", 1)[-1].split("/", 1)[-1].split("?", 1)[0]  # v2/<repo>/blobs/uploads/<uuid>
+    repo, _, uuid = path.removeprefix("v2/").partition("/blobs/uploads/")
+    return storage / "docker/registry/v2/repositories" / repo / "_uploads" / uuid / "data"
+
+
+def held_bytes(storage: Path, location: str) -> int:
+    """Bytes the registry holds for the session at ``location``; -1 when it has none."""
+    try:
+        return upload_data(storage, location).stat().st_size
+    except OSError:
+        return -1
