@@ -734,6 +734,7 @@ def _fleetci(*args: str) -> subprocess.CompletedProcess[str]:
     "args",
     [
         ["--latency-ms", "abc"],
+        ["--latency-ms", "0-1e9"],  # finite, but a delay no client waits for
         ["--error-rate", "1.5"],
         ["--drop-rate", "-0.1"],
         ["--port", "70000"],

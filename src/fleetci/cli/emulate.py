@@ -40,6 +40,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _latency(text: str) -> tuple[float, float]:
+    """``LOW-HIGH`` milliseconds, no longer than the emulator can honour (said here, with the flag's name)."""
+    from fleetci.testing.github import MAX_LATENCY_MS
+
+    low, high = arg_type(parse_ms_range)(text)
+    if high > MAX_LATENCY_MS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_LATENCY_MS:g} milliseconds, got {text!r}")
+    return low, high
+
+
 def _token(text: str) -> tuple[str, str]:
     login, sep, token = text.partition("=")
     if not sep or not login.strip() or not token.strip() or any(c.isspace() for c in token.strip()):
@@ -67,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0 picks a free one)")
     g.add_argument(
         "--latency-ms",
-        type=arg_type(parse_ms_range),
+        type=_latency,
         default=(100.0, 500.0),
         metavar="LOW-HIGH",
         help="uniform random delay per request in milliseconds (default 100-500)",

@@ -37,6 +37,16 @@ ISSUER = "gitlab-issuer"
 MAX_BODY_BYTES = 64 * 1024  # every endpoint is a GET: a body is never needed, a small one is tolerated
 
 
+@web.middleware
+async def _read_body(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Read (and drop) any request body first: the guards' cap then refuses a chunked one with 413 too,
+    instead of the server draining what no handler reads."""
+    if request.body_exists:
+        await request.read()
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
 @dataclass(frozen=True)
 class TokenInfo:
     user: str
@@ -170,12 +180,14 @@ class GitLabEmulator:
     def make_app(self) -> web.Application:
         """GitLab's routes behind the shared guards (body cap, one-line errors, quiet logs)."""
         app = guarded_app(MAX_BODY_BYTES)
+        app.middlewares.append(_read_body)
         app.router.add_get(
             "/api/v4/projects/{project:.+}/registry/repositories/{repo_id:\\d+}/tags", self._h_tags
         )
         app.router.add_get("/api/v4/projects/{project:.+}/registry/repositories", self._h_repositories)
         app.router.add_get("/jwt/auth", self._h_jwt)
         app.router.add_get("/-/health", self._h_health)
+        app.router.add_route("*", "/{tail:.*}", self._h_not_found)  # JSON, not aiohttp's text 404/405
         return app
 
     @staticmethod
@@ -220,6 +232,9 @@ class GitLabEmulator:
         if number is not None:
             return next((p for p, i in self.projects.items() if i == number), None)
         return raw if raw in self.projects else None
+
+    async def _h_not_found(self, request: web.Request) -> web.StreamResponse:
+        return self._error(404, "404 Not Found")
 
     async def _h_health(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"ok": True})

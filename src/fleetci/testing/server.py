@@ -70,6 +70,12 @@ class BackgroundApp:
         finally:
             if self._runner is not None:
                 loop.run_until_complete(self._runner.cleanup())
+            # Connections still open (keep-alive, a body being refused) end here, not as asyncio's
+            # multi-line "Task was destroyed but it is pending!" when the closed loop is collected.
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
