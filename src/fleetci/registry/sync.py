@@ -487,7 +487,7 @@ def parse_ref(text: str, default_repo: str | None = None) -> tuple[str, str]:
     """``x86/img:tag`` -> (``x86/img``, ``tag``); a bare ``tag`` uses ``default_repo``."""
     repo, sep, tag = text.rpartition(":")
     if not sep and default_repo is not None and text and "/" not in text:
-        return default_repo, text
+        return default_repo, check_tag(text)
     if not sep or "/" in tag:
         raise UsageError(f"expected REPOSITORY:TAG, got {text!r}")
     if not repo:

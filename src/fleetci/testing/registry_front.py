@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import ClientSession, ClientTimeout, web
+from multidict import CIMultiDict
 
 from fleetci.http import forwardable, guarded_app
 from fleetci.testing.registry import RegistryProcess
@@ -123,7 +124,7 @@ class RegistryFront(BackgroundApp):
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None
-        headers = dict(forwardable(request.headers.items()))
+        headers = CIMultiDict(forwardable(request.headers.items()))  # Accept comes more than once
         headers["Host"] = request.host  # the registry builds Location URLs from it: they point here
         if request.content_length is not None:
             headers["Content-Length"] = str(request.content_length)
@@ -134,7 +135,7 @@ class RegistryFront(BackgroundApp):
             data = await upstream.read()
             return web.Response(
                 status=upstream.status,
-                headers=dict(forwardable(upstream.headers.items())),
+                headers=CIMultiDict(forwardable(upstream.headers.items())),
                 body=data if request.method != "HEAD" else None,
             )
 
