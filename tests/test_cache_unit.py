@@ -15,7 +15,7 @@ from fleetci.cache.policy import TTLPolicy, cache_key, normalize_target, scope_o
 from fleetci.cache.ratelimit import RateLimitTracker
 from fleetci.cache.store import CacheStore, Entry, cid_of
 from fleetci.config import Resolver, TTLRule, cache_settings, parse_ttl_rules
-from fleetci.errors import UsageError
+from fleetci.errors import FleetciError, UsageError
 
 
 def test_ttl_classes_follow_seed_defaults() -> None:
@@ -356,3 +356,184 @@ def test_release_free_memory_trims_the_heap() -> None:
     assert release_free_memory()
     assert anon_kb() < high - 20 * 1024
     del keep
+
+
+# -- issue 14: credentials, private files, bounded memos ------------------------------------------------
+
+A_TOKEN, B_TOKEN = "ghp_" + "a" * 36, "ghp_" + "b" * 36
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("Authorization", f"token {A_TOKEN}"), ("Authorization", f"token {B_TOKEN}")],
+        [("authorization", f"token {A_TOKEN}"), ("Authorization", f"token {B_TOKEN}")],
+        [("Authorization", f"token {A_TOKEN}"), ("AUTHORIZATION", f"token {A_TOKEN}")],  # even the same
+        [("Authorization", f"token {A_TOKEN}, token {B_TOKEN}")],
+        [("Authorization", f"Bearer {A_TOKEN} {B_TOKEN}")],
+        [("Authorization", "Bearer a b")],
+        [("Authorization", "token tök\u00e9n")],
+        [("Authorization", "token a\x1fb")],
+    ],
+)
+def test_an_ambiguous_credential_is_refused(headers: list[tuple[str, str]]) -> None:
+    from fleetci.cache.policy import CredentialError, request_credential
+
+    with pytest.raises(CredentialError) as err:
+        request_credential(headers, "/user")
+    assert "\n" not in str(err.value) and A_TOKEN not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/user?access_token=x",
+        "/user?per_page=5&client_secret=x",
+        "/user?client_id=x",
+        "/user?ACCESS_TOKEN=x",
+        "/user?access%5Ftoken=x",
+        "/user?a=1;access_token=x",
+        "/user?client_id[]=x",
+    ],
+)
+def test_credentials_in_the_query_are_refused(target: str) -> None:
+    from fleetci.cache.policy import CredentialError, request_credential
+
+    with pytest.raises(CredentialError, match="query string"):
+        request_credential([("Authorization", f"token {A_TOKEN}")], target)
+
+
+def test_one_credential_is_used_exactly_as_sent_and_is_the_only_one_forwarded() -> None:
+    from fleetci.cache.policy import request_credential, upstream_headers
+
+    assert request_credential([], "/user?client_ip=1&token=restore") is None  # real GitHub parameters
+    assert request_credential([("Authorization", "")], "/user") is None
+    for value in (f"token {A_TOKEN}", f"Bearer {A_TOKEN}", f"token  {A_TOKEN}", f"token\t{A_TOKEN}", "x"):
+        assert request_credential([("authorization", value)], "/user") == value
+    sent = [
+        ("Accept", "application/vnd.github+json"),
+        ("authorization", f"token {A_TOKEN}"),
+        ("Cookie", f"user_session={B_TOKEN}"),
+        ("X-GitHub-Token", B_TOKEN),
+        ("Proxy-Authorization", "Basic eDp5"),
+        ("X-Api-Key", B_TOKEN),
+        ("X-GitHub-Api-Version", "2022-11-28"),
+    ]
+    out = upstream_headers(sent, f"token {A_TOKEN}")
+    assert out == [
+        ("Accept", "application/vnd.github+json"),
+        ("X-GitHub-Api-Version", "2022-11-28"),
+        ("Authorization", f"token {A_TOKEN}"),
+    ]
+    assert upstream_headers(sent, None)[-1] == ("X-GitHub-Api-Version", "2022-11-28")
+
+
+def test_the_engine_answers_an_ambiguous_request_400_without_an_upstream_call(tmp_path: Path) -> None:
+    """The upstream is unreachable: any attempt to call it would raise instead of answering 400."""
+    import json
+
+    from fleetci.cache.engine import CacheEngine
+    from fleetci.http import free_port
+
+    settings = cache_settings({"upstream": f"http://127.0.0.1:{free_port()}", "cache_dir": str(tmp_path)})
+    engine = CacheEngine(settings)
+    twice = [("Authorization", f"token {A_TOKEN}"), ("Authorization", f"token {B_TOKEN}")]
+
+    async def both() -> list[int]:
+        r1 = await engine.handle("GET", "/user", twice)
+        r2 = await engine.handle("POST", "/user/repos?access_token=x", [], b"{}")
+        for r in (r1, r2):
+            assert (
+                "\n" not in json.loads(r.body)["message"] and dict(r.headers)["X-Fleetci-Cache"] == "REFUSED"
+            )
+        assert engine.stats()["refused"] == 2 and engine.stats()["upstream_requests"] == 0
+        await engine.close()
+        return [r1.status, r2.status]
+
+    assert asyncio.run(both()) == [400, 400]
+
+
+def test_rewrite_memo_is_bounded_by_bytes_whatever_hosts_clients_send() -> None:
+    """The memo is keyed by the client's Host: 600 made-up hosts must not keep 600 rewritten bodies."""
+    import tracemalloc
+
+    from fleetci.cache import server
+
+    up = "https://api.github.com"
+    body = b'{"url": "https://api.github.com/repos/o/r", "pad": "' + b"x" * 200_000 + b'"}'
+    headers = [("Content-Type", "application/json")]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(600):
+            server.rewrite_for_client(headers, body, up, f"http://host{i}.example:9101")
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert retained < 2 * server.REWRITE_MEMO_BYTES, retained
+    again = server.rewrite_for_client(headers, body, up, "http://host599.example:9101")[1]
+    assert again is server.rewrite_for_client(headers, body, up, "http://host599.example:9101")[1]
+
+
+def test_rate_limit_scopes_are_bounded_but_blocked_ones_are_kept() -> None:
+    t = RateLimitTracker(max_scopes=50)
+    t.observe("blocked", 403, {"retry-after": "600"}, b"", 0.0)
+    for i in range(500):
+        t.semaphore(f"s{i}")
+        t.observe(f"s{i}", 401, {}, b"Bad credentials", 1.0)
+    assert len(t.scopes) <= 51
+    assert t.blocked_for("blocked", 1.0) > 0  # a blocked token is never forgotten early
+
+
+def _mode(p: Path) -> int:
+    return p.stat().st_mode & 0o777
+
+
+def test_cache_files_are_private_and_old_ones_are_tightened(tmp_path: Path) -> None:
+    d = tmp_path / "fresh"
+    s = CacheStore(d / "cache.db")
+    s.put(_entry("k"))
+    assert _mode(d) == 0o700
+    files = [d / "cache.db", d / "cache.db-wal", d / "cache.db-shm"]
+    assert all(f.exists() for f in files)
+    assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
+    s.close()
+    old = tmp_path / "old"  # what an older version left: 0755 directory, 0644 files
+    s2 = CacheStore(old / "cache.db")
+    s2.put(_entry("k"))
+    s2.close()
+    old.chmod(0o755)
+    for f in old.iterdir():
+        f.chmod(0o644)
+    reopened = CacheStore(old / "cache.db")
+    assert reopened.get("k") is not None
+    assert _mode(old) == 0o700
+    assert {f.name: _mode(f) for f in old.iterdir()} == {f.name: 0o600 for f in old.iterdir()}
+
+
+def test_a_corrupt_database_is_left_in_place_when_not_repairing(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    garbage = b"this is not a database" * 100
+    db.write_bytes(garbage)
+    with pytest.raises(FleetciError, match="corrupt") as err:
+        CacheStore(db, repair=False)
+    assert "\n" not in str(err.value)
+    assert db.read_bytes() == garbage and [p.name for p in tmp_path.iterdir()] == ["c.db"]
+
+
+def test_max_body_bytes_setting() -> None:
+    from fleetci.http import DEFAULT_MAX_BODY_BYTES
+
+    assert cache_settings({}, {}, {}).max_body_bytes == DEFAULT_MAX_BODY_BYTES
+    assert cache_settings({}, {}, {"CACHE_MAX_BODY_BYTES": "1024"}).max_body_bytes == 1024
+    with pytest.raises(UsageError, match="CACHE_MAX_BODY_BYTES"):
+        cache_settings({}, {}, {"CACHE_MAX_BODY_BYTES": "-1"})
+
+
+def test_upstream_userinfo_is_in_no_printable_attribute() -> None:
+    from fleetci.http import AsyncUpstream
+
+    up = AsyncUpstream("https://x-access-token:s3cret@ghe.example.com/api/v3/")
+    assert up.base_url == "https://ghe.example.com/api/v3"
+    assert up.origin == "https://ghe.example.com" and up.base_path == "/api/v3"
+    assert "s3cret" not in repr({k: v for k, v in vars(up).items() if k != "_userinfo"})

@@ -12,11 +12,11 @@ import errno
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from fleetci.errors import FleetciError
 
@@ -65,13 +65,61 @@ def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP]
 
 
+class BodyTooLarge(Exception):
+    """A streamed request body passed its cap mid-way: answer 413 (the upstream saw an aborted request)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body is over the limit of {limit} bytes")
+        self.limit = limit
+
+
+class StreamedBody:
+    """A request body forwarded upstream as it arrives, never held whole in memory.
+
+    ``length`` is the declared Content-Length, forwarded as is (None: sent chunked). Past ``limit`` bytes
+    the stream stops with :class:`BodyTooLarge`, which is how an undeclared (chunked) body is capped.
+    """
+
+    def __init__(self, chunks: AsyncIterable[bytes], limit: int, length: int | None = None) -> None:
+        self.chunks = chunks
+        self.limit = limit
+        self.length = length
+        self.received = 0
+        self.too_large = False
+
+    @classmethod
+    def of(cls, request: web.Request, limit: int, chunk_size: int = 64 * 1024) -> StreamedBody | None:
+        """``request``'s body (None when it has none). aiohttp decodes a Content-Encoding, so a declared
+        length is forwarded only for an identity-encoded body."""
+        if not request.body_exists:
+            return None
+        encoded = request.headers.get("Content-Encoding", "identity").strip().lower() != "identity"
+        length = None if encoded else request.content_length
+        return cls(request.content.iter_chunked(chunk_size), limit, length)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.chunks:
+            self.received += len(chunk)
+            if self.received > self.limit:
+                self.too_large = True
+                raise BodyTooLarge(self.limit)
+            yield chunk
+
+
 class AsyncUpstream:
-    """Keep-alive client for one upstream base URL (``https://api.github.com``, GHES ``…/api/v3``)."""
+    """Keep-alive client for one upstream base URL (``https://api.github.com``, GHES ``…/api/v3``).
+
+    Userinfo in the URL (``https://user:secret@host``) is kept out of every attribute that is printed or
+    compared (``base_url``, ``origin``); it is sent as Basic auth only on requests that carry no
+    ``Authorization`` of their own, so the upstream always sees exactly the caller's credential.
+    """
 
     def __init__(self, base_url: str, timeout: float = 30.0, max_connections: int = 200) -> None:
-        self.base_url = base_url.rstrip("/")
-        parts = urlsplit(self.base_url)
-        self.origin = f"{parts.scheme}://{parts.netloc}"
+        parts = urlsplit(base_url.rstrip("/"))
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        self._userinfo = userinfo
+        self.base_url = parts._replace(netloc=hostport).geturl()
+        self.origin = f"{parts.scheme}://{hostport}"
         self.base_path = parts.path.rstrip("/")
         self.timeout = timeout
         self.max_connections = max_connections
@@ -90,26 +138,45 @@ class AsyncUpstream:
         return self._session
 
     async def request(
-        self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes | None = None
+        self,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes | StreamedBody | None = None,
     ) -> UpstreamResponse:
-        """Send ``method target`` (path + query, relative to the base URL) and read the whole answer."""
+        """Send ``method target`` (path + query, relative to the base URL) and read the whole answer.
+
+        A :class:`StreamedBody` goes out as it arrives, without the total timeout (a large upload may
+        take longer than an API answer should); :class:`BodyTooLarge` when it passes its cap.
+        """
         import aiohttp
 
         url = self.base_url + target
+        fwd = forwardable(headers)
+        extra: dict[str, Any] = {}
+        if self._userinfo and not any(k.lower() == "authorization" for k, _ in fwd):
+            user, _, password = self._userinfo.partition(":")
+            extra["auth"] = aiohttp.BasicAuth(unquote(user), unquote(password))
+        data: bytes | StreamedBody | None = body if body else None
+        if isinstance(body, StreamedBody):
+            if body.length is not None:
+                fwd.append(("Content-Length", str(body.length)))
+            extra["timeout"] = aiohttp.ClientTimeout(
+                total=None, sock_connect=min(self.timeout, 10), sock_read=self.timeout
+            )
         try:
             async with self._session_now().request(
-                method,
-                url,
-                headers=list(forwardable(headers)),
-                data=body if body else None,
-                allow_redirects=False,
+                method, url, headers=fwd, data=data, allow_redirects=False, **extra
             ) as resp:
-                data = await resp.read()
-                return UpstreamResponse(resp.status, tuple(resp.headers.items()), data)
+                answer = await resp.read()
+                return UpstreamResponse(resp.status, tuple(resp.headers.items()), answer)
         except asyncio.TimeoutError as exc:
             raise UpstreamError(f"{self.origin} did not answer within {self.timeout:g}s") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"{self.origin} unreachable: {describe(exc)}") from exc
+            if isinstance(body, StreamedBody) and body.too_large:
+                raise BodyTooLarge(body.limit) from None
+            reason = describe(exc).replace(self._userinfo, "***") if self._userinfo else describe(exc)
+            raise UpstreamError(f"{self.origin} unreachable: {reason}") from exc
 
     async def close(self) -> None:
         if self._session is not None:

@@ -45,9 +45,10 @@ T = TypeVar("T")
 class GitHubAPICache:
     """Direct access to a cache directory: lookups, stats, clearing. Safe next to a running proxy."""
 
-    def __init__(self, settings: CacheSettings | None = None) -> None:
+    def __init__(self, settings: CacheSettings | None = None, repair: bool = True) -> None:
+        """``repair=False`` (``fleetci cache stats|clear``): a corrupt database is an error, left in place."""
         self.settings = settings or cache_settings({}, load_config_file(None))
-        self.store = CacheStore.for_settings(self.settings)
+        self.store = CacheStore.for_settings(self.settings, repair)
         self.policy = TTLPolicy.build(self.settings.ttl_rules, self.settings.default_ttl)
         self.engine: CacheEngine | None = None
 

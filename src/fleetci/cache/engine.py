@@ -20,18 +20,21 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from fleetci.cache.policy import (
     ANONYMOUS_SCOPE,
+    CredentialError,
     TTLPolicy,
     cache_key,
     normalize_target,
+    request_credential,
     response_is_storable,
     scope_of,
     shared_scope_of,
+    upstream_headers,
     wants_revalidation,
 )
 from fleetci.cache.ratelimit import RateLimitTracker
 from fleetci.cache.store import CacheStore, Entry, Headers
 from fleetci.config import CacheSettings
-from fleetci.http import HOP_BY_HOP, AsyncUpstream, UpstreamError, UpstreamResponse, forwardable
+from fleetci.http import HOP_BY_HOP, AsyncUpstream, StreamedBody, UpstreamError, UpstreamResponse, forwardable
 
 if TYPE_CHECKING:
     from fleetci.p2p.messages import Announcement, Claim
@@ -58,6 +61,7 @@ COUNTER_KEYS = (
     "upstream_errors",
     "rate_limited",
     "claim_waits",
+    "refused",
 )
 SUMMARY_KEYS = (
     "local_hits",
@@ -82,6 +86,7 @@ class Outcome:
     COALESCED = "COALESCED"
     STALE = "STALE"
     BYPASS = "BYPASS"
+    REFUSED = "REFUSED"  # bad request (an ambiguous credential): answered 400 without calling upstream
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,7 @@ class Counters:
     rate_limited: int = 0
     upstream_requests: int = 0
     claim_waits: int = 0  # peer answers obtained by waiting for another node's claimed fetch
+    refused: int = 0  # requests answered 400 (ambiguous credentials, credentials in the query)
     started_at: float = field(default_factory=time.time)
 
     def count(self, outcome: str) -> None:
@@ -131,10 +137,17 @@ class Prepared:
     ttl_class: str
     ttl: float
     limit_scope: str  # rate limits are always per real token
+    credential: str | None = field(default=None, repr=False)  # keyed the entry; the only one sent upstream
 
 
 def _lower(headers: Sequence[tuple[str, str]]) -> dict[str, str]:
     return {k.lower(): v for k, v in headers}
+
+
+def _error(status: int, message: str, outcome: str) -> ProxyResponse:
+    """A one-line JSON error in GitHub's shape (``{"message": …}``), answered by the proxy itself."""
+    body = json.dumps({"message": " ".join(message.split())}).encode()
+    return ProxyResponse(status, (("Content-Type", "application/json; charset=utf-8"),), body, outcome)
 
 
 def _etag_matches(client_inm: str, etag: str | None) -> bool:
@@ -202,7 +215,15 @@ class CacheEngine:
         scope = token_scope
         if self.settings.shared_scope and token_scope != ANONYMOUS_SCOPE:
             scope = shared_scope_of(self.settings.shared_scope)
-        return Prepared(scope, norm, cache_key(scope, norm, headers), ttl_class, ttl, token_scope)
+        return Prepared(
+            scope,
+            norm,
+            cache_key(scope, norm, headers),
+            ttl_class,
+            ttl,
+            token_scope,
+            headers.get("authorization"),
+        )
 
     def lookup_fresh(self, key: str, now: float | None = None) -> Entry | None:
         """In-process fast path: a fresh entry or None, no I/O when the memory tier has it."""
@@ -214,10 +235,24 @@ class CacheEngine:
 
     # -- main entry point ----------------------------------------------------------------------------
     async def handle(
-        self, method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes | None = None
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | StreamedBody | None = None,
     ) -> ProxyResponse:
         self.counters.requests += 1
+        try:
+            credential = request_credential(headers, target)
+        except CredentialError as exc:
+            self.counters.refused += 1
+            return self._finish(_error(400, f"fleetci: {exc}", Outcome.REFUSED), {})
         lower = _lower(headers)
+        # The one credential keys the entry and is the only one sent upstream (see policy.request_credential).
+        if credential is None:
+            lower.pop("authorization", None)
+        else:
+            lower["authorization"] = credential
         method = method.upper()
         if method not in ("GET", "HEAD"):
             return self._finish(await self._passthrough(method, target, headers, lower, body), lower)
@@ -284,7 +319,7 @@ class CacheEngine:
             if usable_stale is not None:
                 return self._from_entry(usable_stale, Outcome.STALE, prep.limit_scope)
             return self._limited_response(prep.limit_scope, wait)
-        fwd = [(k, v) for k, v in headers if k.lower() not in CONDITIONAL]
+        fwd = [(k, v) for k, v in upstream_headers(headers, prep.credential) if k.lower() not in CONDITIONAL]
         if entry is not None:
             if entry.etag:
                 fwd.append(("If-None-Match", entry.etag))
@@ -477,9 +512,10 @@ class CacheEngine:
         target: str,
         headers: Sequence[tuple[str, str]],
         lower: dict[str, str],
-        body: bytes | None,
+        body: bytes | StreamedBody | None,
     ) -> ProxyResponse:
-        scope = scope_of(lower.get("authorization"))
+        credential = lower.get("authorization")
+        scope = scope_of(credential)
         wait = self.limits.blocked_for(scope, self.clock())
         if wait > 0:
             self.counters.rate_limited += 1
@@ -491,7 +527,7 @@ class CacheEngine:
         async with self.limits.semaphore(scope):
             self.counters.upstream_requests += 1
             try:
-                up = await self.upstream.request(method, target, headers, body)
+                up = await self.upstream.request(method, target, upstream_headers(headers, credential), body)
             except UpstreamError:
                 self.counters.upstream_errors += 1
                 raise

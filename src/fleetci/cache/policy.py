@@ -2,6 +2,11 @@
 
 Keys never contain a token: the token scope is a salted hash of the whole Authorization header, so one
 token's private data can never be looked up with another token, and a leaked cache file reveals no secret.
+
+A request carries at most one credential, and that same value keys the entry and is the only credential
+sent upstream (:func:`request_credential`, :func:`upstream_headers`). GitHub authorises with the first of
+several ``Authorization`` headers; if the key came from another one, one token's answer would be served to
+another token, so an ambiguous request is refused instead of guessed at.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit
 
 from fleetci.config import TTLRule
 
@@ -69,6 +74,68 @@ def scope_of(authorization: str | None) -> str:
     if not authorization:
         return ANONYMOUS_SCOPE
     return hashlib.sha256(b"fleetci-scope\x00" + authorization.encode("utf-8")).hexdigest()[:32]
+
+
+class CredentialError(ValueError):
+    """A request whose credential is ambiguous or travels where we refuse it; answered 400, one line."""
+
+
+# Query parameters GitHub once accepted as credentials (it no longer does): in a URL they would land in
+# the cache's target column, in logs and in keys shared by everyone who sends the same URL.
+QUERY_CREDENTIALS = frozenset({"access_token", "client_id", "client_secret"})
+# Headers that may carry a credential but are not how GitHub authenticates: never sent upstream, so an
+# answer can never be authorised by something that is not part of the cache key.
+_CREDENTIAL_NAME = re.compile(r"cookie|auth|token|secret|passw|api-?key|session|credential|otp", re.I)
+# ``scheme credential`` or a bare credential: visible ASCII except the comma (which separates credentials).
+_ONE_CREDENTIAL = re.compile(r"[!-+\--~]+(?:[ \t]+[!-+\--~]+)?")
+
+
+def request_credential(headers: Sequence[tuple[str, str]], target: str = "") -> str | None:
+    """The one credential of a request: its ``Authorization`` value exactly as sent, or None.
+
+    Raises :class:`CredentialError` for several ``Authorization`` headers (any case), several
+    credentials in one (``token A, token B``, ``Bearer a b``), characters no token has, or a credential
+    in the query string. The caller keys the entry on the returned value and sends upstream exactly it.
+    """
+    found: str | None = None
+    count = 0
+    for name, value in headers:
+        if len(name) == 13 and name.lower() == "authorization":
+            count += 1
+            found = value
+    if count > 1:
+        raise CredentialError(f"{count} Authorization headers in one request; send exactly one")
+    if "?" in target:
+        _refuse_query_credentials(target)
+    if found is None:
+        return None
+    value = found.strip(" \t")
+    if not value:
+        return None
+    if not _ONE_CREDENTIAL.fullmatch(value):
+        raise CredentialError(
+            "the Authorization header must hold one credential ('token <token>' or 'Bearer <token>')"
+        )
+    return value
+
+
+def _refuse_query_credentials(target: str) -> None:
+    query = target.partition("?")[2]
+    for field in re.split(r"[&;]", query):
+        name = unquote_plus(field.partition("=")[0]).strip().lower().partition("[")[0]
+        if name in QUERY_CREDENTIALS:
+            raise CredentialError(
+                f"credentials in the query string ({name}) are refused: GitHub no longer accepts them; "
+                "send the token in the Authorization header"
+            )
+
+
+def upstream_headers(headers: Sequence[tuple[str, str]], credential: str | None) -> list[tuple[str, str]]:
+    """The client's headers without any credential-bearing one, plus ``credential`` as the only one."""
+    out = [(k, v) for k, v in headers if not _CREDENTIAL_NAME.search(k)]
+    if credential is not None:
+        out.append(("Authorization", credential))
+    return out
 
 
 def shared_scope_of(name: str) -> str:

@@ -8,11 +8,15 @@ proxy serves stale entries instead of calling upstream for that token.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 SECONDARY_FALLBACK_S = 60.0
 MAX_BACKOFF_S = 15 * 60.0
+# Scopes remembered at most: every distinct token a client sends makes one, so without a bound a client
+# cycling made-up tokens grows the proxy without end. Blocked scopes are never forgotten early.
+MAX_SCOPES = 4096
 
 
 @dataclass
@@ -41,15 +45,33 @@ def _int(headers: Mapping[str, str], name: str) -> int | None:
 class RateLimitTracker:
     """Tracks limits per token scope and caps concurrent upstream requests per scope."""
 
-    def __init__(self, max_concurrency: int = 20) -> None:
+    def __init__(self, max_concurrency: int = 20, max_scopes: int = MAX_SCOPES) -> None:
         self.max_concurrency = max_concurrency
-        self.scopes: dict[str, ScopeLimits] = {}
+        self.max_scopes = max_scopes
+        self.scopes: OrderedDict[str, ScopeLimits] = OrderedDict()  # least recently used first
 
     def _get(self, scope: str) -> ScopeLimits:
         s = self.scopes.get(scope)
         if s is None:
             s = self.scopes[scope] = ScopeLimits()
+        else:
+            self.scopes.move_to_end(scope)
         return s
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop the least recently used scopes that are neither blocked nor saturated, down to the bound
+        (a dropped scope with a request still in flight just starts a fresh semaphore)."""
+        excess = len(self.scopes) - self.max_scopes
+        if excess <= 0:
+            return
+        drop: list[str] = []
+        for name, s in self.scopes.items():
+            if len(drop) >= excess:
+                break
+            if s.blocked_until <= now and (s.semaphore is None or not s.semaphore.locked()):
+                drop.append(name)
+        for name in drop:
+            del self.scopes[name]
 
     def semaphore(self, scope: str) -> asyncio.Semaphore:
         s = self._get(scope)
@@ -70,6 +92,7 @@ class RateLimitTracker:
         ``headers`` must have lower-case names.
         """
         s = self._get(scope)
+        self._forget_idle(now)
         remaining = _int(headers, "x-ratelimit-remaining")
         reset = _int(headers, "x-ratelimit-reset")
         if remaining is not None:

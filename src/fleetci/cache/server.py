@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
-import json
 import logging
 import os
 import re
@@ -14,6 +12,7 @@ import signal
 import socket
 import sys
 import time
+from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
@@ -23,7 +22,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from fleetci.cache.engine import CACHE_HEADER, COUNTER_KEYS, CacheEngine, Outcome
 from fleetci.config import CacheSettings
 from fleetci.errors import FleetciError
-from fleetci.http import UpstreamError, check_port_free, describe
+from fleetci.http import (
+    RUNNER_OPTIONS,
+    BodyTooLarge,
+    StreamedBody,
+    UpstreamError,
+    check_port_free,
+    describe,
+    error_response,
+    guarded_app,
+    redact_url,
+)
 
 log = logging.getLogger("fleetci.cache")
 
@@ -35,6 +44,11 @@ METRICS_PATH = "/metrics"
 STATS_FLUSH_S = 2.0
 TRIM_EVERY = 5  # flushes between heap trims (10 s; see fleetci.process.release_free_memory)
 LINK_URL = re.compile(r"<([^>]*)>")
+# A Host we echo into Link headers and JSON bodies: a name or IP literal and a port, nothing that could
+# end a JSON string or a Link target (RFC 3986 unreserved characters only).
+CLIENT_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9._~-]{1,253})(?::[0-9]{1,5})?")
+REWRITE_MEMO_BYTES = 4 * 1024 * 1024
+REWRITE_MEMO_MAX_BODY = 1 << 20
 ENGINE_KEY = web.AppKey("engine", CacheEngine)
 
 
@@ -61,8 +75,21 @@ class _Collector:
         yield g
 
 
+class BadHost(ValueError):
+    """A Host header we will not echo into answers: answered 400."""
+
+
 def _client_base(request: web.Request, engine: CacheEngine) -> str:
-    host = request.headers.get("Host", "")
+    """The base URL the client used, for pointing links back at the proxy; the upstream's own base (no
+    rewriting) when the client sent no Host."""
+    hosts = request.headers.getall("Host", [])
+    if len(hosts) > 1:
+        raise BadHost(f"{len(hosts)} Host headers in one request")
+    host = hosts[0].strip() if hosts else ""
+    if not host:
+        return engine.upstream.base_url
+    if not CLIENT_HOST.fullmatch(host):
+        raise BadHost("the Host header is not a host name or address with an optional port")
     sock = request.transport.get_extra_info("socket") if request.transport is not None else None
     if sock is not None and sock.family == socket.AF_UNIX:
         # gh's http_unix_socket: the client believes it talks to https://<host>
@@ -80,12 +107,40 @@ def _rewrite_links(value: str, upstream_base: str, client_base: str) -> str:
     return LINK_URL.sub(sub, value)
 
 
-@functools.lru_cache(maxsize=512)
 def _rewrite_body(body: bytes, upstream_base: str, client_base: str) -> bytes:
     """API URLs inside JSON bodies point at the upstream; clients such as PyGithub follow them and refuse
-    foreign hosts, so they must point back at the proxy. Memoized: hits reuse the same bytes object."""
+    foreign hosts, so they must point back at the proxy."""
     pattern = re.compile(re.escape(upstream_base.encode()) + rb'(?=[/"?])')
     return pattern.sub(client_base.encode(), body)
+
+
+class RewriteMemo:
+    """Rewritten bodies, so hits reuse one bytes object; bounded by bytes, not entries, because the key
+    holds the client's Host (which any client chooses) and a body of up to 1 MiB."""
+
+    def __init__(self, max_bytes: int = REWRITE_MEMO_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._items: OrderedDict[tuple[bytes, str, str], bytes] = OrderedDict()
+
+    def rewrite(self, body: bytes, upstream_base: str, client_base: str) -> bytes:
+        key = (body, upstream_base, client_base)
+        hit = self._items.get(key)
+        if hit is not None:
+            self._items.move_to_end(key)
+            return hit
+        out = _rewrite_body(body, upstream_base, client_base)
+        size = len(body) + len(out) + len(upstream_base) + len(client_base)
+        if len(body) < REWRITE_MEMO_MAX_BODY and size <= self.max_bytes:
+            self._items[key] = out
+            self.nbytes += size
+            while self.nbytes > self.max_bytes:
+                (old_body, old_up, old_client), dropped = self._items.popitem(last=False)
+                self.nbytes -= len(old_body) + len(dropped) + len(old_up) + len(old_client)
+        return out
+
+
+_REWRITES = RewriteMemo()
 
 
 def rewrite_for_client(
@@ -106,36 +161,41 @@ def rewrite_for_client(
             is_json = "json" in v
         out.append((k, v))
     if is_json and upstream_base.encode() in body:
-        body = (
-            _rewrite_body(body, upstream_base, client_base)
-            if len(body) < 1 << 20
-            else (_rewrite_body.__wrapped__(body, upstream_base, client_base))
-        )
+        body = _REWRITES.rewrite(body, upstream_base, client_base)
     return out, body
+
+
+def _error(status: int, message: str, outcome: str) -> web.Response:
+    resp = error_response(status, message)
+    resp.headers[CACHE_HEADER] = outcome
+    return resp
 
 
 async def _proxy(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE_KEY]
-    body = await request.read() if request.can_read_body else None
+    try:
+        client_base = _client_base(request, engine)
+    except BadHost as exc:
+        return _error(400, f"fleetci: {exc}", Outcome.REFUSED)
+    body: StreamedBody | None = None
+    if request.method not in ("GET", "HEAD"):  # GET/HEAD bodies are never sent upstream
+        body = StreamedBody.of(request, engine.settings.max_body_bytes)
     try:
         resp = await engine.handle(
             request.method, request.rel_url.raw_path_qs, list(request.headers.items()), body
         )
+    except BodyTooLarge as exc:
+        raise web.HTTPRequestEntityTooLarge(max_size=exc.limit, actual_size=exc.limit + 1) from None
     except UpstreamError as exc:
-        payload = json.dumps({"message": f"fleetci: upstream unavailable and no cached copy: {exc}"}).encode()
-        return web.Response(
-            status=502,
-            body=payload,
-            headers={"Content-Type": "application/json; charset=utf-8", CACHE_HEADER: Outcome.MISS},
-        )
-    headers, body = rewrite_for_client(
-        list(resp.headers), resp.body, engine.upstream.base_url, _client_base(request, engine)
+        return _error(502, f"fleetci: upstream unavailable and no cached copy: {exc}", Outcome.MISS)
+    headers, rewritten = rewrite_for_client(
+        list(resp.headers), resp.body, engine.upstream.base_url, client_base
     )
-    out = web.Response(status=resp.status, body=None if request.method == "HEAD" else body)
+    out = web.Response(status=resp.status, body=None if request.method == "HEAD" else rewritten)
     for k, v in headers:
         out.headers.add(k, v)
     if request.method == "HEAD":
-        out.headers["Content-Length"] = str(len(body))
+        out.headers["Content-Length"] = str(len(rewritten))
     return out
 
 
@@ -144,7 +204,7 @@ async def _health(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "status": "ok",
-            "upstream": engine.settings.upstream,
+            "upstream": redact_url(engine.settings.upstream),
             "socket": str(engine.settings.socket_path),
             "proxy_url": request.app.get("proxy_url", ""),
             "pid": os.getpid(),
@@ -193,7 +253,9 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 def make_app(engine: CacheEngine) -> web.Application:
-    app = web.Application(client_max_size=256 * 1024 * 1024)
+    """Routes behind :func:`fleetci.http.guarded_app`: a declared body over ``max_body_bytes`` gets 413
+    before a byte of it is read; an undeclared one is streamed upstream and cut off at the same cap."""
+    app = guarded_app(engine.settings.max_body_bytes)
     app[ENGINE_KEY] = engine
     app.router.add_get(HEALTH_PATH, _health)
     app.router.add_get(STATS_PATH, _stats)
@@ -214,7 +276,7 @@ async def probe_upstream(engine: CacheEngine, attempts: int = 3) -> None:
         except UpstreamError as exc:
             last = str(exc)
             await asyncio.sleep(0.3 * (i + 1))
-    raise FleetciError(f"upstream {engine.settings.upstream} is unreachable: {last}")
+    raise FleetciError(f"upstream {redact_url(engine.settings.upstream)} is unreachable: {last}")
 
 
 async def _flush_stats_forever(engine: CacheEngine) -> None:
@@ -237,7 +299,7 @@ async def serve(settings: CacheSettings, probe: bool = True, ready: asyncio.Even
     """Run the proxy until SIGINT/SIGTERM (or until cancelled)."""
     check_port_free(settings.host, settings.proxy_port)
     if settings.upstream.rstrip("/") in (settings.proxy_url, f"http://localhost:{settings.proxy_port}"):
-        raise FleetciError(f"upstream {settings.upstream} is this proxy itself")
+        raise FleetciError(f"upstream {redact_url(settings.upstream)} is this proxy itself")
     engine = CacheEngine(settings)
     runner: web.AppRunner | None = None
     flusher: asyncio.Task[None] | None = None
@@ -246,7 +308,12 @@ async def serve(settings: CacheSettings, probe: bool = True, ready: asyncio.Even
         if probe:
             await probe_upstream(engine)
         app = make_app(engine)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            shutdown_timeout=0.5,
+            **RUNNER_OPTIONS,  # type: ignore[arg-type]
+        )
         await runner.setup()
         tcp = web.TCPSite(runner, settings.host, settings.proxy_port, reuse_address=True)
         try:
@@ -277,7 +344,7 @@ async def serve(settings: CacheSettings, probe: bool = True, ready: asyncio.Even
         flusher = asyncio.create_task(_flush_stats_forever(engine))
         print(
             f"fleetci cache listening on http://{settings.host}:{port} and unix:{sock} "
-            f"(upstream {settings.upstream}, cache {settings.cache_dir})",
+            f"(upstream {redact_url(settings.upstream)}, cache {settings.cache_dir})",
             flush=True,
         )
         stop = asyncio.Event()

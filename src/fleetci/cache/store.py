@@ -4,6 +4,8 @@ Why this shape:
 - SQLite commits are atomic, so ``kill -9`` in the middle of a write never leaves half an entry; each body
   also carries its sha256 so a damaged row is detected on read and dropped.
 - A corrupt database file is moved aside with a warning and rebuilt: a cache must never stop CI.
+- It holds private API responses: the directory is 0700 and ``cache.db``, ``-wal`` and ``-shm`` are 0600
+  (the database file is created 0600 before SQLite opens it, since SQLite gives -wal/-shm its mode).
 - The memory tier keeps hits in the tens of microseconds. It has its own, small byte budget
   (``CACHE_MEMORY_BYTES``, 4 MiB): the hot set of an API cache is small, and twenty runners' proxies on
   one box must not each hold the whole disk tier in RAM; colder entries are a SQLite read away, and so
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from fleetci.config import MEMORY_BYTES
 from fleetci.errors import FleetciError
+from fleetci.files import ensure_private_dir, tighten, touch_private
 
 if TYPE_CHECKING:
     from fleetci.config import CacheSettings
@@ -152,8 +155,10 @@ class CacheStore:
         max_entries: int = 10_000,
         max_bytes: int = 256 * 1024 * 1024,
         memory_bytes: int = MEMORY_BYTES,
+        repair: bool = True,
     ) -> None:
         self.path = path
+        self.repair = repair  # False (inspection commands): a corrupt file is reported, never moved
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.memory_bytes = min(memory_bytes, max_bytes)
@@ -170,13 +175,13 @@ class CacheStore:
         self._recount()
 
     @classmethod
-    def for_settings(cls, settings: CacheSettings) -> CacheStore:
-        return cls(settings.db_path, settings.max_entries, settings.max_bytes, settings.memory_bytes)
+    def for_settings(cls, settings: CacheSettings, repair: bool = True) -> CacheStore:
+        return cls(settings.db_path, settings.max_entries, settings.max_bytes, settings.memory_bytes, repair)
 
     # -- opening, corruption -------------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            ensure_private_dir(self.path.parent)
         except OSError as exc:
             raise FleetciError(f"cache dir {self.path.parent} is not usable: {exc.strerror or exc}") from exc
         try:
@@ -184,6 +189,11 @@ class CacheStore:
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
                 raise FleetciError(f"cache dir {self.path.parent} is not writable: {exc}") from exc
+            if not self.repair:
+                raise FleetciError(
+                    f"cache database {self.path} is corrupt ({exc}); left in place: the proxy moves it "
+                    "aside and starts empty when it next starts"
+                ) from exc
             moved = self._move_aside()
             log.warning(
                 "cache database %s was corrupt (%s); moved it to %s and started empty", self.path, exc, moved
@@ -194,6 +204,13 @@ class CacheStore:
                 raise FleetciError(f"cannot create cache database {self.path}: {exc2}") from exc2
 
     def _connect(self) -> sqlite3.Connection:
+        try:
+            touch_private(self.path)
+        except OSError as exc:
+            raise FleetciError(
+                f"cache dir {self.path.parent} is not writable: {exc.strerror or exc}"
+            ) from exc
+        tighten(f"{self.path}-wal", f"{self.path}-shm")
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")

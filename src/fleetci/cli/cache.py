@@ -201,12 +201,15 @@ def _write_gh_config(settings: CacheSettings) -> Path:
 
 def cmd_start(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    log_path = Path(args.log_file) if args.log_file else settings.cache_dir / "proxy.log"
     try:
         ensure_private_dir(settings.cache_dir)
+    except OSError as exc:
+        raise FleetciError(f"cache dir {settings.cache_dir} is not usable: {exc.strerror or exc}") from exc
+    log_path = Path(args.log_file) if args.log_file else settings.cache_dir / "proxy.log"
+    try:
         log_fd = private_fd(log_path)  # 0600: the log may echo request paths of private repositories
     except OSError as exc:
-        raise FleetciError(f"cannot write {log_path}: {exc.strerror or exc}") from exc
+        raise FleetciError(f"cannot write the proxy log {log_path}: {exc.strerror or exc}") from exc
     try:
         proc = subprocess.Popen(
             _serve_argv(args),
@@ -310,7 +313,7 @@ def fetch_stats(settings: CacheSettings, url: str | None = None) -> dict[str, An
         raise FleetciError(f"no proxy running on {settings.socket_path} and no cache at {settings.cache_dir}")
     from fleetci.cache import GitHubAPICache
 
-    return GitHubAPICache(settings).get_stats()
+    return GitHubAPICache(settings, repair=False).get_stats()
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -343,7 +346,7 @@ def cmd_clear(args: argparse.Namespace) -> int:
         raise FleetciError(f"no cache at {settings.cache_dir}")
     from fleetci.cache import GitHubAPICache
 
-    cache = GitHubAPICache(settings)
+    cache = GitHubAPICache(settings, repair=False)
     n = cache.clear_stale() if args.stale else cache.clear()
     print(f"removed {n} {'stale ' if args.stale else ''}entries from {settings.db_path}")
     return 0
