@@ -29,13 +29,15 @@ JOIN = "test-join-" + "j" * 20
 class Fleet:
     """A real master process (restartable on the same port and state) and worker processes."""
 
-    def __init__(self, root: Path, ttl: float = 2.0, extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, root: Path, ttl: float = 2.0, extra: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> None:
         self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ttl = ttl
         self.extra = extra
-        self.env = clean_env(FLEETCI_BUILD_TOKEN=ADMIN, FLEETCI_BUILD_JOIN_TOKEN=JOIN)
+        self.env = clean_env(FLEETCI_BUILD_TOKEN=ADMIN, FLEETCI_BUILD_JOIN_TOKEN=JOIN, **(env or {}))
         self.master: subprocess.Popen[bytes] | None = None
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.starts = 0
