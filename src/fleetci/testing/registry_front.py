@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from aiohttp import ClientSession, ClientTimeout, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from multidict import CIMultiDict
 
-from fleetci.http import forwardable, guarded_app
+from fleetci.http import error_response, forwardable, guarded_app
 from fleetci.testing.registry import RegistryProcess
 from fleetci.testing.server import BackgroundApp
 
@@ -129,15 +129,19 @@ class RegistryFront(BackgroundApp):
         if request.content_length is not None:
             headers["Content-Length"] = str(request.content_length)
         body = request.content if request.body_exists else None
-        async with self._session.request(
-            request.method, self._target(request), headers=headers, data=body, allow_redirects=False
-        ) as upstream:
-            data = await upstream.read()
-            return web.Response(
-                status=upstream.status,
-                headers=CIMultiDict(forwardable(upstream.headers.items())),
-                body=data if request.method != "HEAD" else None,
-            )
+        try:
+            async with self._session.request(
+                request.method, self._target(request), headers=headers, data=body, allow_redirects=False
+            ) as upstream:
+                data = await upstream.read()
+                return web.Response(
+                    status=upstream.status,
+                    headers=CIMultiDict(forwardable(upstream.headers.items())),
+                    body=data if request.method != "HEAD" else None,
+                )
+        except ClientError as exc:
+            # a pusher killed mid-chunk cuts its body short: say so in one line, never the URL (_state)
+            return error_response(502, f"request to the registry cut short ({type(exc).__name__})")
 
 
 def upload_data(storage: Path, location: str) -> Path:
