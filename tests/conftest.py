@@ -158,3 +158,60 @@ def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.05)
 
 
 LISTEN_RE = re.compile(r"listening on (http://[0-9.:]+)")
+
+
+# -- hostile-input helpers (servers we start in-process) -------------------------------------------------
+
+
+@pytest.fixture
+def server_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Server log records, with fresh rate-limit windows: an earlier test's line must not hide this one's.
+
+    Only removes the filters; installing them is the server's job (that is what such tests check).
+    """
+    import logging
+
+    from fleetci.logs import SERVER_LOGGERS, OneLineRateLimited
+
+    for name in SERVER_LOGGERS:
+        logger = logging.getLogger(name)
+        for f in [f for f in logger.filters if isinstance(f, OneLineRateLimited)]:
+            logger.removeFilter(f)
+    caplog.set_level(logging.WARNING)
+    return caplog
+
+
+def server_lines_are_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    """The servers' own loggers (aiohttp's, ours) wrote one-line records only: no traceback."""
+    records = [r for r in caplog.records if r.name.startswith(("aiohttp", "fleetci"))]
+    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in records), [
+        r.getMessage()[:300] for r in records
+    ]
+
+
+def raw_request(
+    host: str,
+    port: int,
+    method: str,
+    path: str,
+    headers: dict[str, str | bytes] | None = None,
+    body: bytes | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request exactly as written (no path normalization, any header bytes): status, headers, body."""
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        given = {k.lower() for k in headers or {}}
+        if "host" not in given:
+            conn.putheader("Host", f"{host}:{port}")
+        for k, v in (headers or {}).items():
+            conn.putheader(k, v)
+        if body is not None and "content-length" not in given:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()

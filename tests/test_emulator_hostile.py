@@ -7,9 +7,7 @@ validate against GitHub's OpenAPI description, like the emulator's other errors.
 
 from __future__ import annotations
 
-import http.client
 import json
-import logging
 import select
 import signal
 import subprocess
@@ -23,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import test_emulator as base
-from fleetci.logs import SERVER_LOGGERS, OneLineRateLimited
+from conftest import raw_request, server_lines_are_one_line
 from fleetci.testing import EmulatorConfig, EmulatorServer, GitHubEmulator
 from fleetci.testing.github import MAX_BODY_BYTES
 from fleetci.testing.openapi import OpenAPISpec
@@ -34,20 +32,6 @@ spec = base.spec  # the session fixture: GitHub's OpenAPI description, loaded on
 pytestmark = pytest.mark.integration
 
 BASELINE = {"latency_ms": (0.0, 0.0), "error_rate": 0.0, "drop_rate": 0.0, "primary_limit": 5000}
-
-
-@pytest.fixture
-def server_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    """The server loggers' records, with fresh rate-limit windows: an earlier test's line must not hide ours.
-
-    Only removes existing filters; installing them is the server's job (that is what is under test).
-    """
-    for name in SERVER_LOGGERS:
-        logger = logging.getLogger(name)
-        for f in [f for f in logger.filters if isinstance(f, OneLineRateLimited)]:
-            logger.removeFilter(f)
-    caplog.set_level(logging.WARNING)
-    return caplog
 
 
 @pytest.fixture
@@ -66,22 +50,7 @@ def raw(
     headers: dict[str, str | bytes] | None = None,
     body: bytes | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    """One request exactly as written (no path normalization, any header bytes); status, headers, body."""
-    conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
-    try:
-        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-        given = {k.lower() for k in headers or {}}
-        if "host" not in given:
-            conn.putheader("Host", f"{server.host}:{server.port}")
-        for k, v in (headers or {}).items():
-            conn.putheader(k, v)
-        if body is not None and "content-length" not in given:
-            conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders(body)
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
+    return raw_request(server.host, server.port, method, path, headers, body)
 
 
 def one_line_json(body: bytes) -> dict[str, Any]:
@@ -98,14 +67,6 @@ def still_serves(server: EmulatorServer) -> None:
     config = httpx.get(f"{server.url}/_emulator/config", timeout=10).json()
     assert config["latency_ms"] == [0.0, 0.0] and config["error_rate"] == 0.0
     assert config["window_seconds"] == 3600.0 and config["primary_limit"] == 5000
-
-
-def no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
-    """The servers' own loggers (aiohttp's, ours) wrote one-line records only."""
-    records = [r for r in caplog.records if r.name.startswith(("aiohttp", "fleetci"))]
-    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in records), [
-        r.getMessage()[:300] for r in records
-    ]
 
 
 # -- bodies ----------------------------------------------------------------------------------------------
@@ -126,7 +87,7 @@ def test_declared_body_over_the_cap_is_413_in_githubs_shape(
     assert data["documentation_url"].startswith("https://docs.github.com/") and data["status"] == "413"
     spec.validate("GET", R, 404, data)  # GitHub's basic-error shape, as every other emulator error
     still_serves(server)
-    no_tracebacks(server_log)
+    server_lines_are_one_line(server_log)
 
 
 def test_chunked_body_over_the_cap_is_413(server: EmulatorServer, spec: OpenAPISpec) -> None:
@@ -182,7 +143,7 @@ def test_bad_json_on_every_write_endpoint_is_a_one_line_4xx(
             if path in JSON_ENDPOINTS:
                 assert r.status_code == 400 and data["message"].startswith("Problems parsing JSON"), name
     still_serves(server)
-    no_tracebacks(server_log)
+    server_lines_are_one_line(server_log)
 
 
 def test_graphql_parse_errors_validate_as_github_errors(server: EmulatorServer, spec: OpenAPISpec) -> None:
@@ -232,7 +193,7 @@ def test_oversize_headers_are_400_and_one_log_line(
     lines = [r for r in server_log.records if r.name.startswith("aiohttp")]
     assert len(lines) == 1, [r.getMessage() for r in lines]  # the 19 repeats are held back
     assert "LineTooLong" in lines[0].getMessage()
-    no_tracebacks(server_log)
+    server_lines_are_one_line(server_log)
     still_serves(server)
 
 
@@ -269,7 +230,7 @@ def test_path_tricks_find_nothing_and_never_fail(
     if status == 200:  # only a normalized admin path may answer, never the private repository
         assert path == "/_emulator/../_emulator/config" and b"latency_ms" in body
     assert b"secret-project" not in body
-    no_tracebacks(server_log)
+    server_lines_are_one_line(server_log)
     still_serves(server)
 
 
@@ -348,7 +309,7 @@ def test_random_bodies_on_write_endpoints_never_5xx(server_log: pytest.LogCaptur
         check()
         r = client.get(f"/repos/{ORG}/api")
         assert r.status_code == 200
-    no_tracebacks(server_log)
+    server_lines_are_one_line(server_log)
 
 
 # -- the emulator as a process ---------------------------------------------------------------------------

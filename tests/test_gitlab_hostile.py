@@ -8,9 +8,7 @@ A real emulator on 127.0.0.1 in front of the real Debian ``docker-registry`` (to
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from conftest import raw_request, server_lines_are_one_line
 from fleetci.http import free_port
-from fleetci.logs import SERVER_LOGGERS, OneLineRateLimited
 from fleetci.testing.gitlab import ISSUER, SERVICE, GitLabEmulator, GitLabServer, TokenInfo
 from fleetci.testing.registry import RegistryProcess, registry_binary, token_registry
 
@@ -44,17 +42,6 @@ class Stack:
     @property
     def emulator(self) -> GitLabEmulator:
         return self.gitlab.emulator
-
-
-@pytest.fixture
-def server_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    """Fresh rate-limit windows on the server loggers; installing the filters is the server's job."""
-    for name in SERVER_LOGGERS:
-        logger = logging.getLogger(name)
-        for f in [f for f in logger.filters if isinstance(f, OneLineRateLimited)]:
-            logger.removeFilter(f)
-    caplog.set_level(logging.WARNING)
-    return caplog
 
 
 def push_image(registry_url: str, emu: GitLabEmulator, name: str, tag: str) -> None:
@@ -109,28 +96,10 @@ def stack(tmp_path: Path, server_log: pytest.LogCaptureFixture) -> Iterator[Stac
 
 
 def raw(
-    stack: Stack,
-    method: str,
-    path: str,
-    headers: dict[str, str | bytes] | None = None,
-    body: bytes | None = None,
+    stack: Stack, method: str, path: str, headers: dict[str, str | bytes] | None = None
 ) -> tuple[int, bytes]:
-    """One request exactly as written (no path normalization, any header bytes): status and body."""
-    conn = http.client.HTTPConnection(stack.gitlab.host, stack.gitlab.port, timeout=30)
-    try:
-        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-        given = {k.lower() for k in headers or {}}
-        if "host" not in given:
-            conn.putheader("Host", f"{stack.gitlab.host}:{stack.gitlab.port}")
-        for k, v in (headers or {}).items():
-            conn.putheader(k, v)
-        if body is not None and "content-length" not in given:
-            conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders(body)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
+    status, _, body = raw_request(stack.gitlab.host, stack.gitlab.port, method, path, headers)
+    return status, body
 
 
 def one_line(body: bytes) -> str:
@@ -155,13 +124,6 @@ def still_serves(stack: Stack) -> None:
     assert r.status_code == 200 and r.json()["token"]
 
 
-def no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
-    records = [r for r in caplog.records if r.name.startswith(("aiohttp", "fleetci"))]
-    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in records), [
-        r.getMessage()[:300] for r in records
-    ]
-
-
 def test_bodies_over_the_cap_are_413(stack: Stack, server_log: pytest.LogCaptureFixture) -> None:
     auth = {"PRIVATE-TOKEN": WRITE}
     status, body = raw(stack, "GET", REPOS, {**auth, "Content-Length": str(10 * 1024 * 1024)})
@@ -175,7 +137,7 @@ def test_bodies_over_the_cap_are_413(stack: Stack, server_log: pytest.LogCapture
     assert r.status_code == 413, r.text
     one_line(r.content)
     still_serves(stack)
-    no_tracebacks(server_log)
+    server_lines_are_one_line(server_log)
 
 
 def test_oversize_headers_are_400_and_one_log_line(
@@ -186,7 +148,7 @@ def test_oversize_headers_are_400_and_one_log_line(
         assert status == 400 and b"Traceback" not in body
     lines = [r for r in server_log.records if r.name.startswith("aiohttp")]
     assert len(lines) == 1 and "LineTooLong" in lines[0].getMessage(), [r.getMessage() for r in lines]
-    no_tracebacks(server_log)
+    server_lines_are_one_line(server_log)
     still_serves(stack)
 
 
@@ -210,7 +172,7 @@ def test_path_tricks_are_404_never_500(
     assert got in (status, 404), (got, body[:200])
     if got == 404:
         one_line(body)
-    no_tracebacks(server_log)
+    server_lines_are_one_line(server_log)
     still_serves(stack)
 
 
@@ -247,7 +209,7 @@ def test_a_host_header_that_is_not_ascii_is_400(stack: Stack, server_log: pytest
     # per_page=1 of 2 repositories: the answer carries a Link built from the Host header
     status, body = raw(stack, "GET", f"{REPOS}?per_page=1", {"PRIVATE-TOKEN": WRITE, "Host": b"\xff.example"})
     assert status == 400 and one_line(body).startswith("400 Bad request")
-    no_tracebacks(server_log)
+    server_lines_are_one_line(server_log)
     still_serves(stack)
 
 
@@ -257,6 +219,6 @@ def test_registry_down_is_a_one_line_502(stack: Stack, server_log: pytest.LogCap
         r = httpx.get(f"{stack.gitlab.url}{path}", headers={"PRIVATE-TOKEN": WRITE}, timeout=30)
         assert r.status_code == 502, r.text
         assert one_line(r.content).startswith("502 Bad Gateway - container registry: ")
-    no_tracebacks(server_log)
+    server_lines_are_one_line(server_log)
     stack.registry.start()
     still_serves(stack)

@@ -118,6 +118,8 @@ class _Handler(BaseHTTPRequestHandler):
         text = " ".join((message or phrase).split())[:300]
         self.log_error("%d %s", code, text)
         body = json.dumps({"message": text}).encode()
+        if self.request_version == "HTTP/0.9":  # a garbage request line: still a status line, not bare body
+            self.request_version = "HTTP/1.0"
         self.send_response(code, phrase)
         self.send_header("Connection", "close")
         self.send_header("Content-Type", "application/json")
