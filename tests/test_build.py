@@ -7,7 +7,9 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -450,3 +452,122 @@ def test_submit_rejects_cycles_missing_dependencies_and_bad_tokens(fleet: Fleet,
     err = one_line_error(run_fleetci("build", "status", "--master", fleet.url, env=env))
     assert "401" in err and "invalid admin token" in err
     assert fleet.status()["jobs"] == []
+
+
+# --- liveness: nothing stays `running` without a live holder --------------------------------------------
+
+
+def gated(root: Path, name: str, gate: Path) -> Path:
+    """A package whose build waits until the test creates ``gate``."""
+    return write(root, name, [], f'while [ ! -e "{gate}" ]; do sleep 0.05; done; echo {name} > {name}.pkg')
+
+
+def running_job(fleet: Fleet, build_id: int) -> dict[str, Any] | None:
+    jobs = fleet.http.get(f"/api/v1/builds/{build_id}").json()["jobs"]
+    return next((j for j in jobs if j["state"] == "running"), None)
+
+
+def worker_log(fleet: Fleet, name: str) -> str:
+    return (fleet.root / f"{name}.log").read_text(errors="replace")
+
+
+def test_a_result_the_master_missed_is_delivered_once_it_is_back(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.add_worker("w0")
+    assert wait_until(lambda: len(fleet.active_workers()) == 1, timeout=30), fleet.logs()
+    gate = tmp_path / "go"
+    build_id = fleet.submit(gated(tmp_path / "p", "late", gate))
+    assert wait_until(lambda: running_job(fleet, build_id) is not None, timeout=30), fleet.logs()
+    assert fleet.master is not None
+    fleet.master.kill()  # a crash: no goodbye to anyone
+    fleet.master.wait()
+    gate.touch()  # the build finishes while nobody can take its result
+    assert wait_until(lambda: "result not delivered" in worker_log(fleet, "w0"), timeout=30), fleet.logs()
+    assert list((tmp_path / "w0" / "outbox").glob("*/files/late.pkg")), "the result waits on disk"
+    fleet.start_master()
+    info = fleet.wait_build(build_id, timeout=60)
+    assert info["state"] == "done", (info, fleet.logs())
+    assert info["jobs"][0]["attempts"] == 1  # delivered, not built again
+    assert "result delivered after" in worker_log(fleet, "w0")
+    assert verify_repository(fleet.url)["files"] == 1
+    assert not list((tmp_path / "w0" / "outbox").iterdir())
+
+
+def test_a_job_its_worker_no_longer_holds_is_requeued(fleet: Fleet, tmp_path: Path) -> None:
+    key = keys.load_or_create_key(tmp_path / "m.pem")
+    reg = httpx.post(
+        f"{fleet.url}/api/v1/workers",
+        json={"name": "manual", "public_key": keys.public_b64(key)},
+        headers={"Authorization": f"Bearer {JOIN}"},
+    ).json()
+    auth = {"Authorization": f"Bearer {reg['token']}"}
+    write(tmp_path / "p", "held", [], "echo held > held.pkg")
+    build_id = fleet.submit(tmp_path / "p")
+    job = httpx.post(f"{fleet.url}/api/v1/jobs/next?wait=10", headers=auth, timeout=30).json()
+
+    def beat(jobs: list[int]) -> str:
+        r = httpx.post(f"{fleet.url}/api/v1/workers/me/heartbeat", headers=auth, json={"jobs": jobs})
+        assert r.status_code == 200, r.text
+        return str(fleet.http.get(f"/api/v1/builds/{build_id}").json()["jobs"][0]["state"])
+
+    # Named in every heartbeat, the job stays this worker's for as long as it likes (here 3 TTLs).
+    beats = 0
+    while beats < 3 * 4 * 2:
+        assert beat([job["id"]]) == "running"
+        beats += 1
+        time.sleep(fleet.ttl / 8)
+    # A worker that is alive but no longer names the job gives it back.
+    assert wait_until(lambda: beat([]) != "running", timeout=30), fleet.logs()
+    fleet.add_worker("w0")
+    info = fleet.wait_build(build_id, timeout=60)
+    assert info["state"] == "done", (info, fleet.logs())
+    assert info["jobs"][0]["attempts"] == 2 and info["jobs"][0]["worker_id"] != reg["worker_id"]
+
+
+def test_a_result_the_master_fails_to_commit_is_retried_without_orphans(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path, ttl=8.0)
+    try:
+        fleet.add_worker("w0")
+        assert wait_until(lambda: len(fleet.active_workers()) == 1, timeout=30), fleet.logs()
+        gate = tmp_path / "go"
+        build_id = fleet.submit(gated(tmp_path / "p", "locked", gate))
+        assert wait_until(lambda: running_job(fleet, build_id) is not None, timeout=30), fleet.logs()
+        # Another process holds the database's write lock: the master's writes fail ("database is locked")
+        # and it answers 500 until the lock goes.
+        db = sqlite3.connect(tmp_path / "state" / "state.db", isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            gate.touch()
+            assert wait_until(lambda: "HTTP 500" in worker_log(fleet, "w0"), timeout=60), fleet.logs()
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+        info = fleet.wait_build(build_id, timeout=60)
+        assert info["state"] == "done", (info, fleet.logs())
+        assert verify_repository(fleet.url)["files"] == 1
+        state = tmp_path / "state"
+        files = sorted(str(p.relative_to(state)) for p in (state / "repo").rglob("*") if p.is_file())
+        rel = f"{info['jobs'][0]['version']}-{info['jobs'][0]['release']}"
+        assert files == [f"repo/locked/{rel}/locked.pkg"]
+        assert not [p for p in (state / "staging").rglob("*") if p.is_file()]
+    finally:
+        fleet.close()
+
+
+def test_submit_wait_gives_up_naming_each_unfinished_job_state(fleet: Fleet, tmp_path: Path) -> None:
+    write(tmp_path / "p", "alone", [], "true")
+    write(tmp_path / "p", "after", ["alone"], "true")
+    proc = run_fleetci(
+        "build",
+        "submit",
+        "--master",
+        fleet.url,
+        str(tmp_path / "p"),
+        "--wait",
+        "--timeout",
+        "0.5",
+        env=fleet.env,
+    )
+    err = one_line_error(proc)
+    assert proc.returncode == 1
+    assert "did not finish within 0.5s" in err
+    assert re.search(r"alone \(job \d+\) ready", err) and re.search(r"after \(job \d+\) waiting", err), err
