@@ -8,18 +8,22 @@ line, and the same kind of line at most once per ``window`` seconds, with a coun
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
 
 WINDOW_S = 10.0
 _KEYS_MAX = 256
+# aiohttp's parser errors quote the offending request bytes (``b'token ghp_…'`` for an oversize
+# Authorization line): everything from the quote on stays out of the log.
+_ECHOED_BYTES = re.compile(r"""\bb['"].*""", re.DOTALL)
 
 
 def one_line(exc: BaseException | None) -> str:
     if exc is None:
         return ""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = " ".join(_ECHOED_BYTES.sub("<request bytes withheld>", str(exc)).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text[:200]}"
 
 
