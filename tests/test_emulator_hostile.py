@@ -197,6 +197,18 @@ def test_oversize_headers_are_400_and_one_log_line(
     still_serves(server)
 
 
+def test_an_oversize_authorization_line_is_not_logged(
+    server: EmulatorServer, server_log: pytest.LogCaptureFixture
+) -> None:
+    secret = "ghp_" + "S3cr3t" * 6
+    status, _, _ = raw(server, "GET", "/user", {"Authorization": f"token {secret}" + "a" * 9000})
+    assert status == 400
+    lines = [r.getMessage() for r in server_log.records if r.name.startswith("aiohttp")]
+    assert len(lines) == 1 and "LineTooLong" in lines[0], lines
+    assert secret[:10] not in server_log.text
+    server_lines_are_one_line(server_log)
+
+
 def test_a_host_header_that_is_not_ascii_is_400(server: EmulatorServer, spec: OpenAPISpec) -> None:
     status, _, body = raw(server, "GET", f"/repos/{ORG}/api", {"Host": b"\xff\xfe.example"})
     assert status == 400

@@ -116,7 +116,7 @@ class _Handler(BaseHTTPRequestHandler):
         """A one-line JSON ``{"message": …}`` instead of the stdlib's HTML page; the connection closes."""
         phrase = self.responses.get(code, ("Error", ""))[0]
         text = " ".join((message or phrase).split())[:300]
-        self.log_error("%d %s", code, text)
+        self.log_error("%d %s", code, phrase)  # not ``text``: it can quote the client's request line
         body = json.dumps({"message": text}).encode()
         if self.request_version == "HTTP/0.9":  # a garbage request line: still a status line, not bare body
             self.request_version = "HTTP/1.0"
