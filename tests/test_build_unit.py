@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -230,7 +233,10 @@ def test_tree_rejects_corrupt_and_missing_recipes(tmp_path: Path) -> None:
     empty.mkdir()
     assert "no recipe.yml" in one_line_error(run_fleetci("build", "tree", str(empty)))
     proc = run_fleetci("build", "tree", str(bad), "--partitions", "x")
-    assert proc.returncode == 2 and "--partitions: expected a whole number >= 1" in one_line_error(proc)
+    assert (
+        proc.returncode == 2
+        and "--partitions: expected a whole number between 1 and 10000" in one_line_error(proc)
+    )
 
 
 def test_submit_status_and_worker_need_credentials_and_a_reachable_master(tmp_path: Path) -> None:
@@ -268,3 +274,141 @@ def test_master_refuses_a_corrupt_state_database_or_key_without_touching_it(tmp_
     assert "not a PEM private key" in one_line_error(proc)
     proc = run_fleetci("build", "master", "--heartbeat-ttl", "0", "--state-dir", str(other), env=env)
     assert proc.returncode == 2 and "--heartbeat-ttl" in one_line_error(proc)
+
+
+# --- the master's state on disk: crash recovery and private modes --------------------------------------
+
+
+def _master_with_a_finished_job(state: Path, tmp_path: Path) -> tuple[Any, int, Path, list[dict[str, Any]]]:
+    """A master (in-process) whose worker uploaded one artifact of job ``a``; the result is not applied."""
+    from fleetci.build.master import Master
+    from fleetci.build.settings import MasterSettings
+
+    m = Master(MasterSettings(port=0, state_dir=state, admin_token="a" * 20, join_token="j" * 20))
+    key = keys.load_or_create_key(tmp_path / "w.pem")
+    m.store.add_worker("w-1", "w", keys.token_hash("w-1.x"), keys.public_b64(key))
+    r = parse_recipe({"name": "a", "version": "1", "build": "true", "artifacts": ["a.pkg"]}, "r")
+    m.store.submit([(r, "0" * 64)])
+    job = m.store.claim("w-1")
+    assert job is not None
+    jid = int(job["id"])
+    stage = m._stage("w-1", jid)
+    stage.mkdir(parents=True)
+    (stage / "a.pkg").write_bytes(b"artifact")
+    sha = hashlib.sha256(b"artifact").hexdigest()
+    sig = keys.sign(key, keys.artifact_message("a", "a.pkg", sha))
+    m.store.record_upload(jid, "a.pkg", sha, 8, sig)
+    files = [{"name": "a.pkg", "path": "a/1-1/a.pkg", "sha256": sha, "size": 8, "signature": sig}]
+    return m, jid, stage, files
+
+
+def test_a_result_committed_before_a_crash_is_finished_on_restart(tmp_path: Path) -> None:
+    from fleetci.build.master import Master
+
+    state = tmp_path / "state"
+    m, jid, stage, files = _master_with_a_finished_job(state, tmp_path)
+    job = m.store.job(jid)
+    # The transaction commits (job done, package recorded, file moves journaled) and the master dies
+    # before it moves a single file.
+    m.store.finish(job, True, 1.0, "log", None, files, stage=str(stage.relative_to(state)))
+    settings = m.settings
+    m.store.close()
+    assert (stage / "a.pkg").exists() and not (state / "repo" / "a").exists()
+
+    again = Master(settings)
+    assert (state / "repo" / "a" / "1-1" / "a.pkg").read_bytes() == b"artifact"
+    assert not stage.exists()
+    assert again.store.pending_applies() == []
+    index = json.loads(again.index_bytes)
+    assert index["packages"]["a"]["files"] == files
+    assert keys.verify(again.public_key, again.index_bytes, again.index_sig)
+    again.store.close()
+    # Recovery is idempotent: a third start finds nothing to do and changes nothing.
+    third = Master(settings)
+    assert (state / "repo" / "a" / "1-1" / "a.pkg").read_bytes() == b"artifact"
+    assert json.loads(third.index_bytes)["packages"]["a"]["files"] == files
+    third.store.close()
+
+
+def test_a_crash_before_the_commit_changes_nothing_and_the_retry_works(tmp_path: Path) -> None:
+    from fleetci.build.master import Master
+
+    state = tmp_path / "state"
+    m, jid, stage, files = _master_with_a_finished_job(state, tmp_path)
+    settings = m.settings
+    m.store.close()  # died while handling the result, before its transaction
+
+    again = Master(settings)
+    job = again.store.job(jid)
+    assert job["state"] == "running" and (stage / "a.pkg").exists()  # the staged upload is kept
+    assert json.loads(again.index_bytes)["packages"] == {}
+    assert not (state / "repo" / "a").exists()
+    # The worker's retried result then applies as if nothing had happened.
+    again.store.finish(job, True, 1.0, "log", None, files, stage=str(stage.relative_to(state)))
+    again._publish(again.store.pending_applies()[0])
+    assert (state / "repo" / "a" / "1-1" / "a.pkg").read_bytes() == b"artifact"
+    again.store.close()
+
+
+def test_master_state_is_private_and_old_wide_files_are_tightened(tmp_path: Path) -> None:
+    from fleetci.build.master import Master
+    from fleetci.build.settings import MasterSettings
+
+    state = tmp_path / "state"
+    (state / "repo" / "gone" / "1-1").mkdir(parents=True)  # a package the database no longer knows
+    (state / "repo" / "index.json").write_text("{}")  # the index where an older layout kept it
+    for name in ("admin.token", "join.token"):
+        (state / name).write_text(f"old-{name}\n")
+        (state / name).chmod(0o644)
+    state.chmod(0o755)
+    m = Master(MasterSettings(port=0, state_dir=state))
+    m.store.close()
+    assert not (state / "repo" / "gone").exists() and not (state / "repo" / "index.json").exists()
+    for path in [state, *state.rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+    assert (state / "admin.token").read_text() == "old-admin.token\n"  # tightened, not replaced
+
+
+def test_worker_work_dir_is_private(tmp_path: Path) -> None:
+    from fleetci.build.settings import WorkerSettings
+    from fleetci.build.worker import Worker
+
+    work = tmp_path / "w"
+    work.mkdir(mode=0o755)
+    w = Worker(WorkerSettings(master="http://127.0.0.1:9", join_token="j", name="n", work_dir=work))
+    w.client.close()
+    for path in [work, *work.rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+
+
+@pytest.mark.parametrize(
+    ("op", "body", "needle"),
+    [
+        ("result", b'{"ok": true, "duration_s": "nan"}', "duration_s"),
+        ("result", b'{"ok": true, "duration_s": NaN}', "NaN"),
+        ("result", b'{"ok": true, "artifacts": [1, "a"]}', "artifacts.0"),
+        ("result", b'{"ok": true, "artifacts": ["a..b"]}', "artifacts.0"),
+        ("heartbeat", b'{"jobs": [100000000000000000000000]}', "jobs.0"),
+        ("submit", b"[" * 5000 + b"]" * 5000, "nested"),
+        ("submit", b'{"packages": [{"recipe": {"name": "Index"}, "source": ""}]}', "packages.0.recipe"),
+        ("register", b'{"public_key": "k", "name": "two\\nlines"}', "name"),
+    ],
+)
+def test_request_bodies_are_checked_against_the_published_schemas(op: str, body: bytes, needle: str) -> None:
+    from fleetci.build import api
+
+    with pytest.raises(api.ApiError, match=needle) as caught:
+        api.parse_body(op, body)
+    assert caught.value.status == 400 and "\n" not in str(caught.value)
+
+
+def test_heartbeat_body_is_optional_and_valid_bodies_pass() -> None:
+    from fleetci.build import api
+
+    assert api.parse_body("heartbeat", b"") == {}
+    assert api.parse_body("heartbeat", b'{"jobs": [1, 2]}') == {"jobs": [1, 2]}
+    assert api.parse_body("result", b'{"ok": false, "error": null}')["ok"] is False
+    with pytest.raises(api.ApiError, match="no such job"):
+        api.path_id("result", "job", str(10**23))
