@@ -428,6 +428,11 @@ def test_start_stop_background(emulator: Any, tmp_path: Path) -> None:
             f"http://127.0.0.1:{port}/user/repos", headers={"Authorization": f"token {token('alice')}"}
         )
         assert r.status_code == 200
+        # private responses, the gh token (hosts.yml) and request paths: 0600 files in 0700 directories
+        modes = {p.relative_to(cache_dir).as_posix(): p.stat().st_mode & 0o777 for p in cache_dir.rglob("*")}
+        for name in ("proxy.log", "proxy.pid", "cache.db", "cache.db-wal", "cache.db-shm", "gh/config.yml"):
+            assert modes.get(name) == 0o600, (name, modes)
+        assert modes["gh"] == 0o700 and cache_dir.stat().st_mode & 0o777 == 0o700, modes
     finally:
         stopped = run_fleetci("cache", "stop", "--cache-dir", str(cache_dir), env=env)
     assert stopped.returncode == 0, stopped.stderr
@@ -520,6 +525,44 @@ def test_stats_and_clear_without_cache(tmp_path: Path) -> None:
         run_fleetci("cache", "stats", "--url", f"http://127.0.0.1:{free_port()}")
     )
     assert "no running proxy" in one_line_error(run_fleetci("cache", "stop", *args))
+
+
+def test_corrupt_cache_db_is_one_line_and_left_in_place(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "corrupt"
+    cache_dir.mkdir()
+    garbage = b"SQLite format 3\x00" + os.urandom(8192)
+    (cache_dir / "cache.db").write_bytes(garbage)
+    args = ("--cache-dir", str(cache_dir), "--socket", str(tmp_path / "none.sock"))
+    for verb in (("stats",), ("stats", "--json"), ("clear",), ("clear", "--stale")):
+        out = run_fleetci("cache", *verb, *args)
+        assert out.returncode == 1 and "corrupt" in one_line_error(out), (verb, out.stdout)
+        assert out.stdout == ""
+    assert [p.name for p in cache_dir.iterdir()] == ["cache.db"]
+    assert (cache_dir / "cache.db").read_bytes() == garbage  # nothing lost, nothing moved
+
+
+def test_upstream_userinfo_is_never_printed_or_served(
+    emulator: Any, proxy_factory: Any, tmp_path: Path
+) -> None:
+    secret = "s3cret-pw"
+    port = emulator.url.rsplit(":", 1)[1]
+    p = proxy_factory(f"http://x-access-token:{secret}@127.0.0.1:{port}")
+    health = httpx.get(f"{p.url}/_fleetci/health", timeout=10).json()
+    assert health["upstream"] == f"http://***@127.0.0.1:{port}"
+    with p.client(token("alice")) as c:  # the client's own token goes upstream, not the URL's userinfo
+        assert c.get("/user").json()["login"] == "alice"
+    verify = run_fleetci("cache", "verify", "--local-only", "--socket", str(p.socket))
+    assert verify.returncode == 0 and "***@" in verify.stdout and secret not in verify.stdout
+    from fleetci.http import free_port
+
+    dead = f"http://u:{secret}@127.0.0.1:{free_port()}"
+    out = run_fleetci("cache", "serve", "--upstream", dead, "--port", "0", "--cache-dir", str(tmp_path / "d"))
+    assert "unreachable" in one_line_error(out) and secret not in out.stderr + out.stdout
+    out = run_fleetci("cache", "stats", "--url", dead)
+    assert "cannot read stats" in one_line_error(out) and secret not in out.stderr
+    p.stop()
+    log = p.log.read_text()
+    assert "***@127.0.0.1" in log and secret not in log
 
 
 def test_summary_outside_actions(emulator: Any, proxy: Proxy) -> None:

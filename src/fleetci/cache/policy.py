@@ -121,6 +121,9 @@ def request_credential(headers: Sequence[tuple[str, str]], target: str = "") -> 
 
 def _refuse_query_credentials(target: str) -> None:
     query = target.partition("?")[2]
+    low = query.lower()
+    if "access_token" not in low and "client_" not in low and "%" not in low:
+        return  # the hit path: no name here can be a credential, even once decoded
     for field in re.split(r"[&;]", query):
         name = unquote_plus(field.partition("=")[0]).strip().lower().partition("[")[0]
         if name in QUERY_CREDENTIALS:

@@ -24,7 +24,7 @@ from fleetci.config import (
 )
 from fleetci.errors import FleetciError, UsageError
 from fleetci.files import ensure_private_dir, private_fd, write_private
-from fleetci.http import describe, primary_ip, sync_client, wait_healthy
+from fleetci.http import describe, primary_ip, redact_url, sync_client, wait_healthy
 
 # Numeric flags outside the settings parse as the settings do: no nan, inf or negative values.
 COUNT_0 = arg_type(parse_count)
@@ -308,7 +308,7 @@ def fetch_stats(settings: CacheSettings, url: str | None = None) -> dict[str, An
         return data
     except (httpx.HTTPError, ValueError) as exc:
         if url:
-            raise FleetciError(f"cannot read stats from {url}: {describe(exc)}") from exc
+            raise FleetciError(f"cannot read stats from {redact_url(url)}: {describe(exc)}") from exc
     if not settings.db_path.exists():
         raise FleetciError(f"no proxy running on {settings.socket_path} and no cache at {settings.cache_dir}")
     from fleetci.cache import GitHubAPICache
