@@ -173,8 +173,9 @@ class Master:
         }
         data = json.dumps(index, sort_keys=True, indent=1).encode()
         sig = keys.sign(self.key, data)
-        write_private(self.settings.state_dir / "index.json", data)
-        write_private(self.settings.state_dir / "index.json.sig", sig.encode())
+        # Not fsynced: the index is rebuilt from the database on every start (the served copy is in memory).
+        write_private(self.settings.state_dir / "index.json", data, durable=False)
+        write_private(self.settings.state_dir / "index.json.sig", sig.encode(), durable=False)
         self.index_bytes, self.index_sig = data, sig
 
     # --- applying results -----------------------------------------------------------------------------

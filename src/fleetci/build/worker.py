@@ -245,7 +245,8 @@ class Worker:
                 for path in files:
                     os.replace(path, outbox / "files" / path.name)
             result = {"ok": ok, "error": error, "log": output[-MAX_LOG:], "duration_s": duration}
-            write_private(outbox / "result.json", json.dumps(result))
+            # Not fsynced: after a power loss the worker starts as a new identity and drops its outbox.
+            write_private(outbox / "result.json", json.dumps(result), durable=False)
             if ok:
                 log(f"{label}: built in {duration:.2f}s, {len(files)} artifact(s)")
             else:
