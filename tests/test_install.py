@@ -18,14 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import REPO_ROOT, clean_env, one_line_error, run_fleetci
+from fleetci.cli import main as cli_main
 from fleetci.errors import UsageError
+from fleetci.install.apt import apt_install
 from fleetci.install.index import FaultPlan, LocalIndex, build_wheel
 from fleetci.install.locks import held, holder, wait_for_locks
-from fleetci.install.pip import classify
+from fleetci.install.pip import build_plan, classify
 from fleetci.install.retry import PermanentFailure, TransientFailure
-from fleetci.install.settings import install_settings
+from fleetci.install.settings import InstallSettings, apt_name, install_settings, parse_apt_packages
+from fleetci.multiarch.settings import multiarch_settings
 
 DPKG_FRONTEND = Path("/var/lib/dpkg/lock-frontend")
 
@@ -179,6 +184,110 @@ def test_cli_waits_on_locks_under_a_private_lock_root(tmp_path: Path) -> None:
         assert f"{lock} held by pid {child.pid}" in line, line
     proc = run_fleetci("install", "--wait-locks", "--lock-root", str(tmp_path), "--lock-timeout", "5")
     assert proc.returncode == 0, proc.stderr
+
+
+# --- unit: apt package names and pip options never reach apt-get/pip as options ---------------------
+
+BAD_APT = [
+    "--version",
+    "-o=foo",
+    "foo;rm",
+    "Foo",
+    "a",
+    "jq-",
+    "jq yq",
+    "pkg=",
+    "pkg:",
+    "../x",
+    "pkg=-1",
+    "x\ny",
+]
+GOOD_APT = [
+    "python3",
+    "libc6:arm64",
+    "g++",
+    "python3=3.11.2-1+b1",
+    "libstdc++6:armhf=12.2.0-14",
+    "dpkg=1:1.21.22",
+    "git/bookworm-backports",
+    "0ad",
+]
+
+
+@pytest.mark.parametrize("name", BAD_APT)
+def test_apt_names_outside_debian_policy_are_usage_errors(name: str, tmp_path: Path) -> None:
+    for flags, config, env in [
+        ({"apt": name}, {}, {}),
+        ({}, {}, {"INSTALL_APT_PACKAGES": f"jq\n{name}"}),
+        ({}, {"install": {"apt": ["jq", name]}}, {}),
+    ]:
+        with pytest.raises(UsageError) as error:
+            install_settings(flags, config, env)
+        assert "is not an apt package name" in str(error.value) and "\n" not in str(error.value)
+    with pytest.raises(UsageError, match="is not an apt package name"):  # the rootfs packages too
+        multiarch_settings({"project": str(tmp_path), "arch": "arm64", "packages": name}, {}, {})
+
+
+def test_apt_names_with_arch_version_or_release_are_accepted() -> None:
+    settings = install_settings({"apt": ",".join(GOOD_APT)}, {}, {})
+    assert settings.apt_packages == tuple(GOOD_APT)
+    names = [apt_name(p) for p in settings.apt_packages]
+    assert names == ["python3", "libc6", "g++", "python3", "libstdc++6", "dpkg", "git", "0ad"]
+
+
+@given(st.text(max_size=20))
+def test_nothing_starting_with_a_dash_is_an_apt_package(rest: str) -> None:
+    with pytest.raises(ValueError, match="is not an apt package name"):
+        parse_apt_packages("-" + rest)
+
+
+def test_bad_apt_names_are_refused_before_waiting_for_locks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the lock held and no time to wait, a late check would report the lock (exit 1), not the name."""
+    for key in [k for k in os.environ if k.startswith("INSTALL_")]:
+        monkeypatch.delenv(key)
+    with held(tmp_path / "var/lib/dpkg/lock-frontend", 60):
+        settings = InstallSettings(apt_packages=("--version",), lock_root=tmp_path, lock_timeout=0)
+        with pytest.raises(UsageError, match="'--version' is not an apt package name"):
+            apt_install(settings, lambda line: None)
+        for argv, env in [
+            (["install", "--apt=--version"], {}),
+            (["install", "--apt", "jq,-o=APT::Get::Show-Versions=1"], {}),
+            (["install"], {"INSTALL_APT_PACKAGES": "--version"}),
+        ]:
+            for key, value in env.items():
+                monkeypatch.setenv(key, value)
+            code = cli_main([*argv, "--lock-root", str(tmp_path), "--lock-timeout", "0"])
+            err = capsys.readouterr().err
+            assert code == 2 and len(err.splitlines()) == 1, err
+            assert "is not an apt package name" in err and "held by pid" not in err
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["--index-url=http://127.0.0.1:9/simple/", "--no-deps.whl", "--pre", "-e", "--user"],
+)
+def test_pip_specs_starting_with_a_dash_never_reach_pip(spec: str) -> None:
+    with pytest.raises(UsageError, match=r"is a pip option, not a requirement"):
+        build_plan(install_settings({"packages": spec}, {}, {}))
+
+
+def test_a_project_path_starting_with_a_dash_is_refused_with_a_hint() -> None:
+    with pytest.raises(
+        UsageError, match=r"'--user' is a pip option, not a requirement \(write a path as ./--user\)"
+    ):
+        build_plan(install_settings({"project": "--user"}, {}, {}))
+
+
+def test_a_pip_option_through_the_cli_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in [k for k in os.environ if k.startswith("INSTALL_")]:
+        monkeypatch.delenv(key)
+    code = cli_main(["install", "--", "--index-url=http://127.0.0.1:9/simple/"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and "is a pip option" in err, err
 
 
 # --- integration: the real dpkg frontend lock -------------------------------------------------------
