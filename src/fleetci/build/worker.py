@@ -32,7 +32,7 @@ from fleetci.build import keys
 from fleetci.build.recipe import unpack_source
 from fleetci.build.settings import WorkerSettings
 from fleetci.errors import FleetciError
-from fleetci.files import ensure_private_dir, write_private
+from fleetci.files import ensure_private_dir, open_private, write_private
 from fleetci.http import describe
 
 MAX_LOG = 256 * 1024
@@ -370,7 +370,7 @@ class Worker:
         }
         out_path = root / "build.log"
         start = time.monotonic()
-        with out_path.open("wb") as out:
+        with open_private(out_path, "wb") as out:
             self.child = subprocess.Popen(
                 ["bash", "-eo", "pipefail", "-c", str(recipe["build"])],
                 cwd=src,
