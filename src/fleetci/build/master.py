@@ -20,12 +20,14 @@ import binascii
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import re
 import secrets
 import shutil
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -48,6 +50,7 @@ ARTIFACT_NAME = re.compile(api.ARTIFACT_PATTERN)
 MAX_LOG = 256 * 1024
 INLINE_SOURCE = 256 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_log = logging.getLogger("fleetci.build")  # one line per kind, rate-limited (fleetci.logs, via guarded_app)
 
 
 def valid_artifact_name(name: str) -> bool:
@@ -241,7 +244,11 @@ class Master:
         interval = min(1.0, self.settings.heartbeat_ttl / 10)
         while True:
             await asyncio.sleep(interval)
-            lost = self.store.expire_workers(self.settings.heartbeat_ttl, self.settings.max_attempts)
+            try:
+                lost = self.store.expire_workers(self.settings.heartbeat_ttl, self.settings.max_attempts)
+            except sqlite3.Error as exc:  # e.g. another process holds the write lock: try again next round
+                _log.error("expiring silent workers failed: %s", exc)
+                continue
             if lost:
                 for wid in lost:
                     shutil.rmtree(self.settings.state_dir / "staging" / wid, ignore_errors=True)
