@@ -72,9 +72,9 @@ class Recorder:
             try:
                 async for chunk in request.content.iter_chunked(256 * 1024):
                     seen.body_bytes += len(chunk)
-            except Exception:
+            except (ConnectionError, web.HTTPException):  # the sender gave up (or was cut off) mid-body
                 seen.complete = False
-                raise
+                return web.Response(status=400)
         base = self.url
         body = {
             "url": f"{base}/user",
