@@ -169,16 +169,12 @@ class Store:
         way to the worker, which cannot name it yet.
         """
         keep = set(held)
+        sql = "SELECT id, attempts FROM jobs WHERE worker_id=? AND state='running' AND started_at < ?"
+        if all(int(r["id"]) in keep for r in self._exec(sql, (wid, claimed_before))):
+            return []  # the usual heartbeat: no write transaction
         self.begin()
         try:
-            rows = [
-                r
-                for r in self._exec(
-                    "SELECT id, attempts FROM jobs WHERE worker_id=? AND state='running' AND started_at < ?",
-                    (wid, claimed_before),
-                ).fetchall()
-                if int(r["id"]) not in keep
-            ]
+            rows = [r for r in self._exec(sql, (wid, claimed_before)).fetchall() if int(r["id"]) not in keep]
             self._requeue(rows, wid, "no longer holds it", count_attempt=True, max_attempts=max_attempts)
             self.commit()
         except BaseException:
