@@ -248,6 +248,19 @@ def test_equivalent_accept_headers_share_a_key_but_media_types_do_not() -> None:
     assert plain != cache_key(s, "/repos/o/r", {"x-github-api-version": "2026-03-10"})
 
 
+def test_repeated_representation_headers_key_on_every_value() -> None:
+    """Two Accept lines reach GitHub as one list: the key must not come from the last line alone."""
+    from fleetci.cache.engine import _lower
+
+    s = scope_of("token x")
+    json_only = cache_key(s, "/repos/o/r/readme", _lower([("Accept", "application/json")]))
+    raw_then_json = _lower([("Accept", "application/vnd.github.raw+json"), ("accept", "application/json")])
+    assert raw_then_json["accept"] == "application/vnd.github.raw+json, application/json"
+    assert cache_key(s, "/repos/o/r/readme", raw_then_json) != json_only
+    versions = _lower([("X-GitHub-Api-Version", "2026-03-10"), ("X-GitHub-Api-Version", "2022-11-28")])
+    assert cache_key(s, "/repos/o/r", versions) != cache_key(s, "/repos/o/r", {})
+
+
 def test_rewrite_for_client_points_urls_back_at_the_proxy() -> None:
     from fleetci.cache.server import rewrite_for_client
 

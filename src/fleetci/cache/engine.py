@@ -141,7 +141,16 @@ class Prepared:
 
 
 def _lower(headers: Sequence[tuple[str, str]]) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers}
+    """Lower-case name -> value; repeated headers combine into one comma-separated list (RFC 9110 5.3).
+
+    Upstream sees every line of a repeated ``Accept``; keying on only the last one would let a request
+    that GitHub answers in one representation fill the entry of another.
+    """
+    out: dict[str, str] = {}
+    for k, v in headers:
+        low = k.lower()
+        out[low] = f"{out[low]}, {v}" if low in out else v
+    return out
 
 
 def _error(status: int, message: str, outcome: str) -> ProxyResponse:
