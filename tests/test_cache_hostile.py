@@ -269,6 +269,28 @@ def test_upstream_gets_exactly_the_credential_that_keyed_the_entry(
     assert_alive_and_quiet(proxy)
 
 
+def test_the_upstream_urls_credential_keys_what_it_fetches(
+    emulator: Any, proxy_factory: Any, tmp_path: Any
+) -> None:
+    """``--upstream https://x-access-token:T@host`` authorises requests that bring no credential: what
+    they fetch is alice's, so it must not land in the anonymous partition that a proxy without that
+    userinfo (or a peer) would serve to anyone."""
+    host = emulator.url.split("://", 1)[1]
+    shared_dir = tmp_path / "one-cache"
+    as_alice = proxy_factory(f"http://x-access-token:{ALICE}@{host}", cache_dir=shared_dir)
+    first = get(as_alice, "/repos/alice/secret-project", [])
+    assert first.status == 200 and first.header("X-Fleetci-Cache") == "MISS"
+    assert get(as_alice, "/repos/alice/secret-project", []).header("X-Fleetci-Cache") == "HIT"
+    assert login_of(get(as_alice, "/user", [])) == "alice"
+    assert login_of(get(as_alice, "/user", [("Authorization", f"token {BOB}")])) == "bob"  # own one wins
+    as_alice.stop()
+    plain = proxy_factory(emulator.url, cache_dir=shared_dir)
+    anonymous = get(plain, "/repos/alice/secret-project", [])
+    assert anonymous.status in (401, 404) and anonymous.header("X-Fleetci-Cache") == "MISS"
+    assert get(plain, "/user", []).status == 401
+    assert_alive_and_quiet(plain)
+
+
 @pytest.mark.parametrize(
     "target",
     [

@@ -549,4 +549,7 @@ def test_upstream_userinfo_is_in_no_printable_attribute() -> None:
     up = AsyncUpstream("https://x-access-token:s3cret@ghe.example.com/api/v3/")
     assert up.base_url == "https://ghe.example.com/api/v3"
     assert up.origin == "https://ghe.example.com" and up.base_path == "/api/v3"
-    assert "s3cret" not in repr({k: v for k, v in vars(up).items() if k != "_userinfo"})
+    credentials = ("_userinfo", "default_authorization")
+    assert "s3cret" not in repr({k: v for k, v in vars(up).items() if k not in credentials})
+    assert up.default_authorization == "Basic eC1hY2Nlc3MtdG9rZW46czNjcmV0"  # x-access-token:s3cret
+    assert AsyncUpstream("https://ghe.example.com").default_authorization is None

@@ -688,3 +688,17 @@ def test_peers_init_and_discover_and_bootstrap_script(tmp_path: Path) -> None:
     )
     bad = subprocess.run(["bash", str(script), "frobnicate"], capture_output=True, text=True)
     assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+def test_peer_identity_is_private_and_an_old_wide_file_is_tightened(tmp_path: Path) -> None:
+    import stat
+
+    from fleetci.p2p.node import load_identity
+
+    path = tmp_path / "cache" / "p2p-identity.key"
+    seed = load_identity(path)
+    assert len(seed) == 32 and path.read_bytes() == seed
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    path.chmod(0o644)
+    assert load_identity(path) == seed  # the same peer ID after a restart
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

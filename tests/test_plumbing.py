@@ -203,3 +203,24 @@ def test_an_unforeseen_failure_is_one_line_and_exit_1(
     monkeypatch.setenv("FLEETCI_DEBUG", "1")
     with pytest.raises(RuntimeError):
         cli.main(["anything"])
+
+
+def test_parser_errors_of_aiohttp_never_quote_the_request() -> None:
+    """aiohttp's pure-Python parser quotes the request line (a query token) without a ``b'…'`` repr."""
+    from aiohttp.http_exceptions import BadStatusLine, InvalidURLError
+
+    for exc in (
+        BadStatusLine("GET /x?access_token=ghp_SECRET HTTP/1.1"),
+        InvalidURLError("/x?access_token=ghp_SECRET"),
+    ):
+        rec = logging.LogRecord(
+            "aiohttp.server",
+            logging.ERROR,
+            __file__,
+            1,
+            "Error handling request from %s",
+            ("10.0.0.1",),
+            (type(exc), exc, None),
+        )
+        assert OneLineRateLimited().filter(rec)
+        assert rec.getMessage() == f"Error handling request from 10.0.0.1: {type(exc).__name__} (HTTP 400)"

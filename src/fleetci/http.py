@@ -110,14 +110,22 @@ class AsyncUpstream:
     """Keep-alive client for one upstream base URL (``https://api.github.com``, GHES ``…/api/v3``).
 
     Userinfo in the URL (``https://user:secret@host``) is kept out of every attribute that is printed or
-    compared (``base_url``, ``origin``); it is sent as Basic auth only on requests that carry no
-    ``Authorization`` of their own, so the upstream always sees exactly the caller's credential.
+    compared (``base_url``, ``origin``). It becomes :attr:`default_authorization`, a Basic credential sent
+    only on requests that carry no ``Authorization`` of their own; the cache keys such requests on that
+    same value (``CacheEngine``), so what it fetches is never filed under the anonymous partition.
     """
 
     def __init__(self, base_url: str, timeout: float = 30.0, max_connections: int = 200) -> None:
         parts = urlsplit(base_url.rstrip("/"))
         userinfo, _, hostport = parts.netloc.rpartition("@")
         self._userinfo = userinfo
+        self.default_authorization: str | None = None
+        if userinfo:
+            import base64
+
+            user, _, password = userinfo.partition(":")
+            pair = f"{unquote(user)}:{unquote(password)}".encode()
+            self.default_authorization = "Basic " + base64.b64encode(pair).decode("ascii")
         self.base_url = parts._replace(netloc=hostport).geturl()
         self.origin = f"{parts.scheme}://{hostport}"
         self.base_path = parts.path.rstrip("/")
@@ -154,9 +162,8 @@ class AsyncUpstream:
         url = self.base_url + target
         fwd = forwardable(headers)
         extra: dict[str, Any] = {}
-        if self._userinfo and not any(k.lower() == "authorization" for k, _ in fwd):
-            user, _, password = self._userinfo.partition(":")
-            extra["auth"] = aiohttp.BasicAuth(unquote(user), unquote(password))
+        if self.default_authorization and not any(k.lower() == "authorization" for k, _ in fwd):
+            fwd.append(("Authorization", self.default_authorization))
         data: bytes | StreamedBody | None = body if body else None
         if isinstance(body, StreamedBody):
             if body.length is not None:

@@ -20,9 +20,15 @@ _KEYS_MAX = 256
 _ECHOED_BYTES = re.compile(r"""\bb['"].*""", re.DOTALL)
 
 
-def one_line(exc: BaseException | None) -> str:
+def one_line(exc: BaseException | None, withhold: bool = False) -> str:
+    """``Type: text`` on one line. ``withhold``: the type and HTTP status only — for errors raised while
+    parsing a stranger's request, whose text quotes that request (a token in a query or header) in
+    forms that differ between aiohttp's C and pure-Python parsers."""
     if exc is None:
         return ""
+    if withhold:
+        code = getattr(exc, "code", None)
+        return f"{type(exc).__name__}" + (f" (HTTP {code})" if isinstance(code, int) else "")
     text = " ".join(_ECHOED_BYTES.sub("<request bytes withheld>", str(exc)).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text[:200]}"
 
@@ -40,7 +46,7 @@ class OneLineRateLimited(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if exc is not None:
-            record.msg = f"{record.getMessage()}: {one_line(exc)}"
+            record.msg = f"{record.getMessage()}: {one_line(exc, record.name.startswith('aiohttp.'))}"
             record.args = None
             record.exc_info = None
             record.exc_text = None

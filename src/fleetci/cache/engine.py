@@ -220,7 +220,8 @@ class CacheEngine:
     def prepare(self, target: str, headers: dict[str, str]) -> Prepared:
         norm = normalize_target(target, self.upstream.base_path)
         ttl_class, ttl = self.policy.classify(norm)
-        token_scope = scope_of(headers.get("authorization"))
+        credential = headers.get("authorization") or self.upstream.default_authorization
+        token_scope = scope_of(credential)
         scope = token_scope
         if self.settings.shared_scope and token_scope != ANONYMOUS_SCOPE:
             scope = shared_scope_of(self.settings.shared_scope)
@@ -231,7 +232,7 @@ class CacheEngine:
             ttl_class,
             ttl,
             token_scope,
-            headers.get("authorization"),
+            credential,
         )
 
     def lookup_fresh(self, key: str, now: float | None = None) -> Entry | None:
@@ -252,7 +253,8 @@ class CacheEngine:
     ) -> ProxyResponse:
         self.counters.requests += 1
         try:
-            credential = request_credential(headers, target)
+            # No credential of its own: the upstream URL's (``https://user:pw@host``), if any, keys it too.
+            credential = request_credential(headers, target) or self.upstream.default_authorization
         except CredentialError as exc:
             self.counters.refused += 1
             return self._finish(_error(400, f"fleetci: {exc}", Outcome.REFUSED), {})

@@ -14,7 +14,6 @@ import concurrent.futures
 import contextlib
 import json
 import logging
-import os
 import random
 import secrets
 import threading
@@ -27,6 +26,7 @@ from typing import Any
 
 from fleetci.cache.store import Entry, cid_of
 from fleetci.errors import FleetciError
+from fleetci.files import tighten, write_private
 from fleetci.http import check_port_free, primary_ip
 from fleetci.p2p.crypto import FleetKeys, SealError
 from fleetci.p2p.messages import (
@@ -109,6 +109,7 @@ def load_identity(path: Path) -> bytes:
     try:
         seed = path.read_bytes()
         if len(seed) == 32:
+            tighten(path)  # an older version may have left it wider
             return seed
         log.warning("identity file %s is damaged; creating a new peer identity", path)
     except FileNotFoundError:
@@ -117,12 +118,7 @@ def load_identity(path: Path) -> bytes:
         raise P2PError(f"cannot read peer identity {path}: {exc.strerror or exc}") from exc
     seed = secrets.token_bytes(32)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(seed)
-        tmp.replace(path)
+        write_private(path, seed)
     except OSError as exc:
         raise P2PError(f"cannot write peer identity {path}: {exc.strerror or exc}") from exc
     return seed

@@ -73,6 +73,24 @@ MUTATE_MAX = 1000  # world changes per admin call: each one holds the lock, a hu
 T = TypeVar("T")
 
 
+def _token_of(authorization: str) -> str:
+    """The token in ``token T`` / ``Bearer T``, or the password of ``Basic base64(user:T)``, as GitHub
+    accepts a token as the Basic password (``x-access-token:T``); "" for anything else."""
+    scheme, _, value = authorization.strip().partition(" ")
+    scheme, value = scheme.lower(), value.strip()
+    if scheme in ("token", "bearer"):
+        return value
+    if scheme == "basic":
+        import base64
+        import binascii
+
+        try:
+            return base64.b64decode(value, validate=True).decode("utf-8").partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            return ""
+    return ""
+
+
 @dataclass
 class EmulatorConfig:
     """Knobs of the emulated service; all of them can also be changed at runtime (``configure``)."""
@@ -673,8 +691,7 @@ class GitHubEmulator:
         login: str | None = None
         bad_credentials = False
         if auth:
-            scheme, _, value = auth.strip().partition(" ")
-            login = self.tokens.get(value.strip()) if scheme.lower() in ("token", "bearer") else None
+            login = self.tokens.get(_token_of(auth))
             bad_credentials = login is None
         key = login if login is not None else f"anon:{request.remote}"
         with self._lock:
