@@ -117,7 +117,7 @@ class AsyncUpstream:
 
     def __init__(self, base_url: str, timeout: float = 30.0, max_connections: int = 200) -> None:
         parts = urlsplit(base_url.rstrip("/"))
-        userinfo, _, hostport = parts.netloc.rpartition("@")
+        userinfo, hostport = parts.netloc.rpartition("@")[0], host_of(base_url)
         self._userinfo = userinfo
         self.default_authorization: str | None = None
         if userinfo:
@@ -190,6 +190,11 @@ class AsyncUpstream:
             await self._session.close()
 
 
+def host_of(url: str) -> str:
+    """``host[:port]`` of ``url``, never its userinfo (what messages and image references name)."""
+    return urlsplit(url).netloc.rpartition("@")[2]
+
+
 def redact_url(url: str) -> str:
     """``url`` with its userinfo hidden (``http://***@host``): for every URL we print, log or serve.
 
@@ -198,7 +203,7 @@ def redact_url(url: str) -> str:
     parts = urlsplit(url)
     if "@" not in parts.netloc:
         return url
-    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+    return parts._replace(netloc="***@" + host_of(url)).geturl()
 
 
 def describe(exc: BaseException) -> str:

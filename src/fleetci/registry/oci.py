@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urljoin
 
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from fleetci.errors import FleetciError
-from fleetci.http import describe, redact_url
+from fleetci.http import describe, host_of, redact_url
 from fleetci.registry.archive import MANIFEST_TYPES, Blob, read_window
 
 CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
@@ -83,7 +83,7 @@ class RegistryClient:
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.host = urlsplit(self.base_url).netloc.rpartition("@")[2]  # what messages name: no userinfo
+        self.host = host_of(self.base_url)  # what messages name: no userinfo
         self.username = username
         self.password = password
         self.chunk_size = chunk_size
@@ -142,19 +142,17 @@ class RegistryClient:
         try:
             resp = httpx.get(realm, params=params, auth=self._basic(), timeout=30)
         except httpx.TransportError as exc:
-            raise FleetciError(f"token server {urlsplit(realm).netloc} unreachable: {describe(exc)}") from exc
+            raise FleetciError(f"token server {host_of(realm)} unreachable: {describe(exc)}") from exc
         if resp.status_code in (401, 403):
             who = f"user {self.username!r}" if self.username else "anonymous access"
-            raise FleetciError(
-                f"token server {urlsplit(realm).netloc} rejected {who} (HTTP {resp.status_code})"
-            )
+            raise FleetciError(f"token server {host_of(realm)} rejected {who} (HTTP {resp.status_code})")
         if resp.status_code != 200:
-            raise FleetciError(f"token server {urlsplit(realm).netloc} answered HTTP {resp.status_code}")
+            raise FleetciError(f"token server {host_of(realm)} answered HTTP {resp.status_code}")
         try:
             data = resp.json()
             value = str(data.get("token") or data["access_token"])
         except (ValueError, KeyError) as exc:
-            raise FleetciError(f"token server {urlsplit(realm).netloc} sent no token") from exc
+            raise FleetciError(f"token server {host_of(realm)} sent no token") from exc
         ttl = float(data.get("expires_in") or 60)
         self._tokens[key] = _Token(value, time.time() + ttl)
         return value

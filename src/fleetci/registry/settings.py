@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from fleetci.config import Resolver, number, parse_positive_int, parse_timeout, section
 from fleetci.errors import UsageError
-from fleetci.http import redact_url
+from fleetci.http import host_of, redact_url
 
 DEFAULT_REPO = "rapidsai/velox-testing"
 DEFAULT_WORKFLOW = ".github/workflows/presto-build-images.yml"
@@ -83,7 +83,7 @@ class RegistrySettings:
     @property
     def registry_host(self) -> str:
         """``host:port`` as image references spell it (never the URL's userinfo: it is printed)."""
-        return urlsplit(self.registry_url).netloc.rpartition("@")[2]
+        return host_of(self.registry_url)
 
     def secrets(self) -> tuple[str, ...]:
         return tuple(
