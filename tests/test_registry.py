@@ -26,7 +26,7 @@ import httpx
 import pytest
 from tests.conftest import clean_env, fleetci_cmd, one_line_error, run_fleetci, wait_until
 
-from fleetci.errors import FleetciError
+from fleetci.errors import FleetciError, UsageError
 from fleetci.http import free_port
 from fleetci.registry.archive import DockerArchive, verify_image
 from fleetci.registry.settings import registry_settings
@@ -65,9 +65,18 @@ def test_tag_mapping_follows_the_seed() -> None:
     assert m.repository("presto-coordinator") == "x86/presto-coordinator"
     arm = map_tag("presto-1-velox-2-linux-arm64")
     assert (arm.arch_dir, arm.gitlab_tag) == ("arm", "presto-1-velox-2")
-    for bad in ("presto-1-velox-2", "../etc-linux-amd64", ""):
+    for bad in ("presto-1-velox-2", "../etc-linux-amd64", "", "presto-1-linux-amd64\n"):
         with pytest.raises(FleetciError):
             map_tag(bad)
+
+
+def test_a_trailing_newline_is_no_valid_tag_or_repository() -> None:
+    """``$`` matches before a final newline: names must match whole, or a tag prints as two lines."""
+    from fleetci.registry.tags import check_repository, check_tag
+
+    for check, bad in ((check_tag, "v1\n"), (check_repository, "x86/presto\n")):
+        with pytest.raises(UsageError):
+            check(bad)
 
 
 def test_metadata_block_is_read_from_a_timestamped_log() -> None:

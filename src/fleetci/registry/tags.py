@@ -55,14 +55,14 @@ def map_tag(github_tag: str) -> TagMapping:
 
 def check_tag(tag: str, what: str = "tag") -> str:
     """A tag the registry accepts (``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``); a bad one is a usage error."""
-    if not VALID_TAG.match(tag):
+    if not VALID_TAG.fullmatch(tag):
         raise UsageError(f"{tag!r} is not a valid {what} (letters, digits, '_', '.', '-'; at most 128)")
     return tag
 
 
 def check_repository(name: str, what: str = "repository name") -> str:
     """A repository path the registry accepts (lower-case components, '/'-separated, 255 at most)."""
-    if len(name) > 255 or not VALID_NAME.match(name):
+    if len(name) > 255 or not VALID_NAME.fullmatch(name):
         raise UsageError(
             f"{name!r} is not a valid {what} "
             "(lower-case letters, digits and . _ - between '/'-separated parts)"
