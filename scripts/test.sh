@@ -4,8 +4,9 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh" dev
 cd "$ROOT"
-# Real components the integration tests start: the gh CLI, node/npm for GitHub's OpenAPI description.
-apt_install gh ca-certificates git
+# Real components the integration tests start: the gh CLI, node/npm for GitHub's OpenAPI description;
+# shellcheck for the install script the actions run.
+apt_install gh ca-certificates git shellcheck
 # fleetci registry: the real registry (distribution 2.8) and skopeo as an independent reader/baseline.
 apt_install docker-registry skopeo docker.io
 # fleetci multiarch: QEMU user emulation + binfmt, mmdebstrap rootfs builds (arch-test for foreign
