@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import socket
 import time
@@ -352,3 +353,81 @@ def guarded_app(
             return error_response(500, f"internal error ({type(exc).__name__})", shape=shape)
 
     return web.Application(client_max_size=max_body, middlewares=[guard])
+
+
+# -- parsing what a peer sent: one reading for every client and server of ours ----------------------------
+
+MAX_ID = 2**63 - 1  # the largest id a SQLite INTEGER (or any signed 64-bit field) holds
+
+
+def parse_id(text: str, maximum: int = MAX_ID) -> int | None:
+    """A decimal number from a URL segment or a header (an id, a Content-Length), or None.
+
+    Only ASCII digits, at most ``maximum``: never int()'s ValueError, and never what int() also takes
+    (``+1``, `` 1``, ``1_0``, other scripts' digits) nor a length that costs time to convert.
+    """
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(maximum)):
+        return None
+    value = int(text)
+    return value if value <= maximum else None
+
+
+class JSONTooDeep(ValueError):
+    """JSON nested deeper than the reader allows (or than Python's parser can recurse)."""
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """Nesting depth of parsed JSON, counted iteratively and only up to ``limit + 1``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if deepest > limit:
+            break
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
+def loads_strict(raw: bytes | str, max_depth: int | None = None) -> Any:
+    """JSON as RFC 8259 has it, from a peer we do not trust: ValueError (one line) for anything else.
+
+    ``NaN``/``Infinity`` are refused (Python accepts them); nesting too deep for Python's recursive
+    parser, or deeper than ``max_depth``, raises :class:`JSONTooDeep` instead of a RecursionError.
+    """
+    try:
+        data = json.loads(raw, parse_constant=_not_json)
+    except RecursionError:
+        raise JSONTooDeep("JSON nested too deeply") from None
+    if max_depth is not None and json_depth(data, max_depth) > max_depth:
+        raise JSONTooDeep(f"JSON nested deeper than {max_depth} levels")
+    return data
+
+
+def error_message(status: int, body: bytes) -> str:
+    """The one-line reason of an HTTP error answer, for messages to users.
+
+    The JSON ``message`` (ours and GitHub's shape) or ``error`` (older masters, registries' plain
+    answers), else the body's text, else the status phrase.
+    """
+    text = body.decode("utf-8", errors="replace")
+    reason = ""
+    with contextlib.suppress(ValueError, RecursionError):
+        data = json.loads(text)
+        if isinstance(data, dict):
+            reason = str(data.get("message") or data.get("error") or "")
+    reason = " ".join((reason or text[:200]).split())
+    if not reason:
+        from http import HTTPStatus
+
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = f"HTTP {status}"
+    return reason[:500]

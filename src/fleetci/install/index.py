@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from fleetci.http import parse_id
 from fleetci.logs import quiet_server_logs
 
 _log = logging.getLogger("fleetci.server")
@@ -143,8 +144,8 @@ class _Handler(BaseHTTPRequestHandler):
         declared = self.headers.get("Content-Length")
         if declared is None:
             return True
-        length = int(declared) if declared.isascii() and declared.isdigit() and len(declared) < 19 else -1
-        if length < 0:
+        length = parse_id(declared)
+        if length is None:
             self.send_error(400, "bad Content-Length")
             return False
         if length > MAX_BODY_BYTES:

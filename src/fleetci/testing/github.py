@@ -27,7 +27,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from fleetci.http import error_response, guarded_app
+from fleetci.http import error_response, guarded_app, loads_strict
 from fleetci.testing import github_data as gd
 from fleetci.testing.github_data import JSON, Job, Repo, Run, World
 from fleetci.testing.server import BackgroundApp, plain_host, small_int
@@ -213,22 +213,6 @@ def _etag_matches(header: str, etag: str) -> bool:
 def _github_shape(status: int, message: str) -> dict[str, object]:
     """Errors the guards answer (413, 500) in GitHub's shape, as the emulator's own errors are."""
     return gd.error(message, DOCS, status)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _loads(body: bytes) -> Any:
-    """Parse a request body; ValueError for whatever GitHub answers "Problems parsing JSON" to.
-
-    That includes NaN/Infinity (not JSON) and nesting too deep for Python's parser, which would otherwise
-    raise RecursionError and turn into a 500.
-    """
-    try:
-        return json.loads(body, parse_constant=_no_constant)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
 
 
 class GitHubEmulator:
@@ -1194,7 +1178,7 @@ class GitHubEmulator:
                 )
             )
         try:
-            payload = _loads(ctx.body or b"null")
+            payload = loads_strict(ctx.body or b"null")
         except ValueError:
             payload = None
         if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
@@ -1298,7 +1282,7 @@ class GitHubEmulator:
 
     async def _a_config(self, request: web.Request) -> web.StreamResponse:
         try:
-            changes = _loads(await request.read())
+            changes = loads_strict(await request.read())
         except ValueError as exc:
             return error_response(400, f"Problems parsing JSON: {exc}")
         if not isinstance(changes, dict):
@@ -1318,7 +1302,7 @@ class GitHubEmulator:
         body = await request.read()
         if body.strip():
             try:
-                payload = _loads(body)
+                payload = loads_strict(body)
             except ValueError as exc:
                 return error_response(400, f"Problems parsing JSON: {exc}")
             n = payload.get("n", 1) if isinstance(payload, dict) else None

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fleetci.http import RUNNER_OPTIONS
+from fleetci.http import RUNNER_OPTIONS, parse_id
 
 
 class BackgroundApp:
@@ -123,6 +123,5 @@ def plain_host(request: web.Request) -> bool:
     return host.isascii() and host.isprintable()
 
 
-def small_int(text: str) -> int | None:
-    """An id from a URL: ASCII digits that fit 64 bits, else None (a 404, never int()'s ValueError)."""
-    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+# An id from a URL: ASCII digits that fit 64 bits, else None (a 404, never int()'s ValueError).
+small_int = parse_id
