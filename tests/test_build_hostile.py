@@ -69,10 +69,14 @@ class Manual:
         job: dict[str, Any] = r.json()
         return job
 
-    def put(self, jid: int, package: str, name: str, body: bytes) -> httpx.Response:
+    def put_headers(self, package: str, name: str, body: bytes) -> dict[str, str]:
+        """The digest and signature headers of an artifact upload."""
         sha = hashlib.sha256(body).hexdigest()
         sig = keys.sign(self.key, keys.artifact_message(package, name, sha))
-        headers = {**self.auth, "X-Fleetci-Sha256": sha, "X-Fleetci-Signature": sig}
+        return {"X-Fleetci-Sha256": sha, "X-Fleetci-Signature": sig}
+
+    def put(self, jid: int, package: str, name: str, body: bytes) -> httpx.Response:
+        headers = {**self.auth, **self.put_headers(package, name, body)}
         return httpx.put(f"{self.url}/api/v1/jobs/{jid}/artifacts/{name}", content=body, headers=headers)
 
     def post(self, path: str, body: bytes) -> httpx.Response:

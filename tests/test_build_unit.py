@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -350,6 +351,45 @@ def test_a_crash_before_the_commit_changes_nothing_and_the_retry_works(tmp_path:
     again.store.close()
 
 
+def test_a_stray_file_where_a_package_directory_belongs_does_not_stop_the_start(tmp_path: Path) -> None:
+    """A committed result still to publish, and a regular file named like its package in ``repo/``."""
+    from fleetci.build.master import Master
+
+    state = tmp_path / "state"
+    m, jid, stage, files = _master_with_a_finished_job(state, tmp_path)
+    m.store.finish(m.store.job(jid), True, 1.0, "log", None, files, stage=str(stage.relative_to(state)))
+    settings = m.settings
+    m.store.close()
+    (state / "repo" / "a").write_text("not a directory")
+
+    again = Master(settings)  # used to stop at NotADirectoryError
+    assert (state / "repo" / "a" / "1-1" / "a.pkg").read_bytes() == b"artifact"
+    assert again.store.pending_applies() == [] and not stage.exists()
+    again.store.close()
+
+
+def test_recovery_never_follows_a_symlink_out_of_the_state_dir(tmp_path: Path) -> None:
+    from fleetci.build.master import Master
+
+    state = tmp_path / "state"
+    m, jid, stage, files = _master_with_a_finished_job(state, tmp_path)
+    m.store.finish(m.store.job(jid), True, 1.0, "log", None, files, stage=str(stage.relative_to(state)))
+    m._publish(m.store.pending_applies()[0])
+    settings = m.settings
+    m.store.close()
+    outside = tmp_path / "outside"
+    for name in ("precious", "7"):
+        (outside / name).mkdir(parents=True)
+        (outside / name / "data").write_text("keep me")
+    shutil.rmtree(state / "repo" / "a")
+    (state / "repo" / "a").symlink_to(outside)  # named like a package: its "releases" would be pruned
+    (state / "staging" / "w-9").symlink_to(outside)  # named like a worker: its "jobs" would be dropped
+
+    Master(settings).store.close()
+    assert sorted(str(p.relative_to(outside)) for p in outside.rglob("data")) == ["7/data", "precious/data"]
+    assert not (state / "repo" / "a").is_symlink() and not (state / "staging" / "w-9").is_symlink()
+
+
 def test_master_state_is_private_and_old_wide_files_are_tightened(tmp_path: Path) -> None:
     from fleetci.build.master import Master
     from fleetci.build.settings import MasterSettings
@@ -383,6 +423,9 @@ def test_worker_work_dir_is_private(tmp_path: Path) -> None:
         assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
 
 
+KEY = b"A" * 43 + b"="  # a well-formed public key: the name is what these bodies get wrong
+
+
 @pytest.mark.parametrize(
     ("op", "body", "needle"),
     [
@@ -393,7 +436,16 @@ def test_worker_work_dir_is_private(tmp_path: Path) -> None:
         ("heartbeat", b'{"jobs": [100000000000000000000000]}', "jobs.0"),
         ("submit", b"[" * 5000 + b"]" * 5000, "nested"),
         ("submit", b'{"packages": [{"recipe": {"name": "Index"}, "source": ""}]}', "packages.0.recipe"),
-        ("register", b'{"public_key": "k", "name": "two\\nlines"}', "name"),
+        ("register", b'{"public_key": "' + KEY + b'", "name": "two\\nlines"}', "name"),
+        # JSON Schema's patterns are ECMA-262's: "$" is the end of the text, not "before a final newline"
+        ("register", b'{"public_key": "' + KEY + b'", "name": "evil\\n"}', "name"),
+        ("result", b'{"ok": true, "artifacts": ["a.deb\\n"]}', "artifacts.0"),
+        (
+            "submit",
+            b'{"packages": [{"recipe": {"name": "x\\n", "version": "1", "build": "b", "artifacts": ["a"]},'
+            b' "source": ""}]}',
+            "packages.0.recipe.name",
+        ),
     ],
 )
 def test_request_bodies_are_checked_against_the_published_schemas(op: str, body: bytes, needle: str) -> None:
@@ -412,3 +464,21 @@ def test_heartbeat_body_is_optional_and_valid_bodies_pass() -> None:
     assert api.parse_body("result", b'{"ok": false, "error": null}')["ok"] is False
     with pytest.raises(api.ApiError, match="no such job"):
         api.path_id("result", "job", str(10**23))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "python"),
+    [
+        ("^a$", r"^a\Z"),
+        (r"^a\$$", r"^a\$\Z"),  # an escaped "$" is a dollar sign
+        ("^[$]$", r"^[$]\Z"),  # so is one in a class
+        ("^[]$]$", r"^[]$]\Z"),  # "]" first in a class is a literal: the class goes on
+        ("^[^]$]$", r"^[^]$]\Z"),
+        ("^(a$|b$)", r"^(a\Z|b\Z)"),
+        ("^abc", "^abc"),
+    ],
+)
+def test_schema_patterns_get_ecma_end_anchors(pattern: str, python: str) -> None:
+    from fleetci.build import api
+
+    assert api.ecma_regex(pattern) == python

@@ -10,16 +10,20 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from fleetci import __version__
 from fleetci.build.recipe import MAX_SOURCE_BYTES, MAX_TIMEOUT_S, NAME_RE, VERSION_RE
+from fleetci.config import number
 from fleetci.errors import FleetciError
+from fleetci.http import MAX_ID, JSONTooDeep, loads_strict, parse_id
 
 # A plain file name: no separators, no leading dot, never two dots in a row ("..", "a..b").
 ARTIFACT_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9_+-]|\.[A-Za-z0-9_+-])*\.?$"
 ARTIFACT_MAX = 200
-MAX_ID = 2**63 - 1  # SQLite's INTEGER
 MAX_DEPTH = 16  # JSON nesting a request may have (ours need 4); deeper is refused before validation
 MAX_SECONDS = 1e9
 MAX_LIST = 10_000
@@ -105,7 +109,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "required": ["public_key"],
         "properties": {
             "name": {"type": "string", "pattern": r"^[^\x00-\x1f\x7f]{1,100}$"},
-            "public_key": {"type": "string", "maxLength": 100, "description": "base64 raw ed25519 key"},
+            "public_key": {
+                "type": "string",
+                "pattern": "^[A-Za-z0-9+/]{43}=$",
+                "description": "the raw 32-byte ed25519 public key, base64",
+            },
         },
     },
     "Heartbeat": {
@@ -558,28 +566,88 @@ DOCUMENT: dict[str, Any] = _document()
 DOCUMENT_BYTES = json.dumps(DOCUMENT, sort_keys=True).encode()
 
 
-def _operation(op_id: str) -> dict[str, Any]:
-    for methods in DOCUMENT["paths"].values():
-        for op in methods.values():
-            if op["operationId"] == op_id:
-                return dict(op)
-    raise KeyError(op_id)
+def ecma_regex(pattern: str) -> str:
+    r"""``pattern`` for Python's ``re`` with ECMA-262's ``$``, which JSON Schema specifies.
+
+    Python's ``$`` also matches before a final newline, so ``^[a-z]+$`` would take ``"evil\n"``; every
+    unescaped ``$`` outside a character class becomes ``\Z`` (the end of the text, only).
+    """
+    out: list[str] = []
+    i, class_open = 0, -1  # where the character class being read starts (-1: outside one)
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if class_open >= 0:
+            # "]" closes the class, except first in it ("[]a]", "[^]a]"), where it is a literal
+            if c == "]" and pattern[class_open + 1 : i] not in ("", "^"):
+                class_open = -1
+        elif c == "[":
+            class_open = i
+        elif c == "$":
+            c = r"\Z"
+        out.append(c)
+        i += 1
+    return "".join(out)
 
 
 @functools.cache
-def _validator(schema_json: str) -> Any:
-    """A compiled validator for one schema of the document (its ``$ref``s resolve inside the document)."""
-    from jsonschema import Draft202012Validator  # type: ignore[import-untyped,unused-ignore]
-
-    schema = {**json.loads(schema_json), "components": DOCUMENT["components"]}
-    return Draft202012Validator(schema)
+def _regex(pattern: str) -> re.Pattern[str]:
+    return re.compile(ecma_regex(pattern))
 
 
-def _check(schema: dict[str, Any], value: Any, where: str) -> None:
+@functools.cache
+def _validator_class() -> Any:
+    """Draft 2020-12 with an ECMA-262 ``pattern`` keyword (see :func:`ecma_regex`)."""
+    from jsonschema import Draft202012Validator, ValidationError, validators  # type: ignore[import-untyped,unused-ignore]
+
+    def pattern(validator: Any, patrn: str, instance: Any, schema: dict[str, Any]) -> Iterator[Any]:
+        if validator.is_type(instance, "string") and not _regex(patrn).search(instance):
+            yield ValidationError(f"{instance!r} does not match {patrn!r}")
+
+    return validators.extend(Draft202012Validator, {"pattern": pattern})
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation's request checks, compiled once: its JSON body's and its parameters' validators."""
+
+    op_id: str
+    body: Any  # a validator, or None when the operation takes no JSON body
+    body_required: bool
+    params: dict[str, tuple[dict[str, Any], Any]]  # name -> (schema, validator)
+
+
+def _compile(schema: dict[str, Any]) -> Any:
+    """A validator for one schema of the document (its ``$ref``s resolve inside the document)."""
+    return _validator_class()({**schema, "components": DOCUMENT["components"]})
+
+
+@functools.cache
+def operations() -> dict[str, Operation]:
+    """Every operation of the document by ``operationId``, compiled at first use (not at import: the
+    jsonschema import costs the CLI's other verbs time they do not need)."""
+    out: dict[str, Operation] = {}
+    for methods in DOCUMENT["paths"].values():
+        for op in methods.values():
+            body = op.get("requestBody")
+            schema = (body or {}).get("content", {}).get("application/json", {}).get("schema")
+            out[op["operationId"]] = Operation(
+                op_id=op["operationId"],
+                body=_compile(schema) if schema is not None else None,
+                body_required=bool(body and body.get("required", False)),
+                params={p["name"]: (p["schema"], _compile(p["schema"])) for p in op.get("parameters", [])},
+            )
+    return out
+
+
+def _check(validator: Any, value: Any, where: str) -> None:
     from jsonschema.exceptions import best_match  # type: ignore[import-untyped,unused-ignore]
 
     try:
-        error = best_match(_validator(json.dumps(schema, sort_keys=True)).iter_errors(value))
+        error = best_match(validator.iter_errors(value))
     except RecursionError:
         raise ApiError(400, f"{where} is nested too deeply") from None
     if error is not None:
@@ -590,71 +658,59 @@ def _check(schema: dict[str, Any], value: Any, where: str) -> None:
         raise ApiError(400, f"{path or where}: {message}")
 
 
-def request_schema(op_id: str) -> dict[str, Any] | None:
-    body = _operation(op_id).get("requestBody")
-    if body is None:
-        return None
-    schema: dict[str, Any] = body["content"]["application/json"]["schema"]
-    return schema
-
-
-def _depth(value: Any) -> int:
-    """Nesting depth, iteratively (a hostile body must not exhaust the Python stack)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        deepest = max(deepest, level)
-        if deepest > MAX_DEPTH:
-            break
-        if isinstance(item, dict):
-            stack.extend((v, level + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, level + 1) for v in item)
-    return deepest
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parse_body(op_id: str, raw: bytes) -> dict[str, Any]:
     """The JSON object of a request, checked against the operation's schema; ``ApiError(400)`` if not."""
-    op = _operation(op_id)
-    schema = request_schema(op_id)
-    if schema is None:
+    op = operations()[op_id]
+    if op.body is None:
         raise KeyError(f"{op_id} takes no JSON body")
     if not raw.strip():
-        if op["requestBody"].get("required", False):
+        if op.body_required:
             raise ApiError(400, "request body must be a JSON object")
         return {}
     try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
-    except RecursionError:
-        raise ApiError(400, "request body is nested too deeply") from None
-    except (UnicodeDecodeError, ValueError) as exc:
+        data = loads_strict(raw.decode("utf-8"), max_depth=MAX_DEPTH)
+    except JSONTooDeep:
+        raise ApiError(400, f"request body is nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # UnicodeDecodeError too
         raise ApiError(400, f"request body is not JSON: {str(exc)[:120]}") from None
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object")
-    if _depth(data) > MAX_DEPTH:
-        raise ApiError(400, f"request body is nested deeper than {MAX_DEPTH} levels")
-    _check(schema, data, "request body")
+    _check(op.body, data, "request body")
     return data
+
+
+def _param(op_id: str, name: str) -> tuple[dict[str, Any], Any]:
+    try:
+        return operations()[op_id].params[name]
+    except KeyError:
+        raise KeyError(f"{op_id} has no parameter {name}") from None
 
 
 def check_param(op_id: str, name: str, value: Any) -> Any:
     """``value`` (already converted from text) checked against the parameter's schema in the document."""
-    for param in _operation(op_id).get("parameters", []):
-        if param["name"] == name:
-            _check(param["schema"], value, name)
-            return value
-    raise KeyError(f"{op_id} has no parameter {name}")
+    _check(_param(op_id, name)[1], value, name)
+    return value
+
+
+@functools.cache
+def _number_parser(op_id: str, name: str) -> Callable[[str], float]:
+    schema = _param(op_id, name)[0]
+    return number(float, min=schema.get("minimum"), max=schema.get("maximum"))
+
+
+def number_param(op_id: str, name: str, text: str) -> float:
+    """A numeric query parameter: finite and within the document's bounds, else ``ApiError(400)``."""
+    try:
+        return _number_parser(op_id, name)(text)
+    except ValueError as exc:
+        raise ApiError(400, f"{name}: {exc}") from None
 
 
 def path_id(op_id: str, name: str, text: str) -> int:
     """A numeric path segment (job or build id); anything else names nothing (404)."""
-    if not text.isascii() or not text.isdigit() or len(text) > 19:
+    value = parse_id(text)
+    if value is None:
         raise ApiError(404, f"no such {name}")
-    value = int(text)
     try:
         check_param(op_id, name, value)
     except ApiError:

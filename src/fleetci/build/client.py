@@ -15,7 +15,7 @@ from fleetci.build import keys
 from fleetci.build.recipe import Recipe, check_graph, pack_source
 from fleetci.build.settings import ClientSettings
 from fleetci.errors import FleetciError
-from fleetci.http import describe
+from fleetci.http import describe, error_message
 
 
 def pending(info: dict[str, Any]) -> str:
@@ -48,12 +48,7 @@ class MasterClient:
         except httpx.HTTPError as exc:
             raise FleetciError(f"cannot reach the build master at {self.s.master}: {describe(exc)}") from exc
         if r.status_code >= 400:
-            try:
-                data = r.json()
-                reason = str(data.get("message") or data.get("error"))
-            except (ValueError, AttributeError):
-                reason = r.text[:200] or r.reason_phrase
-            raise FleetciError(f"master answered {r.status_code}: {reason}")
+            raise FleetciError(f"master answered {r.status_code}: {error_message(r.status_code, r.content)}")
         return r
 
     def json(self, method: str, path: str, **kw: Any) -> dict[str, Any]:

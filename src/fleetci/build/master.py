@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import secrets
@@ -30,7 +29,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ from fleetci.build.settings import MasterSettings
 from fleetci.build.store import StateError, Store
 from fleetci.errors import FleetciError
 from fleetci.files import ensure_private_dir, open_private, tighten, write_private
-from fleetci.http import RUNNER_OPTIONS, check_port_free, error_response, guarded_app
+from fleetci.http import RUNNER_OPTIONS, check_port_free, describe, error_response, guarded_app
 
 ARTIFACT_NAME = re.compile(api.ARTIFACT_PATTERN)
 MAX_LOG = 256 * 1024
@@ -56,6 +55,18 @@ _log = logging.getLogger("fleetci.build")  # one line per kind, rate-limited (fl
 def valid_artifact_name(name: str) -> bool:
     """A plain file name (the same rule as the document's ``ArtifactName``, matched whole)."""
     return len(name) <= api.ARTIFACT_MAX and ARTIFACT_NAME.fullmatch(name) is not None
+
+
+def _real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, a symlink (never what it points to) or a directory tree."""
+    if _real_dir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _secret_file(path: Path, prefix: str) -> str:
@@ -186,8 +197,9 @@ class Master:
     def _publish(self, pending: dict[str, Any]) -> None:
         """Move a committed result's staged files into ``repo/`` and drop older releases (idempotent).
 
-        Runs right after the result's transaction, and again on start-up for a journal entry a crash
-        left behind; a file already moved is skipped, an entry for a superseded release only cleans up.
+        Runs right after the result's transaction, again from the reaper while it fails, and on start-up
+        for a journal entry a crash left behind; a file already moved is skipped, an entry for a
+        superseded release only cleans up.
         """
         jid, package, rel = int(pending["job_id"]), str(pending["package"]), str(pending["rel"])
         stage = self.settings.state_dir / str(pending["stage"])
@@ -209,10 +221,40 @@ class Master:
         shutil.rmtree(stage, ignore_errors=True)
         self.store.applied(jid)
 
-    def _recover(self) -> None:
-        """Finish what a crash interrupted, then drop what no committed state refers to."""
+    def _publish_pending(self) -> bool:
+        """Publish every journaled result not yet in ``repo/``; True if one was (the index is then stale).
+
+        A failure (a full disk, something in the way) is logged and left in the journal: the reaper
+        tries again every round, and ``_drop_stage`` keeps the staged files until then.
+        """
+        published = False
         for pending in self.store.pending_applies():
-            self._publish(pending)
+            try:
+                self._publish(pending)
+            except (OSError, sqlite3.Error) as exc:
+                _log.error("publishing job %s failed, will retry: %s", pending["job_id"], describe(exc))
+                continue
+            published = True
+        return published
+
+    def _drop_stage(self, wid: str, jid: int | None = None) -> None:
+        """Delete a worker's staged uploads (one job's, or all) but those a journaled result still moves."""
+        keep = {str(p["stage"]) for p in self.store.pending_applies()}
+        root = self.settings.state_dir / "staging" / wid
+        if jid is not None:
+            stages = [root / str(jid)]
+        else:
+            stages = list(root.iterdir()) if root.is_dir() and not root.is_symlink() else []
+        for stage in stages:
+            if str(stage.relative_to(self.settings.state_dir)) not in keep:
+                _remove(stage)
+
+    def _recover(self) -> None:
+        """Finish what a crash interrupted, then drop what no committed state refers to.
+
+        Nothing found on disk stops the start: what is not a directory where one belongs is removed (a
+        symlink is never followed), and a result that cannot be published yet is retried by the reaper.
+        """
         for stale in ("index.json", "index.json.sig", ".index.json.tmp", ".index.json.sig.tmp"):
             path = self.repo / stale  # an older layout kept the index inside repo/
             if path.is_file():
@@ -220,38 +262,43 @@ class Master:
         pkgs = self.store.packages()
         for entry in self.repo.iterdir():
             p = pkgs.get(entry.name)
-            if p is None:
-                if entry.is_dir():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink()
+            if p is None or not _real_dir(entry):
+                _remove(entry)
                 continue
             for rel in entry.iterdir():
-                if rel.name != f"{p['version']}-{p['release']}":
-                    shutil.rmtree(rel, ignore_errors=True)
-        running = set(self.store.running_jobs())
-        for wdir in (self.settings.state_dir / "staging").iterdir():
-            for jdir in wdir.iterdir() if wdir.is_dir() else ():
-                if (wdir.name, jdir.name) not in running:
-                    shutil.rmtree(jdir, ignore_errors=True)
+                if rel.name != f"{p['version']}-{p['release']}" or not _real_dir(rel):
+                    _remove(rel)
+        self._publish_pending()
+        keep = {f"staging/{w}/{j}" for w, j in self.store.running_jobs()}
+        keep |= {str(p["stage"]) for p in self.store.pending_applies()}
+        staging = self.settings.state_dir / "staging"
+        for wdir in staging.iterdir():
+            if not _real_dir(wdir):
+                _remove(wdir)
+                continue
+            for jdir in wdir.iterdir():
+                if f"staging/{wdir.name}/{jdir.name}" not in keep:
+                    _remove(jdir)
         for root, dirs, files in os.walk(self.settings.state_dir):
             for name in dirs:
                 ensure_private_dir(Path(root) / name)
             tighten(*(Path(root) / name for name in files))
 
     async def reaper(self) -> None:
-        """Expire silent workers; their jobs become ready again for the others."""
+        """Expire silent workers (their jobs become ready again for the others); retry failed publishing."""
         interval = min(1.0, self.settings.heartbeat_ttl / 10)
         while True:
             await asyncio.sleep(interval)
             try:
+                if self._publish_pending():
+                    self._write_index()
                 lost = self.store.expire_workers(self.settings.heartbeat_ttl, self.settings.max_attempts)
-            except sqlite3.Error as exc:  # e.g. another process holds the write lock: try again next round
-                _log.error("expiring silent workers failed: %s", exc)
+            except (OSError, sqlite3.Error) as exc:  # e.g. another process holds the write lock: next round
+                _log.error("reaper round failed: %s", describe(exc))
                 continue
             if lost:
                 for wid in lost:
-                    shutil.rmtree(self.settings.state_dir / "staging" / wid, ignore_errors=True)
+                    self._drop_stage(wid)
                 print(
                     f"workers lost (no heartbeat for {self.settings.heartbeat_ttl:g}s): {', '.join(lost)}",
                     flush=True,
@@ -317,7 +364,7 @@ class Master:
             )
             if requeued:
                 for jid in requeued:
-                    shutil.rmtree(self._stage(wid, jid), ignore_errors=True)
+                    self._drop_stage(wid, jid)
                 print(f"worker {wid} no longer holds jobs {requeued}: requeued", flush=True)
                 self.wake()
         return web.json_response({"worker_id": wid, "state": "active", "requeued": requeued})
@@ -325,7 +372,7 @@ class Master:
     async def unregister(self, request: web.Request) -> web.Response:
         wid = self.worker(request)
         requeued = self.store.unregister(wid)
-        shutil.rmtree(self.settings.state_dir / "staging" / wid, ignore_errors=True)
+        self._drop_stage(wid)
         print(f"worker {wid} unregistered; requeued jobs {requeued}", flush=True)
         self.wake()
         return web.json_response({"worker_id": wid, "requeued": requeued})
@@ -333,13 +380,7 @@ class Master:
     async def next_job(self, request: web.Request) -> web.Response:
         """Long poll: answer at once when a job is ready, else when one becomes ready or ``wait`` ends."""
         wid = self.worker(request)
-        try:
-            wait = float(request.query.get("wait", "20"))
-        except ValueError:
-            raise ApiError(400, "wait must be a number of seconds") from None
-        if not math.isfinite(wait):
-            raise ApiError(400, "wait must be a finite number of seconds")
-        api.check_param("next_job", "wait", wait)
+        wait = api.number_param("next_job", "wait", request.query.get("wait", "20"))
         deadline = time.monotonic() + wait
         while True:
             row = self.store.worker(wid)
@@ -401,6 +442,15 @@ class Master:
             return None
         return base64.b64encode(path.read_bytes()).decode()
 
+    @contextlib.contextmanager
+    def _holding(self, job: Any) -> Iterator[None]:
+        """The store's ``holding`` transaction, its refusal as the API's 409."""
+        try:
+            with self.store.holding(job):
+                yield
+        except StateError as exc:
+            raise ApiError(exc.status, str(exc)) from None
+
     def _own_job(self, request: web.Request, wid: str, op_id: str) -> Any:
         jid = api.path_id(op_id, "job", request.match_info["job"])
         try:
@@ -452,17 +502,21 @@ class Master:
             message = keys.artifact_message(str(job["package"]), filename, actual)
             if not keys.verify(str(worker["public_key"]), message, signature):
                 raise ApiError(400, f"signature of {filename} does not verify with this worker's key")
-            os.replace(tmp, stage / filename)
+            # The job may have been requeued (and handed out again) while the body streamed in: the file
+            # and its row enter only if this attempt still holds it, so no other attempt's row is replaced.
+            with self._holding(job):
+                os.replace(tmp, stage / filename)
+                self.store.record_upload(int(job["id"]), filename, actual, size, signature)
         finally:
             tmp.unlink(missing_ok=True)
-        self.store.record_upload(int(job["id"]), filename, actual, size, signature)
         return web.json_response({"name": filename, "sha256": actual, "size": size})
 
     async def result(self, request: web.Request) -> web.Response:
         """Record a job's outcome; a success enters the repository in one journaled step.
 
         The database commit comes first and journals the file moves, so a failure before it changes
-        nothing (the worker retries), and a crash after it is finished by ``_recover`` on restart.
+        nothing (the worker retries); moves that fail after it are retried by the reaper, and a crash
+        after it is finished by ``_recover`` on restart.
         """
         wid = self.worker(request)
         job = self._own_job(request, wid, "result")
@@ -500,15 +554,14 @@ class Master:
                 for u in uploads
             ]
         stage_rel = str(stage.relative_to(self.settings.state_dir))
-        self.store.finish(job, ok, duration, log, error, files, stage=stage_rel)
-        if ok:
-            names = [f["name"] for f in files]
-            self._publish(
-                {"job_id": jid, "package": job["package"], "rel": rel, "stage": stage_rel, "files": names}
-            )
-            self._write_index()
-        else:
+        try:  # only if this attempt still holds the job: it may have been requeued while the body came in
+            self.store.finish(job, ok, duration, log, error, files, stage=stage_rel)
+        except StateError as exc:
+            raise ApiError(exc.status, str(exc)) from None
+        if not ok:
             shutil.rmtree(stage, ignore_errors=True)
+        elif self._publish_pending():
+            self._write_index()
         self.wake()
         state = "done" if ok else "failed"
         print(f"job {jid} {job['package']} {rel} {state} on {wid}", flush=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from fleetci.config import number
 from fleetci.errors import FleetciError, UsageError
 
 RECIPE_FILE = "recipe.yml"
@@ -24,6 +25,7 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._+-]{0,99}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$")
 MAX_SOURCE_BYTES = 32 * 1024 * 1024
 MAX_PARTITIONS = 10_000
+parse_partitions = number(int, min=1, max=MAX_PARTITIONS)  # one list each: more is a typo
 MAX_TIMEOUT_S = 30 * 86400.0  # a month: longer is a typo, and a huge value overflows the worker's timer
 
 
@@ -219,10 +221,10 @@ def partitions(
     Longest-processing-time-first over the weakly connected components: a worker given one group never
     needs another group's output.
     """
-    if n < 1:
-        raise UsageError("--partitions must be at least 1")
-    if n > MAX_PARTITIONS:
-        raise UsageError(f"--partitions must be at most {MAX_PARTITIONS}")
+    try:
+        parse_partitions(str(n))  # the CLI's rule, for callers that did not come through it
+    except ValueError as exc:
+        raise UsageError(f"partitions: {exc}") from None
     weight = dict(cost) if cost else dict.fromkeys(graph, 1.0)
     parent = {x: x for x in graph}
 

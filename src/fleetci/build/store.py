@@ -7,10 +7,11 @@ in that same transaction, lets a restarted master finish the moves (see ``Master
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -337,7 +338,30 @@ class Store:
         rows = self._exec("SELECT worker_id, id FROM jobs WHERE state='running'")
         return [(str(r[0]), str(r[1])) for r in rows]
 
+    @contextlib.contextmanager
+    def holding(self, job: sqlite3.Row) -> Iterator[None]:
+        """One IMMEDIATE transaction in which ``job`` is still the attempt its worker was handed.
+
+        A request checks the job's owner, then awaits its body; meanwhile the job may have gone back to
+        the queue (a lost worker, a heartbeat that no longer names it) and out again, even to the same
+        worker as a new attempt. Then ``StateError`` (409), and nothing in the block is committed.
+        """
+        self.begin()
+        try:
+            held = self._exec(
+                "SELECT 1 FROM jobs WHERE id=? AND state='running' AND worker_id=? AND attempts=?",
+                (job["id"], job["worker_id"], job["attempts"]),
+            ).fetchone()
+            if held is None:
+                raise StateError(f"job {job['id']} is no longer assigned to this worker: it was requeued")
+            yield
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+
     def record_upload(self, jid: int, filename: str, sha256: str, size: int, signature: str) -> None:
+        """One uploaded artifact (inside ``holding``: only while the uploading attempt holds the job)."""
         self._exec(
             "INSERT OR REPLACE INTO uploads(job_id, filename, sha256, size, signature) VALUES(?, ?, ?, ?, ?)",
             (jid, filename, sha256, size, signature),
@@ -358,12 +382,12 @@ class Store:
     ) -> None:
         """Record a result; on success the package enters the repository and dependents become ready.
 
-        On success the same transaction journals the file moves from ``stage`` (see ``applying``).
+        Only while ``job`` (the row its worker was handed) still holds the job, else ``StateError``; on
+        success the same transaction journals the file moves from ``stage`` (see ``applying``).
         """
         jid = int(job["id"])
         now = time.time()
-        self.begin()
-        try:
+        with self.holding(job):
             self._exec(
                 "UPDATE jobs SET log=?, duration_s=?, finished_at=? WHERE id=?", (log, duration, now, jid)
             )
@@ -409,10 +433,6 @@ class Store:
                 )
                 self._promote(self._dependents(jid))
             self._exec("DELETE FROM uploads WHERE job_id=?", (jid,))
-            self.commit()
-        except BaseException:
-            self.rollback()
-            raise
 
     def pending_applies(self) -> list[dict[str, Any]]:
         """Committed results whose files may not all be in the repository yet (a crash in between)."""

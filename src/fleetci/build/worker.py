@@ -26,6 +26,7 @@ from types import FrameType
 from typing import Any
 
 import httpx
+import tenacity
 
 from fleetci import gha
 from fleetci.build import keys
@@ -33,7 +34,7 @@ from fleetci.build.recipe import unpack_source
 from fleetci.build.settings import WorkerSettings
 from fleetci.errors import FleetciError
 from fleetci.files import ensure_private_dir, open_private, write_private
-from fleetci.http import describe
+from fleetci.http import describe, error_message
 
 MAX_LOG = 256 * 1024
 POLL_WAIT = 20.0
@@ -43,13 +44,13 @@ class Shutdown(Exception):
     """Raised from the signal handler to leave a blocking long poll."""
 
 
+class Undelivered(Exception):
+    """A delivery attempt worth repeating: the master is unreachable or failed (5xx)."""
+
+
 def api_error(r: httpx.Response) -> str:
-    """The one-line reason of a refusal (``{"message": ...}``; older masters said ``error``)."""
-    try:
-        data = r.json()
-        return str(data.get("message") or data.get("error") or r.text[:200])
-    except (ValueError, AttributeError):
-        return f"HTTP {r.status_code} {r.text[:200]}"
+    """The one-line reason of a refusal (``fleetci.http.error_message``, for an httpx answer)."""
+    return error_message(r.status_code, r.content)
 
 
 def log(message: str) -> None:
@@ -266,36 +267,64 @@ class Worker:
         label = self._label(job)
         result: dict[str, Any] = json.loads((outbox / "result.json").read_text(encoding="utf-8"))
         uploaded: set[str] = set()
-        failures = 0
-        failing_since: float | None = None
         give_up_s = max(60.0, 10 * self.ttl)
         cap = max(0.2, min(self.interval, 5.0))
-        while not self.stop.is_set():
+        failing_since: float | None = None  # the first of an unbroken run of 5xx answers
+        attempts = 0
+
+        def attempt() -> tuple[str, Any]:
+            nonlocal failing_since, attempts
+            if self.stop.is_set():
+                return "stopped", None
+            attempts += 1
             try:
                 verdict, detail = self._try_deliver(job, outbox, result, uploaded)
             except httpx.HTTPError as exc:
-                verdict, detail, failing_since = "retry", describe(exc), None
-            if verdict == "done":
-                if failures:
-                    log(f"{label}: result delivered after {failures} failed attempt(s)")
-                return detail if isinstance(detail, dict) else None
-            if verdict == "refused":
-                log(f"{label}: the master no longer takes this result ({detail}); dropping it")
-                return None
+                failing_since = None  # unreachable (down, restarting): waited for as long as it takes
+                raise Undelivered(describe(exc)) from None
             if verdict == "server":
                 failing_since = failing_since or time.monotonic()
-                if time.monotonic() - failing_since > give_up_s:
-                    log(f"{label}: the master failed for {give_up_s:g}s ({detail}); handing the job back")
-                    return None
-            failures += 1
-            delay = min(0.2 * 2**failures, cap)
-            if failures & (failures - 1) == 0:  # 1, 2, 4, 8...: a long outage logs a few lines, not one a try
+                raise Undelivered(detail)
+            return verdict, detail
+
+        def give_up(state: tenacity.RetryCallState) -> bool:
+            """Stopping, or the master has failed (5xx) for longer than ``give_up_s``."""
+            failing = failing_since is not None and time.monotonic() - failing_since > give_up_s
+            return self.stop.is_set() or failing
+
+        def report(state: tenacity.RetryCallState) -> None:
+            n = state.attempt_number
+            if n & (n - 1) == 0:  # 1, 2, 4, 8...: a long outage logs a few lines, not one a try
+                why = state.outcome.exception() if state.outcome else None
                 log(
-                    f"{label}: result not delivered ({detail}); kept in {outbox},"
-                    f" retrying every {cap:g}s at most (attempt {failures})"
+                    f"{label}: result not delivered ({why}); kept in {outbox},"
+                    f" retrying every {cap:g}s at most (attempt {n})"
                 )
-            self.stop.wait(delay)
-        return None  # stopping: unregistering hands the job back
+
+        def nap(seconds: float) -> None:
+            self.stop.wait(seconds)  # a signal ends the wait
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(Undelivered),
+            wait=tenacity.wait_exponential(multiplier=0.4, max=cap),
+            stop=give_up,
+            sleep=nap,
+            before_sleep=report,
+            reraise=True,
+        )
+        try:
+            verdict, detail = retrying(attempt)
+        except Undelivered as exc:
+            if not self.stop.is_set():
+                log(f"{label}: the master failed for {give_up_s:g}s ({exc}); handing the job back")
+            return None  # stopping: unregistering hands the job back
+        if verdict == "refused":
+            log(f"{label}: the master no longer takes this result ({detail}); dropping it")
+        elif verdict == "done":
+            if attempts > 1:
+                log(f"{label}: result delivered after {attempts - 1} failed attempt(s)")
+            return detail if isinstance(detail, dict) else None
+        return None
 
     def _try_deliver(
         self, job: dict[str, Any], outbox: Path, result: dict[str, Any], uploaded: set[str]

@@ -8,10 +8,11 @@ import sys
 from typing import Any
 
 from fleetci import gha
+from fleetci.build.recipe import MAX_PARTITIONS, parse_partitions
 from fleetci.cli import arg_type
-from fleetci.config import load_config_file, number, parse_positive_int, parse_timeout
+from fleetci.config import load_config_file, parse_positive_int, parse_timeout
 
-PARTITIONS = arg_type(number(int, min=1, max=10_000))  # recipe.MAX_PARTITIONS: one list per partition
+PARTITIONS = arg_type(parse_partitions)
 COUNT = arg_type(parse_positive_int)  # numbers as the settings parse them: no nan/inf/negatives
 TIMEOUT = arg_type(parse_timeout)
 
@@ -24,7 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     tree = verbs.add_parser("tree", help="dependency levels and balanced partitions of recipe directories")
     tree.add_argument("dirs", nargs="+", help="package directories, or directories holding them")
     tree.add_argument(
-        "--partitions", type=PARTITIONS, default=1, help="number of balanced partitions (1; at most 10000)"
+        "--partitions",
+        type=PARTITIONS,
+        default=1,
+        help=f"number of balanced partitions (1; at most {MAX_PARTITIONS})",
     )
     tree.add_argument("--json", action="store_true", help="print one JSON object")
     tree.set_defaults(func=cmd_tree)
