@@ -260,8 +260,6 @@ def cmd_bench_registry(args: argparse.Namespace) -> int:
 
     from fleetci.registry.bench import bench_registry
 
-    if args.size_mb < 1 or args.rss_size_mb < 1 or args.chunk_mb < 1:
-        raise UsageError("--size-mb, --rss-size-mb and --chunk-mb must be at least 1")
     if args.resume_layer_mb <= args.chunk_mb:
         raise UsageError("--resume-layer-mb must be more than --chunk-mb (a layer sent in chunks)")
     result = bench_registry(

@@ -9,45 +9,24 @@ import threading
 from types import FrameType
 
 from fleetci.cli import arg_type
-from fleetci.config import parse_ms_range
+from fleetci.config import number, parse_count, parse_ms_range, parse_port
 from fleetci.errors import FleetciError, UsageError
 
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}")
-    return value
+_rate = arg_type(number(float, min=0, max=1))  # a fraction of requests
+_count = arg_type(parse_count)
+_port = arg_type(parse_port)
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
+def _check_latency(text: str) -> tuple[float, float]:
+    """``LOW-HIGH`` milliseconds the emulator can honour (its own check, said with the flag's name)."""
+    from fleetci.testing.github import EmulatorConfig
+
+    latency = parse_ms_range(text)
+    EmulatorConfig(latency_ms=latency).check()
+    return latency
 
 
-def _port(text: str) -> int:
-    value = _count(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"expected a port between 0 and 65535, got {text!r}")
-    return value
-
-
-def _latency(text: str) -> tuple[float, float]:
-    """``LOW-HIGH`` milliseconds, no longer than the emulator can honour (said here, with the flag's name)."""
-    from fleetci.testing.github import MAX_LATENCY_MS
-
-    low, high = arg_type(parse_ms_range)(text)
-    if high > MAX_LATENCY_MS:
-        raise argparse.ArgumentTypeError(f"expected at most {MAX_LATENCY_MS:g} milliseconds, got {text!r}")
-    return low, high
+_latency = arg_type(_check_latency)
 
 
 def _token(text: str) -> tuple[str, str]:
