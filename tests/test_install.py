@@ -248,8 +248,8 @@ def test_bad_apt_names_are_refused_before_waiting_for_locks(
     for key in [k for k in os.environ if k.startswith("INSTALL_")]:
         monkeypatch.delenv(key)
     with held(tmp_path / "var/lib/dpkg/lock-frontend", 60):
-        settings = InstallSettings(apt_packages=("--version",), lock_root=tmp_path, lock_timeout=0)
         with pytest.raises(UsageError, match="'--version' is not an apt package name"):
+            settings = InstallSettings(apt_packages=("--version",), lock_root=tmp_path, lock_timeout=0)
             apt_install(settings, lambda line: None)
         for argv, env in [
             (["install", "--apt=--version"], {}),
@@ -550,3 +550,19 @@ def test_safe_install_script_forwards_to_the_cli(
         text=True,
     )
     assert "invalid value for --lock-timeout" in one_line_error(proc)
+
+
+def test_the_report_is_written_whole_and_readable_by_the_steps_after(tmp_path: Path) -> None:
+    """``fleetci install`` often runs under sudo; the matrix step and the artifact upload do not."""
+    from fleetci.install.report import load_report, write_report
+
+    shared = tmp_path / "workspace"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    path = shared / "out" / "report.json"
+    for n in (1, 2):
+        write_report(path, {"schema": "fleetci.install/1", "packages": [], "n": n})
+    assert load_report(str(path))["n"] == 2
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert shared.stat().st_mode & 0o777 == 0o755  # not tightened: it is not ours alone
+    assert sorted(p.name for p in path.parent.iterdir()) == ["report.json"]  # no temp file left

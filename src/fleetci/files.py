@@ -54,19 +54,29 @@ def touch_private(path: str | Path) -> Path:
     return p
 
 
-def write_private(path: str | Path, data: bytes | str, *, durable: bool = True) -> Path:
+def write_private(
+    path: str | Path, data: bytes | str, *, durable: bool = True, mode: int = FILE_MODE
+) -> Path:
     """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename), 0600.
 
     Readers see the old or the new content, never a torn file, even across a crash or ``kill -9``.
     ``durable=False`` skips the fsync (still atomic across a crash of the process, not a power loss):
     for files rebuilt from other state on start-up and written on a hot path, where an fsync under
     I/O load costs milliseconds each time.
+
+    ``mode`` other than 0600 is for a file meant for others (a report another step or user reads): it
+    gets exactly that mode, and its directory is created if missing but never tightened.
     """
     p = Path(path)
-    ensure_private_dir(p.parent)
+    if mode == FILE_MODE:
+        ensure_private_dir(p.parent)
+    else:
+        p.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)  # mkstemp: 0600
     try:
+        if mode != FILE_MODE:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
             fh.flush()

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetci.errors import FleetciError, UsageError
+from fleetci.errors import FleetciError
 from fleetci.install.locks import lock_paths, wait_for_locks
 from fleetci.install.pip import PackageResult
 from fleetci.install.retry import PermanentFailure, TransientFailure, first_match, with_retries
-from fleetci.install.settings import InstallSettings, apt_name, parse_apt_packages
+from fleetci.install.settings import InstallSettings, apt_name
 
 Progress = Callable[[str], None]
 
@@ -78,11 +78,10 @@ def _run(argv: list[str], label: str, progress: Progress) -> None:
 
 
 def apt_install(settings: InstallSettings, progress: Progress) -> AptOutcome:
-    """Wait for the locks, refresh lists when needed (with retries), install; one result per package."""
-    try:  # settings built by hand (the benchmark, tests) get the same check as the CLI's
-        parse_apt_packages(",".join(settings.apt_packages))
-    except ValueError as exc:
-        raise UsageError(f"invalid apt package: {exc}") from None
+    """Wait for the locks, refresh lists when needed (with retries), install; one result per package.
+
+    The package names were checked when ``settings`` was created (``InstallSettings.__post_init__``).
+    """
     start = time.monotonic()
     deadline = start + settings.lock_timeout
     waited = wait_for_locks(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetci.errors import UsageError
+from fleetci.files import write_private
 
 SCHEMA = "fleetci.install/1"
 ARCH_NAMES = {
@@ -46,12 +47,15 @@ def platform_info(python: str) -> dict[str, str]:
     return data
 
 
+# World-readable: the report holds no secret, and `fleetci install` often runs under sudo while the
+# steps that read it (`fleetci install matrix`, the artifact upload) run as the runner's user.
+REPORT_MODE = 0o644
+
+
 def write_report(path: Path, report: dict[str, Any]) -> None:
+    """Write the report atomically: a reader (or a crash) never sees half of it."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        write_private(path, json.dumps(report, indent=2, sort_keys=True) + "\n", mode=REPORT_MODE)
     except OSError as exc:
         raise UsageError(f"cannot write report {path}: {exc.strerror or exc}") from exc
 

@@ -113,6 +113,13 @@ class InstallSettings:
     progress_every: float = 5.0
     report: Path | None = None
 
+    def __post_init__(self) -> None:
+        """The one check of apt names, whoever builds the settings (the CLI, the action, code, tests)."""
+        try:
+            parse_apt_packages(",".join(self.apt_packages))
+        except ValueError as exc:
+            raise UsageError(f"invalid apt package: {exc}") from None
+
     @property
     def wants_apt(self) -> bool:
         return bool(self.apt_packages) or self.wait_locks
@@ -153,7 +160,7 @@ def install_settings(
     backoff_max = r.get("backoff_max", 30.0, parse_seconds, env=("INSTALL_BACKOFF_MAX",))
     report = r.get("report", "", str, env=("INSTALL_REPORT",)).strip()
     settings = InstallSettings(
-        apt_packages=r.get("apt", NONE, parse_apt_packages, env=("INSTALL_APT_PACKAGES",)),
+        apt_packages=r.get("apt", NONE, parse_list, env=("INSTALL_APT_PACKAGES",)),  # checked on creation
         packages=r.get("packages", NONE, parse_list, env=("INSTALL_PACKAGES",)),
         requirements=r.get("requirements", NONE, parse_list, env=("INSTALL_REQUIREMENTS",)),
         constraints=r.get("constraints", NONE, parse_list, env=("INSTALL_CONSTRAINTS",)),
