@@ -8,7 +8,6 @@ Seed names kept: ``get_cache()`` / ``get_global_cache()`` with ``.get_stats()`` 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import threading
@@ -24,6 +23,7 @@ from fleetci.cache.policy import TTLPolicy, cache_key, normalize_target, scope_o
 from fleetci.cache.store import CacheStore, Entry
 from fleetci.config import CacheSettings, cache_settings, github_token, load_config_file
 from fleetci.errors import FleetciError
+from fleetci.http import error_message
 
 if TYPE_CHECKING:  # the proxy process never needs httpx (or the CLI extras it pulls in)
     import httpx
@@ -198,10 +198,7 @@ class CachedGitHubCLI:
     def get_json(self, target: str) -> Any:
         status, _, body = self.request(target)
         if status >= 400:
-            message = ""
-            with contextlib.suppress(ValueError, AttributeError):
-                message = json.loads(body).get("message", "")
-            raise FleetciError(f"GitHub API GET {target} failed: HTTP {status} {message}".strip())
+            raise FleetciError(f"GitHub API GET {target} failed: HTTP {status} {error_message(status, body)}")
         return json.loads(body) if body else None
 
     def _paginate(self, target: str, field: str | None, limit: int) -> list[dict[str, Any]]:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from fleetci.files import write_private
 
 EXPIRY_S = 30 * 60
 
@@ -29,12 +30,9 @@ class PeerRegistry:
         self.expiry = expiry
 
     def register(self, peer_id: str, addrs: list[str] | tuple[str, ...]) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / f"{peer_id}.json"
-        tmp = self.root / f".{peer_id}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"peer_id": peer_id, "addrs": list(addrs), "updated": time.time()}))
-        tmp.replace(path)
-        return path
+        record = json.dumps({"peer_id": peer_id, "addrs": list(addrs), "updated": time.time()})
+        # Public (addresses only) and read by other runners, which may run as other users.
+        return write_private(self.root / f"{peer_id}.json", record, durable=False, mode=0o644)
 
     def remove(self, peer_id: str) -> None:
         with contextlib.suppress(OSError):
