@@ -130,6 +130,12 @@ class Fleet:
                 self.master.wait()
         self.http.close()
 
+    def assert_master_logs_clean(self) -> None:
+        """Every master this fleet started logged one-line events only: no traceback."""
+        for log in self.root.glob("master-*.log"):
+            text = log.read_text(errors="replace")
+            assert "Traceback" not in text, text[-3000:]
+
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
