@@ -96,6 +96,15 @@ def write_config(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
+def test_extension_keys_hold_anchors_and_are_no_section(tmp_path: Path) -> None:
+    from fleetci.config import cache_settings, load_config_file
+
+    text = "x-common: &ttl\n  default_ttl: 42\ncache:\n  <<: *ttl\n  proxy_port: 9555\n"
+    config = load_config_file(write_config(tmp_path, text), env={})
+    settings = cache_settings({}, config, {})
+    assert (settings.default_ttl, settings.proxy_port) == (42.0, 9555)
+
+
 @pytest.mark.parametrize(
     ("config", "argv", "expected"),
     [

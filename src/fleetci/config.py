@@ -56,7 +56,8 @@ def load_config_file(path: str | Path | None, env: Mapping[str, str] | None = No
         return {}
     if not isinstance(data, dict):
         raise UsageError(f"config file {p} must hold a mapping at the top level")
-    unknown = [str(k) for k in data if str(k) not in SECTIONS]
+    # ``x-…`` keys hold YAML anchors shared by sections (the docker compose convention): not settings.
+    unknown = [str(k) for k in data if str(k) not in SECTIONS and not str(k).startswith("x-")]
     if unknown:
         raise UsageError(f"config file {p}: {_unknown_keys(unknown, SECTIONS, 'section')}")
     return data
