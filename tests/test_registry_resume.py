@@ -22,16 +22,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.conftest import clean_env, fleetci_cmd, one_line_error, run_fleetci
 
+from conftest import clean_env, fleetci_cmd, one_line_error, run_fleetci
 from fleetci.http import free_port
 from fleetci.registry.bench import kill_mid_chunk
 from fleetci.registry.settings import registry_settings
 from fleetci.registry.state import PushState, exclusive_lock, write_json_atomic
 from fleetci.registry.sync import prepare
 from fleetci.testing.images import write_docker_archive
-from fleetci.testing.registry import RegistryProcess, no_auth_registry, registry_binary
+from fleetci.testing.registry import RegistryProcess, registry_binary
 from fleetci.testing.registry_front import RegistryFront, held_bytes, upload_data
+from test_registry import plain_registry  # noqa: F401 (a fixture this module reuses)
 
 PROJECT = "hercules/veloxtesting"
 TAG = "presto-92865fbce0d2-velox-65797d572e0a-linux-amd64"
@@ -47,12 +48,9 @@ needs_registry = pytest.mark.skipif(
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[RegistryProcess]:
-    reg = no_auth_registry(tmp_path / "registry").start()
-    try:
-        yield reg
-    finally:
-        reg.stop()
+def registry(plain_registry: RegistryProcess) -> RegistryProcess:  # noqa: F811 (the imported fixture)
+    """The real registry without auth (test_registry's fixture), under the name this module reads best."""
+    return plain_registry
 
 
 @pytest.fixture
