@@ -22,6 +22,7 @@ from conftest import clean_env, fleetci_cmd, one_line_error, run_fleetci, wait_u
 from fleetci.build import keys
 from fleetci.build.client import verify_repository
 from fleetci.http import free_port
+from fleetci.process import stop_process
 
 pytestmark = pytest.mark.integration
 ADMIN = "test-admin-" + "a" * 20
@@ -121,13 +122,8 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        if self.master is not None and self.master.poll() is None:
-            self.master.terminate()
-            try:
-                self.master.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.master.kill()
-                self.master.wait()
+        if self.master is not None:
+            stop_process(self.master)
         self.http.close()
 
     def assert_master_logs_clean(self) -> None:

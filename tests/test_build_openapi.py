@@ -36,6 +36,7 @@ from conftest import clean_env, fleetci_cmd, wait_until
 from fleetci.build import keys
 from fleetci.build.api import DOCUMENT
 from fleetci.http import free_port
+from fleetci.process import stop_process
 
 pytestmark = pytest.mark.integration
 ADMIN = "test-admin-" + "a" * 20
@@ -70,12 +71,7 @@ class LiveMaster:
         return str(r.json()["token"])
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, timeout=15)
 
 
 @pytest.fixture(scope="module")

@@ -578,7 +578,8 @@ def settled_size(path: Path, polls: int = 10, interval: float = 0.02, limit: int
     return last
 
 
-def push_argv(downloads: Path, registry: RegistryProcess, *extra: str) -> list[str]:
+def push_argv(downloads: Path, url: str, *extra: str) -> list[str]:
+    """``fleetci registry push`` of TAG in 1 MiB chunks to the registry at ``url`` (no login)."""
     return [
         "registry",
         "push",
@@ -586,7 +587,7 @@ def push_argv(downloads: Path, registry: RegistryProcess, *extra: str) -> list[s
         "--downloads-dir",
         str(downloads),
         "--registry",
-        registry.url,
+        url,
         "--registry-project",
         PROJECT,
         "--yes",
@@ -622,7 +623,7 @@ def interrupt_push_at_chunk_boundary(
     layer_size = max(blob_sizes)
     state_file = downloads / TAG / "push-state.json"
     proc = subprocess.Popen(
-        fleetci_cmd(*push_argv(downloads, registry)),
+        fleetci_cmd(*push_argv(downloads, registry.url)),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -677,7 +678,7 @@ def test_registry_down_mid_push_then_a_rerun_resumes(
     assert 0 < cut.offset < cut.layer_size
 
     plain_registry.start()
-    rerun = run_fleetci(*push_argv(cut.downloads, plain_registry, "--verbose"), env=cut.env)
+    rerun = run_fleetci(*push_argv(cut.downloads, plain_registry.url, "--verbose"), env=cut.env)
     assert rerun.returncode == 0, rerun.stderr
     assert f"at {cut.offset / 1e6:.1f} MB" in rerun.stderr and "resume" in rerun.stderr, rerun.stderr
     assert "refused by the registry" not in rerun.stderr
@@ -717,7 +718,7 @@ def test_registry_down_mid_push_with_a_refused_session_sends_the_blob_again(
     assert resp.status_code == 202, resp.text
     assert file_size(upload_data_file(plain_registry, cut.location)) == cut.offset + n
 
-    rerun = run_fleetci(*push_argv(cut.downloads, plain_registry, "--verbose"), env=cut.env)
+    rerun = run_fleetci(*push_argv(cut.downloads, plain_registry.url, "--verbose"), env=cut.env)
     assert rerun.returncode == 0, rerun.stderr
     refused = [ln for ln in rerun.stderr.splitlines() if "refused by the registry" in ln]
     assert len(refused) == 1 and "from the start" in refused[0], rerun.stderr

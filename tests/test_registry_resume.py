@@ -32,11 +32,14 @@ from fleetci.registry.sync import prepare
 from fleetci.testing.images import write_docker_archive
 from fleetci.testing.registry import RegistryProcess, registry_binary
 from fleetci.testing.registry_front import RegistryFront, held_bytes, upload_data
-from test_registry import plain_registry  # noqa: F401 (a fixture this module reuses)
+from test_registry import (
+    GL_TAG,
+    PROJECT,
+    TAG,
+    plain_registry,  # noqa: F401 (a fixture this module reuses)
+    push_argv,
+)
 
-PROJECT = "hercules/veloxtesting"
-TAG = "presto-92865fbce0d2-velox-65797d572e0a-linux-amd64"
-GL_TAG = "presto-92865fbce0d2-velox-65797d572e0a"
 REPO = f"{PROJECT}/x86/presto-coordinator"
 MIB = 1024 * 1024
 LAYER = 16 * MIB  # sixteen 1 MiB chunks (--chunk-mb 1)
@@ -92,25 +95,6 @@ def prepared(tmp_path: Path, layers: list[int]) -> Prepared:
     return Prepared(downloads, plan, sum(int(b["size"]) for b in images[0]["blobs"]))
 
 
-def push_argv(p: Prepared, url: str, *extra: str) -> list[str]:
-    return [
-        "registry",
-        "push",
-        TAG,
-        "--downloads-dir",
-        str(p.downloads),
-        "--registry",
-        url,
-        "--registry-project",
-        PROJECT,
-        "--yes",
-        "--chunk-mb",
-        "1",
-        "--skip-login",
-        *extra,
-    ]
-
-
 def sent_bytes(stdout: str) -> int:
     [line] = [ln for ln in stdout.splitlines() if "blob bytes sent" in ln]
     return int(line.rsplit("(", 1)[1].split()[0])
@@ -119,7 +103,10 @@ def sent_bytes(stdout: str) -> int:
 def kill_push(p: Prepared, registry: RegistryProcess, url: str) -> tuple[str, int, int]:
     """Start a real push and SIGKILL it with a chunk in flight: (saved location, saved offset, held)."""
     proc = subprocess.Popen(
-        fleetci_cmd(*push_argv(p, url)), env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        fleetci_cmd(*push_argv(p.downloads, url)),
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         return kill_mid_chunk(
@@ -155,7 +142,7 @@ def test_push_killed_mid_chunk_resends_at_most_one_chunk(
     _, saved, held = kill_push(p, registry, front.url)
     assert 0 < saved < held < LAYER  # the mechanism: the kill left the registry ahead of the saved state
 
-    rerun = run_fleetci(*push_argv(p, front.url, "--verbose"))
+    rerun = run_fleetci(*push_argv(p.downloads, front.url, "--verbose"))
     assert rerun.returncode == 0, rerun.stderr
     assert f"registry holds {held} bytes" in rerun.stderr and "ahead of the saved offset" in rerun.stderr
     assert "refused" not in rerun.stderr
@@ -179,7 +166,7 @@ def test_resume_when_the_saved_offset_is_ahead_of_the_registry(
     with upload_data(registry.storage, location).open("r+b") as fh:
         fh.truncate(kept)
 
-    rerun = run_fleetci(*push_argv(p, front.url, "--verbose"))
+    rerun = run_fleetci(*push_argv(p.downloads, front.url, "--verbose"))
     assert rerun.returncode == 0, rerun.stderr
     assert f"registry holds {kept} bytes" in rerun.stderr and "behind the saved offset" in rerun.stderr
     assert sent_bytes(rerun.stdout) == p.total - kept  # exactly what the registry was missing
@@ -198,7 +185,7 @@ def test_expired_session_restarts_from_zero_once(
     assert httpx.delete(fresh).status_code == 204
     assert httpx.get(location).status_code == 404
 
-    rerun = run_fleetci(*push_argv(p, front.url, "--verbose"))
+    rerun = run_fleetci(*push_argv(p.downloads, front.url, "--verbose"))
     assert rerun.returncode == 0, rerun.stderr
     refused = [ln for ln in rerun.stderr.splitlines() if "refused by the registry" in ln]
     assert len(refused) == 1 and f"offset {saved}" in refused[0] and "from the start" in refused[0]
@@ -219,7 +206,7 @@ def test_distribution_refuses_a_stale_session_so_the_layer_starts_again(
     status = httpx.get(location)
     assert status.status_code == 404 and "BLOB_UPLOAD_INVALID" in status.text
 
-    rerun = run_fleetci(*push_argv(p, registry.url, "--verbose"))
+    rerun = run_fleetci(*push_argv(p.downloads, registry.url, "--verbose"))
     assert rerun.returncode == 0, rerun.stderr
     assert sum("from the start" in ln for ln in rerun.stderr.splitlines()) == 1
     assert held + sent_bytes(rerun.stdout) - p.total == held  # all the registry held is sent again
@@ -244,7 +231,7 @@ def test_sync_state_is_private_and_old_files_are_tightened(tmp_path: Path, regis
     (tag / "push-state.json").write_text(json.dumps({"uploads": {}, "blobs": {}, "verified": {}}))
     os.chmod(tag / "push-state.json", 0o644)
     os.chmod(tag, 0o755)
-    proc = run_fleetci(*push_argv(p, registry.url))
+    proc = run_fleetci(*push_argv(p.downloads, registry.url))
     assert proc.returncode == 0, proc.stderr
     assert mode(tag / "push-state.json") == 0o600 and mode(tag) == 0o700
 
@@ -340,7 +327,7 @@ def test_unreachable_hosts_are_one_line_errors_without_userinfo(tmp_path: Path) 
 def test_push_to_an_unreachable_registry_keeps_everything(tmp_path: Path) -> None:
     p = prepared(tmp_path, [50_000])
     port = free_port()
-    proc = run_fleetci(*push_argv(p, f"http://u:pw-s3cret@127.0.0.1:{port}"))
+    proc = run_fleetci(*push_argv(p.downloads, f"http://u:pw-s3cret@127.0.0.1:{port}"))
     assert "unreachable" in one_line_error(proc) and proc.returncode == 1
     assert "s3cret" not in proc.stdout + proc.stderr
     assert (p.downloads / TAG / "upload-plan.json").exists()
