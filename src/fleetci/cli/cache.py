@@ -22,7 +22,7 @@ from fleetci.config import (
     parse_seconds,
     parse_timeout,
 )
-from fleetci.errors import FleetciError, UsageError
+from fleetci.errors import FleetciError
 from fleetci.files import ensure_private_dir, private_fd, write_private
 from fleetci.http import describe, primary_ip, redact_url, sync_client, wait_healthy
 
@@ -420,8 +420,6 @@ def cmd_peers(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    if args.wait < 0:
-        raise UsageError("--wait must not be negative")
     settings = _settings(args)
     health = _proxy_get(settings, "/_fleetci/health")
     print(f"proxy healthy: upstream {health.get('upstream')}")

@@ -251,11 +251,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from fleetci.errors import UsageError
     from fleetci.registry.sync import daemon
 
-    if args.interval <= 0:
-        raise UsageError("--interval must be positive")
     state = daemon(
         settings_from(args),
         interval=args.interval,
