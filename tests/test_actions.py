@@ -760,7 +760,7 @@ def test_safe_install_action_runs_under_act_against_a_faulty_local_index(tmp_pat
 @pytest.mark.timeout(240)
 def test_distributed_build_workflow_runs_under_act_against_a_real_master(tmp_path: Path) -> None:
     """workflows/distributed-build.yml: two worker jobs register with a real master; the submit job waits."""
-    from fleetci.build.client import verify_repository
+    from fleetci.buildfarm.client import verify_repository
     from fleetci.http import free_port
 
     workflow = REPO_ROOT / "workflows" / "distributed-build.yml"
@@ -898,9 +898,9 @@ def test_presto_build_and_sync_workflow_syncs_a_build_under_act(emulator: Any, t
     import io
     import tarfile
 
+    from fleetci.testing.docker_registry import no_auth_registry, registry_binary
     from fleetci.testing.gitlab import GitLabEmulator, GitLabServer, TokenInfo
     from fleetci.testing.images import write_docker_archive
-    from fleetci.testing.registry import no_auth_registry, registry_binary
 
     if registry_binary() is None or shutil.which("skopeo") is None:
         pytest.skip("docker-registry and skopeo are installed by scripts/test.sh (apt)")

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from conftest import clean_env, fleetci_cmd, one_line_error, run_fleetci, wait_until
-from fleetci.build import keys
-from fleetci.build.client import verify_repository
+from fleetci.buildfarm import keys
+from fleetci.buildfarm.client import verify_repository
 from fleetci.http import free_port
 from fleetci.process import stop_process
 

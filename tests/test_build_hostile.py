@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from conftest import clean_env, one_line_error, raw_request, run_fleetci, wait_until
-from fleetci.build import keys
-from fleetci.build.client import verify_repository
+from fleetci.buildfarm import keys
+from fleetci.buildfarm.client import verify_repository
 from test_build import ADMIN, JOIN, Fleet, write
 
 pytestmark = pytest.mark.integration

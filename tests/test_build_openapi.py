@@ -33,8 +33,8 @@ from schemathesis.config import (
 )
 
 from conftest import clean_env, fleetci_cmd, wait_until
-from fleetci.build import keys
-from fleetci.build.api import DOCUMENT
+from fleetci.buildfarm import keys
+from fleetci.buildfarm.api import DOCUMENT
 from fleetci.http import free_port
 from fleetci.process import stop_process
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from conftest import wait_until
-from fleetci.build.client import verify_repository
+from fleetci.buildfarm.client import verify_repository
 from fleetci.errors import FleetciError
 from test_build import Fleet, write
 from test_build_hostile import Manual, refused

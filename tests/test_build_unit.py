@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from conftest import clean_env, one_line_error, run_fleetci
-from fleetci.build import keys
-from fleetci.build.master import valid_artifact_name
-from fleetci.build.recipe import (
+from fleetci.buildfarm import keys
+from fleetci.buildfarm.master import valid_artifact_name
+from fleetci.buildfarm.recipe import (
     check_graph,
     critical_path,
     discover,
@@ -25,7 +25,7 @@ from fleetci.build.recipe import (
     priorities,
     unpack_source,
 )
-from fleetci.build.settings import client_settings, master_settings, worker_settings
+from fleetci.buildfarm.settings import client_settings, master_settings, worker_settings
 from fleetci.errors import FleetciError, UsageError
 
 
@@ -282,8 +282,8 @@ def test_master_refuses_a_corrupt_state_database_or_key_without_touching_it(tmp_
 
 def _master_with_a_finished_job(state: Path, tmp_path: Path) -> tuple[Any, int, Path, list[dict[str, Any]]]:
     """A master (in-process) whose worker uploaded one artifact of job ``a``; the result is not applied."""
-    from fleetci.build.master import Master
-    from fleetci.build.settings import MasterSettings
+    from fleetci.buildfarm.master import Master
+    from fleetci.buildfarm.settings import MasterSettings
 
     m = Master(MasterSettings(port=0, state_dir=state, admin_token="a" * 20, join_token="j" * 20))
     key = keys.load_or_create_key(tmp_path / "w.pem")
@@ -304,7 +304,7 @@ def _master_with_a_finished_job(state: Path, tmp_path: Path) -> tuple[Any, int, 
 
 
 def test_a_result_committed_before_a_crash_is_finished_on_restart(tmp_path: Path) -> None:
-    from fleetci.build.master import Master
+    from fleetci.buildfarm.master import Master
 
     state = tmp_path / "state"
     m, jid, stage, files = _master_with_a_finished_job(state, tmp_path)
@@ -332,7 +332,7 @@ def test_a_result_committed_before_a_crash_is_finished_on_restart(tmp_path: Path
 
 
 def test_a_crash_before_the_commit_changes_nothing_and_the_retry_works(tmp_path: Path) -> None:
-    from fleetci.build.master import Master
+    from fleetci.buildfarm.master import Master
 
     state = tmp_path / "state"
     m, jid, stage, files = _master_with_a_finished_job(state, tmp_path)
@@ -353,7 +353,7 @@ def test_a_crash_before_the_commit_changes_nothing_and_the_retry_works(tmp_path:
 
 def test_a_stray_file_where_a_package_directory_belongs_does_not_stop_the_start(tmp_path: Path) -> None:
     """A committed result still to publish, and a regular file named like its package in ``repo/``."""
-    from fleetci.build.master import Master
+    from fleetci.buildfarm.master import Master
 
     state = tmp_path / "state"
     m, jid, stage, files = _master_with_a_finished_job(state, tmp_path)
@@ -369,7 +369,7 @@ def test_a_stray_file_where_a_package_directory_belongs_does_not_stop_the_start(
 
 
 def test_recovery_never_follows_a_symlink_out_of_the_state_dir(tmp_path: Path) -> None:
-    from fleetci.build.master import Master
+    from fleetci.buildfarm.master import Master
 
     state = tmp_path / "state"
     m, jid, stage, files = _master_with_a_finished_job(state, tmp_path)
@@ -391,8 +391,8 @@ def test_recovery_never_follows_a_symlink_out_of_the_state_dir(tmp_path: Path) -
 
 
 def test_master_state_is_private_and_old_wide_files_are_tightened(tmp_path: Path) -> None:
-    from fleetci.build.master import Master
-    from fleetci.build.settings import MasterSettings
+    from fleetci.buildfarm.master import Master
+    from fleetci.buildfarm.settings import MasterSettings
 
     state = tmp_path / "state"
     (state / "repo" / "gone" / "1-1").mkdir(parents=True)  # a package the database no longer knows
@@ -411,8 +411,8 @@ def test_master_state_is_private_and_old_wide_files_are_tightened(tmp_path: Path
 
 
 def test_worker_work_dir_is_private(tmp_path: Path) -> None:
-    from fleetci.build.settings import WorkerSettings
-    from fleetci.build.worker import Worker
+    from fleetci.buildfarm.settings import WorkerSettings
+    from fleetci.buildfarm.worker import Worker
 
     work = tmp_path / "w"
     work.mkdir(mode=0o755)
@@ -449,7 +449,7 @@ KEY = b"A" * 43 + b"="  # a well-formed public key: the name is what these bodie
     ],
 )
 def test_request_bodies_are_checked_against_the_published_schemas(op: str, body: bytes, needle: str) -> None:
-    from fleetci.build import api
+    from fleetci.buildfarm import api
 
     with pytest.raises(api.ApiError, match=needle) as caught:
         api.parse_body(op, body)
@@ -457,7 +457,7 @@ def test_request_bodies_are_checked_against_the_published_schemas(op: str, body:
 
 
 def test_heartbeat_body_is_optional_and_valid_bodies_pass() -> None:
-    from fleetci.build import api
+    from fleetci.buildfarm import api
 
     assert api.parse_body("heartbeat", b"") == {}
     assert api.parse_body("heartbeat", b'{"jobs": [1, 2]}') == {"jobs": [1, 2]}
@@ -479,6 +479,6 @@ def test_heartbeat_body_is_optional_and_valid_bodies_pass() -> None:
     ],
 )
 def test_schema_patterns_get_ecma_end_anchors(pattern: str, python: str) -> None:
-    from fleetci.build import api
+    from fleetci.buildfarm import api
 
     assert api.ecma_regex(pattern) == python

@@ -18,7 +18,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleetci.build.settings import (
+from fleetci.buildfarm.settings import (
     ClientSettings,
     MasterSettings,
     WorkerSettings,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import one_line_error, run_fleetci
-from fleetci.cache.fleet import FleetSimSpec, VirtualTimeLoop, simulate
+from fleetci.bench.fleet import FleetSimSpec, VirtualTimeLoop, simulate
 
 
 def test_virtual_time_keeps_order_and_costs_no_wall_time() -> None:

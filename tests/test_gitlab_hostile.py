@@ -19,8 +19,8 @@ import pytest
 
 from conftest import raw_request, server_lines_are_one_line
 from fleetci.http import free_port
+from fleetci.testing.docker_registry import RegistryProcess, registry_binary, token_registry
 from fleetci.testing.gitlab import ISSUER, SERVICE, GitLabEmulator, GitLabServer, TokenInfo
-from fleetci.testing.registry import RegistryProcess, registry_binary, token_registry
 
 pytestmark = [
     pytest.mark.integration,

@@ -23,8 +23,8 @@ from fleetci.cache.policy import cache_key, normalize_target, scope_of
 from fleetci.cache.store import Entry
 from fleetci.http import free_port
 from fleetci.p2p.crypto import FleetKeys, SealError
+from fleetci.p2p.discovery import PeerRegistry
 from fleetci.p2p.messages import INLINE_MAX, Announcement, decode_message, encode_batch, encode_claims
-from fleetci.p2p.registry import PeerRegistry
 
 SECRET = "correct horse battery staple"
 FLEET = "test-fleet"

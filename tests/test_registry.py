@@ -32,15 +32,15 @@ from fleetci.registry.archive import DockerArchive, verify_image
 from fleetci.registry.settings import registry_settings
 from fleetci.registry.state import exclusive_lock
 from fleetci.registry.tags import map_tag, parse_metadata_block
-from fleetci.testing.dockerd import DockerDaemon, DockerdUnavailable, dockerd_binary
-from fleetci.testing.images import BuiltImage, write_docker_archive
-from fleetci.testing.registry import (
+from fleetci.testing.docker_registry import (
     RegistryProcess,
     htpasswd_registry,
     no_auth_registry,
     registry_binary,
     token_registry,
 )
+from fleetci.testing.dockerd import DockerDaemon, DockerdUnavailable, dockerd_binary
+from fleetci.testing.images import BuiltImage, write_docker_archive
 
 OWNER, REPO = "octo-org", "api"
 PROJECT = "hercules/veloxtesting"

@@ -1,7 +1,7 @@
 """fleetci registry: a push killed mid-layer resumes; private state; one-line errors for every verb.
 
 The kill is real (SIGKILL of a real ``fleetci registry push`` process) and lands with a chunk in flight:
-:func:`fleetci.registry.bench.kill_mid_chunk` waits until the registry holds more than the pusher saved,
+:func:`fleetci.bench.registry.kill_mid_chunk` waits until the registry holds more than the pusher saved,
 which is what a kill at a random moment mid-layer almost always leaves. The registry is the real Debian
 ``docker-registry`` (distribution 2.8), on its own and behind :class:`RegistryFront`, which gives it the
 one rule of GitLab's container registry that resuming needs: the status GET of an upload session answers
@@ -24,13 +24,13 @@ import httpx
 import pytest
 
 from conftest import clean_env, fleetci_cmd, one_line_error, run_fleetci
+from fleetci.bench.registry import kill_mid_chunk
 from fleetci.http import free_port
-from fleetci.registry.bench import kill_mid_chunk
 from fleetci.registry.settings import registry_settings
 from fleetci.registry.state import PushState, exclusive_lock, write_json_atomic
 from fleetci.registry.sync import prepare
+from fleetci.testing.docker_registry import RegistryProcess, registry_binary
 from fleetci.testing.images import write_docker_archive
-from fleetci.testing.registry import RegistryProcess, registry_binary
 from fleetci.testing.registry_front import RegistryFront, held_bytes, upload_data
 from test_registry import (
     GL_TAG,

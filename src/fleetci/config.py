@@ -6,6 +6,7 @@ Settings are frozen dataclasses built once at start-up, so nothing reads the env
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import math
 import os
@@ -13,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import yaml
 
@@ -189,6 +190,128 @@ def parse_csv(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+class Setting(Generic[T]):
+    """One setting, described once: its config key and flag, environment names, parser, default and help.
+
+    A capability lists its settings in a :class:`SettingTable`; the argparse flags, the Resolver lookups,
+    the unknown-key check and the docs tables are all derived from that list, so they cannot drift apart.
+    """
+
+    __slots__ = ("default", "doc_default", "env", "flag", "help", "name", "parse")
+
+    def __init__(
+        self,
+        default: T,
+        parse: Callable[[str], T],
+        *,
+        env: Sequence[str] = (),
+        help: str,
+        flag: bool = True,
+        doc_default: str | None = None,
+    ) -> None:
+        self.name = ""  # set by the table (``__set_name__``)
+        self.default = default
+        self.parse = parse
+        self.env = tuple(env)
+        self.help = help
+        self.flag = flag  # False: environment and config file only (a secret, a list of rules)
+        self.doc_default = doc_default  # how docs and --help show a computed or unhelpful default
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @property
+    def option(self) -> str:
+        return f"--{self.name.replace('_', '-')}"
+
+    def shown_default(self) -> str:
+        if self.doc_default is not None:
+            return self.doc_default
+        value = self.default
+        if value is None or value == "" or value == ():
+            return "none"
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        if isinstance(value, tuple):
+            return ",".join(str(v) for v in value)
+        return str(value)
+
+    def flag_help(self) -> str:
+        where = ", ".join(f"${e}" for e in self.env)
+        return f"{self.help} ({where + '; ' if where else ''}default: {self.shown_default()})"
+
+
+class SettingTable:
+    """One capability's settings: subclass it, set ``section`` and declare :class:`Setting` attributes.
+
+    Modelled on cibuildwheel's options: one list, everything else derived from it.
+    """
+
+    section: ClassVar[str] = ""
+    settings: ClassVar[tuple[Setting[Any], ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        inherited = [s for base in reversed(cls.__mro__[1:]) for s in getattr(base, "settings", ())]
+        own = [v for v in vars(cls).values() if isinstance(v, Setting)]
+        seen: dict[str, Setting[Any]] = {}
+        for s in [*inherited, *own]:
+            seen[s.name] = s
+        cls.settings = tuple(seen.values())
+
+    @classmethod
+    def get(cls, name: str) -> Setting[Any]:
+        for s in cls.settings:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    @classmethod
+    def add_flags(
+        cls,
+        parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+        names: Iterable[str] | None = None,
+    ) -> None:
+        """Add ``--flag`` options (strings; the Resolver parses them, naming the flag in its errors)."""
+        chosen = cls.settings if names is None else tuple(cls.get(n) for n in names)
+        for s in chosen:
+            if s.flag:
+                parser.add_argument(s.option, dest=s.name, default=None, help=s.flag_help())
+
+    @classmethod
+    def flag_values(cls, args: argparse.Namespace) -> dict[str, Any]:
+        return {s.name: getattr(args, s.name, None) for s in cls.settings}
+
+    @classmethod
+    def resolver(
+        cls,
+        flags: Mapping[str, Any] | None,
+        config: Mapping[str, Any] | None,
+        env: Mapping[str, str] | None = None,
+    ) -> Resolver:
+        """A Resolver over this table's config section; ``check_unknown`` knows every setting's key."""
+        r = Resolver(flags, section(config, cls.section), env, name=cls.section)
+        r.known.update(s.name for s in cls.settings)
+        return r
+
+    @classmethod
+    def markdown(cls) -> str:
+        """The settings table of this capability's docs page (flag > environment > config file > default)."""
+        rows = [
+            "| config key | flag | environment | default | meaning |",
+            "|---|---|---|---|---|",
+        ]
+        for s in cls.settings:
+            key = f"`{cls.section}.{s.name}`" if cls.section else f"`{s.name}`"
+            flag = f"`{s.option}`" if s.flag else "–"
+            env = ", ".join(f"`{e}`" for e in s.env) or "–"
+            meaning = s.help.replace("|", "\\|")
+            rows.append(f"| {key} | {flag} | {env} | `{s.shown_default()}` | {meaning} |")
+        return "\n".join(rows) + "\n"
+
+
 class Resolver:
     """Look a setting up in flags, then the environment, then one section of the config file.
 
@@ -209,6 +332,7 @@ class Resolver:
         self.env = os.environ if env is None else env
         self.name = name
         self.asked: set[str] = set()
+        self.known: set[str] = set()  # keys a table declares, read or not
 
     def key(self, name: str) -> str:
         """The config key as the user wrote it: ``cache.default_ttl``."""
@@ -221,10 +345,14 @@ class Resolver:
 
     def check_unknown(self, known: Iterable[str] = ()) -> None:
         """Refuse config keys that no setting asked for (call it once, after every ``get``)."""
-        names = self.asked | set(known)
+        names = self.asked | self.known | set(known)
         unknown = [self.key(k) for k in self.section if k not in names]
         if unknown:
             raise UsageError(_unknown_keys(unknown, names, "key"))
+
+    def value(self, setting: Setting[T]) -> T:
+        """A table's setting by the precedence rule: flag > environment > config file > default."""
+        return self.get(setting.name, setting.default, setting.parse, setting.env)
 
     def get(
         self,

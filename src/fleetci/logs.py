@@ -75,7 +75,7 @@ SERVER_LOGGERS = (
     "aiohttp.web",
     "aiohttp.access",
     "fleetci.cache",
-    "fleetci.build",
+    "fleetci.buildfarm",
     "fleetci.server",
 )
 

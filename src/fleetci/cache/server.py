@@ -373,7 +373,7 @@ async def serve(settings: CacheSettings, probe: bool = True, ready: asyncio.Even
 def start_peers(settings: CacheSettings, engine: CacheEngine, loop: asyncio.AbstractEventLoop) -> Any:
     """Start the libp2p node; on any problem say so in one line and keep serving locally."""
     try:
-        from fleetci.p2p.setup import start_node
+        from fleetci.p2p.attach import start_node
 
         node = start_node(settings, engine, loop)
     except ImportError as exc:

@@ -20,7 +20,7 @@ from fleetci.config import (
 from fleetci.errors import UsageError
 
 if TYPE_CHECKING:
-    from fleetci.cache.bench import FleetSpec
+    from fleetci.bench.cache import FleetSpec
 
 # Numeric flags share the settings' parsers: nan, inf and out-of-range values are one-line usage errors.
 COUNT = arg_type(parse_positive_int)
@@ -60,7 +60,7 @@ def add_fleet_flags(p: argparse.ArgumentParser, runners: int = 5) -> None:
 
 
 def fleet_spec(args: argparse.Namespace) -> FleetSpec:
-    from fleetci.cache.bench import FleetSpec
+    from fleetci.bench.cache import FleetSpec
 
     return FleetSpec(
         runners=args.runners,
@@ -161,7 +161,7 @@ def emit(result: dict[str, Any], as_json: bool) -> int:
 
 
 def cmd_bench_cache(args: argparse.Namespace) -> int:
-    from fleetci.cache.bench import bench_cache
+    from fleetci.bench.cache import bench_cache
 
     spec = fleet_spec(args)
     if args.samples < 10:
@@ -178,7 +178,7 @@ def cmd_bench_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_fleet(args: argparse.Namespace) -> int:
-    from fleetci.cache.fleet import FleetSimSpec, bench_fleet
+    from fleetci.bench.fleet import FleetSimSpec, bench_fleet
 
     spec = FleetSimSpec(
         runners=args.runners,
@@ -196,7 +196,7 @@ def cmd_bench_fleet(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_install(args: argparse.Namespace) -> int:
-    from fleetci.install.bench import bench_install
+    from fleetci.bench.install import bench_install
 
     result = bench_install(
         lock_hold=args.lock_hold,
@@ -212,8 +212,8 @@ def cmd_bench_install(args: argparse.Namespace) -> int:
 def cmd_bench_multiarch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from fleetci.bench.multiarch import bench_multiarch
     from fleetci.multiarch.arch import parse_arch
-    from fleetci.multiarch.bench import bench_multiarch
     from fleetci.multiarch.settings import DEFAULT_MIRROR
 
     result = bench_multiarch(
@@ -226,7 +226,7 @@ def cmd_bench_multiarch(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_build(args: argparse.Namespace) -> int:
-    from fleetci.build.bench import bench_build
+    from fleetci.bench.buildfarm import bench_build
 
     result = bench_build(
         args.workers,
@@ -240,7 +240,7 @@ def cmd_bench_build(args: argparse.Namespace) -> int:
 def cmd_bench_registry(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from fleetci.registry.bench import bench_registry
+    from fleetci.bench.registry import bench_registry
 
     if args.resume_layer_mb <= args.chunk_mb:
         raise UsageError("--resume-layer-mb must be more than --chunk-mb (a layer sent in chunks)")

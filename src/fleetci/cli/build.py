@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from fleetci import gha
-from fleetci.build.recipe import MAX_PARTITIONS, parse_partitions
+from fleetci.buildfarm.recipe import MAX_PARTITIONS, parse_partitions
 from fleetci.cli import arg_type
 from fleetci.config import load_config_file, parse_positive_int, parse_timeout
 
@@ -85,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _package_name(text: str) -> str:
-    from fleetci.build.recipe import NAME_RE
+    from fleetci.buildfarm.recipe import NAME_RE
 
     if not NAME_RE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a package name ({NAME_RE.pattern})")
@@ -101,8 +101,8 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _client(args: argparse.Namespace, need_token: bool = True) -> Any:
-    from fleetci.build.client import MasterClient
-    from fleetci.build.settings import client_settings
+    from fleetci.buildfarm.client import MasterClient
+    from fleetci.buildfarm.settings import client_settings
 
     settings = client_settings({"master": args.master}, _config(args), need_token=need_token)
     gha.add_mask(settings.token)
@@ -110,7 +110,7 @@ def _client(args: argparse.Namespace, need_token: bool = True) -> Any:
 
 
 def cmd_tree(args: argparse.Namespace) -> int:
-    from fleetci.build.recipe import check_graph, critical_path, discover, levels, partitions
+    from fleetci.buildfarm.recipe import check_graph, critical_path, discover, levels, partitions
 
     recipes = discover(args.dirs)
     graph = check_graph(recipes)
@@ -139,8 +139,8 @@ def cmd_tree(args: argparse.Namespace) -> int:
 
 
 def cmd_master(args: argparse.Namespace) -> int:
-    from fleetci.build.master import run
-    from fleetci.build.settings import master_settings
+    from fleetci.buildfarm.master import run
+    from fleetci.buildfarm.settings import master_settings
 
     flags = {
         "host": args.host,
@@ -154,8 +154,8 @@ def cmd_master(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from fleetci.build.settings import worker_settings
-    from fleetci.build.worker import run
+    from fleetci.buildfarm.settings import worker_settings
+    from fleetci.buildfarm.worker import run
 
     flags = {
         "master": args.master,
@@ -194,7 +194,7 @@ def _print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from fleetci.build.recipe import discover
+    from fleetci.buildfarm.recipe import discover
     from fleetci.errors import FleetciError
 
     recipes = discover(args.dirs)
@@ -264,8 +264,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from fleetci.build.client import verify_repository
-    from fleetci.build.settings import client_settings
+    from fleetci.buildfarm.client import verify_repository
+    from fleetci.buildfarm.settings import client_settings
 
     settings = client_settings({"master": args.master}, _config(args), need_token=False)
     result = verify_repository(settings.master, args.master_key)

@@ -367,7 +367,7 @@ def _proxy_get(
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
-    from fleetci.p2p.registry import PeerRegistry
+    from fleetci.p2p.discovery import PeerRegistry
 
     settings = _settings(args)
     if args.action == "init":

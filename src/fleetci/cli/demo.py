@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fleetci.cache.bench import POLL_INTERVAL_S, bench_cache
+    from fleetci.bench.cache import POLL_INTERVAL_S, bench_cache
 
     spec = fleet_spec(args)
     print(

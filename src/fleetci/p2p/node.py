@@ -29,6 +29,7 @@ from fleetci.errors import FleetciError
 from fleetci.files import tighten, write_private
 from fleetci.http import check_port_free, primary_ip
 from fleetci.p2p.crypto import FleetKeys, SealError
+from fleetci.p2p.discovery import PeerRegistry
 from fleetci.p2p.messages import (
     FETCH_PROTOCOL,
     PX,
@@ -47,7 +48,6 @@ from fleetci.p2p.messages import (
     seal_body,
     unframe,
 )
-from fleetci.p2p.registry import PeerRegistry
 
 log = logging.getLogger("fleetci.p2p")
 

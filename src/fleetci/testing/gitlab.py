@@ -1,6 +1,6 @@
 """A GitLab emulator for the container-registry side: the REST API and the registry's JWT token realm.
 
-What it serves is read from a real ``docker-registry`` (``fleetci.testing.registry``), as GitLab's API
+What it serves is read from a real ``docker-registry`` (``fleetci.testing.docker_registry``), as GitLab's API
 reflects its own registry: ``/api/v4/projects/:id/registry/repositories`` (``tags=true``,
 ``tags_count=true``, offset pagination) and ``…/repositories/:repository_id/tags`` (offset or keyset
 pagination with ``Link`` headers). Authentication follows GitLab: ``PRIVATE-TOKEN``, ``JOB-TOKEN`` or

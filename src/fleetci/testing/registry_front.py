@@ -29,7 +29,7 @@ from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from multidict import CIMultiDict
 
 from fleetci.http import error_response, forwardable, guarded_app
-from fleetci.testing.registry import RegistryProcess
+from fleetci.testing.docker_registry import RegistryProcess
 from fleetci.testing.server import BackgroundApp
 
 UPLOAD_PATH = re.compile(r"^/v2/(?P<name>.+)/blobs/uploads/(?P<uuid>[0-9a-fA-F-]{36})$")

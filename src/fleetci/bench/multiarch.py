@@ -32,7 +32,7 @@ from fleetci.multiarch.chroot import Guest, require_root
 from fleetci.multiarch.rootfs import Progress, ensure_rootfs, remove_tree
 from fleetci.multiarch.settings import DEFAULT_MIRROR, MultiarchSettings
 
-SAMPLE = Path(__file__).with_name("sample")
+SAMPLE = Path(__file__).parent.parent / "multiarch" / "sample"
 PYTEST = ["python3", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
 ROUNDS = 3
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fleetci.build.recipe import Recipe, check_graph, parse_recipe, priorities
+from fleetci.buildfarm.recipe import Recipe, check_graph, parse_recipe, priorities
 from fleetci.errors import FleetciError
 from fleetci.files import tighten, touch_private
 

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fleetci.build.client import MasterClient
-from fleetci.build.recipe import Recipe, check_graph, critical_path, discover
-from fleetci.build.settings import ClientSettings
+from fleetci.buildfarm.client import MasterClient
+from fleetci.buildfarm.recipe import Recipe, check_graph, critical_path, discover
+from fleetci.buildfarm.settings import ClientSettings
 from fleetci.errors import FleetciError
 from fleetci.process import Service, fleetci_argv, spawn
 

@@ -36,11 +36,11 @@ from typing import Any
 from aiohttp import web
 
 from fleetci import __version__, gha
-from fleetci.build import api, keys
-from fleetci.build.api import ApiError
-from fleetci.build.recipe import MAX_SOURCE_BYTES, NAME_RE, parse_recipe
-from fleetci.build.settings import MasterSettings
-from fleetci.build.store import StateError, Store
+from fleetci.buildfarm import api, keys
+from fleetci.buildfarm.api import ApiError
+from fleetci.buildfarm.recipe import MAX_SOURCE_BYTES, NAME_RE, parse_recipe
+from fleetci.buildfarm.settings import MasterSettings
+from fleetci.buildfarm.store import StateError, Store
 from fleetci.errors import FleetciError
 from fleetci.files import ensure_private_dir, open_private, tighten, write_private
 from fleetci.http import RUNNER_OPTIONS, check_port_free, describe, error_response, guarded_app
@@ -49,7 +49,9 @@ ARTIFACT_NAME = re.compile(api.ARTIFACT_PATTERN)
 MAX_LOG = 256 * 1024
 INLINE_SOURCE = 256 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_log = logging.getLogger("fleetci.build")  # one line per kind, rate-limited (fleetci.logs, via guarded_app)
+_log = logging.getLogger(
+    "fleetci.buildfarm"
+)  # one line per kind, rate-limited (fleetci.logs, via guarded_app)
 
 
 def valid_artifact_name(name: str) -> bool:

@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 
-from fleetci.build import keys
-from fleetci.build.recipe import Recipe, check_graph, pack_source
-from fleetci.build.settings import ClientSettings
+from fleetci.buildfarm import keys
+from fleetci.buildfarm.recipe import Recipe, check_graph, pack_source
+from fleetci.buildfarm.settings import ClientSettings
 from fleetci.errors import FleetciError
 from fleetci.http import describe, error_message
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetci import __version__
-from fleetci.build.recipe import MAX_SOURCE_BYTES, MAX_TIMEOUT_S, NAME_RE, VERSION_RE
+from fleetci.buildfarm.recipe import MAX_SOURCE_BYTES, MAX_TIMEOUT_S, NAME_RE, VERSION_RE
 from fleetci.config import number
 from fleetci.errors import FleetciError
 from fleetci.http import MAX_ID, JSONTooDeep, loads_strict, parse_id

@@ -29,9 +29,9 @@ import httpx
 import tenacity
 
 from fleetci import gha
-from fleetci.build import keys
-from fleetci.build.recipe import unpack_source
-from fleetci.build.settings import WorkerSettings
+from fleetci.buildfarm import keys
+from fleetci.buildfarm.recipe import unpack_source
+from fleetci.buildfarm.settings import WorkerSettings
 from fleetci.errors import FleetciError
 from fleetci.files import ensure_private_dir, open_private, write_private
 from fleetci.http import describe, error_message

@@ -7,7 +7,7 @@ What is simulated: the clock (an asyncio loop whose time jumps to the next timer
 seconds and latencies are honoured), and the libp2p transport between proxies, replaced by delivery
 after a random delay in ``propagation_ms`` (the range ``fleetci bench cache --p2p`` measures on real
 libp2p nodes). The workload is the seed's autoscaler: every runner polls every two minutes with the
-five calls of :func:`fleetci.cache.bench.workload`, while the world changes every ``churn_every_s``.
+five calls of :func:`fleetci.bench.cache.workload`, while the world changes every ``churn_every_s``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fleetci.cache.bench import fleet_token, workload
+from fleetci.bench.cache import fleet_token, workload
 from fleetci.cache.engine import CacheEngine
 from fleetci.cache.store import CacheStore, Entry
 from fleetci.config import CacheSettings

@@ -54,7 +54,7 @@ def _run_child(argv: list[str]) -> tuple[float, float, str]:
 
 
 def _child_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fleetci.registry.bench", *args]
+    return [sys.executable, "-m", "fleetci.bench.registry", *args]
 
 
 def child_push(
@@ -223,8 +223,8 @@ def bench_registry(
     progress: Callable[[str], None] | None = None,
     resume_layer_mb: int = 300,
 ) -> dict[str, Any]:
+    from fleetci.testing.docker_registry import no_auth_registry
     from fleetci.testing.images import write_docker_archive
-    from fleetci.testing.registry import no_auth_registry
     from fleetci.testing.registry_front import RegistryFront
 
     say = progress or (lambda _m: None)
