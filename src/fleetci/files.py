@@ -8,12 +8,16 @@ wider modes are tightened when we open them again.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from fleetci.errors import FleetciError
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -54,18 +58,17 @@ def touch_private(path: str | Path) -> Path:
     return p
 
 
-def write_private(
-    path: str | Path, data: bytes | str, *, durable: bool = True, mode: int = FILE_MODE
-) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename), 0600.
+def write_atomic(path: str | Path, data: bytes | str, *, mode: int = 0o644, durable: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename).
 
     Readers see the old or the new content, never a torn file, even across a crash or ``kill -9``.
     ``durable=False`` skips the fsync (still atomic across a crash of the process, not a power loss):
     for files rebuilt from other state on start-up and written on a hot path, where an fsync under
     I/O load costs milliseconds each time.
 
-    ``mode`` other than 0600 is for a file meant for others (a report another step or user reads): it
-    gets exactly that mode, and its directory is created if missing but never tightened.
+    This is for a file meant for others (a report another step reads, a peer record): it gets exactly
+    ``mode`` and its directory is created if missing but never tightened. Private data goes through
+    :func:`write_private`.
     """
     p = Path(path)
     if mode == FILE_MODE:
@@ -88,6 +91,49 @@ def write_private(
             os.unlink(tmp)
         raise
     return p
+
+
+def write_private(path: str | Path, data: bytes | str, *, durable: bool = True) -> Path:
+    """:func:`write_atomic` for private data: 0600 in a 0700 directory (tokens, keys, state, caches)."""
+    return write_atomic(path, data, mode=FILE_MODE, durable=durable)
+
+
+def write_json(path: str | Path, data: Any, *, private: bool = True, durable: bool = True) -> Path:
+    """Atomic JSON state (sorted keys, one trailing newline); private unless told otherwise."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    return write_atomic(path, text, mode=FILE_MODE if private else 0o644, durable=durable)
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """Parse a JSON state file (tightening one an older version left readable); one-line errors."""
+    p = Path(path)
+    tighten(p)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FleetciError(f"{what} {p} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise FleetciError(f"{what} {p} is corrupt: {' '.join(str(exc).split())}") from exc
+
+
+def move_aside(path: str | Path, reason: str = "corrupt") -> Path | None:
+    """Rename a damaged file or directory to ``<name>.<reason>-<UTC time>`` so nothing is lost.
+
+    The caller then starts afresh and names the kept copy in its message. ``None`` when ``path`` is
+    already gone (another process moved it first).
+    """
+    p = Path(path)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = p.with_name(f"{p.name}.{reason}-{stamp}")
+    n = 1
+    while target.exists():  # two in one second: keep both
+        n += 1
+        target = p.with_name(f"{p.name}.{reason}-{stamp}-{n}")
+    try:
+        p.rename(target)
+    except FileNotFoundError:
+        return None
+    return target
 
 
 @contextlib.contextmanager

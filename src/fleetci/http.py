@@ -12,8 +12,7 @@ import errno
 import json
 import logging
 import socket
-import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -233,14 +232,111 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def sync_client(
-    base_url: str | None = None, uds: str | Path | None = None, timeout: float = 10.0
+def client(
+    base_url: str = "",
+    *,
+    uds: str | Path | None = None,
+    timeout: float | httpx.Timeout = 30.0,
+    headers: Mapping[str, str] | None = None,
+    auth: httpx.Auth | tuple[str, str] | None = None,
+    transport: httpx.BaseTransport | None = None,
+    follow_redirects: bool = False,
 ) -> httpx.Client:
-    """An httpx client for our own local services, over TCP or a unix socket."""
+    """The one constructor of synchronous HTTP clients (TCP or a unix socket), so every capability
+    gets the same connect timeout, no environment proxies for loopback services and one place to fix."""
     import httpx
 
-    transport = httpx.HTTPTransport(uds=str(uds)) if uds else None
-    return httpx.Client(base_url=base_url or "http://fleetci.local", transport=transport, timeout=timeout)
+    if uds is not None and transport is None:
+        transport = httpx.HTTPTransport(uds=str(uds))
+    if not isinstance(timeout, httpx.Timeout):
+        timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+    return httpx.Client(
+        base_url=base_url or "http://fleetci.local",
+        transport=transport,
+        timeout=timeout,
+        headers=dict(headers or {}),
+        auth=auth,
+        follow_redirects=follow_redirects,
+    )
+
+
+class ApiError(FleetciError):
+    """A JSON API answered with an error status; ``status`` is kept so callers can branch on 404/409."""
+
+    def __init__(self, status: int, message: str, *, what: str = "") -> None:
+        super().__init__(f"{what + ': ' if what else ''}HTTP {status}: {message}")
+        self.status = status
+        self.reason = message
+
+
+class JsonApi:
+    """A small JSON-over-HTTP client for our own services and registries' JSON endpoints.
+
+    Errors come back as one-line :class:`ApiError` (the body's ``message``/``error`` via
+    :func:`error_message`), unreachable hosts as one-line :class:`FleetciError` naming the host.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        what: str = "",
+        token: str | None = None,
+        timeout: float | httpx.Timeout = 30.0,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+        uds: str | Path | None = None,
+    ) -> None:
+        hdrs = {"Accept": "application/json", **dict(headers or {})}
+        if token:
+            hdrs["Authorization"] = f"Bearer {token}"
+        self.base_url = base_url.rstrip("/")
+        self.what = what or redact_url(self.base_url)
+        self.http = client(self.base_url, uds=uds, timeout=timeout, headers=hdrs, transport=transport)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        content: bytes | None = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        ok: Iterable[int] = (),
+    ) -> Any:
+        """Send one request; the decoded JSON answer (``None`` for an empty body) or :class:`ApiError`."""
+        import httpx
+
+        try:
+            r = self.http.request(
+                method, path, json=json_body, content=content, params=params, headers=headers
+            )
+        except httpx.HTTPError as exc:
+            raise FleetciError(f"{self.what} unreachable: {describe(exc)}") from None
+        if r.status_code >= 400 and r.status_code not in set(ok):
+            raise ApiError(r.status_code, error_message(r.status_code, r.content), what=self.what)
+        if not r.content:
+            return None
+        try:
+            return loads_strict(r.content)
+        except ValueError:
+            raise FleetciError(f"{self.what}: answer to {method} {path} is not JSON") from None
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> Any:
+        return self.request("POST", path, **kw)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> JsonApi:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def wait_healthy(
@@ -249,23 +345,29 @@ def wait_healthy(
     """Poll a JSON health endpoint until it answers 200; ``alive`` (a Popen) stops the wait if it exits."""
     import httpx
 
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    with sync_client(uds=uds, timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            poll = getattr(alive, "poll", None)
-            if poll is not None and poll() is not None:
-                raise FleetciError(f"process exited with code {poll()} before it became healthy")
-            try:
-                r = client.get(url)
-                if r.status_code == 200:
-                    data = r.json()
-                    return data if isinstance(data, dict) else {}
-                last = f"HTTP {r.status_code}"
-            except (httpx.HTTPError, ValueError) as exc:
-                last = describe(exc)
-            time.sleep(0.05)
-    raise FleetciError(f"{url} not healthy after {timeout:g}s ({last})")
+    from fleetci.wait import WaitTimeout, wait_until
+
+    last = ["no answer"]
+
+    def healthy() -> dict[str, object] | None:
+        poll = getattr(alive, "poll", None)
+        if poll is not None and poll() is not None:
+            raise FleetciError(f"process exited with code {poll()} before it became healthy")
+        try:
+            r = http.get(url)
+            if r.status_code == 200:
+                data = r.json()
+                return data if isinstance(data, dict) else {"status": "ok"}
+            last[0] = f"HTTP {r.status_code}"
+        except (httpx.HTTPError, ValueError) as exc:
+            last[0] = describe(exc)
+        return None
+
+    with client(uds=uds, timeout=2.0) as http:
+        try:
+            return wait_until(healthy, timeout=timeout, what=f"{url} to be healthy", last=lambda: last[0])
+        except WaitTimeout:
+            raise FleetciError(f"{url} not healthy after {timeout:g}s ({last[0]})") from None
 
 
 def primary_ip() -> str:

@@ -24,7 +24,7 @@ from fleetci.config import (
 )
 from fleetci.errors import FleetciError
 from fleetci.files import ensure_private_dir, private_fd, write_private
-from fleetci.http import describe, primary_ip, redact_url, sync_client, wait_healthy
+from fleetci.http import client, describe, primary_ip, redact_url, wait_healthy
 
 # Numeric flags outside the settings parse as the settings do: no nan, inf or negative values.
 COUNT_0 = arg_type(parse_count)
@@ -297,11 +297,11 @@ def fetch_stats(settings: CacheSettings, url: str | None = None) -> dict[str, An
 
     try:
         if url:
-            with sync_client(base_url=url.rstrip("/"), timeout=5) as client:
-                r = client.get("/_fleetci/stats")
+            with client(base_url=url.rstrip("/"), timeout=5) as http_client:
+                r = http_client.get("/_fleetci/stats")
         else:
-            with sync_client(uds=settings.socket_path, timeout=5) as client:
-                r = client.get("/_fleetci/stats")
+            with client(uds=settings.socket_path, timeout=5) as http_client:
+                r = http_client.get("/_fleetci/stats")
         r.raise_for_status()
         data: dict[str, Any] = r.json()
         data["source"] = "live"
@@ -358,8 +358,8 @@ def _proxy_get(
     import httpx
 
     try:
-        with sync_client(uds=settings.socket_path, timeout=timeout) as client:
-            r = client.request(method, path)
+        with client(uds=settings.socket_path, timeout=timeout) as http_client:
+            r = http_client.request(method, path)
         data: dict[str, Any] = r.json()
     except (httpx.HTTPError, ValueError) as exc:
         raise FleetciError(f"no proxy answering on {settings.socket_path}: {describe(exc)}") from exc

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetci.errors import UsageError
-from fleetci.files import write_private
+from fleetci.files import write_atomic
 
 SCHEMA = "fleetci.install/1"
 ARCH_NAMES = {
@@ -55,7 +55,7 @@ REPORT_MODE = 0o644
 def write_report(path: Path, report: dict[str, Any]) -> None:
     """Write the report atomically: a reader (or a crash) never sees half of it."""
     try:
-        write_private(path, json.dumps(report, indent=2, sort_keys=True) + "\n", mode=REPORT_MODE)
+        write_atomic(path, json.dumps(report, indent=2, sort_keys=True) + "\n", mode=REPORT_MODE)
     except OSError as exc:
         raise UsageError(f"cannot write report {path}: {exc.strerror or exc}") from exc
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetci.files import write_private
+from fleetci.files import write_atomic
 
 EXPIRY_S = 30 * 60
 
@@ -32,7 +32,7 @@ class PeerRegistry:
     def register(self, peer_id: str, addrs: list[str] | tuple[str, ...]) -> Path:
         record = json.dumps({"peer_id": peer_id, "addrs": list(addrs), "updated": time.time()})
         # Public (addresses only) and read by other runners, which may run as other users.
-        return write_private(self.root / f"{peer_id}.json", record, durable=False, mode=0o644)
+        return write_atomic(self.root / f"{peer_id}.json", record, durable=False, mode=0o644)
 
     def remove(self, peer_id: str) -> None:
         with contextlib.suppress(OSError):

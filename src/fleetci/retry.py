@@ -1,0 +1,118 @@
+"""The one retry policy: exponential backoff with jitter, for transient failures only.
+
+Callers classify their failures (a mirror blinking is :class:`Transient`; a missing package, a 401 or a
+bad digest is not) and get the attempt count back in the exception, so a report can say "failed after
+3 attempts". Built on tenacity, so nobody hand-writes a retry loop again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import tenacity
+
+T = TypeVar("T")
+
+RetryHook = Callable[[int, float, BaseException], None]
+
+
+class Transient(Exception):
+    """Worth retrying: the network, a mirror or a peer blinked."""
+
+
+class Permanent(Exception):
+    """Retrying cannot help: fail at once."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How patiently to retry: ``retries`` extra attempts, waits growing from ``initial`` to ``most``."""
+
+    retries: int = 3
+    initial: float = 1.0
+    most: float = 30.0
+    jitter: float | None = None  # default: as large as ``initial``
+
+    def waits(self) -> tenacity.wait.wait_base:
+        jitter = self.initial if self.jitter is None else self.jitter
+        return tenacity.wait_exponential_jitter(initial=self.initial, max=self.most, jitter=jitter)
+
+
+def _settings(
+    policy: Backoff,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...],
+    on_retry: RetryHook | None,
+) -> dict[str, object]:
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        if on_retry is not None:
+            exc = state.outcome.exception() if state.outcome else None
+            on_retry(state.attempt_number, float(state.upcoming_sleep), exc or Exception("?"))
+
+    return {
+        "retry": tenacity.retry_if_exception_type(retry_on),
+        "stop": tenacity.stop_after_attempt(policy.retries + 1),
+        "wait": policy.waits(),
+        "reraise": True,
+        "before_sleep": before_sleep,
+    }
+
+
+def call(
+    action: Callable[[int], T],
+    policy: Backoff,
+    *,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Transient,
+    on_retry: RetryHook | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call ``action(attempt)`` (attempt counts from 1) until it succeeds or a non-retryable error.
+
+    The last exception is re-raised as it was, with ``attempts`` set on it when it allows attributes.
+    """
+    attempts = 0
+
+    def once() -> T:
+        nonlocal attempts
+        attempts += 1
+        return action(attempts)
+
+    try:
+        return tenacity.Retrying(sleep=sleep, **_settings(policy, retry_on, on_retry))(once)  # type: ignore[arg-type]
+    except BaseException as exc:
+        _note_attempts(exc, attempts)
+        raise
+
+
+async def call_async(
+    action: Callable[[int], Awaitable[T]],
+    policy: Backoff,
+    *,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Transient,
+    on_retry: RetryHook | None = None,
+) -> T:
+    """:func:`call` for coroutines (the waits are ``asyncio.sleep``, so the event loop keeps running)."""
+    attempts = 0
+
+    async def once() -> T:
+        nonlocal attempts
+        attempts += 1
+        return await action(attempts)
+
+    try:
+        retrying = tenacity.AsyncRetrying(sleep=asyncio.sleep, **_settings(policy, retry_on, on_retry))  # type: ignore[arg-type]
+        return await retrying(once)
+    except BaseException as exc:
+        _note_attempts(exc, attempts)
+        raise
+
+
+def _note_attempts(exc: BaseException, attempts: int) -> None:
+    try:
+        if getattr(exc, "attempts", None) is None:
+            exc.attempts = attempts  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        pass
