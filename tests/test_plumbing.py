@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -224,3 +224,432 @@ def test_parser_errors_of_aiohttp_never_quote_the_request() -> None:
         )
         assert OneLineRateLimited().filter(rec)
         assert rec.getMessage() == f"Error handling request from 10.0.0.1: {type(exc).__name__} (HTTP 400)"
+
+
+# -- retry ---------------------------------------------------------------------------------------------
+class Flaky:
+    """An action failing with ``errors`` in turn, then answering ``done``; records each attempt number."""
+
+    def __init__(self, *errors: BaseException, done: str = "done") -> None:
+        self.errors = list(errors)
+        self.done = done
+        self.attempts: list[int] = []
+
+    def __call__(self, attempt: int) -> str:
+        self.attempts.append(attempt)
+        if self.errors:
+            raise self.errors.pop(0)
+        return self.done
+
+
+def test_retry_retries_transient_failures_until_success() -> None:
+    from fleetci.retry import Backoff, Transient, call
+
+    sleeps: list[float] = []
+    hooks: list[tuple[int, float, str]] = []
+    action = Flaky(Transient("mirror blinked"), Transient("again"))
+    result = call(
+        action,
+        Backoff(retries=3, initial=0.5, most=30, jitter=0),
+        sleep=sleeps.append,
+        on_retry=lambda attempt, wait, exc: hooks.append((attempt, wait, str(exc))),
+    )
+    assert result == "done"
+    assert action.attempts == [1, 2, 3]
+    assert sleeps == [0.5, 1.0]  # exponential from ``initial``
+    assert hooks == [(1, 0.5, "mirror blinked"), (2, 1.0, "again")]
+
+
+def test_retry_gives_up_after_retries_plus_one_attempts_and_says_how_many() -> None:
+    from fleetci.retry import Backoff, Transient, call
+
+    sleeps: list[float] = []
+    action = Flaky(*(Transient(f"down {i}") for i in range(10)))
+    with pytest.raises(Transient, match=r"^down 3$") as info:
+        call(action, Backoff(retries=3, initial=1, most=2.5, jitter=0), sleep=sleeps.append)
+    assert action.attempts == [1, 2, 3, 4]
+    assert info.value.attempts == 4  # type: ignore[attr-defined]
+    assert sleeps == [1.0, 2.0, 2.5]  # capped at ``most``
+
+
+@pytest.mark.parametrize("error", [ValueError("bad digest"), KeyError("no such package")])
+def test_retry_fails_at_once_on_what_is_not_transient(error: Exception) -> None:
+    from fleetci.retry import Backoff, Permanent, call
+
+    sleeps: list[float] = []
+    action = Flaky(error)
+    with pytest.raises(type(error)) as info:
+        call(action, Backoff(retries=5, initial=0.01), sleep=sleeps.append)
+    assert info.value is error
+    assert (action.attempts, sleeps, info.value.attempts) == ([1], [], 1)  # type: ignore[attr-defined]
+
+    action = Flaky(Permanent("401 bad credentials"))
+    with pytest.raises(Permanent) as perm:
+        call(action, Backoff(retries=5, initial=0.01), sleep=sleeps.append)
+    assert (action.attempts, sleeps, perm.value.attempts) == ([1], [], 1)  # type: ignore[attr-defined]
+
+
+def test_retry_on_names_what_is_worth_retrying() -> None:
+    from fleetci.retry import Backoff, call
+
+    sleeps: list[float] = []
+    action = Flaky(ConnectionResetError("reset"), TimeoutError("slow"))
+    assert call(action, Backoff(retries=2, initial=0.01, jitter=0), retry_on=OSError, sleep=sleeps.append)
+    assert action.attempts == [1, 2, 3]
+    assert sleeps == [0.01, 0.02]
+
+
+def test_retry_jitter_stays_within_its_bound() -> None:
+    from fleetci.retry import Backoff, Transient, call
+
+    sleeps: list[float] = []
+    with pytest.raises(Transient):
+        call(
+            Flaky(*(Transient("x") for _ in range(9))),
+            Backoff(retries=8, initial=1, most=100, jitter=0.25),
+            sleep=sleeps.append,
+        )
+    bases = [1, 2, 4, 8, 16, 32, 64, 100]
+    assert len(sleeps) == 8
+    assert all(b <= s <= min(b + 0.25, 100) for b, s in zip(bases, sleeps, strict=True)), sleeps
+
+
+def test_retry_async_retries_and_reports_attempts() -> None:
+    from fleetci.retry import Backoff, Transient, call_async
+
+    hooks: list[int] = []
+
+    def run(action: Flaky) -> str:
+        async def attempt(n: int) -> str:
+            return action(n)
+
+        return asyncio.run(
+            call_async(
+                attempt,
+                Backoff(retries=2, initial=0.001, most=0.001, jitter=0),
+                on_retry=lambda n, wait, exc: hooks.append(n),
+            )
+        )
+
+    ok = Flaky(Transient("peer blinked"), done="served")
+    assert run(ok) == "served"
+    assert ok.attempts == [1, 2]
+    assert hooks == [1]
+
+    down = Flaky(*(Transient("peer gone") for _ in range(5)))
+    with pytest.raises(Transient) as info:
+        run(down)
+    assert down.attempts == [1, 2, 3]
+    assert info.value.attempts == 3  # type: ignore[attr-defined]
+
+    refused = Flaky(ValueError("not retryable"))
+    with pytest.raises(ValueError):
+        run(refused)
+    assert refused.attempts == [1]
+
+
+def test_retry_policy_warns_about_nothing() -> None:
+    """The waits are computed without tenacity's deprecated arguments (a warning on every call)."""
+    import warnings
+
+    from fleetci.retry import Backoff, Transient, call
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(Transient):
+            call(Flaky(Transient("x"), Transient("y")), Backoff(retries=1, initial=0.5), sleep=lambda s: None)
+
+
+# -- wait ----------------------------------------------------------------------------------------------
+def test_wait_until_returns_the_first_truthy_value() -> None:
+    from fleetci.wait import wait_until
+
+    answers: list[object] = [None, 0, "", {}, {"port": 8080}, {"port": 9}]
+    calls: list[int] = []
+
+    def check() -> object:
+        calls.append(1)
+        return answers.pop(0)
+
+    assert wait_until(check, timeout=60, what="the port", interval=0) == {"port": 8080}
+    assert len(calls) == 5
+
+
+def test_wait_until_times_out_in_one_line_naming_what_and_the_last_state() -> None:
+    from fleetci.errors import FleetciError
+    from fleetci.wait import WaitTimeout, wait_until
+
+    checks: list[int] = []
+    with pytest.raises(WaitTimeout) as info:
+        wait_until(
+            lambda: checks.append(1),
+            timeout=0,
+            what="the master on :9000",
+            last=lambda: "HTTP 503\n<html>\n  busy</html>",
+        )
+    assert isinstance(info.value, FleetciError) and isinstance(info.value, TimeoutError)
+    assert str(info.value) == (
+        "timed out after 0s waiting for the master on :9000 (last: HTTP 503 <html> busy</html>)"
+    )
+    assert checks == [1]  # checked once even with no time left
+    with pytest.raises(WaitTimeout) as bare:
+        wait_until(lambda: None, timeout=0.01, what="a peer", interval=0.001)
+    assert str(bare.value) == "timed out after 0.01s waiting for a peer"
+
+
+def test_wait_until_lets_the_checks_own_failure_through() -> None:
+    from fleetci.wait import wait_until
+
+    class Exited(Exception):
+        pass
+
+    def check() -> None:
+        raise Exited("worker exited with code 3")
+
+    with pytest.raises(Exited, match=r"^worker exited with code 3$"):
+        wait_until(check, timeout=60, what="the worker")
+
+
+def test_wait_until_async_awaits_coroutine_checks() -> None:
+    from fleetci.wait import WaitTimeout, wait_until_async
+
+    answers = [None, None, "ready"]
+
+    async def check() -> str | None:
+        return answers.pop(0)
+
+    assert asyncio.run(wait_until_async(check, timeout=60, what="x", interval=0)) == "ready"
+    assert asyncio.run(wait_until_async(lambda: 7, timeout=0, what="x")) == 7  # plain functions too
+
+    async def never() -> None:
+        return None
+
+    with pytest.raises(WaitTimeout, match=r"^timed out after 0s waiting for the swarm \(last: 2 peers\)$"):
+        asyncio.run(wait_until_async(never, timeout=0, what="the swarm", last=lambda: "2 peers"))
+
+
+# -- JSON state files and moving damaged ones aside -----------------------------------------------------
+def test_write_json_is_private_unless_told_and_reads_back(tmp_path: Path) -> None:
+    from fleetci.files import read_json, write_json
+
+    secret = write_json(tmp_path / "state" / "push.json", {"b": [1, 2], "a": "x"})
+    assert (mode(secret), mode(secret.parent)) == (0o600, 0o700)
+    assert secret.read_text() == '{\n  "a": "x",\n  "b": [\n    1,\n    2\n  ]\n}\n'
+    assert read_json(secret, "push state") == {"a": "x", "b": [1, 2]}
+
+    public = tmp_path / "public"
+    public.mkdir()
+    public.chmod(0o755)
+    old = os.umask(0o077)  # the mode is exact, whatever the umask
+    try:
+        shared = write_json(public / "report.json", [1], private=False)
+    finally:
+        os.umask(old)
+    assert (mode(shared), mode(public)) == (0o644, 0o755)  # others read it: its directory stays open
+    assert shared.read_text() == "[\n  1\n]\n"
+
+
+def test_read_json_says_in_one_line_what_is_missing_or_corrupt(tmp_path: Path) -> None:
+    from fleetci.errors import FleetciError
+    from fleetci.files import read_json
+
+    with pytest.raises(FleetciError) as missing:
+        read_json(tmp_path / "plan.json", "upload plan")
+    assert str(missing.value) == f"upload plan {tmp_path / 'plan.json'} does not exist"
+
+    bad = tmp_path / "meta.json"
+    bad.write_text('{"a": 1,\n\n   "b": ')
+    with pytest.raises(FleetciError) as corrupt:
+        read_json(bad, "metadata")
+    text = str(corrupt.value)
+    assert text.startswith(f"metadata {bad} is corrupt: ")
+    assert "\n" not in text and "line 3" in text  # the parser's position, on one line
+
+    bad.write_bytes(b'{"a": "\xff\xfe"}')
+    with pytest.raises(FleetciError, match="is corrupt"):
+        read_json(bad, "metadata")  # not UTF-8: one line too, not a UnicodeDecodeError
+
+
+STAMP = r"\d{8}T\d{6}Z"
+
+
+def test_move_aside_keeps_the_damaged_file_under_a_dated_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+    import time
+
+    from fleetci.files import move_aside
+
+    db = tmp_path / "cache.db"
+    db.write_text("garbage")
+    kept = move_aside(db)
+    assert kept is not None and kept.parent == tmp_path
+    assert re.fullmatch(rf"cache\.db\.corrupt-{STAMP}", kept.name), kept.name
+    assert (kept.read_text(), db.exists()) == ("garbage", False)
+
+    frozen = time.gmtime()  # two in the same second: both kept, under distinct names
+    monkeypatch.setattr(time, "gmtime", lambda *a: frozen)
+    names = []
+    for content in ("one", "two", "three"):
+        db.write_text(content)
+        target = move_aside(db, reason="partial")
+        assert target is not None
+        names.append(target.name)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", frozen)
+    assert names == [
+        f"cache.db.partial-{stamp}",
+        f"cache.db.partial-{stamp}-2",
+        f"cache.db.partial-{stamp}-3",
+    ]
+    assert [(tmp_path / n).read_text() for n in names] == ["one", "two", "three"]
+
+    blobs = tmp_path / "blobs"
+    (blobs / "sha256").mkdir(parents=True)
+    moved = move_aside(blobs)
+    assert moved is not None and (moved / "sha256").is_dir()  # directories too
+
+
+def test_move_aside_of_a_missing_path_is_none(tmp_path: Path) -> None:
+    from fleetci.files import move_aside
+
+    assert move_aside(tmp_path / "gone.json") is None
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- JsonApi against a real server ---------------------------------------------------------------------
+def _json_app() -> web.Application:
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"path": request.path, "q": dict(request.query), "auth": request.headers.get("Authorization")}
+        )
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"got": await request.json(), "method": request.method})
+
+    async def missing(request: web.Request) -> web.Response:
+        return web.json_response({"message": "no such job"}, status=404)
+
+    async def busy(request: web.Request) -> web.Response:
+        return web.json_response({"error": "job 7 is\nleased"}, status=409)
+
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(text="<html>\n<body>Bad gateway</body>\n</html>", status=502)
+
+    async def text(request: web.Request) -> web.Response:
+        return web.Response(text="hello, not json")
+
+    async def nan(request: web.Request) -> web.Response:
+        return web.Response(text='{"ratio": NaN}', content_type="application/json")
+
+    async def empty(request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_get("/ok", ok)
+    app.router.add_route("*", "/echo", echo)
+    app.router.add_get("/missing", missing)
+    app.router.add_post("/busy", busy)
+    app.router.add_get("/html", html)
+    app.router.add_get("/text", text)
+    app.router.add_get("/nan", nan)
+    app.router.add_delete("/empty", empty)
+    return app
+
+
+@pytest.fixture(scope="module")
+def json_server() -> Iterator[str]:
+    from fleetci.testing.server import BackgroundApp
+
+    with BackgroundApp(_json_app) as app:
+        yield app.url
+
+
+def test_json_api_decodes_answers_and_sends_token_and_params(json_server: str) -> None:
+    from fleetci.http import JsonApi
+
+    with JsonApi(json_server + "/", token="s3cret", what="the master") as api:
+        assert api.get("/ok", params={"state": "queued"}) == {
+            "path": "/ok",
+            "q": {"state": "queued"},
+            "auth": "Bearer s3cret",
+        }
+        assert api.post("/echo", json_body={"jobs": [1, 2]}) == {"got": {"jobs": [1, 2]}, "method": "POST"}
+        assert api.request("PUT", "/echo", content=b'{"raw": true}') == {
+            "got": {"raw": True},
+            "method": "PUT",
+        }
+        assert api.request("DELETE", "/empty") is None
+    with JsonApi(json_server) as anonymous:
+        assert anonymous.get("/ok")["auth"] is None
+
+
+def test_json_api_errors_are_one_line_with_the_status_and_the_bodys_message(json_server: str) -> None:
+    from fleetci.errors import FleetciError
+    from fleetci.http import ApiError, JsonApi
+
+    with JsonApi(json_server, what="build master") as api:
+        with pytest.raises(ApiError) as info:
+            api.get("/missing")
+        assert (info.value.status, info.value.reason) == (404, "no such job")
+        assert str(info.value) == "build master: HTTP 404: no such job"
+        assert isinstance(info.value, FleetciError)
+
+        with pytest.raises(ApiError) as busy:
+            api.post("/busy", json_body={})
+        assert (busy.value.status, str(busy.value)) == (409, "build master: HTTP 409: job 7 is leased")
+
+        with pytest.raises(ApiError) as gateway:
+            api.get("/html")
+        assert gateway.value.status == 502
+        assert str(gateway.value) == "build master: HTTP 502: <html> <body>Bad gateway</body> </html>"
+
+        assert api.get("/missing", ok=(404,)) == {"message": "no such job"}  # the caller handles 404
+
+        for path in ("/text", "/nan"):
+            with pytest.raises(FleetciError) as not_json:
+                api.get(path)
+            assert not isinstance(not_json.value, ApiError)
+            assert str(not_json.value) == f"build master: answer to GET {path} is not JSON"
+
+
+def test_json_api_names_an_unreachable_host_in_one_line() -> None:
+    from fleetci.errors import FleetciError
+    from fleetci.http import ApiError, JsonApi, free_port
+
+    port = free_port()  # nothing listens there
+    with JsonApi(f"http://user:pw@127.0.0.1:{port}", timeout=5) as api, pytest.raises(FleetciError) as info:
+        api.get("/jobs")
+    text = str(info.value)
+    assert not isinstance(info.value, ApiError)
+    assert text.startswith(f"http://***@127.0.0.1:{port} unreachable: ")
+    assert "\n" not in text and "pw" not in text
+
+
+def test_json_api_over_a_unix_socket(tmp_path: Path) -> None:
+    from fleetci.http import ApiError, JsonApi
+
+    sock = tmp_path / "api.sock"
+
+    async def serve() -> None:
+        runner = web.AppRunner(_json_app(), **RUNNER_OPTIONS)  # type: ignore[arg-type]
+        await runner.setup()
+        await web.UnixSite(runner, str(sock)).start()
+        try:
+
+            def calls() -> tuple[object, int]:
+                with JsonApi("http://proxy", uds=sock) as api:
+                    answer = api.get("/ok")
+                    try:
+                        api.get("/missing")
+                    except ApiError as exc:
+                        return answer, exc.status
+                raise AssertionError("no ApiError")
+
+            answer, status = await asyncio.to_thread(calls)
+            assert answer == {"path": "/ok", "q": {}, "auth": None}
+            assert status == 404
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(serve())

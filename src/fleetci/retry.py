@@ -8,6 +8,7 @@ bad digest is not) and get the attempt count back in the exception, so a report 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,7 +40,23 @@ class Backoff:
 
     def waits(self) -> tenacity.wait.wait_base:
         jitter = self.initial if self.jitter is None else self.jitter
-        return tenacity.wait_exponential_jitter(initial=self.initial, max=self.most, jitter=jitter)
+        return _ExponentialJitter(self.initial, self.most, jitter)
+
+
+class _ExponentialJitter(tenacity.wait.wait_base):
+    """``min(initial * 2**(n-1) + uniform(0, jitter), most)`` before retry n: tenacity's
+    ``wait_exponential_jitter`` without its ``initial=`` argument (deprecated in 9.x, a warning on every
+    call) or ``multiplier=`` (missing before 9.x)."""
+
+    def __init__(self, initial: float, most: float, jitter: float) -> None:
+        self.initial, self.most, self.jitter = initial, most, jitter
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        try:
+            wait = self.initial * 2.0 ** (retry_state.attempt_number - 1) + random.uniform(0, self.jitter)
+        except OverflowError:
+            wait = self.most
+        return max(0.0, min(wait, self.most))
 
 
 def _settings(
