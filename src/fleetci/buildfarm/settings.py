@@ -1,21 +1,28 @@
-"""Settings for ``fleetci build …`` (flag > environment > ``build:`` config section > default)."""
+"""Settings for ``fleetci build …`` (flag > environment > ``build:`` config section > default).
+
+Each setting is described once, in :class:`MasterOptions`, :class:`WorkerOptions` or :class:`ClientOptions`;
+the command's flags, the lookups below, the unknown-key check and the docs table all come from them. The
+three share one config section, so a key of any of them is known to all three.
+"""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fleetci.config import (
     Resolver,
+    Setting,
+    SettingTable,
     default_cache_dir,
     parse_count,
     parse_port,
     parse_positive_int,
     parse_seconds,
     parse_timeout,
-    section,
 )
 from fleetci.errors import UsageError
 
@@ -31,6 +38,110 @@ def _url(text: str) -> str:
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
     return url
+
+
+# Shared by two tables (the same key, environment name and meaning in both).
+MASTER_URL = Setting("", _url, env=("FLEETCI_BUILD_MASTER",), help="master URL")
+# Secrets come from the environment or the config file only (flags show up in `ps`).
+JOIN_TOKEN = Setting(
+    "",
+    str,
+    env=("FLEETCI_BUILD_JOIN_TOKEN",),
+    flag=False,
+    help="the token workers register with (a master without one writes join.token)",
+)
+
+
+class MasterOptions(SettingTable):
+    """``fleetci build master``."""
+
+    section = "build"
+    host = Setting("127.0.0.1", str, env=("FLEETCI_BUILD_HOST",), help="bind address")
+    port = Setting(DEFAULT_PORT, parse_port, env=("FLEETCI_BUILD_PORT",), help="TCP port, 0 = any")
+    state_dir = Setting(
+        "",
+        str,
+        env=("FLEETCI_BUILD_STATE_DIR",),
+        help="database, keys, tokens, repository",
+        doc_default="~/.cache/fleetci/build-master",
+    )
+    admin_token = Setting(
+        "",
+        str,
+        env=("FLEETCI_BUILD_TOKEN",),
+        flag=False,
+        help="the admin token (unset: the master writes admin.token)",
+    )
+    join_token = JOIN_TOKEN
+    heartbeat_ttl = Setting(
+        DEFAULT_TTL,
+        parse_timeout,
+        env=("FLEETCI_BUILD_HEARTBEAT_TTL",),
+        help="seconds without heartbeat before a worker is lost",
+    )
+    max_upload_bytes = Setting(
+        DEFAULT_MAX_UPLOAD,
+        parse_positive_int,
+        env=("FLEETCI_BUILD_MAX_UPLOAD",),
+        help="artifact size limit in bytes",
+        doc_default="512 MiB",
+    )
+    max_attempts = Setting(
+        3,
+        parse_positive_int,
+        env=("FLEETCI_BUILD_MAX_ATTEMPTS",),
+        help="times a job is retried after its worker is lost",
+    )
+    max_body_bytes = Setting(
+        DEFAULT_MAX_BODY,
+        parse_positive_int,
+        env=("FLEETCI_BUILD_MAX_BODY",),
+        flag=False,
+        help="size limit of a JSON request body in bytes (a submission carries its sources)",
+        doc_default="64 MiB",
+    )
+
+
+class WorkerOptions(SettingTable):
+    """``fleetci build worker``."""
+
+    section = "build"
+    master = MASTER_URL
+    join_token = JOIN_TOKEN
+    name = Setting(
+        "",
+        str,
+        env=("FLEETCI_BUILD_WORKER_NAME",),
+        help="worker name shown in status",
+        doc_default="host name",
+    )
+    work_dir = Setting(
+        "",
+        str,
+        env=("FLEETCI_BUILD_WORK_DIR",),
+        help="key and build directories",
+        doc_default="~/.cache/fleetci/build-worker",
+    )
+    idle_timeout = Setting(
+        0.0,
+        parse_seconds,
+        env=("FLEETCI_BUILD_IDLE_TIMEOUT",),
+        help="leave after this many idle seconds (0 = never)",
+    )
+    max_jobs = Setting(
+        0, parse_count, env=("FLEETCI_BUILD_MAX_JOBS",), help="leave after this many jobs (0 = no limit)"
+    )
+
+
+class ClientOptions(SettingTable):
+    """``fleetci build submit|status|remove|verify|log``."""
+
+    section = "build"
+    master = MASTER_URL
+    token = Setting("", str, env=("FLEETCI_BUILD_TOKEN",), flag=False, help="the master's admin token")
+
+
+TABLES = (MasterOptions, WorkerOptions, ClientOptions)
 
 
 @dataclass(frozen=True)
@@ -62,51 +173,41 @@ class ClientSettings:
     token: str | None
 
 
-def _resolver(
-    flags: Mapping[str, Any], config: Mapping[str, Any] | None, env: Mapping[str, str] | None
-) -> Resolver:
-    return Resolver(flags, section(config, "build"), env, name="build")
-
-
 def _check_unknown(r: Resolver) -> None:
     """Master, worker and client share the ``build:`` section: a key of any of them is known to all."""
-    r.check_unknown(f.name for cls in (MasterSettings, WorkerSettings, ClientSettings) for f in fields(cls))
+    r.check_unknown(s.name for table in TABLES for s in table.settings)
 
 
 def default_state_dir() -> Path:
     return default_cache_dir() / "build-master"
 
 
+def _path(text: str, default: Path) -> Path:
+    return Path(text or default).expanduser()
+
+
 def master_settings(
     flags: Mapping[str, Any], config: Mapping[str, Any] | None, env: Mapping[str, str] | None = None
 ) -> MasterSettings:
-    r = _resolver(flags, config, env)
+    o = MasterOptions
+    r = o.resolver(flags, config, env)
     settings = MasterSettings(
-        host=r.get("host", "127.0.0.1", str, env=("FLEETCI_BUILD_HOST",)),
-        port=r.get("port", DEFAULT_PORT, parse_port, env=("FLEETCI_BUILD_PORT",)),
-        state_dir=Path(
-            r.get("state_dir", str(default_state_dir()), str, env=("FLEETCI_BUILD_STATE_DIR",))
-        ).expanduser(),
-        # Secrets come from the environment only (flags show up in `ps`).
-        admin_token=r.get("admin_token", None, str, env=("FLEETCI_BUILD_TOKEN",)),
-        join_token=r.get("join_token", None, str, env=("FLEETCI_BUILD_JOIN_TOKEN",)),
-        heartbeat_ttl=r.get(
-            "heartbeat_ttl", DEFAULT_TTL, parse_timeout, env=("FLEETCI_BUILD_HEARTBEAT_TTL",)
-        ),
-        max_upload_bytes=r.get(
-            "max_upload_bytes", DEFAULT_MAX_UPLOAD, parse_positive_int, env=("FLEETCI_BUILD_MAX_UPLOAD",)
-        ),
-        max_attempts=r.get("max_attempts", 3, parse_positive_int, env=("FLEETCI_BUILD_MAX_ATTEMPTS",)),
-        max_body_bytes=r.get(
-            "max_body_bytes", DEFAULT_MAX_BODY, parse_positive_int, env=("FLEETCI_BUILD_MAX_BODY",)
-        ),
+        host=r.value(o.host),
+        port=r.value(o.port),
+        state_dir=_path(r.value(o.state_dir), default_state_dir()),
+        admin_token=r.value(o.admin_token) or None,
+        join_token=r.value(o.join_token) or None,
+        heartbeat_ttl=r.value(o.heartbeat_ttl),
+        max_upload_bytes=r.value(o.max_upload_bytes),
+        max_attempts=r.value(o.max_attempts),
+        max_body_bytes=r.value(o.max_body_bytes),
     )
     _check_unknown(r)
     return settings
 
 
 def _master(r: Resolver) -> str:
-    url = r.get("master", "", _url, env=("FLEETCI_BUILD_MASTER",))
+    url = r.value(MASTER_URL)
     if not url:
         raise UsageError("no master URL: pass --master or set $FLEETCI_BUILD_MASTER")
     return url
@@ -115,22 +216,19 @@ def _master(r: Resolver) -> str:
 def worker_settings(
     flags: Mapping[str, Any], config: Mapping[str, Any] | None, env: Mapping[str, str] | None = None
 ) -> WorkerSettings:
-    import socket
-
-    r = _resolver(flags, config, env)
+    o = WorkerOptions
+    r = o.resolver(flags, config, env)
     master = _master(r)
-    token = r.get("join_token", "", str, env=("FLEETCI_BUILD_JOIN_TOKEN",))
+    token = r.value(o.join_token)
     if not token:
         raise UsageError("no join token: set $FLEETCI_BUILD_JOIN_TOKEN (the master writes it to join.token)")
     settings = WorkerSettings(
         master=master,
         join_token=token,
-        name=r.get("name", socket.gethostname(), str, env=("FLEETCI_BUILD_WORKER_NAME",)),
-        work_dir=Path(
-            r.get("work_dir", str(default_cache_dir() / "build-worker"), str, env=("FLEETCI_BUILD_WORK_DIR",))
-        ).expanduser(),
-        idle_timeout=r.get("idle_timeout", 0.0, parse_seconds, env=("FLEETCI_BUILD_IDLE_TIMEOUT",)),
-        max_jobs=r.get("max_jobs", 0, parse_count, env=("FLEETCI_BUILD_MAX_JOBS",)),
+        name=r.value(o.name) or socket.gethostname(),
+        work_dir=_path(r.value(o.work_dir), default_cache_dir() / "build-worker"),
+        idle_timeout=r.value(o.idle_timeout),
+        max_jobs=r.value(o.max_jobs),
     )
     _check_unknown(r)
     return settings
@@ -142,9 +240,9 @@ def client_settings(
     env: Mapping[str, str] | None = None,
     need_token: bool = True,
 ) -> ClientSettings:
-    r = _resolver(flags, config, env)
+    r = ClientOptions.resolver(flags, config, env)
     master = _master(r)
-    token = r.get("token", "", str, env=("FLEETCI_BUILD_TOKEN",)) or None
+    token = r.value(ClientOptions.token) or None
     if need_token and not token:
         raise UsageError("no admin token: set $FLEETCI_BUILD_TOKEN (the master writes it to admin.token)")
     _check_unknown(r)

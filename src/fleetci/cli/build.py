@@ -9,12 +9,14 @@ from typing import Any
 
 from fleetci import gha
 from fleetci.buildfarm.recipe import MAX_PARTITIONS, parse_partitions
+from fleetci.buildfarm.settings import ClientOptions, MasterOptions, WorkerOptions
 from fleetci.cli import arg_type
 from fleetci.config import load_config_file, parse_positive_int, parse_timeout
 
 PARTITIONS = arg_type(parse_partitions)
 COUNT = arg_type(parse_positive_int)  # numbers as the settings parse them: no nan/inf/negatives
 TIMEOUT = arg_type(parse_timeout)
+SETTINGS = "settings (flag > environment > config file > default)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -34,21 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     tree.set_defaults(func=cmd_tree)
 
     master = verbs.add_parser("master", help="run the build master (web service) in the foreground")
-    g = master.add_argument_group("settings (flag > environment > config file > default)")
-    g.add_argument("--host", help="bind address ($FLEETCI_BUILD_HOST; 127.0.0.1)")
-    g.add_argument("--port", help="TCP port, 0 = any ($FLEETCI_BUILD_PORT; 9300)")
-    g.add_argument("--state-dir", help="database, keys, tokens, repository ($FLEETCI_BUILD_STATE_DIR)")
-    g.add_argument("--heartbeat-ttl", help="seconds without heartbeat before a worker is lost (60)")
-    g.add_argument("--max-upload-bytes", help="artifact size limit ($FLEETCI_BUILD_MAX_UPLOAD; 512 MiB)")
-    g.add_argument("--max-attempts", help="times a job is retried after its worker is lost (3)")
+    MasterOptions.add_flags(master.add_argument_group(SETTINGS))
     master.set_defaults(func=cmd_master)
 
     worker = verbs.add_parser("worker", help="register with a master and build its jobs until stopped")
-    _master_flag(worker)
-    worker.add_argument("--name", help="worker name shown in status ($FLEETCI_BUILD_WORKER_NAME; hostname)")
-    worker.add_argument("--work-dir", help="key and build directories ($FLEETCI_BUILD_WORK_DIR)")
-    worker.add_argument("--idle-timeout", help="leave after this many idle seconds (0 = never)")
-    worker.add_argument("--max-jobs", help="leave after this many jobs (0 = no limit)")
+    WorkerOptions.add_flags(worker.add_argument_group(SETTINGS))
     worker.set_defaults(func=cmd_worker)
 
     submit = verbs.add_parser("submit", help="queue recipe directories for building")
@@ -93,7 +85,7 @@ def _package_name(text: str) -> str:
 
 
 def _master_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--master", help="master URL ($FLEETCI_BUILD_MASTER)")
+    ClientOptions.add_flags(p)
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
@@ -104,7 +96,7 @@ def _client(args: argparse.Namespace, need_token: bool = True) -> Any:
     from fleetci.buildfarm.client import MasterClient
     from fleetci.buildfarm.settings import client_settings
 
-    settings = client_settings({"master": args.master}, _config(args), need_token=need_token)
+    settings = client_settings(ClientOptions.flag_values(args), _config(args), need_token=need_token)
     gha.add_mask(settings.token)
     return MasterClient(settings)
 
@@ -142,29 +134,14 @@ def cmd_master(args: argparse.Namespace) -> int:
     from fleetci.buildfarm.master import run
     from fleetci.buildfarm.settings import master_settings
 
-    flags = {
-        "host": args.host,
-        "port": args.port,
-        "state_dir": args.state_dir,
-        "heartbeat_ttl": args.heartbeat_ttl,
-        "max_upload_bytes": args.max_upload_bytes,
-        "max_attempts": args.max_attempts,
-    }
-    return run(master_settings(flags, _config(args)))
+    return run(master_settings(MasterOptions.flag_values(args), _config(args)))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from fleetci.buildfarm.settings import worker_settings
     from fleetci.buildfarm.worker import run
 
-    flags = {
-        "master": args.master,
-        "name": args.name,
-        "work_dir": args.work_dir,
-        "idle_timeout": args.idle_timeout,
-        "max_jobs": args.max_jobs,
-    }
-    return run(worker_settings(flags, _config(args)))
+    return run(worker_settings(WorkerOptions.flag_values(args), _config(args)))
 
 
 def _job_rows(jobs: list[dict[str, Any]]) -> list[list[str]]:
@@ -267,7 +244,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from fleetci.buildfarm.client import verify_repository
     from fleetci.buildfarm.settings import client_settings
 
-    settings = client_settings({"master": args.master}, _config(args), need_token=False)
+    settings = client_settings(ClientOptions.flag_values(args), _config(args), need_token=False)
     result = verify_repository(settings.master, args.master_key)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "index"}, sort_keys=True))
