@@ -294,28 +294,67 @@ class JsonApi:
         self.what = what or redact_url(self.base_url)
         self.http = client(self.base_url, uds=uds, timeout=timeout, headers=hdrs, transport=transport)
 
+    def unreachable(self, exc: Exception) -> FleetciError:
+        """The error for a host that did not answer (a subclass may word it for its service)."""
+        return FleetciError(f"{self.what} unreachable: {describe(exc)}")
+
+    def refused(self, status: int, body: bytes) -> ApiError:
+        """The error for an error answer (a subclass may word it for its service)."""
+        return ApiError(status, error_message(status, body), what=self.what)
+
+    def response(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        content: bytes | Iterable[bytes] | None = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        ok: Iterable[int] = (),
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        """Send one request; the answer as it came (a body that is not JSON: a log, a file) or the error.
+
+        ``content`` may be a file opened for reading (streamed); ``timeout`` replaces the client's for
+        this request (a long poll, a large upload).
+        """
+        import httpx
+
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        try:
+            r = self.http.request(
+                method, path, json=json_body, content=content, params=params, headers=headers, **extra
+            )
+        except httpx.HTTPError as exc:
+            raise self.unreachable(exc) from None
+        if r.status_code >= 400 and r.status_code not in set(ok):
+            raise self.refused(r.status_code, r.content)
+        return r
+
     def request(
         self,
         method: str,
         path: str,
         *,
         json_body: Any = None,
-        content: bytes | None = None,
+        content: bytes | Iterable[bytes] | None = None,
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         ok: Iterable[int] = (),
+        timeout: float | None = None,
     ) -> Any:
         """Send one request; the decoded JSON answer (``None`` for an empty body) or :class:`ApiError`."""
-        import httpx
-
-        try:
-            r = self.http.request(
-                method, path, json=json_body, content=content, params=params, headers=headers
-            )
-        except httpx.HTTPError as exc:
-            raise FleetciError(f"{self.what} unreachable: {describe(exc)}") from None
-        if r.status_code >= 400 and r.status_code not in set(ok):
-            raise ApiError(r.status_code, error_message(r.status_code, r.content), what=self.what)
+        r = self.response(
+            method,
+            path,
+            json_body=json_body,
+            content=content,
+            params=params,
+            headers=headers,
+            ok=ok,
+            timeout=timeout,
+        )
         if not r.content:
             return None
         try:
