@@ -9,53 +9,34 @@ from typing import Any
 from fleetci import gha
 from fleetci.cli import arg_type
 from fleetci.config import load_config_file, parse_timeout
-from fleetci.registry.settings import FLAG_NAMES, RegistrySettings, registry_settings
+from fleetci.registry.settings import (
+    GITHUB_FLAGS,
+    GITLAB_FLAGS,
+    RegistryOptions,
+    RegistrySettings,
+    registry_settings,
+)
 
 TIMEOUT = arg_type(parse_timeout)  # as the settings parse numbers: no nan/inf/zero
 
 
 def _github_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("GitHub (flag > environment > config file > default)")
-    g.add_argument("--repo", help="OWNER/REPO of the build workflow (rapidsai/velox-testing)")
-    g.add_argument("--workflow", help="workflow file (.github/workflows/presto-build-images.yml)")
-    g.add_argument("--branch", help="only runs on this branch")
-    g.add_argument("--limit", help="runs to inspect (20)")
-    g.add_argument("--gh-token", help="GitHub token ($GH_TOKEN, $GITHUB_TOKEN)")
-    g.add_argument(
-        "--api-url", help="GitHub API ($FLEETCI_API_URL when a fleetci cache runs, $GITHUB_API_URL)"
-    )
+    RegistryOptions.add_flags(g, GITHUB_FLAGS)
 
 
 def _gitlab_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("GitLab and registry")
-    g.add_argument(
-        "--gitlab-host", help="GitLab server, host or URL ($GITLAB_HOST; gitlab-master.nvidia.com)"
-    )
-    g.add_argument(
-        "--gitlab-project", help="project holding the registry ($GITLAB_PROJECT; hercules/veloxtesting)"
-    )
-    g.add_argument("--gitlab-token", help="GitLab token ($GITLAB_TOKEN; $CI_JOB_TOKEN in GitLab CI)")
-    g.add_argument("--registry", help="registry host[:port] or URL ($GITLAB_REGISTRY, $CI_REGISTRY)")
-    g.add_argument("--registry-project", help="path prefix in the registry (default: the GitLab project)")
-    g.add_argument("--registry-username", help="registry user ($GITLAB_REGISTRY_USERNAME, $CI_REGISTRY_USER)")
-    g.add_argument(
-        "--registry-password",
-        help="registry password ($GITLAB_REGISTRY_PASSWORD, $CI_REGISTRY_PASSWORD; else the GitLab token)",
-    )
-    g.add_argument("--engine", help="oci (default: no daemon) or docker ($REGISTRY_ENGINE)")
-    g.add_argument("--docker-host", help="docker daemon for --engine docker ($DOCKER_HOST)")
-    g.add_argument("--chunk-mb", help="blobs above this many MiB upload in resumable chunks (128)")
-    g.add_argument("--timeout", help="network timeout in seconds (60)")
+    RegistryOptions.add_flags(p.add_argument_group("GitLab and registry"), GITLAB_FLAGS)
 
 
 def _dir_flag(p: argparse.ArgumentParser, name: str = "--downloads-dir") -> None:
-    p.add_argument(name, dest="downloads_dir", help="where artifacts go ($GH_SYNC_DOWNLOADS_DIR; downloads)")
+    """``--downloads-dir`` (``download`` spells it ``--output-dir``, as the seed did)."""
+    p.add_argument(name, dest="downloads_dir", help=RegistryOptions.downloads_dir.flag_help())
 
 
 def settings_from(args: argparse.Namespace) -> RegistrySettings:
     config = load_config_file(getattr(args, "config", None))
-    flags = {name: getattr(args, name, None) for name in FLAG_NAMES}
-    settings = registry_settings(flags, config)
+    settings = registry_settings(RegistryOptions.flag_values(args), config)
     for secret in settings.secrets():
         gha.add_mask(secret)
     return settings

@@ -1,4 +1,9 @@
-"""``fleetci registry`` settings: flag > environment (seed names) > config ``registry:`` > default."""
+"""``fleetci registry`` settings, described once in :class:`RegistryOptions`.
+
+flag > environment (the seed's names) > config file ``registry:`` > default. The argparse flags of
+``fleetci registry …``, the Resolver lookups, the unknown-key check and the docs table all come from
+:class:`RegistryOptions`; :func:`registry_settings` turns them into the frozen :class:`RegistrySettings`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from fleetci.config import Resolver, number, parse_positive_int, parse_timeout, section
+from fleetci.config import Setting, SettingTable, number, parse_positive_int, parse_timeout
 from fleetci.errors import UsageError
 from fleetci.http import host_of, redact_url
 
@@ -93,13 +98,75 @@ class RegistrySettings:
         )
 
 
-FLAG_NAMES = (
-    "repo",
-    "workflow",
-    "branch",
-    "limit",
-    "gh_token",
-    "api_url",
+class RegistryOptions(SettingTable):
+    """Every ``fleetci registry`` setting, described once: flags, environment names, config keys, docs.
+
+    ``CI_JOB_TOKEN`` is not a setting: GitLab CI provides it, and it is only ever read from the environment.
+    """
+
+    section = "registry"
+    # GitHub
+    repo = Setting(DEFAULT_REPO, parse_repo, env=("GH_SYNC_REPO",), help="OWNER/REPO of the build workflow")
+    workflow = Setting(DEFAULT_WORKFLOW, str, env=("GH_SYNC_WORKFLOW",), help="workflow file")
+    branch = Setting("", str, env=("GH_SYNC_BRANCH",), help="only runs on this branch")
+    limit = Setting(20, parse_positive_int, env=("GH_SYNC_LIMIT",), help="runs to inspect")
+    gh_token = Setting("", str, env=("GH_TOKEN", "GITHUB_TOKEN"), help="GitHub token")
+    api_url = Setting(
+        "https://api.github.com",
+        str,
+        env=("FLEETCI_API_URL", "GITHUB_API_URL"),
+        help="GitHub API; a running fleetci cache sets $FLEETCI_API_URL",
+    )
+    # GitLab and its registry
+    gitlab_host = Setting(DEFAULT_GITLAB_HOST, str, env=("GITLAB_HOST",), help="GitLab server, host or URL")
+    gitlab_project = Setting(
+        DEFAULT_GITLAB_PROJECT, str, env=("GITLAB_PROJECT",), help="project holding the registry"
+    )
+    gitlab_token = Setting(
+        "", str, env=("GITLAB_TOKEN",), help="GitLab token", doc_default="none ($CI_JOB_TOKEN in GitLab CI)"
+    )
+    registry = Setting(
+        DEFAULT_REGISTRY, str, env=("GITLAB_REGISTRY", "CI_REGISTRY"), help="registry host[:port] or URL"
+    )
+    # None (not ""): an explicit empty value is kept, and refused when the project is checked
+    registry_project: Setting[str | None] = Setting(
+        None,
+        str,
+        env=("GITLAB_REGISTRY_PROJECT",),
+        help="path prefix in the registry",
+        doc_default="the GitLab project",
+    )
+    registry_username = Setting(
+        "",
+        str,
+        env=("GITLAB_REGISTRY_USERNAME", "CI_REGISTRY_USER"),
+        help="registry user",
+        doc_default="oauth2 (gitlab-ci-token for $CI_JOB_TOKEN)",
+    )
+    registry_password = Setting(
+        "",
+        str,
+        env=("GITLAB_REGISTRY_PASSWORD", "CI_REGISTRY_PASSWORD"),
+        help="registry password",
+        doc_default="the GitLab token, else $CI_JOB_TOKEN",
+    )
+    engine = Setting("oci", parse_engine, env=("REGISTRY_ENGINE",), help="oci (no daemon) or docker")
+    docker_host = Setting("", str, env=("DOCKER_HOST",), help="docker daemon for --engine docker")
+    chunk_mb = Setting(
+        DEFAULT_CHUNK_MB,
+        parse_chunk_mb,
+        env=("REGISTRY_CHUNK_MB",),
+        help="blobs above this many MiB upload in resumable chunks",
+    )
+    timeout = Setting(60.0, parse_timeout, env=("REGISTRY_TIMEOUT",), help="network timeout in seconds")
+    # local files
+    downloads_dir = Setting(
+        "downloads", str, env=("GH_SYNC_DOWNLOADS_DIR",), help="where artifacts and sync state go"
+    )
+
+
+GITHUB_FLAGS = ("repo", "workflow", "branch", "limit", "gh_token", "api_url")
+GITLAB_FLAGS = (
     "gitlab_host",
     "gitlab_project",
     "gitlab_token",
@@ -107,10 +174,9 @@ FLAG_NAMES = (
     "registry_project",
     "registry_username",
     "registry_password",
-    "downloads_dir",
     "engine",
-    "chunk_mb",
     "docker_host",
+    "chunk_mb",
     "timeout",
 )
 
@@ -122,52 +188,46 @@ def registry_settings(
 ) -> RegistrySettings:
     """Build :class:`RegistrySettings` from flags, the environment and the ``registry:`` config section."""
     environ = os.environ if env is None else env
-    r = Resolver(flags, section(config, "registry"), environ, name="registry")
-    gitlab_project = r.get("gitlab_project", DEFAULT_GITLAB_PROJECT, str, env=("GITLAB_PROJECT",)).strip("/")
-    gitlab_token = r.get("gitlab_token", "", str, env=("GITLAB_TOKEN",)) or None
+    o = RegistryOptions
+    r = o.resolver(flags, config, environ)
+    gitlab_project = r.value(o.gitlab_project).strip("/")
+    gitlab_token = r.value(o.gitlab_token) or None
     job_token = environ.get("CI_JOB_TOKEN") or None
-    password = (
-        r.get("registry_password", "", str, env=("GITLAB_REGISTRY_PASSWORD", "CI_REGISTRY_PASSWORD"))
-        or gitlab_token
-        or job_token
-    )
-    username = r.get("registry_username", "", str, env=("GITLAB_REGISTRY_USERNAME", "CI_REGISTRY_USER"))
+    password = r.value(o.registry_password) or gitlab_token or job_token
+    username = r.value(o.registry_username)
     if not username and password:
         username = "gitlab-ci-token" if password == job_token else "oauth2"
-    registry = r.get("registry", DEFAULT_REGISTRY, str, env=("GITLAB_REGISTRY", "CI_REGISTRY"))
-    gitlab_host = r.get("gitlab_host", DEFAULT_GITLAB_HOST, str, env=("GITLAB_HOST",))
-    api = r.get("api_url", "https://api.github.com", str, env=("FLEETCI_API_URL", "GITHUB_API_URL"))
+    registry = r.value(o.registry)
+    gitlab_host = r.value(o.gitlab_host)
+    api = r.value(o.api_url)
     try:
         registry_url = base_url(registry, "--registry")
         gitlab_url = base_url(gitlab_host, "--gitlab-host")
         api_url = base_url(api, "--api-url")
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    chunk_mb = r.get("chunk_mb", DEFAULT_CHUNK_MB, parse_chunk_mb, env=("REGISTRY_CHUNK_MB",))
+    chunk_mb = r.value(o.chunk_mb)
+    registry_project = r.value(o.registry_project)
     settings = RegistrySettings(
-        repo=r.get("repo", DEFAULT_REPO, parse_repo, env=("GH_SYNC_REPO",)),
-        workflow=r.get("workflow", DEFAULT_WORKFLOW, str, env=("GH_SYNC_WORKFLOW",)),
-        branch=r.get("branch", "", str, env=("GH_SYNC_BRANCH",)) or None,
-        limit=r.get("limit", 20, parse_positive_int, env=("GH_SYNC_LIMIT",)),
-        gh_token=r.get("gh_token", "", str, env=("GH_TOKEN", "GITHUB_TOKEN")) or None,
+        repo=r.value(o.repo),
+        workflow=r.value(o.workflow),
+        branch=r.value(o.branch) or None,
+        limit=r.value(o.limit),
+        gh_token=r.value(o.gh_token) or None,
         api_url=api_url,
         gitlab_url=gitlab_url,
         gitlab_project=gitlab_project,
         gitlab_token=gitlab_token,
         job_token=job_token,
         registry_url=registry_url,
-        registry_project=r.get(
-            "registry_project", gitlab_project, str, env=("GITLAB_REGISTRY_PROJECT",)
-        ).strip("/"),
+        registry_project=(gitlab_project if registry_project is None else registry_project).strip("/"),
         registry_username=username or None,
         registry_password=password or None,
-        downloads_dir=Path(
-            r.get("downloads_dir", "downloads", str, env=("GH_SYNC_DOWNLOADS_DIR",))
-        ).expanduser(),
-        engine=r.get("engine", "oci", parse_engine, env=("REGISTRY_ENGINE",)),
+        downloads_dir=Path(r.value(o.downloads_dir)).expanduser(),
+        engine=r.value(o.engine),
         chunk_size=chunk_mb * 1024 * 1024,
-        docker_host=r.get("docker_host", "", str, env=("DOCKER_HOST",)) or None,
-        timeout=r.get("timeout", 60.0, parse_timeout, env=("REGISTRY_TIMEOUT",)),
+        docker_host=r.value(o.docker_host) or None,
+        timeout=r.value(o.timeout),
     )
     r.check_unknown()
     return settings
