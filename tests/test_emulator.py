@@ -724,10 +724,18 @@ def test_cli_serves_until_sigterm() -> None:
     assert proc.stdout.read() == ""  # exactly one line
 
 
-def _fleetci(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fleetci", *args], capture_output=True, text=True, timeout=60, env=_env()
-    )
+def emulate_github(*args: str) -> list[str]:
+    """argv of ``fleetci emulate github``."""
+    return ["emulate", "github", *args]
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``fleetci.cli.main(argv)`` in this process: exit code, stdout, stderr."""
+    from fleetci.cli import main
+
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 @pytest.mark.parametrize(
@@ -742,17 +750,17 @@ def _fleetci(*args: str) -> subprocess.CompletedProcess[str]:
         ["--limit", "lots"],
     ],
 )
-def test_cli_bad_values_fail_in_one_line(args: list[str]) -> None:
-    out = _fleetci("emulate", "github", *args)
-    assert out.returncode == 2
-    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("fleetci: error: "), out.stderr
-    assert args[0] in lines[0] and out.stdout == ""
+def test_cli_bad_values_fail_in_one_line(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(emulate_github(*args), capsys)
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("fleetci: error: "), err
+    assert args[0] in lines[0] and out == ""
 
 
 @pytest.mark.integration
-def test_cli_port_in_use(server: EmulatorServer) -> None:
-    out = _fleetci("emulate", "github", "--port", str(server.port))
-    assert out.returncode == 1
-    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+def test_cli_port_in_use(server: EmulatorServer, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(emulate_github("--port", str(server.port)), capsys)
+    assert code == 1
+    lines = [ln for ln in err.splitlines() if ln.strip()]
     assert lines == [f"fleetci: error: cannot listen on 127.0.0.1:{server.port}: address already in use"]

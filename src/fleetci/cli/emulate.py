@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
-from types import FrameType
 
 from fleetci.cli import arg_type
 from fleetci.config import number, parse_count, parse_ms_range, parse_port
-from fleetci.errors import FleetciError, UsageError
 
 _rate = arg_type(number(float, min=0, max=1))  # a fraction of requests
 _count = arg_type(parse_count)
@@ -90,43 +86,17 @@ def _help(parser: argparse.ArgumentParser) -> int:
 
 def run_github(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; print the one ``listening on`` line once the port accepts connections."""
-    from fleetci.testing import TOKENS, EmulatorConfig, EmulatorServer, GitHubEmulator
-    from fleetci.testing.github import port_in_use
+    from fleetci.testing.github import EmulatorConfig, emulator_server
 
-    tokens = dict(TOKENS)
-    for login, token in args.token:
-        tokens[token] = login
-    try:
-        config = EmulatorConfig(
-            latency_ms=args.latency_ms,
-            error_rate=args.error_rate,
-            drop_rate=args.drop_rate,
-            primary_limit=args.limit,
-            anon_limit=args.anon_limit,
-            seed=args.seed,
-        )
-        emulator = GitHubEmulator(config, tokens)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    server = EmulatorServer(emulator, host=args.host, port=args.port)
-    try:
-        server.start()
-    except OSError as exc:
-        reason = "address already in use" if port_in_use(exc) else (exc.strerror or str(exc))
-        raise FleetciError(f"cannot listen on {args.host}:{args.port}: {reason}") from None
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        print(f"fleetci emulator listening on {server.url}", flush=True)
-        while not stop.wait(0.5):
-            pass
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        server.stop()
+    config = EmulatorConfig(
+        latency_ms=args.latency_ms,
+        error_rate=args.error_rate,
+        drop_rate=args.drop_rate,
+        primary_limit=args.limit,
+        anon_limit=args.anon_limit,
+        seed=args.seed,
+    )
+    server = emulator_server(config, host=args.host, port=args.port, extra_tokens=args.token)
+    server.serve_until_signalled(lambda url: print(f"fleetci emulator listening on {url}", flush=True))
     sys.stdout.flush()
     return 0

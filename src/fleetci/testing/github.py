@@ -9,7 +9,6 @@ official OpenAPI response schemas (the tests check them).
 from __future__ import annotations
 
 import asyncio
-import errno
 import gzip
 import hashlib
 import itertools
@@ -27,6 +26,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from fleetci.errors import UsageError
 from fleetci.http import error_response, guarded_app, loads_strict
 from fleetci.testing import github_data as gd
 from fleetci.testing.github_data import JSON, Job, Repo, Run, World
@@ -1364,5 +1364,20 @@ class EmulatorServer(BackgroundApp):
         return self.start()
 
 
-def port_in_use(exc: OSError) -> bool:
-    return exc.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1))
+def emulator_server(
+    config: EmulatorConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    extra_tokens: Iterable[tuple[str, str]] = (),
+) -> EmulatorServer:
+    """A server (not started) for ``fleetci emulate github``: the built-in :data:`TOKENS` plus
+    ``(login, token)`` pairs; a config the emulator cannot honour is a one-line usage error."""
+    tokens = dict(TOKENS)
+    for login, token in extra_tokens:
+        tokens[token] = login
+    try:
+        emulator = GitHubEmulator(config, tokens)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return EmulatorServer(emulator, host=host, port=port)

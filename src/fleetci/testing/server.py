@@ -8,12 +8,16 @@ server of ours: a hostile client meets the same body cap, one-line errors and qu
 from __future__ import annotations
 
 import asyncio
+import errno
+import signal
 import threading
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 from aiohttp import web
 
+from fleetci.errors import FleetciError
 from fleetci.http import RUNNER_OPTIONS, parse_id
 
 
@@ -115,6 +119,36 @@ class BackgroundApp:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def listen(self) -> Any:
+        """:meth:`start` for a command: a port that cannot be bound is a one-line :class:`FleetciError`."""
+        try:
+            return self.start()
+        except OSError as exc:
+            reason = "address already in use" if port_in_use(exc) else (exc.strerror or str(exc))
+            raise FleetciError(f"cannot listen on {self.host}:{self.port}: {reason}") from None
+
+    def serve_until_signalled(self, announce: Callable[[str], None]) -> None:
+        """Listen, ``announce(url)`` once the port accepts connections, serve until SIGINT/SIGTERM, stop."""
+        self.listen()
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            announce(self.url)
+            while not stop.wait(0.5):
+                pass
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.stop()
+
+
+def port_in_use(exc: OSError) -> bool:
+    return exc.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1))
 
 
 def plain_host(request: web.Request) -> bool:

@@ -1,0 +1,326 @@
+"""What each benchmark is asked for, described once: its parameters (flag, parser, default, help) and the
+function that checks them and runs it.
+
+``fleetci bench <capability>`` and ``fleetci demo`` derive their flags from these tables and call ``run``
+with the parsed values by name; nothing else knows a benchmark's parameters. Adding a parameter is one
+:class:`Param` here and one keyword of its ``run`` function.
+
+Cheap to import (the CLI builds its parser from it): each ``run`` imports its benchmark when called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fleetci.config import (
+    MAX_SECONDS,
+    number,
+    parse_count,
+    parse_ms_range,
+    parse_positive_int,
+    parse_seconds,
+    parse_timeout,
+)
+from fleetci.errors import UsageError
+
+if TYPE_CHECKING:
+    from fleetci.bench.cache import FleetSpec
+
+Progress = Callable[[str], None]
+Result = dict[str, Any]  # one JSON object per benchmark (`--json`), the figures the README quotes
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a benchmark, given as ``--<name with dashes>``.
+
+    ``parse`` is a settings parser (nan, inf and out-of-range values are one-line usage errors); None for
+    plain text. ``help`` shows the default in parentheses at its end, or where it says ``{}``; with
+    ``shown=""`` the help is printed as it is. ``switch`` parameters are on/off flags (default off).
+    """
+
+    name: str
+    parse: Callable[[str], Any] | None
+    default: Any
+    help: str
+    shown: str | None = None
+    switch: bool = False
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def help_text(self) -> str:
+        if self.switch or self.shown == "":
+            return self.help
+        shown = _shown(self.default) if self.shown is None else self.shown
+        return self.help.format(shown) if "{}" in self.help else f"{self.help} ({shown})"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "-".join(_shown(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+JSON = Param("json", None, False, "print one JSON object", switch=True)  # every benchmark: the CLI's output
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """``fleetci bench <name>``: its parameters in flag order, and ``run(progress=…, **values)``."""
+
+    name: str
+    help: str
+    params: tuple[Param, ...]
+    run: Callable[..., Result]
+
+
+COUNT = parse_positive_int
+HOURS = number(float, min=0, max=MAX_SECONDS / 3600, min_inclusive=False, unit="hours")
+SCALE = number(float, min=0, min_inclusive=False)
+
+
+def world_params(runners: int, churn_every: float, repos: int) -> tuple[Param, ...]:
+    """The simulated fleet and world shared by ``bench cache``, ``bench fleet`` and ``demo``."""
+    return (
+        Param("runners", COUNT, runners, "simulated runners"),
+        Param("latency_ms", parse_ms_range, (100.0, 500.0), "emulated GitHub latency per call, LOW-HIGH ms"),
+        Param(
+            "churn_every",
+            parse_seconds,
+            churn_every,
+            "simulated seconds between changes in the emulated world ({}; 0 = static)",
+        ),
+        Param("repos", COUNT, repos, "repositories the autoscalers watch"),
+    )
+
+
+# A fleet of runners polling through ``fleetci cache serve`` in real (scaled) time: bench cache, demo.
+FLEET = (
+    *world_params(runners=5, churn_every=600.0, repos=3),
+    Param("calls", COUNT, 100, "API calls per runner"),
+    Param("time_scale", SCALE, 240.0, "simulated seconds per real second ({}: a 2-minute poll every 0.5 s)"),
+)
+
+
+def fleet_spec(
+    *,
+    runners: int,
+    latency_ms: tuple[float, float],
+    churn_every: float,
+    repos: int,
+    calls: int,
+    time_scale: float,
+) -> FleetSpec:
+    from fleetci.bench.cache import FleetSpec
+
+    return FleetSpec(
+        runners=runners,
+        calls=calls,
+        latency_ms=latency_ms,
+        time_scale=time_scale,
+        churn_every_s=churn_every,
+        repos=repos,
+    )
+
+
+def run_cache(*, samples: int, p2p: bool, progress: Progress, **fleet: Any) -> Result:
+    from fleetci.bench.cache import bench_cache
+
+    spec = fleet_spec(**fleet)
+    if samples < 10:
+        raise UsageError("--samples must be at least 10")
+    if p2p and spec.runners < 2:
+        raise UsageError("--p2p needs at least 2 runners")
+    return bench_cache(spec, progress=progress, latency_samples=samples, p2p=p2p)
+
+
+def run_fleet(
+    *,
+    runners: int,
+    latency_ms: tuple[float, float],
+    churn_every: float,
+    repos: int,
+    hours: float,
+    runners_per_node: int,
+    poll: float,
+    propagation_ms: tuple[float, float],
+    baseline_runners: int,
+    progress: Progress,
+) -> Result:
+    from fleetci.bench.fleet import FleetSimSpec, bench_fleet
+
+    spec = FleetSimSpec(
+        runners=runners,
+        hours=hours,
+        runners_per_node=runners_per_node,
+        repos=repos,
+        poll_s=poll,
+        churn_every_s=churn_every,
+        latency_ms=latency_ms,
+        propagation_ms=propagation_ms,
+        baseline_runners=min(baseline_runners, runners),
+    )
+    return bench_fleet(spec, progress=progress)
+
+
+def run_install(
+    *, lock_hold: float, trials: int, packages: int, repeats: int, faulty_first: int, progress: Progress
+) -> Result:
+    from fleetci.bench.install import bench_install
+
+    return bench_install(
+        lock_hold=lock_hold,
+        trials=trials,
+        packages=packages,
+        repeats=repeats,
+        faulty_first=faulty_first,
+        progress=progress,
+    )
+
+
+def run_multiarch(*, arch: str, cache_dir: str | None, mirror: str | None, progress: Progress) -> Result:
+    from fleetci.bench.multiarch import bench_multiarch
+    from fleetci.multiarch.arch import parse_arch
+    from fleetci.multiarch.settings import DEFAULT_MIRROR
+
+    return bench_multiarch(
+        parse_arch(arch),
+        Path(cache_dir) if cache_dir else None,
+        (mirror or DEFAULT_MIRROR).rstrip("/"),
+        progress=progress,
+    )
+
+
+def run_build(*, workers: int, heartbeat_ttl: float, no_replace: bool, progress: Progress) -> Result:
+    from fleetci.bench.buildfarm import bench_build
+
+    return bench_build(workers, heartbeat_ttl, replace=not no_replace, progress=progress)
+
+
+def run_registry(
+    *,
+    size_mb: int,
+    rss_size_mb: int,
+    chunk_mb: int,
+    resume_layer_mb: int,
+    workdir: str | None,
+    progress: Progress,
+) -> Result:
+    from fleetci.bench.registry import bench_registry
+
+    if resume_layer_mb <= chunk_mb:
+        raise UsageError("--resume-layer-mb must be more than --chunk-mb (a layer sent in chunks)")
+    return bench_registry(
+        size_mb,
+        rss_size_mb,
+        chunk_mb,
+        Path(workdir) if workdir else None,
+        progress=progress,
+        resume_layer_mb=resume_layer_mb,
+    )
+
+
+BENCHMARKS = (
+    Benchmark(
+        "cache",
+        "API cache: charged calls and latency vs going straight to the API",
+        (
+            *FLEET,
+            Param("samples", COUNT, 400, "latency samples per measurement"),
+            JSON,
+            Param("p2p", None, False, "one proxy per runner, sharing over libp2p on 127.0.0.1", switch=True),
+        ),
+        run_cache,
+    ),
+    Benchmark(
+        "fleet",
+        "API cache at fleet scale: charged calls per hour for N runners, in virtual time",
+        (
+            *world_params(runners=500, churn_every=60.0, repos=7),
+            Param("hours", HOURS, 1.0, "virtual hours to simulate"),
+            Param("runners_per_node", COUNT, 10, "runners sharing one proxy"),
+            Param("poll", parse_timeout, 120.0, "seconds between an autoscaler's polls"),
+            Param(
+                "propagation_ms",
+                parse_ms_range,
+                (10.0, 100.0),
+                "peer-to-peer delivery delay, LOW-HIGH ms ({}, as bench cache --p2p measures)",
+            ),
+            Param("baseline_runners", COUNT, 20, "runners sampled without any cache"),
+            JSON,
+        ),
+        run_fleet,
+    ),
+    Benchmark(
+        "install",
+        "safe installs: success under lock + index faults, overhead vs pip",
+        (
+            Param("lock_hold", parse_seconds, 30.0, "seconds a child holds the apt lock"),
+            Param("trials", COUNT, 3, "concurrent faulted installs"),
+            Param("packages", COUNT, 4, "generated wheels per install"),
+            Param("repeats", COUNT, 5, "plain pip vs fleetci rounds, no faults"),
+            Param("faulty_first", parse_count, 8, "fault every other of the first N requests"),
+            JSON,
+        ),
+        run_install,
+    ),
+    Benchmark(
+        "multiarch",
+        "multi-arch tests: the same pytest suite natively and under QEMU",
+        (
+            Param("arch", None, "arm64", "emulated architecture"),
+            Param(
+                "cache_dir",
+                None,
+                None,
+                "reuse rootfs archives from here (default: a fresh dir, a cold build)",
+                shown="",
+            ),
+            Param("mirror", None, None, "Debian mirror", shown="deb.debian.org"),
+            JSON,
+        ),
+        run_multiarch,
+    ),
+    Benchmark(
+        "build",
+        "distributed builds: 30-package DAG makespan vs lower bound, failover",
+        (
+            Param("workers", COUNT, 4, "worker processes"),
+            Param("heartbeat_ttl", parse_timeout, 2.0, "heartbeat TTL in seconds"),
+            Param("no_replace", None, False, "do not start a replacement for the killed worker", switch=True),
+            JSON,
+        ),
+        run_build,
+    ),
+    Benchmark(
+        "registry",
+        "registry push: daemonless push vs skopeo copy, re-push/retag bytes, RSS",
+        (
+            Param("size_mb", COUNT, 512, "image size for the throughput comparison"),
+            Param("rss_size_mb", COUNT, 2048, "image size for the peak-RSS measurement"),
+            Param("chunk_mb", COUNT, 128, "chunked-upload threshold in MiB"),
+            Param(
+                "resume_layer_mb",
+                COUNT,
+                300,
+                "layer of the push killed mid-layer and resumed; more than --chunk-mb",
+            ),
+            Param(
+                "workdir",
+                None,
+                None,
+                "where the temporary images and registry go (default: $TMPDIR)",
+                shown="",
+            ),
+            JSON,
+        ),
+        run_registry,
+    ),
+)
