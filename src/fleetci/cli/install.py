@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import glob
 import sys
-from typing import Any
 
 from fleetci import gha
 from fleetci.config import load_config_file
 from fleetci.errors import FleetciError, UsageError
+from fleetci.install.settings import InstallOptions
 
-SETTING_FLAGS = (
+# The settings that say what to install; the others say how (the "behaviour" group of --help).
+WHAT = [
     "apt",
     "requirements",
     "constraints",
@@ -22,20 +23,7 @@ SETTING_FLAGS = (
     "python",
     "index_url",
     "extra_index_url",
-    "lock_timeout",
-    "lock_root",
-    "apt_update",
-    "retries",
-    "backoff",
-    "backoff_max",
-    "pip_timeout",
-    "progress_every",
-    "report",
-)
-
-
-def _join(values: list[str] | None) -> str | None:
-    return ",".join(values) if values else None
+]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -46,55 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "dependency matrix of several --report files.",
     )
     p.add_argument("packages", nargs="*", metavar="PACKAGE", help="pip requirements (or: matrix REPORT…)")
-    g = p.add_argument_group("what to install (flag > $INSTALL_* > config 'install:')")
-    g.add_argument("--apt", action="append", metavar="PKG[,PKG]", help="apt packages ($INSTALL_APT_PACKAGES)")
-    g.add_argument(
-        "-r",
-        "--requirement",
-        dest="requirements",
-        action="append",
-        metavar="FILE",
-        help="requirements file, repeatable ($INSTALL_REQUIREMENTS)",
+    what = p.add_argument_group("what to install (flag > $INSTALL_* > config 'install:')")
+    InstallOptions.add_flags(what, names=WHAT)
+    behaviour = p.add_argument_group("behaviour")
+    InstallOptions.add_flags(behaviour, names=[s.name for s in InstallOptions.settings if s.name not in WHAT])
+    behaviour.add_argument(
+        "--summary", action="store_true", help="append a Markdown table to $GITHUB_STEP_SUMMARY"
     )
-    g.add_argument(
-        "-c",
-        "--constraint",
-        dest="constraints",
-        action="append",
-        metavar="FILE",
-        help="constraints file, repeatable ($INSTALL_CONSTRAINTS)",
-    )
-    g.add_argument(
-        "-e", "--project", metavar="DIR", help="install a local project editable ($INSTALL_PROJECT)"
-    )
-    g.add_argument("--extras", metavar="X[,Y]", help="extras of the project; implies -e . ($INSTALL_EXTRAS)")
-    g.add_argument(
-        "--verify",
-        action="append",
-        metavar="MOD[,MOD]",
-        help="import these in a fresh interpreter and report versions ($INSTALL_VERIFY)",
-    )
-    g.add_argument("--preset", help="a known dependency set: libp2p ($INSTALL_PRESET)")
-    g.add_argument("--python", help="interpreter to install into ($INSTALL_PYTHON; python3 on PATH)")
-    g.add_argument("--index-url", help="pip index (default: pip's own, e.g. $PIP_INDEX_URL)")
-    g.add_argument("--extra-index-url", action="append", help="extra pip index, repeatable")
-    b = p.add_argument_group("behaviour")
-    b.add_argument("--lock-timeout", help="seconds to wait for apt/dpkg locks ($INSTALL_LOCK_TIMEOUT; 300)")
-    b.add_argument("--lock-root", help="prefix of the lock paths ($INSTALL_LOCK_ROOT, $FLEETCI_LOCK_ROOT; /)")
-    b.add_argument(
-        "--wait-locks",
-        action="store_const",
-        const="true",
-        help="wait for the apt/dpkg locks even without --apt",
-    )
-    b.add_argument("--apt-update", help="auto|always|never: refresh apt lists ($INSTALL_APT_UPDATE; auto)")
-    b.add_argument("--retries", help="retries after a transient failure ($INSTALL_RETRIES; 4)")
-    b.add_argument("--backoff", help="first retry delay in seconds, doubled each time ($INSTALL_BACKOFF; 1)")
-    b.add_argument("--backoff-max", help="longest retry delay ($INSTALL_BACKOFF_MAX; 30)")
-    b.add_argument("--pip-timeout", help="pip's socket timeout in seconds ($INSTALL_PIP_TIMEOUT; 60)")
-    b.add_argument("--progress-every", help="seconds between lock-wait lines ($INSTALL_PROGRESS_INTERVAL; 5)")
-    b.add_argument("--report", metavar="FILE", help="write the JSON report here ($INSTALL_REPORT)")
-    b.add_argument("--summary", action="store_true", help="append a Markdown table to $GITHUB_STEP_SUMMARY")
     p.set_defaults(func=cmd_install)
 
 
@@ -109,11 +55,8 @@ def cmd_install(args: argparse.Namespace) -> int:
     from fleetci.install.report import write_report
 
     config = load_config_file(getattr(args, "config", None))
-    flags: dict[str, Any] = {name: getattr(args, name, None) for name in SETTING_FLAGS}
-    for name in ("apt", "requirements", "constraints", "verify", "extra_index_url"):
-        flags[name] = _join(flags[name])
-    flags["packages"] = _join(args.packages)
-    flags["wait_locks"] = args.wait_locks
+    flags = InstallOptions.flag_values(args)
+    flags["packages"] = args.packages or None  # no PACKAGE arguments: $INSTALL_PACKAGES, the config file
     settings = install_settings(flags, config)
     if not (settings.wants_apt or settings.pip_specs or settings.requirements or settings.verify_modules):
         raise UsageError("nothing to install: give packages, --apt, -r, -e, --preset or --verify")

@@ -8,18 +8,7 @@ import json
 from fleetci import gha
 from fleetci.config import load_config_file
 from fleetci.errors import FleetciError, UsageError
-
-SETTING_FLAGS = (
-    "arch",
-    "python",
-    "backend",
-    "project",
-    "cache_dir",
-    "mirror",
-    "packages",
-    "requirements",
-    "image",
-)
+from fleetci.multiarch.settings import MultiarchOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -32,22 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         usage="fleetci multiarch run --arch ARCH [options] -- CMD …",
     )
     g = r.add_argument_group("settings (flag > environment > config file 'multiarch:' > default)")
-    g.add_argument("--arch", help="amd64, arm64, armv7 or riscv64 ($MULTIARCH_ARCH)")
-    g.add_argument("--python", help="Python X.Y in the guest ($MULTIARCH_PYTHON; the guest's own)")
-    g.add_argument("--backend", help="auto, native, docker or chroot ($MULTIARCH_BACKEND; auto)")
-    g.add_argument("--project", help="project directory, mounted at /project ($MULTIARCH_PROJECT; cwd)")
-    g.add_argument(
-        "--cache-dir", help="rootfs and pip caches ($MULTIARCH_CACHE_DIR; ~/.cache/fleetci/multiarch)"
-    )
-    g.add_argument("--mirror", help="Debian mirror for rootfs builds ($MULTIARCH_MIRROR; deb.debian.org)")
-    g.add_argument(
-        "--packages", help="extra Debian packages in the rootfs, comma-separated ($MULTIARCH_PACKAGES)"
-    )
-    g.add_argument(
-        "--requirements",
-        help="requirements files to pip install in the guest, comma-separated ($MULTIARCH_REQUIREMENTS)",
-    )
-    g.add_argument("--image", help="docker image ($MULTIARCH_IMAGE; python:X.Y)")
+    MultiarchOptions.add_flags(g)
     r.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     r.set_defaults(func=cmd_run)
 
@@ -76,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not command:
         raise UsageError("no command given: fleetci multiarch run --arch ARCH -- CMD …")
     config = load_config_file(getattr(args, "config", None))
-    settings = multiarch_settings({k: getattr(args, k) for k in SETTING_FLAGS}, config)
+    settings = multiarch_settings(MultiarchOptions.flag_values(args), config)
     result = run(settings, command)
     if result.exit_code != 0:
         code = result.exit_code if result.exit_code > 0 else 128 - result.exit_code  # killed by a signal

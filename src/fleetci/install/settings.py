@@ -1,7 +1,10 @@
-"""Settings for ``fleetci install``: a frozen dataclass, flag > environment > ``install:`` > default.
+"""Settings for ``fleetci install``: flag > environment > ``install:`` > default.
 
-The request itself (packages, requirement files, verify list) is part of the settings so the composite
-action can pass every input as an ``INSTALL_*`` variable, where an empty input simply means "unset".
+:class:`InstallOptions` describes each setting once (the CLI's flags, the resolver lookups, the unknown-key
+check and the docs table follow from it); :func:`install_settings` builds the frozen
+:class:`InstallSettings` the capability runs on. The request itself (packages, requirement files, verify
+list) is part of the settings so the composite action can pass every input as an ``INSTALL_*`` variable,
+where an empty input simply means "unset".
 """
 
 from __future__ import annotations
@@ -15,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from fleetci.config import (
-    Resolver,
+    Setting,
+    SettingTable,
     parse_bool,
     parse_count,
     parse_csv,
     parse_seconds,
     parse_timeout,
-    section,
 )
 from fleetci.errors import UsageError
 
@@ -87,6 +90,100 @@ def default_python() -> str:
     return shutil.which("python3") or sys.executable
 
 
+def stripped(text: str) -> str:
+    return text.strip()
+
+
+class InstallOptions(SettingTable):
+    """Every ``fleetci install`` setting, once."""
+
+    section = "install"
+    # what to install
+    apt = Setting(
+        NONE,
+        parse_list,
+        env=("INSTALL_APT_PACKAGES",),
+        help="apt packages, comma-separated, repeatable",
+        repeat=True,
+        metavar="PKG[,PKG]",
+    )
+    packages = Setting(
+        NONE,
+        parse_list,
+        env=("INSTALL_PACKAGES",),
+        help="pip requirements (the command's PACKAGE arguments)",
+        flag=False,
+    )
+    requirements = Setting(
+        NONE,
+        parse_list,
+        env=("INSTALL_REQUIREMENTS",),
+        help="requirements file, repeatable",
+        flags=("--requirement", "-r"),
+        repeat=True,
+        metavar="FILE",
+    )
+    constraints = Setting(
+        NONE,
+        parse_list,
+        env=("INSTALL_CONSTRAINTS",),
+        help="constraints file, repeatable",
+        flags=("--constraint", "-c"),
+        repeat=True,
+        metavar="FILE",
+    )
+    project = Setting(
+        "",
+        stripped,
+        env=("INSTALL_PROJECT",),
+        help="install a local project editable",
+        flags=("--project", "-e"),
+        metavar="DIR",
+    )
+    extras = Setting(
+        NONE, parse_list, env=("INSTALL_EXTRAS",), help="extras of the project; implies -e .", metavar="X[,Y]"
+    )
+    verify = Setting(
+        NONE,
+        parse_list,
+        env=("INSTALL_VERIFY",),
+        help="import these in a fresh interpreter and report versions, repeatable",
+        repeat=True,
+        metavar="MOD[,MOD]",
+    )
+    preset = Setting("", stripped, env=("INSTALL_PRESET",), help="a known dependency set: libp2p")
+    python = Setting(
+        "", str, env=("INSTALL_PYTHON",), help="interpreter to install into", doc_default="python3 on PATH"
+    )
+    index_url = Setting("", str, help="pip index", doc_default="pip's own, e.g. $PIP_INDEX_URL")
+    extra_index_url = Setting(NONE, parse_list, help="extra pip index, repeatable", repeat=True)
+    # behaviour
+    lock_timeout = Setting(
+        300.0, parse_seconds, env=("INSTALL_LOCK_TIMEOUT",), help="seconds to wait for apt/dpkg locks"
+    )
+    lock_root = Setting(
+        "/", str, env=("INSTALL_LOCK_ROOT", "FLEETCI_LOCK_ROOT"), help="prefix of the lock paths"
+    )
+    wait_locks = Setting(
+        False, parse_bool, help="wait for the apt/dpkg locks even without --apt", switch=True
+    )
+    apt_update = Setting(
+        "auto", parse_apt_update, env=("INSTALL_APT_UPDATE",), help="auto|always|never: refresh apt lists"
+    )
+    retries = Setting(4, parse_count, env=("INSTALL_RETRIES",), help="retries after a transient failure")
+    backoff = Setting(
+        1.0, parse_seconds, env=("INSTALL_BACKOFF",), help="first retry delay in seconds, doubled each time"
+    )
+    backoff_max = Setting(30.0, parse_seconds, env=("INSTALL_BACKOFF_MAX",), help="longest retry delay")
+    pip_timeout = Setting(
+        60.0, parse_timeout, env=("INSTALL_PIP_TIMEOUT",), help="pip's socket timeout in seconds"
+    )
+    progress_every = Setting(
+        5.0, parse_seconds, env=("INSTALL_PROGRESS_INTERVAL",), help="seconds between lock-wait lines"
+    )
+    report = Setting("", stripped, env=("INSTALL_REPORT",), help="write the JSON report here", metavar="FILE")
+
+
 @dataclass(frozen=True)
 class InstallSettings:
     """Everything ``fleetci install`` needs; built once, never re-read from the environment."""
@@ -125,6 +222,10 @@ class InstallSettings:
         return bool(self.apt_packages) or self.wait_locks
 
     @property
+    def wants_anything(self) -> bool:
+        return self.wants_apt or bool(self.pip_specs or self.requirements or self.verify_modules)
+
+    @property
     def pip_specs(self) -> tuple[str, ...]:
         """Requested pip requirements from flags, the project (with extras) and the preset."""
         specs = list(self.packages)
@@ -148,38 +249,38 @@ def install_settings(
     env: Mapping[str, str] | None = None,
 ) -> InstallSettings:
     """Build :class:`InstallSettings` from flags, ``INSTALL_*`` variables and the ``install:`` section."""
-    r = Resolver(flags, section(config, "install"), env, name="install")
-    preset = r.get("preset", "", str, env=("INSTALL_PRESET",)).strip()
+    o = InstallOptions
+    r = o.resolver(flags, config, env)
+    preset = r.value(o.preset)
     if preset and preset not in PRESETS:
         raise UsageError(f"unknown preset {preset!r} (known: {', '.join(sorted(PRESETS))})")
-    extras = r.get("extras", NONE, parse_list, env=("INSTALL_EXTRAS",))
-    project = r.get("project", "", str, env=("INSTALL_PROJECT",)).strip()
+    extras = r.value(o.extras)
+    project = r.value(o.project)
     if extras and not project:
         project = "."  # extras name the project's optional dependencies: `-e .[extras]`
-    backoff = r.get("backoff", 1.0, parse_seconds, env=("INSTALL_BACKOFF",))
-    backoff_max = r.get("backoff_max", 30.0, parse_seconds, env=("INSTALL_BACKOFF_MAX",))
-    report = r.get("report", "", str, env=("INSTALL_REPORT",)).strip()
+    backoff = r.value(o.backoff)
+    report = r.value(o.report)
     settings = InstallSettings(
-        apt_packages=r.get("apt", NONE, parse_list, env=("INSTALL_APT_PACKAGES",)),  # checked on creation
-        packages=r.get("packages", NONE, parse_list, env=("INSTALL_PACKAGES",)),
-        requirements=r.get("requirements", NONE, parse_list, env=("INSTALL_REQUIREMENTS",)),
-        constraints=r.get("constraints", NONE, parse_list, env=("INSTALL_CONSTRAINTS",)),
+        apt_packages=r.value(o.apt),  # checked on creation
+        packages=r.value(o.packages),
+        requirements=r.value(o.requirements),
+        constraints=r.value(o.constraints),
         project=project,
         extras=extras,
-        verify=r.get("verify", NONE, parse_list, env=("INSTALL_VERIFY",)),
+        verify=r.value(o.verify),
         preset=preset,
-        python=r.get("python", default_python(), str, env=("INSTALL_PYTHON",)),
-        index_url=r.get("index_url", "", str, env=()),
-        extra_index_urls=r.get("extra_index_url", NONE, parse_list, env=()),
-        lock_timeout=r.get("lock_timeout", 300.0, parse_seconds, env=("INSTALL_LOCK_TIMEOUT",)),
-        lock_root=Path(r.get("lock_root", "/", str, env=("INSTALL_LOCK_ROOT", "FLEETCI_LOCK_ROOT"))),
-        wait_locks=r.get("wait_locks", False, parse_bool, env=()),
-        apt_update=r.get("apt_update", "auto", parse_apt_update, env=("INSTALL_APT_UPDATE",)),
-        retries=r.get("retries", 4, parse_count, env=("INSTALL_RETRIES",)),
+        python=r.value(o.python) or default_python(),
+        index_url=r.value(o.index_url),
+        extra_index_urls=r.value(o.extra_index_url),
+        lock_timeout=r.value(o.lock_timeout),
+        lock_root=Path(r.value(o.lock_root)),
+        wait_locks=r.value(o.wait_locks),
+        apt_update=r.value(o.apt_update),
+        retries=r.value(o.retries),
         backoff=backoff,
-        backoff_max=max(backoff, backoff_max),
-        pip_timeout=r.get("pip_timeout", 60.0, parse_timeout, env=("INSTALL_PIP_TIMEOUT",)),
-        progress_every=r.get("progress_every", 5.0, parse_seconds, env=("INSTALL_PROGRESS_INTERVAL",)),
+        backoff_max=max(backoff, r.value(o.backoff_max)),
+        pip_timeout=r.value(o.pip_timeout),
+        progress_every=r.value(o.progress_every),
         report=Path(report) if report else None,
     )
     r.check_unknown()
