@@ -15,10 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleetci import retry
 from fleetci.errors import FleetciError
 from fleetci.install.locks import lock_paths, wait_for_locks
 from fleetci.install.pip import PackageResult
-from fleetci.install.retry import PermanentFailure, TransientFailure, first_match, with_retries
+from fleetci.install.retry import PermanentFailure, TransientFailure, first_match, policy
 from fleetci.install.settings import InstallSettings, apt_name
 
 Progress = Callable[[str], None]
@@ -121,7 +122,7 @@ def apt_install(settings: InstallSettings, progress: Progress) -> AptOutcome:
         _run([*argv, "--", *settings.apt_packages], "install", progress)  # "--": never an option
 
     def retried(step: Callable[[int], None]) -> None:
-        with_retries(step, settings.retries, settings.backoff, settings.backoff_max, on_retry)
+        retry.call(step, policy(settings), retry_on=TransientFailure, on_retry=on_retry)
 
     error: str | None = None
     try:

@@ -22,8 +22,9 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from fleetci import retry
 from fleetci.errors import UsageError
-from fleetci.install.retry import PermanentFailure, TransientFailure, first_match, with_retries
+from fleetci.install.retry import PermanentFailure, TransientFailure, first_match, policy
 from fleetci.install.settings import InstallSettings
 
 Progress = Callable[[str], None]
@@ -309,7 +310,7 @@ def install_items(
         progress(f"pip {label}: transient failure ({exc}); retry {n}/{settings.retries} in {sleep:.1f}s")
 
     try:
-        with_retries(attempt, settings.retries, settings.backoff, settings.backoff_max, on_retry)
+        retry.call(attempt, policy(settings), retry_on=TransientFailure, on_retry=on_retry)
     except (TransientFailure, PermanentFailure) as exc:
         exc.attempts = state
         raise

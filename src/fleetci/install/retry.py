@@ -1,14 +1,19 @@
-"""One retry policy for apt and pip: exponential backoff with jitter, only for transient failures."""
+"""How apt and pip failures are told apart: transient ones are retried by :mod:`fleetci.retry`.
+
+The retry loop itself is :func:`fleetci.retry.call`; this module holds what is install-specific: the
+failure classes (subclasses of :class:`fleetci.retry.Transient` / :class:`~fleetci.retry.Permanent`),
+the pattern-table matcher the apt and pip classifiers use, and the policy the settings ask for.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING
 
-import tenacity
+from fleetci.retry import Backoff, Permanent, Transient
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from fleetci.install.settings import InstallSettings
 
 
 class InstallFailure(Exception):
@@ -17,11 +22,11 @@ class InstallFailure(Exception):
     attempts: object = None
 
 
-class TransientFailure(InstallFailure):
+class TransientFailure(InstallFailure, Transient):
     """Worth retrying: the network or a mirror blinked."""
 
 
-class PermanentFailure(InstallFailure):
+class PermanentFailure(InstallFailure, Permanent):
     """Retrying cannot help (missing package, conflict, bad syntax): fail at once."""
 
 
@@ -34,30 +39,6 @@ def first_match(text: str, patterns: list[tuple[re.Pattern[str], str]]) -> str |
     return None
 
 
-def with_retries(
-    action: Callable[[int], T],
-    retries: int,
-    backoff: float,
-    backoff_max: float,
-    on_retry: Callable[[int, float, BaseException], None],
-) -> T:
-    """Call ``action(attempt)`` until it succeeds; retry TransientFailure up to ``retries`` times."""
-    retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(TransientFailure),
-        stop=tenacity.stop_after_attempt(retries + 1),
-        wait=tenacity.wait_exponential_jitter(initial=backoff, max=backoff_max, jitter=backoff),
-        reraise=True,
-        before_sleep=lambda state: on_retry(
-            state.attempt_number,
-            float(state.upcoming_sleep),
-            state.outcome.exception() if state.outcome else Exception("?"),  # type: ignore[arg-type]
-        ),
-    )
-    attempts = 0
-
-    def once() -> T:
-        nonlocal attempts
-        attempts += 1
-        return action(attempts)
-
-    return retrying(once)
+def policy(settings: InstallSettings) -> Backoff:
+    """``--retries`` extra attempts, waits from ``--backoff`` doubling to ``--backoff-max`` (+ jitter)."""
+    return Backoff(retries=settings.retries, initial=settings.backoff, most=settings.backoff_max)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from fleetci import retry
 from fleetci.errors import FleetciError
 from fleetci.multiarch.arch import SUITE_PYTHON, Arch, host_arch, suite_for
 from fleetci.multiarch.binfmt import ensure_binfmt
@@ -41,6 +42,8 @@ from fleetci.multiarch.rootfs import (
 )
 from fleetci.multiarch.settings import MultiarchSettings
 
+# Guest pip (slow under emulation) with safe-install's rule: transient failures retried 3 times.
+GUEST_PIP_RETRIES = retry.Backoff(retries=3, initial=2.0, most=30.0)
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 GUEST_PROJECT = "/project"
 # Host CA bundles: the guest's pip must trust the same (possibly private) CAs as the host.
@@ -460,7 +463,7 @@ class Guest:
     def _pip_with_retries(self, command: str) -> None:
         """Guest pip with safe-install's policy: retry transient failures, fail fast on others."""
         from fleetci.install.pip import classify
-        from fleetci.install.retry import InstallFailure, with_retries
+        from fleetci.install.retry import InstallFailure, TransientFailure
 
         def attempt(n: int) -> None:
             rc, output = self.exec_captured(["/bin/sh", "-c", command])
@@ -471,7 +474,7 @@ class Guest:
             self.progress(f"guest pip attempt {n} failed ({exc}); retrying in {sleep:.0f} s")
 
         try:
-            with_retries(attempt, retries=3, backoff=2.0, backoff_max=30.0, on_retry=on_retry)
+            retry.call(attempt, GUEST_PIP_RETRIES, retry_on=TransientFailure, on_retry=on_retry)
         except InstallFailure as exc:
             raise FleetciError(
                 f"installing test dependencies in the {self.arch.name} guest failed: {exc}"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from fleetci.errors import FleetciError
 from fleetci.multiarch.arch import Arch
+from fleetci.retry import Backoff, Transient, call
 
 Progress = Callable[[str], None]
 
@@ -219,25 +220,29 @@ TRANSIENT_BUILD_ERRORS = (
 )
 
 
+class MirrorHiccup(FleetciError, Transient):
+    """A failed build whose log shows a transient mirror problem: worth building again."""
+
+
 def build_with_retries(spec: RootfsSpec, archive: Path, progress: Progress, attempts: int = 3) -> None:
-    """Build, retrying only when mmdebstrap's log shows a transient mirror problem."""
-    for attempt in range(1, attempts + 1):
+    """Build, retrying only when mmdebstrap's log shows a transient mirror problem (after 10 s, 20 s …)."""
+
+    def attempt(n: int) -> None:
         try:
             build(spec, archive, progress)
-            return
-        except FleetciError:
-            text = (
-                log_path(archive).read_text(encoding="utf-8", errors="replace")
-                if log_path(archive).exists()
-                else ""
-            )
-            if attempt == attempts or not any(marker in text for marker in TRANSIENT_BUILD_ERRORS):
-                raise
-            delay = 10 * attempt
-            progress(
-                f"rootfs build hit a transient mirror error; retrying in {delay} s ({attempt}/{attempts})"
-            )
-            time.sleep(delay)
+        except FleetciError as exc:
+            log = log_path(archive)
+            text = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+            if any(marker in text for marker in TRANSIENT_BUILD_ERRORS):
+                raise MirrorHiccup(str(exc), exit_code=exc.exit_code) from exc
+            raise
+
+    def on_retry(n: int, sleep: float, exc: BaseException) -> None:
+        progress(f"rootfs build hit a transient mirror error; retrying in {sleep:.0f} s ({n}/{attempts})")
+
+    # waits of 10 s, 20 s, … (10 * 2**(n-1), no jitter: at most 20 s)
+    policy = Backoff(retries=attempts - 1, initial=10.0, most=10.0 * (attempts - 1), jitter=0.0)
+    call(attempt, policy, retry_on=MirrorHiccup, on_retry=on_retry)
 
 
 def unpack(archive: Path, dest: Path, progress: Progress = stderr_progress) -> float:
