@@ -31,9 +31,12 @@ class Permanent(Exception):
 
 @dataclass(frozen=True)
 class Backoff:
-    """How patiently to retry: ``retries`` extra attempts, waits growing from ``initial`` to ``most``."""
+    """How patiently to retry: ``retries`` extra attempts, waits growing from ``initial`` to ``most``.
 
-    retries: int = 3
+    ``retries=None`` sets no count: the caller's ``give_up`` decides (a worker waiting for its master).
+    """
+
+    retries: int | None = 3
     initial: float = 1.0
     most: float = 30.0
     jitter: float | None = None  # default: as large as ``initial``
@@ -63,19 +66,33 @@ def _settings(
     policy: Backoff,
     retry_on: type[BaseException] | tuple[type[BaseException], ...],
     on_retry: RetryHook | None,
+    give_up: Callable[[], bool] | None = None,
 ) -> dict[str, object]:
     def before_sleep(state: tenacity.RetryCallState) -> None:
         if on_retry is not None:
             exc = state.outcome.exception() if state.outcome else None
             on_retry(state.attempt_number, float(state.upcoming_sleep), exc or Exception("?"))
 
+    stop: tenacity.stop.stop_base = (
+        tenacity.stop_never if policy.retries is None else tenacity.stop_after_attempt(policy.retries + 1)
+    )
+    if give_up is not None:
+        stop = tenacity.stop_any(stop, _GiveUp(give_up))
     return {
         "retry": tenacity.retry_if_exception_type(retry_on),
-        "stop": tenacity.stop_after_attempt(policy.retries + 1),
+        "stop": stop,
         "wait": policy.waits(),
         "reraise": True,
         "before_sleep": before_sleep,
     }
+
+
+class _GiveUp(tenacity.stop.stop_base):
+    def __init__(self, give_up: Callable[[], bool]) -> None:
+        self.give_up = give_up
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return self.give_up()
 
 
 def call(
@@ -85,10 +102,13 @@ def call(
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Transient,
     on_retry: RetryHook | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    give_up: Callable[[], bool] | None = None,
 ) -> T:
     """Call ``action(attempt)`` (attempt counts from 1) until it succeeds or a non-retryable error.
 
-    The last exception is re-raised as it was, with ``attempts`` set on it when it allows attributes.
+    ``give_up()``, asked after each failed attempt, ends the retries early when it returns True
+    (stopping, or failing for too long). The last exception is re-raised as it was, with ``attempts``
+    set on it when it allows attributes.
     """
     attempts = 0
 
@@ -98,7 +118,7 @@ def call(
         return action(attempts)
 
     try:
-        return tenacity.Retrying(sleep=sleep, **_settings(policy, retry_on, on_retry))(once)  # type: ignore[arg-type]
+        return tenacity.Retrying(sleep=sleep, **_settings(policy, retry_on, on_retry, give_up))(once)  # type: ignore[arg-type]
     except BaseException as exc:
         _note_attempts(exc, attempts)
         raise
