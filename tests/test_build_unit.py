@@ -417,7 +417,7 @@ def test_worker_work_dir_is_private(tmp_path: Path) -> None:
     work = tmp_path / "w"
     work.mkdir(mode=0o755)
     w = Worker(WorkerSettings(master="http://127.0.0.1:9", join_token="j", name="n", work_dir=work))
-    w.client.close()
+    w.api.close()
     for path in [work, *work.rglob("*")]:
         mode = path.stat().st_mode & 0o777
         assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))

@@ -18,11 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fleetci.buildfarm.client import MasterClient
+from fleetci.buildfarm.client import MasterApi
+from fleetci.buildfarm.models import BuildInfo, JobRow
 from fleetci.buildfarm.recipe import Recipe, check_graph, critical_path, discover
-from fleetci.buildfarm.settings import ClientSettings
 from fleetci.errors import FleetciError
 from fleetci.process import Service, fleetci_argv, spawn
+from fleetci.wait import WaitTimeout, wait_until
 
 Progress = Callable[[str], None]
 
@@ -92,7 +93,7 @@ class Fleet:
             env=self.env,
         )
         self.workers: list[subprocess.Popen[bytes]] = []
-        self.client = MasterClient(ClientSettings(self.master.url, self.env["FLEETCI_BUILD_TOKEN"]))
+        self.client = MasterApi(self.master.url, self.env["FLEETCI_BUILD_TOKEN"])
 
     def add_worker(self) -> subprocess.Popen[bytes]:
         n = len(self.workers)
@@ -117,13 +118,17 @@ class Fleet:
         return proc
 
     def wait_workers(self, count: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            active = [w for w in self.client.status()["workers"] if w["state"] == "active"]
-            if len(active) >= count:
-                return
-            time.sleep(0.05)
-        raise FleetciError(f"only {len(active)} of {count} workers registered within {timeout:g}s")
+        active = 0
+
+        def registered() -> bool:
+            nonlocal active
+            active = sum(1 for w in self.client.status()["workers"] if w["state"] == "active")
+            return active >= count
+
+        try:
+            wait_until(registered, timeout=timeout, what=f"{count} workers")
+        except WaitTimeout:
+            raise FleetciError(f"only {active} of {count} workers registered within {timeout:g}s") from None
 
     def close(self) -> None:
         for w in self.workers:
@@ -134,21 +139,43 @@ class Fleet:
                 w.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 w.kill()
-        self.client.http.close()
+        self.client.close()
         self.master.stop()
 
 
-def makespan(jobs: list[dict[str, Any]]) -> float:
-    return float(max(j["finished_at"] for j in jobs) - min(j["created_at"] for j in jobs))
+def makespan(jobs: list[JobRow]) -> float:
+    return float(max(j["finished_at"] or 0.0 for j in jobs) - min(j["created_at"] for j in jobs))
 
 
-def run_build(fleet: Fleet, recipes: list[Recipe], timeout: float = 300.0) -> dict[str, Any]:
+def run_build(fleet: Fleet, recipes: list[Recipe], timeout: float = 300.0) -> BuildInfo:
     queued = fleet.client.submit(recipes)
     info = fleet.client.wait(int(queued["build"]), timeout)
     if info["state"] != "done":
         bad = [f"{j['package']}: {j['error']}" for j in info["jobs"] if j["state"] != "done"]
         raise FleetciError(f"benchmark build failed: {'; '.join(bad)[:300]}")
     return info
+
+
+def kill_mid_build(
+    fleet: Fleet, build_id: int, durations: dict[str, float], say: Progress
+) -> dict[str, Any] | None:
+    """Once a third of the build is done, SIGKILL the worker of the longest running job about half-way
+    through it (a real crash in the middle of the work); None while that moment has not come."""
+    info = fleet.client.build(build_id)
+    started = [j for j in info["jobs"] if j["state"] == "running"]
+    done = sum(1 for j in info["jobs"] if j["state"] == "done")
+    if done < len(info["jobs"]) // 3 or not started:
+        return None
+    victim = max(started, key=lambda j: durations[j["package"]])
+    if time.time() - (victim["started_at"] or 0.0) < durations[victim["package"]] / 2:
+        return None
+    by_id = {w["id"]: w for w in fleet.client.status()["workers"]}
+    name = by_id[str(victim["worker_id"])]["name"]
+    proc = fleet.workers[int(name.removeprefix("bench"))]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    say(f"killed worker {name} while it built {victim['package']}")
+    return {"package": victim["package"], "worker": victim["worker_id"], "at": time.time()}
 
 
 def bench_build(
@@ -190,30 +217,16 @@ def bench_build(
             say("failover: the same DAG again (release bump), one worker SIGKILLed mid-build")
             queued = fleet.client.submit(recipes)
             build_id = int(queued["build"])
-            killed: dict[str, Any] = {}
-            deadline = time.monotonic() + 60
-            while not killed and time.monotonic() < deadline:
-                time.sleep(0.05)
-                info = fleet.client.build(build_id)
-                started = [j for j in info["jobs"] if j["state"] == "running"]
-                done = sum(1 for j in info["jobs"] if j["state"] == "done")
-                if done < len(recipes) // 3 or not started:
-                    continue
-                # The longest running job, about half-way through: a real crash in the middle of the work.
-                victim = max(started, key=lambda j: durations[j["package"]])
-                if time.time() - victim["started_at"] < durations[victim["package"]] / 2:
-                    continue
-                by_id = {w["id"]: w for w in fleet.client.status()["workers"]}
-                name = by_id[victim["worker_id"]]["name"]
-                proc = fleet.workers[int(name.removeprefix("bench"))]
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                killed = {"package": victim["package"], "worker": victim["worker_id"], "at": time.time()}
-                say(f"killed worker {name} while it built {victim['package']}")
-                if replace:
-                    fleet.add_worker()
-            if not killed:
-                raise FleetciError("failover: found no running job to interrupt")
+            try:
+                killed = wait_until(
+                    lambda: kill_mid_build(fleet, build_id, durations, say),
+                    timeout=60,
+                    what="a running job to interrupt",
+                )
+            except WaitTimeout:
+                raise FleetciError("failover: found no running job to interrupt") from None
+            if replace:
+                fleet.add_worker()
             info = fleet.client.wait(build_id, 300)
             if info["state"] != "done":
                 raise FleetciError("failover build did not complete after the worker was killed")

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from fleetci.buildfarm.models import RecipeJson
 from fleetci.config import number
 from fleetci.errors import FleetciError, UsageError
 
@@ -42,7 +43,7 @@ class Recipe:
     timeout_s: float = 3600.0
     path: Path | None = field(default=None, compare=False)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> RecipeJson:
         return {
             "name": self.name,
             "version": self.version,
@@ -211,6 +212,40 @@ def priorities(graph: Mapping[str, Sequence[str]], cost: Mapping[str, float]) ->
 
 def critical_path(graph: Mapping[str, Sequence[str]], cost: Mapping[str, float]) -> float:
     return max(priorities(graph, cost).values(), default=0.0)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``fleetci build tree`` shows: build levels, balanced partitions and what they cost."""
+
+    levels: list[list[str]]
+    partitions: list[list[str]]
+    partition_cost: list[float]
+    critical_path: float
+    total_cost: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "levels": self.levels,
+            "partitions": self.partitions,
+            "partition_cost": [round(c, 3) for c in self.partition_cost],
+            "critical_path": self.critical_path,
+            "total_cost": self.total_cost,
+        }
+
+
+def plan(recipes: Sequence[Recipe], n: int = 1) -> Plan:
+    """Levels and ``n`` balanced partitions of ``recipes``; a package costs its estimate, else 1."""
+    graph = check_graph(recipes)
+    cost = {r.name: r.estimate_s if r.estimate_s is not None else 1.0 for r in recipes}
+    parts = partitions(graph, n, cost)
+    return Plan(
+        levels=levels(graph),
+        partitions=parts,
+        partition_cost=[sum(cost[x] for x in p) for p in parts],
+        critical_path=critical_path(graph, cost),
+        total_cost=sum(cost.values()),
+    )
 
 
 def partitions(

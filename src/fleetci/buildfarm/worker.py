@@ -23,34 +23,36 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
-import httpx
-import tenacity
-
-from fleetci import gha
+from fleetci import gha, retry
 from fleetci.buildfarm import keys
+from fleetci.buildfarm.client import MasterApi, MasterRefused, MasterUnreachable, reason
+from fleetci.buildfarm.models import Job, Outcome
 from fleetci.buildfarm.recipe import unpack_source
 from fleetci.buildfarm.settings import WorkerSettings
 from fleetci.errors import FleetciError
 from fleetci.files import ensure_private_dir, open_private, write_private
-from fleetci.http import describe, error_message
 
 MAX_LOG = 256 * 1024
 POLL_WAIT = 20.0
+# A master that does not answer a poll is asked again after 0.4 s, doubling to 5 s.
+UNREACHABLE = retry.Backoff(retries=None, initial=0.4, most=5.0, jitter=0.0)
 
 
 class Shutdown(Exception):
     """Raised from the signal handler to leave a blocking long poll."""
 
 
-class Undelivered(Exception):
+class Undelivered(retry.Transient):
     """A delivery attempt worth repeating: the master is unreachable or failed (5xx)."""
 
 
-def api_error(r: httpx.Response) -> str:
-    """The one-line reason of a refusal (``fleetci.http.error_message``, for an httpx answer)."""
-    return error_message(r.status_code, r.content)
+# A delivery attempt's verdict: ("done", the next job or None), ("refused"|"server", why), ("stopped", None).
+Delivery = tuple[str, "Job | str | None"]
+
+
+class Leave(Exception):
+    """Time to stop polling (idle for too long); the reason is already logged."""
 
 
 def log(message: str) -> None:
@@ -70,7 +72,7 @@ class Worker:
         self.held: set[int] = set()  # jobs this worker holds: named in every heartbeat
         self.held_lock = threading.Lock()
         self.ttl = 60.0
-        self.client = httpx.Client(base_url=settings.master, timeout=httpx.Timeout(30.0))
+        self.api = MasterApi(settings.master)
         self.wid = ""
         self.token = ""
         self.interval = 15.0
@@ -81,21 +83,11 @@ class Worker:
 
     # --- master API -----------------------------------------------------------------------------------
 
-    def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
     def register(self) -> None:
         try:
-            r = self.client.post(
-                "/api/v1/workers",
-                json={"name": self.s.name, "public_key": keys.public_b64(self.key)},
-                headers={"Authorization": f"Bearer {self.s.join_token}"},
-            )
-        except httpx.HTTPError as exc:
-            raise FleetciError(f"cannot reach the build master at {self.s.master}: {describe(exc)}") from exc
-        if r.status_code != 200:
-            raise FleetciError(f"the master refused registration: {api_error(r)}")
-        data = r.json()
+            data = self.api.register(self.s.join_token, self.s.name, keys.public_b64(self.key))
+        except MasterRefused as exc:
+            raise FleetciError(f"the master refused registration: {exc.reason}") from None
         self.wid, self.token = str(data["worker_id"]), str(data["token"])
         gha.add_mask(self.token)
         self.interval = float(data["heartbeat_interval"])
@@ -107,29 +99,36 @@ class Worker:
         )
 
     def heartbeat_loop(self) -> None:
-        with httpx.Client(base_url=self.s.master, timeout=httpx.Timeout(max(self.interval, 2.0))) as c:
+        """Every interval, name the held jobs (its own client: this runs beside a long poll)."""
+        with MasterApi(self.s.master, timeout=max(self.interval, 2.0)) as api:
             while not self.stop.wait(self.interval):
                 with self.held_lock:
                     held = sorted(self.held)
                 try:
-                    r = c.post("/api/v1/workers/me/heartbeat", headers=self._auth(), json={"jobs": held})
-                    if r.status_code != 200:
-                        log(f"heartbeat refused: {api_error(r)}")
-                    elif r.json().get("requeued"):
-                        log(f"master requeued jobs {r.json()['requeued']}, which this worker does not hold")
-                except (httpx.HTTPError, ValueError) as exc:
-                    log(f"heartbeat failed: {describe(exc)}")
+                    answer = api.heartbeat(self.token, held)
+                except MasterRefused as exc:
+                    log(f"heartbeat refused: {exc.reason}")
+                except FleetciError as exc:
+                    log(f"heartbeat failed: {reason(exc)}")
+                else:
+                    if answer.get("requeued"):
+                        log(f"master requeued jobs {answer['requeued']}, which this worker does not hold")
 
     def unregister(self) -> None:
         if not self.registered:
             return
         try:
-            r = self.client.delete("/api/v1/workers/me", headers=self._auth(), timeout=10)
-            requeued = r.json().get("requeued") if r.status_code == 200 else api_error(r)
-            log(f"worker {self.wid} unregistered (requeued: {requeued})")
-        except (httpx.HTTPError, ValueError) as exc:
-            log(f"could not unregister: {describe(exc)}")
+            log(f"worker {self.wid} unregistered (requeued: {self._leave()})")
+        except FleetciError as exc:
+            log(f"could not unregister: {reason(exc)}")
         self.registered = False
+
+    def _leave(self) -> object:
+        """The jobs the master requeued as this worker left, or why it refused."""
+        try:
+            return self.api.unregister(self.token).get("requeued")
+        except MasterRefused as exc:
+            return exc.reason
 
     # --- the loop -------------------------------------------------------------------------------------
 
@@ -138,43 +137,27 @@ class Worker:
         hb = threading.Thread(target=self.heartbeat_loop, daemon=True)
         hb.start()
         idle_since = time.monotonic()
-        failures = 0
         try:
             while not self.stop.is_set():
                 if self.s.max_jobs and self.jobs_done >= self.s.max_jobs:
                     log(f"built {self.jobs_done} job(s); --max-jobs reached")
                     break
-                wait = POLL_WAIT
-                if self.s.idle_timeout > 0:
-                    left = self.s.idle_timeout - (time.monotonic() - idle_since)
-                    if left <= 0:
-                        log(f"idle for {self.s.idle_timeout:g}s; leaving")
-                        break
-                    wait = min(wait, left)
                 try:
-                    r = self.client.post(
-                        "/api/v1/jobs/next",
-                        params={"wait": f"{wait:.3f}"},
-                        headers=self._auth(),
-                        timeout=wait + 15,
-                    )
-                except httpx.HTTPError as exc:
-                    failures += 1
-                    log(f"master unreachable ({describe(exc)}); retrying")
-                    self.stop.wait(min(0.2 * 2**failures, 5.0))
+                    job = self._poll(idle_since)
+                except Leave:
+                    break
+                except MasterUnreachable:
+                    continue  # only when stopping: the loop ends
+                except MasterRefused as exc:
+                    if exc.status == 401:
+                        log(f"master forgot this worker ({exc.reason}); registering again")
+                        self.register()
+                    else:
+                        log(f"master answered {exc.status}: {exc.reason}")
+                        self.stop.wait(1.0)
                     continue
-                failures = 0
-                if r.status_code == 204:
+                if job is None:
                     continue
-                if r.status_code == 401:
-                    log(f"master forgot this worker ({api_error(r)}); registering again")
-                    self.register()
-                    continue
-                if r.status_code != 200:
-                    log(f"master answered {r.status_code}: {api_error(r)}")
-                    self.stop.wait(1.0)
-                    continue
-                job: dict[str, Any] | None = r.json()
                 while job is not None:
                     job = self.build(job)
                     self.jobs_done += 1
@@ -184,8 +167,39 @@ class Worker:
         finally:
             self.stop.set()
             self.unregister()
-            self.client.close()
+            self.api.close()
         return 0
+
+    def _poll(self, idle_since: float) -> Job | None:
+        """Long-poll the master for a job (None: none came); asked again, with backoff, while it does
+        not answer. :class:`Leave` once idle for ``idle_timeout`` (or stopping)."""
+
+        def ask(attempt: int) -> Job | None:
+            if self.stop.is_set():
+                raise Leave
+            return self.api.next_job(self.token, self._poll_wait(idle_since))
+
+        return retry.call(
+            ask,
+            UNREACHABLE,
+            retry_on=MasterUnreachable,
+            on_retry=lambda _n, _s, exc: log(f"master unreachable ({reason(exc)}); retrying"),
+            sleep=self._nap,
+            give_up=self.stop.is_set,
+        )
+
+    def _poll_wait(self, idle_since: float) -> float:
+        """How long the next poll may wait: :data:`POLL_WAIT`, or what is left of the idle timeout."""
+        if self.s.idle_timeout <= 0:
+            return POLL_WAIT
+        left = self.s.idle_timeout - (time.monotonic() - idle_since)
+        if left <= 0:
+            log(f"idle for {self.s.idle_timeout:g}s; leaving")
+            raise Leave
+        return min(POLL_WAIT, left)
+
+    def _nap(self, seconds: float) -> None:
+        self.stop.wait(seconds)  # a signal ends the wait
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         log(f"signal {signum}: stopping")
@@ -199,7 +213,7 @@ class Worker:
 
     # --- one job --------------------------------------------------------------------------------------
 
-    def build(self, job: dict[str, Any]) -> dict[str, Any] | None:
+    def build(self, job: Job) -> Job | None:
         """Build one job and deliver its result; returns the next job when the master hands one out."""
         jid = int(job["id"])
         with self.held_lock:
@@ -218,10 +232,10 @@ class Worker:
             with self.held_lock:
                 self.held.discard(jid)  # the next heartbeat tells the master, which requeues it if open
 
-    def _label(self, job: dict[str, Any]) -> str:
+    def _label(self, job: Job) -> str:
         return f"job {job['id']} {job['package']} {job['version']}-{job['release']}"
 
-    def _run_job(self, job: dict[str, Any]) -> Path | None:
+    def _run_job(self, job: Job) -> Path | None:
         """Build in a fresh directory and keep the outcome on disk (``outbox/<job>``) until delivered."""
         jid = int(job["id"])
         label = self._label(job)
@@ -230,8 +244,8 @@ class Worker:
         try:
             try:
                 ok, error, output, duration, files = self._build_in(job, root)
-            except httpx.HTTPError as exc:
-                log(f"{label}: lost contact with the master ({describe(exc)}); handing the job back")
+            except MasterUnreachable as exc:
+                log(f"{label}: lost contact with the master ({exc.reason}); handing the job back")
                 return None
             if self.stop.is_set():
                 return None  # unregistering hands the job back at once
@@ -245,9 +259,9 @@ class Worker:
             if ok:
                 for path in files:
                     os.replace(path, outbox / "files" / path.name)
-            result = {"ok": ok, "error": error, "log": output[-MAX_LOG:], "duration_s": duration}
+            outcome: Outcome = {"ok": ok, "error": error, "log": output[-MAX_LOG:], "duration_s": duration}
             # Not fsynced: after a power loss the worker starts as a new identity and drops its outbox.
-            write_private(outbox / "result.json", json.dumps(result), durable=False)
+            write_private(outbox / "result.json", json.dumps(outcome), durable=False)
             if ok:
                 log(f"{label}: built in {duration:.2f}s, {len(files)} artifact(s)")
             else:
@@ -256,7 +270,7 @@ class Worker:
         finally:
             shutil.rmtree(root, ignore_errors=True)
 
-    def _deliver(self, job: dict[str, Any], outbox: Path) -> dict[str, Any] | None:
+    def _deliver(self, job: Job, outbox: Path) -> Job | None:
         """Upload and report until the master acknowledges, with backoff; or hand the job back.
 
         A master that is down (or restarting) is waited for: the job stays named in the heartbeats, so
@@ -265,55 +279,45 @@ class Worker:
         back: it drops out of the heartbeats and the master requeues it.
         """
         label = self._label(job)
-        result: dict[str, Any] = json.loads((outbox / "result.json").read_text(encoding="utf-8"))
+        outcome: Outcome = json.loads((outbox / "result.json").read_text(encoding="utf-8"))
         uploaded: set[str] = set()
         give_up_s = max(60.0, 10 * self.ttl)
         cap = max(0.2, min(self.interval, 5.0))
         failing_since: float | None = None  # the first of an unbroken run of 5xx answers
         attempts = 0
 
-        def attempt() -> tuple[str, Any]:
+        def attempt(n: int) -> Delivery:
             nonlocal failing_since, attempts
             if self.stop.is_set():
                 return "stopped", None
-            attempts += 1
+            attempts = n
             try:
-                verdict, detail = self._try_deliver(job, outbox, result, uploaded)
-            except httpx.HTTPError as exc:
+                verdict, detail = self._try_deliver(job, outbox, outcome, uploaded)
+            except MasterUnreachable as exc:
                 failing_since = None  # unreachable (down, restarting): waited for as long as it takes
-                raise Undelivered(describe(exc)) from None
+                raise Undelivered(exc.reason) from None
             if verdict == "server":
                 failing_since = failing_since or time.monotonic()
-                raise Undelivered(detail)
+                raise Undelivered(str(detail))
             return verdict, detail
 
-        def give_up(state: tenacity.RetryCallState) -> bool:
+        def give_up() -> bool:
             """Stopping, or the master has failed (5xx) for longer than ``give_up_s``."""
             failing = failing_since is not None and time.monotonic() - failing_since > give_up_s
             return self.stop.is_set() or failing
 
-        def report(state: tenacity.RetryCallState) -> None:
-            n = state.attempt_number
+        def report(n: int, _sleep: float, why: BaseException) -> None:
             if n & (n - 1) == 0:  # 1, 2, 4, 8...: a long outage logs a few lines, not one a try
-                why = state.outcome.exception() if state.outcome else None
                 log(
                     f"{label}: result not delivered ({why}); kept in {outbox},"
                     f" retrying every {cap:g}s at most (attempt {n})"
                 )
 
-        def nap(seconds: float) -> None:
-            self.stop.wait(seconds)  # a signal ends the wait
-
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(Undelivered),
-            wait=tenacity.wait_exponential(multiplier=0.4, max=cap),
-            stop=give_up,
-            sleep=nap,
-            before_sleep=report,
-            reraise=True,
-        )
+        policy = retry.Backoff(retries=None, initial=0.4, most=cap, jitter=0.0)
         try:
-            verdict, detail = retrying(attempt)
+            verdict, detail = retry.call(
+                attempt, policy, retry_on=Undelivered, on_retry=report, sleep=self._nap, give_up=give_up
+            )
         except Undelivered as exc:
             if not self.stop.is_set():
                 log(f"{label}: the master failed for {give_up_s:g}s ({exc}); handing the job back")
@@ -326,43 +330,33 @@ class Worker:
             return detail if isinstance(detail, dict) else None
         return None
 
-    def _try_deliver(
-        self, job: dict[str, Any], outbox: Path, result: dict[str, Any], uploaded: set[str]
-    ) -> tuple[str, Any]:
-        """One delivery attempt: ("done", next job), ("refused", why), ("server"|"retry", why)."""
+    def _try_deliver(self, job: Job, outbox: Path, outcome: Outcome, uploaded: set[str]) -> Delivery:
+        """One delivery attempt: ("done", next job), ("refused", why), ("server", why)."""
         names = sorted(p.name for p in (outbox / "files").iterdir())
-        if result["ok"]:
+        if outcome["ok"]:
             for name in names:
                 if name in uploaded:
                     continue
-                r = self._upload(job, outbox / "files" / name)
-                if r.status_code == 200:
-                    uploaded.add(name)
-                    continue
-                if r.status_code in (401, 404, 409):
-                    return "refused", f"upload of {name}: {api_error(r)}"
-                if r.status_code >= 500:
-                    return "server", f"upload of {name}: HTTP {r.status_code} {api_error(r)}"
-                result.update(ok=False, error=f"upload of {name} refused: {api_error(r)}")
-                break
-        r = self.client.post(
-            f"/api/v1/jobs/{job['id']}/result",
-            headers=self._auth(),
-            json={
-                **result,
-                "artifacts": names if result["ok"] else [],
-                "want_next": not self.stop.is_set()
-                and not (self.s.max_jobs and self.jobs_done + 1 >= self.s.max_jobs),
-            },
-        )
-        if r.status_code == 200:
-            nxt = r.json().get("next")
-            return "done", nxt if isinstance(nxt, dict) else None
-        if r.status_code >= 500:
-            return "server", f"HTTP {r.status_code} {api_error(r)}"
-        return "refused", f"HTTP {r.status_code} {api_error(r)}"
+                try:
+                    self._upload(job, outbox / "files" / name)
+                except MasterRefused as exc:
+                    if exc.status in (401, 404, 409):
+                        return "refused", f"upload of {name}: {exc.reason}"
+                    if exc.status >= 500:
+                        return "server", f"upload of {name}: HTTP {exc.status} {exc.reason}"
+                    outcome["ok"], outcome["error"] = False, f"upload of {name} refused: {exc.reason}"
+                    break
+                uploaded.add(name)
+        want_next = not self.stop.is_set() and not (self.s.max_jobs and self.jobs_done + 1 >= self.s.max_jobs)
+        body = {**outcome, "artifacts": names if outcome["ok"] else [], "want_next": want_next}
+        try:
+            answer = self.api.result(self.token, job["id"], body)
+        except MasterRefused as exc:
+            return "server" if exc.status >= 500 else "refused", f"HTTP {exc.status} {exc.reason}"
+        nxt = answer.get("next")
+        return "done", nxt if isinstance(nxt, dict) else None
 
-    def _build_in(self, job: dict[str, Any], root: Path) -> tuple[bool, str | None, str, float, list[Path]]:
+    def _build_in(self, job: Job, root: Path) -> tuple[bool, str | None, str, float, list[Path]]:
         recipe = job["recipe"]
         src, deps_dir, home = root / "src", root / "deps", root / "home"
         for d in (src, deps_dir, home):
@@ -370,20 +364,22 @@ class Worker:
         if job.get("source"):
             source = base64.b64decode(str(job["source"]))
         else:
-            r = self.client.get(str(job["source_url"]), headers=self._auth())
-            if r.status_code != 200:
-                return False, f"cannot fetch the source: {api_error(r)}", "", 0.0, []
-            source = r.content
+            try:
+                source = self.api.source(self.token, str(job["source_url"]))
+            except MasterRefused as exc:
+                return False, f"cannot fetch the source: {exc.reason}", "", 0.0, []
         try:
             unpack_source(source, src)
             for dep in job.get("deps", []):
                 target = deps_dir / str(dep["package"])
                 target.mkdir()
                 for f in dep["files"]:
-                    data = self.client.get(str(f["url"])).content
+                    data = self.api.fetch(str(f["url"]))
                     if hashlib.sha256(data).hexdigest() != f["sha256"]:
                         return False, f"dependency file {f['name']} does not match its digest", "", 0.0, []
                     (target / str(f["name"])).write_bytes(data)
+        except MasterUnreachable:
+            raise
         except FleetciError as exc:
             return False, str(exc), "", 0.0, []
         env = {
@@ -430,25 +426,15 @@ class Worker:
             files += [m for m in matched if m not in files]
         return True, None, output, duration, files
 
-    def _upload(self, job: dict[str, Any], path: Path) -> httpx.Response:
+    def _upload(self, job: Job, path: Path) -> None:
+        """Send one artifact, signed: the signature binds its digest to the package and file name."""
         digest = hashlib.sha256()
         with path.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
         sha = digest.hexdigest()
         sig = keys.sign(self.key, keys.artifact_message(str(job["package"]), path.name, sha))
-        with path.open("rb") as fh:
-            return self.client.put(
-                f"/api/v1/jobs/{job['id']}/artifacts/{path.name}",
-                content=fh,
-                headers={
-                    **self._auth(),
-                    "X-Fleetci-Sha256": sha,
-                    "X-Fleetci-Signature": sig,
-                    "Content-Length": str(path.stat().st_size),
-                },
-                timeout=300,
-            )
+        self.api.upload(self.token, job["id"], path, sha, sig)
 
 
 def run(settings: WorkerSettings) -> int:
