@@ -26,6 +26,7 @@ import pytest
 from conftest import clean_env, fleetci_cmd, one_line_error, run_fleetci
 from fleetci.bench.registry import kill_mid_chunk
 from fleetci.http import free_port
+from fleetci.registry.plan import UploadPlan
 from fleetci.registry.settings import registry_settings
 from fleetci.registry.state import PushState, exclusive_lock, write_json_atomic
 from fleetci.registry.sync import prepare
@@ -65,7 +66,7 @@ def front(registry: RegistryProcess) -> Iterator[RegistryFront]:
 @dataclass
 class Prepared:
     downloads: Path
-    plan: dict[str, object]
+    plan: UploadPlan
     total: int  # blob bytes of the image (layer + config)
 
     @property
@@ -74,9 +75,7 @@ class Prepared:
 
     @property
     def manifest_digest(self) -> str:
-        images = self.plan["images"]
-        assert isinstance(images, list)
-        return str(images[0]["manifest_digest"])
+        return self.plan.images[0].manifest_digest
 
 
 def prepared(tmp_path: Path, layers: list[int]) -> Prepared:
@@ -91,8 +90,7 @@ def prepared(tmp_path: Path, layers: list[int]) -> Prepared:
         zf.write(built.path, built.path.name)
     (downloads / TAG / "metadata.json").write_text(json.dumps({"image_tag": TAG, "run": {"run_id": 1}}))
     plan = prepare(registry_settings({"downloads_dir": str(downloads)}, {}, {}), TAG, log=lambda _m: None)
-    images = plan["images"]
-    return Prepared(downloads, plan, sum(int(b["size"]) for b in images[0]["blobs"]))
+    return Prepared(downloads, plan, sum(b.size for b in plan.images[0].blobs))
 
 
 def sent_bytes(stdout: str) -> int:

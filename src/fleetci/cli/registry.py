@@ -199,8 +199,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     plan = prepare(settings, args.image_tag, clean=args.clean)
-    for img in plan["images"]:
-        print(f"{img['source']} -> {img['repository']}:{img['tag']} {img['manifest_digest']}")
+    for img in plan.images:
+        print(f"{img.source} -> {img.repository}:{img.tag} {img.manifest_digest}")
     print(f"wrote {tag_dir(settings, args.image_tag) / PLAN_FILE}")
     return 0
 
@@ -253,7 +253,7 @@ def cmd_retag(args: argparse.Namespace) -> int:
 
     result = retag(settings_from(args), args.source, args.target, skip_login=args.skip_login)
     if args.json:
-        _print_json(result)
+        _print_json(result.to_json())
     else:
-        print(f"{result['target']} -> {result['digest']} ({result['blob_bytes_sent']} blob bytes sent)")
+        print(f"{result.target} -> {result.digest} ({result.blob_bytes_sent} blob bytes sent)")
     return 0

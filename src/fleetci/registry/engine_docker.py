@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from fleetci.errors import FleetciError
+from fleetci.registry.oci import RegistryClient
+from fleetci.registry.plan import STATE_FILE, PushRow, UploadPlan
 from fleetci.registry.settings import RegistrySettings
 from fleetci.registry.state import PushState
 
@@ -14,18 +15,16 @@ from fleetci.registry.state import PushState
 def docker_push(
     settings: RegistrySettings,
     directory: Path,
-    plan: dict[str, Any],
+    plan: UploadPlan,
     *,
     force: bool,
     retag_as_latest: bool,
     verbose: bool,
     skip_login: bool,
     log: Callable[[str], None],
-) -> list[Any]:
+) -> list[PushRow]:
     import docker
     from docker.errors import APIError, DockerException, ImageNotFound
-
-    from fleetci.registry.sync import STATE_FILE, PushRow, registry_client
 
     try:
         client = (
@@ -51,26 +50,26 @@ def docker_push(
             except APIError as exc:
                 raise FleetciError(f"docker login to {host} failed: {exc.explanation or exc}") from exc
         loaded: set[str] = set()
-        with registry_client(settings, skip_login) as reg:
-            for img in plan["images"]:
-                repo = f"{settings.registry_project}/{img['repository']}"
-                tag = str(img["tag"])
+        with RegistryClient.from_settings(settings, skip_login) as reg:
+            for img in plan.images:
+                repo = f"{settings.registry_project}/{img.repository}"
+                tag = img.tag
                 ref = f"{repo}:{tag}"
                 if not force and reg.manifest_digest(repo, tag) is not None:
                     log(f"{ref} already present; skipped (--force pushes again)")
                     rows.append(PushRow(ref, "present"))
                     state.mark_verified(ref, str(reg.manifest_digest(repo, tag)))
                     continue
-                tarball = str(img["tarball"])
+                tarball = img.tarball
                 if tarball not in loaded:
                     log(f"docker load {tarball}")
                     with (directory / tarball).open("rb") as fh:
                         client.images.load(fh)
                     loaded.add(tarball)
                 try:
-                    image = client.images.get(str(img["source"]))
+                    image = client.images.get(img.source)
                 except ImageNotFound as exc:
-                    raise FleetciError(f"docker load of {tarball} did not produce {img['source']}") from exc
+                    raise FleetciError(f"docker load of {tarball} did not produce {img.source}") from exc
                 target = f"{host}/{repo}"
                 tags = [tag, "latest"] if retag_as_latest else [tag]
                 for t in tags:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urljoin
 
 import httpx
@@ -24,6 +24,9 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from fleetci.errors import FleetciError
 from fleetci.http import describe, host_of, redact_url
 from fleetci.registry.archive import MANIFEST_TYPES, Blob, read_window
+
+if TYPE_CHECKING:
+    from fleetci.registry.settings import RegistrySettings
 
 CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
@@ -95,6 +98,23 @@ class RegistryClient:
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             headers={"User-Agent": "fleetci-registry"},
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: RegistrySettings, skip_login: bool = False, log: Callable[[str], None] | None = None
+    ) -> RegistryClient:
+        """The client of ``settings``' registry; ``skip_login`` sends no credentials."""
+        user, password = (
+            (None, None) if skip_login else (settings.registry_username, settings.registry_password)
+        )
+        return cls(
+            settings.registry_url,
+            user,
+            password,
+            timeout=settings.timeout,
+            chunk_size=settings.chunk_size,
+            log=log,
         )
 
     def close(self) -> None:

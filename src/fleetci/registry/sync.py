@@ -16,24 +16,33 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fleetci import gha
 from fleetci.errors import FleetciError, UsageError
 from fleetci.files import ensure_private_dir
-from fleetci.registry.archive import READ_CHUNK, Blob, DockerArchive, gunzip_to, is_gzip, verify_image
+from fleetci.registry.archive import READ_CHUNK, DockerArchive, gunzip_to, is_gzip, verify_image
+from fleetci.registry.engine_oci import oci_push
 from fleetci.registry.github import BuildRun, GitHubSide
 from fleetci.registry.gitlab import GitLabAPI, GitLabRepository
 from fleetci.registry.oci import RegistryClient
+from fleetci.registry.plan import (
+    META_FILE,
+    PLAN_FILE,
+    STATE_FILE,
+    PlannedImage,
+    PushRow,
+    UploadPlan,
+    load_plan,
+)
 from fleetci.registry.settings import RegistrySettings
 from fleetci.registry.state import PushState, exclusive_lock, read_json, write_json_atomic
 from fleetci.registry.tags import check_repository, check_tag, image_name, map_tag
 
-PLAN_FILE = "upload-plan.json"
-META_FILE = "metadata.json"
-STATE_FILE = "push-state.json"
+__all__ = ["META_FILE", "PLAN_FILE", "STATE_FILE", "PushRow", "UploadPlan"]
+
 Log = Callable[[str], None]
 
 
@@ -252,7 +261,7 @@ def _expand_bundle(path: Path, dest: Path, log: Log) -> list[Path]:
 
 def prepare(
     settings: RegistrySettings, image_tag: str, clean: bool = False, log: Log = stderr_log
-) -> dict[str, Any]:
+) -> UploadPlan:
     """Extract the artifact, verify every tarball's blobs against their digests, write upload-plan.json."""
     directory = tag_dir(settings, image_tag)
     meta = read_json(directory / META_FILE, "metadata (run 'fleetci registry download' first):")
@@ -285,7 +294,7 @@ def prepare(
     if not archives:
         raise FleetciError(f"the artifact of {image_tag} holds no docker save archive")
     m = map_tag(image_tag)
-    images: list[dict[str, Any]] = []
+    images: list[PlannedImage] = []
     seen: set[str] = set()
     for path in sorted(archives):
         archive = DockerArchive(path)
@@ -299,71 +308,34 @@ def prepare(
                     continue
                 seen.add(repository)
                 images.append(
-                    {
-                        "tarball": str(path.relative_to(directory)),
-                        "tarball_size": path.stat().st_size,
-                        "source": repo_tag,
-                        "repository": repository,
-                        "tag": m.gitlab_tag,
-                        "manifest": image.manifest.decode(),
-                        "manifest_media_type": image.media_type,
-                        "manifest_digest": image.manifest_digest,
-                        "config_digest": image.config.digest,
-                        "blobs": [b.to_json() for b in image.blobs],
-                        "size": image.size,
-                    }
+                    PlannedImage(
+                        tarball=str(path.relative_to(directory)),
+                        tarball_size=path.stat().st_size,
+                        source=repo_tag,
+                        repository=repository,
+                        tag=m.gitlab_tag,
+                        manifest=image.manifest.decode(),
+                        manifest_media_type=image.media_type,
+                        manifest_digest=image.manifest_digest,
+                        config_digest=image.config.digest,
+                        blobs=tuple(image.blobs),
+                        size=image.size,
+                    )
                 )
                 log(f"plan {repo_tag} -> {repository}:{m.gitlab_tag} ({image.size / 1e6:.1f} MB)")
-    plan = {
-        "image_tag": image_tag,
-        "gitlab_tag": m.gitlab_tag,
-        "arch_dir": m.arch_dir,
-        "run_id": (meta.get("run") or {}).get("run_id") if isinstance(meta, dict) else None,
-        "images": images,
-    }
-    write_json_atomic(directory / PLAN_FILE, plan)
+    run_id = (meta.get("run") or {}).get("run_id") if isinstance(meta, dict) else None
+    plan = UploadPlan(
+        image_tag=image_tag,
+        gitlab_tag=m.gitlab_tag,
+        arch_dir=m.arch_dir,
+        run_id=run_id if isinstance(run_id, int) and not isinstance(run_id, bool) else None,
+        images=tuple(images),
+    )
+    write_json_atomic(directory / PLAN_FILE, plan.to_json())
     return plan
 
 
 # -- push, retag, clean -----------------------------------------------------------------------------------
-
-
-@dataclass
-class PushRow:
-    ref: str
-    result: str
-    bytes_sent: int = 0
-    seconds: float = 0.0
-    blobs: dict[str, int] = field(default_factory=dict)
-
-
-def load_plan(directory: Path) -> dict[str, Any]:
-    plan = read_json(directory / PLAN_FILE, "upload plan (run 'fleetci registry prepare' first):")
-    if not isinstance(plan, dict) or not isinstance(plan.get("images"), list):
-        raise FleetciError(f"upload plan {directory / PLAN_FILE} is corrupt (no image list)")
-    return plan
-
-
-def registry_client(
-    settings: RegistrySettings, skip_login: bool = False, log: Log | None = None
-) -> RegistryClient:
-    user, password = (None, None) if skip_login else (settings.registry_username, settings.registry_password)
-    return RegistryClient(
-        settings.registry_url,
-        user,
-        password,
-        timeout=settings.timeout,
-        chunk_size=settings.chunk_size,
-        log=log,
-    )
-
-
-def _config_digest(manifest: bytes) -> str | None:
-    try:
-        doc = json.loads(manifest)
-        return str(doc["config"]["digest"])
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def push(
@@ -381,14 +353,14 @@ def push(
     check_repository(settings.registry_project, "--registry-project")
     plan = load_plan(directory)
     confirm(
-        f"push {len(plan['images'])} image(s) of {image_tag} to "
+        f"push {len(plan.images)} image(s) of {image_tag} to "
         f"{settings.registry_host}/{settings.registry_project}?",
         yes,
     )
-    push = _oci_push
+    engine = oci_push
     if settings.engine == "docker":
-        from fleetci.registry.engine_docker import docker_push as push
-    rows = push(
+        from fleetci.registry.engine_docker import docker_push as engine
+    rows = engine(
         settings,
         directory,
         plan,
@@ -399,70 +371,6 @@ def push(
         log=log,
     )
     _summary(f"fleetci registry push {image_tag}", rows)
-    return rows
-
-
-def _oci_push(
-    settings: RegistrySettings,
-    directory: Path,
-    plan: dict[str, Any],
-    *,
-    force: bool,
-    retag_as_latest: bool,
-    verbose: bool,
-    skip_login: bool,
-    log: Log,
-) -> list[PushRow]:
-    state = PushState(directory / STATE_FILE)
-    rows: list[PushRow] = []
-    detail: Log = log if verbose else (lambda _m: None)
-    with registry_client(settings, skip_login, detail) as client:
-        client.ping()
-        for img in plan["images"]:
-            repo = f"{settings.registry_project}/{img['repository']}"
-            tag = str(img["tag"])
-            ref = f"{repo}:{tag}"
-            manifest = str(img["manifest"]).encode()
-            existing = client.get_manifest(repo, tag, push=True)
-            if existing is not None and not force:
-                if _config_digest(existing[0]) == img["config_digest"]:
-                    state.mark_verified(ref, existing[2])
-                    log(f"{ref} already present (same image); skipped")
-                    rows.append(PushRow(ref, "present"))
-                else:
-                    log(f"{ref} exists with a different image; skipped (--force overwrites)")
-                    rows.append(PushRow(ref, "skipped: different image exists"))
-                continue
-            path = directory / str(img["tarball"])
-            if not path.is_file():
-                raise FleetciError(f"{path} is missing; run prepare again")
-            if path.stat().st_size != int(img.get("tarball_size", path.stat().st_size)):
-                raise FleetciError(f"{path} changed since prepare; run prepare again")
-            before = client.counters.blob_bytes_sent
-            started = time.monotonic()
-            how_count: dict[str, int] = {}
-            blobs = [Blob.from_json(b) for b in img["blobs"]]
-            for i, blob in enumerate(blobs, 1):
-                sources = [r for r in state.repos_with(blob.digest) if r != repo]
-                how = client.push_blob(repo, blob, path, sources, state)
-                how_count[how] = how_count.get(how, 0) + 1
-                state.blob_done(repo, blob.digest)
-                state.save()
-                log(f"{ref}: blob {i}/{len(blobs)} {blob.digest[:19]} {blob.size / 1e6:.1f} MB {how}")
-            digest = client.put_manifest(repo, tag, manifest, str(img["manifest_media_type"]))
-            actual = client.manifest_digest(repo, tag)
-            if actual != img["manifest_digest"]:
-                raise FleetciError(
-                    f"{ref}: registry reports digest {actual}, pushed {img['manifest_digest']}"
-                )
-            state.mark_verified(ref, digest or str(actual))
-            if retag_as_latest:
-                client.put_manifest(repo, "latest", manifest, str(img["manifest_media_type"]))
-                log(f"{repo}:latest -> {actual}")
-            sent = client.counters.blob_bytes_sent - before
-            row = PushRow(ref, "pushed", sent, time.monotonic() - started, how_count)
-            log(f"{ref} pushed {actual} ({sent / 1e6:.1f} MB sent in {row.seconds:.1f}s)")
-            rows.append(row)
     return rows
 
 
@@ -497,15 +405,26 @@ def parse_ref(text: str, default_repo: str | None = None) -> tuple[str, str]:
     return check_repository(repo.strip("/")), check_tag(tag)
 
 
+@dataclass(frozen=True)
+class RetagResult:
+    source: str  # project/repository:tag
+    target: str
+    digest: str
+    blob_bytes_sent: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def retag(
     settings: RegistrySettings, source: str, target: str, skip_login: bool = False, log: Log = stderr_log
-) -> dict[str, Any]:
+) -> RetagResult:
     """Point ``target`` at ``source``'s manifest: manifest GET + PUT (mounts across repositories)."""
     src_repo, src_tag = parse_ref(source)
     dst_repo, dst_tag = parse_ref(target, default_repo=src_repo)
     project = check_repository(settings.registry_project, "--registry-project")
     full_src, full_dst = f"{project}/{src_repo}", f"{project}/{dst_repo}"
-    with registry_client(settings, skip_login, log) as client:
+    with RegistryClient.from_settings(settings, skip_login, log) as client:
         got = client.get_manifest(full_src, src_tag)
         if got is None:
             raise FleetciError(f"{settings.registry_host}/{full_src}:{src_tag} does not exist")
@@ -518,13 +437,13 @@ def retag(
                     if not client.mount_blob(full_dst, blob_digest, full_src):
                         raise FleetciError(f"registry would not mount {blob_digest[:19]} from {full_src}")
         new_digest = client.put_manifest(full_dst, dst_tag, data, media_type)
-        result = {
-            "source": f"{full_src}:{src_tag}",
-            "target": f"{full_dst}:{dst_tag}",
-            "digest": new_digest or digest,
-            "blob_bytes_sent": client.counters.blob_bytes_sent,
-        }
-    log(f"{result['target']} -> {result['digest']} ({result['blob_bytes_sent']} blob bytes sent)")
+        result = RetagResult(
+            source=f"{full_src}:{src_tag}",
+            target=f"{full_dst}:{dst_tag}",
+            digest=new_digest or digest,
+            blob_bytes_sent=client.counters.blob_bytes_sent,
+        )
+    log(f"{result.target} -> {result.digest} ({result.blob_bytes_sent} blob bytes sent)")
     return result
 
 
@@ -537,8 +456,8 @@ def clean(settings: RegistrySettings, image_tag: str, yes: bool = False, log: Lo
         raise FleetciError(f"not cleaning {directory}: it was never prepared and pushed (nothing deleted)")
     plan = load_plan(directory)
     state = PushState(directory / STATE_FILE)
-    for img in plan["images"]:
-        ref = f"{settings.registry_project}/{img['repository']}:{img['tag']}"
+    for img in plan.images:
+        ref = f"{settings.registry_project}/{img.repository}:{img.tag}"
         if state.verified(ref) is None:
             raise FleetciError(
                 f"not cleaning {directory}: {ref} is not verified in the registry; "
