@@ -653,3 +653,44 @@ def test_json_api_over_a_unix_socket(tmp_path: Path) -> None:
             await runner.cleanup()
 
     asyncio.run(serve())
+
+
+# -- child processes -----------------------------------------------------------------------------------
+def _child(code: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-c", code]
+
+
+def test_spawn_returns_once_the_child_says_where_it_listens() -> None:
+    from fleetci.process import running
+
+    code = (
+        "import time; print('warming up'); "
+        "print('fleetci listening on http://127.0.0.1:4567', flush=True); time.sleep(60)"
+    )
+    with running(_child(code), timeout=60) as svc:
+        assert (svc.url, svc.banner) == (
+            "http://127.0.0.1:4567",
+            "fleetci listening on http://127.0.0.1:4567",
+        )
+        assert svc.proc.poll() is None
+    assert svc.proc.poll() is not None  # stopped on leaving
+
+
+def test_spawn_of_a_child_that_exits_names_its_error_line() -> None:
+    from fleetci.errors import FleetciError
+    from fleetci.process import spawn
+
+    code = "import sys; print('fleetci: error: port 80 is taken', file=sys.stderr); sys.exit(1)"
+    with pytest.raises(FleetciError) as info:
+        spawn(_child(code), timeout=60)
+    assert str(info.value) == f"{code} did not start within 60s: port 80 is taken"
+
+
+def test_spawn_gives_up_on_a_silent_child() -> None:
+    from fleetci.errors import FleetciError
+    from fleetci.process import spawn
+
+    with pytest.raises(FleetciError, match=r"did not start within 0\.2s: no output$"):
+        spawn(_child("import time; time.sleep(60)"), timeout=0.2)

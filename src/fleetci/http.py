@@ -260,6 +260,33 @@ def client(
     )
 
 
+def async_client(
+    base_url: str = "",
+    *,
+    uds: str | Path | None = None,
+    timeout: float | httpx.Timeout = 30.0,
+    headers: Mapping[str, str] | None = None,
+    auth: httpx.Auth | tuple[str, str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    follow_redirects: bool = False,
+) -> httpx.AsyncClient:
+    """:func:`client` for coroutines: the one constructor of asynchronous httpx clients, same defaults."""
+    import httpx
+
+    if uds is not None and transport is None:
+        transport = httpx.AsyncHTTPTransport(uds=str(uds))
+    if not isinstance(timeout, httpx.Timeout):
+        timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+    return httpx.AsyncClient(
+        base_url=base_url or "http://fleetci.local",
+        transport=transport,
+        timeout=timeout,
+        headers=dict(headers or {}),
+        auth=auth,
+        follow_redirects=follow_redirects,
+    )
+
+
 class ApiError(FleetciError):
     """A JSON API answered with an error status; ``status`` is kept so callers can branch on 404/409."""
 

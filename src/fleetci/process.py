@@ -9,12 +9,12 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
 from fleetci.errors import FleetciError
+from fleetci.wait import WaitTimeout, wait_until
 
 LISTENING = re.compile(r"listening on (http://[\w.\-]+:\d+)")
 
@@ -77,23 +77,29 @@ def spawn(argv: Sequence[str], timeout: float = 30.0, env: dict[str, str] | None
     lines: queue.Queue[str | None] = queue.Queue()
     _drain(proc.stderr, tail.append)
     _drain(proc.stdout, lines.put, end=lambda: lines.put(None))
-    deadline = time.monotonic() + timeout
     seen: list[str] = []
-    while (left := deadline - time.monotonic()) > 0:
+
+    def listening() -> Service | None:
         try:
-            line = lines.get(timeout=min(left, 0.5))
+            line = lines.get(timeout=0.05)
         except queue.Empty:
-            continue
+            return None
         if line is None:
-            break
+            raise _Exited
         seen.append(line)
         m = LISTENING.search(line)
-        if m:
-            return Service(proc, m.group(1), line.strip())
+        return Service(proc, m.group(1), line.strip()) if m else None
+
+    with contextlib.suppress(WaitTimeout, _Exited):
+        return wait_until(listening, timeout=timeout, what=f"{argv[0]} to listen", interval=0)
     stop_process(proc, timeout=2)
     errors = [ln for ln in tail if ln.startswith("fleetci: error:")]
     reason = (errors or list(tail) or seen or ["no output"])[-1].removeprefix("fleetci: error: ")
     raise FleetciError(f"{' '.join(argv[2:5])} did not start within {timeout:g}s: {reason}")
+
+
+class _Exited(Exception):
+    """The child closed its stdout without saying where it listens."""
 
 
 def _drain(

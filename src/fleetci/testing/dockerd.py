@@ -17,11 +17,12 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleetci.errors import FleetciError
+from fleetci.http import client as http_client
+from fleetci.wait import WaitTimeout, wait_until
 
 BINARY = "dockerd"
 LOG_LEVEL_RE = re.compile(r'level=(?:fatal|error)\s+msg="([^"]*)"')
@@ -107,21 +108,26 @@ class DockerDaemon:
             )
         import httpx
 
-        deadline = time.monotonic() + timeout
-        transport = httpx.HTTPTransport(uds=str(self.socket))
-        with httpx.Client(transport=transport, base_url="http://docker", timeout=2) as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    reason = failure_reason(self.log.read_text(errors="replace"))
-                    self._cleanup()
-                    raise DockerdUnavailable(f"dockerd exited ({self.proc.returncode}): {reason}")
-                if self.socket.exists():
-                    try:
-                        if client.get("/_ping").status_code == 200:
-                            return self
-                    except httpx.HTTPError:
-                        pass
-                time.sleep(0.1)
+        proc = self.proc
+
+        def answering() -> bool:
+            if proc.poll() is not None:
+                reason = failure_reason(self.log.read_text(errors="replace"))
+                self._cleanup()
+                raise DockerdUnavailable(f"dockerd exited ({proc.returncode}): {reason}")
+            if not self.socket.exists():
+                return False
+            try:
+                return client.get("/_ping").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        with http_client("http://docker", uds=self.socket, timeout=2) as client:
+            try:
+                wait_until(answering, timeout=timeout, what=f"dockerd on {self.host}", interval=0.1)
+                return self
+            except WaitTimeout:
+                pass
         reason = failure_reason(self.log.read_text(errors="replace"))
         self.stop()
         raise DockerdUnavailable(f"dockerd did not answer on {self.host} within {timeout:g}s: {reason}")

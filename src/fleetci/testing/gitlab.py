@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from fleetci.http import describe, error_response, guarded_app
+from fleetci.http import async_client, describe, error_response, guarded_app
 from fleetci.testing.server import BackgroundApp, plain_host, small_int
 
 SERVICE = "container_registry"
@@ -166,7 +166,7 @@ class GitLabEmulator:
         return self._repo_ids[path]
 
     async def _repositories(self, project: str) -> list[tuple[str, list[str]]]:
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with async_client(timeout=30) as client:
             names = [n for n in await self._catalog(client) if n.startswith(project + "/")]
             out = []
             for n in sorted(names):
