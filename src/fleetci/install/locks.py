@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetci.errors import FleetciError
+from fleetci.wait import WaitTimeout, wait_until
 
 # The locks apt-get/dpkg take, in the order apt takes them.
 APT_LOCKS = (
@@ -92,25 +93,36 @@ def wait_for_locks(
     every: float = 5.0,
     poll: float = 0.2,
 ) -> float:
-    """Block until no path is locked; return the seconds waited. Raise after ``timeout`` naming the holder."""
+    """Block until no path is locked; return the seconds waited. Raise after ``timeout`` naming the holder.
+
+    While it waits, a progress line names the holder when it changes and every ``every`` seconds.
+    """
     start = time.monotonic()
     last_report = -every
     announced: Holder | None = None
-    while True:
+    found: Holder | None = None
+
+    def free() -> bool:
+        nonlocal announced, last_report, found
         found = current_holder(paths)
-        waited = time.monotonic() - start
         if found is None:
-            if announced is not None:
-                progress(f"apt/dpkg locks are free after {waited:.1f}s")
-            return waited
-        if waited >= timeout:
-            raise FleetciError(
-                f"gave up after {waited:.0f}s (--lock-timeout {timeout:g}): {found.describe()}"
-            )
-        if found != announced or waited - last_report >= every:
+            return True
+        waited = time.monotonic() - start
+        if waited < timeout and (found != announced or waited - last_report >= every):
             progress(f"waiting for {found.describe()}: {waited:.0f}s of {timeout:g}s")
             announced, last_report = found, waited
-        time.sleep(min(poll, max(timeout - waited, 0.01)))
+        return False
+
+    try:
+        wait_until(free, timeout=timeout, what="the apt/dpkg locks", interval=poll)
+    except WaitTimeout:
+        waited = time.monotonic() - start
+        who = found.describe() if found else "locked"
+        raise WaitTimeout(f"gave up after {waited:.0f}s (--lock-timeout {timeout:g}): {who}") from None
+    waited = time.monotonic() - start
+    if announced is not None:
+        progress(f"apt/dpkg locks are free after {waited:.1f}s")
+    return waited
 
 
 _HOLD = (

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from fleetci import retry
+from fleetci import files, retry
 from fleetci.errors import FleetciError
 from fleetci.multiarch.arch import SUITE_PYTHON, Arch, host_arch, suite_for
 from fleetci.multiarch.binfmt import ensure_binfmt
@@ -434,7 +434,7 @@ class Guest:
                     f"test dependencies from cached layer {layer.name} ({self.timings.deps_s:.1f} s)"
                 )
                 return
-            layer.rename(layer.with_name(f"{layer.name}.corrupt-{int(time.time())}"))
+            files.move_aside(layer)
             self.progress(f"warning: dependency layer {layer.name} is corrupt; moved aside, running pip")
         args = " ".join(
             f"-r {shlex.quote(GUEST_PROJECT + '/' + str(r.relative_to(self.settings.project)))}"
@@ -609,10 +609,7 @@ class Guest:
         except (OSError, ValueError):
             pass
         found = any(mentions_pass_hook(d) for d in base)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        partial = marker.with_name(f".{marker.name}.{os.getpid()}")
-        partial.write_text(f"{digest} {int(found)}\n", encoding="utf-8")
-        os.replace(partial, marker)
+        files.write_atomic(marker, f"{digest} {int(found)}\n", durable=False)  # a cache: found again if lost
         return found
 
     def close(self) -> None:

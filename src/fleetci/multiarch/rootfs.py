@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleetci import files
 from fleetci.errors import FleetciError
 from fleetci.multiarch.arch import Arch
 from fleetci.retry import Backoff, Transient, call
@@ -68,9 +69,8 @@ def log_path(archive: Path) -> Path:
 
 
 def move_aside(path: Path, why: str, progress: Progress) -> Path:
-    """Keep a bad file for inspection instead of deleting it."""
-    target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
-    os.replace(path, target)
+    """Keep a bad archive (and its checksum, as ``<kept>.sha256``) for inspection instead of deleting it."""
+    target = files.move_aside(path) or path  # None: another build moved it first
     side = sidecar(path)
     if side.exists():
         os.replace(side, target.with_name(target.name + ".sha256"))
@@ -193,7 +193,7 @@ def build(spec: RootfsSpec, archive: Path, progress: Progress) -> None:
         )
     digest = sha256_file(partial)
     os.replace(partial, archive)
-    sidecar(archive).write_text(f"{digest}  {archive.name}\n", encoding="utf-8")
+    files.write_atomic(sidecar(archive), f"{digest}  {archive.name}\n")
     size = archive.stat().st_size / 1e6
     progress(f"rootfs {archive.name} built in {time.monotonic() - started:.0f} s ({size:.0f} MB)")
 
