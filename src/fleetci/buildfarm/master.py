@@ -38,6 +38,7 @@ from aiohttp import web
 from fleetci import __version__, gha
 from fleetci.buildfarm import api, keys
 from fleetci.buildfarm.api import ApiError
+from fleetci.buildfarm.models import ArtifactFile, Dep, Job, PendingApply, ResultAnswer, Status, WorkerInfo
 from fleetci.buildfarm.recipe import MAX_SOURCE_BYTES, NAME_RE, parse_recipe
 from fleetci.buildfarm.settings import MasterSettings
 from fleetci.buildfarm.store import StateError, Store
@@ -196,7 +197,7 @@ class Master:
 
     # --- applying results -----------------------------------------------------------------------------
 
-    def _publish(self, pending: dict[str, Any]) -> None:
+    def _publish(self, pending: PendingApply) -> None:
         """Move a committed result's staged files into ``repo/`` and drop older releases (idempotent).
 
         Runs right after the result's transaction, again from the reaper while it fails, and on start-up
@@ -383,32 +384,40 @@ class Master:
         """Long poll: answer at once when a job is ready, else when one becomes ready or ``wait`` ends."""
         wid = self.worker(request)
         wait = api.number_param("next_job", "wait", request.query.get("wait", "20"))
-        deadline = time.monotonic() + wait
-        while True:
-            row = self.store.worker(wid)
-            if row is None or row["state"] == "gone":
-                raise ApiError(401, "this worker has unregistered")
-            if self.closing or request.transport is None or request.transport.is_closing():
-                return web.Response(status=204)  # the worker hung up: do not hand it a job
-            job = self.store.claim(wid)
-            if job is not None:
-                return web.json_response(self._job_payload(job))
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return web.Response(status=204)
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self.waiters.add(fut)
-            try:
-                await asyncio.wait_for(fut, timeout=left)
-            except asyncio.TimeoutError:
-                pass
-            finally:
-                self.waiters.discard(fut)
 
-    def _job_payload(self, job: Any) -> dict[str, Any]:
+        async def until_answered() -> web.Response:
+            while (answer := self._offer(wid, request)) is None:
+                await self._woken()
+            return answer
+
+        try:
+            return await asyncio.wait_for(until_answered(), timeout=wait)
+        except asyncio.TimeoutError:
+            return self._offer(wid, request) or web.Response(status=204)
+
+    def _offer(self, wid: str, request: web.Request) -> web.Response | None:
+        """A ready job for this worker, 204 when it should get none, or None: nothing ready yet."""
+        row = self.store.worker(wid)
+        if row is None or row["state"] == "gone":
+            raise ApiError(401, "this worker has unregistered")
+        if self.closing or request.transport is None or request.transport.is_closing():
+            return web.Response(status=204)  # the worker hung up: do not hand it a job
+        job = self.store.claim(wid)
+        return None if job is None else web.json_response(self._job_payload(job))
+
+    async def _woken(self) -> None:
+        """Until :meth:`wake` (a job may have become ready)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.add(fut)
+        try:
+            await fut
+        finally:
+            self.waiters.discard(fut)
+
+    def _job_payload(self, job: sqlite3.Row) -> Job:
         recipe = json.loads(job["recipe"])
         repo = self.store.packages()
-        deps = []
+        deps: list[Dep] = []
         for dep in recipe.get("depends", []):
             p = repo.get(dep)
             if p is None:
@@ -540,7 +549,7 @@ class Master:
                 f"artifacts reported {expected} but uploaded {[u['filename'] for u in uploads]}",
             )
         rel = f"{job['version']}-{job['release']}"
-        files: list[dict[str, Any]] = []
+        files: list[ArtifactFile] = []
         if ok:
             missing = [u["filename"] for u in uploads if not (stage / u["filename"]).is_file()]
             if missing:
@@ -567,7 +576,7 @@ class Master:
         self.wake()
         state = "done" if ok else "failed"
         print(f"job {jid} {job['package']} {rel} {state} on {wid}", flush=True)
-        answer: dict[str, Any] = {"job": jid, "state": state, "error": error, "next": None}
+        answer: ResultAnswer = {"job": jid, "state": state, "error": error, "next": None}
         if body.get("want_next") and not self.closing:
             # Hand the worker its next job in the same round trip (a ready job, if any; no waiting).
             nxt = self.store.claim(wid)
@@ -626,20 +635,29 @@ class Master:
 
     async def status(self, request: web.Request) -> web.Response:
         self.admin(request)
-        repo = {
-            n: {"version": p["version"], "release": p["release"], "built_by": p["worker_name"]}
-            for n, p in self.store.packages().items()
-        }
-        return web.json_response(
+        workers: list[WorkerInfo] = [
             {
-                "master_key": self.public_key,
-                "heartbeat_ttl": self.settings.heartbeat_ttl,
-                "workers": [{k: v for k, v in w.items() if k != "public_key"} for w in self.store.workers()],
-                "counts": self.store.counts(),
-                "jobs": self.store.jobs(limit=200),
-                "repository": repo,
+                "id": w["id"],
+                "name": w["name"],
+                "state": w["state"],
+                "registered_at": w["registered_at"],
+                "last_seen": w["last_seen"],
+                "jobs_done": w["jobs_done"],
             }
-        )
+            for w in self.store.workers()
+        ]
+        status: Status = {
+            "master_key": self.public_key,
+            "heartbeat_ttl": self.settings.heartbeat_ttl,
+            "workers": workers,
+            "counts": self.store.counts(),
+            "jobs": self.store.jobs(limit=200),
+            "repository": {
+                n: {"version": p["version"], "release": p["release"], "built_by": p["worker_name"]}
+                for n, p in self.store.packages().items()
+            },
+        }
+        return web.json_response(status)
 
     async def job_log(self, request: web.Request) -> web.Response:
         self.admin(request)

@@ -13,8 +13,18 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from fleetci.buildfarm.models import (
+    ArtifactFile,
+    JobRow,
+    Package,
+    PendingApply,
+    QueuedJob,
+    Removed,
+    Upload,
+    WorkerRow,
+)
 from fleetci.buildfarm.recipe import Recipe, check_graph, parse_recipe, priorities
 from fleetci.errors import FleetciError
 from fleetci.files import tighten, touch_private
@@ -122,11 +132,11 @@ class Store:
             (time.time(), wid),
         )
 
-    def workers(self, include_gone: bool = False) -> list[dict[str, Any]]:
+    def workers(self, include_gone: bool = False) -> list[WorkerRow]:
         sql = "SELECT id, name, state, registered_at, last_seen, jobs_done, public_key FROM workers"
         if not include_gone:
             sql += " WHERE state != 'gone'"
-        return [dict(r) for r in self._exec(sql + " ORDER BY registered_at")]
+        return [cast(WorkerRow, dict(r)) for r in self._exec(sql + " ORDER BY registered_at")]
 
     def grace_all_workers(self) -> None:
         """After a master restart, every active worker gets a full TTL to heartbeat again."""
@@ -210,7 +220,7 @@ class Store:
 
     # --- submissions ----------------------------------------------------------------------------------
 
-    def submit(self, items: list[tuple[Recipe, str]]) -> tuple[int, list[dict[str, Any]]]:
+    def submit(self, items: list[tuple[Recipe, str]]) -> tuple[int, list[QueuedJob]]:
         """Queue one build: validates the graph against the repository and queued work, bumps releases."""
         recipes = [r for r, _ in items]
         repo = {str(r[0]) for r in self._exec("SELECT name FROM packages")}
@@ -230,7 +240,7 @@ class Store:
         try:
             build_id = int(self._exec("INSERT INTO builds(created_at) VALUES(?)", (now,)).lastrowid or 0)
             ids: dict[str, int] = {}
-            out = []
+            out: list[QueuedJob] = []
             for recipe, sha in items:
                 row = self._exec(
                     "SELECT last FROM releases WHERE name=? AND version=?", (recipe.name, recipe.version)
@@ -367,8 +377,9 @@ class Store:
             (jid, filename, sha256, size, signature),
         )
 
-    def uploads(self, jid: int) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._exec("SELECT * FROM uploads WHERE job_id=? ORDER BY filename", (jid,))]
+    def uploads(self, jid: int) -> list[Upload]:
+        rows = self._exec("SELECT * FROM uploads WHERE job_id=? ORDER BY filename", (jid,))
+        return [cast(Upload, dict(r)) for r in rows]
 
     def finish(
         self,
@@ -377,7 +388,7 @@ class Store:
         duration: float,
         log: str,
         error: str | None,
-        files: list[dict[str, Any]],
+        files: list[ArtifactFile],
         stage: str = "",
     ) -> None:
         """Record a result; on success the package enters the repository and dependents become ready.
@@ -434,13 +445,13 @@ class Store:
                 self._promote(self._dependents(jid))
             self._exec("DELETE FROM uploads WHERE job_id=?", (jid,))
 
-    def pending_applies(self) -> list[dict[str, Any]]:
+    def pending_applies(self) -> list[PendingApply]:
         """Committed results whose files may not all be in the repository yet (a crash in between)."""
         out = []
         for r in self._exec("SELECT * FROM applying ORDER BY job_id"):
             d = dict(r)
             d["files"] = json.loads(d["files"])
-            out.append(d)
+            out.append(cast(PendingApply, d))
         return out
 
     def applied(self, jid: int) -> None:
@@ -448,16 +459,16 @@ class Store:
 
     # --- repository -----------------------------------------------------------------------------------
 
-    def packages(self) -> dict[str, dict[str, Any]]:
+    def packages(self) -> dict[str, Package]:
         out = {}
         for r in self._exec("SELECT * FROM packages ORDER BY name"):
             d = dict(r)
             d["depends"] = json.loads(d["depends"])
             d["files"] = json.loads(d["files"])
-            out[str(d.pop("name"))] = d
+            out[str(d.pop("name"))] = cast(Package, d)
         return out
 
-    def remove_package(self, name: str, force: bool) -> dict[str, Any]:
+    def remove_package(self, name: str, force: bool) -> Removed:
         """Drop a package from the repository and cancel its queued jobs, in one transaction."""
         pkgs = self.packages()
         active = [
@@ -485,7 +496,7 @@ class Store:
 
     # --- reporting ------------------------------------------------------------------------------------
 
-    def jobs(self, build_id: int | None = None, limit: int = 500) -> list[dict[str, Any]]:
+    def jobs(self, build_id: int | None = None, limit: int = 500) -> list[JobRow]:
         cols = (
             "id, build_id, package, version, release, state, priority, worker_id, attempts, created_at,"
             " ready_at, started_at, finished_at, duration_s, error"
@@ -494,7 +505,7 @@ class Store:
             rows = self._exec(f"SELECT {cols} FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
         else:
             rows = self._exec(f"SELECT {cols} FROM jobs WHERE build_id=? ORDER BY id", (build_id,))
-        out = [dict(r) for r in rows]
+        out = [cast(JobRow, dict(r)) for r in rows]
         for job in out:
             job["depends_on"] = [
                 int(r[0]) for r in self._exec("SELECT dep_job_id FROM job_deps WHERE job_id=?", (job["id"],))
