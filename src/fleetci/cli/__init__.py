@@ -6,36 +6,16 @@ foresee says ``internal error`` in that line (``FLEETCI_DEBUG=1`` shows its trac
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from fleetci import __version__
-from fleetci.errors import FleetciError, UsageError
+from fleetci.cli.args import Parser, arg_type
+from fleetci.errors import FleetciError
 
-T = TypeVar("T")
-
-
-class Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line (argparse prints usage + error over several)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
-
-
-def arg_type(parse: Callable[[str], T]) -> Callable[[str], T]:
-    """Use a ``fleetci.config`` parser as an argparse ``type=`` with its own error message."""
-
-    def convert(text: str) -> T:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    convert.__name__ = parse.__name__
-    return convert
+__all__ = ["Parser", "arg_type", "build_parser", "main"]  # Parser, arg_type: see fleetci.cli.args
 
 
 def build_parser() -> Parser:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from fleetci.bench.spec import BENCHMARKS, JSON, Benchmark, Param
-from fleetci.cli import arg_type
+from fleetci.cli.args import arg_type
 
 
 def add_params(p: argparse.ArgumentParser, params: Iterable[Param]) -> None:

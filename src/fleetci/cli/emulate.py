@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fleetci.cli import arg_type
+from fleetci.cli.args import arg_type
 from fleetci.config import number, parse_count, parse_ms_range, parse_port
 
 _rate = arg_type(number(float, min=0, max=1))  # a fraction of requests
