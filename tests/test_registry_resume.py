@@ -25,10 +25,11 @@ import pytest
 
 from conftest import clean_env, fleetci_cmd, one_line_error, run_fleetci
 from fleetci.bench.registry import kill_mid_chunk
+from fleetci.files import write_json
 from fleetci.http import free_port
 from fleetci.registry.plan import UploadPlan
 from fleetci.registry.settings import registry_settings
-from fleetci.registry.state import PushState, exclusive_lock, write_json_atomic
+from fleetci.registry.state import PushState, exclusive_lock
 from fleetci.registry.sync import prepare
 from fleetci.testing.docker_registry import RegistryProcess, registry_binary
 from fleetci.testing.images import write_docker_archive
@@ -237,7 +238,7 @@ def test_sync_state_is_private_and_old_files_are_tightened(tmp_path: Path, regis
     with exclusive_lock(root / "daemon.lock"):
         pass
     assert mode(root) == 0o700 and mode(root / "daemon.lock") == 0o600
-    write_json_atomic(root / "daemon-state.json", {"tags": {}})
+    write_json(root / "daemon-state.json", {"tags": {}})
     assert mode(root / "daemon-state.json") == 0o600
     state = PushState(root / "x" / "push-state.json")
     state.save_upload("a/b", "sha256:" + "0" * 64, "http://127.0.0.1:1/v2/a/b/blobs/uploads/u?_state=s", 5)

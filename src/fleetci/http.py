@@ -582,14 +582,15 @@ def error_message(status: int, body: bytes) -> str:
     """The one-line reason of an HTTP error answer, for messages to users.
 
     The JSON ``message`` (ours and GitHub's shape) or ``error`` (older masters, registries' plain
-    answers), else the body's text, else the status phrase.
+    answers) or the first of ``errors`` as ``CODE: message`` (the OCI distribution spec's shape), else
+    the body's text, else the status phrase.
     """
     text = body.decode("utf-8", errors="replace")
     reason = ""
     with contextlib.suppress(ValueError, RecursionError):
         data = json.loads(text)
         if isinstance(data, dict):
-            reason = str(data.get("message") or data.get("error") or "")
+            reason = str(data.get("message") or data.get("error") or "") or _oci_error(data.get("errors"))
     reason = " ".join((reason or text[:200]).split())
     if not reason:
         from http import HTTPStatus
@@ -599,3 +600,11 @@ def error_message(status: int, body: bytes) -> str:
         except ValueError:
             reason = f"HTTP {status}"
     return reason[:500]
+
+
+def _oci_error(errors: object) -> str:
+    """``{"errors": [{"code": "BLOB_UNKNOWN", "message": "…"}]}`` -> ``BLOB_UNKNOWN: …``."""
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        first = errors[0]
+        return f"{first.get('code', '')}: {first.get('message', '')}".strip(": ")
+    return ""

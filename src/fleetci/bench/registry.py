@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetci.errors import FleetciError
+from fleetci.wait import WaitTimeout, wait_until
 
 LAYER_MB = 64
 
@@ -124,14 +125,21 @@ def kill_mid_chunk(
     moment mid-layer almost always hits. If the pusher got to save that chunk first, it goes on
     (SIGCONT). Raises when the push ends first or no such moment comes in ``attempts`` tries.
     """
-    deadline = time.monotonic() + timeout
+
+    def chunk_in_flight() -> bool:
+        if (s := saved_session(state_file)) is not None and s[1] >= min_offset and held(s[0]) > s[1]:
+            return True
+        if proc.poll() is not None:
+            raise FleetciError(f"the push ended (exit {proc.returncode}) before it could be killed")
+        return False
+
+    started = time.monotonic()
     for _ in range(attempts):
-        while (s := saved_session(state_file)) is None or s[1] < min_offset or held(s[0]) <= s[1]:
-            if proc.poll() is not None:
-                raise FleetciError(f"the push ended (exit {proc.returncode}) before it could be killed")
-            if time.monotonic() > deadline:
-                raise FleetciError(f"the push sent no chunk past offset {min_offset} in {timeout:g}s")
-            time.sleep(0.002)
+        left = max(0.0, timeout - (time.monotonic() - started))  # one budget for every attempt
+        try:
+            wait_until(chunk_in_flight, timeout=left, interval=0.002, what="a chunk in flight")
+        except WaitTimeout:
+            raise FleetciError(f"the push sent no chunk past offset {min_offset} in {timeout:g}s") from None
         proc.send_signal(signal.SIGSTOP)
         session = saved_session(state_file)  # re-read: it may have moved on before the stop
         assert session is not None

@@ -243,8 +243,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         skip_login=args.skip_login,
         verbose=args.verbose,
     )
-    pushed = sorted(t for t, e in state["tags"].items() if e.get("status") == "pushed")
-    print(f"daemon: {state['cycles']} cycle(s); pushed: {', '.join(pushed) or 'none'}")
+    print(f"daemon: {state.cycles} cycle(s); pushed: {', '.join(state.pushed()) or 'none'}")
     return 0
 
 

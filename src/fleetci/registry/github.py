@@ -22,7 +22,7 @@ from github import Auth, Github, GithubException
 
 from fleetci.errors import FleetciError, UsageError
 from fleetci.files import ensure_private_dir
-from fleetci.http import describe, redact_url
+from fleetci.http import client, describe, redact_url
 from fleetci.registry.settings import RegistrySettings
 from fleetci.registry.tags import parse_metadata_block
 
@@ -99,9 +99,7 @@ class GitHubSide:
             seconds_between_requests=None,
             seconds_between_writes=None,
         )
-        self.http = httpx.Client(
-            timeout=httpx.Timeout(settings.timeout, connect=10.0), follow_redirects=False
-        )
+        self.http = client(timeout=settings.timeout, follow_redirects=False)
 
     def close(self) -> None:
         self.http.close()

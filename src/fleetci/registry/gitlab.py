@@ -10,7 +10,7 @@ from urllib.parse import quote
 import httpx
 
 from fleetci.errors import FleetciError, UsageError
-from fleetci.http import describe, redact_url
+from fleetci.http import client, describe, redact_url
 from fleetci.registry.settings import RegistrySettings
 
 
@@ -37,7 +37,7 @@ class GitLabAPI:
             )
         self.settings = settings
         self.base = f"{settings.gitlab_url}/api/v4/projects/{quote(settings.gitlab_project, safe='')}"
-        self.client = httpx.Client(headers=headers, timeout=httpx.Timeout(settings.timeout, connect=10.0))
+        self.client = client(headers=headers, timeout=settings.timeout)
 
     def close(self) -> None:
         self.client.close()

@@ -1,40 +1,23 @@
-"""Files that make syncing resumable and safe: atomic JSON state, the daemon lock, per-tag push state.
+"""Files that make syncing resumable and safe: the daemon lock and state, per-tag push state.
 
-All of it is private (0600 files in 0700 directories, via ``fleetci.files``): push state holds upload
-session URLs, and the directories hold the downloaded images.
+All of it is private and written atomically (``fleetci.files.write_json``: 0600 files in 0700
+directories): push state holds upload session URLs (whose signed state lets anyone go on writing the
+upload), and the directories hold the downloaded images.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fleetci.errors import FleetciError
-from fleetci.files import tighten, touch_private, write_private
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write-then-rename, 0600 in a 0700 directory: a crash leaves the old file or the new one.
-
-    State files hold upload session URLs (whose signed state lets anyone go on writing the upload)."""
-    write_private(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path: Path, what: str) -> Any:
-    """Parse a state file (tightening one an older version left group/world readable)."""
-    tighten(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FleetciError(f"{what} {path} does not exist") from None
-    except (OSError, ValueError) as exc:
-        raise FleetciError(f"{what} {path} is corrupt: {exc}") from exc
+from fleetci.files import move_aside, read_json, touch_private, write_json
 
 
 @contextlib.contextmanager
@@ -74,7 +57,7 @@ class PushState:
                         self.data[key] = loaded[key]
 
     def save(self) -> None:
-        write_json_atomic(self.path, self.data)
+        write_json(self.path, self.data)
 
     # UploadState protocol (oci.RegistryClient)
     def upload_session(self, repo: str, digest: str) -> tuple[str, int] | None:
@@ -106,3 +89,84 @@ class PushState:
     def verified(self, ref: str) -> str | None:
         entry = self.data["verified"].get(ref)
         return str(entry["digest"]) if isinstance(entry, dict) else None
+
+
+@dataclass
+class TagEntry:
+    """What the daemon knows of one image tag: the run it came from and how its last sync went."""
+
+    run_id: int | None = None
+    started_at: int | None = None
+    status: str | None = None  # "pushed" | "failed"
+    error: str | None = None
+    finished_at: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "started_at": self.started_at,
+            "status": self.status,
+            "error": self.error,
+            "finished_at": self.finished_at,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TagEntry:
+        def number(key: str) -> int | None:
+            value = data.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        def text(key: str) -> str | None:
+            value = data.get(key)
+            return value if isinstance(value, str) else None
+
+        return cls(
+            number("run_id"), number("started_at"), text("status"), text("error"), number("finished_at")
+        )
+
+
+@dataclass
+class DaemonState:
+    """``<downloads>/daemon-state.json``: every tag the daemon worked on, and how many cycles it ran."""
+
+    tags: dict[str, TagEntry] = field(default_factory=dict)
+    cycles: int = 0
+    last_cycle: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"tags": {t: e.to_json() for t, e in self.tags.items()}, "cycles": self.cycles}
+        if self.last_cycle is not None:
+            data["last_cycle"] = self.last_cycle
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> DaemonState | None:
+        """None for a document that is not a daemon state (the daemon then starts afresh)."""
+        if not isinstance(data, dict) or not isinstance(data.get("tags"), dict):
+            return None
+        cycles, last = data.get("cycles", 0), data.get("last_cycle")
+        return cls(
+            tags={str(t): TagEntry.from_json(e) for t, e in data["tags"].items() if isinstance(e, dict)},
+            cycles=cycles if isinstance(cycles, int) and not isinstance(cycles, bool) else 0,
+            last_cycle=last if isinstance(last, int) and not isinstance(last, bool) else None,
+        )
+
+    def pushed(self) -> list[str]:
+        return sorted(t for t, e in self.tags.items() if e.status == "pushed")
+
+    def save(self, path: Path) -> None:
+        write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: Path, log: Callable[[str], None]) -> DaemonState:
+        """The saved state; a corrupt file is moved aside (and named in the log), never lost."""
+        if not path.exists():
+            return cls()
+        try:
+            loaded = read_json(path, "daemon state")
+        except FleetciError:
+            bad = move_aside(path)
+            if bad is not None:
+                log(f"daemon state was corrupt; kept it as {bad.name} and started fresh")
+            return cls()
+        return cls.from_json(loaded) or cls()

@@ -22,7 +22,7 @@ from typing import Any
 
 from fleetci import gha
 from fleetci.errors import FleetciError, UsageError
-from fleetci.files import ensure_private_dir
+from fleetci.files import ensure_private_dir, read_json, write_json
 from fleetci.registry.archive import READ_CHUNK, DockerArchive, gunzip_to, is_gzip, verify_image
 from fleetci.registry.engine_oci import oci_push
 from fleetci.registry.github import BuildRun, GitHubSide
@@ -38,7 +38,7 @@ from fleetci.registry.plan import (
     load_plan,
 )
 from fleetci.registry.settings import RegistrySettings
-from fleetci.registry.state import PushState, exclusive_lock, read_json, write_json_atomic
+from fleetci.registry.state import DaemonState, PushState, TagEntry, exclusive_lock
 from fleetci.registry.tags import check_repository, check_tag, image_name, map_tag
 
 __all__ = ["META_FILE", "PLAN_FILE", "STATE_FILE", "PushRow", "UploadPlan"]
@@ -177,7 +177,7 @@ def download(settings: RegistrySettings, image_tag: str, force: bool = False, lo
     finally:
         gh.close()
     m = map_tag(image_tag)
-    write_json_atomic(
+    write_json(
         directory / META_FILE,
         {
             "image_tag": image_tag,
@@ -331,7 +331,7 @@ def prepare(
         run_id=run_id if isinstance(run_id, int) and not isinstance(run_id, bool) else None,
         images=tuple(images),
     )
-    write_json_atomic(directory / PLAN_FILE, plan.to_json())
+    write_json(directory / PLAN_FILE, plan.to_json())
     return plan
 
 
@@ -483,7 +483,7 @@ def daemon(
     skip_login: bool = False,
     verbose: bool = False,
     log: Log = stderr_log,
-) -> dict[str, Any]:
+) -> DaemonState:
     """xref -> download -> prepare -> push -> clean for every missing tag, every ``interval`` seconds."""
     root = settings.downloads_dir
     check_repository(settings.registry_project, "--registry-project")
@@ -495,37 +495,35 @@ def daemon(
         log(f"signal {signum}: stopping after the current step")
         stop.set()
 
+    previous = None
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-    with exclusive_lock(root / "daemon.lock"):
-        state: dict[str, Any] = {"tags": {}, "cycles": 0}
-        if state_path.exists():
-            try:
-                loaded = json.loads(state_path.read_text(encoding="utf-8"))
-                if isinstance(loaded, dict) and isinstance(loaded.get("tags"), dict):
-                    state = loaded
-            except (OSError, ValueError):
-                bad = state_path.with_name(f"daemon-state.json.corrupt-{int(time.time())}")
-                state_path.replace(bad)
-                log(f"daemon state was corrupt; kept it as {bad.name} and started fresh")
-        while True:
-            failures = _cycle(settings, state, force_push, retag_as_latest, skip_login, verbose, log, stop)
-            state["cycles"] = int(state.get("cycles", 0)) + 1
-            state["last_cycle"] = int(time.time())
-            write_json_atomic(state_path, state)
-            if once or stop.is_set():
-                if failures:
-                    first = failures[0]
-                    raise FleetciError(f"{len(failures)} tag(s) failed this cycle; {first[0]}: {first[1]}")
-                return state
-            log(f"sleeping {interval:g}s")
-            if stop.wait(interval):
-                return state
+        previous = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        with exclusive_lock(root / "daemon.lock"):
+            state = DaemonState.load(state_path, log)
+            while True:
+                failures = _cycle(
+                    settings, state, force_push, retag_as_latest, skip_login, verbose, log, stop
+                )
+                state.cycles += 1
+                state.last_cycle = int(time.time())
+                state.save(state_path)
+                if once or stop.is_set():
+                    if failures:
+                        tag, error = failures[0]
+                        raise FleetciError(f"{len(failures)} tag(s) failed this cycle; {tag}: {error}")
+                    return state
+                log(f"sleeping {interval:g}s")
+                if stop.wait(interval):
+                    return state
+    finally:
+        if previous is not None:  # a caller in this process (a test, a library user) gets its handler back
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _cycle(
     settings: RegistrySettings,
-    state: dict[str, Any],
+    state: DaemonState,
     force_push: bool,
     retag_as_latest: bool,
     skip_login: bool,
@@ -541,8 +539,8 @@ def _cycle(
         if stop.is_set():
             break
         tag = str(run.image_tag)
-        entry = state["tags"].setdefault(tag, {})
-        entry.update({"run_id": run.run_id, "started_at": int(time.time())})
+        entry = state.tags.setdefault(tag, TagEntry())
+        entry.run_id, entry.started_at = run.run_id, int(time.time())
         try:
             download(settings, tag, log=log)
             prepare(settings, tag, log=log)
@@ -557,9 +555,9 @@ def _cycle(
                 log=log,
             )
             clean(settings, tag, yes=True, log=log)
-            entry.update({"status": "pushed", "error": None, "finished_at": int(time.time())})
+            entry.status, entry.error, entry.finished_at = "pushed", None, int(time.time())
         except FleetciError as exc:
-            entry.update({"status": "failed", "error": str(exc), "finished_at": int(time.time())})
+            entry.status, entry.error, entry.finished_at = "failed", str(exc), int(time.time())
             failures.append((tag, str(exc)))
             log(f"{tag} failed (kept its files for the next cycle): {exc}")
     return failures

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,9 @@ import httpx
 import yaml
 
 from fleetci.errors import FleetciError
-from fleetci.http import free_port
+from fleetci.http import client, free_port
 from fleetci.process import stop_process
+from fleetci.wait import WaitTimeout, wait_until
 
 BINARY = "docker-registry"
 
@@ -80,20 +80,28 @@ class RegistryProcess:
         cfg = self.workdir / "config.yml"
         cfg.write_text(yaml.safe_dump(self.config()), encoding="utf-8")
         with self.log.open("ab") as fh:
-            self.proc = subprocess.Popen([binary, "serve", str(cfg)], stdout=fh, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            proc = self.proc = subprocess.Popen(
+                [binary, "serve", str(cfg)], stdout=fh, stderr=subprocess.STDOUT
+            )
+
+        def answers() -> bool:
+            if proc.poll() is not None:
                 tail = self.log.read_text(errors="replace").strip().splitlines()[-1:]
                 raise FleetciError(f"docker-registry exited: {tail[0] if tail else 'no output'}")
             try:
-                if httpx.get(f"{self.url}/v2/", timeout=1).status_code in (200, 401):
-                    return self
+                return http.get("/v2/").status_code in (200, 401)
             except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise FleetciError(f"docker-registry did not answer on {self.url} within {timeout:g}s")
+                return False
+
+        with client(self.url, timeout=1) as http:
+            try:
+                wait_until(answers, timeout=timeout, what=f"docker-registry on {self.url}")
+            except WaitTimeout:
+                self.stop()
+                raise FleetciError(
+                    f"docker-registry did not answer on {self.url} within {timeout:g}s"
+                ) from None
+        return self
 
     def stop(self) -> None:
         if self.proc is not None:
