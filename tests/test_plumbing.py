@@ -694,3 +694,48 @@ def test_spawn_gives_up_on_a_silent_child() -> None:
 
     with pytest.raises(FleetciError, match=r"did not start within 0\.2s: no output$"):
         spawn(_child("import time; time.sleep(60)"), timeout=0.2)
+
+
+# -- GitHub Actions file commands ----------------------------------------------------------------------
+def _file_command(text: str) -> dict[str, str]:
+    """Read ``$GITHUB_OUTPUT``/``$GITHUB_ENV`` as the runner does: ``k=v`` lines and ``k<<DELIM`` blocks."""
+    values: dict[str, str] = {}
+    lines = iter(text.split("\n"))
+    for line in lines:
+        if not line:
+            continue
+        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
+            key, delimiter = line.split("<<", 1)
+            body = []
+            for nxt in lines:
+                if nxt == delimiter:
+                    break
+                body.append(nxt)
+            else:
+                raise AssertionError(f"unterminated {key}")
+            values[key] = "\n".join(body)
+        else:
+            key, value = line.split("=", 1)
+            values[key] = value
+    return values
+
+
+def test_outputs_and_env_survive_values_with_line_breaks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleetci import gha
+
+    out, env = tmp_path / "out", tmp_path / "env"
+    monkeypatch.setenv("GITHUB_OUTPUT", str(out))
+    monkeypatch.setenv("GITHUB_ENV", str(env))
+    assert gha.set_output("api-url", "http://127.0.0.1:8080")
+    assert gha.set_output("failed", "pkg-a\nother=injected")
+    assert gha.set_env("CACHE_DIR", "/tmp/a\nPATH=/evil")
+    assert out.read_text().startswith("api-url=http://127.0.0.1:8080\n")  # single lines as before
+    assert _file_command(out.read_text()) == {
+        "api-url": "http://127.0.0.1:8080",
+        "failed": "pkg-a\nother=injected",
+    }
+    assert _file_command(env.read_text()) == {"CACHE_DIR": "/tmp/a\nPATH=/evil"}
+    monkeypatch.delenv("GITHUB_OUTPUT")
+    assert not gha.set_output("x", "y")  # outside Actions: nothing written, and says so

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,12 +42,23 @@ def _append(var: str, text: str) -> bool:
     return True
 
 
+def _key_value(name: str, value: str) -> str:
+    """``name=value``; a value with a line break in the runner's heredoc form, under a delimiter it does
+    not contain, so its later lines cannot set other outputs or variables."""
+    if "\n" not in value and "\r" not in value:
+        return f"{name}={value}"
+    delimiter = f"ghadelimiter_{uuid.uuid4()}"
+    while delimiter in value:
+        delimiter = f"ghadelimiter_{uuid.uuid4()}"
+    return f"{name}<<{delimiter}\n{value}\n{delimiter}"
+
+
 def set_output(name: str, value: str) -> bool:
-    return _append("GITHUB_OUTPUT", f"{name}={value}")
+    return _append("GITHUB_OUTPUT", _key_value(name, value))
 
 
 def set_env(name: str, value: str) -> bool:
-    return _append("GITHUB_ENV", f"{name}={value}")
+    return _append("GITHUB_ENV", _key_value(name, value))
 
 
 def append_step_summary(markdown: str) -> bool:
