@@ -380,7 +380,7 @@ def test_clear_and_clear_stale(emulator: Any, proxy: Proxy) -> None:
 
 def test_python_api_seed_names(emulator: Any, tmp_path: Path) -> None:
     from fleetci.cache import CachedGitHubCLI, GitHubAPICache
-    from fleetci.config import cache_settings
+    from fleetci.cache.settings import cache_settings
 
     settings = cache_settings({"upstream": emulator.url, "cache_dir": str(tmp_path / "inproc")}, {}, {})
     before = charged(emulator, "alice")

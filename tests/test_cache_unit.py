@@ -13,8 +13,9 @@ import pytest
 
 from fleetci.cache.policy import TTLPolicy, cache_key, normalize_target, scope_of, wants_revalidation
 from fleetci.cache.ratelimit import RateLimitTracker
+from fleetci.cache.settings import TTLRule, cache_settings, parse_ttl_rules
 from fleetci.cache.store import CacheStore, Entry, cid_of
-from fleetci.config import Resolver, TTLRule, cache_settings, parse_ttl_rules
+from fleetci.config import Resolver
 from fleetci.errors import FleetciError, UsageError
 
 

@@ -26,17 +26,15 @@ from fleetci.buildfarm.settings import (
     master_settings,
     worker_settings,
 )
+from fleetci.cache.settings import CacheSettings, cache_settings, parse_ttl_rules
 from fleetci.cli import build_parser, main
 from fleetci.config import (
     MAX_SECONDS,
-    CacheSettings,
     Resolver,
-    cache_settings,
     number,
     parse_port,
     parse_seconds,
     parse_timeout,
-    parse_ttl_rules,
 )
 from fleetci.errors import UsageError
 from fleetci.install.settings import InstallSettings, install_settings
@@ -97,7 +95,8 @@ def write_config(tmp_path: Path, text: str) -> str:
 
 
 def test_extension_keys_hold_anchors_and_are_no_section(tmp_path: Path) -> None:
-    from fleetci.config import cache_settings, load_config_file
+    from fleetci.cache.settings import cache_settings
+    from fleetci.config import load_config_file
 
     text = "x-common: &ttl\n  default_ttl: 42\ncache:\n  <<: *ttl\n  proxy_port: 9555\n"
     config = load_config_file(write_config(tmp_path, text), env={})

@@ -10,9 +10,7 @@ import argparse
 import difflib
 import math
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -197,7 +195,7 @@ class Setting(Generic[T]):
     the unknown-key check and the docs tables are all derived from that list, so they cannot drift apart.
     """
 
-    __slots__ = ("default", "doc_default", "env", "flag", "help", "name", "parse")
+    __slots__ = ("default", "doc_default", "env", "flag", "flags", "help", "name", "parse", "switch")
 
     def __init__(
         self,
@@ -208,6 +206,8 @@ class Setting(Generic[T]):
         help: str,
         flag: bool = True,
         doc_default: str | None = None,
+        flags: Sequence[str] = (),
+        switch: bool = False,
     ) -> None:
         self.name = ""  # set by the table (``__set_name__``)
         self.default = default
@@ -216,13 +216,15 @@ class Setting(Generic[T]):
         self.help = help
         self.flag = flag  # False: environment and config file only (a secret, a list of rules)
         self.doc_default = doc_default  # how docs and --help show a computed or unhelpful default
+        self.flags = tuple(flags)  # option strings when not ``--<name>`` (``--port``, or aliases)
+        self.switch = switch  # a flag without a value that means "true" (``--enable-p2p``)
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
     @property
     def option(self) -> str:
-        return f"--{self.name.replace('_', '-')}"
+        return self.flags[0] if self.flags else f"--{self.name.replace('_', '-')}"
 
     def shown_default(self) -> str:
         if self.doc_default is not None:
@@ -277,8 +279,13 @@ class SettingTable:
         """Add ``--flag`` options (strings; the Resolver parses them, naming the flag in its errors)."""
         chosen = cls.settings if names is None else tuple(cls.get(n) for n in names)
         for s in chosen:
-            if s.flag:
-                parser.add_argument(s.option, dest=s.name, default=None, help=s.flag_help())
+            if not s.flag:
+                continue
+            options, shown = s.flags or (s.option,), s.flag_help()
+            if s.switch:  # no value: present means "true"
+                parser.add_argument(*options, dest=s.name, action="store_const", const="true", help=shown)
+            else:
+                parser.add_argument(*options, dest=s.name, default=None, help=shown)
 
     @classmethod
     def flag_values(cls, args: argparse.Namespace) -> dict[str, Any]:
@@ -388,160 +395,6 @@ class Resolver:
             raise UsageError(f"invalid value for {where}: {exc}") from exc
 
 
-@dataclass(frozen=True)
-class TTLRule:
-    """Fresh window for URLs whose path (and query) match ``pattern`` (a regular expression)."""
-
-    pattern: str
-    seconds: float
-    name: str = "custom"
-
-
-def parse_ttl_rules(raw: Any) -> tuple[TTLRule, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise UsageError("config key 'cache.ttl' must be a list of {pattern, seconds} mappings")
-    rules = []
-    for i, item in enumerate(raw):
-        where = f"cache.ttl[{i}]"
-        if not isinstance(item, Mapping) or item.get("pattern") is None or item.get("seconds") is None:
-            raise UsageError(f"config key {where!r} needs 'pattern' and 'seconds'")
-        r = Resolver(None, item, {}, name=where)  # the same checks as every other setting
-        pattern = r.get("pattern", "", _regex)
-        seconds = r.get("seconds", 0.0, parse_seconds)
-        name = r.get("name", "custom", str)
-        r.check_unknown()
-        rules.append(TTLRule(pattern, seconds, name))
-    return tuple(rules)
-
-
-def _regex(text: str) -> str:
-    try:
-        re.compile(text)
-    except re.error as exc:
-        raise ValueError(f"not a regular expression: {exc}") from None
-    return text
-
-
-DEFAULT_UPSTREAM = "https://api.github.com"
-
-
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "fleetci"
-
-
-# The hot part of a proxy's cache kept in RAM; the rest is a SQLite read away (see cache/store.py).
-MEMORY_BYTES = 4 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class CacheSettings:
-    """Everything ``fleetci cache …`` needs; seed-compatible environment names are kept."""
-
-    upstream: str = DEFAULT_UPSTREAM
-    host: str = "127.0.0.1"
-    proxy_port: int = 9101
-    listen_port: int = 9100
-    cache_dir: Path = Path(".")
-    socket: Path | None = None
-    default_ttl: float = 300.0
-    max_entries: int = 10_000
-    max_bytes: int = 256 * 1024 * 1024
-    memory_bytes: int = MEMORY_BYTES
-    max_body_bytes: int = 16 * 1024 * 1024  # fleetci.http.DEFAULT_MAX_BODY_BYTES (config imports no asyncio)
-    max_concurrency: int = 20
-    max_stale: int = 24 * 3600
-    upstream_timeout: float = 30.0
-    enable_p2p: bool = False
-    bootstrap_peers: tuple[str, ...] = ()
-    ttl_rules: tuple[TTLRule, ...] = ()
-    secret: str = field(default="", repr=False)
-    peer_registry: Path | None = None
-    p2p_host: str = "0.0.0.0"
-    shared_scope: str = ""
-    fleet: str = ""
-    public_bootstrap: bool = False
-    peer_timeout: float = 0.5
-    claim_window: float = 0.05
-    claim_wait: float = 2.0
-
-    @property
-    def identity_path(self) -> Path:
-        return self.cache_dir / "p2p-identity.key"
-
-    @property
-    def db_path(self) -> Path:
-        return self.cache_dir / "cache.db"
-
-    @property
-    def socket_path(self) -> Path:
-        """Unix socket for the proxy; a short fallback when CACHE_DIR is too deep for AF_UNIX (108 bytes)."""
-        if self.socket is not None:
-            return self.socket
-        candidate = self.cache_dir / "proxy.sock"
-        if len(str(candidate)) < 100:
-            return candidate
-        import hashlib
-
-        digest = hashlib.sha256(str(self.cache_dir.resolve()).encode()).hexdigest()[:16]
-        return Path("/tmp") / f"fleetci-{digest}.sock"
-
-    @property
-    def proxy_url(self) -> str:
-        return f"http://{self.host}:{self.proxy_port}"
-
-
-def cache_settings(
-    flags: Mapping[str, Any] | None = None,
-    config: Mapping[str, Any] | None = None,
-    env: Mapping[str, str] | None = None,
-) -> CacheSettings:
-    """Build :class:`CacheSettings` from flags, environment and the ``cache:`` section of the config file."""
-    r = Resolver(flags, section(config, "cache"), env, name="cache")
-    upstream = r.get("upstream", DEFAULT_UPSTREAM, str, env=("CACHE_UPSTREAM", "GITHUB_API_URL")).rstrip("/")
-    if not upstream.startswith(("http://", "https://")):
-        raise UsageError(f"invalid upstream {upstream!r}: expected an http:// or https:// URL")
-    socket_raw = r.get("socket", "", str, env=("CACHE_SOCKET", "FLEETCI_CACHE_SOCKET"))
-    rules = parse_ttl_rules(r.raw("ttl"))
-    settings = CacheSettings(
-        upstream=upstream,
-        host=r.get("host", "127.0.0.1", str, env=("CACHE_PROXY_HOST",)),
-        proxy_port=r.get("proxy_port", 9101, parse_port, env=("CACHE_PROXY_PORT",)),
-        listen_port=r.get("listen_port", 9100, parse_port, env=("CACHE_LISTEN_PORT",)),
-        cache_dir=Path(r.get("cache_dir", str(default_cache_dir()), str, env=("CACHE_DIR",))).expanduser(),
-        socket=Path(socket_raw) if socket_raw else None,
-        default_ttl=r.get("default_ttl", 300.0, parse_seconds, env=("CACHE_DEFAULT_TTL",)),
-        max_entries=r.get("max_entries", 10_000, parse_positive_int, env=("CACHE_MAX_ENTRIES",)),
-        max_bytes=r.get("max_bytes", 256 * 1024 * 1024, parse_positive_int, env=("CACHE_MAX_BYTES",)),
-        memory_bytes=r.get("memory_bytes", MEMORY_BYTES, parse_positive_int, env=("CACHE_MEMORY_BYTES",)),
-        max_body_bytes=r.get(
-            "max_body_bytes", 16 * 1024 * 1024, parse_positive_int, env=("CACHE_MAX_BODY_BYTES",)
-        ),
-        max_concurrency=r.get("max_concurrency", 20, parse_positive_int, env=("CACHE_MAX_CONCURRENCY",)),
-        max_stale=r.get("max_stale", 24 * 3600, parse_stale, env=("CACHE_MAX_STALE",)),
-        upstream_timeout=r.get("upstream_timeout", 30.0, parse_timeout, env=("CACHE_UPSTREAM_TIMEOUT",)),
-        enable_p2p=r.get("enable_p2p", False, parse_bool, env=("CACHE_ENABLE_P2P",)),
-        bootstrap_peers=r.get("bootstrap_peers", (), parse_csv, env=("CACHE_BOOTSTRAP_PEERS",)),
-        ttl_rules=rules,
-        secret=r.get("secret", "", str, env=("FLEETCI_CACHE_SECRET",)),
-        peer_registry=Path(registry)
-        if (registry := r.get("peer_registry", "", str, env=("CACHE_PEER_REGISTRY",)))
-        else None,
-        p2p_host=r.get("p2p_host", "0.0.0.0", str, env=("CACHE_P2P_HOST",)),
-        shared_scope=r.get("shared_scope", "", str, env=("CACHE_SHARED_SCOPE",)),
-        fleet=r.get("fleet", "", str, env=("CACHE_FLEET",)),
-        public_bootstrap=r.get("public_bootstrap", False, parse_bool, env=("CACHE_PUBLIC_BOOTSTRAP",)),
-        peer_timeout=r.get("peer_timeout", 0.5, parse_timeout, env=("CACHE_PEER_TIMEOUT",)),
-        claim_window=r.get("claim_window_ms", 50.0, parse_ms, env=("CACHE_CLAIM_WINDOW_MS",)) / 1000,
-        claim_wait=r.get("claim_wait", 2.0, parse_seconds, env=("CACHE_CLAIM_WAIT",)),
-    )
-    r.check_unknown()
-    return settings
-
-
-def github_token(flag: str | None = None, env: Mapping[str, str] | None = None) -> str | None:
-    """The GitHub token by the usual precedence: flag, then GH_TOKEN, then GITHUB_TOKEN."""
-    environ = os.environ if env is None else env
-    return flag or environ.get("GH_TOKEN") or environ.get("GITHUB_TOKEN") or None

@@ -215,7 +215,7 @@ def measure_latencies(
 ) -> dict[str, float]:
     """Hit over HTTP, hit in-process, direct, and miss overhead, with a zero-latency emulator."""
     from fleetci.cache import GitHubAPICache
-    from fleetci.config import cache_settings
+    from fleetci.cache.settings import cache_settings
     from fleetci.testing import TOKENS
 
     set_emulator(emulator_url, latency_ms=[0, 0], error_rate=0.0, drop_rate=0.0)

@@ -26,8 +26,8 @@ from typing import Any
 
 from fleetci.bench.cache import fleet_token, workload
 from fleetci.cache.engine import CacheEngine
+from fleetci.cache.settings import CacheSettings
 from fleetci.cache.store import CacheStore, Entry
-from fleetci.config import CacheSettings
 from fleetci.http import UpstreamResponse
 from fleetci.p2p.messages import Announcement, Claim
 

@@ -20,8 +20,9 @@ from urllib.parse import urlsplit
 from fleetci import gha
 from fleetci.cache.engine import SUMMARY_KEYS, CacheEngine, Outcome, ProxyResponse
 from fleetci.cache.policy import TTLPolicy, cache_key, normalize_target, scope_of
+from fleetci.cache.settings import CacheSettings, cache_settings, github_token
 from fleetci.cache.store import CacheStore, Entry
-from fleetci.config import CacheSettings, cache_settings, github_token, load_config_file
+from fleetci.config import load_config_file
 from fleetci.errors import FleetciError
 from fleetci.http import error_message
 

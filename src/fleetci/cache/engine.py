@@ -32,8 +32,8 @@ from fleetci.cache.policy import (
     wants_revalidation,
 )
 from fleetci.cache.ratelimit import RateLimitTracker
+from fleetci.cache.settings import CacheSettings
 from fleetci.cache.store import CacheStore, Entry, Headers
-from fleetci.config import CacheSettings
 from fleetci.http import HOP_BY_HOP, AsyncUpstream, StreamedBody, UpstreamError, UpstreamResponse, forwardable
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit
 
-from fleetci.config import TTLRule
+from fleetci.cache.settings import TTLRule
 
 ANONYMOUS_SCOPE = "anonymous"
 

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from fleetci.cache.engine import CACHE_HEADER, COUNTER_KEYS, CacheEngine, Outcome
-from fleetci.config import CacheSettings
+from fleetci.cache.settings import CacheSettings
 from fleetci.errors import FleetciError
 from fleetci.http import (
     RUNNER_OPTIONS,

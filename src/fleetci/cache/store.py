@@ -29,12 +29,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fleetci.config import MEMORY_BYTES
+from fleetci.cache.settings import MEMORY_BYTES
 from fleetci.errors import FleetciError
 from fleetci.files import ensure_private_dir, tighten, touch_private
 
 if TYPE_CHECKING:
-    from fleetci.config import CacheSettings
+    from fleetci.cache.settings import CacheSettings
 
 log = logging.getLogger("fleetci.cache")
 

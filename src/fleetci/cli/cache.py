@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from fleetci import gha
+from fleetci.cache.settings import CacheOptions, CacheSettings, cache_settings
 from fleetci.cli import arg_type
 from fleetci.config import (
-    CacheSettings,
-    cache_settings,
     load_config_file,
     parse_count,
     parse_seconds,
@@ -31,73 +30,14 @@ COUNT_0 = arg_type(parse_count)
 SECONDS = arg_type(parse_seconds)
 TIMEOUT = arg_type(parse_timeout)
 
-SETTING_FLAGS = {
-    "upstream": "--upstream",
-    "host": "--host",
-    "proxy_port": "--port",
-    "listen_port": "--listen-port",
-    "cache_dir": "--cache-dir",
-    "socket": "--socket",
-    "default_ttl": "--default-ttl",
-    "max_entries": "--max-entries",
-    "max_bytes": "--max-bytes",
-    "memory_bytes": "--memory-bytes",
-    "max_body_bytes": "--max-body-bytes",
-    "max_concurrency": "--max-concurrency",
-    "bootstrap_peers": "--bootstrap-peers",
-    "p2p_host": "--p2p-host",
-    "peer_registry": "--peer-registry",
-    "shared_scope": "--shared-scope",
-}
-
 
 def _add_settings_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("settings (flag > environment > config file > default)")
-    g.add_argument(
-        "--upstream", help="GitHub API base URL ($CACHE_UPSTREAM, $GITHUB_API_URL; https://api.github.com)"
-    )
-    g.add_argument("--host", help="bind address for the proxy ($CACHE_PROXY_HOST; 127.0.0.1)")
-    g.add_argument("--port", dest="proxy_port", help="proxy TCP port ($CACHE_PROXY_PORT; 9101)")
-    g.add_argument("--listen-port", help="peer-to-peer port ($CACHE_LISTEN_PORT; 9100)")
-    g.add_argument("--cache-dir", help="cache directory ($CACHE_DIR; ~/.cache/fleetci)")
-    g.add_argument("--socket", help="unix socket path ($CACHE_SOCKET; <cache-dir>/proxy.sock)")
-    g.add_argument(
-        "--default-ttl", help="fresh window in seconds for unclassified URLs ($CACHE_DEFAULT_TTL; 300)"
-    )
-    g.add_argument("--max-entries", help="entry bound ($CACHE_MAX_ENTRIES; 10000)")
-    g.add_argument("--max-bytes", help="byte budget ($CACHE_MAX_BYTES; 256 MiB)")
-    g.add_argument(
-        "--memory-bytes", help="bytes of hot entries kept in RAM as well ($CACHE_MEMORY_BYTES; 4 MiB)"
-    )
-    g.add_argument(
-        "--max-body-bytes",
-        help="largest request body passed through; bigger ones get 413 ($CACHE_MAX_BODY_BYTES; 16 MiB)",
-    )
-    g.add_argument(
-        "--max-concurrency", help="concurrent upstream requests per token ($CACHE_MAX_CONCURRENCY; 20)"
-    )
-    g.add_argument(
-        "--enable-p2p",
-        "--p2p",
-        dest="enable_p2p",
-        action="store_const",
-        const="true",
-        help="share entries with peers ($CACHE_ENABLE_P2P)",
-    )
-    g.add_argument("--bootstrap-peers", help="comma-separated peer multiaddrs ($CACHE_BOOTSTRAP_PEERS)")
-    g.add_argument("--p2p-host", help="address the peer transport binds ($CACHE_P2P_HOST; 0.0.0.0)")
-    g.add_argument("--peer-registry", help="directory shared by runners for discovery ($CACHE_PEER_REGISTRY)")
-    g.add_argument(
-        "--shared-scope",
-        help="declare every token used with this fleet equivalent and share entries under NAME "
-        "($CACHE_SHARED_SCOPE; read the README first)",
-    )
+    CacheOptions.add_flags(p.add_argument_group("settings (flag > environment > config file > default)"))
 
 
 def _settings(args: argparse.Namespace) -> CacheSettings:
     config = load_config_file(getattr(args, "config", None))
-    flags = {name: getattr(args, name, None) for name in (*SETTING_FLAGS, "enable_p2p")}
-    return cache_settings(flags, config)
+    return cache_settings(CacheOptions.flag_values(args), config)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -178,12 +118,10 @@ def _serve_argv(args: argparse.Namespace) -> list[str]:
     if getattr(args, "config", None):
         argv += ["--config", args.config]
     argv += ["cache", "serve"]
-    for name, flag in SETTING_FLAGS.items():
-        value = getattr(args, name, None)
-        if value is not None:
-            argv += [flag, str(value)]
-    if getattr(args, "enable_p2p", None):
-        argv.append("--enable-p2p")
+    for s in CacheOptions.settings:
+        value = getattr(args, s.name, None)
+        if s.flag and value is not None:
+            argv += [s.option] if s.switch else [s.option, str(value)]
     if args.no_probe:
         argv.append("--no-probe")
     return argv

@@ -9,7 +9,7 @@ import sys
 
 from fleetci import gha
 from fleetci.cache.engine import CacheEngine
-from fleetci.config import CacheSettings
+from fleetci.cache.settings import CacheSettings
 from fleetci.http import free_port
 from fleetci.p2p.crypto import FleetKeys, secret_fingerprint
 from fleetci.p2p.messages import Announcement, Claim

@@ -1,0 +1,326 @@
+"""``fleetci cache`` settings, described once in :class:`CacheOptions`.
+
+flag > environment (seed-compatible names) > config file ``cache:`` > default. The argparse flags of
+``fleetci cache …``, the Resolver lookups, the unknown-key check and the docs table all come from
+:class:`CacheOptions`; :func:`cache_settings` turns them into the frozen :class:`CacheSettings`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleetci.config import (
+    Resolver,
+    Setting,
+    SettingTable,
+    default_cache_dir,
+    parse_bool,
+    parse_csv,
+    parse_ms,
+    parse_port,
+    parse_positive_int,
+    parse_seconds,
+    parse_stale,
+    parse_timeout,
+)
+from fleetci.errors import UsageError
+
+DEFAULT_UPSTREAM = "https://api.github.com"
+# The hot part of a proxy's cache kept in RAM; the rest is a SQLite read away (see cache/store.py).
+MEMORY_BYTES = 4 * 1024 * 1024
+MAX_BODY_BYTES = 16 * 1024 * 1024  # fleetci.http.DEFAULT_MAX_BODY_BYTES (settings import no asyncio)
+
+
+@dataclass(frozen=True)
+class TTLRule:
+    """Fresh window for URLs whose path (and query) match ``pattern`` (a regular expression)."""
+
+    pattern: str
+    seconds: float
+    name: str = "custom"
+
+
+def parse_ttl_rules(raw: Any) -> tuple[TTLRule, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise UsageError("config key 'cache.ttl' must be a list of {pattern, seconds} mappings")
+    rules = []
+    for i, item in enumerate(raw):
+        where = f"cache.ttl[{i}]"
+        if not isinstance(item, Mapping) or item.get("pattern") is None or item.get("seconds") is None:
+            raise UsageError(f"config key {where!r} needs 'pattern' and 'seconds'")
+        r = Resolver(None, item, {}, name=where)  # the same checks as every other setting
+        pattern = r.get("pattern", "", _regex)
+        seconds = r.get("seconds", 0.0, parse_seconds)
+        name = r.get("name", "custom", str)
+        r.check_unknown()
+        rules.append(TTLRule(pattern, seconds, name))
+    return tuple(rules)
+
+
+def _regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    return text
+
+
+def _rules(_: str) -> tuple[TTLRule, ...]:
+    """``cache.ttl`` is a list of mappings, read whole by :func:`parse_ttl_rules` (never as one value)."""
+    raise ValueError("expected a list of {pattern, seconds} mappings in the config file")
+
+
+class CacheOptions(SettingTable):
+    """Every setting of ``fleetci cache …``: one line each."""
+
+    section = "cache"
+    upstream = Setting(
+        DEFAULT_UPSTREAM, str, env=("CACHE_UPSTREAM", "GITHUB_API_URL"), help="GitHub API base URL"
+    )
+    host = Setting("127.0.0.1", str, env=("CACHE_PROXY_HOST",), help="bind address for the proxy")
+    proxy_port = Setting(
+        9101, parse_port, env=("CACHE_PROXY_PORT",), flags=("--port",), help="proxy TCP port (0: a free one)"
+    )
+    listen_port = Setting(9100, parse_port, env=("CACHE_LISTEN_PORT",), help="peer-to-peer port")
+    cache_dir = Setting[str | None](
+        None, str, env=("CACHE_DIR",), doc_default="$XDG_CACHE_HOME/fleetci", help="cache directory"
+    )
+    socket = Setting(
+        "",
+        str,
+        env=("CACHE_SOCKET", "FLEETCI_CACHE_SOCKET"),
+        doc_default="<cache-dir>/proxy.sock",
+        help="unix socket path",
+    )
+    default_ttl = Setting(
+        300.0,
+        parse_seconds,
+        env=("CACHE_DEFAULT_TTL",),
+        help="fresh window in seconds for unclassified URLs",
+    )
+    max_entries = Setting(10_000, parse_positive_int, env=("CACHE_MAX_ENTRIES",), help="entry bound")
+    max_bytes = Setting(
+        256 * 1024 * 1024,
+        parse_positive_int,
+        env=("CACHE_MAX_BYTES",),
+        doc_default="256 MiB",
+        help="byte budget",
+    )
+    memory_bytes = Setting(
+        MEMORY_BYTES,
+        parse_positive_int,
+        env=("CACHE_MEMORY_BYTES",),
+        doc_default="4 MiB",
+        help="bytes of hot entries kept in RAM as well",
+    )
+    max_body_bytes = Setting(
+        MAX_BODY_BYTES,
+        parse_positive_int,
+        env=("CACHE_MAX_BODY_BYTES",),
+        doc_default="16 MiB",
+        help="largest request body passed through; bigger ones get 413",
+    )
+    max_concurrency = Setting(
+        20, parse_positive_int, env=("CACHE_MAX_CONCURRENCY",), help="concurrent upstream requests per token"
+    )
+    max_stale = Setting(
+        24 * 3600,
+        parse_stale,
+        env=("CACHE_MAX_STALE",),
+        flag=False,
+        help="seconds past its fresh window an entry may still answer when the upstream fails",
+    )
+    upstream_timeout = Setting(
+        30.0, parse_timeout, env=("CACHE_UPSTREAM_TIMEOUT",), flag=False, help="upstream timeout in seconds"
+    )
+    ttl = Setting[tuple[TTLRule, ...]](
+        (),
+        _rules,
+        flag=False,
+        doc_default="built-in rules",
+        help="list of {pattern, seconds, name} fresh-window rules, before the built-in ones",
+    )
+    enable_p2p = Setting(
+        False,
+        parse_bool,
+        env=("CACHE_ENABLE_P2P",),
+        flags=("--enable-p2p", "--p2p"),
+        switch=True,
+        help="share entries with peers",
+    )
+    bootstrap_peers = Setting[tuple[str, ...]](
+        (), parse_csv, env=("CACHE_BOOTSTRAP_PEERS",), help="comma-separated peer multiaddrs"
+    )
+    secret = Setting(
+        "",
+        str,
+        env=("FLEETCI_CACHE_SECRET",),
+        flag=False,
+        help="fleet secret shared by every runner; peers without it can neither read nor inject entries",
+    )
+    peer_registry = Setting(
+        "", str, env=("CACHE_PEER_REGISTRY",), help="directory shared by runners for discovery"
+    )
+    p2p_host = Setting("0.0.0.0", str, env=("CACHE_P2P_HOST",), help="address the peer transport binds")
+    shared_scope = Setting(
+        "",
+        str,
+        env=("CACHE_SHARED_SCOPE",),
+        help="declare every token used with this fleet equivalent and share entries under NAME "
+        "(read the README first)",
+    )
+    fleet = Setting(
+        "",
+        str,
+        env=("CACHE_FLEET",),
+        flag=False,
+        help="name of the fleet's gossip topic (empty: from the secret)",
+    )
+    public_bootstrap = Setting(
+        False,
+        parse_bool,
+        env=("CACHE_PUBLIC_BOOTSTRAP",),
+        flag=False,
+        help="also dial the public libp2p bootstrap nodes",
+    )
+    peer_timeout = Setting(
+        0.5, parse_timeout, env=("CACHE_PEER_TIMEOUT",), flag=False, help="seconds to wait for a peer's body"
+    )
+    claim_window_ms = Setting(
+        50.0,
+        parse_ms,
+        env=("CACHE_CLAIM_WINDOW_MS",),
+        flag=False,
+        help="milliseconds a miss waits for another runner's claim before fetching upstream itself",
+    )
+    claim_wait = Setting(
+        2.0,
+        parse_seconds,
+        env=("CACHE_CLAIM_WAIT",),
+        flag=False,
+        help="seconds a miss waits for a claimant's entry",
+    )
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Everything ``fleetci cache …`` needs; seed-compatible environment names are kept."""
+
+    upstream: str = DEFAULT_UPSTREAM
+    host: str = "127.0.0.1"
+    proxy_port: int = 9101
+    listen_port: int = 9100
+    cache_dir: Path = Path(".")
+    socket: Path | None = None
+    default_ttl: float = 300.0
+    max_entries: int = 10_000
+    max_bytes: int = 256 * 1024 * 1024
+    memory_bytes: int = MEMORY_BYTES
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_concurrency: int = 20
+    max_stale: int = 24 * 3600
+    upstream_timeout: float = 30.0
+    enable_p2p: bool = False
+    bootstrap_peers: tuple[str, ...] = ()
+    ttl_rules: tuple[TTLRule, ...] = ()
+    secret: str = field(default="", repr=False)
+    peer_registry: Path | None = None
+    p2p_host: str = "0.0.0.0"
+    shared_scope: str = ""
+    fleet: str = ""
+    public_bootstrap: bool = False
+    peer_timeout: float = 0.5
+    claim_window: float = 0.05
+    claim_wait: float = 2.0
+
+    @property
+    def identity_path(self) -> Path:
+        return self.cache_dir / "p2p-identity.key"
+
+    @property
+    def db_path(self) -> Path:
+        return self.cache_dir / "cache.db"
+
+    @property
+    def pid_path(self) -> Path:
+        """Where ``fleetci cache start`` records the background proxy (``fleetci cache stop`` reads it)."""
+        return self.cache_dir / "proxy.pid"
+
+    @property
+    def socket_path(self) -> Path:
+        """Unix socket for the proxy; a short fallback when CACHE_DIR is too deep for AF_UNIX (108 bytes)."""
+        if self.socket is not None:
+            return self.socket
+        candidate = self.cache_dir / "proxy.sock"
+        if len(str(candidate)) < 100:
+            return candidate
+        digest = hashlib.sha256(str(self.cache_dir.resolve()).encode()).hexdigest()[:16]
+        return Path("/tmp") / f"fleetci-{digest}.sock"
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://{self.host}:{self.proxy_port}"
+
+
+def cache_settings(
+    flags: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> CacheSettings:
+    """Build :class:`CacheSettings` from flags, environment and the ``cache:`` section of the config file."""
+    o = CacheOptions
+    r = o.resolver(flags, config, env)
+    upstream = r.value(o.upstream).rstrip("/")
+    if not upstream.startswith(("http://", "https://")):
+        raise UsageError(f"invalid upstream {upstream!r}: expected an http:// or https:// URL")
+    socket = r.value(o.socket)
+    rules = parse_ttl_rules(r.raw(o.ttl.name))
+    settings = CacheSettings(
+        upstream=upstream,
+        host=r.value(o.host),
+        proxy_port=r.value(o.proxy_port),
+        listen_port=r.value(o.listen_port),
+        cache_dir=Path(_or(r.value(o.cache_dir), str(default_cache_dir()))).expanduser(),
+        socket=Path(socket) if socket else None,
+        default_ttl=r.value(o.default_ttl),
+        max_entries=r.value(o.max_entries),
+        max_bytes=r.value(o.max_bytes),
+        memory_bytes=r.value(o.memory_bytes),
+        max_body_bytes=r.value(o.max_body_bytes),
+        max_concurrency=r.value(o.max_concurrency),
+        max_stale=r.value(o.max_stale),
+        upstream_timeout=r.value(o.upstream_timeout),
+        enable_p2p=r.value(o.enable_p2p),
+        bootstrap_peers=r.value(o.bootstrap_peers),
+        ttl_rules=rules,
+        secret=r.value(o.secret),
+        peer_registry=Path(registry) if (registry := r.value(o.peer_registry)) else None,
+        p2p_host=r.value(o.p2p_host),
+        shared_scope=r.value(o.shared_scope),
+        fleet=r.value(o.fleet),
+        public_bootstrap=r.value(o.public_bootstrap),
+        peer_timeout=r.value(o.peer_timeout),
+        claim_window=r.value(o.claim_window_ms) / 1000,
+        claim_wait=r.value(o.claim_wait),
+    )
+    r.check_unknown()
+    return settings
+
+
+def _or(value: str | None, computed: str) -> str:
+    """A computed default (it reads the environment at build time, not at import time)."""
+    return computed if value is None else value
+
+
+def github_token(flag: str | None = None, env: Mapping[str, str] | None = None) -> str | None:
+    """The GitHub token by the usual precedence: flag, then GH_TOKEN, then GITHUB_TOKEN."""
+    environ = os.environ if env is None else env
+    return flag or environ.get("GH_TOKEN") or environ.get("GITHUB_TOKEN") or None
