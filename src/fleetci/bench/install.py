@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fleetci.install import install_settings, run
+from fleetci.install import InstallReport, install_settings, run
 from fleetci.install.index import FaultPlan, LocalIndex, build_wheel
 from fleetci.install.locks import APT_LOCKS, held
 
@@ -82,7 +82,7 @@ def bench_install(
             with held(lock_root / APT_LOCKS[0], lock_hold):
                 t0 = time.monotonic()
 
-                def trial(i: int) -> dict[str, Any]:
+                def trial(i: int) -> InstallReport:
                     settings = install_settings(
                         {
                             "packages": ",".join(names),
@@ -109,7 +109,7 @@ def bench_install(
                 ix.stop()
         successes = sum(1 for r in reports if r["ok"])
         fault_retries = [max((p["retries"] for p in r["packages"]), default=0) for r in reports]
-        lock_waits = [r.get("apt", {}).get("lock_wait_s", 0.0) for r in reports]
+        lock_waits = [r["apt"]["lock_wait_s"] if "apt" in r else 0.0 for r in reports]
 
         with LocalIndex(root / "wheels") as index:
             # 2. Permanent failures: a missing package and an impossible pin. No retry may happen.

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from fleetci import gha
-from fleetci.config import load_config_file
-from fleetci.errors import FleetciError, UsageError
-from fleetci.multiarch.settings import MultiarchOptions
+from fleetci.config import load_config_file, parse_csv
+from fleetci.multiarch.settings import MultiarchOptions, MultiarchSettings, multiarch_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -40,41 +38,29 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     m.set_defaults(func=cmd_matrix)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from fleetci.multiarch.runner import run
-    from fleetci.multiarch.settings import multiarch_settings
+def settings_from(args: argparse.Namespace) -> MultiarchSettings:
+    return multiarch_settings(
+        MultiarchOptions.flag_values(args), load_config_file(getattr(args, "config", None))
+    )
 
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        raise UsageError("no command given: fleetci multiarch run --arch ARCH -- CMD …")
-    config = load_config_file(getattr(args, "config", None))
-    settings = multiarch_settings(MultiarchOptions.flag_values(args), config)
-    result = run(settings, command)
-    if result.exit_code != 0:
-        code = result.exit_code if result.exit_code > 0 else 128 - result.exit_code  # killed by a signal
-        raise FleetciError(
-            f"command failed with exit code {result.exit_code} on {settings.arch.name} ({result.backend}): "
-            f"{' '.join(command)}",
-            exit_code=code,
-        )
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fleetci.multiarch.runner import guest_command, run_command
+
+    command = guest_command(args.command)
+    run_command(settings_from(args), command)
     return 0
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
-    from fleetci.config import parse_csv
-    from fleetci.multiarch.matrix import build_matrix
+    from fleetci.multiarch.matrix import build_matrix, matrix_json, matrix_summary
 
     entries = build_matrix(
         list(parse_csv(args.arch)), list(parse_csv(args.python)), args.prefer_native, args.exclude
     )
-    matrix = json.dumps({"include": [e.as_dict() for e in entries]}, separators=(",", ":"))
+    matrix = matrix_json(entries)
     print(matrix)
     gha.set_output("matrix", matrix)
     gha.set_output("count", str(len(entries)))
-    rows = [[e.arch, e.python, e.runner, e.backend] for e in entries]
-    gha.append_step_summary(
-        "### fleetci matrix\n\n" + gha.markdown_table(["arch", "python", "runner", "backend"], rows)
-    )
+    gha.append_step_summary(matrix_summary(entries))
     return 0

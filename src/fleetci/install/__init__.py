@@ -1,8 +1,9 @@
 """``fleetci install``: apt and pip installs that survive dpkg locks and flaky package indexes.
 
-:func:`run` is the whole capability (the CLI, the action and the benchmark call it): wait for apt's locks,
-install apt packages, install pip requirements with retries and a one-by-one fallback, verify imports in
-fresh interpreters, and return the JSON report.
+:func:`run` is the whole capability (the benchmark calls it): wait for apt's locks, install apt packages,
+install pip requirements with retries and a one-by-one fallback, verify imports in fresh interpreters,
+and return the report. :func:`install` and :func:`conclude` are the command around it (a log group, the
+report file, the step outputs and summary, the exit status).
 """
 
 from __future__ import annotations
@@ -10,17 +11,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
 
-from fleetci.install.report import SCHEMA, platform_info
+from fleetci import gha
+from fleetci.errors import FleetciError, UsageError
+from fleetci.install.models import AptEntry, InstallReport, PackageEntry, VerifyEntry
+from fleetci.install.report import (
+    SCHEMA,
+    add_to_step_summary,
+    failure_message,
+    platform_info,
+    render_matrix,
+    write_report,
+)
 from fleetci.install.settings import InstallSettings, install_settings
 
-__all__ = ["InstallSettings", "install_settings", "run"]
+__all__ = ["InstallReport", "InstallSettings", "conclude", "install", "install_settings", "run"]
 
 
 def run(
     settings: InstallSettings, progress: Callable[[str], None], describe_platform: bool = True
-) -> dict[str, Any]:
+) -> InstallReport:
     """Do everything the settings ask for; failures are recorded in the report, not raised.
 
     Lock timeouts and usage errors still raise :class:`fleetci.errors.FleetciError`: nothing was installed.
@@ -31,20 +41,54 @@ def run(
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.monotonic()
     plan = pip.build_plan(settings)  # validate requirement syntax and files before waiting on anything
-    report: dict[str, Any] = {"schema": SCHEMA, "started": started, "packages": [], "verify": []}
+    packages: list[PackageEntry] = []
+    verify: list[VerifyEntry] = []
+    apt: AptEntry | None = None
     if settings.wants_apt:
         outcome = apt_install(settings, progress)
-        report["apt"] = {"lock_wait_s": round(outcome.lock_wait_s, 3), "updated": outcome.updated}
-        report["packages"] += [r.as_dict() for r in outcome.results]
+        apt = {"lock_wait_s": round(outcome.lock_wait_s, 3), "updated": outcome.updated}
+        packages += [r.as_dict() for r in outcome.results]
     if plan.items:
-        report["packages"] += [r.as_dict() for r in pip.install(settings, plan, progress)]
+        packages += [r.as_dict() for r in pip.install(settings, plan, progress)]
     modules = settings.verify_modules
     if modules:
-        report["verify"] = [v.as_dict() for v in pip.verify(settings.python, modules, progress)]
-    if describe_platform:  # one extra interpreter start: only when someone reads the report
-        report["platform"] = platform_info(settings.python)
-    report["failed"] = [p["name"] for p in report["packages"] if not p["ok"]]
-    report["failed"] += [f"import:{v['module']}" for v in report["verify"] if not v["ok"]]
-    report["ok"] = not report["failed"]
-    report["duration_s"] = round(time.monotonic() - t0, 3)
+        verify = [v.as_dict() for v in pip.verify(settings.python, modules, progress)]
+    # one extra interpreter start: only when someone reads the report
+    described = platform_info(settings.python) if describe_platform else None
+    failed = [p["name"] for p in packages if not p["ok"]]
+    failed += [f"import:{v['module']}" for v in verify if not v["ok"]]
+    report: InstallReport = {
+        "schema": SCHEMA,
+        "started": started,
+        "packages": packages,
+        "verify": verify,
+        "failed": failed,
+        "ok": not failed,
+        "duration_s": round(time.monotonic() - t0, 3),
+    }
+    if apt is not None:
+        report["apt"] = apt
+    if described is not None:
+        report["platform"] = described
     return report
+
+
+def install(settings: InstallSettings, progress: Callable[[str], None]) -> InstallReport:
+    """``fleetci install``: run in a log group, write ``--report``, set the step outputs."""
+    if not settings.wants_anything:
+        raise UsageError("nothing to install: give packages, --apt, -r, -e, --preset or --verify")
+    with gha.group("fleetci install"):
+        report = run(settings, progress, describe_platform=bool(settings.report) or gha.in_actions())
+    if settings.report:
+        write_report(settings.report, report)
+        gha.set_output("report-path", str(settings.report))
+    gha.set_output("failed", ",".join(report["failed"]))
+    return report
+
+
+def conclude(report: InstallReport, *, summary: bool = False) -> None:
+    """The step summary (always in Actions; ``summary``: required) and one error line when anything failed."""
+    if summary or gha.in_actions():
+        add_to_step_summary(render_matrix([report], title="fleetci install"), required=summary)
+    if not report["ok"]:
+        raise FleetciError(failure_message(report))

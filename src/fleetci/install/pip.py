@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from fleetci import retry
 from fleetci.errors import UsageError
+from fleetci.install.models import PackageEntry, VerifyEntry
 from fleetci.install.retry import PermanentFailure, TransientFailure, first_match, policy
 from fleetci.install.settings import InstallSettings
 
@@ -107,8 +107,19 @@ class PackageResult:
     error: str | None = None
     kind: str = "pip"
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+    def as_dict(self) -> PackageEntry:
+        return PackageEntry(
+            name=self.name,
+            requested=self.requested,
+            installed=self.installed,
+            attempts=self.attempts,
+            retries=self.retries,
+            duration_s=self.duration_s,
+            phase=self.phase,
+            ok=self.ok,
+            error=self.error,
+            kind=self.kind,
+        )
 
 
 @dataclass
@@ -382,8 +393,14 @@ class Verified:
     version: str | None = None
     error: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+    def as_dict(self) -> VerifyEntry:
+        return VerifyEntry(
+            module=self.module,
+            ok=self.ok,
+            distribution=self.distribution,
+            version=self.version,
+            error=self.error,
+        )
 
 
 _VERIFY = """

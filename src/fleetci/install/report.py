@@ -1,15 +1,20 @@
-"""The JSON install report and the dependency matrix (arch × package) rendered from several reports."""
+"""The JSON install report, what the command prints from it, and the dependency matrix (arch × package)
+rendered from several reports."""
 
 from __future__ import annotations
 
+import glob
 import json
 import platform
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from fleetci.errors import UsageError
+from fleetci import gha
+from fleetci.errors import FleetciError, UsageError
 from fleetci.files import write_atomic
+from fleetci.install.models import InstallReport, PlatformInfo
 
 SCHEMA = "fleetci.install/1"
 ARCH_NAMES = {
@@ -28,9 +33,9 @@ _PLATFORM = (
 )
 
 
-def platform_info(python: str) -> dict[str, str]:
+def platform_info(python: str) -> PlatformInfo:
     """Facts about the environment the packages went into (the target interpreter, not fleetci's)."""
-    data: dict[str, str] = {}
+    data: PlatformInfo = {}
     try:
         proc = subprocess.run([python, "-c", _PLATFORM], capture_output=True, text=True, timeout=60)
         data = json.loads(proc.stdout)
@@ -52,7 +57,7 @@ def platform_info(python: str) -> dict[str, str]:
 REPORT_MODE = 0o644
 
 
-def write_report(path: Path, report: dict[str, Any]) -> None:
+def write_report(path: Path, report: Mapping[str, Any]) -> None:
     """Write the report atomically: a reader (or a crash) never sees half of it."""
     try:
         write_atomic(path, json.dumps(report, indent=2, sort_keys=True) + "\n", mode=REPORT_MODE)
@@ -60,7 +65,7 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
         raise UsageError(f"cannot write report {path}: {exc.strerror or exc}") from exc
 
 
-def load_report(path: str) -> dict[str, Any]:
+def load_report(path: str) -> InstallReport:
     """Read one report; anything that is not a fleetci install report is a one-line usage error."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -74,10 +79,54 @@ def load_report(path: str) -> dict[str, Any]:
         or not isinstance(data.get("packages"), list)
     ):
         raise UsageError(f"{path} is not a fleetci install report (schema {SCHEMA!r})")
-    return data
+    return cast(InstallReport, data)
 
 
-def _cell(pkg: dict[str, Any]) -> str:
+def load_reports(patterns: Sequence[str]) -> list[InstallReport]:
+    """The reports named by paths or glob patterns (each pattern must match), in a stable order."""
+    paths: list[str] = []
+    for pattern in patterns:
+        found = sorted(glob.glob(pattern)) if any(ch in pattern for ch in "*?[") else [pattern]
+        if not found:
+            raise UsageError(f"no report files match {pattern!r}")
+        paths += found
+    if not paths:
+        raise UsageError("usage: fleetci install matrix REPORT.json [REPORT.json …] [--summary]")
+    return [load_report(p) for p in paths]
+
+
+def report_lines(report: InstallReport) -> list[str]:
+    """One line per package and per import check, as ``fleetci install`` prints them."""
+    lines = []
+    for pkg in report["packages"]:
+        state = f"{pkg['installed'] or '?'}" if pkg["ok"] else f"FAILED: {pkg['error']}"
+        lines.append(
+            f"{pkg['kind']:<4} {pkg['name']:<28} {state}  (attempts {pkg['attempts']}, {pkg['duration_s']}s)"
+        )
+    for v in report["verify"]:
+        state = f"{v['version'] or '(no version)'}" if v["ok"] else f"FAILED: {v['error']}"
+        lines.append(f"import {v['module']:<26} {state}")
+    return lines
+
+
+def failure_message(report: InstallReport) -> str:
+    """``N failed: name: reason; import mod: reason`` (one line)."""
+    failed = [p for p in report["packages"] if not p["ok"]]
+    details = "; ".join(f"{p['name']}: {p['error']}" for p in failed)
+    bad = [v for v in report["verify"] if not v["ok"]]
+    details += ("; " if details and bad else "") + "; ".join(
+        f"import {v['module']}: {v['error']}" for v in bad
+    )
+    return f"{len(report['failed'])} failed: {details}"
+
+
+def add_to_step_summary(markdown: str, *, required: bool) -> None:
+    """Append to ``$GITHUB_STEP_SUMMARY``; with ``required`` (``--summary``), its absence is an error."""
+    if not gha.append_step_summary(markdown) and required:
+        raise FleetciError("--summary needs $GITHUB_STEP_SUMMARY (set by GitHub Actions)")
+
+
+def _cell(pkg: Mapping[str, Any]) -> str:
     if pkg.get("ok"):
         text = f"✅ {pkg.get('installed') or pkg.get('version') or ''}".rstrip()
         retries = int(pkg.get("retries") or 0)
@@ -86,18 +135,24 @@ def _cell(pkg: dict[str, Any]) -> str:
     return f"❌ {reason[:80]}"
 
 
-def matrix_rows(reports: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Columns per arch (in first-seen order); a failure on any run of an arch wins over a success."""
+def matrix_rows(reports: Sequence[InstallReport]) -> tuple[list[str], list[list[str]]]:
+    """Columns per arch (in first-seen order); a failure on any run of an arch wins over a success.
+
+    Reports come from other runners' artifacts, so every field is read defensively.
+    """
     arches: list[str] = []
     cells: dict[tuple[str, str], tuple[bool, str]] = {}
     names: list[str] = []
     for rep in reports:
-        arch = str((rep.get("platform") or {}).get("arch") or "unknown")
-        py = str((rep.get("platform") or {}).get("python") or "")
+        plat: Mapping[str, Any] = rep.get("platform") or {}
+        arch = str(plat.get("arch") or "unknown")
+        py = str(plat.get("python") or "")
         column = arch if not py else f"{arch} (py{'.'.join(py.split('.')[:2])})"
         if column not in arches:
             arches.append(column)
-        entries = [(f"{p.get('kind', 'pip')}:{p.get('name')}", p) for p in rep.get("packages", [])]
+        entries: list[tuple[str, Mapping[str, Any]]] = [
+            (f"{p.get('kind', 'pip')}:{p.get('name')}", p) for p in rep.get("packages", [])
+        ]
         entries += [(f"import:{v.get('module')}", v) for v in rep.get("verify", [])]
         for key, entry in entries:
             if key not in names:
@@ -111,10 +166,8 @@ def matrix_rows(reports: list[dict[str, Any]]) -> tuple[list[str], list[list[str
     return headers, rows
 
 
-def render_matrix(reports: list[dict[str, Any]]) -> str:
-    from fleetci.gha import markdown_table
-
+def render_matrix(reports: Sequence[InstallReport], title: str = "Dependency matrix") -> str:
     headers, rows = matrix_rows(reports)
     failed = sum(1 for r in reports if not r.get("ok"))
-    head = f"### Dependency matrix\n\n{len(reports)} report(s), {failed} with failures.\n\n"
-    return head + markdown_table(headers, rows)
+    head = f"### {title}\n\n{len(reports)} report(s), {failed} with failures.\n\n"
+    return head + gha.markdown_table(headers, rows)

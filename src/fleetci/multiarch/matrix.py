@@ -7,12 +7,25 @@ when Debian ships that Python, else in a ``python:X.Y`` container.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import TypedDict
 
+from fleetci import gha
 from fleetci.errors import UsageError
 from fleetci.multiarch.arch import ARCHES, SUITE_PYTHON, parse_arch, parse_python
 
 QEMU_RUNNER = "ubuntu-latest"
+
+
+class MatrixJob(TypedDict):
+    """One ``include`` entry of the matrix JSON, as a workflow's ``matrix.*`` expressions read it."""
+
+    arch: str
+    python: str
+    runner: str
+    backend: str
+    emulated: bool
 
 
 @dataclass(frozen=True)
@@ -23,14 +36,14 @@ class MatrixEntry:
     backend: str
     emulated: bool
 
-    def as_dict(self) -> dict[str, str | bool]:
-        return {
-            "arch": self.arch,
-            "python": self.python,
-            "runner": self.runner,
-            "backend": self.backend,
-            "emulated": self.emulated,
-        }
+    def as_dict(self) -> MatrixJob:
+        return MatrixJob(
+            arch=self.arch,
+            python=self.python,
+            runner=self.runner,
+            backend=self.backend,
+            emulated=self.emulated,
+        )
 
 
 def parse_excludes(items: list[str]) -> list[tuple[str, str | None]]:
@@ -89,3 +102,13 @@ def build_matrix(
     if not entries:
         raise UsageError("the matrix is empty after --exclude")
     return entries
+
+
+def matrix_json(entries: list[MatrixEntry]) -> str:
+    """``{"include": [...]}`` on one line: what ``strategy.matrix: ${{ fromJSON(...) }}`` reads."""
+    return json.dumps({"include": [e.as_dict() for e in entries]}, separators=(",", ":"))
+
+
+def matrix_summary(entries: list[MatrixEntry]) -> str:
+    rows = [[e.arch, e.python, e.runner, e.backend] for e in entries]
+    return "### fleetci matrix\n\n" + gha.markdown_table(["arch", "python", "runner", "backend"], rows)

@@ -49,10 +49,34 @@ def choose_backend(settings: MultiarchSettings) -> str:
     )
 
 
+NO_COMMAND = "no command given: fleetci multiarch run --arch ARCH -- CMD …"
+
+
+def guest_command(argv: list[str]) -> list[str]:
+    """The command after ``--``; none is a usage error (asked before any setting is read)."""
+    command = argv[1:] if argv[:1] == ["--"] else list(argv)
+    if not command:
+        raise UsageError(NO_COMMAND)
+    return command
+
+
+def run_command(settings: MultiarchSettings, command: list[str]) -> RunResult:
+    """``fleetci multiarch run``: :func:`run`, and the command's failure as one error with its exit code."""
+    result = run(settings, command)
+    if result.exit_code != 0:
+        code = result.exit_code if result.exit_code > 0 else 128 - result.exit_code  # killed by a signal
+        raise FleetciError(
+            f"command failed with exit code {result.exit_code} on {settings.arch.name} ({result.backend}): "
+            f"{' '.join(command)}",
+            exit_code=code,
+        )
+    return result
+
+
 def run(settings: MultiarchSettings, command: list[str], progress: Progress = stderr_progress) -> RunResult:
     """Run ``command`` in the project on ``settings.arch``; returns its exit code (never raises for it)."""
     if not command:
-        raise UsageError("no command given: fleetci multiarch run --arch ARCH -- CMD …")
+        raise UsageError(NO_COMMAND)
     backend = choose_backend(settings)
     started = time.monotonic()
     timings = Timings()
