@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fleetci.bench.spec import FLEET, Progress, fleet_spec
+from fleetci.bench.spec import FLEET, Progress, Result, fleet_spec
 
 PARAMS = FLEET  # the flags of `fleetci demo`
 OUTCOMES = ("HIT", "COALESCED", "REVALIDATED", "STALE", "MISS")  # the table's columns, in order
@@ -40,7 +40,7 @@ class DemoReport:
     errors: int
 
     @classmethod
-    def of(cls, result: dict[str, Any]) -> DemoReport:
+    def of(cls, result: Result) -> DemoReport:
         return cls(
             per_runner=tuple(dict(counts) for counts in result["per_runner"]),
             baseline_charged=result["baseline_charged"],

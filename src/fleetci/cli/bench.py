@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from fleetci.bench.spec import BENCHMARKS, JSON, Benchmark, Param
+from fleetci.bench.spec import BENCHMARKS, JSON, Benchmark, Param, Result
 from fleetci.cli.args import arg_type
 
 
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         c.set_defaults(func=cmd_bench, benchmark=bench)
 
 
-def emit(result: dict[str, Any], as_json: bool) -> int:
+def emit(result: Result, as_json: bool) -> int:
     """One JSON object (``--json``), or an aligned table without the nested parts."""
     if as_json:
         print(json.dumps(result, sort_keys=True))
