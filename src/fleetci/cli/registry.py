@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from fleetci import gha
-from fleetci.cli import arg_type
+from fleetci.cli.args import arg_type
 from fleetci.config import load_config_file, parse_timeout
 from fleetci.registry.settings import (
     GITHUB_FLAGS,
