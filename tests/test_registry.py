@@ -11,21 +11,23 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import signal
 import subprocess
 import tarfile
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from tests.conftest import clean_env, fleetci_cmd, one_line_error, run_fleetci, wait_until
 
+from conftest import clean_env, fleetci_cmd, one_line_error, run_fleetci, wait_until
+from fleetci.cli import main
 from fleetci.errors import FleetciError, UsageError
 from fleetci.http import free_port
 from fleetci.registry.archive import DockerArchive, verify_image
@@ -54,6 +56,33 @@ needs_registry = pytest.mark.skipif(
     registry_binary() is None or shutil.which("skopeo") is None,
     reason="docker-registry and skopeo are installed by scripts/test.sh (apt)",
 )
+
+Fleetci = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Fleetci:
+    """``fleetci ARGS…`` in this process (``fleetci.cli.main``), answered like ``run_fleetci``'s child.
+
+    The environment is cleaned as ``clean_env`` cleans a child's; the exit code, stdout and stderr come back
+    as a CompletedProcess, so ``one_line_error`` reads them the same way. For checks of parsing, settings
+    and one-line errors; a test that needs a process of its own (signals, kills) uses ``run_fleetci``.
+    """
+    for name in list(os.environ):
+        if name.startswith(("CACHE_", "FLEETCI_", "GITHUB_", "GH_")):
+            monkeypatch.delenv(name)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        capsys.readouterr()  # what earlier steps printed is not this command's
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["fleetci", *args], code, out, err)
+
+    return run
+
+
+@pytest.fixture
+def fleetci(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Fleetci:
+    return in_process(monkeypatch, capsys)
 
 
 # -- unit: tag mapping, metadata, settings ------------------------------------------------------------
@@ -895,32 +924,33 @@ def test_corrupt_artifact_and_digest_mismatch_are_one_line_errors(emulator: Any,
         (["registry", "daemon", "--interval", "0", "--once"], "--interval"),
     ],
 )
-def test_cli_rejects_bad_input_in_one_line(args: list[str], needle: str) -> None:
-    line = one_line_error(run_fleetci(*args))
+def test_cli_rejects_bad_input_in_one_line(fleetci: Fleetci, args: list[str], needle: str) -> None:
+    line = one_line_error(fleetci(*args))
     assert needle in line, line
 
 
-def test_unreachable_hosts_are_one_line_errors(tmp_path: Path) -> None:
+def test_unreachable_hosts_are_one_line_errors(fleetci: Fleetci, tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    proc = run_fleetci("registry", "gh-list", "--api-url", dead, "--gh-token", "ghp_x", "--repo", "a/b")
+    proc = fleetci("registry", "gh-list", "--api-url", dead, "--gh-token", "ghp_x", "--repo", "a/b")
     assert "unreachable" in one_line_error(proc)
-    proc = run_fleetci("registry", "gitlab-list", "--gitlab-host", dead, "--gitlab-token", "t")
+    proc = fleetci("registry", "gitlab-list", "--gitlab-host", dead, "--gitlab-token", "t")
     assert "unreachable" in one_line_error(proc)
-    proc = run_fleetci("registry", "retag", "x86/a:b", "c", "--registry", dead, "--skip-login")
+    proc = fleetci("registry", "retag", "x86/a:b", "c", "--registry", dead, "--skip-login")
     assert "unreachable" in one_line_error(proc)
 
 
-def test_github_401_and_missing_plan(emulator: Any, tmp_path: Path) -> None:
-    proc = run_fleetci("registry", "gh-list", *gh_args(emulator), "--gh-token", "ghp_wrong")
+def test_github_401_and_missing_plan(fleetci: Fleetci, emulator: Any, tmp_path: Path) -> None:
+    proc = fleetci("registry", "gh-list", *gh_args(emulator), "--gh-token", "ghp_wrong")
     assert "401" in one_line_error(proc)
-    proc = run_fleetci("registry", "push", TAG, "--downloads-dir", str(tmp_path), "--yes")
+    proc = fleetci("registry", "push", TAG, "--downloads-dir", str(tmp_path), "--yes")
     assert "prepare" in one_line_error(proc)
 
 
-def test_only_one_daemon_holds_the_lock(tmp_path: Path) -> None:
+def test_only_one_daemon_holds_the_lock(fleetci: Fleetci, tmp_path: Path) -> None:
     downloads = tmp_path / "downloads"
+    # flock: a second open file of the lock is refused in this very process too
     with exclusive_lock(downloads / "daemon.lock"):
-        proc = run_fleetci(
+        proc = fleetci(
             "registry",
             "daemon",
             "--once",

@@ -38,6 +38,8 @@ from test_registry import (
     GL_TAG,
     PROJECT,
     TAG,
+    Fleetci,
+    in_process,
     plain_registry,  # noqa: F401 (a fixture this module reuses)
     push_argv,
 )
@@ -56,6 +58,12 @@ needs_registry = pytest.mark.skipif(
 def registry(plain_registry: RegistryProcess) -> RegistryProcess:  # noqa: F811 (the imported fixture)
     """The real registry without auth (test_registry's fixture), under the name this module reads best."""
     return plain_registry
+
+
+@pytest.fixture
+def fleetci(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Fleetci:
+    """``fleetci ARGS…`` in this process (test_registry's runner)."""
+    return in_process(monkeypatch, capsys)
 
 
 @pytest.fixture
@@ -251,8 +259,8 @@ VERBS = ["gh-list", "gitlab-list", "xref", "download", "prepare", "push", "clean
 
 
 @pytest.mark.parametrize("verb", VERBS)
-def test_every_verb_rejects_an_unknown_flag_with_exit_2(verb: str) -> None:
-    proc = run_fleetci("registry", verb, "--no-such-flag")
+def test_every_verb_rejects_an_unknown_flag_with_exit_2(fleetci: Fleetci, verb: str) -> None:
+    proc = fleetci("registry", verb, "--no-such-flag")
     line = one_line_error(proc)  # verbs with a positional argument report that it is missing first
     assert proc.returncode == 2 and ("unrecognized" in line or "required" in line), line
 
@@ -274,25 +282,32 @@ def test_every_verb_rejects_an_unknown_flag_with_exit_2(verb: str) -> None:
         (["push", TAG, "--registry", "ftp://u:hunter2@h", "--yes"], "--registry"),
     ],
 )
-def test_invalid_tags_and_names_are_usage_errors(args: list[str], needle: str) -> None:
+def test_invalid_tags_and_names_are_usage_errors(
+    fleetci: Fleetci,
+    args: list[str],
+    needle: str,
+) -> None:
     """Checked before anything is read, written or sent (no downloads dir, no registry needed)."""
-    proc = run_fleetci("registry", *args)
+    proc = fleetci("registry", *args)
     line = one_line_error(proc)
     assert proc.returncode == 2, line
     assert needle in line and "hunter2" not in proc.stderr
 
 
-def test_missing_tokens_are_one_line_errors(tmp_path: Path) -> None:
+def test_missing_tokens_are_one_line_errors(fleetci: Fleetci, tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     for args in (
         ["xref", "--api-url", dead],
         ["download", TAG, "--api-url", dead, "--output-dir", str(tmp_path)],
         ["daemon", "--once", "--api-url", dead, "--downloads-dir", str(tmp_path)],
     ):
-        assert "token" in one_line_error(run_fleetci("registry", *args)), args
+        assert "token" in one_line_error(fleetci("registry", *args)), args
 
 
-def test_unreachable_hosts_are_one_line_errors_without_userinfo(tmp_path: Path) -> None:
+def test_unreachable_hosts_are_one_line_errors_without_userinfo(
+    fleetci: Fleetci,
+    tmp_path: Path,
+) -> None:
     port = free_port()
     dead, secret_url = f"http://127.0.0.1:{port}", f"http://oauth2:glpat-s3cret@127.0.0.1:{port}"
     cases = [
@@ -316,33 +331,36 @@ def test_unreachable_hosts_are_one_line_errors_without_userinfo(tmp_path: Path) 
         ["retag", "x86/a:b", "c", "--registry", secret_url, "--skip-login"],
     ]
     for args in cases:
-        proc = run_fleetci("registry", *args)
+        proc = fleetci("registry", *args)
         line = one_line_error(proc)
         assert proc.returncode == 1 and ("unreachable" in line or "failed" in line), (args, line)
         assert "s3cret" not in proc.stdout + proc.stderr, args
 
 
 @needs_registry
-def test_push_to_an_unreachable_registry_keeps_everything(tmp_path: Path) -> None:
+def test_push_to_an_unreachable_registry_keeps_everything(
+    fleetci: Fleetci,
+    tmp_path: Path,
+) -> None:
     p = prepared(tmp_path, [50_000])
     port = free_port()
-    proc = run_fleetci(*push_argv(p.downloads, f"http://u:pw-s3cret@127.0.0.1:{port}"))
+    proc = fleetci(*push_argv(p.downloads, f"http://u:pw-s3cret@127.0.0.1:{port}"))
     assert "unreachable" in one_line_error(proc) and proc.returncode == 1
     assert "s3cret" not in proc.stdout + proc.stderr
     assert (p.downloads / TAG / "upload-plan.json").exists()
 
 
-def test_corrupt_state_files_are_one_line_errors(tmp_path: Path) -> None:
+def test_corrupt_state_files_are_one_line_errors(fleetci: Fleetci, tmp_path: Path) -> None:
     downloads = tmp_path / "downloads"
     tag = downloads / TAG
     tag.mkdir(parents=True)
     (tag / "metadata.json").write_text("{not json")
-    proc = run_fleetci("registry", "prepare", TAG, "--downloads-dir", str(downloads))
+    proc = fleetci("registry", "prepare", TAG, "--downloads-dir", str(downloads))
     assert "corrupt" in one_line_error(proc) and proc.returncode == 1
     (tag / "upload-plan.json").write_text(json.dumps({"images": []}))
     (tag / "push-state.json").write_text("[1, 2")
     for verb in ("push", "clean"):
-        proc = run_fleetci(
+        proc = fleetci(
             "registry", verb, TAG, "--downloads-dir", str(downloads), "--registry", "127.0.0.1:1", "--yes"
         )
         assert "push state" in one_line_error(proc) and proc.returncode == 1, verb
