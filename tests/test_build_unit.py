@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from conftest import clean_env, one_line_error, run_fleetci
+from conftest import one_line_error
 from fleetci.buildfarm import keys
 from fleetci.buildfarm.master import valid_artifact_name
 from fleetci.buildfarm.recipe import (
@@ -26,7 +29,11 @@ from fleetci.buildfarm.recipe import (
     unpack_source,
 )
 from fleetci.buildfarm.settings import client_settings, master_settings, worker_settings
+from fleetci.cli import main
 from fleetci.errors import FleetciError, UsageError
+
+Build = Callable[..., "subprocess.CompletedProcess[str]"]
+DEAD = "http://127.0.0.1:9"  # nothing listens on the discard port
 
 
 def recipe(root: Path, name: str, depends: list[str] | None = None, **extra: object) -> Path:
@@ -199,11 +206,29 @@ def test_settings_precedence() -> None:
 # --- the CLI: one line on bad input -------------------------------------------------------------------
 
 
-def test_tree_prints_levels_and_partitions(tmp_path: Path) -> None:
+@pytest.fixture
+def build(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Build:
+    """``fleetci build ARGS…`` in this process, in run_fleetci's clean environment (plus ``env``)."""
+
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        for key in list(os.environ):
+            if key.startswith(("CACHE_", "FLEETCI_", "GITHUB_", "GH_")):
+                monkeypatch.delenv(key)
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        capsys.readouterr()
+        code = main(["build", *args])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["fleetci", "build", *args], code, out, err)
+
+    return run
+
+
+def test_tree_prints_levels_and_partitions(tmp_path: Path, build: Build) -> None:
     recipe(tmp_path, "a")
     recipe(tmp_path, "b", ["a"])
     recipe(tmp_path, "c")
-    proc = run_fleetci("build", "tree", str(tmp_path), "--partitions", "2")
+    proc = build("tree", str(tmp_path), "--partitions", "2")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
         "level 0: a c",
@@ -213,67 +238,68 @@ def test_tree_prints_levels_and_partitions(tmp_path: Path) -> None:
     ]
 
 
-def test_tree_rejects_a_cycle_and_a_missing_dependency(tmp_path: Path) -> None:
+def test_tree_rejects_a_cycle_and_a_missing_dependency(tmp_path: Path, build: Build) -> None:
     recipe(tmp_path / "cyc", "a", ["b"])
     recipe(tmp_path / "cyc", "b", ["a"])
-    assert "dependency cycle: a -> b -> a" in one_line_error(
-        run_fleetci("build", "tree", str(tmp_path / "cyc"))
-    )
+    assert "dependency cycle: a -> b -> a" in one_line_error(build("tree", str(tmp_path / "cyc")))
     recipe(tmp_path / "miss", "a", ["ghost"])
-    err = one_line_error(run_fleetci("build", "tree", str(tmp_path / "miss")))
+    err = one_line_error(build("tree", str(tmp_path / "miss")))
     assert "depends on ghost" in err
 
 
-def test_tree_rejects_corrupt_and_missing_recipes(tmp_path: Path) -> None:
+def test_tree_rejects_corrupt_and_missing_recipes(tmp_path: Path, build: Build) -> None:
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "recipe.yml").write_text("name: [unclosed\n")
-    assert "not valid YAML" in one_line_error(run_fleetci("build", "tree", str(bad)))
-    assert "does not exist" in one_line_error(run_fleetci("build", "tree", str(tmp_path / "nope")))
+    assert "not valid YAML" in one_line_error(build("tree", str(bad)))
+    assert "does not exist" in one_line_error(build("tree", str(tmp_path / "nope")))
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "no recipe.yml" in one_line_error(run_fleetci("build", "tree", str(empty)))
-    proc = run_fleetci("build", "tree", str(bad), "--partitions", "x")
+    assert "no recipe.yml" in one_line_error(build("tree", str(empty)))
+    proc = build("tree", str(bad), "--partitions", "x")
     assert (
         proc.returncode == 2
         and "--partitions: expected a whole number between 1 and 10000" in one_line_error(proc)
     )
 
 
-def test_submit_status_and_worker_need_credentials_and_a_reachable_master(tmp_path: Path) -> None:
+def test_submit_status_and_worker_need_credentials_and_a_reachable_master(
+    tmp_path: Path, build: Build
+) -> None:
     pkg = recipe(tmp_path, "a")
-    dead = "http://127.0.0.1:9"
-    err = one_line_error(run_fleetci("build", "submit", str(pkg), "--master", dead))
+    err = one_line_error(build("submit", str(pkg), "--master", DEAD))
     assert "no admin token" in err
-    env = clean_env(FLEETCI_BUILD_TOKEN="secret-admin-token")
-    proc = run_fleetci("build", "submit", str(pkg), "--master", dead, env=env)
+    env = {"FLEETCI_BUILD_TOKEN": "secret-admin-token"}
+    proc = build("submit", str(pkg), "--master", DEAD, env=env)
     err = one_line_error(proc)
     assert "cannot reach the build master" in err and "secret-admin-token" not in proc.stderr
-    assert "cannot reach" in one_line_error(run_fleetci("build", "status", "--master", dead, env=env))
-    assert "no master URL" in one_line_error(run_fleetci("build", "status", env=env))
-    assert "no join token" in one_line_error(run_fleetci("build", "worker", "--master", dead))
-    wenv = clean_env(FLEETCI_BUILD_JOIN_TOKEN="j", FLEETCI_BUILD_WORK_DIR=str(tmp_path / "w"))
-    proc = run_fleetci("build", "worker", "--master", dead, env=wenv)
+    assert "cannot reach" in one_line_error(build("status", "--master", DEAD, env=env))
+    assert "no master URL" in one_line_error(build("status", env=env))
+    assert "no join token" in one_line_error(build("worker", "--master", DEAD))
+    wenv = {"FLEETCI_BUILD_JOIN_TOKEN": "j", "FLEETCI_BUILD_WORK_DIR": str(tmp_path / "w")}
+    proc = build("worker", "--master", DEAD, env=wenv)
     assert "cannot reach the build master" in one_line_error(proc)
-    assert "cannot read the repository" in one_line_error(run_fleetci("build", "verify", "--master", dead))
-    proc = run_fleetci("build", "submit", str(pkg), "--master", dead, "--bogus", env=env)
+    assert "cannot read the repository" in one_line_error(build("verify", "--master", DEAD))
+    proc = build("submit", str(pkg), "--master", DEAD, "--bogus", env=env)
     assert proc.returncode == 2 and "unrecognized arguments" in one_line_error(proc)
 
 
-def test_master_refuses_a_corrupt_state_database_or_key_without_touching_it(tmp_path: Path) -> None:
-    env = clean_env(FLEETCI_BUILD_TOKEN="a", FLEETCI_BUILD_JOIN_TOKEN="j")
+def test_master_refuses_a_corrupt_state_database_or_key_without_touching_it(
+    tmp_path: Path, build: Build
+) -> None:
+    env = {"FLEETCI_BUILD_TOKEN": "a", "FLEETCI_BUILD_JOIN_TOKEN": "j"}
     state = tmp_path / "state"
     state.mkdir()
     (state / "state.db").write_bytes(b"this is not a database" * 100)
-    proc = run_fleetci("build", "master", "--port", "0", "--state-dir", str(state), env=env)
+    proc = build("master", "--port", "0", "--state-dir", str(state), env=env)
     assert "state database" in one_line_error(proc)
     assert (state / "state.db").read_bytes() == b"this is not a database" * 100
     other = tmp_path / "other"
     other.mkdir()
     (other / "master.key").write_text("-----BEGIN PRIVATE KEY-----\ngarbage\n")
-    proc = run_fleetci("build", "master", "--port", "0", "--state-dir", str(other), env=env)
+    proc = build("master", "--port", "0", "--state-dir", str(other), env=env)
     assert "not a PEM private key" in one_line_error(proc)
-    proc = run_fleetci("build", "master", "--heartbeat-ttl", "0", "--state-dir", str(other), env=env)
+    proc = build("master", "--heartbeat-ttl", "0", "--state-dir", str(other), env=env)
     assert proc.returncode == 2 and "--heartbeat-ttl" in one_line_error(proc)
 
 

@@ -117,21 +117,25 @@ class Master:
             raise FleetciError(f"state dir {d} is not usable: {exc.strerror or exc}") from exc
         self.repo = d / "repo"
         self.store = Store(d / "state.db")
-        self.key = keys.load_or_create_key(d / "master.key")
-        self.public_key = keys.public_b64(self.key)
-        admin = settings.admin_token or _secret_file(d / "admin.token", "fca")
-        join = settings.join_token or _secret_file(d / "join.token", "fcj")
-        gha.add_mask(admin)
-        gha.add_mask(join)
-        self.admin_hash = keys.token_hash(admin)
-        self.join_hash = keys.token_hash(join)
         self.waiters: set[asyncio.Future[None]] = set()
         self.closing = False
         self.index_bytes = b""
         self.index_sig = ""
-        self.store.grace_all_workers()
-        self._recover()
-        self._write_index()
+        try:
+            self.key = keys.load_or_create_key(d / "master.key")
+            self.public_key = keys.public_b64(self.key)
+            admin = settings.admin_token or _secret_file(d / "admin.token", "fca")
+            join = settings.join_token or _secret_file(d / "join.token", "fcj")
+            gha.add_mask(admin)
+            gha.add_mask(join)
+            self.admin_hash = keys.token_hash(admin)
+            self.join_hash = keys.token_hash(join)
+            self.store.grace_all_workers()
+            self._recover()
+            self._write_index()
+        except BaseException:
+            self.store.close()  # a master that cannot start leaves no open database behind
+            raise
 
     # --- plumbing -------------------------------------------------------------------------------------
 
