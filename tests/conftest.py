@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,34 @@ def run_fleetci(
     return subprocess.run(
         fleetci_cmd(*args), env=env or clean_env(), capture_output=True, text=True, timeout=timeout
     )
+
+
+RunCli = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+@pytest.fixture
+def fleetci_in_process(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> RunCli:
+    """:func:`run_fleetci` without a new interpreter: ``fleetci.cli.main(args)`` in this process.
+
+    Same environment (``env``, else :func:`clean_env`), same result (exit code, stdout, stderr; captured
+    at the file descriptors, so child processes' output is included). For commands that need no
+    process of their own (no daemon, no signal, no other user).
+    """
+    from fleetci.cli import main
+
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        wanted = env or clean_env()
+        with monkeypatch.context() as m:
+            for key in [k for k in os.environ if k not in wanted]:
+                m.delenv(key)
+            for key, value in wanted.items():
+                m.setenv(key, value)
+            capfd.readouterr()
+            code = main(list(args))
+            out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(["fleetci", *args], code, out, err)
+
+    return run
 
 
 @dataclass

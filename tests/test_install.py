@@ -21,8 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import REPO_ROOT, clean_env, one_line_error, run_fleetci
-from fleetci.cli import main as cli_main
+from conftest import REPO_ROOT, RunCli, clean_env, one_line_error, run_fleetci
 from fleetci.errors import UsageError
 from fleetci.install.apt import apt_install
 from fleetci.install.index import FaultPlan, LocalIndex, build_wheel
@@ -77,9 +76,16 @@ def index_factory(wheels: Path) -> Iterator[Callable[..., LocalIndex]]:
         idx.stop()
 
 
+def install_env(**extra: str) -> dict[str, str]:
+    """:func:`clean_env` without ``INSTALL_*`` variables: the test alone says what to install."""
+    env = {k: v for k, v in clean_env().items() if not k.startswith("INSTALL_")}
+    env.update(extra)
+    return env
+
+
 def pip_env(index_url: str, **extra: str) -> dict[str, str]:
     """Only our index: no user pip config, cache, find-links or extra indexes; no INSTALL_* leaks."""
-    env = {k: v for k, v in clean_env().items() if not k.startswith(("PIP_", "INSTALL_"))}
+    env = {k: v for k, v in install_env().items() if not k.startswith("PIP_")}
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_CACHE_DIR="1", PIP_INDEX_URL=index_url, **extra)
     return env
 
@@ -176,13 +182,13 @@ def test_lock_probe_names_the_holder_and_never_takes_the_lock(tmp_path: Path) ->
     assert wait_for_locks((lock, tmp_path / "missing"), 1, lines.append) < 1
 
 
-def test_cli_waits_on_locks_under_a_private_lock_root(tmp_path: Path) -> None:
+def test_cli_waits_on_locks_under_a_private_lock_root(tmp_path: Path, fleetci_in_process: RunCli) -> None:
     lock = tmp_path / "var/lib/apt/lists/lock"
     with held(lock, 60) as child:
         env = clean_env(INSTALL_LOCK_ROOT=str(tmp_path))
-        line = one_line_error(run_fleetci("install", "--wait-locks", "--lock-timeout", "0.5", env=env))
+        line = one_line_error(fleetci_in_process("install", "--wait-locks", "--lock-timeout", "0.5", env=env))
         assert f"{lock} held by pid {child.pid}" in line, line
-    proc = run_fleetci("install", "--wait-locks", "--lock-root", str(tmp_path), "--lock-timeout", "5")
+    proc = fleetci_in_process("install", "--wait-locks", "--lock-root", str(tmp_path), "--lock-timeout", "5")
     assert proc.returncode == 0, proc.stderr
 
 
@@ -242,11 +248,9 @@ def test_nothing_starting_with_a_dash_is_an_apt_package(rest: str) -> None:
 
 
 def test_bad_apt_names_are_refused_before_waiting_for_locks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, fleetci_in_process: RunCli
 ) -> None:
     """With the lock held and no time to wait, a late check would report the lock (exit 1), not the name."""
-    for key in [k for k in os.environ if k.startswith("INSTALL_")]:
-        monkeypatch.delenv(key)
     with held(tmp_path / "var/lib/dpkg/lock-frontend", 60):
         with pytest.raises(UsageError, match="'--version' is not an apt package name"):
             settings = InstallSettings(apt_packages=("--version",), lock_root=tmp_path, lock_timeout=0)
@@ -256,10 +260,10 @@ def test_bad_apt_names_are_refused_before_waiting_for_locks(
             (["install", "--apt", "jq,-o=APT::Get::Show-Versions=1"], {}),
             (["install"], {"INSTALL_APT_PACKAGES": "--version"}),
         ]:
-            for key, value in env.items():
-                monkeypatch.setenv(key, value)
-            code = cli_main([*argv, "--lock-root", str(tmp_path), "--lock-timeout", "0"])
-            err = capsys.readouterr().err
+            proc = fleetci_in_process(
+                *argv, "--lock-root", str(tmp_path), "--lock-timeout", "0", env=install_env(**env)
+            )
+            code, err = proc.returncode, proc.stderr
             assert code == 2 and len(err.splitlines()) == 1, err
             assert "is not an apt package name" in err and "held by pid" not in err
 
@@ -280,13 +284,9 @@ def test_a_project_path_starting_with_a_dash_is_refused_with_a_hint() -> None:
         build_plan(install_settings({"project": "--user"}, {}, {}))
 
 
-def test_a_pip_option_through_the_cli_is_one_line(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for key in [k for k in os.environ if k.startswith("INSTALL_")]:
-        monkeypatch.delenv(key)
-    code = cli_main(["install", "--", "--index-url=http://127.0.0.1:9/simple/"])
-    err = capsys.readouterr().err
+def test_a_pip_option_through_the_cli_is_one_line(fleetci_in_process: RunCli) -> None:
+    proc = fleetci_in_process("install", "--", "--index-url=http://127.0.0.1:9/simple/", env=install_env())
+    code, err = proc.returncode, proc.stderr
     assert code == 2 and len(err.splitlines()) == 1 and "is a pip option" in err, err
 
 
@@ -510,9 +510,9 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
     ]
 
 
-def test_bad_input_fails_with_one_line(tmp_path: Path) -> None:
+def test_bad_input_fails_with_one_line(tmp_path: Path, fleetci_in_process: RunCli) -> None:
     for argv, expected in _bad_inputs(tmp_path):
-        line = one_line_error(run_fleetci(*argv, env=pip_env("http://127.0.0.1:9/simple/")))
+        line = one_line_error(fleetci_in_process(*argv, env=pip_env("http://127.0.0.1:9/simple/")))
         assert expected in line, (argv, line)
 
 

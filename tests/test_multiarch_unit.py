@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import clean_env, one_line_error, run_fleetci
+from conftest import RunCli, clean_env, one_line_error
 from fleetci.errors import FleetciError, UsageError
 from fleetci.multiarch.arch import ARCHES, host_arch, parse_arch, parse_python, suite_for
 from fleetci.multiarch.binfmt import ensure_binfmt, handler_state
@@ -125,13 +125,19 @@ def test_matrix_excludes_and_impossible_combinations() -> None:
         build_matrix(["arm64"], ["3.1x"])
 
 
-# --- the CLI ----------------------------------------------------------------------------------------
+# --- the CLI (in this process: fleetci.cli.main) -----------------------------------------------------
 
 
-def test_matrix_cli_writes_github_output(tmp_path: Path) -> None:
+def run_argv(arch: str, project: Path, *command: str, **options: str) -> list[str]:
+    """``multiarch run --arch ARCH --project DIR [--option VALUE …] -- COMMAND …``."""
+    flags = [x for key, value in options.items() for x in (f"--{key.replace('_', '-')}", value)]
+    return ["multiarch", "run", "--arch", arch, "--project", str(project), *flags, "--", *command]
+
+
+def test_matrix_cli_writes_github_output(tmp_path: Path, fleetci_in_process: RunCli) -> None:
     out, summary = tmp_path / "out", tmp_path / "summary"
     env = clean_env(GITHUB_OUTPUT=str(out), GITHUB_STEP_SUMMARY=str(summary))
-    proc = run_fleetci(
+    proc = fleetci_in_process(
         "matrix", "--arch", "amd64,arm64,armv7", "--python", "3.9,3.10,3.11", "--prefer-native", env=env
     )
     assert proc.returncode == 0, proc.stderr
@@ -173,43 +179,28 @@ def test_matrix_cli_writes_github_output(tmp_path: Path) -> None:
         (["multiarch"], "required"),
     ],
 )
-def test_bad_input_is_one_line_error(args: list[str], message: str) -> None:
-    proc = run_fleetci(*args)
+def test_bad_input_is_one_line_error(args: list[str], message: str, fleetci_in_process: RunCli) -> None:
+    proc = fleetci_in_process(*args)
     line = one_line_error(proc)
     assert message in line, line
     assert proc.returncode == 2 or "no Debian chroot" in line, proc
 
 
-def test_native_backend_returns_the_commands_exit_code(tmp_path: Path) -> None:
+def test_native_backend_returns_the_commands_exit_code(tmp_path: Path, fleetci_in_process: RunCli) -> None:
     native = host_arch()
     assert native is not None
     (tmp_path / "marker.txt").write_text("in the project dir\n")
-    ok = run_fleetci(
-        "multiarch",
-        "run",
-        "--arch",
-        native.name,
-        "--project",
-        str(tmp_path),
-        "--",
-        "sh",
-        "-c",
-        "cat marker.txt; uname -m",
-    )
+    ok = fleetci_in_process(*run_argv(native.name, tmp_path, "sh", "-c", "cat marker.txt; uname -m"))
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.split() == ["in", "the", "project", "dir", platform.machine()]
-    failed = run_fleetci(
-        "multiarch", "run", "--arch", native.name, "--project", str(tmp_path), "--", "sh", "-c", "exit 7"
-    )
+    failed = fleetci_in_process(*run_argv(native.name, tmp_path, "sh", "-c", "exit 7"))
     assert failed.returncode == 7
     assert "command failed with exit code 7 on" in one_line_error(failed)
 
 
-def test_native_backend_refuses_another_architecture(tmp_path: Path) -> None:
+def test_native_backend_refuses_another_architecture(tmp_path: Path, fleetci_in_process: RunCli) -> None:
     other = "arm64" if host_arch() is not ARCHES["arm64"] else "amd64"
-    proc = run_fleetci(
-        "multiarch", "run", "--arch", other, "--backend", "native", "--project", str(tmp_path), "--", "true"
-    )
+    proc = fleetci_in_process(*run_argv(other, tmp_path, "true", backend="native"))
     assert f"--backend native needs a {other} host" in one_line_error(proc)
 
 
@@ -226,19 +217,9 @@ def test_chroot_backend_needs_root() -> None:
     try:
         base.chmod(0o755)
         (base / "p").mkdir(mode=0o755)
+        # a process of its own: it runs as another user
         argv = fleetci_cmd(
-            "multiarch",
-            "run",
-            "--arch",
-            "arm64",
-            "--backend",
-            "chroot",
-            "--project",
-            str(base / "p"),
-            "--cache-dir",
-            str(base / "c"),
-            "--",
-            "true",
+            *run_argv("arm64", base / "p", "true", backend="chroot", cache_dir=str(base / "c"))
         )
         proc = subprocess.run(
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
