@@ -195,7 +195,19 @@ class Setting(Generic[T]):
     the unknown-key check and the docs tables are all derived from that list, so they cannot drift apart.
     """
 
-    __slots__ = ("default", "doc_default", "env", "flag", "flags", "help", "name", "parse", "switch")
+    __slots__ = (
+        "default",
+        "doc_default",
+        "env",
+        "flag",
+        "flags",
+        "help",
+        "metavar",
+        "name",
+        "parse",
+        "repeat",
+        "switch",
+    )
 
     def __init__(
         self,
@@ -208,6 +220,8 @@ class Setting(Generic[T]):
         doc_default: str | None = None,
         flags: Sequence[str] = (),
         switch: bool = False,
+        repeat: bool = False,
+        metavar: str | None = None,
     ) -> None:
         self.name = ""  # set by the table (``__set_name__``)
         self.default = default
@@ -218,6 +232,8 @@ class Setting(Generic[T]):
         self.doc_default = doc_default  # how docs and --help show a computed or unhelpful default
         self.flags = tuple(flags)  # option strings when not ``--<name>`` (``--port``, or aliases)
         self.switch = switch  # a flag without a value that means "true" (``--enable-p2p``)
+        self.repeat = repeat  # the flag may be given several times: the values join with commas
+        self.metavar = metavar  # how --help names the flag's value
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -285,7 +301,11 @@ class SettingTable:
             if s.switch:  # no value: present means "true"
                 parser.add_argument(*options, dest=s.name, action="store_const", const="true", help=shown)
             else:
-                parser.add_argument(*options, dest=s.name, default=None, help=shown)
+                # a repeated flag gives a list, which the Resolver joins with commas
+                more: dict[str, Any] = {"action": "append"} if s.repeat else {}
+                if s.metavar:
+                    more["metavar"] = s.metavar
+                parser.add_argument(*options, dest=s.name, default=None, help=shown, **more)
 
     @classmethod
     def flag_values(cls, args: argparse.Namespace) -> dict[str, Any]:
