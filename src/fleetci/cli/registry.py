@@ -150,7 +150,7 @@ def cmd_gitlab_list(args: argparse.Namespace) -> int:
 
     repos = gitlab_list(settings_from(args))
     if args.json:
-        _print_json([{"id": r.id, "name": r.name, "location": r.location, "tags": r.tags} for r in repos])
+        _print_json([r.to_json() for r in repos])
         return 0
     for r in repos:
         print(f"{r.location} ({len(r.tags)} tags)")
@@ -164,14 +164,7 @@ def cmd_xref(args: argparse.Namespace) -> int:
 
     x = xref(settings_from(args), list_extra=args.list_extra)
     if args.json:
-        _print_json(
-            {
-                "missing": [r.image_tag for r in x.missing],
-                "present": [r.image_tag for r in x.present],
-                "extra": x.extra,
-                "unmapped": [r.image_tag for r in x.unmapped],
-            }
-        )
+        _print_json(x.to_json())
         return 0
     print(f"missing in GitLab ({len(x.missing)}):")
     for r in x.missing:

@@ -22,6 +22,10 @@ class GitLabRepository:
     location: str
     tags: list[str] = field(default_factory=list)
 
+    def to_json(self) -> dict[str, object]:
+        """``gitlab-list --json``: one repository."""
+        return {"id": self.id, "name": self.name, "location": self.location, "tags": self.tags}
+
 
 class GitLabAPI:
     """``/api/v4/projects/:id/registry/…`` with a personal/deploy token or a CI job token."""

@@ -11,10 +11,8 @@ import json
 import shutil
 import signal
 import sys
-import tarfile
 import threading
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,8 +21,9 @@ from typing import Any
 from fleetci import gha
 from fleetci.errors import FleetciError, UsageError
 from fleetci.files import ensure_private_dir, read_json, write_json
-from fleetci.registry.archive import READ_CHUNK, DockerArchive, gunzip_to, is_gzip, verify_image
+from fleetci.registry.archive import DockerArchive, verify_image
 from fleetci.registry.engine_oci import oci_push
+from fleetci.registry.extract import docker_archives
 from fleetci.registry.github import BuildRun, GitHubSide
 from fleetci.registry.gitlab import GitLabAPI, GitLabRepository
 from fleetci.registry.oci import RegistryClient
@@ -115,6 +114,15 @@ class Xref:
     extra: list[str] = field(default_factory=list)
     unmapped: list[BuildRun] = field(default_factory=list)
 
+    def to_json(self) -> dict[str, list[str]]:
+        """``xref --json``: image tags (and ``repository:tag`` for the extra ones)."""
+        return {
+            "missing": [r.image_tag or "" for r in self.missing],
+            "present": [r.image_tag or "" for r in self.present],
+            "extra": self.extra,
+            "unmapped": [r.image_tag or "" for r in self.unmapped],
+        }
+
 
 def xref(settings: RegistrySettings, list_extra: bool = False, log: Log = stderr_log) -> Xref:
     runs = gh_list(settings, log)
@@ -190,75 +198,6 @@ def download(settings: RegistrySettings, image_tag: str, force: bool = False, lo
     return directory
 
 
-def _is_docker_archive(path: Path) -> bool:
-    try:
-        with tarfile.open(path, "r:") as tar:
-            for info in tar:
-                if info.name.lstrip("./") in ("manifest.json", "index.json"):
-                    return True
-    except (tarfile.TarError, OSError, EOFError):
-        return False
-    return False
-
-
-def _extract_zip(zip_path: Path, dest: Path, log: Log) -> list[Path]:
-    out = []
-    try:
-        with zipfile.ZipFile(zip_path) as zf:
-            for info in zf.infolist():
-                if info.is_dir():
-                    continue
-                name = Path(info.filename).name
-                if not name or name == META_FILE:
-                    continue
-                target = dest / name
-                log(f"extract {name} ({info.file_size / 1e6:.1f} MB) from {zip_path.name}")
-                tmp = target.with_name(target.name + ".partial")
-                with zf.open(info) as src, tmp.open("wb") as fh:
-                    shutil.copyfileobj(src, fh, READ_CHUNK)
-                tmp.replace(target)
-                out.append(target)
-    except (zipfile.BadZipFile, OSError, EOFError, zipfile.LargeZipFile) as exc:
-        raise FleetciError(f"{zip_path} is not a valid zip archive: {exc}") from exc
-    return out
-
-
-def _plain_tar(path: Path, log: Log) -> Path:
-    if not is_gzip(path):
-        return path
-    stem = path.name.removesuffix(".gz").removesuffix(".tgz")
-    target = path.with_name(stem if stem.endswith(".tar") else stem + ".tar")
-    log(f"decompress {path.name}")
-    gunzip_to(path, target)
-    path.unlink()  # our own intermediate copy; the downloaded zip still holds the original
-    return target
-
-
-def _expand_bundle(path: Path, dest: Path, log: Log) -> list[Path]:
-    """An outer tar that holds one tarball per image (the seed's ``docker save | gzip`` bundle)."""
-    out = []
-    try:
-        with tarfile.open(path, "r:") as tar:
-            for info in tar:
-                if not info.isreg():
-                    continue
-                name = Path(info.name).name
-                src = tar.extractfile(info)
-                if src is None or not name:
-                    continue
-                target = dest / name
-                tmp = target.with_name(target.name + ".partial")
-                with tmp.open("wb") as fh:
-                    shutil.copyfileobj(src, fh, READ_CHUNK)
-                tmp.replace(target)
-                out.append(target)
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise FleetciError(f"{path} is not a valid tar archive: {exc}") from exc
-    log(f"unpacked {len(out)} file(s) from bundle {path.name}")
-    path.unlink()
-    return out
-
-
 def prepare(
     settings: RegistrySettings, image_tag: str, clean: bool = False, log: Log = stderr_log
 ) -> UploadPlan:
@@ -273,24 +212,7 @@ def prepare(
         shutil.rmtree(extracted)
     private_tag_dir(settings, image_tag)
     ensure_private_dir(extracted)
-    candidates: list[Path] = []
-    for z in zips:
-        candidates += _extract_zip(z, extracted, log)
-    archives: list[Path] = []
-    for path in candidates:
-        plain = _plain_tar(path, log)
-        if _is_docker_archive(plain):
-            archives.append(plain)
-            continue
-        if tarfile.is_tarfile(plain):
-            for inner in _expand_bundle(plain, extracted, log):
-                inner_plain = _plain_tar(inner, log)
-                if _is_docker_archive(inner_plain):
-                    archives.append(inner_plain)
-                else:
-                    raise FleetciError(f"{inner.name} in the bundle is not a docker save archive")
-        else:
-            raise FleetciError(f"{path.name} in the artifact is not a docker save archive (corrupt tarball?)")
+    archives = docker_archives(zips, extracted, log)
     if not archives:
         raise FleetciError(f"the artifact of {image_tag} holds no docker save archive")
     m = map_tag(image_tag)
