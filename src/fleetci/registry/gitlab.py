@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from fleetci.errors import FleetciError, UsageError
-from fleetci.http import client, describe, redact_url
+from fleetci.http import JsonApi, loads_strict, redact_url
 from fleetci.registry.settings import RegistrySettings
 
 
@@ -27,7 +25,10 @@ class GitLabRepository:
         return {"id": self.id, "name": self.name, "location": self.location, "tags": self.tags}
 
 
-class GitLabAPI:
+ERROR_STATUSES = range(400, 600)  # answered here, in GitLab's terms (see GitLabAPI._refused)
+
+
+class GitLabAPI(JsonApi):
     """``/api/v4/projects/:id/registry/…`` with a personal/deploy token or a CI job token."""
 
     def __init__(self, settings: RegistrySettings) -> None:
@@ -40,46 +41,40 @@ class GitLabAPI:
                 "no GitLab token: pass --gitlab-token or set GITLAB_TOKEN (CI_JOB_TOKEN in GitLab CI)"
             )
         self.settings = settings
-        self.base = f"{settings.gitlab_url}/api/v4/projects/{quote(settings.gitlab_project, safe='')}"
-        self.client = client(headers=headers, timeout=settings.timeout)
+        project = quote(settings.gitlab_project, safe="")
+        super().__init__(
+            f"{settings.gitlab_url}/api/v4/projects/{project}",
+            what=f"GitLab at {redact_url(settings.gitlab_url)}",
+            timeout=settings.timeout,
+            headers=headers,
+        )
 
-    def close(self) -> None:
-        self.client.close()
+    def _refused(self, status: int, path: str) -> FleetciError:
+        """What an error answer means here: the token, its access, the project (one line each)."""
+        project = self.settings.gitlab_project
+        if status == 401:
+            return FleetciError(f"{self.what} rejected the token (HTTP 401)")
+        if status == 403:
+            return FleetciError(f"{self.what}: the token may not read the registry of {project} (HTTP 403)")
+        if status == 404:
+            return FleetciError(f"{self.what}: project {project} not found (HTTP 404)")
+        return FleetciError(f"{self.what} answered HTTP {status} for {path}")
 
-    def _get(self, url: str, params: dict[str, Any] | None = None) -> httpx.Response:
-        host = redact_url(self.settings.gitlab_url)
-        try:
-            resp = self.client.get(url, params=params)
-        except httpx.TransportError as exc:
-            raise FleetciError(f"GitLab at {host} unreachable: {describe(exc)}") from exc
-        if resp.status_code == 401:
-            raise FleetciError(f"GitLab at {host} rejected the token (HTTP 401)")
-        if resp.status_code == 403:
-            raise FleetciError(
-                f"GitLab at {host}: the token may not read the registry of "
-                f"{self.settings.gitlab_project} (HTTP 403)"
-            )
-        if resp.status_code == 404:
-            raise FleetciError(
-                f"GitLab at {host}: project {self.settings.gitlab_project} not found (HTTP 404)"
-            )
-        if resp.status_code != 200:
-            raise FleetciError(
-                f"GitLab at {host} answered HTTP {resp.status_code} for {resp.request.url.path}"
-            )
-        return resp
-
-    def _pages(self, url: str, params: dict[str, Any]) -> Iterator[Any]:
+    def _pages(self, url: str, params: Mapping[str, str | int]) -> Iterator[Any]:
+        """Every item of a paginated listing: a ``Link: <…>; rel="next"`` (keyset) or ``X-Next-Page``."""
         next_url: str | None = url
-        next_params: dict[str, Any] | None = params
+        next_params: Mapping[str, str | int] | None = params
         while next_url:
-            resp = self._get(next_url, next_params)
+            resp = self.response("GET", next_url, params=next_params, ok=ERROR_STATUSES)
+            where = resp.request.url.path
+            if resp.status_code != 200:
+                raise self._refused(resp.status_code, where)
             try:
-                items = resp.json()
+                items = loads_strict(resp.content)
             except ValueError as exc:
-                raise FleetciError(f"GitLab sent invalid JSON for {resp.request.url.path}") from exc
+                raise FleetciError(f"GitLab sent invalid JSON for {where}") from exc
             if not isinstance(items, list):
-                raise FleetciError(f"GitLab sent an unexpected answer for {resp.request.url.path}")
+                raise FleetciError(f"GitLab sent an unexpected answer for {where}")
             yield from items
             link = resp.links.get("next", {}).get("url")
             page = resp.headers.get("x-next-page")
@@ -92,7 +87,7 @@ class GitLabAPI:
 
     def repositories(self, with_tags: bool = True) -> list[GitLabRepository]:
         repos = []
-        for item in self._pages(f"{self.base}/registry/repositories", {"per_page": 100}):
+        for item in self._pages("/registry/repositories", {"per_page": 100}):
             repo = GitLabRepository(
                 int(item["id"]), str(item["name"]), str(item["path"]), str(item["location"])
             )
@@ -102,6 +97,11 @@ class GitLabAPI:
         return sorted(repos, key=lambda r: r.name)
 
     def tags(self, repository_id: int) -> list[str]:
-        params = {"pagination": "keyset", "per_page": 100, "order_by": "name", "sort": "asc"}
-        url = f"{self.base}/registry/repositories/{repository_id}/tags"
+        params: dict[str, str | int] = {
+            "pagination": "keyset",
+            "per_page": 100,
+            "order_by": "name",
+            "sort": "asc",
+        }
+        url = f"/registry/repositories/{repository_id}/tags"
         return [str(t["name"]) for t in self._pages(url, params)]
