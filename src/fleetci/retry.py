@@ -45,6 +45,12 @@ class Backoff:
         jitter = self.initial if self.jitter is None else self.jitter
         return _ExponentialJitter(self.initial, self.most, jitter)
 
+    def delay(self, attempt: int) -> float:
+        """The wait after failed attempt ``attempt`` (1, 2, …), for a loop that schedules its own retries
+        (the p2p node re-dials many peers, each on its own schedule, inside one trio task)."""
+        jitter = self.initial if self.jitter is None else self.jitter
+        return _ExponentialJitter(self.initial, self.most, jitter).after(attempt)
+
 
 class _ExponentialJitter(tenacity.wait.wait_base):
     """``min(initial * 2**(n-1) + uniform(0, jitter), most)`` before retry n: tenacity's
@@ -55,8 +61,11 @@ class _ExponentialJitter(tenacity.wait.wait_base):
         self.initial, self.most, self.jitter = initial, most, jitter
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        return self.after(retry_state.attempt_number)
+
+    def after(self, attempt: int) -> float:
         try:
-            wait = self.initial * 2.0 ** (retry_state.attempt_number - 1) + random.uniform(0, self.jitter)
+            wait = self.initial * 2.0 ** (attempt - 1) + random.uniform(0, self.jitter)
         except OverflowError:
             wait = self.most
         return max(0.0, min(wait, self.most))

@@ -10,7 +10,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, overload
 
 from fleetci.errors import FleetciError
 
@@ -49,6 +49,24 @@ def wait_until(
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
+@overload
+async def wait_until_async(
+    check: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    last: Callable[[], object] | None = None,
+) -> T: ...
+@overload
+async def wait_until_async(
+    check: Callable[[], T | None],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    last: Callable[[], object] | None = None,
+) -> T: ...
 async def wait_until_async(
     check: Callable[[], Awaitable[T | None] | T | None],
     *,
@@ -57,7 +75,10 @@ async def wait_until_async(
     interval: float = 0.05,
     last: Callable[[], object] | None = None,
 ) -> T:
-    """:func:`wait_until` inside an event loop (``check`` may be a coroutine function)."""
+    """:func:`wait_until` inside an event loop (``check`` may be a coroutine function).
+
+    (The overloads let mypy infer ``T`` for a coroutine check also where the result is not used.)
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:

@@ -27,7 +27,9 @@ import httpx
 import yaml
 
 from fleetci.cache.policy import DEFAULT_RULES
+from fleetci.http import client
 from fleetci.process import Service, fleetci_argv, running
+from fleetci.wait import wait_until
 
 POLL_INTERVAL_S = 120.0  # seed: autoscalers check every 2 minutes
 CALLS_PER_CYCLE = 5
@@ -126,8 +128,8 @@ def run_fleet(
         local: Counter[str] = Counter()
         errors = 0
         made = 0
-        with httpx.Client(
-            base_url=targets[i % len(targets)],
+        with client(
+            targets[i % len(targets)],
             timeout=60,
             headers={"Authorization": f"token {token}", "Accept": "application/vnd.github+json"},
         ) as c:
@@ -241,14 +243,16 @@ def measure_latencies(
             cache_settings({"upstream": emulator_url, "cache_dir": str(cache_dir)}, {}, {})
         )
         auth = f"token {tok}"
-        # The proxy writes SQLite just after answering, and a slow machine may have let the (time-
-        # scaled) fresh window pass during the HTTP samples: refresh it and wait for the write.
-        deadline = time.monotonic() + 10
-        while cache.get(hit_path, auth, {"Accept": "application/vnd.github+json"}) is None:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the proxy never stored {hit_path} in {cache_dir}")
+
+        def stored() -> bool:
+            # The proxy writes SQLite just after answering, and a slow machine may have let the (time-
+            # scaled) fresh window pass during the HTTP samples: refresh it and wait for the write.
+            if cache.get(hit_path, auth, {"Accept": "application/vnd.github+json"}) is not None:
+                return True
             via.get(hit_path)
-            time.sleep(0.05)
+            return False
+
+        wait_until(stored, timeout=10, what=f"the proxy to store {hit_path} in {cache_dir}")
     finally:
         direct.close()
         via.close()
@@ -283,13 +287,12 @@ P2P_TARGETS = {"peer_hit_p50_ms_max": 5.0, "propagation_p99_ms_max": 1000.0, "rs
 def wait_for_mesh(nodes: list[Service], timeout: float = 60.0) -> None:
     """Until an entry announced by the first node comes back from every other node."""
     want = {httpx.get(f"{n.url}/_fleetci/peers", timeout=10).json()["peer_id"] for n in nodes[1:]}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def formed() -> bool:
         r = httpx.post(f"{nodes[0].url}/_fleetci/p2p/probe", timeout=30).json()
-        if want <= set(r.get("shared_with", [])):
-            return
-        time.sleep(0.5)
-    raise RuntimeError("the benchmark fleet did not form a mesh")
+        return want <= set(r.get("shared_with", []))
+
+    wait_until(formed, timeout=timeout, what="the benchmark fleet to form a mesh", interval=0.5)
 
 
 def _rss_mb(pid: int, field: str = "Rss:") -> float:

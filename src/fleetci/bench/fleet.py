@@ -26,10 +26,10 @@ from typing import Any
 
 from fleetci.bench.cache import fleet_token, workload
 from fleetci.cache.engine import CacheEngine
+from fleetci.cache.peering import Announcement, Claim
 from fleetci.cache.settings import CacheSettings
 from fleetci.cache.store import CacheStore, Entry
 from fleetci.http import UpstreamResponse
-from fleetci.p2p.messages import Announcement, Claim
 
 HOURLY_BUDGET = 5000  # GitHub's primary limit for one token
 ORG = "octo-org"
@@ -151,7 +151,7 @@ class SimNetwork:
 
 
 class SimPeerLink:
-    """The :class:`fleetci.cache.engine.PeerLink` of one simulated node."""
+    """The :class:`fleetci.cache.peering.PeerLink` of one simulated node."""
 
     def __init__(self, net: SimNetwork, peer_id: str, engine: CacheEngine) -> None:
         self.net = net

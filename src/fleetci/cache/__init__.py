@@ -1,33 +1,32 @@
 """GitHub REST API cache: the proxy engine and the seed-compatible Python API.
 
-Seed names kept: ``get_cache()`` / ``get_global_cache()`` with ``.get_stats()`` and ``.clear_stale()``,
-``CachedGitHubCLI`` with ``list_repos``, ``get_workflow_runs``, ``get_cache_stats``, and
-``start_cache_network(listen_port, bootstrap_peers)``.
+The package's parts, each importing only those listed before it: ``settings`` (CacheOptions ->
+CacheSettings), ``api`` (the proxy's own endpoints and their JSON), ``store``, ``policy``, ``ratelimit``,
+``peering`` (what a peer-to-peer layer implements), ``engine``, ``server`` (``fleetci cache serve``),
+``client`` (the Python API and the one stats call) and ``daemon`` (``fleetci cache start|stop|verify``).
+
+Seed names kept here: ``get_cache()`` / ``get_global_cache()`` with ``.get_stats()`` and
+``.clear_stale()``, ``CachedGitHubCLI`` with ``list_repos``, ``get_workflow_runs``, ``get_cache_stats``,
+and ``start_cache_network(listen_port, bootstrap_peers)``. They load on first use, so importing
+``fleetci.cache.settings`` (every ``fleetci`` command line does) does not load the engine.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import threading
-import time
-from collections.abc import Coroutine
-from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from fleetci import gha
-from fleetci.cache.engine import SUMMARY_KEYS, CacheEngine, Outcome, ProxyResponse
-from fleetci.cache.policy import TTLPolicy, cache_key, normalize_target, scope_of
-from fleetci.cache.settings import CacheSettings, cache_settings, github_token
-from fleetci.cache.store import CacheStore, Entry
-from fleetci.config import load_config_file
-from fleetci.errors import FleetciError
-from fleetci.http import error_message
-
-if TYPE_CHECKING:  # the proxy process never needs httpx (or the CLI extras it pulls in)
-    import httpx
+if TYPE_CHECKING:
+    from fleetci.cache.client import (
+        CachedGitHubCLI,
+        GitHubAPICache,
+        get_cache,
+        get_global_cache,
+        read_stats,
+        start_cache_network,
+    )
+    from fleetci.cache.engine import CacheEngine
+    from fleetci.cache.store import CacheStore, Entry
 
 __all__ = [
     "CacheEngine",
@@ -37,254 +36,27 @@ __all__ = [
     "GitHubAPICache",
     "get_cache",
     "get_global_cache",
+    "read_stats",
     "start_cache_network",
 ]
 
-T = TypeVar("T")
+_HOME = {
+    "CacheEngine": "fleetci.cache.engine",
+    "CacheStore": "fleetci.cache.store",
+    "Entry": "fleetci.cache.store",
+    "CachedGitHubCLI": "fleetci.cache.client",
+    "GitHubAPICache": "fleetci.cache.client",
+    "get_cache": "fleetci.cache.client",
+    "get_global_cache": "fleetci.cache.client",
+    "read_stats": "fleetci.cache.client",
+    "start_cache_network": "fleetci.cache.client",
+}
 
 
-class GitHubAPICache:
-    """Direct access to a cache directory: lookups, stats, clearing. Safe next to a running proxy."""
-
-    def __init__(self, settings: CacheSettings | None = None, repair: bool = True) -> None:
-        """``repair=False`` (``fleetci cache stats|clear``): a corrupt database is an error, left in place."""
-        self.settings = settings or cache_settings({}, load_config_file(None))
-        self.store = CacheStore.for_settings(self.settings, repair)
-        self.policy = TTLPolicy.build(self.settings.ttl_rules, self.settings.default_ttl)
-        self.engine: CacheEngine | None = None
-
-    def key_for(
-        self, target: str, authorization: str | None = None, headers: dict[str, str] | None = None
-    ) -> str:
-        lower = {k.lower(): v for k, v in (headers or {}).items()}
-        base_path = urlsplit(self.settings.upstream).path.rstrip("/")
-        return cache_key(scope_of(authorization), normalize_target(target, base_path), lower)
-
-    def get(
-        self, target: str, authorization: str | None = None, headers: dict[str, str] | None = None
-    ) -> Entry | None:
-        """The fresh entry for ``GET target`` under that Authorization header, or None."""
-        entry = self.store.get(self.key_for(target, authorization, headers))
-        return entry if entry is not None and entry.is_fresh(time.time()) else None
-
-    def get_stats(self) -> dict[str, Any]:
-        if self.engine is not None:
-            return self.engine.stats()
-        saved = self.store.load_meta("stats") or {}
-        stats: dict[str, Any] = {k: v for k, v in saved.items() if k != "saved_at"}
-        stats.update(
-            {
-                "cache_size": len(self.store),
-                "cache_bytes": self.store.total_bytes,
-                "source": "saved" if saved else "empty",
-            }
-        )
-        for k in SUMMARY_KEYS:
-            stats.setdefault(k, None if k == "rate_limit_remaining" else 0)
-        return stats
-
-    def clear_stale(self) -> int:
-        """Drop entries past their fresh window (they would only be used for stale-if-error)."""
-        return self.store.clear(stale_only=True)
-
-    def clear(self) -> int:
-        return self.store.clear()
-
-    def close(self) -> None:
-        self.store.close()
-
-
-_global: GitHubAPICache | None = None
-_global_lock = threading.Lock()
-
-
-def get_cache() -> GitHubAPICache:
-    """The process-wide cache for ``$CACHE_DIR`` (settings from environment and config file)."""
-    global _global
-    with _global_lock:
-        if _global is None:
-            _global = GitHubAPICache()
-        return _global
-
-
-get_global_cache = get_cache
-
-
-class _LoopThread:
-    """An asyncio loop in a daemon thread so synchronous callers can use the async engine."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="fleetci-cache", daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        return fut.result(timeout)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
-
-
-class CachedGitHubCLI:
-    """Cached GitHub calls for scripts and autoscalers.
-
-    With ``$FLEETCI_API_URL`` (set by the setup-p2p-cache action) calls go through the running proxy,
-    which the whole runner shares; otherwise an in-process engine caches into ``$CACHE_DIR``.
-    ``gh`` is accepted for compatibility with the seed's ``CachedGitHubCLI(GitHubCLI())``.
-    """
-
-    def __init__(
-        self,
-        gh: object | None = None,
-        *,
-        token: str | None = None,
-        api_url: str | None = None,
-        settings: CacheSettings | None = None,
-        owner: str | None = None,
-    ) -> None:
-        self.token = token or getattr(gh, "token", None) or github_token()
-        gha.add_mask(self.token)
-        self.owner = owner or os.environ.get("GITHUB_REPOSITORY_OWNER")
-        proxy = api_url or os.environ.get("FLEETCI_API_URL")
-        self._client: httpx.Client | None = None
-        self._loop: _LoopThread | None = None
-        self.cache: GitHubAPICache | None = None
-        if proxy:
-            import httpx
-
-            self.base_url = proxy.rstrip("/")
-            self._client = httpx.Client(base_url=self.base_url, timeout=60)
-        else:
-            self.cache = GitHubAPICache(settings)
-            self.base_url = self.cache.settings.upstream
-            self._loop = _LoopThread()
-            self.cache.engine = CacheEngine(self.cache.settings, store=self.cache.store)
-
-    def _headers(self) -> dict[str, str]:
-        h = {
-            "Accept": "application/vnd.github+json",
-            "X-GitHub-Api-Version": "2022-11-28",
-            "User-Agent": "fleetci",
-        }
-        if self.token:
-            h["Authorization"] = f"Bearer {self.token}"
-        return h
-
-    def request(self, target: str) -> tuple[int, dict[str, str], bytes]:
-        """GET ``target`` (a path, or an absolute URL from a Link header) through the cache."""
-        if target.startswith(("http://", "https://")):
-            parts = urlsplit(target)
-            base_path = urlsplit(self.base_url).path.rstrip("/")
-            path = (
-                parts.path[len(base_path) :] if base_path and parts.path.startswith(base_path) else parts.path
-            )
-            target = path + (f"?{parts.query}" if parts.query else "")
-        headers = self._headers()
-        if self._client is not None:
-            r = self._client.get(target, headers=headers)
-            return r.status_code, dict(r.headers), r.content
-        assert self._loop is not None and self.cache is not None and self.cache.engine is not None
-        engine = self.cache.engine
-        prep = engine.prepare(target, {k.lower(): v for k, v in headers.items()})
-        entry = engine.lookup_fresh(prep.key)
-        if entry is not None:
-            engine.counters.requests += 1
-            engine.counters.count(Outcome.HIT)
-            return entry.status, {k.lower(): v for k, v in entry.headers}, entry.body
-        resp: ProxyResponse = self._loop.run(engine.handle("GET", target, list(headers.items())))
-        return resp.status, {k.lower(): v for k, v in resp.headers}, resp.body
-
-    def get_json(self, target: str) -> Any:
-        status, _, body = self.request(target)
-        if status >= 400:
-            raise FleetciError(f"GitHub API GET {target} failed: HTTP {status} {error_message(status, body)}")
-        return json.loads(body) if body else None
-
-    def _paginate(self, target: str, field: str | None, limit: int) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        next_url: str | None = target
-        while next_url and len(items) < limit:
-            status, headers, body = self.request(next_url)
-            if status >= 400:
-                self.get_json(next_url)  # raises with GitHub's message
-            page = json.loads(body)
-            items.extend(page[field] if field else page)
-            next_url = _next_link(headers.get("link", ""))
-        return items[:limit]
-
-    def list_repos(
-        self, owner: str | None = None, since_days: float | None = None, limit: int = 1000
-    ) -> list[dict[str, Any]]:
-        owner = owner or self.owner
-        target = f"/users/{owner}/repos?per_page=100" if owner else "/user/repos?per_page=100"
-        repos = self._paginate(target, None, limit)
-        if since_days is not None:
-            cutoff = time.time() - since_days * 86400
-            repos = [r for r in repos if _iso_ts(r.get("pushed_at") or r.get("updated_at")) >= cutoff]
-        return repos
-
-    def get_workflow_runs(
-        self, repo: str, status: str | None = None, owner: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
-        full = repo if "/" in repo else f"{owner or self.owner}/{repo}"
-        if full.startswith("None/"):
-            raise FleetciError(f"repository {repo!r} needs an owner (owner=… or $GITHUB_REPOSITORY_OWNER)")
-        target = f"/repos/{full}/actions/runs?per_page=100" + (f"&status={status}" if status else "")
-        return self._paginate(target, "workflow_runs", limit)
-
-    def get_cache_stats(self) -> dict[str, Any]:
-        if self._client is not None:
-            r = self._client.get("/_fleetci/stats")
-            r.raise_for_status()
-            data: dict[str, Any] = r.json()
-            return data
-        assert self.cache is not None
-        return self.cache.get_stats()
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-        if self._loop is not None and self.cache is not None and self.cache.engine is not None:
-            self._loop.run(self.cache.engine.upstream.close())
-            self._loop.stop()
-            self.cache.store.close()
-
-    def __enter__(self) -> CachedGitHubCLI:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _next_link(link: str) -> str | None:
-    for part in link.split(","):
-        if 'rel="next"' in part:
-            start, end = part.find("<"), part.find(">")
-            if start != -1 and end > start:
-                return part[start + 1 : end]
-    return None
-
-
-def _iso_ts(value: Any) -> float:
-    if not isinstance(value, str):
-        return 0.0
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
-
-
-async def start_cache_network(
-    listen_port: int | None = None, bootstrap_peers: list[str] | None = None
-) -> GitHubAPICache:
-    """Open the shared cache (seed API). Peer-to-peer sharing arrives with the ``[p2p]`` extra; until
-    then the cache is local to this machine and the arguments are recorded only."""
-    flags: dict[str, Any] = {"listen_port": listen_port}
-    if bootstrap_peers:
-        flags["bootstrap_peers"] = ",".join(bootstrap_peers)
-    settings = cache_settings(flags, load_config_file(None))
-    return await asyncio.to_thread(GitHubAPICache, settings)
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'fleetci.cache' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value

@@ -7,7 +7,6 @@ serve stale) -> conditional request upstream (a 304 is free) -> store. Anything 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import json
 import logging
@@ -16,8 +15,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, cast
 
+from fleetci.cache.api import COUNTER_KEYS as COUNTER_KEYS
+from fleetci.cache.api import SUMMARY_KEYS as SUMMARY_KEYS
+from fleetci.cache.api import CacheStats
+from fleetci.cache.peering import Announcement, Claim
+from fleetci.cache.peering import PeerLink as PeerLink
 from fleetci.cache.policy import (
     ANONYMOUS_SCOPE,
     CredentialError,
@@ -36,46 +40,12 @@ from fleetci.cache.settings import CacheSettings
 from fleetci.cache.store import CacheStore, Entry, Headers
 from fleetci.http import HOP_BY_HOP, AsyncUpstream, StreamedBody, UpstreamError, UpstreamResponse, forwardable
 
-if TYPE_CHECKING:
-    from fleetci.p2p.messages import Announcement, Claim
-
 log = logging.getLogger("fleetci.cache")
 
 CACHE_HEADER = "X-Fleetci-Cache"
 MAX_STORED_BODY = 16 * 1024 * 1024
 DROP_FROM_STORED = HOP_BY_HOP | {"x-fleetci-cache", "set-cookie"}
 CONDITIONAL = {"if-none-match", "if-modified-since", "cache-control", "pragma"}
-
-
-# Counters (monotonic) and the seed's summary keys, shared by the stats table, the saved stats and /metrics.
-COUNTER_KEYS = (
-    "requests",
-    "local_hits",
-    "peer_hits",
-    "misses",
-    "revalidations",
-    "coalesced",
-    "stale_served",
-    "bypassed",
-    "upstream_requests",
-    "upstream_errors",
-    "rate_limited",
-    "claim_waits",
-    "refused",
-)
-SUMMARY_KEYS = (
-    "local_hits",
-    "peer_hits",
-    "misses",
-    "revalidations",
-    "coalesced",
-    "stale_served",
-    "hit_rate",
-    "api_calls_saved",
-    "rate_limit_remaining",
-    "cache_size",
-    "connected_peers",
-)
 
 
 class Outcome:
@@ -170,17 +140,6 @@ def _etag_matches(client_inm: str, etag: str | None) -> bool:
 def _weak(tag: str) -> str:
     """Weak comparison, as GitHub does: W/"x" equals "x"."""
     return tag.strip().removeprefix("W/")
-
-
-class PeerLink(Protocol):
-    """What the engine needs from the peer-to-peer layer (``fleetci.p2p.node.P2PNode``)."""
-
-    peer_id: str
-
-    def announce(self, entry: Entry) -> None: ...
-    def claim(self, scope: str, key: str, release: bool = False) -> None: ...
-    def fetch(self, ann: Announcement) -> concurrent.futures.Future[bytes | None]: ...
-    def connected_peers(self) -> list[str]: ...
 
 
 PEER_INDEX_MAX = 50_000
@@ -602,20 +561,23 @@ class CacheEngine:
         return ProxyResponse(resp.status, headers, resp.body, resp.outcome)
 
     # -- stats -----------------------------------------------------------------------------------------
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> CacheStats:
         c = self.counters
         served_free = c.local_hits + c.peer_hits + c.coalesced + c.stale_served + c.revalidations
         cacheable = served_free + c.misses
-        return {
-            **{k: getattr(c, k) for k in COUNTER_KEYS},
-            "hit_rate": round(served_free / cacheable, 4) if cacheable else 0.0,
-            "api_calls_saved": served_free,
-            "rate_limit_remaining": self.limits.lowest_remaining(),
-            "cache_size": len(self.store),
-            "cache_bytes": self.store.total_bytes,
-            "connected_peers": len(self.peers.connected_peers()) if self.peers is not None else 0,
-            "uptime_s": round(self.clock() - c.started_at, 1),
-        }
+        stats: dict[str, Any] = {k: getattr(c, k) for k in COUNTER_KEYS}
+        stats.update(
+            {
+                "hit_rate": round(served_free / cacheable, 4) if cacheable else 0.0,
+                "api_calls_saved": served_free,
+                "rate_limit_remaining": self.limits.lowest_remaining(),
+                "cache_size": len(self.store),
+                "cache_bytes": self.store.total_bytes,
+                "connected_peers": len(self.peers.connected_peers()) if self.peers is not None else 0,
+                "uptime_s": round(self.clock() - c.started_at, 1),
+            }
+        )
+        return cast(CacheStats, stats)
 
     async def close(self) -> None:
         await self.upstream.close()

@@ -1,4 +1,8 @@
-"""``fleetci cache serve``: the engine behind an aiohttp server on TCP and a unix socket."""
+"""``fleetci cache serve``: the engine behind an aiohttp server on TCP and a unix socket.
+
+Peer-to-peer sharing arrives from outside: ``serve(attach=…)`` is handed a function that starts a node
+(``fleetci.p2p.attach.start_peers``); this module never imports ``fleetci.p2p``.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +17,25 @@ import socket
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from fleetci.cache.engine import CACHE_HEADER, COUNTER_KEYS, CacheEngine, Outcome
+from fleetci.cache.api import (
+    COUNTER_KEYS,
+    HEALTH_PATH,
+    METRICS_PATH,
+    PEERS_PATH,
+    PROBE_PATH,
+    STATS_PATH,
+    Health,
+    PeersStatus,
+)
+from fleetci.cache.engine import CACHE_HEADER, CacheEngine, Outcome
+from fleetci.cache.peering import PeerService
 from fleetci.cache.settings import CacheSettings
 from fleetci.errors import FleetciError
 from fleetci.http import (
@@ -36,11 +52,6 @@ from fleetci.http import (
 
 log = logging.getLogger("fleetci.cache")
 
-HEALTH_PATH = "/_fleetci/health"
-STATS_PATH = "/_fleetci/stats"
-PEERS_PATH = "/_fleetci/peers"
-PROBE_PATH = "/_fleetci/p2p/probe"
-METRICS_PATH = "/metrics"
 STATS_FLUSH_S = 2.0
 TRIM_EVERY = 5  # flushes between heap trims (10 s; see fleetci.process.release_free_memory)
 LINK_URL = re.compile(r"<([^>]*)>")
@@ -50,6 +61,9 @@ CLIENT_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9._~-]{1,253})(?:
 REWRITE_MEMO_BYTES = 4 * 1024 * 1024
 REWRITE_MEMO_MAX_BODY = 1 << 20
 ENGINE_KEY = web.AppKey("engine", CacheEngine)
+# How the proxy joins a fleet: start a node for this engine (setting ``engine.peers``) and return it, or
+# say in one line why not and return None (``fleetci.p2p.attach.start_peers``).
+Attach = Callable[[CacheEngine, asyncio.AbstractEventLoop], PeerService | None]
 
 
 class _Collector:
@@ -59,7 +73,7 @@ class _Collector:
         self.engine = engine
 
     def collect(self) -> Any:
-        s = self.engine.stats()
+        s: dict[str, Any] = dict(self.engine.stats())
         for name in COUNTER_KEYS:
             c = CounterMetricFamily(f"fleetci_cache_{name}", f"fleetci cache {name.replace('_', ' ')}")
             c.add_metric([], float(s[name]))
@@ -201,45 +215,33 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
 
 async def _health(request: web.Request) -> web.Response:
     engine = request.app[ENGINE_KEY]
-    return web.json_response(
-        {
-            "status": "ok",
-            "upstream": redact_url(engine.settings.upstream),
-            "socket": str(engine.settings.socket_path),
-            "proxy_url": request.app.get("proxy_url", ""),
-            "pid": os.getpid(),
-            "peer_id": request.app.get("peer_id", ""),
-            "p2p": request.app.get("p2p_status", "off"),
-        }
-    )
+    peers = request.app.get("peers")
+    health: Health = {
+        "status": "ok",
+        "upstream": redact_url(engine.settings.upstream),
+        "socket": str(engine.settings.socket_path),
+        "proxy_url": request.app.get("proxy_url", ""),
+        "pid": os.getpid(),
+        "peer_id": peers.peer_id if peers is not None else "",
+        "p2p": request.app.get("p2p_status", "off"),
+    }
+    return web.json_response(health)
 
 
 async def _peers(request: web.Request) -> web.Response:
-    node = request.app.get("p2p_node")
-    if node is None:
-        return web.json_response(
-            {"p2p": request.app.get("p2p_status", "off"), "peer_id": "", "connected": []}
-        )
-    return web.json_response(
-        {
-            "p2p": "active",
-            "peer_id": node.peer_id,
-            "addrs": node.addrs,
-            "connected": node.connected_peers(),
-            "stats": {k: v for k, v in vars(node.stats).items()},
-            **({"receipts": dict(node.receipts)} if request.query.get("receipts") else {}),
-        }
-    )
+    peers: PeerService | None = request.app.get("peers")
+    if peers is None:
+        off: PeersStatus = {"p2p": request.app.get("p2p_status", "off"), "peer_id": "", "connected": []}
+        return web.json_response(off)
+    return web.json_response(peers.status(receipts=bool(request.query.get("receipts"))))
 
 
 async def _probe(request: web.Request) -> web.Response:
     """Announce a throw-away entry, then fetch it back from every peer (``fleetci cache verify``)."""
-    node = request.app.get("p2p_node")
-    if node is None:
+    peers: PeerService | None = request.app.get("peers")
+    if peers is None:
         return web.json_response({"error": "peer-to-peer sharing is not active"}, status=409)
-    from fleetci.p2p.probe import probe_peers
-
-    return web.json_response(await probe_peers(node, request.app[ENGINE_KEY]))
+    return web.json_response(await peers.probe())
 
 
 async def _stats(request: web.Request) -> web.Response:
@@ -295,14 +297,20 @@ def persist_stats(engine: CacheEngine) -> None:
         engine.store.save_meta("stats", {**engine.stats(), "saved_at": time.time()})
 
 
-async def serve(settings: CacheSettings, probe: bool = True, ready: asyncio.Event | None = None) -> None:
-    """Run the proxy until SIGINT/SIGTERM (or until cancelled)."""
+async def serve(
+    settings: CacheSettings,
+    probe: bool = True,
+    ready: asyncio.Event | None = None,
+    attach: Attach | None = None,
+) -> None:
+    """Run the proxy until SIGINT/SIGTERM (or until cancelled); ``attach`` joins it to a fleet."""
     check_port_free(settings.host, settings.proxy_port)
     if settings.upstream.rstrip("/") in (settings.proxy_url, f"http://localhost:{settings.proxy_port}"):
         raise FleetciError(f"upstream {redact_url(settings.upstream)} is this proxy itself")
     engine = CacheEngine(settings)
     runner: web.AppRunner | None = None
     flusher: asyncio.Task[None] | None = None
+    peers: PeerService | None = None
     sock = settings.socket_path
     try:
         if probe:
@@ -335,12 +343,9 @@ async def serve(settings: CacheSettings, probe: bool = True, ready: asyncio.Even
             sock.chmod(0o600)
         except OSError as exc:
             raise FleetciError(f"cannot listen on unix socket {sock}: {describe(exc)}") from exc
-        if settings.enable_p2p:
-            node = start_peers(settings, engine, asyncio.get_running_loop())
-            if node is not None:
-                app["p2p_node"], app["peer_id"], app["p2p_status"] = node, node.peer_id, "active"
-            else:
-                app["p2p_status"] = "failed"
+        if attach is not None:
+            peers = attach(engine, asyncio.get_running_loop())
+            app["peers"], app["p2p_status"] = peers, "active" if peers is not None else "failed"
         flusher = asyncio.create_task(_flush_stats_forever(engine))
         print(
             f"fleetci cache listening on http://{settings.host}:{port} and unix:{sock} "
@@ -358,8 +363,8 @@ async def serve(settings: CacheSettings, probe: bool = True, ready: asyncio.Even
     finally:
         if flusher is not None:
             flusher.cancel()
-        if engine.peers is not None:
-            await asyncio.to_thread(engine.peers.stop)  # type: ignore[attr-defined]
+        if peers is not None:
+            await asyncio.to_thread(peers.stop)
             engine.peers = None
         if runner is not None:
             await runner.cleanup()
@@ -370,39 +375,9 @@ async def serve(settings: CacheSettings, probe: bool = True, ready: asyncio.Even
                 sock.unlink()
 
 
-def start_peers(settings: CacheSettings, engine: CacheEngine, loop: asyncio.AbstractEventLoop) -> Any:
-    """Start the libp2p node; on any problem say so in one line and keep serving locally."""
+def run(settings: CacheSettings, probe: bool = True, attach: Attach | None = None) -> int:
     try:
-        from fleetci.p2p.attach import start_node
-
-        node = start_node(settings, engine, loop)
-    except ImportError as exc:
-        print(
-            f"fleetci: warning: peer-to-peer sharing needs 'pip install fleetci[p2p]' "
-            f"({exc.name} is missing); serving locally",
-            file=sys.stderr,
-            flush=True,
-        )
-        return None
-    except FleetciError as exc:
-        print(
-            f"fleetci: warning: peer-to-peer sharing disabled: {exc}; serving locally",
-            file=sys.stderr,
-            flush=True,
-        )
-        return None
-    engine.peers = node
-    print(
-        f"fleetci cache peer {node.peer_id} listening on {', '.join(node.addrs)} "
-        f"(fleet topic {node.keys.topic})",
-        flush=True,
-    )
-    return node
-
-
-def run(settings: CacheSettings, probe: bool = True) -> int:
-    try:
-        asyncio.run(serve(settings, probe=probe))
+        asyncio.run(serve(settings, probe=probe, attach=attach))
     except FleetciError:
         raise
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ Why this shape:
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from fleetci.cache.settings import MEMORY_BYTES
 from fleetci.errors import FleetciError
-from fleetci.files import ensure_private_dir, tighten, touch_private
+from fleetci.files import ensure_private_dir, move_aside, tighten, touch_private
 
 if TYPE_CHECKING:
     from fleetci.cache.settings import CacheSettings
@@ -233,15 +234,15 @@ class CacheStore:
             raise
         return db
 
-    def _move_aside(self) -> Path:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(self.path) + suffix)
-            if src.exists():
-                src.replace(Path(str(target) + suffix))
-        self.corrupt_moved_to = target
-        return target
+    def _move_aside(self) -> Path | None:
+        """``cache.db.corrupt-<UTC time>`` (files.move_aside); SQLite's -wal and -shm follow it."""
+        moved = move_aside(self.path)
+        if moved is not None:
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    Path(f"{self.path}{suffix}").rename(f"{moved}{suffix}")
+        self.corrupt_moved_to = moved
+        return moved
 
     def _read_data_version(self) -> int:
         row = self._db.execute("PRAGMA data_version").fetchone()

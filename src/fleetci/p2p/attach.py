@@ -1,19 +1,28 @@
-"""Build a P2P node from cache settings: secret resolution, bootstrap validation, engine wiring."""
+"""Join a running proxy to the fleet: secret resolution, bootstrap validation, node start, engine wiring.
+
+``fleetci cache serve`` passes :func:`attacher`'s result to ``fleetci.cache.server.serve``; the cache
+package never imports this one (``p2p`` implements the cache's ``PeerLink``, not the other way round).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import sys
 
 from fleetci import gha
+from fleetci.cache.api import PeersStatus, ProbeResult
 from fleetci.cache.engine import CacheEngine
+from fleetci.cache.peering import PeerService
 from fleetci.cache.settings import CacheSettings
+from fleetci.errors import FleetciError
 from fleetci.http import free_port
 from fleetci.p2p.crypto import FleetKeys, secret_fingerprint
 from fleetci.p2p.messages import Announcement, Claim
 from fleetci.p2p.node import PUBLIC_BOOTSTRAP, P2PConfig, P2PError, P2PNode, parse_multiaddr
+from fleetci.p2p.probe import probe_peers
 
 log = logging.getLogger("fleetci.p2p")
 
@@ -80,3 +89,73 @@ def start_node(settings: CacheSettings, engine: CacheEngine, loop: asyncio.Abstr
     node.start()
     log.info("fleet secret fingerprint %s", secret_fingerprint(secret))
     return node
+
+
+class AttachedNode:
+    """A started node as the proxy's endpoints see it (``cache.peering.PeerService``)."""
+
+    def __init__(self, node: P2PNode, engine: CacheEngine) -> None:
+        self.node = node
+        self.engine = engine
+        self.peer_id = node.peer_id
+
+    def status(self, receipts: bool = False) -> PeersStatus:
+        node = self.node
+        status: PeersStatus = {
+            "p2p": "active",
+            "peer_id": node.peer_id,
+            "addrs": node.addrs,
+            "connected": node.connected_peers(),
+            "stats": dict(vars(node.stats)),
+        }
+        if receipts:
+            status["receipts"] = dict(node.receipts)
+        return status
+
+    async def probe(self) -> ProbeResult:
+        return await probe_peers(self.node, self.engine)
+
+    def stop(self) -> None:
+        self.node.stop()
+
+
+def start_peers(
+    settings: CacheSettings, engine: CacheEngine, loop: asyncio.AbstractEventLoop
+) -> PeerService | None:
+    """Start the libp2p node; on any problem say so in one line and keep serving locally."""
+    try:
+        node = start_node(settings, engine, loop)
+    except ImportError as exc:
+        print(
+            f"fleetci: warning: peer-to-peer sharing needs 'pip install fleetci[p2p]' "
+            f"({exc.name} is missing); serving locally",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    except FleetciError as exc:
+        print(
+            f"fleetci: warning: peer-to-peer sharing disabled: {exc}; serving locally",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    engine.peers = node
+    print(
+        f"fleetci cache peer {node.peer_id} listening on {', '.join(node.addrs)} "
+        f"(fleet topic {node.keys.topic})",
+        flush=True,
+    )
+    return AttachedNode(node, engine)
+
+
+def attacher(
+    settings: CacheSettings,
+) -> functools.partial[PeerService | None] | None:
+    """What ``fleetci cache serve`` hands the proxy to join the fleet; None when sharing is off."""
+    if not settings.enable_p2p:
+        return None
+    from fleetci.p2p import slim
+
+    slim.install(public_peers=settings.public_bootstrap)  # before anything imports libp2p
+    return functools.partial(start_peers, settings)

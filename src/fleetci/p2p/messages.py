@@ -6,6 +6,9 @@ scope key; everything else, including the URL, headers and any inline body, is s
 ``"m": "claim"`` carries claims instead: "I am fetching these keys from GitHub now" (or, released, "I
 did not get them"), which lets the rest of the fleet wait for one upstream call instead of making their
 own.
+
+:class:`Announcement` and :class:`Claim` are the cache's records (``fleetci.cache.peering``); this module
+only puts them on the wire and takes them off it.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from fleetci.cache.store import Entry
+from fleetci.cache.peering import INLINE_MAX as INLINE_MAX
+from fleetci.cache.peering import Announcement as Announcement
+from fleetci.cache.peering import Claim as Claim
 from fleetci.p2p.crypto import FleetKeys
 
 VERSION = 1
-INLINE_MAX = 32 * 1024  # bodies up to this size ride in the announcement itself
 FETCH_PROTOCOL = "/fleetci/cache/1.0.0"
 
 
@@ -28,108 +32,49 @@ class MessageError(Exception):
     """A message that is not ours, or not well formed."""
 
 
-@dataclass(frozen=True)
-class Announcement:
-    """What a peer says it holds: enough to fetch, verify and serve the entry."""
+def announcement_json(ann: Announcement) -> dict[str, Any]:
+    """One announcement on the wire (short keys: a batch carries hundreds)."""
+    d: dict[str, Any] = {
+        "k": ann.key,
+        "t": ann.target,
+        "c": ann.cid,
+        "e": ann.etag,
+        "l": ann.last_modified,
+        "s": ann.status,
+        "h": ann.headers,
+        "a": ann.stored_at,
+        "x": ann.fresh_until,
+        "n": ann.size,
+    }
+    if ann.body is not None:
+        d["b"] = base64.b64encode(ann.body).decode()
+    return d
 
-    key: str
-    scope: str
-    target: str
-    cid: str
-    etag: str | None
-    last_modified: str | None
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    stored_at: float
-    fresh_until: float
-    size: int
-    peer: str
-    body: bytes | None = None
 
-    @classmethod
-    def of(cls, entry: Entry, peer: str, inline: bool = True) -> Announcement:
-        return cls(
-            key=entry.key,
-            scope=entry.scope,
-            target=entry.target,
-            cid=entry.cid(),
-            etag=entry.etag,
-            last_modified=entry.last_modified,
-            status=entry.status,
-            headers=entry.headers,
-            stored_at=entry.stored_at,
-            fresh_until=entry.fresh_until,
-            size=len(entry.body),
+def announcement_from_json(d: dict[str, Any], scope: str, peer: str) -> Announcement:
+    try:
+        body = base64.b64decode(d["b"]) if "b" in d else None
+        return Announcement(
+            key=str(d["k"]),
+            scope=scope,
+            target=str(d["t"]),
+            cid=str(d["c"]),
+            etag=d.get("e"),
+            last_modified=d.get("l"),
+            status=int(d["s"]),
+            headers=tuple((str(k), str(v)) for k, v in d["h"]),
+            stored_at=float(d["a"]),
+            fresh_until=float(d["x"]),
+            size=int(d["n"]),
             peer=peer,
-            body=entry.body if inline and len(entry.body) <= INLINE_MAX else None,
+            body=body,
         )
-
-    def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "k": self.key,
-            "t": self.target,
-            "c": self.cid,
-            "e": self.etag,
-            "l": self.last_modified,
-            "s": self.status,
-            "h": self.headers,
-            "a": self.stored_at,
-            "x": self.fresh_until,
-            "n": self.size,
-        }
-        if self.body is not None:
-            d["b"] = base64.b64encode(self.body).decode()
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any], scope: str, peer: str) -> Announcement:
-        try:
-            body = base64.b64decode(d["b"]) if "b" in d else None
-            return cls(
-                key=str(d["k"]),
-                scope=scope,
-                target=str(d["t"]),
-                cid=str(d["c"]),
-                etag=d.get("e"),
-                last_modified=d.get("l"),
-                status=int(d["s"]),
-                headers=tuple((str(k), str(v)) for k, v in d["h"]),
-                stored_at=float(d["a"]),
-                fresh_until=float(d["x"]),
-                size=int(d["n"]),
-                peer=peer,
-                body=body,
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MessageError(f"malformed announcement: {exc}") from exc
-
-    def to_entry(self, body: bytes) -> Entry:
-        """The entry as the announcing peer stored it; the caller has checked ``body`` against the CID."""
-        return Entry.create(
-            self.key,
-            self.scope,
-            self.target,
-            self.status,
-            self.headers,
-            body,
-            self.fresh_until - self.stored_at,
-            now=self.stored_at,
-        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MessageError(f"malformed announcement: {exc}") from exc
 
 
 ANNOUNCE = "ann"
 CLAIM = "claim"
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A peer is fetching ``key`` upstream right now (``release``: it gave up without an entry)."""
-
-    key: str
-    scope: str
-    peer: str
-    release: bool = False
-    sent_at: float = 0.0  # the claimant's clock: propagation statistics only
 
 
 @dataclass(frozen=True)
@@ -152,7 +97,7 @@ def _seal_message(keys: FleetKeys, peer: str, scope: str, kind: str, items: list
 
 
 def encode_batch(keys: FleetKeys, peer: str, scope: str, anns: list[Announcement]) -> bytes:
-    return _seal_message(keys, peer, scope, ANNOUNCE, [a.to_json() for a in anns])
+    return _seal_message(keys, peer, scope, ANNOUNCE, [announcement_json(a) for a in anns])
 
 
 def encode_claims(keys: FleetKeys, peer: str, scope: str, claims: list[tuple[str, bool]]) -> bytes:
@@ -177,7 +122,7 @@ def decode_message(keys: FleetKeys, data: bytes) -> Gossip:
     if not isinstance(items, list):
         raise MessageError("message is not a list")
     if kind == ANNOUNCE:
-        return Gossip(peer, scope, [Announcement.from_json(d, scope, peer) for d in items], [])
+        return Gossip(peer, scope, [announcement_from_json(d, scope, peer) for d in items], [])
     if kind == CLAIM:
         try:
             claims = [Claim(str(k), scope, peer, bool(r), float(t)) for k, r, t in items]

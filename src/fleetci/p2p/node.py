@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import random
-import secrets
 import threading
 import time
 from collections import OrderedDict, defaultdict
@@ -24,18 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fleetci.cache.peering import Announcement, Claim
 from fleetci.cache.store import Entry, cid_of
 from fleetci.errors import FleetciError
-from fleetci.files import tighten, write_private
 from fleetci.http import check_port_free, primary_ip
 from fleetci.p2p.crypto import FleetKeys, SealError
 from fleetci.p2p.discovery import PeerRegistry
+from fleetci.p2p.identity import P2PError as P2PError
+from fleetci.p2p.identity import load_identity as load_identity
+from fleetci.p2p.identity import parse_multiaddr as parse_multiaddr
+from fleetci.p2p.identity import peer_id_for as peer_id_for
 from fleetci.p2p.messages import (
     FETCH_PROTOCOL,
     PX,
     SYNC,
-    Announcement,
-    Claim,
     MessageError,
     decode_fetch_request,
     decode_message,
@@ -48,6 +49,7 @@ from fleetci.p2p.messages import (
     seal_body,
     unframe,
 )
+from fleetci.retry import Backoff
 
 log = logging.getLogger("fleetci.p2p")
 
@@ -62,6 +64,9 @@ BACKLOG_RPCS = 16
 HOLD_ANNOUNCEMENTS_S = 2.0
 HOLD_CLAIMS_S = 0.25
 MAX_BODY = 32 * 1024 * 1024
+# Lost or unreachable peers are dialled again after 1, 2, 4 … 60 s (the discovery loop keeps one
+# schedule per address; the policy is the shared one, without jitter).
+REDIAL = Backoff(retries=None, initial=1.0, most=60.0, jitter=0.0)
 # Seed 001: these only when the operator opts in; dialled in the background, never blocking start-up.
 PUBLIC_BOOTSTRAP = (
     "/dnsaddr/bootstrap.libp2p.io/p2p/QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN",
@@ -69,10 +74,6 @@ PUBLIC_BOOTSTRAP = (
     "/dnsaddr/bootstrap.libp2p.io/p2p/QmbLHAnMoJPWSCR5Zhtx6BHJX9KiKNN6tpvbUcqanj75Nb",
     "/dnsaddr/bootstrap.libp2p.io/p2p/QmcZf59bWwK5XFi76CZX8cbJ4BhTzzA3gU1ZjYZcYW3dwt",
 )
-
-
-class P2PError(FleetciError):
-    """Peer-to-peer sharing could not start (the proxy keeps serving locally)."""
 
 
 @dataclass(frozen=True)
@@ -102,44 +103,6 @@ class P2PStats:
     claims_sent: int = 0
     claims_received: int = 0
     held: int = 0  # 10 ms waits for back-pressure (see _hold_while_backlogged)
-
-
-def load_identity(path: Path) -> bytes:
-    """The node's ed25519 seed: created once, kept 0600 in CACHE_DIR, so the peer ID survives restarts."""
-    try:
-        seed = path.read_bytes()
-        if len(seed) == 32:
-            tighten(path)  # an older version may have left it wider
-            return seed
-        log.warning("identity file %s is damaged; creating a new peer identity", path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise P2PError(f"cannot read peer identity {path}: {exc.strerror or exc}") from exc
-    seed = secrets.token_bytes(32)
-    try:
-        write_private(path, seed)
-    except OSError as exc:
-        raise P2PError(f"cannot write peer identity {path}: {exc.strerror or exc}") from exc
-    return seed
-
-
-def peer_id_for(seed: bytes) -> str:
-    from libp2p.crypto.ed25519 import create_new_key_pair
-    from libp2p.peer.id import ID
-
-    return str(ID.from_pubkey(create_new_key_pair(seed).public_key).pretty())
-
-
-def parse_multiaddr(text: str) -> Any:
-    """A dialable ``/ip4/…/tcp/…/p2p/<id>`` multiaddr, or ValueError with the reason."""
-    import multiaddr
-    from libp2p.peer.peerinfo import info_from_p2p_addr
-
-    try:
-        return info_from_p2p_addr(multiaddr.Multiaddr(text.strip()))
-    except Exception as exc:  # the library raises several unrelated types for bad input
-        raise ValueError(f"invalid peer multiaddr {text.strip()!r}: {exc}") from None
 
 
 class P2PNode:
@@ -620,7 +583,7 @@ class P2PNode:
         import trio
 
         retry_at: dict[str, float] = {}
-        backoff: dict[str, float] = {}
+        failures: dict[str, int] = {}
         registry = PeerRegistry(self.config.registry) if self.config.registry else None
         last_register = 0.0
         while True:
@@ -640,11 +603,10 @@ class P2PNode:
                 if peer in self._peers or now < retry_at.get(addr, 0.0):
                     continue
                 if await self._connect(addr):
-                    backoff.pop(addr, None)
+                    failures.pop(addr, None)
                 else:
-                    delay = min(backoff.get(addr, 0.5) * 2, 60.0)
-                    backoff[addr] = delay
-                    retry_at[addr] = time.monotonic() + delay
+                    failures[addr] = failures.get(addr, 0) + 1
+                    retry_at[addr] = time.monotonic() + REDIAL.delay(failures[addr])
             await trio.sleep(min(1.0, self.config.discover_every) if len(self._peers) == 0 else 1.0)
 
     async def _peer_watch(self) -> None:

@@ -1,0 +1,104 @@
+"""The proxy's own endpoints (``/_fleetci/…``): their paths and the JSON they answer.
+
+The server (``cache/server.py``) writes these shapes, the client side (``cache/client.py``,
+``cache/daemon.py``, ``fleetci cache …``) reads them; both import them from here, so they agree.
+Key order is the order the proxy writes (``fleetci cache stats --json`` sorts keys itself).
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+HEALTH_PATH = "/_fleetci/health"
+STATS_PATH = "/_fleetci/stats"
+PEERS_PATH = "/_fleetci/peers"
+PROBE_PATH = "/_fleetci/p2p/probe"
+METRICS_PATH = "/metrics"
+
+# Counters (monotonic) and the seed's summary keys, shared by the stats table, the saved stats and /metrics.
+COUNTER_KEYS = (
+    "requests",
+    "local_hits",
+    "peer_hits",
+    "misses",
+    "revalidations",
+    "coalesced",
+    "stale_served",
+    "bypassed",
+    "upstream_requests",
+    "upstream_errors",
+    "rate_limited",
+    "claim_waits",
+    "refused",
+)
+SUMMARY_KEYS = (
+    "local_hits",
+    "peer_hits",
+    "misses",
+    "revalidations",
+    "coalesced",
+    "stale_served",
+    "hit_rate",
+    "api_calls_saved",
+    "rate_limit_remaining",
+    "cache_size",
+    "connected_peers",
+)
+
+
+class CacheStats(TypedDict, total=False):
+    """``GET /_fleetci/stats``, the counters saved in the database, ``fleetci cache stats --json``."""
+
+    requests: int
+    local_hits: int
+    peer_hits: int
+    misses: int
+    revalidations: int
+    coalesced: int
+    stale_served: int
+    bypassed: int
+    upstream_requests: int
+    upstream_errors: int
+    rate_limited: int
+    claim_waits: int
+    refused: int
+    hit_rate: float
+    api_calls_saved: int
+    rate_limit_remaining: int | None  # the lowest X-RateLimit-Remaining seen over tokens
+    cache_size: int
+    cache_bytes: int
+    connected_peers: int
+    uptime_s: float
+    source: str  # added by the reader: "live" (a running proxy), "saved" or "empty" (the database)
+
+
+class Health(TypedDict):
+    """``GET /_fleetci/health``: ``fleetci cache start`` waits for it and reads the proxy's address."""
+
+    status: str
+    upstream: str
+    socket: str
+    proxy_url: str
+    pid: int
+    peer_id: str
+    p2p: str  # "off", "active" or "failed" (sharing asked for but not running: see the proxy log)
+
+
+class PeersStatus(TypedDict, total=False):
+    """``GET /_fleetci/peers`` (``?receipts=1`` adds when each announced key arrived)."""
+
+    p2p: str
+    peer_id: str
+    addrs: list[str]
+    connected: list[str]
+    stats: dict[str, int]
+    receipts: dict[str, float]
+
+
+class ProbeResult(TypedDict):
+    """``POST /_fleetci/p2p/probe``: an announced throw-away entry, fetched back from each peer."""
+
+    peer_id: str
+    connected: list[str]
+    shared_with: list[str]
+    cid: str
