@@ -219,14 +219,16 @@ def test_action_steps_are_injection_safe_and_outputs_resolve(action: Path) -> No
 def test_setup_p2p_cache_passes_every_setting_input_to_the_cli() -> None:
     meta = load_yaml(REPO_ROOT / "actions" / "setup-p2p-cache" / "action.yml")
     inputs = meta["inputs"]
-    seed = {
-        "enable-p2p": "false",
-        "listen-port": "9100",
+    # The seed's defaults are the CLI's: a setting input defaults to empty (not exported, so a config
+    # file's value is not overridden) and its description names the built-in default.
+    seed = {"enable-p2p": "false", "listen-port": "9100", "default-ttl": "300", "max-entries": "10000"}
+    for name, default in seed.items():
+        assert str(inputs[name]["default"]) == "", f"input {name} must default to empty"
+        assert f"else {default}." in " ".join(str(inputs[name]["description"]).split()), name
+    assert {k: str(inputs[k]["default"]) for k in ("bootstrap-peers", "cache-dir")} == {
         "bootstrap-peers": "",
-        "default-ttl": "300",
         "cache-dir": "",
     }
-    assert {k: str(inputs[k]["default"]) for k in seed} == seed
     start = next(s for s in meta["runs"]["steps"] if s.get("id") == "start")
     assert "cache start" in start["run"]
     env = start["env"]
@@ -244,6 +246,7 @@ def test_setup_p2p_cache_passes_every_setting_input_to_the_cli() -> None:
         "fleet": "CACHE_FLEET",
     }
     assert set(inputs) - {"python", "extras"} == set(cli_env)
+    assert all(str(inputs[name]["default"]) == "" for name in cli_env)
     for name, var in cli_env.items():
         assert f"inputs.{name}" in str(env.get(var)), f"input {name} does not reach ${var}: {env.get(var)}"
     assert set(meta["outputs"]) >= {"api-url", "socket", "peer-id"}
