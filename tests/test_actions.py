@@ -219,8 +219,8 @@ def test_action_steps_are_injection_safe_and_outputs_resolve(action: Path) -> No
 def test_setup_p2p_cache_passes_every_setting_input_to_the_cli() -> None:
     meta = load_yaml(REPO_ROOT / "actions" / "setup-p2p-cache" / "action.yml")
     inputs = meta["inputs"]
-    # The seed's defaults are the CLI's: a setting input defaults to empty (not exported, so a config
-    # file's value is not overridden) and its description names the built-in default.
+    # The seed's defaults are the CLI's: a setting input defaults to empty (exported empty, which fleetci
+    # ignores, so a config file's value is not overridden) and its description names the built-in default.
     seed = {"enable-p2p": "false", "listen-port": "9100", "default-ttl": "300", "max-entries": "10000"}
     for name, default in seed.items():
         assert str(inputs[name]["default"]) == "", f"input {name} must default to empty"
