@@ -439,21 +439,7 @@ def test_start_stop_background(emulator: Any, tmp_path: Path) -> None:
     assert wait_until(lambda: not (cache_dir / "proxy.sock").exists())
 
 
-# -- bad input: one clear line, non-zero exit ---------------------------------------------------------
-
-
-def test_unknown_flag(tmp_path: Path) -> None:
-    out = run_fleetci("cache", "serve", "--bogus")
-    assert out.returncode == 2
-    assert "--bogus" in one_line_error(out)
-    assert "invalid choice" in one_line_error(run_fleetci("cache", "frobnicate"))
-
-
-def test_bad_env_value(tmp_path: Path) -> None:
-    out = run_fleetci(
-        "cache", "serve", "--cache-dir", str(tmp_path), env=clean_env(CACHE_PROXY_PORT="ninety")
-    )
-    assert "$CACHE_PROXY_PORT" in one_line_error(out)
+# -- bad input: one clear line, non-zero exit (those needing no proxy: test_cache_unit.py, in process) --
 
 
 def test_port_already_in_use(emulator: Any, proxy: Proxy, tmp_path: Path) -> None:
@@ -502,43 +488,6 @@ def test_unwritable_cache_dir(emulator: Any, tmp_path: Path) -> None:
             assert "not writable" in one_line_error(out)
         finally:
             subprocess.run(["umount", str(ro)], check=False)
-
-
-def test_corrupt_config_file(tmp_path: Path) -> None:
-    cfg = tmp_path / "config.yml"
-    cfg.write_text("cache: [unclosed\n")
-    assert "not valid YAML" in one_line_error(run_fleetci("--config", str(cfg), "cache", "stats"))
-    cfg.write_text("cache:\n  ttl: [{pattern: '(', seconds: 5}]\n")
-    assert "ttl" in one_line_error(run_fleetci("--config", str(cfg), "cache", "stats"))
-    assert "does not exist" in one_line_error(
-        run_fleetci("--config", str(tmp_path / "nope.yml"), "cache", "stats")
-    )
-
-
-def test_stats_and_clear_without_cache(tmp_path: Path) -> None:
-    args = ("--cache-dir", str(tmp_path / "none"), "--socket", str(tmp_path / "none.sock"))
-    assert "no proxy running" in one_line_error(run_fleetci("cache", "stats", *args))
-    assert "no cache" in one_line_error(run_fleetci("cache", "clear", *args))
-    from fleetci.http import free_port
-
-    assert "cannot read stats" in one_line_error(
-        run_fleetci("cache", "stats", "--url", f"http://127.0.0.1:{free_port()}")
-    )
-    assert "no running proxy" in one_line_error(run_fleetci("cache", "stop", *args))
-
-
-def test_corrupt_cache_db_is_one_line_and_left_in_place(tmp_path: Path) -> None:
-    cache_dir = tmp_path / "corrupt"
-    cache_dir.mkdir()
-    garbage = b"SQLite format 3\x00" + os.urandom(8192)
-    (cache_dir / "cache.db").write_bytes(garbage)
-    args = ("--cache-dir", str(cache_dir), "--socket", str(tmp_path / "none.sock"))
-    for verb in (("stats",), ("stats", "--json"), ("clear",), ("clear", "--stale")):
-        out = run_fleetci("cache", *verb, *args)
-        assert out.returncode == 1 and "corrupt" in one_line_error(out), (verb, out.stdout)
-        assert out.stdout == ""
-    assert [p.name for p in cache_dir.iterdir()] == ["cache.db"]
-    assert (cache_dir / "cache.db").read_bytes() == garbage  # nothing lost, nothing moved
 
 
 def test_upstream_userinfo_is_never_printed_or_served(

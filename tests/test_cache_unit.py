@@ -1,20 +1,26 @@
-"""Fast logic: policy, keys, rate-limit tracker, store, configuration precedence."""
+"""Fast logic: policy, keys, rate-limit tracker, store, configuration precedence, and the command line
+in this process (its failures: one line, the right exit code)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from conftest import one_line_error
 from fleetci.cache.policy import TTLPolicy, cache_key, normalize_target, scope_of, wants_revalidation
 from fleetci.cache.ratelimit import RateLimitTracker
 from fleetci.cache.settings import TTLRule, cache_settings, parse_ttl_rules
 from fleetci.cache.store import CacheStore, Entry, cid_of
+from fleetci.cli import main
 from fleetci.config import Resolver
 from fleetci.errors import FleetciError, UsageError
 
@@ -317,7 +323,7 @@ def test_ghes_base_path_is_not_doubled_for_passthrough(tmp_path: Path) -> None:
 def test_entries_peers_push_are_served_but_not_held_in_ram(tmp_path: Path) -> None:
     """A peer's inline body lands on disk; it costs this runner RAM only once a client asks for it."""
     from fleetci.cache.engine import CacheEngine
-    from fleetci.p2p.messages import Announcement
+    from fleetci.cache.peering import Announcement
 
     settings = cache_settings({"cache_dir": str(tmp_path)}, {}, {})
     engine = CacheEngine(settings)
@@ -335,7 +341,7 @@ def test_first_answer_of_a_pushed_entry_says_peer_and_the_marks_are_bounded(
 ) -> None:
     from fleetci.cache import engine as engine_module
     from fleetci.cache.engine import CacheEngine
-    from fleetci.p2p.messages import Announcement
+    from fleetci.cache.peering import Announcement
 
     monkeypatch.setattr(engine_module, "PEER_INDEX_MAX", 3)
     engine = CacheEngine(cache_settings({"cache_dir": str(tmp_path)}, {}, {}))
@@ -554,3 +560,139 @@ def test_upstream_userinfo_is_in_no_printable_attribute() -> None:
     assert "s3cret" not in repr({k: v for k, v in vars(up).items() if k not in credentials})
     assert up.default_authorization == "Basic eC1hY2Nlc3MtdG9rZW46czNjcmV0"  # x-access-token:s3cret
     assert AsyncUpstream("https://ghe.example.com").default_authorization is None
+
+
+# -- the command line, in this process (fleetci.cli.main) ---------------------------------------------
+
+
+@dataclass
+class CliRun:
+    """One ``fleetci …`` run in this process; shaped like CompletedProcess for conftest.one_line_error."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+CliRunner = Callable[..., CliRun]
+
+
+@pytest.fixture
+def fleetci(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> CliRunner:
+    """``fleetci(*argv, **env)``: main() with the environment conftest.clean_env gives a subprocess."""
+    for key in list(os.environ):
+        if key.startswith(("CACHE_", "FLEETCI_", "GITHUB_", "GH_")):
+            monkeypatch.delenv(key)
+
+    def run(*argv: str, **env: str) -> CliRun:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        capsys.readouterr()
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return CliRun(code, out, err)
+
+    return run
+
+
+def no_proxy(tmp_path: Path, name: str = "none") -> tuple[str, ...]:
+    """Settings flags naming a cache directory and a socket where nothing runs."""
+    return ("--cache-dir", str(tmp_path / name), "--socket", str(tmp_path / f"{name}.sock"))
+
+
+def test_unknown_flag(fleetci: CliRunner) -> None:
+    out = fleetci("cache", "serve", "--bogus")
+    assert out.returncode == 2
+    assert "--bogus" in one_line_error(out)
+    assert "invalid choice" in one_line_error(fleetci("cache", "frobnicate"))
+
+
+def test_bad_env_value(fleetci: CliRunner, tmp_path: Path) -> None:
+    out = fleetci("cache", "serve", "--cache-dir", str(tmp_path), CACHE_PROXY_PORT="ninety")
+    assert "$CACHE_PROXY_PORT" in one_line_error(out)
+
+
+def test_corrupt_config_file(fleetci: CliRunner, tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yml"
+    cfg.write_text("cache: [unclosed\n")
+    assert "not valid YAML" in one_line_error(fleetci("--config", str(cfg), "cache", "stats"))
+    cfg.write_text("cache:\n  ttl: [{pattern: '(', seconds: 5}]\n")
+    assert "ttl" in one_line_error(fleetci("--config", str(cfg), "cache", "stats"))
+    assert "does not exist" in one_line_error(
+        fleetci("--config", str(tmp_path / "nope.yml"), "cache", "stats")
+    )
+
+
+def test_stats_and_clear_without_cache(fleetci: CliRunner, tmp_path: Path) -> None:
+    args = no_proxy(tmp_path)
+    assert "no proxy running" in one_line_error(fleetci("cache", "stats", *args))
+    assert "no cache" in one_line_error(fleetci("cache", "clear", *args))
+    from fleetci.http import free_port
+
+    assert "cannot read stats" in one_line_error(
+        fleetci("cache", "stats", "--url", f"http://127.0.0.1:{free_port()}")
+    )
+    assert "no running proxy" in one_line_error(fleetci("cache", "stop", *args))
+
+
+def test_corrupt_cache_db_is_one_line_and_left_in_place(fleetci: CliRunner, tmp_path: Path) -> None:
+    cache_dir = tmp_path / "corrupt"
+    cache_dir.mkdir()
+    garbage = b"SQLite format 3\x00" + os.urandom(8192)
+    (cache_dir / "cache.db").write_bytes(garbage)
+    args = ("--cache-dir", str(cache_dir), "--socket", str(tmp_path / "none.sock"))
+    for verb in (("stats",), ("stats", "--json"), ("clear",), ("clear", "--stale")):
+        out = fleetci("cache", *verb, *args)
+        assert out.returncode == 1 and "corrupt" in one_line_error(out), (verb, out.stdout)
+        assert out.stdout == ""
+    assert [p.name for p in cache_dir.iterdir()] == ["cache.db"]
+    assert (cache_dir / "cache.db").read_bytes() == garbage  # nothing lost, nothing moved
+
+
+def test_saved_stats_print_as_a_table_and_as_json(fleetci: CliRunner, tmp_path: Path) -> None:
+    store = CacheStore(tmp_path / "c" / "cache.db")
+    store.save_meta("stats", {"local_hits": 3, "misses": 1, "hit_rate": 0.75, "saved_at": 1.0})
+    store.put(_entry("k"))
+    store.close()
+    table = fleetci("cache", "stats", *no_proxy(tmp_path, "c"))
+    assert table.returncode == 0, table.stderr
+    assert "local_hits            3" in table.stdout and "hit_rate              75.0%" in table.stdout
+    assert "rate_limit_remaining  -" in table.stdout
+    data = json.loads(fleetci("cache", "stats", "--json", *no_proxy(tmp_path, "c")).stdout)
+    assert data["source"] == "saved" and data["cache_size"] == 1 and "saved_at" not in data
+
+
+def test_an_empty_variable_leaves_the_config_files_value() -> None:
+    """The setup-p2p-cache action exports every setting input, empty when not given: the file wins."""
+    config = {"cache": {"default_ttl": 42, "enable_p2p": True, "listen_port": 7000, "max_entries": 5}}
+    env = {"CACHE_DEFAULT_TTL": "", "CACHE_ENABLE_P2P": "", "CACHE_LISTEN_PORT": "", "CACHE_MAX_ENTRIES": ""}
+    s = cache_settings({}, config, env)
+    assert (s.default_ttl, s.enable_p2p, s.listen_port, s.max_entries) == (42, True, 7000, 5)
+
+
+def test_every_verb_takes_the_setting_flags_and_start_hands_them_to_serve() -> None:
+    from fleetci.cache.daemon import serve_argv
+    from fleetci.cache.settings import CacheOptions
+    from fleetci.cli import build_parser
+
+    parser = build_parser()
+    flagged = [s for s in CacheOptions.settings if s.flag]
+    for verb in ("serve", "start", "stop", "stats", "peers", "verify", "clear"):
+        args = parser.parse_args(["cache", verb])
+        assert all(getattr(args, s.name) is None for s in flagged), verb
+    args = parser.parse_args(
+        ["cache", "start", "--port", "0", "--p2p", "--bootstrap-peers", "/ip4/a", "--no-probe"]
+    )
+    argv = serve_argv(CacheOptions.flag_values(args), "cfg.yml", probe=not args.no_probe)
+    assert argv[3:] == [
+        "--config",
+        "cfg.yml",
+        "cache",
+        "serve",
+        "--port",
+        "0",
+        "--enable-p2p",
+        "--bootstrap-peers",
+        "/ip4/a",
+        "--no-probe",
+    ]
