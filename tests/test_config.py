@@ -455,6 +455,17 @@ def test_build_keys_are_shared_by_master_worker_and_client() -> None:
     assert client_settings({}, config, {}).master == "http://h"  # its token comes from the config
 
 
+def test_worker_idle_timeout_defaults_to_300_only_inside_github_actions() -> None:
+    """The action leaves idle-timeout empty (so a config file applies); the computed default keeps an
+    Actions worker from holding its runner forever, while a worker service on a host never leaves."""
+    assert _worker({}, {}, {}).idle_timeout == 0
+    assert _worker({}, {}, {"GITHUB_ACTIONS": "true"}).idle_timeout == 300
+    in_actions = {"GITHUB_ACTIONS": "true"}
+    assert _worker({}, {"build": {"idle_timeout": 7}}, in_actions).idle_timeout == 7
+    assert _worker({}, {}, {**in_actions, "FLEETCI_BUILD_IDLE_TIMEOUT": "0"}).idle_timeout == 0
+    assert _worker({"idle_timeout": "12"}, {"build": {"idle_timeout": 7}}, in_actions).idle_timeout == 12
+
+
 def test_free_form_and_nested_values_use_the_same_path() -> None:
     rules = {"cache": {"ttl": [{"pattern": "^/x", "seconds": 5, "name": "x"}]}}
     assert cache_settings({}, rules, {}).ttl_rules[0].seconds == 5  # 'ttl' is a known key

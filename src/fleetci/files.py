@@ -116,6 +116,16 @@ def read_json(path: str | Path, what: str) -> Any:
         raise FleetciError(f"{what} {p} is corrupt: {' '.join(str(exc).split())}") from exc
 
 
+def move_into_place(src: str | Path, dst: str | Path) -> Path:
+    """Publish a file or directory that was built under a temporary name: one rename, atomic on one
+    filesystem, so readers see nothing or the finished thing (a streamed upload, an unpacked rootfs).
+
+    Content held in memory goes through :func:`write_atomic` instead; this is for what is too large or
+    too slow to hold (written piece by piece, or produced by another program)."""
+    os.replace(src, dst)
+    return Path(dst)
+
+
 def move_aside(path: str | Path, reason: str = "corrupt") -> Path | None:
     """Rename a damaged file or directory to ``<name>.<reason>-<UTC time>`` so nothing is lost.
 

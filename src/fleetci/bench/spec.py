@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from fleetci.bench.cache import FleetSpec
 
 Progress = Callable[[str], None]
-Result = dict[str, Any]  # one JSON object per benchmark (`--json`), the figures the README quotes
+Result = dict[str, Any]  # one JSON object per benchmark (`--json`), the figures docs/ quotes
 
 
 @dataclass(frozen=True)

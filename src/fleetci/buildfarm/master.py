@@ -43,7 +43,7 @@ from fleetci.buildfarm.recipe import MAX_SOURCE_BYTES, NAME_RE, parse_recipe
 from fleetci.buildfarm.settings import MasterSettings
 from fleetci.buildfarm.store import StateError, Store
 from fleetci.errors import FleetciError
-from fleetci.files import ensure_private_dir, open_private, tighten, write_private
+from fleetci.files import ensure_private_dir, move_into_place, open_private, tighten, write_private
 from fleetci.http import RUNNER_OPTIONS, check_port_free, describe, error_response, guarded_app
 
 ARTIFACT_NAME = re.compile(api.ARTIFACT_PATTERN)
@@ -216,7 +216,7 @@ class Master:
             for name in pending["files"]:
                 src = stage / str(name)
                 if src.exists():
-                    os.replace(src, dest / str(name))
+                    move_into_place(src, dest / str(name))
                 elif not (dest / str(name)).exists():
                     print(
                         f"job {jid}: staged file {name} is missing; `fleetci build verify` reports it",
@@ -520,7 +520,7 @@ class Master:
             # The job may have been requeued (and handed out again) while the body streamed in: the file
             # and its row enter only if this attempt still holds it, so no other attempt's row is replaced.
             with self._holding(job):
-                os.replace(tmp, stage / filename)
+                move_into_place(tmp, stage / filename)
                 self.store.record_upload(int(job["id"]), filename, actual, size, signature)
         finally:
             tmp.unlink(missing_ok=True)

@@ -28,6 +28,8 @@ from fleetci.errors import UsageError
 
 DEFAULT_PORT = 9300
 DEFAULT_TTL = 60.0
+# A worker inside a GitHub Actions job leaves after this long without a job (it holds a runner).
+ACTIONS_IDLE_TIMEOUT = 300.0
 DEFAULT_MAX_UPLOAD = 512 * 1024 * 1024
 # JSON request bodies (a submission carries its sources base64-encoded; uploads have their own cap).
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
@@ -122,11 +124,13 @@ class WorkerOptions(SettingTable):
         help="key and build directories",
         doc_default="~/.cache/fleetci/build-worker",
     )
-    idle_timeout = Setting(
-        0.0,
+    # None: computed. A worker started inside a GitHub Actions job must not hold the runner forever.
+    idle_timeout: Setting[float | None] = Setting(
+        None,
         parse_seconds,
         env=("FLEETCI_BUILD_IDLE_TIMEOUT",),
         help="leave after this many idle seconds (0 = never)",
+        doc_default=f"{ACTIONS_IDLE_TIMEOUT:g} in a GitHub Actions job, else 0",
     )
     max_jobs = Setting(
         0, parse_count, env=("FLEETCI_BUILD_MAX_JOBS",), help="leave after this many jobs (0 = no limit)"
@@ -213,6 +217,12 @@ def _master(r: Resolver) -> str:
     return url
 
 
+def _idle_timeout(value: float | None, env: Mapping[str, str]) -> float:
+    if value is not None:
+        return value
+    return ACTIONS_IDLE_TIMEOUT if env.get("GITHUB_ACTIONS") == "true" else 0.0
+
+
 def worker_settings(
     flags: Mapping[str, Any], config: Mapping[str, Any] | None, env: Mapping[str, str] | None = None
 ) -> WorkerSettings:
@@ -227,7 +237,7 @@ def worker_settings(
         join_token=token,
         name=r.value(o.name) or socket.gethostname(),
         work_dir=_path(r.value(o.work_dir), default_cache_dir() / "build-worker"),
-        idle_timeout=r.value(o.idle_timeout),
+        idle_timeout=_idle_timeout(r.value(o.idle_timeout), r.env),
         max_jobs=r.value(o.max_jobs),
     )
     _check_unknown(r)

@@ -31,7 +31,7 @@ from fleetci.buildfarm.models import Job, Outcome
 from fleetci.buildfarm.recipe import unpack_source
 from fleetci.buildfarm.settings import WorkerSettings
 from fleetci.errors import FleetciError
-from fleetci.files import ensure_private_dir, open_private, write_private
+from fleetci.files import ensure_private_dir, move_into_place, open_private, write_private
 
 MAX_LOG = 256 * 1024
 POLL_WAIT = 20.0
@@ -258,7 +258,7 @@ class Worker:
                 ok, error = False, f"two artifacts share the file name {dup[0]}"
             if ok:
                 for path in files:
-                    os.replace(path, outbox / "files" / path.name)
+                    move_into_place(path, outbox / "files" / path.name)
             outcome: Outcome = {"ok": ok, "error": error, "log": output[-MAX_LOG:], "duration_s": duration}
             # Not fsynced: after a power loss the worker starts as a new identity and drops its outbox.
             write_private(outbox / "result.json", json.dumps(outcome), durable=False)

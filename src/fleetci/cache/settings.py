@@ -175,7 +175,7 @@ class CacheOptions(SettingTable):
         str,
         env=("CACHE_SHARED_SCOPE",),
         help="declare every token used with this fleet equivalent and share entries under NAME "
-        "(read the README first)",
+        "(read docs/cache.md first)",
     )
     fleet = Setting(
         "",

@@ -10,7 +10,7 @@ from typing import Any
 from fleetci import gha
 from fleetci.buildfarm.recipe import MAX_PARTITIONS, NAME_RE, parse_partitions
 from fleetci.buildfarm.settings import ClientOptions, ClientSettings, MasterOptions, WorkerOptions
-from fleetci.cli import arg_type
+from fleetci.cli.args import arg_type
 from fleetci.config import load_config_file, parse_positive_int, parse_timeout
 
 PARTITIONS = arg_type(parse_partitions)

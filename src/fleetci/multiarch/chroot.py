@@ -125,7 +125,7 @@ def ensure_tree(archive: Path, trees_dir: Path, progress: Progress) -> Path:
             (partial / d).mkdir(parents=True, exist_ok=True)
         (partial / ".fleetci-tree").write_text(digest + "\n", encoding="utf-8")
         remove_tree(tree)
-        os.replace(partial, tree)
+        files.move_into_place(partial, tree)
         progress(f"unpacked {archive.name} in {seconds:.1f} s (once per machine)")
     return tree
 
@@ -457,7 +457,7 @@ class Guest:
             ],
             check=True,
         )
-        os.replace(partial, layer)
+        files.move_into_place(partial, layer)
         self.timings.deps_s = time.monotonic() - started
 
     def _pip_with_retries(self, command: str) -> None:

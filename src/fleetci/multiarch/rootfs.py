@@ -73,7 +73,7 @@ def move_aside(path: Path, why: str, progress: Progress) -> Path:
     target = files.move_aside(path) or path  # None: another build moved it first
     side = sidecar(path)
     if side.exists():
-        os.replace(side, target.with_name(target.name + ".sha256"))
+        files.move_into_place(side, target.with_name(target.name + ".sha256"))
     progress(f"warning: {path.name} {why}; moved to {target.name} and rebuilding")
     return target
 
@@ -192,7 +192,7 @@ def build(spec: RootfsSpec, archive: Path, progress: Progress) -> None:
             f"{log_tail(log)} (full log: {log})"
         )
     digest = sha256_file(partial)
-    os.replace(partial, archive)
+    files.move_into_place(partial, archive)
     files.write_atomic(sidecar(archive), f"{digest}  {archive.name}\n")
     size = archive.stat().st_size / 1e6
     progress(f"rootfs {archive.name} built in {time.monotonic() - started:.0f} s ({size:.0f} MB)")
