@@ -1,45 +1,36 @@
-"""Shared fixtures: real servers on 127.0.0.1, started per test and torn down after."""
+"""Shared fixtures: real servers on 127.0.0.1, started per test and torn down after.
+
+Helpers that are not fixtures live in ``support.py``; the integration marker is applied by directory.
+"""
 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from fleetci.http import free_port, wait_healthy
+from support import Proxy, RunCli, clean_env, start_proxy
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+# Fixtures shared by a capability's unit and integration modules.
+pytest_plugins = [
+    "support.buildfarm_hostile",
+    "support.emulator",
+    "support.registry",
+    "support.registry_resume",
+]
 
-
-def fleetci_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fleetci", *args]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The test process environment without variables that would change fleetci's settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CACHE_", "FLEETCI_", "GITHUB_", "GH_"))}
-    env.update(extra)
-    return env
+INTEGRATION = Path(__file__).parent / "integration"
 
 
-def run_fleetci(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        fleetci_cmd(*args), env=env or clean_env(), capture_output=True, text=True, timeout=timeout
-    )
-
-
-RunCli = Callable[..., "subprocess.CompletedProcess[str]"]
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The marker follows the directory: tests/integration/ starts real components, tests/unit/ does not."""
+    for item in items:
+        if INTEGRATION in item.path.parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture
@@ -65,72 +56,6 @@ def fleetci_in_process(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFix
         return subprocess.CompletedProcess(["fleetci", *args], code, out, err)
 
     return run
-
-
-@dataclass
-class Proxy:
-    """A real ``fleetci cache serve`` process."""
-
-    url: str
-    socket: Path
-    cache_dir: Path
-    upstream: str
-    proc: subprocess.Popen[str]
-    log: Path
-    extra_args: list[str] = field(default_factory=list)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return int(self.proc.returncode)
-
-    def client(self, token: str | None = None) -> httpx.Client:
-        headers = {"Accept": "application/vnd.github+json"}
-        if token:
-            headers["Authorization"] = f"token {token}"
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
-
-    def stats(self) -> dict[str, object]:
-        data: dict[str, object] = httpx.get(f"{self.url}/_fleetci/stats", timeout=10).json()
-        return data
-
-
-def start_proxy(upstream: str, cache_dir: Path, *args: str, env: dict[str, str] | None = None) -> Proxy:
-    port = free_port()
-    sock = cache_dir / "proxy.sock"
-    log = cache_dir.parent / f"proxy-{port}.log"
-    cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as fh:
-        proc = subprocess.Popen(
-            fleetci_cmd(
-                "cache",
-                "serve",
-                "--upstream",
-                upstream,
-                "--port",
-                str(port),
-                "--cache-dir",
-                str(cache_dir),
-                "--socket",
-                str(sock),
-                *args,
-            ),
-            env=env or clean_env(),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}/_fleetci/health", timeout=30, alive=proc)
-    except Exception:
-        proc.kill()
-        raise AssertionError(f"proxy did not start: {log.read_text()}") from None
-    return Proxy(f"http://127.0.0.1:{port}", sock, cache_dir, upstream, proc, log, list(args))
 
 
 @pytest.fixture
@@ -166,31 +91,6 @@ def proxy(emulator: object, proxy_factory: object) -> Proxy:
     return proxy_factory(emulator.url)  # type: ignore[attr-defined,operator,no-any-return]
 
 
-def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    """Assert the CLI failed with exactly one ``fleetci: error:`` line and return it."""
-    assert proc.returncode != 0, proc
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("fleetci: error:")]
-    assert len(errors) == 1, f"expected one error line, got stderr={proc.stderr!r}"
-    assert not any("Traceback" in ln for ln in lines), proc.stderr
-    return errors[0]
-
-
-def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(interval)
-    return False
-
-
-LISTEN_RE = re.compile(r"listening on (http://[0-9.:]+)")
-
-
-# -- hostile-input helpers (servers we start in-process) -------------------------------------------------
-
-
 @pytest.fixture
 def server_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     """Server log records, with fresh rate-limit windows: an earlier test's line must not hide this one's.
@@ -207,39 +107,3 @@ def server_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
             logger.removeFilter(f)
     caplog.set_level(logging.WARNING)
     return caplog
-
-
-def server_lines_are_one_line(caplog: pytest.LogCaptureFixture) -> None:
-    """The servers' own loggers (aiohttp's, ours) wrote one-line records only: no traceback."""
-    records = [r for r in caplog.records if r.name.startswith(("aiohttp", "fleetci"))]
-    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in records), [
-        r.getMessage()[:300] for r in records
-    ]
-
-
-def raw_request(
-    host: str,
-    port: int,
-    method: str,
-    path: str,
-    headers: dict[str, str | bytes] | None = None,
-    body: bytes | None = None,
-) -> tuple[int, dict[str, str], bytes]:
-    """One request exactly as written (no path normalization, any header bytes): status, headers, body."""
-    import http.client
-
-    conn = http.client.HTTPConnection(host, port, timeout=30)
-    try:
-        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-        given = {k.lower() for k in headers or {}}
-        if "host" not in given:
-            conn.putheader("Host", f"{host}:{port}")
-        for k, v in (headers or {}).items():
-            conn.putheader(k, v)
-        if body is not None and "content-length" not in given:
-            conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders(body)
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()

@@ -1,0 +1,640 @@
+"""``fleetci multiarch`` with real QEMU: mmdebstrap rootfs, binfmt_misc, chroot, a private dockerd.
+
+Each rootfs is built once per test session (arm64 and armv7 in parallel: a build keeps one emulated CPU
+busy) into a session cache directory; set FLEETCI_TEST_MULTIARCH_CACHE to keep it between sessions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fleetci.http import free_port
+from fleetci.multiarch.arch import ARCHES
+from fleetci.multiarch.rootfs import RootfsSpec
+from fleetci.multiarch.settings import BASE_PACKAGES
+from support import REPO_ROOT, clean_env, fleetci_cmd, one_line_error, run_fleetci
+
+SAMPLE = REPO_ROOT / "src" / "fleetci" / "multiarch" / "sample"
+
+
+EMULATED = ("arm64", "armv7")
+
+
+TEST_COMMAND = ["sh", "-c", "uname -m; python3 -m pytest -q -p no:cacheprovider"]
+
+
+# A small pure-Python package from PyPI that the guest has to pip install (not in the Debian rootfs).
+DEPENDENCY_TEST = """import tomli_w
+
+
+def test_dependency_installed_in_the_guest() -> None:
+    assert tomli_w.dumps({"arch": "guest"}) == 'arch = "guest"\\n'
+"""
+
+
+def missing_tools() -> str | None:
+    if os.geteuid() != 0:
+        return "the chroot backend needs root"
+    for tool in ("mmdebstrap", "qemu-aarch64-static", "qemu-arm-static", "update-binfmts", "zstd", "unshare"):
+        if not shutil.which(tool):
+            return f"{tool} is not installed (scripts/test.sh installs it)"
+    return None
+
+
+def sample_project(dest: Path) -> Path:
+    shutil.copytree(SAMPLE, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / "requirements-test.txt").write_text("tomli-w>=1.0\n")
+    (dest / "tests" / "test_dependency.py").write_text(DEPENDENCY_TEST)
+    return dest
+
+
+def archive_for(arch: str, cache: Path, packages: tuple[str, ...] = ()) -> Path:
+    spec = RootfsSpec(ARCHES[arch], ARCHES[arch].suites[0], tuple(sorted({*BASE_PACKAGES, *packages})), "")
+    return spec.archive(cache / "rootfs")
+
+
+@dataclass
+class Run:
+    proc: subprocess.CompletedProcess[str]
+    seconds: float
+    project: Path
+    cached_before: bool
+
+
+def run_cmd(
+    arch: str, project: Path, cache: Path, *extra: str, command: list[str] = TEST_COMMAND
+) -> list[str]:
+    return fleetci_cmd(
+        "multiarch",
+        "run",
+        "--arch",
+        arch,
+        "--backend",
+        "chroot",
+        "--project",
+        str(project),
+        "--cache-dir",
+        str(cache),
+        *extra,
+        "--",
+        *command,
+    )
+
+
+@pytest.fixture(scope="session")
+def multiarch_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    keep = os.environ.get("FLEETCI_TEST_MULTIARCH_CACHE")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        return Path(keep)
+    return tmp_path_factory.mktemp("multiarch-cache")
+
+
+@pytest.fixture(scope="session")
+def first_runs(multiarch_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """The sample suite on arm64 and armv7, started together (each builds its rootfs on first use)."""
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+    base = tmp_path_factory.mktemp("multiarch-projects")
+    started: dict[str, tuple[subprocess.Popen[str], float, Path, bool]] = {}
+    for arch in EMULATED:
+        project = sample_project(base / arch)
+        argv = run_cmd(arch, project, multiarch_cache, "--requirements", "requirements-test.txt")
+        cached = archive_for(arch, multiarch_cache).exists()
+        # Output goes to files: two builds' progress must never block on a full pipe.
+        with (base / f"{arch}.out").open("w") as out, (base / f"{arch}.err").open("w") as err:
+            popen = subprocess.Popen(argv, env=clean_env(), stdout=out, stderr=err, text=True)
+        started[arch] = (popen, time.monotonic(), project, cached)
+    runs = {}
+    for arch, (popen, t0, project, cached) in started.items():
+        try:
+            popen.wait(timeout=max(1.0, 1200 - (time.monotonic() - t0)))
+        except subprocess.TimeoutExpired:
+            for other, *_ in started.values():
+                other.kill()
+                other.wait()
+            raise
+        out_text = (base / f"{arch}.out").read_text(errors="replace")
+        err_text = (base / f"{arch}.err").read_text(errors="replace")
+        runs[arch] = Run(
+            subprocess.CompletedProcess(popen.args, popen.returncode, out_text, err_text),
+            time.monotonic() - t0,
+            project,
+            cached,
+        )
+    return runs
+
+
+def mounts_under(path: Path) -> list[str]:
+    text = Path("/proc/self/mountinfo").read_text()
+    return [line for line in text.splitlines() if str(path) in line]
+
+
+@pytest.mark.timeout(1260)
+@pytest.mark.parametrize(("arch", "machine"), [("arm64", "aarch64"), ("armv7", "armv7l")])
+def test_sample_suite_passes_in_the_emulated_guest(
+    first_runs: dict[str, Run], multiarch_cache: Path, arch: str, machine: str
+) -> None:
+    run = first_runs[arch]
+    assert run.proc.returncode == 0, f"stdout:\n{run.proc.stdout[-3000:]}\nstderr:\n{run.proc.stderr[-3000:]}"
+    lines = run.proc.stdout.splitlines()
+    assert lines[0] == machine, run.proc.stdout  # uname -m inside the guest
+    # the whole suite, including the 32/64-bit check and the dependency pip installed in the guest
+    assert any(line.startswith("18 passed") for line in lines), run.proc.stdout
+    if sys.version_info[:2] == (3, 11):  # host and guest Python match: test modules rewritten natively
+        assert "pytest assertion rewrite compiled natively for 3 test files" in run.proc.stderr
+    if not run.cached_before:
+        assert f"building the {arch} rootfs" in run.proc.stderr
+        assert "I: running apt-get update" in run.proc.stderr  # progress while the rootfs builds
+    archive = archive_for(arch, multiarch_cache)
+    assert archive.is_file() and archive.with_name(archive.name + ".sha256").is_file()
+    # pip ran in the guest (or, with a kept cache, its saved layer was reused)
+    assert (
+        "pip install -r /project/requirements-test.txt" in run.proc.stderr
+        or "test dependencies from cached layer" in run.proc.stderr
+    ), run.proc.stderr
+    assert mounts_under(multiarch_cache) == []  # the mounts died with the guest's mount namespace
+    assert list((multiarch_cache / "run").glob(f"{arch}-*")) == []  # the per-run overlay was removed
+
+
+@pytest.mark.timeout(600)
+def test_second_run_reuses_the_cached_rootfs_and_dependency_layer(
+    first_runs: dict[str, Run], multiarch_cache: Path
+) -> None:
+    run = first_runs["arm64"]
+    assert run.proc.returncode == 0, run.proc.stderr[-2000:]
+    archive = archive_for("arm64", multiarch_cache)
+    before = archive.stat()
+    t0 = time.monotonic()
+    again = subprocess.run(
+        run_cmd("arm64", run.project, multiarch_cache, "--requirements", "requirements-test.txt"),
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    seconds = time.monotonic() - t0
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.splitlines()[0] == "aarch64"
+    assert "reusing cached rootfs" in again.stderr and "building the" not in again.stderr, again.stderr
+    assert "test dependencies from cached layer" in again.stderr and "pip install" not in again.stderr
+    after = archive.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    print(
+        f"arm64: first run {run.seconds:.1f} s (cached before: {run.cached_before}), second {seconds:.1f} s"
+    )
+
+
+@pytest.mark.timeout(600)
+def test_failing_command_returns_its_exit_code(first_runs: dict[str, Run], multiarch_cache: Path) -> None:
+    assert first_runs["armv7"].proc.returncode == 0
+    proc = subprocess.run(
+        run_cmd(
+            "armv7", first_runs["armv7"].project, multiarch_cache, command=["sh", "-c", "uname -m; exit 3"]
+        ),
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 3
+    assert proc.stdout.strip() == "armv7l"
+    assert "command failed with exit code 3 on armv7 (chroot)" in one_line_error(proc)
+
+
+@pytest.mark.timeout(600)
+def test_guest_environment_is_clean(first_runs: dict[str, Run], multiarch_cache: Path) -> None:
+    assert first_runs["arm64"].proc.returncode == 0
+    env = clean_env(PIP_INDEX_URL="http://127.0.0.1:1/simple", SECRET_TOKEN="host-only")
+    proc = subprocess.run(
+        run_cmd("arm64", first_runs["arm64"].project, multiarch_cache, command=["env"]),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    names = {line.split("=", 1)[0] for line in proc.stdout.splitlines() if "=" in line}
+    assert "SECRET_TOKEN" not in names and "PIP_INDEX_URL" not in names
+    assert {"PATH", "HOME", "LANG"} <= names
+
+
+def closed_port_mirror() -> str:
+    return f"http://127.0.0.1:{free_port()}/debian"
+
+
+@pytest.mark.timeout(300)
+def test_corrupt_archive_is_moved_aside_and_a_failed_rebuild_shows_mmdebstraps_log(tmp_path: Path) -> None:
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+    cache, project = tmp_path / "cache", sample_project(tmp_path / "p")
+    archive = archive_for("arm64", cache, ("hello",))
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"\x28\xb5\x2f\xfd truncated download")
+    archive.with_name(archive.name + ".sha256").write_text("0" * 64 + f"  {archive.name}\n")
+    proc = run_fleetci(
+        "multiarch",
+        "run",
+        "--arch",
+        "arm64",
+        "--backend",
+        "chroot",
+        "--project",
+        str(project),
+        "--cache-dir",
+        str(cache),
+        "--packages",
+        "hello",
+        "--mirror",
+        closed_port_mirror(),
+        "--",
+        "true",
+        timeout=240,
+    )
+    line = one_line_error(proc)
+    assert "rootfs build failed for arm64/bookworm (mmdebstrap exit" in line, line
+    assert "127.0.0.1" in line or "E: " in line, line  # the tail of mmdebstrap's log
+    assert "does not match its SHA-256" in proc.stderr  # the warning before the rebuild
+    kept = list(archive.parent.glob(archive.name + ".corrupt-*"))
+    assert len([k for k in kept if not k.name.endswith(".sha256")]) == 1  # nothing was deleted
+    assert not archive.exists()
+
+
+@pytest.mark.timeout(120)
+def test_archive_that_is_not_a_tarball_is_reported_and_kept(tmp_path: Path) -> None:
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+    cache, project = tmp_path / "cache", sample_project(tmp_path / "p")
+    archive = archive_for("arm64", cache, ("hello",))
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"not zstd at all")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    archive.with_name(archive.name + ".sha256").write_text(f"{digest}  {archive.name}\n")
+    proc = run_fleetci(
+        "multiarch",
+        "run",
+        "--arch",
+        "arm64",
+        "--backend",
+        "chroot",
+        "--project",
+        str(project),
+        "--cache-dir",
+        str(cache),
+        "--packages",
+        "hello",
+        "--",
+        "true",
+    )
+    line = one_line_error(proc)
+    assert f"cached rootfs {archive.name} is corrupt" in line and "run again to rebuild" in line, line
+    assert len(list(archive.parent.glob(archive.name + ".corrupt-*"))) == 2  # archive + checksum kept
+
+
+@dataclass
+class Dockerd:
+    host: str
+    proc: subprocess.Popen[bytes]
+    root: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return clean_env(DOCKER_HOST=self.host, **extra)
+
+    def docker(self, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["docker", *args], env=self.env(), capture_output=True, text=True, **kw)  # type: ignore[call-overload, no-any-return]
+
+
+@pytest.fixture(scope="session")
+def dockerd() -> Iterator[Dockerd]:
+    """A real dockerd with its own data-root, exec-root and socket (no iptables, no bridge)."""
+    if os.geteuid() != 0 or not shutil.which("dockerd") or not shutil.which("docker"):
+        pytest.skip("dockerd needs root and the docker.io package (scripts/test.sh installs it)")
+    root = Path(tempfile.mkdtemp(prefix="fcid-", dir="/tmp"))  # short: the socket path must fit AF_UNIX
+    sock = root / "docker.sock"
+    log = root / "dockerd.log"
+    config = {
+        "data-root": str(root / "data"),
+        "exec-root": str(root / "exec"),
+        "pidfile": str(root / "docker.pid"),
+        "hosts": [f"unix://{sock}"],
+        "iptables": False,
+        "ip6tables": False,
+        "ip-masq": False,
+        "bridge": "none",
+    }
+    proc = None
+    for driver in ("overlay2", "vfs"):
+        (root / "daemon.json").write_text(json.dumps({**config, "storage-driver": driver}))
+        with log.open("ab") as fh:
+            proc = subprocess.Popen(
+                ["dockerd", "--config-file", str(root / "daemon.json")], stdout=fh, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            ok = (
+                subprocess.run(["docker", "-H", f"unix://{sock}", "version"], capture_output=True).returncode
+                == 0
+            )
+            if ok:
+                break
+            time.sleep(0.3)
+        if proc.poll() is None:
+            break
+    if proc is None or proc.poll() is not None:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"dockerd cannot run on this machine: {tail[0] if tail else 'no log'}")
+    try:
+        yield Dockerd(f"unix://{sock}", proc, root)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        # dockerd leaves mounts behind (its netns bind mount, image layers): unmount all under root
+        mountpoints = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+        for point in sorted((m for m in mountpoints if m.startswith(f"{root}/")), key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def docker_archive_from_rootfs(rootfs: Path, tag: str, arch: str, dest: Path) -> Path:
+    """A `docker load` tarball whose one layer is the rootfs and whose config names the architecture.
+
+    (`docker import --platform` is ignored by dockerd 20.10, which labels every import with the host's
+    architecture; `docker run --platform linux/arm64` would then refuse it.)
+    """
+    layer = dest.with_suffix(".layer.tar")
+    with layer.open("wb") as fh:
+        subprocess.run(["zstd", "-dc", str(rootfs)], stdout=fh, check=True)
+    h = hashlib.sha256()
+    with layer.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    variant = {"armv7": "v7"}.get(arch)
+    config = {
+        "architecture": ARCHES[arch].platform.split("/")[1],
+        "os": "linux",
+        **({"variant": variant} if variant else {}),
+        "config": {
+            "Cmd": ["/bin/sh"],
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        },
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{h.hexdigest()}"]},
+        "history": [{"created_by": f"fleetci test: mmdebstrap rootfs {rootfs.name}"}],
+    }
+    config_bytes = json.dumps(config).encode()
+    config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
+    manifest = json.dumps(
+        [{"Config": config_name, "RepoTags": [tag], "Layers": ["layer/layer.tar"]}]
+    ).encode()
+    with tarfile.open(dest, "w") as tar:
+        for name, data in ((config_name, config_bytes), ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        tar.add(layer, arcname="layer/layer.tar")
+    layer.unlink()
+    return dest
+
+
+@pytest.mark.timeout(900)
+def test_docker_backend_runs_the_suite_in_an_arm64_image(
+    dockerd: Dockerd, first_runs: dict[str, Run], multiarch_cache: Path, tmp_path: Path
+) -> None:
+    assert first_runs["arm64"].proc.returncode == 0
+    tag = "fleetci-test/python:3.11-arm64"
+    image = docker_archive_from_rootfs(
+        archive_for("arm64", multiarch_cache), tag, "arm64", tmp_path / "img.tar"
+    )
+    loaded = dockerd.docker("load", "-i", str(image), timeout=300)
+    assert loaded.returncode == 0, loaded.stderr
+    inspect = dockerd.docker("image", "inspect", tag, "--format", "{{.Os}}/{{.Architecture}}")
+    assert inspect.stdout.strip() == "linux/arm64"
+    project = sample_project(tmp_path / "project")
+    proc = run_fleetci(
+        "multiarch",
+        "run",
+        "--arch",
+        "arm64",
+        "--backend",
+        "docker",
+        "--image",
+        tag,
+        "--project",
+        str(project),
+        "--",
+        *TEST_COMMAND,
+        env=dockerd.env(),
+        timeout=600,
+    )
+    # The rootfs has no tomli-w and this run installs nothing: that one test must fail, the rest pass.
+    assert proc.returncode == 1 or proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[0] == "aarch64"
+    ok = run_fleetci(
+        "multiarch",
+        "run",
+        "--arch",
+        "arm64",
+        "--backend",
+        "docker",
+        "--image",
+        tag,
+        "--project",
+        str(project),
+        "--",
+        *TEST_COMMAND[:2],
+        TEST_COMMAND[2] + " --ignore=tests/test_dependency.py",
+        env=dockerd.env(),
+        timeout=600,
+    )
+    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+    assert ok.stdout.splitlines()[0] == "aarch64"
+    assert any(line.startswith("17 passed") for line in ok.stdout.splitlines()), ok.stdout
+
+
+def test_docker_backend_without_a_daemon_is_one_line_error(tmp_path: Path) -> None:
+    proc = run_fleetci(
+        "multiarch",
+        "run",
+        "--arch",
+        "arm64",
+        "--backend",
+        "docker",
+        "--project",
+        str(tmp_path),
+        "--",
+        "true",
+        env=clean_env(DOCKER_HOST=f"unix://{tmp_path}/no-such.sock"),
+    )
+    line = one_line_error(proc)
+    assert "docker backend unavailable" in line and "no-such.sock" in line, line
+
+
+@pytest.mark.timeout(300)
+def test_docker_backend_reports_an_image_it_cannot_pull(dockerd: Dockerd, tmp_path: Path) -> None:
+    proc = run_fleetci(
+        "multiarch",
+        "run",
+        "--arch",
+        "arm64",
+        "--backend",
+        "docker",
+        "--image",
+        "127.0.0.1:1/none/python:3.11",
+        "--project",
+        str(tmp_path),
+        "--",
+        "true",
+        env=dockerd.env(),
+        timeout=240,
+    )
+    line = one_line_error(proc)
+    assert "cannot pull image 127.0.0.1:1/none/python:3.11 for linux/arm64" in line, line
+
+
+def run_workflow(
+    tmp_path: Path, event: str, job: str, cache: Path, extra: list[str], timeout: float = 900
+) -> tuple[subprocess.CompletedProcess[str], list[dict[str, object]]]:
+    """Run one job of workflows/multi-arch-ci.yml with act on this machine, offline, on the sample project."""
+    from test_actions import ACTION_REPO, COPY_IGNORE, base_env, tool
+
+    action_root = tmp_path / "fleetci-action"
+    shutil.copytree(REPO_ROOT, action_root, ignore=COPY_IGNORE)
+    repo = sample_project(tmp_path / "repo")
+    (repo / "requirements-test.txt").unlink()
+    (repo / "tests" / "test_dependency.py").unlink()
+    workflow = repo / ".github" / "workflows" / "multi-arch-ci.yml"
+    workflow.parent.mkdir(parents=True)
+    shutil.copy2(REPO_ROOT / "workflows" / "multi-arch-ci.yml", workflow)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@fleetci.invalid"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, capture_output=True)
+    subprocess.run([*git, "add", "-A"], check=True, capture_output=True)
+    subprocess.run([*git, "commit", "-q", "-m", "ci"], check=True, capture_output=True)
+    # GitHub-hosted helper actions are skipped under act (`if: !env.ACT`), but act resolves every `uses:`
+    # of a job before running it; offline, they resolve to an empty local action.
+    stub = tmp_path / "stub-action"
+    stub.mkdir()
+    (stub / "action.yml").write_text(
+        "name: stub\ndescription: stub\nruns:\n  using: composite\n  steps: []\n"
+    )
+    stubs = ["actions/setup-python@v6", "actions/cache@v5", "actions/upload-artifact@v6"]
+    argv = [
+        tool("act"),
+        event,
+        *(arg for ref in stubs for arg in ("--local-repository", f"{ref}={stub}")),
+        "-W",
+        str(workflow),
+        "-j",
+        job,
+        "-P",
+        "ubuntu-latest=-self-hosted",
+        "--action-offline-mode",
+        "--pull=false",
+        "--no-cache-server",
+        "--action-cache-path",
+        str(tmp_path / "act-cache"),
+        "--local-repository",
+        f"{ACTION_REPO}@v1={action_root}",
+        "--var",
+        f"FLEETCI_MULTIARCH_CACHE={cache}",
+        "--json",
+        *extra,
+    ]
+    env = base_env(ACT_DISABLE_VERSION_CHECK="1", RUNNER_TOOL_CACHE=str(tmp_path / "toolcache"))
+    proc = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    events = []
+    for line in proc.stdout.splitlines():
+        try:
+            event_ = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event_, dict):
+            events.append(event_)
+    return proc, events
+
+
+def act_output(events: list[dict[str, object]]) -> list[str]:
+    """The steps' own output lines, without terminal colours (act runs them on a pseudo-terminal)."""
+    ansi = re.compile(r"\x1b\[[0-9;]*m")
+    return [ansi.sub("", str(e["msg"])).strip() for e in events if e.get("raw_output")]
+
+
+def act_log(proc: subprocess.CompletedProcess[str], events: list[dict[str, object]]) -> str:
+    lines = [str(e.get("msg", "")).rstrip() for e in events]
+    return f"act exit {proc.returncode}\n" + "\n".join(lines[-120:]) + "\n--- stderr\n" + proc.stderr[-3000:]
+
+
+@pytest.mark.timeout(900)
+def test_workflow_matrix_job_runs_on_arm64_under_act(
+    first_runs: dict[str, Run], multiarch_cache: Path, tmp_path: Path
+) -> None:
+    assert first_runs["arm64"].proc.returncode == 0
+    proc, events = run_workflow(
+        tmp_path,
+        "push",
+        "test-multi-arch",
+        multiarch_cache,
+        ["--matrix", "arch:arm64", "--matrix", "python-version:3.11"],
+    )
+    log = act_log(proc, events)
+    assert proc.returncode == 0, log
+    jobs = [e for e in events if "jobResult" in e]
+    assert [e["jobResult"] for e in jobs] == ["success"], log  # exactly one job ran, and it passed
+    out = act_output(events)
+    assert "guest: aarch64" in out, log
+    assert any(line.startswith("17 passed") for line in out), log
+
+
+@pytest.mark.timeout(600)
+def test_riscv_job_runs_only_on_workflow_dispatch_and_reaches_a_riscv64_trixie_build(tmp_path: Path) -> None:
+    """The dispatch wiring, without the riscv64 build (its cost is measured separately): the job starts
+    only for workflow_dispatch (with its inputs) and asks fleetci for riscv64 on trixie, which
+    here fails fast against a closed mirror port with mmdebstrap's error (continue-on-error keeps the
+    workflow green, as the experimental job should)."""
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+    mirror = closed_port_mirror()
+    pushed, push_events = run_workflow(tmp_path / "push", "push", "test-riscv", tmp_path / "c", [])
+    assert [e for e in push_events if "jobResult" in e] == [], act_log(pushed, push_events)
+    proc, events = run_workflow(
+        tmp_path / "dispatch",
+        "workflow_dispatch",
+        "test-riscv",
+        tmp_path / "c",
+        [
+            "--input",
+            "riscv=true",
+            "--input",
+            "command=echo dispatched",
+            "--var",
+            f"MULTIARCH_MIRROR={mirror}",
+        ],
+    )
+    log = act_log(proc, events)
+    assert [e["jobResult"] for e in events if "jobResult" in e] == ["failure"], log
+    out = "\n".join(act_output(events))
+    assert "building the riscv64 rootfs (trixie:" in out, log
+    assert "rootfs build failed for riscv64/trixie" in out and "127.0.0.1" in out, log

@@ -1,0 +1,422 @@
+"""Peer-to-peer cache sharing with real libp2p nodes on 127.0.0.1 (proxy processes and in-process nodes)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fleetci.cache.policy import cache_key, normalize_target, scope_of
+from fleetci.cache.store import Entry
+from fleetci.http import free_port
+from fleetci.p2p.crypto import FleetKeys
+from fleetci.p2p.messages import INLINE_MAX, Announcement
+from support import Proxy, clean_env, one_line_error, run_fleetci, start_proxy, wait_until
+from support.p2p import FLEET, SECRET
+
+
+def token(login: str) -> str:
+    from fleetci.testing import TOKENS
+
+    return next(t for t, who in TOKENS.items() if who == login)
+
+
+def p2p_env(secret: str = SECRET, **extra: str) -> dict[str, str]:
+    return clean_env(FLEETCI_CACHE_SECRET=secret, CACHE_FLEET=FLEET, **extra)
+
+
+def start_node(
+    emulator: Any,
+    root: Path,
+    name: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+) -> Proxy:
+    return start_proxy(
+        emulator.url,
+        root / name,
+        "--enable-p2p",
+        "--p2p-host",
+        "127.0.0.1",
+        "--listen-port",
+        str(port or 0),  # 0: the node binds a free port itself (no race with other processes)
+        *args,
+        env=env or p2p_env(),
+    )
+
+
+def peers_of(p: Proxy) -> dict[str, Any]:
+    data: dict[str, Any] = httpx.get(f"{p.url}/_fleetci/peers", timeout=10).json()
+    return data
+
+
+def mesh_ready(origin: Proxy, others: list[Proxy], timeout: float = 30) -> None:
+    """Until an announced probe entry comes back from every other node (mesh formed both ways)."""
+    want = {peers_of(o)["peer_id"] for o in others}
+
+    def ok() -> bool:
+        r = httpx.post(f"{origin.url}/_fleetci/p2p/probe", timeout=30).json()
+        return want <= set(r.get("shared_with", []))
+
+    assert wait_until(ok, timeout=timeout, interval=0.5), "the fleet did not form a mesh"
+
+
+@pytest.fixture
+def fleet(emulator: Any, tmp_path: Path) -> Iterator[Any]:
+    nodes: list[Proxy] = []
+
+    def make(n: int) -> list[Proxy]:
+        first = start_node(emulator, tmp_path, "n0")
+        nodes.append(first)
+        boot = peers_of(first)["addrs"][0]
+        for i in range(1, n):
+            nodes.append(start_node(emulator, tmp_path, f"n{i}", "--bootstrap-peers", boot))
+        mesh_ready(first, nodes[1:])
+        return nodes  # the fixture's own list: nodes a test appends are torn down too
+
+    yield make
+    for p in nodes:
+        p.stop(signal.SIGKILL)
+
+
+def test_five_nodes_one_miss_then_peers(emulator: Any, fleet: Any) -> None:
+    nodes = fleet(5)
+    h = {"Authorization": f"token {token('alice')}"}
+    small, large = "/repos/octo-org/fleet-tools", "/repos/octo-org/api/actions/runs?per_page=100"
+    before = emulator.emulator.charged(token("alice"))
+    first = [httpx.get(nodes[0].url + u, headers=h) for u in (small, large)]
+    assert [r.headers["X-Fleetci-Cache"] for r in first] == ["MISS", "MISS"]
+    assert len(first[1].content) > INLINE_MAX  # the large one must be fetched on demand
+
+    def all_peer_hits() -> bool:
+        return all(
+            httpx.get(n.url + u, headers=h).headers["X-Fleetci-Cache"] in ("PEER", "HIT")
+            for n in nodes[1:]
+            for u in (small, large)
+        )
+
+    time.sleep(0.3)
+    outcomes = [httpx.get(n.url + u, headers=h) for n in nodes[1:] for u in (small, large)]
+    assert all(r.status_code == 200 for r in outcomes)
+    assert [r.headers["X-Fleetci-Cache"] for r in outcomes] == ["PEER"] * 8, [
+        r.headers["X-Fleetci-Cache"] for r in outcomes
+    ]
+
+    def same(r: httpx.Response, node: Proxy) -> bytes:  # each proxy points API URLs at itself
+        return r.content.replace(node.url.encode(), b"PROXY")
+
+    pairs = list(zip([n for n in nodes[1:] for _ in (0, 1)], outcomes, strict=True))
+    assert all(same(r, n) == same(first[i % 2], nodes[0]) for i, (n, r) in enumerate(pairs))
+    assert all_peer_hits()
+    assert emulator.emulator.charged(token("alice")) - before == 2  # one charged call per URL, fleet-wide
+    stats = [n.stats() for n in nodes]
+    assert sum(int(s["peer_hits"]) for s in stats) == 8
+    assert all(int(s["connected_peers"]) >= 1 for s in stats)
+    assert sum(int(peers_of(n)["stats"]["fetches"]) for n in nodes[1:]) >= 4  # the large body, on demand
+    # All of that ran without py-libp2p's unused extras in memory (their C extensions never mapped).
+    for n in nodes:
+        maps = Path(f"/proc/{n.proc.pid}/maps").read_text()
+        assert "fleetci" in Path(f"/proc/{n.proc.pid}/cmdline").read_text()
+        assert not [
+            m for m in ("/aioquic/", "/zeroconf/", "/cbor2/", "/pylsqpack/", "miniupnpc") if m in maps
+        ]
+
+
+def test_simultaneous_misses_on_five_nodes_cost_one_call(emulator: Any, fleet: Any) -> None:
+    """Fleet-wide coalescing: five runners ask five different proxies for the same URLs at the same
+    moment; claims let one node fetch while the others wait for its announcement."""
+    nodes = fleet(5)
+    h = {"Authorization": f"token {token('alice')}"}
+    repos = [r["name"] for r in httpx.get(nodes[0].url + "/orgs/octo-org/repos", headers=h).json()][:4]
+    urls = [f"/repos/octo-org/{name}/actions/runs?per_page=5" for name in repos]
+    urls += [f"/repos/octo-org/{name}/actions/workflows" for name in repos]
+    clients = [httpx.Client(base_url=n.url, headers=h, timeout=30) for n in nodes]
+    for c in clients:
+        c.get("/orgs/octo-org/repos")  # connections up (and a local hit) before the races
+    pool = concurrent.futures.ThreadPoolExecutor(len(nodes))
+
+    def race(url: str) -> list[str]:
+        """All five proxies get ``url`` at the same moment."""
+        barrier = threading.Barrier(len(nodes))
+
+        def ask(c: httpx.Client) -> str:
+            barrier.wait()
+            r = c.get(url)
+            assert r.status_code == 200, r.text
+            return r.headers["X-Fleetci-Cache"]
+
+        answers = list(pool.map(ask, clients))
+        time.sleep(0.5)  # runners poll; they do not flood: let gossip drain between rounds
+        return answers
+
+    race("/orgs/octo-org/actions/runners?per_page=100")  # warm-up: first claims open gossip streams
+    before = emulator.emulator.charged(token("alice"))
+    outcomes = [race(url) for url in urls]
+    pool.shutdown()
+    for c in clients:
+        c.close()
+    charged = emulator.emulator.charged(token("alice")) - before
+    # Without claims every proxy misses: 5 calls per URL. A claim loses its race only when the machine
+    # delays gossip past the claim window (50 ms), so allow a second call per URL, not five.
+    assert charged <= 2 * len(urls), (charged, outcomes)
+    misses = sum(o.count("MISS") for o in outcomes)
+    peer = sum(o.count("PEER") for o in outcomes)
+    assert misses == charged and peer == len(urls) * len(nodes) - misses, outcomes
+    assert sum(int(str(n.stats()["claim_waits"])) for n in nodes) >= peer, outcomes
+
+
+def test_twenty_nodes_five_hundred_announcements_nothing_lost(emulator: Any, tmp_path: Path) -> None:
+    """Twenty proxy processes; a burst of 500 new entries spread over all of them (25 each, at once).
+    Every node must receive all 475 announcements of the others, and serve them without GitHub."""
+    nodes = [start_node(emulator, tmp_path, "n0")]
+    try:
+        boot = peers_of(nodes[0])["addrs"][0]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            nodes += pool.map(
+                lambda i: start_node(emulator, tmp_path, f"n{i}", "--bootstrap-peers", boot), range(1, 20)
+            )
+        assert wait_until(lambda: all(len(peers_of(n)["connected"]) >= 3 for n in nodes), timeout=90)
+        h = {"Authorization": f"token {token('alice')}"}
+        urls = [f"/orgs/octo-org/repos?per_page=1&page={i}" for i in range(1, 501)]  # 10-minute TTL
+        shares = [urls[i::20] for i in range(20)]
+        before = emulator.emulator.charged(token("alice"))
+
+        def fetch(node: Proxy, mine: list[str]) -> list[str]:
+            with httpx.Client(base_url=node.url, headers=h, timeout=60) as c:
+                answers = [c.get(u) for u in mine]
+            return [r.headers.get("X-Fleetci-Cache", f"{r.status_code} {r.text[:80]}") for r in answers]
+
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            first = [o for got in pool.map(fetch, nodes, shares) for o in got]
+        assert first.count("MISS") == 500, Counter(first)
+        assert emulator.emulator.charged(token("alice")) - before == 500
+
+        keys = {u: _key_for("alice", u) for u in urls}
+        wanted = [{keys[u] for u in urls if u not in set(mine)} for mine in shares]
+
+        def missing() -> list[int]:
+            """Per node, how many of the other nodes' announcements it has not received (yet)."""
+            got = [peers_of_receipts(n) for n in nodes]
+            return [len(w - g) for w, g in zip(wanted, got, strict=True)]
+
+        assert wait_until(lambda: not any(missing()), timeout=150, interval=2.0), {
+            i: (m, peers_of(nodes[i])["stats"]) for i, m in enumerate(missing()) if m
+        }
+        # End to end on a sample of nodes: 1,500 answers from the fleet, not one new call to GitHub.
+        sample = [nodes[1], nodes[10], nodes[19]]
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            every = list(pool.map(fetch, sample, [urls] * 3))
+        served = Counter(o for got in every for o in got)
+        assert set(served) <= {"HIT", "PEER"}, served
+        assert emulator.emulator.charged(token("alice")) - before == 500
+    finally:
+        for n in nodes:
+            n.stop(signal.SIGKILL)
+
+
+def peers_of_receipts(p: Proxy) -> set[str]:
+    data = httpx.get(f"{p.url}/_fleetci/peers", params={"receipts": "1"}, timeout=30).json()
+    return set(data["receipts"])
+
+
+def test_killed_node_rest_keep_serving_restarted_node_catches_up(
+    emulator: Any, fleet: Any, tmp_path: Path
+) -> None:
+    nodes = fleet(3)
+    h = {"Authorization": f"token {token('alice')}"}
+    victim = nodes[2]
+    old_id = peers_of(victim)["peer_id"]
+    port = int(peers_of(victim)["addrs"][0].split("/tcp/")[1].split("/")[0])
+    victim.stop(signal.SIGKILL)
+    assert (
+        httpx.get(nodes[0].url + "/repos/octo-org/fleet-tools", headers=h).headers["X-Fleetci-Cache"]
+        == "MISS"
+    )
+    time.sleep(0.3)
+    assert (
+        httpx.get(nodes[1].url + "/repos/octo-org/fleet-tools", headers=h).headers["X-Fleetci-Cache"]
+        == "PEER"
+    )
+    spent = emulator.emulator.charged(token("alice"))
+    boot = peers_of(nodes[0])["addrs"][0]
+    back = start_node(emulator, tmp_path, "n2", "--bootstrap-peers", boot, port=port)
+    nodes.append(back)
+    assert peers_of(back)["peer_id"] == old_id  # identity kept in CACHE_DIR
+    assert wait_until(lambda: int(peers_of(back)["stats"]["received"]) >= 1, timeout=20)  # caught up
+    r = httpx.get(back.url + "/repos/octo-org/fleet-tools", headers=h)
+    assert r.headers["X-Fleetci-Cache"] == "PEER" and emulator.emulator.charged(token("alice")) == spent
+
+
+def test_token_scopes_stay_apart_across_peers(emulator: Any, fleet: Any) -> None:
+    nodes = fleet(2)
+    a, b = {"Authorization": f"token {token('alice')}"}, {"Authorization": f"token {token('bob')}"}
+    assert httpx.get(nodes[0].url + "/user/repos?per_page=100", headers=a).status_code == 200
+    time.sleep(0.3)
+    for_bob = httpx.get(nodes[1].url + "/user/repos?per_page=100", headers=b)
+    assert for_bob.headers["X-Fleetci-Cache"] == "MISS"
+    assert "alice/secret-project" not in {r["full_name"] for r in for_bob.json()}
+    for_alice = httpx.get(nodes[1].url + "/user/repos?per_page=100", headers=a)
+    assert for_alice.headers["X-Fleetci-Cache"] == "PEER"
+    assert "alice/secret-project" in {r["full_name"] for r in for_alice.json()}
+
+
+class Rogue:
+    """A libp2p node we control, for the tamper and wrong-secret cases."""
+
+    def __init__(self, tmp: Path, secret: str, bootstrap: str, serve: dict[str, Entry] | None = None) -> None:
+        from fleetci.p2p.node import P2PConfig, P2PNode
+
+        self.received: list[Announcement] = []
+        serve = serve or {}
+        self.node = P2PNode(
+            P2PConfig("127.0.0.1", free_port(), tmp / "rogue.key", bootstrap=(bootstrap,)),
+            FleetKeys(secret, FLEET),
+            on_announcements=self.received.extend,
+            lookup=serve.get,
+        )
+        self.node.start()
+        assert wait_until(lambda: len(self.node.connected_peers()) >= 1, timeout=20)
+        time.sleep(2.5)  # two gossipsub heartbeats: the rogue joins the topic mesh
+
+    def stop(self) -> None:
+        self.node.stop()
+
+
+def _key_for(login: str, target: str) -> str:
+    return cache_key(scope_of(f"token {token(login)}"), normalize_target(target), {})
+
+
+def test_tampered_content_is_rejected(emulator: Any, fleet: Any, tmp_path: Path) -> None:
+    nodes = fleet(2)
+    target = "/repos/octo-org/fleet-tools"
+    key, scope = _key_for("alice", target), scope_of(f"token {token('alice')}")
+    fake = Entry.create(key, scope, target, 200, (("Content-Type", "application/json"),), b'{"evil": 1}', 600)
+    honest_cid = Entry.create(key, scope, target, 200, (), b'{"something": "else"}', 600).cid()
+    rogue = Rogue(tmp_path, SECRET, peers_of(nodes[0])["addrs"][0], serve={key: fake})
+    try:
+        # inline body whose CID does not match
+        inline = Announcement.of(fake, rogue.node.peer_id)
+        rogue.node.publish_announcement(Announcement(**{**inline.__dict__, "cid": honest_cid}))
+        # announced without body; the body served on request does not match the CID either
+        rogue.node.publish_announcement(Announcement(**{**inline.__dict__, "cid": honest_cid, "body": None}))
+        assert wait_until(
+            lambda: all(int(peers_of(n)["stats"]["cid_mismatch"]) >= 1 for n in nodes), timeout=15
+        )
+        r = httpx.get(nodes[1].url + target, headers={"Authorization": f"token {token('alice')}"})
+        assert r.status_code == 200 and "evil" not in r.text
+        assert r.headers["X-Fleetci-Cache"] == "MISS"
+    finally:
+        rogue.stop()
+
+
+def test_wrong_secret_can_neither_read_nor_inject(emulator: Any, fleet: Any, tmp_path: Path) -> None:
+    nodes = fleet(2)
+    rogue = Rogue(tmp_path, "not the fleet secret", peers_of(nodes[0])["addrs"][0])
+    try:
+        target = "/repos/octo-org/fleet-tools"
+        h = {"Authorization": f"token {token('alice')}"}
+        assert httpx.get(nodes[0].url + target, headers=h).headers["X-Fleetci-Cache"] == "MISS"
+        assert wait_until(lambda: rogue.node.stats.rejected >= 1, timeout=15)  # it saw the gossip...
+        assert rogue.received == []  # ...and could not read it
+        key, scope = _key_for("alice", "/orgs/octo-org/repos"), scope_of(f"token {token('alice')}")
+        forged = Entry.create(key, scope, "/orgs/octo-org/repos", 200, (), b"[]", 600)
+        rogue.node.announce(forged)
+        assert wait_until(lambda: int(peers_of(nodes[1])["stats"]["rejected"]) >= 1, timeout=15)
+        r = httpx.get(nodes[1].url + "/orgs/octo-org/repos", headers=h)
+        assert r.headers["X-Fleetci-Cache"] == "MISS" and r.json() != []
+        stolen = rogue.node.fetch(Announcement.of(forged, peers_of(nodes[0])["peer_id"], inline=False))
+        assert stolen.result(timeout=10) is None  # bodies are sealed for the fleet only
+    finally:
+        rogue.stop()
+
+
+@pytest.mark.parametrize("case", ["malformed", "unreachable", "port-in-use", "no-secret"])
+def test_bad_p2p_input_keeps_serving_locally(emulator: Any, tmp_path: Path, case: str) -> None:
+    import socket
+
+    env = p2p_env()
+    args: list[str] = []
+    holder = None
+    port = free_port()
+    if case == "malformed":
+        args = ["--bootstrap-peers", "/ip4/not-an-ip/tcp/x"]
+    elif case == "unreachable":
+        args = [
+            "--bootstrap-peers",
+            f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/12D3KooWRosXT6L57UsJbQUkbWmPPnyGZ2Bs3SXu2JKYvUqN1YqY",
+        ]
+    elif case == "port-in-use":
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+    else:
+        env = clean_env(CACHE_FLEET=FLEET)
+    try:
+        p = start_node(emulator, tmp_path, "bad", *args, env=env, port=port)
+        r = httpx.get(
+            p.url + "/repos/octo-org/fleet-tools", headers={"Authorization": f"token {token('alice')}"}
+        )
+        assert r.status_code == 200
+        p.stop()
+    finally:
+        if holder is not None:
+            holder.close()
+    log = p.log.read_text()
+    warnings = [ln for ln in log.splitlines() if ln.startswith("fleetci: warning:")]
+    expected = {
+        "malformed": "invalid peer multiaddr",
+        "unreachable": None,
+        "port-in-use": "cannot listen",
+        "no-secret": "no fleet secret",
+    }[case]
+    if expected:
+        assert len(warnings) == 1 and expected in warnings[0], log
+    else:
+        assert warnings == [] and "Traceback" not in log
+    assert "Traceback" not in log
+
+
+def test_verify_and_peers_cli(emulator: Any, fleet: Any, tmp_path: Path) -> None:
+    nodes = fleet(2)
+    sock = ("--socket", str(nodes[0].socket), "--cache-dir", str(nodes[0].cache_dir))
+    ok = run_fleetci("cache", "verify", *sock, env=p2p_env())
+    assert ok.returncode == 0, ok.stderr
+    assert "shared end to end with 1 of 1 peers" in ok.stdout
+    listing = json.loads(run_fleetci("cache", "peers", "--json", *sock, env=p2p_env()).stdout)
+    assert listing["connected"] == [peers_of(nodes[1])["peer_id"]]
+    too_many = run_fleetci("cache", "verify", "--min-peers", "3", *sock, env=p2p_env())
+    assert "fewer than --min-peers 3" in one_line_error(too_many)
+
+
+def test_verify_fails_clearly(emulator: Any, proxy: Proxy, tmp_path: Path) -> None:
+    sock = ("--socket", str(proxy.socket), "--cache-dir", str(proxy.cache_dir))
+    assert "peer-to-peer sharing is off" in one_line_error(run_fleetci("cache", "verify", *sock))
+    assert run_fleetci("cache", "verify", "--local-only", *sock).returncode == 0
+    nothing = ("--socket", str(tmp_path / "none.sock"), "--cache-dir", str(tmp_path))
+    assert "no proxy answering" in one_line_error(run_fleetci("cache", "verify", *nothing))
+    for bad in ("-1", "soon", "nan", "inf"):
+        line = one_line_error(run_fleetci("cache", "verify", "--wait", bad, *sock))
+        assert f"--wait: expected a number of seconds between 0 and 315360000, got '{bad}'" in line
+
+
+def test_registry_discovery_without_bootstrap(emulator: Any, tmp_path: Path) -> None:
+    reg = tmp_path / "registry"
+    a = start_node(emulator, tmp_path, "a", "--peer-registry", str(reg))
+    b = start_node(emulator, tmp_path, "b", "--peer-registry", str(reg))
+    try:
+        assert wait_until(lambda: peers_of(a)["connected"] == [peers_of(b)["peer_id"]], timeout=30)
+        mesh_ready(a, [b])
+    finally:
+        a.stop()
+        b.stop()
+    assert not any(reg.glob("*.json"))  # clean shutdown unregisters

@@ -1,0 +1,167 @@
+"""Helpers the tests share (importable as ``support``; pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fleetci.http import free_port, wait_healthy
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def fleetci_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fleetci", *args]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process environment without variables that would change fleetci's settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CACHE_", "FLEETCI_", "GITHUB_", "GH_"))}
+    env.update(extra)
+    return env
+
+
+def run_fleetci(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        fleetci_cmd(*args), env=env or clean_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+RunCli = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+@dataclass
+class Proxy:
+    """A real ``fleetci cache serve`` process."""
+
+    url: str
+    socket: Path
+    cache_dir: Path
+    upstream: str
+    proc: subprocess.Popen[str]
+    log: Path
+    extra_args: list[str] = field(default_factory=list)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Accept": "application/vnd.github+json"}
+        if token:
+            headers["Authorization"] = f"token {token}"
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def stats(self) -> dict[str, object]:
+        data: dict[str, object] = httpx.get(f"{self.url}/_fleetci/stats", timeout=10).json()
+        return data
+
+
+def start_proxy(upstream: str, cache_dir: Path, *args: str, env: dict[str, str] | None = None) -> Proxy:
+    port = free_port()
+    sock = cache_dir / "proxy.sock"
+    log = cache_dir.parent / f"proxy-{port}.log"
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as fh:
+        proc = subprocess.Popen(
+            fleetci_cmd(
+                "cache",
+                "serve",
+                "--upstream",
+                upstream,
+                "--port",
+                str(port),
+                "--cache-dir",
+                str(cache_dir),
+                "--socket",
+                str(sock),
+                *args,
+            ),
+            env=env or clean_env(),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/_fleetci/health", timeout=30, alive=proc)
+    except Exception:
+        proc.kill()
+        raise AssertionError(f"proxy did not start: {log.read_text()}") from None
+    return Proxy(f"http://127.0.0.1:{port}", sock, cache_dir, upstream, proc, log, list(args))
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """Assert the CLI failed with exactly one ``fleetci: error:`` line and return it."""
+    assert proc.returncode != 0, proc
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("fleetci: error:")]
+    assert len(errors) == 1, f"expected one error line, got stderr={proc.stderr!r}"
+    assert not any("Traceback" in ln for ln in lines), proc.stderr
+    return errors[0]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """``assert wait_until(...)``: True once ``predicate()`` holds, False after ``timeout`` (fleetci.wait)."""
+    from fleetci.wait import WaitTimeout
+    from fleetci.wait import wait_until as wait
+
+    try:
+        return bool(wait(predicate, timeout=timeout, what="the condition", interval=interval))
+    except WaitTimeout:
+        return False
+
+
+LISTEN_RE = re.compile(r"listening on (http://[0-9.:]+)")
+
+
+def server_lines_are_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    """The servers' own loggers (aiohttp's, ours) wrote one-line records only: no traceback."""
+    records = [r for r in caplog.records if r.name.startswith(("aiohttp", "fleetci"))]
+    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in records), [
+        r.getMessage()[:300] for r in records
+    ]
+
+
+def raw_request(
+    host: str,
+    port: int,
+    method: str,
+    path: str,
+    headers: dict[str, str | bytes] | None = None,
+    body: bytes | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request exactly as written (no path normalization, any header bytes): status, headers, body."""
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        given = {k.lower() for k in headers or {}}
+        if "host" not in given:
+            conn.putheader("Host", f"{host}:{port}")
+        for k, v in (headers or {}).items():
+            conn.putheader(k, v)
+        if body is not None and "content-length" not in given:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()

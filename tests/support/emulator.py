@@ -1,0 +1,56 @@
+"""The GitHub emulator fixtures and helpers shared by its unit, integration and hostile-input tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fleetci.testing import DEFAULT_OWNER, TOKENS
+from fleetci.testing.openapi import OpenAPISpec, SpecNotFound, find_spec
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+ORG = DEFAULT_OWNER
+
+
+def tok(login: str) -> str:
+    return next(t for t, who in TOKENS.items() if who == login)
+
+
+def auth(login: str | None) -> dict[str, str]:
+    return {"Authorization": f"token {tok(login)}"} if login else {}
+
+
+@pytest.fixture(scope="session")
+def spec() -> OpenAPISpec:
+    """The official description, loaded once; a missing file fails the tests (it is a required input)."""
+    try:
+        return OpenAPISpec.load(find_spec(REPO_ROOT))
+    except SpecNotFound as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+R = "/repos/{owner}/{repo}"
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETCI_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT / "src"), env.get("PYTHONPATH")]))
+    return env
+
+
+def emulate_github(*args: str) -> list[str]:
+    """argv of ``fleetci emulate github``."""
+    return ["emulate", "github", *args]
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``fleetci.cli.main(argv)`` in this process: exit code, stdout, stderr."""
+    from fleetci.cli import main
+
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
