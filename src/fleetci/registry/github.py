@@ -116,7 +116,7 @@ class GitHubSide:
         s = self.settings
 
         def fetch() -> list[Any]:
-            wf = self.gh.get_repo(s.repo, lazy=True).get_workflow(s.workflow_file)
+            wf = self.gh.withLazy(True).get_repo(s.repo).get_workflow(s.workflow_file)
             kwargs: dict[str, Any] = {}
             if s.branch:
                 kwargs["branch"] = s.branch
