@@ -100,7 +100,7 @@ def write_private(path: str | Path, data: bytes | str, *, durable: bool = True) 
 
 def write_json(path: str | Path, data: Any, *, private: bool = True, durable: bool = True) -> Path:
     """Atomic JSON state (sorted keys, one trailing newline); private unless told otherwise."""
-    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     return write_atomic(path, text, mode=FILE_MODE if private else 0o644, durable=durable)
 
 
@@ -124,6 +124,22 @@ def move_into_place(src: str | Path, dst: str | Path) -> Path:
     too slow to hold (written piece by piece, or produced by another program)."""
     os.replace(src, dst)
     return Path(dst)
+
+
+@contextlib.contextmanager
+def partial(dest: str | Path) -> Iterator[Path]:
+    """Build ``dest`` as ``<dest>.partial`` (a download, an extracted or decompressed file) and publish it
+    with one rename when the block ends; on an error the partial file is removed, so nothing
+    half-written ever carries the final name."""
+    final = Path(dest)
+    tmp = final.with_name(final.name + ".partial")
+    try:
+        yield tmp
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    move_into_place(tmp, final)
 
 
 def move_aside(path: str | Path, reason: str = "corrupt") -> Path | None:

@@ -232,6 +232,26 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _client_options(
+    base_url: str,
+    timeout: float | httpx.Timeout,
+    headers: Mapping[str, str] | None,
+    auth: httpx.Auth | tuple[str, str] | None,
+    follow_redirects: bool,
+) -> dict[str, Any]:
+    import httpx
+
+    if not isinstance(timeout, httpx.Timeout):
+        timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+    return {
+        "base_url": base_url or "http://fleetci.local",
+        "timeout": timeout,
+        "headers": dict(headers or {}),
+        "auth": auth,
+        "follow_redirects": follow_redirects,
+    }
+
+
 def client(
     base_url: str = "",
     *,
@@ -243,21 +263,14 @@ def client(
     follow_redirects: bool = False,
 ) -> httpx.Client:
     """The one constructor of synchronous HTTP clients (TCP or a unix socket), so every capability
-    gets the same connect timeout, no environment proxies for loopback services and one place to fix."""
+    gets the same connect timeout (at most 10 s) and redirect rule, and a fix lands everywhere.
+    Environment proxies (``HTTPS_PROXY``, ``NO_PROXY``) apply as httpx reads them."""
     import httpx
 
     if uds is not None and transport is None:
         transport = httpx.HTTPTransport(uds=str(uds))
-    if not isinstance(timeout, httpx.Timeout):
-        timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
-    return httpx.Client(
-        base_url=base_url or "http://fleetci.local",
-        transport=transport,
-        timeout=timeout,
-        headers=dict(headers or {}),
-        auth=auth,
-        follow_redirects=follow_redirects,
-    )
+    options = _client_options(base_url, timeout, headers, auth, follow_redirects)
+    return httpx.Client(transport=transport, **options)
 
 
 def async_client(
@@ -275,16 +288,8 @@ def async_client(
 
     if uds is not None and transport is None:
         transport = httpx.AsyncHTTPTransport(uds=str(uds))
-    if not isinstance(timeout, httpx.Timeout):
-        timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
-    return httpx.AsyncClient(
-        base_url=base_url or "http://fleetci.local",
-        transport=transport,
-        timeout=timeout,
-        headers=dict(headers or {}),
-        auth=auth,
-        follow_redirects=follow_redirects,
-    )
+    options = _client_options(base_url, timeout, headers, auth, follow_redirects)
+    return httpx.AsyncClient(transport=transport, **options)
 
 
 class ApiError(FleetciError):

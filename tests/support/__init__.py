@@ -16,7 +16,7 @@ import pytest
 
 from fleetci.http import free_port, wait_healthy
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def fleetci_cmd(*args: str) -> list[str]:

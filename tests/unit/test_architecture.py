@@ -292,6 +292,62 @@ def test_os_replace_is_called_only_in_files_py() -> None:
     )
 
 
+def renames(source: Source) -> Iterator[int]:
+    """Lines that rename a file by hand: ``os.rename``/``os.replace`` and ``Path.rename(x)``/
+    ``Path.replace(x)`` (one positional argument and no keywords, unlike ``str.replace(a, b)`` or
+    ``dataclasses.replace(obj, **changes)``)."""
+    for name, line in qualified_calls(source):
+        if name in ("os.rename", "os.replace"):
+            yield line
+    for node in ast.walk(source.tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("rename", "replace")
+            and not (isinstance(node.func.value, ast.Name) and node.func.value.id == "os")
+            and len(node.args) == 1
+            and not node.keywords
+        ):
+            yield node.lineno
+
+
+def test_files_are_renamed_into_place_only_in_files_py() -> None:
+    found = [(s, line) for s in sources() for line in renames(s)]
+    assert any(s.where == "src/fleetci/files.py" for s, _ in found), "files.py no longer renames"
+    wrong = only_in("src/fleetci/files.py", found)
+    assert not wrong, (
+        "hand-written rename into place (use files.partial / move_into_place / move_aside / write_atomic):\n"
+        + "\n".join(wrong)
+    )
+
+
+def test_renames_finds_path_and_os_renames_but_not_string_replace() -> None:
+    s = _source(
+        "fleetci.cache.store",
+        "import os\nimport dataclasses\nfrom pathlib import Path\n"
+        "def f(p: Path, q: Path, x: object) -> None:\n"
+        "    p.replace(q)\n"
+        "    os.rename(p, q)\n"
+        "    q.with_name('a').rename(p)\n"
+        "    'abc'.replace('a', 'b')\n"
+        "    dataclasses.replace(x, a=1)\n",
+    )
+    assert sorted(renames(s)) == [5, 6, 7]
+
+
+HTTPX_SHORTCUTS = {
+    f"httpx.{verb}" for verb in ("get", "post", "put", "patch", "delete", "head", "request", "stream")
+}
+
+
+def test_no_module_level_httpx_requests() -> None:
+    """``httpx.get(…)`` builds a client of its own per call: outside the one constructor in fleetci.http."""
+    found = [
+        f"{s.where}:{line}" for s in sources() for name, line in qualified_calls(s) if name in HTTPX_SHORTCUTS
+    ]
+    assert not found, "httpx.get/post/… (use fleetci.http.client or JsonApi):\n" + "\n".join(found)
+
+
 DEADLINE = re.compile(r"\bdeadline\s*=\s*time\.monotonic\(\)")
 
 

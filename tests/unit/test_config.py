@@ -460,15 +460,19 @@ def test_build_keys_are_shared_by_master_worker_and_client() -> None:
     assert client_settings({}, config, {}).master == "http://h"  # its token comes from the config
 
 
-def test_worker_idle_timeout_defaults_to_300_only_inside_github_actions() -> None:
-    """The action leaves idle-timeout empty (so a config file applies); the computed default keeps an
-    Actions worker from holding its runner forever, while a worker service on a host never leaves."""
+def test_worker_idle_timeout_falls_back_to_the_actions_default_last() -> None:
+    """The action leaves idle-timeout empty (so a config file applies) and hands its own default of 300 in
+    a separate variable, read only when nothing else sets it; the CLI's default stays 0 (never leave),
+    also inside a GitHub Actions job."""
     assert _worker({}, {}, {}).idle_timeout == 0
-    assert _worker({}, {}, {"GITHUB_ACTIONS": "true"}).idle_timeout == 300
-    in_actions = {"GITHUB_ACTIONS": "true"}
-    assert _worker({}, {"build": {"idle_timeout": 7}}, in_actions).idle_timeout == 7
-    assert _worker({}, {}, {**in_actions, "FLEETCI_BUILD_IDLE_TIMEOUT": "0"}).idle_timeout == 0
-    assert _worker({"idle_timeout": "12"}, {"build": {"idle_timeout": 7}}, in_actions).idle_timeout == 12
+    assert _worker({}, {}, {"GITHUB_ACTIONS": "true"}).idle_timeout == 0
+    action = {"FLEETCI_BUILD_ACTION_IDLE_TIMEOUT": "300", "FLEETCI_BUILD_IDLE_TIMEOUT": ""}
+    assert _worker({}, {}, action).idle_timeout == 300
+    assert _worker({}, {"build": {"idle_timeout": 7}}, action).idle_timeout == 7
+    assert _worker({}, {}, {**action, "FLEETCI_BUILD_IDLE_TIMEOUT": "0"}).idle_timeout == 0
+    assert _worker({"idle_timeout": "12"}, {"build": {"idle_timeout": 7}}, action).idle_timeout == 12
+    with pytest.raises(UsageError, match=r"\$FLEETCI_BUILD_ACTION_IDLE_TIMEOUT"):
+        _worker({}, {}, {"FLEETCI_BUILD_ACTION_IDLE_TIMEOUT": "soon"})
 
 
 def test_free_form_and_nested_values_use_the_same_path() -> None:

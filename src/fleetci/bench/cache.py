@@ -59,6 +59,12 @@ class FleetResult:
     wall_s: float = 0.0
 
 
+def _call(method: str, url: str, *, timeout: float = 10.0, **kw: Any) -> httpx.Response:
+    """One request to a service the benchmark started (the emulator, a proxy), via fleetci.http.client."""
+    with client(timeout=timeout) as session:
+        return session.request(method, url, **kw)
+
+
 def workload(org: str, repos: list[str], cycle: int, runner: int) -> list[str]:
     """One autoscaler poll: queue depth, runner list, workflow runs, repository list, repository metadata."""
     repo = repos[(cycle + runner) % len(repos)]
@@ -78,16 +84,17 @@ def fleet_token() -> str:
 
 
 def charged_total(emulator_url: str, login: str = "fleet-bot") -> int:
-    data = httpx.get(f"{emulator_url}/_emulator/stats", timeout=10).json()
+    data = _call("GET", f"{emulator_url}/_emulator/stats", timeout=10).json()
     return int(data["charged"].get(login, 0))
 
 
 def set_emulator(emulator_url: str, **config: Any) -> None:
-    httpx.post(f"{emulator_url}/_emulator/config", json=config, timeout=10).raise_for_status()
+    _call("POST", f"{emulator_url}/_emulator/config", json=config, timeout=10).raise_for_status()
 
 
 def list_repo_names(emulator_url: str, org: str, n: int) -> list[str]:
-    r = httpx.get(
+    r = _call(
+        "GET",
         f"{emulator_url}/orgs/{org}/repos?per_page=100",
         headers={"Authorization": f"token {fleet_token()}"},
         timeout=30,
@@ -119,7 +126,7 @@ def run_fleet(
     def churn() -> None:
         every = spec.churn_every_s / spec.time_scale
         while not stop_churn.wait(every):
-            httpx.post(f"{emulator_url}/_emulator/mutate", json={"n": 1}, timeout=10)
+            _call("POST", f"{emulator_url}/_emulator/mutate", json={"n": 1}, timeout=10)
             result.churn_events += 1
 
     def runner(i: int) -> None:
@@ -286,10 +293,10 @@ P2P_TARGETS = {"peer_hit_p50_ms_max": 5.0, "propagation_p99_ms_max": 1000.0, "rs
 
 def wait_for_mesh(nodes: list[Service], timeout: float = 60.0) -> None:
     """Until an entry announced by the first node comes back from every other node."""
-    want = {httpx.get(f"{n.url}/_fleetci/peers", timeout=10).json()["peer_id"] for n in nodes[1:]}
+    want = {_call("GET", f"{n.url}/_fleetci/peers", timeout=10).json()["peer_id"] for n in nodes[1:]}
 
     def formed() -> bool:
-        r = httpx.post(f"{nodes[0].url}/_fleetci/p2p/probe", timeout=30).json()
+        r = _call("POST", f"{nodes[0].url}/_fleetci/p2p/probe", timeout=30).json()
         return want <= set(r.get("shared_with", []))
 
     wait_until(formed, timeout=timeout, what="the benchmark fleet to form a mesh", interval=0.5)
@@ -335,12 +342,12 @@ def measure_peers(
         reader.close()
     delays: list[float] = []
     for n in nodes[1:]:
-        receipts = httpx.get(f"{n.url}/_fleetci/peers", params={"receipts": "1"}, timeout=10).json()[
+        receipts = _call("GET", f"{n.url}/_fleetci/peers", params={"receipts": "1"}, timeout=10).json()[
             "receipts"
         ]
         delays += [max(0.0, receipts[k] - t) for k, t in sent.items() if k in receipts]
     delays.sort()
-    peers = [len(httpx.get(f"{n.url}/_fleetci/peers", timeout=10).json()["connected"]) for n in nodes]
+    peers = [len(_call("GET", f"{n.url}/_fleetci/peers", timeout=10).json()["connected"]) for n in nodes]
     return {
         "peer_hit_p50_ms": _p50_ms(peer_s) if peer_s else float("nan"),
         "peer_samples": len(peer_s),
@@ -400,10 +407,10 @@ def bench_cache(
             repos = list_repo_names(emu.url, "octo-org", spec.repos)
             say(f"emulator at {emu.url}; baseline: {spec.runners} runners straight to the API")
             # Count every call: at 50 runners the baseline alone would exceed one token's 5,000/h.
-            httpx.post(f"{emu.url}/_emulator/reset", timeout=10)
+            _call("POST", f"{emu.url}/_emulator/reset", timeout=10)
             set_emulator(emu.url, latency_ms=list(scaled_latency), primary_limit=BENCH_PRIMARY_LIMIT)
             baseline = run_fleet(emu.url, emu.url, spec, repos, paced=False, progress=say)
-            httpx.post(f"{emu.url}/_emulator/reset", timeout=10)
+            _call("POST", f"{emu.url}/_emulator/reset", timeout=10)
             config = scaled_config(tmp_path / "bench.yml", spec.time_scale)
             with contextlib.ExitStack() as stack:
                 proxy = stack.enter_context(
@@ -411,7 +418,7 @@ def bench_cache(
                 )
                 nodes = [proxy]
                 if p2p:
-                    boot = httpx.get(f"{proxy.url}/_fleetci/peers", timeout=10).json()["addrs"][0]
+                    boot = _call("GET", f"{proxy.url}/_fleetci/peers", timeout=10).json()["addrs"][0]
                     for i in range(1, spec.runners):
                         nodes.append(
                             stack.enter_context(
@@ -424,7 +431,7 @@ def bench_cache(
                     wait_for_mesh(nodes)
                 say(f"proxy at {proxy.url}; the same fleet through the cache")
                 cached = run_fleet([n.url for n in nodes], emu.url, spec, repos, paced=True, progress=say)
-                stats = httpx.get(f"{proxy.url}/_fleetci/stats", timeout=10).json()
+                stats = _call("GET", f"{proxy.url}/_fleetci/stats", timeout=10).json()
                 say("latency: direct vs proxy miss vs proxy hit (zero-latency emulator)")
                 lat = measure_latencies(proxy.url, emu.url, tmp_path / "cache", repos, latency_samples)
                 if p2p:

@@ -55,10 +55,6 @@ class Recipe:
         }
 
 
-def _where(path: Path | str) -> str:
-    return str(path)
-
-
 def parse_recipe(data: Any, where: str) -> Recipe:
     """Validate one recipe mapping (from YAML or from a submission); errors name the file and the key."""
     if not isinstance(data, Mapping):

@@ -28,8 +28,9 @@ from fleetci.errors import UsageError
 
 DEFAULT_PORT = 9300
 DEFAULT_TTL = 60.0
-# A worker inside a GitHub Actions job leaves after this long without a job (it holds a runner).
-ACTIONS_IDLE_TIMEOUT = 300.0
+# The distributed-build action's fallback for idle_timeout (its job must not hold the runner forever): read
+# only when no flag, environment variable or config key sets it, so the precedence rule still holds.
+ACTION_IDLE_ENV = "FLEETCI_BUILD_ACTION_IDLE_TIMEOUT"
 DEFAULT_MAX_UPLOAD = 512 * 1024 * 1024
 # JSON request bodies (a submission carries its sources base64-encoded; uploads have their own cap).
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
@@ -124,13 +125,13 @@ class WorkerOptions(SettingTable):
         help="key and build directories",
         doc_default="~/.cache/fleetci/build-worker",
     )
-    # None: computed. A worker started inside a GitHub Actions job must not hold the runner forever.
+    # None: not set anywhere; the worker then uses the action's fallback, else 0 (see ACTION_IDLE_ENV).
     idle_timeout: Setting[float | None] = Setting(
         None,
         parse_seconds,
         env=("FLEETCI_BUILD_IDLE_TIMEOUT",),
         help="leave after this many idle seconds (0 = never)",
-        doc_default=f"{ACTIONS_IDLE_TIMEOUT:g} in a GitHub Actions job, else 0",
+        doc_default="0; the distributed-build action: 300",
     )
     max_jobs = Setting(
         0, parse_count, env=("FLEETCI_BUILD_MAX_JOBS",), help="leave after this many jobs (0 = no limit)"
@@ -220,7 +221,13 @@ def _master(r: Resolver) -> str:
 def _idle_timeout(value: float | None, env: Mapping[str, str]) -> float:
     if value is not None:
         return value
-    return ACTIONS_IDLE_TIMEOUT if env.get("GITHUB_ACTIONS") == "true" else 0.0
+    fallback = env.get(ACTION_IDLE_ENV)
+    if not fallback:
+        return 0.0
+    try:
+        return parse_seconds(fallback)
+    except ValueError as exc:
+        raise UsageError(f"invalid value for ${ACTION_IDLE_ENV}: {exc}") from None
 
 
 def worker_settings(

@@ -91,7 +91,11 @@ class CacheOptions(SettingTable):
     )
     listen_port = Setting(9100, parse_port, env=("CACHE_LISTEN_PORT",), help="peer-to-peer port")
     cache_dir = Setting[str | None](
-        None, str, env=("CACHE_DIR",), doc_default="$XDG_CACHE_HOME/fleetci", help="cache directory"
+        None,
+        str,
+        env=("CACHE_DIR",),
+        doc_default="$XDG_CACHE_HOME/fleetci, else ~/.cache/fleetci",
+        help="cache directory",
     )
     socket = Setting(
         "",

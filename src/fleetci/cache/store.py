@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from fleetci.cache.settings import MEMORY_BYTES
 from fleetci.errors import FleetciError
-from fleetci.files import ensure_private_dir, move_aside, tighten, touch_private
+from fleetci.files import ensure_private_dir, move_aside, move_into_place, tighten, touch_private
 
 if TYPE_CHECKING:
     from fleetci.cache.settings import CacheSettings
@@ -240,7 +240,7 @@ class CacheStore:
         if moved is not None:
             for suffix in ("-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
-                    Path(f"{self.path}{suffix}").rename(f"{moved}{suffix}")
+                    move_into_place(f"{self.path}{suffix}", f"{moved}{suffix}")
         self.corrupt_moved_to = moved
         return moved
 

@@ -70,7 +70,10 @@ def log_path(archive: Path) -> Path:
 
 def move_aside(path: Path, why: str, progress: Progress) -> Path:
     """Keep a bad archive (and its checksum, as ``<kept>.sha256``) for inspection instead of deleting it."""
-    target = files.move_aside(path) or path  # None: another build moved it first
+    target = files.move_aside(path)
+    if target is None:  # another build moved it first (and its checksum with it)
+        progress(f"warning: {path.name} {why}; already moved aside by another build, rebuilding")
+        return path
     side = sidecar(path)
     if side.exists():
         files.move_into_place(side, target.with_name(target.name + ".sha256"))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from fleetci.errors import FleetciError
+from fleetci.files import partial
 
 READ_CHUNK = 1024 * 1024
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -101,19 +102,17 @@ def is_gzip(path: Path) -> bool:
 
 def gunzip_to(src: Path, dest: Path, progress: Callable[[int], None] | None = None) -> None:
     """Decompress ``src`` into ``dest`` in bounded memory; a truncated or corrupt gzip is a clear error."""
-    tmp = dest.with_name(dest.name + ".partial")
-    try:
-        with gzip.open(src, "rb") as fin, tmp.open("wb") as fout:
-            done = 0
-            while chunk := fin.read(READ_CHUNK):
-                fout.write(chunk)
-                done += len(chunk)
-                if progress is not None:
-                    progress(done)
-    except (OSError, EOFError, zlib.error) as exc:
-        tmp.unlink(missing_ok=True)
-        raise FleetciError(f"{src} is not a valid gzip file: {exc}") from exc
-    tmp.replace(dest)
+    with partial(dest) as tmp:
+        try:
+            with gzip.open(src, "rb") as fin, tmp.open("wb") as fout:
+                done = 0
+                while chunk := fin.read(READ_CHUNK):
+                    fout.write(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise FleetciError(f"{src} is not a valid gzip file: {exc}") from exc
 
 
 def read_window(fh: BinaryIO, offset: int, size: int, chunk: int = READ_CHUNK) -> Iterator[bytes]:
@@ -362,7 +361,5 @@ def verify_image(
 
 
 def copy_file(src: BinaryIO, dest: Path) -> None:
-    tmp = dest.with_name(dest.name + ".partial")
-    with tmp.open("wb") as out:
+    with partial(dest) as tmp, tmp.open("wb") as out:
         shutil.copyfileobj(src, out, READ_CHUNK)
-    tmp.replace(dest)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fleetci.errors import FleetciError
+from fleetci.files import partial
 from fleetci.registry.archive import READ_CHUNK, gunzip_to, is_gzip
 from fleetci.registry.plan import META_FILE
 
@@ -66,10 +67,8 @@ def _extract_zip(zip_path: Path, dest: Path, log: Log) -> list[Path]:
                     continue
                 target = dest / name
                 log(f"extract {name} ({info.file_size / 1e6:.1f} MB) from {zip_path.name}")
-                tmp = target.with_name(target.name + ".partial")
-                with zf.open(info) as src, tmp.open("wb") as fh:
+                with partial(target) as tmp, zf.open(info) as src, tmp.open("wb") as fh:
                     shutil.copyfileobj(src, fh, READ_CHUNK)
-                tmp.replace(target)
                 out.append(target)
     except (zipfile.BadZipFile, OSError, EOFError, zipfile.LargeZipFile) as exc:
         raise FleetciError(f"{zip_path} is not a valid zip archive: {exc}") from exc
@@ -100,10 +99,8 @@ def _expand_bundle(path: Path, dest: Path, log: Log) -> list[Path]:
                 if src is None or not name:
                     continue
                 target = dest / name
-                tmp = target.with_name(target.name + ".partial")
-                with tmp.open("wb") as fh:
+                with partial(target) as tmp, tmp.open("wb") as fh:
                     shutil.copyfileobj(src, fh, READ_CHUNK)
-                tmp.replace(target)
                 out.append(target)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise FleetciError(f"{path} is not a valid tar archive: {exc}") from exc

@@ -21,7 +21,7 @@ import requests
 from github import Auth, Github, GithubException
 
 from fleetci.errors import FleetciError, UsageError
-from fleetci.files import ensure_private_dir
+from fleetci.files import ensure_private_dir, partial
 from fleetci.http import client, describe, redact_url
 from fleetci.registry.settings import RegistrySettings
 from fleetci.registry.tags import parse_metadata_block
@@ -228,7 +228,6 @@ class GitHubSide:
         if art.expired:
             raise FleetciError(f"artifact {art.name} of this run has expired on GitHub")
         ensure_private_dir(dest.parent)
-        tmp = dest.with_name(dest.name + ".partial")
         started = time.monotonic()
         last = [0.0]
 
@@ -245,13 +244,12 @@ class GitHubSide:
                 flush=True,
             )
 
-        with tmp.open("wb") as fh:
-            for chunk in self._artifact_stream(art, progress):
-                fh.write(chunk)
-        if not zipfile.is_zipfile(tmp):
-            tmp.unlink(missing_ok=True)
-            raise FleetciError(f"artifact {art.name} is not a valid zip file (download corrupt?)")
-        tmp.replace(dest)
+        with partial(dest) as tmp:
+            with tmp.open("wb") as fh:
+                for chunk in self._artifact_stream(art, progress):
+                    fh.write(chunk)
+            if not zipfile.is_zipfile(tmp):
+                raise FleetciError(f"artifact {art.name} is not a valid zip file (download corrupt?)")
         return dest
 
 
