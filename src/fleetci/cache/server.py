@@ -346,6 +346,8 @@ async def serve(
         if attach is not None:
             peers = attach(engine, asyncio.get_running_loop())
             app["peers"], app["p2p_status"] = peers, "active" if peers is not None else "failed"
+        elif settings.enable_p2p:  # a caller of serve() that did not pass fleetci.p2p.attach.start_peers
+            print("fleetci cache: p2p enabled but no peer transport given; serving without peers", flush=True)
         flusher = asyncio.create_task(_flush_stats_forever(engine))
         print(
             f"fleetci cache listening on http://{settings.host}:{port} and unix:{sock} "
