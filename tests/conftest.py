@@ -1,19 +1,18 @@
 """Shared fixtures: real servers on 127.0.0.1, started per test and torn down after.
 
-Helpers that are not fixtures live in ``support.py``; the integration marker is applied by directory.
+Helpers that are not fixtures live in ``support`` (tests/support/); the integration marker is applied
+by directory.
 """
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from support import Proxy, RunCli, clean_env, start_proxy
+from support import InProcess, Proxy, RunCli, start_proxy
 
 # Fixtures shared by a capability's unit and integration modules.
 pytest_plugins = [
@@ -34,28 +33,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
-def fleetci_in_process(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> RunCli:
-    """:func:`run_fleetci` without a new interpreter: ``fleetci.cli.main(args)`` in this process.
+def fleetci(capsys: pytest.CaptureFixture[str]) -> RunCli:
+    """``fleetci(*args, env=None)``: :class:`support.InProcess`, output captured at ``sys.stdout``/``err``."""
+    return InProcess(capsys)
 
-    Same environment (``env``, else :func:`clean_env`), same result (exit code, stdout, stderr; captured
-    at the file descriptors, so child processes' output is included). For commands that need no
-    process of their own (no daemon, no signal, no other user).
-    """
-    from fleetci.cli import main
 
-    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        wanted = env or clean_env()
-        with monkeypatch.context() as m:
-            for key in [k for k in os.environ if k not in wanted]:
-                m.delenv(key)
-            for key, value in wanted.items():
-                m.setenv(key, value)
-            capfd.readouterr()
-            code = main(list(args))
-            out, err = capfd.readouterr()
-        return subprocess.CompletedProcess(["fleetci", *args], code, out, err)
-
-    return run
+@pytest.fixture
+def fleetci_fd(capfd: pytest.CaptureFixture[str]) -> RunCli:
+    """:func:`fleetci`, captured at the file descriptors: child processes' output is included."""
+    return InProcess(capfd)
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ import pytest
 
 from fleetci.testing import EmulatorConfig, EmulatorServer, GitHubEmulator
 from fleetci.testing.openapi import OpenAPISpec
-from support.emulator import ORG, R, _env, auth, emulate_github, run_cli, tok
+from support import RunCli
+from support.emulator import ORG, R, _env, auth, emulate_github, tok
 
 
 @pytest.fixture
@@ -583,8 +584,9 @@ def test_cli_serves_until_sigterm() -> None:
     assert proc.stdout.read() == ""  # exactly one line
 
 
-def test_cli_port_in_use(server: EmulatorServer, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(emulate_github("--port", str(server.port)), capsys)
+def test_cli_port_in_use(server: EmulatorServer, fleetci: RunCli) -> None:
+    proc = fleetci(*emulate_github("--port", str(server.port)))
+    code, err = proc.returncode, proc.stderr
     assert code == 1
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert lines == [f"fleetci: error: cannot listen on 127.0.0.1:{server.port}: address already in use"]

@@ -7,9 +7,10 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import pytest
@@ -31,14 +32,46 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def run_fleetci(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         fleetci_cmd(*args), env=env or clean_env(), capture_output=True, text=True, timeout=timeout
     )
 
 
-RunCli = Callable[..., "subprocess.CompletedProcess[str]"]
+class RunCli(Protocol):
+    """``fleetci ARGS…`` by :func:`run_fleetci` or :class:`InProcess`: exit code, stdout, stderr."""
+
+    def __call__(
+        self, *args: str, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]: ...
+
+
+@dataclass(frozen=True)
+class InProcess:
+    """:func:`run_fleetci` without a new interpreter: ``fleetci.cli.main(args)`` in this process.
+
+    Same environment (``env``, else :func:`clean_env`; set for the call only), same result (a
+    CompletedProcess, so :func:`one_line_error` reads it the same way). ``capture`` is ``capsys``, or
+    ``capfd`` when the output of child processes the command starts must be included. For commands that
+    need no process of their own (no daemon, no signal, no other user); those use :func:`run_fleetci`.
+    """
+
+    capture: pytest.CaptureFixture[str]
+
+    def __call__(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        from fleetci.cli import main
+
+        wanted = clean_env() if env is None else env
+        with pytest.MonkeyPatch.context() as m:
+            for key in [k for k in os.environ if k not in wanted]:
+                m.delenv(key)
+            for key, value in wanted.items():
+                m.setenv(key, value)
+            self.capture.readouterr()  # what earlier steps printed is not this command's
+            code = main(list(args))
+            out, err = self.capture.readouterr()
+        return subprocess.CompletedProcess(["fleetci", *args], code, out, err)
 
 
 @dataclass

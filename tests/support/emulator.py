@@ -45,12 +45,3 @@ def _env() -> dict[str, str]:
 def emulate_github(*args: str) -> list[str]:
     """argv of ``fleetci emulate github``."""
     return ["emulate", "github", *args]
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``fleetci.cli.main(argv)`` in this process: exit code, stdout, stderr."""
-    from fleetci.cli import main
-
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err

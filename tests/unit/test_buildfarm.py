@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import os
 import shutil
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +26,8 @@ from fleetci.buildfarm.recipe import (
     unpack_source,
 )
 from fleetci.buildfarm.settings import client_settings, master_settings, worker_settings
-from fleetci.cli import main
 from fleetci.errors import FleetciError, UsageError
-from support import one_line_error
-
-Build = Callable[..., "subprocess.CompletedProcess[str]"]
-
+from support import RunCli, clean_env, one_line_error
 
 DEAD = "http://127.0.0.1:9"  # nothing listens on the discard port
 
@@ -206,24 +200,12 @@ def test_settings_precedence() -> None:
 
 
 @pytest.fixture
-def build(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Build:
-    """``fleetci build ARGS…`` in this process, in run_fleetci's clean environment (plus ``env``)."""
-
-    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        for key in list(os.environ):
-            if key.startswith(("CACHE_", "FLEETCI_", "GITHUB_", "GH_")):
-                monkeypatch.delenv(key)
-        for key, value in (env or {}).items():
-            monkeypatch.setenv(key, value)
-        capsys.readouterr()
-        code = main(["build", *args])
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(["fleetci", "build", *args], code, out, err)
-
-    return run
+def build(fleetci: RunCli) -> RunCli:
+    """``fleetci build ARGS…`` in this process (conftest's ``fleetci``)."""
+    return functools.partial(fleetci, "build")
 
 
-def test_tree_prints_levels_and_partitions(tmp_path: Path, build: Build) -> None:
+def test_tree_prints_levels_and_partitions(tmp_path: Path, build: RunCli) -> None:
     recipe(tmp_path, "a")
     recipe(tmp_path, "b", ["a"])
     recipe(tmp_path, "c")
@@ -237,7 +219,7 @@ def test_tree_prints_levels_and_partitions(tmp_path: Path, build: Build) -> None
     ]
 
 
-def test_tree_rejects_a_cycle_and_a_missing_dependency(tmp_path: Path, build: Build) -> None:
+def test_tree_rejects_a_cycle_and_a_missing_dependency(tmp_path: Path, build: RunCli) -> None:
     recipe(tmp_path / "cyc", "a", ["b"])
     recipe(tmp_path / "cyc", "b", ["a"])
     assert "dependency cycle: a -> b -> a" in one_line_error(build("tree", str(tmp_path / "cyc")))
@@ -246,7 +228,7 @@ def test_tree_rejects_a_cycle_and_a_missing_dependency(tmp_path: Path, build: Bu
     assert "depends on ghost" in err
 
 
-def test_tree_rejects_corrupt_and_missing_recipes(tmp_path: Path, build: Build) -> None:
+def test_tree_rejects_corrupt_and_missing_recipes(tmp_path: Path, build: RunCli) -> None:
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "recipe.yml").write_text("name: [unclosed\n")
@@ -263,19 +245,19 @@ def test_tree_rejects_corrupt_and_missing_recipes(tmp_path: Path, build: Build) 
 
 
 def test_submit_status_and_worker_need_credentials_and_a_reachable_master(
-    tmp_path: Path, build: Build
+    tmp_path: Path, build: RunCli
 ) -> None:
     pkg = recipe(tmp_path, "a")
     err = one_line_error(build("submit", str(pkg), "--master", DEAD))
     assert "no admin token" in err
-    env = {"FLEETCI_BUILD_TOKEN": "secret-admin-token"}
+    env = clean_env(FLEETCI_BUILD_TOKEN="secret-admin-token")
     proc = build("submit", str(pkg), "--master", DEAD, env=env)
     err = one_line_error(proc)
     assert "cannot reach the build master" in err and "secret-admin-token" not in proc.stderr
     assert "cannot reach" in one_line_error(build("status", "--master", DEAD, env=env))
     assert "no master URL" in one_line_error(build("status", env=env))
     assert "no join token" in one_line_error(build("worker", "--master", DEAD))
-    wenv = {"FLEETCI_BUILD_JOIN_TOKEN": "j", "FLEETCI_BUILD_WORK_DIR": str(tmp_path / "w")}
+    wenv = clean_env(FLEETCI_BUILD_JOIN_TOKEN="j", FLEETCI_BUILD_WORK_DIR=str(tmp_path / "w"))
     proc = build("worker", "--master", DEAD, env=wenv)
     assert "cannot reach the build master" in one_line_error(proc)
     assert "cannot read the repository" in one_line_error(build("verify", "--master", DEAD))
@@ -284,9 +266,9 @@ def test_submit_status_and_worker_need_credentials_and_a_reachable_master(
 
 
 def test_master_refuses_a_corrupt_state_database_or_key_without_touching_it(
-    tmp_path: Path, build: Build
+    tmp_path: Path, build: RunCli
 ) -> None:
-    env = {"FLEETCI_BUILD_TOKEN": "a", "FLEETCI_BUILD_JOIN_TOKEN": "j"}
+    env = clean_env(FLEETCI_BUILD_TOKEN="a", FLEETCI_BUILD_JOIN_TOKEN="j")
     state = tmp_path / "state"
     state.mkdir()
     (state / "state.db").write_bytes(b"this is not a database" * 100)

@@ -9,8 +9,6 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,10 +17,9 @@ from fleetci.cache.policy import TTLPolicy, cache_key, normalize_target, scope_o
 from fleetci.cache.ratelimit import RateLimitTracker
 from fleetci.cache.settings import TTLRule, cache_settings, parse_ttl_rules
 from fleetci.cache.store import CacheStore, Entry, cid_of
-from fleetci.cli import main
 from fleetci.config import Resolver
 from fleetci.errors import FleetciError, UsageError
-from support import one_line_error
+from support import RunCli, clean_env, one_line_error
 
 
 def test_ttl_classes_follow_seed_defaults() -> None:
@@ -560,54 +557,24 @@ def test_upstream_userinfo_is_in_no_printable_attribute() -> None:
     assert AsyncUpstream("https://ghe.example.com").default_authorization is None
 
 
-@dataclass
-class CliRun:
-    """One ``fleetci …`` run in this process; shaped like CompletedProcess for conftest.one_line_error."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-CliRunner = Callable[..., CliRun]
-
-
-@pytest.fixture
-def fleetci(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> CliRunner:
-    """``fleetci(*argv, **env)``: main() with the environment conftest.clean_env gives a subprocess."""
-    for key in list(os.environ):
-        if key.startswith(("CACHE_", "FLEETCI_", "GITHUB_", "GH_")):
-            monkeypatch.delenv(key)
-
-    def run(*argv: str, **env: str) -> CliRun:
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        capsys.readouterr()
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return CliRun(code, out, err)
-
-    return run
-
-
 def no_proxy(tmp_path: Path, name: str = "none") -> tuple[str, ...]:
     """Settings flags naming a cache directory and a socket where nothing runs."""
     return ("--cache-dir", str(tmp_path / name), "--socket", str(tmp_path / f"{name}.sock"))
 
 
-def test_unknown_flag(fleetci: CliRunner) -> None:
+def test_unknown_flag(fleetci: RunCli) -> None:
     out = fleetci("cache", "serve", "--bogus")
     assert out.returncode == 2
     assert "--bogus" in one_line_error(out)
     assert "invalid choice" in one_line_error(fleetci("cache", "frobnicate"))
 
 
-def test_bad_env_value(fleetci: CliRunner, tmp_path: Path) -> None:
-    out = fleetci("cache", "serve", "--cache-dir", str(tmp_path), CACHE_PROXY_PORT="ninety")
+def test_bad_env_value(fleetci: RunCli, tmp_path: Path) -> None:
+    out = fleetci("cache", "serve", "--cache-dir", str(tmp_path), env=clean_env(CACHE_PROXY_PORT="ninety"))
     assert "$CACHE_PROXY_PORT" in one_line_error(out)
 
 
-def test_corrupt_config_file(fleetci: CliRunner, tmp_path: Path) -> None:
+def test_corrupt_config_file(fleetci: RunCli, tmp_path: Path) -> None:
     cfg = tmp_path / "config.yml"
     cfg.write_text("cache: [unclosed\n")
     assert "not valid YAML" in one_line_error(fleetci("--config", str(cfg), "cache", "stats"))
@@ -618,7 +585,7 @@ def test_corrupt_config_file(fleetci: CliRunner, tmp_path: Path) -> None:
     )
 
 
-def test_stats_and_clear_without_cache(fleetci: CliRunner, tmp_path: Path) -> None:
+def test_stats_and_clear_without_cache(fleetci: RunCli, tmp_path: Path) -> None:
     args = no_proxy(tmp_path)
     assert "no proxy running" in one_line_error(fleetci("cache", "stats", *args))
     assert "no cache" in one_line_error(fleetci("cache", "clear", *args))
@@ -630,7 +597,7 @@ def test_stats_and_clear_without_cache(fleetci: CliRunner, tmp_path: Path) -> No
     assert "no running proxy" in one_line_error(fleetci("cache", "stop", *args))
 
 
-def test_corrupt_cache_db_is_one_line_and_left_in_place(fleetci: CliRunner, tmp_path: Path) -> None:
+def test_corrupt_cache_db_is_one_line_and_left_in_place(fleetci: RunCli, tmp_path: Path) -> None:
     cache_dir = tmp_path / "corrupt"
     cache_dir.mkdir()
     garbage = b"SQLite format 3\x00" + os.urandom(8192)
@@ -644,7 +611,7 @@ def test_corrupt_cache_db_is_one_line_and_left_in_place(fleetci: CliRunner, tmp_
     assert (cache_dir / "cache.db").read_bytes() == garbage  # nothing lost, nothing moved
 
 
-def test_saved_stats_print_as_a_table_and_as_json(fleetci: CliRunner, tmp_path: Path) -> None:
+def test_saved_stats_print_as_a_table_and_as_json(fleetci: RunCli, tmp_path: Path) -> None:
     store = CacheStore(tmp_path / "c" / "cache.db")
     store.save_meta("stats", {"local_hits": 3, "misses": 1, "hit_rate": 0.75, "saved_at": 1.0})
     store.put(_entry("k"))

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from pathlib import Path
+from subprocess import CompletedProcess
 from typing import Any
 
 import pytest
@@ -27,7 +28,7 @@ from fleetci.buildfarm.settings import (
     worker_settings,
 )
 from fleetci.cache.settings import CacheSettings, cache_settings, parse_ttl_rules
-from fleetci.cli import build_parser, main
+from fleetci.cli import build_parser
 from fleetci.config import (
     MAX_SECONDS,
     Resolver,
@@ -40,6 +41,7 @@ from fleetci.errors import UsageError
 from fleetci.install.settings import InstallSettings, install_settings
 from fleetci.multiarch.settings import multiarch_settings
 from fleetci.registry.settings import RegistrySettings, registry_settings
+from support import RunCli, clean_env
 
 Builder = Callable[[Mapping[str, Any], Mapping[str, Any] | None, Mapping[str, str]], Any]
 
@@ -76,11 +78,10 @@ def _client(flags: Mapping[str, Any], config: Mapping[str, Any] | None, env: Map
     return client_settings(flags, config, {**WORKER_ENV, "FLEETCI_BUILD_TOKEN": "t", **env})
 
 
-def one_line_usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    code = main(argv)
-    out, err = capsys.readouterr()
+def one_line_usage_error(proc: CompletedProcess[str]) -> str:
+    code, out, err = proc.returncode, proc.stdout, proc.stderr
     lines = err.splitlines()
-    assert code == 2, (argv, code, err)
+    assert code == 2, (proc.args, code, err)
     assert len(lines) == 1 and lines[0].startswith("fleetci: error: "), err
     assert "Traceback" not in err and "internal error" not in err and out == ""
     return lines[0]
@@ -150,9 +151,9 @@ def test_extension_keys_hold_anchors_and_are_no_section(tmp_path: Path) -> None:
     ],
 )
 def test_bad_config_files_are_one_line_usage_errors(
-    config: str, argv: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    config: str, argv: list[str], expected: str, tmp_path: Path, fleetci: RunCli
 ) -> None:
-    line = one_line_usage_error(["--config", write_config(tmp_path, config), *argv], capsys)
+    line = one_line_usage_error(fleetci("--config", write_config(tmp_path, config), *argv))
     assert expected in line, line
 
 
@@ -182,12 +183,9 @@ def test_bad_numbers_are_one_line_usage_errors(
     env: dict[str, str],
     argv: list[str],
     expected: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    fleetci: RunCli,
 ) -> None:
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    line = one_line_usage_error(argv, capsys)
+    line = one_line_usage_error(fleetci(*argv, env=clean_env(**env)))
     assert expected in line, line
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from fleetci.testing import EmulatorConfig, GitHubEmulator
 from fleetci.testing.openapi import OpenAPISpec, SchemaMismatch, SpecNotFound, find_spec, to_json_schema
-from support.emulator import ORG, emulate_github, run_cli
+from support import RunCli
+from support.emulator import ORG, emulate_github
 
 
 def test_same_seed_same_world() -> None:
@@ -90,8 +91,9 @@ def test_missing_spec_says_how_to_install(tmp_path: Path, monkeypatch: pytest.Mo
         ["--limit", "lots"],
     ],
 )
-def test_cli_bad_values_fail_in_one_line(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(emulate_github(*args), capsys)
+def test_cli_bad_values_fail_in_one_line(args: list[str], fleetci: RunCli) -> None:
+    proc = fleetci(*emulate_github(*args))
+    code, out, err = proc.returncode, proc.stdout, proc.stderr
     assert code == 2
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("fleetci: error: "), err

@@ -97,13 +97,13 @@ def test_lock_probe_names_the_holder_and_never_takes_the_lock(tmp_path: Path) ->
     assert wait_for_locks((lock, tmp_path / "missing"), 1, lines.append) < 1
 
 
-def test_cli_waits_on_locks_under_a_private_lock_root(tmp_path: Path, fleetci_in_process: RunCli) -> None:
+def test_cli_waits_on_locks_under_a_private_lock_root(tmp_path: Path, fleetci_fd: RunCli) -> None:
     lock = tmp_path / "var/lib/apt/lists/lock"
     with held(lock, 60) as child:
         env = clean_env(INSTALL_LOCK_ROOT=str(tmp_path))
-        line = one_line_error(fleetci_in_process("install", "--wait-locks", "--lock-timeout", "0.5", env=env))
+        line = one_line_error(fleetci_fd("install", "--wait-locks", "--lock-timeout", "0.5", env=env))
         assert f"{lock} held by pid {child.pid}" in line, line
-    proc = fleetci_in_process("install", "--wait-locks", "--lock-root", str(tmp_path), "--lock-timeout", "5")
+    proc = fleetci_fd("install", "--wait-locks", "--lock-root", str(tmp_path), "--lock-timeout", "5")
     assert proc.returncode == 0, proc.stderr
 
 
@@ -162,9 +162,7 @@ def test_nothing_starting_with_a_dash_is_an_apt_package(rest: str) -> None:
         parse_apt_packages("-" + rest)
 
 
-def test_bad_apt_names_are_refused_before_waiting_for_locks(
-    tmp_path: Path, fleetci_in_process: RunCli
-) -> None:
+def test_bad_apt_names_are_refused_before_waiting_for_locks(tmp_path: Path, fleetci_fd: RunCli) -> None:
     """With the lock held and no time to wait, a late check would report the lock (exit 1), not the name."""
     with held(tmp_path / "var/lib/dpkg/lock-frontend", 60):
         with pytest.raises(UsageError, match="'--version' is not an apt package name"):
@@ -175,7 +173,7 @@ def test_bad_apt_names_are_refused_before_waiting_for_locks(
             (["install", "--apt", "jq,-o=APT::Get::Show-Versions=1"], {}),
             (["install"], {"INSTALL_APT_PACKAGES": "--version"}),
         ]:
-            proc = fleetci_in_process(
+            proc = fleetci_fd(
                 *argv, "--lock-root", str(tmp_path), "--lock-timeout", "0", env=install_env(**env)
             )
             code, err = proc.returncode, proc.stderr
@@ -199,8 +197,8 @@ def test_a_project_path_starting_with_a_dash_is_refused_with_a_hint() -> None:
         build_plan(install_settings({"project": "--user"}, {}, {}))
 
 
-def test_a_pip_option_through_the_cli_is_one_line(fleetci_in_process: RunCli) -> None:
-    proc = fleetci_in_process("install", "--", "--index-url=http://127.0.0.1:9/simple/", env=install_env())
+def test_a_pip_option_through_the_cli_is_one_line(fleetci_fd: RunCli) -> None:
+    proc = fleetci_fd("install", "--", "--index-url=http://127.0.0.1:9/simple/", env=install_env())
     code, err = proc.returncode, proc.stderr
     assert code == 2 and len(err.splitlines()) == 1 and "is a pip option" in err, err
 
@@ -234,9 +232,9 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
     ]
 
 
-def test_bad_input_fails_with_one_line(tmp_path: Path, fleetci_in_process: RunCli) -> None:
+def test_bad_input_fails_with_one_line(tmp_path: Path, fleetci_fd: RunCli) -> None:
     for argv, expected in _bad_inputs(tmp_path):
-        line = one_line_error(fleetci_in_process(*argv, env=pip_env("http://127.0.0.1:9/simple/")))
+        line = one_line_error(fleetci_fd(*argv, env=pip_env("http://127.0.0.1:9/simple/")))
         assert expected in line, (argv, line)
 
 

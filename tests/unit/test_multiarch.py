@@ -131,10 +131,10 @@ def run_argv(arch: str, project: Path, *command: str, **options: str) -> list[st
     return ["multiarch", "run", "--arch", arch, "--project", str(project), *flags, "--", *command]
 
 
-def test_matrix_cli_writes_github_output(tmp_path: Path, fleetci_in_process: RunCli) -> None:
+def test_matrix_cli_writes_github_output(tmp_path: Path, fleetci_fd: RunCli) -> None:
     out, summary = tmp_path / "out", tmp_path / "summary"
     env = clean_env(GITHUB_OUTPUT=str(out), GITHUB_STEP_SUMMARY=str(summary))
-    proc = fleetci_in_process(
+    proc = fleetci_fd(
         "matrix", "--arch", "amd64,arm64,armv7", "--python", "3.9,3.10,3.11", "--prefer-native", env=env
     )
     assert proc.returncode == 0, proc.stderr
@@ -176,28 +176,28 @@ def test_matrix_cli_writes_github_output(tmp_path: Path, fleetci_in_process: Run
         (["multiarch"], "required"),
     ],
 )
-def test_bad_input_is_one_line_error(args: list[str], message: str, fleetci_in_process: RunCli) -> None:
-    proc = fleetci_in_process(*args)
+def test_bad_input_is_one_line_error(args: list[str], message: str, fleetci_fd: RunCli) -> None:
+    proc = fleetci_fd(*args)
     line = one_line_error(proc)
     assert message in line, line
     assert proc.returncode == 2 or "no Debian chroot" in line, proc
 
 
-def test_native_backend_returns_the_commands_exit_code(tmp_path: Path, fleetci_in_process: RunCli) -> None:
+def test_native_backend_returns_the_commands_exit_code(tmp_path: Path, fleetci_fd: RunCli) -> None:
     native = host_arch()
     assert native is not None
     (tmp_path / "marker.txt").write_text("in the project dir\n")
-    ok = fleetci_in_process(*run_argv(native.name, tmp_path, "sh", "-c", "cat marker.txt; uname -m"))
+    ok = fleetci_fd(*run_argv(native.name, tmp_path, "sh", "-c", "cat marker.txt; uname -m"))
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.split() == ["in", "the", "project", "dir", platform.machine()]
-    failed = fleetci_in_process(*run_argv(native.name, tmp_path, "sh", "-c", "exit 7"))
+    failed = fleetci_fd(*run_argv(native.name, tmp_path, "sh", "-c", "exit 7"))
     assert failed.returncode == 7
     assert "command failed with exit code 7 on" in one_line_error(failed)
 
 
-def test_native_backend_refuses_another_architecture(tmp_path: Path, fleetci_in_process: RunCli) -> None:
+def test_native_backend_refuses_another_architecture(tmp_path: Path, fleetci_fd: RunCli) -> None:
     other = "arm64" if host_arch() is not ARCHES["arm64"] else "amd64"
-    proc = fleetci_in_process(*run_argv(other, tmp_path, "true", backend="native"))
+    proc = fleetci_fd(*run_argv(other, tmp_path, "true", backend="native"))
     assert f"--backend native needs a {other} host" in one_line_error(proc)
 
 

@@ -20,8 +20,8 @@ from fleetci.registry.settings import registry_settings
 from fleetci.registry.state import exclusive_lock
 from fleetci.registry.tags import map_tag, parse_metadata_block
 from fleetci.testing.images import write_docker_archive
-from support import one_line_error
-from support.registry import GL_TAG, TAG, Fleetci, gh_args
+from support import RunCli, one_line_error
+from support.registry import GL_TAG, TAG, gh_args
 
 
 def test_tag_mapping_follows_the_seed() -> None:
@@ -125,12 +125,12 @@ def test_archive_reader_rejects_gzip_truncation_and_tampering(tmp_path: Path) ->
         (["registry", "daemon", "--interval", "0", "--once"], "--interval"),
     ],
 )
-def test_cli_rejects_bad_input_in_one_line(fleetci: Fleetci, args: list[str], needle: str) -> None:
+def test_cli_rejects_bad_input_in_one_line(fleetci: RunCli, args: list[str], needle: str) -> None:
     line = one_line_error(fleetci(*args))
     assert needle in line, line
 
 
-def test_unreachable_hosts_are_one_line_errors(fleetci: Fleetci, tmp_path: Path) -> None:
+def test_unreachable_hosts_are_one_line_errors(fleetci: RunCli, tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     proc = fleetci("registry", "gh-list", "--api-url", dead, "--gh-token", "ghp_x", "--repo", "a/b")
     assert "unreachable" in one_line_error(proc)
@@ -140,14 +140,14 @@ def test_unreachable_hosts_are_one_line_errors(fleetci: Fleetci, tmp_path: Path)
     assert "unreachable" in one_line_error(proc)
 
 
-def test_github_401_and_missing_plan(fleetci: Fleetci, emulator: Any, tmp_path: Path) -> None:
+def test_github_401_and_missing_plan(fleetci: RunCli, emulator: Any, tmp_path: Path) -> None:
     proc = fleetci("registry", "gh-list", *gh_args(emulator), "--gh-token", "ghp_wrong")
     assert "401" in one_line_error(proc)
     proc = fleetci("registry", "push", TAG, "--downloads-dir", str(tmp_path), "--yes")
     assert "prepare" in one_line_error(proc)
 
 
-def test_only_one_daemon_holds_the_lock(fleetci: Fleetci, tmp_path: Path) -> None:
+def test_only_one_daemon_holds_the_lock(fleetci: RunCli, tmp_path: Path) -> None:
     downloads = tmp_path / "downloads"
     # flock: a second open file of the lock is refused in this very process too
     with exclusive_lock(downloads / "daemon.lock"):

@@ -16,22 +16,15 @@ from pathlib import Path
 import pytest
 
 from fleetci.http import free_port
-from support import one_line_error
-from support.registry import TAG, Fleetci, in_process, push_argv
+from support import RunCli, one_line_error
+from support.registry import TAG, push_argv
 from support.registry_resume import needs_registry, prepared
-
-
-@pytest.fixture
-def fleetci(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Fleetci:
-    """``fleetci ARGS…`` in this process (test_registry's runner)."""
-    return in_process(monkeypatch, capsys)
-
 
 VERBS = ["gh-list", "gitlab-list", "xref", "download", "prepare", "push", "clean", "daemon", "retag"]
 
 
 @pytest.mark.parametrize("verb", VERBS)
-def test_every_verb_rejects_an_unknown_flag_with_exit_2(fleetci: Fleetci, verb: str) -> None:
+def test_every_verb_rejects_an_unknown_flag_with_exit_2(fleetci: RunCli, verb: str) -> None:
     proc = fleetci("registry", verb, "--no-such-flag")
     line = one_line_error(proc)  # verbs with a positional argument report that it is missing first
     assert proc.returncode == 2 and ("unrecognized" in line or "required" in line), line
@@ -55,7 +48,7 @@ def test_every_verb_rejects_an_unknown_flag_with_exit_2(fleetci: Fleetci, verb: 
     ],
 )
 def test_invalid_tags_and_names_are_usage_errors(
-    fleetci: Fleetci,
+    fleetci: RunCli,
     args: list[str],
     needle: str,
 ) -> None:
@@ -66,7 +59,7 @@ def test_invalid_tags_and_names_are_usage_errors(
     assert needle in line and "hunter2" not in proc.stderr
 
 
-def test_missing_tokens_are_one_line_errors(fleetci: Fleetci, tmp_path: Path) -> None:
+def test_missing_tokens_are_one_line_errors(fleetci: RunCli, tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     for args in (
         ["xref", "--api-url", dead],
@@ -77,7 +70,7 @@ def test_missing_tokens_are_one_line_errors(fleetci: Fleetci, tmp_path: Path) ->
 
 
 def test_unreachable_hosts_are_one_line_errors_without_userinfo(
-    fleetci: Fleetci,
+    fleetci: RunCli,
     tmp_path: Path,
 ) -> None:
     port = free_port()
@@ -111,7 +104,7 @@ def test_unreachable_hosts_are_one_line_errors_without_userinfo(
 
 @needs_registry
 def test_push_to_an_unreachable_registry_keeps_everything(
-    fleetci: Fleetci,
+    fleetci: RunCli,
     tmp_path: Path,
 ) -> None:
     p = prepared(tmp_path, [50_000])
@@ -122,7 +115,7 @@ def test_push_to_an_unreachable_registry_keeps_everything(
     assert (p.downloads / TAG / "upload-plan.json").exists()
 
 
-def test_corrupt_state_files_are_one_line_errors(fleetci: Fleetci, tmp_path: Path) -> None:
+def test_corrupt_state_files_are_one_line_errors(fleetci: RunCli, tmp_path: Path) -> None:
     downloads = tmp_path / "downloads"
     tag = downloads / TAG
     tag.mkdir(parents=True)
