@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +25,13 @@ import httpx
 import pytest
 import yaml
 
+from support import wait_until
 from support.actions import (
+    ACTION_REPO,
     REPO_ROOT,
     VERSION,
+    act_events,
+    action_checkout,
     actionlint,
     base_env,
     check_schema,
@@ -41,29 +44,10 @@ from support.actions import (
     tool,
 )
 
-ACTION_REPO = "fleetci/fleetci"
-
-
-# Everything a checkout of the action needs; caches and VCS data stay out (GitHub downloads a clean tree).
-COPY_IGNORE = shutil.ignore_patterns(
-    ".git",
-    ".venv",
-    "venv",
-    ".cache",
-    "*_cache",
-    ".benchmarks",
-    "__pycache__",
-    "*.egg-info",
-    "build",
-    "dist",
-    "node_modules",
-)
-
 
 @pytest.mark.timeout(600)
 def test_install_script_installs_into_a_virtualenv_and_reuses_it(tmp_path: Path) -> None:
-    checkout = tmp_path / "checkout"
-    shutil.copytree(REPO_ROOT, checkout, ignore=COPY_IGNORE)  # pip builds in-tree: keep the repo clean
+    checkout = action_checkout(tmp_path / "checkout")  # pip builds in-tree: keep the repo clean
     # An older fleetci on PATH must not count as installed.
     bindir = fake_bin(tmp_path, fleetci='echo "fleetci 0.0.0-old"')
     proc = run_install(tmp_path, bindir, str(checkout))
@@ -108,12 +92,13 @@ def emulator_process(tmp_path: Path) -> Iterator[Emulator]:
             env=base_env(),
         )
     try:
-        url = None
-        deadline = time.monotonic() + 30
-        while url is None and time.monotonic() < deadline and proc.poll() is None:
+
+        def listening() -> str | None:
             m = re.search(r"fleetci emulator listening on (http://\S+)", log.read_text(errors="replace"))
-            url = m.group(1) if m else None
-            time.sleep(0.05)
+            return m.group(1) if m else None
+
+        wait_until(lambda: listening() or proc.poll() is not None, timeout=30)
+        url = listening()
         assert url, f"emulator did not start:\n{log.read_text(errors='replace')}"
         yield Emulator(url, proc)
     finally:
@@ -160,9 +145,7 @@ def stop_leftover_proxies(upstream: str) -> list[int]:
     leftovers = proxies_for(upstream)
     for pid in leftovers:
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(process_alive(p) for p in leftovers):
-        time.sleep(0.05)
+    wait_until(lambda: not any(process_alive(p) for p in leftovers), timeout=10)
     for pid in leftovers:
         if process_alive(pid):
             os.kill(pid, signal.SIGKILL)
@@ -177,6 +160,15 @@ class ActRun:
     @property
     def output_lines(self) -> list[str]:
         return [str(e["msg"]).rstrip("\n") for e in self.events if e.get("raw_output")]
+
+    @property
+    def job_results(self) -> list[str]:
+        return [e["jobResult"] for e in self.events if "jobResult" in e]
+
+    @property
+    def summaries(self) -> str:
+        """The step summaries the jobs wrote, one after another."""
+        return "".join(str(e.get("content", "")) for e in self.events if e.get("command") == "summary")
 
     def step_results(self) -> dict[str, list[str]]:
         """Step name (as act reports it for the Main stage) -> results."""
@@ -198,18 +190,23 @@ class ActRun:
 
 def run_act(
     workflow: Path,
-    workdir: Path,
-    cache: Path,
-    action_root: Path,
+    tmp_path: Path,
     variables: dict[str, str],
     secrets: dict[str, str],
     platforms: tuple[str, ...] = ("ubuntu-latest",),
     timeout: float = 110,
     event: str = "push",
     extra_args: tuple[str, ...] = (),
+    workdir: Path | None = None,
 ) -> ActRun:
-    """Run one workflow with act on this machine (host mode, offline); `platforms` are its runs-on labels."""
-    repo = workdir / "repo"
+    """Run one workflow with act on this machine (host mode, offline); `platforms` are its runs-on labels.
+
+    The action is a clean copy of this repository (tmp_path/fleetci-action), as GitHub would download it;
+    act's action cache is tmp_path/act-cache; the workflow's repository is ``workdir`` (tmp_path)/repo.
+    """
+    action_root = action_checkout(tmp_path / "fleetci-action")
+    cache = tmp_path / "act-cache"
+    repo = (workdir or tmp_path) / "repo"
     (repo / ".github" / "workflows").mkdir(parents=True)
     shutil.copy2(workflow, repo / ".github" / "workflows" / workflow.name)
     git = ["git", "-C", str(repo), "-c", "user.name=fleetci-test", "-c", "user.email=test@fleetci.invalid"]
@@ -251,15 +248,7 @@ def run_act(
         os.killpg(popen.pid, signal.SIGKILL)
         out, err = popen.communicate()
         err += f"\n[test] act killed after {timeout}s"
-    events = []
-    for line in out.splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-    return ActRun(subprocess.CompletedProcess(argv, popen.returncode, out, err), events)
+    return ActRun(subprocess.CompletedProcess(argv, popen.returncode, out, err), act_events(out))
 
 
 def expected_step_names(workflow: Path) -> list[str]:
@@ -277,6 +266,33 @@ def runs_on_labels(workflow: Path) -> tuple[str, ...]:
     return tuple(dict.fromkeys(labels))
 
 
+CACHE_REPO = "octo-org/api"  # the repository the cache workflows query
+
+
+def act_with_a_cache(
+    emulator: Emulator,
+    workflow: Path,
+    tmp_path: Path,
+    variables: dict[str, str],
+    secrets: dict[str, str] | None = None,
+    **options: Any,
+) -> tuple[ActRun, list[int]]:
+    """:func:`run_act` of a workflow whose API cache fronts the emulator (octo-org/api, alice's token),
+    on the workflow's runs-on labels; then the proxies it left running are stopped and returned."""
+    try:
+        run = run_act(
+            workflow,
+            tmp_path,
+            variables={"FLEETCI_UPSTREAM": emulator.url, "FLEETCI_REPO": CACHE_REPO, **variables},
+            secrets={"GITHUB_TOKEN": alice_token(), **(secrets or {})},
+            platforms=runs_on_labels(workflow),
+            **options,
+        )
+    finally:
+        leftovers = stop_leftover_proxies(emulator.url)
+    return run, leftovers
+
+
 # (workflow, repository variable that sets its P2P port). arm64-ci.yml runs on this machine's architecture
 # with its [self-hosted, ARM64] labels mapped to the host: that checks the workflow, not the architecture.
 ACT_WORKFLOWS = [("amd64-ci.yml", "FLEETCI_LISTEN_PORT"), ("arm64-ci.yml", "FLEETCI_ARM64_LISTEN_PORT")]
@@ -291,36 +307,19 @@ def test_reference_workflow_runs_under_act_against_the_emulator(
 
     workflow = REPO_ROOT / "workflows" / workflow_name
     assert f"vars.{port_variable}" in workflow.read_text(encoding="utf-8")
-    repo_name = "octo-org/api"
+    repo_name = CACHE_REPO
     token = alice_token()
     r = httpx.get(f"{emulator_process.url}/repos/{repo_name}", headers={"Authorization": f"token {token}"})
     assert r.status_code == 200, f"{repo_name} is not in the emulator: {r.status_code} {r.text[:200]}"
     before = emulator_process.stats()
 
-    # The action as GitHub would download it: a clean copy of this repository (no caches, no .git).
-    action_root = tmp_path / "fleetci-action"
-    shutil.copytree(REPO_ROOT, action_root, ignore=COPY_IGNORE)
-    try:
-        run = run_act(
-            workflow,
-            tmp_path,
-            tmp_path / "act-cache",
-            action_root,
-            variables={
-                "FLEETCI_UPSTREAM": emulator_process.url,
-                "FLEETCI_REPO": repo_name,
-                port_variable: str(free_port()),
-            },
-            secrets={"GITHUB_TOKEN": token},
-            platforms=runs_on_labels(workflow),
-        )
-    finally:
-        leftovers = stop_leftover_proxies(emulator_process.url)
+    run, leftovers = act_with_a_cache(
+        emulator_process, workflow, tmp_path, variables={port_variable: str(free_port())}
+    )
     after = emulator_process.stats()
 
     assert run.proc.returncode == 0, run.describe()
-    job_results = [e["jobResult"] for e in run.events if "jobResult" in e]
-    assert job_results == ["success"], run.describe()
+    assert run.job_results == ["success"], run.describe()
     # The job really ran: every named step of the workflow, and the action's own steps, succeeded.
     results = run.step_results()
     for name in [*expected_step_names(workflow), "Install fleetci", "Start the API cache"]:
@@ -350,7 +349,7 @@ def test_reference_workflow_runs_under_act_against_the_emulator(
     )
 
     # The step summary got the table.
-    summaries = "".join(str(e.get("content", "")) for e in run.events if e.get("command") == "summary")
+    summaries = run.summaries
     assert "### fleetci API cache" in summaries and "| local_hits |" in summaries, run.describe()
 
     # The workflow stopped its proxy itself (the teardown found nothing left to stop).
@@ -369,34 +368,20 @@ def test_cache_fleet_workflow_shares_one_cache_between_jobs_under_act(
     """workflows/cache-fleet.yml: three jobs at once on this machine, each with its own proxy and
     libp2p peer, find each other through the registry directory and pay for each URL about once."""
     workflow = REPO_ROOT / "workflows" / "cache-fleet.yml"
-    repo_name = "octo-org/api"
-    token = alice_token()
-    action_root = tmp_path / "fleetci-action"
-    shutil.copytree(REPO_ROOT, action_root, ignore=COPY_IGNORE)
     before = emulator_process.stats()
-    try:
-        run = run_act(
-            workflow,
-            tmp_path,
-            tmp_path / "act-cache",
-            action_root,
-            variables={
-                "FLEETCI_UPSTREAM": emulator_process.url,
-                "FLEETCI_REPO": repo_name,
-                "FLEETCI_PEER_REGISTRY": str(tmp_path / "peers"),
-                "FLEETCI_FLEET": f"act-{os.getpid()}",
-            },
-            secrets={"GITHUB_TOKEN": token, "FLEETCI_CACHE_SECRET": "act fleet " + os.urandom(8).hex()},
-            platforms=runs_on_labels(workflow),
-            timeout=280,
-            event="workflow_dispatch",
-            extra_args=("--concurrent-jobs", "3"),
-        )
-    finally:
-        leftovers = stop_leftover_proxies(emulator_process.url)
+    run, leftovers = act_with_a_cache(
+        emulator_process,
+        workflow,
+        tmp_path,
+        variables={"FLEETCI_PEER_REGISTRY": str(tmp_path / "peers"), "FLEETCI_FLEET": f"act-{os.getpid()}"},
+        secrets={"FLEETCI_CACHE_SECRET": "act fleet " + os.urandom(8).hex()},
+        timeout=280,
+        event="workflow_dispatch",
+        extra_args=("--concurrent-jobs", "3"),
+    )
     after = emulator_process.stats()
     assert run.proc.returncode == 0, run.describe()
-    assert [e["jobResult"] for e in run.events if "jobResult" in e] == ["success"] * 3, run.describe()
+    assert run.job_results == ["success"] * 3, run.describe()
     connected = [
         int(m.group(1)) for ln in run.output_lines if (m := re.fullmatch(r"connected peers: (\d+)", ln))
     ]
@@ -413,7 +398,7 @@ def test_cache_fleet_workflow_shares_one_cache_between_jobs_under_act(
     # Three members x three URLs would be nine charged calls without the fleet; each MISS is one.
     charged = after["total_charged"] - before["total_charged"]
     assert first.count("MISS") < 9 and charged <= first.count("MISS") + 3, (charged, polls)
-    summaries = "".join(str(e.get("content", "")) for e in run.events if e.get("command") == "summary")
+    summaries = run.summaries
     assert summaries.count("### fleetci API cache") == 3 and "| peer_hits |" in summaries, run.describe()
     assert leftovers == [], f"proxy processes left running: {leftovers}"
 
@@ -467,22 +452,19 @@ def test_safe_install_action_runs_under_act_against_a_faulty_local_index(tmp_pat
     lint = actionlint(repo, files)
     assert lint.returncode == 0, shown(lint)
 
-    action_root = tmp_path / "fleetci-action"
-    shutil.copytree(REPO_ROOT, action_root, ignore=COPY_IGNORE)
     report = tmp_path / "deps.json"
     with LocalIndex(wheels, FaultPlan(first=2, kinds=("503",))) as index:
         run = run_act(
             workflow,
-            tmp_path / "act",
-            tmp_path / "act-cache",
-            action_root,
+            tmp_path,
             variables={"INDEX_URL": index.url, "REPORT_PATH": str(report)},
             secrets={},
+            workdir=tmp_path / "act",
         )
         faults = index.plan.faults
 
     assert run.proc.returncode == 0, run.describe()
-    assert [e["jobResult"] for e in run.events if "jobResult" in e] == ["success"], run.describe()
+    assert run.job_results == ["success"], run.describe()
     results = run.step_results()
     for name in ["Create the target virtualenv", "Safe install", "Use the outputs", "Install dependencies"]:
         assert results.get(name) == ["success"], f"step {name!r}: {results.get(name)}\n{run.describe()}"
@@ -493,7 +475,7 @@ def test_safe_install_action_runs_under_act_against_a_faulty_local_index(tmp_pat
     beta = next(p for p in data["packages"] if p["name"] == "beta")
     assert faults == 1 and beta["attempts"] == 2 and beta["installed"] == "2.0", (faults, beta)
     assert [(v["module"], v["version"]) for v in data["verify"]] == [("beta", "2.0"), ("alpha", "1.0")]
-    summaries = "".join(str(e.get("content", "")) for e in run.events if e.get("command") == "summary")
+    summaries = run.summaries
     assert "### fleetci install" in summaries and "| pip:beta |" in summaries, run.describe()
 
 
@@ -539,17 +521,17 @@ def test_distributed_build_workflow_runs_under_act_against_a_real_master(tmp_pat
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 30
-        while "listening on" not in log.read_text(errors="replace") and time.monotonic() < deadline:
+
+        def listening() -> bool:
+            if "listening on" in log.read_text(errors="replace"):
+                return True
             assert master.poll() is None, log.read_text(errors="replace")
-            time.sleep(0.05)
-        action_root = tmp_path / "fleetci-action"
-        shutil.copytree(REPO_ROOT, action_root, ignore=COPY_IGNORE)
+            return False
+
+        wait_until(listening, timeout=30)  # not asserted: without a master the act run below fails
         run = run_act(
             workflow,
-            tmp_path / "act",
-            tmp_path / "act-cache",
-            action_root,
+            tmp_path,
             variables={
                 "FLEETCI_BUILD_MASTER": master_url,
                 "FLEETCI_BUILD_PACKAGES": str(packages),
@@ -558,6 +540,7 @@ def test_distributed_build_workflow_runs_under_act_against_a_real_master(tmp_pat
             secrets={"FLEETCI_BUILD_TOKEN": admin, "FLEETCI_BUILD_JOIN_TOKEN": join},
             platforms=runs_on_labels(workflow),
             timeout=200,
+            workdir=tmp_path / "act",
         )
         repo = verify_repository(master_url)
     finally:
@@ -565,14 +548,14 @@ def test_distributed_build_workflow_runs_under_act_against_a_real_master(tmp_pat
         master.wait(timeout=15)
 
     assert run.proc.returncode == 0, run.describe()
-    assert [e["jobResult"] for e in run.events if "jobResult" in e] == ["success"] * 3, run.describe()
+    assert run.job_results == ["success"] * 3, run.describe()
     assert repo["files"] == 3 and set(repo["index"]["packages"]) == {"core", "plugin", "cli"}
     builders = {p["built_by"]["name"] for p in repo["index"]["packages"].values()}
     assert builders <= {"builder-1", "builder-2"}, builders
     assert any(line.startswith("repository OK: 3 packages, 3 files") for line in run.output_lines), (
         run.describe()
     )
-    summaries = "".join(str(e.get("content", "")) for e in run.events if e.get("command") == "summary")
+    summaries = run.summaries
     assert "### fleetci build 1: done" in summaries, run.describe()
     for name in ("core", "plugin", "cli"):
         assert f"| {name} | 1.0-1 | done |" in summaries, run.describe()
@@ -633,13 +616,9 @@ def test_presto_build_and_sync_workflow_syncs_a_build_under_act(emulator: Any, t
         )
     ).start()
     try:
-        action_root = tmp_path / "fleetci-action"
-        shutil.copytree(REPO_ROOT, action_root, ignore=COPY_IGNORE)
         run = run_act(
             workflow,
-            tmp_path / "act",
-            tmp_path / "act-cache",
-            action_root,
+            tmp_path,
             variables={
                 "GH_SYNC_REPO": f"{owner}/{repo_name}",
                 "GH_SYNC_API_URL": emulator.url,
@@ -651,6 +630,7 @@ def test_presto_build_and_sync_workflow_syncs_a_build_under_act(emulator: Any, t
             platforms=("ubuntu-latest",),
             timeout=150,
             event="schedule",
+            workdir=tmp_path / "act",
         )
         ref = f"docker://{registry.host}/{project}/x86/presto-coordinator:{gitlab_tag}"
         inspect = subprocess.run(
@@ -664,7 +644,7 @@ def test_presto_build_and_sync_workflow_syncs_a_build_under_act(emulator: Any, t
 
     assert run.proc.returncode == 0, run.describe()
     # Only the sync job runs on a schedule (the build job is for workflow_dispatch), and it really ran.
-    assert [e["jobResult"] for e in run.events if "jobResult" in e] == ["success"], run.describe()
+    assert run.job_results == ["success"], run.describe()
     results = run.step_results()
     for name in ("Sync missing images to GitLab", "Install fleetci", "Sync images to GitLab"):
         assert results.get(name) == ["success"], f"step {name!r}: {results.get(name)}\n{run.describe()}"
@@ -675,6 +655,6 @@ def test_presto_build_and_sync_workflow_syncs_a_build_under_act(emulator: Any, t
     assert "sha256:" + hashlib.sha256(inspect.stdout).hexdigest() == built.config_digest
     assert json.loads(inspect.stdout)["rootfs"]["diff_ids"] == built.layer_digests
     assert "1 tag(s) missing in GitLab, 0 present" in text, run.describe()
-    summaries = "".join(str(e.get("content", "")) for e in run.events if e.get("command") == "summary")
+    summaries = run.summaries
     assert f"| {project}/x86/presto-coordinator:{gitlab_tag} | pushed |" in summaries, run.describe()
     assert gitlab_token not in text and gh_token not in text

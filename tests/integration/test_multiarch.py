@@ -6,6 +6,7 @@ busy) into a session cache directory; set FLEETCI_TEST_MULTIARCH_CACHE to keep i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -28,7 +29,8 @@ from fleetci.http import free_port
 from fleetci.multiarch.arch import ARCHES
 from fleetci.multiarch.rootfs import RootfsSpec
 from fleetci.multiarch.settings import BASE_PACKAGES
-from support import REPO_ROOT, clean_env, fleetci_cmd, one_line_error, run_fleetci
+from support import REPO_ROOT, clean_env, fleetci_cmd, one_line_error, run_fleetci, wait_until
+from support.multiarch import run_argv
 
 SAMPLE = REPO_ROOT / "src" / "fleetci" / "multiarch" / "sample"
 
@@ -77,24 +79,14 @@ class Run:
     cached_before: bool
 
 
-def run_cmd(
-    arch: str, project: Path, cache: Path, *extra: str, command: list[str] = TEST_COMMAND
-) -> list[str]:
-    return fleetci_cmd(
-        "multiarch",
-        "run",
-        "--arch",
-        arch,
-        "--backend",
-        "chroot",
-        "--project",
-        str(project),
-        "--cache-dir",
-        str(cache),
-        *extra,
-        "--",
-        *command,
-    )
+def chroot_argv(arch: str, project: Path, cache: Path, *command: str, **options: str) -> list[str]:
+    """``multiarch run`` on the chroot backend, its rootfs cache in ``cache``."""
+    return run_argv(arch, project, *command, backend="chroot", cache_dir=str(cache), **options)
+
+
+def run_cmd(arch: str, project: Path, cache: Path, *command: str, **options: str) -> list[str]:
+    """:func:`chroot_argv` as a command line; the sample suite (TEST_COMMAND) unless given a command."""
+    return fleetci_cmd(*chroot_argv(arch, project, cache, *(command or TEST_COMMAND), **options))
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +108,7 @@ def first_runs(multiarch_cache: Path, tmp_path_factory: pytest.TempPathFactory) 
     started: dict[str, tuple[subprocess.Popen[str], float, Path, bool]] = {}
     for arch in EMULATED:
         project = sample_project(base / arch)
-        argv = run_cmd(arch, project, multiarch_cache, "--requirements", "requirements-test.txt")
+        argv = run_cmd(arch, project, multiarch_cache, requirements="requirements-test.txt")
         cached = archive_for(arch, multiarch_cache).exists()
         # Output goes to files: two builds' progress must never block on a full pipe.
         with (base / f"{arch}.out").open("w") as out, (base / f"{arch}.err").open("w") as err:
@@ -184,7 +176,7 @@ def test_second_run_reuses_the_cached_rootfs_and_dependency_layer(
     before = archive.stat()
     t0 = time.monotonic()
     again = subprocess.run(
-        run_cmd("arm64", run.project, multiarch_cache, "--requirements", "requirements-test.txt"),
+        run_cmd("arm64", run.project, multiarch_cache, requirements="requirements-test.txt"),
         env=clean_env(),
         capture_output=True,
         text=True,
@@ -206,9 +198,7 @@ def test_second_run_reuses_the_cached_rootfs_and_dependency_layer(
 def test_failing_command_returns_its_exit_code(first_runs: dict[str, Run], multiarch_cache: Path) -> None:
     assert first_runs["armv7"].proc.returncode == 0
     proc = subprocess.run(
-        run_cmd(
-            "armv7", first_runs["armv7"].project, multiarch_cache, command=["sh", "-c", "uname -m; exit 3"]
-        ),
+        run_cmd("armv7", first_runs["armv7"].project, multiarch_cache, "sh", "-c", "uname -m; exit 3"),
         env=clean_env(),
         capture_output=True,
         text=True,
@@ -224,7 +214,7 @@ def test_guest_environment_is_clean(first_runs: dict[str, Run], multiarch_cache:
     assert first_runs["arm64"].proc.returncode == 0
     env = clean_env(PIP_INDEX_URL="http://127.0.0.1:1/simple", SECRET_TOKEN="host-only")
     proc = subprocess.run(
-        run_cmd("arm64", first_runs["arm64"].project, multiarch_cache, command=["env"]),
+        run_cmd("arm64", first_runs["arm64"].project, multiarch_cache, "env"),
         env=env,
         capture_output=True,
         text=True,
@@ -240,35 +230,26 @@ def closed_port_mirror() -> str:
     return f"http://127.0.0.1:{free_port()}/debian"
 
 
-@pytest.mark.timeout(300)
-def test_corrupt_archive_is_moved_aside_and_a_failed_rebuild_shows_mmdebstraps_log(tmp_path: Path) -> None:
+def planted_archive(tmp_path: Path, data: bytes, digest: str | None = None) -> tuple[Path, Path, Path]:
+    """Cache dir, sample project and the cached arm64 rootfs archive (packages: hello), which holds
+    ``data`` and whose checksum file says ``digest`` (default: the data's own SHA-256)."""
     reason = missing_tools()
     if reason:
         pytest.skip(reason)
     cache, project = tmp_path / "cache", sample_project(tmp_path / "p")
     archive = archive_for("arm64", cache, ("hello",))
     archive.parent.mkdir(parents=True)
-    archive.write_bytes(b"\x28\xb5\x2f\xfd truncated download")
-    archive.with_name(archive.name + ".sha256").write_text("0" * 64 + f"  {archive.name}\n")
-    proc = run_fleetci(
-        "multiarch",
-        "run",
-        "--arch",
-        "arm64",
-        "--backend",
-        "chroot",
-        "--project",
-        str(project),
-        "--cache-dir",
-        str(cache),
-        "--packages",
-        "hello",
-        "--mirror",
-        closed_port_mirror(),
-        "--",
-        "true",
-        timeout=240,
-    )
+    archive.write_bytes(data)
+    digest = digest or hashlib.sha256(data).hexdigest()
+    archive.with_name(archive.name + ".sha256").write_text(f"{digest}  {archive.name}\n")
+    return cache, project, archive
+
+
+@pytest.mark.timeout(300)
+def test_corrupt_archive_is_moved_aside_and_a_failed_rebuild_shows_mmdebstraps_log(tmp_path: Path) -> None:
+    cache, project, archive = planted_archive(tmp_path, b"\x28\xb5\x2f\xfd truncated download", "0" * 64)
+    argv = chroot_argv("arm64", project, cache, "true", packages="hello", mirror=closed_port_mirror())
+    proc = run_fleetci(*argv, timeout=240)
     line = one_line_error(proc)
     assert "rootfs build failed for arm64/bookworm (mmdebstrap exit" in line, line
     assert "127.0.0.1" in line or "E: " in line, line  # the tail of mmdebstrap's log
@@ -280,31 +261,8 @@ def test_corrupt_archive_is_moved_aside_and_a_failed_rebuild_shows_mmdebstraps_l
 
 @pytest.mark.timeout(120)
 def test_archive_that_is_not_a_tarball_is_reported_and_kept(tmp_path: Path) -> None:
-    reason = missing_tools()
-    if reason:
-        pytest.skip(reason)
-    cache, project = tmp_path / "cache", sample_project(tmp_path / "p")
-    archive = archive_for("arm64", cache, ("hello",))
-    archive.parent.mkdir(parents=True)
-    archive.write_bytes(b"not zstd at all")
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    archive.with_name(archive.name + ".sha256").write_text(f"{digest}  {archive.name}\n")
-    proc = run_fleetci(
-        "multiarch",
-        "run",
-        "--arch",
-        "arm64",
-        "--backend",
-        "chroot",
-        "--project",
-        str(project),
-        "--cache-dir",
-        str(cache),
-        "--packages",
-        "hello",
-        "--",
-        "true",
-    )
+    cache, project, archive = planted_archive(tmp_path, b"not zstd at all")
+    proc = run_fleetci(*chroot_argv("arm64", project, cache, "true", packages="hello"))
     line = one_line_error(proc)
     assert f"cached rootfs {archive.name} is corrupt" in line and "run again to rebuild" in line, line
     assert len(list(archive.parent.glob(archive.name + ".corrupt-*"))) == 2  # archive + checksum kept
@@ -341,6 +299,12 @@ def dockerd() -> Iterator[Dockerd]:
         "ip-masq": False,
         "bridge": "none",
     }
+
+    def up_or_exited(p: subprocess.Popen[bytes]) -> bool:
+        """dockerd exited, or answers on its socket."""
+        version = ["docker", "-H", f"unix://{sock}", "version"]
+        return p.poll() is not None or subprocess.run(version, capture_output=True).returncode == 0
+
     proc = None
     for driver in ("overlay2", "vfs"):
         (root / "daemon.json").write_text(json.dumps({**config, "storage-driver": driver}))
@@ -348,15 +312,7 @@ def dockerd() -> Iterator[Dockerd]:
             proc = subprocess.Popen(
                 ["dockerd", "--config-file", str(root / "daemon.json")], stdout=fh, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and proc.poll() is None:
-            ok = (
-                subprocess.run(["docker", "-H", f"unix://{sock}", "version"], capture_output=True).returncode
-                == 0
-            )
-            if ok:
-                break
-            time.sleep(0.3)
+        wait_until(functools.partial(up_or_exited, proc), timeout=30, interval=0.3)
         if proc.poll() is None:
             break
     if proc is None or proc.poll() is not None:
@@ -434,38 +390,16 @@ def test_docker_backend_runs_the_suite_in_an_arm64_image(
     assert inspect.stdout.strip() == "linux/arm64"
     project = sample_project(tmp_path / "project")
     proc = run_fleetci(
-        "multiarch",
-        "run",
-        "--arch",
-        "arm64",
-        "--backend",
-        "docker",
-        "--image",
-        tag,
-        "--project",
-        str(project),
-        "--",
-        *TEST_COMMAND,
+        *run_argv("arm64", project, *TEST_COMMAND, backend="docker", image=tag),
         env=dockerd.env(),
         timeout=600,
     )
     # The rootfs has no tomli-w and this run installs nothing: that one test must fail, the rest pass.
     assert proc.returncode == 1 or proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stdout.splitlines()[0] == "aarch64"
+    suite_without_the_dependency = [*TEST_COMMAND[:2], TEST_COMMAND[2] + " --ignore=tests/test_dependency.py"]
     ok = run_fleetci(
-        "multiarch",
-        "run",
-        "--arch",
-        "arm64",
-        "--backend",
-        "docker",
-        "--image",
-        tag,
-        "--project",
-        str(project),
-        "--",
-        *TEST_COMMAND[:2],
-        TEST_COMMAND[2] + " --ignore=tests/test_dependency.py",
+        *run_argv("arm64", project, *suite_without_the_dependency, backend="docker", image=tag),
         env=dockerd.env(),
         timeout=600,
     )
@@ -476,16 +410,7 @@ def test_docker_backend_runs_the_suite_in_an_arm64_image(
 
 def test_docker_backend_without_a_daemon_is_one_line_error(tmp_path: Path) -> None:
     proc = run_fleetci(
-        "multiarch",
-        "run",
-        "--arch",
-        "arm64",
-        "--backend",
-        "docker",
-        "--project",
-        str(tmp_path),
-        "--",
-        "true",
+        *run_argv("arm64", tmp_path, "true", backend="docker"),
         env=clean_env(DOCKER_HOST=f"unix://{tmp_path}/no-such.sock"),
     )
     line = one_line_error(proc)
@@ -494,21 +419,9 @@ def test_docker_backend_without_a_daemon_is_one_line_error(tmp_path: Path) -> No
 
 @pytest.mark.timeout(300)
 def test_docker_backend_reports_an_image_it_cannot_pull(dockerd: Dockerd, tmp_path: Path) -> None:
+    image = "127.0.0.1:1/none/python:3.11"
     proc = run_fleetci(
-        "multiarch",
-        "run",
-        "--arch",
-        "arm64",
-        "--backend",
-        "docker",
-        "--image",
-        "127.0.0.1:1/none/python:3.11",
-        "--project",
-        str(tmp_path),
-        "--",
-        "true",
-        env=dockerd.env(),
-        timeout=240,
+        *run_argv("arm64", tmp_path, "true", backend="docker", image=image), env=dockerd.env(), timeout=240
     )
     line = one_line_error(proc)
     assert "cannot pull image 127.0.0.1:1/none/python:3.11 for linux/arm64" in line, line
@@ -518,10 +431,9 @@ def run_workflow(
     tmp_path: Path, event: str, job: str, cache: Path, extra: list[str], timeout: float = 900
 ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, object]]]:
     """Run one job of workflows/multi-arch-ci.yml with act on this machine, offline, on the sample project."""
-    from test_actions import ACTION_REPO, COPY_IGNORE, base_env, tool
+    from support.actions import ACTION_REPO, act_events, action_checkout, base_env, tool
 
-    action_root = tmp_path / "fleetci-action"
-    shutil.copytree(REPO_ROOT, action_root, ignore=COPY_IGNORE)
+    action_root = action_checkout(tmp_path / "fleetci-action")
     repo = sample_project(tmp_path / "repo")
     (repo / "requirements-test.txt").unlink()
     (repo / "tests" / "test_dependency.py").unlink()
@@ -564,15 +476,7 @@ def run_workflow(
     ]
     env = base_env(ACT_DISABLE_VERSION_CHECK="1", RUNNER_TOOL_CACHE=str(tmp_path / "toolcache"))
     proc = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
-    events = []
-    for line in proc.stdout.splitlines():
-        try:
-            event_ = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event_, dict):
-            events.append(event_)
-    return proc, events
+    return proc, act_events(proc.stdout)
 
 
 def act_output(events: list[dict[str, object]]) -> list[str]:

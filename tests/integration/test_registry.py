@@ -11,7 +11,6 @@ import gzip
 import hashlib
 import io
 import json
-import shutil
 import signal
 import subprocess
 import tarfile
@@ -31,24 +30,28 @@ from fleetci.registry.settings import registry_settings
 from fleetci.testing.docker_registry import (
     RegistryProcess,
     htpasswd_registry,
-    registry_binary,
     token_registry,
 )
 from fleetci.testing.dockerd import DockerDaemon, DockerdUnavailable, dockerd_binary
 from fleetci.testing.images import BuiltImage, write_docker_archive
 from support import clean_env, fleetci_cmd, one_line_error, run_fleetci, wait_until
-from support.registry import GITLAB_TOKEN, GL_TAG, OWNER, PROJECT, REPO, TAG, gh_args, push_argv
+from support.registry import (
+    GITLAB_TOKEN,
+    GL_TAG,
+    OWNER,
+    PROJECT,
+    REPO,
+    TAG,
+    gh_args,
+    needs_registry,
+    push_again,
+    push_argv,
+)
 
 READ_TOKEN = "glpat-emulatorReadOnly00000"
 
 
 JOB_TOKEN = "glcbt-emulatorJobToken00000"
-
-
-needs_registry = pytest.mark.skipif(
-    registry_binary() is None or shutil.which("skopeo") is None,
-    reason="docker-registry and skopeo are installed by scripts/test.sh (apt)",
-)
 
 
 @dataclass
@@ -168,6 +171,16 @@ def skopeo_inspect(ref: str, creds: str | None = None) -> dict[str, Any]:
     assert proc.returncode == 0, proc.stderr
     data: dict[str, Any] = json.loads(proc.stdout)
     return data
+
+
+def download(emulator: Any, downloads: Path, env: dict[str, str], prepare: bool = False) -> None:
+    """``registry download`` of TAG from the emulator into ``downloads``, then (``prepare``) ``registry
+    prepare``: each must succeed."""
+    argv = ["registry", "download", TAG, *gh_args(emulator), "--output-dir", str(downloads)]
+    assert run_fleetci(*argv, env=env).returncode == 0
+    if prepare:
+        argv = ["registry", "prepare", TAG, "--downloads-dir", str(downloads)]
+        assert run_fleetci(*argv, env=env).returncode == 0
 
 
 def sent_bytes(stdout: str) -> list[int]:
@@ -342,13 +355,7 @@ def test_basic_auth_401_retag_and_cross_repo_mount(
         "--registry-project",
         PROJECT,
     ]
-    assert (
-        run_fleetci(
-            "registry", "download", TAG, *gh_args(emulator), "--output-dir", str(downloads), env=env
-        ).returncode
-        == 0
-    )
-    assert run_fleetci("registry", "prepare", TAG, "--downloads-dir", str(downloads), env=env).returncode == 0
+    download(emulator, downloads, env, prepare=True)
 
     bad = run_fleetci(
         "registry",
@@ -372,28 +379,14 @@ def test_basic_auth_401_retag_and_cross_repo_mount(
     assert ok.returncode == 0, ok.stderr
     assert "s3cret-pass" not in ok.stdout + ok.stderr
 
-    same = run_fleetci(
-        "registry",
-        "retag",
-        f"x86/presto-coordinator:{GL_TAG}",
-        "latest",
-        *common[2:],
-        *creds,
-        "--json",
-        env=env,
-    )
+    def retag(target: str) -> subprocess.CompletedProcess[str]:
+        coordinator = f"x86/presto-coordinator:{GL_TAG}"
+        return run_fleetci("registry", "retag", coordinator, target, *common[2:], *creds, "--json", env=env)
+
+    same = retag("latest")
     assert same.returncode == 0, same.stderr
     assert json.loads(same.stdout)["blob_bytes_sent"] == 0
-    other = run_fleetci(
-        "registry",
-        "retag",
-        f"x86/presto-coordinator:{GL_TAG}",
-        "x86/presto-mirror:v1",
-        *common[2:],
-        *creds,
-        "--json",
-        env=env,
-    )
+    other = retag("x86/presto-mirror:v1")
     assert other.returncode == 0, other.stderr
     result = json.loads(other.stdout)
     assert result["blob_bytes_sent"] == 0
@@ -470,13 +463,7 @@ def interrupt_push_at_chunk_boundary(
     add_build(emulator, tmp_path, TAG, [("presto-coordinator", "docker", [48_000_000])], bundle=False)
     downloads = tmp_path / "downloads"
     env = clean_env(GH_TOKEN=alice(emulator))
-    assert (
-        run_fleetci(
-            "registry", "download", TAG, *gh_args(emulator), "--output-dir", str(downloads), env=env
-        ).returncode
-        == 0
-    )
-    assert run_fleetci("registry", "prepare", TAG, "--downloads-dir", str(downloads), env=env).returncode == 0
+    download(emulator, downloads, env, prepare=True)
     plan = json.loads((downloads / TAG / "upload-plan.json").read_text())
     blob_sizes = [int(b["size"]) for b in plan["images"][0]["blobs"]]
     layer_size = max(blob_sizes)
@@ -536,8 +523,7 @@ def test_registry_down_mid_push_then_a_rerun_resumes(
     assert 0 < cut.offset < cut.layer_size
 
     plain_registry.start()
-    rerun = run_fleetci(*push_argv(cut.downloads, plain_registry.url, "--verbose"), env=cut.env)
-    assert rerun.returncode == 0, rerun.stderr
+    rerun = push_again(cut.downloads, plain_registry.url, env=cut.env)
     assert f"at {cut.offset / 1e6:.1f} MB" in rerun.stderr and "resume" in rerun.stderr, rerun.stderr
     assert "refused by the registry" not in rerun.stderr
     # finished chunks were not sent again: only the rest of the layer (and the config) went over the wire
@@ -575,8 +561,7 @@ def test_registry_down_mid_push_with_a_refused_session_sends_the_blob_again(
     assert resp.status_code == 202, resp.text
     assert file_size(upload_data_file(plain_registry, cut.location)) == cut.offset + n
 
-    rerun = run_fleetci(*push_argv(cut.downloads, plain_registry.url, "--verbose"), env=cut.env)
-    assert rerun.returncode == 0, rerun.stderr
+    rerun = push_again(cut.downloads, plain_registry.url, env=cut.env)
     refused = [ln for ln in rerun.stderr.splitlines() if "refused by the registry" in ln]
     assert len(refused) == 1 and "from the start" in refused[0], rerun.stderr
     assert layer["digest"][:19] in refused[0] and f"offset {cut.offset}" in refused[0]
@@ -612,13 +597,7 @@ def test_engine_docker_pushes_through_a_real_daemon(
     )
     downloads = tmp_path / "downloads"
     env = clean_env(GH_TOKEN=alice(emulator))
-    assert (
-        run_fleetci(
-            "registry", "download", TAG, *gh_args(emulator), "--output-dir", str(downloads), env=env
-        ).returncode
-        == 0
-    )
-    assert run_fleetci("registry", "prepare", TAG, "--downloads-dir", str(downloads), env=env).returncode == 0
+    download(emulator, downloads, env, prepare=True)
     argv = [
         "registry",
         "push",
@@ -679,12 +658,7 @@ def test_corrupt_artifact_and_digest_mismatch_are_one_line_errors(emulator: Any,
     env = clean_env(GH_TOKEN=alice(emulator))
     downloads = tmp_path / "downloads"
     build = add_build(emulator, tmp_path, TAG, [("presto-coordinator", "docker", [200_000])], bundle=False)
-    assert (
-        run_fleetci(
-            "registry", "download", TAG, *gh_args(emulator), "--output-dir", str(downloads), env=env
-        ).returncode
-        == 0
-    )
+    download(emulator, downloads, env)
     zip_path = next((downloads / TAG / "artifacts").glob("*.zip"))
     original = zip_path.read_bytes()
 

@@ -26,8 +26,8 @@ from fleetci.registry.state import PushState, exclusive_lock
 from fleetci.testing.docker_registry import RegistryProcess
 from fleetci.testing.registry_front import RegistryFront, held_bytes, upload_data
 from support import clean_env, fleetci_cmd, run_fleetci
-from support.registry import GL_TAG, PROJECT, TAG, push_argv
-from support.registry_resume import Prepared, needs_registry, prepared
+from support.registry import GL_TAG, PROJECT, TAG, needs_registry, push_again, push_argv
+from support.registry_resume import Prepared, prepared
 
 REPO = f"{PROJECT}/x86/presto-coordinator"
 
@@ -87,8 +87,7 @@ def test_push_killed_mid_chunk_resends_at_most_one_chunk(
     _, saved, held = kill_push(p, registry, front.url)
     assert 0 < saved < held < LAYER  # the mechanism: the kill left the registry ahead of the saved state
 
-    rerun = run_fleetci(*push_argv(p.downloads, front.url, "--verbose"))
-    assert rerun.returncode == 0, rerun.stderr
+    rerun = push_again(p.downloads, front.url)
     assert f"registry holds {held} bytes" in rerun.stderr and "ahead of the saved offset" in rerun.stderr
     assert "refused" not in rerun.stderr
     assert front.resigned >= 1  # the status GET carried the stale state and was answered anyway
@@ -110,8 +109,7 @@ def test_resume_when_the_saved_offset_is_ahead_of_the_registry(
     with upload_data(registry.storage, location).open("r+b") as fh:
         fh.truncate(kept)
 
-    rerun = run_fleetci(*push_argv(p.downloads, front.url, "--verbose"))
-    assert rerun.returncode == 0, rerun.stderr
+    rerun = push_again(p.downloads, front.url)
     assert f"registry holds {kept} bytes" in rerun.stderr and "behind the saved offset" in rerun.stderr
     assert sent_bytes(rerun.stdout) == p.total - kept  # exactly what the registry was missing
     assert skopeo_digest(f"{front.host_port}/{REPO}:{GL_TAG}") == p.manifest_digest
@@ -128,8 +126,7 @@ def test_expired_session_restarts_from_zero_once(
     assert httpx.delete(fresh).status_code == 204
     assert httpx.get(location).status_code == 404
 
-    rerun = run_fleetci(*push_argv(p.downloads, front.url, "--verbose"))
-    assert rerun.returncode == 0, rerun.stderr
+    rerun = push_again(p.downloads, front.url)
     refused = [ln for ln in rerun.stderr.splitlines() if "refused by the registry" in ln]
     assert len(refused) == 1 and f"offset {saved}" in refused[0] and "from the start" in refused[0]
     assert sent_bytes(rerun.stdout) == p.total
@@ -148,8 +145,7 @@ def test_distribution_refuses_a_stale_session_so_the_layer_starts_again(
     status = httpx.get(location)
     assert status.status_code == 404 and "BLOB_UPLOAD_INVALID" in status.text
 
-    rerun = run_fleetci(*push_argv(p.downloads, registry.url, "--verbose"))
-    assert rerun.returncode == 0, rerun.stderr
+    rerun = push_again(p.downloads, registry.url)
     assert sum("from the start" in ln for ln in rerun.stderr.splitlines()) == 1
     assert held + sent_bytes(rerun.stdout) - p.total == held  # all the registry held is sent again
     assert skopeo_digest(f"{registry.host}/{REPO}:{GL_TAG}") == p.manifest_digest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,6 +22,32 @@ INSTALL_SCRIPT = REPO_ROOT / "scripts" / "install_fleetci.sh"
 
 # `uses: fleetci/fleetci[/path]@ref`: this repository's own actions, as users reference them.
 OWN_USES_RE = re.compile(r"(uses:\s*)fleetci/fleetci(?:/(?P<path>[^@\s]+))?@\S+")
+
+
+# This repository as workflows reference its actions (`uses: fleetci/fleetci/<path>@v1`).
+ACTION_REPO = "fleetci/fleetci"
+
+
+# Everything a checkout of the action needs; caches and VCS data stay out (GitHub downloads a clean tree).
+COPY_IGNORE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "venv",
+    ".cache",
+    "*_cache",
+    ".benchmarks",
+    "__pycache__",
+    "*.egg-info",
+    "build",
+    "dist",
+    "node_modules",
+)
+
+
+def action_checkout(dest: Path) -> Path:
+    """A clean copy of this repository at ``dest``, as GitHub downloads the action (no caches, no .git)."""
+    shutil.copytree(REPO_ROOT, dest, ignore=COPY_IGNORE)
+    return dest
 
 
 VERSION = re.search(
@@ -60,6 +87,19 @@ def base_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env.update(extra)
     return env
+
+
+def act_events(stdout: str) -> list[dict[str, Any]]:
+    """The JSON log records ``act --json`` printed (one object a line; other lines are skipped)."""
+    events = []
+    for line in stdout.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
 
 
 def load_yaml(path: Path) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,9 @@ import pytest
 from fleetci.testing.docker_registry import (
     RegistryProcess,
     no_auth_registry,
+    registry_binary,
 )
+from support import run_fleetci
 
 OWNER, REPO = "octo-org", "api"
 
@@ -26,6 +30,12 @@ GL_TAG = "presto-92865fbce0d2-velox-65797d572e0a"
 
 
 GITLAB_TOKEN = "glpat-emulatorWriteToken000"
+
+
+needs_registry = pytest.mark.skipif(
+    registry_binary() is None or shutil.which("skopeo") is None,
+    reason="docker-registry and skopeo are installed by scripts/test.sh (apt)",
+)
 
 
 def gh_args(emulator: Any) -> list[str]:
@@ -59,3 +69,12 @@ def push_argv(downloads: Path, url: str, *extra: str) -> list[str]:
         "--skip-login",
         *extra,
     ]
+
+
+def push_again(
+    downloads: Path, url: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The interrupted push of :func:`push_argv` run again, ``--verbose``; it must succeed."""
+    rerun = run_fleetci(*push_argv(downloads, url, "--verbose"), env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    return rerun

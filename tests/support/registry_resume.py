@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,14 +12,9 @@ import pytest
 from fleetci.registry.plan import UploadPlan
 from fleetci.registry.settings import registry_settings
 from fleetci.registry.sync import prepare
-from fleetci.testing.docker_registry import RegistryProcess, registry_binary
+from fleetci.testing.docker_registry import RegistryProcess
 from fleetci.testing.images import write_docker_archive
 from support.registry import TAG
-
-needs_registry = pytest.mark.skipif(
-    registry_binary() is None or shutil.which("skopeo") is None,
-    reason="docker-registry and skopeo are installed by scripts/test.sh (apt)",
-)
 
 
 @pytest.fixture

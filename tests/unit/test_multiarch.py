@@ -17,6 +17,7 @@ from fleetci.multiarch.matrix import build_matrix
 from fleetci.multiarch.rootfs import RootfsSpec, log_tail, verify
 from fleetci.multiarch.settings import BASE_PACKAGES, multiarch_settings
 from support import RunCli, clean_env, one_line_error
+from support.multiarch import run_argv
 
 
 def test_arch_names_and_aliases() -> None:
@@ -123,12 +124,6 @@ def test_matrix_excludes_and_impossible_combinations() -> None:
         build_matrix(["arm64"], ["3.11"], excludes=["arm64:3.11"])
     with pytest.raises(UsageError, match="invalid --python"):
         build_matrix(["arm64"], ["3.1x"])
-
-
-def run_argv(arch: str, project: Path, *command: str, **options: str) -> list[str]:
-    """``multiarch run --arch ARCH --project DIR [--option VALUE …] -- COMMAND …``."""
-    flags = [x for key, value in options.items() for x in (f"--{key.replace('_', '-')}", value)]
-    return ["multiarch", "run", "--arch", arch, "--project", str(project), *flags, "--", *command]
 
 
 def test_matrix_cli_writes_github_output(tmp_path: Path, fleetci_fd: RunCli) -> None:

@@ -1,11 +1,8 @@
-"""fleetci registry: a push killed mid-layer resumes; private state; one-line errors for every verb.
+"""fleetci registry in process: bad input to every verb, unreachable hosts and corrupt state
+files are one-line errors.
 
-The kill is real (SIGKILL of a real ``fleetci registry push`` process) and lands with a chunk in flight:
-:func:`fleetci.bench.registry.kill_mid_chunk` waits until the registry holds more than the pusher saved,
-which is what a kill at a random moment mid-layer almost always leaves. The registry is the real Debian
-``docker-registry`` (distribution 2.8), on its own and behind :class:`RegistryFront`, which gives it the
-one rule of GitLab's container registry that resuming needs: the status GET of an upload session answers
-with what the registry holds even when the pusher's saved state is stale (distribution 2.8 refuses it).
+The resumable push itself (a real push killed mid-layer, against a real registry) is in
+tests/integration/test_registry_resume.py; this half needs no process of its own.
 """
 
 from __future__ import annotations
@@ -17,8 +14,8 @@ import pytest
 
 from fleetci.http import free_port
 from support import RunCli, one_line_error
-from support.registry import TAG, push_argv
-from support.registry_resume import needs_registry, prepared
+from support.registry import TAG, needs_registry, push_argv
+from support.registry_resume import prepared
 
 VERBS = ["gh-list", "gitlab-list", "xref", "download", "prepare", "push", "clean", "daemon", "retag"]
 
