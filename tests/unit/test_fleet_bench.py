@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fleetci.bench.fleet import FleetSimSpec, VirtualTimeLoop, simulate
-from support import one_line_error, run_fleetci
+from support import RunCli, one_line_error
 
 
 def test_virtual_time_keeps_order_and_costs_no_wall_time() -> None:
@@ -63,5 +63,5 @@ def test_fleet_modes_rank_and_charges_match_misses(tmp_path: Path) -> None:
         (["--bogus"], "unrecognized arguments"),
     ],
 )
-def test_bench_fleet_bad_input(args: list[str], needle: str) -> None:
-    assert needle in one_line_error(run_fleetci("bench", "fleet", *args))
+def test_bench_fleet_bad_input(args: list[str], needle: str, fleetci: RunCli) -> None:
+    assert needle in one_line_error(fleetci("bench", "fleet", *args))

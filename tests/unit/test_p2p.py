@@ -17,7 +17,7 @@ from fleetci.http import free_port
 from fleetci.p2p.crypto import FleetKeys, SealError
 from fleetci.p2p.discovery import PeerRegistry
 from fleetci.p2p.messages import INLINE_MAX, Announcement, decode_message, encode_batch, encode_claims
-from support import clean_env, one_line_error, run_fleetci
+from support import RunCli, clean_env, one_line_error
 from support.p2p import FLEET, SECRET
 
 
@@ -219,7 +219,7 @@ def test_registry_expires_peers_after_thirty_minutes(tmp_path: Path) -> None:
     assert not (tmp_path / "reg" / "peerA.json").exists()
 
 
-def test_peers_init_and_discover_and_bootstrap_script(tmp_path: Path) -> None:
+def test_peers_init_and_discover_and_bootstrap_script(tmp_path: Path, fleetci: RunCli) -> None:
     import subprocess
 
     reg = tmp_path / "reg"
@@ -234,8 +234,8 @@ def test_peers_init_and_discover_and_bootstrap_script(tmp_path: Path) -> None:
         )
         for i in range(2)
     ]
-    first = json.loads(run_fleetci("cache", "peers", "init", "--json", env=envs[0]).stdout)
-    again = json.loads(run_fleetci("cache", "peers", "init", "--json", env=envs[0]).stdout)
+    first = json.loads(fleetci("cache", "peers", "init", "--json", env=envs[0]).stdout)
+    again = json.loads(fleetci("cache", "peers", "init", "--json", env=envs[0]).stdout)
     assert first == again and first["addr"].endswith("/p2p/" + first["peer_id"])  # stable identity
     script = Path(__file__).resolve().parents[2] / "scripts" / "p2p_peer_bootstrap.sh"
     out = subprocess.run(
@@ -248,7 +248,7 @@ def test_peers_init_and_discover_and_bootstrap_script(tmp_path: Path) -> None:
     assert found.stdout.strip() == first["addr"]
     assert f"CACHE_BOOTSTRAP_PEERS={first['addr']}" in (tmp_path / "env1").read_text()
     assert "no peer registry" in one_line_error(
-        run_fleetci("cache", "peers", "discover", env=clean_env(CACHE_DIR=str(tmp_path / "x")))
+        fleetci("cache", "peers", "discover", env=clean_env(CACHE_DIR=str(tmp_path / "x")))
     )
     bad = subprocess.run(["bash", str(script), "frobnicate"], capture_output=True, text=True)
     assert bad.returncode == 2 and "usage" in bad.stderr
