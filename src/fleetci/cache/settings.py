@@ -1,12 +1,16 @@
 """``fleetci cache`` settings, described once in :class:`CacheOptions`.
 
-flag > environment (seed-compatible names) > config file ``cache:`` > default. The argparse flags of
+flag > environment (seed-compatible names) > ``.env.cache`` > config file ``cache:`` > default. A
+``.env.cache`` file in the working directory (the seed's, copied from ``.env.cache.example``) is a source
+of environment defaults: its ``CACHE_…`` lines count as environment variables that are not set, below
+every real one. The argparse flags of
 ``fleetci cache …``, the Resolver lookups, the unknown-key check and the docs table all come from
 :class:`CacheOptions`; :func:`cache_settings` turns them into the frozen :class:`CacheSettings`.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
@@ -281,6 +285,9 @@ def cache_settings(
 ) -> CacheSettings:
     """Build :class:`CacheSettings` from flags, environment and the ``cache:`` section of the config file."""
     o = CacheOptions
+    if env is None:
+        # an empty variable is unset (as everywhere), so it does not hide the file's value
+        env = {**read_env_file(Path(ENV_FILE)), **{k: v for k, v in os.environ.items() if v != ""}}
     r = o.resolver(flags, config, env)
     upstream = r.value(o.upstream).rstrip("/")
     if not upstream.startswith(("http://", "https://")):
@@ -317,6 +324,47 @@ def cache_settings(
     )
     r.check_unknown()
     return settings
+
+
+ENV_FILE = ".env.cache"  # in the working directory, as in the seed (``cp .env.cache.example .env.cache``)
+_ENV_LINE = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
+
+
+def env_names() -> frozenset[str]:
+    """Every environment name a cache setting reads (the names a ``.env.cache`` may set)."""
+    return frozenset(name for s in CacheOptions.settings for name in s.env)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines (``export``, ``#`` comments, blank lines and '…'/"…" quoting allowed) of a
+    ``.env.cache``; {} when there is none. A malformed line or a name no cache setting reads is refused
+    in one line, with a hint for a typo."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} cannot be read: {getattr(exc, 'strerror', None) or exc}") from exc
+    known = env_names()
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        m = _ENV_LINE.match(stripped)
+        if m is None:
+            raise UsageError(f"{path}:{number}: expected NAME=value, got {stripped[:40]!r}")
+        name, value = m.group(1), m.group(2).strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UsageError(f"{path}:{number}: unknown cache variable {name!r}{hint}")
+        values[name] = value
+    return values
 
 
 def _or(value: str | None, computed: str) -> str:
