@@ -3,7 +3,8 @@
 The package's parts, each importing only those listed before it: ``settings`` (CacheOptions ->
 CacheSettings), ``api`` (the proxy's own endpoints and their JSON), ``store``, ``policy``, ``ratelimit``,
 ``peering`` (what a peer-to-peer layer implements), ``engine``, ``server`` (``fleetci cache serve``),
-``client`` (the Python API and the one stats call) and ``daemon`` (``fleetci cache start|stop|verify``).
+``client`` (the Python API and the one stats call), ``daemon`` (``fleetci cache start|stop|verify``) and
+``network`` (``start_cache_network``: a background proxy sharing with its peers).
 
 Seed names kept here: ``get_cache()`` / ``get_global_cache()`` with ``.get_stats()`` and
 ``.clear_stale()``, ``CachedGitHubCLI`` with ``list_repos``, ``get_workflow_runs``, ``get_cache_stats``,
@@ -23,13 +24,14 @@ if TYPE_CHECKING:
         get_cache,
         get_global_cache,
         read_stats,
-        start_cache_network,
     )
     from fleetci.cache.engine import CacheEngine
+    from fleetci.cache.network import CacheNetwork, start_cache_network
     from fleetci.cache.store import CacheStore, Entry
 
 __all__ = [
     "CacheEngine",
+    "CacheNetwork",
     "CacheStore",
     "CachedGitHubCLI",
     "Entry",
@@ -49,7 +51,8 @@ _HOME = {
     "get_cache": "fleetci.cache.client",
     "get_global_cache": "fleetci.cache.client",
     "read_stats": "fleetci.cache.client",
-    "start_cache_network": "fleetci.cache.client",
+    "CacheNetwork": "fleetci.cache.network",
+    "start_cache_network": "fleetci.cache.network",
 }
 
 

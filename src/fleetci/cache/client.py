@@ -1,8 +1,8 @@
 """The cache's Python API: direct access to a cache directory, cached GitHub calls, and the one stats call.
 
 Seed names kept: ``get_cache()`` / ``get_global_cache()`` with ``.get_stats()`` and ``.clear_stale()``,
-``CachedGitHubCLI`` with ``list_repos``, ``get_workflow_runs``, ``get_cache_stats``, and
-``start_cache_network(listen_port, bootstrap_peers)``. Nothing here imports httpx at module level: the
+``CachedGitHubCLI`` with ``list_repos``, ``get_workflow_runs``, ``get_cache_stats`` (the seed's
+``start_cache_network`` is in ``fleetci.cache.network``). Nothing here imports httpx at module level: the
 proxy process (which imports this package) never needs it.
 """
 
@@ -262,18 +262,6 @@ def _iso_ts(value: Any) -> float:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return 0.0
-
-
-async def start_cache_network(
-    listen_port: int | None = None, bootstrap_peers: list[str] | None = None
-) -> GitHubAPICache:
-    """Open the shared cache (seed API). Peer-to-peer sharing arrives with the ``[p2p]`` extra; until
-    then the cache is local to this machine and the arguments are recorded only."""
-    flags: dict[str, Any] = {"listen_port": listen_port}
-    if bootstrap_peers:
-        flags["bootstrap_peers"] = ",".join(bootstrap_peers)
-    settings = cache_settings(flags, load_config_file(None))
-    return await asyncio.to_thread(GitHubAPICache, settings)
 
 
 class _NoAnswer(Exception):
