@@ -1,0 +1,281 @@
+"""workflows/presto-build-and-sync.yml builds real images: its build job under act, then fleetci registry.
+
+The build job runs under act (host mode, offline) against a private ``dockerd`` (fleetci.testing.dockerd):
+``docker build`` of tiny ``FROM scratch`` Dockerfiles in the user's repository, ``docker save`` into the
+artifact layout. ``actions/upload-artifact`` is the only stub (a local action that copies the file where
+the test picks it up, since offline act cannot run GitHub's own); the artifact then goes into the GitHub
+emulator as the run's artifact and ``fleetci registry download/prepare/push`` syncs it to a real
+``docker-registry``, read back with ``skopeo``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetci.testing.docker_registry import RegistryProcess
+from fleetci.testing.dockerd import DockerDaemon, DockerdUnavailable
+from fleetci.testing.gitlab import GitLabEmulator, GitLabServer, TokenInfo
+from support.actions import ACTION_REPO, REPO_ROOT, act_events, action_checkout, base_env, tool
+from support.registry import GITLAB_TOKEN, OWNER, PROJECT, REPO, needs_registry, plain_registry
+
+__all__ = ["plain_registry"]  # a fixture, used by name
+
+WORKFLOW = REPO_ROOT / "workflows" / "presto-build-and-sync.yml"
+PRESTO_SHA = "92865fbce0d2a056af5334a0afecc1f36853b657"
+VELOX_SHA = "65797d572e0a297fa898e4f6ab4c1afc75fe3419"
+IMAGE_TAG = "presto-92865fbce0d2-velox-65797d572e0a-linux-amd64"
+GL_TAG = "presto-92865fbce0d2-velox-65797d572e0a"
+UPLOAD_STUB = """name: upload-artifact (test stub)
+description: copies the artifact's file into $FLEETCI_TEST_ARTIFACTS/<name>/
+inputs:
+  name: {required: true}
+  path: {required: true}
+  retention-days: {required: false}
+runs:
+  using: composite
+  steps:
+    - shell: bash
+      env:
+        NAME: ${{ inputs.name }}
+        SRC: ${{ inputs.path }}
+      run: mkdir -p "$FLEETCI_TEST_ARTIFACTS/$NAME" && cp "$SRC" "$FLEETCI_TEST_ARTIFACTS/$NAME/"
+"""
+
+
+@pytest.fixture
+def dockerd(plain_registry: RegistryProcess, tmp_path: Path) -> Iterator[DockerDaemon]:
+    daemon = DockerDaemon(tmp_path / "dockerd", insecure_registries=[plain_registry.host])
+    try:
+        daemon.start()
+    except DockerdUnavailable as exc:
+        pytest.skip(f"dockerd cannot run here: {exc}")
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def user_repo(tmp_path: Path, dockerfiles: dict[str, str]) -> Path:
+    """A user's repository: the copied workflow and their Dockerfiles (paths relative to the repo)."""
+    repo = tmp_path / "repo"
+    (repo / ".github" / "workflows").mkdir(parents=True)
+    shutil.copy2(WORKFLOW, repo / ".github" / "workflows" / WORKFLOW.name)
+    for rel, text in dockerfiles.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(text)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@fleetci.invalid"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, capture_output=True)
+    subprocess.run([*git, "add", "-A"], check=True, capture_output=True)
+    subprocess.run([*git, "commit", "-q", "-m", "presto"], check=True, capture_output=True)
+    return repo
+
+
+def run_job(
+    tmp_path: Path,
+    repo: Path,
+    docker_host: str,
+    *inputs: str,
+    event: str = "workflow_dispatch",
+    job: str = "build",
+    variables: dict[str, str] | None = None,
+    secrets: dict[str, str] | None = None,
+) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]], Path]:
+    """``act <event> -j <job>`` of the copied workflow; returns act, its events, the artifacts dir."""
+    stub = tmp_path / "upload-stub"
+    stub.mkdir(exist_ok=True)
+    (stub / "action.yml").write_text(UPLOAD_STUB)
+    artifacts = tmp_path / "artifacts"
+    checkout = tmp_path / "fleetci-action"
+    if not checkout.exists():
+        action_checkout(checkout)
+    argv = [
+        tool("act"),
+        event,
+        "-W",
+        str(repo / ".github" / "workflows" / WORKFLOW.name),
+        "-j",
+        job,
+        "-P",
+        "ubuntu-latest=-self-hosted",
+        "--action-offline-mode",
+        "--pull=false",
+        "--no-cache-server",
+        "--action-cache-path",
+        str(tmp_path / "act-cache"),
+        "--local-repository",
+        f"actions/upload-artifact@v6={stub}",
+        "--local-repository",
+        f"{ACTION_REPO}@v1={checkout}",
+        "--env",
+        f"DOCKER_HOST={docker_host}",
+        "--env",
+        f"FLEETCI_TEST_ARTIFACTS={artifacts}",
+        "--json",
+        *(arg for i in inputs for arg in ("--input", i)),
+        *(arg for k, v in (variables or {}).items() for arg in ("--var", f"{k}={v}")),
+        *(arg for k, v in (secrets or {}).items() for arg in ("-s", f"{k}={v}")),
+    ]
+    env = base_env(ACT_DISABLE_VERSION_CHECK="1", RUNNER_TOOL_CACHE=str(tmp_path / "toolcache"))
+    env.pop("DOCKER_HOST", None)
+    proc = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    return proc, act_events(proc.stdout), artifacts
+
+
+def describe(proc: subprocess.CompletedProcess[str], events: list[dict[str, Any]]) -> str:
+    lines = [str(e.get("msg", "")).rstrip() for e in events]
+    return f"act exit {proc.returncode}\n" + "\n".join(lines[-120:]) + "\n--- stderr\n" + proc.stderr[-3000:]
+
+
+def docker(host: str, *args: str) -> str:
+    proc = subprocess.run(
+        ["docker", *args], env=base_env(DOCKER_HOST=host), capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def layer_file(archive: Path, name: str) -> bytes:
+    """The file ``name`` in the single layer of the ``docker save`` archive ``archive``."""
+    with tarfile.open(archive) as outer:
+        manifest_file = outer.extractfile("manifest.json")
+        assert manifest_file is not None
+        (layer_name,) = json.load(manifest_file)[0]["Layers"]
+        layer = outer.extractfile(layer_name)
+        assert layer is not None
+        data = layer.read()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = tar.extractfile(name)
+        assert member is not None
+        return member.read()
+
+
+def skopeo_config(ref: str) -> bytes:
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", "--config", "--raw", f"docker://{ref}"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert raw.returncode == 0, raw.stderr
+    return raw.stdout
+
+
+@needs_registry
+@pytest.mark.timeout(600)
+def test_build_job_builds_saves_and_the_artifact_syncs_to_a_registry(
+    emulator: Any, plain_registry: RegistryProcess, dockerd: DockerDaemon, tmp_path: Path
+) -> None:
+    scratch = "FROM scratch\nARG PRESTO_COMMIT\nLABEL presto.commit=$PRESTO_COMMIT\nCOPY {src} /{src}\n"
+    files = {
+        "docker/presto-coordinator.Dockerfile": scratch.format(src="coordinator.txt"),
+        "docker/coordinator.txt": "coordinator\n",
+        "docker/presto-native-worker-cpu/Dockerfile": scratch.format(src="cpu.txt"),
+        "docker/presto-native-worker-cpu/cpu.txt": "native cpu worker\n",
+        "docker/presto-native-worker-gpu.Dockerfile": scratch.format(src="gpu.txt"),
+        "docker/gpu.txt": "native gpu worker\n",
+    }
+    repo = user_repo(tmp_path, files)
+    proc, events, artifacts = run_job(
+        tmp_path,
+        repo,
+        dockerd.host,
+        f"presto_commit={PRESTO_SHA}",
+        f"velox_commit={VELOX_SHA}",
+        "worker_bundle_mode=all_native",
+    )
+    assert proc.returncode == 0, describe(proc, events)
+    assert [e["jobResult"] for e in events if "jobResult" in e] == ["success"], describe(proc, events)
+    summary = "".join(str(e.get("content", "")) for e in events if e.get("command") == "summary")
+    assert f"| `presto-coordinator:{IMAGE_TAG}` | amd64 |" in summary, summary
+
+    bundle = artifacts / "presto-images" / "presto-images.tar.gz"
+    metadata = json.loads((artifacts / "image-metadata" / "metadata.json").read_text())
+    assert metadata["image_tag"] == IMAGE_TAG
+    images = ["presto-coordinator", "presto-native-worker-cpu", "presto-native-worker-gpu"]
+    assert metadata["images"] == ",".join(images)
+    with tarfile.open(bundle, "r:gz") as tar:
+        assert sorted(Path(n).name for n in tar.getnames() if n.endswith(".tar")) == [
+            f"{i}.tar" for i in images
+        ]
+
+    # the run as GitHub keeps it (the bundle artifact and the metadata artifact), then the workflow's own
+    # sync job, scheduled, under act: GitHub emulator -> GitLab emulator listing the real registry
+    emu = emulator.emulator
+    wf = emu.add_workflow(OWNER, REPO, "Presto build", f".github/workflows/{WORKFLOW.name}")
+    run_id = emu.add_completed_run(OWNER, REPO, wf)
+    emu.add_artifact(OWNER, REPO, run_id, "presto-images", {bundle.name: bundle.read_bytes()})
+    emu.add_artifact(OWNER, REPO, run_id, "image-metadata", {"metadata.json": json.dumps(metadata).encode()})
+    gh_token = str(emu.token_for("alice"))
+    gitlab = GitLabServer(
+        GitLabEmulator(
+            registry_url=plain_registry.url,
+            registry_host=plain_registry.host,
+            tokens={GITLAB_TOKEN: TokenInfo("maintainer")},
+        )
+    ).start()
+    try:
+        proc, events, _ = run_job(
+            tmp_path,
+            repo,
+            dockerd.host,
+            event="schedule",
+            job="sync",
+            variables={
+                "GH_SYNC_REPO": f"{OWNER}/{REPO}",
+                "GH_SYNC_API_URL": emulator.url,
+                "GITLAB_HOST": gitlab.url,
+                "GITLAB_PROJECT": PROJECT,
+                "GITLAB_REGISTRY": plain_registry.url,
+            },
+            secrets={"GITHUB_TOKEN": gh_token, "GITLAB_TOKEN": GITLAB_TOKEN},
+        )
+    finally:
+        gitlab.stop()
+    assert [e["jobResult"] for e in events if "jobResult" in e] == ["success"], describe(proc, events)
+    summary = "".join(str(e.get("content", "")) for e in events if e.get("command") == "summary")
+    for image in images:
+        assert f"| {PROJECT}/x86/{image}:{GL_TAG} | pushed |" in summary, describe(proc, events)
+    log = "\n".join(str(e["msg"]) for e in events if e.get("raw_output"))  # what the job printed
+    assert GITLAB_TOKEN not in log and gh_token not in log
+
+    for image, src in zip(images, ["coordinator.txt", "cpu.txt", "gpu.txt"], strict=True):
+        config = skopeo_config(f"{plain_registry.host}/{PROJECT}/x86/{image}:{GL_TAG}")
+        # the registry holds exactly what dockerd built: its config blob is the image ID
+        image_id = docker(dockerd.host, "image", "inspect", "-f", "{{.Id}}", f"{image}:{IMAGE_TAG}")
+        assert "sha256:" + hashlib.sha256(config).hexdigest() == image_id
+        doc = json.loads(config)
+        assert doc["architecture"] == "amd64"
+        assert doc["config"]["Labels"]["presto.commit"] == PRESTO_SHA  # the build arg reached the build
+        assert len(doc["rootfs"]["diff_ids"]) == 1  # FROM scratch + one COPY
+        saved = tmp_path / f"{image}.tar"
+        docker(dockerd.host, "save", "-o", str(saved), f"{image}:{IMAGE_TAG}")
+        assert (
+            layer_file(saved, src)
+            == files[f"docker/{image}/{src}" if image.endswith("cpu") else f"docker/{src}"].encode()
+        )
+
+
+@pytest.mark.timeout(300)
+def test_build_job_without_a_dockerfile_fails_naming_the_missing_file(tmp_path: Path) -> None:
+    repo = user_repo(tmp_path, {"docker/presto-coordinator.Dockerfile": "FROM scratch\n"})
+    proc, events, artifacts = run_job(
+        tmp_path, repo, "unix:///nonexistent.sock", f"presto_commit={PRESTO_SHA}", "worker_variant=java"
+    )
+    assert [e["jobResult"] for e in events if "jobResult" in e] == ["failure"], describe(proc, events)
+    errors = [str(e.get("msg", "")) for e in events if "no Dockerfile for" in str(e.get("msg", ""))]
+    assert any(
+        "no Dockerfile for presto-java-worker: add docker/presto-java-worker.Dockerfile" in m for m in errors
+    )
+    assert not artifacts.exists()  # nothing uploaded
