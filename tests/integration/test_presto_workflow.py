@@ -172,6 +172,53 @@ def skopeo_config(ref: str) -> bytes:
     return raw.stdout
 
 
+def sync_under_act(
+    emulator: Any, registry: RegistryProcess, tmp_path: Path, repo: Path, artifacts: Path, pushed: list[str]
+) -> None:
+    """The build's artifacts as GitHub keeps them (a completed run of this workflow), then the workflow's
+    own sync job, scheduled, under act: GitHub emulator -> GitLab emulator listing the real registry.
+    ``pushed``: the repositories (``x86/<image>``) the step summary must show as pushed."""
+    bundle = artifacts / "presto-images" / "presto-images.tar.gz"
+    metadata = (artifacts / "image-metadata" / "metadata.json").read_bytes()
+    emu = emulator.emulator
+    wf = emu.add_workflow(OWNER, REPO, "Presto build", f".github/workflows/{WORKFLOW.name}")
+    run_id = emu.add_completed_run(OWNER, REPO, wf)
+    emu.add_artifact(OWNER, REPO, run_id, "presto-images", {bundle.name: bundle.read_bytes()})
+    emu.add_artifact(OWNER, REPO, run_id, "image-metadata", {"metadata.json": metadata})
+    gh_token = str(emu.token_for("alice"))
+    gitlab = GitLabServer(
+        GitLabEmulator(
+            registry_url=registry.url,
+            registry_host=registry.host,
+            tokens={GITLAB_TOKEN: TokenInfo("maintainer")},
+        )
+    ).start()
+    try:
+        proc, events, _ = run_job(
+            tmp_path,
+            repo,
+            "unix:///nonexistent.sock",  # the sync needs no daemon
+            event="schedule",
+            job="sync",
+            variables={
+                "GH_SYNC_REPO": f"{OWNER}/{REPO}",
+                "GH_SYNC_API_URL": emulator.url,
+                "GITLAB_HOST": gitlab.url,
+                "GITLAB_PROJECT": PROJECT,
+                "GITLAB_REGISTRY": registry.url,
+            },
+            secrets={"GITHUB_TOKEN": gh_token, "GITLAB_TOKEN": GITLAB_TOKEN},
+        )
+    finally:
+        gitlab.stop()
+    assert [e["jobResult"] for e in events if "jobResult" in e] == ["success"], describe(proc, events)
+    summary = "".join(str(e.get("content", "")) for e in events if e.get("command") == "summary")
+    for repository in pushed:
+        assert f"| {PROJECT}/{repository}:{GL_TAG} | pushed |" in summary, describe(proc, events)
+    log = "\n".join(str(e["msg"]) for e in events if e.get("raw_output"))  # what the job printed
+    assert GITLAB_TOKEN not in log and gh_token not in log
+
+
 @needs_registry
 @pytest.mark.timeout(600)
 def test_build_job_builds_saves_and_the_artifact_syncs_to_a_registry(
@@ -210,45 +257,7 @@ def test_build_job_builds_saves_and_the_artifact_syncs_to_a_registry(
             f"{i}.tar" for i in images
         ]
 
-    # the run as GitHub keeps it (the bundle artifact and the metadata artifact), then the workflow's own
-    # sync job, scheduled, under act: GitHub emulator -> GitLab emulator listing the real registry
-    emu = emulator.emulator
-    wf = emu.add_workflow(OWNER, REPO, "Presto build", f".github/workflows/{WORKFLOW.name}")
-    run_id = emu.add_completed_run(OWNER, REPO, wf)
-    emu.add_artifact(OWNER, REPO, run_id, "presto-images", {bundle.name: bundle.read_bytes()})
-    emu.add_artifact(OWNER, REPO, run_id, "image-metadata", {"metadata.json": json.dumps(metadata).encode()})
-    gh_token = str(emu.token_for("alice"))
-    gitlab = GitLabServer(
-        GitLabEmulator(
-            registry_url=plain_registry.url,
-            registry_host=plain_registry.host,
-            tokens={GITLAB_TOKEN: TokenInfo("maintainer")},
-        )
-    ).start()
-    try:
-        proc, events, _ = run_job(
-            tmp_path,
-            repo,
-            dockerd.host,
-            event="schedule",
-            job="sync",
-            variables={
-                "GH_SYNC_REPO": f"{OWNER}/{REPO}",
-                "GH_SYNC_API_URL": emulator.url,
-                "GITLAB_HOST": gitlab.url,
-                "GITLAB_PROJECT": PROJECT,
-                "GITLAB_REGISTRY": plain_registry.url,
-            },
-            secrets={"GITHUB_TOKEN": gh_token, "GITLAB_TOKEN": GITLAB_TOKEN},
-        )
-    finally:
-        gitlab.stop()
-    assert [e["jobResult"] for e in events if "jobResult" in e] == ["success"], describe(proc, events)
-    summary = "".join(str(e.get("content", "")) for e in events if e.get("command") == "summary")
-    for image in images:
-        assert f"| {PROJECT}/x86/{image}:{GL_TAG} | pushed |" in summary, describe(proc, events)
-    log = "\n".join(str(e["msg"]) for e in events if e.get("raw_output"))  # what the job printed
-    assert GITLAB_TOKEN not in log and gh_token not in log
+    sync_under_act(emulator, plain_registry, tmp_path, repo, artifacts, [f"x86/{i}" for i in images])
 
     for image, src in zip(images, ["coordinator.txt", "cpu.txt", "gpu.txt"], strict=True):
         config = skopeo_config(f"{plain_registry.host}/{PROJECT}/x86/{image}:{GL_TAG}")
@@ -279,3 +288,34 @@ def test_build_job_without_a_dockerfile_fails_naming_the_missing_file(tmp_path: 
         "no Dockerfile for presto-java-worker: add docker/presto-java-worker.Dockerfile" in m for m in errors
     )
     assert not artifacts.exists()  # nothing uploaded
+
+
+@needs_registry
+@pytest.mark.timeout(600)
+def test_build_job_for_arm64_lands_under_arm(
+    emulator: Any, plain_registry: RegistryProcess, dockerd: DockerDaemon, tmp_path: Path
+) -> None:
+    files = {"docker/presto-java-worker/Dockerfile": "FROM scratch\nCOPY java.txt /java.txt\n"}
+    files["docker/presto-java-worker/java.txt"] = "java worker\n"
+    repo = user_repo(tmp_path, files)
+    proc, events, artifacts = run_job(
+        tmp_path,
+        repo,
+        dockerd.host,
+        f"presto_commit={PRESTO_SHA}",
+        f"velox_commit={VELOX_SHA}",
+        "worker_variant=java",
+        "target_platform=linux/arm64",
+    )
+    assert [e["jobResult"] for e in events if "jobResult" in e] == ["success"], describe(proc, events)
+    arm_tag = f"{GL_TAG}-linux-arm64"
+    summary = "".join(str(e.get("content", "")) for e in events if e.get("command") == "summary")
+    assert f"| `presto-java-worker:{arm_tag}` | arm64 |" in summary, summary
+    metadata = json.loads((artifacts / "image-metadata" / "metadata.json").read_text())
+    assert metadata["image_tag"] == arm_tag and metadata["images"] == "presto-java-worker"
+
+    sync_under_act(emulator, plain_registry, tmp_path, repo, artifacts, ["arm/presto-java-worker"])
+    config = skopeo_config(f"{plain_registry.host}/{PROJECT}/arm/presto-java-worker:{GL_TAG}")
+    image_id = docker(dockerd.host, "image", "inspect", "-f", "{{.Id}}", f"presto-java-worker:{arm_tag}")
+    assert "sha256:" + hashlib.sha256(config).hexdigest() == image_id
+    assert json.loads(config)["architecture"] == "arm64"
