@@ -110,3 +110,66 @@ def test_cli_reads_env_cache_and_refuses_a_typo(
     (tmp_path / ".env.cache").write_text("just words\n")
     r = fleetci("cache", "stats", env=clean_env())
     assert r.returncode == 2 and "fleetci: error: .env.cache:1: expected NAME=value" in r.stderr
+
+
+# --- README "Coming from the seed systems": the table's checkable claims hold ------------------------
+
+
+def seed_table() -> str:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    start = readme.index("## Coming from the seed systems")
+    return readme[start : readme.index("\n## ", start + 1)]
+
+
+def test_seed_table_names_exist() -> None:
+    import importlib
+    import re
+
+    import tomllib
+
+    from fleetci.buildfarm.settings import MASTER_URL
+    from fleetci.cache.settings import CacheOptions, env_names
+    from fleetci.registry.settings import RegistryOptions
+
+    table = seed_table()
+    known_env = env_names() | {e for s in RegistryOptions.settings for e in s.env} | set(MASTER_URL.env)
+    for name in re.findall(r"`((?:CACHE|FLEETCI|GITLAB|CI_REGISTRY)_[A-Z0-9_]+)", table):
+        assert name in known_env, name
+    # every fleetci-side path the table names exists
+    paths = [
+        *("scripts/p2p_peer_bootstrap.sh", "scripts/safe_install.py", "scripts/gh_gitlab_sync.py"),
+        *(
+            "scripts/setup_arm64_runner.sh",
+            "workflows/multi-arch-ci.yml",
+            "workflows/presto-build-and-sync.yml",
+        ),
+        *(".env.cache.example", "docs/self-hosted.md"),
+    ]
+    for path in paths:
+        assert f"`{path}" in table or f"({path})" in table or f"`{path.removeprefix('scripts/')}" in table, (
+            path
+        )
+        assert (REPO / path).exists(), path
+    # the APIs
+    apis = ["fleetci.cache.CachedGitHubCLI", "fleetci.cache.get_cache", "fleetci.cache.get_global_cache"]
+    for dotted in [*apis, "fleetci.cache.start_cache_network", "fleetci.p2p.content.ContentHasher"]:
+        assert f"`{dotted}`" in table, dotted
+        module, name = dotted.rsplit(".", 1)
+        assert callable(getattr(importlib.import_module(module), name))
+    # the deliberate differences, as the code has them
+    defaults = {s.name: s.default for s in CacheOptions.settings}
+    assert (defaults["enable_p2p"], defaults["listen_port"], defaults["public_bootstrap"]) == (
+        False,
+        9100,
+        False,
+    )
+    assert (defaults["default_ttl"], defaults["max_entries"]) == (300, 10000)
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert "p2p" in extras and "libp2p" not in extras
+    assert "**default `~/.cache/fleetci`**" in table and "**the extra is `[p2p]`**" in table
+    for job in ("test-multi-arch", "test-arm64-native", "verify-dependencies"):
+        assert f"\n  {job}:" in (REPO / "workflows/multi-arch-ci.yml").read_text()
+    presto = (REPO / "workflows/presto-build-and-sync.yml").read_text()
+    row = next(line for line in table.splitlines() if "presto-build-images.yml" in line)
+    for name in re.findall(r"`([a-z_]+)`", row.split("|")[1]):
+        assert f"\n      {name}:" in presto, name
