@@ -15,6 +15,7 @@ WHAT = [
     "requirements",
     "constraints",
     "project",
+    "default_project",
     "extras",
     "verify",
     "preset",
@@ -66,13 +67,23 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 # What ``fleetci install matrix`` refuses: it reads reports, it installs nothing.
-NOT_FOR_MATRIX = ("apt", "requirements", "constraints", "project", "extras", "verify", "preset", "report")
+NOT_FOR_MATRIX = (
+    "apt",
+    "requirements",
+    "constraints",
+    "project",
+    "default_project",
+    "extras",
+    "verify",
+    "preset",
+    "report",
+)
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
     from fleetci.install.report import add_to_step_summary, load_reports, render_matrix
 
-    extra = [n for n in NOT_FOR_MATRIX if getattr(args, n, None)]
+    extra = [n.replace("_", "-") for n in NOT_FOR_MATRIX if getattr(args, n, None)]
     if extra:
         raise UsageError(f"'fleetci install matrix' takes only report files and --summary, not --{extra[0]}")
     markdown = render_matrix(load_reports(args.packages[1:]))

@@ -14,13 +14,13 @@ from datetime import datetime, timezone
 
 from fleetci import gha
 from fleetci.errors import FleetciError, UsageError
-from fleetci.install.models import AptEntry, InstallReport, PackageEntry, VerifyEntry
+from fleetci.install.models import AptEntry, CheckEntry, InstallReport, PackageEntry, VerifyEntry
 from fleetci.install.report import (
     SCHEMA,
     add_to_step_summary,
     failure_message,
     platform_info,
-    render_matrix,
+    render_summary,
     write_report,
 )
 from fleetci.install.settings import InstallSettings, install_settings
@@ -50,13 +50,21 @@ def run(
         packages += [r.as_dict() for r in outcome.results]
     if plan.items:
         packages += [r.as_dict() for r in pip.install(settings, plan, progress)]
+    check: CheckEntry | None = None
+    if settings.runs_pip_check:
+        check = pip.pip_check(settings.python, progress)
     modules = settings.verify_modules
+    project = pip.local_project(settings)
+    if project is not None and not settings.verify:  # no explicit list: the project's own packages
+        modules = tuple(dict.fromkeys(modules + pip.project_modules(project)))
     if modules:
         verify = [v.as_dict() for v in pip.verify(settings.python, modules, progress)]
     # one extra interpreter start: only when someone reads the report
     described = platform_info(settings.python) if describe_platform else None
     failed = [p["name"] for p in packages if not p["ok"]]
     failed += [f"import:{v['module']}" for v in verify if not v["ok"]]
+    if check is not None and not check["ok"]:
+        failed.append("pip-check")
     report: InstallReport = {
         "schema": SCHEMA,
         "started": started,
@@ -68,6 +76,8 @@ def run(
     }
     if apt is not None:
         report["apt"] = apt
+    if check is not None:
+        report["check"] = check
     if described is not None:
         report["platform"] = described
     return report
@@ -76,7 +86,10 @@ def run(
 def install(settings: InstallSettings, progress: Callable[[str], None]) -> InstallReport:
     """``fleetci install``: run in a log group, write ``--report``, set the step outputs."""
     if not settings.wants_anything:
-        raise UsageError("nothing to install: give packages, --apt, -r, -e, --preset or --verify")
+        raise UsageError(
+            "nothing to install: give packages, --apt, -r, -e DIR, --preset or --verify "
+            "(or --default-project DIR for a directory with pyproject.toml, setup.py or requirements*.txt)"
+        )
     with gha.group("fleetci install"):
         report = run(settings, progress, describe_platform=bool(settings.report) or gha.in_actions())
     if settings.report:
@@ -89,6 +102,6 @@ def install(settings: InstallSettings, progress: Callable[[str], None]) -> Insta
 def conclude(report: InstallReport, *, summary: bool = False) -> None:
     """The step summary (always in Actions; ``summary``: required) and one error line when anything failed."""
     if summary or gha.in_actions():
-        add_to_step_summary(render_matrix([report], title="fleetci install"), required=summary)
+        add_to_step_summary(render_summary(report), required=summary)
     if not report["ok"]:
         raise FleetciError(failure_message(report))

@@ -34,6 +34,13 @@ class VerifyEntry(TypedDict):
     error: str | None
 
 
+class CheckEntry(TypedDict):
+    """``pip check`` of the target environment after the installs: conflicts and missing requirements."""
+
+    ok: bool
+    problems: list[str]  # pip's lines, e.g. "beta 2.0 has requirement alpha>=2, but you have alpha 1.0."
+
+
 class AptEntry(TypedDict):
     lock_wait_s: float
     updated: bool
@@ -62,7 +69,9 @@ class _Report(TypedDict):
 
 
 class InstallReport(_Report, total=False):
-    """The whole report; ``apt`` only when apt ran, ``platform`` only when someone reads the report."""
+    """The whole report; ``apt`` only when apt ran, ``check`` only when ``pip check`` ran, ``platform``
+    only when someone reads the report."""
 
     apt: AptEntry
+    check: CheckEntry
     platform: PlatformInfo

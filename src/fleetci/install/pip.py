@@ -23,7 +23,7 @@ from packaging.utils import canonicalize_name
 
 from fleetci import retry
 from fleetci.errors import UsageError
-from fleetci.install.models import PackageEntry, VerifyEntry
+from fleetci.install.models import CheckEntry, PackageEntry, VerifyEntry
 from fleetci.install.retry import PermanentFailure, TransientFailure, first_match, policy
 from fleetci.install.settings import InstallSettings
 
@@ -193,12 +193,67 @@ def read_requirements(path: str, plan: Plan, seen: set[Path]) -> None:
             plan.items.append(parse_item(line, where))
 
 
+# What makes a directory a Python project pip can build; without one, its requirements*.txt are installed.
+PROJECT_FILES = ("pyproject.toml", "setup.py", "setup.cfg")
+# Top-level directories of a flat layout that are not the project's importable packages.
+NOT_PACKAGES = frozenset(
+    {"test", "tests", "testing", "doc", "docs", "example", "examples", "script", "scripts", "benchmark",
+     "benchmarks", "build", "dist", "tools", "site-packages", "node_modules"}
+)  # fmt: skip
+
+
+def local_project(settings: InstallSettings) -> Path | None:
+    """The project directory when ``--project`` names a local path (not a VCS or archive URL)."""
+    if not settings.project or "://" in settings.project or settings.project.startswith("-"):
+        return None  # a URL is pip's to fetch; a leading '-' is refused by parse_item
+    return Path(settings.project).expanduser()
+
+
+def project_requirements(directory: Path) -> list[Path] | None:
+    """None for a buildable project; else its requirements*.txt (a usage error when there are none)."""
+    if not directory.is_dir():
+        state = "is not a directory" if directory.exists() else "does not exist"
+        raise UsageError(f"project directory {str(directory)!r} {state}")
+    if any((directory / name).is_file() for name in PROJECT_FILES):
+        return None
+    found = sorted(directory.glob("requirements*.txt"), key=lambda p: (p.name != "requirements.txt", p.name))
+    if not found:
+        raise UsageError(
+            f"{directory} holds no Python project (no {', '.join(PROJECT_FILES)} or requirements*.txt)"
+        )
+    return found
+
+
+def project_modules(directory: Path) -> tuple[str, ...]:
+    """The project's top-level packages, when its layout shows them (``src/<pkg>/`` or ``<pkg>/``)."""
+    if not any((directory / name).is_file() for name in PROJECT_FILES):
+        return ()
+    for root in (directory / "src", directory):
+        names = sorted(
+            init.parent.name
+            for init in root.glob("*/__init__.py")
+            if init.parent.name.isidentifier() and init.parent.name not in NOT_PACKAGES
+        )
+        if names:
+            return tuple(names)
+    return ()
+
+
 def build_plan(settings: InstallSettings) -> Plan:
     plan = Plan()
+    seen: set[Path] = set()
+    project = local_project(settings)
     for spec in settings.pip_specs:
         is_project = bool(settings.project) and spec.split("[", 1)[0] == settings.project
+        if is_project and project is not None:
+            files = project_requirements(project)
+            if files is not None:  # a plain repository with requirements files only
+                if settings.extras:
+                    raise UsageError(f"extras need a pyproject.toml, setup.py or setup.cfg in {project}")
+                for f in files:
+                    read_requirements(str(f), plan, seen)
+                continue
         plan.items.append(parse_item(spec, "requested", editable=is_project))
-    seen: set[Path] = set()
     for req in settings.requirements:
         read_requirements(req, plan, seen)
     for c in settings.constraints:
@@ -260,6 +315,21 @@ def _reported_versions(report: Path) -> dict[str, str]:
     return out
 
 
+def _reported_names(report: Path) -> dict[str, str]:
+    """Local directories pip installed (named like the directory) -> the project's own name."""
+    try:
+        data = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, str] = {}
+    for entry in data.get("install", []):
+        name = (entry.get("metadata") or {}).get("name")
+        url = str((entry.get("download_info") or {}).get("url", ""))
+        if name and url.startswith("file://"):
+            out[canonicalize_name(Path(url[7:].rstrip("/")).name)] = canonicalize_name(str(name))
+    return out
+
+
 _VERSIONS = (
     "import importlib.metadata as m, json, sys\n"
     "out = {}\n"
@@ -287,6 +357,7 @@ class Attempts:
     count: int = 0
     retries: int = 0
     versions: dict[str, str] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)  # a local directory's name -> its project's
 
 
 def install_items(
@@ -308,6 +379,7 @@ def install_items(
                 raise TransientFailure("pip did not finish within 3600s") from None
             if proc.returncode == 0:
                 state.versions = _reported_versions(report)
+                state.names = _reported_names(report)
                 return
             debug = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
             failure = classify(proc.stdout + proc.stderr + debug)
@@ -363,6 +435,7 @@ def install(settings: InstallSettings, plan: Plan, progress: Progress) -> list[P
                 r.retries += single.retries
                 r.ok = True
                 r.installed = single.versions.get(item.name)
+                r.name = single.names.get(item.name, r.name)
             r.duration_s = round(r.duration_s + time.monotonic() - t0, 3)
     else:
         elapsed = round(time.monotonic() - start, 3)
@@ -370,6 +443,7 @@ def install(settings: InstallSettings, plan: Plan, progress: Progress) -> list[P
             r = results[item.spec]
             r.ok, r.attempts, r.retries, r.duration_s = True, state.count, state.retries, elapsed
             r.installed = state.versions.get(item.name)
+            r.name = state.names.get(item.name, r.name)
     missing = [r.name for r in results.values() if r.ok and r.installed is None]
     if missing:
         found = installed_versions(settings.python, missing)
@@ -451,3 +525,24 @@ def verify(python: str, modules: tuple[str, ...], progress: Progress) -> list[Ve
         )
         results.append(v)
     return results
+
+
+def pip_check(python: str, progress: Progress) -> CheckEntry:
+    """``pip check`` in the target environment: every installed distribution's requirements satisfied."""
+    try:
+        proc = subprocess.run(
+            [python, "-m", "pip", "check"], capture_output=True, text=True, env=pip_env(), timeout=300
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        entry = CheckEntry(ok=False, problems=[f"pip check did not run: {type(exc).__name__}: {exc}"])
+    else:
+        lines = [ln.strip() for ln in proc.stdout.splitlines() if ln.strip()]
+        if proc.returncode == 0:
+            entry = CheckEntry(ok=True, problems=[])
+        elif "No module named pip" in proc.stderr:
+            entry = CheckEntry(ok=False, problems=[f"{python} has no pip module"])
+        else:
+            tail = proc.stderr.strip().splitlines()[-1:] or ["pip check failed"]
+            entry = CheckEntry(ok=False, problems=lines or tail)
+    progress("pip check: " + ("no broken requirements" if entry["ok"] else "; ".join(entry["problems"])))
+    return entry

@@ -106,6 +106,10 @@ def report_lines(report: InstallReport) -> list[str]:
     for v in report["verify"]:
         state = f"{v['version'] or '(no version)'}" if v["ok"] else f"FAILED: {v['error']}"
         lines.append(f"import {v['module']:<26} {state}")
+    check = report.get("check")
+    if check is not None:
+        state = "no broken requirements" if check["ok"] else "FAILED: " + "; ".join(check["problems"])
+        lines.append(f"pip check {'':<23} {state}")
     return lines
 
 
@@ -117,6 +121,9 @@ def failure_message(report: InstallReport) -> str:
     details += ("; " if details and bad else "") + "; ".join(
         f"import {v['module']}: {v['error']}" for v in bad
     )
+    check = report.get("check")
+    if check is not None and not check["ok"]:
+        details += ("; " if details else "") + "pip check: " + "; ".join(check["problems"])
     return f"{len(report['failed'])} failed: {details}"
 
 
@@ -154,6 +161,16 @@ def matrix_rows(reports: Sequence[InstallReport]) -> tuple[list[str], list[list[
             (f"{p.get('kind', 'pip')}:{p.get('name')}", p) for p in rep.get("packages", [])
         ]
         entries += [(f"import:{v.get('module')}", v) for v in rep.get("verify", [])]
+        check: Mapping[str, Any] | None = rep.get("check")
+        if isinstance(check, Mapping):
+            problems = [str(p) for p in check.get("problems") or []]
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            cell = {
+                "ok": check.get("ok"),
+                "installed": "no conflicts",
+                "error": (problems or ["?"])[0] + more,
+            }
+            entries.append(("pip check", cell))
         for key, entry in entries:
             if key not in names:
                 names.append(key)
@@ -171,3 +188,13 @@ def render_matrix(reports: Sequence[InstallReport], title: str = "Dependency mat
     failed = sum(1 for r in reports if not r.get("ok"))
     head = f"### {title}\n\n{len(reports)} report(s), {failed} with failures.\n\n"
     return head + gha.markdown_table(headers, rows)
+
+
+def render_summary(report: InstallReport) -> str:
+    """The step summary of one ``fleetci install``: its matrix column, then what ``pip check`` found."""
+    markdown = render_matrix([report], title="fleetci install")
+    check = report.get("check")
+    if check is not None and not check["ok"]:
+        markdown += "\n**pip check** found broken requirements:\n\n"
+        markdown += "".join(f"- {p.replace('|', '/')}\n" for p in check["problems"])
+    return markdown

@@ -13,7 +13,7 @@ import re
 import shutil
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 APT_UPDATE_MODES = ("auto", "always", "never")
+PIP_CHECK_MODES = ("auto", "always", "never")
 NONE: tuple[str, ...] = ()
 
 
@@ -82,6 +83,13 @@ def parse_apt_update(text: str) -> str:
     low = text.strip().lower()
     if low not in APT_UPDATE_MODES:
         raise ValueError(f"expected one of {', '.join(APT_UPDATE_MODES)}, got {text!r}")
+    return low
+
+
+def parse_pip_check(text: str) -> str:
+    low = text.strip().lower()
+    if low not in PIP_CHECK_MODES:
+        raise ValueError(f"expected one of {', '.join(PIP_CHECK_MODES)}, got {text!r}")
     return low
 
 
@@ -136,8 +144,15 @@ class InstallOptions(SettingTable):
         "",
         stripped,
         env=("INSTALL_PROJECT",),
-        help="install a local project editable",
+        help="install a local project: -e DIR, or its requirements*.txt if it has no pyproject.toml/setup.*",
         flags=("--project", "-e"),
+        metavar="DIR",
+    )
+    default_project = Setting(
+        "",
+        stripped,
+        env=("INSTALL_DEFAULT_PROJECT",),
+        help="the project to install when nothing else is requested (the safe-install action: the checkout)",
         metavar="DIR",
     )
     extras = Setting(
@@ -169,6 +184,12 @@ class InstallOptions(SettingTable):
     )
     apt_update = Setting(
         "auto", parse_apt_update, env=("INSTALL_APT_UPDATE",), help="auto|always|never: refresh apt lists"
+    )
+    pip_check = Setting(
+        "auto",
+        parse_pip_check,
+        env=("INSTALL_PIP_CHECK",),
+        help="auto|always|never: `pip check` for dependency conflicts (auto: when a project is installed)",
     )
     retries = Setting(4, parse_count, env=("INSTALL_RETRIES",), help="retries after a transient failure")
     backoff = Setting(
@@ -203,6 +224,7 @@ class InstallSettings:
     lock_root: Path = Path("/")
     wait_locks: bool = False
     apt_update: str = "auto"
+    pip_check: str = "auto"
     retries: int = 4
     backoff: float = 1.0
     backoff_max: float = 30.0
@@ -224,6 +246,10 @@ class InstallSettings:
     @property
     def wants_anything(self) -> bool:
         return self.wants_apt or bool(self.pip_specs or self.requirements or self.verify_modules)
+
+    @property
+    def runs_pip_check(self) -> bool:
+        return self.pip_check == "always" or (self.pip_check == "auto" and bool(self.project))
 
     @property
     def pip_specs(self) -> tuple[str, ...]:
@@ -276,6 +302,7 @@ def install_settings(
         lock_root=Path(r.value(o.lock_root)),
         wait_locks=r.value(o.wait_locks),
         apt_update=r.value(o.apt_update),
+        pip_check=r.value(o.pip_check),
         retries=r.value(o.retries),
         backoff=backoff,
         backoff_max=max(backoff, r.value(o.backoff_max)),
@@ -283,5 +310,9 @@ def install_settings(
         progress_every=r.value(o.progress_every),
         report=Path(report) if report else None,
     )
+    default_project = r.value(o.default_project)
     r.check_unknown()
+    if default_project and not settings.wants_anything:
+        # a plain repository: install the project itself (then pip check, then import its packages)
+        settings = replace(settings, project=default_project)
     return settings
