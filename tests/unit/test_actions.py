@@ -180,7 +180,8 @@ def test_install_script_explains_a_missing_venv_module(tmp_path: Path) -> None:
     (bindir / "python3").unlink()
     (bindir / "python3").write_text("#!/bin/sh\n" + python + "\n", encoding="utf-8")
     (bindir / "python3").chmod(0o755)
-    proc = run_install(tmp_path, bindir)
+    # Named explicitly: left to itself the script would pick another Python >= 3.10 (/usr/bin/python3.X).
+    proc = run_install(tmp_path, bindir, FLEETCI_PYTHON=str(bindir / "python3"))
     assert proc.returncode != 0, shown(proc)
     assert "python3-venv" in proc.stderr, shown(proc)
     assert "install_fleetci: error:" in proc.stderr, shown(proc)
