@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -299,13 +300,19 @@ def pip_argv(settings: InstallSettings, plan: Plan, items: list[Item], log: Path
     return argv
 
 
-def _reported_versions(report: Path) -> dict[str, str]:
+def _report_entries(report: Path) -> list[dict[str, Any]]:
+    """The ``install`` entries of pip's ``--report`` JSON (none when it is missing or unreadable)."""
     try:
         data = json.loads(report.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {}
+        return []
+    entries = data.get("install", []) if isinstance(data, dict) else []
+    return [e for e in entries if isinstance(e, dict)]
+
+
+def _reported_versions(report: Path) -> dict[str, str]:
     out: dict[str, str] = {}
-    for entry in data.get("install", []):
+    for entry in _report_entries(report):
         meta = entry.get("metadata") or {}
         if meta.get("name") and meta.get("version"):
             out[canonicalize_name(meta["name"])] = str(meta["version"])
@@ -317,12 +324,8 @@ def _reported_versions(report: Path) -> dict[str, str]:
 
 def _reported_names(report: Path) -> dict[str, str]:
     """Local directories pip installed (named like the directory) -> the project's own name."""
-    try:
-        data = json.loads(report.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
     out: dict[str, str] = {}
-    for entry in data.get("install", []):
+    for entry in _report_entries(report):
         name = (entry.get("metadata") or {}).get("name")
         url = str((entry.get("download_info") or {}).get("url", ""))
         if name and url.startswith("file://"):
