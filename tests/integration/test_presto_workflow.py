@@ -17,14 +17,13 @@ import json
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fleetci.testing.docker_registry import RegistryProcess
-from fleetci.testing.dockerd import DockerDaemon, DockerdUnavailable
+from fleetci.testing.dockerd import DockerDaemon
 from fleetci.testing.gitlab import GitLabEmulator, GitLabServer, TokenInfo
 from support.actions import ACTION_REPO, REPO_ROOT, act_events, action_checkout, base_env, tool
 from support.registry import GITLAB_TOKEN, OWNER, PROJECT, REPO, needs_registry, plain_registry
@@ -51,19 +50,6 @@ runs:
         SRC: ${{ inputs.path }}
       run: mkdir -p "$FLEETCI_TEST_ARTIFACTS/$NAME" && cp "$SRC" "$FLEETCI_TEST_ARTIFACTS/$NAME/"
 """
-
-
-@pytest.fixture
-def dockerd(plain_registry: RegistryProcess, tmp_path: Path) -> Iterator[DockerDaemon]:
-    daemon = DockerDaemon(tmp_path / "dockerd", insecure_registries=[plain_registry.host])
-    try:
-        daemon.start()
-    except DockerdUnavailable as exc:
-        pytest.skip(f"dockerd cannot run here: {exc}")
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
 
 
 def user_repo(tmp_path: Path, dockerfiles: dict[str, str]) -> Path:

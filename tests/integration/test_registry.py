@@ -574,20 +574,6 @@ def test_registry_down_mid_push_with_a_refused_session_sends_the_blob_again(
     assert state["uploads"] == {}  # the refused session is not kept around
 
 
-@pytest.fixture
-def dockerd(plain_registry: RegistryProcess, tmp_path: Path) -> Iterator[DockerDaemon]:
-    """A private dockerd that trusts the no-auth registry over plain HTTP; skips with dockerd's own reason."""
-    daemon = DockerDaemon(tmp_path / "dockerd", insecure_registries=[plain_registry.host])
-    try:
-        daemon.start()
-    except DockerdUnavailable as exc:
-        pytest.skip(f"dockerd cannot run here: {exc}")
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-
-
 @needs_registry
 def test_engine_docker_pushes_through_a_real_daemon(
     emulator: Any, plain_registry: RegistryProcess, dockerd: DockerDaemon, tmp_path: Path

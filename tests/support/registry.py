@@ -15,6 +15,7 @@ from fleetci.testing.docker_registry import (
     no_auth_registry,
     registry_binary,
 )
+from fleetci.testing.dockerd import DockerDaemon, DockerdUnavailable
 from support import run_fleetci
 
 OWNER, REPO = "octo-org", "api"
@@ -78,3 +79,17 @@ def push_again(
     rerun = run_fleetci(*push_argv(downloads, url, "--verbose"), env=env)
     assert rerun.returncode == 0, rerun.stderr
     return rerun
+
+
+@pytest.fixture
+def dockerd(plain_registry: RegistryProcess, tmp_path: Path) -> Iterator[DockerDaemon]:
+    """A private dockerd that trusts the no-auth registry over plain HTTP; skips with dockerd's own reason."""
+    daemon = DockerDaemon(tmp_path / "dockerd", insecure_registries=[plain_registry.host])
+    try:
+        daemon.start()
+    except DockerdUnavailable as exc:
+        pytest.skip(f"dockerd cannot run here: {exc}")
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
