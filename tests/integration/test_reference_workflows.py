@@ -1,0 +1,406 @@
+"""Every reference workflow under act as a copying user gets it (issue 18, "Tests").
+
+No repository variables are set. The user's repository holds the copied workflow and has an ``origin`` on
+GitHub (``octo-org/api``), so ``github.repository`` is what GitHub would give; ``GITHUB_API_URL`` points
+at the GitHub API emulator the way GitHub points it at its own API on a real runner, and
+``secrets.GITHUB_TOKEN`` is the token GitHub hands every run. act runs in host mode, offline, verbose so
+that a job skipped by its ``if:`` is reported (``jobResult: skipped`` with that condition).
+
+Each workflow runs with its default trigger; per job the test asserts it succeeded or was skipped by its
+own ``if:``. A job that needs something only the user can provide (a GitLab token, a build master) must
+fail with the documented one-line error; those cases are named in the tests.
+
+Covered elsewhere with repository variables set (and so not repeated here): cache-fleet.yml's three-member
+fleet, distributed-build.yml against a real master, presto's build (workflow_dispatch) and scheduled sync,
+multi-arch-ci.yml's verify-dependencies and its Python 3.9 entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from integration.test_actions import stop_leftover_proxies
+from support.actions import ACTION_REPO, REPO_ROOT, act_events, action_checkout, base_env, load_yaml, tool
+
+WORKFLOWS = REPO_ROOT / "workflows"
+USER_REPO = "octo-org/api"  # the copying user's repository (the emulator knows it)
+
+
+@dataclass
+class UserRun:
+    proc: subprocess.CompletedProcess[str]
+    events: list[dict[str, Any]]
+
+    def jobs(self) -> dict[str, list[str]]:
+        """Job id -> the results act reported for it (one per matrix entry; "skipped" for an ``if:``)."""
+        out: dict[str, list[str]] = {}
+        for e in self.events:
+            if "jobResult" in e:
+                out.setdefault(str(e["jobID"]), []).append(str(e["jobResult"]))
+        return out
+
+    def skip_reasons(self) -> dict[str, str]:
+        reasons = {}
+        for e in self.events:
+            m = re.fullmatch(r"Skipping job '[^']*' due to '(.*)'", str(e.get("msg", "")), re.S)
+            if m and e.get("jobResult") == "skipped":
+                reasons[str(e["jobID"])] = m.group(1)
+        return reasons
+
+    def lines(self, job: str | None = None) -> list[str]:
+        return [
+            str(e["msg"]).rstrip("\n")
+            for e in self.events
+            if e.get("raw_output") and (job is None or e.get("jobID") == job)
+        ]
+
+    def describe(self) -> str:
+        shown = [
+            str(e.get("msg", "")).rstrip()
+            for e in self.events
+            if e.get("level") != "debug" or "jobResult" in e
+        ]
+        return (
+            f"act exit {self.proc.returncode}\n--- log\n"
+            + "\n".join(shown[-150:])
+            + (f"\n--- stderr\n{self.proc.stderr[-3000:]}")
+        )
+
+
+NEVER_RUN_STUB = """name: stand-in for an action the workflow skips under act
+description: never runs
+runs:
+  using: composite
+  steps:
+    - shell: bash
+      run: echo "::error::a stand-in ran" && exit 1
+"""
+
+
+def act_as_user(
+    workflow: Path,
+    tmp_path: Path,
+    event: str,
+    api_url: str,
+    secrets: dict[str, str],
+    *extra: str,
+    timeout: float = 200,
+    files: dict[str, str] | None = None,
+    skipped_actions: tuple[str, ...] = (),
+    runner: Path | None = None,
+) -> UserRun:
+    """``act <event>`` of the copied workflow in a user's repository, no repository variables set.
+
+    ``runner`` holds the action's checkout and act's action and tool cache (default: under tmp_path); a
+    shared one is a self-hosted runner that keeps fleetci's virtualenv between jobs."""
+    runner = runner or tmp_path
+    action_root = runner / "fleetci-action"
+    if not action_root.exists():
+        action_checkout(action_root)
+    repo = tmp_path / "repo"
+    (repo / ".github" / "workflows").mkdir(parents=True)
+    shutil.copy2(workflow, repo / ".github" / "workflows" / workflow.name)
+    for rel, text in (files or {}).items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(text, encoding="utf-8")
+    git = ["git", "-C", str(repo), "-c", "user.name=fleetci-test", "-c", "user.email=test@fleetci.invalid"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, capture_output=True)
+    subprocess.run([*git, "add", "-A"], check=True, capture_output=True)
+    subprocess.run([*git, "commit", "-q", "-m", "copied workflow"], check=True, capture_output=True)
+    subprocess.run(
+        [*git, "remote", "add", "origin", f"https://github.com/{USER_REPO}.git"],
+        check=True,
+        capture_output=True,
+    )
+    # act resolves every action of a job before running it, also those whose `if:` skips them under act;
+    # offline, GitHub's own cannot be fetched, so a local stand-in (that fails if it ever runs) answers.
+    stub = tmp_path / "never-run-stub"
+    stub.mkdir(exist_ok=True)
+    (stub / "action.yml").write_text(NEVER_RUN_STUB, encoding="utf-8")
+    stubs = [arg for action in skipped_actions for arg in ("--local-repository", f"{action}={stub}")]
+    labels: list[str] = []
+    for job in load_yaml(workflow)["jobs"].values():
+        runs_on = job["runs-on"]
+        if isinstance(runs_on, str) and "${{" not in runs_on:
+            labels.append(runs_on)
+        elif isinstance(runs_on, list):
+            labels += runs_on
+    labels.append("ubuntu-latest")  # the default of an input-chosen runner label
+    argv = [
+        tool("act"),
+        event,
+        "-W",
+        str(repo / ".github" / "workflows" / workflow.name),
+        *(arg for label in dict.fromkeys(labels) for arg in ("-P", f"{label}=-self-hosted")),
+        "--action-offline-mode",
+        "--pull=false",
+        "--no-cache-server",
+        "--action-cache-path",
+        str(runner / "act-cache"),
+        "--local-repository",
+        f"{ACTION_REPO}@v1={action_root}",
+        "--env",
+        f"GITHUB_API_URL={api_url}",
+        *stubs,
+        "--json",
+        "-v",
+        *extra,
+    ]
+    for k, v in secrets.items():
+        argv += ["-s", f"{k}={v}"]
+    popen = subprocess.Popen(
+        argv,
+        cwd=repo,
+        env=base_env(ACT_DISABLE_VERSION_CHECK="1", PATH=user_path()),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = popen.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(popen.pid, signal.SIGKILL)
+        out, err = popen.communicate()
+        err += f"\n[test] act killed after {timeout}s"
+    return UserRun(subprocess.CompletedProcess(argv, popen.returncode, out, err), act_events(out))
+
+
+def user_path() -> str:
+    """PATH without directories holding a fleetci (this suite's .venv): the actions install their own."""
+    dirs = os.environ.get("PATH", "").split(os.pathsep)
+    return os.pathsep.join(d for d in dirs if d and not (Path(d) / "fleetci").exists())
+
+
+def job_ifs(workflow: Path) -> dict[str, str]:
+    return {name: str(job["if"]) for name, job in load_yaml(workflow)["jobs"].items() if "if" in job}
+
+
+def assert_passed_or_skipped_by_if(
+    run: UserRun, workflow: Path, expect_run: set[str], only: set[str] | None = None
+) -> None:
+    """Every job of the workflow (or ``only`` those): in ``expect_run`` it succeeded (each matrix entry),
+    else its own ``if:`` skipped it."""
+    jobs, reasons, ifs = run.jobs(), run.skip_reasons(), job_ifs(workflow)
+    for name in only or load_yaml(workflow)["jobs"]:
+        if name in expect_run:
+            assert jobs.get(name) and set(jobs[name]) == {"success"}, (
+                f"{name}: {jobs.get(name)}\n{run.describe()}"
+            )
+        else:
+            assert jobs.get(name) == ["skipped"], f"{name}: {jobs.get(name)}\n{run.describe()}"
+            assert name in ifs and ifs[name].replace("${{", "").replace("}}", "").strip() in reasons[name], (
+                name,
+                ifs.get(name),
+                reasons.get(name),
+            )
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One runner machine for the module's workflows: fleetci installs once, later jobs reuse it."""
+    return tmp_path_factory.mktemp("runner")
+
+
+def emulator_token(emulator: Any) -> str:
+    return str(emulator.emulator.token_for("alice"))
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", ["amd64-ci.yml", "arm64-ci.yml"])
+def test_cache_workflow_passes_on_push_without_variables(
+    emulator: Any, tmp_path: Path, runner: Path, name: str
+) -> None:
+    """amd64-ci.yml / arm64-ci.yml on push: the API cache fronts github.api_url for github.repository,
+    P2P on by the workflow's own env (default port, no secret), and the job checks it got cache hits."""
+    workflow = WORKFLOWS / name
+    try:
+        run = act_as_user(
+            workflow,
+            tmp_path,
+            "push",
+            emulator.url,
+            {"GITHUB_TOKEN": emulator_token(emulator)},
+            runner=runner,
+        )
+    finally:
+        leftovers = stop_leftover_proxies(emulator.url)
+    assert run.proc.returncode == 0, run.describe()
+    assert_passed_or_skipped_by_if(run, workflow, {"api-through-cache"})
+    lines = run.lines()
+    assert any(re.fullmatch(r"fleetci cache: [1-9]\d* cache hits", ln) for ln in lines), run.describe()
+    assert any(re.search(rf"pass 2: GET /repos/{USER_REPO} -> HIT$", ln) for ln in lines), run.describe()
+    assert leftovers == [], f"proxy processes left running: {leftovers}"
+
+
+def job_lines(run: UserRun, job: str) -> list[str]:
+    return [part for ln in run.lines(job) for part in ln.splitlines()]  # act may join a step's lines
+
+
+NO_MASTER = "fleetci: error: no master URL: pass --master or set $FLEETCI_BUILD_MASTER"
+
+
+@pytest.mark.timeout(300)
+def test_distributed_build_on_push_without_a_master_fails_with_the_one_line_error(
+    emulator: Any, tmp_path: Path, runner: Path
+) -> None:
+    """distributed-build.yml on push (a change under packages/): the build master is the user's to run and
+    name in vars.FLEETCI_BUILD_MASTER; without it every job fails with one line saying so."""
+    workflow = WORKFLOWS / "distributed-build.yml"
+    recipe = "name: hello\nversion: '1.0'\nbuild: echo hello > hello.pkg\nartifacts: [hello.pkg]\n"
+    run = act_as_user(
+        workflow,
+        tmp_path,
+        "push",
+        emulator.url,
+        {"GITHUB_TOKEN": emulator_token(emulator)},
+        files={"packages/hello/recipe.yml": recipe},
+        runner=runner,
+    )
+    assert run.proc.returncode != 0, run.describe()
+    assert run.jobs() == {"worker": ["failure", "failure"], "submit": ["failure"]}, run.describe()
+    for job, count in (("worker", 2), ("submit", 1)):
+        errors = [ln for ln in job_lines(run, job) if "error" in ln.lower()]
+        assert errors == [NO_MASTER] * count, f"{job}: {errors}\n{run.describe()}"
+
+
+def workflow_commands(run: UserRun, job: str, kind: str) -> list[str]:
+    """The ``::<kind>::`` workflow commands a job printed, as act logs them."""
+    return [
+        str(e["msg"]).strip()
+        for e in run.events
+        if e.get("jobID") == job and e.get("command") == kind and e.get("level") == kind
+    ]
+
+
+@pytest.mark.timeout(300)
+def test_presto_schedule_skips_the_build_and_sync_asks_for_the_gitlab_token(
+    emulator: Any, tmp_path: Path, runner: Path
+) -> None:
+    """presto-build-and-sync.yml on its schedule: the build job is skipped by its own ``if:`` (it builds on
+    workflow_dispatch); the sync job runs, and without the GITLAB_TOKEN secret the header asks for it fails
+    with the one-line error naming it."""
+    workflow = WORKFLOWS / "presto-build-and-sync.yml"
+    # GitHub knows the workflow once the user pushed it (no run of it yet).
+    emulator.emulator.add_workflow(
+        *USER_REPO.split("/"), "Presto build", f".github/workflows/{workflow.name}"
+    )
+    run = act_as_user(
+        workflow,
+        tmp_path,
+        "schedule",
+        emulator.url,
+        {"GITHUB_TOKEN": emulator_token(emulator)},
+        runner=runner,
+    )
+    jobs = run.jobs()
+    assert jobs.get("build") == ["skipped"], run.describe()
+    assert run.skip_reasons().get("build") == "github.event_name == 'workflow_dispatch'", run.describe()
+    assert jobs.get("sync") == ["failure"], run.describe()
+    errors = [ln for ln in job_lines(run, "sync") if "error" in ln.lower()]
+    assert errors == [
+        "fleetci: error: no GitLab token: pass --gitlab-token or set GITLAB_TOKEN (CI_JOB_TOKEN in GitLab CI)"
+    ], f"{errors}\n{run.describe()}"
+
+
+@pytest.mark.timeout(400)
+def test_cache_fleet_schedule_without_the_fleet_secret_says_so(
+    emulator: Any, tmp_path: Path, runner: Path
+) -> None:
+    """cache-fleet.yml on its schedule, three members at once: the fleet secret is the user's to set; without
+    it each member warns visibly (annotation naming FLEETCI_CACHE_SECRET), caches locally, and "Join the
+    fleet" fails in one line instead of waiting for peers that cannot come."""
+    workflow = WORKFLOWS / "cache-fleet.yml"
+    try:
+        run = act_as_user(
+            workflow,
+            tmp_path,
+            "schedule",
+            emulator.url,
+            {"GITHUB_TOKEN": emulator_token(emulator)},
+            "--concurrent-jobs",
+            "3",
+            timeout=360,
+            runner=runner,
+        )
+    finally:
+        leftovers = stop_leftover_proxies(emulator.url)
+    assert run.jobs() == {"poll": ["failure"] * 3}, run.describe()
+    warnings = workflow_commands(run, "poll", "warning")
+    assert len(warnings) == 3 and all("no fleet secret: set FLEETCI_CACHE_SECRET" in w for w in warnings), (
+        f"{warnings}\n{run.describe()}"
+    )
+    errors = [ln for ln in job_lines(run, "poll") if "error" in ln.lower() and '"upstream_errors"' not in ln]
+    assert len(errors) == 3 and all(
+        e.startswith("fleetci: error: peer-to-peer sharing is") for e in errors
+    ), f"{errors}\n{run.describe()}"
+    assert leftovers == [], f"proxy processes left running: {leftovers}"
+
+
+MULTI_ARCH = WORKFLOWS / "multi-arch-ci.yml"
+# GitHub's own actions the amd64 entries skip under act (`!env.ACT`): resolved, never run.
+MULTI_ARCH_SKIPPED_ACTIONS = ("actions/setup-python@v6", "actions/cache@v5", "actions/upload-artifact@v6")
+SMOKE_TEST = {"tests/test_smoke.py": "def test_smoke():\n    assert 1 + 1 == 2\n"}
+
+
+@pytest.mark.timeout(400)
+def test_multi_arch_amd64_entries_pass_on_push(emulator: Any, tmp_path: Path, runner: Path) -> None:
+    """multi-arch-ci.yml on push, test-multi-arch's amd64 row (Python 3.9, 3.10, 3.11): the default test
+    command runs the user's tests natively. (The arm64/armv7 rows need QEMU chroots: not run here.)"""
+    run = act_as_user(
+        MULTI_ARCH,
+        tmp_path,
+        "push",
+        emulator.url,
+        {"GITHUB_TOKEN": emulator_token(emulator)},
+        "-j",
+        "test-multi-arch",
+        "--matrix",
+        "arch:amd64",
+        files=SMOKE_TEST,
+        skipped_actions=MULTI_ARCH_SKIPPED_ACTIONS,
+        runner=runner,
+        timeout=360,
+    )
+    assert run.proc.returncode == 0, run.describe()
+    assert run.jobs() == {"test-multi-arch": ["success"] * 3}, run.describe()
+    entries = {json.dumps(e["matrix"], sort_keys=True) for e in run.events if e.get("jobResult") == "success"}
+    assert entries == {json.dumps({"arch": "amd64", "python-version": v}, sort_keys=True) for v in PYTHONS}
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln) for ln in job_lines(run, "test-multi-arch")]
+    assert lines.count("guest: x86_64") == 3, run.describe()
+    assert sum(bool(re.fullmatch(r"1 passed in [\d.]+s", ln)) for ln in lines) == 3, run.describe()
+
+
+PYTHONS = ("3.9", "3.10", "3.11")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("event", "job"), [("pull_request", "test-arm64-native"), ("push", "test-riscv")])
+def test_multi_arch_jobs_skipped_by_their_if(
+    emulator: Any, tmp_path: Path, runner: Path, event: str, job: str
+) -> None:
+    """test-arm64-native runs on push/workflow_dispatch only; test-riscv on workflow_dispatch only."""
+    run = act_as_user(
+        MULTI_ARCH,
+        tmp_path,
+        event,
+        emulator.url,
+        {"GITHUB_TOKEN": emulator_token(emulator)},
+        "-j",
+        job,
+        skipped_actions=MULTI_ARCH_SKIPPED_ACTIONS,
+        runner=runner,
+        timeout=100,
+    )
+    assert run.proc.returncode == 0, run.describe()
+    assert_passed_or_skipped_by_if(run, MULTI_ARCH, set(), only={job})
