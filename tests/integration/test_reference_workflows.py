@@ -240,6 +240,10 @@ def test_cache_workflow_passes_on_push_without_variables(
     lines = run.lines()
     assert any(re.fullmatch(r"fleetci cache: [1-9]\d* cache hits", ln) for ln in lines), run.describe()
     assert any(re.search(rf"pass 2: GET /repos/{USER_REPO} -> HIT$", ln) for ln in lines), run.describe()
+    # Without the FLEETCI_CACHE_SECRET secret a copying user has not set yet, sharing is off, and the step
+    # says so where the user looks (annotation), not only in a log.
+    warnings = workflow_commands(run, "api-through-cache", "warning")
+    assert any("no fleet secret: set FLEETCI_CACHE_SECRET" in w for w in warnings), run.describe()
     assert leftovers == [], f"proxy processes left running: {leftovers}"
 
 
