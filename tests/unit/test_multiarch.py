@@ -42,8 +42,8 @@ def test_python_versions_and_suites() -> None:
     assert suite_for(ARCHES["arm64"], None) == "bookworm"
     assert suite_for(ARCHES["arm64"], "3.13") == "trixie"
     assert suite_for(ARCHES["riscv64"], None) == "trixie"
-    with pytest.raises(UsageError, match=r"no Debian chroot for armv7 has Python 3\.9.*--backend docker"):
-        suite_for(ARCHES["armv7"], "3.9")
+    with pytest.raises(UsageError, match=r"no Debian chroot for armv7 has Python 3\.10.*--backend docker"):
+        suite_for(ARCHES["armv7"], "3.10")
 
 
 def test_settings_precedence_flag_env_config_default(tmp_path: Path) -> None:
@@ -104,7 +104,8 @@ def test_matrix_native_and_emulated_entries() -> None:
     by = {(e.arch, e.python): e for e in entries}
     assert by["amd64", "3.9"].backend == "native" and not by["amd64", "3.9"].emulated
     assert by["arm64", "3.11"].backend == "chroot" and by["arm64", "3.11"].runner == "ubuntu-latest"
-    assert by["armv7", "3.9"].backend == "docker" and by["armv7", "3.9"].emulated
+    assert by["armv7", "3.10"].backend == "docker" and by["armv7", "3.10"].emulated
+    assert by["armv7", "3.9"].backend == "chroot"  # Debian bullseye
     native = build_matrix(["arm64", "armv7"], ["3.11"], prefer_native=True)
     assert [(e.arch, e.runner, e.backend) for e in native] == [
         ("arm64", "ubuntu-24.04-arm", "native"),
@@ -144,7 +145,7 @@ def test_matrix_cli_writes_github_output(tmp_path: Path, fleetci_fd: RunCli) -> 
         "emulated": False,
     } in matrix["include"]
     assert json.loads(proc.stdout) == matrix
-    assert "| armv7 | 3.9 | ubuntu-latest | docker |" in summary.read_text()
+    assert "| armv7 | 3.10 | ubuntu-latest | docker |" in summary.read_text()
 
 
 @pytest.mark.parametrize(
@@ -164,8 +165,8 @@ def test_matrix_cli_writes_github_output(tmp_path: Path, fleetci_fd: RunCli) -> 
         ),
         (["multiarch", "run", "--arch", "arm64", "--mirror", "ftp://x", "--", "true"], "invalid mirror"),
         (
-            ["multiarch", "run", "--arch", "armv7", "--python", "3.9", "--backend", "chroot", "--", "true"],
-            "no Debian chroot for armv7 has Python 3.9",
+            ["multiarch", "run", "--arch", "armv7", "--python", "3.10", "--backend", "chroot", "--", "true"],
+            "no Debian chroot for armv7 has Python 3.10",
         ),
         (["multiarch", "run", "--bogus"], "unrecognized arguments"),
         (["multiarch"], "required"),

@@ -25,11 +25,19 @@ class Arch:
     native_runner: str | None  # GitHub-hosted runner label that is this architecture
 
 
+# Suites: the default first (bookworm), then the others that have the arch. bullseye (Python 3.9) is an
+# alternative for --python 3.9; riscv64 entered Debian's main archive only with trixie.
 ARCHES: dict[str, Arch] = {
     a.name: a
     for a in (
         Arch(
-            "amd64", "amd64", "linux/amd64", "x86_64", "qemu-x86_64", ("bookworm", "trixie"), "ubuntu-latest"
+            "amd64",
+            "amd64",
+            "linux/amd64",
+            "x86_64",
+            "qemu-x86_64",
+            ("bookworm", "trixie", "bullseye"),
+            "ubuntu-latest",
         ),
         Arch(
             "arm64",
@@ -37,10 +45,12 @@ ARCHES: dict[str, Arch] = {
             "linux/arm64",
             "aarch64",
             "qemu-aarch64",
-            ("bookworm", "trixie"),
+            ("bookworm", "trixie", "bullseye"),
             "ubuntu-24.04-arm",
         ),
-        Arch("armv7", "armhf", "linux/arm/v7", "armv7l", "qemu-arm", ("bookworm", "trixie"), None),
+        Arch(
+            "armv7", "armhf", "linux/arm/v7", "armv7l", "qemu-arm", ("bookworm", "trixie", "bullseye"), None
+        ),
         Arch("riscv64", "riscv64", "linux/riscv64", "riscv64", "qemu-riscv64", ("trixie",), None),
     )
 }
@@ -58,7 +68,7 @@ ALIASES = {
 }
 
 # The Python each Debian suite ships (what a chroot guest runs).
-SUITE_PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
+SUITE_PYTHON = {"bullseye": "3.9", "bookworm": "3.11", "trixie": "3.13"}
 
 
 def parse_arch(text: str) -> Arch:
@@ -88,13 +98,36 @@ def parse_python(text: str) -> str:
     return f"{int(parts[0])}.{int(parts[1])}"
 
 
-def suite_for(arch: Arch, python: str | None) -> str:
-    """The Debian suite whose Python matches ``python`` (the arch's first suite when none is asked for)."""
+def parse_suite(text: str) -> str:
+    """``bullseye``, ``bookworm`` or ``trixie`` (the suites whose Python fleetci knows)."""
+    key = text.strip().lower()
+    if key not in SUITE_PYTHON:
+        raise ValueError(f"expected one of {', '.join(SUITE_PYTHON)}, got {text!r}")
+    return key
+
+
+def suite_for(arch: Arch, python: str | None, suite: str | None = None) -> str:
+    """The Debian suite of ``arch``'s chroot: ``suite`` when given, else the one shipping ``python``.
+
+    No ``python``: the arch's default (first) suite. A Python no suite of the arch ships (3.10, 3.12;
+    3.9/3.11 on riscv64) is a usage error naming what there is, as is a ``suite`` without the arch or
+    whose Python is not the ``python`` asked for (the guest never runs another Python than asked).
+    """
+    if suite is not None:
+        if suite not in arch.suites:
+            have = ", ".join(arch.suites)
+            raise UsageError(f"Debian {suite} has no {arch.name} chroot (suites with {arch.name}: {have})")
+        if python is not None and SUITE_PYTHON[suite] != python:
+            raise UsageError(
+                f"Debian {suite} ships Python {SUITE_PYTHON[suite]}, not the requested {python}; "
+                "set only one of --suite and --python, or make them agree"
+            )
+        return suite
     if python is None:
         return arch.suites[0]
-    for suite in arch.suites:
-        if SUITE_PYTHON[suite] == python:
-            return suite
+    for candidate in arch.suites:
+        if SUITE_PYTHON[candidate] == python:
+            return candidate
     have = ", ".join(f"{s} has {SUITE_PYTHON[s]}" for s in arch.suites)
     raise UsageError(
         f"no Debian chroot for {arch.name} has Python {python} ({have}); "

@@ -276,7 +276,7 @@ class Guest:
         self.settings = settings
         self.progress = progress
         self.arch: Arch = settings.arch
-        self.suite = suite_for(settings.arch, settings.python)
+        self.suite = suite_for(settings.arch, settings.python, settings.suite)
         self.python = SUITE_PYTHON[self.suite]
         self.spec = RootfsSpec(self.arch, self.suite, settings.all_packages, settings.mirror)
         self.timings = Timings()

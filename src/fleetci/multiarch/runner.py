@@ -34,9 +34,11 @@ def choose_backend(settings: MultiarchSettings) -> str:
         return settings.backend
     if same:
         return "native"
-    chroot_python = settings.python is None or settings.python in {
-        SUITE_PYTHON[s] for s in settings.arch.suites
-    }
+    chroot_python = (
+        settings.suite is not None  # checked against the arch and python when the settings were read
+        or settings.python is None
+        or settings.python in {SUITE_PYTHON[s] for s in settings.arch.suites}
+    )
     if os.geteuid() == 0 and chroot_python:
         return "chroot"
     if docker_available() is None:

@@ -16,7 +16,7 @@ from typing import Any
 from fleetci.config import Setting, SettingTable, default_cache_dir, parse_bool, parse_csv
 from fleetci.errors import UsageError
 from fleetci.install.settings import parse_apt_packages
-from fleetci.multiarch.arch import Arch, parse_arch, parse_python
+from fleetci.multiarch.arch import Arch, parse_arch, parse_python, parse_suite, suite_for
 
 BACKENDS = ("auto", "native", "docker", "chroot")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -35,6 +35,10 @@ def _optional_python(text: str) -> str | None:
     return parse_python(text) if text.strip() else None
 
 
+def _optional_suite(text: str) -> str | None:
+    return parse_suite(text) if text.strip() else None
+
+
 class MultiarchOptions(SettingTable):
     """Every ``fleetci multiarch run`` setting, once."""
 
@@ -48,6 +52,13 @@ class MultiarchOptions(SettingTable):
         env=("MULTIARCH_PYTHON",),
         help="Python X.Y in the guest",
         doc_default="the guest's own",
+    )
+    suite = Setting(
+        None,
+        _optional_suite,
+        env=("MULTIARCH_SUITE",),
+        help="Debian suite of the chroot rootfs: bullseye (Python 3.9), bookworm (3.11) or trixie (3.13)",
+        doc_default="the one shipping --python, else bookworm (riscv64: trixie)",
     )
     backend = Setting("auto", _backend, env=("MULTIARCH_BACKEND",), help="auto, native, docker or chroot")
     project = Setting(
@@ -101,6 +112,7 @@ class MultiarchSettings:
     requirements: tuple[Path, ...]
     image: str | None
     precompile: bool = True
+    suite: str | None = None  # explicit Debian suite for the chroot backend (None: chosen by python)
 
     @property
     def rootfs_dir(self) -> Path:
@@ -124,6 +136,9 @@ def multiarch_settings(
         raise UsageError("--arch is required (amd64, arm64, armv7 or riscv64)")
     arch = parse_arch(arch_name)
     python = r.value(o.python)
+    suite = r.value(o.suite)
+    if suite is not None:
+        suite_for(arch, python, suite)  # a suite without the arch, or with another Python: usage error now
     project = Path(r.value(o.project) or os.getcwd()).expanduser()
     if not project.is_dir():
         raise UsageError(f"project directory {project} does not exist")
@@ -149,6 +164,7 @@ def multiarch_settings(
         requirements=requirements,
         image=r.value(o.image) or None,
         precompile=r.value(o.precompile),
+        suite=suite,
     )
     r.check_unknown()
     return settings
