@@ -39,6 +39,7 @@ from support.actions import (
     lint_repo,
     load_yaml,
     localize,
+    run_act_process,
     run_install,
     shown,
     tool,
@@ -233,22 +234,8 @@ def run_act(
         argv += ["--var", f"{k}={v}"]
     for k, v in secrets.items():
         argv += ["-s", f"{k}={v}"]
-    popen = subprocess.Popen(
-        argv,
-        cwd=repo,
-        env=base_env(ACT_DISABLE_VERSION_CHECK="1"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = popen.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(popen.pid, signal.SIGKILL)
-        out, err = popen.communicate()
-        err += f"\n[test] act killed after {timeout}s"
-    return ActRun(subprocess.CompletedProcess(argv, popen.returncode, out, err), act_events(out))
+    done = run_act_process(argv, repo, base_env(ACT_DISABLE_VERSION_CHECK="1"), timeout)
+    return ActRun(done, act_events(done.stdout))
 
 
 def expected_step_names(workflow: Path) -> list[str]:

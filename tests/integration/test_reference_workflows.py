@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,16 @@ from typing import Any
 import pytest
 
 from integration.test_actions import stop_leftover_proxies
-from support.actions import ACTION_REPO, REPO_ROOT, act_events, action_checkout, base_env, load_yaml, tool
+from support.actions import (
+    ACTION_REPO,
+    REPO_ROOT,
+    act_events,
+    action_checkout,
+    base_env,
+    load_yaml,
+    run_act_process,
+    tool,
+)
 
 WORKFLOWS = REPO_ROOT / "workflows"
 USER_REPO = "octo-org/api"  # the copying user's repository (the emulator knows it)
@@ -158,22 +166,8 @@ def act_as_user(
     ]
     for k, v in secrets.items():
         argv += ["-s", f"{k}={v}"]
-    popen = subprocess.Popen(
-        argv,
-        cwd=repo,
-        env=base_env(ACT_DISABLE_VERSION_CHECK="1", PATH=user_path()),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = popen.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(popen.pid, signal.SIGKILL)
-        out, err = popen.communicate()
-        err += f"\n[test] act killed after {timeout}s"
-    return UserRun(subprocess.CompletedProcess(argv, popen.returncode, out, err), act_events(out))
+    done = run_act_process(argv, repo, base_env(ACT_DISABLE_VERSION_CHECK="1", PATH=user_path()), timeout)
+    return UserRun(done, act_events(done.stdout))
 
 
 def user_path() -> str:

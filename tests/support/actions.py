@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,25 @@ def run_install(tmp_path: Path, bindir: Path, *args: str, **env: str) -> subproc
     return subprocess.run(
         ["bash", str(INSTALL_SCRIPT), *args], env=full_env, capture_output=True, text=True, timeout=600
     )
+
+
+def run_act_process(
+    argv: list[str], repo: Path, env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run act in its own session; on timeout kill the whole group (act's job containers/processes)."""
+    popen = subprocess.Popen(
+        argv,
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = popen.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(popen.pid, signal.SIGKILL)
+        out, err = popen.communicate()
+        err += f"\n[test] act killed after {timeout}s"
+    return subprocess.CompletedProcess(argv, popen.returncode, out, err)
