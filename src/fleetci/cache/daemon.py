@@ -20,6 +20,7 @@ from typing import Any
 from fleetci import gha
 from fleetci.cache.api import HEALTH_PATH
 from fleetci.cache.client import LocalProxy
+from fleetci.cache.hostproxy import HostProxy, find_host_proxy, remember
 from fleetci.cache.settings import CacheOptions, CacheSettings
 from fleetci.errors import FleetciError
 from fleetci.files import ensure_private_dir, private_fd, write_private
@@ -40,6 +41,8 @@ class Started:
     log: Path
     peer_id: str
     p2p_off: str  # why sharing is off although it was asked for; "" when it runs or was not asked for
+    shared: bool = False  # the host's proxy (issue 16): ``stop`` leaves it running
+    note: str = ""  # why a host proxy that was found is not used
 
 
 def serve_argv(flags: Mapping[str, Any], config: str | None = None, probe: bool = True) -> list[str]:
@@ -63,6 +66,9 @@ def start(
     timeout: float = 30.0,
     probe: bool = True,
 ) -> Started:
+    host, note = find_host_proxy(settings)  # issue 16: one proxy per host when the host runs one
+    if host is not None:
+        return _use_host_proxy(settings, host)
     try:
         ensure_private_dir(settings.cache_dir)
     except OSError as exc:
@@ -105,13 +111,33 @@ def start(
     gha.set_output("api-url", api_url)
     gha.set_output("socket", str(settings.socket_path))
     gha.set_output("peer-id", peer_id)
-    return Started(proc.pid, api_url, settings.socket_path, log_path, peer_id, p2p_off)
+    return Started(proc.pid, api_url, settings.socket_path, log_path, peer_id, p2p_off, note=note)
 
 
-def _write_gh_config(settings: CacheSettings) -> Path:
+def _use_host_proxy(settings: CacheSettings, host: HostProxy) -> Started:
+    """The job's exports and outputs, pointing at the host proxy (the same names as for its own)."""
+    remember(settings, host)
+    socket = host.socket
+    gha.set_env("CACHE_DIR", str(settings.cache_dir))
+    if socket is not None:
+        gh_dir = _write_gh_config(settings, socket)
+        gha.set_env("FLEETCI_CACHE_SOCKET", str(socket))
+        gha.set_env("GH_CONFIG_DIR", str(gh_dir))
+    gha.set_env("FLEETCI_API_URL", host.api_url)
+    gha.set_output("api-url", host.api_url)
+    gha.set_output("socket", str(socket or ""))
+    gha.set_output("peer-id", host.peer_id)
+    p2p_off = ""
+    if settings.enable_p2p and host.p2p != "active":
+        p2p_off = f"the host proxy runs with peer-to-peer {host.p2p}"
+    where = socket or Path("")
+    return Started(host.pid, host.api_url, where, Path(""), host.peer_id, p2p_off, shared=True)
+
+
+def _write_gh_config(settings: CacheSettings, socket: Path | None = None) -> Path:
     """A private GH_CONFIG_DIR (0700; hosts.yml holds gh's token) routing gh through the unix socket."""
     gh_dir = ensure_private_dir(settings.cache_dir / "gh")
-    write_private(gh_dir / "config.yml", f"http_unix_socket: {settings.socket_path}\n")
+    write_private(gh_dir / "config.yml", f"http_unix_socket: {socket or settings.socket_path}\n")
     home_hosts = Path(os.environ.get("GH_CONFIG_DIR") or Path.home() / ".config" / "gh") / "hosts.yml"
     if home_hosts.is_file() and home_hosts.parent != gh_dir:
         write_private(gh_dir / "hosts.yml", home_hosts.read_bytes())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import itertools
 import logging
 import os
@@ -18,6 +19,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -254,6 +256,19 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(registry), headers={"Content-Type": "text/plain; version=0.0.4"})
 
 
+def share_socket(sock: Path, group: str) -> None:
+    """The socket is the proxy's door: its owner only, or also ``group`` (the host's runner users)."""
+    if not group:
+        sock.chmod(0o600)
+        return
+    try:
+        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise FleetciError(f"socket group {group!r} does not exist on this host") from None
+    os.chown(sock, -1, gid)
+    sock.chmod(0o660)
+
+
 def make_app(engine: CacheEngine) -> web.Application:
     """Routes behind :func:`fleetci.http.guarded_app`: a declared body over ``max_body_bytes`` gets 413
     before a byte of it is read; an undeclared one is streamed upstream and cut off at the same cap."""
@@ -339,8 +354,9 @@ async def serve(
             if sock.is_socket():
                 sock.unlink()
         try:
+            sock.parent.mkdir(mode=0o755, parents=True, exist_ok=True)  # /run/fleetci for the host service
             await web.UnixSite(runner, str(sock)).start()
-            sock.chmod(0o600)
+            share_socket(sock, settings.socket_group)  # 0600, or 0660 for the runners' group (issue 16)
         except OSError as exc:
             raise FleetciError(f"cannot listen on unix socket {sock}: {describe(exc)}") from exc
         if attach is not None:

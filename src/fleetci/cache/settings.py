@@ -39,6 +39,8 @@ DEFAULT_UPSTREAM = "https://api.github.com"
 # The hot part of a proxy's cache kept in RAM; the rest is a SQLite read away (see cache/store.py).
 MEMORY_BYTES = 4 * 1024 * 1024
 MAX_BODY_BYTES = 16 * 1024 * 1024  # fleetci.http.DEFAULT_MAX_BODY_BYTES (settings import no asyncio)
+# Where the host service (``fleetci cache service install``) listens; jobs look here first.
+WELL_KNOWN_SOCKET = "/run/fleetci/proxy.sock"
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,18 @@ def _regex(text: str) -> str:
     except re.error as exc:
         raise ValueError(f"not a regular expression: {exc}") from None
     return text
+
+
+def parse_host_proxy(text: str) -> str:
+    """``off``/``auto`` (any case; empty is auto), an http(s):// URL, or an absolute unix socket path."""
+    value = text.strip()
+    if value.lower() in ("", "auto"):
+        return ""
+    if value.lower() in ("off", "false", "no", "0", "none"):
+        return "off"
+    if value.startswith(("http://", "https://")) or value.startswith("/"):
+        return value.rstrip("/") if value.startswith("http") else value
+    raise ValueError("expected off, auto, an http:// URL or an absolute unix socket path")
 
 
 def _rules(_: str) -> tuple[TTLRule, ...]:
@@ -216,6 +230,21 @@ class CacheOptions(SettingTable):
         flag=False,
         help="seconds a miss waits for a claimant's entry",
     )
+    # --- issue 16 (host service): one proxy per host, reused by the jobs ---
+    socket_group = Setting(
+        "",
+        str,
+        env=("CACHE_SOCKET_GROUP",),
+        help="group that may use the unix socket (it becomes 0660); empty: owner only (0600)",
+    )
+    host_proxy = Setting(
+        "",
+        parse_host_proxy,
+        env=("CACHE_HOST_PROXY", "FLEETCI_HOST_PROXY"),
+        doc_default=f"auto ({WELL_KNOWN_SOCKET} when it answers)",
+        help="'cache start' reuses this host proxy instead of starting one: off, auto, an http:// URL "
+        "or a unix socket path",
+    )
 
 
 @dataclass(frozen=True)
@@ -248,6 +277,8 @@ class CacheSettings:
     peer_timeout: float = 0.5
     claim_window: float = 0.05
     claim_wait: float = 2.0
+    socket_group: str = ""
+    host_proxy: str = ""  # "" (auto), "off", an http(s):// URL or an absolute unix socket path
 
     @property
     def identity_path(self) -> Path:
@@ -321,6 +352,8 @@ def cache_settings(
         peer_timeout=r.value(o.peer_timeout),
         claim_window=r.value(o.claim_window_ms) / 1000,
         claim_wait=r.value(o.claim_wait),
+        socket_group=r.value(o.socket_group),
+        host_proxy=r.value(o.host_proxy),
     )
     r.check_unknown()
     return settings

@@ -48,6 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     start.add_argument("--log-file", help="where the background proxy logs (default <cache-dir>/proxy.log)")
     start.add_argument("--timeout", type=TIMEOUT, default=30.0, help="seconds to wait for health (30)")
     start.add_argument("--no-probe", action="store_true", help="do not check the upstream at start-up")
+    start.add_argument(
+        "--no-host-proxy",
+        dest="host_proxy",
+        action="store_const",
+        const="off",
+        help="start a proxy for this job even where the host runs one (same as --host-proxy off)",
+    )
 
     verb("stop", "stop a proxy started with 'fleetci cache start'", cmd_stop)
 
@@ -79,6 +86,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     clear = verb("clear", "delete cached entries", cmd_clear)
     clear.add_argument("--stale", action="store_true", help="only entries past their fresh window")
 
+    from fleetci.cli import cache_service  # issue 16: the host service
+
+    cache_service.register(verbs)
+
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from fleetci.cache.server import run
@@ -95,7 +106,13 @@ def cmd_start(args: argparse.Namespace) -> int:
     log_file = Path(args.log_file) if args.log_file else None
     flags, config = CacheOptions.flag_values(args), getattr(args, "config", None)
     s = start(settings, flags, config, log_file=log_file, timeout=args.timeout, probe=not args.no_probe)
-    print(f"fleetci cache running (pid {s.pid}) at {s.api_url} and unix:{s.socket}; log {s.log}")
+    if s.note:
+        print(f"fleetci: note: {s.note}", file=sys.stderr)
+    if s.shared:
+        where = f" and unix:{s.socket}" if str(s.socket) not in ("", ".") else ""
+        print(f"fleetci cache: using the host proxy (pid {s.pid}) at {s.api_url}{where}")
+    else:
+        print(f"fleetci cache running (pid {s.pid}) at {s.api_url} and unix:{s.socket}; log {s.log}")
     if s.p2p_off:
         message = f"peer-to-peer sharing is off ({s.p2p_off}); caching on this runner only"
         if gha.in_actions():
@@ -107,7 +124,11 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     from fleetci.cache.daemon import stop
+    from fleetci.cache.hostproxy import release
 
+    if (host := release(_settings(args))) is not None:
+        print(f"fleetci cache: the host proxy at {host} keeps running (shared by this host's jobs)")
+        return 0
     print(f"fleetci cache stopped (pid {stop(_settings(args))})")
     return 0
 

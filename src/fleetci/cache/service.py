@@ -1,0 +1,213 @@
+"""``fleetci cache service install|uninstall|status``: the proxy as a hardened systemd service per host.
+
+One proxy per host instead of one per job (seed 004's ``github-cache.service``). The unit runs under a
+dynamic, dedicated user with a read-only system (``ProtectSystem=strict``), a private /tmp, no new
+privileges; its state lives in ``StateDirectory`` (/var/lib/fleetci) and its socket in
+``RuntimeDirectory`` (/run/fleetci/proxy.sock, 0660 for the runners' group given with ``--group``), next
+to the loopback TCP port that REST clients use. Settings come from an environment file that takes the
+seed's ``.env.cache`` keys (checked by the same parser as ``.env.cache``); systemd reads it as root, so
+it may hold ``FLEETCI_CACHE_SECRET`` and stays 0600. ``--root`` writes under a prefix (tests, images)
+and never touches systemd; without a running systemd the files are written and enabling is skipped.
+"""
+
+from __future__ import annotations
+
+import grp
+import shlex
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleetci.cache.api import HEALTH_PATH
+from fleetci.cache.settings import WELL_KNOWN_SOCKET, read_env_file
+from fleetci.errors import FleetciError, UsageError
+from fleetci.files import write_atomic, write_private
+from fleetci.http import client, describe
+from fleetci.process import fleetci_argv
+
+UNIT_NAME = "fleetci-cache.service"
+SEED_ALIAS = "github-cache.service"  # the seed's name: `systemctl start github-cache.service` works too
+UNIT_DIR = Path("etc/systemd/system")
+ENV_PATH = Path("etc/fleetci/cache.env")
+STATE_DIR = "/var/lib/fleetci"
+DEFAULT_PORT = 9101
+SYSTEMD_TIMEOUT_S = 60.0
+_ENV_HEADER = """\
+# fleetci cache service settings: the seed's .env.cache keys (CACHE_*, FLEETCI_CACHE_SECRET, ...).
+# systemd reads this file as root (it may hold FLEETCI_CACHE_SECRET): keep it 0600.
+# The unit sets the cache dir, socket, socket group and port itself; `fleetci cache service install`
+# rewrites this file from --env-file.
+"""
+
+
+@dataclass(frozen=True)
+class Installed:
+    unit: Path
+    env_file: Path
+    enabled: bool
+    note: str  # why enabling was skipped ("" when it was done)
+
+
+def _systemd_running(root: Path) -> bool:
+    return (
+        root == Path("/") and Path("/run/systemd/system").is_dir() and shutil.which("systemctl") is not None
+    )
+
+
+def check_group(group: str) -> None:
+    if group and not group.isdigit():
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise UsageError(
+                f"group {group!r} does not exist on this host (create it or pick another)"
+            ) from None
+
+
+def render_unit(argv: Sequence[str], *, group: str = "", port: int = DEFAULT_PORT) -> str:
+    """The unit file: ``argv`` is how to run fleetci (absolute interpreter path); hardened as documented."""
+    serve = [
+        *argv,
+        "cache",
+        "serve",
+        "--cache-dir",
+        STATE_DIR,
+        "--socket",
+        WELL_KNOWN_SOCKET,
+        "--port",
+        str(port),
+        *(["--socket-group", group] if group else []),
+    ]
+    groups = f"SupplementaryGroups={group}\n" if group else ""
+    return f"""\
+# Written by `fleetci cache service install`; `fleetci cache service uninstall` removes it.
+[Unit]
+Description=fleetci GitHub API cache (one proxy per host, shared by its runners)
+Documentation=https://github.com/fleetci/fleetci/blob/main/docs/cache.md
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=simple
+ExecStart={shlex.join(serve)}
+EnvironmentFile=-/{ENV_PATH}
+WorkingDirectory={STATE_DIR}
+DynamicUser=yes
+User=fleetci
+{groups}StateDirectory=fleetci
+StateDirectoryMode=0700
+RuntimeDirectory=fleetci
+RuntimeDirectoryMode=0755
+UMask=0077
+ProtectSystem=strict
+ProtectHome=read-only
+PrivateTmp=yes
+PrivateDevices=yes
+NoNewPrivileges=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+RestrictSUIDSGID=yes
+LockPersonality=yes
+CapabilityBoundingSet=
+Restart=on-failure
+RestartSec=5
+TimeoutStopSec=15
+
+[Install]
+WantedBy=multi-user.target
+Alias={SEED_ALIAS}
+"""
+
+
+def render_env(values: dict[str, str]) -> str:
+    """``NAME=value`` lines systemd's EnvironmentFile reads back exactly (double-quoted, escaped)."""
+    lines = [_ENV_HEADER]
+    for name, value in values.items():
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        lines.append(f'{name}="{escaped}"\n')
+    return "".join(lines)
+
+
+def _systemctl(*args: str) -> None:
+    try:
+        proc = subprocess.run(
+            ["systemctl", *args], capture_output=True, text=True, timeout=SYSTEMD_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise FleetciError(f"systemctl {' '.join(args)} failed: {describe(exc)}") from exc
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise FleetciError(f"systemctl {' '.join(args)} failed: {detail[-1] if detail else proc.returncode}")
+
+
+def install(
+    root: Path = Path("/"),
+    *,
+    group: str = "",
+    port: int = DEFAULT_PORT,
+    env_file: Path | None = None,
+    argv: Sequence[str] | None = None,
+) -> Installed:
+    """Write the unit and the environment file under ``root``; enable and start it where systemd runs."""
+    check_group(group)
+    values = {}
+    if env_file is not None:
+        if not env_file.is_file():
+            raise UsageError(f"--env-file {env_file}: no such file")
+        values = read_env_file(env_file)  # unknown names and malformed lines: one-line errors
+    unit = root / UNIT_DIR / UNIT_NAME
+    env_path = root / ENV_PATH
+    try:
+        write_atomic(unit, render_unit(argv or fleetci_argv(), group=group, port=port), mode=0o644)
+        if env_file is not None or not env_path.exists():  # an operator's existing file is kept
+            write_private(env_path, render_env(values))
+    except OSError as exc:
+        raise FleetciError(f"cannot write under {root}: {describe(exc)}") from exc
+    if not _systemd_running(root):
+        why = "a --root prefix was given" if root != Path("/") else "systemd is not running here"
+        return Installed(unit, env_path, False, why)
+    _systemctl("daemon-reload")
+    _systemctl("enable", "--now", UNIT_NAME)
+    return Installed(unit, env_path, True, "")
+
+
+def uninstall(root: Path = Path("/")) -> list[Path]:
+    """Stop and disable the unit (where systemd runs) and remove it; the environment file and the cache
+    state stay (they may hold the fleet secret and a warm cache: an operator removes them knowingly)."""
+    unit = root / UNIT_DIR / UNIT_NAME
+    if not unit.exists():
+        raise FleetciError(f"{unit} is not installed")
+    if _systemd_running(root):
+        _systemctl("disable", "--now", UNIT_NAME)
+    unit.unlink()
+    if _systemd_running(root):
+        _systemctl("daemon-reload")
+    return [unit]
+
+
+def status(socket: Path, root: Path = Path("/"), say: Callable[[str], object] = print) -> bool:
+    """Unit installed?, and does the proxy answer on its socket? True when it is healthy."""
+    unit = root / UNIT_DIR / UNIT_NAME
+    say(f"unit: {unit} ({'installed' if unit.exists() else 'not installed'})")
+    if not socket.exists():
+        say(f"socket: {socket} missing (the service is not running)")
+        return False
+    try:
+        with client(uds=socket, timeout=2.0) as http:
+            r = http.get("http://localhost" + HEALTH_PATH)
+        data = r.json() if r.status_code == 200 else None
+    except Exception as exc:  # refused, permission denied, not JSON: all mean "not healthy"
+        say(f"socket: {socket} not answering ({describe(exc)})")
+        return False
+    if not isinstance(data, dict):
+        say(f"socket: {socket} answered HTTP {r.status_code}")
+        return False
+    say(
+        f"socket: {socket} healthy (pid {data.get('pid')}, {data.get('proxy_url')}, "
+        f"upstream {data.get('upstream')}, p2p {data.get('p2p')})"
+    )
+    return True
