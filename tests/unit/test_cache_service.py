@@ -1,0 +1,232 @@
+"""``fleetci cache service`` (issue 16): the generated systemd unit, its environment file, the CLI errors,
+and the host-proxy setting. The unit is checked by systemd itself (``systemd-analyze verify``)."""
+
+from __future__ import annotations
+
+import grp
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fleetci.cache.service import ENV_PATH, UNIT_DIR, UNIT_NAME, render_unit
+from fleetci.cache.settings import cache_settings, read_env_file
+from support import REPO_ROOT, RunCli, clean_env, one_line_error
+
+GROUP = grp.getgrgid(os.getgid()).gr_name  # a group that exists here
+
+
+def systemd_analyze() -> str:
+    found = shutil.which("systemd-analyze")
+    if not found:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd; scripts/test.sh installs it)")
+    return found
+
+
+def verify(unit: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [systemd_analyze(), "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def unit_settings(text: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            found.setdefault(key, []).append(value)
+    return found
+
+
+def test_installed_unit_is_hardened_and_systemd_accepts_it(fleetci: RunCli, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (tmp_path / ".env.cache").write_text(
+        "# the seed's keys\nexport CACHE_LISTEN_PORT=9000\nCACHE_DEFAULT_TTL='120'\n"
+        'FLEETCI_CACHE_SECRET="s3cret value"\nCACHE_BOOTSTRAP_PEERS=\n',
+        encoding="utf-8",
+    )
+    r = fleetci(
+        "cache", "service", "install", "--root", str(root), "--group", GROUP,
+        "--port", "9311", "--env-file", str(tmp_path / ".env.cache"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    # no systemd under a --root prefix: the files are written and that is said in one line
+    skipped = [ln for ln in r.stdout.splitlines() if "enabling was skipped" in ln]
+    assert len(skipped) == 1 and "--root" in skipped[0], r.stdout
+    unit = root / UNIT_DIR / UNIT_NAME
+    text = unit.read_text(encoding="utf-8")
+    s = unit_settings(text)
+    for key, value in {
+        "DynamicUser": "yes",
+        "User": "fleetci",
+        "ProtectSystem": "strict",
+        "PrivateTmp": "yes",
+        "NoNewPrivileges": "yes",
+        "Restart": "on-failure",
+        "StateDirectory": "fleetci",
+        "RuntimeDirectory": "fleetci",
+        "SupplementaryGroups": GROUP,
+        "EnvironmentFile": f"-/{ENV_PATH}",
+        "Alias": "github-cache.service",
+    }.items():
+        assert s.get(key) == [value], (key, s.get(key))
+    exec_start = s["ExecStart"][0].split()
+    assert Path(exec_start[0]).is_absolute()
+    for flag, value in {
+        "--socket": "/run/fleetci/proxy.sock",
+        "--port": "9311",
+        "--socket-group": GROUP,
+        "--cache-dir": "/var/lib/fleetci",
+    }.items():
+        assert exec_start[exec_start.index(flag) + 1] == value, exec_start
+    # systemd parses every line without a warning (an unknown directive or value would be reported)
+    done = verify(unit)
+    assert done.returncode == 0 and done.stderr.strip() == "", done.stderr
+    # the environment file: 0600 (it may hold the fleet secret), the seed's keys, read back exactly
+    env_file = root / ENV_PATH
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    values = read_env_file(env_file)
+    assert values == {
+        "CACHE_LISTEN_PORT": "9000",
+        "CACHE_DEFAULT_TTL": "120",
+        "FLEETCI_CACHE_SECRET": "s3cret value",
+        "CACHE_BOOTSTRAP_PEERS": "",
+    }
+    s2 = cache_settings({}, {}, values)
+    assert (s2.listen_port, s2.default_ttl, s2.secret) == (9000, 120, "s3cret value")
+    # uninstall removes the unit, keeps the settings (and says so)
+    r = fleetci("cache", "service", "uninstall", "--root", str(root))
+    assert r.returncode == 0 and not unit.exists() and env_file.exists(), r.stdout
+    assert "kept" in r.stdout
+
+
+def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
+    """The check above means something: systemd-analyze reports a wrong directive value."""
+    unit = tmp_path / UNIT_NAME
+    unit.write_text(render_unit(["/bin/true"]).replace("ProtectSystem=strict", "ProtectSystem=strictly"))
+    done = verify(unit)
+    assert "ProtectSystem" in done.stderr or "protect system" in done.stderr.lower(), done.stderr
+
+
+def test_unit_without_group_keeps_the_socket_private() -> None:
+    s = unit_settings(render_unit(["/usr/bin/python3", "-m", "fleetci"]))
+    assert "SupplementaryGroups" not in s and "--socket-group" not in s["ExecStart"][0]
+
+
+def test_install_keeps_an_operators_environment_file(fleetci: RunCli, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    env_file = root / ENV_PATH
+    env_file.parent.mkdir(parents=True)
+    env_file.write_text("CACHE_DEFAULT_TTL=77\n", encoding="utf-8")
+    r = fleetci("cache", "service", "install", "--root", str(root))
+    assert r.returncode == 0, r.stderr
+    assert env_file.read_text(encoding="utf-8") == "CACHE_DEFAULT_TTL=77\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("--group", "no-such-group-fleetci"), 2, "group 'no-such-group-fleetci' does not exist"),
+        (("--port", "70000"), 2, "--port"),
+        (("--env-file", "missing.env"), 2, "--env-file missing.env: no such file"),
+        (("--env-file", "typo.env"), 2, "unknown cache variable 'CACHE_DEFAULT_TLL'"),
+        (("--env-file", "corrupt.env"), 2, "corrupt.env cannot be read"),
+        (("--env-file", "words.env"), 2, "words.env:1: expected NAME=value"),
+        (("--bogus",), 2, "unrecognized arguments: --bogus"),
+    ],
+    ids=["unknown-group", "bad-port", "missing-env-file", "typo", "corrupt", "not-env", "wrong-flag"],
+)
+def test_install_refuses_bad_input_in_one_line(
+    fleetci: RunCli,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: tuple[str, ...],
+    code: int,
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "typo.env").write_text("CACHE_DEFAULT_TLL=60\n")
+    (tmp_path / "corrupt.env").write_bytes(b"\x00\xff garbage without equals\n")
+    (tmp_path / "words.env").write_text("just words\n")
+    r = fleetci("cache", "service", "install", "--root", str(tmp_path / "root"), *args)
+    assert r.returncode == code
+    assert message in one_line_error(r)
+    assert not (tmp_path / "root" / UNIT_DIR / UNIT_NAME).exists()  # nothing half-written
+
+
+def test_install_where_the_root_is_not_writable_is_one_line(fleetci: RunCli, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = fleetci("cache", "service", "install", "--root", str(blocker))
+    assert r.returncode == 1 and "cannot write under" in one_line_error(r)
+
+
+def test_uninstall_when_not_installed_and_status_without_a_socket(fleetci: RunCli, tmp_path: Path) -> None:
+    r = fleetci("cache", "service", "uninstall", "--root", str(tmp_path))
+    assert r.returncode == 1 and "is not installed" in one_line_error(r)
+    r = fleetci("cache", "service", "status", "--root", str(tmp_path), "--socket", str(tmp_path / "x.sock"))
+    assert r.returncode == 1 and "missing (the service is not running)" in r.stdout
+    r = fleetci("cache", "service", "restart")
+    assert r.returncode == 2 and "invalid choice" in one_line_error(r)
+
+
+def test_status_of_a_socket_nobody_listens_on(fleetci: RunCli, tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "dead.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))  # a socket file left by a crashed proxy: nobody accepts
+    r = fleetci("cache", "service", "status", "--root", str(tmp_path), "--socket", str(path))
+    assert r.returncode == 1 and "not answering" in r.stdout, r.stdout
+
+
+# --- the host-proxy setting ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("", ""), ("auto", ""), ("OFF", "off"), ("false", "off"), ("http://127.0.0.1:9101/", "http://127.0.0.1:9101"),
+     ("/run/fleetci/proxy.sock", "/run/fleetci/proxy.sock")],
+)  # fmt: skip
+def test_host_proxy_setting_values(raw: str, value: str) -> None:
+    assert cache_settings({}, {}, {"CACHE_HOST_PROXY": raw}).host_proxy == value
+    assert cache_settings({}, {}, {"FLEETCI_HOST_PROXY": raw}).host_proxy == value
+
+
+def test_host_proxy_precedence_and_bad_values(fleetci: RunCli, tmp_path: Path) -> None:
+    # flag > environment
+    s = cache_settings({"host_proxy": "off"}, {}, {"CACHE_HOST_PROXY": "/x.sock"})
+    assert s.host_proxy == "off"
+    r = fleetci("cache", "start", "--host-proxy", "ftp://example", "--cache-dir", str(tmp_path))
+    assert r.returncode == 2 and "--host-proxy" in one_line_error(r)
+    r = fleetci(
+        "cache", "start", "--cache-dir", str(tmp_path), env=clean_env(CACHE_HOST_PROXY="relative.sock")
+    )
+    assert r.returncode == 2 and "CACHE_HOST_PROXY" in one_line_error(r)
+
+
+def test_explicit_host_proxy_that_does_not_answer_is_one_line(fleetci: RunCli, tmp_path: Path) -> None:
+    from fleetci.http import free_port
+
+    for where in (str(tmp_path / "none.sock"), f"http://127.0.0.1:{free_port()}"):
+        r = fleetci(
+            "cache", "start", "--cache-dir", str(tmp_path / "c"), env=clean_env(FLEETCI_HOST_PROXY=where)
+        )
+        line = one_line_error(r)
+        assert r.returncode == 1 and "is not usable" in line and "CACHE_HOST_PROXY=off" in line, line
+        assert not (tmp_path / "c" / "proxy.pid").exists()
+
+
+def test_stop_without_a_proxy_still_says_so(fleetci: RunCli, tmp_path: Path) -> None:
+    r = fleetci("cache", "stop", "--cache-dir", str(tmp_path))
+    assert r.returncode == 1 and "no running proxy recorded" in one_line_error(r)
+
+
+def test_foreground_script_is_shipped_executable() -> None:
+    script = REPO_ROOT / "scripts" / "start-distributed-cache.sh"
+    assert os.access(script, os.X_OK)
+    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
