@@ -12,6 +12,8 @@ apt_install docker-registry skopeo docker.io
 # fleetci multiarch: QEMU user emulation + binfmt, mmdebstrap rootfs builds (arch-test for foreign
 # architectures), zstd archives, and a real dockerd (docker.io) for the docker backend.
 apt_install qemu-user-static binfmt-support mmdebstrap arch-test zstd docker.io util-linux
+# fleetci cache service: systemd-analyze verify checks the generated unit (no running systemd needed).
+command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
 command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 OPENAPI="$ROOT/.cache/npm/node_modules/@octokit/openapi/generated/api.github.com.json"
 if [ ! -f "$OPENAPI" ]; then

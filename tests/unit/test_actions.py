@@ -153,6 +153,7 @@ def test_setup_p2p_cache_passes_every_setting_input_to_the_cli() -> None:
         "secret": "FLEETCI_CACHE_SECRET",
         "peer-registry": "CACHE_PEER_REGISTRY",
         "fleet": "CACHE_FLEET",
+        "host-proxy": "CACHE_HOST_PROXY",
     }
     assert set(inputs) - {"python", "extras"} == set(cli_env)
     assert all(str(inputs[name]["default"]) == "" for name in cli_env)
