@@ -15,6 +15,8 @@ apt_install qemu-user-static binfmt-support mmdebstrap arch-test zstd docker.io 
 # fleetci cache service: systemd-analyze verify checks the generated unit (no running systemd needed).
 command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
 command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+# fleetci cache dashboard: a real headless browser renders the page (screenshot + DOM after its script ran).
+apt_install chromium
 OPENAPI="$ROOT/.cache/npm/node_modules/@octokit/openapi/generated/api.github.com.json"
 if [ ! -f "$OPENAPI" ]; then
   echo "test: npm install @octokit/openapi (GitHub's official OpenAPI description)"

@@ -14,6 +14,8 @@ STATS_PATH = "/_fleetci/stats"
 PEERS_PATH = "/_fleetci/peers"
 PROBE_PATH = "/_fleetci/p2p/probe"
 METRICS_PATH = "/metrics"
+DASHBOARD_PATH = "/_fleetci/dashboard"  # also "/" for a browser (Accept: text/html, no credential)
+DASHBOARD_JSON_PATH = "/_fleetci/dashboard.json"
 
 # Counters (monotonic) and the seed's summary keys, shared by the stats table, the saved stats and /metrics.
 COUNTER_KEYS = (

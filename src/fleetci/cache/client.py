@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from fleetci import gha
 from fleetci.cache.api import (
+    DASHBOARD_JSON_PATH,
     HEALTH_PATH,
     PEERS_PATH,
     PROBE_PATH,
@@ -36,7 +37,7 @@ from fleetci.cache.policy import TTLPolicy, cache_key, normalize_target, scope_o
 from fleetci.cache.settings import CacheSettings, cache_settings, github_token
 from fleetci.cache.store import CacheStore, Entry
 from fleetci.config import load_config_file
-from fleetci.errors import FleetciError
+from fleetci.errors import FleetciError, UsageError
 from fleetci.http import client, describe, error_message, redact_url
 
 if TYPE_CHECKING:
@@ -368,3 +369,33 @@ def clear_cache(settings: CacheSettings, stale_only: bool = False) -> int:
         return cache.clear_stale() if stale_only else cache.clear()
     finally:
         cache.close()
+
+
+def dashboard_url(settings: CacheSettings, url: str | None = None) -> str:
+    """``fleetci cache dashboard``: the browser address of the running proxy's dashboard.
+
+    ``url``: that proxy (checked over HTTP); otherwise the proxy on these settings' unix socket, which
+    says its own TCP address (a browser cannot open a unix socket; the TCP port serves the same page).
+    """
+    import httpx
+
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"--url must be an http(s) URL of a fleetci proxy, not {redact_url(url)!r}")
+        base, uds = url.rstrip("/"), None
+    else:
+        base, uds = "", settings.socket_path
+    where = redact_url(url) if url is not None else f"unix:{settings.socket_path}"
+    try:
+        with client(base_url=base, uds=uds, timeout=5) as http_client:
+            health = http_client.get(HEALTH_PATH)
+            board = http_client.get(DASHBOARD_JSON_PATH)
+        health.raise_for_status()
+        board.raise_for_status()
+        proxy_url = str(health.json().get("proxy_url") or "") if uds is not None else base
+    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        raise FleetciError(f"no fleetci proxy dashboard answering on {where}: {describe(exc)}") from exc
+    if not proxy_url.startswith(("http://", "https://")):
+        raise FleetciError(f"the proxy on {where} did not say its TCP address")
+    return proxy_url.rstrip("/") + "/"

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
+from fleetci.cache.activity import Activity
 from fleetci.cache.api import COUNTER_KEYS as COUNTER_KEYS
 from fleetci.cache.api import SUMMARY_KEYS as SUMMARY_KEYS
 from fleetci.cache.api import CacheStats
@@ -163,6 +164,7 @@ class CacheEngine:
         self.upstream = upstream or AsyncUpstream(settings.upstream, settings.upstream_timeout)
         self.limits = RateLimitTracker(settings.max_concurrency)
         self.counters = Counters()
+        self.activity = Activity(clock)  # the dashboard's last hour and top endpoints (bounded)
         self.peers: PeerLink | None = None
         self._peer_index: OrderedDict[str, Announcement] = OrderedDict()  # announced, body not fetched yet
         # Stored from a peer, not served yet (its first answer says PEER); bounded like the index, since
@@ -237,12 +239,12 @@ class CacheEngine:
             if prep.key in self._peer_origin:
                 del self._peer_origin[prep.key]
                 outcome = Outcome.PEER
-            self.counters.count(outcome)
+            self._count(outcome, prep.target)
             return self._finish(self._from_entry(entry, outcome, prep.limit_scope), lower)
         pending = self._inflight.get(prep.key)
         if pending is not None:
             shared = await asyncio.shield(pending)
-            self.counters.count(Outcome.COALESCED)
+            self._count(Outcome.COALESCED, prep.target)
             return self._finish(replace(shared, outcome=Outcome.COALESCED), lower)
         future: asyncio.Future[ProxyResponse] = asyncio.get_running_loop().create_future()
         self._inflight[prep.key] = future
@@ -255,7 +257,7 @@ class CacheEngine:
             raise
         finally:
             del self._inflight[prep.key]
-        self.counters.count(result.outcome)
+        self._count(result.outcome, prep.target)
         return self._finish(result, lower)
 
     async def _fetch(
@@ -306,6 +308,8 @@ class CacheEngine:
             if usable_stale is not None:
                 return self._from_entry(usable_stale, Outcome.STALE, prep.limit_scope)
             raise
+        if up.status != 304:  # GitHub charges every call but a conditional one answered 304
+            self.activity.charged(prep.target)
         up_headers = up.header_map()
         now = self.clock()
         if self.limits.observe(prep.limit_scope, up.status, up_headers, up.body, now):
@@ -489,7 +493,7 @@ class CacheEngine:
         wait = self.limits.blocked_for(scope, self.clock())
         if wait > 0:
             self.counters.rate_limited += 1
-            self.counters.count(Outcome.BYPASS)
+            self._count(Outcome.BYPASS, target)
             return self._limited_response(scope, wait, Outcome.BYPASS)
         base = self.upstream.base_path
         if base and target.startswith(base + "/"):  # gh on GHES sends /api/v3/...; the base URL has it
@@ -502,7 +506,8 @@ class CacheEngine:
                 self.counters.upstream_errors += 1
                 raise
         self.limits.observe(scope, up.status, up.header_map(), up.body, self.clock())
-        self.counters.count(Outcome.BYPASS)
+        self.activity.charged(target)
+        self._count(Outcome.BYPASS, target)
         return self._from_upstream(up, Outcome.BYPASS)
 
     # -- response shaping ----------------------------------------------------------------------------
@@ -559,6 +564,12 @@ class CacheEngine:
             if _etag_matches(inm, etag):
                 return ProxyResponse(304, headers, b"", resp.outcome)
         return ProxyResponse(resp.status, headers, resp.body, resp.outcome)
+
+    def _count(self, outcome: str, target: str) -> None:
+        self.counters.count(outcome)
+        self.activity.count(outcome)
+        if outcome not in (Outcome.MISS, Outcome.BYPASS):
+            self.activity.saved(target)
 
     # -- stats -----------------------------------------------------------------------------------------
     def stats(self) -> CacheStats:

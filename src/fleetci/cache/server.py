@@ -28,6 +28,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from fleetci.cache.api import (
     COUNTER_KEYS,
+    DASHBOARD_JSON_PATH,
+    DASHBOARD_PATH,
     HEALTH_PATH,
     METRICS_PATH,
     PEERS_PATH,
@@ -188,6 +190,8 @@ def _error(status: int, message: str, outcome: str) -> web.Response:
 
 
 async def _proxy(request: web.Request) -> web.StreamResponse:
+    if _wants_dashboard(request):
+        return await _dashboard(request)
     engine = request.app[ENGINE_KEY]
     try:
         client_base = _client_base(request, engine)
@@ -246,6 +250,41 @@ async def _probe(request: web.Request) -> web.Response:
     return web.json_response(await peers.probe())
 
 
+# -- dashboard (fleetci.cache.dashboard) ---------------------------------------------------------------
+def _peers_view(request: web.Request) -> dict[str, Any]:
+    peers: PeerService | None = request.app.get("peers")
+    if peers is None:
+        return {"p2p": request.app.get("p2p_status", "off"), "peer_id": "", "connected": []}
+    return dict(peers.status())
+
+
+async def _dashboard(request: web.Request) -> web.Response:
+    from fleetci.cache.dashboard import PAGE, PAGE_HEADERS
+
+    return web.Response(body=PAGE, headers=PAGE_HEADERS)
+
+
+async def _dashboard_json(request: web.Request) -> web.Response:
+    from fleetci.cache.dashboard import snapshot
+
+    resp = web.json_response(snapshot(request.app[ENGINE_KEY], _peers_view(request)))
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+def _wants_dashboard(request: web.Request) -> bool:
+    """``GET /`` from a browser: HTML asked for and no credential (API clients get GitHub's root)."""
+    return (
+        request.method == "GET"
+        and request.rel_url.raw_path == "/"
+        and "text/html" in request.headers.get("Accept", "")
+        and "Authorization" not in request.headers
+    )
+
+
+# -- end dashboard ---------------------------------------------------------------------------------------
+
+
 async def _stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[ENGINE_KEY].stats())
 
@@ -279,6 +318,8 @@ def make_app(engine: CacheEngine) -> web.Application:
     app.router.add_get(PEERS_PATH, _peers)
     app.router.add_post(PROBE_PATH, _probe)
     app.router.add_get(METRICS_PATH, _metrics)
+    app.router.add_get(DASHBOARD_PATH, _dashboard)
+    app.router.add_get(DASHBOARD_JSON_PATH, _dashboard_json)
     app.router.add_route("*", "/{tail:.*}", _proxy)
     return app
 

@@ -1,4 +1,4 @@
-"""``fleetci cache serve|start|stop|stats|peers|verify|clear``: parse, call one function, print.
+"""``fleetci cache serve|start|stop|stats|dashboard|peers|verify|clear``: parse, call one function, print.
 
 The proxy lives in ``fleetci.cache`` (server, daemon, client), peer identity and discovery in
 ``fleetci.p2p``; the flags of every verb come from ``fleetci.cache.settings.CacheOptions``.
@@ -64,6 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--summary", action="store_true", help="append a Markdown table to $GITHUB_STEP_SUMMARY"
     )
     stats.add_argument("--url", help="query this proxy URL instead of the unix socket")
+
+    board = verb("dashboard", "print the address of the running proxy's live dashboard", cmd_dashboard)
+    board.add_argument("--url", help="that proxy's URL instead of asking the one on the unix socket")
 
     peers = verb(
         "peers", "list peers; 'init' creates this runner's identity, 'discover' finds others", cmd_peers
@@ -155,6 +158,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
         table = gha.markdown_table(["metric", "value"], rows)
         if not gha.append_step_summary("### fleetci API cache\n\n" + table):
             raise FleetciError("--summary needs $GITHUB_STEP_SUMMARY (set by GitHub Actions)")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from fleetci.cache.client import dashboard_url
+
+    print(dashboard_url(_settings(args), args.url))
     return 0
 
 

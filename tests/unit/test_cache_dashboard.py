@@ -1,0 +1,75 @@
+"""The dashboard's bounded bookkeeping (minute ring, endpoint table) and its page's safety properties."""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fleetci.cache.activity import ENDPOINTS_MAX, RING_MINUTES, TEMPLATE_MAX, Activity, template
+
+
+def test_templates_fold_names_ids_and_shas() -> None:
+    assert template("/repos/octo/api/actions/runs/42?page=2") == "/repos/{owner}/{repo}/actions/runs/{id}"
+    assert template("/orgs/octo-org/actions/runners?per_page=100") == "/orgs/{org}/actions/runners"
+    assert template("/repos/o/r/commits/0123abc9f00d") == "/repos/{owner}/{repo}/commits/{sha}"
+    assert template("/repos/o/r/contents/docs/a/b.md") == "/repos/{owner}/{repo}/contents/{path}"
+    assert (
+        template("/repos/o/r/branches/main/protection") == "/repos/{owner}/{repo}/branches/{name}/protection"
+    )
+    assert template("/users/alice/repos") == "/users/{user}/repos"
+    assert template("/repos/o") == "/repos/{owner}"
+    assert template("/user") == "/user"
+    # client-chosen bytes stay as text (the page escapes them), decoded and cut to a bounded length
+    assert template("/x/%3Cb%3E") == "/x/<b>"
+    assert len(template("/" + "a" * 5000)) <= TEMPLATE_MAX
+
+
+def test_minute_ring_keeps_one_hour_of_fixed_outcomes() -> None:
+    now = [0.0]
+    act = Activity(clock=lambda: now[0])
+    for minute in range(RING_MINUTES * 2):
+        now[0] = minute * 60.0
+        act.count("HIT")
+        act.count("MISS")
+        act.count("not-an-outcome")  # ignored: the bucket's keys are fixed
+    got = act.minutes()
+    assert len(got) == RING_MINUTES
+    assert got[-1]["t"] == (RING_MINUTES * 2 - 1) * 60
+    assert all(set(b["counts"]) == set(got[0]["counts"]) and b["counts"]["HIT"] == 1 for b in got)
+    now[0] += 2 * 3600  # an idle proxy shows an empty hour, not an old one
+    assert act.minutes() == []
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=300))
+def test_endpoint_table_stays_bounded_whatever_paths_clients_send(segments: list[str]) -> None:
+    act = Activity()
+    for i, seg in enumerate(segments):
+        path = "/" + seg.replace("?", "")
+        act.charged(path) if i % 2 else act.saved(path)
+    assert len(act._endpoints) <= ENDPOINTS_MAX
+    assert len(act.endpoints(limit=1000)) <= ENDPOINTS_MAX
+
+
+def test_heavy_endpoint_survives_a_flood_of_distinct_urls() -> None:
+    act = Activity()
+    for _ in range(50):
+        act.charged("/orgs/octo-org/actions/runners")
+    for i in range(5000):  # distinct literal paths, each charged once
+        act.charged(f"/flood-{i}")
+    top = act.endpoints(limit=1)[0]
+    assert top == {"path": "/orgs/{org}/actions/runners", "charged": 50, "saved": 0}
+    assert len(act._endpoints) == ENDPOINTS_MAX
+
+
+def test_page_has_no_external_resource_and_its_csp_allows_only_its_own_code() -> None:
+    from fleetci.cache.dashboard import CSP, PAGE, SCRIPT
+
+    text = PAGE.decode()
+    assert not re.search(r"(src|href)=\"(?!data:)[^\"#]", text), "the page loads nothing from elsewhere"
+    assert "http://" not in text.replace("http://www.w3.org/2000/svg", "")
+    assert "https://" not in text
+    assert "innerHTML" not in SCRIPT and "insertAdjacentHTML" not in SCRIPT and "eval(" not in SCRIPT
+    assert "default-src 'none'" in CSP and "connect-src 'self'" in CSP and "unsafe-inline" not in CSP
