@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from support import Proxy, RunCli, one_line_error
+from support import Proxy, RunCli, clean_env, one_line_error
 
 HOSTILE = "%3Cimg%20src%3Dx%20onerror%3D%22document.title%3D'pwned'%22%3E"
 
@@ -153,6 +153,11 @@ def test_dashboard_command_prints_the_url_or_fails_in_one_line(
     assert "no fleetci proxy" in one_line_error(
         fleetci("cache", "dashboard", "--socket", str(tmp_path / "none.sock"))
     )
+    # no proxy of the job's own: the host proxy a job would reuse (issue 16, item 2)
+
+    env = clean_env(CACHE_HOST_PROXY=proxy.url, CACHE_UPSTREAM=emulator.url)
+    host = fleetci("cache", "dashboard", "--socket", str(tmp_path / "none.sock"), env=env)
+    assert host.returncode == 0 and host.stdout.strip() == f"{proxy.url}/", host.stderr
     from fleetci.http import free_port
 
     down = fleetci("cache", "dashboard", "--url", f"http://127.0.0.1:{free_port()}")

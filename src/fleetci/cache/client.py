@@ -375,10 +375,17 @@ def dashboard_url(settings: CacheSettings, url: str | None = None) -> str:
     """``fleetci cache dashboard``: the browser address of the running proxy's dashboard.
 
     ``url``: that proxy (checked over HTTP); otherwise the proxy on these settings' unix socket, which
-    says its own TCP address (a browser cannot open a unix socket; the TCP port serves the same page).
+    says its own TCP address (a browser cannot open a unix socket; the TCP port serves the same page),
+    or, with no socket there, the host's proxy (``fleetci.cache.hostproxy``) a job would reuse.
     """
     import httpx
 
+    if url is None and not settings.socket_path.is_socket():
+        from fleetci.cache.hostproxy import find_host_proxy
+
+        host, _ = find_host_proxy(settings)
+        if host is not None and host.api_url:
+            url = host.api_url
     if url is not None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
