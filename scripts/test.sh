@@ -18,9 +18,13 @@ command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 # fleetci cache dashboard: a real headless browser renders the page (screenshot + DOM after its script ran).
 apt_install chromium
 OPENAPI="$ROOT/.cache/npm/node_modules/@octokit/openapi/generated/api.github.com.json"
-if [ ! -f "$OPENAPI" ]; then
-  echo "test: npm install @octokit/openapi (GitHub's official OpenAPI description)"
-  npm install --silent --no-save --no-audit --no-fund --prefix "$ROOT/.cache/npm" "@octokit/openapi@^23" >/dev/null
+WEBHOOKS="$ROOT/.cache/npm/node_modules/@octokit/openapi-webhooks/generated/api.github.com.json"
+if [ ! -f "$OPENAPI" ] || [ ! -f "$WEBHOOKS" ]; then
+  # one command for both: npm prunes what a --no-save install into the same prefix did not name
+  echo "test: npm install @octokit/openapi and @octokit/openapi-webhooks (GitHub's official descriptions)"
+  npm install --silent --no-save --no-audit --no-fund --prefix "$ROOT/.cache/npm" \
+    "@octokit/openapi@^23" "@octokit/openapi-webhooks@^12" >/dev/null
 fi
 export FLEETCI_OPENAPI_SPEC="$OPENAPI"
+export FLEETCI_OPENAPI_WEBHOOKS="$WEBHOOKS"
 exec python -m pytest "$@"

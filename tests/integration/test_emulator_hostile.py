@@ -110,7 +110,14 @@ BAD_JSON = {
 def write_routes() -> list[tuple[str, str]]:
     """Every route of the emulator's router that takes a body, filled with real names (method, path)."""
     app = GitHubEmulator(EmulatorConfig(latency_ms=(0.0, 0.0))).make_app()
-    fill = {"owner": ORG, "repo": "infra", "org": ORG, "tail": "no/such/endpoint"}
+    fill = {
+        "owner": ORG,
+        "repo": "infra",
+        "org": ORG,
+        "tail": "no/such/endpoint",
+        "hook_id": "1",
+        "delivery_id": "1",
+    }
     out = []
     for route in app.router.routes():
         info = route.resource.get_info() if route.resource is not None else {}
@@ -120,7 +127,13 @@ def write_routes() -> list[tuple[str, str]]:
     return out
 
 
-JSON_ENDPOINTS = {"/graphql", "/_emulator/config", "/_emulator/mutate"}  # the ones that parse their body
+JSON_ENDPOINTS = {  # the ones that parse their body
+    "/graphql",
+    "/_emulator/config",
+    "/_emulator/mutate",
+    f"/repos/{ORG}/infra/hooks",
+    f"/orgs/{ORG}/hooks",
+}
 
 
 @pytest.mark.parametrize(("method", "path"), write_routes(), ids=lambda v: str(v))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fleetci.testing import DEFAULT_OWNER, TOKENS
-from fleetci.testing.openapi import OpenAPISpec, SpecNotFound, find_spec
+from fleetci.testing.openapi import OpenAPISpec, SpecNotFound, WebhookSpec, find_spec, find_webhooks_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,6 +29,15 @@ def spec() -> OpenAPISpec:
     """The official description, loaded once; a missing file fails the tests (it is a required input)."""
     try:
         return OpenAPISpec.load(find_spec(REPO_ROOT))
+    except SpecNotFound as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def webhook_spec() -> WebhookSpec:
+    """GitHub's webhook description (npm @octokit/openapi-webhooks); missing, it fails the tests."""
+    try:
+        return WebhookSpec.load(find_webhooks_spec(REPO_ROOT))
     except SpecNotFound as exc:
         pytest.fail(str(exc), pytrace=False)
 

@@ -89,6 +89,8 @@ def test_missing_spec_says_how_to_install(tmp_path: Path, monkeypatch: pytest.Mo
         ["--port", "70000"],
         ["--token", "no-equals-sign"],
         ["--limit", "lots"],
+        ["--webhook-drop-rate", "1.5"],
+        ["--webhook-delay-ms", "-5"],
     ],
 )
 def test_cli_bad_values_fail_in_one_line(args: list[str], fleetci: RunCli) -> None:

@@ -204,6 +204,23 @@ class CacheEngine:
             return entry
         return None
 
+    # -- webhook invalidation (cache/webhooks.py) -----------------------------------------------------
+    def invalidate(self, prefixes: Sequence[str], exact: Sequence[str] = ()) -> int:
+        """End the fresh window of every entry (any scope) whose target starts with one of ``prefixes``
+        or equals one of ``exact``: the next read revalidates. Announcements of such entries that peers
+        made and nobody fetched yet are dropped too. The P2P hook: a ``PeerLink`` with an ``invalidate``
+        method is told, so it can pass the invalidation on to the fleet (not done yet by fleetci.p2p)."""
+        n = self.store.invalidate(prefixes, exact, now=self.clock())
+        lowered, whole = tuple(p.lower() for p in prefixes), {e.lower() for e in exact}
+        for key, ann in list(self._peer_index.items()):
+            target = ann.target.lower()
+            if target.startswith(lowered) or target in whole:
+                del self._peer_index[key]
+        forward = getattr(self.peers, "invalidate", None)
+        if callable(forward):
+            forward(tuple(prefixes), tuple(exact))
+        return n
+
     # -- main entry point ----------------------------------------------------------------------------
     async def handle(
         self,

@@ -41,7 +41,8 @@ from fleetci.cache.api import (
 from fleetci.cache.engine import CACHE_HEADER, CacheEngine, Outcome
 from fleetci.cache.peering import PeerService
 from fleetci.cache.settings import CacheSettings
-from fleetci.errors import FleetciError
+from fleetci.cache.webhooks import WEBHOOK_PATH, HookRef, Reconciler, WebhookReceiver, parse_hooks
+from fleetci.errors import FleetciError, UsageError
 from fleetci.http import (
     RUNNER_OPTIONS,
     BodyTooLarge,
@@ -65,6 +66,7 @@ CLIENT_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9._~-]{1,253})(?:
 REWRITE_MEMO_BYTES = 4 * 1024 * 1024
 REWRITE_MEMO_MAX_BODY = 1 << 20
 ENGINE_KEY = web.AppKey("engine", CacheEngine)
+WEBHOOKS_KEY = web.AppKey("webhooks", WebhookReceiver)
 # How the proxy joins a fleet: start a node for this engine (setting ``engine.peers``) and return it, or
 # say in one line why not and return None (``fleetci.p2p.attach.start_peers``).
 Attach = Callable[[CacheEngine, asyncio.AbstractEventLoop], PeerService | None]
@@ -286,7 +288,19 @@ def _wants_dashboard(request: web.Request) -> bool:
 
 
 async def _stats(request: web.Request) -> web.Response:
-    return web.json_response(request.app[ENGINE_KEY].stats())
+    stats: dict[str, Any] = dict(request.app[ENGINE_KEY].stats())
+    webhooks = request.app.get(WEBHOOKS_KEY)
+    if webhooks is not None:
+        stats["webhooks"] = webhooks.stats()
+    return web.json_response(stats)
+
+
+async def _webhook(request: web.Request) -> web.StreamResponse:
+    """``POST /_fleetci/webhook`` on the proxy's port (cache/webhooks.py), unless it has a port of its own."""
+    webhooks = request.app[WEBHOOKS_KEY]
+    if request.app.get("webhook_elsewhere"):
+        return error_response(404, f"fleetci: webhooks are received on {request.app['webhook_elsewhere']}")
+    return await webhooks.handle(request)
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -308,11 +322,13 @@ def share_socket(sock: Path, group: str) -> None:
     sock.chmod(0o660)
 
 
-def make_app(engine: CacheEngine) -> web.Application:
+def make_app(engine: CacheEngine, webhooks: WebhookReceiver | None = None) -> web.Application:
     """Routes behind :func:`fleetci.http.guarded_app`: a declared body over ``max_body_bytes`` gets 413
     before a byte of it is read; an undeclared one is streamed upstream and cut off at the same cap."""
     app = guarded_app(engine.settings.max_body_bytes)
     app[ENGINE_KEY] = engine
+    app[WEBHOOKS_KEY] = webhooks or _receiver(engine)
+    app.router.add_post(WEBHOOK_PATH, _webhook)
     app.router.add_get(HEALTH_PATH, _health)
     app.router.add_get(STATS_PATH, _stats)
     app.router.add_get(PEERS_PATH, _peers)
@@ -322,6 +338,72 @@ def make_app(engine: CacheEngine) -> web.Application:
     app.router.add_get(DASHBOARD_JSON_PATH, _dashboard_json)
     app.router.add_route("*", "/{tail:.*}", _proxy)
     return app
+
+
+def _receiver(engine: CacheEngine) -> WebhookReceiver:
+    settings = engine.settings
+    return WebhookReceiver(engine, settings.webhook_secret, max_body=min(settings.max_body_bytes, 25 << 20))
+
+
+def webhook_app(receiver: WebhookReceiver) -> web.Application:
+    """The listener of ``--webhook-port``: the webhook route only (what a tunnel may expose)."""
+    app = guarded_app(receiver.max_body)
+    app[WEBHOOKS_KEY] = receiver
+    app.router.add_post(WEBHOOK_PATH, receiver.handle)
+    return app
+
+
+async def _reconcile_forever(reconciler: Reconciler, receiver: WebhookReceiver, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            receiver.counts["redelivered"] += await reconciler.once()
+        except Exception as exc:  # the safety net must never take the proxy down
+            log.warning("webhook reconciliation failed: %s", describe(exc))
+
+
+def reconciled_hooks(settings: CacheSettings) -> tuple[HookRef, ...]:
+    """``--webhook-reconcile`` parsed, refused in one line before anything starts when it cannot work."""
+    hooks = parse_hooks(settings.webhook_reconcile)
+    if hooks and not settings.webhook_token:
+        raise UsageError(
+            "--webhook-reconcile needs a token that may read the hooks' deliveries: "
+            "set CACHE_WEBHOOK_TOKEN (or GH_TOKEN/GITHUB_TOKEN)"
+        )
+    if hooks and not settings.webhook_secret:
+        raise UsageError("--webhook-reconcile redelivers to this proxy, which needs CACHE_WEBHOOK_SECRET")
+    return hooks
+
+
+async def _start_webhooks(
+    engine: CacheEngine, app: web.Application
+) -> tuple[web.AppRunner | None, asyncio.Task[None] | None]:
+    """The webhook listener of its own (``--webhook-port``) and the reconciliation task, when configured."""
+    settings = engine.settings
+    receiver = app[WEBHOOKS_KEY]
+    hooks = reconciled_hooks(settings)
+    runner: web.AppRunner | None = None
+    if settings.webhook_port is not None:
+        host = settings.webhook_host or settings.host
+        runner = web.AppRunner(webhook_app(receiver), handle_signals=False, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, host, settings.webhook_port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise FleetciError(f"cannot listen on {host}:{settings.webhook_port}: {describe(exc)}") from exc
+        server = getattr(site, "_server", None)
+        port = server.sockets[0].getsockname()[1] if server is not None and server.sockets else 0
+        app["webhook_elsewhere"] = f"http://{host}:{port}{WEBHOOK_PATH}"
+        print(f"fleetci cache: webhooks on http://{host}:{port}{WEBHOOK_PATH}", flush=True)
+    task = None
+    if hooks and settings.webhook_reconcile_interval > 0:
+        reconciler = Reconciler(engine.upstream, hooks, settings.webhook_token)
+        task = asyncio.create_task(
+            _reconcile_forever(reconciler, receiver, settings.webhook_reconcile_interval)
+        )
+    return runner, task
 
 
 async def probe_upstream(engine: CacheEngine, attempts: int = 3) -> None:
@@ -361,11 +443,14 @@ async def serve(
 ) -> None:
     """Run the proxy until SIGINT/SIGTERM (or until cancelled); ``attach`` joins it to a fleet."""
     check_port_free(settings.host, settings.proxy_port)
+    reconciled_hooks(settings)
     if settings.upstream.rstrip("/") in (settings.proxy_url, f"http://localhost:{settings.proxy_port}"):
         raise FleetciError(f"upstream {redact_url(settings.upstream)} is this proxy itself")
     engine = CacheEngine(settings)
     runner: web.AppRunner | None = None
     flusher: asyncio.Task[None] | None = None
+    hook_runner: web.AppRunner | None = None
+    reconciling: asyncio.Task[None] | None = None
     peers: PeerService | None = None
     sock = settings.socket_path
     try:
@@ -405,6 +490,7 @@ async def serve(
             app["peers"], app["p2p_status"] = peers, "active" if peers is not None else "failed"
         elif settings.enable_p2p:  # a caller of serve() that did not pass fleetci.p2p.attach.start_peers
             print("fleetci cache: p2p enabled but no peer transport given; serving without peers", flush=True)
+        hook_runner, reconciling = await _start_webhooks(engine, app)
         flusher = asyncio.create_task(_flush_stats_forever(engine))
         print(
             f"fleetci cache listening on http://{settings.host}:{port} and unix:{sock} "
@@ -422,6 +508,10 @@ async def serve(
     finally:
         if flusher is not None:
             flusher.cancel()
+        if reconciling is not None:
+            reconciling.cancel()
+        if hook_runner is not None:
+            await hook_runner.cleanup()
         if peers is not None:
             await asyncio.to_thread(peers.stop)
             engine.peers = None

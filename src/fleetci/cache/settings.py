@@ -245,6 +245,50 @@ class CacheOptions(SettingTable):
         help="'cache start' reuses this host proxy instead of starting one: off, auto, an http:// URL "
         "or a unix socket path",
     )
+    # -- webhooks (cache/webhooks.py; docs/cache.md "Webhooks") --
+    webhook_secret = Setting(
+        "",
+        str,
+        env=("CACHE_WEBHOOK_SECRET",),
+        flag=False,
+        help="the hooks' secret; POST /_fleetci/webhook is refused (403) while it is empty",
+    )
+    webhook_host = Setting(
+        "",
+        str,
+        env=("CACHE_WEBHOOK_HOST",),
+        doc_default="the proxy's host",
+        help="bind address of --webhook-port",
+    )
+    webhook_port = Setting[int | None](
+        None,
+        parse_port,
+        env=("CACHE_WEBHOOK_PORT",),
+        doc_default="none: the proxy's own port",
+        help="a listener of its own for POST /_fleetci/webhook only (for a tunnel; 0: a free port)",
+    )
+    webhook_reconcile = Setting[tuple[str, ...]](
+        (),
+        parse_csv,
+        env=("CACHE_WEBHOOK_RECONCILE",),
+        metavar="HOOKS",
+        help="hooks whose failed deliveries the proxy redelivers: OWNER/REPO:HOOK_ID or ORG:HOOK_ID, "
+        "comma-separated",
+    )
+    webhook_reconcile_interval = Setting(
+        60.0,
+        parse_seconds,
+        env=("CACHE_WEBHOOK_RECONCILE_INTERVAL",),
+        flag=False,
+        help="seconds between two reconciliations of --webhook-reconcile hooks (0: off)",
+    )
+    webhook_token = Setting(
+        "",
+        str,
+        env=("CACHE_WEBHOOK_TOKEN", "GH_TOKEN", "GITHUB_TOKEN"),
+        flag=False,
+        help="token that lists and redelivers the hooks' deliveries (needs admin:repo_hook / admin:org_hook)",
+    )
 
 
 @dataclass(frozen=True)
@@ -279,6 +323,12 @@ class CacheSettings:
     claim_wait: float = 2.0
     socket_group: str = ""
     host_proxy: str = ""  # "" (auto), "off", an http(s):// URL or an absolute unix socket path
+    webhook_secret: str = field(default="", repr=False)
+    webhook_host: str = ""
+    webhook_port: int | None = None
+    webhook_reconcile: tuple[str, ...] = ()
+    webhook_reconcile_interval: float = 60.0
+    webhook_token: str = field(default="", repr=False)
 
     @property
     def identity_path(self) -> Path:
@@ -354,6 +404,12 @@ def cache_settings(
         claim_wait=r.value(o.claim_wait),
         socket_group=r.value(o.socket_group),
         host_proxy=r.value(o.host_proxy),
+        webhook_secret=r.value(o.webhook_secret),
+        webhook_host=r.value(o.webhook_host),
+        webhook_port=r.value(o.webhook_port),
+        webhook_reconcile=r.value(o.webhook_reconcile),
+        webhook_reconcile_interval=r.value(o.webhook_reconcile_interval),
+        webhook_token=r.value(o.webhook_token),
     )
     r.check_unknown()
     return settings

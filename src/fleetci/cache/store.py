@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -56,10 +56,13 @@ CREATE TABLE IF NOT EXISTS entries (
     digest TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS entries_last_access ON entries(last_access);
+-- webhook invalidation (cache/webhooks.py) finds a repository's or an organization's entries by prefix
+CREATE INDEX IF NOT EXISTS entries_target_ci ON entries(lower(target));
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 Headers = tuple[tuple[str, str], ...]
+STALE_PENDING_MAX = 10_000
 ENTRY_COLUMNS = (
     "key, scope, target, status, headers, body, etag, last_modified, stored_at, fresh_until, digest"
 )
@@ -167,6 +170,7 @@ class CacheStore:
         self._mem: OrderedDict[str, Entry] = OrderedDict()
         self._mem_bytes = 0
         self._touched: dict[str, float] = {}
+        self._stale_pending: dict[str, float] = {}  # key -> when an invalidation hit it before its write
         self._last_flush = time.monotonic()
         self._count = 0
         self._bytes = 0
@@ -353,6 +357,9 @@ class CacheStore:
         now = time.time()
         with self._lock:
             self._sync_with_disk()
+            stale_at = self._stale_pending.pop(entry.key, None)
+            if stale_at is not None and entry.stored_at <= stale_at < entry.fresh_until:
+                entry = replace(entry, fresh_until=stale_at)  # invalidated while it was written behind
             with self._transaction() as db:
                 old = db.execute("SELECT size FROM entries WHERE key = ?", (entry.key,)).fetchone()
                 db.execute(
@@ -401,6 +408,44 @@ class CacheStore:
             )
             self._remember(updated)
             return updated
+
+    def invalidate(self, prefixes: Sequence[str], exact: Sequence[str] = (), now: float | None = None) -> int:
+        """End the fresh window of every entry whose target starts with one of ``prefixes`` or equals one
+        of ``exact`` (compared case-insensitively, as GitHub compares owner and repository names), in
+        every scope; the next read revalidates. Index range scans on ``lower(target)``, never a table scan;
+        the number of entries found."""
+        now = time.time() if now is None else now
+        keys: list[str] = []
+        lowered = tuple(dict.fromkeys(p.lower() for p in prefixes if p))
+        whole = tuple(dict.fromkeys(e.lower() for e in exact if e))
+        update = "UPDATE entries SET fresh_until = ? WHERE fresh_until > ? AND "
+        with self._lock:
+            self._sync_with_disk()
+            with self._transaction() as db:
+                for prefix in lowered:
+                    rows = db.execute(
+                        update + "lower(target) >= ? AND lower(target) < ? RETURNING key",
+                        (now, now, prefix, prefix + "\U0010ffff"),
+                    ).fetchall()
+                    keys += [r[0] for r in rows]
+                for target in whole:
+                    rows = db.execute(
+                        update + "lower(target) = ? RETURNING key", (now, now, target)
+                    ).fetchall()
+                    keys += [r[0] for r in rows]
+            # The memory tier (small, bounded by bytes): what the UPDATE found, plus entries written
+            # behind and not on disk yet.
+            found = set(keys)
+            for key, entry in list(self._mem.items()):
+                low = entry.target.lower()
+                if entry.fresh_until > now and (key in found or low.startswith(lowered) or low in whole):
+                    self._mem[key] = replace(entry, fresh_until=now)
+                    if key not in found:  # not on disk yet: ``put`` applies it when the write lands
+                        self._stale_pending[key] = now
+                        while len(self._stale_pending) > STALE_PENDING_MAX:
+                            del self._stale_pending[next(iter(self._stale_pending))]
+                    found.add(key)
+        return len(found)
 
     def _flush_touched(self, db: sqlite3.Connection) -> None:
         if self._touched:

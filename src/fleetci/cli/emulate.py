@@ -23,6 +23,7 @@ def _check_latency(text: str) -> tuple[float, float]:
 
 
 _latency = arg_type(_check_latency)
+_delay = arg_type(number(float, min=0, max=600_000))
 
 
 def _token(text: str) -> tuple[str, str]:
@@ -65,6 +66,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="F",
         help="fraction whose connection is closed without an answer",
     )
+    g.add_argument(
+        "--webhook-drop-rate",
+        type=_rate,
+        default=0.0,
+        metavar="F",
+        help="fraction of webhook deliveries lost (listed as failed, can be redelivered)",
+    )
+    g.add_argument(
+        "--webhook-delay-ms",
+        type=_delay,
+        default=0.0,
+        metavar="MS",
+        help="delay of every webhook delivery in milliseconds (default 0)",
+    )
     g.add_argument("--limit", type=_count, default=5000, metavar="N", help="requests per hour per token")
     g.add_argument("--anon-limit", type=_count, default=60, metavar="N", help="anonymous requests per hour")
     g.add_argument("--seed", type=int, default=None, help="seed for the dataset and the latency/fault dice")
@@ -95,6 +110,8 @@ def run_github(args: argparse.Namespace) -> int:
         primary_limit=args.limit,
         anon_limit=args.anon_limit,
         seed=args.seed,
+        webhook_drop_rate=args.webhook_drop_rate,
+        webhook_delay_ms=args.webhook_delay_ms,
     )
     server = emulator_server(config, host=args.host, port=args.port, extra_tokens=args.token)
     server.serve_until_signalled(lambda url: print(f"fleetci emulator listening on {url}", flush=True))

@@ -30,6 +30,7 @@ from fleetci.errors import UsageError
 from fleetci.http import error_response, guarded_app, loads_strict
 from fleetci.testing import github_data as gd
 from fleetci.testing.github_data import JSON, Job, Repo, Run, World
+from fleetci.testing.github_hooks import Hook, HookError, Hooks
 from fleetci.testing.server import BackgroundApp, plain_host, small_int
 
 __all__ = ["DEFAULT_OWNER", "TOKENS", "EmulatorConfig", "EmulatorServer", "GitHubEmulator"]
@@ -105,6 +106,8 @@ class EmulatorConfig:
     window_seconds: float = 3600.0  # length of a primary rate-limit window
     gzip: bool = True  # compress bodies >= 1 KiB when the client accepts gzip, as GitHub does
     epoch: float | None = None  # the world's "now" (epoch seconds); None: a fixed date, reproducible data
+    webhook_drop_rate: float = 0.0  # fraction of first delivery attempts lost (listed as failed)
+    webhook_delay_ms: float = 0.0  # every delivery leaves this much later
 
     def check(self) -> None:
         """Raise ValueError (one line) for values the emulator cannot honour."""
@@ -113,7 +116,7 @@ class EmulatorConfig:
             raise ValueError(
                 f"latency_ms must be 0 <= low <= high <= {MAX_LATENCY_MS:g}, got {list(self.latency_ms)}"
             )
-        for name in ("error_rate", "drop_rate"):
+        for name in ("error_rate", "drop_rate", "webhook_drop_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
@@ -122,6 +125,10 @@ class EmulatorConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.window_seconds < math.inf:  # NaN fails too: it would break every reset time
             raise ValueError(f"window_seconds must be a finite number > 0, got {self.window_seconds}")
+        if not 0 <= self.webhook_delay_ms <= MAX_LATENCY_MS:
+            raise ValueError(
+                f"webhook_delay_ms must be between 0 and {MAX_LATENCY_MS:g}, got {self.webhook_delay_ms}"
+            )
         if not isinstance(self.gzip, bool):
             raise ValueError(f"gzip must be true or false, got {self.gzip!r}")
 
@@ -245,6 +252,7 @@ class GitHubEmulator:
         self._secondary_retry_after: int | None = 60
         self._request_ids = itertools.count(1)
         self._app: web.Application | None = None
+        self.hooks = Hooks(self)  # webhooks (testing/github_hooks.py)
 
     # -- public control surface ------------------------------------------------------------------------
 
@@ -310,6 +318,8 @@ class GitHubEmulator:
                 candidate.latency_ms = (float(lo), float(hi))
                 candidate.error_rate = float(candidate.error_rate)
                 candidate.drop_rate = float(candidate.drop_rate)
+                candidate.webhook_drop_rate = float(candidate.webhook_drop_rate)
+                candidate.webhook_delay_ms = float(candidate.webhook_delay_ms)
                 for name in ("primary_limit", "anon_limit", "secondary_concurrency"):
                     value = getattr(candidate, name)
                     if isinstance(value, bool) or int(value) != value:
@@ -415,6 +425,20 @@ class GitHubEmulator:
             self._bump()
             return run.id
 
+    def queue_run(self, owner: str, repo: str) -> int:
+        """A new queued run (with queued jobs) of the repository's first workflow: a push just happened."""
+        with self._lock:
+            r = self._world.repo(owner, repo)
+            if r is None:
+                raise KeyError(f"no repository {owner}/{repo}")
+            flows = sorted(
+                (f for f in self._world.workflows.values() if f.repo_id == r.id), key=lambda f: f.id
+            )
+            self._world.now += 30
+            run = gd.add_run(self._world, self._world_rng, r, flows[0], "queued", self._world.now)
+            self._bump()
+            return run.id
+
     def set_job_log(self, job_id: int, text: str) -> None:
         """Set the log text served for a job (and inside its run's log archive)."""
         with self._lock:
@@ -451,6 +475,7 @@ class GitHubEmulator:
     def _bump(self) -> None:
         self._version += 1
         self._render_cache.clear()
+        self.hooks.after_change()  # deliveries of what changed, to registered hooks
 
     def _mutate_once(self) -> None:
         w, rng = self._world, self._world_rng
@@ -634,6 +659,7 @@ class GitHubEmulator:
         r.add_post(
             "/graphql", self._endpoint(self._r_graphql, "https://docs.github.com/graphql", cacheable=False)
         )
+        self._add_hook_routes(app)
         r.add_get("/_emulator/stats", self._admin(self._a_stats))
         r.add_get("/_emulator/health", self._admin(self._a_health))
         r.add_get("/_emulator/config", self._admin(self._a_get_config))
@@ -644,6 +670,86 @@ class GitHubEmulator:
         r.add_route("*", "/_emulator/{tail:.*}", self._admin(self._a_not_found))
         r.add_route("*", "/{tail:.*}", self._endpoint(self._r_not_found, DOCS, cacheable=False))
         return app
+
+    # -- webhooks (testing/github_hooks.py) --------------------------------------------------------------
+
+    def _add_hook_routes(self, app: web.Application) -> None:
+        doc = f"{DOCS}/repos/webhooks"
+        odoc = f"{DOCS}/orgs/webhooks"
+        for prefix, d in (("/repos/{owner}/{repo}", doc), ("/orgs/{org}", odoc)):
+            h = prefix + r"/hooks/{hook_id:\d+}"
+            routes: list[tuple[str, str, Callable[[_Ctx], _Rendered]]] = [
+                ("GET", prefix + "/hooks", self._r_hooks),
+                ("POST", prefix + "/hooks", self._r_hook_create),
+                ("GET", h, self._r_hook),
+                ("DELETE", h, self._r_hook_delete),
+                ("POST", h + "/pings", self._r_hook_ping),
+                ("GET", h + "/deliveries", self._r_hook_deliveries),
+                ("GET", h + r"/deliveries/{delivery_id:\d+}", self._r_hook_delivery),
+                ("POST", h + r"/deliveries/{delivery_id:\d+}/attempts", self._r_hook_redeliver),
+            ]
+            for method, path, renderer in routes:
+                app.router.add_route(method, path, self._endpoint(renderer, d, cacheable=False))
+
+    def _hook_owner(self, ctx: _Ctx) -> tuple[str, Repo | None]:
+        if "repo" in ctx.match:
+            repo = self._admin_repo(ctx)
+            return repo.owner, repo
+        return self._admin_org(ctx), None
+
+    def _hooked(self, ctx: _Ctx) -> Hook:
+        owner, repo = self._hook_owner(ctx)
+        try:
+            return self.hooks.find(owner, repo, small_int(ctx.match["hook_id"]))
+        except HookError as exc:
+            raise _Answer(_error(exc.status, str(exc), ctx.doc)) from None
+
+    def _r_hooks(self, ctx: _Ctx) -> _Rendered:
+        owner, repo = self._hook_owner(ctx)
+        page, headers = self._page(ctx, self.hooks.listed(owner, repo))
+        return _json([self.hooks.hook_json(h) for h in page], cacheable=False, headers=headers)
+
+    def _r_hook_create(self, ctx: _Ctx) -> _Rendered:
+        owner, repo = self._hook_owner(ctx)
+        try:
+            body = loads_strict(ctx.body) if ctx.body else {}
+            hook = self.hooks.create(owner, repo, ctx.base, body)
+        except ValueError:
+            return _error(400, "Problems parsing JSON", ctx.doc)
+        except HookError as exc:
+            return _error(exc.status, str(exc), ctx.doc)
+        return _json(self.hooks.hook_json(hook), 201, cacheable=False)
+
+    def _r_hook(self, ctx: _Ctx) -> _Rendered:
+        return _json(self.hooks.hook_json(self._hooked(ctx)), cacheable=False)
+
+    def _r_hook_delete(self, ctx: _Ctx) -> _Rendered:
+        self.hooks.delete(self._hooked(ctx))
+        return _Rendered(204, None)
+
+    def _r_hook_ping(self, ctx: _Ctx) -> _Rendered:
+        self.hooks.ping(self._hooked(ctx))
+        return _Rendered(204, None)
+
+    def _r_hook_deliveries(self, ctx: _Ctx) -> _Rendered:
+        page, headers = self._page(ctx, self.hooks.deliveries_of(self._hooked(ctx)))
+        return _json([self.hooks.delivery_json(d) for d in page], cacheable=False, headers=headers)
+
+    def _r_hook_delivery(self, ctx: _Ctx) -> _Rendered:
+        hook = self._hooked(ctx)
+        try:
+            d = self.hooks.delivery(hook, small_int(ctx.match["delivery_id"]))
+        except HookError as exc:
+            return _error(exc.status, str(exc), ctx.doc)
+        return _json(self.hooks.delivery_json(d, full=True), cacheable=False)
+
+    def _r_hook_redeliver(self, ctx: _Ctx) -> _Rendered:
+        hook = self._hooked(ctx)
+        try:
+            self.hooks.redeliver(hook, small_int(ctx.match["delivery_id"]) or 0)
+        except HookError as exc:
+            return _error(exc.status, str(exc), ctx.doc)
+        return _json({}, 202, cacheable=False)
 
     def _admin(
         self, fn: Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -211,3 +211,66 @@ def _describe(error: ValidationError) -> str:
     path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in best.absolute_path)
     message = best.message if len(best.message) <= 300 else best.message[:300] + "…"
     return f"at {path}: {message}"
+
+
+# -- webhooks: npm ``@octokit/openapi-webhooks`` (OpenAPI 3.1: its schemas are JSON Schema 2020-12) ------
+
+WEBHOOKS_ENV = "FLEETCI_OPENAPI_WEBHOOKS"
+WEBHOOKS_PACKAGE = "@octokit/openapi-webhooks@12"
+WEBHOOKS_RELATIVE = Path(".cache/npm/node_modules/@octokit/openapi-webhooks/generated/api.github.com.json")
+WEBHOOKS_URI = "urn:fleetci:github-webhooks"
+
+
+def find_webhooks_spec(root: Path) -> Path:
+    """``$FLEETCI_OPENAPI_WEBHOOKS``, else ``<root>/.cache/npm/...``; :class:`SpecNotFound` says how to
+    install it."""
+    env = os.environ.get(WEBHOOKS_ENV)
+    if env:
+        if not Path(env).is_file():
+            raise SpecNotFound(f"${WEBHOOKS_ENV} points to {env}, which is not a file")
+        return Path(env)
+    candidate = root / WEBHOOKS_RELATIVE
+    if candidate.is_file():
+        return candidate
+    raise SpecNotFound(
+        f"GitHub's webhook description is missing ({candidate}); install it with: npm install --no-save "
+        f"--prefix {root / '.cache' / 'npm'} {WEBHOOKS_PACKAGE} (or set ${WEBHOOKS_ENV})"
+    )
+
+
+class WebhookSpec:
+    """The official webhook description; ``validate`` checks one delivery's payload."""
+
+    def __init__(self, document: dict[str, Any], source: str = "<memory>") -> None:
+        from jsonschema import Draft202012Validator  # type: ignore[import-untyped,unused-ignore]
+        from referencing.jsonschema import DRAFT202012
+
+        self.source = source
+        self.webhooks: dict[str, Any] = document.get("webhooks", {})
+        self._registry: Registry[Any] = Registry().with_resource(
+            WEBHOOKS_URI, Resource.from_contents(document, default_specification=DRAFT202012)
+        )
+        self._validator_class = Draft202012Validator
+
+    @classmethod
+    def load(cls, path: Path) -> WebhookSpec:
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SpecNotFound(f"no webhook description at {path}") from None
+        return cls(document, str(path))
+
+    def validate(self, event: str, action: str | None, payload: Any) -> None:
+        """Raise SchemaMismatch unless ``payload`` is what GitHub documents for ``event`` (and ``action``)."""
+        name = event.replace("_", "-") + (f"-{action.replace('_', '-')}" if action else "")
+        hook = self.webhooks.get(name)
+        if hook is None:
+            raise SchemaMismatch(f"webhook {name} is not described in {self.source}")
+        ref = hook["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        validator = self._validator_class(
+            {"$ref": f"{WEBHOOKS_URI}{ref}"}, registry=self._registry, format_checker=FormatChecker()
+        )
+        errors = sorted(validator.iter_errors(payload), key=relevance)
+        if errors:
+            lines = [_describe(e) for e in errors[:8]]
+            raise SchemaMismatch(f"webhook {name}: {len(errors)} schema error(s):\n  " + "\n  ".join(lines))

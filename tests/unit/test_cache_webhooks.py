@@ -1,0 +1,125 @@
+"""Issue 17: which entries a webhook makes stale, signatures, hook references, the store's invalidation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fleetci.cache.policy import scope_of
+from fleetci.cache.store import CacheStore, Entry
+from fleetci.cache.webhooks import HookRef, affected_prefixes, signature, signature_ok
+from fleetci.errors import UsageError
+from support import RunCli, clean_env, one_line_error
+
+REPO = {"repository": {"full_name": "Octo-Org/API", "name": "API", "owner": {"login": "Octo-Org"}}}
+
+
+def test_workflow_events_make_the_repositorys_actions_and_the_org_runners_stale() -> None:
+    inv = affected_prefixes("workflow_job", {**REPO, "organization": {"login": "Octo-Org"}})
+    assert "/repos/Octo-Org/API/actions/" in inv.prefixes
+    assert "/orgs/Octo-Org/actions/runners" in inv.prefixes
+    assert not any(p.startswith("/repos/Octo-Org/API?") for p in inv.prefixes) and inv.exact == ()
+
+
+def test_repository_events_reach_the_repository_and_the_lists_showing_it() -> None:
+    renamed = {**REPO, "changes": {"repository": {"name": {"from": "old-api"}}}}
+    inv = affected_prefixes("repository", renamed)
+    assert {"/repos/Octo-Org/API/", "/orgs/Octo-Org/repos", "/user/repos", "/repos/Octo-Org/old-api/"} <= set(
+        inv.prefixes
+    )
+    assert set(inv.exact) == {"/repos/Octo-Org/API", "/repos/Octo-Org/old-api"}
+
+
+def test_organization_events_reach_the_organization() -> None:
+    inv = affected_prefixes("member", {"organization": {"login": "octo-org"}})
+    assert "/orgs/octo-org/" in inv.prefixes and inv.exact == ("/orgs/octo-org",)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {},
+        {"repository": "octo-org/api"},
+        {"repository": {"full_name": "../../etc"}},
+        {"repository": {"full_name": "a/b/c"}},
+        {"repository": {"full_name": "octo-org/api?x=1"}},
+        {"organization": {"login": ["x"]}},
+    ],
+)
+def test_payloads_without_a_trustworthy_repository_invalidate_nothing(payload: dict[str, object]) -> None:
+    for event in ("workflow_job", "repository", "member", "sponsorship", "ping"):
+        inv = affected_prefixes(event, payload)
+        assert inv.prefixes == () and inv.exact == ()
+
+
+@given(st.binary(max_size=256), st.binary(min_size=1, max_size=8))
+def test_any_change_to_the_body_breaks_the_signature(body: bytes, extra: bytes) -> None:
+    good = signature("s3cret", body)
+    assert signature_ok("s3cret", body, good)
+    assert not signature_ok("s3cret", body + extra, good)
+    assert not signature_ok("other", body, good)
+    assert not signature_ok("", body, signature("", body))  # no secret: nothing is ever accepted
+    assert not signature_ok("s3cret", body, None)
+
+
+@pytest.mark.parametrize("text", ["octo-org", "octo-org:x", "a/b/c:1", ":1", "o/r:-1", "o/../r:1", "o/r:1e3"])
+def test_bad_hook_references_are_usage_errors(text: str) -> None:
+    with pytest.raises(UsageError, match="OWNER/REPO:HOOK_ID or ORG:HOOK_ID"):
+        HookRef.parse(text)
+
+
+def test_hook_references() -> None:
+    assert HookRef.parse("octo-org/api:12").path == "/repos/octo-org/api/hooks/12"
+    assert HookRef.parse(" octo-org:7 ").path == "/orgs/octo-org/hooks/7"
+
+
+def _entry(target: str, scope: str, now: float) -> Entry:
+    return Entry.create(f"{scope}:{target}", scope, target, 200, (("ETag", '"x"'),), b"{}", 60, now)
+
+
+def test_store_invalidation_reaches_every_partition_and_nothing_else(tmp_path: Path) -> None:
+    store = CacheStore(tmp_path / "cache.db", memory_bytes=1)  # almost everything only on disk
+    now = 1000.0
+    alice, bob = scope_of("token a"), scope_of("token b")
+    targets = [
+        "/repos/octo-org/api/actions/runs?status=queued",
+        "/repos/OCTO-ORG/Api/actions/jobs/5",
+        "/repos/octo-org/api-two/actions/runs",
+        "/repos/octo-org/api",
+        "/orgs/octo-org/repos",
+    ]
+    for scope in (alice, bob):
+        for t in targets:
+            store.put(_entry(t, scope, now))
+    pending = _entry("/repos/octo-org/api/actions/runs", alice, now)
+    store.remember(pending)  # written behind: in memory, not on disk yet
+
+    n = store.invalidate(["/repos/octo-org/api/actions/"], ["/repos/octo-org/api"], now=now + 1)
+    assert n == 7  # 3 targets x 2 scopes + the pending one
+
+    def fresh(t: str, scope: str) -> bool:
+        got = store.get(f"{scope}:{t}")
+        return got is not None and got.is_fresh(now + 2)
+
+    for scope in (alice, bob):
+        assert [fresh(t, scope) for t in targets] == [False, False, True, False, True]
+    store.put(pending)  # the write-behind lands after the invalidation: it must not undo it
+    assert not fresh(pending.target, alice)
+    store.close()
+    assert not CacheStore(tmp_path / "cache.db").get(pending.key).is_fresh(now + 2)  # type: ignore[union-attr]
+
+
+def test_serve_refuses_bad_webhook_settings_in_one_line(fleetci: RunCli, tmp_path: Path) -> None:
+    base = ("cache", "serve", "--cache-dir", str(tmp_path), "--upstream", "http://127.0.0.1:9")
+    env = clean_env(CACHE_WEBHOOK_SECRET="s")
+    out = fleetci(*base, "--webhook-reconcile", "octo-org/api", env=env)
+    assert out.returncode == 2 and "OWNER/REPO:HOOK_ID" in one_line_error(out)
+    out = fleetci(*base, "--webhook-reconcile", "octo-org/api:1", env=env)
+    assert out.returncode == 2 and "CACHE_WEBHOOK_TOKEN" in one_line_error(out)
+    out = fleetci(*base, "--webhook-reconcile", "octo-org/api:1", env=clean_env(CACHE_WEBHOOK_TOKEN="t"))
+    assert out.returncode == 2 and "CACHE_WEBHOOK_SECRET" in one_line_error(out)
+    out = fleetci(*base, "--webhook-port", "99999", env=env)
+    assert out.returncode == 2 and "--webhook-port" in one_line_error(out)
