@@ -152,6 +152,10 @@ def test_host_proxy_for_another_upstream_is_refused_in_one_line(
     r = run_fleetci("cache", "start", env=env)
     line = one_line_error(r)
     assert "is not usable (it caches" in line and "CACHE_HOST_PROXY=off" in line, line
+    # the GitHub emulator is no fleetci proxy: a URL of something else is refused as well
+    r = run_fleetci("cache", "start", env=_job_env(tmp_path, github, FLEETCI_HOST_PROXY=github.url))
+    assert "is not usable (HTTP 404)" in one_line_error(r)
+    assert not (tmp_path / "job-cache" / "proxy.pid").exists()
 
 
 def test_well_known_socket_is_found_and_can_be_opted_out_of(

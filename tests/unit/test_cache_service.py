@@ -230,3 +230,63 @@ def test_foreground_script_is_shipped_executable() -> None:
     assert os.access(script, os.X_OK)
     done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+# --- fleetci bench cache --host-proxy: its flags -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--host-proxy", "--p2p"), "--host-proxy and --p2p measure different fleets"),
+        (("--host-proxy", "--runners", "-1"), "--runners"),
+        (("--host-proxy=yes",), "ignored explicit argument"),
+    ],
+    ids=["with-p2p", "negative-runners", "switch-with-value"],
+)
+def test_bench_host_proxy_refuses_bad_flags(fleetci: RunCli, args: tuple[str, ...], message: str) -> None:
+    r = fleetci("bench", "cache", *args)
+    assert r.returncode == 2 and message in one_line_error(r)
+
+
+# --- a host proxy that is not one: whatever answers there, the job is told in one line ----------------
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "reason"),
+    [
+        (200, b"x" * (70 * 1024), "over 65536 bytes"),
+        (200, b"<html>not json</html>", "not JSON"),
+        (200, b'{"status": "pwned", "upstream": "https://api.github.com"}', "not a fleetci proxy's"),
+        (404, b"{}", "HTTP 404"),
+    ],
+    ids=["huge", "not-json", "not-fleetci", "404"],
+)
+def test_something_else_posing_as_the_host_proxy_is_refused(status: int, body: bytes, reason: str) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from fleetci.cache.hostproxy import find_host_proxy
+    from fleetci.errors import FleetciError
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        settings = cache_settings({}, {}, {"FLEETCI_HOST_PROXY": url})
+        with pytest.raises(FleetciError, match="is not usable") as err:
+            find_host_proxy(settings)
+        assert reason in str(err.value) and "\n" not in str(err.value)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -130,7 +130,7 @@ def fleet_spec(
     )
 
 
-def run_cache(*, samples: int, p2p: bool, progress: Progress, **fleet: Any) -> Result:
+def run_cache(*, samples: int, p2p: bool, host_proxy: bool, progress: Progress, **fleet: Any) -> Result:
     from fleetci.bench.cache import bench_cache
 
     spec = fleet_spec(**fleet)
@@ -138,6 +138,12 @@ def run_cache(*, samples: int, p2p: bool, progress: Progress, **fleet: Any) -> R
         raise UsageError("--samples must be at least 10")
     if p2p and spec.runners < 2:
         raise UsageError("--p2p needs at least 2 runners")
+    if host_proxy:  # issue 16: N jobs on one host proxy vs a proxy per job
+        if p2p:
+            raise UsageError("--host-proxy and --p2p measure different fleets: choose one")
+        from fleetci.bench.hostproxy import bench_host_proxy
+
+        return bench_host_proxy(spec, progress=progress)
     return bench_cache(spec, progress=progress, latency_samples=samples, p2p=p2p)
 
 
@@ -236,6 +242,13 @@ BENCHMARKS = (
             Param("samples", COUNT, 400, "latency samples per measurement"),
             JSON,
             Param("p2p", None, False, "one proxy per runner, sharing over libp2p on 127.0.0.1", switch=True),
+            Param(
+                "host_proxy",
+                None,
+                False,
+                "jobs reuse one host proxy ('fleetci cache start'), vs a proxy per job, in the same run",
+                switch=True,
+            ),
         ),
         run_cache,
     ),

@@ -22,6 +22,7 @@ from fleetci.http import client, describe, redact_url
 
 MARKER = "host-proxy"  # in the job's cache dir: the proxy this job used belongs to the host
 PROBE_TIMEOUT_S = 2.0
+MAX_HEALTH_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ def _health(url: str, uds: Path | None) -> dict[str, object]:
         raise FleetciError(describe(exc)) from None
     if r.status_code != 200:
         raise FleetciError(f"HTTP {r.status_code}")
+    if len(r.content) > MAX_HEALTH_BYTES:  # whatever listens there, it is not a fleetci proxy
+        raise FleetciError(f"its health answer is over {MAX_HEALTH_BYTES} bytes")
     try:
         data = r.json()
     except ValueError:

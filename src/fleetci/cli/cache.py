@@ -104,6 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_start(args: argparse.Namespace) -> int:
     from fleetci.cache.daemon import start
+    from fleetci.http import redact_url
 
     settings = _settings(args)
     log_file = Path(args.log_file) if args.log_file else None
@@ -113,7 +114,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         print(f"fleetci: note: {s.note}", file=sys.stderr)
     if s.shared:
         where = f" and unix:{s.socket}" if str(s.socket) not in ("", ".") else ""
-        print(f"fleetci cache: using the host proxy (pid {s.pid}) at {s.api_url}{where}")
+        print(f"fleetci cache: using the host proxy (pid {s.pid}) at {redact_url(s.api_url)}{where}")
     else:
         print(f"fleetci cache running (pid {s.pid}) at {s.api_url} and unix:{s.socket}; log {s.log}")
     if s.p2p_off:
@@ -128,9 +129,12 @@ def cmd_start(args: argparse.Namespace) -> int:
 def cmd_stop(args: argparse.Namespace) -> int:
     from fleetci.cache.daemon import stop
     from fleetci.cache.hostproxy import release
+    from fleetci.http import redact_url
 
     if (host := release(_settings(args))) is not None:
-        print(f"fleetci cache: the host proxy at {host} keeps running (shared by this host's jobs)")
+        print(
+            f"fleetci cache: the host proxy at {redact_url(host)} keeps running (shared by this host's jobs)"
+        )
         return 0
     print(f"fleetci cache stopped (pid {stop(_settings(args))})")
     return 0
