@@ -14,6 +14,8 @@ apt_install docker-registry skopeo docker.io
 apt_install qemu-user-static binfmt-support mmdebstrap arch-test zstd docker.io util-linux
 # fleetci cache service: systemd-analyze verify checks the generated unit (no running systemd needed).
 command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
+# fleetci cache CACHE_BACKEND=redis://…: a real redis-server (Debian 7.0) the shared-store tests start.
+apt_install redis-server
 command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 # fleetci cache dashboard: a real headless browser renders the page (screenshot + DOM after its script ran).
 apt_install chromium

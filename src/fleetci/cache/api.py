@@ -32,6 +32,10 @@ COUNTER_KEYS = (
     "rate_limited",
     "claim_waits",
     "refused",
+    "shared_hits",
+    "shared_waits",
+    "shared_rejected",
+    "shared_errors",
 )
 SUMMARY_KEYS = (
     "local_hits",
@@ -64,6 +68,10 @@ class CacheStats(TypedDict, total=False):
     rate_limited: int
     claim_waits: int
     refused: int
+    shared_hits: int
+    shared_waits: int
+    shared_rejected: int
+    shared_errors: int
     hit_rate: float
     api_calls_saved: int
     rate_limit_remaining: int | None  # the lowest X-RateLimit-Remaining seen over tokens
@@ -71,6 +79,7 @@ class CacheStats(TypedDict, total=False):
     cache_bytes: int
     connected_peers: int
     uptime_s: float
+    shared_store: str  # "off", "ok" or "degraded" (CACHE_BACKEND unreachable: serving locally)
     source: str  # added by the reader: "live" (a running proxy), "saved" or "empty" (the database)
 
 
@@ -84,6 +93,8 @@ class Health(TypedDict):
     pid: int
     peer_id: str
     p2p: str  # "off", "active" or "failed" (sharing asked for but not running: see the proxy log)
+    backend: str  # the shared store's URL (userinfo redacted), "" when there is none
+    backend_state: str  # "off", "ok" or "degraded" (then status is "degraded" too)
 
 
 class PeersStatus(TypedDict, total=False):

@@ -38,6 +38,7 @@ from fleetci.cache.policy import (
 )
 from fleetci.cache.ratelimit import RateLimitTracker
 from fleetci.cache.settings import CacheSettings
+from fleetci.cache.shared import SharedStore
 from fleetci.cache.store import CacheStore, Entry, Headers
 from fleetci.http import HOP_BY_HOP, AsyncUpstream, StreamedBody, UpstreamError, UpstreamResponse, forwardable
 
@@ -57,6 +58,7 @@ class Outcome:
     COALESCED = "COALESCED"
     STALE = "STALE"
     BYPASS = "BYPASS"
+    SHARED = "SHARED"  # from the fleet's shared store (CACHE_BACKEND)
     REFUSED = "REFUSED"  # bad request (an ambiguous credential): answered 400 without calling upstream
 
 
@@ -83,6 +85,10 @@ class Counters:
     upstream_requests: int = 0
     claim_waits: int = 0  # peer answers obtained by waiting for another node's claimed fetch
     refused: int = 0  # requests answered 400 (ambiguous credentials, credentials in the query)
+    shared_hits: int = 0  # answered from the shared store (CACHE_BACKEND)
+    shared_waits: int = 0  # of those, after waiting for another proxy's fetch (its miss lock)
+    shared_rejected: int = 0  # shared values refused: tampered, foreign, oversize (kept by the store)
+    shared_errors: int = 0  # failed calls to the shared store (kept by the store)
     started_at: float = field(default_factory=time.time)
 
     def count(self, outcome: str) -> None:
@@ -94,6 +100,7 @@ class Counters:
             Outcome.COALESCED: "coalesced",
             Outcome.STALE: "stale_served",
             Outcome.BYPASS: "bypassed",
+            Outcome.SHARED: "shared_hits",
         }[outcome]
         setattr(self, name, getattr(self, name) + 1)
 
@@ -166,6 +173,7 @@ class CacheEngine:
         self.counters = Counters()
         self.activity = Activity(clock)  # the dashboard's last hour and top endpoints (bounded)
         self.peers: PeerLink | None = None
+        self.shared: SharedStore | None = None  # CACHE_BACKEND: set by fleetci.cache.server.serve
         self._peer_index: OrderedDict[str, Announcement] = OrderedDict()  # announced, body not fetched yet
         # Stored from a peer, not served yet (its first answer says PEER); bounded like the index, since
         # a runner may never serve most of what its peers push.
@@ -281,6 +289,8 @@ class CacheEngine:
         self, prep: Prepared, headers: Sequence[tuple[str, str]], entry: Entry | None, force: bool = False
     ) -> ProxyResponse:
         now = self.clock()
+        if self.shared is not None and not force:
+            return await self._via_shared(self.shared, prep, headers, entry)
         if self.peers is not None and not force:
             from_peer = await self._from_peers(prep, entry, now)
             if from_peer is None:
@@ -329,7 +339,9 @@ class CacheEngine:
             self.activity.charged(prep.target)
         up_headers = up.header_map()
         now = self.clock()
-        if self.limits.observe(prep.limit_scope, up.status, up_headers, up.body, now):
+        limited = self.limits.observe(prep.limit_scope, up.status, up_headers, up.body, now)
+        self._share_limit(prep.limit_scope)
+        if limited:
             self.counters.rate_limited += 1
             if usable_stale is not None:
                 return self._from_entry(usable_stale, Outcome.STALE, prep.limit_scope)
@@ -360,8 +372,44 @@ class CacheEngine:
             return self._from_entry(stored, Outcome.MISS, prep.limit_scope)
         return self._from_upstream(up, Outcome.MISS)
 
+    # -- shared store (CACHE_BACKEND; fleetci.cache.shared) ----------------------------------------------
+    async def _via_shared(
+        self, shared: SharedStore, prep: Prepared, headers: Sequence[tuple[str, str]], entry: Entry | None
+    ) -> ProxyResponse:
+        """Local miss or stale: the fleet's copy, else one proxy of the fleet fetches (a short lock in
+        the store) while the others wait for its entry, at most ``claim_wait``, then fetch themselves."""
+        found = await shared.lookup(prep.scope, prep.key, prep.limit_scope)
+        if found.blocked_until > self.clock():  # another proxy hit this credential's limit: back off too
+            self.limits.adopt_block(prep.limit_scope, found.blocked_until, found.reason)
+        got = found.entry
+        if got is not None and got.is_fresh(self.clock()):
+            return self._keep_shared(got, prep)
+        if got is not None and (entry is None or got.fresh_until > entry.fresh_until):
+            entry = got  # a newer stale copy: revalidating it may cost nothing (304)
+        if not await shared.lock(prep.key):
+            waited = await shared.wait_for(prep.scope, prep.key, self.settings.claim_wait)
+            if waited is not None:
+                self.counters.shared_waits += 1
+                return self._keep_shared(waited, prep)
+        try:
+            return await self._fetch_upstream(prep, headers, entry, False)
+        finally:
+            shared.unlock(prep.key)  # a no-op once the entry was published
+
+    def _keep_shared(self, got: Entry, prep: Prepared) -> ProxyResponse:
+        self.store.remember(got)
+        asyncio.get_running_loop().call_soon(self._persist, got)
+        return self._from_entry(got, Outcome.SHARED, prep.limit_scope)
+
+    def _share_limit(self, scope: str) -> None:
+        state = self.limits.scopes.get(scope)
+        if self.shared is not None and state is not None and state.blocked_until > self.clock():
+            self.shared.share_limit(scope, state.blocked_until, state.reason)
+
     # -- peers ---------------------------------------------------------------------------------------
     def _announce(self, entry: Entry) -> None:
+        if self.shared is not None:
+            self.shared.publish(entry)
         if self.peers is not None:
             self._peer_origin.pop(entry.key, None)
             self._claimed.discard(entry.key)
@@ -523,6 +571,7 @@ class CacheEngine:
                 self.counters.upstream_errors += 1
                 raise
         self.limits.observe(scope, up.status, up.header_map(), up.body, self.clock())
+        self._share_limit(scope)
         self.activity.charged(target)
         self._count(Outcome.BYPASS, target)
         return self._from_upstream(up, Outcome.BYPASS)
@@ -591,9 +640,12 @@ class CacheEngine:
     # -- stats -----------------------------------------------------------------------------------------
     def stats(self) -> CacheStats:
         c = self.counters
-        served_free = c.local_hits + c.peer_hits + c.coalesced + c.stale_served + c.revalidations
+        served_free = c.local_hits + c.peer_hits + c.shared_hits + c.coalesced + c.stale_served
+        served_free += c.revalidations
         cacheable = served_free + c.misses
         stats: dict[str, Any] = {k: getattr(c, k) for k in COUNTER_KEYS}
+        if self.shared is not None:
+            stats.update({k: v for k, v in self.shared.counters().items() if k in stats})
         stats.update(
             {
                 "hit_rate": round(served_free / cacheable, 4) if cacheable else 0.0,
@@ -603,10 +655,13 @@ class CacheEngine:
                 "cache_bytes": self.store.total_bytes,
                 "connected_peers": len(self.peers.connected_peers()) if self.peers is not None else 0,
                 "uptime_s": round(self.clock() - c.started_at, 1),
+                "shared_store": self.shared.state if self.shared is not None else "off",
             }
         )
         return cast(CacheStats, stats)
 
     async def close(self) -> None:
+        if self.shared is not None:
+            await self.shared.close()
         await self.upstream.close()
         self.store.close()

@@ -126,6 +126,12 @@ class RateLimitTracker:
                 s.reason = "primary rate limit (exhausted)"
         return limited
 
+    def adopt_block(self, scope: str, until: float, reason: str) -> None:
+        """A block another proxy of the fleet saw for this credential (the shared store): honour it."""
+        s = self._get(scope)
+        if until > s.blocked_until:
+            s.blocked_until, s.reason = until, reason or "rate limit (seen by another proxy)"
+
     def headers_for(self, scope: str) -> dict[str, str]:
         """Latest known X-RateLimit-* values, to overwrite stale ones on cached answers."""
         s = self.scopes.get(scope)

@@ -41,6 +41,7 @@ from fleetci.cache.api import (
 from fleetci.cache.engine import CACHE_HEADER, CacheEngine, Outcome
 from fleetci.cache.peering import PeerService
 from fleetci.cache.settings import CacheSettings
+from fleetci.cache.shared import SharedStore
 from fleetci.cache.webhooks import WEBHOOK_PATH, HookRef, Reconciler, WebhookReceiver, parse_hooks
 from fleetci.errors import FleetciError, UsageError
 from fleetci.http import (
@@ -88,6 +89,11 @@ class _Collector:
             g = GaugeMetricFamily(f"fleetci_cache_{name}", f"fleetci cache {name.replace('_', ' ')}")
             g.add_metric([], float(s[name]))
             yield g
+        g = GaugeMetricFamily(
+            "fleetci_cache_degraded", "1 while the shared store (CACHE_BACKEND) is unreachable, else 0"
+        )
+        g.add_metric([], 1.0 if s["shared_store"] == "degraded" else 0.0)
+        yield g
         remaining = s["rate_limit_remaining"]
         g = GaugeMetricFamily("fleetci_rate_limit_remaining", "lowest X-RateLimit-Remaining seen over tokens")
         if remaining is not None:
@@ -224,14 +230,17 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
 async def _health(request: web.Request) -> web.Response:
     engine = request.app[ENGINE_KEY]
     peers = request.app.get("peers")
+    backend_state = engine.shared.state if engine.shared is not None else "off"
     health: Health = {
-        "status": "ok",
+        "status": "degraded" if backend_state == "degraded" else "ok",
         "upstream": redact_url(engine.settings.upstream),
         "socket": str(engine.settings.socket_path),
         "proxy_url": request.app.get("proxy_url", ""),
         "pid": os.getpid(),
         "peer_id": peers.peer_id if peers is not None else "",
         "p2p": request.app.get("p2p_status", "off"),
+        "backend": redact_url(engine.settings.backend),
+        "backend_state": backend_state,
     }
     return web.json_response(health)
 
@@ -440,8 +449,10 @@ async def serve(
     probe: bool = True,
     ready: asyncio.Event | None = None,
     attach: Attach | None = None,
+    shared: SharedStore | None = None,
 ) -> None:
-    """Run the proxy until SIGINT/SIGTERM (or until cancelled); ``attach`` joins it to a fleet."""
+    """Run the proxy until SIGINT/SIGTERM (or until cancelled); ``attach`` joins it to a fleet,
+    ``shared`` puts the fleet's shared store (``CACHE_BACKEND``) behind its own tiers."""
     check_port_free(settings.host, settings.proxy_port)
     reconciled_hooks(settings)
     if settings.upstream.rstrip("/") in (settings.proxy_url, f"http://localhost:{settings.proxy_port}"):
@@ -456,6 +467,9 @@ async def serve(
     try:
         if probe:
             await probe_upstream(engine)
+        if shared is not None:
+            engine.shared = shared  # closed with the engine, also when start() refuses
+            await shared.start()
         app = make_app(engine)
         runner = web.AppRunner(
             app,
@@ -524,9 +538,14 @@ async def serve(
                 sock.unlink()
 
 
-def run(settings: CacheSettings, probe: bool = True, attach: Attach | None = None) -> int:
+def run(
+    settings: CacheSettings,
+    probe: bool = True,
+    attach: Attach | None = None,
+    shared: SharedStore | None = None,
+) -> int:
     try:
-        asyncio.run(serve(settings, probe=probe, attach=attach))
+        asyncio.run(serve(settings, probe=probe, attach=attach, shared=shared))
     except FleetciError:
         raise
     except KeyboardInterrupt:

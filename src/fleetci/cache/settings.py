@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fleetci.config import (
     Resolver,
@@ -89,6 +90,28 @@ def parse_host_proxy(text: str) -> str:
     if value.startswith(("http://", "https://")) or value.startswith("/"):
         return value.rstrip("/") if value.startswith("http") else value
     raise ValueError("expected off, auto, an http:// URL or an absolute unix socket path")
+
+
+def parse_backend(text: str) -> str:
+    """``CACHE_BACKEND``: empty/``local`` (this proxy's tiers only) or ``redis[s]://host:port/db``.
+
+    The message never repeats the URL's userinfo (it may hold the password).
+    """
+    text = text.strip()
+    if text in ("", "local"):
+        return ""
+    parts = urlsplit(text)
+    shown = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl() if "@" in text else text
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"expected local, redis://HOST:PORT/DB or rediss://…, got {shown!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"invalid port in {shown!r}") from None
+    db = parts.path.strip("/")
+    if not parts.hostname or (db and not db.isdigit()) or parts.query or parts.fragment or port == 0:
+        raise ValueError(f"expected redis[s]://HOST[:PORT][/DB] (DB a number), got {shown!r}")
+    return text
 
 
 def _rules(_: str) -> tuple[TTLRule, ...]:
@@ -289,6 +312,23 @@ class CacheOptions(SettingTable):
         flag=False,
         help="token that lists and redelivers the hooks' deliveries (needs admin:repo_hook / admin:org_hook)",
     )
+    # -- shared store (issue 16 item 3; fleetci.cache.shared, fleetci.cache.redis_store) --
+    backend = Setting(
+        "",
+        parse_backend,
+        env=("CACHE_BACKEND",),
+        doc_default="local",
+        help="shared store for every proxy of the fleet: redis://HOST:PORT/DB or rediss://… "
+        "(needs FLEETCI_CACHE_SECRET)",
+    )
+    redis_password = Setting(
+        "",
+        str,
+        env=("CACHE_REDIS_PASSWORD",),
+        flag=False,
+        doc_default="none",
+        help="password for the shared store (wins over one in the URL; never logged)",
+    )
 
 
 @dataclass(frozen=True)
@@ -329,6 +369,8 @@ class CacheSettings:
     webhook_reconcile: tuple[str, ...] = ()
     webhook_reconcile_interval: float = 60.0
     webhook_token: str = field(default="", repr=False)
+    backend: str = field(default="", repr=False)  # may carry userinfo: print it with redact_url
+    redis_password: str = field(default="", repr=False)
 
     @property
     def identity_path(self) -> Path:
@@ -410,6 +452,8 @@ def cache_settings(
         webhook_reconcile=r.value(o.webhook_reconcile),
         webhook_reconcile_interval=r.value(o.webhook_reconcile_interval),
         webhook_token=r.value(o.webhook_token),
+        backend=r.value(o.backend),
+        redis_password=r.value(o.redis_password),
     )
     r.check_unknown()
     return settings

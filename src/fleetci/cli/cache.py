@@ -97,9 +97,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def cmd_serve(args: argparse.Namespace) -> int:
     from fleetci.cache.server import run
     from fleetci.p2p.attach import attacher
+    from fleetci.p2p.backend import shared_store
 
     settings = _settings(args)
-    return run(settings, probe=not args.no_probe, attach=attacher(settings))
+    return run(settings, probe=not args.no_probe, attach=attacher(settings), shared=shared_store(settings))
 
 
 def cmd_start(args: argparse.Namespace) -> int:

@@ -1,0 +1,306 @@
+"""The shared store on Redis or Valkey (``CACHE_BACKEND=redis://HOST:PORT/DB``, extra ``[redis]``).
+
+Keys (``fleetci:<fleet id>:…``, the fleet id derived from the secret or ``CACHE_FLEET``):
+``e:<entry key>`` a sealed entry, expiring ``max_stale`` after its fresh window (a stale copy still
+lets another proxy revalidate for free); ``l:<entry key>`` the miss lock (``SET NX PX``, as long as a
+waiter waits); ``r:<hash>`` a sealed rate-limit block of one credential, expiring when the block ends.
+Values are read by a small script that answers a value's length instead of the value when it exceeds
+:data:`MAX_SHARED_VALUE`, so a hostile giant value never crosses the wire. Every call has a short
+timeout and no client-side retries: a Redis that is down turns the store ``degraded`` (one log line),
+calls are skipped, and a background task reconnects with ``fleetci.retry`` backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
+
+from fleetci.cache.shared import (
+    MAX_SHARED_VALUE,
+    Sealer,
+    SharedLookup,
+    Unsealed,
+    open_entry,
+    open_limit,
+    seal_entry,
+    seal_limit,
+)
+from fleetci.cache.store import Entry
+from fleetci.errors import FleetciError
+from fleetci.http import describe, redact_url
+from fleetci.retry import Backoff, call_async
+from fleetci.wait import WaitTimeout, wait_until_async
+
+log = logging.getLogger("fleetci.cache")
+
+T = TypeVar("T")
+CALL_TIMEOUT = 0.5  # seconds: a slow or stopped Redis must not hold a client's request
+RECONNECT = Backoff(retries=None, initial=0.1, most=2.0, jitter=0.1)
+MONITOR_EVERY = 1.0  # seconds between PINGs while the store is healthy
+WAIT_POLL = 0.005  # seconds between looks for a lock holder's entry
+MAX_LIMIT_VALUE = 4096
+DOWN = (RedisError, OSError, asyncio.TimeoutError)
+# GET, unless the value is longer than ARGV[1]: then its length (an integer), never the bytes.
+CAPPED_GET = """
+local n = redis.call('STRLEN', KEYS[1])
+if n > tonumber(ARGV[1]) then return n end
+return redis.call('GET', KEYS[1])
+"""
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """A finished wait: the holder's entry, or None when it released the lock without one."""
+
+    entry: Entry | None
+
+
+class RedisStore:
+    """:class:`fleetci.cache.shared.SharedStore` on one Redis/Valkey database."""
+
+    def __init__(
+        self, url: str, password: str, sealer: Sealer, max_stale: float, lock_ms: int = 2000
+    ) -> None:
+        self.url = url
+        self.shown = redact_url(url)
+        self.sealer = sealer
+        self.max_stale = max_stale
+        self.lock_ms = max(50, lock_ms)
+        self.prefix = f"fleetci:{sealer.fleet_id}:"
+        self.client: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            password=password or None,
+            socket_timeout=CALL_TIMEOUT,
+            socket_connect_timeout=CALL_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            health_check_interval=0,
+            decode_responses=False,
+        )
+        self._capped_get = self.client.register_script(CAPPED_GET)
+        self.password = bool(password or urlsplit(url).password)
+        self._degraded = False
+        self._monitor: asyncio.Task[None] | None = None
+        self._reconnect: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._held: set[str] = set()
+        self.token = os.urandom(8).hex().encode()
+        self.stats = {"shared_rejected": 0, "shared_errors": 0, "shared_reconnects": 0}
+
+    # -- state ---------------------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return "degraded" if self._degraded else "ok"
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.stats)
+
+    async def start(self) -> None:
+        """Check the store once: refused credentials are a configuration error (one line, the proxy does
+        not start); an unreachable store only makes it start degraded, since that may pass."""
+        try:
+            await asyncio.wait_for(self.client.ping(), CALL_TIMEOUT * 2)
+        except AuthenticationError as exc:
+            await self.client.aclose()
+            if not self.password:
+                raise FleetciError(
+                    f"shared store {self.shown} needs a password (CACHE_REDIS_PASSWORD): {describe(exc)}"
+                ) from None
+            raise FleetciError(
+                f"shared store {self.shown} refused the credentials: {describe(exc)}"
+            ) from None
+        except ResponseError as exc:
+            await self.client.aclose()
+            raise FleetciError(f"shared store {self.shown} refused PING: {describe(exc)}") from None
+        except DOWN as exc:
+            self._down(exc)
+        self._monitor = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """A PING every second while healthy, so ``degraded`` shows in health even without misses."""
+        while True:
+            await asyncio.sleep(MONITOR_EVERY)
+            if not self._degraded:
+                await self._call(self.client.ping, True)
+
+    def _down(self, exc: BaseException) -> None:
+        self.stats["shared_errors"] += 1
+        if self._degraded:
+            return
+        self._degraded = True
+        log.warning(
+            "shared store %s unreachable (%s); serving from this proxy and upstream, reconnecting",
+            self.shown,
+            describe(exc) if str(exc) else type(exc).__name__,
+        )
+        if self._reconnect is None or self._reconnect.done():
+            self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        async def ping(_: int) -> None:
+            await asyncio.wait_for(self.client.ping(), CALL_TIMEOUT)
+
+        await call_async(ping, RECONNECT, retry_on=DOWN)
+        self._degraded = False
+        self.stats["shared_reconnects"] += 1
+        log.warning("shared store %s reachable again", self.shown)
+
+    async def _call(self, action: Callable[[], Awaitable[T]], default: T) -> T:
+        if self._degraded:
+            return default
+        try:
+            return await asyncio.wait_for(action(), CALL_TIMEOUT)
+        except DOWN as exc:
+            if isinstance(exc, ResponseError):  # an answer, not an outage (WRONGTYPE on a hostile key)
+                self.stats["shared_rejected"] += 1
+                return default
+            self._down(exc)
+            return default
+
+    def _spawn(self, action: Callable[[], Awaitable[Any]]) -> None:
+        async def run() -> None:
+            await self._call(action, None)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- keys ----------------------------------------------------------------------------------------
+    def _entry_key(self, key: str) -> str:
+        return f"{self.prefix}e:{key}"
+
+    def _lock_key(self, key: str) -> str:
+        return f"{self.prefix}l:{key}"
+
+    def _limit_key(self, limit_scope: str) -> str:
+        label = hashlib.sha256(self.prefix.encode() + b"\x00" + limit_scope.encode()).hexdigest()[:32]
+        return f"{self.prefix}r:{label}"
+
+    def _open(self, scope: str, key: str, raw: Any) -> Entry | None:
+        if raw is None or raw == b"":
+            return None
+        if not isinstance(raw, bytes) or len(raw) > MAX_SHARED_VALUE:  # a length: oversize; an error
+            self.stats["shared_rejected"] += 1
+            return None
+        try:
+            return open_entry(self.sealer, self._entry_key(key), key, scope, raw)
+        except Unsealed as exc:
+            self.stats["shared_rejected"] += 1
+            log.warning("rejected a shared entry that does not open under the fleet secret (%s)", exc)
+            return None
+
+    # -- engine calls --------------------------------------------------------------------------------
+    async def lookup(self, scope: str, key: str, limit_scope: str) -> SharedLookup:
+        limit_key = self._limit_key(limit_scope)
+
+        async def both() -> list[Any]:
+            async with self.client.pipeline(transaction=False) as p:
+                await self._capped_get(keys=[self._entry_key(key)], args=[MAX_SHARED_VALUE], client=p)
+                await self._capped_get(keys=[limit_key], args=[MAX_LIMIT_VALUE], client=p)
+                return list(await p.execute(raise_on_error=False))
+
+        got = await self._call(both, [None, None])
+        raw, limit = got[0], got[1]
+        if isinstance(raw, Exception):
+            self.stats["shared_rejected"] += 1
+            raw = None
+        entry = self._open(scope, key, raw)
+        blocked_until, reason = 0.0, ""
+        if isinstance(limit, bytes) and limit:
+            try:
+                blocked_until, reason = open_limit(self.sealer, limit_key, limit_scope, limit)
+            except Unsealed:
+                self.stats["shared_rejected"] += 1
+        return SharedLookup(entry, blocked_until, reason)
+
+    async def lock(self, key: str) -> bool:
+        async def take() -> bool:
+            return bool(await self.client.set(self._lock_key(key), self.token, nx=True, px=self.lock_ms))
+
+        got = await self._call(take, True)
+        if got:
+            self._held.add(key)
+        return bool(got)
+
+    async def wait_for(self, scope: str, key: str, timeout: float) -> Entry | None:
+        """The lock holder's entry once it is there; None when it gave up, on timeout, or when the
+        store went down (the caller then fetches itself)."""
+
+        async def look() -> _Seen | None:
+            async def both() -> list[Any]:
+                async with self.client.pipeline(transaction=False) as p:
+                    await self._capped_get(keys=[self._entry_key(key)], args=[MAX_SHARED_VALUE], client=p)
+                    p.exists(self._lock_key(key))
+                    return list(await p.execute(raise_on_error=False))
+
+            if self._degraded:
+                return _Seen(None)
+            raw, locked = await self._call(both, [None, 0])
+            if self._degraded:
+                return _Seen(None)
+            entry = self._open(scope, key, raw)
+            if entry is not None and entry.is_fresh(time.time()):
+                return _Seen(entry)
+            return None if locked else _Seen(None)
+
+        try:
+            seen = await wait_until_async(look, timeout=timeout, what="the shared entry", interval=WAIT_POLL)
+        except WaitTimeout:
+            return None
+        return seen.entry
+
+    def publish(self, entry: Entry) -> None:
+        """Write ``entry`` (and drop our lock on it) in the background; a failure only degrades."""
+        if self._degraded:
+            self._held.discard(entry.key)
+            return
+        ekey = self._entry_key(entry.key)
+        value = seal_entry(self.sealer, ekey, entry)
+        ttl_ms = int(max(1.0, entry.fresh_until - time.time() + self.max_stale) * 1000)
+        release = entry.key in self._held
+        self._held.discard(entry.key)
+
+        async def write() -> None:
+            async with self.client.pipeline(transaction=False) as p:
+                p.set(ekey, value, px=ttl_ms)
+                if release:
+                    p.delete(self._lock_key(entry.key))
+                await p.execute()
+
+        self._spawn(write)
+
+    def unlock(self, key: str) -> None:
+        """Release a lock we hold without an entry (error, uncacheable answer): waiters stop waiting."""
+        if key in self._held:
+            self._held.discard(key)
+            self._spawn(lambda: self.client.delete(self._lock_key(key)))
+
+    def share_limit(self, limit_scope: str, blocked_until: float, reason: str) -> None:
+        ms = int((blocked_until - time.time()) * 1000)
+        if ms <= 0 or self._degraded:
+            return
+        rkey = self._limit_key(limit_scope)
+        value = seal_limit(self.sealer, rkey, limit_scope, blocked_until, reason)
+        self._spawn(lambda: self.client.set(rkey, value, px=ms))
+
+    async def close(self) -> None:
+        for task in (self._reconnect, self._monitor):
+            if task is not None:
+                task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=CALL_TIMEOUT)
+        with contextlib.suppress(*DOWN):
+            await self.client.aclose()

@@ -1,0 +1,290 @@
+"""The shared store (CACHE_BACKEND=redis://…): real proxies, a real redis-server, the real emulator.
+
+One redis-server, one emulator and two proxies serve the whole module (each test uses its own URLs);
+the kill-and-restart test runs last because it takes Redis away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from support import Proxy, clean_env, one_line_error, run_fleetci, start_proxy, wait_until
+from support.redis import PASSWORD, RedisServer
+
+pytestmark = pytest.mark.integration
+
+SECRET = "fleet-secret-for-redis-tests"
+
+
+def token(login: str) -> str:
+    from fleetci.testing import TOKENS
+
+    return next(t for t, who in TOKENS.items() if who == login)
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[Any]:
+    from fleetci.testing import EmulatorConfig, EmulatorServer, GitHubEmulator
+
+    server = EmulatorServer(GitHubEmulator(EmulatorConfig(latency_ms=(0.0, 0.0), seed=7)))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def shared_env(store: RedisServer, password: str = PASSWORD, **extra: str) -> dict[str, str]:
+    return clean_env(
+        CACHE_BACKEND=store.url, CACHE_REDIS_PASSWORD=password, FLEETCI_CACHE_SECRET=SECRET, **extra
+    )
+
+
+@pytest.fixture(scope="module")
+def pair(
+    emulator: Any, store: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[Proxy]]:
+    base = tmp_path_factory.mktemp("proxies")
+    proxies = [start_proxy(emulator.url, base / name / "cache", env=shared_env(store)) for name in "ab"]
+    try:
+        yield proxies
+    finally:
+        for p in proxies:
+            p.stop()
+
+
+def charged(emulator: Any, login: str) -> int:
+    return int(emulator.emulator.charged(token(login)))
+
+
+def entry_keys(store: RedisServer) -> set[bytes]:
+    return set(store.client().scan_iter(match="fleetci:*:e:*"))
+
+
+def get(proxy: Proxy, target: str, login: str = "alice") -> httpx.Response:
+    with proxy.client(token(login)) as c:
+        return c.get(target)
+
+
+def published(store: RedisServer, before: set[bytes]) -> bytes:
+    """The one entry key a request added to Redis (the proxy writes it right after answering)."""
+    assert wait_until(lambda: len(entry_keys(store) - before) == 1, timeout=10)
+    (key,) = entry_keys(store) - before
+    return key
+
+
+def test_second_proxy_first_read_is_a_shared_hit(
+    emulator: Any, store: RedisServer, pair: list[Proxy]
+) -> None:
+    a, b = pair
+    before_keys, before = entry_keys(store), charged(emulator, "alice")
+    first = get(a, "/repos/octo-org/api")
+    key = published(store, before_keys)
+    second = get(b, "/repos/octo-org/api")
+    again = get(b, "/repos/octo-org/api")
+    assert [r.headers["X-Fleetci-Cache"] for r in (first, second, again)] == ["MISS", "SHARED", "HIT"]
+    assert first.text.replace(a.url, b.url) == second.text  # links point at the proxy asked
+    assert charged(emulator, "alice") - before == 1
+    assert b.stats()["shared_hits"] == 1
+    # another token still misses on the other proxy: entries stay partitioned by credential
+    assert get(b, "/repos/octo-org/api", "bob").headers["X-Fleetci-Cache"] == "MISS"
+    # Redis holds sealed values and hashed keys: no token, no URL, no body in clear text
+    raw = store.client().get(key)
+    assert raw is not None and b"octo-org" not in raw and b"octo-org" not in key
+    for k in store.client().scan_iter(match="*"):
+        value = store.client().get(k) if store.client().type(k) == b"string" else b""
+        assert token("alice").encode() not in k + (value or b"")
+
+
+def test_concurrent_misses_on_two_proxies_make_one_upstream_call(
+    emulator: Any, store: RedisServer, pair: list[Proxy]
+) -> None:
+    emulator.emulator.configure(latency_ms=[300, 300])
+    before = charged(emulator, "alice")
+    target = "/repos/octo-org/api/actions/runs"
+
+    async def burst() -> list[httpx.Response]:
+        headers = {"Authorization": f"token {token('alice')}"}
+        async with httpx.AsyncClient(timeout=30, headers=headers) as c:
+            return await asyncio.gather(*(c.get(f"{p.url}{target}") for p in pair for _ in range(8)))
+
+    try:
+        responses = asyncio.run(burst())
+    finally:
+        emulator.emulator.configure(latency_ms=[0, 0])
+    assert all(r.status_code == 200 for r in responses)
+    outcomes = [r.headers["X-Fleetci-Cache"] for r in responses]
+    assert charged(emulator, "alice") - before == 1, outcomes
+    assert outcomes.count("MISS") == 1 and "SHARED" in outcomes, outcomes
+    assert sum(int(str(p.stats()["shared_waits"])) for p in pair) == 1  # the other proxy waited once
+
+
+def test_tampered_value_is_rejected_and_refetched(
+    emulator: Any, store: RedisServer, pair: list[Proxy]
+) -> None:
+    a, b = pair
+    before_keys = entry_keys(store)
+    get(a, "/repos/octo-org/api/actions/runners")
+    key = published(store, before_keys)
+    r = store.client()
+    value = bytearray(r.get(key) or b"")
+    value[-5] ^= 0x01  # one bit of the sealed payload
+    r.set(key, bytes(value), keepttl=True)
+    rejected, before = int(str(b.stats()["shared_rejected"])), charged(emulator, "alice")
+    again = get(b, "/repos/octo-org/api/actions/runners")
+    assert again.status_code == 200 and again.headers["X-Fleetci-Cache"] == "MISS"
+    assert charged(emulator, "alice") - before == 1
+    assert int(str(b.stats()["shared_rejected"])) == rejected + 1
+    # the refetch replaced the bad value: a third proxy-side read is a clean shared hit again
+    assert wait_until(lambda: r.get(key) not in (None, bytes(value)), timeout=10)
+
+
+def rss_kb(proxy: Proxy) -> int:
+    status = Path(f"/proc/{proxy.proc.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+
+def test_hostile_values_neither_crash_nor_bloat_the_proxy(
+    emulator: Any, store: RedisServer, pair: list[Proxy]
+) -> None:
+    a, b = pair
+    r = store.client()
+    targets = [f"/repos/octo-org/api?hostile={i}" for i in range(3)]
+    keys = []
+    for target in targets:
+        before_keys = entry_keys(store)
+        get(a, target)
+        keys.append(published(store, before_keys))
+    r.set(keys[0], b"\x00" * (64 * 1024 * 1024))  # oversize junk
+    r.delete(keys[1])
+    r.rpush(keys[1], b"not", b"a", b"string")  # wrong type
+    r.set(keys[2], b"fleetci-entry/1\n" + b"9" * 32 + b"\n" + b"garbage")  # the right shape, not sealed
+    rss_before, rejected = rss_kb(b), int(str(b.stats()["shared_rejected"]))
+    for _ in range(3):
+        for target in targets:
+            resp = get(b, target, "alice")
+            assert resp.status_code == 200, resp.text
+            with b.client(token("alice")) as c:  # the fresh local copy now answers
+                assert c.get(target, headers={"Cache-Control": "no-cache"}).status_code == 200
+    assert b.proc.poll() is None
+    assert int(str(b.stats()["shared_rejected"])) >= rejected + 3
+    assert rss_kb(b) - rss_before < 16 * 1024  # the 64 MiB value never crossed the wire
+
+
+def test_rate_limit_block_is_shared_by_every_proxy(
+    emulator: Any, store: RedisServer, pair: list[Proxy]
+) -> None:
+    a, b = pair
+    used = charged(emulator, "bob")
+    emulator.emulator.set_primary_limit(used + 1)
+    try:
+        last = get(a, "/repos/octo-org/api?rl=1", "bob")  # the last allowed call: remaining 0
+        assert last.status_code == 200 and last.headers["X-RateLimit-Remaining"] == "0"
+        upstream_before = int(str(b.stats()["upstream_requests"]))
+        assert wait_until(
+            lambda: any(k.split(b":")[2] == b"r" for k in store.client().scan_iter(match="fleetci:*")),
+            timeout=10,
+        )
+        refused = get(b, "/repos/octo-org/api?rl=2", "bob")
+        assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+        assert int(str(b.stats()["upstream_requests"])) == upstream_before  # b never called GitHub for bob
+        assert charged(emulator, "bob") == used + 1
+    finally:
+        emulator.emulator.set_primary_limit(5000)
+
+
+@pytest.mark.parametrize(
+    ("password", "secret", "expected"),
+    [
+        ("wrong-password", SECRET, "refused the credentials"),
+        ("", SECRET, "needs a password"),
+        (PASSWORD, "", "needs FLEETCI_CACHE_SECRET"),
+    ],
+    ids=["wrong-password", "no-password", "no-secret"],
+)
+def test_misconfigured_shared_store_is_one_line_error_at_start(
+    emulator: Any, store: RedisServer, tmp_path: Path, password: str, secret: str, expected: str
+) -> None:
+    env = clean_env(CACHE_BACKEND=store.url, FLEETCI_CACHE_SECRET=secret)
+    if password:
+        env["CACHE_REDIS_PASSWORD"] = password
+    proc = run_fleetci(
+        "cache", "serve", "--upstream", emulator.url, "--port", "0", "--cache-dir", str(tmp_path), env=env
+    )
+    line = one_line_error(proc)
+    assert expected in line and "wrong-password" not in proc.stdout + proc.stderr
+    assert PASSWORD not in proc.stdout + proc.stderr
+
+
+def test_backend_url_password_is_never_printed(emulator: Any, tmp_path: Path) -> None:
+    env = clean_env(CACHE_BACKEND="memcached://:hunter2@127.0.0.1:1/0", FLEETCI_CACHE_SECRET=SECRET)
+    proc = run_fleetci("cache", "serve", "--upstream", emulator.url, "--cache-dir", str(tmp_path), env=env)
+    assert proc.returncode == 2 and "hunter2" not in proc.stderr + proc.stdout
+    assert "CACHE_BACKEND" in one_line_error(proc)
+
+
+def health(proxy: Proxy) -> dict[str, Any]:
+    data: dict[str, Any] = httpx.get(f"{proxy.url}/_fleetci/health", timeout=10).json()
+    return data
+
+
+def degraded_metric(proxy: Proxy) -> str:
+    text = httpx.get(f"{proxy.url}/metrics", timeout=10).text
+    return next(line.split()[-1] for line in text.splitlines() if line.startswith("fleetci_cache_degraded "))
+
+
+def test_redis_killed_and_restarted_mid_traffic_fails_no_request(
+    emulator: Any, store: RedisServer, pair: list[Proxy]
+) -> None:
+    assert [health(p)["backend_state"] for p in pair] == ["ok", "ok"]
+    assert health(pair[0])["backend"] == store.url and PASSWORD not in str(health(pair[0]))
+    failures: list[str] = []
+    done = threading.Event()
+
+    def traffic(proxy: Proxy, login: str) -> None:
+        i = 0
+        with proxy.client(token(login)) as c:
+            while not done.is_set():
+                i += 1
+                r = c.get(f"/repos/octo-org/api/actions/runs?per_page=1&page={i}")  # misses: each asks Redis
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text[:100]}")
+
+    threads = [
+        threading.Thread(target=traffic, args=(p, login)) for p in pair for login in ("alice", "alice")
+    ]  # bob is blocked by the rate-limit test
+    for t in threads:
+        t.start()
+    try:
+        store.kill()
+        assert wait_until(lambda: all(health(p)["status"] == "degraded" for p in pair), timeout=20)
+        assert degraded_metric(pair[0]) == "1.0"
+        store.start()
+        assert wait_until(lambda: all(health(p)["status"] == "ok" for p in pair), timeout=20)
+        assert degraded_metric(pair[0]) == "0.0"
+    finally:
+        done.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert not failures
+    # sharing works again after the restart (a fresh, empty Redis)
+    before_keys = entry_keys(store)
+    get(pair[0], "/repos/octo-org/api?after=restart")
+    published(store, before_keys)
+    assert get(pair[1], "/repos/octo-org/api?after=restart").headers["X-Fleetci-Cache"] == "SHARED"
