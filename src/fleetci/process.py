@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 from fleetci.errors import FleetciError
@@ -124,3 +125,34 @@ def running(
         yield svc
     finally:
         svc.stop()
+
+
+def spawn_logged(
+    argv: Sequence[str], log: Path, ready: str, timeout: float = 30.0, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Run a third-party server (``redis-server``) with its output in ``log`` and wait for the line that
+    says it is ready; one-line error with its last line when it exits or stays silent."""
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(
+            list(argv), stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+
+    def up() -> bool:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if ready in text:
+            return True
+        if proc.poll() is not None:
+            raise FleetciError(f"{argv[0]} exited ({proc.returncode}): {_last_line(text)}")
+        return False
+
+    try:
+        wait_until(up, timeout=timeout, what=f"{argv[0]} to be ready", interval=0.05)
+    except BaseException:
+        stop_process(proc, timeout=2)
+        raise
+    return proc
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "no output"

@@ -130,7 +130,16 @@ def fleet_spec(
     )
 
 
-def run_cache(*, samples: int, p2p: bool, host_proxy: bool, progress: Progress, **fleet: Any) -> Result:
+def _bench_backend(text: str) -> str:
+    """``bench cache --backend``: the shared store to benchmark (only ``redis`` today)."""
+    if text.strip() not in ("redis", "local", ""):
+        raise ValueError(f"expected redis or local, got {text!r}")
+    return "" if text.strip() == "local" else text.strip()
+
+
+def run_cache(
+    *, samples: int, p2p: bool, host_proxy: bool, backend: str, progress: Progress, **fleet: Any
+) -> Result:
     from fleetci.bench.cache import bench_cache
 
     spec = fleet_spec(**fleet)
@@ -138,6 +147,14 @@ def run_cache(*, samples: int, p2p: bool, host_proxy: bool, progress: Progress, 
         raise UsageError("--samples must be at least 10")
     if p2p and spec.runners < 2:
         raise UsageError("--p2p needs at least 2 runners")
+    if backend:  # issue 16: one proxy per runner on one shared store
+        from fleetci.bench.cache_shared import bench_cache_shared
+
+        if p2p or host_proxy:
+            raise UsageError("--backend, --p2p and --host-proxy are separate benchmarks: pick one")
+        if spec.runners < 2:
+            raise UsageError("--backend needs at least 2 runners")
+        return bench_cache_shared(spec, progress=progress, latency_samples=samples)
     if host_proxy:  # issue 16: N jobs on one host proxy vs a proxy per job
         if p2p:
             raise UsageError("--host-proxy and --p2p measure different fleets: choose one")
@@ -248,6 +265,13 @@ BENCHMARKS = (
                 False,
                 "jobs reuse one host proxy ('fleetci cache start'), vs a proxy per job, in the same run",
                 switch=True,
+            ),
+            Param(
+                "backend",
+                _bench_backend,
+                "",
+                "redis: one proxy per runner, all on one real redis-server (CACHE_BACKEND)",
+                shown="local",
             ),
         ),
         run_cache,

@@ -49,11 +49,14 @@ log = logging.getLogger("fleetci.cache")
 T = TypeVar("T")
 CALL_TIMEOUT = 0.5  # seconds: a slow or stopped Redis must not hold a client's request
 RECONNECT = Backoff(retries=None, initial=0.1, most=2.0, jitter=0.1)
+POOL_SIZE = 16  # connections per proxy
 MONITOR_EVERY = 1.0  # seconds between PINGs while the store is healthy
 WAIT_POLL = 0.005  # seconds between looks for a lock holder's entry
 MAX_LIMIT_VALUE = 4096
 DOWN = (RedisError, OSError, asyncio.TimeoutError)
-# GET, unless the value is longer than ARGV[1]: then its length (an integer), never the bytes.
+# GET, unless the value is longer than ARGV[1]: then its length (an integer), never the bytes. Sent with
+# EVAL (Redis caches the compiled script): redis-py's EVALSHA in a pipeline costs a SCRIPT EXISTS round
+# trip on every execution.
 CAPPED_GET = """
 local n = redis.call('STRLEN', KEYS[1])
 if n > tonumber(ARGV[1]) then return n end
@@ -80,8 +83,12 @@ class RedisStore:
         self.max_stale = max_stale
         self.lock_ms = max(50, lock_ms)
         self.prefix = f"fleetci:{sealer.fleet_id}:"
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
+        # A bounded pool that waits for a free connection: a burst of misses (twenty runners) must not
+        # open a connection per request, nor fail with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=POOL_SIZE,
+            timeout=CALL_TIMEOUT,
             password=password or None,
             socket_timeout=CALL_TIMEOUT,
             socket_connect_timeout=CALL_TIMEOUT,
@@ -90,7 +97,7 @@ class RedisStore:
             health_check_interval=0,
             decode_responses=False,
         )
-        self._capped_get = self.client.register_script(CAPPED_GET)
+        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self.password = bool(password or urlsplit(url).password)
         self._degraded = False
         self._monitor: asyncio.Task[None] | None = None
@@ -208,8 +215,8 @@ class RedisStore:
 
         async def both() -> list[Any]:
             async with self.client.pipeline(transaction=False) as p:
-                await self._capped_get(keys=[self._entry_key(key)], args=[MAX_SHARED_VALUE], client=p)
-                await self._capped_get(keys=[limit_key], args=[MAX_LIMIT_VALUE], client=p)
+                p.eval(CAPPED_GET, 1, self._entry_key(key), MAX_SHARED_VALUE)
+                p.eval(CAPPED_GET, 1, limit_key, MAX_LIMIT_VALUE)
                 return list(await p.execute(raise_on_error=False))
 
         got = await self._call(both, [None, None])
@@ -242,7 +249,7 @@ class RedisStore:
         async def look() -> _Seen | None:
             async def both() -> list[Any]:
                 async with self.client.pipeline(transaction=False) as p:
-                    await self._capped_get(keys=[self._entry_key(key)], args=[MAX_SHARED_VALUE], client=p)
+                    p.eval(CAPPED_GET, 1, self._entry_key(key), MAX_SHARED_VALUE)
                     p.exists(self._lock_key(key))
                     return list(await p.execute(raise_on_error=False))
 
