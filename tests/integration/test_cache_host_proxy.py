@@ -169,16 +169,17 @@ def test_well_known_socket_is_found_and_can_be_opted_out_of(
     env = _job_env(tmp_path, github)
     r = fleetci_fd("cache", "start", "--no-probe", env=env)
     assert r.returncode == 0 and f"using the host proxy (pid {host.pid})" in r.stdout, r.stderr
-    assert fleetci_fd("cache", "stop", env=env).returncode == 0
-    own_dir = tmp_path / "own"
-    r = fleetci_fd("cache", "start", "--no-host-proxy", "--port", "0", "--cache-dir", str(own_dir), env=env)
+    # the same cache dir, opted out: a proxy of its own, which stop then stops (the marker is gone)
+    r = fleetci_fd("cache", "start", "--no-host-proxy", "--port", "0", env=env)
     try:
         assert r.returncode == 0, r.stderr
         m = re.search(r"fleetci cache running \(pid (\d+)\)", r.stdout)
         assert m and int(m.group(1)) != host.pid, r.stdout
     finally:
-        stopped = fleetci_fd("cache", "stop", "--cache-dir", str(own_dir), env=env)
+        stopped = fleetci_fd("cache", "stop", env=env)
     assert stopped.returncode == 0 and "fleetci cache stopped" in stopped.stdout
+    assert "no running proxy recorded" in one_line_error(fleetci_fd("cache", "stop", env=env))
+    own_dir = tmp_path / "own"
     # a dead socket where the host service's should be: a note, and the job gets its own proxy
     dead = tmp_path / "dead.sock"
     import socket

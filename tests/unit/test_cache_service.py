@@ -80,6 +80,7 @@ def test_installed_unit_is_hardened_and_systemd_accepts_it(fleetci: RunCli, tmp_
         "--port": "9311",
         "--socket-group": GROUP,
         "--cache-dir": "/var/lib/fleetci",
+        "--host": "127.0.0.1",
     }.items():
         assert exec_start[exec_start.index(flag) + 1] == value, exec_start
     # systemd parses every line without a warning (an unknown directive or value would be reported)

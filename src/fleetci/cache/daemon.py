@@ -20,7 +20,7 @@ from typing import Any
 from fleetci import gha
 from fleetci.cache.api import HEALTH_PATH
 from fleetci.cache.client import LocalProxy
-from fleetci.cache.hostproxy import HostProxy, find_host_proxy, remember
+from fleetci.cache.hostproxy import HostProxy, find_host_proxy, forget, remember
 from fleetci.cache.settings import CacheOptions, CacheSettings
 from fleetci.errors import FleetciError
 from fleetci.files import ensure_private_dir, private_fd, write_private
@@ -97,6 +97,7 @@ def start(
                 print(log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else "")
         raise FleetciError(f"cache proxy did not start: {_last_line(log_path) or exc}") from exc
     write_private(settings.pid_path, str(proc.pid))
+    forget(settings)  # a host-proxy marker an earlier job left here: stop now stops this proxy
     api_url = str(health.get("proxy_url") or settings.proxy_url)
     gh_dir = _write_gh_config(settings)
     peer_id = str(health.get("peer_id") or "")
@@ -175,6 +176,9 @@ def stop(settings: CacheSettings) -> int:
 
 
 def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):  # started by start() in this very process: reap it
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

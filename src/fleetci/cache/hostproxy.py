@@ -112,7 +112,11 @@ def remember(settings: CacheSettings, host: HostProxy) -> None:
     """Mark the job's cache dir: ``fleetci cache stop`` then leaves the host proxy running."""
     ensure_private_dir(settings.cache_dir)
     write_private(settings.cache_dir / MARKER, host.api_url)
-    settings.pid_path.unlink(missing_ok=True)  # a pid a previous per-job proxy left is not ours to stop
+
+
+def forget(settings: CacheSettings) -> None:
+    """The job started a proxy of its own: a marker an earlier job left no longer applies."""
+    (settings.cache_dir / MARKER).unlink(missing_ok=True)
 
 
 def release(settings: CacheSettings) -> str | None:

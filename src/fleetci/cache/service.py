@@ -76,6 +76,8 @@ def render_unit(argv: Sequence[str], *, group: str = "", port: int = DEFAULT_POR
         STATE_DIR,
         "--socket",
         WELL_KNOWN_SOCKET,
+        "--host",
+        "127.0.0.1",  # loopback only, whatever the environment file says: the socket group is the gate
         "--port",
         str(port),
         *(["--socket-group", group] if group else []),
