@@ -21,12 +21,15 @@ command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 apt_install chromium
 OPENAPI="$ROOT/.cache/npm/node_modules/@octokit/openapi/generated/api.github.com.json"
 WEBHOOKS="$ROOT/.cache/npm/node_modules/@octokit/openapi-webhooks/generated/api.github.com.json"
-if [ ! -f "$OPENAPI" ] || [ ! -f "$WEBHOOKS" ]; then
-  # one command for both: npm prunes what a --no-save install into the same prefix did not name
-  echo "test: npm install @octokit/openapi and @octokit/openapi-webhooks (GitHub's official descriptions)"
+# GitHub's published GraphQL schema: the emulator's /graphql executes on it (issue 20).
+GRAPHQL_SCHEMA="$ROOT/.cache/npm/node_modules/@octokit/graphql-schema/schema.graphql"
+if [ ! -f "$OPENAPI" ] || [ ! -f "$WEBHOOKS" ] || [ ! -f "$GRAPHQL_SCHEMA" ]; then
+  # one command for all: npm prunes what a --no-save install into the same prefix did not name
+  echo "test: npm install @octokit/openapi, @octokit/openapi-webhooks and @octokit/graphql-schema (GitHub's official descriptions)"
   npm install --silent --no-save --no-audit --no-fund --prefix "$ROOT/.cache/npm" \
-    "@octokit/openapi@^23" "@octokit/openapi-webhooks@^12" >/dev/null
+    "@octokit/openapi@^23" "@octokit/openapi-webhooks@^12" "@octokit/graphql-schema@^15" >/dev/null
 fi
 export FLEETCI_OPENAPI_SPEC="$OPENAPI"
 export FLEETCI_OPENAPI_WEBHOOKS="$WEBHOOKS"
+export FLEETCI_GRAPHQL_SCHEMA="$GRAPHQL_SCHEMA"
 exec python -m pytest "$@"

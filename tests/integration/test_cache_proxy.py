@@ -108,13 +108,17 @@ def test_non_get_and_graphql_pass_through(emulator: Any, proxy: Proxy) -> None:
     with proxy.client(token("alice")) as c:
         r1 = c.post("/orgs/octo-org/actions/runners/registration-token")
         r2 = c.post("/orgs/octo-org/actions/runners/registration-token")
-        g = c.post("/graphql", json={"query": "{ viewer { login } }"})
+        g = c.post(
+            "/graphql", json={"query": 'mutation { addStar(input: {starrableId: "x"}) { clientMutationId } }'}
+        )
         rl = c.get("/rate_limit")
     assert r1.status_code == r2.status_code == 201
     assert r1.headers["X-Fleetci-Cache"] == r2.headers["X-Fleetci-Cache"] == "BYPASS"
-    assert g.headers["X-Fleetci-Cache"] == "BYPASS" and g.json()["data"]["viewer"]["login"] == "alice"
+    assert g.headers["X-Fleetci-Cache"] == "BYPASS" and g.json()["errors"][0]["type"] == "NOT_FOUND"
     assert rl.headers["X-Fleetci-Cache"] == "BYPASS"
-    assert charged(emulator, "alice") - before == 3
+    # GraphQL spends its own budget (points), never the REST one; /rate_limit is free
+    assert charged(emulator, "alice") - before == 2
+    assert emulator.emulator.graphql_points(token("alice")) == 1
 
 
 def test_link_pagination_points_back_at_proxy(emulator: Any, proxy: Proxy) -> None:

@@ -344,14 +344,16 @@ def test_charged_counting(server: EmulatorServer) -> None:
         }
         assert c.post(f"/orgs/{ORG}/actions/runners/registration-token").status_code == 201
         rl = c.get("/rate_limit")  # never charged
-        assert rl.json()["resources"]["core"]["used"] == 4 and rl.json()["rate"]["remaining"] == 4996
+        # GraphQL has its own budget, in points: the query above cost 1 of it and no REST call
+        assert rl.json()["resources"]["core"]["used"] == 3 and rl.json()["rate"]["remaining"] == 4997
         c.get("/_emulator/stats")  # admin endpoints are not charged either
     assert httpx.get(f"{server.url}/orgs/{ORG}/repos").status_code == 200
     assert httpx.post(f"{server.url}/graphql", json={"query": "{ viewer { login } }"}).status_code == 401
-    assert emu.charged(tok("fleet-bot")) == 4 and emu.charged("fleet-bot") == 4
-    assert emu.charged(None) == 2 and emu.total_charged == 6
+    assert emu.charged(tok("fleet-bot")) == 3 and emu.charged("fleet-bot") == 3
+    assert emu.graphql_points(tok("fleet-bot")) == 1 and emu.stats()["graphql_total_points"] == 1
+    assert emu.charged(None) == 1 and emu.total_charged == 4
     stats = httpx.get(f"{server.url}/_emulator/stats").json()
-    assert stats["charged"] == {"fleet-bot": 4, "anonymous": 2} and stats["total_charged"] == 6
+    assert stats["charged"] == {"fleet-bot": 3, "anonymous": 1} and stats["total_charged"] == 4
     assert stats["requests"] == 9  # every request, admin ones included (this one too)
     assert httpx.post(f"{server.url}/_emulator/reset").status_code == 200
     assert emu.total_charged == 0 and emu.charged(tok("fleet-bot")) == 0

@@ -244,6 +244,13 @@ NUMERIC: list[tuple[str, str, str, str, tuple[str, ...]]] = [
     ("cache", "proxy_port", "proxy_port", "CACHE_PROXY_PORT", NOT_FINITE + NEGATIVE + HUGE_PORT + FRACTION),
     ("cache", "listen_port", "listen_port", "CACHE_LISTEN_PORT", NOT_FINITE + NEGATIVE + HUGE_PORT),
     ("cache", "default_ttl", "default_ttl", "CACHE_DEFAULT_TTL", NOT_FINITE + NEGATIVE + NOT_A_NUMBER),
+    (
+        "cache",
+        "graphql_default_ttl",
+        "graphql_default_ttl",
+        "CACHE_GRAPHQL_DEFAULT_TTL",
+        NOT_FINITE + NEGATIVE + NOT_A_NUMBER,
+    ),
     ("cache", "max_entries", "max_entries", "CACHE_MAX_ENTRIES", NOT_FINITE + NEGATIVE + ZERO + FRACTION),
     ("cache", "max_bytes", "max_bytes", "CACHE_MAX_BYTES", NOT_FINITE + NEGATIVE + ZERO),
     ("cache", "memory_bytes", "memory_bytes", "CACHE_MEMORY_BYTES", NOT_FINITE + NEGATIVE + ZERO),

@@ -26,8 +26,10 @@ from urllib.parse import urlsplit
 import httpx
 import yaml
 
+from fleetci.cache.graphql import DEFAULT_RULES as GRAPHQL_RULES
 from fleetci.cache.policy import DEFAULT_RULES
-from fleetci.http import client
+from fleetci.errors import FleetciError
+from fleetci.http import client, error_message
 from fleetci.process import Service, fleetci_argv, running
 from fleetci.wait import wait_until
 
@@ -178,10 +180,21 @@ def run_fleet(
     return result
 
 
-def scaled_config(path: Path, scale: float, default_ttl: float = 300.0) -> Path:
-    """The proxy's fresh windows, compressed by the same factor as the runners' clock."""
-    rules = [{"pattern": r.pattern, "seconds": r.seconds / scale, "name": r.name} for r in DEFAULT_RULES]
-    path.write_text(yaml.safe_dump({"cache": {"ttl": rules, "default_ttl": default_ttl / scale}}))
+def scaled_config(
+    path: Path, scale: float, default_ttl: float = 300.0, graphql_default_ttl: float = 60.0
+) -> Path:
+    """The proxy's fresh windows (REST and GraphQL), compressed by the same factor as the runners' clock."""
+
+    def scaled(rules: Any) -> list[dict[str, Any]]:
+        return [{"pattern": r.pattern, "seconds": r.seconds / scale, "name": r.name} for r in rules]
+
+    cache = {
+        "ttl": scaled(DEFAULT_RULES),
+        "default_ttl": default_ttl / scale,
+        "graphql_ttl": scaled(GRAPHQL_RULES),
+        "graphql_default_ttl": graphql_default_ttl / scale,
+    }
+    path.write_text(yaml.safe_dump({"cache": cache}))
     return path
 
 
@@ -479,3 +492,203 @@ def bench_cache(
         ):
             out[k] = lat[k]
     return out
+
+
+# -- GraphQL (issue 20): gh's GraphQL commands across a fleet, points charged vs straight to the API -------
+
+# Watch-style polling in CI jobs: `gh pr checks --watch` asks every 10 s, `gh run watch` every 3 s.
+GRAPHQL_CALL_INTERVAL_S = 5.0
+GRAPHQL_CALLS_PER_JOB = 20  # then the fleet moves to the next repository
+GRAPHQL_TARGETS = {"graphql_charged_ratio_max": 0.10, "local_hit_http_p50_ms_max": 1.0}
+# The bodies gh 2.23 sends for `repo view`, `pr list`, `issue list` (captured from gh itself) and a
+# `gh api graphql -f query=…` one.
+GH_REPO_INFO = (
+    "query RepositoryInfo($owner: String!, $name: String!) {\n\t\trepository(owner: $owner, name: $name) "
+    "{name,owner{id,login},description}\n\t}"
+)
+GH_PR_LIST = (
+    "fragment pr on PullRequest{number,title,state,url,headRefName,headRepositoryOwner{id,login,...on "
+    "User{name}},isCrossRepository,isDraft,createdAt}\n\t\tquery PullRequestList($owner: String!, $repo: "
+    "String!, $limit: Int!, $endCursor: String, $baseBranch: String, $headBranch: String, $state: "
+    "[PullRequestState!] = OPEN) { repository(owner: $owner, name: $repo) { pullRequests(states: $state, "
+    "baseRefName: $baseBranch, headRefName: $headBranch, first: $limit, after: $endCursor, orderBy: "
+    "{field: CREATED_AT, direction: DESC}) { totalCount nodes { ...pr } pageInfo { hasNextPage endCursor } "
+    "} } }"
+)
+GH_ISSUE_LIST = (
+    "fragment issue on Issue {number,title,url,state,updatedAt,labels(first:100){nodes{id,name,description,"
+    "color},totalCount},stateReason}\n\tquery IssueList($owner: String!, $repo: String!, $limit: Int, "
+    "$endCursor: String, $states: [IssueState!] = OPEN, $assignee: String, $author: String, $mention: "
+    "String) { repository(owner: $owner, name: $repo) { hasIssuesEnabled issues(first: $limit, after: "
+    "$endCursor, orderBy: {field: CREATED_AT, direction: DESC}, states: $states, filterBy: {assignee: "
+    "$assignee, createdBy: $author, mentioned: $mention}) { totalCount nodes { ...issue } pageInfo { "
+    "hasNextPage endCursor } } } }"
+)
+GH_VIEWER = "{ viewer { login name } }"
+
+
+def graphql_workload(org: str, repo: str) -> list[dict[str, Any]]:
+    """One round of a job's gh calls on ``repo``: repo view, pr list, issue list, api graphql."""
+    return [
+        {"query": GH_REPO_INFO, "variables": {"owner": org, "name": repo}},
+        {"query": GH_PR_LIST, "variables": {"limit": 30, "owner": org, "repo": repo, "state": ["OPEN"]}},
+        {"query": GH_ISSUE_LIST, "variables": {"limit": 30, "owner": org, "repo": repo, "states": ["OPEN"]}},
+        {"query": GH_VIEWER},
+    ]
+
+
+def graphql_points(emulator_url: str, login: str = "fleet-bot") -> int:
+    data = _call("GET", f"{emulator_url}/_emulator/stats", timeout=10).json()
+    return int(data.get("graphql_points", {}).get(login, 0))
+
+
+def run_graphql_fleet(
+    targets: list[str], emulator_url: str, spec: FleetSpec, repos: list[str], org: str = "octo-org"
+) -> tuple[int, FleetResult]:
+    """``spec.runners`` threads of ``spec.calls`` GraphQL calls, one every GRAPHQL_CALL_INTERVAL_S simulated
+    seconds; the fleet's jobs work on one repository at a time. Returns (points charged, result)."""
+    interval = GRAPHQL_CALL_INTERVAL_S / spec.time_scale
+    before = graphql_points(emulator_url)
+    result = FleetResult(calls=0, charged=0, per_runner=[Counter() for _ in range(spec.runners)])
+    lock = threading.Lock()
+    start = time.monotonic()
+    token = fleet_token()
+
+    def runner(i: int) -> None:
+        rng = random.Random(spec.seed * 1000 + i)
+        offset = rng.uniform(0, interval)
+        local: Counter[str] = Counter()
+        errors = 0
+        with client(targets[i % len(targets)], timeout=60, headers={"Authorization": f"token {token}"}) as c:
+            for n in range(spec.calls):
+                time.sleep(max(0.0, start + offset + n * interval - time.monotonic()))
+                job = n // GRAPHQL_CALLS_PER_JOB
+                mix = graphql_workload(org, repos[job % len(repos)])
+                r = c.post("/graphql", json=mix[n % len(mix)])
+                local[r.headers.get("X-Fleetci-Cache", "DIRECT")] += 1
+                if r.status_code != 200 or "errors" in r.json():
+                    errors += 1
+        with lock:
+            result.per_runner[i] = local
+            result.outcomes.update(local)
+            result.calls += spec.calls
+            result.errors += errors
+
+    threads = [threading.Thread(target=runner, args=(i,)) for i in range(spec.runners)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    result.wall_s = time.monotonic() - start
+    return graphql_points(emulator_url) - before, result
+
+
+class _Post(_Conn):
+    def post(self, body: bytes) -> tuple[float, int, str]:
+        t0 = time.perf_counter()
+        self.conn.request(
+            "POST", "/graphql", body=body, headers={**self.headers, "Content-Type": "application/json"}
+        )
+        resp = self.conn.getresponse()
+        resp.read()
+        elapsed = time.perf_counter() - t0
+        return elapsed, resp.status, resp.getheader("X-Fleetci-Cache") or ""
+
+
+def measure_graphql_latencies(proxy_url: str, emulator_url: str, repo: str, samples: int) -> dict[str, float]:
+    """Hit over HTTP for gh's `pr list` body (and, interleaved, a REST hit on the same proxy), and the
+    same body straight to a zero-latency emulator."""
+    import json
+
+    from fleetci.testing import TOKENS
+
+    set_emulator(emulator_url, latency_ms=[0, 0], error_rate=0.0, drop_rate=0.0)
+    tok = next(t for t, who in TOKENS.items() if who == "alice")  # a scope the fleet phase left cold
+    body = json.dumps(graphql_workload("octo-org", repo)[1]).encode()
+    direct, via = _Post(emulator_url, tok), _Post(proxy_url, tok)
+    try:
+        first = via.post(body)
+        if first[1] != 200:
+            raise FleetciError(f"the proxy answered {first[1]} to gh's pr list query")
+        rest_path = f"/repos/octo-org/{repo}"
+        via.get(rest_path)
+        hits: list[float] = []
+        rest: list[float] = []
+        for _ in range(samples * 2):  # interleaved with a REST hit: the same-run reference
+            elapsed, _status, outcome = via.post(body)
+            if outcome == "HIT":
+                hits.append(elapsed)
+            elapsed, _status, outcome = via.get(rest_path)
+            if outcome == "HIT":
+                rest.append(elapsed)
+        straight = [direct.post(body)[0] for _ in range(samples)]
+    finally:
+        direct.close()
+        via.close()
+    return {
+        "local_hit_http_p50_ms": _p50_ms(hits) if hits else float("nan"),
+        "rest_hit_http_p50_ms": _p50_ms(rest) if rest else float("nan"),
+        "hit_samples": len(hits),
+        "direct_p50_ms": _p50_ms(straight),
+    }
+
+
+def check_graphql_endpoint(emulator_url: str) -> None:
+    """The emulator answers GraphQL only with GitHub's schema installed: say so in one line."""
+    r = _call(
+        "POST",
+        f"{emulator_url}/graphql",
+        json={"query": GH_VIEWER},
+        headers={"Authorization": f"token {fleet_token()}"},
+        timeout=60,
+    )
+    if r.status_code != 200:
+        raise FleetciError(f"the emulator cannot answer GraphQL: {error_message(r.status_code, r.content)}")
+
+
+def bench_graphql(
+    spec: FleetSpec, progress: Callable[[str], None] | None = None, latency_samples: int = 400
+) -> dict[str, Any]:
+    """``fleetci bench cache --graphql``: the same gh query mix straight to the emulator and through one
+    proxy; points charged as the emulator counts them (GitHub's rules), and GraphQL hit latency."""
+    say = progress or (lambda _m: None)
+    scaled_latency = (spec.latency_ms[0] / spec.time_scale, spec.latency_ms[1] / spec.time_scale)
+    with tempfile.TemporaryDirectory(prefix="fleetci-bench-") as tmp:
+        tmp_path = Path(tmp)
+        with start_emulator(spec.latency_ms) as emu:
+            repos = list_repo_names(emu.url, "octo-org", spec.repos)
+            check_graphql_endpoint(emu.url)
+            _call("POST", f"{emu.url}/_emulator/reset", timeout=10)
+            limits = {"primary_limit": BENCH_PRIMARY_LIMIT, "graphql_limit": BENCH_PRIMARY_LIMIT}
+            set_emulator(emu.url, latency_ms=list(scaled_latency), **limits)
+            say(f"emulator at {emu.url}; baseline: {spec.runners} runners' gh queries straight to the API")
+            baseline_points, baseline = run_graphql_fleet([emu.url], emu.url, spec, repos)
+            say(f"baseline: {baseline.calls} calls -> {baseline_points} points")
+            _call("POST", f"{emu.url}/_emulator/reset", timeout=10)
+            config = scaled_config(tmp_path / "bench.yml", spec.time_scale)
+            with start_proxy(emu.url, tmp_path / "cache", config) as proxy:
+                say(f"proxy at {proxy.url}; the same queries through the cache")
+                charged, cached = run_graphql_fleet([proxy.url], emu.url, spec, repos)
+                say(f"through the proxy: {cached.calls} calls -> {charged} points")
+                stats = _call("GET", f"{proxy.url}/_fleetci/stats", timeout=10).json()
+                say("latency: GraphQL hit over HTTP vs straight to a zero-latency emulator")
+                lat = measure_graphql_latencies(proxy.url, emu.url, repos[0], latency_samples)
+    return {
+        "runners": spec.runners,
+        "calls_per_runner": spec.calls,
+        "total_calls": cached.calls,
+        "baseline_graphql_points": baseline_points,
+        "graphql_points_charged": charged,
+        "graphql_charged_ratio": round(charged / baseline_points, 4) if baseline_points else 0.0,
+        **lat,
+        "outcomes": dict(sorted(cached.outcomes.items())),
+        "graphql_hits": stats.get("graphql_hits"),
+        "graphql_misses": stats.get("graphql_misses"),
+        "errors": baseline.errors + cached.errors,
+        "call_interval_s": GRAPHQL_CALL_INTERVAL_S,
+        "simulated_minutes": round(spec.calls * GRAPHQL_CALL_INTERVAL_S / 60, 1),
+        "time_scale": spec.time_scale,
+        "latency_ms": list(spec.latency_ms),
+        "wall_s": round(baseline.wall_s + cached.wall_s, 2),
+        "targets": GRAPHQL_TARGETS,
+    }

@@ -138,15 +138,28 @@ def _bench_backend(text: str) -> str:
 
 
 def run_cache(
-    *, samples: int, p2p: bool, host_proxy: bool, backend: str, progress: Progress, **fleet: Any
+    *,
+    samples: int,
+    p2p: bool,
+    host_proxy: bool,
+    backend: str,
+    graphql: bool,
+    progress: Progress,
+    **fleet: Any,
 ) -> Result:
-    from fleetci.bench.cache import bench_cache
+    from fleetci.bench.cache import bench_cache, bench_graphql
 
     spec = fleet_spec(**fleet)
     if samples < 10:
         raise UsageError("--samples must be at least 10")
     if p2p and spec.runners < 2:
         raise UsageError("--p2p needs at least 2 runners")
+    if graphql:  # issue 20: gh's GraphQL queries through one proxy
+        if p2p or host_proxy or backend:
+            raise UsageError(
+                "--graphql measures one proxy: it cannot be combined with --p2p, --host-proxy or --backend"
+            )
+        return bench_graphql(spec, progress=progress, latency_samples=samples)
     if backend:  # issue 16: one proxy per runner on one shared store
         from fleetci.bench.cache_shared import bench_cache_shared
 
@@ -272,6 +285,13 @@ BENCHMARKS = (
                 "",
                 "redis: one proxy per runner, all on one real redis-server (CACHE_BACKEND)",
                 shown="local",
+            ),
+            Param(
+                "graphql",
+                None,
+                False,
+                "gh's GraphQL queries instead of REST calls: points charged and GraphQL hit latency",
+                switch=True,
             ),
         ),
         run_cache,

@@ -17,6 +17,18 @@ METRICS_PATH = "/metrics"
 DASHBOARD_PATH = "/_fleetci/dashboard"  # also "/" for a browser (Accept: text/html, no credential)
 DASHBOARD_JSON_PATH = "/_fleetci/dashboard.json"
 
+# GraphQL's share of the counters (POST /graphql; also counted in the totals above them).
+GRAPHQL_KEYS = (
+    "graphql_requests",
+    "graphql_hits",
+    "graphql_peer_hits",
+    "graphql_shared_hits",
+    "graphql_misses",
+    "graphql_coalesced",
+    "graphql_stale_served",
+    "graphql_bypassed",
+    "graphql_upstream_requests",
+)
 # Counters (monotonic) and the seed's summary keys, shared by the stats table, the saved stats and /metrics.
 COUNTER_KEYS = (
     "requests",
@@ -36,6 +48,7 @@ COUNTER_KEYS = (
     "shared_waits",
     "shared_rejected",
     "shared_errors",
+    *GRAPHQL_KEYS,
 )
 SUMMARY_KEYS = (
     "local_hits",
@@ -44,6 +57,8 @@ SUMMARY_KEYS = (
     "revalidations",
     "coalesced",
     "stale_served",
+    "graphql_hits",
+    "graphql_misses",
     "hit_rate",
     "api_calls_saved",
     "rate_limit_remaining",
@@ -72,9 +87,19 @@ class CacheStats(TypedDict, total=False):
     shared_waits: int
     shared_rejected: int
     shared_errors: int
+    graphql_requests: int
+    graphql_hits: int
+    graphql_peer_hits: int
+    graphql_shared_hits: int
+    graphql_misses: int
+    graphql_coalesced: int
+    graphql_stale_served: int
+    graphql_bypassed: int
+    graphql_upstream_requests: int
     hit_rate: float
     api_calls_saved: int
     rate_limit_remaining: int | None  # the lowest X-RateLimit-Remaining seen over tokens
+    graphql_rate_limit_remaining: int | None  # the same for the GraphQL budget (points)
     cache_size: int
     cache_bytes: int
     connected_peers: int

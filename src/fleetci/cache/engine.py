@@ -13,14 +13,14 @@ import logging
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from fleetci.cache.activity import Activity
 from fleetci.cache.api import COUNTER_KEYS as COUNTER_KEYS
+from fleetci.cache.api import GRAPHQL_KEYS, CacheStats
 from fleetci.cache.api import SUMMARY_KEYS as SUMMARY_KEYS
-from fleetci.cache.api import CacheStats
 from fleetci.cache.peering import Announcement, Claim
 from fleetci.cache.peering import PeerLink as PeerLink
 from fleetci.cache.policy import (
@@ -150,6 +150,20 @@ def _weak(tag: str) -> str:
     return tag.strip().removeprefix("W/")
 
 
+# How a cacheable request reaches the upstream on a miss: (prepared, client headers, stale entry, force).
+FetchUpstream = Callable[[Prepared, Sequence[tuple[str, str]], Entry | None, bool], Awaitable[ProxyResponse]]
+
+
+class GraphQLHook(Protocol):
+    """What the engine asks of the GraphQL cache (``fleetci.cache.graphql``, which builds on this module)."""
+
+    def is_endpoint(self, target: str) -> bool: ...
+    async def handle(
+        self, headers: Sequence[tuple[str, str]], lower: dict[str, str], body: bytes | StreamedBody | None
+    ) -> ProxyResponse: ...
+    def counters(self) -> dict[str, int]: ...
+
+
 PEER_INDEX_MAX = 50_000
 CLAIMS_MAX = 50_000
 
@@ -184,6 +198,8 @@ class CacheEngine:
         self._claims: OrderedDict[str, dict[str, float]] = OrderedDict()
         self._claimed: set[str] = set()
         self._arrivals: dict[str, asyncio.Future[None]] = {}
+        # GraphQL query caching, installed by the proxy (fleetci.cache.graphql.install); None: pass through.
+        self.graphql: GraphQLHook | None = None
 
     # -- classification ------------------------------------------------------------------------------
     def prepare(self, target: str, headers: dict[str, str]) -> Prepared:
@@ -251,13 +267,26 @@ class CacheEngine:
         else:
             lower["authorization"] = credential
         method = method.upper()
+        # -- GraphQL (issue 20): queries are cached in fleetci.cache.graphql; the rest passes through --
+        if method == "POST" and self.graphql is not None and self.graphql.is_endpoint(target):
+            return self._finish(await self.graphql.handle(headers, lower, body), lower)
         if method not in ("GET", "HEAD"):
             return self._finish(await self._passthrough(method, target, headers, lower, body), lower)
         prep = self.prepare(target, lower)
         if prep.ttl <= 0:
             return self._finish(await self._passthrough("GET", target, headers, lower, None), lower)
+        return self._finish(await self._serve(prep, headers, wants_revalidation(lower)), lower)
+
+    async def _serve(
+        self,
+        prep: Prepared,
+        headers: Sequence[tuple[str, str]],
+        force: bool,
+        upstream: FetchUpstream | None = None,
+    ) -> ProxyResponse:
+        """A cacheable request: fresh entry, else join the identical in-flight one, else fetch (peers
+        first, then ``upstream``: a conditional GET unless the caller brings its own, as GraphQL does)."""
         now = self.clock()
-        force = wants_revalidation(lower)
         entry = self.store.get(prep.key)
         if entry is not None and entry.is_fresh(now) and not force:
             outcome = Outcome.HIT
@@ -265,16 +294,16 @@ class CacheEngine:
                 del self._peer_origin[prep.key]
                 outcome = Outcome.PEER
             self._count(outcome, prep.target)
-            return self._finish(self._from_entry(entry, outcome, prep.limit_scope), lower)
+            return self._from_entry(entry, outcome, prep.limit_scope)
         pending = self._inflight.get(prep.key)
         if pending is not None:
             shared = await asyncio.shield(pending)
             self._count(Outcome.COALESCED, prep.target)
-            return self._finish(replace(shared, outcome=Outcome.COALESCED), lower)
+            return replace(shared, outcome=Outcome.COALESCED)
         future: asyncio.Future[ProxyResponse] = asyncio.get_running_loop().create_future()
         self._inflight[prep.key] = future
         try:
-            result = await self._fetch(prep, headers, entry, force)
+            result = await self._fetch(prep, headers, entry, force, upstream)
             future.set_result(result)
         except BaseException as exc:
             future.set_exception(exc)
@@ -283,14 +312,20 @@ class CacheEngine:
         finally:
             del self._inflight[prep.key]
         self._count(result.outcome, prep.target)
-        return self._finish(result, lower)
+        return result
 
     async def _fetch(
-        self, prep: Prepared, headers: Sequence[tuple[str, str]], entry: Entry | None, force: bool = False
+        self,
+        prep: Prepared,
+        headers: Sequence[tuple[str, str]],
+        entry: Entry | None,
+        force: bool = False,
+        upstream: FetchUpstream | None = None,
     ) -> ProxyResponse:
+        fetch_upstream = upstream or self._fetch_upstream
         now = self.clock()
         if self.shared is not None and not force:
-            return await self._via_shared(self.shared, prep, headers, entry)
+            return await self._via_shared(self.shared, prep, headers, entry, fetch_upstream)
         if self.peers is not None and not force:
             from_peer = await self._from_peers(prep, entry, now)
             if from_peer is None:
@@ -298,12 +333,12 @@ class CacheEngine:
             if from_peer is not None:
                 return from_peer
             try:
-                return await self._fetch_upstream(prep, headers, entry, force)
+                return await fetch_upstream(prep, headers, entry, force)
             finally:
                 if prep.key in self._claimed:  # we claimed it but have nothing to announce: say so
                     self._claimed.discard(prep.key)
                     self.peers.claim(prep.scope, prep.key, release=True)
-        return await self._fetch_upstream(prep, headers, entry, force)
+        return await fetch_upstream(prep, headers, entry, force)
 
     async def _fetch_upstream(
         self, prep: Prepared, headers: Sequence[tuple[str, str]], entry: Entry | None, force: bool
@@ -374,7 +409,12 @@ class CacheEngine:
 
     # -- shared store (CACHE_BACKEND; fleetci.cache.shared) ----------------------------------------------
     async def _via_shared(
-        self, shared: SharedStore, prep: Prepared, headers: Sequence[tuple[str, str]], entry: Entry | None
+        self,
+        shared: SharedStore,
+        prep: Prepared,
+        headers: Sequence[tuple[str, str]],
+        entry: Entry | None,
+        upstream: FetchUpstream | None = None,
     ) -> ProxyResponse:
         """Local miss or stale: the fleet's copy, else one proxy of the fleet fetches (a short lock in
         the store) while the others wait for its entry, at most ``claim_wait``, then fetch themselves."""
@@ -392,7 +432,7 @@ class CacheEngine:
                 self.counters.shared_waits += 1
                 return self._keep_shared(waited, prep)
         try:
-            return await self._fetch_upstream(prep, headers, entry, False)
+            return await (upstream or self._fetch_upstream)(prep, headers, entry, False)
         finally:
             shared.unlock(prep.key)  # a no-op once the entry was published
 
@@ -552,9 +592,11 @@ class CacheEngine:
         headers: Sequence[tuple[str, str]],
         lower: dict[str, str],
         body: bytes | StreamedBody | None,
+        limit_scope: str | None = None,
     ) -> ProxyResponse:
+        """Straight upstream, uncached; ``limit_scope``: the budget it spends (the token's REST one)."""
         credential = lower.get("authorization")
-        scope = scope_of(credential)
+        scope = limit_scope or scope_of(credential)
         wait = self.limits.blocked_for(scope, self.clock())
         if wait > 0:
             self.counters.rate_limited += 1
@@ -643,14 +685,16 @@ class CacheEngine:
         served_free = c.local_hits + c.peer_hits + c.shared_hits + c.coalesced + c.stale_served
         served_free += c.revalidations
         cacheable = served_free + c.misses
-        stats: dict[str, Any] = {k: getattr(c, k) for k in COUNTER_KEYS}
+        stats: dict[str, Any] = {k: getattr(c, k) for k in COUNTER_KEYS if not k.startswith("graphql_")}
         if self.shared is not None:
             stats.update({k: v for k, v in self.shared.counters().items() if k in stats})
+        stats.update(self.graphql.counters() if self.graphql is not None else dict.fromkeys(GRAPHQL_KEYS, 0))
         stats.update(
             {
                 "hit_rate": round(served_free / cacheable, 4) if cacheable else 0.0,
                 "api_calls_saved": served_free,
                 "rate_limit_remaining": self.limits.lowest_remaining(),
+                "graphql_rate_limit_remaining": self.limits.lowest_remaining("graphql"),
                 "cache_size": len(self.store),
                 "cache_bytes": self.store.total_bytes,
                 "connected_peers": len(self.peers.connected_peers()) if self.peers is not None else 0,

@@ -146,6 +146,12 @@ class RateLimitTracker:
             out["X-RateLimit-Reset"] = str(int(s.reset))
         return out
 
-    def lowest_remaining(self) -> int | None:
-        values = [s.remaining for s in self.scopes.values() if s.remaining is not None]
+    def lowest_remaining(self, resource: str | None = None) -> int | None:
+        """Over every token's REST budgets, or over the budgets of one ``resource`` (``graphql``)."""
+        values = [
+            s.remaining
+            for s in self.scopes.values()
+            if s.remaining is not None
+            and (s.resource == resource if resource else (s.resource or "core") != "graphql")
+        ]
         return min(values) if values else None

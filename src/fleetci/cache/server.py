@@ -26,6 +26,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from fleetci.cache import graphql
 from fleetci.cache.api import (
     COUNTER_KEYS,
     DASHBOARD_JSON_PATH,
@@ -94,11 +95,12 @@ class _Collector:
         )
         g.add_metric([], 1.0 if s["shared_store"] == "degraded" else 0.0)
         yield g
-        remaining = s["rate_limit_remaining"]
-        g = GaugeMetricFamily("fleetci_rate_limit_remaining", "lowest X-RateLimit-Remaining seen over tokens")
-        if remaining is not None:
-            g.add_metric([], float(remaining))
-        yield g
+        for key, what in (("rate_limit_remaining", "REST"), ("graphql_rate_limit_remaining", "GraphQL")):
+            remaining = s[key]
+            g = GaugeMetricFamily(f"fleetci_{key}", f"lowest {what} X-RateLimit-Remaining seen over tokens")
+            if remaining is not None:
+                g.add_metric([], float(remaining))
+            yield g
 
 
 class BadHost(ValueError):
@@ -335,6 +337,7 @@ def make_app(engine: CacheEngine, webhooks: WebhookReceiver | None = None) -> we
     """Routes behind :func:`fleetci.http.guarded_app`: a declared body over ``max_body_bytes`` gets 413
     before a byte of it is read; an undeclared one is streamed upstream and cut off at the same cap."""
     app = guarded_app(engine.settings.max_body_bytes)
+    graphql.install(engine)  # issue 20: POST /graphql queries are cached (fleetci.cache.graphql)
     app[ENGINE_KEY] = engine
     app[WEBHOOKS_KEY] = webhooks or _receiver(engine)
     app.router.add_post(WEBHOOK_PATH, _webhook)

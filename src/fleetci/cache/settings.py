@@ -53,14 +53,15 @@ class TTLRule:
     name: str = "custom"
 
 
-def parse_ttl_rules(raw: Any) -> tuple[TTLRule, ...]:
+def parse_ttl_rules(raw: Any, key: str = "cache.ttl") -> tuple[TTLRule, ...]:
+    """``cache.ttl`` (URL patterns) and ``cache.graphql_ttl`` (top-level GraphQL field patterns)."""
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise UsageError("config key 'cache.ttl' must be a list of {pattern, seconds} mappings")
+        raise UsageError(f"config key {key!r} must be a list of {{pattern, seconds}} mappings")
     rules = []
     for i, item in enumerate(raw):
-        where = f"cache.ttl[{i}]"
+        where = f"{key}[{i}]"
         if not isinstance(item, Mapping) or item.get("pattern") is None or item.get("seconds") is None:
             raise UsageError(f"config key {where!r} needs 'pattern' and 'seconds'")
         r = Resolver(None, item, {}, name=where)  # the same checks as every other setting
@@ -192,6 +193,19 @@ class CacheOptions(SettingTable):
         flag=False,
         doc_default="built-in rules",
         help="list of {pattern, seconds, name} fresh-window rules, before the built-in ones",
+    )
+    graphql_default_ttl = Setting(
+        60.0,
+        parse_seconds,
+        env=("CACHE_GRAPHQL_DEFAULT_TTL",),
+        help="fresh window in seconds for GraphQL queries no graphql_ttl rule matches (0: never cache)",
+    )
+    graphql_ttl = Setting[tuple[TTLRule, ...]](
+        (),
+        _rules,
+        flag=False,
+        doc_default="built-in rules",
+        help="list of {pattern, seconds, name} rules on top-level GraphQL fields, before the built-in ones",
     )
     enable_p2p = Setting(
         False,
@@ -352,6 +366,8 @@ class CacheSettings:
     enable_p2p: bool = False
     bootstrap_peers: tuple[str, ...] = ()
     ttl_rules: tuple[TTLRule, ...] = ()
+    graphql_default_ttl: float = 60.0
+    graphql_ttl_rules: tuple[TTLRule, ...] = ()
     secret: str = field(default="", repr=False)
     peer_registry: Path | None = None
     p2p_host: str = "0.0.0.0"
@@ -417,6 +433,7 @@ def cache_settings(
         raise UsageError(f"invalid upstream {upstream!r}: expected an http:// or https:// URL")
     socket = r.value(o.socket)
     rules = parse_ttl_rules(r.raw(o.ttl.name))
+    graphql_rules = parse_ttl_rules(r.raw(o.graphql_ttl.name), "cache.graphql_ttl")
     settings = CacheSettings(
         upstream=upstream,
         host=r.value(o.host),
@@ -435,6 +452,8 @@ def cache_settings(
         enable_p2p=r.value(o.enable_p2p),
         bootstrap_peers=r.value(o.bootstrap_peers),
         ttl_rules=rules,
+        graphql_default_ttl=r.value(o.graphql_default_ttl),
+        graphql_ttl_rules=graphql_rules,
         secret=r.value(o.secret),
         peer_registry=Path(registry) if (registry := r.value(o.peer_registry)) else None,
         p2p_host=r.value(o.p2p_host),

@@ -108,6 +108,7 @@ class EmulatorConfig:
     epoch: float | None = None  # the world's "now" (epoch seconds); None: a fixed date, reproducible data
     webhook_drop_rate: float = 0.0  # fraction of first delivery attempts lost (listed as failed)
     webhook_delay_ms: float = 0.0  # every delivery leaves this much later
+    graphql_limit: int = 5000  # GraphQL points per window and token (its own budget, as on GitHub)
 
     def check(self) -> None:
         """Raise ValueError (one line) for values the emulator cannot honour."""
@@ -120,7 +121,7 @@ class EmulatorConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
-        for name in ("primary_limit", "anon_limit", "secondary_concurrency"):
+        for name in ("primary_limit", "anon_limit", "secondary_concurrency", "graphql_limit"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.window_seconds < math.inf:  # NaN fails too: it would break every reset time
@@ -244,6 +245,7 @@ class GitHubEmulator:
         self._version = 0
         self._render_cache: dict[tuple[str, str, str, str | None], _Rendered] = {}
         self._charged: dict[str, int] = {}
+        self._graphql_points: dict[str, int] = {}  # login -> GraphQL points charged
         self._windows: dict[str, _Window] = {}
         self._inflight: dict[str, int] = {}
         self._not_modified = 0
@@ -269,6 +271,11 @@ class GitHubEmulator:
                 return sum(n for k, n in self._charged.items() if k.startswith("anon:"))
             return self._charged.get(self.tokens.get(token, token), 0)
 
+    def graphql_points(self, token: str) -> int:
+        """GraphQL points charged to a token (or a login): GitHub's separate GraphQL budget."""
+        with self._lock:
+            return self._graphql_points.get(self.tokens.get(token, token), 0)
+
     @property
     def total_charged(self) -> int:
         with self._lock:
@@ -285,12 +292,15 @@ class GitHubEmulator:
                 "total_charged": sum(self._charged.values()),
                 "not_modified": self._not_modified,
                 "requests": self._requests,
+                "graphql_points": dict(self._graphql_points),
+                "graphql_total_points": sum(self._graphql_points.values()),
             }
 
     def reset_counters(self) -> None:
         """Forget charged calls, 304 and request counts, rate windows and any forced secondary limit."""
         with self._lock:
             self._charged.clear()
+            self._graphql_points.clear()
             self._windows.clear()
             self._not_modified = 0
             self._requests = 0
@@ -320,7 +330,7 @@ class GitHubEmulator:
                 candidate.drop_rate = float(candidate.drop_rate)
                 candidate.webhook_drop_rate = float(candidate.webhook_drop_rate)
                 candidate.webhook_delay_ms = float(candidate.webhook_delay_ms)
-                for name in ("primary_limit", "anon_limit", "secondary_concurrency"):
+                for name in ("primary_limit", "anon_limit", "secondary_concurrency", "graphql_limit"):
                     value = getattr(candidate, name)
                     if isinstance(value, bool) or int(value) != value:
                         raise ValueError(f"{name} must be an integer, got {value!r}")
@@ -657,7 +667,11 @@ class GitHubEmulator:
             ),
         )
         r.add_post(
-            "/graphql", self._endpoint(self._r_graphql, "https://docs.github.com/graphql", cacheable=False)
+            "/graphql",
+            # charged in points against its own budget by the renderer, not as one REST call
+            self._endpoint(
+                self._r_graphql, "https://docs.github.com/graphql", cacheable=False, charged=False
+            ),
         )
         self._add_hook_routes(app)
         r.add_get("/_emulator/stats", self._admin(self._a_stats))
@@ -1289,7 +1303,39 @@ class GitHubEmulator:
             payload = None
         if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
             raise _Answer(_error(400, "Problems parsing JSON", ctx.doc))
-        return _json({"data": {"viewer": {"login": ctx.login}}}, cacheable=False)
+        from fleetci.testing import github_graphql as gg
+
+        try:
+            schema = gg.load_schema(gg.find_schema())
+        except gg.SchemaNotFound as exc:
+            raise _Answer(_error(501, str(exc), ctx.doc)) from None
+        login = ctx.login
+        key = f"{login}:graphql"
+        limit = self.config.graphql_limit
+
+        def budget() -> tuple[int, int, float]:
+            w = self._window(key, time.time(), create=False)
+            return limit, min(w.used, limit), w.reset
+
+        def charge(points: int) -> bool:
+            w = self._window(key, time.time(), create=True)
+            if w.used + points > limit:
+                w.used = max(w.used, limit)
+                return False
+            w.used += points
+            self._graphql_points[login] = self._graphql_points.get(login, 0) + points
+            return True
+
+        answer = gg.run_query(schema, payload, gg.View(self._world, login, budget), charge)
+        lim, used, reset = budget()
+        headers = {
+            "X-RateLimit-Limit": str(lim),
+            "X-RateLimit-Remaining": str(lim - used),
+            "X-RateLimit-Used": str(used),
+            "X-RateLimit-Reset": str(int(reset)),
+            "X-RateLimit-Resource": "graphql",
+        }
+        return _json(answer.body, cacheable=False, headers=headers)
 
     def _artifacts_list(self, ctx: _Ctx, repo: Repo, run_id: int | None) -> _Rendered:
         name = ctx.q("name")

@@ -1,0 +1,439 @@
+"""GraphQL query caching for ``POST /graphql`` (issue 20): queries only, never mutations.
+
+GitHub's GraphQL API has its own budget (5,000 points an hour per credential, ``X-RateLimit-Resource:
+graphql``) and no ETags, so a fleet running gh spends it once per runner. A body is parsed with graphql-core
+(GraphQL.js's port, a core dependency: the proxy needs it on every request to /graphql), and only a
+document whose operations are all queries is cached. Everything else goes upstream untouched, as before:
+mutations and subscriptions, anything graphql-core cannot parse, batched (JSON array) bodies, variables
+that are not a JSON object, bodies over :data:`MAX_QUERY_BYTES`.
+
+The key is the same credential partition as REST (``policy.request_credential`` -> ``scope_of``, or the
+declared shared scope) + the normalised document (graphql-core ``print_ast``, so whitespace, commas and
+comments do not matter) + operation name + variables as canonical JSON + the headers that change the
+answer (``Accept`` previews, ``GraphQL-Features``). Fresh windows come from the top-level fields of the
+operation (:data:`DEFAULT_RULES`, before them ``cache.graphql_ttl``): the shortest window among them wins,
+and a query asking for ``rateLimit`` is never cached. Entries are ordinary :class:`~fleetci.cache.store.Entry`
+rows, so they ride the store, peer-to-peer sharing and sealing exactly like REST entries. Only complete
+answers are stored: status 200 with ``data`` and no ``errors`` (GitHub reports NOT_FOUND, RATE_LIMITED and
+partial failures inside a 200).
+
+The budget is tracked per credential under its own rate-limit scope (``<scope>/graphql``), so an exhausted
+GraphQL budget serves stale GraphQL entries and blocks GraphQL calls, never REST ones (and the reverse).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections import OrderedDict
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from fleetci.cache.engine import DROP_FROM_STORED, CacheEngine, Outcome, Prepared, ProxyResponse
+from fleetci.cache.policy import (
+    ANONYMOUS_SCOPE,
+    canonical_accept,
+    scope_of,
+    shared_scope_of,
+    upstream_headers,
+    wants_revalidation,
+)
+from fleetci.cache.settings import TTLRule
+from fleetci.cache.store import Entry
+from fleetci.http import JSONTooDeep, StreamedBody, UpstreamError, loads_strict
+
+GRAPHQL_PATH = "/graphql"
+MAX_QUERY_BYTES = 256 * 1024  # larger bodies stream upstream untouched (up to cache.max_body_bytes)
+MAX_TOKENS = 20_000  # graphql-core stops parsing past this many tokens: the document passes through
+MAX_VARIABLE_DEPTH = 32
+MEMO_ENTRIES = 1024  # parsed documents, by query text: a hit costs a JSON parse and a dict lookup
+MEMO_MAX_QUERY = 64 * 1024
+LIMIT_SUFFIX = "/graphql"  # the rate-limit scope of a credential's GraphQL budget
+
+# Top-level fields (regular expressions, matched whole) -> fresh window. Short: GraphQL answers carry no
+# validators, so an entry cannot be revalidated for free the way a REST one can.
+DEFAULT_RULES: tuple[TTLRule, ...] = (
+    TTLRule(r"rateLimit", 0, "rate-limit"),
+    TTLRule(r"viewer", 300, "viewer"),
+    TTLRule(r"(user|organization)", 300, "account"),
+    TTLRule(r"search", 30, "search"),
+    TTLRule(r"repository", 60, "repository"),
+)
+# Request headers that change a GraphQL answer, besides the credential (part of the key).
+KEY_HEADERS = ("graphql-features", "x-github-next-global-id")
+
+
+_UNKNOWN = object()
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What the cache needs of a parsed query document."""
+
+    document: str  # print_ast of the whole document
+    fields: tuple[str, ...]  # top-level fields of the operation that runs
+
+
+@dataclass(frozen=True)
+class FieldPolicy:
+    """Ordered rules on top-level field names: user rules first, then :data:`DEFAULT_RULES`."""
+
+    rules: tuple[tuple[re.Pattern[str], float, str], ...]
+    default_ttl: float
+
+    @classmethod
+    def build(cls, user_rules: Sequence[TTLRule], default_ttl: float) -> FieldPolicy:
+        compiled = tuple((re.compile(r.pattern), r.seconds, r.name) for r in (*user_rules, *DEFAULT_RULES))
+        return cls(compiled, default_ttl)
+
+    def classify(self, fields: Sequence[str]) -> tuple[str, float]:
+        """The shortest window over the fields (introspection ``__…`` fields take the default)."""
+        best: tuple[str, float] | None = None
+        for name in fields or ("",):
+            found = ("default", self.default_ttl)
+            for pattern, seconds, rule in self.rules:
+                if pattern.fullmatch(name):
+                    found = (rule, seconds)
+                    break
+            if best is None or found[1] < best[1]:
+                best = found
+        assert best is not None
+        return best
+
+
+def analyse(query: str, operation_name: str | None) -> Operation | None:
+    """The operation a query document runs, or None when it must pass through (not parsable, holds a
+    mutation or subscription, ambiguous operation, too many tokens or too deeply nested)."""
+    from graphql import GraphQLError, parse, print_ast
+    from graphql.language import (
+        FieldNode,
+        FragmentDefinitionNode,
+        FragmentSpreadNode,
+        InlineFragmentNode,
+        OperationDefinitionNode,
+        OperationType,
+        SelectionSetNode,
+    )
+
+    try:
+        doc = parse(query, no_location=True, max_tokens=MAX_TOKENS)
+        printed = print_ast(doc)
+    except (GraphQLError, RecursionError):
+        return None
+    ops: list[OperationDefinitionNode] = []
+    fragments: dict[str, FragmentDefinitionNode] = {}
+    for d in doc.definitions:
+        if isinstance(d, OperationDefinitionNode):
+            if d.operation != OperationType.QUERY:
+                return None  # a document holding a mutation is never cached, whichever operation runs
+            ops.append(d)
+        elif isinstance(d, FragmentDefinitionNode):
+            fragments[d.name.value] = d
+        else:
+            return None  # type-system definitions: GitHub refuses them, let it say so
+    named = [o for o in ops if o.name is not None and o.name.value == operation_name]
+    if operation_name:
+        if len(named) != 1:
+            return None
+        op = named[0]
+    elif len(ops) == 1:
+        op = ops[0]
+    else:
+        return None
+    fields: list[str] = []
+    seen: set[str] = set()
+
+    def walk(sel: SelectionSetNode) -> None:
+        for s in sel.selections:
+            if isinstance(s, FieldNode):
+                fields.append(s.name.value)
+            elif isinstance(s, InlineFragmentNode):
+                walk(s.selection_set)
+            elif isinstance(s, FragmentSpreadNode) and s.name.value not in seen:
+                seen.add(s.name.value)
+                frag = fragments.get(s.name.value)
+                if frag is not None:
+                    walk(frag.selection_set)
+
+    walk(op.selection_set)
+    return Operation(printed, tuple(dict.fromkeys(fields)))
+
+
+@dataclass
+class GraphQLCounters:
+    requests: int = 0
+    hits: int = 0
+    peer_hits: int = 0
+    shared_hits: int = 0
+    misses: int = 0
+    coalesced: int = 0
+    stale_served: int = 0
+    bypassed: int = 0
+    upstream_requests: int = 0
+
+    def count(self, outcome: str) -> None:
+        name = {
+            Outcome.HIT: "hits",
+            Outcome.PEER: "peer_hits",
+            Outcome.SHARED: "shared_hits",
+            Outcome.MISS: "misses",
+            Outcome.COALESCED: "coalesced",
+            Outcome.STALE: "stale_served",
+            Outcome.BYPASS: "bypassed",
+            Outcome.REVALIDATED: "misses",  # never happens: GraphQL answers have no validators
+            Outcome.REFUSED: "bypassed",
+        }[outcome]
+        setattr(self, name, getattr(self, name) + 1)
+
+
+@dataclass
+class _Plan:
+    prep: Prepared
+    body: bytes
+    force: bool = field(default=False)
+
+
+def _stored_answer(status: int, headers: dict[str, str], body: bytes) -> bool:
+    """A complete answer: 200, JSON, ``data`` and no ``errors`` (GitHub reports most failures in a 200)."""
+    if status != 200 or "no-store" in headers.get("cache-control", "").lower():
+        return False
+    try:
+        parsed = loads_strict(body)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and parsed.get("data") is not None and not parsed.get("errors")
+
+
+class GraphQLCache:
+    """The engine's GraphQL hook (:class:`fleetci.cache.engine.GraphQLHook`)."""
+
+    def __init__(self, engine: CacheEngine) -> None:
+        self.engine = engine
+        settings = engine.settings
+        self.policy = FieldPolicy.build(settings.graphql_ttl_rules, settings.graphql_default_ttl)
+        self.stats = GraphQLCounters()
+        self._memo: OrderedDict[tuple[str, str | None], Operation | None] = OrderedDict()
+        self._plans: OrderedDict[tuple[bytes | str | None, ...], Prepared | None] = OrderedDict()
+        base = engine.upstream.base_path
+        # github.com: /graphql; GHES: the REST base is /api/v3 and GraphQL lives at /api/graphql.
+        self._paths = {GRAPHQL_PATH, base + GRAPHQL_PATH}
+        if base.endswith("/v3"):
+            self._paths.add(base[: -len("/v3")] + GRAPHQL_PATH)
+
+    def is_endpoint(self, target: str) -> bool:
+        path = urlsplit(target).path
+        return (path.rstrip("/") or "/") in self._paths
+
+    def counters(self) -> dict[str, int]:
+        s = self.stats
+        return {f"graphql_{k}": getattr(s, k) for k in s.__dataclass_fields__}
+
+    def _operation(self, query: str, operation_name: str | None) -> Operation | None:
+        key = (query, operation_name)
+        if key in self._memo:
+            self._memo.move_to_end(key)
+            return self._memo[key]
+        op = analyse(query, operation_name)
+        if len(query) <= MEMO_MAX_QUERY:
+            self._memo[key] = op
+            while len(self._memo) > MEMO_ENTRIES:
+                self._memo.popitem(last=False)
+        return op
+
+    def plan(self, raw: bytes, lower: dict[str, str]) -> Prepared | None:
+        """Where a body's answer lives in the cache and for how long; None: pass it through.
+
+        Remembered by the exact body and the headers in the key, so a hit costs one dict lookup instead
+        of a JSON parse, a memo lookup and a hash over the document (fleets repeat the same bodies)."""
+        memo_key = (
+            raw,
+            lower.get("authorization"),
+            lower.get("accept", ""),
+            *(lower.get(k, "") for k in KEY_HEADERS),
+        )
+        if len(raw) <= MEMO_MAX_QUERY:
+            hit = self._plans.get(memo_key, _UNKNOWN)
+            if hit is not _UNKNOWN:
+                self._plans.move_to_end(memo_key)
+                return hit  # type: ignore[return-value]
+        plan = self._plan(raw, lower)
+        if len(raw) <= MEMO_MAX_QUERY:
+            self._plans[memo_key] = plan
+            while len(self._plans) > MEMO_ENTRIES:
+                self._plans.popitem(last=False)
+        return plan
+
+    def _plan(self, raw: bytes, lower: dict[str, str]) -> Prepared | None:
+        try:
+            payload = loads_strict(raw, max_depth=MAX_VARIABLE_DEPTH)
+        except (ValueError, UnicodeDecodeError, JSONTooDeep):
+            return None
+        if not isinstance(payload, dict) or set(payload) - {"query", "variables", "operationName"}:
+            return None  # batched, or keys we do not know (persisted queries, extensions): untouched
+        query, variables, name = payload.get("query"), payload.get("variables"), payload.get("operationName")
+        if not isinstance(query, str) or not (variables is None or isinstance(variables, dict)):
+            return None
+        if not (name is None or isinstance(name, str)):
+            return None
+        op = self._operation(query, name or None)
+        if op is None:
+            return None
+        ttl_class, ttl = self.policy.classify(op.fields)
+        credential = lower.get("authorization")
+        token_scope = scope_of(credential)
+        scope = token_scope
+        if self.engine.settings.shared_scope and token_scope != ANONYMOUS_SCOPE:
+            scope = shared_scope_of(self.engine.settings.shared_scope)
+        h = hashlib.sha256()
+        for part in (
+            scope,
+            "graphql",
+            op.document,
+            name or "",
+            json.dumps(variables or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+            canonical_accept(lower.get("accept", "")),
+            *(lower.get(k, "").strip().lower() for k in KEY_HEADERS),
+        ):
+            h.update(part.encode("utf-8", "surrogatepass") + b"\x00")
+        key = h.hexdigest()
+        # The entry's target names the operation, never the variables (it is shown by `cache stats`).
+        target = f"{GRAPHQL_PATH}#{name or 'query'}:{','.join(op.fields)[:200]}:{key[:12]}"
+        limit_scope = token_scope + LIMIT_SUFFIX
+        return Prepared(scope, target, key, f"graphql-{ttl_class}", ttl, limit_scope, credential)
+
+    async def handle(
+        self, headers: Sequence[tuple[str, str]], lower: dict[str, str], body: bytes | StreamedBody | None
+    ) -> ProxyResponse:
+        engine = self.engine
+        self.stats.requests += 1
+        raw, rest = await _buffer(body, MAX_QUERY_BYTES)
+        prep = self.plan(raw, lower) if rest is None else None
+        if prep is None or prep.ttl <= 0:
+            limit = scope_of(lower.get("authorization")) + LIMIT_SUFFIX
+            forward: bytes | StreamedBody | None = raw if rest is None else rest
+            return await self._passthrough(headers, lower, forward, limit)
+        force = wants_revalidation(lower)
+
+        async def fetch(
+            p: Prepared, h: Sequence[tuple[str, str]], entry: Entry | None, _force: bool
+        ) -> ProxyResponse:
+            return await self._fetch_upstream(p, h, entry, raw)
+
+        resp = await engine._serve(prep, headers, force, fetch)
+        self.stats.count(resp.outcome)
+        return resp
+
+    async def _passthrough(
+        self,
+        headers: Sequence[tuple[str, str]],
+        lower: dict[str, str],
+        body: bytes | StreamedBody | None,
+        limit_scope: str,
+    ) -> ProxyResponse:
+        before = self.engine.counters.upstream_requests
+        try:
+            resp = await self.engine._passthrough("POST", GRAPHQL_PATH, headers, lower, body, limit_scope)
+        finally:
+            self.stats.upstream_requests += self.engine.counters.upstream_requests - before
+        self.stats.count(Outcome.BYPASS)
+        return resp
+
+    async def _fetch_upstream(
+        self, prep: Prepared, headers: Sequence[tuple[str, str]], entry: Entry | None, body: bytes
+    ) -> ProxyResponse:
+        """A miss: POST the client's body as it came (its credential replaced by the one keyed on)."""
+        engine = self.engine
+        now = engine.clock()
+        stale = entry if entry is not None and now - entry.fresh_until <= engine.settings.max_stale else None
+        wait = engine.limits.blocked_for(prep.limit_scope, now)
+        if wait > 0:
+            engine.counters.rate_limited += 1
+            if stale is not None:
+                return engine._from_entry(stale, Outcome.STALE, prep.limit_scope)
+            return engine._limited_response(prep.limit_scope, wait)
+        skip = {"if-none-match", "if-modified-since", "cache-control", "pragma"}
+        fwd = [(k, v) for k, v in upstream_headers(headers, prep.credential) if k.lower() not in skip]
+        try:
+            async with engine.limits.semaphore(prep.limit_scope):
+                engine.counters.upstream_requests += 1
+                self.stats.upstream_requests += 1
+                up = await engine.upstream.request("POST", GRAPHQL_PATH, fwd, body)
+        except UpstreamError:
+            engine.counters.upstream_errors += 1
+            if stale is not None:
+                return engine._from_entry(stale, Outcome.STALE, prep.limit_scope)
+            raise
+        engine.activity.charged(GRAPHQL_PATH)  # the dashboard's charged calls (GraphQL has no free 304)
+        up_headers = up.header_map()
+        now = engine.clock()
+        limited = engine.limits.observe(prep.limit_scope, up.status, up_headers, up.body, now)
+        engine._share_limit(prep.limit_scope)  # with a shared store, the fleet backs off too
+        if limited:
+            engine.counters.rate_limited += 1
+            if stale is not None:
+                return engine._from_entry(stale, Outcome.STALE, prep.limit_scope)
+            return engine._from_upstream(up, Outcome.MISS)
+        if up.status >= 500 and stale is not None:
+            engine.counters.upstream_errors += 1
+            return engine._from_entry(stale, Outcome.STALE, prep.limit_scope)
+        if _stored_answer(up.status, up_headers, up.body) and len(up.body) <= MAX_STORED_BODY:
+            kept = tuple((k, v) for k, v in up.headers if k.lower() not in DROP_FROM_STORED)
+            stored = Entry.create(prep.key, prep.scope, prep.target, 200, kept, up.body, prep.ttl, now)
+            engine.store.remember(stored)
+            asyncio.get_running_loop().call_soon(self._persist, stored)
+            engine._announce(stored)
+            return engine._from_entry(stored, Outcome.MISS, prep.limit_scope)
+        return engine._from_upstream(up, Outcome.MISS)
+
+    def _persist(self, entry: Entry) -> None:
+        self.engine._persist(entry)  # as REST entries: a failed write is logged, the entry stays in RAM
+
+
+MAX_STORED_BODY = 16 * 1024 * 1024
+
+
+async def _buffer(body: bytes | StreamedBody | None, limit: int) -> tuple[bytes, StreamedBody | None]:
+    """The whole body when it fits in ``limit`` bytes; else (b"", a stream that replays what was read
+    and goes on with the rest, under the body's own cap), so a large body goes upstream untouched."""
+    if body is None:
+        return b"", None
+    if isinstance(body, bytes):
+        if len(body) <= limit:
+            return body, None
+        return b"", StreamedBody(_chain([body], _empty()), len(body), len(body))
+    if body.length is not None and body.length > limit:
+        return b"", body
+    limit = min(limit, body.limit)
+    parts: list[bytes] = []
+    size = 0
+    raw = body.chunks.__aiter__()  # counted and capped by whichever StreamedBody forwards it
+    async for chunk in raw:
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"", StreamedBody(_chain(parts, raw), body.limit, body.length)
+    return b"".join(parts), None
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""
+
+
+async def _chain(head: list[bytes], tail: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    for chunk in head:
+        yield chunk
+    async for chunk in tail:
+        yield chunk
+
+
+def install(engine: CacheEngine) -> GraphQLCache:
+    """Give a proxy's engine GraphQL query caching (``fleetci cache serve`` does, in ``make_app``)."""
+    if isinstance(engine.graphql, GraphQLCache):
+        return engine.graphql
+    cache = GraphQLCache(engine)
+    engine.graphql = cache
+    return cache
