@@ -240,3 +240,41 @@ def test_bench_without_the_schema_is_one_line(tmp_path: Path) -> None:
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("fleetci: error:")]
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr
     assert "FLEETCI_GRAPHQL_SCHEMA" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_graphql_entries_ride_p2p_like_rest_entries(emu: Any, schema_path: Path, tmp_path: Path) -> None:
+    """Two proxies in a fleet (real libp2p on 127.0.0.1): one charged fetch, the other node answers PEER
+    from the sealed announcement; another credential on that node still goes to GitHub."""
+    from support import wait_until
+    from support.p2p import FLEET, SECRET
+
+    env = clean_env(FLEETCI_CACHE_SECRET=SECRET, CACHE_FLEET=FLEET)
+    p2p = ("--enable-p2p", "--p2p-host", "127.0.0.1", "--listen-port", "0")
+    first = start_proxy(emu.url, tmp_path / "n0", *p2p, env=env)
+    nodes = [first]
+    try:
+        boot = httpx.get(f"{first.url}/_fleetci/peers", timeout=10).json()["addrs"][0]
+        nodes.append(start_proxy(emu.url, tmp_path / "n1", *p2p, "--bootstrap-peers", boot, env=env))
+        other = httpx.get(f"{nodes[1].url}/_fleetci/peers", timeout=10).json()["peer_id"]
+
+        def mesh() -> bool:
+            r = httpx.post(f"{first.url}/_fleetci/p2p/probe", timeout=30).json()
+            return other in r.get("shared_with", [])
+
+        assert wait_until(mesh, timeout=30, interval=0.5), "the two proxies did not form a mesh"
+
+        def receipts() -> int:
+            r = httpx.get(f"{nodes[1].url}/_fleetci/peers", params={"receipts": "1"}, timeout=10)
+            return len(r.json().get("receipts", {}))
+
+        q = {"query": 'query P2P { repository(owner: "octo-org", name: "web") { name description } }'}
+        spent, seen = points(emu, "alice"), receipts()
+        assert post(first, "alice", q).headers["X-Fleetci-Cache"] == "MISS"
+        assert wait_until(lambda: receipts() > seen, timeout=10, interval=0.1), "no announcement arrived"
+        assert post(nodes[1], "alice", q).headers["X-Fleetci-Cache"] == "PEER"
+        assert points(emu, "alice") == spent + 1  # one charged fetch for the fleet
+        assert nodes[1].stats()["graphql_peer_hits"] == 1
+        assert post(nodes[1], "bob", q).headers["X-Fleetci-Cache"] == "MISS"  # scopes stay apart
+    finally:
+        for n in nodes:
+            n.stop(signal.SIGKILL)
