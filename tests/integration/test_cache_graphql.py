@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from fleetci.testing.github_graphql import SchemaNotFound, find_schema
-from support import Proxy, clean_env, start_proxy
+from support import Proxy, clean_env, start_proxy, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ORG_REPO = "octo-org/api"
@@ -278,3 +278,29 @@ def test_graphql_entries_ride_p2p_like_rest_entries(emu: Any, schema_path: Path,
     finally:
         for n in nodes:
             n.stop(signal.SIGKILL)
+
+
+def test_graphql_entries_ride_the_shared_store(emu: Any, tmp_path: Path) -> None:
+    """Two proxies on one real redis-server (CACHE_BACKEND): one charged fetch, SHARED on the other,
+    sealed under the credential's scope like REST entries; a mutation still passes through both."""
+    from support.redis import PASSWORD, RedisServer
+
+    store = RedisServer(tmp_path / "redis").start()
+    env = clean_env(CACHE_BACKEND=store.url, CACHE_REDIS_PASSWORD=PASSWORD, FLEETCI_CACHE_SECRET="gql-secret")
+    proxies: list[Proxy] = []
+    try:
+        proxies = [start_proxy(emu.url, tmp_path / name / "cache", env=env) for name in "ab"]
+        q = {"query": 'query Shared { repository(owner: "octo-org", name: "docs") { name } }'}
+        spent = points(emu, "alice")
+        assert post(proxies[0], "alice", q).headers["X-Fleetci-Cache"] == "MISS"
+        keys = lambda: list(store.client().scan_iter(match="fleetci:*:e:*"))  # noqa: E731
+        assert wait_until(lambda: len(keys()) >= 1, timeout=10), "the entry never reached the shared store"
+        assert all(b"octo-org" not in store.client().get(k) for k in keys())  # sealed, not plain JSON
+        assert post(proxies[1], "alice", q).headers["X-Fleetci-Cache"] == "SHARED"
+        assert points(emu, "alice") == spent + 1
+        assert proxies[1].stats()["graphql_shared_hits"] == 1
+        assert post(proxies[1], "bob", q).headers["X-Fleetci-Cache"] == "MISS"  # another credential
+    finally:
+        for p in proxies:
+            p.stop()
+        store.kill()
