@@ -49,8 +49,13 @@ GRAPHQL_PATH = "/graphql"
 MAX_QUERY_BYTES = 256 * 1024  # larger bodies stream upstream untouched (up to cache.max_body_bytes)
 MAX_TOKENS = 20_000  # graphql-core stops parsing past this many tokens: the document passes through
 MAX_VARIABLE_DEPTH = 32
-MEMO_ENTRIES = 1024  # parsed documents, by query text: a hit costs a JSON parse and a dict lookup
-MEMO_MAX_QUERY = 64 * 1024
+# Memos, bounded in bytes as well as entries (twenty proxies may share a box): parsed documents by query
+# text (<= 16 KiB each, 256 of them), and plans by exact body and key headers (<= 8 KiB each, 512 of
+# them; gh's bodies are about 1 KiB), so a hit costs a dict lookup.
+MEMO_ENTRIES = 256
+MEMO_MAX_QUERY = 16 * 1024
+PLAN_ENTRIES = 512
+PLAN_MAX_BODY = 8 * 1024
 LIMIT_SUFFIX = "/graphql"  # the rate-limit scope of a credential's GraphQL budget
 
 # Top-level fields (regular expressions, matched whole) -> fresh window. Short: GraphQL answers carry no
@@ -254,15 +259,15 @@ class GraphQLCache:
             lower.get("accept", ""),
             *(lower.get(k, "") for k in KEY_HEADERS),
         )
-        if len(raw) <= MEMO_MAX_QUERY:
+        if len(raw) <= PLAN_MAX_BODY:
             hit = self._plans.get(memo_key, _UNKNOWN)
             if hit is not _UNKNOWN:
                 self._plans.move_to_end(memo_key)
                 return hit  # type: ignore[return-value]
         plan = self._plan(raw, lower)
-        if len(raw) <= MEMO_MAX_QUERY:
+        if len(raw) <= PLAN_MAX_BODY:
             self._plans[memo_key] = plan
-            while len(self._plans) > MEMO_ENTRIES:
+            while len(self._plans) > PLAN_ENTRIES:
                 self._plans.popitem(last=False)
         return plan
 
@@ -333,11 +338,9 @@ class GraphQLCache:
         body: bytes | StreamedBody | None,
         limit_scope: str,
     ) -> ProxyResponse:
-        before = self.engine.counters.upstream_requests
-        try:
-            resp = await self.engine._passthrough("POST", GRAPHQL_PATH, headers, lower, body, limit_scope)
-        finally:
-            self.stats.upstream_requests += self.engine.counters.upstream_requests - before
+        resp = await self.engine._passthrough("POST", GRAPHQL_PATH, headers, lower, body, limit_scope)
+        if not any(k == "X-Fleetci-Blocked" for k, _ in resp.headers):  # else GitHub was not called
+            self.stats.upstream_requests += 1
         self.stats.count(Outcome.BYPASS)
         return resp
 
