@@ -291,3 +291,24 @@ def test_something_else_posing_as_the_host_proxy_is_refused(status: int, body: b
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_socket_anyone_could_have_planted_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs send the host proxy their tokens: found by itself in a world-writable directory, a socket
+    (here a real listening one) is not trusted, whatever answers on it."""
+    import socket
+
+    import fleetci.cache.hostproxy as hostproxy
+
+    shared = tmp_path / "run"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: anyone may create a file here
+    path = shared / "proxy.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+        s.listen()
+        monkeypatch.setattr(hostproxy, "WELL_KNOWN_SOCKET", str(path))
+        host, note = hostproxy.find_host_proxy(cache_settings({}, {}, {}))
+    assert host is None and "is not trusted" in note and "writable by every user" in note

@@ -68,6 +68,16 @@ def _usable_socket(path: object) -> Path | None:
     return None
 
 
+def _planted(sock: Path) -> str:
+    """Why a socket found by itself may have been put there by anyone ("" when it may not): jobs send it
+    their tokens, so a directory every user can write to (and so plant a socket in) is not trusted."""
+    try:
+        mode = sock.parent.stat().st_mode
+    except OSError as exc:
+        return describe(exc)
+    return f"{sock.parent} is writable by every user" if mode & 0o002 else ""
+
+
 def find_host_proxy(settings: CacheSettings) -> tuple[HostProxy | None, str]:
     """The host proxy this job should use, or None and why not ("" when there is none to speak of).
 
@@ -81,6 +91,11 @@ def find_host_proxy(settings: CacheSettings) -> tuple[HostProxy | None, str]:
     where = choice or WELL_KNOWN_SOCKET
     if not explicit and not Path(WELL_KNOWN_SOCKET).is_socket():
         return None, ""
+    if not explicit and (why := _planted(Path(WELL_KNOWN_SOCKET))):
+        return (
+            None,
+            f"host proxy socket {WELL_KNOWN_SOCKET} is not trusted ({why}); starting a proxy for this job",
+        )
     is_url = where.startswith(("http://", "https://"))
     uds = None if is_url else Path(where)
     try:
