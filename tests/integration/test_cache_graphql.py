@@ -213,6 +213,11 @@ def test_graphql_budget_is_tracked_and_respected_apart_from_rest(gql_proxy: Prox
         assert rest.status_code == 200  # the REST budget is another one
         stats = gql_proxy.stats()
         assert stats["graphql_rate_limit_remaining"] == 0 and stats["rate_limit_remaining"] > 0
+        limits = httpx.get(f"{emu.url}/rate_limit", headers={"Authorization": f"token {token('bob')}"}).json()
+        assert (
+            limits["resources"]["graphql"]["remaining"] == 0 and limits["resources"]["graphql"]["used"] == 3
+        )
+        assert limits["resources"]["core"]["remaining"] > 0
     finally:
         emu.emulator.configure(graphql_limit=5000)
 

@@ -1410,7 +1410,18 @@ class GitHubEmulator:
     def _r_rate_limit(self, ctx: _Ctx) -> _Rendered:
         w = self._window(ctx.key, time.time(), create=False)
         limit = self._limit_for(ctx.key)
-        return _json(gd.rate_limit_overview(limit, min(w.used, limit), int(w.reset)), cacheable=False)
+        overview = gd.rate_limit_overview(limit, min(w.used, limit), int(w.reset))
+        if ctx.login is not None:  # GraphQL's own window, in points (see _r_graphql)
+            g = self._window(f"{ctx.login}:graphql", time.time(), create=False)
+            glimit = self.config.graphql_limit
+            used = min(g.used, glimit)
+            overview["resources"]["graphql"] = {
+                "limit": glimit,
+                "used": used,
+                "remaining": glimit - used,
+                "reset": int(g.reset),
+            }
+        return _json(overview, cacheable=False)
 
     # -- admin -----------------------------------------------------------------------------------------
 
