@@ -420,3 +420,40 @@ def test_registry_discovery_without_bootstrap(emulator: Any, tmp_path: Path) -> 
         a.stop()
         b.stop()
     assert not any(reg.glob("*.json"))  # clean shutdown unregisters
+
+
+def test_a_webhook_at_one_proxy_invalidates_the_whole_fleet(emulator: Any, tmp_path: Path) -> None:
+    """Issue 17: a signed delivery reaches one proxy; the invalidation is gossiped, and another proxy's
+    cached queued list (its own copy, and the peer's copy from before the change) revalidates at once."""
+    from fleetci.cache.webhooks import WEBHOOK_PATH, signature
+
+    env = p2p_env(CACHE_WEBHOOK_SECRET="hook-secret")
+    a = start_node(emulator, tmp_path, "a", env=env)
+    b = start_node(emulator, tmp_path, "b", "--bootstrap-peers", peers_of(a)["addrs"][0], env=env)
+    try:
+        mesh_ready(a, [b])
+        h = {"Authorization": f"token {token('alice')}"}
+        queued = "/repos/octo-org/api/actions/runs?status=queued"
+        old = httpx.get(a.url + queued, headers=h)
+        assert wait_until(lambda: httpx.get(b.url + queued, headers=h).headers["X-Fleetci-Cache"] == "HIT")
+        new_run = emulator.emulator.queue_run("octo-org", "api")
+        body = json.dumps({"action": "queued", "repository": {"full_name": "octo-org/api"}}).encode()
+        delivery = httpx.post(
+            a.url + WEBHOOK_PATH,
+            content=body,
+            headers={
+                "X-GitHub-Event": "workflow_job",
+                "X-GitHub-Delivery": "d-1",
+                "X-Hub-Signature-256": signature("hook-secret", body),
+            },
+        )
+        assert delivery.status_code == 200 and delivery.json()["invalidated"] >= 1
+        assert wait_until(lambda: peers_of(b)["stats"]["invalidations_received"] >= 1, timeout=10)
+        seen = httpx.get(b.url + queued, headers=h)
+        assert seen.headers["X-Fleetci-Cache"] != "HIT"
+        ids = {r["id"] for r in seen.json()["workflow_runs"]}
+        assert new_run in ids and new_run not in {r["id"] for r in old.json()["workflow_runs"]}
+        assert peers_of(a)["stats"]["invalidations_sent"] == 1
+    finally:
+        for p in (a, b):
+            p.stop(signal.SIGKILL)

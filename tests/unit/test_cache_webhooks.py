@@ -123,3 +123,47 @@ def test_serve_refuses_bad_webhook_settings_in_one_line(fleetci: RunCli, tmp_pat
     assert out.returncode == 2 and "CACHE_WEBHOOK_SECRET" in one_line_error(out)
     out = fleetci(*base, "--webhook-port", "99999", env=env)
     assert out.returncode == 2 and "--webhook-port" in one_line_error(out)
+
+
+def test_invalidations_travel_sealed_and_malformed_ones_are_refused() -> None:
+    from fleetci.p2p.crypto import FleetKeys, SealError
+    from fleetci.p2p.messages import (
+        INVALIDATE,
+        INVALIDATION_SCOPE,
+        MessageError,
+        _seal_message,
+        decode_message,
+        encode_invalidation,
+    )
+
+    keys = FleetKeys("fleet secret")
+    data = encode_invalidation(keys, "peerA", ("/repos/o/r/actions/",), ("/repos/o/r",))
+    msg = decode_message(keys, data)
+    assert msg.invalidations == [(("/repos/o/r/actions/",), ("/repos/o/r",))] and not msg.announcements
+    with pytest.raises(SealError):
+        decode_message(FleetKeys("another secret"), data)
+    for items in ([[["no-slash"], [], 0]], [[["/x"] * 65, [], 0]], [[[1], [], 0]], [["/x"]]):
+        with pytest.raises(MessageError):
+            decode_message(keys, _seal_message(keys, "peerA", INVALIDATION_SCOPE, INVALIDATE, items))
+    with pytest.raises(MessageError):  # only under the fleet-wide pseudo-scope
+        decode_message(keys, _seal_message(keys, "peerA", "some-scope", INVALIDATE, [[["/x"], [], 0]]))
+
+
+def test_announcements_of_copies_older_than_an_invalidation_are_refused(tmp_path: Path) -> None:
+    """A peer that fetched just before the change must not make the entry fresh again here."""
+    from fleetci.cache.engine import CacheEngine
+    from fleetci.cache.peering import Announcement
+    from fleetci.cache.settings import CacheSettings
+
+    now = [5000.0]
+    engine = CacheEngine(CacheSettings(cache_dir=tmp_path), clock=lambda: now[0])
+    target = "/repos/o/r/actions/runs?status=queued"
+    before = _entry(target, "s", now[0] - 5)
+    after = Entry.create("s:other", "s", target + "&x=1", 200, (("ETag", '"y"'),), b"{}", 60, now[0] + 1)
+    engine.store.put(before)
+    assert engine.invalidate(["/repos/o/r/actions/"], forward=False) == 1
+    engine.accept_announcements([Announcement.of(before, "peer"), Announcement.of(after, "peer")])
+    got = engine.store.get(before.key)
+    assert got is not None and not got.is_fresh(now[0] + 0.5)
+    assert engine.store.get(after.key) is not None  # stored after the change: welcome
+    engine.store.close()

@@ -12,7 +12,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast
@@ -165,6 +165,8 @@ class GraphQLHook(Protocol):
 
 
 PEER_INDEX_MAX = 50_000
+RECENT_INVALIDATION_S = 30.0  # how long announcements of copies older than an invalidation are refused
+RECENT_INVALIDATIONS_MAX = 1024
 CLAIMS_MAX = 50_000
 
 
@@ -200,6 +202,10 @@ class CacheEngine:
         self._arrivals: dict[str, asyncio.Future[None]] = {}
         # GraphQL query caching, installed by the proxy (fleetci.cache.graphql.install); None: pass through.
         self.graphql: GraphQLHook | None = None
+        # (when, prefixes, exact) of the last webhook invalidations: see ``invalidate``.
+        self._recent_invalidations: deque[tuple[float, tuple[str, ...], frozenset[str]]] = deque(
+            maxlen=RECENT_INVALIDATIONS_MAX
+        )
 
     # -- classification ------------------------------------------------------------------------------
     def prepare(self, target: str, headers: dict[str, str]) -> Prepared:
@@ -229,21 +235,33 @@ class CacheEngine:
         return None
 
     # -- webhook invalidation (cache/webhooks.py) -----------------------------------------------------
-    def invalidate(self, prefixes: Sequence[str], exact: Sequence[str] = ()) -> int:
+    def invalidate(self, prefixes: Sequence[str], exact: Sequence[str] = (), forward: bool = True) -> int:
         """End the fresh window of every entry (any scope) whose target starts with one of ``prefixes``
-        or equals one of ``exact``: the next read revalidates. Announcements of such entries that peers
-        made and nobody fetched yet are dropped too. The P2P hook: a ``PeerLink`` with an ``invalidate``
-        method is told, so it can pass the invalidation on to the fleet (not done yet by fleetci.p2p)."""
-        n = self.store.invalidate(prefixes, exact, now=self.clock())
-        lowered, whole = tuple(p.lower() for p in prefixes), {e.lower() for e in exact}
+        or equals one of ``exact``: the next read revalidates. Peers' announcements of such entries that
+        nobody fetched yet are dropped, and for ``RECENT_INVALIDATION_S`` announcements of copies stored
+        before now are refused (a peer that fetched just before the change must not make it fresh again).
+        ``forward``: pass it on to the fleet through the ``PeerLink``'s optional ``invalidate`` (a webhook
+        reaches one proxy; ``fleetci.p2p`` gossips it to the others, which call this with False)."""
+        now = self.clock()
+        n = self.store.invalidate(prefixes, exact, now=now)
+        lowered, whole = tuple(p.lower() for p in prefixes), frozenset(e.lower() for e in exact)
         for key, ann in list(self._peer_index.items()):
             target = ann.target.lower()
             if target.startswith(lowered) or target in whole:
                 del self._peer_index[key]
-        forward = getattr(self.peers, "invalidate", None)
-        if callable(forward):
-            forward(tuple(prefixes), tuple(exact))
+        self._recent_invalidations.append((now, lowered, whole))
+        forward_to = getattr(self.peers, "invalidate", None) if forward else None
+        if callable(forward_to):
+            forward_to(tuple(prefixes), tuple(exact))
         return n
+
+    def _invalidated_since(self, target: str, stored_at: float, now: float) -> bool:
+        """An entry stored at ``stored_at`` was made stale by a later invalidation (recent ones only)."""
+        recent = self._recent_invalidations
+        while recent and now - recent[0][0] > RECENT_INVALIDATION_S:
+            recent.popleft()
+        low = target.lower()
+        return any(at >= stored_at and (low.startswith(p) or low in e) for at, p, e in recent)
 
     # -- main entry point ----------------------------------------------------------------------------
     async def handle(
@@ -559,6 +577,8 @@ class CacheEngine:
         for ann in anns:
             if ann.fresh_until <= now:
                 continue
+            if self._recent_invalidations and self._invalidated_since(ann.target, ann.stored_at, now):
+                continue  # a copy from before a webhook's change
             self._arrived(ann.key)  # waiters resume after this loop
             local = self.store.get(ann.key)
             if local is not None and local.etag == ann.etag and ann.etag is not None:

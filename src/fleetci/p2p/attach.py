@@ -69,6 +69,9 @@ def start_node(settings: CacheSettings, engine: CacheEngine, loop: asyncio.Abstr
     def claims(batch: list[Claim]) -> None:
         loop.call_soon_threadsafe(engine.accept_claims, batch)
 
+    def invalidation(prefixes: tuple[str, ...], exact: tuple[str, ...]) -> None:  # a webhook elsewhere
+        loop.call_soon_threadsafe(engine.invalidate, prefixes, exact, False)
+
     node = P2PNode(
         P2PConfig(
             listen_host=settings.p2p_host,
@@ -85,6 +88,7 @@ def start_node(settings: CacheSettings, engine: CacheEngine, loop: asyncio.Abstr
         lookup=engine.store.get,
         fresh_entries=engine.store.fresh_entries,
         on_claims=claims,
+        on_invalidation=invalidation,
     )
     node.start()
     log.info("fleet secret fingerprint %s", secret_fingerprint(secret))

@@ -5,7 +5,9 @@ protocol version, the announcing peer and the scope id (a salted hash), so a rec
 scope key; everything else, including the URL, headers and any inline body, is sealed. A header with
 ``"m": "claim"`` carries claims instead: "I am fetching these keys from GitHub now" (or, released, "I
 did not get them"), which lets the rest of the fleet wait for one upstream call instead of making their
-own.
+own. A header with ``"m": "inv"`` carries invalidations: a proxy received a GitHub webhook, and the
+targets it names (prefixes and exact targets, in every scope) must revalidate everywhere; it is sealed
+under a fleet-wide pseudo-scope, since it concerns every scope and holds no response data.
 
 :class:`Announcement` and :class:`Claim` are the cache's records (``fleetci.cache.peering``); this module
 only puts them on the wire and takes them off it.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fleetci.cache.peering import INLINE_MAX as INLINE_MAX
@@ -75,6 +77,11 @@ def announcement_from_json(d: dict[str, Any], scope: str, peer: str) -> Announce
 
 ANNOUNCE = "ann"
 CLAIM = "claim"
+INVALIDATE = "inv"
+INVALIDATION_SCOPE = "fleet-invalidation"  # not a token scope: every node with the secret opens it
+MAX_INVALIDATION_TARGETS = 64  # per list; a webhook names a handful
+MAX_TARGET_CHARS = 512
+Invalidation = tuple[tuple[str, ...], tuple[str, ...]]  # (prefixes, exact targets)
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,7 @@ class Gossip:
     scope: str
     announcements: list[Announcement]
     claims: list[Claim]
+    invalidations: list[Invalidation] = field(default_factory=list)
 
 
 def _seal_message(keys: FleetKeys, peer: str, scope: str, kind: str, items: list[Any]) -> bytes:
@@ -104,6 +112,23 @@ def encode_claims(keys: FleetKeys, peer: str, scope: str, claims: list[tuple[str
     """``claims``: (key, release) pairs of one scope."""
     now = round(time.time(), 4)
     return _seal_message(keys, peer, scope, CLAIM, [[k, 1 if r else 0, now] for k, r in claims])
+
+
+def encode_invalidation(
+    keys: FleetKeys, peer: str, prefixes: tuple[str, ...], exact: tuple[str, ...]
+) -> bytes:
+    now = round(time.time(), 4)
+    return _seal_message(keys, peer, INVALIDATION_SCOPE, INVALIDATE, [[list(prefixes), list(exact), now]])
+
+
+def _targets(value: Any) -> tuple[str, ...]:
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_INVALIDATION_TARGETS
+        or not all(isinstance(t, str) and t.startswith("/") and len(t) <= MAX_TARGET_CHARS for t in value)
+    ):
+        raise MessageError("malformed invalidation targets")
+    return tuple(value)
 
 
 def decode_message(keys: FleetKeys, data: bytes) -> Gossip:
@@ -129,6 +154,12 @@ def decode_message(keys: FleetKeys, data: bytes) -> Gossip:
         except (TypeError, ValueError) as exc:
             raise MessageError(f"malformed claim: {exc}") from exc
         return Gossip(peer, scope, [], claims)
+    if kind == INVALIDATE and scope == INVALIDATION_SCOPE:
+        try:
+            invs = [(_targets(p), _targets(e)) for p, e, _t in items]
+        except (TypeError, ValueError) as exc:
+            raise MessageError(f"malformed invalidation: {exc}") from exc
+        return Gossip(peer, scope, [], [], invs)
     raise MessageError(f"unknown message kind {kind!r}")
 
 

@@ -37,12 +37,14 @@ from fleetci.p2p.messages import (
     FETCH_PROTOCOL,
     PX,
     SYNC,
+    Invalidation,
     MessageError,
     decode_fetch_request,
     decode_message,
     encode_batch,
     encode_claims,
     encode_fetch_request,
+    encode_invalidation,
     encode_sync_request,
     frame,
     open_body,
@@ -103,6 +105,8 @@ class P2PStats:
     claims_sent: int = 0
     claims_received: int = 0
     held: int = 0  # 10 ms waits for back-pressure (see _hold_while_backlogged)
+    invalidations_sent: int = 0  # webhook invalidations passed on to the fleet
+    invalidations_received: int = 0
 
 
 class P2PNode:
@@ -116,7 +120,10 @@ class P2PNode:
         lookup: Callable[[str], Entry | None],
         fresh_entries: Callable[[int], list[Entry]] | None = None,
         on_claims: Callable[[list[Claim]], None] | None = None,
+        on_invalidation: Callable[[tuple[str, ...], tuple[str, ...]], None] | None = None,
     ) -> None:
+        self.on_invalidation = on_invalidation
+        self._inv_send: Any = None
         self.fresh_entries = fresh_entries
         self.on_claims = on_claims
         self.config = config
@@ -198,6 +205,12 @@ class P2PNode:
         if self._token is not None and self._claim_send is not None:
             with contextlib.suppress(Exception):
                 self._token.run_sync_soon(self._claim_send.send_nowait, (scope, key, release))
+
+    def invalidate(self, prefixes: tuple[str, ...], exact: tuple[str, ...]) -> None:
+        """Pass a webhook's invalidation on to the fleet (the engine's optional ``PeerLink.invalidate``)."""
+        if self._token is not None and self._inv_send is not None:
+            with contextlib.suppress(Exception):
+                self._token.run_sync_soon(self._inv_send.send_nowait, (prefixes, exact))
 
     def fetch(self, ann: Announcement) -> concurrent.futures.Future[bytes | None]:
         fut: concurrent.futures.Future[bytes | None] = concurrent.futures.Future()
@@ -309,12 +322,14 @@ class P2PNode:
                 ][:1]
                 self._send, receive = trio.open_memory_channel[tuple[Announcement, Any]](1024)
                 self._claim_send, claims = trio.open_memory_channel[tuple[str, str, bool]](4096)
+                self._inv_send, invalidations = trio.open_memory_channel[Invalidation](1024)
                 with trio.CancelScope() as cancel:
                     self._cancel = cancel
                     self._token = trio.lowlevel.current_trio_token()
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._publish_loop, ps)
                         nursery.start_soon(self._claim_loop, ps, claims)
+                        nursery.start_soon(self._invalidation_loop, ps, invalidations)
                         nursery.start_soon(self._receive_loop, sub)
                         nursery.start_soon(self._fetch_loop, receive, nursery)
                         nursery.start_soon(self._discovery_loop)
@@ -390,6 +405,18 @@ class P2PNode:
                 except Exception as exc:
                     log.debug("could not publish %d claims: %s", len(items), exc)
 
+    async def _invalidation_loop(self, ps: Any, receive: Any) -> None:
+        """Invalidations go out at once, one message each: they are rare (one per webhook) and every
+        second they wait is a second the fleet may serve what GitHub already changed."""
+        async for prefixes, exact in receive:
+            try:
+                await ps.publish(
+                    self.keys.topic, encode_invalidation(self.keys, self.peer_id, prefixes, exact)
+                )
+                self.stats.invalidations_sent += 1
+            except Exception as exc:
+                log.warning("could not pass an invalidation on to the fleet: %s", exc)
+
     async def _publish(self, ps: Any, scope: str, batch: list[Announcement]) -> None:
         try:
             await ps.publish(self.keys.topic, encode_batch(self.keys, self.peer_id, scope, batch))
@@ -421,6 +448,12 @@ class P2PNode:
             log.debug("rejected a batch from %s: %s", sender, exc)
             return
         if msg.peer == self.peer_id:
+            return
+        if msg.invalidations:
+            self.stats.invalidations_received += len(msg.invalidations)
+            if self.on_invalidation is not None:
+                for prefixes, exact in msg.invalidations:
+                    self.on_invalidation(prefixes, exact)
             return
         if msg.claims:
             self.stats.claims_received += len(msg.claims)
