@@ -61,7 +61,34 @@ def test_fleet_modes_rank_and_charges_match_misses(tmp_path: Path) -> None:
         (["--latency-ms", "fast"], "--latency-ms"),
         (["--propagation-ms", "9-1"], "--propagation-ms"),
         (["--bogus"], "unrecognized arguments"),
+        (["--webhooks", "--webhook-loss", "1.5"], "--webhook-loss"),
+        (["--webhook-loss", "0.1"], "--webhooks"),
+        (["--webhooks", "--webhook-delay-ms", "slow"], "--webhook-delay-ms"),
     ],
 )
 def test_bench_fleet_bad_input(args: list[str], needle: str, fleetci: RunCli) -> None:
     assert needle in one_line_error(fleetci("bench", "fleet", *args))
+
+
+def test_webhooks_cut_staleness_and_lost_ones_are_bounded_by_the_ttl(tmp_path: Path) -> None:
+    """Issue 17: the same fleet and world with and without webhooks (some lost): reads of queued lists
+    are current far more often with them, and a lost delivery costs at most about the 60 s window."""
+    from dataclasses import replace
+
+    spec = FleetSimSpec(
+        runners=30,
+        hours=0.5,
+        runners_per_node=10,
+        repos=3,
+        baseline_runners=4,
+        webhooks=True,
+        webhook_loss=0.2,
+    )
+    hooked = simulate(spec, "p2p", tmp_path / "on", lambda _m: None)
+    plain = simulate(replace(spec, webhooks=False), "p2p", tmp_path / "off", lambda _m: None)
+    assert hooked.webhooks_sent > 0 and 0 < hooked.webhooks_lost < hooked.webhooks_sent
+    assert plain.webhooks_sent == 0
+    on, off = hooked.staleness, plain.staleness
+    assert on["reads"] > 100 and on["unmatched_reads"] == 0 and off["unmatched_reads"] == 0
+    assert int(on["stale_reads"]) * 3 < int(off["stale_reads"])
+    assert float(on["staleness_max_s"]) <= 60 + 2  # a lost delivery: the queue class's TTL, plus delivery

@@ -8,6 +8,13 @@ seconds and latencies are honoured), and the libp2p transport between proxies, r
 after a random delay in ``propagation_ms`` (the range ``fleetci bench cache --p2p`` measures on real
 libp2p nodes). The workload is the seed's autoscaler: every runner polls every two minutes with the
 five calls of :func:`fleetci.bench.cache.workload`, while the world changes every ``churn_every_s``.
+
+Webhooks (``--webhooks``, issue 17): after each change of the world, every repository whose runs or
+jobs changed gets one delivery — lost with probability ``webhook_loss``, otherwise delivered after a
+random ``webhook_delay_ms`` to one proxy (the hook's URL), which invalidates and gossips it to the
+others (``CacheEngine.invalidate`` and the simulated link's ``invalidate``). Staleness is measured on
+every read of a queued-runs list: the time since the first change of that repository's queued runs that
+the answer does not show yet (0 when it is current).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from fleetci.cache.engine import CacheEngine
 from fleetci.cache.peering import Announcement, Claim
 from fleetci.cache.settings import CacheSettings
 from fleetci.cache.store import CacheStore, Entry
+from fleetci.cache.webhooks import affected_prefixes
 from fleetci.http import UpstreamResponse
 
 HOURLY_BUDGET = 5000  # GitHub's primary limit for one token
@@ -47,6 +55,9 @@ class FleetSimSpec:
     propagation_ms: tuple[float, float] = (10.0, 100.0)
     baseline_runners: int = 20  # runners sampled straight against the API (every call is charged)
     seed: int = 1
+    webhooks: bool = False  # changes are pushed as webhooks to one proxy (issue 17)
+    webhook_loss: float = 0.0  # fraction of deliveries lost
+    webhook_delay_ms: tuple[float, float] = (200.0, 1000.0)  # GitHub's delivery delay, LOW-HIGH
 
     @property
     def nodes(self) -> int:
@@ -178,6 +189,78 @@ class SimPeerLink:
     def connected_peers(self) -> list[str]:
         return [p for p in self.net.links if p != self.peer_id]
 
+    def invalidate(self, prefixes: tuple[str, ...], exact: tuple[str, ...]) -> None:
+        def apply(link: SimPeerLink) -> None:
+            link.engine.invalidate(prefixes, exact, False)
+
+        self.net.deliver(self.peer_id, apply)
+
+
+class Staleness:
+    """Per repository, when its queued runs changed (virtual time) and to what; a read's staleness is
+    the time since the first change its answer does not reflect."""
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[tuple[float, frozenset[int]]]] = {}
+        self.samples: list[float] = []
+        self.unmatched = 0
+
+    def record(self, repo: str, now: float, queued: frozenset[int]) -> bool:
+        """The repository's queued runs now; True when they changed."""
+        h = self.history.setdefault(repo, [])
+        if h and h[-1][1] == queued:
+            return False
+        h.append((now, queued))
+        return True
+
+    def observe(self, repo: str, now: float, body: bytes) -> None:
+        import json
+
+        try:
+            seen = frozenset(int(r["id"]) for r in json.loads(body)["workflow_runs"])
+        except (ValueError, KeyError, TypeError):
+            self.unmatched += 1
+            return
+        h = self.history.get(repo, [])
+        for i in range(len(h) - 1, -1, -1):
+            if h[i][1] == seen:
+                self.samples.append(0.0 if i == len(h) - 1 else max(0.0, now - h[i + 1][0]))
+                return
+        self.unmatched += 1
+
+    def summary(self) -> dict[str, float | int]:
+        xs = sorted(self.samples)
+        if not xs:
+            return {"staleness_p50_s": 0.0, "staleness_p99_s": 0.0, "staleness_max_s": 0.0, "reads": 0}
+
+        def q(p: float) -> float:
+            return round(xs[min(len(xs) - 1, int(p * len(xs)))], 2)
+
+        return {
+            "staleness_p50_s": q(0.50),
+            "staleness_p99_s": q(0.99),
+            "staleness_max_s": round(xs[-1], 2),
+            "reads": len(xs),
+            "stale_reads": sum(1 for x in xs if x > 0),
+            "unmatched_reads": self.unmatched,
+        }
+
+
+def _world_by_repo(emu: Any, repos: list[str]) -> dict[str, tuple[frozenset[int], int]]:
+    """Per watched repository: its queued run ids, and a fingerprint of every run's status (a change
+    there is a ``workflow_run``/``workflow_job`` delivery on GitHub)."""
+    w = emu._world
+    ids: dict[str, set[int]] = {r: set() for r in repos}
+    states: dict[str, list[tuple[int, str]]] = {r: [] for r in repos}
+    by_id = {repo.id: repo.name for repo in w.repos.values() if repo.owner == ORG and repo.name in ids}
+    for run in w.runs.values():
+        name = by_id.get(run.repo_id)
+        if name is not None:
+            states[name].append((run.id, run.status))
+            if run.status == "queued":
+                ids[name].add(run.id)
+    return {r: (frozenset(ids[r]), hash(frozenset(states[r]))) for r in repos}
+
 
 @dataclass
 class FleetRun:
@@ -187,6 +270,9 @@ class FleetRun:
     outcomes: Counter[str] = field(default_factory=Counter)
     virtual_s: float = 0.0
     wall_s: float = 0.0
+    staleness: dict[str, float | int] = field(default_factory=dict)
+    webhooks_sent: int = 0
+    webhooks_lost: int = 0
 
     def per_hour(self, hours: float) -> float:
         return self.charged / hours
@@ -209,7 +295,8 @@ def _repo_names(emu: Any, n: int) -> list[str]:
 
 
 def simulate(spec: FleetSimSpec, mode: str, work: Path, progress: Callable[[str], None]) -> FleetRun:
-    """``mode``: "p2p" (nodes share), "isolated" (one cache per node) or "direct" (no cache)."""
+    """``mode``: "p2p" (nodes share), "isolated" (one cache per node) or "direct" (no cache); webhooks
+    (``spec.webhooks``) reach the proxies of the "p2p" and "isolated" modes."""
     loop = VirtualTimeLoop()
     rng = random.Random(spec.seed)
     emu = _emulator(spec)
@@ -233,18 +320,44 @@ def simulate(spec: FleetSimSpec, mode: str, work: Path, progress: Callable[[str]
                 net.join(engine)
             engines.append(engine)
 
+    stale = Staleness()
+    stale_rng = random.Random(spec.seed * 7 + 1)
+    hooks = spec.webhooks and bool(engines)
+    last = _world_by_repo(emu, repos)
+    for name, (ids, _) in last.items():
+        stale.record(name, loop.time(), ids)
+
+    def deliver(name: str) -> None:
+        """One webhook of a change in ``name``: to one proxy (the hook's URL), which passes it on."""
+        run.webhooks_sent += 1
+        if stale_rng.random() < spec.webhook_loss:
+            run.webhooks_lost += 1
+            return
+        payload = {"repository": {"full_name": f"{ORG}/{name}"}, "organization": {"login": ORG}}
+        inv = affected_prefixes("workflow_job", payload)
+        target = engines[0] if mode == "p2p" else None
+        delay = stale_rng.uniform(*spec.webhook_delay_ms) / 1000.0
+        if target is not None:
+            loop.call_later(delay, target.invalidate, inv.prefixes, inv.exact)
+        else:  # isolated proxies share nothing: the hook would have to reach each (one hook per proxy)
+            for engine in engines:
+                loop.call_later(delay, engine.invalidate, inv.prefixes, inv.exact, False)
+
     async def runner(i: int) -> None:
         r = random.Random(spec.seed * 100_003 + i)
         await asyncio.sleep(r.uniform(0, min(spec.poll_s, end)))
         cycle = 0
         engine = engines[i // spec.runners_per_node] if engines else None
         while True:  # every poll starts inside the simulated window
-            for path in workload(ORG, repos, cycle, i):
+            for n, path in enumerate(workload(ORG, repos, cycle, i)):
                 if engine is None:
                     resp = await upstream.request("GET", path, headers)
                     outcome = "DIRECT" if resp.status < 400 else f"DIRECT {resp.status}"
                 else:
-                    outcome = (await engine.handle("GET", path, headers)).outcome
+                    answer = await engine.handle("GET", path, headers)
+                    outcome = answer.outcome
+                    if n == 0 and answer.status == 200:  # the queued-runs list of workload()'s repo
+                        stale.observe(path.split("/")[3], loop.time(), answer.body)
                 run.calls += 1
                 run.outcomes[outcome] += 1
             cycle += 1
@@ -259,6 +372,12 @@ def simulate(spec: FleetSimSpec, mode: str, work: Path, progress: Callable[[str]
         while True:
             await asyncio.sleep(spec.churn_every_s)
             emu.mutate(1)
+            now = _world_by_repo(emu, repos)
+            for name, (ids, state) in now.items():
+                stale.record(name, loop.time(), ids)
+                if hooks and state != last[name][1]:
+                    deliver(name)
+            last.update(now)
 
     async def main() -> None:
         churner = asyncio.ensure_future(churn())
@@ -276,6 +395,7 @@ def simulate(spec: FleetSimSpec, mode: str, work: Path, progress: Callable[[str]
     run.charged = emu.charged(token) - before
     run.virtual_s = loop.now
     run.wall_s = time.monotonic() - t0
+    run.staleness = stale.summary() if engines else {}
     progress(
         f"{mode}: {runners} runners, {run.calls} calls in {loop.now / 3600:.2f} virtual h -> "
         f"{run.charged} charged ({run.wall_s:.1f} s)"
@@ -294,6 +414,12 @@ def bench_fleet(spec: FleetSimSpec, progress: Callable[[str], None] | None = Non
         shared = simulate(spec, "p2p", work, say)
         isolated = simulate(spec, "isolated", work, say)
         direct = simulate(spec, "direct", work, say)
+        # the same fleet without webhooks, for the staleness and cost side by side
+        without = (
+            simulate(replace(spec, webhooks=False), "p2p", work / "no-webhooks", say)
+            if spec.webhooks
+            else None
+        )
     hours = spec.hours
     per_hour = shared.per_hour(hours)
     direct_per_runner = direct.per_hour(hours) / max(1, spec.baseline_runners)
@@ -303,7 +429,7 @@ def bench_fleet(spec: FleetSimSpec, progress: Callable[[str], None] | None = Non
         per_runner = charged_per_hour / runners
         return int(HOURLY_BUDGET / per_runner) if per_runner > 0 else 10**6
 
-    return {
+    result: dict[str, Any] = {
         "runners": spec.runners,
         "hours": hours,
         "nodes": spec.nodes,
@@ -325,4 +451,22 @@ def bench_fleet(spec: FleetSimSpec, progress: Callable[[str], None] | None = Non
         "propagation_ms": list(spec.propagation_ms),
         "wall_s": round(shared.wall_s + isolated.wall_s + direct.wall_s, 1),
         "targets": {"charged_per_hour": 4000, "at_runners": 500},
+        **shared.staleness,
+        "staleness_isolated": isolated.staleness,
+        "webhooks": spec.webhooks,
     }
+    if spec.webhooks and without is not None:
+        result.update(
+            {
+                "webhook_loss": spec.webhook_loss,
+                "webhook_delay_ms": list(spec.webhook_delay_ms),
+                "webhooks_sent": shared.webhooks_sent,
+                "webhooks_lost": shared.webhooks_lost,
+                "without_webhooks": {
+                    "charged_per_hour": round(without.per_hour(hours), 1),
+                    **without.staleness,
+                },
+                "targets": {"charged_per_hour": 4000, "staleness_p99_s": 2, "at_runners": 5000},
+            }
+        )
+    return result

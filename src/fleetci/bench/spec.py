@@ -84,6 +84,7 @@ class Benchmark:
 COUNT = parse_positive_int
 HOURS = number(float, min=0, max=MAX_SECONDS / 3600, min_inclusive=False, unit="hours")
 SCALE = number(float, min=0, min_inclusive=False)
+FRACTION = number(float, min=0, max=1)
 
 
 def world_params(runners: int, churn_every: float, repos: int) -> tuple[Param, ...]:
@@ -188,6 +189,9 @@ def run_fleet(
     poll: float,
     propagation_ms: tuple[float, float],
     baseline_runners: int,
+    webhooks: bool,
+    webhook_loss: float,
+    webhook_delay_ms: tuple[float, float],
     progress: Progress,
 ) -> Result:
     from fleetci.bench.fleet import FleetSimSpec, bench_fleet
@@ -202,7 +206,12 @@ def run_fleet(
         latency_ms=latency_ms,
         propagation_ms=propagation_ms,
         baseline_runners=min(baseline_runners, runners),
+        webhooks=webhooks,
+        webhook_loss=webhook_loss,
+        webhook_delay_ms=webhook_delay_ms,
     )
+    if webhook_loss and not webhooks:
+        raise UsageError("--webhook-loss needs --webhooks")
     return bench_fleet(spec, progress=progress)
 
 
@@ -312,6 +321,15 @@ BENCHMARKS = (
             ),
             Param("baseline_runners", COUNT, 20, "runners sampled without any cache"),
             JSON,
+            Param(
+                "webhooks",
+                None,
+                False,
+                "changes also arrive as webhooks at one proxy, which passes them on (issue 17)",
+                switch=True,
+            ),
+            Param("webhook_loss", FRACTION, 0.0, "fraction of webhook deliveries lost"),
+            Param("webhook_delay_ms", parse_ms_range, (200.0, 1000.0), "webhook delivery delay, LOW-HIGH ms"),
         ),
         run_fleet,
     ),
