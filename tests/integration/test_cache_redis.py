@@ -241,6 +241,11 @@ def degraded_metric(proxy: Proxy) -> str:
     return next(line.split()[-1] for line in text.splitlines() if line.startswith("fleetci_cache_degraded "))
 
 
+def dashboard_backend(proxy: Proxy) -> dict[str, Any]:
+    data: dict[str, Any] = httpx.get(f"{proxy.url}/_fleetci/dashboard.json", timeout=10).json()["backend"]
+    return data
+
+
 def test_redis_killed_and_restarted_mid_traffic_fails_no_request(
     emulator: Any, store: RedisServer, pair: list[Proxy]
 ) -> None:
@@ -267,9 +272,12 @@ def test_redis_killed_and_restarted_mid_traffic_fails_no_request(
         store.kill()
         assert wait_until(lambda: all(health(p)["status"] == "degraded" for p in pair), timeout=20)
         assert degraded_metric(pair[0]) == "1.0"
+        assert dashboard_backend(pair[0])["shared"] == "degraded"
         store.start()
         assert wait_until(lambda: all(health(p)["status"] == "ok" for p in pair), timeout=20)
         assert degraded_metric(pair[0]) == "0.0"
+        backend = dashboard_backend(pair[0])
+        assert (backend["shared"], backend["shared_url"]) == ("ok", store.url)
     finally:
         done.set()
         for t in threads:

@@ -43,7 +43,7 @@ from fleetci.http import free_port
 from fleetci.process import Service, fleetci_argv, spawn, spawn_logged, stop_process
 
 SHARED_TARGETS = {
-    "upstream_charged_max_ratio_to_single_proxy": 1.2,
+    "charged_ratio_to_single_proxy_max": 1.2,
     "shared_hit_p50_ms_max": 2.0,
     "rss_mb_per_node_max": 50.0,
     "redis_down_errors_max": 0,

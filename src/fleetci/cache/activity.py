@@ -23,7 +23,7 @@ ENDPOINTS_MAX = 32
 SEGMENT_MAX = 64  # characters of one literal path segment shown
 TEMPLATE_MAX = 200  # characters of one template
 # Outcomes the chart stacks (engine.Outcome values; REFUSED answers never reach the counters).
-OUTCOMES = ("HIT", "PEER", "REVALIDATED", "COALESCED", "STALE", "MISS", "BYPASS")
+OUTCOMES = ("HIT", "PEER", "SHARED", "REVALIDATED", "COALESCED", "STALE", "MISS", "BYPASS")
 # Path words followed by a name the client chooses: /orgs/{org}, /branches/{name}, …
 _NAMED_AFTER = {
     "orgs": "{org}",

@@ -19,6 +19,7 @@ from typing import Any, TypedDict
 from fleetci.cache.activity import EndpointRow, MinuteBucket
 from fleetci.cache.api import CacheStats
 from fleetci.cache.engine import CacheEngine
+from fleetci.http import redact_url
 
 REFRESH_S = 5
 CREDENTIALS_SHOWN = 20
@@ -84,6 +85,9 @@ def snapshot(engine: CacheEngine, peers: dict[str, Any]) -> Dashboard:
             "bytes": store.total_bytes,
             "memory_tier_bytes": store.memory_tier_bytes,
             "memory_tier_max_bytes": store.memory_bytes,
+            # the shared store (CACHE_BACKEND): off, ok or degraded, and its URL without userinfo
+            "shared": engine.shared.state if engine.shared is not None else "off",
+            "shared_url": redact_url(engine.settings.backend),
         },
     }
 
