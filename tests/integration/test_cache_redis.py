@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from fleetci.cache.hostproxy import find_host_proxy
+from fleetci.cache.settings import cache_settings
 from support import Proxy, clean_env, one_line_error, run_fleetci, start_proxy, wait_until
 from support.redis import PASSWORD, RedisServer
 
@@ -273,6 +275,11 @@ def test_redis_killed_and_restarted_mid_traffic_fails_no_request(
         assert wait_until(lambda: all(health(p)["status"] == "degraded" for p in pair), timeout=20)
         assert degraded_metric(pair[0]) == "1.0"
         assert dashboard_backend(pair[0])["shared"] == "degraded"
+        # a degraded proxy still serves: a job still reuses it as its host proxy
+        found, why = find_host_proxy(
+            cache_settings({"upstream": emulator.url, "host_proxy": pair[0].url}, {}, {})
+        )
+        assert found is not None and found.api_url == pair[0].url, why
         store.start()
         assert wait_until(lambda: all(health(p)["status"] == "ok" for p in pair), timeout=20)
         assert degraded_metric(pair[0]) == "0.0"

@@ -113,6 +113,7 @@ def measure_shared_hits(origin_url: str, reader_url: str, repos: list[str], samp
             elapsed, status, outcome = reader.get(path)
             if status == 200 and outcome == "SHARED":
                 shared.append(elapsed)
+                time.sleep(0.02)  # the same idle gap before the baseline read: a fair comparison
                 elapsed, status, outcome = reader.get(path)
                 if status == 200 and outcome == "HIT":
                     hits.append(elapsed)

@@ -51,7 +51,8 @@ def _health(url: str, uds: Path | None) -> dict[str, object]:
         data = r.json()
     except ValueError:
         raise FleetciError("its health answer is not JSON") from None
-    if not isinstance(data, dict) or data.get("status") != "ok":
+    # "degraded": its shared store (CACHE_BACKEND) is down, and it still serves from its own tiers
+    if not isinstance(data, dict) or data.get("status") not in ("ok", "degraded"):
         raise FleetciError("its health answer is not a fleetci proxy's")
     return data
 
