@@ -12,6 +12,7 @@ from fleetci.config import load_config_file, parse_timeout
 from fleetci.registry.settings import (
     GITHUB_FLAGS,
     GITLAB_FLAGS,
+    PUSH_FLAGS,
     RegistryOptions,
     RegistrySettings,
     registry_settings,
@@ -116,6 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _push_flags(v: argparse.ArgumentParser) -> None:
+    RegistryOptions.add_flags(v.add_argument_group("push"), PUSH_FLAGS)
     v.add_argument("--retag-as-latest", action="store_true", help="also point <repo>:latest at the image")
     v.add_argument(
         "--verbose", "-v", action="store_true", help="per-blob and per-request detail (no secrets)"

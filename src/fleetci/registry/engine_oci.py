@@ -1,24 +1,41 @@
 """``--engine oci`` (the default): push the planned images with our daemonless OCI client.
 
 Blobs the registry has are skipped, blobs another repository of the project has are mounted, the rest
-stream from the archive (chunked uploads resume from ``push-state.json``). A tag that exists with a
-different image is left alone unless ``force``.
+stream from the archive, ``--parallel`` of them at once (chunked uploads resume from
+``push-state.json``). Uncompressed layers are compressed on the way (``--compression``, gzip by default,
+as docker push does); the manifest then names the compressed blobs, while the config, and so the image's
+diff IDs, stay as built. The compressed digest of each layer is remembered in ``layer-digests.json``, so
+a later push of the same layer asks the registry for it without compressing it again. A tag that exists
+with a different image is left alone unless ``force``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleetci.errors import FleetciError
+from fleetci.registry.archive import DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST, Blob
+from fleetci.registry.compress import UNCOMPRESSED_LAYERS, CompressedStream, codec
 from fleetci.registry.oci import RegistryClient
 from fleetci.registry.plan import STATE_FILE, PushRow, UploadPlan
 from fleetci.registry.settings import RegistrySettings
-from fleetci.registry.state import PushState
+from fleetci.registry.state import LayerDigests, PushState
 
 Log = Callable[[str], None]
+LAYER_DIGESTS = "layer-digests.json"
+DOCKER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_TO_OCI = {
+    "application/vnd.docker.image.rootfs.diff.tar": "application/vnd.oci.image.layer.v1.tar",
+    DOCKER_GZIP: "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.docker.container.image.v1+json": OCI_CONFIG,
+}
 
 
 def _config_digest(manifest: bytes) -> str | None:
@@ -27,6 +44,120 @@ def _config_digest(manifest: bytes) -> str | None:
         return str(doc["config"]["digest"])
     except (ValueError, KeyError, TypeError):
         return None
+
+
+@dataclass
+class BlobsPushed:
+    """What :func:`push_blobs` did: how each blob got there, and the compressed stand-ins of layers."""
+
+    how: dict[str, int] = field(default_factory=dict)
+    compressed: dict[str, tuple[str, str, int]] = field(
+        default_factory=dict
+    )  # diff ID -> (type, digest, size)
+
+
+def push_blobs(
+    client: RegistryClient,
+    repo: str,
+    blobs: Sequence[Blob],
+    archive: Path,
+    *,
+    state: PushState | None,
+    layers: LayerDigests,
+    compression: str,
+    parallel: int,
+    log: Log,
+) -> BlobsPushed:
+    """Make every blob exist in ``repo``, ``parallel`` at once; uncompressed layers go compressed."""
+    unique = list({b.digest: b for b in blobs}.values())  # an image may repeat a layer (empty ones)
+    result = BlobsPushed()
+    lock = threading.Lock()
+    failed = threading.Event()
+    done = [0]
+
+    def one(blob: Blob) -> None:
+        if failed.is_set():
+            return
+        c = codec(compression) if blob.media_type in UNCOMPRESSED_LAYERS else None
+        if c is None:
+            sources = [r for r in state.repos_with(blob.digest) if r != repo] if state else []
+            how = client.push_blob(repo, blob, archive, sources, state)
+            digest, size = blob.digest, blob.size
+        else:
+            known = layers.get(blob.digest, c.identity)
+            how = ""
+            if known is not None:
+                digest, size = known
+                sources = [r for r in state.repos_with(digest) if r != repo] if state else []
+                if client.blob_exists(repo, digest):
+                    client.counters.add("blobs_skipped")
+                    how = "skipped"
+                elif any(client.mount_blob(repo, digest, src) for src in sources):
+                    how = "mounted"
+            if not how:
+                digest, size = client.push_compressed(
+                    repo,
+                    f"{blob.digest}+{c.identity}",
+                    lambda: CompressedStream(archive, blob.offset, blob.size, c),
+                    state,
+                )
+                layers.put(blob.digest, c.identity, digest, size)
+                how = f"{c.name} uploaded"
+            with lock:
+                result.compressed[blob.digest] = (c.media_type(blob.media_type), digest, size)
+        if state is not None:
+            state.blob_done(repo, digest)
+            state.save()
+        with lock:
+            result.how[how] = result.how.get(how, 0) + 1
+            done[0] += 1
+            n = done[0]
+        ratio = f", {size / blob.size:.0%} of {blob.size / 1e6:.1f} MB" if size != blob.size else ""
+        log(f"{repo}: blob {n}/{len(unique)} {digest[:19]} {size / 1e6:.1f} MB{ratio} {how}")
+
+    def guarded(blob: Blob) -> None:
+        try:
+            one(blob)
+        except BaseException:
+            failed.set()  # blobs not started yet are not started; those in flight finish
+            raise
+
+    with ThreadPoolExecutor(
+        max_workers=max(1, min(parallel, len(unique))), thread_name_prefix="push"
+    ) as pool:
+        futures = [pool.submit(guarded, b) for b in unique]
+        errors = [f.exception() for f in futures]
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first
+    return result
+
+
+def final_manifest(
+    manifest: bytes, media_type: str, compressed: dict[str, tuple[str, str, int]]
+) -> tuple[bytes, str]:
+    """The manifest to PUT: each uncompressed layer replaced by its compressed blob (config unchanged).
+
+    A docker v2 manifest stays one (``…rootfs.diff.tar.gzip``) for gzip; zstd has no docker media type,
+    so such a manifest becomes an OCI manifest (``…layer.v1.tar+zstd``), as skopeo converts it.
+    """
+    if not compressed:
+        return manifest, media_type
+    try:
+        doc = json.loads(manifest)
+        for layer in doc["layers"]:
+            if layer["digest"] in compressed:
+                layer["mediaType"], layer["digest"], layer["size"] = compressed[layer["digest"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FleetciError(
+            f"the planned manifest is not an image manifest ({exc}); run prepare again"
+        ) from None
+    if media_type == DOCKER_MANIFEST and any(t.endswith("+zstd") for t, _, _ in compressed.values()):
+        media_type = OCI_MANIFEST
+        doc["mediaType"] = OCI_MANIFEST
+        for desc in [doc["config"], *doc["layers"]]:
+            desc["mediaType"] = DOCKER_TO_OCI.get(desc["mediaType"], desc["mediaType"])
+    return json.dumps(doc, separators=(",", ":")).encode(), media_type
 
 
 def oci_push(
@@ -41,6 +172,7 @@ def oci_push(
     log: Log,
 ) -> list[PushRow]:
     state = PushState(directory / STATE_FILE)
+    layers = LayerDigests(settings.downloads_dir / LAYER_DIGESTS)
     rows: list[PushRow] = []
     detail: Log = log if verbose else (lambda _m: None)
     with RegistryClient.from_settings(settings, skip_login, detail) as client:
@@ -48,7 +180,6 @@ def oci_push(
         for img in plan.images:
             repo = f"{settings.registry_project}/{img.repository}"
             ref = f"{repo}:{img.tag}"
-            manifest = img.manifest.encode()
             existing = client.get_manifest(repo, img.tag, push=True)
             if existing is not None and not force:
                 if _config_digest(existing[0]) == img.config_digest:
@@ -66,24 +197,31 @@ def oci_push(
                 raise FleetciError(f"{path} changed since prepare; run prepare again")
             before = client.counters.blob_bytes_sent
             started = time.monotonic()
-            how_count: dict[str, int] = {}
-            for i, blob in enumerate(img.blobs, 1):
-                sources = [r for r in state.repos_with(blob.digest) if r != repo]
-                how = client.push_blob(repo, blob, path, sources, state)
-                how_count[how] = how_count.get(how, 0) + 1
-                state.blob_done(repo, blob.digest)
-                state.save()
-                log(f"{ref}: blob {i}/{len(img.blobs)} {blob.digest[:19]} {blob.size / 1e6:.1f} MB {how}")
-            digest = client.put_manifest(repo, img.tag, manifest, img.manifest_media_type)
+            pushed = push_blobs(
+                client,
+                repo,
+                img.blobs,
+                path,
+                state=state,
+                layers=layers,
+                compression=settings.compression,
+                parallel=settings.parallel,
+                log=log,
+            )
+            manifest, media_type = final_manifest(
+                img.manifest.encode(), img.manifest_media_type, pushed.compressed
+            )
+            expected = "sha256:" + hashlib.sha256(manifest).hexdigest()
+            digest = client.put_manifest(repo, img.tag, manifest, media_type)
             actual = client.manifest_digest(repo, img.tag)
-            if actual != img.manifest_digest:
-                raise FleetciError(f"{ref}: registry reports digest {actual}, pushed {img.manifest_digest}")
+            if actual != expected:
+                raise FleetciError(f"{ref}: registry reports digest {actual}, pushed {expected}")
             state.mark_verified(ref, digest or str(actual))
             if retag_as_latest:
-                client.put_manifest(repo, "latest", manifest, img.manifest_media_type)
+                client.put_manifest(repo, "latest", manifest, media_type)
                 log(f"{repo}:latest -> {actual}")
             sent = client.counters.blob_bytes_sent - before
-            row = PushRow(ref, "pushed", sent, time.monotonic() - started, how_count)
+            row = PushRow(ref, "pushed", sent, time.monotonic() - started, pushed.how)
             log(f"{ref} pushed {actual} ({sent / 1e6:.1f} MB sent in {row.seconds:.1f}s)")
             rows.append(row)
     return rows

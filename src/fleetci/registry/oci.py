@@ -10,7 +10,9 @@ scope, refreshed before expiry) or HTTP basic.
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from fleetci import retry
 from fleetci.errors import FleetciError
 from fleetci.http import client, describe, error_message, host_of, redact_url
 from fleetci.registry.archive import MANIFEST_TYPES, Blob, read_window
+from fleetci.registry.compress import CompressedStream
 
 if TYPE_CHECKING:
     from fleetci.registry.settings import RegistrySettings
@@ -56,6 +59,12 @@ class Counters:
     chunks_resumed: int = 0
     sessions_refused: int = 0
     manifests_put: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, name: str, n: int = 1) -> None:
+        """Count from any upload thread (parallel blob uploads share one client)."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
 
 
 @dataclass
@@ -289,11 +298,11 @@ class RegistryClient:
     def mount_blob(self, repo: str, digest: str, source: str) -> bool:
         """Make ``digest`` exist in ``repo`` without sending bytes (HEAD, then a cross-repository mount)."""
         if self.blob_exists(repo, digest):
-            self.counters.blobs_skipped += 1
+            self.counters.add("blobs_skipped")
             return True
         mounted, location = self._start_upload(repo, (digest, source))
         if mounted:
-            self.counters.blobs_mounted += 1
+            self.counters.add("blobs_mounted")
             return True
         self._request("DELETE", location, self._scopes(repo), what=f"cancelling an upload in {repo}")
         return False
@@ -310,7 +319,7 @@ class RegistryClient:
         def gen() -> Iterator[bytes]:
             with path.open("rb") as fh:
                 for data in read_window(fh, start, size):
-                    self.counters.blob_bytes_sent += len(data)
+                    self.counters.add("blob_bytes_sent", len(data))
                     yield data
 
         return gen
@@ -346,7 +355,7 @@ class RegistryClient:
         saved_location, saved = session
         status = self.upload_status(saved_location, repo)
         if status is None or status[1] > blob.size:
-            self.counters.sessions_refused += 1
+            self.counters.add("sessions_refused")
             state.forget_upload(repo, blob.digest)
             self.log(
                 f"saved upload session for {blob.digest[:19]} in {repo} (offset {saved}) was "
@@ -354,7 +363,7 @@ class RegistryClient:
             )
             return "", 0
         location, held = status
-        self.counters.chunks_resumed += 1
+        self.counters.add("chunks_resumed")
         if held != saved:
             side = "ahead of" if held > saved else "behind"
             self.log(
@@ -445,7 +454,7 @@ class RegistryClient:
         new session, once: a refusal of the new session is an error.
         """
         if self.blob_exists(repo, blob.digest):
-            self.counters.blobs_skipped += 1
+            self.counters.add("blobs_skipped")
             return "skipped"
         location = ""
         for source in mount_from or []:
@@ -453,7 +462,7 @@ class RegistryClient:
                 continue
             mounted, location = self._start_upload(repo, (blob.digest, source))
             if mounted:
-                self.counters.blobs_mounted += 1
+                self.counters.add("blobs_mounted")
                 return "mounted"
             break  # the registry opened a normal upload session instead; use it
         offset = 0
@@ -473,13 +482,161 @@ class RegistryClient:
                     state.forget_upload(repo, blob.digest)
                 if not resumed:
                     raise FleetciError(str(exc)) from None
-                self.counters.sessions_refused += 1
+                self.counters.add("sessions_refused")
                 self.log(f"resumed session refused ({exc}); re-uploading the blob from the start")
                 location, offset, resumed = "", 0, False
         if state is not None:
             state.forget_upload(repo, blob.digest)
-        self.counters.blobs_uploaded += 1
+        self.counters.add("blobs_uploaded")
         return "uploaded"
+
+    def push_compressed(
+        self,
+        repo: str,
+        key: str,
+        open_stream: Callable[[], CompressedStream],
+        state: UploadState | None = None,
+    ) -> tuple[str, int]:
+        """Upload a compressed layer whose digest is known only at its end; returns (digest, size).
+
+        The stream goes out in PATCH requests of up to ``chunk_size`` bytes each, as docker and skopeo
+        send unknown-length blobs (chunked transfer encoding), the session saved after each one under
+        ``key`` (diff ID + codec identity); the final PUT names the digest. A saved session is resumed
+        where the registry says it stands: the layer is compressed again and the bytes the registry
+        holds are hashed and skipped, not sent. A refused resumed session starts again from 0, once.
+        """
+        location, offset, resumed = "", 0, False
+        if state is not None:
+            location, offset = self._resume_key(repo, key, state)
+            resumed = bool(location)
+        while True:
+            if not location:
+                _, location = self._start_upload(repo)
+                offset = 0
+            try:
+                with open_stream() as stream:
+                    return self._send_stream(repo, key, stream, location, offset, state)
+            except _SessionLost as exc:
+                if state is not None:
+                    state.forget_upload(repo, key)
+                if not resumed:
+                    raise FleetciError(str(exc)) from None
+                self.counters.add("sessions_refused")
+                self.log(f"resumed session refused ({exc}); re-uploading the layer from the start")
+                location, offset, resumed = "", 0, False
+
+    def _resume_key(self, repo: str, key: str, state: UploadState) -> tuple[str, int]:
+        session = state.upload_session(repo, key)
+        if session is None:
+            return "", 0
+        saved_location, saved = session
+        status = self.upload_status(saved_location, repo)
+        if status is None:
+            self.counters.add("sessions_refused")
+            state.forget_upload(repo, key)
+            self.log(
+                f"saved upload session for layer {key[:19]} in {repo} (offset {saved}) was refused by "
+                "the registry; re-uploading the layer from the start"
+            )
+            return "", 0
+        location, held = status
+        self.counters.add("chunks_resumed")
+        if held != saved:
+            side = "ahead of" if held > saved else "behind"
+            self.log(
+                f"registry holds {held} bytes of layer {key[:19]} in {repo}, {side} the saved offset "
+                f"{saved}: going on from the registry's"
+            )
+        self.log(f"resume layer {key[:19]} in {repo} at {held / 1e6:.1f} MB (compressing again up to there)")
+        state.save_upload(repo, key, location, held)
+        return location, held
+
+    def _send_stream(
+        self,
+        repo: str,
+        key: str,
+        stream: CompressedStream,
+        location: str,
+        offset: int,
+        state: UploadState | None,
+    ) -> tuple[str, int]:
+        what = f"upload of layer {key[:19]} to {repo}"
+        if offset and stream.skip(offset) != offset:
+            raise _SessionLost(f"the registry holds {offset} bytes, more than the compressed layer")
+        if state is not None and offset == 0:
+            state.save_upload(repo, key, location, 0)  # a kill in the first chunk resumes too
+        while not stream.at_end():
+            start = offset
+            body = self._counted(stream, self.chunk_size)
+            resp = self._request(
+                "PATCH",
+                location,
+                self._scopes(repo),
+                headers={"Content-Type": "application/octet-stream"},
+                content=body,
+                what=what,
+            )
+            offset = stream.produced
+            if resp.status_code != 202:
+                fail = self._fail(resp, f"bytes {start}-{offset - 1} of layer {key[:19]} in {repo}")
+                if resp.status_code in _SESSION_REFUSED:
+                    raise _SessionLost(str(fail))
+                raise fail
+            m = re.fullmatch(r"\s*(?:bytes=)?0-(\d+)\s*", resp.headers.get("range", ""))
+            if m is not None and int(m.group(1)) + 1 != offset:
+                raise _SessionLost(f"registry holds {int(m.group(1)) + 1} bytes of {what}, sent {offset}")
+            location = self._absolute(resp.headers.get("location", location))
+            if state is not None:
+                state.save_upload(repo, key, location, offset)
+        digest = stream.digest
+        resp = self._request(
+            "PUT",
+            self._with_digest(location, digest),
+            self._scopes(repo),
+            headers={"Content-Length": "0"},
+            what=f"completing {digest[:19]} in {repo}",
+        )
+        if resp.status_code != 201:
+            fail = self._fail(resp, what)
+            if resp.status_code in _SESSION_REFUSED:
+                raise _SessionLost(str(fail))
+            raise fail
+        if state is not None:
+            state.forget_upload(repo, key)
+        self.counters.add("blobs_uploaded")
+        return digest, stream.produced
+
+    def _counted(self, stream: CompressedStream, limit: int) -> Callable[[], Iterator[bytes]]:
+        """One PATCH body of the stream; a second send (a 401 after the body went) cannot replay it."""
+        used = False
+
+        def gen() -> Iterator[bytes]:
+            nonlocal used
+            if used:
+                raise _SessionLost("the registry asked for credentials again in the middle of an upload")
+            used = True
+            for piece in stream.take(limit):
+                self.counters.add("blob_bytes_sent", len(piece))
+                yield piece
+
+        return gen
+
+    def get_blob(self, repo: str, digest: str, limit: int = 16 * 1024 * 1024) -> bytes:
+        """A small blob (an image config), checked against its digest."""
+        resp = self._request(
+            "GET",
+            f"/v2/{repo}/blobs/{digest}",
+            self._scopes(repo, push=False),
+            what=f"GET blob {digest[:19]} in {repo}",
+            idempotent=True,
+        )
+        if resp.status_code != 200:
+            raise self._fail(resp, f"GET {repo}@{digest[:19]}")
+        if len(resp.content) > limit:
+            raise FleetciError(f"blob {digest[:19]} in {repo} is larger than {limit} bytes")
+        if "sha256:" + hashlib.sha256(resp.content).hexdigest() != digest:
+            raise FleetciError(f"blob {digest[:19]} in {repo} does not match its digest")
+        return resp.content
 
     def _manifest(self, method: str, repo: str, ref: str, push: bool) -> httpx.Response | None:
         """GET or HEAD ``repo:ref`` in any manifest type; None when the tag does not exist."""
@@ -521,7 +678,7 @@ class RegistryClient:
         )
         if resp.status_code != 201:
             raise self._fail(resp, f"manifest {repo}:{ref}")
-        self.counters.manifests_put += 1
+        self.counters.add("manifests_put")
         return str(resp.headers.get("docker-content-digest", ""))
 
     def tags(self, repo: str) -> list[str]:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from fleetci.config import Setting, SettingTable, number, parse_positive_int, parse_timeout
 from fleetci.errors import UsageError
 from fleetci.http import host_of, redact_url
+from fleetci.registry.compress import parse_compression
 
 DEFAULT_REPO = "rapidsai/velox-testing"
 DEFAULT_WORKFLOW = ".github/workflows/presto-build-images.yml"
@@ -24,8 +25,27 @@ DEFAULT_GITLAB_HOST = "gitlab-master.nvidia.com"
 DEFAULT_GITLAB_PROJECT = "hercules/veloxtesting"
 DEFAULT_REGISTRY = "gitlab-master.nvidia.com:5005"
 DEFAULT_CHUNK_MB = 128
+DEFAULT_PARALLEL = 5  # blobs in flight at once, as docker push (max-concurrent-uploads)
 # Chunks of up to 1 TiB: chunk_mb * MiB must stay a sane byte count.
 parse_chunk_mb = number(int, min=1, max=1024 * 1024)
+parse_parallel = number(int, min=1, max=64)
+INDEX_FIELDS = ("image", "tag")
+
+
+def parse_index(text: str) -> str:
+    """``NAME:TAG`` of the multi-arch index, ``{image}``/``{tag}`` placeholders allowed; "" = none."""
+    raw = text.strip()
+    if not raw:
+        return ""
+    name, sep, tag = raw.rpartition(":")
+    if not sep or not name or not tag or "/" in tag:
+        raise ValueError(f"expected NAME:TAG (e.g. '{{image}}:{{tag}}'), got {text!r}")
+    import string
+
+    for _, field_name, spec, conv in string.Formatter().parse(raw):
+        if field_name is not None and (field_name not in INDEX_FIELDS or spec or conv):
+            raise ValueError(f"{text!r}: only {{image}} and {{tag}} may be filled in, not {{{field_name}}}")
+    return raw
 
 
 def base_url(text: str, what: str) -> str:
@@ -79,6 +99,9 @@ class RegistrySettings:
     chunk_size: int = DEFAULT_CHUNK_MB * 1024 * 1024
     docker_host: str | None = None
     timeout: float = 60.0
+    compression: str = "gzip"
+    parallel: int = DEFAULT_PARALLEL
+    index: str = ""  # NAME:TAG template of the multi-arch index; "" = no index
 
     @property
     def workflow_file(self) -> str:
@@ -159,6 +182,25 @@ class RegistryOptions(SettingTable):
         help="blobs above this many MiB upload in resumable chunks",
     )
     timeout = Setting(60.0, parse_timeout, env=("REGISTRY_TIMEOUT",), help="network timeout in seconds")
+    compression = Setting(
+        "gzip",
+        parse_compression,
+        env=("REGISTRY_COMPRESSION",),
+        help="layer compression on push: gzip, zstd (OCI +zstd) or none",
+    )
+    parallel = Setting(
+        DEFAULT_PARALLEL,
+        parse_parallel,
+        env=("REGISTRY_PARALLEL",),
+        help="blobs uploaded at once (1-64)",
+    )
+    index = Setting(
+        "",
+        parse_index,
+        env=("REGISTRY_INDEX",),
+        help="also push a multi-arch OCI index NAME:TAG ({image}, {tag} filled in) over x86/ and arm/",
+        doc_default="none",
+    )
     # local files
     downloads_dir = Setting(
         "downloads", str, env=("GH_SYNC_DOWNLOADS_DIR",), help="where artifacts and sync state go"
@@ -179,6 +221,7 @@ GITLAB_FLAGS = (
     "chunk_mb",
     "timeout",
 )
+PUSH_FLAGS = ("compression", "parallel", "index")
 
 
 def registry_settings(
@@ -228,6 +271,9 @@ def registry_settings(
         chunk_size=chunk_mb * 1024 * 1024,
         docker_host=r.value(o.docker_host) or None,
         timeout=r.value(o.timeout),
+        compression=r.value(o.compression),
+        parallel=r.value(o.parallel),
+        index=r.value(o.index),
     )
     r.check_unknown()
     return settings

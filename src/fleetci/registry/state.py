@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class PushState:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock = threading.RLock()  # parallel blob uploads save their sessions through one state
         self.data: dict[str, Any] = {"uploads": {}, "blobs": {}, "verified": {}}
         if path.exists():
             loaded = read_json(path, "push state")
@@ -57,7 +59,8 @@ class PushState:
                         self.data[key] = loaded[key]
 
     def save(self) -> None:
-        write_json(self.path, self.data)
+        with self._lock:
+            write_json(self.path, self.data)
 
     # UploadState protocol (oci.RegistryClient)
     def upload_session(self, repo: str, digest: str) -> tuple[str, int] | None:
@@ -67,28 +70,71 @@ class PushState:
         return str(entry["location"]), int(entry["offset"])
 
     def save_upload(self, repo: str, digest: str, location: str, offset: int) -> None:
-        self.data["uploads"][f"{repo}@{digest}"] = {"location": location, "offset": offset}
-        self.save()
-
-    def forget_upload(self, repo: str, digest: str) -> None:
-        if self.data["uploads"].pop(f"{repo}@{digest}", None) is not None:
+        with self._lock:
+            self.data["uploads"][f"{repo}@{digest}"] = {"location": location, "offset": offset}
             self.save()
 
+    def forget_upload(self, repo: str, digest: str) -> None:
+        with self._lock:
+            if self.data["uploads"].pop(f"{repo}@{digest}", None) is not None:
+                self.save()
+
     def blob_done(self, repo: str, digest: str) -> None:
-        repos = self.data["blobs"].setdefault(digest, [])
-        if repo not in repos:
-            repos.append(repo)
+        with self._lock:
+            repos = self.data["blobs"].setdefault(digest, [])
+            if repo not in repos:
+                repos.append(repo)
 
     def repos_with(self, digest: str) -> list[str]:
         return list(self.data["blobs"].get(digest, []))
 
     def mark_verified(self, ref: str, digest: str) -> None:
-        self.data["verified"][ref] = {"digest": digest, "at": int(time.time())}
-        self.save()
+        with self._lock:
+            self.data["verified"][ref] = {"digest": digest, "at": int(time.time())}
+            self.save()
 
     def verified(self, ref: str) -> str | None:
         entry = self.data["verified"].get(ref)
         return str(entry["digest"]) if isinstance(entry, dict) else None
+
+
+class LayerDigests:
+    """``<downloads>/layer-digests.json``: the compressed digest of each uncompressed layer, per codec.
+
+    ``{diff_id: {codec identity: {"digest", "size"}}}``. A later push of the same layer (a re-push, the
+    next build sharing its base layers, another image of the plan) asks the registry for that digest
+    (HEAD, or a mount from a repository that has it) instead of compressing the layer again. Kept across
+    tags on purpose (``clean`` removes tag directories, not this file); it holds digests only.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self.data: dict[str, Any] = {}
+        if path is not None and path.exists():
+            try:
+                loaded = read_json(path, "layer digests")
+            except FleetciError:
+                move_aside(path)  # only a cache: start afresh, keep the bad file for a look
+                loaded = {}
+            if isinstance(loaded, dict):
+                self.data = {k: v for k, v in loaded.items() if isinstance(v, dict)}
+
+    def get(self, diff_id: str, identity: str) -> tuple[str, int] | None:
+        with self._lock:
+            entry = self.data.get(diff_id, {}).get(identity)
+        if not isinstance(entry, dict):
+            return None
+        try:
+            return str(entry["digest"]), int(entry["size"])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def put(self, diff_id: str, identity: str, digest: str, size: int) -> None:
+        with self._lock:
+            self.data.setdefault(diff_id, {})[identity] = {"digest": digest, "size": size}
+            if self.path is not None:
+                write_json(self.path, self.data)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from fleetci.registry.engine_oci import oci_push
 from fleetci.registry.extract import docker_archives
 from fleetci.registry.github import BuildRun, GitHubSide
 from fleetci.registry.gitlab import GitLabAPI, GitLabRepository
+from fleetci.registry.index import index_refs, push_index
 from fleetci.registry.oci import RegistryClient
 from fleetci.registry.plan import (
     META_FILE,
@@ -274,6 +275,7 @@ def push(
     directory = tag_dir(settings, image_tag)
     check_repository(settings.registry_project, "--registry-project")
     plan = load_plan(directory)
+    indexes = index_refs(plan, settings.index) if settings.index else []
     confirm(
         f"push {len(plan.images)} image(s) of {image_tag} to "
         f"{settings.registry_host}/{settings.registry_project}?",
@@ -292,6 +294,11 @@ def push(
         skip_login=skip_login,
         log=log,
     )
+    if indexes:
+        with RegistryClient.from_settings(settings, skip_login, log if verbose else None) as client:
+            for ref in indexes:
+                digest = push_index(client, settings.registry_project, plan, ref, log)
+                rows.append(PushRow(f"{settings.registry_project}/{ref}", f"index {digest[:19]}"))
     _summary(f"fleetci registry push {image_tag}", rows)
     return rows
 

@@ -1,0 +1,225 @@
+"""Layer compression for pushes: the archive's uncompressed layer tar -> gzip (or zstd), streamed.
+
+A :class:`CompressedStream` reads the layer's window of the ``docker save`` tar in 1 MiB blocks, feeds a
+multi-threaded compressor (``isal.igzip_threaded`` for gzip, ``zstandard`` for zstd) on a producer thread
+and hands the compressed bytes to the uploader through a small bounded queue, hashing them on the way: the
+digest of the compressed blob is known when the stream ends, which is when the upload's final PUT needs it.
+Nothing is spooled: a layer is never whole in memory, nor on disk a second time.
+
+The output is deterministic for a given :attr:`Codec.identity` (fixed block size, level, no timestamp in
+the gzip header; igzip compresses each block with the previous 32 KiB as dictionary, so the thread count
+does not change the bytes, and zstd's multi-threaded frames do not depend on the worker count either).
+That is what makes a compressed upload resumable without a spool file: the resume compresses the layer
+again and skips (while hashing) the bytes the registry already holds. If a different library version ever
+produced other bytes, the final PUT's digest check fails and the layer starts again from 0, once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleetci.errors import FleetciError
+from fleetci.registry.archive import READ_CHUNK, read_window
+
+CODECS = ("gzip", "zstd", "none")
+GZIP_LEVEL = 2  # isal's levels run 0-3; 2 is its speed/size trade-off (zlib -6 sizes within a few %)
+ZSTD_LEVEL = 3
+BLOCK = READ_CHUNK  # the unit the compressors see; part of the identity (it shapes the output)
+QUEUE_PIECES = 8  # compressed pieces waiting for the uploader, per stream (bounded memory)
+
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+UNCOMPRESSED_LAYERS = (OCI_LAYER, DOCKER_LAYER)
+
+
+def parse_compression(text: str) -> str:
+    low = text.strip().lower()
+    if low not in CODECS:
+        raise ValueError(f"expected gzip, zstd or none, got {text!r}")
+    return low
+
+
+def cpu_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str  # gzip | zstd
+    level: int
+
+    @property
+    def identity(self) -> str:
+        """What fixes the output bytes: remembered with each compressed digest and upload session."""
+        if self.name == "gzip":
+            import isal
+
+            return f"gzip/isal-{isal.__version__}/l{self.level}/b{BLOCK}"
+        import zstandard
+
+        return f"zstd/zstandard-{zstandard.__version__}/l{self.level}/b{BLOCK}/mt"
+
+    def media_type(self, uncompressed: str) -> str:
+        """The compressed layer's media type, as docker (docker manifests) and skopeo write them."""
+        if uncompressed == DOCKER_LAYER and self.name == "gzip":
+            return DOCKER_LAYER + ".gzip"
+        return f"{OCI_LAYER}+{self.name}"
+
+
+def codec(name: str) -> Codec | None:
+    """The codec of ``--compression NAME``; None for ``none``."""
+    if name == "none":
+        return None
+    return Codec(name, GZIP_LEVEL if name == "gzip" else ZSTD_LEVEL)
+
+
+class _Sink:
+    """The compressor's output file: pieces go to the bounded queue (dropped once the reader gave up)."""
+
+    def __init__(self, out: queue.Queue[bytes | BaseException | None], cancelled: threading.Event) -> None:
+        self.out = out
+        self.cancelled = cancelled
+
+    def write(self, data: Any) -> int:
+        piece = bytes(data)
+        while piece and not self.cancelled.is_set():
+            try:
+                self.out.put(piece, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        return len(piece)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+
+class CompressedStream:
+    """The compressed bytes of one layer window, produced on a thread; iterate with :meth:`take`."""
+
+    def __init__(self, path: Path, offset: int, size: int, codec: Codec, threads: int = 0) -> None:
+        self.codec = codec
+        self.threads = threads or cpu_threads()
+        self._hash = hashlib.sha256()
+        self.produced = 0  # compressed bytes handed out so far
+        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(QUEUE_PIECES)
+        self._cancelled = threading.Event()
+        self._pending = b""
+        self._ended = False
+        self._thread = threading.Thread(
+            target=self._produce, args=(path, offset, size), name="fleetci-compress", daemon=True
+        )
+        self._thread.start()
+
+    def _produce(self, path: Path, offset: int, size: int) -> None:
+        sink = _Sink(self._queue, self._cancelled)
+        try:
+            writer = self._writer(sink)
+            try:
+                with path.open("rb") as fh:
+                    for data in read_window(fh, offset, size, BLOCK):
+                        if self._cancelled.is_set():
+                            break
+                        writer.write(data)
+            finally:
+                writer.close()
+        except BaseException as exc:  # handed to the reader, who raises it
+            self._put(exc if isinstance(exc, FleetciError) else FleetciError(f"compressing: {exc}"))
+            return
+        self._put(None)
+
+    def _put(self, item: BaseException | None) -> None:
+        while not self._cancelled.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _writer(self, sink: _Sink) -> Any:
+        if self.codec.name == "gzip":
+            from isal import igzip_threaded
+
+            return igzip_threaded.open(  # type: ignore[no-untyped-call]
+                sink, "wb", compresslevel=self.codec.level, threads=self.threads, block_size=BLOCK
+            )
+        import zstandard
+
+        cctx = zstandard.ZstdCompressor(level=self.codec.level, threads=max(1, self.threads))
+        return cctx.stream_writer(sink, closefd=False)  # type: ignore[arg-type]
+
+    def _next_piece(self) -> bytes:
+        if self._pending:
+            piece, self._pending = self._pending, b""
+            return piece
+        if self._ended:
+            return b""
+        item = self._queue.get()
+        if item is None:
+            self._ended = True
+            return b""
+        if isinstance(item, BaseException):
+            self._ended = True
+            raise item
+        return item
+
+    def at_end(self) -> bool:
+        """True once every compressed byte was handed out (waits for the compressor to say so)."""
+        if self._pending:
+            return False
+        piece = self._next_piece()
+        self._pending = piece
+        return not piece
+
+    def take(self, limit: int) -> Iterator[bytes]:
+        """Up to ``limit`` compressed bytes, as pieces (an HTTP body): each is hashed as it goes."""
+        left = limit
+        while left > 0:
+            piece = self._next_piece()
+            if not piece:
+                return
+            if len(piece) > left:
+                piece, self._pending = piece[:left], piece[left:]
+            left -= len(piece)
+            self._hash.update(piece)
+            self.produced += len(piece)
+            yield piece
+
+    def skip(self, count: int) -> int:
+        """Hash and drop the first ``count`` bytes (what the registry already holds); returns how many."""
+        return sum(len(p) for p in self.take(count))
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+    def close(self) -> None:
+        """Stop the producer (an upload that failed or finished); safe to call twice."""
+        self._cancelled.set()
+        self._thread.join(timeout=30)
+
+    def __enter__(self) -> CompressedStream:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
