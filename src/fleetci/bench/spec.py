@@ -25,6 +25,7 @@ from fleetci.config import (
     parse_timeout,
 )
 from fleetci.errors import UsageError
+from fleetci.registry.compress import parse_compression
 
 if TYPE_CHECKING:
     from fleetci.bench.cache import FleetSpec
@@ -85,6 +86,7 @@ COUNT = parse_positive_int
 HOURS = number(float, min=0, max=MAX_SECONDS / 3600, min_inclusive=False, unit="hours")
 SCALE = number(float, min=0, min_inclusive=False)
 FRACTION = number(float, min=0, max=1)
+LINK_MBPS = number(float, min=0, max=1e6, unit="Mbit/s")
 
 
 def world_params(runners: int, churn_every: float, repos: int) -> tuple[Param, ...]:
@@ -255,6 +257,9 @@ def run_registry(
     rss_size_mb: int,
     chunk_mb: int,
     resume_layer_mb: int,
+    link_mbps: float,
+    compression: str,
+    parallel: int,
     workdir: str | None,
     progress: Progress,
 ) -> Result:
@@ -269,6 +274,9 @@ def run_registry(
         Path(workdir) if workdir else None,
         progress=progress,
         resume_layer_mb=resume_layer_mb,
+        link_mbps=link_mbps,
+        compression=compression,
+        parallel=parallel,
     )
 
 
@@ -376,7 +384,7 @@ BENCHMARKS = (
     ),
     Benchmark(
         "registry",
-        "registry push: daemonless push vs skopeo copy, re-push/retag bytes, RSS",
+        "registry push over a link: compressed, parallel push vs skopeo copy, re-push/retag bytes, RSS",
         (
             Param("size_mb", COUNT, 512, "image size for the throughput comparison"),
             Param("rss_size_mb", COUNT, 2048, "image size for the peak-RSS measurement"),
@@ -387,6 +395,14 @@ BENCHMARKS = (
                 300,
                 "layer of the push killed mid-layer and resumed; more than --chunk-mb",
             ),
+            Param(
+                "link_mbps",
+                LINK_MBPS,
+                400.0,
+                "Mbit/s of the relay both pushers go through; 0 = no relay (loopback)",
+            ),
+            Param("compression", parse_compression, "gzip", "fleetci's layer compression"),
+            Param("parallel", COUNT, 5, "fleetci's blobs in flight at once"),
             Param(
                 "workdir",
                 None,

@@ -1,24 +1,30 @@
-"""Build ``docker save`` archives without docker: random-content layers, legacy or OCI layout.
+"""Build ``docker save`` archives without docker: random-content or real-tree layers, legacy or OCI layout.
 
 Tests and the registry benchmark need images of a known size and known digests; each layer is a real
-tar (one file of random bytes) so ``docker load`` accepts them too. Everything streams through temp
-files, so a 2 GiB image is built in bounded memory.
+tar so ``docker load`` accepts them too: one file of random bytes (``content="random"``), or, where
+compression matters (the benchmark), files of a real directory tree such as this machine's ``/usr``
+(``content="rootfs"``: binaries, libraries, text, as a Debian image's layers hold them). Everything
+streams through temp files, so a 2 GiB image is built in bounded memory.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
 import json
+import os
 import random
 import shutil
+import subprocess
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 CHUNK = 1024 * 1024
+BIG_FILE = 8 * CHUNK
 
 
 @dataclass
@@ -54,6 +60,62 @@ def _random_layer(dest: Path, size: int, seed: int) -> str:
     return "sha256:" + h.hexdigest()
 
 
+@functools.lru_cache(maxsize=4)
+def tree_files(root: str) -> tuple[tuple[str, int], ...]:
+    """(path, size) of the regular files under ``root`` readable here, in a stable (sorted) order."""
+    found: list[tuple[str, int]] = []
+    for top, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(top, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if os.path.isfile(path) and not os.path.islink(path) and os.access(path, os.R_OK):
+                found.append((path, st.st_size))
+    if not found:
+        raise ValueError(f"{root} holds no readable files to build layers from")
+    return tuple(found)
+
+
+def _tree_layer(dest: Path, size: int, seed: int, root: str, start: int) -> tuple[str, int]:
+    """A layer tar of real files from ``root`` (from file number ``start``) of about ``size`` bytes.
+
+    Every entry is put under ``l<seed>/`` so layers of different images or seeds never share a digest;
+    the tree is walked again from its start when it runs out. Returns (diff_id, next start).
+    """
+    files = tree_files(root)
+    chosen: list[str] = []
+    total, i = 0, start
+    while total < size:
+        path, n = files[i % len(files)]
+        i += 1
+        if n > BIG_FILE:  # keeps layer sizes near the asked ones
+            continue
+        chosen.append(path.lstrip("/"))
+        total += n + 512
+    listing = dest.with_suffix(".list")
+    listing.write_bytes(b"\0".join(p.encode() for p in chosen) + b"\0")
+    proc = subprocess.run(
+        [
+            "tar", "-C", "/", "-cf", str(dest), "--no-recursion", "--null", "-T", str(listing),
+            "--owner=0", "--group=0", "--numeric-owner", "--mtime=@0", "--format=pax",
+            f"--transform=s,^,l{seed}/,", "--ignore-failed-read",
+        ],
+        capture_output=True,
+        check=False,
+    )  # fmt: skip
+    listing.unlink()
+    if proc.returncode not in (0, 1) or not dest.is_file():
+        raise OSError(f"tar of {root} failed: {proc.stderr.decode(errors='replace').strip()[-200:]}")
+    h = hashlib.sha256()
+    with dest.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest(), i
+
+
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -70,15 +132,22 @@ def write_docker_archive(
     seed: int = 1,
     compress: bool = False,
     architecture: str = "amd64",
+    content: str = "random",
+    tree: str = "/usr",
 ) -> BuiltImage:
     """Write a ``docker save``-shaped archive of one image (``layout`` = ``docker`` legacy or ``oci``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="img-", dir=path.parent))
     try:
         layers = []
+        start = seed * 7919  # each seed starts somewhere else in the tree
         for i, size in enumerate(layer_sizes):
             lp = work / f"layer{i}.tar"
-            layers.append((lp, _random_layer(lp, size, seed * 1000 + i)))
+            if content == "rootfs":
+                digest, start = _tree_layer(lp, size, seed * 1000 + i, tree, start)
+                layers.append((lp, digest))
+            else:
+                layers.append((lp, _random_layer(lp, size, seed * 1000 + i)))
         config = {
             "architecture": architecture,
             "os": "linux",
