@@ -52,8 +52,12 @@ def plain_registry(tmp_path: Path) -> Iterator[RegistryProcess]:
         reg.stop()
 
 
-def push_argv(downloads: Path, url: str, *extra: str) -> list[str]:
-    """``fleetci registry push`` of TAG in 1 MiB chunks to the registry at ``url`` (no login)."""
+def push_argv(downloads: Path, url: str, *extra: str, compression: str = "none") -> list[str]:
+    """``fleetci registry push`` of TAG in 1 MiB chunks to the registry at ``url`` (no login).
+
+    Uncompressed unless asked (``--compression none``): the tests that count bytes against the archive's
+    blobs and compare manifest digests with the plan's read the archive's own blobs.
+    """
     return [
         "registry",
         "push",
@@ -68,15 +72,17 @@ def push_argv(downloads: Path, url: str, *extra: str) -> list[str]:
         "--chunk-mb",
         "1",
         "--skip-login",
+        "--compression",
+        compression,
         *extra,
     ]
 
 
 def push_again(
-    downloads: Path, url: str, env: Mapping[str, str] | None = None
+    downloads: Path, url: str, env: Mapping[str, str] | None = None, compression: str = "none"
 ) -> subprocess.CompletedProcess[str]:
     """The interrupted push of :func:`push_argv` run again, ``--verbose``; it must succeed."""
-    rerun = run_fleetci(*push_argv(downloads, url, "--verbose"), env=env)
+    rerun = run_fleetci(*push_argv(downloads, url, "--verbose", compression=compression), env=env)
     assert rerun.returncode == 0, rerun.stderr
     return rerun
 

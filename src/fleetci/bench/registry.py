@@ -366,8 +366,7 @@ def bench_registry(
             root / "one.tar",
             "bench/one:bench-linux-amd64",
             [resume_layer_mb * 1024 * 1024],
-            seed=3,
-            content="rootfs",
+            seed=3,  # random bytes: compressed, the layer still spans more than one chunk
         )
         _prepare(one.path, root / "one-plan.json")
         say("push killed (SIGKILL) mid-layer, then resumed: the registry as it is")

@@ -1,0 +1,198 @@
+"""Issue 19 against the real Debian ``docker-registry``: compressed layers, re-push/retag with 0 blob
+bytes, zstd, multi-arch OCI index, and a compressed push killed mid-chunk that resumes.
+
+``skopeo`` is the independent reader: ``inspect --raw`` shows the manifests and the index as the
+registry holds them, ``copy`` to a ``dir:`` fetches the compressed blobs, which are decompressed here with
+the standard library and checked against the image config's diff IDs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import subprocess
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetci.bench.registry import kill_mid_chunk
+from fleetci.registry.settings import registry_settings
+from fleetci.registry.sync import prepare
+from fleetci.testing.docker_registry import RegistryProcess, no_auth_registry
+from fleetci.testing.images import write_docker_archive
+from fleetci.testing.registry_front import RegistryFront, held_bytes
+from support import clean_env, fleetci_cmd, run_fleetci
+from support.registry import GL_TAG, PROJECT, TAG, needs_registry, push_again, push_argv
+
+pytestmark = [pytest.mark.integration, needs_registry]
+
+MIB = 1024 * 1024
+ARM_TAG = TAG.replace("-linux-amd64", "-linux-arm64")
+STDLIB = str(Path(json.__file__).parent.parent)  # real files (Python's stdlib): text and binaries
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+    reg = no_auth_registry(tmp_path_factory.mktemp("registry")).start()
+    try:
+        yield reg
+    finally:
+        reg.stop()
+
+
+def prepared(
+    downloads: Path, tag: str, layers: list[int], *, arch: str = "amd64", **kw: Any
+) -> dict[str, Any]:
+    """``download``'s result for ``tag`` (zip of a docker save tarball + metadata.json), then ``prepare``."""
+    art = downloads / tag / "artifacts"
+    art.mkdir(parents=True)
+    built = write_docker_archive(
+        downloads.parent / f"img-{arch}" / "presto-coordinator.tar",
+        f"presto-coordinator:{tag}",
+        layers,
+        architecture=arch,
+        **kw,
+    )
+    with zipfile.ZipFile(art / "presto-images.zip", "w") as zf:
+        zf.write(built.path, built.path.name)
+    (downloads / tag / "metadata.json").write_text(json.dumps({"image_tag": tag, "run": {"run_id": 1}}))
+    plan = prepare(registry_settings({"downloads_dir": str(downloads)}, {}, {}), tag, log=lambda _m: None)
+    return plan.images[0].to_json()
+
+
+def sent(stdout: str) -> int:
+    [line] = [ln for ln in stdout.splitlines() if "blob bytes sent" in ln and "index" not in ln]
+    return int(line.rsplit("(", 1)[1].split()[0])
+
+
+def skopeo(*args: str) -> str:
+    out = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def raw(ref: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{ref}"))
+    return doc
+
+
+def push(downloads: Path, url: str, *extra: str, tag: str = TAG, compression: str = "gzip") -> str:
+    argv = push_argv(downloads, url, "--verbose", *extra, compression=compression)
+    argv[2] = tag
+    proc = run_fleetci(*argv, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def test_layers_go_gzip_compressed_and_a_repush_or_retag_sends_no_blob_bytes(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    downloads = tmp_path / "downloads"
+    img = prepared(downloads, TAG, [1_500_000, 1_000_000], content="rootfs", tree=STDLIB)
+    total = sum(b["size"] for b in img["blobs"])
+    repo = f"{registry.host}/{PROJECT}/x86/presto-coordinator"
+
+    out = push(downloads, registry.url)
+    assert 0 < sent(out) < total * 0.7, out  # real files shrink on the wire
+    doc = raw(f"{repo}:{GL_TAG}")
+    assert [layer["mediaType"] for layer in doc["layers"]] == [
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    ] * 2
+    assert doc["config"]["digest"] == img["config_digest"]  # the config (and its diff IDs) as built
+    pulled = tmp_path / "pulled"
+    skopeo("copy", "--src-tls-verify=false", f"docker://{repo}:{GL_TAG}", f"dir:{pulled}")
+    config = json.loads((pulled / img["config_digest"].split(":")[1]).read_bytes())
+    for layer, diff_id in zip(doc["layers"], config["rootfs"]["diff_ids"], strict=True):
+        blob = (pulled / layer["digest"].split(":")[1]).read_bytes()
+        assert "sha256:" + hashlib.sha256(blob).hexdigest() == layer["digest"] and len(blob) == layer["size"]
+        assert "sha256:" + hashlib.sha256(gzip.decompress(blob)).hexdigest() == diff_id
+    remembered = json.loads((downloads / "layer-digests.json").read_text())
+    assert {e["digest"] for v in remembered.values() for e in v.values()} == {
+        d["digest"] for d in doc["layers"]
+    }
+
+    again = push(downloads, registry.url, "--force")  # existence checked by the remembered digests
+    assert sent(again) == 0 and "gzip uploaded" not in again, again
+    assert raw(f"{repo}:{GL_TAG}") == doc
+
+    retag = run_fleetci(
+        "registry", "retag", f"x86/presto-coordinator:{GL_TAG}", "x86/presto-mirror:v1",
+        "--registry", registry.url, "--registry-project", PROJECT, "--skip-login", "--json",
+    )  # fmt: skip
+    assert retag.returncode == 0 and json.loads(retag.stdout)["blob_bytes_sent"] == 0, retag.stderr
+
+    zstd = push(downloads, registry.url, "--force", compression="zstd")
+    assert 0 < sent(zstd) < total * 0.7
+    doc = raw(f"{repo}:{GL_TAG}")
+    assert doc["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert [layer["mediaType"] for layer in doc["layers"]] == [
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    ] * 2
+
+
+def test_index_combines_the_arches_of_one_build_and_keeps_the_per_arch_tags(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    downloads = tmp_path / "downloads"
+    prepared(downloads, TAG, [300_000], arch="amd64", seed=11)
+    prepared(downloads, ARM_TAG, [300_000], arch="arm64", seed=12)
+    project = f"{registry.host}/{PROJECT}"
+    index_ref = f"{project}/multi/presto-coordinator:{GL_TAG}"
+
+    out = push(downloads, registry.url, "--index", "multi/{image}:{tag}", "--parallel", "2")
+    assert "index" in out
+    index = raw(index_ref)
+    assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    assert [m["platform"] for m in index["manifests"]] == [{"architecture": "amd64", "os": "linux"}]
+
+    push(downloads, registry.url, "--index", "multi/{image}:{tag}", tag=ARM_TAG)
+    index = raw(index_ref)
+    platforms = {m["platform"]["architecture"]: m["digest"] for m in index["manifests"]}
+    assert sorted(platforms) == ["amd64", "arm64"]
+    for arch, arch_dir in (("amd64", "x86"), ("arm64", "arm")):
+        per_arch = f"{project}/{arch_dir}/presto-coordinator:{GL_TAG}"  # the seed's tags, as they were
+        own = json.loads(skopeo("inspect", "--tls-verify=false", f"docker://{per_arch}"))
+        assert platforms[arch] == own["Digest"] and own["Architecture"] == arch
+        chosen = skopeo("inspect", "--tls-verify=false", "--override-arch", arch, f"docker://{index_ref}")
+        info = json.loads(chosen)  # what a pull on that platform resolves the index to
+        assert info["Architecture"] == arch and info["Layers"] == own["Layers"]
+        assert raw(f"{index_ref.rsplit(':', 1)[0]}@{platforms[arch]}") == raw(per_arch)
+
+
+def test_a_compressed_push_killed_mid_chunk_resumes_by_compressing_again(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    downloads = tmp_path / "downloads"
+    prepared(downloads, TAG, [24 * MIB], seed=5)  # random bytes: compressed, still 24 chunks of 1 MiB
+    with RegistryFront(registry) as front:
+        proc = subprocess.Popen(
+            fleetci_cmd(*push_argv(downloads, front.url, compression="gzip")),
+            env=clean_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _, saved, held = kill_mid_chunk(
+                proc,
+                downloads / TAG / "push-state.json",
+                lambda loc: held_bytes(registry.storage, loc),
+                min_offset=MIB,
+            )
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        assert 0 < saved < held
+
+        rerun = push_again(downloads, front.url, compression="gzip")
+        assert "compressing again" in rerun.stderr and f"registry holds {held} bytes" in rerun.stderr
+        assert "refused" not in rerun.stderr
+        doc = raw(f"{front.host_port}/{PROJECT}/x86/presto-coordinator:{GL_TAG}")
+        pushed = sum(d["size"] for d in [doc["config"], *doc["layers"]])
+        # at most one chunk went twice (the config may have landed before the kill: uploads run in parallel)
+        assert -doc["config"]["size"] <= held + sent(rerun.stdout) - pushed <= MIB
+        assert doc["layers"][0]["mediaType"].endswith("+gzip")
