@@ -239,3 +239,19 @@ def test_multi_arch_workflow_mirrors_the_seed_layout() -> None:
     assert any("upload-artifact" in s.get("uses", "") for s in jobs["verify-dependencies"]["steps"])
     on = wf.get("on") or wf.get(True)  # PyYAML reads the bare key `on` as True
     assert "workflow_dispatch" in on and "push" in on and "pull_request" in on
+
+
+def test_push_to_gitlab_passes_compression_parallel_and_index_as_settings() -> None:
+    """Issue 19: the new push settings reach fleetci through their environment names, empty by default."""
+    meta = load_yaml(REPO_ROOT / "actions" / "push-to-gitlab" / "action.yml")
+    sync = next(s for s in meta["runs"]["steps"] if s.get("id") == "sync")
+    for name, var in {
+        "compression": "REGISTRY_COMPRESSION",
+        "parallel": "REGISTRY_PARALLEL",
+        "index": "REGISTRY_INDEX",
+    }.items():
+        assert str(meta["inputs"][name]["default"]) == "", name
+        assert sync["env"][var] == f"${{{{ inputs.{name} }}}}", (name, sync["env"].get(var))
+    wf = load_yaml(REPO_ROOT / "workflows" / "presto-build-and-sync.yml")
+    [step] = wf["jobs"]["sync"]["steps"]
+    assert step["with"]["index"] == "${{ vars.REGISTRY_INDEX }}"

@@ -1,6 +1,6 @@
 """Issue 19 without a registry: streamed layer compression, manifest rewriting, index names, the link relay.
 
-The compressors are the real libraries (isal, zstandard); the decompression checks use the standard
+The compressors are the real libraries (zlib-ng, zstandard); the decompression checks use the standard
 library's gzip and zstandard's own decoder, independent of the streaming code under test.
 """
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fleetci.errors import FleetciError
 from fleetci.registry.archive import DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST, Blob
-from fleetci.registry.compress import UNCOMPRESSED_LAYERS, CompressedStream, codec
+from fleetci.registry.compress import UNCOMPRESSED_LAYERS, CompressedStream, codec, cpu_threads
 from fleetci.registry.oci import RegistryClient
 from fleetci.registry.plan import STATE_FILE, PushRow, UploadPlan
 from fleetci.registry.settings import RegistrySettings
@@ -70,6 +70,11 @@ def push_blobs(
 ) -> BlobsPushed:
     """Make every blob exist in ``repo``, ``parallel`` at once; uncompressed layers go compressed."""
     unique = list({b.digest: b for b in blobs}.values())  # an image may repeat a layer (empty ones)
+    workers = max(1, min(parallel, len(unique)))
+    # the cores are shared by the streams in flight: one big layer gets them all, five share them
+    threads = max(
+        1, cpu_threads() // min(workers, sum(b.media_type in UNCOMPRESSED_LAYERS for b in unique) or 1)
+    )
     result = BlobsPushed()
     lock = threading.Lock()
     failed = threading.Event()
@@ -98,7 +103,7 @@ def push_blobs(
                 digest, size = client.push_compressed(
                     repo,
                     f"{blob.digest}+{c.identity}",
-                    lambda: CompressedStream(archive, blob.offset, blob.size, c),
+                    lambda: CompressedStream(archive, blob.offset, blob.size, c, threads),
                     state,
                 )
                 layers.put(blob.digest, c.identity, digest, size)
