@@ -279,6 +279,13 @@ NUMERIC: list[tuple[str, str, str, str, tuple[str, ...]]] = [
     ("registry", "chunk_size", "chunk_mb", "REGISTRY_CHUNK_MB", NOT_FINITE + NEGATIVE + ZERO + FRACTION),
     ("registry", "timeout", "timeout", "REGISTRY_TIMEOUT", NOT_FINITE + NEGATIVE + ZERO),
     ("registry", "parallel", "parallel", "REGISTRY_PARALLEL", NOT_FINITE + NEGATIVE + ZERO + FRACTION),
+    (
+        "registry",
+        "compression_level",
+        "compression_level",
+        "REGISTRY_COMPRESSION_LEVEL",
+        NOT_FINITE + NEGATIVE + FRACTION,
+    ),
     ("master", "port", "port", "FLEETCI_BUILD_PORT", NOT_FINITE + NEGATIVE + HUGE_PORT),
     ("master", "heartbeat_ttl", "heartbeat_ttl", "FLEETCI_BUILD_HEARTBEAT_TTL", NOT_FINITE + NEGATIVE + ZERO),
     ("master", "max_upload_bytes", "max_upload_bytes", "FLEETCI_BUILD_MAX_UPLOAD", NOT_FINITE + ZERO),

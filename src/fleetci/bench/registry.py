@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetci.errors import FleetciError
+from fleetci.registry.compress import LEVELS
 from fleetci.wait import WaitTimeout, wait_until
 
 LAYER_MB = 64
@@ -37,8 +38,11 @@ def _layers(size_mb: int) -> list[int]:
     return sizes
 
 
+CPU_SECONDS: dict[str, float] = {}  # user + system CPU of the last child per program (wait4)
+
+
 def _run_child(argv: list[str]) -> tuple[float, float, str]:
-    """(seconds, peak RSS in MB, stdout) of a child process, measured with wait4."""
+    """(seconds, peak RSS in MB, stdout) of a child process, measured with wait4 (CPU in CPU_SECONDS)."""
     started = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out_parts: list[str] = []
@@ -48,6 +52,7 @@ def _run_child(argv: list[str]) -> tuple[float, float, str]:
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.monotonic() - started
+    CPU_SECONDS[Path(argv[0]).name] = usage.ru_utime + usage.ru_stime
     if proc.returncode != 0:
         tail = (err.strip().splitlines() or ["no output"])[-1]
         raise FleetciError(f"{Path(argv[0]).name} failed during the benchmark: {tail}")
@@ -68,6 +73,7 @@ def child_push(
     layers_path: str = "",
     compression: str = "gzip",
     parallel: str = "5",
+    level: str = "0",
 ) -> dict[str, Any]:
     """Push one prepared image (plan entry) the way ``fleetci registry push`` does; counters as JSON.
 
@@ -94,6 +100,7 @@ def child_push(
             compression=compression,
             parallel=int(parallel),
             log=lambda _m: None,
+            level=int(level),
         )
         manifest, media_type = final_manifest(
             plan["manifest"].encode(), plan["media_type"], pushed.compressed
@@ -275,6 +282,7 @@ def bench_registry(
     link_mbps: float = 400.0,
     compression: str = "gzip",
     parallel: int = 5,
+    compression_level: int = 0,
 ) -> dict[str, Any]:
     """Both pushers through the same :class:`LinkRelay` (``link_mbps`` > 0) or straight on loopback.
 
@@ -294,7 +302,7 @@ def bench_registry(
     reg = no_auth_registry(root / "registry")
     relay: LinkRelay | None = None
     layers_file = str(root / "layer-digests.json")
-    chunk, par = str(chunk_mb), str(parallel)
+    chunk, par, lvl = str(chunk_mb), str(parallel), str(compression_level)
     try:
         say(
             f"building a {size_mb} MiB image of /usr files (legacy docker save layout, {LAYER_MB} MiB layers)"
@@ -323,16 +331,22 @@ def bench_registry(
             ]
         )
         skopeo_link = relay.reset().up if relay else 0
+        skopeo_cpu = CPU_SECONDS["skopeo"]
         say(f"skopeo: {skopeo_s:.1f}s; fleetci push ({compression}, {parallel} in parallel)")
         plan = str(root / "plan.json")
         push_s, push_rss, out = _run_child(
-            _child_argv("push", plan, url, "bench/fleetci", "v1", chunk, "", layers_file, compression, par)
+            _child_argv(
+                "push", plan, url, "bench/fleetci", "v1", chunk, "", layers_file, compression, par, lvl
+            )
         )
         first = json.loads(out)
+        push_cpu = CPU_SECONDS[Path(sys.executable).name]
         fleetci_link = relay.reset().up if relay else 0
         say(f"fleetci: {push_s:.1f}s; re-push and retag")
         _, _, out = _run_child(
-            _child_argv("push", plan, url, "bench/fleetci", "v1", chunk, "", layers_file, compression, par)
+            _child_argv(
+                "push", plan, url, "bench/fleetci", "v1", chunk, "", layers_file, compression, par, lvl
+            )
         )
         repush = json.loads(out)
         _, _, out = _run_child(_child_argv("retag", url, "bench/fleetci", "v1", "latest"))
@@ -397,6 +411,10 @@ def bench_registry(
             "push_mb_s": round(size / 1e6 / push_s, 1),
             "skopeo_mb_s": round(size / 1e6 / skopeo_s, 1),
             "ratio": round(skopeo_s / push_s, 2),
+            "compression_level": compression_level or LEVELS.get(compression, (0, 0))[0],
+            "skopeo_cpu_s": round(skopeo_cpu, 2),
+            "push_cpu_s": round(push_cpu, 2),
+            "cpu_ratio": round(skopeo_cpu / push_cpu, 2),
             "fleetci_link_bytes": fleetci_link,
             "skopeo_link_bytes": skopeo_link,
             "bytes_on_link_ratio": round(fleetci_link / skopeo_link, 3) if skopeo_link else None,

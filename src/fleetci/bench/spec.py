@@ -87,6 +87,7 @@ HOURS = number(float, min=0, max=MAX_SECONDS / 3600, min_inclusive=False, unit="
 SCALE = number(float, min=0, min_inclusive=False)
 FRACTION = number(float, min=0, max=1)
 LINK_MBPS = number(float, min=0, max=1e6, unit="Mbit/s")
+LEVEL = number(int, min=0, max=19)
 
 
 def world_params(runners: int, churn_every: float, repos: int) -> tuple[Param, ...]:
@@ -259,6 +260,7 @@ def run_registry(
     resume_layer_mb: int,
     link_mbps: float,
     compression: str,
+    compression_level: int,
     parallel: int,
     workdir: str | None,
     progress: Progress,
@@ -277,6 +279,7 @@ def run_registry(
         link_mbps=link_mbps,
         compression=compression,
         parallel=parallel,
+        compression_level=compression_level,
     )
 
 
@@ -402,6 +405,7 @@ BENCHMARKS = (
                 "Mbit/s of the relay both pushers go through; 0 = no relay (loopback)",
             ),
             Param("compression", parse_compression, "gzip", "fleetci's layer compression"),
+            Param("compression_level", LEVEL, 0, "fleetci's level; 0 = the codec's default"),
             Param("parallel", COUNT, 5, "fleetci's blobs in flight at once"),
             Param(
                 "workdir",

@@ -79,11 +79,17 @@ class Codec:
         return f"{OCI_LAYER}+{self.name}"
 
 
-def codec(name: str) -> Codec | None:
-    """The codec of ``--compression NAME``; None for ``none``."""
+LEVELS = {"gzip": (GZIP_LEVEL, 9), "zstd": (ZSTD_LEVEL, 19)}  # (default, highest)
+
+
+def codec(name: str, level: int = 0) -> Codec | None:
+    """The codec of ``--compression NAME`` at ``level`` (0: its default); None for ``none``."""
     if name == "none":
         return None
-    return Codec(name, GZIP_LEVEL if name == "gzip" else ZSTD_LEVEL)
+    default, highest = LEVELS[name]
+    if not 0 <= level <= highest:
+        raise ValueError(f"{name} levels run 1-{highest} (0: the default, {default}), got {level}")
+    return Codec(name, level or default)
 
 
 class _Sink:

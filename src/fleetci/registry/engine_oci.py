@@ -67,6 +67,7 @@ def push_blobs(
     compression: str,
     parallel: int,
     log: Log,
+    level: int = 0,
 ) -> BlobsPushed:
     """Make every blob exist in ``repo``, ``parallel`` at once; uncompressed layers go compressed."""
     unique = list({b.digest: b for b in blobs}.values())  # an image may repeat a layer (empty ones)
@@ -83,7 +84,7 @@ def push_blobs(
     def one(blob: Blob) -> None:
         if failed.is_set():
             return
-        c = codec(compression) if blob.media_type in UNCOMPRESSED_LAYERS else None
+        c = codec(compression, level) if blob.media_type in UNCOMPRESSED_LAYERS else None
         if c is None:
             sources = [r for r in state.repos_with(blob.digest) if r != repo] if state else []
             how = client.push_blob(repo, blob, archive, sources, state)
@@ -210,6 +211,7 @@ def oci_push(
                 state=state,
                 layers=layers,
                 compression=settings.compression,
+                level=settings.compression_level,
                 parallel=settings.parallel,
                 log=log,
             )

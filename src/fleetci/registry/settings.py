@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from fleetci.config import Setting, SettingTable, number, parse_positive_int, parse_timeout
 from fleetci.errors import UsageError
 from fleetci.http import host_of, redact_url
-from fleetci.registry.compress import parse_compression
+from fleetci.registry.compress import codec, parse_compression
 
 DEFAULT_REPO = "rapidsai/velox-testing"
 DEFAULT_WORKFLOW = ".github/workflows/presto-build-images.yml"
@@ -29,6 +29,7 @@ DEFAULT_PARALLEL = 5  # blobs in flight at once, as docker push (max-concurrent-
 # Chunks of up to 1 TiB: chunk_mb * MiB must stay a sane byte count.
 parse_chunk_mb = number(int, min=1, max=1024 * 1024)
 parse_parallel = number(int, min=1, max=64)
+parse_level = number(int, min=0, max=19)
 INDEX_FIELDS = ("image", "tag")
 
 
@@ -100,6 +101,7 @@ class RegistrySettings:
     docker_host: str | None = None
     timeout: float = 60.0
     compression: str = "gzip"
+    compression_level: int = 0  # 0: the codec's default
     parallel: int = DEFAULT_PARALLEL
     index: str = ""  # NAME:TAG template of the multi-arch index; "" = no index
 
@@ -188,6 +190,12 @@ class RegistryOptions(SettingTable):
         env=("REGISTRY_COMPRESSION",),
         help="layer compression on push: gzip, zstd (OCI +zstd) or none",
     )
+    compression_level = Setting(
+        0,
+        parse_level,
+        env=("REGISTRY_COMPRESSION_LEVEL",),
+        help="0 = the codec's default (gzip 5, zstd 3); gzip 1-9, zstd 1-19: CPU against bytes on the link",
+    )
     parallel = Setting(
         DEFAULT_PARALLEL,
         parse_parallel,
@@ -221,7 +229,7 @@ GITLAB_FLAGS = (
     "chunk_mb",
     "timeout",
 )
-PUSH_FLAGS = ("compression", "parallel", "index")
+PUSH_FLAGS = ("compression", "compression_level", "parallel", "index")
 
 
 def registry_settings(
@@ -272,8 +280,13 @@ def registry_settings(
         docker_host=r.value(o.docker_host) or None,
         timeout=r.value(o.timeout),
         compression=r.value(o.compression),
+        compression_level=r.value(o.compression_level),
         parallel=r.value(o.parallel),
         index=r.value(o.index),
     )
     r.check_unknown()
+    try:
+        codec(settings.compression, settings.compression_level)
+    except ValueError as exc:
+        raise UsageError(f"--compression-level: {exc}") from None
     return settings
