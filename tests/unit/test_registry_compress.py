@@ -200,6 +200,8 @@ def test_compression_parallel_and_index_follow_the_precedence_rule() -> None:
     [
         (["registry", "push", TAG, "--compression", "lz4", "--yes"], "--compression"),
         (["registry", "push", TAG, "--parallel", "0", "--yes"], "--parallel"),
+        (["registry", "push", TAG, "--compression-level", "10", "--yes"], "gzip levels run 1-9"),
+        (["registry", "push", TAG, "--compression-level", "-1", "--yes"], "--compression-level"),
         (["registry", "push", TAG, "--parallel", "65", "--yes"], "--parallel"),
         (["registry", "daemon", "--once", "--index", "x:{who}"], "--index"),
         (["registry", "push", TAG, "--index"], "--index"),
@@ -211,6 +213,24 @@ def test_new_flags_reject_bad_values_in_one_line(fleetci: RunCli, args: list[str
     proc = fleetci(*args)
     assert proc.returncode == 2, proc.stderr
     assert needle in one_line_error(proc)
+
+
+def test_the_level_is_part_of_the_codec_identity(tmp_path: Path) -> None:
+    """Another level gives other bytes: remembered digests and resumable sessions must not mix them."""
+    default, fast = codec("gzip"), codec("gzip", 1)
+    assert default is not None and fast is not None
+    assert default.identity != fast.identity and default.level == 3 and fast.level == 1
+    assert (
+        registry_settings({"compression": "zstd", "compression_level": "19"}, {}, {}).compression_level == 19
+    )
+    with pytest.raises(UsageError, match="gzip levels run 1-9"):
+        registry_settings({}, {"registry": {"compression_level": 12}}, {})
+    path = layer_file(tmp_path, 400_000)
+    outs = set()
+    for c in (default, fast):
+        with CompressedStream(path, 4096, path.stat().st_size - 4196, c, 2) as stream:
+            outs.add(b"".join(stream.take(1 << 40)))
+    assert len(outs) == 2
 
 
 def test_layer_digests_survive_a_corrupt_file_and_are_private(tmp_path: Path) -> None:

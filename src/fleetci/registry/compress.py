@@ -29,10 +29,11 @@ from fleetci.errors import FleetciError
 from fleetci.registry.archive import READ_CHUNK, read_window
 
 CODECS = ("gzip", "zstd", "none")
-# zlib-ng level 5: within ~1.5 % of zlib -6's size at twice its speed. isal (igzip) is 2-5x faster still,
-# but its best level (3) is 19 % larger than zlib -6 on text-heavy layers (level 2: 24 %): on a link
-# those bytes cost more than the CPU saved, and every later pull pays them again.
-GZIP_LEVEL = 5
+# zlib-ng level 3 (deflate_medium): ~2 % more bytes than skopeo's gzip for ~2/3 of its CPU (bench
+# registry: cpu_ratio). isal's igzip is faster still, but its best level (3) writes 19 % more than zlib -6
+# on text-heavy layers (level 2: 24 %): on a link those bytes cost more than the CPU saved, and every
+# later pull pays them again. --compression-level trades the other way.
+GZIP_LEVEL = 3
 ZSTD_LEVEL = 3
 BLOCK = READ_CHUNK  # the unit the compressors see; part of the identity (it shapes the output)
 QUEUE_PIECES = 4  # compressed pieces waiting for the uploader, per stream (bounded memory)
