@@ -52,11 +52,14 @@ def plain_registry(tmp_path: Path) -> Iterator[RegistryProcess]:
         reg.stop()
 
 
-def push_argv(downloads: Path, url: str, *extra: str, compression: str = "none") -> list[str]:
+def push_argv(
+    downloads: Path, url: str, *extra: str, compression: str = "none", parallel: int = 1
+) -> list[str]:
     """``fleetci registry push`` of TAG in 1 MiB chunks to the registry at ``url`` (no login).
 
     Uncompressed unless asked (``--compression none``): the tests that count bytes against the archive's
-    blobs and compare manifest digests with the plan's read the archive's own blobs.
+    blobs and compare manifest digests with the plan's read the archive's own blobs. One blob at a time
+    unless asked: those tests kill the push in its first blob (the layer) and count what a rerun sends.
     """
     return [
         "registry",
@@ -74,6 +77,8 @@ def push_argv(downloads: Path, url: str, *extra: str, compression: str = "none")
         "--skip-login",
         "--compression",
         compression,
+        "--parallel",
+        str(parallel),
         *extra,
     ]
 
