@@ -26,12 +26,13 @@ from fleetci.testing.docker_registry import RegistryProcess, no_auth_registry
 from fleetci.testing.images import write_docker_archive
 from fleetci.testing.registry_front import RegistryFront, held_bytes
 from support import clean_env, fleetci_cmd, run_fleetci
-from support.registry import GL_TAG, PROJECT, TAG, needs_registry, push_again, push_argv
+from support.registry import GL_TAG, PROJECT, TAG, needs_registry, push_argv
 
 pytestmark = [pytest.mark.integration, needs_registry]
 
 MIB = 1024 * 1024
 ARM_TAG = TAG.replace("-linux-amd64", "-linux-arm64")
+KILL_TAG = "presto-111111111111-velox-222222222222-linux-amd64"  # a tag of its own in the shared registry
 STDLIB = str(Path(json.__file__).parent.parent)  # real files (Python's stdlib): text and binaries
 
 
@@ -167,10 +168,12 @@ def test_a_compressed_push_killed_mid_chunk_resumes_by_compressing_again(
     registry: RegistryProcess, tmp_path: Path
 ) -> None:
     downloads = tmp_path / "downloads"
-    prepared(downloads, TAG, [24 * MIB], seed=5)  # random bytes: compressed, still 24 chunks of 1 MiB
+    prepared(downloads, KILL_TAG, [24 * MIB], seed=5)  # random bytes: compressed, still 24 chunks of 1 MiB
     with RegistryFront(registry) as front:
+        argv = push_argv(downloads, front.url, compression="gzip")
+        argv[2] = KILL_TAG
         proc = subprocess.Popen(
-            fleetci_cmd(*push_argv(downloads, front.url, compression="gzip")),
+            fleetci_cmd(*argv),
             env=clean_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -178,7 +181,7 @@ def test_a_compressed_push_killed_mid_chunk_resumes_by_compressing_again(
         try:
             _, saved, held = kill_mid_chunk(
                 proc,
-                downloads / TAG / "push-state.json",
+                downloads / KILL_TAG / "push-state.json",
                 lambda loc: held_bytes(registry.storage, loc),
                 min_offset=MIB,
             )
@@ -188,10 +191,13 @@ def test_a_compressed_push_killed_mid_chunk_resumes_by_compressing_again(
             proc.wait()
         assert 0 < saved < held
 
-        rerun = push_again(downloads, front.url, compression="gzip")
+        rerun = run_fleetci(*argv, "--verbose", timeout=120)
+        assert rerun.returncode == 0, rerun.stderr
         assert "compressing again" in rerun.stderr and f"registry holds {held} bytes" in rerun.stderr
         assert "refused" not in rerun.stderr
-        doc = raw(f"{front.host_port}/{PROJECT}/x86/presto-coordinator:{GL_TAG}")
+        doc = raw(
+            f"{front.host_port}/{PROJECT}/x86/presto-coordinator:{KILL_TAG.removesuffix('-linux-amd64')}"
+        )
         pushed = sum(d["size"] for d in [doc["config"], *doc["layers"]])
         # at most one chunk went twice (the config may have landed before the kill: uploads run in parallel)
         assert -doc["config"]["size"] <= held + sent(rerun.stdout) - pushed <= MIB
