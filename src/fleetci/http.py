@@ -151,15 +151,18 @@ class AsyncUpstream:
         target: str,
         headers: Iterable[tuple[str, str]],
         body: bytes | StreamedBody | None = None,
+        from_origin: bool = False,
     ) -> UpstreamResponse:
-        """Send ``method target`` (path + query, relative to the base URL) and read the whole answer.
+        """Send ``method target`` (path + query, relative to the base URL; with ``from_origin``, to the
+        scheme and host: GHES serves GraphQL at ``/api/graphql`` beside its REST base ``/api/v3``) and
+        read the whole answer.
 
         A :class:`StreamedBody` goes out as it arrives, without the total timeout (a large upload may
         take longer than an API answer should); :class:`BodyTooLarge` when it passes its cap.
         """
         import aiohttp
 
-        url = self.base_url + target
+        url = (self.origin if from_origin else self.base_url) + target
         fwd = forwardable(headers)
         extra: dict[str, Any] = {}
         if self.default_authorization and not any(k.lower() == "authorization" for k, _ in fwd):

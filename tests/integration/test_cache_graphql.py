@@ -309,3 +309,23 @@ def test_graphql_entries_ride_the_shared_store(emu: Any, tmp_path: Path) -> None
         for p in proxies:
             p.stop()
         store.kill()
+
+
+def test_ghes_graphql_lives_beside_the_rest_base(emu: Any, tmp_path: Path) -> None:
+    """Upstream https://HOST/api/v3 (GitHub Enterprise Server): gh posts GraphQL to /api/graphql, and the
+    proxy must send it to HOST/api/graphql, not under the REST base."""
+    ghes = start_proxy(f"{emu.url}/api/v3", tmp_path / "ghes" / "cache")
+    try:
+        q = {"query": 'query Ghes { repository(owner: "octo-org", name: "fleet-tools") { name } }'}
+        h = {"Authorization": f"token {token('alice')}"}
+        spent = points(emu, "alice")
+        answers = [httpx.post(f"{ghes.url}/api/graphql", json=q, headers=h, timeout=30) for _ in range(2)]
+        assert [r.status_code for r in answers] == [200, 200], answers[0].text
+        assert [r.headers["X-Fleetci-Cache"] for r in answers] == ["MISS", "HIT"]
+        assert answers[1].json() == {"data": {"repository": {"name": "fleet-tools"}}}
+        assert points(emu, "alice") == spent + 1
+        star = {"query": 'mutation { addStar(input: {starrableId: "nope"}) { clientMutationId } }'}
+        r = httpx.post(f"{ghes.url}/api/graphql", json=star, headers=h, timeout=30)
+        assert r.headers["X-Fleetci-Cache"] == "BYPASS" and r.json()["errors"][0]["type"] == "NOT_FOUND"
+    finally:
+        ghes.stop()

@@ -613,6 +613,7 @@ class CacheEngine:
         lower: dict[str, str],
         body: bytes | StreamedBody | None,
         limit_scope: str | None = None,
+        from_origin: bool = False,
     ) -> ProxyResponse:
         """Straight upstream, uncached; ``limit_scope``: the budget it spends (the token's REST one)."""
         credential = lower.get("authorization")
@@ -623,12 +624,14 @@ class CacheEngine:
             self._count(Outcome.BYPASS, target)
             return self._limited_response(scope, wait, Outcome.BYPASS)
         base = self.upstream.base_path
-        if base and target.startswith(base + "/"):  # gh on GHES sends /api/v3/...; the base URL has it
+        if base and not from_origin and target.startswith(base + "/"):  # gh on GHES sends /api/v3/...
             target = target[len(base) :]
         async with self.limits.semaphore(scope):
             self.counters.upstream_requests += 1
             try:
-                up = await self.upstream.request(method, target, upstream_headers(headers, credential), body)
+                up = await self.upstream.request(
+                    method, target, upstream_headers(headers, credential), body, from_origin
+                )
             except UpstreamError:
                 self.counters.upstream_errors += 1
                 raise

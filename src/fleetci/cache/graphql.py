@@ -225,8 +225,11 @@ class GraphQLCache:
         base = engine.upstream.base_path
         # github.com: /graphql; GHES: the REST base is /api/v3 and GraphQL lives at /api/graphql.
         self._paths = {GRAPHQL_PATH, base + GRAPHQL_PATH}
+        # Where GraphQL is upstream: relative to the base URL, or on GHES /api/graphql from the origin.
+        self._upstream_path, self._from_origin = GRAPHQL_PATH, False
         if base.endswith("/v3"):
-            self._paths.add(base[: -len("/v3")] + GRAPHQL_PATH)
+            self._upstream_path, self._from_origin = base[: -len("/v3")] + GRAPHQL_PATH, True
+            self._paths.add(self._upstream_path)
 
     def is_endpoint(self, target: str) -> bool:
         path = urlsplit(target).path
@@ -338,7 +341,9 @@ class GraphQLCache:
         body: bytes | StreamedBody | None,
         limit_scope: str,
     ) -> ProxyResponse:
-        resp = await self.engine._passthrough("POST", GRAPHQL_PATH, headers, lower, body, limit_scope)
+        resp = await self.engine._passthrough(
+            "POST", self._upstream_path, headers, lower, body, limit_scope, self._from_origin
+        )
         if not any(k == "X-Fleetci-Blocked" for k, _ in resp.headers):  # else GitHub was not called
             self.stats.upstream_requests += 1
         self.stats.count(Outcome.BYPASS)
@@ -363,7 +368,7 @@ class GraphQLCache:
             async with engine.limits.semaphore(prep.limit_scope):
                 engine.counters.upstream_requests += 1
                 self.stats.upstream_requests += 1
-                up = await engine.upstream.request("POST", GRAPHQL_PATH, fwd, body)
+                up = await engine.upstream.request("POST", self._upstream_path, fwd, body, self._from_origin)
         except UpstreamError:
             engine.counters.upstream_errors += 1
             if stale is not None:

@@ -667,6 +667,12 @@ class GitHubEmulator:
             ),
         )
         r.add_post(
+            "/api/graphql",  # where GitHub Enterprise Server serves it (its REST API is under /api/v3)
+            self._endpoint(
+                self._r_graphql, "https://docs.github.com/graphql", cacheable=False, charged=False
+            ),
+        )
+        r.add_post(
             "/graphql",
             # charged in points against its own budget by the renderer, not as one REST call
             self._endpoint(
