@@ -629,8 +629,9 @@ class CacheEngine:
         async with self.limits.semaphore(scope):
             self.counters.upstream_requests += 1
             try:
+                extra = {"from_origin": True} if from_origin else {}  # GHES GraphQL (cache/graphql.py)
                 up = await self.upstream.request(
-                    method, target, upstream_headers(headers, credential), body, from_origin
+                    method, target, upstream_headers(headers, credential), body, **extra
                 )
             except UpstreamError:
                 self.counters.upstream_errors += 1
