@@ -342,3 +342,40 @@ def test_lost_deliveries_cost_freshness_only_up_to_the_ttl(world: World) -> None
             await engine.close()
 
     asyncio.run(scenario())
+
+
+def test_a_webhook_at_one_proxy_reaches_the_proxies_of_a_shared_store(world: World, tmp_path: Path) -> None:
+    """With CACHE_BACKEND (Redis), the receiving proxy publishes the invalidation on the store's channel:
+    another proxy drops its own fresh copy, and the store's copy from before the change counts as stale."""
+    from support.redis import PASSWORD, RedisServer
+
+    store = RedisServer(tmp_path / "redis").start()
+    env = clean_env(
+        CACHE_BACKEND=store.url,
+        CACHE_REDIS_PASSWORD=PASSWORD,
+        FLEETCI_CACHE_SECRET="fleet-secret",
+        CACHE_WEBHOOK_SECRET=SECRET,
+    )
+    a = start_proxy(world.emulator.url, tmp_path / "a" / "cache", env=env)
+    b = start_proxy(world.emulator.url, tmp_path / "b" / "cache", env=env)
+    try:
+        repos = httpx.get(f"{world.emulator.url}/orgs/octo-org/repos", headers=auth("alice")).json()
+        repo = str(repos[2]["full_name"])
+        queued = f"{repo and '/repos/' + repo}{QUEUED}"
+
+        def read(p: Proxy) -> httpx.Response:
+            return httpx.get(p.url + queued, headers=auth("alice"), timeout=30)
+
+        old = read(a)
+        assert wait_until(lambda: read(b).headers["X-Fleetci-Cache"] == "HIT")  # b: SHARED, then its own copy
+        owner, name = repo.split("/")
+        new_run = world.emu.queue_run(owner, name)
+        assert new_run not in _run_ids(read(b))  # still fresh everywhere: nothing told b yet
+        body = json.dumps({"action": "queued", "repository": {"full_name": repo}}).encode()
+        assert _post(world, body, _signed(body), proxy=a).json()["invalidated"] >= 1
+        assert wait_until(lambda: new_run in _run_ids(read(b)), timeout=10)
+        assert new_run not in _run_ids(old)
+    finally:
+        for p in (a, b):
+            p.stop()
+        store.kill()

@@ -12,7 +12,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast
@@ -165,8 +165,7 @@ class GraphQLHook(Protocol):
 
 
 PEER_INDEX_MAX = 50_000
-RECENT_INVALIDATION_S = 30.0  # how long announcements of copies older than an invalidation are refused
-RECENT_INVALIDATIONS_MAX = 1024
+INVALIDATIONS_MAX = 10_000  # prefixes/targets whose last invalidation time the engine remembers
 CLAIMS_MAX = 50_000
 
 
@@ -203,9 +202,7 @@ class CacheEngine:
         # GraphQL query caching, installed by the proxy (fleetci.cache.graphql.install); None: pass through.
         self.graphql: GraphQLHook | None = None
         # (when, prefixes, exact) of the last webhook invalidations: see ``invalidate``.
-        self._recent_invalidations: deque[tuple[float, tuple[str, ...], frozenset[str]]] = deque(
-            maxlen=RECENT_INVALIDATIONS_MAX
-        )
+        self._invalidated: OrderedDict[str, float] = OrderedDict()  # "p:<prefix>" / "e:<target>" -> when
 
     # -- classification ------------------------------------------------------------------------------
     def prepare(self, target: str, headers: dict[str, str]) -> Prepared:
@@ -238,8 +235,8 @@ class CacheEngine:
     def invalidate(self, prefixes: Sequence[str], exact: Sequence[str] = (), forward: bool = True) -> int:
         """End the fresh window of every entry (any scope) whose target starts with one of ``prefixes``
         or equals one of ``exact``: the next read revalidates. Peers' announcements of such entries that
-        nobody fetched yet are dropped, and for ``RECENT_INVALIDATION_S`` announcements of copies stored
-        before now are refused (a peer that fetched just before the change must not make it fresh again).
+        nobody fetched yet are dropped, and copies stored before now that peers announce (or the shared
+        store holds) count as stale (a peer that fetched just before the change must not make it fresh again).
         ``forward``: pass it on to the fleet through the ``PeerLink``'s optional ``invalidate`` (a webhook
         reaches one proxy; ``fleetci.p2p`` gossips it to the others, which call this with False)."""
         now = self.clock()
@@ -249,19 +246,25 @@ class CacheEngine:
             target = ann.target.lower()
             if target.startswith(lowered) or target in whole:
                 del self._peer_index[key]
-        self._recent_invalidations.append((now, lowered, whole))
-        forward_to = getattr(self.peers, "invalidate", None) if forward else None
-        if callable(forward_to):
-            forward_to(tuple(prefixes), tuple(exact))
+        for name in (*(f"p:{p}" for p in lowered), *(f"e:{e}" for e in whole)):
+            self._invalidated[name] = now
+            self._invalidated.move_to_end(name)
+        while len(self._invalidated) > INVALIDATIONS_MAX:
+            self._invalidated.popitem(last=False)
+        for link in (self.peers, self.shared) if forward else ():  # P2P gossip, the shared store's channel
+            forward_to = getattr(link, "invalidate", None)
+            if callable(forward_to):
+                forward_to(tuple(prefixes), tuple(exact))
         return n
 
-    def _invalidated_since(self, target: str, stored_at: float, now: float) -> bool:
-        """An entry stored at ``stored_at`` was made stale by a later invalidation (recent ones only)."""
-        recent = self._recent_invalidations
-        while recent and now - recent[0][0] > RECENT_INVALIDATION_S:
-            recent.popleft()
+    def _invalidated_since(self, target: str, stored_at: float) -> bool:
+        """A copy of ``target`` stored at ``stored_at`` predates an invalidation of it (one dict lookup per
+        prefix length of the target: no scan over the invalidations)."""
         low = target.lower()
-        return any(at >= stored_at and (low.startswith(p) or low in e) for at, p, e in recent)
+        marks = self._invalidated
+        if marks.get(f"e:{low}", -1.0) >= stored_at:
+            return True
+        return any(marks.get(f"p:{low[:i]}", -1.0) >= stored_at for i in range(1, len(low) + 1))
 
     # -- main entry point ----------------------------------------------------------------------------
     async def handle(
@@ -440,6 +443,8 @@ class CacheEngine:
         if found.blocked_until > self.clock():  # another proxy hit this credential's limit: back off too
             self.limits.adopt_block(prep.limit_scope, found.blocked_until, found.reason)
         got = found.entry
+        if got is not None and self._invalidated and self._invalidated_since(got.target, got.stored_at):
+            got = replace(got, fresh_until=min(got.fresh_until, self.clock()))  # from before a webhook
         if got is not None and got.is_fresh(self.clock()):
             return self._keep_shared(got, prep)
         if got is not None and (entry is None or got.fresh_until > entry.fresh_until):
@@ -577,7 +582,7 @@ class CacheEngine:
         for ann in anns:
             if ann.fresh_until <= now:
                 continue
-            if self._recent_invalidations and self._invalidated_since(ann.target, ann.stored_at, now):
+            if self._invalidated and self._invalidated_since(ann.target, ann.stored_at):
                 continue  # a copy from before a webhook's change
             self._arrived(ann.key)  # waiters resume after this loop
             local = self.store.get(ann.key)

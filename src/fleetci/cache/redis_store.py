@@ -4,6 +4,8 @@ Keys (``fleetci:<fleet id>:…``, the fleet id derived from the secret or ``CACH
 ``e:<entry key>`` a sealed entry, expiring ``max_stale`` after its fresh window (a stale copy still
 lets another proxy revalidate for free); ``l:<entry key>`` the miss lock (``SET NX PX``, as long as a
 waiter waits); ``r:<hash>`` a sealed rate-limit block of one credential, expiring when the block ends.
+The channel ``i`` carries webhook invalidations (issue 17): sealed ``[prefixes, exact]`` lists that every
+proxy of the fleet applies to its own tiers (``CacheEngine.invalidate``).
 Values are read by a small script that answers a value's length instead of the value when it exceeds
 :data:`MAX_SHARED_VALUE`, so a hostile giant value never crosses the wire. Every call has a short
 timeout and no client-side retries: a Redis that is down turns the store ``degraded`` (one log line),
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import time
@@ -54,6 +57,19 @@ MONITOR_EVERY = 1.0  # seconds between PINGs while the store is healthy
 WAIT_POLL = 0.005  # seconds between looks for a lock holder's entry
 MAX_LIMIT_VALUE = 4096
 DOWN = (RedisError, OSError, asyncio.TimeoutError)
+INVALIDATION_SCOPE = "fleet-invalidation"  # sealing scope of invalidations: they concern every scope
+MAX_INVALIDATION_BYTES = 64 * 1024
+MAX_INVALIDATION_TARGETS = 64
+
+
+def _targets(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_INVALIDATION_TARGETS:
+        raise ValueError("not a list of targets")
+    if not all(isinstance(t, str) and t.startswith("/") and len(t) <= 512 for t in value):
+        raise ValueError("not a list of targets")
+    return tuple(value)
+
+
 # GET, unless the value is longer than ARGV[1]: then its length (an integer), never the bytes. Sent with
 # EVAL (Redis caches the compiled script): redis-py's EVALSHA in a pipeline costs a SCRIPT EXISTS round
 # trip on every execution.
@@ -106,6 +122,7 @@ class RedisStore:
         self._held: set[str] = set()
         self.token = os.urandom(8).hex().encode()
         self.stats = {"shared_rejected": 0, "shared_errors": 0, "shared_reconnects": 0}
+        self._listener: asyncio.Task[None] | None = None
 
     # -- state ---------------------------------------------------------------------------------------
     @property
@@ -303,7 +320,55 @@ class RedisStore:
         value = seal_limit(self.sealer, rkey, limit_scope, blocked_until, reason)
         self._spawn(lambda: self.client.set(rkey, value, px=ms))
 
+    # -- webhook invalidations (issue 17): Redis pub/sub on ``<prefix>i`` ---------------------------------
+    @property
+    def _channel(self) -> str:
+        return f"{self.prefix}i"
+
+    def invalidate(self, prefixes: tuple[str, ...], exact: tuple[str, ...]) -> None:
+        """Tell every proxy of the fleet (``listen``) that these targets changed upstream."""
+        if self._degraded:
+            return
+        payload = json.dumps([list(prefixes), list(exact)], separators=(",", ":")).encode()
+        sealed = self.sealer.seal(INVALIDATION_SCOPE, payload, self._channel.encode())
+        self._spawn(lambda: self.client.publish(self._channel, self.token + b"\n" + sealed))
+
+    def listen(self, apply: Callable[[tuple[str, ...], tuple[str, ...]], object]) -> None:
+        """Apply the fleet's invalidations as they arrive (a subscription that reconnects)."""
+        self._listener = asyncio.get_running_loop().create_task(self._listen(apply))
+
+    async def _listen(self, apply: Callable[[tuple[str, ...], tuple[str, ...]], object]) -> None:
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.subscribe(self._channel)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._received(message.get("data"), apply)
+            except DOWN:
+                await asyncio.sleep(RECONNECT.most)  # the store's own reconnect reports the outage
+            finally:
+                with contextlib.suppress(*DOWN):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _received(self, data: Any, apply: Callable[[tuple[str, ...], tuple[str, ...]], object]) -> None:
+        if not isinstance(data, bytes) or len(data) > MAX_INVALIDATION_BYTES:
+            self.stats["shared_rejected"] += 1
+            return
+        origin, _, sealed = data.partition(b"\n")
+        if origin == self.token:
+            return  # our own: applied when it was sent
+        try:
+            prefixes, exact = json.loads(self.sealer.open(INVALIDATION_SCOPE, sealed, self._channel.encode()))
+            lists = [_targets(prefixes), _targets(exact)]
+        except Exception:  # not sealed by this fleet, or not two lists of targets
+            self.stats["shared_rejected"] += 1
+            return
+        apply(lists[0], lists[1])
+
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
         for task in (self._reconnect, self._monitor):
             if task is not None:
                 task.cancel()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import grp
 import itertools
 import logging
@@ -473,6 +474,9 @@ async def serve(
         if shared is not None:
             engine.shared = shared  # closed with the engine, also when start() refuses
             await shared.start()
+            listen = getattr(shared, "listen", None)  # webhook invalidations of the other proxies
+            if callable(listen):
+                listen(functools.partial(engine.invalidate, forward=False))
         app = make_app(engine)
         runner = web.AppRunner(
             app,
