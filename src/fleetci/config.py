@@ -379,7 +379,7 @@ class Resolver:
 
     def value(self, setting: Setting[T]) -> T:
         """A table's setting by the precedence rule: flag > environment > config file > default."""
-        return self.get(setting.name, setting.default, setting.parse, setting.env)
+        return self.get(setting.name, setting.default, setting.parse, setting.env, setting.option)
 
     def get(
         self,
@@ -387,11 +387,12 @@ class Resolver:
         default: T,
         parse: Callable[[str], T],
         env: Sequence[str] = (),
+        option: str = "",
     ) -> T:
         self.asked.add(name)
         flag = self.flags.get(name)
-        if flag is not None:
-            return self._coerce(flag, parse, f"--{name.replace('_', '-')}")
+        if flag is not None:  # errors name the flag as it was typed (``--port``, not ``--proxy-port``)
+            return self._coerce(flag, parse, option or f"--{name.replace('_', '-')}")
         for var in env:
             raw = self.env.get(var)
             if raw is not None and raw != "":

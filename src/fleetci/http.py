@@ -413,12 +413,39 @@ class JsonApi:
         self.close()
 
 
+MAX_HEALTH_BYTES = 64 * 1024  # a health answer larger than this is not from one of our servers
+
+
+def get_health(url: str, uds: str | Path | None = None, timeout: float = 2.0) -> dict[str, object]:
+    """One GET of a JSON health endpoint, no retries: the answer (a JSON object) when it is 200, else a
+    one-line :class:`FleetciError` (refused, HTTP status, oversize, not JSON). Every health probe of the
+    project goes through here (``wait_healthy`` polls it)."""
+    import httpx
+
+    try:
+        with client(uds=uds, timeout=timeout) as http, http.stream("GET", url) as r:
+            body = b""
+            for chunk in r.iter_bytes():
+                body += chunk
+                if len(body) > MAX_HEALTH_BYTES:
+                    raise FleetciError(f"its health answer is over {MAX_HEALTH_BYTES} bytes")
+    except (httpx.HTTPError, OSError) as exc:  # refused, timed out, a socket we may not open
+        raise FleetciError(describe(exc)) from None
+    if r.status_code != 200:
+        raise FleetciError(f"HTTP {r.status_code}")
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise FleetciError("its health answer is not JSON") from None
+    if not isinstance(data, dict):
+        raise FleetciError("its health answer is not a JSON object")
+    return data
+
+
 def wait_healthy(
     url: str, uds: str | Path | None = None, timeout: float = 30.0, alive: object = None
 ) -> dict[str, object]:
-    """Poll a JSON health endpoint until it answers 200; ``alive`` (a Popen) stops the wait if it exits."""
-    import httpx
-
+    """Poll :func:`get_health` until it answers; ``alive`` (a Popen) stops the wait if it exits."""
     from fleetci.wait import WaitTimeout, wait_until
 
     last = ["no answer"]
@@ -428,20 +455,15 @@ def wait_healthy(
         if poll is not None and poll() is not None:
             raise FleetciError(f"process exited with code {poll()} before it became healthy")
         try:
-            r = http.get(url)
-            if r.status_code == 200:
-                data = r.json()
-                return data if isinstance(data, dict) else {"status": "ok"}
-            last[0] = f"HTTP {r.status_code}"
-        except (httpx.HTTPError, ValueError) as exc:
-            last[0] = describe(exc)
+            return get_health(url, uds)
+        except FleetciError as exc:
+            last[0] = str(exc)
         return None
 
-    with client(uds=uds, timeout=2.0) as http:
-        try:
-            return wait_until(healthy, timeout=timeout, what=f"{url} to be healthy", last=lambda: last[0])
-        except WaitTimeout:
-            raise FleetciError(f"{url} not healthy after {timeout:g}s ({last[0]})") from None
+    try:
+        return wait_until(healthy, timeout=timeout, what=f"{url} to be healthy", last=lambda: last[0])
+    except WaitTimeout:
+        raise FleetciError(f"{url} not healthy after {timeout:g}s ({last[0]})") from None
 
 
 def primary_ip() -> str:

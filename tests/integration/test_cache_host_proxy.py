@@ -273,3 +273,183 @@ def test_two_jobs_share_the_host_proxy_under_act(github: Emulator, host: Host, t
     assert len(kept) == 2, run.describe()
     assert leftovers == [], f"the jobs started proxies of their own: {leftovers}"
     assert process_alive(host.pid)
+
+
+# --- review findings (issue 16): a degraded host proxy, impostors on its TCP port, jobs sharing a dir ---
+
+
+def _serve(github: Emulator, work: Path, *argv: str, netns: bool = False, **env: str) -> Service:
+    """A second host proxy of its own (function-scoped), on a socket in ``work``; ``netns``: in a network
+    namespace of its own (as in a container with the socket bind-mounted): its loopback TCP port is not
+    the one jobs on the host reach."""
+    serve = fleetci_argv(
+        "cache", "serve", "--no-probe", "--upstream", github.url, "--socket", str(work / "proxy.sock"),
+        "--cache-dir", str(work / "state"), *argv,
+    )  # fmt: skip
+    if netns:
+        serve = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', *serve]
+    return spawn(serve, env=clean_env(**env))
+
+
+def test_a_degraded_host_proxy_is_reused_with_a_note(
+    fleetci: RunCli, github: Emulator, tmp_path: Path
+) -> None:
+    """Its shared store (a real redis-server, stopped) is down: it still serves, so jobs use it."""
+    from support.redis import RedisServer
+
+    store = RedisServer(tmp_path / "redis").start()
+    store.kill()
+    work = tmp_path / "degraded"
+    svc = _serve(
+        github, work, "--port", "0", "--backend", store.url,
+        CACHE_REDIS_PASSWORD=store.password, FLEETCI_CACHE_SECRET="fleet-secret-for-the-degraded-test",
+    )  # fmt: skip
+    try:
+        sock = work / "proxy.sock"
+        r = run_fleetci("cache", "start", env=_job_env(tmp_path, github, FLEETCI_HOST_PROXY=str(sock)))
+        assert r.returncode == 0, r.stderr
+        assert f"using the host proxy (pid {svc.proc.pid}) at {svc.url}" in r.stdout
+        notes = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(notes) == 1 and "is degraded (its shared store redis://" in notes[0], r.stderr
+        assert store.password not in r.stderr
+        status = fleetci("cache", "service", "status", "--root", str(tmp_path), "--socket", str(sock))
+        assert status.returncode == 0 and "degraded (shared store down)" in status.stdout, status.stdout
+    finally:
+        svc.stop()
+
+
+class _Impostor:
+    """Whoever holds a loopback TCP port: answers health as a fleetci proxy would and keeps every
+    Authorization header it is sent (what a local user who took the port would collect)."""
+
+    def __init__(self, port: int, health: dict[str, object]) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        collected = self.collected = []  # type: list[str]
+        body = json.dumps(health).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.headers.get("Authorization"):
+                    collected.append(self.headers["Authorization"])
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_impostor_on_the_tcp_port_the_socket_names_is_refused(
+    fleetci_fd: RunCli, github: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket (its permissions are the trust anchor) names a TCP port that, from the job, another
+    process answers: the job refuses to send it tokens (named: an error; found by itself: its own proxy)."""
+    from fleetci.http import free_port
+
+    port = free_port()
+    work = tmp_path / "netns"
+    svc = _serve(github, work, "--port", str(port), netns=True)
+    sock = work / "proxy.sock"
+    real = get("http://localhost", "/_fleetci/health", "alice", uds=sock).json()
+    assert real["proxy_url"] == f"http://127.0.0.1:{port}"
+    impostor = _Impostor(port, {**real, "instance": "0" * 32})  # all it can know, but not the instance
+    try:
+        env = _job_env(tmp_path, github, FLEETCI_HOST_PROXY=str(sock))
+        r = run_fleetci("cache", "start", env=env)
+        line = one_line_error(r)
+        assert f"its TCP address http://127.0.0.1:{port} is answered by another process" in line, line
+        assert "FLEETCI_API_URL" not in (tmp_path / "GITHUB_ENV").read_text()
+        import fleetci.cache.hostproxy as hostproxy
+
+        monkeypatch.setattr(hostproxy, "WELL_KNOWN_SOCKET", str(sock))
+        own = tmp_path / "own"
+        env = _job_env(tmp_path, github, CACHE_DIR=str(own))
+        r = fleetci_fd("cache", "start", "--no-probe", "--port", "0", env=env)
+        try:
+            assert r.returncode == 0, r.stderr
+            assert "is answered by another process" in r.stderr and "fleetci cache running (pid" in r.stdout
+        finally:
+            fleetci_fd("cache", "stop", env=env)
+        assert impostor.collected == []
+    finally:
+        impostor.close()
+        svc.stop()
+
+
+def test_an_impostor_named_by_url_is_checked_against_the_socket(
+    github: Emulator, host: Host, tmp_path: Path
+) -> None:
+    """``CACHE_HOST_PROXY=http://…`` names a port another process holds; it relays the real proxy's
+    health word for word (the TCP port serves it to anyone). The socket it names says otherwise."""
+    real = get(host.url, "/_fleetci/health", "alice").json()
+    impostor = _Impostor(0, real)
+    try:
+        r = run_fleetci("cache", "start", env=_job_env(tmp_path, github, FLEETCI_HOST_PROXY=impostor.url))
+        line = one_line_error(r)
+        assert f"says its TCP address is {host.url}, not {impostor.url}" in line, line
+        assert impostor.collected == []
+    finally:
+        impostor.close()
+
+
+def test_a_host_proxy_sharing_entries_between_tokens_is_not_reused(github: Emulator, tmp_path: Path) -> None:
+    work = tmp_path / "scoped"
+    svc = _serve(github, work, "--port", "0", CACHE_SHARED_SCOPE="fleet")
+    try:
+        r = run_fleetci(
+            "cache", "start", env=_job_env(tmp_path, github, FLEETCI_HOST_PROXY=str(work / "proxy.sock"))
+        )
+        line = one_line_error(r)
+        assert "shares entries between tokens (CACHE_SHARED_SCOPE)" in line and "=off" in line, line
+    finally:
+        svc.stop()
+
+
+def test_concurrent_jobs_in_one_cache_dir_keep_their_own_state(
+    github: Emulator, host: Host, tmp_path: Path
+) -> None:
+    """Two jobs reuse the host proxy and a third runs its own proxy, all in one cache dir (the default
+    ~/.cache/fleetci of a runner user): each stop releases only its own job's state."""
+    shared_dir = str(tmp_path / "shared-cache")
+
+    def job(name: str, **extra: str) -> dict[str, str]:
+        d = tmp_path / name
+        d.mkdir()
+        return _job_env(d, github, CACHE_DIR=shared_dir, **extra)
+
+    own, first, second = job("own"), job("first"), job("second", FLEETCI_HOST_PROXY=str(host.socket))
+    first["FLEETCI_HOST_PROXY"] = str(host.socket)
+    r = run_fleetci("cache", "start", "--no-host-proxy", "--port", "0", "--no-probe", env=own)
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"fleetci cache running \(pid (\d+)\)", r.stdout)
+    assert m, r.stdout
+    own_pid = int(m.group(1))
+    try:
+        for env in (first, second):
+            r = run_fleetci("cache", "start", env=env)
+            assert r.returncode == 0 and "using the host proxy" in r.stdout, r.stderr
+        for env in (first, second):  # later steps of each job see what its own start exported
+            exported = _lines(Path(env["GITHUB_ENV"]))
+            r = run_fleetci("cache", "stop", env={**env, **exported})
+            assert r.returncode == 0, r.stderr
+            assert f"the host proxy at {host.url} keeps running" in r.stdout
+            assert process_alive(own_pid)  # the other job's proxy, and its pid file, are untouched
+        r = run_fleetci("cache", "stop", env={**own, **_lines(Path(own["GITHUB_ENV"]))})
+        assert r.returncode == 0 and f"fleetci cache stopped (pid {own_pid})" in r.stdout, r.stderr
+    finally:
+        if process_alive(own_pid):
+            os.kill(own_pid, 15)
+    assert process_alive(host.pid)

@@ -22,7 +22,7 @@ GROUP = grp.getgrgid(os.getgid()).gr_name  # a group that exists here
 def systemd_analyze() -> str:
     found = shutil.which("systemd-analyze")
     if not found:
-        pytest.skip("systemd-analyze is not installed (Debian package systemd; scripts/test.sh installs it)")
+        pytest.fail("systemd-analyze is not installed (Debian package systemd; scripts/test.sh installs it)")
     return found
 
 
@@ -121,10 +121,90 @@ def test_install_keeps_an_operators_environment_file(fleetci: RunCli, tmp_path: 
     root = tmp_path / "root"
     env_file = root / ENV_PATH
     env_file.parent.mkdir(parents=True)
-    env_file.write_text("CACHE_DEFAULT_TTL=77\n", encoding="utf-8")
+    env_file.write_text("CACHE_DEFAULT_TTL=77\nFLEETCI_CACHE_SECRET=s3cret\n", encoding="utf-8")
+    env_file.chmod(0o644)  # as an operator's editor or an older version left it: readable by all
     r = fleetci("cache", "service", "install", "--root", str(root))
     assert r.returncode == 0, r.stderr
-    assert env_file.read_text(encoding="utf-8") == "CACHE_DEFAULT_TTL=77\n"
+    assert env_file.read_text(encoding="utf-8") == "CACHE_DEFAULT_TTL=77\nFLEETCI_CACHE_SECRET=s3cret\n"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600  # kept, but no longer readable by others
+
+
+def test_unit_hardening_is_rated_by_systemd_itself() -> None:
+    """``systemd-analyze security --offline`` rates the generated unit (0 = locked down, 10 = exposed);
+    a service that only needs a socket, a loopback port and its state directory stays under 2."""
+    import re
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        unit = Path(d) / UNIT_NAME
+        unit.write_text(render_unit(["/usr/bin/python3", "-m", "fleetci"], group=GROUP), encoding="utf-8")
+        done = subprocess.run(
+            [systemd_analyze(), "security", "--offline=true", "--no-pager", str(unit)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert verify(unit).stderr.strip() == ""
+        text = unit.read_text(encoding="utf-8")
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout)
+    assert m, done.stdout + done.stderr
+    assert float(m.group(1)) <= 2.0, done.stdout
+    s = unit_settings(text)
+    for key, value in {
+        "ProtectHome": "yes",
+        "SystemCallArchitectures": "native",
+        "RestrictNamespaces": "yes",
+        "ProtectProc": "invisible",
+        "PrivateMounts": "yes",
+    }.items():
+        assert s.get(key) == [value], (key, s.get(key))
+    assert "@system-service" in s["SystemCallFilter"]
+
+
+@pytest.mark.parametrize("where", ["env-file", "existing"])
+def test_install_refuses_a_shared_scope_for_the_host_service(
+    fleetci: RunCli, tmp_path: Path, where: str
+) -> None:
+    """Every job of the host shares the host proxy with its own token: CACHE_SHARED_SCOPE would let a job
+    read what other jobs' tokens fetched, so the service refuses it in one line (and writes nothing)."""
+    root = tmp_path / "root"
+    source = tmp_path / ".env.cache"
+    if where == "existing":
+        source = root / ENV_PATH
+        source.parent.mkdir(parents=True)
+    source.write_text("CACHE_DEFAULT_TTL=60\nCACHE_SHARED_SCOPE=my-fleet\n", encoding="utf-8")
+    args = ("--env-file", str(source)) if where == "env-file" else ()
+    r = fleetci("cache", "service", "install", "--root", str(root), *args)
+    assert r.returncode == 2
+    assert "CACHE_SHARED_SCOPE is not allowed for the host service" in one_line_error(r)
+    assert not (root / UNIT_DIR / UNIT_NAME).exists()
+
+
+def test_service_settings_follow_flag_env_config_default(fleetci: RunCli, tmp_path: Path) -> None:
+    """--group/--port/--socket are settings like any other: flag > environment > config file > default."""
+
+    def installed_port(*flags: str, config: Path | None = None, env: dict[str, str] | None = None) -> str:
+        root = tmp_path / f"root{len(list(tmp_path.iterdir()))}"
+        pre = ("--config", str(config)) if config else ()
+        r = fleetci(*pre, "cache", "service", "install", "--root", str(root), *flags, env=env)
+        assert r.returncode == 0, r.stderr
+        exec_start = unit_settings((root / UNIT_DIR / UNIT_NAME).read_text())["ExecStart"][0].split()
+        return exec_start[exec_start.index("--port") + 1]
+
+    config = tmp_path / "config.yml"
+    config.write_text("cache:\n  service_port: 9401\n  upstream: https://api.github.com\n")
+    assert installed_port(env=clean_env()) == "9101"
+    assert installed_port(config=config, env=clean_env()) == "9401"
+    env = clean_env(CACHE_SERVICE_PORT="9402", CACHE_SERVICE_GROUP=GROUP)
+    assert installed_port(config=config, env=env) == "9402"
+    assert installed_port("--port", "9403", config=config, env=env) == "9403"
+    r = fleetci("cache", "service", "status", "--root", str(tmp_path), env=clean_env(
+        CACHE_SERVICE_SOCKET=str(tmp_path / "env.sock")))  # fmt: skip
+    assert r.returncode == 1 and f"{tmp_path / 'env.sock'} missing" in r.stdout
+    r = fleetci("cache", "service", "install", "--root", str(tmp_path / "x"), env=clean_env(
+        CACHE_SERVICE_PORT="http"))  # fmt: skip
+    assert r.returncode == 2 and "invalid value for $CACHE_SERVICE_PORT" in one_line_error(r)
+    config.write_text("cache:\n  service_prot: 1\n")
+    r = fleetci("--config", str(config), "cache", "service", "status", env=clean_env())
+    assert r.returncode == 2 and "did you mean 'service_port'" in one_line_error(r)
 
 
 @pytest.mark.parametrize(

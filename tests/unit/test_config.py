@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -27,7 +28,13 @@ from fleetci.buildfarm.settings import (
     master_settings,
     worker_settings,
 )
-from fleetci.cache.settings import CacheSettings, cache_settings, parse_ttl_rules
+from fleetci.cache.settings import (
+    CacheSettings,
+    ServiceSettings,
+    cache_settings,
+    parse_ttl_rules,
+    service_settings,
+)
 from fleetci.cli import build_parser
 from fleetci.config import (
     MAX_SECONDS,
@@ -37,6 +44,7 @@ from fleetci.config import (
     parse_seconds,
     parse_timeout,
 )
+from fleetci.docsgen import load_tables
 from fleetci.errors import UsageError
 from fleetci.install.settings import InstallSettings, install_settings
 from fleetci.multiarch.settings import multiarch_settings
@@ -243,6 +251,7 @@ HUGE_PORT = ("65536", "100000")
 NUMERIC: list[tuple[str, str, str, str, tuple[str, ...]]] = [
     ("cache", "proxy_port", "proxy_port", "CACHE_PROXY_PORT", NOT_FINITE + NEGATIVE + HUGE_PORT + FRACTION),
     ("cache", "listen_port", "listen_port", "CACHE_LISTEN_PORT", NOT_FINITE + NEGATIVE + HUGE_PORT),
+    ("service", "port", "service_port", "CACHE_SERVICE_PORT", NOT_FINITE + NEGATIVE + HUGE_PORT + FRACTION),
     ("cache", "default_ttl", "default_ttl", "CACHE_DEFAULT_TTL", NOT_FINITE + NEGATIVE + NOT_A_NUMBER),
     (
         "cache",
@@ -298,6 +307,7 @@ NUMERIC: list[tuple[str, str, str, str, tuple[str, ...]]] = [
 
 BUILDERS: dict[str, tuple[Builder, str, type]] = {
     "cache": (cache_settings, "cache", CacheSettings),
+    "service": (service_settings, "cache", ServiceSettings),
     "install": (install_settings, "install", InstallSettings),
     "registry": (registry_settings, "registry", RegistrySettings),
     "master": (master_settings, "build", MasterSettings),
@@ -330,7 +340,15 @@ def test_numeric_settings_refuse_non_finite_and_out_of_range_values(
         with pytest.raises(UsageError) as config_error:
             build({}, {section: {key: yaml.safe_load(value) if value != "1e400" else value}}, {})
         assert f"invalid value for config key '{section}.{key}'" in str(config_error.value)
-        with pytest.raises(UsageError, match=f"invalid value for --{key.replace('_', '-')}: "):
+        # named as the user types the flag (``--port`` for proxy_port)
+        options = {
+            re.escape(s.option)
+            for table in load_tables().tables
+            if table.section == section
+            for s in table.settings
+            if s.name == key
+        } or {re.escape(f"--{key.replace('_', '-')}")}
+        with pytest.raises(UsageError, match=f"invalid value for ({'|'.join(options)}): "):
             build({key: value}, {}, {})
 
 

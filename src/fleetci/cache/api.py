@@ -116,6 +116,8 @@ class Health(TypedDict):
     socket: str
     proxy_url: str
     pid: int
+    instance: str  # random per process: the socket's and the TCP port's answers must match (hostproxy)
+    shared_scope: bool  # CACHE_SHARED_SCOPE is set: jobs do not reuse it as a host proxy
     peer_id: str
     p2p: str  # "off", "active" or "failed" (sharing asked for but not running: see the proxy log)
     backend: str  # the shared store's URL (userinfo redacted), "" when there is none

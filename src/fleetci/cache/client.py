@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 from fleetci import gha
 from fleetci.cache.api import (
     DASHBOARD_JSON_PATH,
-    HEALTH_PATH,
     PEERS_PATH,
     PROBE_PATH,
     STATS_PATH,
@@ -351,7 +350,12 @@ class LocalProxy:
             raise FleetciError(f"no proxy answering on {self.settings.socket_path}: {describe(exc)}") from exc
 
     def health(self) -> Health:
-        return cast(Health, self._call(HEALTH_PATH))
+        from fleetci.cache.hostproxy import proxy_health
+
+        try:
+            return proxy_health(uds=self.settings.socket_path, timeout=10)
+        except FleetciError as exc:
+            raise FleetciError(f"no proxy answering on {self.settings.socket_path}: {exc}") from None
 
     def peers(self) -> PeersStatus:
         return cast(PeersStatus, self._call(PEERS_PATH))
@@ -380,9 +384,9 @@ def dashboard_url(settings: CacheSettings, url: str | None = None) -> str:
     """
     import httpx
 
-    if url is None and not settings.socket_path.is_socket():
-        from fleetci.cache.hostproxy import find_host_proxy
+    from fleetci.cache.hostproxy import find_host_proxy, proxy_health
 
+    if url is None and not settings.socket_path.is_socket():
         host, _ = find_host_proxy(settings)
         if host is not None and host.api_url:
             url = host.api_url
@@ -395,14 +399,15 @@ def dashboard_url(settings: CacheSettings, url: str | None = None) -> str:
         base, uds = "", settings.socket_path
     where = redact_url(url) if url is not None else f"unix:{settings.socket_path}"
     try:
+        health = proxy_health(base or "http://localhost", uds, timeout=5)
         with client(base_url=base, uds=uds, timeout=5) as http_client:
-            health = http_client.get(HEALTH_PATH)
             board = http_client.get(DASHBOARD_JSON_PATH)
-        health.raise_for_status()
         board.raise_for_status()
-        proxy_url = str(health.json().get("proxy_url") or "") if uds is not None else base
-    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+    except FleetciError as exc:
+        raise FleetciError(f"no fleetci proxy dashboard answering on {where}: {exc}") from None
+    except httpx.HTTPError as exc:
         raise FleetciError(f"no fleetci proxy dashboard answering on {where}: {describe(exc)}") from exc
+    proxy_url = str(health.get("proxy_url") or "") if uds is not None else base
     if not proxy_url.startswith(("http://", "https://")):
         raise FleetciError(f"the proxy on {where} did not say its TCP address")
     return proxy_url.rstrip("/") + "/"

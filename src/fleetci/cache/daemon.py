@@ -42,7 +42,7 @@ class Started:
     peer_id: str
     p2p_off: str  # why sharing is off although it was asked for; "" when it runs or was not asked for
     shared: bool = False  # the host's proxy (issue 16): ``stop`` leaves it running
-    note: str = ""  # why a host proxy that was found is not used
+    note: str = ""  # why a host proxy that was found is not used, or what to know about the one used
 
 
 def serve_argv(flags: Mapping[str, Any], config: str | None = None, probe: bool = True) -> list[str]:
@@ -68,7 +68,7 @@ def start(
 ) -> Started:
     host, note = find_host_proxy(settings)  # issue 16: one proxy per host when the host runs one
     if host is not None:
-        return _use_host_proxy(settings, host)
+        return _use_host_proxy(settings, host, note)
     try:
         ensure_private_dir(settings.cache_dir)
     except OSError as exc:
@@ -115,7 +115,7 @@ def start(
     return Started(proc.pid, api_url, settings.socket_path, log_path, peer_id, p2p_off, note=note)
 
 
-def _use_host_proxy(settings: CacheSettings, host: HostProxy) -> Started:
+def _use_host_proxy(settings: CacheSettings, host: HostProxy, note: str = "") -> Started:
     """The job's exports and outputs, pointing at the host proxy (the same names as for its own)."""
     remember(settings, host)
     socket = host.socket
@@ -132,7 +132,7 @@ def _use_host_proxy(settings: CacheSettings, host: HostProxy) -> Started:
     if settings.enable_p2p and host.p2p != "active":
         p2p_off = f"the host proxy runs with peer-to-peer {host.p2p}"
     where = socket or Path("")
-    return Started(host.pid, host.api_url, where, Path(""), host.peer_id, p2p_off, shared=True)
+    return Started(host.pid, host.api_url, where, Path(""), host.peer_id, p2p_off, shared=True, note=note)
 
 
 def _write_gh_config(settings: CacheSettings, socket: Path | None = None) -> Path:

@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import re
+import secrets
 import signal
 import socket
 import sys
@@ -70,6 +71,10 @@ REWRITE_MEMO_BYTES = 4 * 1024 * 1024
 REWRITE_MEMO_MAX_BODY = 1 << 20
 ENGINE_KEY = web.AppKey("engine", CacheEngine)
 WEBHOOKS_KEY = web.AppKey("webhooks", WebhookReceiver)
+# Random per process: a job that finds this proxy on its unix socket (whose permissions are the trust
+# anchor) checks that the loopback TCP port it will send tokens to answers with the same value, so a
+# process that took the port (e.g. while the service restarts) is not mistaken for this proxy.
+INSTANCE = secrets.token_hex(16)
 # How the proxy joins a fleet: start a node for this engine (setting ``engine.peers``) and return it, or
 # say in one line why not and return None (``fleetci.p2p.attach.start_peers``).
 Attach = Callable[[CacheEngine, asyncio.AbstractEventLoop], PeerService | None]
@@ -240,6 +245,8 @@ async def _health(request: web.Request) -> web.Response:
         "socket": str(engine.settings.socket_path),
         "proxy_url": request.app.get("proxy_url", ""),
         "pid": os.getpid(),
+        "instance": INSTANCE,
+        "shared_scope": bool(engine.settings.shared_scope),
         "peer_id": peers.peer_id if peers is not None else "",
         "p2p": request.app.get("p2p_status", "off"),
         "backend": redact_url(engine.settings.backend),

@@ -20,11 +20,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetci.cache.api import HEALTH_PATH
-from fleetci.cache.settings import WELL_KNOWN_SOCKET, read_env_file
+from fleetci.cache.hostproxy import proxy_health
+from fleetci.cache.settings import DEFAULT_SERVICE_PORT, WELL_KNOWN_SOCKET, read_env_file
 from fleetci.errors import FleetciError, UsageError
-from fleetci.files import write_atomic, write_private
-from fleetci.http import client, describe
+from fleetci.files import tighten, write_atomic, write_private
+from fleetci.http import describe
 from fleetci.process import fleetci_argv
 
 UNIT_NAME = "fleetci-cache.service"
@@ -32,7 +32,8 @@ SEED_ALIAS = "github-cache.service"  # the seed's name: `systemctl start github-
 UNIT_DIR = Path("etc/systemd/system")
 ENV_PATH = Path("etc/fleetci/cache.env")
 STATE_DIR = "/var/lib/fleetci"
-DEFAULT_PORT = 9101
+DEFAULT_PORT = DEFAULT_SERVICE_PORT
+SHARED_SCOPE_ENV = "CACHE_SHARED_SCOPE"
 SYSTEMD_TIMEOUT_S = 60.0
 _ENV_HEADER = """\
 # fleetci cache service settings: the seed's .env.cache keys (CACHE_*, FLEETCI_CACHE_SECRET, ...).
@@ -104,17 +105,32 @@ RuntimeDirectory=fleetci
 RuntimeDirectoryMode=0755
 UMask=0077
 ProtectSystem=strict
-ProtectHome=read-only
+ProtectHome=yes
 PrivateTmp=yes
 PrivateDevices=yes
+PrivateMounts=yes
+PrivateIPC=yes
 NoNewPrivileges=yes
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
+ProtectKernelLogs=yes
 ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+ProcSubset=pid
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+RestrictNamespaces=yes
+RestrictRealtime=yes
 RestrictSUIDSGID=yes
 LockPersonality=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged
+SystemCallErrorNumber=EPERM
 CapabilityBoundingSet=
+AmbientCapabilities=
+DevicePolicy=closed
 Restart=on-failure
 RestartSec=5
 TimeoutStopSec=15
@@ -163,9 +179,16 @@ def install(
         values = read_env_file(env_file)  # unknown names and malformed lines: one-line errors
     unit = root / UNIT_DIR / UNIT_NAME
     env_path = root / ENV_PATH
+    kept = env_file is None and env_path.exists()  # an operator's existing file is kept (made 0600)
+    if kept:
+        _refuse_shared_scope(read_env_file(env_path), env_path)
+    else:
+        _refuse_shared_scope(values, env_file or env_path)
     try:
         write_atomic(unit, render_unit(argv or fleetci_argv(), group=group, port=port), mode=0o644)
-        if env_file is not None or not env_path.exists():  # an operator's existing file is kept
+        if kept:
+            tighten(env_path)  # systemd reads it as root; it may hold FLEETCI_CACHE_SECRET
+        else:
             write_private(env_path, render_env(values))
     except OSError as exc:
         raise FleetciError(f"cannot write under {root}: {describe(exc)}") from exc
@@ -175,6 +198,16 @@ def install(
     _systemctl("daemon-reload")
     _systemctl("enable", "--now", UNIT_NAME)
     return Installed(unit, env_path, True, "")
+
+
+def _refuse_shared_scope(values: dict[str, str], where: Path) -> None:
+    """A host proxy serves every job of the host with their own tokens; CACHE_SHARED_SCOPE would let a
+    job read what other jobs' tokens fetched (docs/cache.md "One proxy per host"), so it is refused."""
+    if values.get(SHARED_SCOPE_ENV, "").strip():
+        raise UsageError(
+            f"{where}: {SHARED_SCOPE_ENV} is not allowed for the host service (every job would read what "
+            "other jobs' tokens fetched); remove it"
+        )
 
 
 def uninstall(root: Path = Path("/")) -> list[Path]:
@@ -199,17 +232,13 @@ def status(socket: Path, root: Path = Path("/"), say: Callable[[str], object] = 
         say(f"socket: {socket} missing (the service is not running)")
         return False
     try:
-        with client(uds=socket, timeout=2.0) as http:
-            r = http.get("http://localhost" + HEALTH_PATH)
-        data = r.json() if r.status_code == 200 else None
-    except Exception as exc:  # refused, permission denied, not JSON: all mean "not healthy"
-        say(f"socket: {socket} not answering ({describe(exc)})")
+        data = proxy_health(uds=socket)
+    except FleetciError as exc:  # refused, permission denied, not a fleetci proxy: all mean "not healthy"
+        say(f"socket: {socket} not answering ({exc})")
         return False
-    if not isinstance(data, dict):
-        say(f"socket: {socket} answered HTTP {r.status_code}")
-        return False
+    state = "healthy" if data.get("status") == "ok" else f"{data.get('status')} (shared store down)"
     say(
-        f"socket: {socket} healthy (pid {data.get('pid')}, {data.get('proxy_url')}, "
+        f"socket: {socket} {state} (pid {data.get('pid')}, {data.get('proxy_url')}, "
         f"upstream {data.get('upstream')}, p2p {data.get('p2p')})"
     )
     return True

@@ -42,6 +42,7 @@ MEMORY_BYTES = 4 * 1024 * 1024
 MAX_BODY_BYTES = 16 * 1024 * 1024  # fleetci.http.DEFAULT_MAX_BODY_BYTES (settings import no asyncio)
 # Where the host service (``fleetci cache service install``) listens; jobs look here first.
 WELL_KNOWN_SOCKET = "/run/fleetci/proxy.sock"
+DEFAULT_SERVICE_PORT = 9101  # the host service's loopback TCP port
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,14 @@ def parse_host_proxy(text: str) -> str:
     if value.startswith(("http://", "https://")) or value.startswith("/"):
         return value.rstrip("/") if value.startswith("http") else value
     raise ValueError("expected off, auto, an http:// URL or an absolute unix socket path")
+
+
+def parse_job(text: str) -> str:
+    """``FLEETCI_CACHE_JOB``: the hex token ``cache start`` exported (it names a file in the cache dir)."""
+    value = text.strip()
+    if value and not re.fullmatch(r"[0-9a-f]{8,64}", value):
+        raise ValueError("expected the hex token 'fleetci cache start' exported")
+    return value
 
 
 def parse_backend(text: str) -> str:
@@ -282,6 +291,14 @@ class CacheOptions(SettingTable):
         help="'cache start' reuses this host proxy instead of starting one: off, auto, an http:// URL "
         "or a unix socket path",
     )
+    cache_job = Setting(
+        "",
+        parse_job,
+        env=("FLEETCI_CACHE_JOB",),
+        flag=False,
+        help="set by 'cache start' for the rest of the job when it reuses the host proxy: which "
+        "marker 'cache stop' releases (jobs sharing a cache dir never touch each other's)",
+    )
     # -- webhooks (cache/webhooks.py; docs/cache.md "Webhooks") --
     webhook_secret = Setting(
         "",
@@ -379,6 +396,7 @@ class CacheSettings:
     claim_wait: float = 2.0
     socket_group: str = ""
     host_proxy: str = ""  # "" (auto), "off", an http(s):// URL or an absolute unix socket path
+    cache_job: str = ""  # this job's host-proxy marker (hostproxy.remember)
     webhook_secret: str = field(default="", repr=False)
     webhook_host: str = ""
     webhook_port: int | None = None
@@ -417,6 +435,58 @@ class CacheSettings:
         return f"http://{self.host}:{self.proxy_port}"
 
 
+class ServiceOptions(SettingTable):
+    """``fleetci cache service install|status`` (issue 16): the host service's own settings."""
+
+    section = "cache"
+    service_group = Setting(
+        "",
+        str,
+        env=("CACHE_SERVICE_GROUP",),
+        flags=("--group",),
+        help="group of the runner users that may use the host service's socket; none: root only",
+    )
+    service_port = Setting(
+        DEFAULT_SERVICE_PORT,
+        parse_port,
+        env=("CACHE_SERVICE_PORT",),
+        flags=("--port",),
+        help="loopback TCP port of the host service (for REST clients)",
+    )
+    service_socket = Setting(
+        WELL_KNOWN_SOCKET,
+        str,
+        env=("CACHE_SERVICE_SOCKET",),
+        flags=("--socket",),
+        help="the socket 'cache service status' checks",
+    )
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    group: str = ""
+    port: int = DEFAULT_SERVICE_PORT
+    socket: Path = Path(WELL_KNOWN_SOCKET)
+
+
+def service_settings(
+    flags: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ServiceSettings:
+    """:class:`ServiceSettings` by flag > environment > config file ``cache:`` > default."""
+    o = ServiceOptions
+    r = o.resolver(flags, config, {k: v for k, v in os.environ.items() if v != ""} if env is None else env)
+    r.known.update(s.name for s in CacheOptions.settings)  # the same ``cache:`` section
+    settings = ServiceSettings(
+        group=r.value(o.service_group),
+        port=r.value(o.service_port),
+        socket=Path(r.value(o.service_socket)),
+    )
+    r.check_unknown()
+    return settings
+
+
 def cache_settings(
     flags: Mapping[str, Any] | None = None,
     config: Mapping[str, Any] | None = None,
@@ -428,6 +498,7 @@ def cache_settings(
         # an empty variable is unset (as everywhere), so it does not hide the file's value
         env = {**read_env_file(Path(ENV_FILE)), **{k: v for k, v in os.environ.items() if v != ""}}
     r = o.resolver(flags, config, env)
+    r.known.update(s.name for s in ServiceOptions.settings)  # the same ``cache:`` section
     upstream = r.value(o.upstream).rstrip("/")
     if not upstream.startswith(("http://", "https://")):
         raise UsageError(f"invalid upstream {upstream!r}: expected an http:// or https:// URL")
@@ -465,6 +536,7 @@ def cache_settings(
         claim_wait=r.value(o.claim_wait),
         socket_group=r.value(o.socket_group),
         host_proxy=r.value(o.host_proxy),
+        cache_job=r.value(o.cache_job),
         webhook_secret=r.value(o.webhook_secret),
         webhook_host=r.value(o.webhook_host),
         webhook_port=r.value(o.webhook_port),
