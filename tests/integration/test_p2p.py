@@ -367,6 +367,7 @@ def test_bad_p2p_input_keeps_serving_locally(emulator: Any, tmp_path: Path, case
             p.url + "/repos/octo-org/fleet-tools", headers={"Authorization": f"token {token('alice')}"}
         )
         assert r.status_code == 200
+        verify = run_fleetci("cache", "verify", "--socket", str(p.socket), "--cache-dir", str(p.cache_dir))
         p.stop()
     finally:
         if holder is not None:
@@ -381,6 +382,12 @@ def test_bad_p2p_input_keeps_serving_locally(emulator: Any, tmp_path: Path, case
     }[case]
     if expected:
         assert len(warnings) == 1 and expected in warnings[0], log
+        line = one_line_error(verify)
+        if case == "malformed":  # the node runs (the bad address is left out), it just has no peers
+            assert line == "fleetci: error: 0 connected peers, fewer than --min-peers 1", line
+        else:  # `fleetci cache verify` says what failed and why, in one line (the reason the proxy logged)
+            prefix = "fleetci: error: cannot verify the fleet: peer-to-peer sharing did not start: "
+            assert line.startswith(prefix) and expected in line, line
     else:
         assert warnings == [] and "Traceback" not in log
     assert "Traceback" not in log
@@ -400,7 +407,10 @@ def test_verify_and_peers_cli(emulator: Any, fleet: Any, tmp_path: Path) -> None
 
 def test_verify_fails_clearly(emulator: Any, proxy: Proxy, tmp_path: Path) -> None:
     sock = ("--socket", str(proxy.socket), "--cache-dir", str(proxy.cache_dir))
-    assert "peer-to-peer sharing is off" in one_line_error(run_fleetci("cache", "verify", *sock))
+    assert one_line_error(run_fleetci("cache", "verify", *sock)) == (
+        "fleetci: error: cannot verify the fleet: this proxy runs without peer-to-peer sharing "
+        "(start it with --enable-p2p or CACHE_ENABLE_P2P=true)"
+    )
     assert run_fleetci("cache", "verify", "--local-only", *sock).returncode == 0
     nothing = ("--socket", str(tmp_path / "none.sock"), "--cache-dir", str(tmp_path))
     assert "no proxy answering" in one_line_error(run_fleetci("cache", "verify", *nothing))

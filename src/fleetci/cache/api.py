@@ -119,7 +119,8 @@ class Health(TypedDict):
     instance: str  # random per process: the socket's and the TCP port's answers must match (hostproxy)
     shared_scope: bool  # CACHE_SHARED_SCOPE is set: jobs do not reuse it as a host proxy
     peer_id: str
-    p2p: str  # "off", "active" or "failed" (sharing asked for but not running: see the proxy log)
+    p2p: str  # "off", "active" or "failed" (sharing asked for but not running)
+    p2p_reason: str  # with "failed": why, in one line (also in the proxy log); else ""
     backend: str  # the shared store's URL (userinfo redacted), "" when there is none
     backend_state: str  # "off", "ok" or "degraded" (then status is "degraded" too)
 

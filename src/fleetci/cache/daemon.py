@@ -200,8 +200,15 @@ def verify(
     say(f"proxy healthy: upstream {health.get('upstream')}")
     if local_only:
         return
-    if health.get("p2p") != "active":
-        raise FleetciError(f"peer-to-peer sharing is {health.get('p2p', 'off')} (see the proxy log)")
+    state = health.get("p2p", "off")
+    if state == "off":
+        raise FleetciError(
+            "cannot verify the fleet: this proxy runs without peer-to-peer sharing "
+            "(start it with --enable-p2p or CACHE_ENABLE_P2P=true)"
+        )
+    if state != "active":
+        why = str(health.get("p2p_reason") or "") or "the reason is in the proxy log"
+        raise FleetciError(f"cannot verify the fleet: peer-to-peer sharing did not start: {why}")
     seen: list[str] = []
 
     def enough() -> bool:  # jobs that start together: their peers may connect a little later

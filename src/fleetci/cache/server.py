@@ -76,8 +76,9 @@ WEBHOOKS_KEY = web.AppKey("webhooks", WebhookReceiver)
 # process that took the port (e.g. while the service restarts) is not mistaken for this proxy.
 INSTANCE = secrets.token_hex(16)
 # How the proxy joins a fleet: start a node for this engine (setting ``engine.peers``) and return it, or
-# say in one line why not and return None (``fleetci.p2p.attach.start_peers``).
-Attach = Callable[[CacheEngine, asyncio.AbstractEventLoop], PeerService | None]
+# say in one line why not and return that reason (``fleetci.p2p.attach.start_peers``); the health
+# endpoint reports it, so ``fleetci cache verify`` can say why sharing is not running.
+Attach = Callable[[CacheEngine, asyncio.AbstractEventLoop], PeerService | str]
 
 
 class _Collector:
@@ -249,6 +250,7 @@ async def _health(request: web.Request) -> web.Response:
         "shared_scope": bool(engine.settings.shared_scope),
         "peer_id": peers.peer_id if peers is not None else "",
         "p2p": request.app.get("p2p_status", "off"),
+        "p2p_reason": request.app.get("p2p_reason", ""),
         "backend": redact_url(engine.settings.backend),
         "backend_state": backend_state,
     }
@@ -514,8 +516,12 @@ async def serve(
         except OSError as exc:
             raise FleetciError(f"cannot listen on unix socket {sock}: {describe(exc)}") from exc
         if attach is not None:
-            peers = attach(engine, asyncio.get_running_loop())
-            app["peers"], app["p2p_status"] = peers, "active" if peers is not None else "failed"
+            joined = attach(engine, asyncio.get_running_loop())
+            if isinstance(joined, str):
+                app["p2p_status"], app["p2p_reason"] = "failed", joined
+            else:
+                peers = joined
+                app["peers"], app["p2p_status"] = peers, "active"
         elif settings.enable_p2p:  # a caller of serve() that did not pass fleetci.p2p.attach.start_peers
             print("fleetci cache: p2p enabled but no peer transport given; serving without peers", flush=True)
         hook_runner, reconciling = await _start_webhooks(engine, app)

@@ -125,25 +125,27 @@ class AttachedNode:
 
 def start_peers(
     settings: CacheSettings, engine: CacheEngine, loop: asyncio.AbstractEventLoop
-) -> PeerService | None:
-    """Start the libp2p node; on any problem say so in one line and keep serving locally."""
+) -> PeerService | str:
+    """Start the libp2p node; on any problem say so in one line, keep serving locally, and return the
+    reason (the health endpoint reports it to ``fleetci cache verify``)."""
     try:
         node = start_node(settings, engine, loop)
     except ImportError as exc:
+        reason = f"it needs 'pip install fleetci[p2p]' ({exc.name} is missing)"
         print(
             f"fleetci: warning: peer-to-peer sharing needs 'pip install fleetci[p2p]' "
             f"({exc.name} is missing); serving locally",
             file=sys.stderr,
             flush=True,
         )
-        return None
+        return reason
     except FleetciError as exc:
         print(
             f"fleetci: warning: peer-to-peer sharing disabled: {exc}; serving locally",
             file=sys.stderr,
             flush=True,
         )
-        return None
+        return str(exc)
     engine.peers = node
     print(
         f"fleetci cache peer {node.peer_id} listening on {', '.join(node.addrs)} "
@@ -155,7 +157,7 @@ def start_peers(
 
 def attacher(
     settings: CacheSettings,
-) -> functools.partial[PeerService | None] | None:
+) -> functools.partial[PeerService | str] | None:
     """What ``fleetci cache serve`` hands the proxy to join the fleet; None when sharing is off."""
     if not settings.enable_p2p:
         return None
