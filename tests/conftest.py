@@ -18,6 +18,7 @@ from support import InProcess, Proxy, RunCli, start_proxy
 pytest_plugins = [
     "support.buildfarm_hostile",
     "support.emulator",
+    "support.multiarch",
     "support.registry",
     "support.registry_resume",
 ]

@@ -369,6 +369,10 @@ def test_cache_fleet_workflow_shares_one_cache_between_jobs_under_act(
     after = emulator_process.stats()
     assert run.proc.returncode == 0, run.describe()
     assert run.job_results == ["success"] * 3, run.describe()
+    # With the secret provided, the gated "Join the fleet" step ran in every member.
+    steps = run.step_results()
+    assert steps.get("Check for the fleet secret") == ["success"] * 3, run.describe()
+    assert steps.get("Join the fleet") == ["success"] * 3, run.describe()
     connected = [
         int(m.group(1)) for ln in run.output_lines if (m := re.fullmatch(r"connected peers: (\d+)", ln))
     ]
@@ -535,7 +539,9 @@ def test_distributed_build_workflow_runs_under_act_against_a_real_master(tmp_pat
         master.wait(timeout=15)
 
     assert run.proc.returncode == 0, run.describe()
+    # vars.FLEETCI_BUILD_MASTER set: worker x2 and submit ran (not-configured is skipped by its `if:`).
     assert run.job_results == ["success"] * 3, run.describe()
+    assert "Say what to set" not in run.step_results(), run.describe()
     assert repo["files"] == 3 and set(repo["index"]["packages"]) == {"core", "plugin", "cli"}
     builders = {p["built_by"]["name"] for p in repo["index"]["packages"].values()}
     assert builders <= {"builder-1", "builder-2"}, builders
@@ -633,7 +639,13 @@ def test_presto_build_and_sync_workflow_syncs_a_build_under_act(emulator: Any, t
     # Only the sync job runs on a schedule (the build job is for workflow_dispatch), and it really ran.
     assert run.job_results == ["success"], run.describe()
     results = run.step_results()
-    for name in ("Sync missing images to GitLab", "Install fleetci", "Sync images to GitLab"):
+    # GITLAB_TOKEN provided: the gated sync step ran.
+    for name in (
+        "Check for the GitLab token",
+        "Sync missing images to GitLab",
+        "Install fleetci",
+        "Sync images to GitLab",
+    ):
         assert results.get(name) == ["success"], f"step {name!r}: {results.get(name)}\n{run.describe()}"
     text = "\n".join(run.output_lines)
     assert f"{project}/x86/presto-coordinator:{gitlab_tag} pushed" in text, run.describe()

@@ -90,15 +90,6 @@ def run_cmd(arch: str, project: Path, cache: Path, *command: str, **options: str
 
 
 @pytest.fixture(scope="session")
-def multiarch_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    keep = os.environ.get("FLEETCI_TEST_MULTIARCH_CACHE")
-    if keep:
-        Path(keep).mkdir(parents=True, exist_ok=True)
-        return Path(keep)
-    return tmp_path_factory.mktemp("multiarch-cache")
-
-
-@pytest.fixture(scope="session")
 def first_runs(multiarch_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     """The sample suite on arm64 and armv7, started together (each builds its rootfs on first use)."""
     reason = missing_tools()

@@ -191,6 +191,25 @@ def test_native_backend_returns_the_commands_exit_code(tmp_path: Path, fleetci_f
     assert "command failed with exit code 7 on" in one_line_error(failed)
 
 
+def test_native_backend_python_keeps_a_virtualenv(
+    tmp_path: Path, fleetci_fd: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--python X.Y on the native backend: python3 is the pythonX.Y found on PATH, a virtualenv's too
+    (setup-python's, or one a runner prepared): its packages, not its base interpreter's."""
+    import sys
+
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    monkeypatch.setenv("PATH", f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    native = host_arch()
+    assert native is not None
+    argv = run_argv(native.name, tmp_path, "python3", "-c", "import sys; print(sys.prefix)", python=version)
+    proc = fleetci_fd(*argv)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(venv), proc.stdout
+
+
 def test_native_backend_refuses_another_architecture(tmp_path: Path, fleetci_fd: RunCli) -> None:
     other = "arm64" if host_arch() is not ARCHES["arm64"] else "amd64"
     proc = fleetci_fd(*run_argv(other, tmp_path, "true", backend="native"))

@@ -34,8 +34,13 @@ def run_native(settings: MultiarchSettings, command: list[str], progress: Progre
                         f"(no python{settings.python} on PATH; actions/setup-python can provide it)"
                     )
                 interpreter = sys.executable
+            # A wrapper that execs the interpreter by the path found, not a symlink to it: Python finds
+            # its virtualenv (pyvenv.cfg) next to the path it was started as, so a symlink elsewhere
+            # would run a venv's base interpreter instead (without the venv's packages).
             for name in ("python", "python3"):
-                os.symlink(interpreter, Path(shim) / name)
+                wrapper = Path(shim) / name
+                wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(interpreter)} "$@"\n', encoding="utf-8")
+                wrapper.chmod(0o755)
             env["PATH"] = f"{shim}{os.pathsep}{env.get('PATH', '')}"
         for req in settings.requirements:
             progress(f"pip install -r {req.name} (native)")
