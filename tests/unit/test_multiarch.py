@@ -210,6 +210,28 @@ def test_native_backend_python_keeps_a_virtualenv(
     assert proc.stdout.strip() == str(venv), proc.stdout
 
 
+def test_native_backend_never_tests_with_fleetcis_own_virtualenv(
+    tmp_path: Path, fleetci_fd: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In Actions fleetci's own virtualenv (install_fleetci.sh's, marked .fleetci-install) is first on PATH;
+    the tested python3 (with --python X.Y, or without) is the next one, never fleetci's."""
+    import sys
+
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    own, tested = tmp_path / "fleetci-venv", tmp_path / "tested"
+    for venv in (own, tested):
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    (own / ".fleetci-install").write_text("fleetci 0.1.0\n")
+    monkeypatch.setenv("PATH", os.pathsep.join([str(own / "bin"), str(tested / "bin"), os.environ["PATH"]]))
+    native = host_arch()
+    assert native is not None
+    show = ("python3", "-c", "import sys; print(sys.prefix)")
+    for options in ({"python": version}, {}):
+        proc = fleetci_fd(*run_argv(native.name, tmp_path, *show, **options))
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == str(tested), (options, proc.stdout)
+
+
 def test_native_backend_refuses_another_architecture(tmp_path: Path, fleetci_fd: RunCli) -> None:
     other = "arm64" if host_arch() is not ARCHES["arm64"] else "amd64"
     proc = fleetci_fd(*run_argv(other, tmp_path, "true", backend="native"))

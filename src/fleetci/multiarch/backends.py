@@ -18,14 +18,26 @@ from fleetci.multiarch.settings import MultiarchSettings
 
 # Exit code the docker guest script uses when pip fails, so it is not mistaken for the command's own.
 PIP_FAILED = 222
+# What scripts/install_fleetci.sh leaves in the virtualenv it makes for fleetci alone (the actions put its
+# bin directory on PATH): that environment is fleetci's, never the Python under test.
+INSTALL_MARKER = ".fleetci-install"
+
+
+def _own_venv(bindir: str) -> bool:
+    return bool(bindir) and (Path(bindir).parent / INSTALL_MARKER).is_file()
 
 
 def run_native(settings: MultiarchSettings, command: list[str], progress: Progress) -> int:
-    """Run on this machine; with --python, ``python``/``python3`` resolve to that interpreter."""
+    """Run on this machine; with --python, ``python``/``python3`` resolve to that interpreter.
+
+    fleetci's own virtualenv (the one install_fleetci.sh made, on PATH in Actions) is left off the
+    command's PATH: its python3 has fleetci's dependencies, and would shadow the tested one of the same
+    version (setup-python's 3.11 when fleetci also installed with 3.11)."""
     env = dict(os.environ)
+    env["PATH"] = os.pathsep.join(d for d in env.get("PATH", "").split(os.pathsep) if d and not _own_venv(d))
     with tempfile.TemporaryDirectory(prefix="fleetci-native-") as shim:
         if settings.python:
-            interpreter = shutil.which(f"python{settings.python}")
+            interpreter = shutil.which(f"python{settings.python}", path=env["PATH"])
             if interpreter is None:
                 current = f"{sys.version_info.major}.{sys.version_info.minor}"
                 if current != settings.python:
@@ -33,7 +45,8 @@ def run_native(settings: MultiarchSettings, command: list[str], progress: Progre
                         f"Python {settings.python} is not installed on this {settings.arch.name} host "
                         f"(no python{settings.python} on PATH; actions/setup-python can provide it)"
                     )
-                interpreter = sys.executable
+                own = _own_venv(str(Path(sys.prefix) / "bin"))
+                interpreter = getattr(sys, "_base_executable", sys.executable) if own else sys.executable
             # A wrapper that execs the interpreter by the path found, not a symlink to it: Python finds
             # its virtualenv (pyvenv.cfg) next to the path it was started as, so a symlink elsewhere
             # would run a venv's base interpreter instead (without the venv's packages).
