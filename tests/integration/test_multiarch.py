@@ -482,24 +482,29 @@ def act_log(proc: subprocess.CompletedProcess[str], events: list[dict[str, objec
 
 
 @pytest.mark.timeout(900)
-def test_workflow_matrix_job_runs_on_arm64_under_act(
+def test_workflow_matrix_job_runs_on_arm64_and_armv7_under_act(
     first_runs: dict[str, Run], multiarch_cache: Path, tmp_path: Path
 ) -> None:
-    assert first_runs["arm64"].proc.returncode == 0
+    """multi-arch-ci.yml's arm64 and armv7 rows (x Python 3.11, Debian bookworm's) under act, with the
+    workflow's default test command, in the rootfs archives first_runs built (no extra build)."""
+    assert first_runs["arm64"].proc.returncode == 0 and first_runs["armv7"].proc.returncode == 0
     proc, events = run_workflow(
         tmp_path,
         "push",
         "test-multi-arch",
         multiarch_cache,
-        ["--matrix", "arch:arm64", "--matrix", "python-version:3.11"],
+        ["--matrix", "arch:arm64", "--matrix", "arch:armv7", "--matrix", "python-version:3.11"],
     )
     log = act_log(proc, events)
     assert proc.returncode == 0, log
     jobs = [e for e in events if "jobResult" in e]
-    assert [e["jobResult"] for e in jobs] == ["success"], log  # exactly one job ran, and it passed
+    assert [e["jobResult"] for e in jobs] == ["success", "success"], log  # exactly two jobs ran and passed
+    assert sorted(str(e["matrix"]["arch"]) for e in jobs) == ["arm64", "armv7"], log
     out = act_output(events)
-    assert "guest: aarch64" in out, log
-    assert any(line.startswith("17 passed") for line in out), log
+    assert "guest: aarch64" in out and "guest: armv7l" in out, log
+    assert sum(line.startswith("17 passed") for line in out) == 2, log
+    building = [line for line in out if "building the" in line and "rootfs" in line]
+    assert building == [], log  # both reused the session's archives
 
 
 @pytest.mark.timeout(600)

@@ -1,7 +1,7 @@
 """``--python 3.9`` on the chroot backend: a real Debian bullseye rootfs (mmdebstrap) with its python3 3.9.
 
 amd64, the host's own architecture: the suite choice is what is under test, not QEMU (test_multiarch.py
-runs arm64/armv7 under QEMU, and test_reference_workflows.py runs multi-arch-ci.yml's arm64 row); a
+runs arm64/armv7 under QEMU, and multi-arch-ci.yml's arm64 x 3.11 entry under act); a
 native rootfs builds in well under a minute where a bullseye arm64 one under QEMU took several. The rootfs
 goes to the session's shared rootfs cache (support.multiarch), keyed by arch, suite and packages like
 every chroot run's.

@@ -16,9 +16,9 @@ def run_argv(arch: str, project: Path, *command: str, **options: str) -> list[st
 
 @pytest.fixture(scope="session")
 def multiarch_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One rootfs cache for every test of the session (a cold mmdebstrap build under QEMU takes minutes,
-    so each rootfs is built once: test_multiarch.py's arm64 bookworm one is reused by the act run of
-    multi-arch-ci.yml's arm64 row). FLEETCI_TEST_MULTIARCH_CACHE keeps it between sessions."""
+    """One rootfs cache for every test module of the session (test_multiarch.py's, the issue-18 Python
+    3.9 chroot's): a cold mmdebstrap build takes minutes under QEMU, so each rootfs is built at most once
+    a session. FLEETCI_TEST_MULTIARCH_CACHE keeps it between sessions."""
     keep = os.environ.get("FLEETCI_TEST_MULTIARCH_CACHE")
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
