@@ -253,5 +253,5 @@ def test_push_to_gitlab_passes_compression_parallel_and_index_as_settings() -> N
         assert str(meta["inputs"][name]["default"]) == "", name
         assert sync["env"][var] == f"${{{{ inputs.{name} }}}}", (name, sync["env"].get(var))
     wf = load_yaml(REPO_ROOT / "workflows" / "presto-build-and-sync.yml")
-    [step] = wf["jobs"]["sync"]["steps"]
+    [step] = [s for s in wf["jobs"]["sync"]["steps"] if "push-to-gitlab@" in s.get("uses", "")]
     assert step["with"]["index"] == "${{ vars.REGISTRY_INDEX }}"
