@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from support.redis import PASSWORD, RedisServer
 pytestmark = pytest.mark.integration
 
 SECRET = "fleet-secret-for-redis-tests"
+SHORT_TTL = 2.0  # seconds
 
 
 def token(login: str) -> str:
@@ -63,7 +65,10 @@ def pair(
     emulator: Any, store: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[Proxy]]:
     base = tmp_path_factory.mktemp("proxies")
-    proxies = [start_proxy(emulator.url, base / name / "cache", env=shared_env(store)) for name in "ab"]
+    config = base / "config.yml"  # a short fresh window for the revalidation test's URLs only
+    config.write_text(f"cache:\n  ttl:\n    - {{pattern: '[?&]ttl={SHORT_TTL:g}', seconds: {SHORT_TTL:g}}}\n")
+    env = shared_env(store, FLEETCI_CONFIG=str(config))
+    proxies = [start_proxy(emulator.url, base / name / "cache", env=env) for name in "ab"]
     try:
         yield proxies
     finally:
@@ -155,6 +160,29 @@ def test_tampered_value_is_rejected_and_refetched(
     assert int(str(b.stats()["shared_rejected"])) == rejected + 1
     # the refetch replaced the bad value: a third proxy-side read is a clean shared hit again
     assert wait_until(lambda: r.get(key) not in (None, bytes(value)), timeout=10)
+
+
+def upstream_requests(proxy: Proxy) -> int:
+    return int(str(proxy.stats()["upstream_requests"]))
+
+
+def test_revalidated_shared_entry_is_fresh_again_on_the_reader(
+    emulator: Any, store: RedisServer, pair: list[Proxy]
+) -> None:
+    a, b = pair
+    target = f"/repos/octo-org/api?ttl={SHORT_TTL:g}"
+    before_keys = entry_keys(store)
+    assert get(a, target).headers["X-Fleetci-Cache"] == "MISS"
+    published(store, before_keys)
+    time.sleep(SHORT_TTL + 0.1)  # the shared copy is stale now (Redis keeps it for max_stale)
+    before, calls = charged(emulator, "alice"), upstream_requests(b)
+    assert get(b, target).headers["X-Fleetci-Cache"] == "REVALIDATED"  # a 304 from GitHub: free
+    assert upstream_requests(b) == calls + 1
+    # the 304 renewed b's copy (it came from Redis, not from b's own tiers): b answers it itself now
+    assert [get(b, target).headers["X-Fleetci-Cache"] for _ in range(2)] == ["HIT", "HIT"]
+    assert upstream_requests(b) == calls + 1 and charged(emulator, "alice") == before
+    # and the renewed copy went back to Redis: a's next read is fresh from there, not another 304
+    assert get(a, target).headers["X-Fleetci-Cache"] in ("HIT", "SHARED")
 
 
 def rss_kb(proxy: Proxy) -> int:

@@ -404,7 +404,11 @@ class CacheEngine:
             return self._from_upstream(up, Outcome.MISS)
         if up.status == 304 and entry is not None:
             merged = self._merge_headers(entry.headers, up.headers)
-            refreshed = self.store.refresh(prep.key, now + prep.ttl, merged) or entry
+            refreshed = self.store.refresh(prep.key, now + prep.ttl, merged)
+            if refreshed is None:  # a copy from the shared store or a peer, not in our tiers yet: keep it
+                refreshed = replace(entry, fresh_until=now + prep.ttl, headers=merged)
+                self.store.remember(refreshed)
+                asyncio.get_running_loop().call_soon(self._persist, refreshed)
             self._announce(refreshed)
             return self._from_entry(refreshed, Outcome.REVALIDATED, prep.limit_scope)
         if up.status >= 500 and usable_stale is not None:
