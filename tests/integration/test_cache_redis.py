@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 
 SECRET = "fleet-secret-for-redis-tests"
 SHORT_TTL = 2.0  # seconds
+LEASE = 0.5  # seconds: CACHE_CLAIM_WAIT, the miss lock's lease
 
 
 def token(login: str) -> str:
@@ -61,19 +62,26 @@ def shared_env(store: RedisServer, password: str = PASSWORD, **extra: str) -> di
 
 
 @pytest.fixture(scope="module")
-def pair(
+def fleet(
     emulator: Any, store: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[Proxy]]:
+    """Three proxies on the one Redis; a short lock lease (CACHE_CLAIM_WAIT) so that an upstream slower
+    than it is cheap to test."""
     base = tmp_path_factory.mktemp("proxies")
     config = base / "config.yml"  # a short fresh window for the revalidation test's URLs only
     config.write_text(f"cache:\n  ttl:\n    - {{pattern: '[?&]ttl={SHORT_TTL:g}', seconds: {SHORT_TTL:g}}}\n")
-    env = shared_env(store, FLEETCI_CONFIG=str(config))
-    proxies = [start_proxy(emulator.url, base / name / "cache", env=env) for name in "ab"]
+    env = shared_env(store, FLEETCI_CONFIG=str(config), CACHE_CLAIM_WAIT=str(LEASE))
+    proxies = [start_proxy(emulator.url, base / name / "cache", env=env) for name in "abc"]
     try:
         yield proxies
     finally:
         for p in proxies:
             p.stop()
+
+
+@pytest.fixture(scope="module")
+def pair(fleet: list[Proxy]) -> list[Proxy]:
+    return fleet[:2]
 
 
 def charged(emulator: Any, login: str) -> int:
@@ -140,6 +148,53 @@ def test_concurrent_misses_on_two_proxies_make_one_upstream_call(
     assert charged(emulator, "alice") - before == 1, outcomes
     assert outcomes.count("MISS") == 1 and "SHARED" in outcomes, outcomes
     assert sum(int(str(p.stats()["shared_waits"])) for p in pair) == 1  # the other proxy waited once
+
+
+def test_upstream_slower_than_the_lock_lease_is_still_asked_once(emulator: Any, fleet: list[Proxy]) -> None:
+    before = charged(emulator, "alice")
+    target = "/repos/octo-org/api/actions/runners?slow=1"
+    emulator.emulator.configure(latency_ms=[LEASE * 4000, LEASE * 4000])  # four leases per answer
+
+    async def burst() -> list[httpx.Response]:
+        headers = {"Authorization": f"token {token('alice')}"}
+        async with httpx.AsyncClient(timeout=60, headers=headers) as c:
+            return await asyncio.gather(*(c.get(f"{p.url}{target}") for p in fleet for _ in range(3)))
+
+    try:
+        responses = asyncio.run(burst())
+    finally:
+        emulator.emulator.configure(latency_ms=[0, 0])
+    assert all(r.status_code == 200 for r in responses)
+    outcomes = [r.headers["X-Fleetci-Cache"] for r in responses]
+    assert charged(emulator, "alice") - before == 1, outcomes
+    assert outcomes.count("MISS") == 1 and outcomes.count("SHARED") == 2, outcomes
+
+
+def test_a_holder_whose_lease_ran_out_leaves_the_next_holders_lock_alone(store: RedisServer) -> None:
+    from fleetci.cache.redis_store import RedisStore
+    from fleetci.p2p.crypto import FleetKeys
+
+    keys = FleetKeys(SECRET, "lock-test")
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        a, b = (RedisStore(store.url, PASSWORD, keys, max_stale=60, lock_ms=300) for _ in range(2))
+        await a.start()
+        await b.start()
+        lock_key = a._lock_key("k")
+        try:
+            assert await a.lock("k")
+            await asyncio.sleep(1.0)  # three leases: a's renewals keep the lock
+            renewed = not await b.lock("k")
+            store.client().delete(lock_key)  # a's lease runs out (a stalled holder) ...
+            taken = await b.lock("k")  # ... and b takes the lock
+            a.unlock("k")  # a finishes late: must not delete b's lock
+            await a.close()
+            return renewed, taken, bool(store.client().exists(lock_key))
+        finally:
+            await a.close()
+            await b.close()
+
+    assert asyncio.run(scenario()) == (True, True, True)
 
 
 def test_tampered_value_is_rejected_and_refetched(

@@ -441,8 +441,10 @@ class CacheEngine:
         entry: Entry | None,
         upstream: FetchUpstream | None = None,
     ) -> ProxyResponse:
-        """Local miss or stale: the fleet's copy, else one proxy of the fleet fetches (a short lock in
-        the store) while the others wait for its entry, at most ``claim_wait``, then fetch themselves."""
+        """Local miss or stale: the fleet's copy, else one proxy of the fleet fetches (a lock in the
+        store, renewed while it fetches) while the others wait for its entry as long as the lock lives
+        (at most the upstream timeout plus one lease); a lock that goes away without an entry is taken
+        again by one of them, so a slow or failing upstream is still asked once at a time."""
         found = await shared.lookup(prep.scope, prep.key, prep.limit_scope)
         if found.blocked_until > self.clock():  # another proxy hit this credential's limit: back off too
             self.limits.adopt_block(prep.limit_scope, found.blocked_until, found.reason)
@@ -453,8 +455,12 @@ class CacheEngine:
             return self._keep_shared(got, prep)
         if got is not None and (entry is None or got.fresh_until > entry.fresh_until):
             entry = got  # a newer stale copy: revalidating it may cost nothing (304)
-        if not await shared.lock(prep.key):
-            waited = await shared.wait_for(prep.scope, prep.key, self.settings.claim_wait)
+        deadline = self.clock() + self.settings.upstream_timeout + self.settings.claim_wait
+        while not await shared.lock(prep.key):
+            left = deadline - self.clock()
+            if left <= 0:
+                break  # the holder is stuck past any upstream answer: fetch ourselves
+            waited = await shared.wait_for(prep.scope, prep.key, left)
             if waited is not None:
                 self.counters.shared_waits += 1
                 return self._keep_shared(waited, prep)

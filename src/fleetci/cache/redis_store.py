@@ -2,8 +2,10 @@
 
 Keys (``fleetci:<fleet id>:…``, the fleet id derived from the secret or ``CACHE_FLEET``):
 ``e:<entry key>`` a sealed entry, expiring ``max_stale`` after its fresh window (a stale copy still
-lets another proxy revalidate for free); ``l:<entry key>`` the miss lock (``SET NX PX``, as long as a
-waiter waits); ``r:<hash>`` a sealed rate-limit block of one credential, expiring when the block ends.
+lets another proxy revalidate for free); ``l:<entry key>`` the miss lock (``SET NX PX`` with a token of
+its own, a lease of ``claim_wait`` renewed while the holder fetches, released only by its holder: a slow
+upstream keeps it, a holder that died loses it after one lease); ``r:<hash>`` a sealed rate-limit block
+of one credential, expiring when the block ends.
 The channel ``i`` carries webhook invalidations (issue 17): sealed ``[prefixes, exact]`` lists that every
 proxy of the fleet applies to its own tiers (``CacheEngine.invalidate``).
 Values are read by a small script that answers a value's length instead of the value when it exceeds
@@ -78,6 +80,13 @@ local n = redis.call('STRLEN', KEYS[1])
 if n > tonumber(ARGV[1]) then return n end
 return redis.call('GET', KEYS[1])
 """
+# Renew (ARGV[2] ms) or drop (no ARGV[2]) the lock KEYS[1] only while it still holds our token ARGV[1]: a
+# holder whose lease ran out must not extend or delete the next holder's lock.
+IF_OURS = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return redis.call('DEL', KEYS[1])
+"""
 
 
 @dataclass(frozen=True)
@@ -97,7 +106,7 @@ class RedisStore:
         self.shown = redact_url(url)
         self.sealer = sealer
         self.max_stale = max_stale
-        self.lock_ms = max(50, lock_ms)
+        self.lock_ms = max(300, lock_ms)  # the lease; renewed every third of it while fetching
         self.prefix = f"fleetci:{sealer.fleet_id}:"
         # A bounded pool that waits for a free connection: a burst of misses (twenty runners) must not
         # open a connection per request, nor fail with "Too many connections".
@@ -119,7 +128,7 @@ class RedisStore:
         self._monitor: asyncio.Task[None] | None = None
         self._reconnect: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._held: set[str] = set()
+        self._held: dict[str, tuple[bytes, asyncio.Task[None]]] = {}  # key -> (lock token, lease renewal)
         self.token = os.urandom(8).hex().encode()
         self.stats = {"shared_rejected": 0, "shared_errors": 0, "shared_reconnects": 0}
         self._listener: asyncio.Task[None] | None = None
@@ -251,17 +260,43 @@ class RedisStore:
         return SharedLookup(entry, blocked_until, reason)
 
     async def lock(self, key: str) -> bool:
-        async def take() -> bool:
-            return bool(await self.client.set(self._lock_key(key), self.token, nx=True, px=self.lock_ms))
+        """True: we fetch (the lock is ours, renewed until ``publish``/``unlock``; or the store is down)."""
+        mine = os.urandom(12).hex().encode()
 
-        got = await self._call(take, True)
+        async def take() -> bool | None:
+            return bool(await self.client.set(self._lock_key(key), mine, nx=True, px=self.lock_ms))
+
+        got = await self._call(take, None)
+        if got is None:  # the store is down: fetch without a lock
+            return True
         if got:
-            self._held.add(key)
-        return bool(got)
+            self._release(key)  # an earlier lease of ours on the key (cannot be: the engine coalesces)
+            renewal = asyncio.get_running_loop().create_task(self._renew(key, mine))
+            self._held[key] = (mine, renewal)
+        return got
+
+    async def _renew(self, key: str, mine: bytes) -> None:
+        """Extend the lease every third of it while the holder fetches (an upstream slower than
+        ``claim_wait`` keeps the lock); stops when the lock is no longer ours."""
+        lock_key = self._lock_key(key)
+        while True:
+            await asyncio.sleep(self.lock_ms / 3000)
+            renewed = await self._call(lambda: self.client.eval(IF_OURS, 1, lock_key, mine, self.lock_ms), 0)
+            if not renewed:
+                return
+
+    def _release(self, key: str) -> bytes | None:
+        """Stop renewing our lock on ``key``; its token, for the compare-and-delete, or None."""
+        held = self._held.pop(key, None)
+        if held is None:
+            return None
+        held[1].cancel()
+        return held[0]
 
     async def wait_for(self, scope: str, key: str, timeout: float) -> Entry | None:
-        """The lock holder's entry once it is there; None when it gave up, on timeout, or when the
-        store went down (the caller then fetches itself)."""
+        """The lock holder's entry once it is there, waiting as long as the lock exists (at most
+        ``timeout``); None when the lock went away without an entry, on timeout, or when the store went
+        down (the caller then tries the lock again or fetches itself)."""
 
         async def look() -> _Seen | None:
             async def both() -> list[Any]:
@@ -288,29 +323,27 @@ class RedisStore:
 
     def publish(self, entry: Entry) -> None:
         """Write ``entry`` (and drop our lock on it) in the background; a failure only degrades."""
+        mine = self._release(entry.key)
         if self._degraded:
-            self._held.discard(entry.key)
             return
         ekey = self._entry_key(entry.key)
         value = seal_entry(self.sealer, ekey, entry)
         ttl_ms = int(max(1.0, entry.fresh_until - time.time() + self.max_stale) * 1000)
-        release = entry.key in self._held
-        self._held.discard(entry.key)
 
         async def write() -> None:
             async with self.client.pipeline(transaction=False) as p:
                 p.set(ekey, value, px=ttl_ms)
-                if release:
-                    p.delete(self._lock_key(entry.key))
+                if mine is not None:
+                    p.eval(IF_OURS, 1, self._lock_key(entry.key), mine)
                 await p.execute()
 
         self._spawn(write)
 
     def unlock(self, key: str) -> None:
         """Release a lock we hold without an entry (error, uncacheable answer): waiters stop waiting."""
-        if key in self._held:
-            self._held.discard(key)
-            self._spawn(lambda: self.client.delete(self._lock_key(key)))
+        mine = self._release(key)
+        if mine is not None:
+            self._spawn(lambda: self.client.eval(IF_OURS, 1, self._lock_key(key), mine))
 
     def share_limit(self, limit_scope: str, blocked_until: float, reason: str) -> None:
         ms = int((blocked_until - time.time()) * 1000)
@@ -369,6 +402,8 @@ class RedisStore:
     async def close(self) -> None:
         if self._listener is not None:
             self._listener.cancel()
+        for key in list(self._held):
+            self._release(key)
         for task in (self._reconnect, self._monitor):
             if task is not None:
                 task.cancel()
