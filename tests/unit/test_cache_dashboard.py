@@ -73,3 +73,23 @@ def test_page_has_no_external_resource_and_its_csp_allows_only_its_own_code() ->
     assert "https://" not in text
     assert "innerHTML" not in SCRIPT and "insertAdjacentHTML" not in SCRIPT and "eval(" not in SCRIPT
     assert "default-src 'none'" in CSP and "connect-src 'self'" in CSP and "unsafe-inline" not in CSP
+
+
+def test_a_proxy_without_p2p_loads_no_heavy_module_it_does_not_use() -> None:
+    """Issue 16: a host proxy within 50 MB. What ``fleetci cache serve`` imports before serving (without
+    P2P, before a /metrics scrape) leaves out prometheus_client, cryptography, libp2p/trio and the other
+    capabilities' modules; /metrics and P2P import theirs when used."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from fleetci.cli import build_parser\n"
+        "args = build_parser('cache').parse_args(['cache', 'serve'])\n"
+        "import fleetci.cache.server, fleetci.cache.dashboard\n"
+        "heavy = ('prometheus_client', 'cryptography', 'libp2p', 'trio', 'fleetci.p2p', 'fleetci.multiarch',"
+        " 'fleetci.registry', 'fleetci.buildfarm', 'fleetci.install', 'tenacity', 'httpx')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

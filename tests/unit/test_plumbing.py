@@ -180,6 +180,9 @@ def test_redact_url(url: str, shown: str) -> None:
 
 # -- the CLI's last line of defence --------------------------------------------------------------------
 class _Broken:
+    def __init__(self, *_verb: object) -> None:
+        pass
+
     def parse_args(self, argv: list[str]) -> object:
         import argparse
 

@@ -25,8 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from fleetci.cache import graphql
 from fleetci.cache.api import (
@@ -67,7 +65,7 @@ LINK_URL = re.compile(r"<([^>]*)>")
 # A Host we echo into Link headers and JSON bodies: a name or IP literal and a port, nothing that could
 # end a JSON string or a Link target (RFC 3986 unreserved characters only).
 CLIENT_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9._~-]{1,253})(?::[0-9]{1,5})?")
-REWRITE_MEMO_BYTES = 4 * 1024 * 1024
+REWRITE_MEMO_BYTES = 1 * 1024 * 1024
 REWRITE_MEMO_MAX_BODY = 1 << 20
 ENGINE_KEY = web.AppKey("engine", CacheEngine)
 WEBHOOKS_KEY = web.AppKey("webhooks", WebhookReceiver)
@@ -88,6 +86,8 @@ class _Collector:
         self.engine = engine
 
     def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         s: dict[str, Any] = dict(self.engine.stats())
         for name in COUNTER_KEYS:
             c = CounterMetricFamily(f"fleetci_cache_{name}", f"fleetci cache {name.replace('_', ' ')}")
@@ -325,6 +325,9 @@ async def _webhook(request: web.Request) -> web.StreamResponse:
 
 
 async def _metrics(request: web.Request) -> web.Response:
+    # Imported on the first scrape: a proxy nobody scrapes does not carry prometheus_client (issue 16).
+    from prometheus_client import CollectorRegistry, generate_latest
+
     registry = CollectorRegistry()
     registry.register(_Collector(request.app[ENGINE_KEY]))
     return web.Response(body=generate_latest(registry), headers={"Content-Type": "text/plain; version=0.0.4"})

@@ -18,9 +18,30 @@ from fleetci.errors import FleetciError
 __all__ = ["Parser", "arg_type", "build_parser", "main"]  # Parser, arg_type: see fleetci.cli.args
 
 
-def build_parser() -> Parser:
-    from fleetci.cli import bench, build, cache, demo, emulate, install, multiarch, registry
+def _verb(argv: Sequence[str]) -> str | None:
+    """The verb of a command line (the first word that is neither an option nor ``--config``'s value)."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--config":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
+
+def build_parser(verb: str | None = None) -> Parser:
+    """All verbs; for ``cache`` only its own, so a long-running proxy does not hold every other
+    capability's modules in memory (issue 16: a host proxy within 50 MB)."""
+    if verb == "cache":
+        from fleetci.cli import cache
+
+        modules: tuple[Any, ...] = (cache,)
+    else:
+        from fleetci.cli import bench, build, cache, demo, emulate, install, multiarch, registry
+
+        modules = (cache, emulate, install, build, multiarch, registry, bench, demo)
     parser = Parser(prog="fleetci", description="Make CI fleets cheaper and less flaky.")
     parser.add_argument("--version", action="version", version=f"fleetci {__version__}")
     parser.add_argument(
@@ -28,7 +49,7 @@ def build_parser() -> Parser:
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
     sub.required = True
-    for module in (cache, emulate, install, build, multiarch, registry, bench, demo):
+    for module in modules:
         module.register(sub)
     return parser
 
@@ -39,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fleetci {__version__}")
         return 0
     try:
-        parser = build_parser()
+        parser = build_parser(_verb(argv))
         args = parser.parse_args(argv)
         func: Any = args.func
         return int(func(args) or 0)

@@ -96,11 +96,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from fleetci.cache.server import run
-    from fleetci.p2p.attach import attacher
-    from fleetci.p2p.backend import shared_store
 
     settings = _settings(args)
-    return run(settings, probe=not args.no_probe, attach=attacher(settings), shared=shared_store(settings))
+    # libp2p, trio and cryptography load only for a proxy that joins a fleet or seals a shared store
+    attach = None
+    if settings.enable_p2p:
+        from fleetci.p2p.attach import attacher
+
+        attach = attacher(settings)
+    shared = None
+    if settings.backend:
+        from fleetci.p2p.backend import shared_store
+
+        shared = shared_store(settings)
+    return run(settings, probe=not args.no_probe, attach=attach, shared=shared)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
