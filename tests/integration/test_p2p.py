@@ -175,6 +175,54 @@ def test_simultaneous_misses_on_five_nodes_cost_one_call(emulator: Any, fleet: A
     assert sum(int(str(n.stats()["claim_waits"])) for n in nodes) >= peer, outcomes
 
 
+def test_a_miss_waits_only_when_another_node_fetches_the_same_key(emulator: Any, fleet: Any) -> None:
+    """Issue 16: fleet-wide coalescing is paid for only under contention. An uncontested miss asks the
+    key's owner for a lease (one round trip, nothing when it owns the key) and never sits out the claim
+    window; misses of the same key on two nodes at once still cost one upstream call."""
+    a, b = fleet(2)
+    h = {"Authorization": f"token {token('alice')}"}
+    repos = [r["name"] for r in httpx.get(a.url + "/orgs/octo-org/repos", headers=h).json()][:3]
+    ca, cb = (httpx.Client(base_url=n.url, headers=h, timeout=30) for n in (a, b))
+    try:
+        before = emulator.emulator.charged(token("alice"))
+        alone = [f"/repos/octo-org/{name}/actions/runs?per_page={i + 2}" for i in range(3) for name in repos]
+        solo = [(ca if i % 2 else cb).get(url).headers["X-Fleetci-Cache"] for i, url in enumerate(alone)]
+        assert solo == ["MISS"] * len(alone)
+        assert emulator.emulator.charged(token("alice")) - before == len(alone)
+        stats = [n.stats() for n in (a, b)]
+        assert [s["claim_windows"] for s in stats] == [0, 0], stats  # nobody sat out a window
+        p2p = [peers_of(n)["stats"] for n in (a, b)]
+        assert sum(s["leases_asked"] for s in p2p) >= 1 and sum(s["leases_served"] for s in p2p) >= 1, p2p
+
+        # the same keys on both nodes at the same moment, with GitHub slow enough for the fetches to overlap
+        r = httpx.post(f"{emulator.url}/_emulator/config", json={"latency_ms": [300, 300]}, timeout=10)
+        assert r.status_code < 300
+        pool = concurrent.futures.ThreadPoolExecutor(2)
+        both = [
+            f"/repos/octo-org/{name}/actions/workflows?per_page={i + 2}" for i in range(2) for name in repos
+        ]
+        before = emulator.emulator.charged(token("alice"))
+        outcomes = []
+        for url in both:
+            barrier = threading.Barrier(2)
+
+            def ask(c: httpx.Client, url: str = url, barrier: threading.Barrier = barrier) -> str:
+                barrier.wait()
+                return c.get(url).headers["X-Fleetci-Cache"]
+
+            outcomes.append(sorted(pool.map(ask, (ca, cb))))
+        pool.shutdown()
+        charged = emulator.emulator.charged(token("alice")) - before
+        windows = sum(int(str(n.stats()["claim_windows"])) for n in (a, b))
+        # a lease answer the loaded machine delayed past its timeout falls back to the claim window
+        assert charged <= len(both) + windows and windows <= 1, (charged, windows, outcomes)
+        assert outcomes.count(["MISS", "PEER"]) >= len(both) - windows, outcomes
+    finally:
+        httpx.post(f"{emulator.url}/_emulator/config", json={"latency_ms": [0, 0]}, timeout=10)
+        ca.close()
+        cb.close()
+
+
 def test_twenty_nodes_five_hundred_announcements_nothing_lost(emulator: Any, tmp_path: Path) -> None:
     """Twenty proxy processes; a burst of 500 new entries spread over all of them (25 each, at once).
     Every node must receive all 475 announcements of the others, and serve them without GitHub."""

@@ -43,6 +43,7 @@ COUNTER_KEYS = (
     "upstream_errors",
     "rate_limited",
     "claim_waits",
+    "claim_windows",
     "refused",
     "shared_hits",
     "shared_waits",
@@ -82,6 +83,7 @@ class CacheStats(TypedDict, total=False):
     upstream_errors: int
     rate_limited: int
     claim_waits: int
+    claim_windows: int  # misses that waited the claim window (no owner answered; see engine._lease)
     refused: int
     shared_hits: int
     shared_waits: int

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import sqlite3
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -84,6 +86,7 @@ class Counters:
     rate_limited: int = 0
     upstream_requests: int = 0
     claim_waits: int = 0  # peer answers obtained by waiting for another node's claimed fetch
+    claim_windows: int = 0  # misses that waited the claim window (the key's owner did not answer)
     refused: int = 0  # requests answered 400 (ambiguous credentials, credentials in the query)
     shared_hits: int = 0  # answered from the shared store (CACHE_BACKEND)
     shared_waits: int = 0  # of those, after waiting for another proxy's fetch (its miss lock)
@@ -167,6 +170,8 @@ class GraphQLHook(Protocol):
 PEER_INDEX_MAX = 50_000
 INVALIDATIONS_MAX = 10_000  # prefixes/targets whose last invalidation time the engine remembers
 CLAIMS_MAX = 50_000
+HEARD_S = 120.0  # a fleet member not heard from for this long no longer owns keys
+HEARD_MAX = 1024
 
 
 class CacheEngine:
@@ -203,6 +208,13 @@ class CacheEngine:
         self.graphql: GraphQLHook | None = None
         # (when, prefixes, exact) of the last webhook invalidations: see ``invalidate``.
         self._invalidated: OrderedDict[str, float] = OrderedDict()  # "p:<prefix>" / "e:<target>" -> when
+        # Keys this node owns (rendezvous hashing over the connected fleet) that a node is fetching now:
+        # key -> (peer, since). Asked from the p2p thread (grant_lease), hence the lock.
+        self._leases: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._lease_lock = threading.Lock()
+        # Fleet members heard from lately (claims and announcements carry their sender): with those, nodes
+        # of a mesh that is not (yet) complete still agree on a key's owner.
+        self._heard: OrderedDict[str, float] = OrderedDict()
 
     # -- classification ------------------------------------------------------------------------------
     def prepare(self, target: str, headers: dict[str, str]) -> Prepared:
@@ -358,6 +370,7 @@ class CacheEngine:
             finally:
                 if prep.key in self._claimed:  # we claimed it but have nothing to announce: say so
                     self._claimed.discard(prep.key)
+                    self._end_lease(prep.key)
                     self.peers.claim(prep.scope, prep.key, release=True)
         return await fetch_upstream(prep, headers, entry, force)
 
@@ -484,6 +497,7 @@ class CacheEngine:
         if self.shared is not None:
             self.shared.publish(entry)
         if self.peers is not None:
+            self._end_lease(entry.key)
             self._peer_origin.pop(entry.key, None)
             self._claimed.discard(entry.key)
             self.peers.announce(entry)
@@ -498,27 +512,87 @@ class CacheEngine:
             self._claims.pop(key, None)
         return live
 
+    # -- fleet-wide coalescing (issue 16: pay for it only when another node is fetching the key) ------
+    def grant_lease(self, key: str, peer: str) -> bool:
+        """As ``key``'s owner: may ``peer`` fetch it upstream now? No while another node holds a recent
+        lease on it (that node's announcement will serve everyone). Thread-safe, never blocks."""
+        now = time.monotonic()
+        with self._lease_lock:
+            held = self._leases.get(key)
+            if held is not None and held[0] != peer and now - held[1] < self.settings.claim_wait:
+                return False
+            self._leases[key] = (peer, now)
+            self._leases.move_to_end(key)
+            while len(self._leases) > CLAIMS_MAX:
+                self._leases.popitem(last=False)
+            return True
+
+    def _end_lease(self, key: str) -> None:
+        with self._lease_lock:
+            self._leases.pop(key, None)
+
+    @staticmethod
+    def owner_of(key: str, peers: Sequence[str]) -> str:
+        """Rendezvous hashing: every node that sees the same fleet picks the same owner for a key."""
+        return max(peers, key=lambda p: hashlib.sha256(f"{p}\x00{key}".encode()).digest())
+
+    async def _lease(self, prep: Prepared, connected: list[str]) -> bool | None:
+        """Ask the key's owner (ourselves included) whether we may fetch now; None: no answer."""
+        peers = self.peers
+        assert peers is not None
+        now = self.clock()
+        members = {peers.peer_id, *connected, *(p for p, at in self._heard.items() if now - at < HEARD_S)}
+        owner = self.owner_of(prep.key, sorted(members))
+        if owner == peers.peer_id:
+            return self.grant_lease(prep.key, owner)
+        if owner not in connected:  # no direct line to it: the claim window decides
+            return None
+        ask = getattr(peers, "lease", None)  # a PeerLink without leases (bench.fleet): claim window
+        if ask is None:
+            return None
+        try:
+            answer: bool | None = await asyncio.wait_for(
+                asyncio.wrap_future(ask(prep.scope, prep.key, owner)),
+                timeout=self.settings.peer_timeout + 0.5,
+            )
+        except asyncio.TimeoutError:
+            return None
+        return answer
+
     async def _after_claimant(self, prep: Prepared, entry: Entry | None) -> ProxyResponse | None:
         """Fleet-wide coalescing: if another node is already fetching this key from GitHub, wait for its
-        announcement instead of paying for the same call. Otherwise claim the key, give concurrent
-        claims ``claim_window`` to arrive, and let the lowest peer ID fetch; everyone else waits at
-        most ``claim_wait`` and then goes upstream itself, so a silent claimant costs time, not errors."""
+        announcement instead of paying for the same call.
+
+        Otherwise ask the key's owner (rendezvous hashing over the connected fleet; one direct round trip,
+        nothing when we own it) for a lease: granted, we claim the key and fetch at once; refused, another
+        node is fetching it and we wait for its announcement. Only when the owner does not answer do we
+        fall back to the claim window: claim, give concurrent claims ``claim_window`` to arrive, and let
+        the lowest peer ID fetch. Everyone waits at most ``claim_wait`` and then goes upstream itself, so
+        a silent claimant costs time, not errors."""
         peers = self.peers
-        if peers is None or not peers.connected_peers():
+        connected = peers.connected_peers() if peers is not None else []
+        if peers is None or not connected:
             return None
         claimants = self._claimants(prep.key, self.clock())
         if not claimants:
-            peers.claim(prep.scope, prep.key)
-            self._claimed.add(prep.key)
-            if self.settings.claim_window <= 0:
+            granted = await self._lease(prep, connected)
+            if granted:
+                peers.claim(prep.scope, prep.key)
+                self._claimed.add(prep.key)
                 return None
-            await asyncio.sleep(self.settings.claim_window)
-            answer = await self._served_by_fleet(prep, entry)  # a fast claimant may be done already
-            if answer is not None:
-                return answer
-            claimants = self._claimants(prep.key, self.clock())
-            if not claimants or peers.peer_id < min(claimants):
-                return None
+            if granted is None:
+                peers.claim(prep.scope, prep.key)
+                self._claimed.add(prep.key)
+                if self.settings.claim_window <= 0:
+                    return None
+                self.counters.claim_windows += 1
+                await asyncio.sleep(self.settings.claim_window)
+                answer = await self._served_by_fleet(prep, entry)  # a fast claimant may be done already
+                if answer is not None:
+                    return answer
+                claimants = self._claimants(prep.key, self.clock())
+                if not claimants or peers.peer_id < min(claimants):
+                    return None
         arrival = self._arrivals.get(prep.key)
         if arrival is None:
             arrival = self._arrivals[prep.key] = asyncio.get_running_loop().create_future()
@@ -545,15 +619,24 @@ class CacheEngine:
     def _arrived(self, key: str) -> None:
         """An announcement (or a release) for ``key``: wake whoever waits for it."""
         self._claims.pop(key, None)
+        self._end_lease(key)
         arrival = self._arrivals.pop(key, None)
         if arrival is not None and not arrival.done():
             arrival.set_result(None)
+
+    def _hear(self, peer: str, now: float) -> None:
+        self._heard[peer] = now
+        self._heard.move_to_end(peer)
+        while len(self._heard) > HEARD_MAX:
+            self._heard.popitem(last=False)
 
     def accept_claims(self, claims: list[Claim]) -> None:
         """Claims peers made (runs on the event loop thread)."""
         now = self.clock()
         for c in claims:
+            self._hear(c.peer, now)
             if c.release:
+                self._end_lease(c.key)
                 peers = self._claims.get(c.key)
                 if peers is not None:
                     peers.pop(c.peer, None)
@@ -590,6 +673,7 @@ class CacheEngine:
         """Entries peers announced (runs on the event loop thread)."""
         now = self.clock()
         for ann in anns:
+            self._hear(ann.peer, now)
             if ann.fresh_until <= now:
                 continue
             if self._invalidated and self._invalidated_since(ann.target, ann.stored_at):

@@ -89,6 +89,7 @@ def start_node(settings: CacheSettings, engine: CacheEngine, loop: asyncio.Abstr
         fresh_entries=engine.store.fresh_entries,
         on_claims=claims,
         on_invalidation=invalidation,
+        on_lease=engine.grant_lease,
     )
     node.start()
     log.info("fleet secret fingerprint %s", secret_fingerprint(secret))

@@ -177,6 +177,29 @@ def encode_sync_request(op: str, sealed_addrs: bytes) -> bytes:
     return json.dumps({"v": VERSION, "op": op, "me": me}, separators=(",", ":")).encode() + b"\n"
 
 
+LEASE = "lease"  # op: "may I fetch this key upstream now?", asked of the key's owner (issue 16)
+
+
+def encode_lease_request(scope: str, sealed_key: bytes) -> bytes:
+    """``sealed_key``: the key, sealed for ``scope`` with the asker's peer ID as associated data."""
+    sealed = base64.b64encode(sealed_key).decode()
+    return (
+        json.dumps({"v": VERSION, "op": LEASE, "s": scope, "me": sealed}, separators=(",", ":")).encode()
+        + b"\n"
+    )
+
+
+def decode_lease_request(line: bytes) -> tuple[str, bytes] | None:
+    """(scope, sealed key) of a lease request; None for any other request."""
+    try:
+        d = json.loads(line)
+        if not isinstance(d, dict) or d.get("op") != LEASE:
+            return None
+        return str(d["s"]), base64.b64decode(str(d["me"]), validate=True)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MessageError(f"bad lease request: {exc}") from exc
+
+
 def decode_fetch_request(line: bytes) -> tuple[str, str]:
     """(key, scope) of a body request, or (SYNC|PX, base64 sealed addresses) for peer exchange."""
     try:

@@ -40,11 +40,13 @@ from fleetci.p2p.messages import (
     Invalidation,
     MessageError,
     decode_fetch_request,
+    decode_lease_request,
     decode_message,
     encode_batch,
     encode_claims,
     encode_fetch_request,
     encode_invalidation,
+    encode_lease_request,
     encode_sync_request,
     frame,
     open_body,
@@ -104,6 +106,8 @@ class P2PStats:
     served: int = 0
     claims_sent: int = 0
     claims_received: int = 0
+    leases_asked: int = 0  # "may I fetch this key?" asked of its owner (issue 16)
+    leases_served: int = 0  # such questions this node answered as a key's owner
     held: int = 0  # 10 ms waits for back-pressure (see _hold_while_backlogged)
     invalidations_sent: int = 0  # webhook invalidations passed on to the fleet
     invalidations_received: int = 0
@@ -121,10 +125,12 @@ class P2PNode:
         fresh_entries: Callable[[int], list[Entry]] | None = None,
         on_claims: Callable[[list[Claim]], None] | None = None,
         on_invalidation: Callable[[tuple[str, ...], tuple[str, ...]], None] | None = None,
+        on_lease: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.on_invalidation = on_invalidation
         self._inv_send: Any = None
         self.fresh_entries = fresh_entries
+        self.on_lease = on_lease  # (key, asking peer) -> granted; runs on the trio thread, must not block
         self.on_claims = on_claims
         self.config = config
         self.keys = keys
@@ -141,6 +147,7 @@ class P2PNode:
         self._cancel: Any = None
         self._send: Any = None
         self._claim_send: Any = None
+        self._nursery: Any = None
         self._host: Any = None
         self._pending: dict[str, list[Announcement]] = defaultdict(list)
         self._peers: set[str] = set()
@@ -219,6 +226,19 @@ class P2PNode:
             return fut
         try:
             self._token.run_sync_soon(self._send.send_nowait, (ann, fut))
+        except Exception:
+            fut.set_result(None)
+        return fut
+
+    def lease(self, scope: str, key: str, owner: str) -> concurrent.futures.Future[bool | None]:
+        """Ask ``owner`` (the key's rendezvous owner) whether we may fetch ``key`` upstream now: True
+        (go: nobody else is), False (wait: another node is fetching it) or None (no answer in time)."""
+        fut: concurrent.futures.Future[bool | None] = concurrent.futures.Future()
+        if self._token is None or self._nursery is None:
+            fut.set_result(None)
+            return fut
+        try:
+            self._token.run_sync_soon(self._nursery.start_soon, self._lease_one, scope, key, owner, fut)
         except Exception:
             fut.set_result(None)
         return fut
@@ -327,6 +347,7 @@ class P2PNode:
                     self._cancel = cancel
                     self._token = trio.lowlevel.current_trio_token()
                     async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
                         nursery.start_soon(self._publish_loop, ps)
                         nursery.start_soon(self._claim_loop, ps, claims)
                         nursery.start_soon(self._invalidation_loop, ps, invalidations)
@@ -509,9 +530,51 @@ class P2PNode:
         if not fut.done():
             fut.set_result(body)
 
+    async def _lease_one(
+        self, scope: str, key: str, owner: str, fut: concurrent.futures.Future[bool | None]
+    ) -> None:
+        import trio
+        from libp2p.custom_types import TProtocol
+        from libp2p.peer.id import ID
+
+        answer: bool | None = None
+        with trio.move_on_after(self.config.fetch_timeout):
+            try:
+                stream = await self._host.new_stream(ID.from_base58(owner), [TProtocol(FETCH_PROTOCOL)])
+                try:
+                    sealed = self.keys.seal(scope, key.encode(), b"lease\x00" + self.peer_id.encode())
+                    await stream.write(encode_lease_request(scope, sealed))
+                    data = await _read_all(stream, 16)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await stream.close()
+                answer = {b"g": True, b"w": False}.get(data[:1])
+            except Exception as exc:
+                log.debug("lease of %s from %s failed: %s", key[:12], owner, exc)
+        self.stats.leases_asked += 1
+        if not fut.done():
+            fut.set_result(answer)
+
+    def _grant(self, stream: Any, scope: str, sealed: bytes) -> bytes:
+        """Answer a lease request: only a fleet member (it sealed the key for its own peer ID) gets one."""
+        try:
+            remote = stream.muxed_conn.peer_id.pretty()
+            key = self.keys.open(scope, sealed, b"lease\x00" + remote.encode()).decode()
+        except Exception:
+            self.stats.rejected += 1
+            return b"0"
+        self.stats.leases_served += 1
+        if self.on_lease is None:
+            return b"0"
+        return b"g" if self.on_lease(key, remote) else b"w"
+
     async def _serve_fetch(self, stream: Any) -> None:
         try:
             line = await _read_line(stream, MAX_REQUEST)
+            lease = decode_lease_request(line)
+            if lease is not None:
+                await stream.write(self._grant(stream, *lease))
+                return
             key, scope = decode_fetch_request(line)
             if key in (SYNC, PX):
                 self._learn_addrs(stream, scope)
