@@ -93,3 +93,32 @@ def test_a_proxy_without_p2p_loads_no_heavy_module_it_does_not_use() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_key_owner_grants_one_lease_at_a_time(tmp_path: object) -> None:
+    """Issue 16: the owner of a key lets one node fetch it; others wait until its announcement (or its
+    release) ends the lease; every node computes the same owner from the same fleet."""
+    import asyncio
+
+    from fleetci.cache.engine import CacheEngine
+    from fleetci.cache.settings import cache_settings
+
+    engine = CacheEngine(cache_settings({"cache_dir": str(tmp_path)}, {}, {}))
+    try:
+        assert engine.grant_lease("k", "peerA") and engine.grant_lease("k", "peerA")  # the holder may re-ask
+        assert not engine.grant_lease("k", "peerB") and not engine.grant_lease("k", "me")
+        assert engine.grant_lease("other-key", "peerB")
+        engine.accept_claims([])  # nothing changes without an announcement or a release
+        assert not engine.grant_lease("k", "peerB")
+        from fleetci.cache.peering import Claim
+
+        engine.accept_claims([Claim("k", "scope", "peerA", release=True)])  # the holder gave up
+        assert engine.grant_lease("k", "peerB")
+        fleet = ["peerA", "peerB", "peerC", "peerD"]
+        owners = {engine.owner_of(f"key{i}", fleet) for i in range(200)}
+        assert owners == set(fleet)  # keys spread over the fleet
+        assert all(
+            engine.owner_of(f"key{i}", fleet) == engine.owner_of(f"key{i}", fleet[::-1]) for i in range(50)
+        )
+    finally:
+        asyncio.run(engine.close())

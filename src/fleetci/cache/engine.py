@@ -171,7 +171,7 @@ PEER_INDEX_MAX = 50_000
 INVALIDATIONS_MAX = 10_000  # prefixes/targets whose last invalidation time the engine remembers
 CLAIMS_MAX = 50_000
 HEARD_S = 120.0  # a fleet member not heard from for this long no longer owns keys
-HEARD_MAX = 1024
+HEARD_MAX = 4096
 
 
 class CacheEngine:
@@ -215,6 +215,9 @@ class CacheEngine:
         # Fleet members heard from lately (claims and announcements carry their sender): with those, nodes
         # of a mesh that is not (yet) complete still agree on a key's owner.
         self._heard: OrderedDict[str, float] = OrderedDict()
+        # Scopes (token partitions) peers used lately: only a node holding the same token can fetch the
+        # same key, so a miss in a scope no peer uses has nobody to coalesce with.
+        self._scopes_heard: OrderedDict[str, float] = OrderedDict()
 
     # -- classification ------------------------------------------------------------------------------
     def prepare(self, target: str, headers: dict[str, str]) -> Prepared:
@@ -521,6 +524,10 @@ class CacheEngine:
             held = self._leases.get(key)
             if held is not None and held[0] != peer and now - held[1] < self.settings.claim_wait:
                 return False
+            if held is None and peer != getattr(self.peers, "peer_id", None):
+                got = self.store.get(key)  # fetched a moment ago: its announcement is on its way to them
+                if got is not None and got.is_fresh(self.clock()):
+                    return False
             self._leases[key] = (peer, now)
             self._leases.move_to_end(key)
             while len(self._leases) > CLAIMS_MAX:
@@ -553,7 +560,7 @@ class CacheEngine:
         try:
             answer: bool | None = await asyncio.wait_for(
                 asyncio.wrap_future(ask(prep.scope, prep.key, owner)),
-                timeout=self.settings.peer_timeout + 0.5,
+                timeout=self.settings.claim_wait + 0.5,
             )
         except asyncio.TimeoutError:
             return None
@@ -563,19 +570,33 @@ class CacheEngine:
         """Fleet-wide coalescing: if another node is already fetching this key from GitHub, wait for its
         announcement instead of paying for the same call.
 
-        Otherwise ask the key's owner (rendezvous hashing over the connected fleet; one direct round trip,
-        nothing when we own it) for a lease: granted, we claim the key and fetch at once; refused, another
-        node is fetching it and we wait for its announcement. Only when the owner does not answer do we
-        fall back to the claim window: claim, give concurrent claims ``claim_window`` to arrive, and let
-        the lowest peer ID fetch. Everyone waits at most ``claim_wait`` and then goes upstream itself, so
-        a silent claimant costs time, not errors."""
+        Otherwise, when no peer has used this key's scope (token) lately, nobody else can be fetching it:
+        claim it and fetch at once. Else ask the key's owner (rendezvous hashing over the fleet; one
+        direct round trip, none when we own it) for a lease: granted, claim the key and fetch at once;
+        refused, another node is fetching it and we wait for its announcement. Only when the owner cannot
+        be asked do we fall back to the claim window: claim, give concurrent claims ``claim_window`` to
+        arrive, and let the lowest peer ID fetch. Everyone waits at most ``claim_wait`` and then goes
+        upstream itself, so a silent claimant costs time, not errors."""
         peers = self.peers
         connected = peers.connected_peers() if peers is not None else []
         if peers is None or not connected:
             return None
-        claimants = self._claimants(prep.key, self.clock())
+        now = self.clock()
+        claimants = self._claimants(prep.key, now)
+        if not claimants and not self._scope_in_fleet(prep.scope, now):
+            # No peer has used this token lately: nobody else can be fetching this key. Claim it (peers
+            # that miss it meanwhile wait for us) and fetch at once.
+            peers.claim(prep.scope, prep.key)
+            self._claimed.add(prep.key)
+            return None
         if not claimants:
+            if prep.key not in self._arrivals:  # an announcement during the lease round trip wakes us too
+                self._arrivals[prep.key] = asyncio.get_running_loop().create_future()
             granted = await self._lease(prep, connected)
+            if granted is False:  # the holder may have announced it while we asked
+                answer = await self._served_by_fleet(prep, entry)
+                if answer is not None:
+                    return answer
             if granted:
                 peers.claim(prep.scope, prep.key)
                 self._claimed.add(prep.key)
@@ -624,17 +645,22 @@ class CacheEngine:
         if arrival is not None and not arrival.done():
             arrival.set_result(None)
 
-    def _hear(self, peer: str, now: float) -> None:
-        self._heard[peer] = now
-        self._heard.move_to_end(peer)
-        while len(self._heard) > HEARD_MAX:
-            self._heard.popitem(last=False)
+    def _hear(self, peer: str, scope: str, now: float) -> None:
+        for seen, name in ((self._heard, peer), (self._scopes_heard, scope)):
+            seen[name] = now
+            seen.move_to_end(name)
+            while len(seen) > HEARD_MAX:
+                seen.popitem(last=False)
+
+    def _scope_in_fleet(self, scope: str, now: float) -> bool:
+        at = self._scopes_heard.get(scope)
+        return at is not None and now - at < HEARD_S
 
     def accept_claims(self, claims: list[Claim]) -> None:
         """Claims peers made (runs on the event loop thread)."""
         now = self.clock()
         for c in claims:
-            self._hear(c.peer, now)
+            self._hear(c.peer, c.scope, now)
             if c.release:
                 self._end_lease(c.key)
                 peers = self._claims.get(c.key)
@@ -673,7 +699,7 @@ class CacheEngine:
         """Entries peers announced (runs on the event loop thread)."""
         now = self.clock()
         for ann in anns:
-            self._hear(ann.peer, now)
+            self._hear(ann.peer, ann.scope, now)
             if ann.fresh_until <= now:
                 continue
             if self._invalidated and self._invalidated_since(ann.target, ann.stored_at):

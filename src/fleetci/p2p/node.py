@@ -58,6 +58,7 @@ from fleetci.retry import Backoff
 log = logging.getLogger("fleetci.p2p")
 
 GOSSIP_PROTOCOLS = ("/meshsub/1.1.0", "/meshsub/1.0.0")
+LEASE_TIMEOUT_S = 2.0
 MAX_REQUEST = 64 * 1024
 PX_SCOPE = "fleetci-px"
 RECEIPTS_KEPT = 5000  # arrival times of recent announcements (propagation measurements)
@@ -538,7 +539,8 @@ class P2PNode:
         from libp2p.peer.id import ID
 
         answer: bool | None = None
-        with trio.move_on_after(self.config.fetch_timeout):
+        # Longer than a body fetch: a late answer still means one call fleet-wide, an early give-up two.
+        with trio.move_on_after(LEASE_TIMEOUT_S):
             try:
                 stream = await self._host.new_stream(ID.from_base58(owner), [TProtocol(FETCH_PROTOCOL)])
                 try:
