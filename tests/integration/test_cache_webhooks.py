@@ -6,7 +6,12 @@ starts a second proxy with a webhook listener of its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -153,7 +158,9 @@ def test_bad_or_missing_signature_is_refused_in_one_line(world: World) -> None:
 
 
 def test_a_replayed_delivery_is_ignored(world: World) -> None:
-    body = json.dumps({"action": "completed", "repository": {"full_name": world.repo}}).encode()
+    body = json.dumps(
+        {"action": "completed", "workflow_run": {"id": 1}, "repository": {"full_name": world.repo}}
+    ).encode()
     headers = _signed(body, event="workflow_run")
     queued = f"/repos/{world.repo}{QUEUED}"
     world.read(queued)
@@ -304,41 +311,86 @@ def test_emulator_deliveries_and_hook_endpoints_match_githubs_descriptions(
         receiver.stop()
 
 
-def test_lost_deliveries_cost_freshness_only_up_to_the_ttl(world: World) -> None:
-    """Every delivery lost and no reconciliation: the entry stays stale-but-fresh until its TTL ends,
-    then it revalidates like any other (an engine on a virtual clock, the real emulator upstream)."""
+def test_a_lost_delivery_costs_freshness_up_to_the_ttl_a_delivered_one_none(world: World) -> None:
+    """Through the receiver: an engine on a virtual clock behind a real webhook listener, a hook of the
+    real emulator pointing at it. A lost delivery leaves the entry fresh-but-old until its TTL ends; the
+    next change, delivered, ends the window at once."""
     import asyncio
 
     from fleetci.cache.engine import CacheEngine
+    from fleetci.cache.server import webhook_app
     from fleetci.cache.settings import cache_settings
+    from fleetci.cache.webhooks import WebhookReceiver
+    from fleetci.wait import wait_until_async
 
-    owner, name = world.repo.split("/")
+    repos = httpx.get(f"{world.emulator.url}/orgs/octo-org/repos", headers=auth("alice")).json()
+    repo = str(repos[3]["full_name"])
+    owner, name = repo.split("/")
     settings = cache_settings(
         {"upstream": world.emulator.url, "cache_dir": str(world.proxy.cache_dir.parent / "ttl")}, {}, {}
     )
     now = [1_000_000.0]
-    path = f"/repos/{world.repo}{QUEUED}"
+    path = f"/repos/{repo}{QUEUED}"
     headers = [("Authorization", f"token {tok('alice')}")]
+
+    def ids(body: bytes) -> set[int]:
+        return {int(r["id"]) for r in json.loads(body)["workflow_runs"]}
 
     async def scenario() -> None:
         engine = CacheEngine(settings, clock=lambda: now[0])
+        receiver = WebhookReceiver(engine, SECRET)
+        runner = web.AppRunner(webhook_app(receiver))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        hook = await asyncio.to_thread(
+            httpx.post,
+            f"{world.emulator.url}/repos/{repo}/hooks",
+            headers=auth("alice"),
+            json={
+                "config": {"url": f"http://127.0.0.1:{port}{WEBHOOK_PATH}", "secret": SECRET},
+                "events": ["workflow_job", "workflow_run"],
+            },
+        )
+        assert hook.status_code == 201, hook.text
         try:
+            await wait_until_async(
+                lambda: receiver.events["ping"] == 1 or None, timeout=10, what="the hook's ping"
+            )
             first = await engine.handle("GET", path, headers)
+            assert first.outcome == "MISS"
             world.emu.configure(webhook_drop_rate=1.0)
-            new_run = world.emu.queue_run(owner, name)
+            dropped = world.emu.hooks.dropped
+            lost_run = world.emu.queue_run(owner, name)
+            assert world.emu.hooks.dropped > dropped  # its deliveries were lost
             now[0] += 59
             stale = await engine.handle("GET", path, headers)
-            assert stale.outcome == "HIT" and new_run not in {
-                r["id"] for r in json.loads(stale.body)["workflow_runs"]
-            }
+            assert stale.outcome == "HIT" and lost_run not in ids(stale.body)
             now[0] += 2  # past the 60 s window of the queue class
             late = await engine.handle("GET", path, headers)
-            assert late.outcome == "MISS" and new_run in {
-                r["id"] for r in json.loads(late.body)["workflow_runs"]
-            }
-            assert first.outcome == "MISS"
+            assert late.outcome == "MISS" and lost_run in ids(late.body)
+
+            world.emu.configure(webhook_drop_rate=0.0)
+            received = receiver.counts["received"]
+            new_run = world.emu.queue_run(owner, name)
+            await wait_until_async(
+                lambda: receiver.counts["received"] >= received + 2 or None,
+                timeout=10,
+                what="the new run's deliveries",
+            )
+            assert receiver.counts["invalidated"] >= 1
+            now[0] += 1  # well inside the new window: only the delivery can end it
+            fresh = await engine.handle("GET", path, headers)
+            assert fresh.outcome == "MISS" and new_run in ids(fresh.body)
         finally:
             world.emu.configure(webhook_drop_rate=0.0)
+            await asyncio.to_thread(
+                httpx.delete,
+                f"{world.emulator.url}/repos/{repo}/hooks/{hook.json()['id']}",
+                headers=auth("alice"),
+            )
+            await runner.cleanup()
             await engine.close()
 
     asyncio.run(scenario())
@@ -371,7 +423,9 @@ def test_a_webhook_at_one_proxy_reaches_the_proxies_of_a_shared_store(world: Wor
         owner, name = repo.split("/")
         new_run = world.emu.queue_run(owner, name)
         assert new_run not in _run_ids(read(b))  # still fresh everywhere: nothing told b yet
-        body = json.dumps({"action": "queued", "repository": {"full_name": repo}}).encode()
+        body = json.dumps(
+            {"action": "queued", "workflow_job": {"id": 1}, "repository": {"full_name": repo}}
+        ).encode()
         assert _post(world, body, _signed(body), proxy=a).json()["invalidated"] >= 1
         assert wait_until(lambda: new_run in _run_ids(read(b)), timeout=10)
         assert new_run not in _run_ids(old)
@@ -379,3 +433,139 @@ def test_a_webhook_at_one_proxy_reaches_the_proxies_of_a_shared_store(world: Wor
         for p in (a, b):
             p.stop()
         store.kill()
+
+
+# -- review findings: whole bodies, bounded bodies, replays under fresh ids, relabelled events ---------------
+
+
+def _raw(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def _response(sock: socket.socket) -> tuple[int, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ")[1]) if head else 0
+    length = re.search(rb"(?i)content-length: *(\d+)", head)
+    while length and len(rest) < int(length.group(1)):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return status, rest
+
+
+def test_a_signed_body_in_several_tcp_writes_is_read_whole(world: World) -> None:
+    """A 200 KB workflow_job body arriving in three writes 0.3 s apart (a tunnel): acted on, not 401."""
+    body = json.dumps(
+        {
+            "action": "queued",
+            "workflow_job": {"id": 77, "pad": "x" * (200 * 1024)},
+            "repository": {"full_name": world.repo},
+        }
+    ).encode()
+    headers = _signed(body) | {"Content-Length": str(len(body)), "Host": "127.0.0.1"}
+    head = "POST " + WEBHOOK_PATH + " HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    received = world.webhooks()["received"]
+    with _raw(world.proxy.url) as sock:
+        sock.sendall(head.encode() + b"\r\n" + body[:1000])
+        for part in (body[1000:100_000], body[100_000:]):
+            time.sleep(0.3)
+            sock.sendall(part)
+        status, answer = _response(sock)
+    assert status == 200, answer
+    assert json.loads(answer)["duplicate"] is False
+    assert world.webhooks()["received"] == received + 1
+
+
+def test_many_concurrent_oversize_unsigned_bodies_are_bounded(world: World) -> None:
+    """Twelve chunked (undeclared) unsigned bodies over the cap, all open at once: at most
+    MAX_BODIES_IN_FLIGHT are read at a time, each is refused, and a signed delivery still gets through."""
+    from fleetci.cache.webhooks import MAX_BODIES_IN_FLIGHT
+
+    head = (
+        f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+        "X-GitHub-Event: workflow_job\r\nX-GitHub-Delivery: x\r\n\r\n"
+    ).encode()
+    piece = b"y" * (100 * 1024)
+    chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    socks = [_raw(world.proxy.url) for _ in range(12)]
+    statuses = []
+    try:
+        for sock in socks:
+            sock.sendall(head + chunk)
+        time.sleep(0.5)  # every body is now open; some are being read, the rest wait for a slot
+        for sock in socks:
+            with contextlib.suppress(OSError):  # refused and closed already
+                sock.sendall(chunk * 2 + b"0\r\n\r\n")  # 300 KB in all: over the 256 KB cap
+        for sock in socks:
+            try:
+                statuses.append(_response(sock)[0])
+            except OSError:
+                statuses.append(-1)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert set(statuses) <= {413, 503, -1} and 413 in statuses, statuses
+    stats = world.webhooks()
+    assert 1 <= stats["bodies_in_flight_max"] <= MAX_BODIES_IN_FLIGHT
+    body = json.dumps(
+        {"action": "queued", "workflow_job": {"id": 78}, "repository": {"full_name": world.repo}}
+    ).encode()
+    assert _post(world, body, _signed(body)).json()["duplicate"] is False
+
+
+def test_a_signed_body_replayed_under_a_fresh_delivery_id_is_a_duplicate(world: World) -> None:
+    queued = f"/repos/{world.repo}{QUEUED}"
+    body = json.dumps(
+        {"action": "completed", "workflow_run": {"id": 79}, "repository": {"full_name": world.repo}}
+    ).encode()
+    world.read(queued)
+    assert _post(world, body, _signed(body, event="workflow_run")).json()["duplicate"] is False
+    world.read(queued)  # fresh again
+    before = world.webhooks()["duplicates"]
+    replay = _post(world, body, _signed(body, event="workflow_run", delivery=str(uuid.uuid4())))
+    assert replay.status_code == 200 and replay.json()["duplicate"] is True
+    assert world.webhooks()["duplicates"] == before + 1
+    assert world.read(queued).headers["X-Fleetci-Cache"] == "HIT"
+
+
+def test_an_event_header_that_disagrees_with_the_signed_body_is_refused(world: World) -> None:
+    job = json.dumps(
+        {"action": "queued", "workflow_job": {"id": 80}, "repository": {"full_name": world.repo}}
+    ).encode()
+    bare = json.dumps({"action": "completed", "repository": {"full_name": world.repo}}).encode()
+    before = world.webhooks()
+    relabelled = _post(world, job, _signed(job, event="repository"))  # would reach the whole repository
+    assert "does not match" in _one_line_error(relabelled, 400)
+    assert "does not match" in _one_line_error(_post(world, bare, _signed(bare, event="workflow_run")), 400)
+    after = world.webhooks()
+    assert after["mismatched_events"] == before["mismatched_events"] + 2
+    assert after["received"] == before["received"]
+    # the same body under its own event is still good (a refused one is not remembered as seen)
+    assert _post(world, job, _signed(job)).json()["duplicate"] is False
+
+
+def test_stopping_the_emulator_ends_its_delivery_thread() -> None:
+    before = set(threading.enumerate())
+    server = EmulatorServer(GitHubEmulator(EmulatorConfig(latency_ms=(0.0, 0.0), seed=5))).start()
+    try:
+        repo = httpx.get(f"{server.url}/orgs/octo-org/repos", headers=auth("alice")).json()[0]["full_name"]
+        made = httpx.post(  # its ping starts the delivery thread (to a port nobody listens on)
+            f"{server.url}/repos/{repo}/hooks",
+            headers=auth("alice"),
+            json={"config": {"url": f"http://127.0.0.1:{free_port()}/hook", "secret": SECRET}},
+        )
+        assert made.status_code == 201, made.text
+        assert wait_until(server.emulator.hooks.settled, timeout=20)
+        started = [t for t in set(threading.enumerate()) - before if t.name == "emulator-webhooks"]
+        assert len(started) == 1 and started[0].is_alive()
+    finally:
+        server.stop()
+    assert not started[0].is_alive()

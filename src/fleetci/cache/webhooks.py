@@ -6,8 +6,13 @@ that reader). :class:`WebhookReceiver` serves ``POST /_fleetci/webhook``:
 
 - ``X-Hub-Signature-256`` is checked against ``CACHE_WEBHOOK_SECRET`` in constant time; without a secret
   the endpoint refuses everything (403): an unsigned delivery is never acted on.
-- Deliveries are de-duplicated by ``X-GitHub-Delivery`` (bounded memory: the newest ``DEDUP_MAX`` ids),
-  so a redelivery or a replay costs nothing.
+- The whole body is read however it is split into TCP segments, at most ``MAX_BODIES_IN_FLIGHT`` at once
+  and each within ``BODY_TIMEOUT_S`` (an internet-facing ``--webhook-port`` must not let unsigned bodies
+  pin memory).
+- Deliveries are de-duplicated by ``X-GitHub-Delivery`` *and* by the SHA-256 of the signed body (bounded
+  memory: the newest ``DEDUP_MAX`` of each): the id header is not signed, so a replay under a fresh id is
+  caught by its body. ``X-GitHub-Event`` is not signed either: a body whose subject key (``workflow_job``,
+  ``workflow_run``, ``check_run``…) disagrees with it is refused (:func:`event_mismatch`).
 - :func:`affected_prefixes` maps an event to the targets it can change (runs, jobs, queued lists, runner
   and repository lists of that repository/organization); the engine marks them stale in every credential
   partition through an index on the target (``CacheStore.invalidate``), never a table scan.
@@ -20,6 +25,7 @@ deliveries and redeliver the failed ones.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -44,6 +50,8 @@ WEBHOOK_PATH = "/_fleetci/webhook"
 DEDUP_MAX = 10_000  # delivery ids remembered (GitHub redelivers within days; replays within minutes)
 WEBHOOK_MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB (and so do we, or lower)
 MAX_EVENT_NAMES = 64  # distinct event names counted one by one; the rest count as "other"
+MAX_BODIES_IN_FLIGHT = 4  # bodies read at once: memory an unsigned sender can pin is 4 x the body cap
+BODY_TIMEOUT_S = 10.0  # a slot and the whole body within this (GitHub's own delivery timeout)
 MAX_REDELIVERIES = 3  # per delivery guid: a receiver that keeps failing must not loop forever
 _EVENT = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _DELIVERY = re.compile(r"[A-Za-z0-9._:-]{1,100}")
@@ -81,6 +89,9 @@ class WebhookStats(TypedDict):
     unknown_events: int  # accepted and counted, nothing invalidated
     invalidated: int  # cache entries whose fresh window a delivery ended
     redelivered: int  # failed deliveries the reconciliation asked GitHub to send again
+    mismatched_events: int  # refused 400: X-GitHub-Event (unsigned) disagrees with the signed body
+    busy: int  # refused 503: every body slot taken, or a body slower than BODY_TIMEOUT_S
+    bodies_in_flight_max: int  # most bodies read at once so far (never over MAX_BODIES_IN_FLIGHT)
     events: dict[str, int]
 
 
@@ -162,6 +173,28 @@ def affected_prefixes(event: str, payload: Mapping[str, Any]) -> Invalidation:
     return Invalidation(tuple(dict.fromkeys(prefixes)), tuple(dict.fromkeys(exact)))
 
 
+# Top-level keys that name an event's subject: a body with one of them was signed as that event (or one of
+# the events listed), so an unsigned X-GitHub-Event saying otherwise is a relabelled replay.
+SUBJECT_KEYS: Mapping[str, frozenset[str]] = {
+    "workflow_job": frozenset({"workflow_job"}),
+    "workflow_run": frozenset({"workflow_run", "deployment_status"}),
+    "check_run": frozenset({"check_run"}),
+    "check_suite": frozenset({"check_suite"}),
+    "deployment_status": frozenset({"deployment_status"}),
+}
+
+
+def event_mismatch(event: str, payload: Mapping[str, Any]) -> str:
+    """Why ``event`` cannot be the event of ``payload`` ("" when it can). ``X-GitHub-Event`` is not
+    signed; the body is: an event with a subject key must carry it, and a subject key fixes the event."""
+    if event in SUBJECT_KEYS and event not in payload:
+        return f"a {event} delivery without a {event!r} object: X-GitHub-Event does not match the body"
+    for key, events in SUBJECT_KEYS.items():
+        if key in payload and event not in events:
+            return f"a body with a {key!r} object delivered as {event}: X-GitHub-Event does not match it"
+    return ""
+
+
 def signature(secret: str, body: bytes) -> str:
     """``X-Hub-Signature-256`` of ``body``: what GitHub sends and what the emulator signs with."""
     return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
@@ -183,7 +216,12 @@ class WebhookReceiver:
     secret: str
     max_body: int = WEBHOOK_MAX_BODY
     dedup_max: int = DEDUP_MAX
+    max_bodies: int = MAX_BODIES_IN_FLIGHT
+    body_timeout: float = BODY_TIMEOUT_S
     _seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    _bodies: OrderedDict[str, None] = field(default_factory=OrderedDict)  # sha256 of accepted bodies
+    _slots: asyncio.Semaphore | None = None
+    _in_flight: int = 0
     counts: Counter[str] = field(default_factory=Counter)
     events: Counter[str] = field(default_factory=Counter)
 
@@ -196,6 +234,9 @@ class WebhookReceiver:
             "unknown_events": c["unknown_events"],
             "invalidated": c["invalidated"],
             "redelivered": c["redelivered"],
+            "mismatched_events": c["mismatched_events"],
+            "busy": c["busy"],
+            "bodies_in_flight_max": c["bodies_in_flight_max"],
             "events": dict(self.events),
         }
 
@@ -207,9 +248,12 @@ class WebhookReceiver:
         declared = request.content_length
         if declared is not None and declared > self.max_body:
             raise web.HTTPRequestEntityTooLarge(max_size=self.max_body, actual_size=declared)
-        body = await request.content.read(self.max_body + 1)
-        if len(body) > self.max_body:
-            raise web.HTTPRequestEntityTooLarge(max_size=self.max_body, actual_size=len(body))
+        body = await self._body(request)
+        if body is None:
+            self.counts["busy"] += 1
+            return error_response(
+                503, "fleetci: too many webhook bodies in flight or one too slow; GitHub may redeliver"
+            )
         if not signature_ok(self.secret, body, request.headers.get("X-Hub-Signature-256")):
             self.counts["bad_signature"] += 1
             missing = "X-Hub-Signature-256" not in request.headers
@@ -224,9 +268,13 @@ class WebhookReceiver:
             return error_response(
                 400, "fleetci: a delivery needs X-GitHub-Event and X-GitHub-Delivery headers"
             )
-        if delivery in self._seen:
+        digest = hashlib.sha256(body).hexdigest()
+        if delivery in self._seen or digest in self._bodies:
+            # The same id (a redelivery) or the same signed body under a fresh id (a replay: the id header
+            # is not signed): either way nothing new happened.
             self.counts["duplicates"] += 1
-            self._seen.move_to_end(delivery)
+            if delivery in self._seen:
+                self._seen.move_to_end(delivery)
             return web.json_response({"delivery": delivery, "duplicate": True, "invalidated": 0})
         try:
             payload = loads_strict(body, max_depth=64) if body else {}
@@ -234,7 +282,11 @@ class WebhookReceiver:
             return error_response(400, f"fleetci: the delivery is not JSON: {exc}")
         if not isinstance(payload, dict):
             return error_response(400, "fleetci: the delivery is not a JSON object")
-        self._remember(delivery)
+        mismatch = event_mismatch(event, payload)
+        if mismatch:
+            self.counts["mismatched_events"] += 1
+            return error_response(400, f"fleetci: {mismatch}")
+        self._remember(delivery, digest)
         self.counts["received"] += 1
         name = event if event in self.events or len(self.events) < MAX_EVENT_NAMES else "other"
         self.events[name] += 1
@@ -245,10 +297,45 @@ class WebhookReceiver:
         self.counts["invalidated"] += n
         return web.json_response({"delivery": delivery, "duplicate": False, "invalidated": n})
 
-    def _remember(self, delivery: str) -> None:
-        self._seen[delivery] = None
-        while len(self._seen) > self.dedup_max:
-            self._seen.popitem(last=False)
+    async def _body(self, request: web.Request) -> bytes | None:
+        """The whole body, however many TCP segments it arrives in, up to ``max_body`` (413 past it).
+
+        At most ``max_bodies`` bodies are read at once and each within ``body_timeout`` seconds (GitHub
+        itself gives up after 10 s), so unsigned bodies on an internet-facing ``--webhook-port`` pin at
+        most ``max_bodies * max_body`` bytes. ``None``: no slot in time, or the body came too slowly."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_bodies)
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                async with self._slots:
+                    self._in_flight += 1
+                    self.counts["bodies_in_flight_max"] = max(
+                        self.counts["bodies_in_flight_max"], self._in_flight
+                    )
+                    try:
+                        return await self._read_capped(request)
+                    finally:
+                        self._in_flight -= 1
+        except TimeoutError:
+            return None
+
+    async def _read_capped(self, request: web.Request) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > self.max_body:
+                raise web.HTTPRequestEntityTooLarge(max_size=self.max_body, actual_size=size)
+            chunks.append(chunk)
+
+    def _remember(self, delivery: str, digest: str) -> None:
+        for seen, key in ((self._seen, delivery), (self._bodies, digest)):
+            seen[key] = None
+            while len(seen) > self.dedup_max:
+                seen.popitem(last=False)
 
 
 # -- the safety net: redeliver what GitHub failed to deliver -----------------------------------------------

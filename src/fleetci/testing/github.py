@@ -1526,8 +1526,14 @@ class EmulatorServer(BackgroundApp):
         super().__init__(self.emulator.make_app, host, port)
 
     def start(self) -> EmulatorServer:
+        self.emulator.hooks.open()
         super().start()
         return self
+
+    def stop(self) -> None:
+        """Stop listening, then end the webhook delivery thread (no thread outlives the server)."""
+        super().stop()
+        self.emulator.hooks.close()
 
     def __enter__(self) -> EmulatorServer:
         return self.start()

@@ -113,6 +113,7 @@ class Hooks:
         self._due: list[tuple[float, int]] = []
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
+        self._closed = False
         self._jobs: dict[int, str] = {}
         self._runs: dict[int, str] = {}
         self._dice = random.Random(emulator.config.seed)
@@ -287,7 +288,7 @@ class Hooks:
                 return d
             heapq.heappush(self._due, (d.due, d.id))
             self._wake.notify()
-            if self._thread is None:
+            if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="emulator-webhooks", daemon=True)
                 self._thread.start()
         return d
@@ -318,15 +319,32 @@ class Hooks:
             hook, "ping", None, hook.repo.id if hook.repo else None, body, guid, redelivery=False
         )
 
+    def open(self) -> None:
+        """Deliveries may start a thread again (the server started, or restarted after :meth:`close`)."""
+        with self._lock:
+            self._closed = False
+
+    def close(self) -> None:
+        """End the delivery thread (the emulator server stops): what is still due is not sent.
+        Idempotent; a delivery in progress finishes first (bounded by its timeout)."""
+        with self._lock:
+            self._closed = True
+            thread, self._thread = self._thread, None
+            self._wake.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=DELIVERY_TIMEOUT_S + 5)
+
     def _run(self) -> None:
         from fleetci.http import client
 
         with client(timeout=DELIVERY_TIMEOUT_S) as http:
             while True:
                 with self._lock:
-                    while not self._due or self._due[0][0] > time.monotonic():
+                    while not self._closed and (not self._due or self._due[0][0] > time.monotonic()):
                         wait = self._due[0][0] - time.monotonic() if self._due else None
                         self._wake.wait(wait)
+                    if self._closed:
+                        return
                     _, ident = heapq.heappop(self._due)
                     d = self.deliveries.get(ident)
                     hook = self.hooks.get(d.hook_id) if d is not None else None
