@@ -167,3 +167,26 @@ def test_announcements_of_copies_older_than_an_invalidation_are_refused(tmp_path
     assert got is not None and not got.is_fresh(now[0] + 0.5)
     assert engine.store.get(after.key) is not None  # stored after the change: welcome
     engine.store.close()
+
+
+@pytest.mark.parametrize(
+    ("event", "payload", "refused"),
+    [
+        ("workflow_job", {"workflow_job": {}}, False),
+        ("workflow_run", {"workflow_run": {}}, False),
+        ("deployment_status", {"deployment_status": {}, "workflow_run": {}}, False),
+        ("repository", {"repository": {}}, False),  # no subject key to check: accepted
+        ("workflow_job", {"repository": {}}, True),  # the event's own object is missing
+        ("repository", {"workflow_job": {}}, True),  # a job's body relabelled to reach the repository
+        ("organization", {"check_run": {}}, True),
+        ("workflow_job", {"workflow_job": {}, "workflow_run": {}}, True),
+    ],
+)
+def test_the_event_header_must_agree_with_the_bodys_subject(
+    event: str, payload: dict[str, object], refused: bool
+) -> None:
+    from fleetci.cache.webhooks import event_mismatch
+
+    message = event_mismatch(event, payload)
+    assert bool(message) is refused
+    assert "\n" not in message
