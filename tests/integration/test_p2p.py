@@ -495,7 +495,9 @@ def test_a_webhook_at_one_proxy_invalidates_the_whole_fleet(emulator: Any, tmp_p
         old = httpx.get(a.url + queued, headers=h)
         assert wait_until(lambda: httpx.get(b.url + queued, headers=h).headers["X-Fleetci-Cache"] == "HIT")
         new_run = emulator.emulator.queue_run("octo-org", "api")
-        body = json.dumps({"action": "queued", "repository": {"full_name": "octo-org/api"}}).encode()
+        body = json.dumps(
+            {"action": "queued", "workflow_job": {"id": 1}, "repository": {"full_name": "octo-org/api"}}
+        ).encode()
         delivery = httpx.post(
             a.url + WEBHOOK_PATH,
             content=body,
