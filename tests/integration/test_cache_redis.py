@@ -197,6 +197,30 @@ def test_a_holder_whose_lease_ran_out_leaves_the_next_holders_lock_alone(store: 
     assert asyncio.run(scenario()) == (True, True, True)
 
 
+@pytest.mark.parametrize(
+    ("userinfo", "password"),
+    [("default:wrong-in-url", PASSWORD), (":wrong-in-url", PASSWORD), (f":{PASSWORD}", "")],
+    ids=["user-and-url-password", "url-password", "url-password-only"],
+)
+def test_redis_password_setting_wins_over_a_password_in_the_url(
+    store: RedisServer, userinfo: str, password: str
+) -> None:
+    from fleetci.cache.redis_store import RedisStore
+    from fleetci.p2p.crypto import FleetKeys
+
+    url = store.url.replace("redis://", f"redis://{userinfo}@")
+
+    async def state() -> str:
+        shared = RedisStore(url, password, FleetKeys(SECRET, "pw-test"), max_stale=60)
+        await shared.start()  # a refused password raises FleetciError
+        try:
+            return shared.state
+        finally:
+            await shared.close()
+
+    assert asyncio.run(state()) == "ok"
+
+
 def test_tampered_value_is_rejected_and_refetched(
     emulator: Any, store: RedisServer, pair: list[Proxy]
 ) -> None:

@@ -89,6 +89,16 @@ return redis.call('DEL', KEYS[1])
 """
 
 
+def without_password(url: str) -> str:
+    """``url`` without the password of its userinfo (the user name stays, for Redis ACLs): redis-py lets a
+    password in the URL beat the ``password`` argument, and ``CACHE_REDIS_PASSWORD`` must win."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, host = parts.netloc.rpartition("@")[0].partition(":")[0], parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}@{host}" if user else host).geturl()
+
+
 @dataclass(frozen=True)
 class _Seen:
     """A finished wait: the holder's entry, or None when it released the lock without one."""
@@ -111,7 +121,7 @@ class RedisStore:
         # A bounded pool that waits for a free connection: a burst of misses (twenty runners) must not
         # open a connection per request, nor fail with "Too many connections".
         pool = aioredis.BlockingConnectionPool.from_url(
-            url,
+            without_password(url) if password else url,
             max_connections=POOL_SIZE,
             timeout=CALL_TIMEOUT,
             password=password or None,
