@@ -222,9 +222,9 @@ def test_redis_password_setting_wins_over_a_password_in_the_url(
 
 
 def test_tampered_value_is_rejected_and_refetched(
-    emulator: Any, store: RedisServer, pair: list[Proxy]
+    emulator: Any, store: RedisServer, fleet: list[Proxy]
 ) -> None:
-    a, b = pair
+    a, b, c = fleet
     before_keys = entry_keys(store)
     get(a, "/repos/octo-org/api/actions/runners")
     key = published(store, before_keys)
@@ -237,8 +237,11 @@ def test_tampered_value_is_rejected_and_refetched(
     assert again.status_code == 200 and again.headers["X-Fleetci-Cache"] == "MISS"
     assert charged(emulator, "alice") - before == 1
     assert int(str(b.stats()["shared_rejected"])) == rejected + 1
-    # the refetch replaced the bad value: a third proxy-side read is a clean shared hit again
+    # the refetch replaced the bad value: a third proxy's first read is a clean shared hit again
     assert wait_until(lambda: r.get(key) not in (None, bytes(value)), timeout=10)
+    third = get(c, "/repos/octo-org/api/actions/runners")
+    assert third.status_code == 200 and third.headers["X-Fleetci-Cache"] == "SHARED"
+    assert charged(emulator, "alice") - before == 1
 
 
 def upstream_requests(proxy: Proxy) -> int:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import dataclasses
 import os
-import shutil
 import statistics
 import tempfile
 import threading
@@ -38,9 +36,9 @@ from fleetci.bench.cache import (
     start_emulator,
     start_proxy,
 )
-from fleetci.errors import UsageError
 from fleetci.http import free_port
-from fleetci.process import Service, fleetci_argv, spawn, spawn_logged, stop_process
+from fleetci.process import Service, fleetci_argv, spawn
+from fleetci.testing.redis import RedisServer
 
 SHARED_TARGETS = {
     "charged_ratio_to_single_proxy_max": 1.2,
@@ -52,37 +50,7 @@ DOWN_AFTER_S = 2.0
 DOWN_FOR_S = 5.0
 
 
-@dataclasses.dataclass
-class RedisProcess:
-    """A throw-away ``redis-server`` (no persistence, loopback, a password) that can be killed and restarted
-    on the same port, as a real store comes back on its address."""
-
-    workdir: Path
-    password: str = dataclasses.field(default_factory=lambda: os.urandom(12).hex())
-    port: int = dataclasses.field(default_factory=free_port)
-    proc: Any = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise UsageError("--backend redis needs redis-server (Debian: apt-get install redis-server)")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        argv = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        argv += ["--dir", str(self.workdir), "--requirepass", self.password]
-        self.proc = spawn_logged(argv, self.workdir / "redis.log", "Ready to accept connections")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-
-def _shared_proxy(emulator_url: str, cache_dir: Path, config: Path, store: RedisProcess) -> Service:
+def _shared_proxy(emulator_url: str, cache_dir: Path, config: Path, store: RedisServer) -> Service:
     argv = fleetci_argv(
         "--config", str(config), "cache", "serve", "--upstream", emulator_url, "--port", str(free_port())
     )
@@ -136,7 +104,7 @@ def measure_shared_hits(origin_url: str, reader_url: str, repos: list[str], samp
 
 
 def redis_outage(
-    nodes: list[Service], emulator_url: str, spec: FleetSpec, repos: list[str], store: RedisProcess
+    nodes: list[Service], emulator_url: str, spec: FleetSpec, repos: list[str], store: RedisServer
 ) -> dict[str, Any]:
     """The fleet polls while Redis is killed for DOWN_FOR_S seconds and restarted on its port."""
     states: set[str] = set()
@@ -152,7 +120,7 @@ def redis_outage(
     worker = threading.Thread(target=fleet)
     worker.start()
     time.sleep(DOWN_AFTER_S)
-    store.stop()
+    store.kill()
     down_at = time.monotonic()
     while time.monotonic() - down_at < DOWN_FOR_S:
         watch()
@@ -191,8 +159,8 @@ def bench_cache_shared(
             base_rss = _rss_mb(single.proc.pid)
         _call("POST", f"{emu.url}/_emulator/reset", timeout=10)
         set_emulator(emu.url, latency_ms=list(scaled_latency), primary_limit=BENCH_PRIMARY_LIMIT)
-        store = RedisProcess(tmp_path / "redis")
-        store.start()
+        store = RedisServer(tmp_path / "redis")
+        store.start()  # UsageError (one line) when redis-server is not installed
         try:
             with contextlib.ExitStack() as stack:
                 say(f"redis-server on {store.url}; starting {spec.runners} proxies on it")
@@ -214,7 +182,7 @@ def bench_cache_shared(
                 stats = [_call("GET", f"{n.url}/_fleetci/stats", timeout=10).json() for n in nodes]
                 rss = [_rss_mb(n.proc.pid) for n in nodes]
                 pss = [_rss_mb(n.proc.pid, "Pss:") for n in nodes]
-                redis_rss = _rss_mb(store.proc.pid)
+                redis_rss = _rss_mb(store.proc.pid) if store.proc is not None else 0.0
                 say("latency of answers from Redis (zero-latency emulator)")
                 set_emulator(emu.url, latency_ms=[0, 0])
                 lat = measure_shared_hits(nodes[0].url, nodes[1].url, repos, latency_samples)
@@ -222,8 +190,7 @@ def bench_cache_shared(
                 say(f"Redis killed for {DOWN_FOR_S:g}s while the fleet polls")
                 outage = redis_outage(nodes, emu.url, spec, repos, store)
         finally:
-            if store.proc is not None:
-                stop_process(store.proc, timeout=5)
+            store.kill()
     ratio = shared.charged / one.charged if one.charged else float("nan")
     return {
         "backend": "redis",

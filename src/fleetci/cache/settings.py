@@ -107,11 +107,13 @@ def parse_backend(text: str) -> str:
 
     The message never repeats the URL's userinfo (it may hold the password).
     """
+    from fleetci.http import redact_url  # here: fleetci.http imports asyncio, settings stay light
+
     text = text.strip()
     if text in ("", "local"):
         return ""
     parts = urlsplit(text)
-    shown = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl() if "@" in text else text
+    shown = redact_url(text)
     if parts.scheme not in ("redis", "rediss"):
         raise ValueError(f"expected local, redis://HOST:PORT/DB or rediss://…, got {shown!r}")
     try:
