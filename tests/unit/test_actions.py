@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from support.actions import (
     REPO_ROOT,
     VERSION,
     actionlint,
+    base_env,
     check_schema,
     fake_bin,
     lint_repo,
@@ -154,12 +156,69 @@ def test_setup_p2p_cache_passes_every_setting_input_to_the_cli() -> None:
         "peer-registry": "CACHE_PEER_REGISTRY",
         "fleet": "CACHE_FLEET",
         "host-proxy": "CACHE_HOST_PROXY",
+        "backend": "CACHE_BACKEND",
+        "redis-password": "CACHE_REDIS_PASSWORD",
     }
     assert set(inputs) - {"python", "extras"} == set(cli_env)
     assert all(str(inputs[name]["default"]) == "" for name in cli_env)
     for name, var in cli_env.items():
         assert f"inputs.{name}" in str(env.get(var)), f"input {name} does not reach ${var}: {env.get(var)}"
     assert set(meta["outputs"]) >= {"api-url", "socket", "peer-id"}
+
+
+def run_step(tmp_path: Path, step_id: str, bindir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """One step's ``run`` of setup-p2p-cache under bash, its ``env`` given as plain variables."""
+    meta = load_yaml(REPO_ROOT / "actions" / "setup-p2p-cache" / "action.yml")
+    step = next(s for s in meta["runs"]["steps"] if s.get("id") == step_id)
+    full_env = base_env(PATH=f"{bindir}:/usr/bin:/bin", **env)
+    return subprocess.run(
+        ["bash", "-c", step["run"]], env=full_env, capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+
+
+def test_setup_p2p_cache_masks_the_shared_store_password_before_fleetci_runs(tmp_path: Path) -> None:
+    bindir = fake_bin(tmp_path, fleetci='echo "fleetci ran with $CACHE_REDIS_PASSWORD"')
+    proc = run_step(
+        tmp_path,
+        "start",
+        bindir,
+        FLEETCI_BIN=str(bindir),
+        CACHE_BACKEND="redis://default:pw-in-url@10.0.0.7:6379/0",
+        CACHE_REDIS_PASSWORD="pw-input",
+    )
+    assert proc.returncode == 0, shown(proc)
+    lines = proc.stdout.splitlines()
+    assert lines[:2] == ["::add-mask::pw-input", "::add-mask::pw-in-url"], shown(proc)
+    assert lines[2] == "fleetci ran with pw-input"  # the runner hides it from here on
+    quiet = run_step(tmp_path, "start", bindir, FLEETCI_BIN=str(bindir), CACHE_BACKEND="redis://h:1/0")
+    assert "::add-mask::" not in quiet.stdout, shown(quiet)
+
+
+@pytest.mark.parametrize(
+    ("backend", "extras", "expected"),
+    [
+        ("redis://h:6379/0", "", "redis"),
+        ("rediss://h/0", "p2p", "p2p,redis"),
+        ("", "", ""),
+        ("", "redis", "redis"),
+    ],
+)
+def test_setup_p2p_cache_installs_the_redis_extra_for_a_redis_backend(
+    tmp_path: Path, backend: str, extras: str, expected: str
+) -> None:
+    action_path = tmp_path / "actions" / "setup-p2p-cache"
+    action_path.mkdir(parents=True)
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "install_fleetci.sh").write_text('echo "extras=$FLEETCI_EXTRAS"\n')
+    proc = run_step(
+        tmp_path,
+        "install",
+        fake_bin(tmp_path),
+        GITHUB_ACTION_PATH=str(action_path),
+        BACKEND=backend,
+        FLEETCI_EXTRAS=extras,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == f"extras={expected}", shown(proc)
 
 
 def test_install_script_skips_when_the_same_version_is_on_path(tmp_path: Path) -> None:
