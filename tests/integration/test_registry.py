@@ -229,6 +229,8 @@ def test_download_prepare_push_clean_without_auth(
         "x86/presto-coordinator",
         "x86/presto-native-worker-cpu",
     ]
+    for img in plan["images"]:  # the tag gets another manifest digest once compressed: not promised here
+        assert f"image {img['config_digest']}" in proc.stdout and img["manifest_digest"] not in proc.stdout
 
     proc = run_fleetci(
         "registry", "push", TAG, *common, *reg, "--yes", "--retag-as-latest", "--chunk-mb", "1", env=env

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from fleetci.bench.relay import LinkRelay
 from fleetci.errors import FleetciError, UsageError
 from fleetci.registry.archive import DOCKER_MANIFEST, OCI_MANIFEST
-from fleetci.registry.compress import CompressedStream, codec
+from fleetci.registry.compress import CompressedStream, LayerChanged, codec
 from fleetci.registry.engine_oci import final_manifest
 from fleetci.registry.index import index_refs
 from fleetci.registry.plan import PlannedImage, UploadPlan
@@ -43,22 +43,25 @@ def layer_file(tmp_path: Path, size: int = 3_000_000) -> Path:
     return path
 
 
-def compress_all(path: Path, name: str, threads: int) -> tuple[bytes, str]:
+def compress_all(path: Path, name: str, threads: int) -> tuple[bytes, str, int]:
     size = path.stat().st_size - 4196
     c = codec(name)
     assert c is not None
     with CompressedStream(path, 4096, size, c, threads) as stream:
         data = b"".join(stream.take(1 << 40))
         assert stream.at_end()
-        return data, stream.digest
+        return data, stream.digest, stream.compressor_threads
 
 
-@pytest.mark.parametrize("name", ["gzip", "zstd"])
-def test_compressed_stream_is_the_layer_deterministically(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize(("name", "few", "many"), [("gzip", 2, 4), ("zstd", 1, 4)])
+def test_compressed_stream_is_the_layer_deterministically(
+    tmp_path: Path, name: str, few: int, many: int
+) -> None:
     path = layer_file(tmp_path)
     original = path.read_bytes()[4096:-100]
-    one, digest_one = compress_all(path, name, 1)
-    three, digest_three = compress_all(path, name, 3)
+    one, digest_one, used_few = compress_all(path, name, few)
+    three, digest_three, used_many = compress_all(path, name, many)
+    assert (used_few, used_many) == (few, many)  # the compressor really ran with each count
     assert one == three and digest_one == digest_three  # the thread count does not change the bytes
     assert digest_one == "sha256:" + hashlib.sha256(one).hexdigest()
     assert len(one) < len(original) // 2
@@ -68,11 +71,44 @@ def test_compressed_stream_is_the_layer_deterministically(tmp_path: Path, name: 
         else zstandard.ZstdDecompressor().decompressobj().decompress(one)
     )
     assert plain == original
+    if name == "gzip":  # one thread is never used for gzip (its stream would end with other bytes)
+        assert compress_all(path, name, 1)[1:] == (digest_one, 2)
+
+
+@pytest.mark.parametrize("name", ["gzip", "zstd"])
+def test_a_layer_that_no_longer_hashes_to_its_diff_id_ends_the_stream_with_an_error(
+    tmp_path: Path, name: str
+) -> None:
+    path = layer_file(tmp_path)
+    size = path.stat().st_size - 4196
+    diff_id = "sha256:" + hashlib.sha256(path.read_bytes()[4096:-100]).hexdigest()
+    c = codec(name)
+    assert c is not None
+    with CompressedStream(path, 4096, size, c, 2, diff_id) as stream:
+        b"".join(stream.take(1 << 40))
+        assert stream.at_end()
+    data = bytearray(path.read_bytes())
+    data[4096 + size // 2] ^= 0xFF  # rewritten at the same size after prepare
+    path.write_bytes(bytes(data))
+    with CompressedStream(path, 4096, size, c, 2, diff_id) as stream:
+        with pytest.raises(LayerChanged) as err:
+            b"".join(stream.take(1 << 40))
+            stream.at_end()
+    assert "changed since prepare" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_codec_identity_names_the_c_library_that_shapes_the_bytes() -> None:
+    from zlib_ng import zlib_ng as native
+
+    gz, zs = codec("gzip"), codec("zstd")
+    assert gz is not None and zs is not None
+    assert f"/c{native.ZLIBNG_VERSION}/" in gz.identity
+    assert "/c" + ".".join(map(str, zstandard.ZSTD_VERSION)) + "/" in zs.identity
 
 
 def test_a_resumed_stream_skips_what_the_registry_holds_and_keeps_the_digest(tmp_path: Path) -> None:
     path = layer_file(tmp_path)
-    whole, digest = compress_all(path, "gzip", 2)
+    whole, digest, _ = compress_all(path, "gzip", 2)
     c = codec("gzip")
     assert c is not None
     with CompressedStream(path, 4096, path.stat().st_size - 4196, c, 2) as stream:
@@ -251,7 +287,7 @@ def test_takes_of_any_sizes_concatenate_to_the_stream(
     tmp_path_factory: pytest.TempPathFactory, sizes: list[int]
 ) -> None:
     path = layer_file(tmp_path_factory.mktemp("h"), 200_000)
-    whole, _ = compress_all(path, "gzip", 1)
+    whole, _, _ = compress_all(path, "gzip", 2)
     c = codec("gzip")
     assert c is not None
     with CompressedStream(path, 4096, path.stat().st_size - 4196, c, 1) as stream:

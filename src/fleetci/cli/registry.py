@@ -195,7 +195,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     plan = prepare(settings, args.image_tag, clean=args.clean)
     for img in plan.images:
-        print(f"{img.source} -> {img.repository}:{img.tag} {img.manifest_digest}")
+        # the config digest: the manifest's depends on --compression, known only once pushed
+        print(f"{img.source} -> {img.repository}:{img.tag} image {img.config_digest}")
     print(f"wrote {tag_dir(settings, args.image_tag) / PLAN_FILE}")
     return 0
 

@@ -12,6 +12,10 @@ does not change the bytes, and zstd's multi-threaded frames do not depend on the
 That is what makes a compressed upload resumable without a spool file: the resume compresses the layer
 again and skips (while hashing) the bytes the registry already holds. If a different library version ever
 produced other bytes, the final PUT's digest check fails and the layer starts again from 0, once.
+
+The uncompressed bytes are hashed too, on the producer thread: the manifest keeps the config's diff IDs,
+so a layer window whose bytes no longer hash to its diff ID (the archive rewritten at the same size after
+``prepare``) ends the stream with :class:`LayerChanged` before the upload's final PUT.
 """
 
 from __future__ import annotations
@@ -67,11 +71,14 @@ class Codec:
         """What fixes the output bytes: remembered with each compressed digest and upload session."""
         if self.name == "gzip":
             import zlib_ng
+            from zlib_ng import zlib_ng as native
 
-            return f"gzip/zlib-ng-{zlib_ng.__version__}/l{self.level}/b{BLOCK}"
+            # the binding's version and the C library's it was built with (both shape the bytes)
+            return f"gzip/zlib-ng-{zlib_ng.__version__}/c{native.ZLIBNG_VERSION}/l{self.level}/b{BLOCK}"
         import zstandard
 
-        return f"zstd/zstandard-{zstandard.__version__}/l{self.level}/b{BLOCK}/mt"
+        c_lib = ".".join(str(n) for n in zstandard.ZSTD_VERSION)
+        return f"zstd/zstandard-{zstandard.__version__}/c{c_lib}/l{self.level}/b{BLOCK}/mt"
 
     def media_type(self, uncompressed: str) -> str:
         """The compressed layer's media type, as docker (docker manifests) and skopeo write them."""
@@ -91,6 +98,10 @@ def codec(name: str, level: int = 0) -> Codec | None:
     if not 0 <= level <= highest:
         raise ValueError(f"{name} levels run 1-{highest} (0: the default, {default}), got {level}")
     return Codec(name, level or default)
+
+
+class LayerChanged(FleetciError):
+    """The layer's bytes in the archive do not hash to the diff ID ``prepare`` verified."""
 
 
 class _Sink:
@@ -127,9 +138,12 @@ class _Sink:
 class CompressedStream:
     """The compressed bytes of one layer window, produced on a thread; iterate with :meth:`take`."""
 
-    def __init__(self, path: Path, offset: int, size: int, codec: Codec, threads: int = 0) -> None:
+    def __init__(
+        self, path: Path, offset: int, size: int, codec: Codec, threads: int = 0, expected: str = ""
+    ) -> None:
         self.codec = codec
         self.threads = threads or cpu_threads()
+        self.expected = expected  # the layer's diff ID ("": not checked)
         self._hash = hashlib.sha256()
         self.produced = 0  # compressed bytes handed out so far
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(QUEUE_PIECES)
@@ -146,11 +160,19 @@ class CompressedStream:
         try:
             writer = self._writer(sink)
             try:
+                plain = hashlib.sha256()
                 with path.open("rb") as fh:
                     for data in read_window(fh, offset, size, BLOCK):
                         if self._cancelled.is_set():
-                            break
+                            return
+                        plain.update(data)
                         writer.write(data)
+                got = "sha256:" + plain.hexdigest()
+                if self.expected and got != self.expected:
+                    raise LayerChanged(
+                        f"{path.name}: layer {self.expected[:19]} changed since prepare (its bytes hash "
+                        f"to {got[:19]}); run prepare again"
+                    )
             finally:
                 writer.close()
         except BaseException as exc:  # handed to the reader, who raises it
@@ -166,18 +188,22 @@ class CompressedStream:
             except queue.Full:
                 continue
 
+    @property
+    def compressor_threads(self) -> int:
+        """The worker threads the compressor really gets (gzip never runs with one)."""
+        # zlib-ng's one-thread writer ends the stream with other bytes than the pool's
+        return max(2, self.threads) if self.codec.name == "gzip" else max(1, self.threads)
+
     def _writer(self, sink: _Sink) -> Any:
         if self.codec.name == "gzip":
             from zlib_ng import gzip_ng_threaded
 
-            # never 1: zlib-ng's one-thread writer ends the stream with other bytes than the pool's
-            threads = max(2, self.threads)
             return gzip_ng_threaded.open(  # type: ignore[no-untyped-call]
-                sink, "wb", compresslevel=self.codec.level, threads=threads, block_size=BLOCK
+                sink, "wb", compresslevel=self.codec.level, threads=self.compressor_threads, block_size=BLOCK
             )
         import zstandard
 
-        cctx = zstandard.ZstdCompressor(level=self.codec.level, threads=max(1, self.threads))
+        cctx = zstandard.ZstdCompressor(level=self.codec.level, threads=self.compressor_threads)
         return cctx.stream_writer(sink, closefd=False)  # type: ignore[arg-type]
 
     def _next_piece(self) -> bytes:

@@ -16,14 +16,14 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleetci.errors import FleetciError
 from fleetci.registry.archive import DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST, Blob
 from fleetci.registry.compress import UNCOMPRESSED_LAYERS, CompressedStream, codec, cpu_threads
-from fleetci.registry.oci import RegistryClient
+from fleetci.registry.oci import RegistryClient, UploadStopped
 from fleetci.registry.plan import STATE_FILE, PushRow, UploadPlan
 from fleetci.registry.settings import RegistrySettings
 from fleetci.registry.state import LayerDigests, PushState
@@ -87,7 +87,7 @@ def push_blobs(
         c = codec(compression, level) if blob.media_type in UNCOMPRESSED_LAYERS else None
         if c is None:
             sources = [r for r in state.repos_with(blob.digest) if r != repo] if state else []
-            how = client.push_blob(repo, blob, archive, sources, state)
+            how = client.push_blob(repo, blob, archive, sources, state, failed)
             digest, size = blob.digest, blob.size
         else:
             known = layers.get(blob.digest, c.identity)
@@ -104,8 +104,9 @@ def push_blobs(
                 digest, size = client.push_compressed(
                     repo,
                     f"{blob.digest}+{c.identity}",
-                    lambda: CompressedStream(archive, blob.offset, blob.size, c, threads),
+                    lambda: CompressedStream(archive, blob.offset, blob.size, c, threads, blob.digest),
                     state,
+                    failed,
                 )
                 layers.put(blob.digest, c.identity, digest, size)
                 how = f"{c.name} uploaded"
@@ -125,15 +126,22 @@ def push_blobs(
         try:
             one(blob)
         except BaseException:
-            failed.set()  # blobs not started yet are not started; those in flight finish
+            failed.set()  # queued blobs are not started; those in flight stop before their next chunk
             raise
 
-    with ThreadPoolExecutor(
-        max_workers=max(1, min(parallel, len(unique))), thread_name_prefix="push"
-    ) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="push")
+    try:
         futures = [pool.submit(guarded, b) for b in unique]
-        errors = [f.exception() for f in futures]
-    first = next((e for e in errors if e is not None), None)
+        wait(futures, return_when=FIRST_EXCEPTION)
+    except BaseException:  # Ctrl-C / SIGTERM in the main thread: the same stop as a failed blob
+        failed.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=failed.is_set())
+    errors = [f.exception() for f in futures if not f.cancelled()]
+    # the blob that failed first, not the uploads it stopped
+    first = next((e for e in errors if e is not None and not isinstance(e, UploadStopped)), None)
+    first = first or next((e for e in errors if e is not None), None)
     if first is not None:
         raise first
     return result

@@ -8,6 +8,13 @@ first: its blobs are mounted across repositories (no bytes sent) and the manifes
 
 Whichever arch is pushed first gets an index of one platform; the next arch's push rebuilds it with
 both, so a daemon that syncs both arches of a build converges on the full index.
+
+Only a push that verified its own arch's tag indexes: the plan's arch entry must be the manifest this
+sync pushed or found identical (``push-state.json``), so a push that left a different image's tag alone
+builds no index. The other arches' entries are what their per-arch tags hold (pushed and verified by
+their own sync; this one cannot check them). Two arches indexing at once race read-then-write: after
+its PUT each push reads the per-arch tags again and PUTs again (a few times at most) until the index
+covers every arch it finds, so the last writer's index has both.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from fleetci.registry.tags import ARCH_DIRS, check_repository, check_tag
 
 Log = Callable[[str], None]
 PLATFORM_KEYS = ("architecture", "os", "variant", "os.version")
+INDEX_ROUNDS = 5  # PUTs of one index at most while another arch's push races it
 
 
 @dataclass(frozen=True)
@@ -65,8 +73,10 @@ def _platform(config: bytes, where: str) -> dict[str, Any]:
     return platform
 
 
-def push_index(client: RegistryClient, project: str, plan: UploadPlan, ref: IndexRef, log: Log) -> str:
-    """Push the index ``ref`` over every arch's ``<arch>/<image>:<build tag>`` found; its digest."""
+def _entries(
+    client: RegistryClient, project: str, plan: UploadPlan, ref: IndexRef, log: Log
+) -> list[dict[str, Any]]:
+    """One index entry per arch whose ``<arch>/<image>:<build tag>`` holds an image manifest."""
     dest = f"{project}/{ref.repository}"
     entries: list[dict[str, Any]] = []
     for arch_dir in dict.fromkeys(ARCH_DIRS.values()):
@@ -92,13 +102,52 @@ def push_index(client: RegistryClient, project: str, plan: UploadPlan, ref: Inde
                 if not client.mount_blob(dest, blob, src):
                     raise FleetciError(f"registry would not mount {blob[:19]} from {src} into {dest}")
             client.put_manifest(dest, digest, data, media_type)
-        entries.append({"mediaType": media_type, "digest": digest, "size": len(data), "platform": platform})
-    if not entries:
-        raise FleetciError(f"no per-arch image of {ref.image}:{plan.gitlab_tag} in the registry to index")
-    index = json.dumps(
-        {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, separators=(",", ":")
-    ).encode()
-    client.put_manifest(dest, ref.tag, index, OCI_INDEX)
+        entries.append(
+            {"mediaType": media_type, "digest": digest, "size": len(data), "platform": platform, "src": src}
+        )
+    return entries
+
+
+def push_index(
+    client: RegistryClient,
+    project: str,
+    plan: UploadPlan,
+    ref: IndexRef,
+    log: Log,
+    verified: str,
+) -> str | None:
+    """Push the index ``ref`` over every arch's ``<arch>/<image>:<build tag>`` found; its digest.
+
+    ``verified`` is the manifest digest this sync pushed (or found identical) for the plan's own arch;
+    when that tag now holds anything else, no index is pushed (None).
+    """
+    dest = f"{project}/{ref.repository}"
+    own = f"{project}/{plan.arch_dir}/{ref.image}"
+    pushed: list[str] = []
+    if not verified:
+        log(f"{own}:{plan.gitlab_tag} was not pushed or verified by this push; {dest}:{ref.tag} not indexed")
+        return None
+    for _ in range(INDEX_ROUNDS):
+        entries = _entries(client, project, plan, ref, log)
+        mine = [e for e in entries if e["src"] == own]
+        if not mine or mine[0]["digest"] != verified:
+            log(
+                f"{own}:{plan.gitlab_tag} does not hold the image this push verified ({verified[:19]}); "
+                f"{dest}:{ref.tag} not indexed"
+            )
+            return None
+        digests = [e["digest"] for e in entries]
+        if digests == pushed:
+            break  # the per-arch tags did not move since our PUT: the index covers them
+        for e in entries:
+            del e["src"]
+        index = json.dumps(
+            {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, separators=(",", ":")
+        ).encode()
+        client.put_manifest(dest, ref.tag, index, OCI_INDEX)
+        pushed = digests
+    else:
+        log(f"{dest}:{ref.tag}: the per-arch tags kept changing; the index may miss one")
     digest = "sha256:" + hashlib.sha256(index).hexdigest()
     platforms = ", ".join(e["platform"]["architecture"] for e in entries)
     log(f"{dest}:{ref.tag} -> index {digest[:19]} ({platforms})")

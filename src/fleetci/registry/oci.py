@@ -26,7 +26,7 @@ from fleetci import retry
 from fleetci.errors import FleetciError
 from fleetci.http import client, describe, error_message, host_of, redact_url
 from fleetci.registry.archive import MANIFEST_TYPES, Blob, read_window
-from fleetci.registry.compress import CompressedStream
+from fleetci.registry.compress import CompressedStream, LayerChanged
 
 if TYPE_CHECKING:
     from fleetci.registry.settings import RegistrySettings
@@ -382,6 +382,7 @@ class RegistryClient:
         location: str,
         offset: int,
         state: UploadState | None,
+        stop: threading.Event | None = None,
     ) -> None:
         """Send ``blob`` from ``offset`` through the session at ``location`` and complete it.
 
@@ -402,6 +403,7 @@ class RegistryClient:
             if state is not None and offset == 0:
                 state.save_upload(repo, blob.digest, location, 0)  # a kill in the first chunk resumes too
             while offset < blob.size:
+                _check_stop(stop, blob.digest, repo, offset)
                 n = min(self.chunk_size, blob.size - offset)
                 resp = self._request(
                     "PATCH",
@@ -446,6 +448,7 @@ class RegistryClient:
         archive: Path,
         mount_from: list[str] | None = None,
         state: UploadState | None = None,
+        stop: threading.Event | None = None,
     ) -> str:
         """Make ``blob`` exist in ``repo``; returns how: ``skipped``, ``mounted`` or ``uploaded``.
 
@@ -475,7 +478,7 @@ class RegistryClient:
                 _, location = self._start_upload(repo)
                 offset = 0
             try:
-                self._send_blob(repo, blob, archive, location, offset, state)
+                self._send_blob(repo, blob, archive, location, offset, state, stop)
                 break
             except _SessionLost as exc:
                 if state is not None:
@@ -496,6 +499,7 @@ class RegistryClient:
         key: str,
         open_stream: Callable[[], CompressedStream],
         state: UploadState | None = None,
+        stop: threading.Event | None = None,
     ) -> tuple[str, int]:
         """Upload a compressed layer whose digest is known only at its end; returns (digest, size).
 
@@ -504,6 +508,9 @@ class RegistryClient:
         ``key`` (diff ID + codec identity); the final PUT names the digest. A saved session is resumed
         where the registry says it stands: the layer is compressed again and the bytes the registry
         holds are hashed and skipped, not sent. A refused resumed session starts again from 0, once.
+        ``stop`` set (another upload failed, or the push was interrupted) ends it before its next chunk,
+        the session saved for a resume. A layer that no longer hashes to its diff ID ends it before the
+        final PUT and forgets the session (its bytes are not the layer's).
         """
         location, offset, resumed = "", 0, False
         if state is not None:
@@ -515,7 +522,11 @@ class RegistryClient:
                 offset = 0
             try:
                 with open_stream() as stream:
-                    return self._send_stream(repo, key, stream, location, offset, state)
+                    return self._send_stream(repo, key, stream, location, offset, state, stop)
+            except LayerChanged:
+                if state is not None:
+                    state.forget_upload(repo, key)
+                raise
             except _SessionLost as exc:
                 if state is not None:
                     state.forget_upload(repo, key)
@@ -559,6 +570,7 @@ class RegistryClient:
         location: str,
         offset: int,
         state: UploadState | None,
+        stop: threading.Event | None = None,
     ) -> tuple[str, int]:
         what = f"upload of layer {key[:19]} to {repo}"
         if offset and stream.skip(offset) != offset:
@@ -566,6 +578,7 @@ class RegistryClient:
         if state is not None and offset == 0:
             state.save_upload(repo, key, location, 0)  # a kill in the first chunk resumes too
         while not stream.at_end():
+            _check_stop(stop, key, repo, offset)
             start = offset
             body = self._counted(stream, self.chunk_size)
             resp = self._request(
@@ -695,6 +708,15 @@ class RegistryClient:
             raise self._fail(resp, f"tags of {repo}")
         data: dict[str, Any] = resp.json()
         return sorted(data.get("tags") or [])
+
+
+class UploadStopped(FleetciError):
+    """An upload ended between chunks because the push is stopping (its session is saved)."""
+
+
+def _check_stop(stop: threading.Event | None, what: str, repo: str, offset: int) -> None:
+    if stop is not None and stop.is_set():
+        raise UploadStopped(f"upload of {what[:19]} to {repo} stopped at {offset} bytes; push again to resume")
 
 
 def _reason(resp: httpx.Response) -> str:

@@ -296,9 +296,13 @@ def push(
     )
     if indexes:
         with RegistryClient.from_settings(settings, skip_login, log if verbose else None) as client:
+            state = PushState(directory / STATE_FILE)  # what the engine pushed or found identical
             for ref in indexes:
-                digest = push_index(client, settings.registry_project, plan, ref, log)
-                rows.append(PushRow(f"{settings.registry_project}/{ref}", f"index {digest[:19]}"))
+                own = f"{settings.registry_project}/{plan.arch_dir}/{ref.image}:{plan.gitlab_tag}"
+                verified = state.verified(own)
+                digest = push_index(client, settings.registry_project, plan, ref, log, verified or "")
+                result = f"index {digest[:19]}" if digest else f"index skipped: {own} not pushed by this sync"
+                rows.append(PushRow(f"{settings.registry_project}/{ref}", result))
     _summary(f"fleetci registry push {image_tag}", rows)
     return rows
 
