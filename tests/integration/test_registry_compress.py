@@ -25,7 +25,7 @@ from fleetci.registry.sync import prepare
 from fleetci.testing.docker_registry import RegistryProcess, no_auth_registry
 from fleetci.testing.images import write_docker_archive
 from fleetci.testing.registry_front import RegistryFront, held_bytes
-from support import clean_env, fleetci_cmd, run_fleetci
+from support import clean_env, fleetci_cmd, one_line_error, run_fleetci
 from support.registry import GL_TAG, PROJECT, TAG, needs_registry, push_argv
 
 pytestmark = [pytest.mark.integration, needs_registry]
@@ -33,6 +33,9 @@ pytestmark = [pytest.mark.integration, needs_registry]
 MIB = 1024 * 1024
 ARM_TAG = TAG.replace("-linux-amd64", "-linux-arm64")
 KILL_TAG = "presto-111111111111-velox-222222222222-linux-amd64"  # a tag of its own in the shared registry
+FAIL_TAG = "presto-333333333333-velox-444444444444-linux-amd64"
+CHANGED_TAG = "presto-555555555555-velox-666666666666-linux-amd64"
+OTHER_TAG = "presto-777777777777-velox-888888888888-linux-amd64"
 STDLIB = str(Path(json.__file__).parent.parent)  # real files (Python's stdlib): text and binaries
 
 
@@ -144,13 +147,14 @@ def test_index_combines_the_arches_of_one_build_and_keeps_the_per_arch_tags(
     project = f"{registry.host}/{PROJECT}"
     index_ref = f"{project}/multi/presto-coordinator:{GL_TAG}"
 
-    out = push(downloads, registry.url, "--index", "multi/{image}:{tag}", "--parallel", "2")
+    # --force: the first test of the module pushed another image to TAG (a skipped tag is not indexed)
+    out = push(downloads, registry.url, "--index", "multi/{image}:{tag}", "--parallel", "2", "--force")
     assert "index" in out
     index = raw(index_ref)
     assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
     assert [m["platform"] for m in index["manifests"]] == [{"architecture": "amd64", "os": "linux"}]
 
-    push(downloads, registry.url, "--index", "multi/{image}:{tag}", tag=ARM_TAG)
+    push(downloads, registry.url, "--index", "multi/{image}:{tag}", "--force", tag=ARM_TAG)
     index = raw(index_ref)
     platforms = {m["platform"]["architecture"]: m["digest"] for m in index["manifests"]}
     assert sorted(platforms) == ["amd64", "arm64"]
@@ -202,3 +206,83 @@ def test_a_compressed_push_killed_mid_chunk_resumes_by_compressing_again(
         # at most one chunk went twice (the config may have landed before the kill: uploads run in parallel)
         assert -doc["config"]["size"] <= held + sent(rerun.stdout) - pushed <= MIB
         assert doc["layers"][0]["mediaType"].endswith("+gzip")
+
+
+def run_push(downloads: Path, url: str, tag: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    argv = push_argv(downloads, url, "--verbose", *extra, compression="gzip")
+    argv[2] = tag
+    return run_fleetci(*argv, timeout=120)
+
+
+def test_a_layer_changed_after_prepare_at_the_same_size_is_never_pushed_nor_remembered(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    downloads = tmp_path / "downloads"
+    img = prepared(downloads, CHANGED_TAG, [2 * MIB], seed=31)
+    [layer] = [b for b in img["blobs"] if b["digest"] != img["config_digest"]]
+    tarball = downloads / CHANGED_TAG / img["tarball"]
+    with tarball.open("r+b") as fh:  # one byte of the layer flipped: same size, same plan
+        fh.seek(layer["offset"] + layer["size"] // 2)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+    proc = run_push(downloads, registry.url, CHANGED_TAG)
+    error = one_line_error(proc)
+    assert "changed since prepare" in error and layer["digest"][:19] in error, error
+    assert not (downloads / "layer-digests.json").exists() or layer["digest"] not in (
+        downloads / "layer-digests.json"
+    ).read_text()  # the wrong compressed digest is never reused for this diff ID
+    state = json.loads((downloads / CHANGED_TAG / "push-state.json").read_text())
+    assert state["uploads"] == {} and state["verified"] == {}
+    gone = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false",
+         f"docker://{registry.host}/{PROJECT}/x86/presto-coordinator:{CHANGED_TAG.removesuffix('-linux-amd64')}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert gone.returncode != 0  # no manifest naming a blob that contradicts its diff ID
+
+
+def test_a_refused_blob_stops_the_parallel_uploads_in_flight_and_the_rerun_resumes(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    downloads = tmp_path / "downloads"
+    img = prepared(downloads, FAIL_TAG, [24 * MIB, 200_000], seed=41)  # random: 24 chunks compressed
+    big = img["blobs"][0]
+    with RegistryFront(registry) as front:
+        front.refuse_digest = img["config_digest"]  # refused while the big layer is sending chunks
+        proc = run_push(downloads, front.url, FAIL_TAG, "--parallel", "2")
+        error = one_line_error(proc)
+        assert "denied" in error.lower() and "stopped at" not in error, error
+        state = json.loads((downloads / FAIL_TAG / "push-state.json").read_text())
+        [(key, session)] = [(k, v) for k, v in state["uploads"].items() if big["digest"] in k]
+        assert 0 < session["offset"] < 12 * MIB, (key, session)  # stopped, not run to its end
+        assert f"stopped at {session['offset']} bytes" in proc.stderr
+        assert "index" not in proc.stdout and state["verified"] == {}
+
+        front.refuse_digest = ""
+        rerun = run_push(downloads, front.url, FAIL_TAG, "--parallel", "2")
+        assert rerun.returncode == 0, rerun.stderr
+        assert f"resume layer {big['digest'][:19]}" in rerun.stderr, rerun.stderr
+        assert sent(rerun.stdout) <= 24 * MIB + 300_000 - session["offset"] + MIB  # the held part not again
+
+
+def test_an_index_is_not_built_when_the_arch_tag_holds_another_image(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    first = prepared(tmp_path / "first", OTHER_TAG, [200_000], seed=51)
+    proc = run_push(tmp_path / "first", registry.url, OTHER_TAG)
+    assert proc.returncode == 0, proc.stderr
+    other = prepared(tmp_path / "other", OTHER_TAG, [200_000], seed=52)  # another build at the same tag
+    assert other["config_digest"] != first["config_digest"]
+
+    proc = run_push(tmp_path / "other", registry.url, OTHER_TAG, "--index", "multi-other/{image}:{tag}")
+    assert proc.returncode == 0, proc.stderr
+    assert "exists with a different image; skipped" in proc.stderr
+    assert "index skipped" in proc.stdout and "not indexed" in proc.stderr, proc.stdout + proc.stderr
+    gone = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false",
+         f"docker://{registry.host}/{PROJECT}/multi-other/presto-coordinator:{OTHER_TAG.removesuffix('-linux-amd64')}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert gone.returncode != 0  # no index over an image this push did not push

@@ -142,6 +142,9 @@ def push_blobs(
     # the blob that failed first, not the uploads it stopped
     first = next((e for e in errors if e is not None and not isinstance(e, UploadStopped)), None)
     first = first or next((e for e in errors if e is not None), None)
+    for e in errors:
+        if isinstance(e, UploadStopped) and e is not first:
+            log(str(e))  # where each stopped upload stands (the next push resumes it)
     if first is not None:
         raise first
     return result

@@ -11,6 +11,10 @@ production) skips that offset check for GET and HEAD, and answers with the real 
 the registry itself signed (the test registry's HTTP secret is ours), it re-signs the state with the
 offset the registry's storage holds; every request, upload data included, goes to the real registry,
 which does all the checking and storing.
+
+For tests of a push that fails part-way, :attr:`RegistryFront.refuse_digest` makes the front answer the
+completing PUT of one blob (``?digest=``) with ``403 DENIED``, as a registry whose policy refuses a
+blob does; it answers only once another upload's chunk reached it, so that upload is in flight.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -77,6 +82,9 @@ class RegistryFront(BackgroundApp):
         self.registry = registry
         self.max_body = max_body
         self.resigned = 0  # status requests whose stale state was re-signed (what a test asserts on)
+        self.refuse_digest = ""  # the blob whose completing PUT is refused ("": none)
+        self.patches = 0  # upload chunks (PATCH) forwarded
+        self._patched: asyncio.Event | None = None
         self._session: ClientSession | None = None
 
     @property
@@ -99,6 +107,7 @@ class RegistryFront(BackgroundApp):
 
         async def open_session(_app: web.Application) -> None:
             self._session = ClientSession(auto_decompress=False, timeout=ClientTimeout(total=None))
+            self._patched = asyncio.Event()
 
         async def close_session(_app: web.Application) -> None:
             if self._session is not None:
@@ -123,7 +132,20 @@ class RegistryFront(BackgroundApp):
         return f"{self.registry.url}{request.raw_path.split('?', 1)[0]}{qs}"
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
-        assert self._session is not None
+        assert self._session is not None and self._patched is not None
+        if self.refuse_digest and request.method == "PUT" and request.query.get("digest") == self.refuse_digest:
+            try:
+                await asyncio.wait_for(self._patched.wait(), 30)  # another upload is sending chunks
+            except TimeoutError:
+                pass
+            await request.read()
+            return web.json_response(
+                {"errors": [{"code": "DENIED", "message": "requested access to the resource is denied"}]},
+                status=403,
+            )
+        if request.method == "PATCH":
+            self.patches += 1
+            self._patched.set()
         headers = CIMultiDict(forwardable(request.headers.items()))  # Accept comes more than once
         headers["Host"] = request.host  # the registry builds Location URLs from it: they point here
         if request.content_length is not None:
