@@ -230,9 +230,10 @@ def test_a_layer_changed_after_prepare_at_the_same_size_is_never_pushed_nor_reme
     proc = run_push(downloads, registry.url, CHANGED_TAG)
     error = one_line_error(proc)
     assert "changed since prepare" in error and layer["digest"][:19] in error, error
-    assert not (downloads / "layer-digests.json").exists() or layer["digest"] not in (
-        downloads / "layer-digests.json"
-    ).read_text()  # the wrong compressed digest is never reused for this diff ID
+    assert (
+        not (downloads / "layer-digests.json").exists()
+        or layer["digest"] not in (downloads / "layer-digests.json").read_text()
+    )  # the wrong compressed digest is never reused for this diff ID
     state = json.loads((downloads / CHANGED_TAG / "push-state.json").read_text())
     assert state["uploads"] == {} and state["verified"] == {}
     gone = subprocess.run(

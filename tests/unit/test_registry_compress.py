@@ -90,10 +90,9 @@ def test_a_layer_that_no_longer_hashes_to_its_diff_id_ends_the_stream_with_an_er
     data = bytearray(path.read_bytes())
     data[4096 + size // 2] ^= 0xFF  # rewritten at the same size after prepare
     path.write_bytes(bytes(data))
-    with CompressedStream(path, 4096, size, c, 2, diff_id) as stream:
-        with pytest.raises(LayerChanged) as err:
-            b"".join(stream.take(1 << 40))
-            stream.at_end()
+    with CompressedStream(path, 4096, size, c, 2, diff_id) as stream, pytest.raises(LayerChanged) as err:
+        b"".join(stream.take(1 << 40))
+        stream.at_end()
     assert "changed since prepare" in str(err.value) and "\n" not in str(err.value)
 
 

@@ -716,7 +716,9 @@ class UploadStopped(FleetciError):
 
 def _check_stop(stop: threading.Event | None, what: str, repo: str, offset: int) -> None:
     if stop is not None and stop.is_set():
-        raise UploadStopped(f"upload of {what[:19]} to {repo} stopped at {offset} bytes; push again to resume")
+        raise UploadStopped(
+            f"upload of {what[:19]} to {repo} stopped at {offset} bytes; push again to resume"
+        )
 
 
 def _reason(resp: httpx.Response) -> str:

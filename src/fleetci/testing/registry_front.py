@@ -19,11 +19,12 @@ blob does; it answers only once another upload's chunk reached it, so that uploa
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
-import asyncio
 import json
 import re
 from pathlib import Path
@@ -133,11 +134,13 @@ class RegistryFront(BackgroundApp):
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None and self._patched is not None
-        if self.refuse_digest and request.method == "PUT" and request.query.get("digest") == self.refuse_digest:
-            try:
-                await asyncio.wait_for(self._patched.wait(), 30)  # another upload is sending chunks
-            except TimeoutError:
-                pass
+        if (
+            self.refuse_digest
+            and request.method == "PUT"
+            and request.query.get("digest") == self.refuse_digest
+        ):
+            with contextlib.suppress(TimeoutError):  # until another upload is sending chunks
+                await asyncio.wait_for(self._patched.wait(), 30)
             await request.read()
             return web.json_response(
                 {"errors": [{"code": "DENIED", "message": "requested access to the resource is denied"}]},
