@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import struct
 import subprocess
 import zlib
@@ -118,10 +119,15 @@ def test_dashboard_renders_the_traffic_sent_through_the_proxy_in_chromium(
     assert text_of(dom, "saved") == "7"
     assert text_of(dom, "requests") == "12"  # 3 + 7 + hostile + root
     assert text_of(dom, "hitrate") == f"{100 * 7 / 12:.1f}%"
-    label = scope_of(f"token {token('alice')}")[:12]
-    row = re.search(rf"<tr><td>{label}</td><td>core</td><td[^>]*>([0-9,]+)</td><td[^>]*>([0-9,]+)</td>", dom)
+    row = re.search(
+        r"<tr><td>([0-9a-f]{12})</td><td>core</td><td[^>]*>([0-9,]+)</td><td[^>]*>([0-9,]+)</td>", dom
+    )
     assert row, "the credential's budget row is missing"
-    assert int(row.group(1).replace(",", "")) <= remaining and row.group(2) == "5,000"
+    # review 7: the label is keyed per process, not a prefix of the fixed-salt scope hash (which would be
+    # a stable identifier across restarts that a reader could check a guessed token against)
+    label, used, limit = row.group(1), row.group(2), row.group(3)
+    assert label != scope_of(f"token {token('alice')}")[:12]
+    assert int(used.replace(",", "")) <= remaining and limit == "5,000"
     assert token("alice") not in dom  # a hashed label, never the token
     assert re.search(r"<td>/orgs/\{org\}/repos</td><td class=\"n\">1</td><td class=\"n\">[1-9]", dom)
     assert re.search(r'<rect [^>]*data-outcome="HIT"', dom) and re.search(
@@ -177,3 +183,49 @@ def test_dashboard_command_prints_the_url_or_fails_in_one_line(
     ):
         r = httpx.get(f"{proxy.url}/", headers=headers, timeout=10)
         assert "X-Fleetci-Cache" in r.headers and not r.text.startswith("<!doctype html>"), headers
+
+
+OBSERVER_PATHS = (
+    "/_fleetci/dashboard",
+    "/_fleetci/dashboard.json",
+    "/_fleetci/stats",
+    "/metrics",
+    "/_fleetci/peers",
+)
+
+
+def test_observability_routes_refuse_a_foreign_host_dns_rebinding(emulator: Any, proxy: Proxy) -> None:
+    """Review 7: a page on evil.example that rebinds its name to 127.0.0.1 makes the browser send
+    ``Host: evil.example:PORT`` to the proxy; the budgets, endpoints and peers are refused to it in one
+    line, while loopback names read them and GitHub's routes keep accepting any Host."""
+    port = proxy.url.rsplit(":", 1)[1]
+    with httpx.Client(base_url=proxy.url, timeout=10) as c:
+        for path in (*OBSERVER_PATHS, "/"):
+            for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}", "[::2]:1"):
+                r = c.get(path, headers={"Host": host, "Accept": "text/html"})
+                assert r.status_code == 403, (path, host, r.status_code)
+                assert "\n" not in r.text.strip() and "DNS rebinding" in r.json()["message"], r.text
+                assert "budget" not in r.text and "fleetci_cache" not in r.text
+            for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}", "127.0.0.1"):
+                ok = c.get(path, headers={"Host": host, "Accept": "text/html"})
+                assert ok.status_code == 200, (path, host, ok.text)
+        posted = c.post("/_fleetci/p2p/probe", headers={"Host": f"evil.example:{port}"})
+        assert posted.status_code == 403
+        # GitHub's routes: whatever Host the client names (api.github.com, the runner's name, …)
+        api = c.get("/user", headers={"Host": "api.github.com", "Authorization": f"token {token('alice')}"})
+        assert api.status_code == 200 and api.json()["login"] == "alice"
+        root = c.get("/", headers={"Host": "evil.example", "Accept": "application/json"})
+        assert "X-Fleetci-Cache" in root.headers, root.text  # proxied to GitHub's root, not refused
+    # several Host headers: refused, whatever they say
+    with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as s:
+        s.sendall(
+            b"GET /_fleetci/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.split(b"\r\n", 1)[0].split(b" ")[1] in (b"400", b"403"), answer[:200]
+    # the unix socket (its permissions decide who may use it) answers whatever Host
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(proxy.socket)), timeout=10) as u:
+        assert u.get("http://evil.example/_fleetci/stats").status_code == 200

@@ -122,3 +122,22 @@ def test_key_owner_grants_one_lease_at_a_time(tmp_path: object) -> None:
         )
     finally:
         asyncio.run(engine.close())
+
+
+def test_credential_labels_are_keyed_per_process_not_by_the_fixed_salt() -> None:
+    """Review 7: the dashboard's label of a credential says nothing across processes (no stable id to
+    follow across restarts, nothing to check a guessed token against) and is not the scope hash."""
+    import subprocess
+    import sys
+
+    from fleetci.cache.dashboard import LABEL_CHARS, label_of
+    from fleetci.cache.policy import scope_of
+
+    scope = scope_of("token ghp_guessed")
+    mine = label_of(scope)
+    assert len(mine) == LABEL_CHARS and mine != scope[:LABEL_CHARS] and label_of(scope) == mine
+    code = f"from fleetci.cache.dashboard import label_of; print(label_of({scope!r}))"
+    other = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert other.stdout.strip() not in (mine, scope[:LABEL_CHARS])

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
+import secrets
 import time
 from pathlib import Path
 from typing import Any, TypedDict
@@ -23,7 +25,16 @@ from fleetci.http import redact_url
 
 REFRESH_S = 5
 CREDENTIALS_SHOWN = 20
-LABEL_CHARS = 12  # of the credential's scope hash (a salted sha256 of the Authorization value)
+LABEL_CHARS = 12
+# Random per process: a label names a credential on this page only. The scope hash itself uses a fixed
+# salt (every proxy of a fleet must compute the same cache keys), so showing a prefix of it would give
+# readers a stable identifier to follow across restarts and to check a guessed token against.
+LABEL_KEY = secrets.token_bytes(32)
+
+
+def label_of(scope: str) -> str:
+    """The dashboard's name for a credential: an HMAC of its scope under this process's random key."""
+    return hmac.new(LABEL_KEY, scope.encode(), hashlib.sha256).hexdigest()[:LABEL_CHARS]
 
 
 class CredentialRow(TypedDict):
@@ -59,7 +70,7 @@ def snapshot(engine: CacheEngine, peers: dict[str, Any]) -> Dashboard:
             continue
         creds.append(
             {
-                "label": scope[:LABEL_CHARS],
+                "label": label_of(scope),
                 "resource": s.resource,
                 "limit": s.limit,
                 "remaining": s.remaining,

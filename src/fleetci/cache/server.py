@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import grp
+import ipaddress
 import itertools
 import logging
 import os
@@ -20,7 +21,7 @@ import socket
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,68 @@ def _error(status: int, message: str, outcome: str) -> web.Response:
     return resp
 
 
+# -- who may read the proxy's own state ------------------------------------------------------------------
+# The dashboard, its JSON, stats, peers and /metrics show each credential's budget and block state, the
+# endpoints in use and the fleet's addresses. They need no credential (anything that can reach the listen
+# address may read them), but a web page on the runner must not: with DNS rebinding, a browser sends a
+# request for evil.example to 127.0.0.1 and lets that page read the answer. Such a request still carries
+# the attacker's name in Host, so these routes answer only a loopback or listen-address Host. GitHub's
+# routes keep accepting any Host (clients name api.github.com, the runner's name, …).
+LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
+
+
+def _host_name(value: str) -> str:
+    """The name or address of a Host value, without its port and brackets, lower case."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def _is_local_name(name: str, listen: tuple[str, ...]) -> bool:
+    if name in LOOPBACK_NAMES or name in listen:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def observer_refusal(request: web.Request, listen: tuple[str, ...]) -> str:
+    """Why this request may not read the proxy's state ("" when it may): over the unix socket (its file
+    permissions decide) always; over TCP only with one Host naming loopback or a listen address."""
+    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+    if sock is not None and sock.family == socket.AF_UNIX:
+        return ""
+    hosts = request.headers.getall("Host", [])
+    if len(hosts) != 1:
+        return f"{len(hosts)} Host headers; the proxy's own pages answer one loopback Host only"
+    if _is_local_name(_host_name(hosts[0]), listen):
+        return ""
+    return "the proxy's own pages answer only a loopback or listen-address Host (DNS rebinding guard)"
+
+
+def _listen_names(engine: CacheEngine) -> tuple[str, ...]:
+    return tuple(h.strip().strip("[]").lower() for h in (engine.settings.host,) if h.strip())
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def local_observers(handler: Handler) -> Handler:
+    """A route that shows the proxy's own state: refused 403, one line, unless :func:`observer_refusal`
+    lets this request through."""
+
+    @functools.wraps(handler)
+    async def checked(request: web.Request) -> web.StreamResponse:
+        why = observer_refusal(request, _listen_names(request.app[ENGINE_KEY]))
+        if why:
+            return error_response(403, f"fleetci: {why}")
+        return await handler(request)
+
+    return checked
+
+
 async def _proxy(request: web.Request) -> web.StreamResponse:
     if _wants_dashboard(request):
         return await _dashboard(request)
@@ -257,6 +320,7 @@ async def _health(request: web.Request) -> web.Response:
     return web.json_response(health)
 
 
+@local_observers
 async def _peers(request: web.Request) -> web.Response:
     peers: PeerService | None = request.app.get("peers")
     if peers is None:
@@ -265,6 +329,7 @@ async def _peers(request: web.Request) -> web.Response:
     return web.json_response(peers.status(receipts=bool(request.query.get("receipts"))))
 
 
+@local_observers
 async def _probe(request: web.Request) -> web.Response:
     """Announce a throw-away entry, then fetch it back from every peer (``fleetci cache verify``)."""
     peers: PeerService | None = request.app.get("peers")
@@ -281,12 +346,14 @@ def _peers_view(request: web.Request) -> dict[str, Any]:
     return dict(peers.status())
 
 
+@local_observers
 async def _dashboard(request: web.Request) -> web.Response:
     from fleetci.cache.dashboard import PAGE, PAGE_HEADERS
 
     return web.Response(body=PAGE, headers=PAGE_HEADERS)
 
 
+@local_observers
 async def _dashboard_json(request: web.Request) -> web.Response:
     from fleetci.cache.dashboard import snapshot
 
@@ -308,6 +375,7 @@ def _wants_dashboard(request: web.Request) -> bool:
 # -- end dashboard ---------------------------------------------------------------------------------------
 
 
+@local_observers
 async def _stats(request: web.Request) -> web.Response:
     stats: dict[str, Any] = dict(request.app[ENGINE_KEY].stats())
     webhooks = request.app.get(WEBHOOKS_KEY)
@@ -324,6 +392,7 @@ async def _webhook(request: web.Request) -> web.StreamResponse:
     return await webhooks.handle(request)
 
 
+@local_observers
 async def _metrics(request: web.Request) -> web.Response:
     # Imported on the first scrape: a proxy nobody scrapes does not carry prometheus_client (issue 16).
     from prometheus_client import CollectorRegistry, generate_latest
