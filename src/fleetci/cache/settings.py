@@ -276,7 +276,8 @@ class CacheOptions(SettingTable):
         parse_seconds,
         env=("CACHE_CLAIM_WAIT",),
         flag=False,
-        help="seconds a miss waits for a claimant's entry",
+        help="seconds a miss waits for a peer claimant's entry; with CACHE_BACKEND, the lease of the "
+        "shared miss lock (renewed while its holder fetches)",
     )
     # --- issue 16 (host service): one proxy per host, reused by the jobs ---
     socket_group = Setting(
