@@ -190,3 +190,12 @@ def test_the_event_header_must_agree_with_the_bodys_subject(
     message = event_mismatch(event, payload)
     assert bool(message) is refused
     assert "\n" not in message
+
+
+def test_serve_refuses_bad_prewarm_settings_in_one_line(fleetci: RunCli, tmp_path: Path) -> None:
+    base = ("cache", "serve", "--cache-dir", str(tmp_path), "--upstream", "http://127.0.0.1:9")
+    out = fleetci(*base, "--prewarm", "/repos/(unclosed", env=clean_env())
+    assert out.returncode == 2 and "regular expression" in one_line_error(out)
+    for var, value in (("CACHE_PREWARM_LEAD", "-1"), ("CACHE_PREWARM_RESERVE", "1.5")):
+        out = fleetci(*base, env=clean_env(**{var: value}))
+        assert out.returncode == 2 and var in one_line_error(out)

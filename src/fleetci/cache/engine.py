@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from fleetci.cache.activity import Activity
 from fleetci.cache.api import COUNTER_KEYS as COUNTER_KEYS
@@ -42,6 +42,9 @@ from fleetci.cache.ratelimit import RateLimitTracker
 from fleetci.cache.settings import CacheSettings
 from fleetci.cache.shared import SharedStore
 from fleetci.cache.store import CacheStore, Entry, Headers
+
+if TYPE_CHECKING:
+    from fleetci.cache.prewarm import Prewarmer
 from fleetci.http import HOP_BY_HOP, AsyncUpstream, StreamedBody, UpstreamError, UpstreamResponse, forwardable
 
 log = logging.getLogger("fleetci.cache")
@@ -218,6 +221,8 @@ class CacheEngine:
         # Scopes (token partitions) peers used lately: only a node holding the same token can fetch the
         # same key, so a miss in a scope no peer uses has nobody to coalesce with.
         self._scopes_heard: OrderedDict[str, float] = OrderedDict()
+        # Prewarming (cache/prewarm.py), installed by the proxy when cache.prewarm lists URLs.
+        self.prewarm: Prewarmer | None = None
 
     # -- classification ------------------------------------------------------------------------------
     def prepare(self, target: str, headers: dict[str, str]) -> Prepared:
@@ -311,7 +316,13 @@ class CacheEngine:
         prep = self.prepare(target, lower)
         if prep.ttl <= 0:
             return self._finish(await self._passthrough("GET", target, headers, lower, None), lower)
+        if self.prewarm is not None:
+            self.prewarm.note(prep, headers)
         return self._finish(await self._serve(prep, headers, wants_revalidation(lower)), lower)
+
+    async def revalidate(self, prep: Prepared, headers: Sequence[tuple[str, str]]) -> ProxyResponse:
+        """A conditional request for ``prep`` now, fresh or not (prewarming): a 304 renews the entry."""
+        return await self._serve(prep, headers, True)
 
     async def _serve(
         self,

@@ -132,6 +132,11 @@ class RateLimitTracker:
         if until > s.blocked_until:
             s.blocked_until, s.reason = until, reason or "rate limit (seen by another proxy)"
 
+    def remaining(self, scope: str) -> int | None:
+        """The scope's remaining budget from its last answer (None: not seen yet)."""
+        s = self.scopes.get(scope)
+        return None if s is None else s.remaining
+
     def headers_for(self, scope: str) -> dict[str, str]:
         """Latest known X-RateLimit-* values, to overwrite stale ones on cached answers."""
         s = self.scopes.get(scope)

@@ -42,6 +42,7 @@ from fleetci.cache.api import (
 )
 from fleetci.cache.engine import CACHE_HEADER, CacheEngine, Outcome
 from fleetci.cache.peering import PeerService
+from fleetci.cache.prewarm import Prewarmer
 from fleetci.cache.settings import CacheSettings
 from fleetci.cache.shared import SharedStore
 from fleetci.cache.webhooks import WEBHOOK_PATH, HookRef, Reconciler, WebhookReceiver, parse_hooks
@@ -381,6 +382,9 @@ async def _stats(request: web.Request) -> web.Response:
     webhooks = request.app.get(WEBHOOKS_KEY)
     if webhooks is not None:
         stats["webhooks"] = webhooks.stats()
+    prewarm = request.app[ENGINE_KEY].prewarm
+    if prewarm is not None:
+        stats["prewarm"] = prewarm.stats()
     return web.json_response(stats)
 
 
@@ -547,6 +551,7 @@ async def serve(
     flusher: asyncio.Task[None] | None = None
     hook_runner: web.AppRunner | None = None
     reconciling: asyncio.Task[None] | None = None
+    prewarming: asyncio.Task[None] | None = None
     peers: PeerService | None = None
     sock = settings.socket_path
     try:
@@ -597,6 +602,11 @@ async def serve(
         elif settings.enable_p2p:  # a caller of serve() that did not pass fleetci.p2p.attach.start_peers
             print("fleetci cache: p2p enabled but no peer transport given; serving without peers", flush=True)
         hook_runner, reconciling = await _start_webhooks(engine, app)
+        if settings.prewarm:
+            engine.prewarm = Prewarmer(
+                engine, settings.prewarm, settings.prewarm_lead, settings.prewarm_reserve
+            )
+            prewarming = asyncio.create_task(engine.prewarm.run_forever())
         flusher = asyncio.create_task(_flush_stats_forever(engine))
         print(
             f"fleetci cache listening on http://{settings.host}:{port} and unix:{sock} "
@@ -616,6 +626,8 @@ async def serve(
             flusher.cancel()
         if reconciling is not None:
             reconciling.cancel()
+        if prewarming is not None:
+            prewarming.cancel()
         if hook_runner is not None:
             await hook_runner.cleanup()
         if peers is not None:

@@ -26,6 +26,7 @@ from fleetci.config import (
     SettingTable,
     default_cache_dir,
     parse_bool,
+    parse_count,
     parse_csv,
     parse_ms,
     parse_port,
@@ -72,6 +73,11 @@ def parse_ttl_rules(raw: Any, key: str = "cache.ttl") -> tuple[TTLRule, ...]:
         r.check_unknown()
         rules.append(TTLRule(pattern, seconds, name))
     return tuple(rules)
+
+
+def parse_patterns(text: str) -> tuple[str, ...]:
+    """Comma-separated regular expressions (``cache.prewarm``), each checked before anything starts."""
+    return tuple(_regex(p) for p in parse_csv(text))
 
 
 def _regex(text: str) -> str:
@@ -346,6 +352,29 @@ class CacheOptions(SettingTable):
         flag=False,
         help="token that lists and redelivers the hooks' deliveries (needs admin:repo_hook / admin:org_hook)",
     )
+    # -- prewarming (cache/prewarm.py; docs/cache.md "Prewarming") --
+    prewarm = Setting[tuple[str, ...]](
+        (),
+        parse_patterns,
+        env=("CACHE_PREWARM",),
+        metavar="PATTERNS",
+        help="regular expressions (searched in path?query, comma-separated) of URLs kept fresh: revalidated "
+        "just before their window ends, for the credentials that read them",
+    )
+    prewarm_lead = Setting(
+        10.0,
+        parse_seconds,
+        env=("CACHE_PREWARM_LEAD",),
+        flag=False,
+        help="seconds before a prewarmed entry's window ends when the proxy revalidates it",
+    )
+    prewarm_reserve = Setting(
+        500,
+        parse_count,
+        env=("CACHE_PREWARM_RESERVE",),
+        flag=False,
+        help="prewarming pauses for a credential whose remaining rate-limit budget is under this",
+    )
     # -- shared store (issue 16 item 3; fleetci.cache.shared, fleetci.cache.redis_store) --
     backend = Setting(
         "",
@@ -406,6 +435,9 @@ class CacheSettings:
     webhook_reconcile: tuple[str, ...] = ()
     webhook_reconcile_interval: float = 60.0
     webhook_token: str = field(default="", repr=False)
+    prewarm: tuple[str, ...] = ()
+    prewarm_lead: float = 10.0
+    prewarm_reserve: int = 500
     backend: str = field(default="", repr=False)  # may carry userinfo: print it with redact_url
     redis_password: str = field(default="", repr=False)
 
@@ -546,6 +578,9 @@ def cache_settings(
         webhook_reconcile=r.value(o.webhook_reconcile),
         webhook_reconcile_interval=r.value(o.webhook_reconcile_interval),
         webhook_token=r.value(o.webhook_token),
+        prewarm=r.value(o.prewarm),
+        prewarm_lead=r.value(o.prewarm_lead),
+        prewarm_reserve=r.value(o.prewarm_reserve),
         backend=r.value(o.backend),
         redis_password=r.value(o.redis_password),
     )
