@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
 from fleetci.cache.activity import Activity
 from fleetci.cache.api import COUNTER_KEYS as COUNTER_KEYS
@@ -42,9 +42,6 @@ from fleetci.cache.ratelimit import RateLimitTracker
 from fleetci.cache.settings import CacheSettings
 from fleetci.cache.shared import SharedStore
 from fleetci.cache.store import CacheStore, Entry, Headers
-
-if TYPE_CHECKING:
-    from fleetci.cache.prewarm import Prewarmer
 from fleetci.http import HOP_BY_HOP, AsyncUpstream, StreamedBody, UpstreamError, UpstreamResponse, forwardable
 
 log = logging.getLogger("fleetci.cache")
@@ -177,6 +174,12 @@ HEARD_S = 120.0  # a fleet member not heard from for this long no longer owns ke
 HEARD_MAX = 4096
 
 
+class PrewarmHook(Protocol):
+    """What the engine tells prewarming (fleetci.cache.prewarm.Prewarmer): a cacheable GET was read."""
+
+    def note(self, prep: Prepared, headers: Sequence[tuple[str, str]]) -> None: ...
+
+
 class CacheEngine:
     """Transport-independent cache logic; one per proxy process."""
 
@@ -222,7 +225,7 @@ class CacheEngine:
         # same key, so a miss in a scope no peer uses has nobody to coalesce with.
         self._scopes_heard: OrderedDict[str, float] = OrderedDict()
         # Prewarming (cache/prewarm.py), installed by the proxy when cache.prewarm lists URLs.
-        self.prewarm: Prewarmer | None = None
+        self.prewarm: PrewarmHook | None = None
 
     # -- classification ------------------------------------------------------------------------------
     def prepare(self, target: str, headers: dict[str, str]) -> Prepared:

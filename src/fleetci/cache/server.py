@@ -71,6 +71,7 @@ REWRITE_MEMO_BYTES = 1 * 1024 * 1024
 REWRITE_MEMO_MAX_BODY = 1 << 20
 ENGINE_KEY = web.AppKey("engine", CacheEngine)
 WEBHOOKS_KEY = web.AppKey("webhooks", WebhookReceiver)
+PREWARM_KEY = web.AppKey("prewarm", Prewarmer)
 # Random per process: a job that finds this proxy on its unix socket (whose permissions are the trust
 # anchor) checks that the loopback TCP port it will send tokens to answers with the same value, so a
 # process that took the port (e.g. while the service restarts) is not mistaken for this proxy.
@@ -382,7 +383,7 @@ async def _stats(request: web.Request) -> web.Response:
     webhooks = request.app.get(WEBHOOKS_KEY)
     if webhooks is not None:
         stats["webhooks"] = webhooks.stats()
-    prewarm = request.app[ENGINE_KEY].prewarm
+    prewarm = request.app.get(PREWARM_KEY)
     if prewarm is not None:
         stats["prewarm"] = prewarm.stats()
     return web.json_response(stats)
@@ -564,6 +565,9 @@ async def serve(
             if callable(listen):
                 listen(functools.partial(engine.invalidate, forward=False))
         app = make_app(engine)
+        if settings.prewarm:
+            prewarmer = Prewarmer(engine, settings.prewarm, settings.prewarm_lead, settings.prewarm_reserve)
+            engine.prewarm = app[PREWARM_KEY] = prewarmer
         runner = web.AppRunner(
             app,
             handle_signals=False,
@@ -602,11 +606,8 @@ async def serve(
         elif settings.enable_p2p:  # a caller of serve() that did not pass fleetci.p2p.attach.start_peers
             print("fleetci cache: p2p enabled but no peer transport given; serving without peers", flush=True)
         hook_runner, reconciling = await _start_webhooks(engine, app)
-        if settings.prewarm:
-            engine.prewarm = Prewarmer(
-                engine, settings.prewarm, settings.prewarm_lead, settings.prewarm_reserve
-            )
-            prewarming = asyncio.create_task(engine.prewarm.run_forever())
+        if engine.prewarm is not None:
+            prewarming = asyncio.create_task(app[PREWARM_KEY].run_forever())
         flusher = asyncio.create_task(_flush_stats_forever(engine))
         print(
             f"fleetci cache listening on http://{settings.host}:{port} and unix:{sock} "
