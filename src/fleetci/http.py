@@ -593,14 +593,24 @@ def json_depth(value: Any, limit: int) -> int:
     return deepest
 
 
-def loads_strict(raw: bytes | str, max_depth: int | None = None) -> Any:
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        raise ValueError("JSON object has a duplicate key")
+    return data
+
+
+def loads_strict(raw: bytes | str, max_depth: int | None = None, unique_keys: bool = False) -> Any:
     """JSON as RFC 8259 has it, from a peer we do not trust: ValueError (one line) for anything else.
 
     ``NaN``/``Infinity`` are refused (Python accepts them); nesting too deep for Python's recursive
     parser, or deeper than ``max_depth``, raises :class:`JSONTooDeep` instead of a RecursionError.
+    ``unique_keys``: an object naming a key twice is a ValueError too (Python keeps the last one, other
+    parsers the first: a proxy that reads a body it also forwards must not read it otherwise than they do).
     """
     try:
-        data = json.loads(raw, parse_constant=_not_json)
+        hook = _unique_keys if unique_keys else None
+        data = json.loads(raw, parse_constant=_not_json, object_pairs_hook=hook)
     except RecursionError:
         raise JSONTooDeep("JSON nested too deeply") from None
     if max_depth is not None and json_depth(data, max_depth) > max_depth:

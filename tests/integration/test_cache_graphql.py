@@ -160,6 +160,11 @@ def test_another_credential_never_sees_the_first_ones_answer(gql_proxy: Proxy, e
     assert post(gql_proxy, "alice", spelled).headers["X-Fleetci-Cache"] == "HIT"
 
 
+def fragment_chain(n: int) -> str:
+    chain = " ".join(f"fragment F{i} on Query{{...F{i + 1}}}" for i in range(n))
+    return f"query{{...F0}} {chain} fragment F{n} on Query{{viewer{{login}}}}"
+
+
 HOSTILE: dict[str, bytes] = {
     "invalid-json": b'{"query": ',
     "batched": json.dumps([{"query": "{ viewer { login } }"}] * 2).encode(),
@@ -172,6 +177,15 @@ HOSTILE: dict[str, bytes] = {
     + b"}" * 5001,
     "unparsable": json.dumps({"query": "{ viewer { "}).encode(),
     "oversize-query": json.dumps({"query": "{ viewer { login } }" + " " * (300 * 1024)}).encode(),
+    # review A1: a chain of fragments each spreading the next (65 KB, 2000 of them, valid); a shorter one
+    # under the 16 KiB analysis cap; a large valid document (1000 aliased fields, 24 KB, under the old caps)
+    "fragment-chain": json.dumps({"query": fragment_chain(2000)}).encode(),
+    "fragment-chain-under-16k": json.dumps({"query": fragment_chain(400)}).encode(),
+    "huge-valid-document": json.dumps(
+        {"query": "{ " + " ".join(f"a{i}: viewer {{ login }}" for i in range(1000)) + " }"}
+    ).encode(),
+    # review A3: Python reads the last "query", GitHub may run the first
+    "duplicate-query-key": b'{"query": "{ viewer { login } }", "query": "{ viewer { name } }"}',
 }
 
 
@@ -183,6 +197,31 @@ def test_hostile_bodies_pass_through_without_a_traceback(gql_proxy: Proxy, name:
         assert r.status_code < 500, (name, r.text[:200])
         assert len(r.text.strip().splitlines()) == 1
     assert "Traceback" not in gql_proxy.log.read_text()
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_graphql_path_not_posted_passes_through_never_into_the_rest_cache(
+    gql_proxy: Proxy, method: str
+) -> None:
+    """Review A2: GET/HEAD /graphql went to the REST cache (REST window, REST budget)."""
+    h = {"Authorization": f"token {token('alice')}"}
+    answers = [
+        httpx.request(method, f"{gql_proxy.url}/graphql", params={"query": "{ viewer { login } }"}, headers=h)
+        for _ in range(2)
+    ]
+    assert [r.headers["X-Fleetci-Cache"] for r in answers] == ["BYPASS", "BYPASS"]
+    assert all(r.status_code < 500 for r in answers)
+
+
+def test_post_with_a_query_string_passes_through(gql_proxy: Proxy, emu: Any) -> None:
+    """Review A2: ?query=/?operationName= were left out of the key but forwarded upstream."""
+    q = {"query": "query QS { viewer { login } }"}
+    spent = points(emu, "alice")
+    answers = [post(gql_proxy, "alice", q, params={"operationName": "QS"}) for _ in range(2)]
+    assert [r.headers["X-Fleetci-Cache"] for r in answers] == ["BYPASS", "BYPASS"]
+    assert answers[1].json()["data"]["viewer"]["login"] == "alice"
+    assert points(emu, "alice") == spent + 2  # both reached GitHub
+    assert post(gql_proxy, "alice", q).headers["X-Fleetci-Cache"] in ("MISS", "HIT")  # without: cached
 
 
 def test_body_over_the_proxy_cap_is_413(gql_proxy: Proxy) -> None:

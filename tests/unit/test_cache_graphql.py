@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fleetci.cache import graphql as graphql_module
 from fleetci.cache.engine import CacheEngine
-from fleetci.cache.graphql import GraphQLCache, analyse, install
+from fleetci.cache.graphql import MAX_QUERY_BYTES, GraphQLCache, analyse, install
 from fleetci.cache.settings import TTLRule, cache_settings
 from fleetci.errors import UsageError
 from fleetci.testing import TOKENS
@@ -19,6 +20,12 @@ from fleetci.testing.github_graphql import GitHubError, SchemaNotFound, find_sch
 from support import RunCli
 
 REPO_QUERY = 'query R($o: String!) { repository(owner: $o, name: "api") { name } }'
+
+
+def fragment_chain(n: int) -> str:
+    """Review A1: each fragment spreads the next, so the top level is as deep as the document is long."""
+    chain = " ".join(f"fragment F{i} on Query{{...F{i + 1}}}" for i in range(n))
+    return f"query{{...F0}} {chain} fragment F{n} on Query{{viewer{{login}}}}"
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +62,9 @@ def auth(token: str | None) -> dict[str, str]:
         "query A { viewer { login } } query B { viewer { name } }",  # which one runs? (no operationName)
         "{ a " * 5000 + "}" * 5000,  # deeper than the parser recurses
         "{ " + "a " * 30_000 + "}",  # more tokens than we parse
+        fragment_chain(2000),  # 65 KB: recursed 2000 deep (RecursionError)
+        fragment_chain(400),  # 12.6 KB: deeper than MAX_FRAGMENT_DEPTH
+        "{ " + " ".join(f"a{i}: viewer" for i in range(2500)) + " }",  # more than MAX_SELECTIONS
     ],
 )
 def test_what_is_never_cached(query: str) -> None:
@@ -123,10 +133,43 @@ def test_graphql_ttl_rules_come_from_the_config_file(tmp_path: Path) -> None:
         b'{"query": "{ viewer { login } }", "variables": ' + b'{"a":' * 100 + b"1" + b"}" * 101,
         b'{"query": "{ viewer { login } }", "n": NaN}',
         b'{"query": "\xff"}',
+        # duplicate keys: Python keeps the last, GitHub may read the first (review A3)
+        b'{"query": "mutation { addStar(input: {}) { clientMutationId } }", "query": "{ viewer { login } }"}',
+        b'{"query": "{ viewer { login } }", "operationName": "A", "operationName": null}',
+        b'{"query": "query($a: Int) { viewer { login } }", "variables": {"a": 1, "a": 2}}',
+        # valid and cacheable but over MAX_QUERY_BYTES: never parsed (review A1)
+        json.dumps({"query": "{ viewer { login } }" + " " * MAX_QUERY_BYTES}).encode(),
     ],
 )
 def test_bodies_that_pass_through(gql: GraphQLCache, raw: bytes) -> None:
     assert gql.plan(raw, auth("t")) is None
+
+
+def test_pass_through_verdicts_are_remembered_by_body_hash(gql: GraphQLCache) -> None:
+    """A hostile body is analysed once, not once per request (review A1); nothing else is stored."""
+    raw = body(fragment_chain(400))
+    assert 8 * 1024 < len(raw) <= MAX_QUERY_BYTES
+    key = graphql_module._plan_key(raw, auth("t"))
+    assert gql.plan(raw, auth("t")) is None and key in gql._plans and gql._plans[key] is None
+    assert graphql_module._plan_key(raw, auth("u")) != key  # the credential is part of the verdict's key
+
+
+def test_graphql_module_leaves_the_miss_path_to_the_engine() -> None:
+    """Review A4: no copy of CacheEngine._fetch_upstream; graphql.py reaches into the engine only through
+    _serve (with an UpstreamCall) and _passthrough."""
+    import ast
+
+    tree = ast.parse(Path(graphql_module.__file__).read_text())
+    private = {
+        n.attr
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute)
+        and n.attr.startswith("_")
+        and not n.attr.startswith("__")
+        and isinstance(n.value, ast.Name | ast.Attribute)
+        and (n.value.id if isinstance(n.value, ast.Name) else n.value.attr) == "engine"
+    }
+    assert private <= {"_serve", "_passthrough"}, private
 
 
 def test_graphql_and_ghes_paths(gql: GraphQLCache) -> None:

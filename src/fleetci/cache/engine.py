@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast
 
@@ -153,8 +153,19 @@ def _weak(tag: str) -> str:
     return tag.strip().removeprefix("W/")
 
 
-# How a cacheable request reaches the upstream on a miss: (prepared, client headers, stale entry, force).
-FetchUpstream = Callable[[Prepared, Sequence[tuple[str, str]], Entry | None, bool], Awaitable[ProxyResponse]]
+@dataclass(frozen=True)
+class UpstreamCall:
+    """A cacheable request that is not a conditional GET of ``prep.target`` (GraphQL's POST of a query):
+    what to send and which answers to keep. The rest of a miss (rate limits, stale copies, storing,
+    persisting, announcing) is the engine's, the same as for REST."""
+
+    method: str
+    target: str
+    body: bytes
+    storable: Callable[[int, Mapping[str, str], bytes], bool]
+    from_origin: bool = False  # GHES GraphQL: HOST/api/graphql, not under the REST base
+    charged_as: str = ""  # the dashboard's name for the charged call ("" -> the target)
+    sent: Callable[[], None] | None = None  # told when the request goes upstream (its own counters)
 
 
 class GraphQLHook(Protocol):
@@ -162,7 +173,12 @@ class GraphQLHook(Protocol):
 
     def is_endpoint(self, target: str) -> bool: ...
     async def handle(
-        self, headers: Sequence[tuple[str, str]], lower: dict[str, str], body: bytes | StreamedBody | None
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        lower: dict[str, str],
+        body: bytes | StreamedBody | None,
     ) -> ProxyResponse: ...
     def counters(self) -> dict[str, int]: ...
 
@@ -311,9 +327,10 @@ class CacheEngine:
         else:
             lower["authorization"] = credential
         method = method.upper()
-        # -- GraphQL (issue 20): queries are cached in fleetci.cache.graphql; the rest passes through --
-        if method == "POST" and self.graphql is not None and self.graphql.is_endpoint(target):
-            return self._finish(await self.graphql.handle(headers, lower, body), lower)
+        # -- GraphQL (issue 20): POSTed queries are cached in fleetci.cache.graphql; anything else sent to
+        # the GraphQL path (GET, a query string) passes through there too, never into the REST cache --
+        if self.graphql is not None and self.graphql.is_endpoint(target):
+            return self._finish(await self.graphql.handle(method, target, headers, lower, body), lower)
         if method not in ("GET", "HEAD"):
             return self._finish(await self._passthrough(method, target, headers, lower, body), lower)
         prep = self.prepare(target, lower)
@@ -332,10 +349,10 @@ class CacheEngine:
         prep: Prepared,
         headers: Sequence[tuple[str, str]],
         force: bool,
-        upstream: FetchUpstream | None = None,
+        call: UpstreamCall | None = None,
     ) -> ProxyResponse:
         """A cacheable request: fresh entry, else join the identical in-flight one, else fetch (peers
-        first, then ``upstream``: a conditional GET unless the caller brings its own, as GraphQL does)."""
+        first, then upstream: a conditional GET unless ``call`` says otherwise, as GraphQL's does)."""
         now = self.clock()
         entry = self.store.get(prep.key)
         if entry is not None and entry.is_fresh(now) and not force:
@@ -353,7 +370,7 @@ class CacheEngine:
         future: asyncio.Future[ProxyResponse] = asyncio.get_running_loop().create_future()
         self._inflight[prep.key] = future
         try:
-            result = await self._fetch(prep, headers, entry, force, upstream)
+            result = await self._fetch(prep, headers, entry, force, call)
             future.set_result(result)
         except BaseException as exc:
             future.set_exception(exc)
@@ -370,12 +387,11 @@ class CacheEngine:
         headers: Sequence[tuple[str, str]],
         entry: Entry | None,
         force: bool = False,
-        upstream: FetchUpstream | None = None,
+        call: UpstreamCall | None = None,
     ) -> ProxyResponse:
-        fetch_upstream = upstream or self._fetch_upstream
         now = self.clock()
         if self.shared is not None and not force:
-            return await self._via_shared(self.shared, prep, headers, entry, fetch_upstream)
+            return await self._via_shared(self.shared, prep, headers, entry, call)
         if self.peers is not None and not force:
             from_peer = await self._from_peers(prep, entry, now)
             if from_peer is None:
@@ -383,16 +399,21 @@ class CacheEngine:
             if from_peer is not None:
                 return from_peer
             try:
-                return await fetch_upstream(prep, headers, entry, force)
+                return await self._fetch_upstream(prep, headers, entry, force, call)
             finally:
                 if prep.key in self._claimed:  # we claimed it but have nothing to announce: say so
                     self._claimed.discard(prep.key)
                     self._end_lease(prep.key)
                     self.peers.claim(prep.scope, prep.key, release=True)
-        return await fetch_upstream(prep, headers, entry, force)
+        return await self._fetch_upstream(prep, headers, entry, force, call)
 
     async def _fetch_upstream(
-        self, prep: Prepared, headers: Sequence[tuple[str, str]], entry: Entry | None, force: bool
+        self,
+        prep: Prepared,
+        headers: Sequence[tuple[str, str]],
+        entry: Entry | None,
+        force: bool,
+        call: UpstreamCall | None = None,
     ) -> ProxyResponse:
         now = self.clock()
         usable_stale = (
@@ -405,24 +426,33 @@ class CacheEngine:
                 return self._from_entry(usable_stale, Outcome.STALE, prep.limit_scope)
             return self._limited_response(prep.limit_scope, wait)
         fwd = [(k, v) for k, v in upstream_headers(headers, prep.credential) if k.lower() not in CONDITIONAL]
-        if entry is not None:
+        if call is None and entry is not None:  # a GET revalidates what we hold (a 304 is free)
             if entry.etag:
                 fwd.append(("If-None-Match", entry.etag))
             if entry.last_modified:
                 fwd.append(("If-Modified-Since", entry.last_modified))
-        else:
+        elif call is None:
             fwd += [(k, v) for k, v in headers if k.lower() in ("if-none-match", "if-modified-since")]
+        # else not a GET: no validators (GraphQL answers carry none)
         try:
             async with self.limits.semaphore(prep.limit_scope):
                 self.counters.upstream_requests += 1
-                up = await self.upstream.request("GET", prep.target, fwd)
+                if call is None:
+                    up = await self.upstream.request("GET", prep.target, fwd)
+                else:
+                    if call.sent is not None:
+                        call.sent()
+                    extra = (
+                        {"from_origin": True} if call.from_origin else {}
+                    )  # upstream doubles: old signature
+                    up = await self.upstream.request(call.method, call.target, fwd, call.body, **extra)
         except UpstreamError:
             self.counters.upstream_errors += 1
             if usable_stale is not None:
                 return self._from_entry(usable_stale, Outcome.STALE, prep.limit_scope)
             raise
         if up.status != 304:  # GitHub charges every call but a conditional one answered 304
-            self.activity.charged(prep.target)
+            self.activity.charged(call.charged_as or call.target if call is not None else prep.target)
         up_headers = up.header_map()
         now = self.clock()
         limited = self.limits.observe(prep.limit_scope, up.status, up_headers, up.body, now)
@@ -432,7 +462,7 @@ class CacheEngine:
             if usable_stale is not None:
                 return self._from_entry(usable_stale, Outcome.STALE, prep.limit_scope)
             return self._from_upstream(up, Outcome.MISS)
-        if up.status == 304 and entry is not None:
+        if up.status == 304 and entry is not None and call is None:
             merged = self._merge_headers(entry.headers, up.headers)
             refreshed = self.store.refresh(prep.key, now + prep.ttl, merged)
             if refreshed is None:  # a copy from the shared store or a peer, not in our tiers yet: keep it
@@ -444,7 +474,12 @@ class CacheEngine:
         if up.status >= 500 and usable_stale is not None:
             self.counters.upstream_errors += 1
             return self._from_entry(usable_stale, Outcome.STALE, prep.limit_scope)
-        if response_is_storable(up.status, up_headers) and len(up.body) <= MAX_STORED_BODY:
+        storable = (
+            response_is_storable(up.status, up_headers)
+            if call is None
+            else call.storable(up.status, up_headers, up.body)
+        )
+        if storable and len(up.body) <= MAX_STORED_BODY:
             stored = Entry.create(
                 prep.key,
                 prep.scope,
@@ -469,7 +504,7 @@ class CacheEngine:
         prep: Prepared,
         headers: Sequence[tuple[str, str]],
         entry: Entry | None,
-        upstream: FetchUpstream | None = None,
+        call: UpstreamCall | None = None,
     ) -> ProxyResponse:
         """Local miss or stale: the fleet's copy, else one proxy of the fleet fetches (a lock in the
         store, renewed while it fetches) while the others wait for its entry as long as the lock lives
@@ -495,7 +530,7 @@ class CacheEngine:
                 self.counters.shared_waits += 1
                 return self._keep_shared(waited, prep)
         try:
-            return await (upstream or self._fetch_upstream)(prep, headers, entry, False)
+            return await self._fetch_upstream(prep, headers, entry, False, call)
         finally:
             shared.unlock(prep.key)  # a no-op once the entry was published
 

@@ -4,8 +4,15 @@ GitHub's GraphQL API has its own budget (5,000 points an hour per credential, ``
 graphql``) and no ETags, so a fleet running gh spends it once per runner. A body is parsed with graphql-core
 (GraphQL.js's port, a core dependency: the proxy needs it on every request to /graphql), and only a
 document whose operations are all queries is cached. Everything else goes upstream untouched, as before:
-mutations and subscriptions, anything graphql-core cannot parse, batched (JSON array) bodies, variables
-that are not a JSON object, bodies over :data:`MAX_QUERY_BYTES`.
+mutations and subscriptions, anything graphql-core cannot parse (or fails on in any way), batched (JSON
+array) bodies, variables that are not a JSON object, JSON naming a key twice, bodies over
+:data:`MAX_QUERY_BYTES` (never parsed), documents whose top-level fragments nest deeper than
+:data:`MAX_FRAGMENT_DEPTH` or hold more than :data:`MAX_SELECTIONS` top-level selections, and anything
+sent to the GraphQL path that is not a POST or carries a query string.
+
+The work per body is bounded, since it runs on the proxy's event loop: at most 16 KiB is analysed (gh's
+bodies are about 1 KiB), the walk is iterative, and every verdict, "pass through" included, is
+remembered by the body's hash (:data:`PLAN_ENTRIES`), so a hostile body costs its analysis once.
 
 The key is the same credential partition as REST (``policy.request_credential`` -> ``scope_of``, or the
 declared shared scope) + the normalised document (graphql-core ``print_ast``, so whitespace, commas and
@@ -28,34 +35,35 @@ import hashlib
 import json
 import re
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from fleetci.cache.engine import DROP_FROM_STORED, CacheEngine, Outcome, Prepared, ProxyResponse
+from fleetci.cache.engine import CacheEngine, Outcome, Prepared, ProxyResponse, UpstreamCall
 from fleetci.cache.policy import (
     ANONYMOUS_SCOPE,
     canonical_accept,
     scope_of,
     shared_scope_of,
-    upstream_headers,
     wants_revalidation,
 )
 from fleetci.cache.settings import TTLRule
-from fleetci.cache.store import Entry
-from fleetci.http import JSONTooDeep, StreamedBody, UpstreamError, loads_strict
+from fleetci.http import JSONTooDeep, StreamedBody, loads_strict
 
 GRAPHQL_PATH = "/graphql"
-MAX_QUERY_BYTES = 256 * 1024  # larger bodies stream upstream untouched (up to cache.max_body_bytes)
-MAX_TOKENS = 20_000  # graphql-core stops parsing past this many tokens: the document passes through
+# Larger bodies stream upstream untouched, never parsed (up to cache.max_body_bytes): gh's are ~1 KiB,
+# and analysing a large document would hold the event loop (every client of a shared proxy) for it.
+MAX_QUERY_BYTES = 16 * 1024
+MAX_TOKENS = 5_000  # graphql-core stops parsing past this many tokens (gh's: ~300): it passes through
 MAX_VARIABLE_DEPTH = 32
+INLINE_ANALYSIS = 2 * 1024  # larger documents are analysed in a worker thread (gh's: about 1 KiB)
+MAX_FRAGMENT_DEPTH = 32  # fragments (spread or inline) nested above the top-level fields
+MAX_SELECTIONS = 2_000  # top-level selections visited, through all fragments
 # Memos, bounded in bytes as well as entries (twenty proxies may share a box): parsed documents by query
-# text (<= 16 KiB each, 256 of them), and plans by exact body and key headers (<= 8 KiB each, 512 of
-# them; gh's bodies are about 1 KiB), so a hit costs a dict lookup.
+# text (<= 16 KiB each, 256 of them), and verdicts by the hash of the body and the key headers (2048 of
+# them, "pass through" included), so a repeated body costs a hash and a dict lookup.
 MEMO_ENTRIES = 256
-MEMO_MAX_QUERY = 16 * 1024
-PLAN_ENTRIES = 512
-PLAN_MAX_BODY = 8 * 1024
+PLAN_ENTRIES = 2048
 LIMIT_SUFFIX = "/graphql"  # the rate-limit scope of a credential's GraphQL budget
 
 # Top-level fields (regular expressions, matched whole) -> fresh window. Short: GraphQL answers carry no
@@ -112,6 +120,13 @@ class FieldPolicy:
 def analyse(query: str, operation_name: str | None) -> Operation | None:
     """The operation a query document runs, or None when it must pass through (not parsable, holds a
     mutation or subscription, ambiguous operation, too many tokens or too deeply nested)."""
+    try:
+        return _analyse(query, operation_name)
+    except Exception:  # graphql-core parses untrusted text: whatever it raises, the body passes through
+        return None
+
+
+def _analyse(query: str, operation_name: str | None) -> Operation | None:
     from graphql import GraphQLError, parse, print_ast
     from graphql.language import (
         FieldNode,
@@ -120,12 +135,11 @@ def analyse(query: str, operation_name: str | None) -> Operation | None:
         InlineFragmentNode,
         OperationDefinitionNode,
         OperationType,
-        SelectionSetNode,
+        SelectionNode,
     )
 
     try:
         doc = parse(query, no_location=True, max_tokens=MAX_TOKENS)
-        printed = print_ast(doc)
     except (GraphQLError, RecursionError):
         return None
     ops: list[OperationDefinitionNode] = []
@@ -148,23 +162,32 @@ def analyse(query: str, operation_name: str | None) -> Operation | None:
         op = ops[0]
     else:
         return None
+    # The top-level fields, depth first, without recursion: a chain of fragments spreading the next one
+    # is as deep as the document is long (review A1), so depth and visits are bounded.
     fields: list[str] = []
     seen: set[str] = set()
-
-    def walk(sel: SelectionSetNode) -> None:
-        for s in sel.selections:
-            if isinstance(s, FieldNode):
-                fields.append(s.name.value)
-            elif isinstance(s, InlineFragmentNode):
-                walk(s.selection_set)
-            elif isinstance(s, FragmentSpreadNode) and s.name.value not in seen:
-                seen.add(s.name.value)
-                frag = fragments.get(s.name.value)
-                if frag is not None:
-                    walk(frag.selection_set)
-
-    walk(op.selection_set)
-    return Operation(printed, tuple(dict.fromkeys(fields)))
+    stack: list[Iterator[SelectionNode]] = [iter(op.selection_set.selections)]
+    visited = 0
+    while stack:
+        s = next(stack[-1], None)
+        if s is None:
+            stack.pop()
+            continue
+        visited += 1
+        if visited > MAX_SELECTIONS:
+            return None
+        if isinstance(s, FieldNode):
+            fields.append(s.name.value)
+        elif isinstance(s, InlineFragmentNode):
+            stack.append(iter(s.selection_set.selections))
+        elif isinstance(s, FragmentSpreadNode) and s.name.value not in seen:
+            seen.add(s.name.value)
+            frag = fragments.get(s.name.value)
+            if frag is not None:
+                stack.append(iter(frag.selection_set.selections))
+        if len(stack) > MAX_FRAGMENT_DEPTH:
+            return None
+    return Operation(print_ast(doc), tuple(dict.fromkeys(fields)))
 
 
 @dataclass
@@ -194,14 +217,33 @@ class GraphQLCounters:
         setattr(self, name, getattr(self, name) + 1)
 
 
-@dataclass
-class _Plan:
-    prep: Prepared
-    body: bytes
-    force: bool = field(default=False)
+def _plan_key(raw: bytes, lower: dict[str, str]) -> bytes:
+    """The body and the request headers that go into an entry's key, hashed (the verdict memo's key)."""
+    h = hashlib.sha256(raw)
+    for name in ("authorization", "accept", *KEY_HEADERS):
+        value = lower.get(name)
+        h.update(b"\x01" if value is None else b"\x00" + value.encode("utf-8", "surrogatepass"))
+    return h.digest()
 
 
-def _stored_answer(status: int, headers: dict[str, str], body: bytes) -> bool:
+def _read_body(raw: bytes) -> tuple[str, dict[str, object] | None, str | None] | None:
+    """(query, variables, operationName) of a body we may cache, or None: pass it through."""
+    try:
+        # Duplicate keys: we would read the last "query", GitHub perhaps the first (review A3).
+        payload = loads_strict(raw, max_depth=MAX_VARIABLE_DEPTH, unique_keys=True)
+    except (ValueError, UnicodeDecodeError, JSONTooDeep):
+        return None
+    if not isinstance(payload, dict) or set(payload) - {"query", "variables", "operationName"}:
+        return None  # batched, or keys we do not know (persisted queries, extensions): untouched
+    query, variables, name = payload.get("query"), payload.get("variables"), payload.get("operationName")
+    if not isinstance(query, str) or not (variables is None or isinstance(variables, dict)):
+        return None
+    if not (name is None or isinstance(name, str)):
+        return None
+    return query, variables, name
+
+
+def _stored_answer(status: int, headers: Mapping[str, str], body: bytes) -> bool:
     """A complete answer: 200, JSON, ``data`` and no ``errors`` (GitHub reports most failures in a 200)."""
     if status != 200 or "no-store" in headers.get("cache-control", "").lower():
         return False
@@ -221,7 +263,7 @@ class GraphQLCache:
         self.policy = FieldPolicy.build(settings.graphql_ttl_rules, settings.graphql_default_ttl)
         self.stats = GraphQLCounters()
         self._memo: OrderedDict[tuple[str, str | None], Operation | None] = OrderedDict()
-        self._plans: OrderedDict[tuple[bytes | str | None, ...], Prepared | None] = OrderedDict()
+        self._plans: OrderedDict[bytes, Prepared | None] = OrderedDict()
         base = engine.upstream.base_path
         # github.com: /graphql; GHES: the REST base is /api/v3 and GraphQL lives at /api/graphql.
         self._paths = {GRAPHQL_PATH, base + GRAPHQL_PATH}
@@ -244,48 +286,51 @@ class GraphQLCache:
         if key in self._memo:
             self._memo.move_to_end(key)
             return self._memo[key]
-        op = analyse(query, operation_name)
-        if len(query) <= MEMO_MAX_QUERY:
-            self._memo[key] = op
-            while len(self._memo) > MEMO_ENTRIES:
-                self._memo.popitem(last=False)
+        op = analyse(query, operation_name)  # bodies are at most MAX_QUERY_BYTES: so is the query
+        self._memo[key] = op
+        while len(self._memo) > MEMO_ENTRIES:
+            self._memo.popitem(last=False)
         return op
 
     def plan(self, raw: bytes, lower: dict[str, str]) -> Prepared | None:
         """Where a body's answer lives in the cache and for how long; None: pass it through.
 
-        Remembered by the exact body and the headers in the key, so a hit costs one dict lookup instead
-        of a JSON parse, a memo lookup and a hash over the document (fleets repeat the same bodies)."""
-        memo_key = (
-            raw,
-            lower.get("authorization"),
-            lower.get("accept", ""),
-            *(lower.get(k, "") for k in KEY_HEADERS),
-        )
-        if len(raw) <= PLAN_MAX_BODY:
-            hit = self._plans.get(memo_key, _UNKNOWN)
-            if hit is not _UNKNOWN:
-                self._plans.move_to_end(memo_key)
-                return hit  # type: ignore[return-value]
+        Remembered by a hash of the body and the headers in the key, "pass through" too, so a repeated
+        body costs a hash and a dict lookup instead of a JSON parse and a document analysis (fleets
+        repeat the same bodies, and a hostile body is analysed once, not once per request)."""
+        if len(raw) > MAX_QUERY_BYTES:
+            return None  # never parsed (handle() streams these upstream before getting here)
+        memo_key = _plan_key(raw, lower)
+        hit = self._plans.get(memo_key, _UNKNOWN)
+        if hit is not _UNKNOWN:
+            self._plans.move_to_end(memo_key)
+            return hit  # type: ignore[return-value]
         plan = self._plan(raw, lower)
-        if len(raw) <= PLAN_MAX_BODY:
-            self._plans[memo_key] = plan
-            while len(self._plans) > PLAN_ENTRIES:
-                self._plans.popitem(last=False)
+        self._plans[memo_key] = plan
+        while len(self._plans) > PLAN_ENTRIES:
+            self._plans.popitem(last=False)
         return plan
 
+    async def plan_off_loop(self, raw: bytes, lower: dict[str, str]) -> Prepared | None:
+        """:meth:`plan`, with a document over :data:`INLINE_ANALYSIS` bytes not yet seen analysed in a
+        worker thread, so the event loop keeps serving the proxy's other clients meanwhile."""
+        large = len(raw) > INLINE_ANALYSIS and _plan_key(raw, lower) not in self._plans
+        read = _read_body(raw) if large else None
+        if read is not None:
+            query, _, name = read
+            key = (query, name or None)
+            if len(query) > INLINE_ANALYSIS and key not in self._memo:
+                op = await asyncio.to_thread(analyse, query, name or None)
+                self._memo[key] = op
+                while len(self._memo) > MEMO_ENTRIES:
+                    self._memo.popitem(last=False)
+        return self.plan(raw, lower)
+
     def _plan(self, raw: bytes, lower: dict[str, str]) -> Prepared | None:
-        try:
-            payload = loads_strict(raw, max_depth=MAX_VARIABLE_DEPTH)
-        except (ValueError, UnicodeDecodeError, JSONTooDeep):
+        read = _read_body(raw)
+        if read is None:
             return None
-        if not isinstance(payload, dict) or set(payload) - {"query", "variables", "operationName"}:
-            return None  # batched, or keys we do not know (persisted queries, extensions): untouched
-        query, variables, name = payload.get("query"), payload.get("variables"), payload.get("operationName")
-        if not isinstance(query, str) or not (variables is None or isinstance(variables, dict)):
-            return None
-        if not (name is None or isinstance(name, str)):
-            return None
+        query, variables, name = read
         op = self._operation(query, name or None)
         if op is None:
             return None
@@ -313,94 +358,60 @@ class GraphQLCache:
         return Prepared(scope, target, key, f"graphql-{ttl_class}", ttl, limit_scope, credential)
 
     async def handle(
-        self, headers: Sequence[tuple[str, str]], lower: dict[str, str], body: bytes | StreamedBody | None
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        lower: dict[str, str],
+        body: bytes | StreamedBody | None,
     ) -> ProxyResponse:
+        """A request to the GraphQL path: a POSTed query is cached, anything else goes upstream as is."""
         engine = self.engine
         self.stats.requests += 1
+        limit = scope_of(lower.get("authorization")) + LIMIT_SUFFIX
+        query_string = urlsplit(target).query
+        if method != "POST" or query_string:
+            # GET /graphql, or ?query=/?variables= beside the body: GitHub may read what the key would
+            # not hold, and a GET must not land in the REST cache (review A2).
+            path = self._upstream_path + (f"?{query_string}" if query_string else "")
+            return await self._passthrough(method, path, headers, lower, body, limit)
         raw, rest = await _buffer(body, MAX_QUERY_BYTES)
-        prep = self.plan(raw, lower) if rest is None else None
+        prep = await self.plan_off_loop(raw, lower) if rest is None else None
         if prep is None or prep.ttl <= 0:
-            limit = scope_of(lower.get("authorization")) + LIMIT_SUFFIX
             forward: bytes | StreamedBody | None = raw if rest is None else rest
-            return await self._passthrough(headers, lower, forward, limit)
-        force = wants_revalidation(lower)
-
-        async def fetch(
-            p: Prepared, h: Sequence[tuple[str, str]], entry: Entry | None, _force: bool
-        ) -> ProxyResponse:
-            return await self._fetch_upstream(p, h, entry, raw)
-
-        resp = await engine._serve(prep, headers, force, fetch)
+            return await self._passthrough("POST", self._upstream_path, headers, lower, forward, limit)
+        call = UpstreamCall(
+            "POST",
+            self._upstream_path,
+            raw,  # the client's body as it came (its credential replaced by the one keyed on)
+            _stored_answer,
+            from_origin=self._from_origin,
+            charged_as=GRAPHQL_PATH,
+            sent=self._sent,
+        )
+        resp = await engine._serve(prep, headers, wants_revalidation(lower), call)
         self.stats.count(resp.outcome)
         return resp
 
+    def _sent(self) -> None:
+        self.stats.upstream_requests += 1
+
     async def _passthrough(
         self,
+        method: str,
+        path: str,
         headers: Sequence[tuple[str, str]],
         lower: dict[str, str],
         body: bytes | StreamedBody | None,
         limit_scope: str,
     ) -> ProxyResponse:
         resp = await self.engine._passthrough(
-            "POST", self._upstream_path, headers, lower, body, limit_scope, self._from_origin
+            method, path, headers, lower, body, limit_scope, self._from_origin
         )
         if not any(k == "X-Fleetci-Blocked" for k, _ in resp.headers):  # else GitHub was not called
             self.stats.upstream_requests += 1
         self.stats.count(Outcome.BYPASS)
         return resp
-
-    async def _fetch_upstream(
-        self, prep: Prepared, headers: Sequence[tuple[str, str]], entry: Entry | None, body: bytes
-    ) -> ProxyResponse:
-        """A miss: POST the client's body as it came (its credential replaced by the one keyed on)."""
-        engine = self.engine
-        now = engine.clock()
-        stale = entry if entry is not None and now - entry.fresh_until <= engine.settings.max_stale else None
-        wait = engine.limits.blocked_for(prep.limit_scope, now)
-        if wait > 0:
-            engine.counters.rate_limited += 1
-            if stale is not None:
-                return engine._from_entry(stale, Outcome.STALE, prep.limit_scope)
-            return engine._limited_response(prep.limit_scope, wait)
-        skip = {"if-none-match", "if-modified-since", "cache-control", "pragma"}
-        fwd = [(k, v) for k, v in upstream_headers(headers, prep.credential) if k.lower() not in skip]
-        try:
-            async with engine.limits.semaphore(prep.limit_scope):
-                engine.counters.upstream_requests += 1
-                self.stats.upstream_requests += 1
-                up = await engine.upstream.request("POST", self._upstream_path, fwd, body, self._from_origin)
-        except UpstreamError:
-            engine.counters.upstream_errors += 1
-            if stale is not None:
-                return engine._from_entry(stale, Outcome.STALE, prep.limit_scope)
-            raise
-        engine.activity.charged(GRAPHQL_PATH)  # the dashboard's charged calls (GraphQL has no free 304)
-        up_headers = up.header_map()
-        now = engine.clock()
-        limited = engine.limits.observe(prep.limit_scope, up.status, up_headers, up.body, now)
-        engine._share_limit(prep.limit_scope)  # with a shared store, the fleet backs off too
-        if limited:
-            engine.counters.rate_limited += 1
-            if stale is not None:
-                return engine._from_entry(stale, Outcome.STALE, prep.limit_scope)
-            return engine._from_upstream(up, Outcome.MISS)
-        if up.status >= 500 and stale is not None:
-            engine.counters.upstream_errors += 1
-            return engine._from_entry(stale, Outcome.STALE, prep.limit_scope)
-        if _stored_answer(up.status, up_headers, up.body) and len(up.body) <= MAX_STORED_BODY:
-            kept = tuple((k, v) for k, v in up.headers if k.lower() not in DROP_FROM_STORED)
-            stored = Entry.create(prep.key, prep.scope, prep.target, 200, kept, up.body, prep.ttl, now)
-            engine.store.remember(stored)
-            asyncio.get_running_loop().call_soon(self._persist, stored)
-            engine._announce(stored)
-            return engine._from_entry(stored, Outcome.MISS, prep.limit_scope)
-        return engine._from_upstream(up, Outcome.MISS)
-
-    def _persist(self, entry: Entry) -> None:
-        self.engine._persist(entry)  # as REST entries: a failed write is logged, the entry stays in RAM
-
-
-MAX_STORED_BODY = 16 * 1024 * 1024
 
 
 async def _buffer(body: bytes | StreamedBody | None, limit: int) -> tuple[bytes, StreamedBody | None]:
