@@ -178,11 +178,11 @@ HOSTILE: dict[str, bytes] = {
     "unparsable": json.dumps({"query": "{ viewer { "}).encode(),
     "oversize-query": json.dumps({"query": "{ viewer { login } }" + " " * (300 * 1024)}).encode(),
     # review A1: a chain of fragments each spreading the next (65 KB, 2000 of them, valid); a shorter one
-    # under the 16 KiB analysis cap; a large valid document (1000 aliased fields, 24 KB, under the old caps)
+    # under the 16 KiB analysis cap; a large valid document (200 aliases and comments, 25 KB, old caps)
     "fragment-chain": json.dumps({"query": fragment_chain(2000)}).encode(),
     "fragment-chain-under-16k": json.dumps({"query": fragment_chain(400)}).encode(),
     "huge-valid-document": json.dumps(
-        {"query": "{ " + " ".join(f"a{i}: viewer {{ login }}" for i in range(1000)) + " }"}
+        {"query": "{ " + " ".join(f"a{i}: viewer {{ login }} # {'c' * 100}\n" for i in range(200)) + " }"}
     ).encode(),
     # review A3: Python reads the last "query", GitHub may run the first
     "duplicate-query-key": b'{"query": "{ viewer { login } }", "query": "{ viewer { name } }"}',
