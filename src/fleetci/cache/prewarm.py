@@ -98,29 +98,33 @@ class Prewarmer:
         return remaining is None or remaining >= self.reserve
 
     async def once(self) -> int:
-        """One pass: revalidate every watched entry whose window ends within the lead; how many."""
+        """One pass: revalidate every watched entry whose window ends within the lead, concurrently (the
+        engine's per-credential semaphore caps the calls in flight); how many were revalidated."""
         engine = self.engine
-        done = 0
+        due: list[_Watched] = []
         for key, watched in list(self._watched.items()):
             now = engine.clock()
             entry = engine.store.get(key)
             if entry is None:  # evicted or expired for good: a reader brings it back
                 self._watched.pop(key, None)
+            elif entry.fresh_until - now > self.lead:
                 continue
-            if entry.fresh_until - now > self.lead:
-                continue
-            if not self._budget_ok(watched.prep.limit_scope, now):
+            elif not self._budget_ok(watched.prep.limit_scope, now):
                 self.counts["paused"] += 1
-                continue
-            try:
-                resp = await engine.revalidate(watched.prep, watched.headers)
-            except UpstreamError as exc:
-                self.counts["failed"] += 1
-                log.warning("prewarm %s: %s", watched.prep.target, exc)
-                continue
-            self.counts["revalidated" if resp.outcome == "REVALIDATED" else "changed"] += 1
-            done += 1
-        return done
+            else:
+                due.append(watched)
+        done = await asyncio.gather(*(self._one(w) for w in due))
+        return sum(done)
+
+    async def _one(self, watched: _Watched) -> bool:
+        try:
+            resp = await self.engine.revalidate(watched.prep, watched.headers)
+        except UpstreamError as exc:
+            self.counts["failed"] += 1
+            log.warning("prewarm %s: %s", watched.prep.target, exc)
+            return False
+        self.counts["revalidated" if resp.outcome == "REVALIDATED" else "changed"] += 1
+        return True
 
     async def run_forever(self) -> None:
         while True:
