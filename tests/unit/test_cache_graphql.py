@@ -154,6 +154,38 @@ def test_pass_through_verdicts_are_remembered_by_body_hash(gql: GraphQLCache) ->
     assert graphql_module._plan_key(raw, auth("u")) != key  # the credential is part of the verdict's key
 
 
+def test_large_documents_are_analysed_off_the_event_loop(
+    gql: GraphQLCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review A1: a document over INLINE_ANALYSIS bytes is analysed in a worker thread, so the proxy's
+    event loop keeps serving other clients; gh-sized ones stay inline (a thread hop costs more)."""
+    import asyncio
+    import threading
+
+    threads: list[int] = []
+    real = graphql_module.analyse
+
+    def recording(query: str, name: str | None) -> object:
+        threads.append(threading.get_ident())
+        return real(query, name)
+
+    monkeypatch.setattr(graphql_module, "analyse", recording)
+    large = body("{ " + " ".join(f"a{i}: viewer {{ login }}" for i in range(150)) + " }")
+    small = body("{ t1: viewer { login } }")
+    assert len(large) > graphql_module.INLINE_ANALYSIS >= len(small)
+
+    async def both() -> tuple[object, object, int]:
+        return (
+            await gql.plan_off_loop(large, auth("off")),
+            await gql.plan_off_loop(small, auth("off")),
+            threading.get_ident(),
+        )
+
+    big, little, loop_thread = asyncio.run(both())
+    assert big is not None and little is not None  # both cacheable, and each analysed once
+    assert len(threads) == 2 and threads[0] != loop_thread and threads[1] == loop_thread
+
+
 def test_graphql_module_leaves_the_miss_path_to_the_engine() -> None:
     """Review A4: no copy of CacheEngine._fetch_upstream; graphql.py reaches into the engine only through
     _serve (with an UpstreamCall) and _passthrough."""
