@@ -11,6 +11,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import zipfile
 from collections.abc import Iterator
@@ -25,6 +27,7 @@ from fleetci.registry.sync import prepare
 from fleetci.testing.docker_registry import RegistryProcess, no_auth_registry
 from fleetci.testing.images import write_docker_archive
 from fleetci.testing.registry_front import RegistryFront, held_bytes
+from fleetci.wait import wait_until
 from support import clean_env, fleetci_cmd, one_line_error, run_fleetci
 from support.registry import GL_TAG, PROJECT, TAG, needs_registry, push_argv
 
@@ -36,6 +39,10 @@ KILL_TAG = "presto-111111111111-velox-222222222222-linux-amd64"  # a tag of its 
 FAIL_TAG = "presto-333333333333-velox-444444444444-linux-amd64"
 CHANGED_TAG = "presto-555555555555-velox-666666666666-linux-amd64"
 OTHER_TAG = "presto-777777777777-velox-888888888888-linux-amd64"
+SIGNAL_TAGS = {  # a tag each: the shared registry would hold the other run's image
+    signal.SIGINT: "presto-999999999999-velox-aaaaaaaaaaaa-linux-amd64",
+    signal.SIGTERM: "presto-bbbbbbbbbbbb-velox-cccccccccccc-linux-amd64",
+}
 STDLIB = str(Path(json.__file__).parent.parent)  # real files (Python's stdlib): text and binaries
 
 
@@ -287,3 +294,58 @@ def test_an_index_is_not_built_when_the_arch_tag_holds_another_image(
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert gone.returncode != 0  # no index over an image this push did not push
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_the_uploads_in_flight_and_the_rerun_resumes(
+    registry: RegistryProcess, tmp_path: Path, signum: signal.Signals
+) -> None:
+    downloads = tmp_path / "downloads"
+    tag = SIGNAL_TAGS[signum]
+    img = prepared(downloads, tag, [16 * MIB, 16 * MIB], seed=61 + signum)
+    state_file = downloads / tag / "push-state.json"
+    front = RegistryFront(registry).start()
+    front.patch_delay = 0.1  # each layer takes 16 x 0.1 s or more: the signal lands mid-layer
+    argv = push_argv(downloads, front.url, "--verbose", compression="gzip", parallel=2)
+    argv[2] = tag
+    proc = subprocess.Popen(
+        fleetci_cmd(*argv), env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+
+        def a_chunk_landed() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"the push ended (exit {proc.returncode}) before the signal")
+            try:
+                uploads = json.loads(state_file.read_text())["uploads"]
+            except (OSError, ValueError, KeyError):
+                return False
+            return any(u["offset"] >= MIB for u in uploads.values())
+
+        wait_until(a_chunk_landed, timeout=120, interval=0.005, what="a saved chunk")
+        os.kill(proc.pid, signal.SIGSTOP)  # mid-layer for sure: frozen while the signal arrives
+        os.kill(proc.pid, signum)
+        os.kill(proc.pid, signal.SIGCONT)
+        _, err = proc.communicate(timeout=120)
+    except BaseException:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        front.stop()
+        raise
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "fleetci: interrupted", err
+    uploads = json.loads(state_file.read_text())["uploads"]
+    stopped = {k: u["offset"] for k, u in uploads.items()}
+    assert stopped, err
+    assert stopped and all(0 <= off < 16 * MIB for off in stopped.values()), stopped  # not run to the end
+    for key, offset in stopped.items():
+        assert f"stopped at {offset} bytes" in err, (key, err)
+
+    front.patch_delay = 0.0
+    try:  # through the same front: the saved sessions point at it
+        rerun = run_push(downloads, front.url, tag, "--parallel", "2")
+    finally:
+        front.stop()
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resume layer" in rerun.stderr
+    assert sent(rerun.stdout) <= sum(b["size"] for b in img["blobs"]) + 300_000 - max(stopped.values())

@@ -30,6 +30,7 @@ from fleetci.registry.state import LayerDigests, PushState
 
 Log = Callable[[str], None]
 LAYER_DIGESTS = "layer-digests.json"
+SIGNAL_CHECK_S = 0.2  # how often the main thread wakes while blobs upload (to see Ctrl-C/SIGTERM)
 DOCKER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 DOCKER_TO_OCI = {
     "application/vnd.docker.image.rootfs.diff.tar": "application/vnd.oci.image.layer.v1.tar",
@@ -125,6 +126,9 @@ def push_blobs(
     def guarded(blob: Blob) -> None:
         try:
             one(blob)
+        except UploadStopped as exc:
+            log(str(exc))  # where the stopped upload stands (the next push resumes it)
+            raise
         except BaseException:
             failed.set()  # queued blobs are not started; those in flight stop before their next chunk
             raise
@@ -132,7 +136,11 @@ def push_blobs(
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="push")
     try:
         futures = [pool.submit(guarded, b) for b in unique]
-        wait(futures, return_when=FIRST_EXCEPTION)
+        pending = set(futures)
+        # short waits: a signal may land on a worker thread, and Python runs its handler (Ctrl-C's
+        # KeyboardInterrupt) only when the main thread wakes up
+        while pending and not failed.is_set():
+            pending = wait(pending, timeout=SIGNAL_CHECK_S, return_when=FIRST_EXCEPTION).not_done
     except BaseException:  # Ctrl-C / SIGTERM in the main thread: the same stop as a failed blob
         failed.set()
         raise
@@ -142,9 +150,6 @@ def push_blobs(
     # the blob that failed first, not the uploads it stopped
     first = next((e for e in errors if e is not None and not isinstance(e, UploadStopped)), None)
     first = first or next((e for e in errors if e is not None), None)
-    for e in errors:
-        if isinstance(e, UploadStopped) and e is not first:
-            log(str(e))  # where each stopped upload stands (the next push resumes it)
     if first is not None:
         raise first
     return result

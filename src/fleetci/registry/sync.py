@@ -13,7 +13,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,16 +285,17 @@ def push(
     engine = oci_push
     if settings.engine == "docker":
         from fleetci.registry.engine_docker import docker_push as engine
-    rows = engine(
-        settings,
-        directory,
-        plan,
-        force=force,
-        retag_as_latest=retag_as_latest,
-        verbose=verbose,
-        skip_login=skip_login,
-        log=log,
-    )
+    with _sigterm_as_interrupt():
+        rows = engine(
+            settings,
+            directory,
+            plan,
+            force=force,
+            retag_as_latest=retag_as_latest,
+            verbose=verbose,
+            skip_login=skip_login,
+            log=log,
+        )
     if indexes:
         with RegistryClient.from_settings(settings, skip_login, log if verbose else None) as client:
             state = PushState(directory / STATE_FILE)  # what the engine pushed or found identical
@@ -305,6 +307,28 @@ def push(
                 rows.append(PushRow(f"{settings.registry_project}/{ref}", result))
     _summary(f"fleetci registry push {image_tag}", rows)
     return rows
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a cancelled CI job) stops a push as Ctrl-C does: queued uploads cancelled, those in
+    flight stopped before their next chunk with their sessions saved. Only where SIGTERM would kill the
+    process anyway (the main thread, no handler installed: the daemon keeps its own)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _summary(title: str, rows: list[PushRow]) -> None:

@@ -85,6 +85,7 @@ class RegistryFront(BackgroundApp):
         self.resigned = 0  # status requests whose stale state was re-signed (what a test asserts on)
         self.refuse_digest = ""  # the blob whose completing PUT is refused ("": none)
         self.patches = 0  # upload chunks (PATCH) forwarded
+        self.patch_delay = 0.0  # seconds each chunk waits before it is forwarded (a slow link, for tests)
         self._patched: asyncio.Event | None = None
         self._session: ClientSession | None = None
 
@@ -149,6 +150,8 @@ class RegistryFront(BackgroundApp):
         if request.method == "PATCH":
             self.patches += 1
             self._patched.set()
+            if self.patch_delay:
+                await asyncio.sleep(self.patch_delay)
         headers = CIMultiDict(forwardable(request.headers.items()))  # Accept comes more than once
         headers["Host"] = request.host  # the registry builds Location URLs from it: they point here
         if request.content_length is not None:
