@@ -39,6 +39,7 @@ KILL_TAG = "presto-111111111111-velox-222222222222-linux-amd64"  # a tag of its 
 FAIL_TAG = "presto-333333333333-velox-444444444444-linux-amd64"
 CHANGED_TAG = "presto-555555555555-velox-666666666666-linux-amd64"
 OTHER_TAG = "presto-777777777777-velox-888888888888-linux-amd64"
+RACE_TAG = "presto-dddddddddddd-velox-eeeeeeeeeeee-linux-amd64"
 SIGNAL_TAGS = {  # a tag each: the shared registry would hold the other run's image
     signal.SIGINT: "presto-999999999999-velox-aaaaaaaaaaaa-linux-amd64",
     signal.SIGTERM: "presto-bbbbbbbbbbbb-velox-cccccccccccc-linux-amd64",
@@ -349,3 +350,34 @@ def test_ctrl_c_or_sigterm_stops_the_uploads_in_flight_and_the_rerun_resumes(
     assert rerun.returncode == 0, rerun.stderr
     assert "resume layer" in rerun.stderr
     assert sent(rerun.stdout) <= sum(b["size"] for b in img["blobs"]) + 300_000 - max(stopped.values())
+
+
+def test_two_arches_indexing_at_once_end_with_an_index_of_both(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    downloads = tmp_path / "downloads"
+    arm_tag = RACE_TAG.replace("-linux-amd64", "-linux-arm64")
+    prepared(downloads, RACE_TAG, [200_000], arch="amd64", seed=71)
+    prepared(downloads, arm_tag, [200_000], arch="arm64", seed=72)
+    index_ref = f"{registry.host}/{PROJECT}/race/presto-coordinator:{RACE_TAG.removesuffix('-linux-amd64')}"
+    with RegistryFront(registry) as front:
+        front.hold_first_index = True  # amd64's index (read before arm64 existed) lands after arm64's
+        argv = push_argv(downloads, front.url, "--verbose", "--index", "race/{image}:{tag}")
+        argv[2] = RACE_TAG
+        amd = subprocess.Popen(
+            fleetci_cmd(*argv), env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            wait_until(lambda: front.index_puts >= 1 or amd.poll() is not None, timeout=120, what="index PUT")
+            assert amd.poll() is None
+            arm = run_push(downloads, front.url, arm_tag, "--index", "race/{image}:{tag}")
+            assert arm.returncode == 0, arm.stderr
+            _, err = amd.communicate(timeout=120)
+        finally:
+            if amd.poll() is None:
+                amd.kill()
+                amd.wait()
+        assert amd.returncode == 0, err
+        assert front.index_puts >= 3  # amd64's push wrote the index again after its late PUT
+    index = raw(index_ref)
+    assert sorted(m["platform"]["architecture"] for m in index["manifests"]) == ["amd64", "arm64"]

@@ -15,6 +15,8 @@ which does all the checking and storing.
 For tests of a push that fails part-way, :attr:`RegistryFront.refuse_digest` makes the front answer the
 completing PUT of one blob (``?digest=``) with ``403 DENIED``, as a registry whose policy refuses a
 blob does; it answers only once another upload's chunk reached it, so that upload is in flight.
+:attr:`RegistryFront.hold_first_index` holds the first OCI index ``PUT`` until a second one went through:
+two pushers racing to write one index, the first reader's write landing last.
 """
 
 from __future__ import annotations
@@ -86,6 +88,9 @@ class RegistryFront(BackgroundApp):
         self.refuse_digest = ""  # the blob whose completing PUT is refused ("": none)
         self.patches = 0  # upload chunks (PATCH) forwarded
         self.patch_delay = 0.0  # seconds each chunk waits before it is forwarded (a slow link, for tests)
+        self.hold_first_index = False  # hold the first index PUT until another index PUT went through
+        self.index_puts = 0  # OCI index PUTs seen
+        self._second_index: asyncio.Event | None = None
         self._patched: asyncio.Event | None = None
         self._session: ClientSession | None = None
 
@@ -110,6 +115,7 @@ class RegistryFront(BackgroundApp):
         async def open_session(_app: web.Application) -> None:
             self._session = ClientSession(auto_decompress=False, timeout=ClientTimeout(total=None))
             self._patched = asyncio.Event()
+            self._second_index = asyncio.Event()
 
         async def close_session(_app: web.Application) -> None:
             if self._session is not None:
@@ -147,16 +153,34 @@ class RegistryFront(BackgroundApp):
                 {"errors": [{"code": "DENIED", "message": "requested access to the resource is denied"}]},
                 status=403,
             )
+        if (
+            request.method == "PUT"
+            and "/manifests/" in request.path
+            and request.content_type == "application/vnd.oci.image.index.v1+json"
+        ):
+            assert self._second_index is not None
+            self.index_puts += 1
+            if self.hold_first_index and self.index_puts == 1:
+                body = await request.read()  # the whole index, then wait for the other writer
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._second_index.wait(), 60)
+                return await self._send(request, body)
+            response = await self._send(request, await request.read())
+            self._second_index.set()
+            return response
         if request.method == "PATCH":
             self.patches += 1
             self._patched.set()
             if self.patch_delay:
                 await asyncio.sleep(self.patch_delay)
+        return await self._send(request, request.content if request.body_exists else None)
+
+    async def _send(self, request: web.Request, body: Any) -> web.StreamResponse:
+        assert self._session is not None
         headers = CIMultiDict(forwardable(request.headers.items()))  # Accept comes more than once
         headers["Host"] = request.host  # the registry builds Location URLs from it: they point here
         if request.content_length is not None:
             headers["Content-Length"] = str(request.content_length)
-        body = request.content if request.body_exists else None
         try:
             async with self._session.request(
                 request.method, self._target(request), headers=headers, data=body, allow_redirects=False
