@@ -347,19 +347,23 @@ class RegistryClient:
         held = 0 if last == 0 else last + 1
         return self._absolute(resp.headers.get("location") or location), held
 
-    def _resume(self, repo: str, blob: Blob, state: UploadState) -> tuple[str, int]:
-        """The saved session of ``blob`` and where to go on in it; ("", 0) when there is none to use."""
-        session = state.upload_session(repo, blob.digest)
+    def _resume(
+        self, repo: str, key: str, state: UploadState, *, noun: str, limit: int | None = None, how: str = ""
+    ) -> tuple[str, int]:
+        """The saved session of ``key`` (a blob digest, or a layer's diff ID for a compressed upload) and
+        where to go on in it; ("", 0) when there is none to use. ``limit``: the most the session may hold."""
+        session = state.upload_session(repo, key)
         if session is None:
             return "", 0
+        named = f"layer {key[:19]}" if noun == "layer" else key[:19]
         saved_location, saved = session
         status = self.upload_status(saved_location, repo)
-        if status is None or status[1] > blob.size:
+        if status is None or (limit is not None and status[1] > limit):
             self.counters.add("sessions_refused")
-            state.forget_upload(repo, blob.digest)
+            state.forget_upload(repo, key)
             self.log(
-                f"saved upload session for {blob.digest[:19]} in {repo} (offset {saved}) was "
-                "refused by the registry; re-uploading the blob from the start"
+                f"saved upload session for {named} in {repo} (offset {saved}) was "
+                f"refused by the registry; re-uploading the {noun} from the start"
             )
             return "", 0
         location, held = status
@@ -367,11 +371,11 @@ class RegistryClient:
         if held != saved:
             side = "ahead of" if held > saved else "behind"
             self.log(
-                f"registry holds {held} bytes of {blob.digest[:19]} in {repo}, {side} the saved offset "
+                f"registry holds {held} bytes of {named} in {repo}, {side} the saved offset "
                 f"{saved}: going on from the registry's"
             )
-        self.log(f"resume {blob.digest[:19]} in {repo} at {held / 1e6:.1f} MB")
-        state.save_upload(repo, blob.digest, location, held)
+        self.log(f"resume {named} in {repo} at {held / 1e6:.1f} MB{how}")
+        state.save_upload(repo, key, location, held)
         return location, held
 
     def _send_blob(
@@ -471,7 +475,7 @@ class RegistryClient:
         offset = 0
         resumed = False
         if not location and state is not None:
-            location, offset = self._resume(repo, blob, state)
+            location, offset = self._resume(repo, blob.digest, state, noun="blob", limit=blob.size)
             resumed = bool(location)
         while True:
             if not location:
@@ -514,7 +518,9 @@ class RegistryClient:
         """
         location, offset, resumed = "", 0, False
         if state is not None:
-            location, offset = self._resume_key(repo, key, state)
+            location, offset = self._resume(
+                repo, key, state, noun="layer", how=" (compressing again up to there)"
+            )
             resumed = bool(location)
         while True:
             if not location:
@@ -535,32 +541,6 @@ class RegistryClient:
                 self.counters.add("sessions_refused")
                 self.log(f"resumed session refused ({exc}); re-uploading the layer from the start")
                 location, offset, resumed = "", 0, False
-
-    def _resume_key(self, repo: str, key: str, state: UploadState) -> tuple[str, int]:
-        session = state.upload_session(repo, key)
-        if session is None:
-            return "", 0
-        saved_location, saved = session
-        status = self.upload_status(saved_location, repo)
-        if status is None:
-            self.counters.add("sessions_refused")
-            state.forget_upload(repo, key)
-            self.log(
-                f"saved upload session for layer {key[:19]} in {repo} (offset {saved}) was refused by "
-                "the registry; re-uploading the layer from the start"
-            )
-            return "", 0
-        location, held = status
-        self.counters.add("chunks_resumed")
-        if held != saved:
-            side = "ahead of" if held > saved else "behind"
-            self.log(
-                f"registry holds {held} bytes of layer {key[:19]} in {repo}, {side} the saved offset "
-                f"{saved}: going on from the registry's"
-            )
-        self.log(f"resume layer {key[:19]} in {repo} at {held / 1e6:.1f} MB (compressing again up to there)")
-        state.save_upload(repo, key, location, held)
-        return location, held
 
     def _send_stream(
         self,
