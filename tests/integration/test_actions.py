@@ -404,6 +404,9 @@ jobs:
       PIP_INDEX_URL: ${{ vars.INDEX_URL }}
       PIP_CONFIG_FILE: /dev/null
       PIP_NO_CACHE_DIR: "1"
+      # A job-level setting variable reaches fleetci through the action although its input is left empty
+      # (a step's env would otherwise blank it).
+      INSTALL_REPORT: ${{ vars.REPORT_PATH }}
     steps:
       - name: Create the target virtualenv
         run: python3 -m venv "$RUNNER_TEMP/target"
@@ -415,7 +418,6 @@ jobs:
           verify-imports: beta,alpha
           python: ${{ runner.temp }}/target/bin/python
           retries: "5"
-          report-path: ${{ vars.REPORT_PATH }}
       - name: Use the outputs
         env:
           REPORT: ${{ steps.deps.outputs.report-path }}

@@ -274,7 +274,7 @@ def test_multi_arch_test_action_passes_every_input_to_the_cli() -> None:
         "command": "MULTIARCH_COMMAND",
     }
     for name, var in cli_env.items():
-        assert env[var] == f"${{{{ inputs.{name} }}}}", (name, env.get(var))
+        assert env[var] == f"${{{{ inputs.{name} || env.{var} }}}}", (name, env.get(var))
     assert env["MULTIARCH_CACHE_DIR"] == "${{ steps.paths.outputs.cache-dir }}"
     assert '"$MULTIARCH_COMMAND"' in run["run"]
     # Every input reaches some step (nothing is silently ignored).
@@ -310,7 +310,7 @@ def test_push_to_gitlab_passes_compression_parallel_and_index_as_settings() -> N
         "index": "REGISTRY_INDEX",
     }.items():
         assert str(meta["inputs"][name]["default"]) == "", name
-        assert sync["env"][var] == f"${{{{ inputs.{name} }}}}", (name, sync["env"].get(var))
+        assert sync["env"][var] == f"${{{{ inputs.{name} || env.{var} }}}}", (name, sync["env"].get(var))
     wf = load_yaml(REPO_ROOT / "workflows" / "presto-build-and-sync.yml")
     [step] = [s for s in wf["jobs"]["sync"]["steps"] if "push-to-gitlab@" in s.get("uses", "")]
     assert step["with"]["index"] == "${{ vars.REGISTRY_INDEX }}"

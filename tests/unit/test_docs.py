@@ -245,6 +245,23 @@ def test_action_inputs_that_feed_a_setting_default_to_empty(path: Path, tables: 
     assert not wrong, f"{rel(path)}: " + "; ".join(wrong)
 
 
+@pytest.mark.parametrize("path", ACTION_FILES, ids=rel)
+def test_an_empty_input_leaves_the_jobs_own_variable_alone(path: Path, tables: docsgen.Tables) -> None:
+    """A step's ``env:`` shadows the job's: ``VAR: ${{ inputs.x }}`` would blank a job-level ``VAR`` (e.g. the
+    seed's ``CACHE_ENABLE_P2P``) whenever the input is left empty, so each one falls back to ``env.VAR``."""
+    action = yaml.safe_load(path.read_text(encoding="utf-8"))
+    envs = setting_envs(tables)
+    wrong = [
+        f"{var}: {value}"
+        for step in (action.get("runs") or {}).get("steps") or []
+        for var, value in (step.get("env") or {}).items()
+        if var in envs
+        and INPUT_REF.search(str(value))
+        and not re.match(r"\$\{\{ inputs\.[a-z0-9-]+ \|\| env\." + var + r"\b", str(value))
+    ]
+    assert not wrong, f"{rel(path)}: " + "; ".join(wrong)
+
+
 def test_the_input_check_sees_env_and_description_mappings() -> None:
     envs = {"DEMO_PORT": Setting(1, int, env=("DEMO_PORT",), help="x")}
     action = {
