@@ -1,18 +1,24 @@
 """Issue 17, prewarming: a real proxy process keeps the URLs of ``CACHE_PREWARM`` fresh against the real
 emulator, so fleet reads of them are always HIT, for free while nothing changes; under the budget reserve it
-stops. One emulator for the module; the reserve test starts a second proxy.
+stops. One emulator for the module; the reserve test starts a second proxy. The review's findings (whose
+credential prewarms, refused tokens, idle keys, TTL under the lead) are checked on a real engine against the
+same emulator, one pass at a time on a clock of the test's own (counters only, no waiting).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from fleetci.cache.engine import CacheEngine
+from fleetci.cache.prewarm import IDLE_MIN_S, Prewarmer
+from fleetci.cache.settings import cache_settings
 from fleetci.testing import EmulatorConfig, EmulatorServer, GitHubEmulator
 from support import Proxy, clean_env, start_proxy, wait_until
 from support.emulator import auth, tok
@@ -112,3 +118,132 @@ def test_prewarming_pauses_under_the_budget_reserve(emulator: EmulatorServer, tm
         assert stats["revalidated"] == 0 and stats["changed"] == 0 and stats["watched"] == 1
     finally:
         p.stop()
+
+
+# -- one engine, one pass at a time (review findings) --------------------------------------------------
+QUEUE_TTL = 60  # the default "queue" class of /actions/runs?status=queued
+FAKE = "token ghp_" + "f" * 36  # a token GitHub never accepted
+
+
+def _on_engine(
+    emulator: EmulatorServer,
+    tmp: Path,
+    lead: float,
+    body: Callable[[CacheEngine, Prewarmer, list[float]], Awaitable[None]],
+    **settings: str,
+) -> None:
+    clock = [1_000_000.0]
+    values = {"upstream": emulator.url, "cache_dir": str(tmp), **settings}
+    engine = CacheEngine(cache_settings(values, {}, {}), clock=lambda: clock[0])
+    prewarmer = Prewarmer(engine, (r"[?&]warm=1",), lead, reserve=0)
+    engine.prewarm = prewarmer
+
+    async def run() -> None:
+        try:
+            await body(engine, prewarmer, clock)
+        finally:
+            await engine.close()
+
+    asyncio.run(run())
+
+
+async def _get(engine: CacheEngine, path: str, authorization: str) -> str:
+    resp = await engine.handle("GET", path, [("Authorization", authorization)])
+    return f"{resp.status} {resp.outcome}"
+
+
+def test_a_shared_scope_hit_never_lends_its_token_to_prewarming(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """Under a shared scope a token that never reached GitHub reads alice's entry as HIT: prewarming keeps
+    using alice's token (a 304), never the other one (a 401 that would be counted and retried)."""
+    warm = f"/repos/{_repo(emulator, 3)}/actions/runs?status=queued&warm=1"
+
+    async def body(engine: CacheEngine, prewarmer: Prewarmer, clock: list[float]) -> None:
+        assert await _get(engine, warm, f"token {tok('alice')}") == "200 MISS"
+        assert await _get(engine, warm, FAKE) == "200 HIT"
+        charged = emulator.emulator.charged(tok("alice"))
+        clock[0] += QUEUE_TTL - 5  # inside the lead
+        assert await prewarmer.once() == 1
+        stats = prewarmer.stats()
+        assert (stats["revalidated"], stats["changed"], stats["failed"]) == (1, 0, 0), stats
+        assert emulator.emulator.charged(tok("alice")) == charged
+        # a key first read by the unknown token (401) is never watched
+        other = warm.replace("status=queued", "status=in_progress")
+        assert (await _get(engine, other, FAKE)).startswith("401")
+        assert prewarmer.stats()["watched"] == 1
+
+    _on_engine(emulator, tmp_path, 10.0, body, shared_scope="fleet")
+
+
+def test_a_revoked_token_is_dropped_and_its_neighbour_kept_warm(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """Two tokens read one URL (two keys); bob's is revoked: his key is dropped after one 401 (counted as
+    failed, never as changed) and not asked again; alice's entry stays warm with alice's token."""
+    warm = f"/repos/{_repo(emulator, 0)}/actions/runs?status=queued&warm=1"
+    bob = tok("bob")
+
+    async def body(engine: CacheEngine, prewarmer: Prewarmer, clock: list[float]) -> None:
+        assert await _get(engine, warm, f"token {tok('alice')}") == "200 MISS"
+        assert await _get(engine, warm, f"token {bob}") == "200 MISS"
+        assert prewarmer.stats()["watched"] == 2
+        del emulator.emulator.tokens[bob]
+        try:
+            for _ in range(3):  # three windows
+                clock[0] += QUEUE_TTL - 5
+                await prewarmer.once()
+        finally:
+            emulator.emulator.tokens[bob] = "bob"
+        stats = prewarmer.stats()
+        assert stats["watched"] == 1 and stats["dropped"] == 1 and stats["failed"] == 1, stats
+        assert stats["revalidated"] == 3 and stats["changed"] == 0, stats
+
+    _on_engine(emulator, tmp_path, 10.0, body)
+
+
+def test_keys_nobody_reads_are_forgotten_and_passes_do_not_count_as_reads(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    warm = f"/repos/{_repo(emulator, 1)}/actions/runs?status=queued&warm=1"
+
+    async def body(engine: CacheEngine, prewarmer: Prewarmer, clock: list[float]) -> None:
+        assert await _get(engine, warm, f"token {tok('alice')}") == "200 MISS"
+        engine.store._touched.clear()  # what the store's LRU / last_access record as reads
+        for _ in range(5):  # passes with nothing due only look
+            clock[0] += 1.0
+            assert await prewarmer.once() == 0
+        assert not engine.store._touched
+        idle = max(IDLE_MIN_S, 10 * QUEUE_TTL)
+        while prewarmer.stats()["watched"] and prewarmer.stats()["revalidated"] < 100:
+            clock[0] += QUEUE_TTL - 5
+            await prewarmer.once()
+        assert prewarmer.stats()["watched"] == 0
+        assert prewarmer.stats()["revalidated"] <= idle // (QUEUE_TTL - 5) + 1
+
+    _on_engine(emulator, tmp_path, 10.0, body)
+
+
+def test_a_ttl_under_the_lead_is_renewed_twice_a_window_not_every_tick(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """Lead 90 s over a 60 s window: every entry is always "due"; passes every second for two windows
+    renew it about twice a window, not 120 times. A webhook's invalidation still goes at the next pass."""
+    warm = f"/repos/{_repo(emulator, 2)}/actions/runs?status=queued&warm=1"
+
+    async def body(engine: CacheEngine, prewarmer: Prewarmer, clock: list[float]) -> None:
+        assert await _get(engine, warm, f"token {tok('alice')}") == "200 MISS"
+        for _ in range(2 * QUEUE_TTL):
+            clock[0] += 1.0
+            await prewarmer.once()
+            assert await _get(engine, warm, f"token {tok('alice')}") == "200 HIT"
+        assert 3 <= prewarmer.stats()["revalidated"] <= 5, prewarmer.stats()
+        clock[0] += 1.0
+        await prewarmer.once()
+        before = prewarmer.stats()["revalidated"]
+        assert engine.invalidate([warm.split("?")[0]]) == 1
+        clock[0] += 1.0
+        assert await prewarmer.once() == 1 and prewarmer.stats()["revalidated"] == before + 1
+        assert await _get(engine, warm, f"token {tok('alice')}") == "200 HIT"
+
+    _on_engine(emulator, tmp_path, 90.0, body)

@@ -191,9 +191,10 @@ HEARD_MAX = 4096
 
 
 class PrewarmHook(Protocol):
-    """What the engine tells prewarming (fleetci.cache.prewarm.Prewarmer): a cacheable GET was read."""
+    """What the engine tells prewarming (fleetci.cache.prewarm.Prewarmer): a cacheable GET was answered;
+    ``confirmed``: the upstream accepted this credential for it (see ``CacheEngine.handle``)."""
 
-    def note(self, prep: Prepared, headers: Sequence[tuple[str, str]]) -> None: ...
+    def note(self, prep: Prepared, headers: Sequence[tuple[str, str]], confirmed: bool) -> None: ...
 
 
 class CacheEngine:
@@ -336,9 +337,14 @@ class CacheEngine:
         prep = self.prepare(target, lower)
         if prep.ttl <= 0:
             return self._finish(await self._passthrough("GET", target, headers, lower, None), lower)
+        resp = await self._serve(prep, headers, wants_revalidation(lower))
         if self.prewarm is not None:
-            self.prewarm.note(prep, headers)
-        return self._finish(await self._serve(prep, headers, wants_revalidation(lower)), lower)
+            # Only a credential the upstream just accepted for this URL may be used to prewarm it: under
+            # a shared scope a HIT says nothing about the reader's token (it may never have reached GitHub).
+            upstream_said = resp.outcome in (Outcome.MISS, Outcome.REVALIDATED) and resp.status < 400
+            own_scope = prep.scope == prep.limit_scope and resp.status < 400  # the key is the token's own
+            self.prewarm.note(prep, headers, upstream_said or (own_scope and resp.outcome != Outcome.STALE))
+        return self._finish(resp, lower)
 
     async def revalidate(self, prep: Prepared, headers: Sequence[tuple[str, str]]) -> ProxyResponse:
         """A conditional request for ``prep`` now, fresh or not (prewarming): a 304 renews the entry."""

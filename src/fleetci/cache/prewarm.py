@@ -1,15 +1,20 @@
 """Prewarming (issue 17): URLs the fleet reads all the time stay fresh, so their reads are always ``HIT``.
 
 ``cache.prewarm`` lists regular expressions (searched in ``path?query``, like ``cache.ttl`` rules). Each
-cacheable GET whose target matches is remembered with the reader's headers (in memory only: they carry its
-token, and an entry is only ever revalidated with the credential it belongs to). Every tick, an entry whose
-window ends within ``prewarm_lead`` seconds is revalidated — a conditional request, free when nothing
-changed (GitHub does not charge a 304) — so no reader ever waits for it. Prewarming pauses for a
-credential whose remaining budget (``X-RateLimit-Remaining`` of its last answer) is under
-``prewarm_reserve`` or that is rate limited: the fleet's own reads come first. An entry that a webhook
-made stale is revalidated at the next tick.
+cacheable GET whose target matches is remembered with the headers of a reader whose credential the upstream
+accepted for it (a MISS or REVALIDATED answered 2xx/3xx, or a HIT in the token's own scope: under a shared
+scope a HIT says nothing about the reader's token). They stay in memory only (they carry its token), and an
+entry is only ever revalidated with that credential. Every tick, an entry whose window ends within
+``prewarm_lead`` seconds is revalidated — a conditional request, free when nothing changed (GitHub does not
+charge a 304) — so no reader ever waits for it; never twice within half a window (a TTL at or under the lead
+would otherwise ask every tick), except for an entry a webhook made stale, at the next tick. Prewarming
+pauses for a credential whose remaining budget (``X-RateLimit-Remaining`` of its last answer, minus the
+revalidations this pass started) is under ``prewarm_reserve`` or that is rate limited: the fleet's own
+reads come first.
 
-Bounded: the newest ``MAX_PREWARMED`` keys; a key whose entry left the cache is forgotten.
+Bounded: the newest ``MAX_PREWARMED`` keys; a key is forgotten when its entry left the cache, when no reader
+read it for ``IDLE_WINDOWS`` windows (at least ``IDLE_MIN_S``), or when the upstream refused its credential
+(401/403/404: a revoked or expired token is not asked again every tick).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypedDict
 
-from fleetci.http import UpstreamError
+from fleetci.http import describe
 
 if TYPE_CHECKING:
     from fleetci.cache.engine import CacheEngine, Prepared
@@ -30,6 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("fleetci.cache")
 
 MAX_PREWARMED = 1_000  # keys kept warm (URL x credential); the least recently read go first
+IDLE_WINDOWS = 10  # a key no reader read for this many windows is forgotten ...
+IDLE_MIN_S = 60.0  # ... but not sooner than this
+REFUSED = frozenset({401, 403, 404})  # the credential cannot read it (any more): forget the key
 MIN_TICK_S = 0.05
 MAX_TICK_S = 1.0
 
@@ -40,14 +48,19 @@ class PrewarmStats(TypedDict):
     watched: int  # keys kept warm now
     revalidated: int  # refreshed for free (304)
     changed: int  # refreshed with a new body (charged)
+    joined: int  # a reader's fetch of it was in flight: the prewarm shared its answer
     paused: int  # revalidations skipped: the credential's budget under the reserve, or rate limited
-    failed: int  # upstream errors (the entry stays as it is; readers revalidate it themselves)
+    failed: int  # not renewed: upstream errors, a stale answer, a refusal (the entry stays as it is)
+    dropped: int  # keys forgotten because the upstream refused their credential (401/403/404)
 
 
 @dataclass
 class _Watched:
     prep: Prepared
-    headers: tuple[tuple[str, str], ...]  # the reader's request headers: in memory only
+    headers: tuple[tuple[str, str], ...]  # the confirmed reader's request headers: in memory only
+    last_read: float  # the last time a reader read it (idle keys are forgotten)
+    last_try: float = float("-inf")  # the last prewarm of it
+    seen_until: float = float("-inf")  # its window's end after that prewarm (a webhook changes it)
 
 
 @dataclass
@@ -71,11 +84,22 @@ class Prewarmer:
         """Seconds between two passes: well inside the lead, so no window ends between two looks."""
         return min(MAX_TICK_S, max(MIN_TICK_S, self.lead / 4))
 
-    def note(self, prep: Prepared, headers: Sequence[tuple[str, str]]) -> None:
-        """A cacheable GET was read: keep its entry warm when its URL matches."""
+    def note(self, prep: Prepared, headers: Sequence[tuple[str, str]], confirmed: bool) -> None:
+        """A cacheable GET was answered: keep its entry warm when its URL matches. Only a ``confirmed``
+        credential (the upstream accepted it for this URL) is recorded; any other read only counts as a
+        read of a key already watched."""
         if not any(p.search(prep.target) for p in self._compiled):
             return
-        self._watched[prep.key] = _Watched(prep, tuple(headers))
+        now = self.engine.clock()
+        watched = self._watched.get(prep.key)
+        if confirmed:
+            if watched is None:
+                watched = self._watched[prep.key] = _Watched(prep, tuple(headers), now)
+            else:
+                watched.prep, watched.headers = prep, tuple(headers)
+        elif watched is None:
+            return
+        watched.last_read = now
         self._watched.move_to_end(prep.key)
         while len(self._watched) > self.max_keys:
             self._watched.popitem(last=False)
@@ -86,44 +110,74 @@ class Prewarmer:
             "watched": len(self._watched),
             "revalidated": c["revalidated"],
             "changed": c["changed"],
+            "joined": c["joined"],
             "paused": c["paused"],
             "failed": c["failed"],
+            "dropped": c["dropped"],
         }
 
-    def _budget_ok(self, scope: str, now: float) -> bool:
+    def _budget_ok(self, scope: str, now: float, started: int) -> bool:
         limits = self.engine.limits
         if limits.blocked_for(scope, now) > 0:
             return False
         remaining = limits.remaining(scope)
-        return remaining is None or remaining >= self.reserve
+        return remaining is None or remaining - started >= self.reserve
+
+    def _due(self, watched: _Watched, fresh_until: float, now: float) -> bool:
+        if fresh_until - now > self.lead:
+            return False
+        if now - watched.last_try >= watched.prep.ttl / 2:
+            return True
+        return fresh_until <= now and fresh_until != watched.seen_until  # a webhook made it stale
 
     async def once(self) -> int:
-        """One pass: revalidate every watched entry whose window ends within the lead, concurrently (the
-        engine's per-credential semaphore caps the calls in flight); how many were revalidated."""
+        """One pass: revalidate every watched entry that is due, concurrently (the engine's per-credential
+        semaphore caps the calls in flight); how many were renewed."""
         engine = self.engine
         due: list[_Watched] = []
+        started: Counter[str] = Counter()
         for key, watched in list(self._watched.items()):
             now = engine.clock()
-            entry = engine.store.get(key)
-            if entry is None:  # evicted or expired for good: a reader brings it back
+            entry = engine.store.peek(key)  # a look is not a read: it must not keep the entry from eviction
+            idle = max(IDLE_MIN_S, IDLE_WINDOWS * watched.prep.ttl)
+            if entry is None or now - watched.last_read > idle:  # a reader brings it back
                 self._watched.pop(key, None)
-            elif entry.fresh_until - now > self.lead:
+            elif not self._due(watched, entry.fresh_until, now):
                 continue
-            elif not self._budget_ok(watched.prep.limit_scope, now):
+            elif not self._budget_ok(watched.prep.limit_scope, now, started[watched.prep.limit_scope]):
                 self.counts["paused"] += 1
             else:
+                started[watched.prep.limit_scope] += 1
+                watched.last_try = now
                 due.append(watched)
         done = await asyncio.gather(*(self._one(w) for w in due))
         return sum(done)
 
     async def _one(self, watched: _Watched) -> bool:
+        prep = watched.prep
         try:
-            resp = await self.engine.revalidate(watched.prep, watched.headers)
-        except UpstreamError as exc:
+            resp = await self.engine.revalidate(prep, watched.headers)
+        except Exception as exc:  # one key's failure must not end the pass for the others
             self.counts["failed"] += 1
-            log.warning("prewarm %s: %s", watched.prep.target, exc)
+            log.warning("prewarm %s: %s", prep.target, describe(exc))
             return False
-        self.counts["revalidated" if resp.outcome == "REVALIDATED" else "changed"] += 1
+        entry = self.engine.store.peek(prep.key)
+        watched.seen_until = entry.fresh_until if entry is not None else float("-inf")
+        if resp.status in REFUSED:
+            self.counts["failed"] += 1
+            if self._watched.get(prep.key) is watched:  # not re-confirmed by a reader meanwhile
+                del self._watched[prep.key]
+                self.counts["dropped"] += 1
+            return False
+        if resp.outcome == "REVALIDATED":
+            self.counts["revalidated"] += 1
+        elif resp.outcome == "MISS" and resp.status < 300:
+            self.counts["changed"] += 1
+        elif resp.outcome == "COALESCED" and resp.status < 300:
+            self.counts["joined"] += 1
+        else:  # STALE (upstream down, rate limited), a 5xx, a redirect: not renewed
+            self.counts["failed"] += 1
+            return False
         return True
 
     async def run_forever(self) -> None:
@@ -132,4 +186,4 @@ class Prewarmer:
             try:
                 await self.once()
             except Exception as exc:
-                log.warning("prewarm pass failed: %s", type(exc).__name__)
+                log.warning("prewarm pass failed: %s: %s", type(exc).__name__, exc)

@@ -623,12 +623,11 @@ async def serve(
             ready.set()
         await stop.wait()
     finally:
-        if flusher is not None:
-            flusher.cancel()
-        if reconciling is not None:
-            reconciling.cancel()
-        if prewarming is not None:
-            prewarming.cancel()
+        for task in (flusher, reconciling, prewarming):  # ended before what they use is closed
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if hook_runner is not None:
             await hook_runner.cleanup()
         if peers is not None:

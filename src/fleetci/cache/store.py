@@ -266,6 +266,14 @@ class CacheStore:
             self._recount()
 
     # -- reads -------------------------------------------------------------------------------------
+    def peek(self, key: str) -> Entry | None:
+        """The entry without counting it as read (prewarming looks every tick: a look must not keep an
+        entry nobody reads from being evicted)."""
+        with self._lock:
+            self._sync_with_disk()
+            entry = self._mem.get(key)
+            return entry if entry is not None else self._load(key)
+
     def get(self, key: str) -> Entry | None:
         with self._lock:
             self._sync_with_disk()
