@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from fleetci.cache.engine import CacheEngine
-from fleetci.cache.prewarm import IDLE_MIN_S, Prewarmer
+from fleetci.cache.prewarm import IDLE_MIN_S, PREWARM_CONCURRENCY, Prewarmer
 from fleetci.cache.settings import cache_settings
 from fleetci.testing import EmulatorConfig, EmulatorServer, GitHubEmulator
 from support import Proxy, clean_env, start_proxy, wait_until
@@ -247,3 +247,24 @@ def test_a_ttl_under_the_lead_is_renewed_twice_a_window_not_every_tick(
         assert await _get(engine, warm, f"token {tok('alice')}") == "200 HIT"
 
     _on_engine(emulator, tmp_path, 90.0, body)
+
+
+def test_prewarm_calls_per_credential_are_capped_below_the_readers(tmp_path: Path) -> None:
+    """Six entries of one token due at once: prewarming has at most PREWARM_CONCURRENCY of them upstream at
+    a time (readers' misses wait behind that many at most), where the engine alone would allow 20."""
+    slow = EmulatorServer(GitHubEmulator(EmulatorConfig(latency_ms=(40.0, 40.0), seed=11))).start()
+    try:
+        repo = _repo(slow, 0)
+        urls = [f"/repos/{repo}/actions/runs?status=queued&warm=1&page={i}" for i in range(1, 7)]
+
+        async def body(engine: CacheEngine, prewarmer: Prewarmer, clock: list[float]) -> None:
+            for url in urls:
+                assert await _get(engine, url, f"token {tok('alice')}") == "200 MISS"
+            assert slow.emulator.peak_inflight(tok("alice")) == 1
+            clock[0] += QUEUE_TTL - 5
+            assert await prewarmer.once() == len(urls)
+            assert slow.emulator.peak_inflight(tok("alice")) == PREWARM_CONCURRENCY
+
+        _on_engine(slow, tmp_path, 10.0, body)
+    finally:
+        slow.stop()

@@ -10,7 +10,8 @@ charge a 304) — so no reader ever waits for it; never twice within half a wind
 would otherwise ask every tick), except for an entry a webhook made stale, at the next tick. Prewarming
 pauses for a credential whose remaining budget (``X-RateLimit-Remaining`` of its last answer, minus the
 revalidations this pass started) is under ``prewarm_reserve`` or that is rate limited: the fleet's own
-reads come first.
+reads come first; and at most ``PREWARM_CONCURRENCY`` prewarm calls per credential are in flight, so a
+reader's miss never queues behind a whole batch on the engine's per-credential semaphore.
 
 Bounded: the newest ``MAX_PREWARMED`` keys; a key is forgotten when its entry left the cache, when no reader
 read it for ``IDLE_WINDOWS`` windows (at least ``IDLE_MIN_S``), or when the upstream refused its credential
@@ -20,6 +21,7 @@ read it for ``IDLE_WINDOWS`` windows (at least ``IDLE_MIN_S``), or when the upst
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from collections import Counter, OrderedDict
@@ -38,6 +40,7 @@ MAX_PREWARMED = 1_000  # keys kept warm (URL x credential); the least recently r
 IDLE_WINDOWS = 10  # a key no reader read for this many windows is forgotten ...
 IDLE_MIN_S = 60.0  # ... but not sooner than this
 REFUSED = frozenset({401, 403, 404})  # the credential cannot read it (any more): forget the key
+PREWARM_CONCURRENCY = 2  # prewarm calls in flight per credential: a reader's miss waits behind 2 at most
 MIN_TICK_S = 0.05
 MAX_TICK_S = 1.0
 
@@ -75,6 +78,8 @@ class Prewarmer:
     counts: Counter[str] = field(default_factory=Counter)
     _watched: OrderedDict[str, _Watched] = field(default_factory=OrderedDict)
     _compiled: tuple[re.Pattern[str], ...] = ()
+    _gates: dict[str, asyncio.Semaphore] = field(default_factory=dict)  # per credential (limit scope)
+    _running: dict[str, asyncio.Task[bool]] = field(default_factory=dict)  # key -> its prewarm call
 
     def __post_init__(self) -> None:
         self._compiled = tuple(re.compile(p) for p in self.patterns)
@@ -142,7 +147,7 @@ class Prewarmer:
             idle = max(IDLE_MIN_S, IDLE_WINDOWS * watched.prep.ttl)
             if entry is None or now - watched.last_read > idle:  # a reader brings it back
                 self._watched.pop(key, None)
-            elif not self._due(watched, entry.fresh_until, now):
+            elif key in self._running or not self._due(watched, entry.fresh_until, now):  # or still going
                 continue
             elif not self._budget_ok(watched.prep.limit_scope, now, started[watched.prep.limit_scope]):
                 self.counts["paused"] += 1
@@ -150,8 +155,29 @@ class Prewarmer:
                 started[watched.prep.limit_scope] += 1
                 watched.last_try = now
                 due.append(watched)
-        done = await asyncio.gather(*(self._one(w) for w in due))
-        return sum(done)
+        scopes = {w.prep.limit_scope for w in self._watched.values()}
+        for scope in [s for s, gate in self._gates.items() if s not in scopes and not gate.locked()]:
+            del self._gates[scope]
+        tasks = []
+        for watched in due:
+            task = asyncio.create_task(self._gated(watched))
+            self._running[watched.prep.key] = task
+            task.add_done_callback(functools.partial(self._finished, watched.prep.key))
+            tasks.append(task)
+        if not tasks:
+            return 0
+        # A slow call does not hold the next pass back: it goes on (and counts itself) after the pass.
+        done, _ = await asyncio.wait(tasks, timeout=max(self.lead, MAX_TICK_S))
+        return sum(t.result() for t in done)
+
+    def _finished(self, key: str, task: asyncio.Task[bool]) -> None:
+        if self._running.get(key) is task:
+            del self._running[key]
+
+    async def _gated(self, watched: _Watched) -> bool:
+        gate = self._gates.setdefault(watched.prep.limit_scope, asyncio.Semaphore(PREWARM_CONCURRENCY))
+        async with gate:
+            return await self._one(watched)
 
     async def _one(self, watched: _Watched) -> bool:
         prep = watched.prep
@@ -181,9 +207,15 @@ class Prewarmer:
         return True
 
     async def run_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.tick)
-            try:
-                await self.once()
-            except Exception as exc:
-                log.warning("prewarm pass failed: %s: %s", type(exc).__name__, exc)
+        try:
+            while True:
+                await asyncio.sleep(self.tick)
+                try:
+                    await self.once()
+                except Exception as exc:
+                    log.warning("prewarm pass failed: %s: %s", type(exc).__name__, exc)
+        finally:  # shutdown: no call outlives the engine
+            running = list(self._running.values())
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)

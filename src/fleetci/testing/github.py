@@ -248,6 +248,7 @@ class GitHubEmulator:
         self._graphql_points: dict[str, int] = {}  # login -> GraphQL points charged
         self._windows: dict[str, _Window] = {}
         self._inflight: dict[str, int] = {}
+        self._peak_inflight: dict[str, int] = {}  # the most concurrent requests each caller had
         self._not_modified = 0
         self._requests = 0
         self._secondary_until = 0.0
@@ -270,6 +271,11 @@ class GitHubEmulator:
             if token is None:
                 return sum(n for k, n in self._charged.items() if k.startswith("anon:"))
             return self._charged.get(self.tokens.get(token, token), 0)
+
+    def peak_inflight(self, token: str) -> int:
+        """The most requests a token (or a login) had in flight at once (a client's concurrency cap)."""
+        with self._lock:
+            return self._peak_inflight.get(self.tokens.get(token, token), 0)
 
     def graphql_points(self, token: str) -> int:
         """GraphQL points charged to a token (or a login): GitHub's separate GraphQL budget."""
@@ -808,6 +814,7 @@ class GitHubEmulator:
             self._requests += 1
             inflight = self._inflight.get(key, 0) + 1
             self._inflight[key] = inflight
+            self._peak_inflight[key] = max(inflight, self._peak_inflight.get(key, 0))
             secondary = charged and (
                 inflight > cfg.secondary_concurrency or time.monotonic() < self._secondary_until
             )
