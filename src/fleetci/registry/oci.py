@@ -249,6 +249,12 @@ class RegistryClient:
     def _fail(self, resp: httpx.Response, what: str) -> FleetciError:
         return FleetciError(f"registry {self.host} refused {what}: HTTP {resp.status_code} {_reason(resp)}")
 
+    def _upload_error(self, resp: httpx.Response, what: str) -> Exception:
+        """A refused upload request: :class:`_SessionLost` when the registry dropped the session itself
+        (the caller starts the blob again), else the one-line failure."""
+        fail = self._fail(resp, what)
+        return _SessionLost(str(fail)) if resp.status_code in _SESSION_REFUSED else fail
+
     @staticmethod
     def _scopes(repo: str, *extra_pull: str, push: bool = True) -> tuple[str, ...]:
         own = f"repository:{repo}:{'pull,push' if push else 'pull'}"
@@ -422,12 +428,9 @@ class RegistryClient:
                     what=what,
                 )
                 if resp.status_code != 202:
-                    fail = self._fail(
+                    raise self._upload_error(
                         resp, f"chunk {offset}-{offset + n - 1} of {blob.digest[:19]} in {repo}"
                     )
-                    if resp.status_code in _SESSION_REFUSED:
-                        raise _SessionLost(str(fail))
-                    raise fail
                 location = self._absolute(resp.headers.get("location", location))
                 offset += n
                 if state is not None:
@@ -440,10 +443,7 @@ class RegistryClient:
                 what=f"completing {blob.digest[:19]} in {repo}",
             )
         if resp.status_code != 201:
-            fail = self._fail(resp, what)
-            if resp.status_code in _SESSION_REFUSED:
-                raise _SessionLost(str(fail))
-            raise fail
+            raise self._upload_error(resp, what)
 
     def push_blob(
         self,
@@ -571,10 +571,7 @@ class RegistryClient:
             )
             offset = stream.produced
             if resp.status_code != 202:
-                fail = self._fail(resp, f"bytes {start}-{offset - 1} of layer {key[:19]} in {repo}")
-                if resp.status_code in _SESSION_REFUSED:
-                    raise _SessionLost(str(fail))
-                raise fail
+                raise self._upload_error(resp, f"bytes {start}-{offset - 1} of layer {key[:19]} in {repo}")
             m = re.fullmatch(r"\s*(?:bytes=)?0-(\d+)\s*", resp.headers.get("range", ""))
             if m is not None and int(m.group(1)) + 1 != offset:
                 raise _SessionLost(f"registry holds {int(m.group(1)) + 1} bytes of {what}, sent {offset}")
@@ -590,10 +587,7 @@ class RegistryClient:
             what=f"completing {digest[:19]} in {repo}",
         )
         if resp.status_code != 201:
-            fail = self._fail(resp, what)
-            if resp.status_code in _SESSION_REFUSED:
-                raise _SessionLost(str(fail))
-            raise fail
+            raise self._upload_error(resp, what)
         if state is not None:
             state.forget_upload(repo, key)
         self.counters.add("blobs_uploaded")
