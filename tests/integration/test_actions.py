@@ -27,9 +27,9 @@ import yaml
 
 from support import wait_until
 from support.actions import (
-    ACTION_REPO,
     REPO_ROOT,
     VERSION,
+    act_argv,
     act_events,
     action_checkout,
     actionlint,
@@ -42,7 +42,6 @@ from support.actions import (
     run_act_process,
     run_install,
     shown,
-    tool,
 )
 
 
@@ -214,26 +213,17 @@ def run_act(
     subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, capture_output=True)
     subprocess.run([*git, "add", "-A"], check=True, capture_output=True)
     subprocess.run([*git, "commit", "-q", "-m", "reference workflow"], check=True, capture_output=True)
-    argv = [
-        tool("act"),
+    workflow_path = repo / ".github" / "workflows" / workflow.name
+    argv = act_argv(
         event,
-        "-W",
-        str(repo / ".github" / "workflows" / workflow.name),
-        *(arg for label in platforms for arg in ("-P", f"{label}=-self-hosted")),
-        "--action-offline-mode",
-        "--pull=false",
-        "--no-cache-server",
-        "--action-cache-path",
-        str(cache),
-        "--local-repository",
-        f"{ACTION_REPO}@v1={action_root}",
-        "--json",
-        *extra_args,
-    ]
-    for k, v in variables.items():
-        argv += ["--var", f"{k}={v}"]
-    for k, v in secrets.items():
-        argv += ["-s", f"{k}={v}"]
+        workflow_path,
+        action_root,
+        cache,
+        platforms=platforms,
+        variables=variables,
+        secrets=secrets,
+        extra=extra_args,
+    )
     done = run_act_process(argv, repo, base_env(ACT_DISABLE_VERSION_CHECK="1"), timeout)
     return ActRun(done, act_events(done.stdout))
 

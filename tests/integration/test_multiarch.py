@@ -422,7 +422,7 @@ def run_workflow(
     tmp_path: Path, event: str, job: str, cache: Path, extra: list[str], timeout: float = 900
 ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, object]]]:
     """Run one job of workflows/multi-arch-ci.yml with act on this machine, offline, on the sample project."""
-    from support.actions import ACTION_REPO, act_events, action_checkout, base_env, tool
+    from support.actions import act_argv, act_events, action_checkout, base_env
 
     action_root = action_checkout(tmp_path / "fleetci-action")
     repo = sample_project(tmp_path / "repo")
@@ -443,28 +443,16 @@ def run_workflow(
         "name: stub\ndescription: stub\nruns:\n  using: composite\n  steps: []\n"
     )
     stubs = ["actions/setup-python@v6", "actions/cache@v5", "actions/upload-artifact@v6"]
-    argv = [
-        tool("act"),
+    argv = act_argv(
         event,
-        *(arg for ref in stubs for arg in ("--local-repository", f"{ref}={stub}")),
-        "-W",
-        str(workflow),
-        "-j",
-        job,
-        "-P",
-        "ubuntu-latest=-self-hosted",
-        "--action-offline-mode",
-        "--pull=false",
-        "--no-cache-server",
-        "--action-cache-path",
-        str(tmp_path / "act-cache"),
-        "--local-repository",
-        f"{ACTION_REPO}@v1={action_root}",
-        "--var",
-        f"FLEETCI_MULTIARCH_CACHE={cache}",
-        "--json",
-        *extra,
-    ]
+        workflow,
+        action_root,
+        tmp_path / "act-cache",
+        job=job,
+        local=dict.fromkeys(stubs, stub),
+        variables={"FLEETCI_MULTIARCH_CACHE": str(cache)},
+        extra=extra,
+    )
     env = base_env(ACT_DISABLE_VERSION_CHECK="1", RUNNER_TOOL_CACHE=str(tmp_path / "toolcache"))
     proc = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
     return proc, act_events(proc.stdout)

@@ -25,7 +25,7 @@ import pytest
 from fleetci.testing.docker_registry import RegistryProcess
 from fleetci.testing.dockerd import DockerDaemon
 from fleetci.testing.gitlab import GitLabEmulator, GitLabServer, TokenInfo
-from support.actions import ACTION_REPO, REPO_ROOT, act_events, action_checkout, base_env, tool
+from support.actions import REPO_ROOT, act_argv, act_events, action_checkout, base_env
 from support.registry import GITLAB_TOKEN, OWNER, PROJECT, REPO, needs_registry, plain_registry
 
 __all__ = ["plain_registry"]  # a fixture, used by name
@@ -85,33 +85,18 @@ def run_job(
     checkout = tmp_path / "fleetci-action"
     if not checkout.exists():
         action_checkout(checkout)
-    argv = [
-        tool("act"),
+    argv = act_argv(
         event,
-        "-W",
-        str(repo / ".github" / "workflows" / WORKFLOW.name),
-        "-j",
-        job,
-        "-P",
-        "ubuntu-latest=-self-hosted",
-        "--action-offline-mode",
-        "--pull=false",
-        "--no-cache-server",
-        "--action-cache-path",
-        str(tmp_path / "act-cache"),
-        "--local-repository",
-        f"actions/upload-artifact@v6={stub}",
-        "--local-repository",
-        f"{ACTION_REPO}@v1={checkout}",
-        "--env",
-        f"DOCKER_HOST={docker_host}",
-        "--env",
-        f"FLEETCI_TEST_ARTIFACTS={artifacts}",
-        "--json",
-        *(arg for i in inputs for arg in ("--input", i)),
-        *(arg for k, v in (variables or {}).items() for arg in ("--var", f"{k}={v}")),
-        *(arg for k, v in (secrets or {}).items() for arg in ("-s", f"{k}={v}")),
-    ]
+        repo / ".github" / "workflows" / WORKFLOW.name,
+        checkout,
+        tmp_path / "act-cache",
+        job=job,
+        local={"actions/upload-artifact@v6": stub},
+        env={"DOCKER_HOST": docker_host, "FLEETCI_TEST_ARTIFACTS": str(artifacts)},
+        variables=variables,
+        secrets=secrets,
+        inputs=inputs,
+    )
     env = base_env(ACT_DISABLE_VERSION_CHECK="1", RUNNER_TOOL_CACHE=str(tmp_path / "toolcache"))
     env.pop("DOCKER_HOST", None)
     proc = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=300)

@@ -33,14 +33,13 @@ import pytest
 
 from integration.test_actions import stop_leftover_proxies
 from support.actions import (
-    ACTION_REPO,
     REPO_ROOT,
+    act_argv,
     act_events,
     action_checkout,
     base_env,
     load_yaml,
     run_act_process,
-    tool,
 )
 
 WORKFLOWS = REPO_ROOT / "workflows"
@@ -161,7 +160,6 @@ def act_as_user(
     stub = tmp_path / "never-run-stub"
     stub.mkdir(exist_ok=True)
     (stub / "action.yml").write_text(NEVER_RUN_STUB, encoding="utf-8")
-    stubs = [arg for action in skipped_actions for arg in ("--local-repository", f"{action}={stub}")]
     labels: list[str] = []
     for job in load_yaml(workflow)["jobs"].values():
         runs_on = job["runs-on"]
@@ -170,28 +168,17 @@ def act_as_user(
         elif isinstance(runs_on, list):
             labels += runs_on
     labels.append("ubuntu-latest")  # the default of an input-chosen runner label
-    argv = [
-        tool("act"),
+    argv = act_argv(
         event,
-        "-W",
-        str(repo / ".github" / "workflows" / workflow.name),
-        *(arg for label in dict.fromkeys(labels) for arg in ("-P", f"{label}=-self-hosted")),
-        "--action-offline-mode",
-        "--pull=false",
-        "--no-cache-server",
-        "--action-cache-path",
-        str(runner / "act-cache"),
-        "--local-repository",
-        f"{ACTION_REPO}@v1={action_root}",
-        "--env",
-        f"GITHUB_API_URL={api_url}",
-        *stubs,
-        "--json",
-        "-v",
-        *extra,
-    ]
-    for k, v in secrets.items():
-        argv += ["-s", f"{k}={v}"]
+        repo / ".github" / "workflows" / workflow.name,
+        action_root,
+        runner / "act-cache",
+        platforms=labels,
+        local={action: stub for action in skipped_actions},
+        env={"GITHUB_API_URL": api_url},
+        secrets=secrets,
+        extra=("-v", *extra),
+    )
     path = os.pathsep.join([*map(str, path_first), user_path()])
     done = run_act_process(argv, repo, base_env(ACT_DISABLE_VERSION_CHECK="1", PATH=path), timeout)
     return UserRun(done, act_events(done.stdout))

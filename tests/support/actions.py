@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,48 @@ def run_install(tmp_path: Path, bindir: Path, *args: str, **env: str) -> subproc
     return subprocess.run(
         ["bash", str(INSTALL_SCRIPT), *args], env=full_env, capture_output=True, text=True, timeout=600
     )
+
+
+def act_argv(
+    event: str,
+    workflow: Path,
+    action_root: Path,
+    act_cache: Path,
+    *,
+    platforms: Iterable[str] = ("ubuntu-latest",),
+    job: str | None = None,
+    local: Mapping[str, Path] | None = None,
+    env: Mapping[str, str] | None = None,
+    variables: Mapping[str, str] | None = None,
+    secrets: Mapping[str, str] | None = None,
+    inputs: Sequence[str] = (),
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """``act <event>`` of ``workflow`` on this machine, offline (environment.md's recipe): every label of
+    ``platforms`` in host mode, nothing pulled, no cache server, this repository's actions from
+    ``action_root``, other ``uses:`` refs from ``local`` (ref -> directory), JSON log lines."""
+    return [
+        tool("act"),
+        event,
+        "-W",
+        str(workflow),
+        *(["-j", job] if job else []),
+        *(arg for label in dict.fromkeys(platforms) for arg in ("-P", f"{label}=-self-hosted")),
+        "--action-offline-mode",
+        "--pull=false",
+        "--no-cache-server",
+        "--action-cache-path",
+        str(act_cache),
+        "--local-repository",
+        f"{ACTION_REPO}@v1={action_root}",
+        *(arg for ref, path in (local or {}).items() for arg in ("--local-repository", f"{ref}={path}")),
+        *(arg for k, v in (env or {}).items() for arg in ("--env", f"{k}={v}")),
+        *(arg for k, v in (variables or {}).items() for arg in ("--var", f"{k}={v}")),
+        *(arg for k, v in (secrets or {}).items() for arg in ("-s", f"{k}={v}")),
+        *(arg for i in inputs for arg in ("--input", i)),
+        "--json",
+        *extra,
+    ]
 
 
 def run_act_process(
