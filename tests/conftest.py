@@ -47,14 +47,10 @@ def fleetci_fd(capfd: pytest.CaptureFixture[str]) -> RunCli:
 
 @pytest.fixture
 def emulator() -> Iterator[object]:
-    from fleetci.testing import EmulatorConfig, EmulatorServer, GitHubEmulator
+    from support.emulator import quiet_emulator
 
-    server = EmulatorServer(GitHubEmulator(EmulatorConfig(latency_ms=(0.0, 0.0), seed=7)))
-    server.start()
-    try:
+    with quiet_emulator() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

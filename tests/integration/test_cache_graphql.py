@@ -18,6 +18,7 @@ import pytest
 
 from fleetci.testing.github_graphql import SchemaNotFound, find_schema
 from support import Proxy, clean_env, start_proxy, wait_until
+from support.emulator import quiet_emulator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ORG_REPO = "octo-org/api"
@@ -41,27 +42,15 @@ def schema_path() -> Path:
 
 @pytest.fixture(scope="module")
 def emu(schema_path: Path) -> Iterator[Any]:
-    from fleetci.testing import EmulatorConfig, EmulatorServer, GitHubEmulator
-
-    server = EmulatorServer(GitHubEmulator(EmulatorConfig(latency_ms=(0.0, 0.0), seed=7)))
-    server.start()
-    try:
+    with quiet_emulator() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def gql_proxy(emu: Any, schema_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
-    p = start_proxy(
-        emu.url,
-        tmp_path_factory.mktemp("gql") / "cache",
-        env=clean_env(FLEETCI_GRAPHQL_SCHEMA=str(schema_path)),
-    )
-    try:
+    env = clean_env(FLEETCI_GRAPHQL_SCHEMA=str(schema_path))
+    with start_proxy(emu.url, tmp_path_factory.mktemp("gql") / "cache", env=env) as p:
         yield p
-    finally:
-        p.stop(signal.SIGTERM)
 
 
 def points(emu: Any, login: str) -> int:

@@ -8,7 +8,6 @@ or a small recording server started here, so what reached the upstream can be ch
 
 from __future__ import annotations
 
-import json
 import socket
 import sqlite3
 import threading
@@ -23,7 +22,7 @@ from aiohttp import web
 
 from fleetci.testing import TOKENS
 from fleetci.testing.server import BackgroundApp
-from support import Proxy, clean_env
+from support import Answer, Proxy, clean_env, read_answer
 
 MiB = 1024 * 1024
 
@@ -103,46 +102,13 @@ def recorder() -> Iterator[Recorder]:
         rec.server.stop()
 
 
-@dataclass
-class Answer:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def _read_answer(sock: socket.socket) -> Answer:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = [(k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in lines[1:])]
-    length = next((int(v) for k, v in headers if k.lower() == "content-length"), None)
-    while length is None or len(rest) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        rest += chunk
-    return Answer(status, headers, rest[:length] if length is not None else rest)
-
-
 def raw(url: str, request_line: str, headers: list[tuple[str, str]], body: bytes = b"") -> Answer:
     """Send one request exactly as given (``Connection: close`` added) and read the answer."""
     parts = urlsplit(url)
     with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
         head = request_line + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
         sock.sendall(head.encode("latin-1") + b"Connection: close\r\n\r\n" + body)
-        return _read_answer(sock)
+        return read_answer(sock)
 
 
 def get(proxy: Proxy, target: str, headers: list[tuple[str, str]], host: str | None = None) -> Answer:
@@ -177,7 +143,7 @@ def send_big(
                 sock.sendall(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server answered before the whole body was sent
-        return _read_answer(sock)
+        return read_answer(sock)
 
 
 def assert_one_line_error(a: Answer, status: int) -> str:
@@ -315,7 +281,7 @@ def test_a_declared_body_over_the_cap_gets_413_before_it_is_read(
             b"POST /repos/o/r/git/blobs HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n" % (300 * MiB)
         )  # and not one byte of the body: the answer must come anyway
-        answer = _read_answer(sock)
+        answer = read_answer(sock)
     assert "limit" in assert_one_line_error(answer, 413)
     assert recorder.seen == []
     assert_alive_and_quiet(proxy)

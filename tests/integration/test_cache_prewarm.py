@@ -21,7 +21,7 @@ from fleetci.cache.prewarm import IDLE_MIN_S, PREWARM_CONCURRENCY, Prewarmer
 from fleetci.cache.settings import cache_settings
 from fleetci.testing import EmulatorConfig, EmulatorServer, GitHubEmulator
 from support import Proxy, clean_env, start_proxy, wait_until
-from support.emulator import auth, tok
+from support.emulator import auth, quiet_emulator, tok
 
 TTL = 3.0  # the fresh window of this module's URLs (a ttl rule on ?ttl=3)
 LEAD = 2.5  # prewarm that long before the window ends (a tick every LEAD / 4 s)
@@ -35,21 +35,15 @@ def _env(base: Path, **extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[EmulatorServer]:
-    server = EmulatorServer(GitHubEmulator(EmulatorConfig(latency_ms=(0.0, 0.0), seed=11))).start()
-    try:
+    with quiet_emulator(seed=11) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def proxy(emulator: EmulatorServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
     base = tmp_path_factory.mktemp("prewarm")
-    p = start_proxy(emulator.url, base / "cache", env=_env(base, CACHE_PREWARM_LEAD=str(LEAD)))
-    try:
+    with start_proxy(emulator.url, base / "cache", env=_env(base, CACHE_PREWARM_LEAD=str(LEAD))) as p:
         yield p
-    finally:
-        p.stop()
 
 
 def _repo(emulator: EmulatorServer, i: int) -> str:

@@ -22,8 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleetci.testing import TOKENS, EmulatorConfig, EmulatorServer, GitHubEmulator
+from fleetci.testing import TOKENS, EmulatorServer
 from support import Proxy, start_proxy
+from support.emulator import quiet_emulator
 
 WRONG = "ghp_" + "0" * 36
 
@@ -39,22 +40,14 @@ QUERY_CREDENTIALS = ["access_token", "client_secret", "client_id"]
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[EmulatorServer]:
-    config = EmulatorConfig(latency_ms=(0.0, 0.0), seed=7, primary_limit=10**9, anon_limit=10**9)
-    server = EmulatorServer(GitHubEmulator(config))
-    server.start()
-    try:
+    with quiet_emulator(primary_limit=10**9, anon_limit=10**9) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def proxy(upstream: EmulatorServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
-    p = start_proxy(upstream.url, Path(tmp_path_factory.mktemp("property")) / "cache")
-    try:
+    with start_proxy(upstream.url, Path(tmp_path_factory.mktemp("property")) / "cache") as p:
         yield p
-    finally:
-        p.stop()
 
 
 tokens = st.sampled_from(TOKEN_VALUES)

@@ -7,6 +7,7 @@ the kill-and-restart test runs last because it takes Redis away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import pytest
 from fleetci.cache.hostproxy import find_host_proxy
 from fleetci.cache.settings import cache_settings
 from support import Proxy, clean_env, one_line_error, run_fleetci, start_proxy, wait_until
+from support.emulator import quiet_emulator
 from support.redis import PASSWORD, RedisServer
 
 pytestmark = pytest.mark.integration
@@ -36,14 +38,8 @@ def token(login: str) -> str:
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[Any]:
-    from fleetci.testing import EmulatorConfig, EmulatorServer, GitHubEmulator
-
-    server = EmulatorServer(GitHubEmulator(EmulatorConfig(latency_ms=(0.0, 0.0), seed=7)))
-    server.start()
-    try:
+    with quiet_emulator() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +67,8 @@ def fleet(
     config = base / "config.yml"  # a short fresh window for the revalidation test's URLs only
     config.write_text(f"cache:\n  ttl:\n    - {{pattern: '[?&]ttl={SHORT_TTL:g}', seconds: {SHORT_TTL:g}}}\n")
     env = shared_env(store, FLEETCI_CONFIG=str(config), CACHE_CLAIM_WAIT=str(LEASE))
-    proxies = [start_proxy(emulator.url, base / name / "cache", env=env) for name in "abc"]
-    try:
-        yield proxies
-    finally:
-        for p in proxies:
-            p.stop()
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(start_proxy(emulator.url, base / n / "cache", env=env)) for n in "abc"]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import socket
 import threading
 import time
@@ -27,8 +26,8 @@ from fleetci.http import free_port
 from fleetci.testing import EmulatorConfig, EmulatorServer, GitHubEmulator
 from fleetci.testing.openapi import OpenAPISpec, WebhookSpec
 from fleetci.testing.server import BackgroundApp
-from support import Proxy, clean_env, start_proxy, wait_until
-from support.emulator import R, auth, tok
+from support import Proxy, clean_env, read_answer, start_proxy, wait_until
+from support.emulator import R, auth, quiet_emulator, tok
 
 SECRET = "hook-secret-Zq3"
 QUEUED = "/actions/runs?status=queued"
@@ -55,11 +54,9 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    server = EmulatorServer(GitHubEmulator(EmulatorConfig(latency_ms=(0.0, 0.0), seed=7))).start()
     cache = tmp_path_factory.mktemp("webhooks") / "cache"
     env = clean_env(CACHE_WEBHOOK_SECRET=SECRET, CACHE_MAX_BODY_BYTES=str(256 * 1024))
-    proxy = start_proxy(server.url, cache, env=env)
-    try:
+    with quiet_emulator() as server, start_proxy(server.url, cache, env=env) as proxy:
         repos = httpx.get(f"{server.url}/orgs/octo-org/repos", headers=auth("alice")).json()
         repo = str(repos[0]["full_name"])
         r = httpx.post(
@@ -74,9 +71,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         world = World(server, proxy, repo, int(r.json()["id"]))
         assert wait_until(lambda: world.webhooks()["events"].get("ping") == 1)  # the hook's ping arrived
         yield world
-    finally:
-        proxy.stop()
-        server.stop()
 
 
 def _run_ids(resp: httpx.Response) -> set[int]:
@@ -443,24 +437,6 @@ def _raw(url: str) -> socket.socket:
     return socket.create_connection((host, int(port)), timeout=30)
 
 
-def _response(sock: socket.socket) -> tuple[int, bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ")[1]) if head else 0
-    length = re.search(rb"(?i)content-length: *(\d+)", head)
-    while length and len(rest) < int(length.group(1)):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        rest += chunk
-    return status, rest
-
-
 def test_a_signed_body_in_several_tcp_writes_is_read_whole(world: World) -> None:
     """A 200 KB workflow_job body arriving in three writes 0.3 s apart (a tunnel): acted on, not 401."""
     body = json.dumps(
@@ -478,9 +454,9 @@ def test_a_signed_body_in_several_tcp_writes_is_read_whole(world: World) -> None
         for part in (body[1000:100_000], body[100_000:]):
             time.sleep(0.3)
             sock.sendall(part)
-        status, answer = _response(sock)
-    assert status == 200, answer
-    assert json.loads(answer)["duplicate"] is False
+        answer = read_answer(sock)
+    assert answer.status == 200, answer.body
+    assert answer.json()["duplicate"] is False
     assert world.webhooks()["received"] == received + 1
 
 
@@ -506,7 +482,7 @@ def test_many_concurrent_oversize_unsigned_bodies_are_bounded(world: World) -> N
                 sock.sendall(chunk * 2 + b"0\r\n\r\n")  # 300 KB in all: over the 256 KB cap
         for sock in socks:
             try:
-                statuses.append(_response(sock)[0])
+                statuses.append(read_answer(sock).status)
             except OSError:
                 statuses.append(-1)
     finally:

@@ -20,19 +20,16 @@ from typing import Any
 import httpx
 import pytest
 
-from fleetci.testing import EmulatorConfig, EmulatorServer, GitHubEmulator
+from fleetci.testing import EmulatorServer
 from fleetci.testing.openapi import OpenAPISpec
 from support import RunCli
-from support.emulator import ORG, R, _env, auth, emulate_github, tok
+from support.emulator import ORG, R, _env, auth, emulate_github, quiet_emulator, tok
 
 
 @pytest.fixture
 def server() -> Iterator[EmulatorServer]:
-    srv = EmulatorServer(GitHubEmulator(EmulatorConfig(latency_ms=(0.0, 0.0), seed=11))).start()
-    try:
+    with quiet_emulator(seed=11) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture

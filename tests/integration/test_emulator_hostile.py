@@ -24,18 +24,15 @@ from fleetci.testing import EmulatorConfig, EmulatorServer, GitHubEmulator
 from fleetci.testing.github import MAX_BODY_BYTES
 from fleetci.testing.openapi import OpenAPISpec
 from support import raw_request, server_lines_are_one_line
-from support.emulator import ORG, R, _env, auth
+from support.emulator import ORG, R, _env, auth, quiet_emulator
 
 BASELINE = {"latency_ms": (0.0, 0.0), "error_rate": 0.0, "drop_rate": 0.0, "primary_limit": 5000}
 
 
 @pytest.fixture
 def server(server_log: pytest.LogCaptureFixture) -> Iterator[EmulatorServer]:
-    srv = EmulatorServer(GitHubEmulator(EmulatorConfig(latency_ms=(0.0, 0.0), seed=11))).start()
-    try:
+    with quiet_emulator(seed=11) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def raw(

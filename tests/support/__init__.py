@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -96,6 +98,13 @@ class Proxy:
                 self.proc.wait()
         return int(self.proc.returncode)
 
+    def __enter__(self) -> Proxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """``with start_proxy(...) as p:`` stops it (SIGTERM, SIGKILL after 15 s) however the block ends."""
+        self.stop()
+
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Accept": "application/vnd.github+json"}
         if token:
@@ -170,6 +179,42 @@ def server_lines_are_one_line(caplog: pytest.LogCaptureFixture) -> None:
     assert all(r.exc_info is None and "\n" not in r.getMessage() for r in records), [
         r.getMessage()[:300] for r in records
     ]
+
+
+@dataclass
+class Answer:
+    """An HTTP answer read off a raw socket (:func:`read_answer`): headers as sent, repeats kept."""
+
+    status: int  # 0: the server closed the connection without a status line
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def read_answer(sock: socket.socket) -> Answer:
+    """Read one answer from ``sock`` (written by hand: hostile requests, bodies in several writes)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1]) if head else 0
+    headers = [(k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in lines[1:])]
+    length = next((int(v) for k, v in headers if k.lower() == "content-length"), None)
+    while length is None or len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return Answer(status, headers, rest[:length] if length is not None else rest)
 
 
 def raw_request(

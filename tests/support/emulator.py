@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from fleetci.testing import DEFAULT_OWNER, TOKENS
+from fleetci.testing import DEFAULT_OWNER, TOKENS, EmulatorConfig, EmulatorServer, GitHubEmulator
 from fleetci.testing.openapi import OpenAPISpec, SpecNotFound, WebhookSpec, find_spec, find_webhooks_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 ORG = DEFAULT_OWNER
+
+
+def quiet_emulator(seed: int = 7, **config: Any) -> EmulatorServer:
+    """The emulator as the tests run it: no added latency, a fixed seed, ``config`` on top; not started
+    (``with quiet_emulator(seed=11) as server:`` starts it and stops it, webhook thread included)."""
+    options: dict[str, Any] = {"latency_ms": (0.0, 0.0), "seed": seed, **config}
+    return EmulatorServer(GitHubEmulator(EmulatorConfig(**options)))
 
 
 def tok(login: str) -> str:
