@@ -16,7 +16,7 @@ from fleetci.multiarch.binfmt import ensure_binfmt, handler_state
 from fleetci.multiarch.matrix import build_matrix
 from fleetci.multiarch.rootfs import RootfsSpec, log_tail, verify
 from fleetci.multiarch.settings import BASE_PACKAGES, multiarch_settings
-from support import RunCli, clean_env, one_line_error
+from support import RunCli, clean_env, fleetci_cmd, one_line_error
 from support.multiarch import run_argv
 
 
@@ -230,6 +230,43 @@ def test_native_backend_never_tests_with_fleetcis_own_virtualenv(
         proc = fleetci_fd(*run_argv(native.name, tmp_path, *show, **options))
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == str(tested), (options, proc.stdout)
+
+
+def test_native_backend_python_runs_with_a_noexec_tmpdir(tmp_path: Path) -> None:
+    """Hardened runners mount /tmp noexec: with --python the native backend's python3 wrapper must not live
+    in TMPDIR, where it cannot run and PATH lookup silently falls through to the next python3 (a decoy
+    here). A real noexec tmpfs as TMPDIR, in a private mount namespace (root; skipped elsewhere)."""
+    import shutil
+    import sys
+
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    noexec, cache = tmp_path / "noexec-tmp", tmp_path / "cache"
+    noexec.mkdir()
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    (decoy / "python3").write_text("#!/bin/sh\necho decoy\n")
+    (decoy / "python3").chmod(0o755)
+    native = host_arch()
+    assert native is not None
+    show = ("python3", "-c", "import sys; print(sys.version_info[:2])")
+    argv = fleetci_cmd(*run_argv(native.name, tmp_path, *show, python=version, cache_dir=str(cache)))
+    mount = f'mount -t tmpfs -o noexec,nosuid,mode=1777 tmpfs "{noexec}"'
+    private = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c"]
+    if os.geteuid() != 0 or not shutil.which("unshare") or subprocess.run([*private, mount]).returncode:
+        pytest.skip("needs root and unshare --mount to mount a noexec tmpfs")
+    exec_in_tmpdir = 'cp /bin/true "$TMPDIR/x" && { "$TMPDIR/x"; echo "exec in TMPDIR: $?" >&2; }'
+    script = f'{mount} && {exec_in_tmpdir} && exec "$@"'
+    proc = subprocess.run(
+        [*private, script, "sh", *argv],
+        env=clean_env(TMPDIR=str(noexec), PATH=f"{decoy}{os.pathsep}{os.environ['PATH']}"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "exec in TMPDIR: 126" in proc.stderr, proc.stderr  # the mount really forbids exec
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tuple(sys.version_info[:2])), proc.stdout
+    assert not any((cache / "run").iterdir())  # the wrappers went with the run
 
 
 def test_native_backend_refuses_another_architecture(tmp_path: Path, fleetci_fd: RunCli) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from fleetci.errors import FleetciError
@@ -27,6 +29,21 @@ def _own_venv(bindir: str) -> bool:
     return bool(bindir) and (Path(bindir).parent / INSTALL_MARKER).is_file()
 
 
+@contextlib.contextmanager
+def _wrapper_dir(cache_dir: Path) -> Iterator[Path]:
+    """A fresh directory for the native backend's python/python3 wrappers, removed after the run.
+
+    The wrappers are executed, so they live under the multiarch cache dir (chroot runs execute from it
+    too), never in TMPDIR: /tmp is often mounted noexec on hardened runners."""
+    runs = cache_dir / "run"
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FleetciError(f"cannot create {runs} (multiarch cache dir): {exc.strerror or exc}") from exc
+    with tempfile.TemporaryDirectory(prefix=f"native-{os.getpid()}-", dir=runs) as shim:
+        yield Path(shim)
+
+
 def run_native(settings: MultiarchSettings, command: list[str], progress: Progress) -> int:
     """Run on this machine; with --python, ``python``/``python3`` resolve to that interpreter.
 
@@ -35,7 +52,7 @@ def run_native(settings: MultiarchSettings, command: list[str], progress: Progre
     version (setup-python's 3.11 when fleetci also installed with 3.11)."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join(d for d in env.get("PATH", "").split(os.pathsep) if d and not _own_venv(d))
-    with tempfile.TemporaryDirectory(prefix="fleetci-native-") as shim:
+    with contextlib.ExitStack() as stack:
         if settings.python:
             interpreter = shutil.which(f"python{settings.python}", path=env["PATH"])
             if interpreter is None:
@@ -47,11 +64,12 @@ def run_native(settings: MultiarchSettings, command: list[str], progress: Progre
                     )
                 own = _own_venv(str(Path(sys.prefix) / "bin"))
                 interpreter = getattr(sys, "_base_executable", sys.executable) if own else sys.executable
+            shim = stack.enter_context(_wrapper_dir(settings.cache_dir))
             # A wrapper that execs the interpreter by the path found, not a symlink to it: Python finds
             # its virtualenv (pyvenv.cfg) next to the path it was started as, so a symlink elsewhere
             # would run a venv's base interpreter instead (without the venv's packages).
             for name in ("python", "python3"):
-                wrapper = Path(shim) / name
+                wrapper = shim / name
                 wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(interpreter)} "$@"\n', encoding="utf-8")
                 wrapper.chmod(0o755)
             env["PATH"] = f"{shim}{os.pathsep}{env.get('PATH', '')}"
