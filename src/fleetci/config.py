@@ -23,7 +23,7 @@ N = TypeVar("N", int, float)
 
 CONFIG_ENV = "FLEETCI_CONFIG"
 # The config file's top-level keys: one section per capability.
-SECTIONS = ("cache", "install", "multiarch", "registry", "build")
+SECTIONS = ("cache", "install", "multiarch", "registry", "build", "autoscale")
 
 
 def default_config_path() -> Path:

@@ -38,6 +38,7 @@ SETTINGS_MODULES = (
     "fleetci.multiarch.settings",
     "fleetci.registry.settings",
     "fleetci.buildfarm.settings",
+    "fleetci.autoscale.settings",
 )
 RESULTS_DIR = Path("benchmarks") / "results"
 OPENING = re.compile(r"<!-- (?P<kind>settings|action-inputs|bench): (?P<arg>[^>]*?) -->")

@@ -156,3 +156,34 @@ def spawn_logged(
 def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1][:300] if lines else "no output"
+
+
+def run_with_input(
+    argv: Sequence[str], stdin: str, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command given by the operator (a hook such as ``--scale-cmd``) with ``stdin``, in its own
+    session; on timeout its whole process group is killed. A command that cannot start or runs too long
+    is a one-line :class:`FleetciError`; its exit status is the caller's to judge."""
+    import os
+    import signal
+
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise FleetciError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+    try:
+        out, err = proc.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise FleetciError(f"{argv[0]} did not finish within {timeout:g}s (killed)") from None
+    return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)

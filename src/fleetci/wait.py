@@ -90,3 +90,19 @@ async def wait_until_async(
         if loop.time() >= deadline:
             raise WaitTimeout(_message(what, timeout, last() if last else None))
         await asyncio.sleep(min(interval, max(0.0, deadline - loop.time())))
+
+
+def wait_stepwise(step: Callable[[float], T | None], *, timeout: float) -> T | None:
+    """Call ``step(remaining_seconds)`` until it returns something truthy; None once ``timeout`` passed.
+
+    For waits whose step blocks by itself for up to ``remaining`` (a long poll, an event's ``wait``):
+    the loop only keeps the deadline, so no step runs past it.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        result = step(remaining)
+        if result:
+            return result

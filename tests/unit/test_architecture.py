@@ -31,7 +31,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 PACKAGE = SRC / "fleetci"
 
 
-CAPABILITIES = ("cache", "p2p", "install", "multiarch", "registry", "buildfarm")
+CAPABILITIES = ("cache", "p2p", "install", "multiarch", "registry", "buildfarm", "autoscale")
 
 
 ABOVE_CAPABILITIES = ("fleetci.testing", "fleetci.bench", "fleetci.cli")

@@ -20,6 +20,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fleetci.autoscale.settings import AutoscaleSettings, autoscale_settings
 from fleetci.buildfarm.settings import (
     ClientSettings,
     MasterSettings,
@@ -310,7 +311,27 @@ NUMERIC: list[tuple[str, str, str, str, tuple[str, ...]]] = [
     ("master", "max_body_bytes", "max_body_bytes", "FLEETCI_BUILD_MAX_BODY", NOT_FINITE + NEGATIVE + ZERO),
     ("worker", "idle_timeout", "idle_timeout", "FLEETCI_BUILD_IDLE_TIMEOUT", NOT_FINITE + NEGATIVE),
     ("worker", "max_jobs", "max_jobs", "FLEETCI_BUILD_MAX_JOBS", NOT_FINITE + NEGATIVE + FRACTION),
+    ("autoscale", "poll_interval", "poll_interval", "AUTOSCALE_POLL_INTERVAL", NOT_FINITE + NEGATIVE + ZERO),
+    (
+        "autoscale",
+        "scale_down_delay",
+        "scale_down_delay",
+        "AUTOSCALE_SCALE_DOWN_DELAY",
+        NOT_FINITE + NEGATIVE,
+    ),
+    (
+        "autoscale",
+        "scale_cmd_timeout",
+        "scale_cmd_timeout",
+        "AUTOSCALE_SCALE_CMD_TIMEOUT",
+        NOT_FINITE + NEGATIVE + ZERO,
+    ),
 ]
+
+
+def _autoscale(flags: Mapping[str, Any], config: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+    """The owner is required by the CLI; the range checks do not need one."""
+    return autoscale_settings(flags, config, env, need_owner=False)
 
 
 BUILDERS: dict[str, tuple[Builder, str, type]] = {
@@ -320,6 +341,7 @@ BUILDERS: dict[str, tuple[Builder, str, type]] = {
     "registry": (registry_settings, "registry", RegistrySettings),
     "master": (master_settings, "build", MasterSettings),
     "worker": (_worker, "build", WorkerSettings),
+    "autoscale": (_autoscale, "autoscale", AutoscaleSettings),
 }
 
 

@@ -23,6 +23,7 @@ from fleetci.cache.activity import Activity
 from fleetci.cache.api import COUNTER_KEYS as COUNTER_KEYS
 from fleetci.cache.api import GRAPHQL_KEYS, CacheStats
 from fleetci.cache.api import SUMMARY_KEYS as SUMMARY_KEYS
+from fleetci.cache.changes import ChangeFeed
 from fleetci.cache.peering import Announcement, Claim
 from fleetci.cache.peering import PeerLink as PeerLink
 from fleetci.cache.policy import (
@@ -214,6 +215,8 @@ class CacheEngine:
         self.upstream = upstream or AsyncUpstream(settings.upstream, settings.upstream_timeout)
         self.limits = RateLimitTracker(settings.max_concurrency)
         self.counters = Counters()
+        # Moves with every invalidation (webhook, fleet gossip, shared store): GET /_fleetci/changes.
+        self.changes = ChangeFeed()
         self.activity = Activity(clock)  # the dashboard's last hour and top endpoints (bounded)
         self.peers: PeerLink | None = None
         self.shared: SharedStore | None = None  # CACHE_BACKEND: set by fleetci.cache.server.serve
@@ -291,6 +294,7 @@ class CacheEngine:
             self._invalidated.move_to_end(name)
         while len(self._invalidated) > INVALIDATIONS_MAX:
             self._invalidated.popitem(last=False)
+        self.changes.bump()  # long polls (GET /_fleetci/changes) answer now
         for link in (self.peers, self.shared) if forward else ():  # P2P gossip, the shared store's channel
             forward_to = getattr(link, "invalidate", None)
             if callable(forward_to):

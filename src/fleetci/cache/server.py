@@ -40,6 +40,7 @@ from fleetci.cache.api import (
     Health,
     PeersStatus,
 )
+from fleetci.cache.changes import CHANGES_PATH, handle_changes
 from fleetci.cache.engine import CACHE_HEADER, CacheEngine, Outcome
 from fleetci.cache.peering import PeerService
 from fleetci.cache.prewarm import Prewarmer
@@ -389,6 +390,12 @@ async def _stats(request: web.Request) -> web.Response:
     return web.json_response(stats)
 
 
+@local_observers
+async def _changes(request: web.Request) -> web.Response:
+    """``GET /_fleetci/changes?after=N&wait=S``: long poll on the invalidation counter (cache/changes.py)."""
+    return await handle_changes(request.app[ENGINE_KEY].changes, request)
+
+
 async def _webhook(request: web.Request) -> web.StreamResponse:
     """``POST /_fleetci/webhook`` on the proxy's port (cache/webhooks.py), unless it has a port of its own."""
     webhooks = request.app[WEBHOOKS_KEY]
@@ -430,6 +437,7 @@ def make_app(engine: CacheEngine, webhooks: WebhookReceiver | None = None) -> we
     app.router.add_post(WEBHOOK_PATH, _webhook)
     app.router.add_get(HEALTH_PATH, _health)
     app.router.add_get(STATS_PATH, _stats)
+    app.router.add_get(CHANGES_PATH, _changes)
     app.router.add_get(PEERS_PATH, _peers)
     app.router.add_post(PROBE_PATH, _probe)
     app.router.add_get(METRICS_PATH, _metrics)

@@ -14,47 +14,30 @@ from __future__ import annotations
 
 import grp
 import shlex
-import shutil
-import subprocess
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from fleetci.cache.hostproxy import proxy_health
 from fleetci.cache.settings import DEFAULT_SERVICE_PORT, WELL_KNOWN_SOCKET, read_env_file
 from fleetci.errors import FleetciError, UsageError
-from fleetci.files import tighten, write_atomic, write_private
-from fleetci.http import describe
 from fleetci.process import fleetci_argv
+from fleetci.systemd import HARDENING, UNIT_DIR, Installed, enable, remove_unit, write_unit
+from fleetci.systemd import render_env as _render_env
+
+__all__ = ["UNIT_DIR", "Installed", "install", "render_env", "render_unit", "status", "uninstall"]
 
 UNIT_NAME = "fleetci-cache.service"
 SEED_ALIAS = "github-cache.service"  # the seed's name: `systemctl start github-cache.service` works too
-UNIT_DIR = Path("etc/systemd/system")
 ENV_PATH = Path("etc/fleetci/cache.env")
 STATE_DIR = "/var/lib/fleetci"
 DEFAULT_PORT = DEFAULT_SERVICE_PORT
 SHARED_SCOPE_ENV = "CACHE_SHARED_SCOPE"
-SYSTEMD_TIMEOUT_S = 60.0
 _ENV_HEADER = """\
 # fleetci cache service settings: the seed's .env.cache keys (CACHE_*, FLEETCI_CACHE_SECRET, ...).
 # systemd reads this file as root (it may hold FLEETCI_CACHE_SECRET): keep it 0600.
 # The unit sets the cache dir, socket, socket group and port itself; `fleetci cache service install`
 # rewrites this file from --env-file.
 """
-
-
-@dataclass(frozen=True)
-class Installed:
-    unit: Path
-    env_file: Path
-    enabled: bool
-    note: str  # why enabling was skipped ("" when it was done)
-
-
-def _systemd_running(root: Path) -> bool:
-    return (
-        root == Path("/") and Path("/run/systemd/system").is_dir() and shutil.which("systemctl") is not None
-    )
 
 
 def check_group(group: str) -> None:
@@ -97,41 +80,12 @@ Type=simple
 ExecStart={shlex.join(serve)}
 EnvironmentFile=-/{ENV_PATH}
 WorkingDirectory={STATE_DIR}
-DynamicUser=yes
 User=fleetci
 {groups}StateDirectory=fleetci
 StateDirectoryMode=0700
 RuntimeDirectory=fleetci
 RuntimeDirectoryMode=0755
-UMask=0077
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
-PrivateMounts=yes
-PrivateIPC=yes
-NoNewPrivileges=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-ProtectProc=invisible
-ProcSubset=pid
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-SystemCallFilter=~@privileged
-SystemCallErrorNumber=EPERM
-CapabilityBoundingSet=
-AmbientCapabilities=
-DevicePolicy=closed
-Restart=on-failure
+{HARDENING}Restart=on-failure
 RestartSec=5
 TimeoutStopSec=15
 
@@ -143,23 +97,7 @@ Alias={SEED_ALIAS}
 
 def render_env(values: dict[str, str]) -> str:
     """``NAME=value`` lines systemd's EnvironmentFile reads back exactly (double-quoted, escaped)."""
-    lines = [_ENV_HEADER]
-    for name, value in values.items():
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        lines.append(f'{name}="{escaped}"\n')
-    return "".join(lines)
-
-
-def _systemctl(*args: str) -> None:
-    try:
-        proc = subprocess.run(
-            ["systemctl", *args], capture_output=True, text=True, timeout=SYSTEMD_TIMEOUT_S, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise FleetciError(f"systemctl {' '.join(args)} failed: {describe(exc)}") from exc
-    if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise FleetciError(f"systemctl {' '.join(args)} failed: {detail[-1] if detail else proc.returncode}")
+    return _render_env(_ENV_HEADER, values)
 
 
 def install(
@@ -184,20 +122,10 @@ def install(
         _refuse_shared_scope(read_env_file(env_path), env_path)
     else:
         _refuse_shared_scope(values, env_file or env_path)
-    try:
-        write_atomic(unit, render_unit(argv or fleetci_argv(), group=group, port=port), mode=0o644)
-        if kept:
-            tighten(env_path)  # systemd reads it as root; it may hold FLEETCI_CACHE_SECRET
-        else:
-            write_private(env_path, render_env(values))
-    except OSError as exc:
-        raise FleetciError(f"cannot write under {root}: {describe(exc)}") from exc
-    if not _systemd_running(root):
-        why = "a --root prefix was given" if root != Path("/") else "systemd is not running here"
-        return Installed(unit, env_path, False, why)
-    _systemctl("daemon-reload")
-    _systemctl("enable", "--now", UNIT_NAME)
-    return Installed(unit, env_path, True, "")
+    unit_text = render_unit(argv or fleetci_argv(), group=group, port=port)
+    write_unit(root, unit, unit_text, env_path, None if kept else render_env(values))
+    enabled, note = enable(root, UNIT_NAME)
+    return Installed(unit, env_path, enabled, note, UNIT_NAME)
 
 
 def _refuse_shared_scope(values: dict[str, str], where: Path) -> None:
@@ -213,15 +141,7 @@ def _refuse_shared_scope(values: dict[str, str], where: Path) -> None:
 def uninstall(root: Path = Path("/")) -> list[Path]:
     """Stop and disable the unit (where systemd runs) and remove it; the environment file and the cache
     state stay (they may hold the fleet secret and a warm cache: an operator removes them knowingly)."""
-    unit = root / UNIT_DIR / UNIT_NAME
-    if not unit.exists():
-        raise FleetciError(f"{unit} is not installed")
-    if _systemd_running(root):
-        _systemctl("disable", "--now", UNIT_NAME)
-    unit.unlink()
-    if _systemd_running(root):
-        _systemctl("daemon-reload")
-    return [unit]
+    return remove_unit(root, root / UNIT_DIR / UNIT_NAME, UNIT_NAME)
 
 
 def status(socket: Path, root: Path = Path("/"), say: Callable[[str], object] = print) -> bool:

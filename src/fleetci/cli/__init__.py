@@ -39,9 +39,9 @@ def build_parser(verb: str | None = None) -> Parser:
 
         modules: tuple[Any, ...] = (cache,)
     else:
-        from fleetci.cli import bench, build, cache, demo, emulate, install, multiarch, registry
+        from fleetci.cli import autoscale, bench, build, cache, demo, emulate, install, multiarch, registry
 
-        modules = (cache, emulate, install, build, multiarch, registry, bench, demo)
+        modules = (cache, emulate, install, build, multiarch, registry, autoscale, bench, demo)
     parser = Parser(prog="fleetci", description="Make CI fleets cheaper and less flaky.")
     parser.add_argument("--version", action="version", version=f"fleetci {__version__}")
     parser.add_argument(

@@ -223,6 +223,15 @@ def _github_shape(status: int, message: str) -> dict[str, object]:
     return gd.error(message, DOCS, status)
 
 
+def _short_strings(value: object) -> bool:
+    """A JSON list of 1..10 runner labels, each 1..100 characters."""
+    return (
+        isinstance(value, list)
+        and 1 <= len(value) <= 10
+        and all(isinstance(v, str) and 1 <= len(v) <= 100 for v in value)
+    )
+
+
 class GitHubEmulator:
     """State and rules of the emulated API. Thread-safe: tests drive it from their own thread."""
 
@@ -441,8 +450,10 @@ class GitHubEmulator:
             self._bump()
             return run.id
 
-    def queue_run(self, owner: str, repo: str) -> int:
-        """A new queued run (with queued jobs) of the repository's first workflow: a push just happened."""
+    def queue_run(self, owner: str, repo: str, labels: Sequence[str] | None = None) -> int:
+        """A new queued run (with queued jobs) of the repository's first workflow: a push just happened.
+        ``labels``: every job of the run asks for these runner labels (``runs-on``): an autoscaler's pool.
+        """
         with self._lock:
             r = self._world.repo(owner, repo)
             if r is None:
@@ -452,6 +463,9 @@ class GitHubEmulator:
             )
             self._world.now += 30
             run = gd.add_run(self._world, self._world_rng, r, flows[0], "queued", self._world.now)
+            if labels is not None:
+                for job in gd.jobs_of(self._world, run):
+                    job.labels = list(labels)
             self._bump()
             return run.id
 
@@ -692,6 +706,7 @@ class GitHubEmulator:
         r.add_post("/_emulator/config", self._admin(self._a_config))
         r.add_post("/_emulator/reset", self._admin(self._a_reset))
         r.add_post("/_emulator/mutate", self._admin(self._a_mutate))
+        r.add_post("/_emulator/queue", self._admin(self._a_queue))
         r.add_get("/_emulator/blobs/{kind}/{name}", self._admin(self._a_blob))
         r.add_route("*", "/_emulator/{tail:.*}", self._admin(self._a_not_found))
         r.add_route("*", "/{tail:.*}", self._endpoint(self._r_not_found, DOCS, cacheable=False))
@@ -1486,6 +1501,27 @@ class GitHubEmulator:
             return error_response(422, f'expected {{"n": <integer 0..{MUTATE_MAX}>}}')
         self.mutate(n)
         return web.json_response({"mutated": n, "version": self._version})
+
+    async def _a_queue(self, request: web.Request) -> web.StreamResponse:
+        """``{"owner", "repo", "labels": [...]}``: queue a run whose jobs ask for ``labels`` (benchmarks)."""
+        try:
+            payload = loads_strict(await request.read())
+        except ValueError as exc:
+            return error_response(400, f"Problems parsing JSON: {exc}")
+        owner = payload.get("owner") if isinstance(payload, dict) else None
+        repo = payload.get("repo") if isinstance(payload, dict) else None
+        labels = payload.get("labels") if isinstance(payload, dict) else None
+        if (
+            not isinstance(owner, str)
+            or not isinstance(repo, str)
+            or (labels is not None and not _short_strings(labels))
+        ):
+            return error_response(422, 'expected {"owner": str, "repo": str, "labels": [str, ...] (1..10)}')
+        try:
+            run_id = self.queue_run(owner, repo, labels)
+        except KeyError as exc:
+            return error_response(404, str(exc.args[0]))
+        return web.json_response({"run_id": run_id, "job_ids": self.job_ids(run_id)}, status=201)
 
     async def _a_not_found(self, request: web.Request) -> web.StreamResponse:
         return error_response(404, "Not Found")

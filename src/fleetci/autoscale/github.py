@@ -1,0 +1,163 @@
+"""What the autoscaler reads from GitHub: each read is one plain GET, so a fleetci cache in front of the
+API answers it (``HIT``) or revalidates it (a free 304) — the autoscaler never bypasses the cache.
+
+Per cycle: the owner's repositories (``/orgs/{o}/repos``, or ``/users/{o}/repos`` for a user), each
+repository's queued runs (``/repos/{o}/{r}/actions/runs?status=queued``), the jobs of those runs (their
+``labels``), and the runners (``/orgs/{o}/actions/runners``, or per repository for a user). Transient
+failures (unreachable, 5xx) are retried through :mod:`fleetci.retry`; everything else is one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from fleetci import retry
+from fleetci.errors import FleetciError
+from fleetci.http import ApiError, JsonApi, loads_strict, redact_url
+
+PER_PAGE = 100
+MAX_PAGES = 50  # 5,000 items of one list: more is a runaway pagination, not an organization
+BACKOFF = retry.Backoff(retries=2, initial=0.3, most=3.0)
+HEADERS = {
+    "Accept": "application/vnd.github+json",
+    "X-GitHub-Api-Version": "2022-11-28",
+    "User-Agent": "fleetci-autoscale",
+}
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    repo: str
+    run_id: int
+    job_id: int
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Runner:
+    name: str
+    status: str  # online / offline
+    busy: bool
+    labels: tuple[str, ...]
+
+
+class GitHubReader:
+    """The autoscaler's view of GitHub through ``api_url`` (a fleetci proxy or the API itself)."""
+
+    def __init__(self, api_url: str, token: str, owner: str, timeout: float = 30.0) -> None:
+        self.owner = owner
+        self.api = JsonApi(
+            api_url, what=f"GitHub API {redact_url(api_url)}", token=token, headers=HEADERS, timeout=timeout
+        )
+        self.is_org: bool | None = None  # learnt from the first repository listing
+
+    def close(self) -> None:
+        self.api.close()
+
+    def get(self, path: str) -> httpx.Response:
+        """One GET; transient failures retried, then a one-line :class:`FleetciError`."""
+
+        def attempt(_: int) -> httpx.Response:
+            try:
+                r = self.api.response("GET", path, ok=(500, 502, 503, 504))
+            except ApiError:
+                raise
+            except FleetciError as exc:  # unreachable
+                raise retry.Transient(str(exc)) from None
+            if r.status_code >= 500:
+                raise retry.Transient(f"{self.api.what}: GET {path.split('?')[0]}: HTTP {r.status_code}")
+            return r
+
+        try:
+            return retry.call(attempt, BACKOFF)
+        except retry.Transient as exc:
+            raise FleetciError(str(exc)) from None
+
+    def pages(self, path: str, field: str | None) -> Iterator[dict[str, Any]]:
+        """Items of a list over its ``Link: rel="next"`` pages (``field``: the list's key; None: an array)."""
+        url: str | None = path
+        for _ in range(MAX_PAGES):
+            if url is None:
+                return
+            r = self.get(url)
+            try:
+                body = loads_strict(r.content)
+            except ValueError:
+                raise FleetciError(
+                    f"{self.api.what}: answer to GET {path.split('?')[0]} is not JSON"
+                ) from None
+            items = body.get(field) if field and isinstance(body, dict) else body
+            if not isinstance(items, list):
+                raise FleetciError(f"{self.api.what}: GET {path.split('?')[0]} did not answer a list")
+            yield from (i for i in items if isinstance(i, dict))
+            nxt = r.links.get("next", {}).get("url")
+            url = str(nxt) if nxt else None
+
+    def repositories(self) -> list[str]:
+        """``owner/name`` of the owner's repositories that are not archived."""
+        o = quote(self.owner)
+        if self.is_org is not False:
+            try:
+                repos = list(self.pages(f"/orgs/{o}/repos?per_page={PER_PAGE}", None))
+                self.is_org = True
+            except ApiError as exc:
+                if exc.status != 404 or self.is_org:
+                    raise
+                self.is_org = False
+        if not self.is_org:
+            repos = list(self.pages(f"/users/{o}/repos?per_page={PER_PAGE}", None))
+        return sorted(
+            str(r["full_name"])
+            for r in repos
+            if isinstance(r.get("full_name"), str) and not r.get("archived")
+        )
+
+    def queued_jobs(self, repo: str) -> list[QueuedJob]:
+        """Queued jobs of the repository's queued runs, with the labels they ask for."""
+        out: list[QueuedJob] = []
+        for run in self.pages(
+            f"/repos/{repo}/actions/runs?status=queued&per_page={PER_PAGE}", "workflow_runs"
+        ):
+            run_id = run.get("id")
+            if not isinstance(run_id, int) or run.get("status") != "queued":
+                continue
+            for job in self.pages(f"/repos/{repo}/actions/runs/{run_id}/jobs?per_page={PER_PAGE}", "jobs"):
+                labels = job.get("labels")
+                if (
+                    job.get("status") == "queued"
+                    and isinstance(labels, list)
+                    and isinstance(job.get("id"), int)
+                ):
+                    out.append(QueuedJob(repo, run_id, int(job["id"]), tuple(str(lb) for lb in labels)))
+        return out
+
+    def runners(self, repos: list[str]) -> list[Runner]:
+        """The organization's runners, or each repository's for a user."""
+        paths = (
+            [f"/orgs/{quote(self.owner)}/actions/runners?per_page={PER_PAGE}"]
+            if self.is_org
+            else [f"/repos/{repo}/actions/runners?per_page={PER_PAGE}" for repo in repos]
+        )
+        out: list[Runner] = []
+        for path in paths:
+            try:
+                found = list(self.pages(path, "runners"))
+            except ApiError as exc:
+                if self.is_org or exc.status not in (403, 404):
+                    raise
+                continue  # a user's repository whose runners this token may not list
+            for r in found:
+                labels = tuple(
+                    str(lb.get("name"))
+                    for lb in r.get("labels") or []
+                    if isinstance(lb, dict) and lb.get("name")
+                )
+                out.append(
+                    Runner(str(r.get("name", "")), str(r.get("status", "")), bool(r.get("busy")), labels)
+                )
+        return out

@@ -1,0 +1,326 @@
+"""The autoscaler: read queued jobs through the cache, decide per pool, call the provider.
+
+Push for freshness, pull as the safety net: between full reads it long-polls the proxy's
+``GET /_fleetci/changes`` (fleetci.cache.changes), which answers as soon as a webhook — received by this
+proxy or by any proxy of the fleet — invalidated something; the autoscaler re-reads at once, and its
+reads revalidate just the entries the webhook touched. Without a proxy, or with one that lacks the
+endpoint, it simply reads every ``poll_interval`` seconds. Lost webhooks cost reaction time up to the
+poll (plus the cache's window for queued lists), never a wrong count.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleetci.autoscale.github import GitHubReader, QueuedJob
+from fleetci.autoscale.pools import Count, Decision, Planner, Pool, parse_pool, pool_for_job, pool_for_runner
+from fleetci.autoscale.providers import CommandProvider, DockerProvider, Provider, ScaleRequest
+from fleetci.autoscale.settings import UPSTREAM, AutoscaleOptions, AutoscaleSettings, autoscale_settings
+from fleetci.cache.api import STATS_PATH
+from fleetci.cache.changes import CHANGES_PATH, MAX_WAIT_S
+from fleetci.cache.settings import WELL_KNOWN_SOCKET
+from fleetci.config import load_config_file
+from fleetci.errors import FleetciError, UsageError
+from fleetci.http import JsonApi, describe, redact_url
+from fleetci.wait import wait_stepwise
+
+Say = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(f"fleetci autoscale: {line}", file=sys.stderr, flush=True)
+
+
+def find_api_url(configured: str) -> tuple[str, str]:
+    """The API to read through, and a note: the configured URL, else the host's cache proxy on its
+    well-known socket when it answers (what ``fleetci cache start`` reuses), else api.github.com."""
+    if configured:
+        return configured, ""
+    sock = Path(WELL_KNOWN_SOCKET)
+    if sock.is_socket():
+        from fleetci.cache.hostproxy import proxy_health
+
+        try:
+            url = str(proxy_health(uds=sock).get("proxy_url") or "")
+        except FleetciError as exc:
+            return UPSTREAM, f"host proxy {sock} not usable ({exc}): reading {UPSTREAM} directly"
+        if url.startswith("http://"):
+            return url, f"reading through the host's cache proxy {url}"
+    return UPSTREAM, ""
+
+
+def is_fleetci_proxy(api_url: str) -> bool:
+    from fleetci.cache.hostproxy import proxy_health
+
+    try:
+        proxy_health(api_url, timeout=2.0)
+    except FleetciError:
+        return False
+    return True
+
+
+@dataclass
+class CacheView:
+    """The proxy's own endpoints the autoscaler uses: the change counter and the stats for its log line."""
+
+    api: JsonApi
+    seq: int | None = None
+    long_poll: bool = True  # False once the proxy lacks /_fleetci/changes (an older proxy)
+    chunk: float = MAX_WAIT_S  # seconds one long poll may block (stop() takes effect after it)
+
+    def current(self) -> int | None:
+        if not self.long_poll:
+            return None
+        try:
+            r = self.api.response("GET", f"{CHANGES_PATH}?wait=0", ok=(404,), timeout=10)
+        except FleetciError:
+            return None
+        if r.status_code == 404:
+            self.long_poll = False
+            return None
+        seq = _seq(r.content)
+        self.seq = seq if seq is not None else self.seq
+        return self.seq
+
+    def changed(self, remaining: float, stop: threading.Event) -> bool:
+        """Wait up to ``remaining`` seconds (at most one long poll) for the counter to move."""
+        if stop.is_set():
+            return True
+        if not self.long_poll or self.seq is None:
+            return stop.wait(remaining) or stop.is_set()
+        wait = min(remaining, self.chunk)
+        try:
+            r = self.api.response(
+                "GET", f"{CHANGES_PATH}?after={self.seq}&wait={wait:.3f}", ok=(404, 503), timeout=wait + 10
+            )
+        except FleetciError:
+            return stop.wait(min(remaining, 5.0)) or stop.is_set()  # the proxy restarts: poll on
+        if r.status_code != 200:
+            if r.status_code == 404:
+                self.long_poll = False
+            return stop.wait(min(remaining, 1.0)) or stop.is_set()
+        seq = _seq(r.content)
+        if seq is None or seq == self.seq:
+            return stop.is_set()
+        self.seq = seq
+        return True
+
+    def stats(self) -> str:
+        try:
+            s = self.api.get(STATS_PATH, timeout=5)
+        except FleetciError as exc:
+            return f"cache stats unavailable ({exc})"
+        if not isinstance(s, dict):
+            return "cache stats unavailable"
+        hits = sum(int(s.get(k) or 0) for k in ("local_hits", "peer_hits", "shared_hits"))
+        n = {k: int(s.get(k) or 0) for k in ("revalidations", "misses", "api_calls_saved")}
+        return (
+            f"cache hits={hits} revalidated={n['revalidations']} charged={n['misses']} "
+            f"saved={n['api_calls_saved']} hit_rate={float(s.get('hit_rate') or 0):.1%}"
+        )
+
+
+def _seq(body: bytes) -> int | None:
+    import json
+
+    try:
+        value = json.loads(body).get("seq")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass
+class Cycle:
+    """What one cycle saw and did (``once()`` returns its decisions; this keeps the rest)."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    unmatched: dict[tuple[str, ...], int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+class GitHubRunnerAutoscaler:
+    """Seed 004's autoscaler on the cache: ``GitHubRunnerAutoscaler(owner="org", poll_interval=120).run()``.
+
+    Keyword arguments are settings (``AutoscaleOptions``: ``scale_down_delay``, ``scale_cmd``,
+    ``docker_image``, ``api_url``, ``token``, ``pools`` as strings or :class:`Pool`), above the
+    environment and the config file, as flags are. ``provider`` replaces ``scale_cmd``/``docker_image``.
+    """
+
+    def __init__(
+        self,
+        owner: str | None = None,
+        poll_interval: float | None = None,
+        *,
+        provider: Provider | None = None,
+        settings: AutoscaleSettings | None = None,
+        say: Say | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        env: Mapping[str, str] | None = None,
+        config: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        if settings is None:
+            settings = _settings_from(owner, poll_interval, options, env, config)
+        if not settings.token:
+            raise UsageError("no GitHub token: set GH_TOKEN or GITHUB_TOKEN")
+        self.settings = settings
+        self.say = say or _stderr
+        self.clock = clock
+        self.api_url, note = find_api_url(settings.api_url)
+        if note:
+            self.say(note)
+        self.provider = provider or _provider(settings)
+        self.reader = GitHubReader(self.api_url, settings.token, settings.owner)
+        self.planner = Planner(settings.pools, settings.scale_down_delay)
+        self.cache: CacheView | None = (
+            CacheView(JsonApi(self.api_url, what=f"fleetci cache {redact_url(self.api_url)}"))
+            if is_fleetci_proxy(self.api_url)
+            else None
+        )
+        self.last = Cycle()
+        self.cycles = 0
+        self._stop = threading.Event()
+
+    # -- one cycle --------------------------------------------------------------------------------------
+    def once(self) -> list[Decision]:
+        """Read, decide, call the provider for pools whose desired count changed; the decisions."""
+        if self.cache is not None and self.cache.seq is None:
+            self.cache.current()  # before the reads: a change during them wakes the next wait at once
+        s = self.settings
+        repos = self.reader.repositories()
+        jobs: list[QueuedJob] = [job for repo in repos for job in self.reader.queued_jobs(repo)]
+        counts: dict[frozenset[str], Count] = {p.key: Count() for p in s.pools}
+        cycle = Cycle()
+        for job in jobs:
+            pool = pool_for_job(s.pools, job.labels)
+            if pool is None:
+                cycle.unmatched[job.labels] = cycle.unmatched.get(job.labels, 0) + 1
+            else:
+                counts[pool.key].queued += 1
+        for runner in self.reader.runners(repos):
+            rpool = pool_for_runner(s.pools, runner.labels)
+            if rpool is None or runner.status != "online":
+                continue
+            if runner.busy:
+                counts[rpool.key].busy += 1
+            else:
+                counts[rpool.key].idle += 1
+        cycle.decisions = self.planner.plan(counts, self.clock())
+        for d in cycle.decisions:
+            if d.call:
+                self._apply(d, cycle)
+        self.cycles += 1
+        self.last = cycle
+        self._log(cycle)
+        return cycle.decisions
+
+    step = once  # the seed's name for one cycle
+
+    def _apply(self, d: Decision, cycle: Cycle) -> None:
+        if self.provider is None:
+            self.planner.provided(d.pool, d.desired)  # no provider: the decision is only logged
+            return
+        request = ScaleRequest(
+            self.settings.owner, list(d.pool.labels), d.current, d.desired, d.queued, d.busy, d.idle
+        )
+        try:
+            self.provider.scale(request)
+        except FleetciError as exc:
+            cycle.errors.append(f"pool {d.pool.name}: {exc}")
+            self.say(f"error: pool {d.pool.name}: {exc} (asked again next cycle)")
+            return
+        except Exception as exc:  # an embedded provider's bug must not end the loop either
+            cycle.errors.append(f"pool {d.pool.name}: {describe(exc)}")
+            self.say(f"error: pool {d.pool.name}: provider failed: {describe(exc)} (asked again next cycle)")
+            return
+        self.planner.provided(d.pool, d.desired)
+
+    def _log(self, cycle: Cycle) -> None:
+        pools = "; ".join(d.line() for d in cycle.decisions)
+        stats = self.cache.stats() if self.cache is not None else "no cache proxy (reading the API directly)"
+        self.say(f"cycle {self.cycles}: {pools} | {stats}")
+        if cycle.unmatched:
+            shown = ", ".join(
+                f"{'+'.join(k) or '(none)'} x{n}" for k, n in sorted(cycle.unmatched.items())[:5]
+            )
+            total = sum(cycle.unmatched.values())
+            self.say(f"{total} queued job(s) match no pool (not scaled): {shown}")
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def wait_for_change(self, timeout: float) -> bool:
+        """Until the proxy reports a change (True) or ``timeout`` passed (False); False at once if stopped."""
+        if self.cache is None:
+            self._stop.wait(timeout)
+            return False
+        woke = wait_stepwise(
+            lambda remaining: self.cache.changed(remaining, self._stop) if self.cache else None,
+            timeout=timeout,
+        )
+        return bool(woke) and not self._stop.is_set()
+
+    def run(self, cycles: int | None = None) -> int:
+        """Cycle until :meth:`stop` (or ``cycles`` cycles); a failing cycle is logged and retried."""
+        done = 0
+        while not self._stop.is_set():
+            if self.cache is not None:
+                self.cache.current()
+            try:
+                self.once()
+            except FleetciError as exc:
+                self.say(f"error: cycle failed: {exc} (retried in {self.settings.poll_interval:g}s)")
+            done += 1
+            if cycles is not None and done >= cycles:
+                break
+            self.wait_for_change(self.settings.poll_interval)
+        return done
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self.stop()
+        self.reader.close()
+        if self.cache is not None:
+            self.cache.api.close()
+
+
+def _settings_from(
+    owner: str | None,
+    poll_interval: float | None,
+    options: dict[str, Any],
+    env: Mapping[str, str] | None,
+    config: Mapping[str, Any] | None,
+) -> AutoscaleSettings:
+    known = {s.name for s in AutoscaleOptions.settings}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UsageError(f"GitHubRunnerAutoscaler: unknown setting(s) {', '.join(unknown)}")
+    flags: dict[str, Any] = {k: v for k, v in options.items() if k != "pools" and v is not None}
+    flags = {k: str(v) for k, v in flags.items()}
+    if owner is not None:
+        flags["owner"] = owner
+    if poll_interval is not None:
+        flags["poll_interval"] = str(poll_interval)
+    pools = options.get("pools")
+    if pools is not None:
+        items = [pools] if isinstance(pools, (str, Pool)) else list(pools)
+        flags["pools"] = [p if isinstance(p, str) else f"{p.name}:min={p.min}:max={p.max}" for p in items]
+    return autoscale_settings(flags, load_config_file(None) if config is None else config, env)
+
+
+def _provider(settings: AutoscaleSettings) -> Provider | None:
+    if settings.scale_cmd:
+        return CommandProvider(settings.scale_cmd, settings.scale_cmd_timeout)
+    if settings.docker_image:
+        return DockerProvider(settings.docker_image, settings.docker_host, settings.docker_network)
+    return None
+
+
+__all__ = ["Cycle", "GitHubRunnerAutoscaler", "find_api_url", "parse_pool"]

@@ -1,0 +1,211 @@
+"""Issue 17 (autoscaler): the real emulator, a real proxy process with webhooks, the autoscaler in this
+process, and a recording provider that is a real command (it appends its stdin to a file).
+
+One emulator and one proxy for the module; an organization hook sends every repository's deliveries to
+the proxy. The proxy's queued-list window is 3 s (a config rule), so a test with a short poll sees a
+change without a webhook, and one with a 60 s poll can only see it in time through a webhook.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fleetci.autoscale import GitHubRunnerAutoscaler
+from fleetci.cache.changes import CHANGES_PATH
+from fleetci.cache.webhooks import WEBHOOK_PATH
+from fleetci.testing import EmulatorConfig, EmulatorServer, GitHubEmulator
+from support import Proxy, clean_env, start_proxy, wait_until
+from support.emulator import auth, tok
+
+SECRET = "autoscale-hook-Zq3"
+QUEUED_TTL_S = 3
+
+
+@dataclass
+class World:
+    emulator: EmulatorServer
+    proxy: Proxy
+    repo: str
+    tmp: Path
+
+    @property
+    def emu(self) -> GitHubEmulator:
+        return self.emulator.emulator
+
+    def received(self) -> int:
+        stats: dict[str, Any] = self.proxy.stats()
+        return int(stats["webhooks"]["received"])  # type: ignore[call-overload]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("autoscale")
+    server = EmulatorServer(GitHubEmulator(EmulatorConfig(latency_ms=(0.0, 0.0), seed=11))).start()
+    config = tmp / "config.yml"
+    rule = {"pattern": r"status=queued", "seconds": QUEUED_TTL_S, "name": "queued-short"}
+    config.write_text(json.dumps({"cache": {"ttl": [rule]}}), encoding="utf-8")
+    env = clean_env(CACHE_WEBHOOK_SECRET=SECRET, FLEETCI_CONFIG=str(config))
+    proxy = start_proxy(server.url, tmp / "cache", env=env)
+    try:
+        r = httpx.post(
+            f"{server.url}/orgs/octo-org/hooks",
+            headers=auth("alice"),
+            json={"config": {"url": proxy.url + WEBHOOK_PATH, "secret": SECRET}, "events": ["*"]},
+        )
+        assert r.status_code == 201, r.text
+        repos = httpx.get(f"{server.url}/orgs/octo-org/repos", headers=auth("alice")).json()
+        world = World(server, proxy, str(repos[0]["full_name"]), tmp)
+        assert wait_until(lambda: world.received() >= 1)  # the hook's ping
+        yield world
+    finally:
+        proxy.stop()
+        server.stop()
+
+
+class Recorder:
+    """The provider: ``sh -c 'cat >> FILE'``, one JSON request per line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.command = f"sh -c {shlex.quote('cat >> ' + shlex.quote(str(path)))}"
+
+    def calls(self, pool: str) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return [r for r in rows if ",".join(r["labels"]) == pool]
+
+
+@dataclass
+class Running:
+    scaler: GitHubRunnerAutoscaler
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.scaler.stop()
+        self.thread.join(timeout=40)
+        self.scaler.close()
+
+
+def start(world: World, recorder: Recorder, pool: str, poll: float, **more: Any) -> Running:
+    scaler = GitHubRunnerAutoscaler(
+        owner="octo-org",
+        poll_interval=poll,
+        api_url=world.proxy.url,
+        token=tok("alice"),
+        scale_cmd=recorder.command,
+        pools=[f"{pool}:max=50"],
+        env={},
+        config={},
+        say=lambda line: None,
+        **more,
+    )
+    if scaler.cache is not None:
+        scaler.cache.chunk = 1.0  # stop() waits for the long poll in flight: keep each one short
+    thread = threading.Thread(target=scaler.run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: scaler.cycles >= 1, timeout=30)
+    return Running(scaler, thread)
+
+
+def queue(world: World, labels: list[str]) -> int:
+    owner, name = world.repo.split("/")
+    run_id = world.emu.queue_run(owner, name, labels)
+    return len(world.emu.job_ids(run_id))
+
+
+def test_webhook_wakes_the_autoscaler_long_before_its_poll(world: World) -> None:
+    pool = "self-hosted,gpu-push"
+    rec = Recorder(world.tmp / "push.jsonl")
+    running = start(world, rec, pool, poll=60.0)
+    try:
+        assert [c["desired"] for c in rec.calls(pool)] == [0]  # the first cycle: nothing queued
+        received = world.received()
+        jobs = queue(world, ["self-hosted", "gpu-push"])
+        # the poll is 60 s away: only the webhook -> /_fleetci/changes -> re-read path is this fast
+        assert wait_until(lambda: any(c["desired"] >= 1 for c in rec.calls(pool)), timeout=10)
+        last = rec.calls(pool)[-1]
+        assert last["desired"] == last["queued"] == jobs and last["owner"] == "octo-org"
+        assert world.received() > received
+        assert running.scaler.cycles >= 2
+    finally:
+        running.stop()
+
+
+def test_lost_webhooks_are_caught_by_the_next_poll(world: World) -> None:
+    pool = "self-hosted,gpu-pull"
+    rec = Recorder(world.tmp / "pull.jsonl")
+    world.emu.configure(webhook_drop_rate=1.0)
+    running = start(world, rec, pool, poll=1.0)
+    try:
+        received = world.received()
+        jobs = queue(world, ["self-hosted", "gpu-pull"])
+        assert wait_until(lambda: any(c["desired"] == jobs for c in rec.calls(pool)), timeout=15)
+        assert world.received() == received  # no delivery arrived: the poll (and the TTL) did it
+    finally:
+        running.stop()
+        world.emu.configure(webhook_drop_rate=0.0)
+
+
+def test_a_failing_scale_command_is_logged_and_retried_next_cycle(world: World) -> None:
+    pool = "self-hosted,gpu-flaky"
+    marker = world.tmp / "fail-once"
+    marker.write_text("x")
+    rec = Recorder(world.tmp / "flaky.jsonl")
+    script = world.tmp / "flaky.sh"
+    script.write_text(
+        f'if [ -e {shlex.quote(str(marker))} ]; then rm {shlex.quote(str(marker))}; echo "no capacity" >&2; '
+        f"exit 3; fi\ncat >> {shlex.quote(str(rec.path))}\n"
+    )
+    lines: list[str] = []
+    scaler = GitHubRunnerAutoscaler(
+        owner="octo-org",
+        api_url=world.proxy.url,
+        token=tok("alice"),
+        scale_cmd=f"sh {shlex.quote(str(script))}",
+        pools=[pool],
+        env={},
+        config={},
+        say=lines.append,
+    )
+    try:
+        scaler.once()
+        assert scaler.last.errors and "exited 3: no capacity" in scaler.last.errors[0]
+        assert any(
+            ln.startswith("error: pool self-hosted,gpu-flaky: scale command sh exited 3") for ln in lines
+        )
+        assert rec.calls(pool) == []
+        scaler.once()  # the same desired count is asked for again, and now accepted
+        assert [c["desired"] for c in rec.calls(pool)] == [0] and not scaler.last.errors
+        scaler.once()
+        assert len(rec.calls(pool)) == 1  # unchanged: not asked again
+        assert any("cache hits=" in ln and "hit_rate=" in ln for ln in lines)  # cache stats in the log
+        assert not any(tok("alice") in ln for ln in lines)
+    finally:
+        scaler.close()
+
+
+def test_changes_endpoint_of_the_real_proxy(world: World) -> None:
+    url = world.proxy.url + CHANGES_PATH
+    seq = httpx.get(url, params={"wait": "0"}).json()["seq"]
+    owner, name = world.repo.split("/")
+    world.emu.queue_run(owner, name)
+    moved = httpx.get(url, params={"after": str(seq), "wait": "10"}, timeout=20).json()["seq"]
+    assert moved > seq
+    for query in ("after=-1", "after=abc", "wait=nan", "wait=-2", "after=1&after=2", "after=" + "9" * 40):
+        r = httpx.get(f"{url}?{query}")
+        assert r.status_code == 400, (query, r.text)
+        assert "\n" not in r.json()["message"]
+    # no repository names, nothing a reader with another token could learn from
+    assert set(httpx.get(url).json()) == {"seq"}
+    # DNS rebinding guard as for the proxy's other pages
+    assert httpx.get(url, headers={"Host": "evil.example"}).status_code == 403

@@ -1,0 +1,432 @@
+"""Issue 17 (autoscaler): pools and decisions, settings, the CLI's bad input, the /_fleetci/changes long
+poll (a real aiohttp server in this process), and the systemd template unit (checked by systemd)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fleetci.autoscale.pools import (
+    Count,
+    Planner,
+    Pool,
+    parse_pool,
+    parse_pools,
+    pool_for_job,
+    pool_for_runner,
+)
+from fleetci.autoscale.settings import AutoscaleOptions, autoscale_settings
+from fleetci.cache.changes import MAX_WAIT_S, ChangeFeed, handle_changes
+from fleetci.errors import UsageError
+from support import RunCli, clean_env, one_line_error
+from support.emulator import tok
+
+POOL = "self-hosted,linux,x64"
+
+
+# -- pools and decisions -----------------------------------------------------------------------------------
+def test_pool_syntax() -> None:
+    p = parse_pool(" self-hosted, Linux ,X64:min=1:max=7 ")
+    assert p == Pool(("self-hosted", "Linux", "X64"), 1, 7)
+    assert parse_pool("gpu") == Pool(("gpu",), 0, 10)
+    assert [x.name for x in parse_pools("a,b:max=3; c\nd,e")] == ["a,b", "c", "d,e"]
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("", "no pool"),
+        (":max=3", "has no labels"),
+        ("a:max=-1", "whole number"),
+        ("a:max=x", "whole number"),
+        ("a:max=99999999", "whole number"),
+        ("a:min=5:max=2", "min 5 is more than max 2"),
+        ("a:size=3", "expected min=N or max=N"),
+        ("a:max", "expected min=N or max=N"),
+        ("a;A", "given twice"),
+    ],
+)
+def test_bad_pools_are_refused_in_one_line(text: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says) as err:
+        parse_pools(text)
+    assert "\n" not in str(err.value)
+
+
+def test_a_job_goes_to_the_smallest_pool_having_all_its_labels() -> None:
+    pools = parse_pools("self-hosted,linux,x64,gpu;self-hosted,linux,x64;self-hosted,linux,arm64")
+    assert pool_for_job(pools, ["self-hosted", "Linux", "X64"]) == pools[1]  # case-insensitive
+    assert pool_for_job(pools, ["self-hosted", "gpu"]) == pools[0]
+    assert pool_for_job(pools, ["linux"]) == pools[1]  # ties: the first configured of the smallest
+    assert pool_for_job(pools, ["ubuntu-latest"]) is None  # GitHub-hosted: not ours
+    assert pool_for_runner(pools, ["self-hosted", "Linux", "X64", "gpu", "extra"]) == pools[0]
+    assert pool_for_runner(pools, ["self-hosted", "Linux", "X64"]) == pools[1]
+    assert pool_for_runner(pools, ["self-hosted"]) is None
+
+
+def _plan(planner: Planner, pool: Pool, now: float, queued: int, busy: int = 0, idle: int = 0) -> Any:
+    (d,) = planner.plan({pool.key: Count(queued, busy, idle)}, now)
+    if d.call:
+        planner.provided(pool, d.desired)
+    return d
+
+
+def test_min_max_clamp_and_scale_down_only_after_the_delay() -> None:
+    pool = parse_pool("a:min=1:max=5")
+    p = Planner((pool,), scale_down_delay=60)
+    d = _plan(p, pool, 0, queued=0)
+    assert (d.desired, d.call) == (1, True)  # min
+    d = _plan(p, pool, 1, queued=9, busy=2)
+    assert (d.wanted, d.desired, d.call) == (5, 5, True)  # max, at once
+    d = _plan(p, pool, 2, queued=1, busy=1)
+    assert (d.wanted, d.desired, d.held, d.call) == (2, 5, True, False)  # lower: held
+    d = _plan(p, pool, 61, queued=1, busy=1)
+    assert (d.desired, d.held) == (5, True)  # 59 s lower so far
+    d = _plan(p, pool, 62, queued=0, busy=3)
+    assert (d.desired, d.call) == (3, True)  # 60 s lower: shrinks to what is wanted now
+    d = _plan(p, pool, 63, queued=0, busy=0)
+    assert d.held and d.desired == 3
+    d = _plan(p, pool, 64, queued=4, busy=0)
+    assert (d.desired, d.held, d.call) == (4, False, True)  # growing again resets the delay
+    d = _plan(p, pool, 65, queued=4, busy=0)
+    assert not d.call  # unchanged: the provider is not asked again
+
+
+def test_zero_delay_scales_down_at_once() -> None:
+    pool = parse_pool("a:max=5")
+    p = Planner((pool,), scale_down_delay=0)
+    assert _plan(p, pool, 0, queued=3).desired == 3
+    assert _plan(p, pool, 0, queued=0).desired == 0
+
+
+@given(
+    lo=st.integers(0, 20),
+    span=st.integers(0, 20),
+    steps=st.lists(st.tuples(st.integers(0, 50), st.integers(0, 50)), min_size=1, max_size=20),
+)
+def test_desired_stays_within_bounds_and_never_drops_before_the_delay(
+    lo: int, span: int, steps: list[tuple[int, int]]
+) -> None:
+    pool = Pool(("a",), lo, lo + span)
+    p = Planner((pool,), scale_down_delay=1000)
+    peak = -1
+    for t, (queued, busy) in enumerate(steps):
+        d = _plan(p, pool, float(t), queued, busy)
+        assert pool.min <= d.desired <= pool.max
+        assert d.desired >= peak  # the delay (1000 s) never passes within 20 steps
+        peak = max(peak, d.desired)
+
+
+# -- settings ----------------------------------------------------------------------------------------------
+def test_settings_follow_flag_env_config_default() -> None:
+    config = {"autoscale": {"owner": "cfg-org", "poll_interval": 30, "pools": ["a,b:max=3", "c"]}}
+    s = autoscale_settings({}, config, {})
+    assert (s.owner, s.poll_interval, [p.name for p in s.pools]) == ("cfg-org", 30.0, ["a,b", "c"])
+    env = {"AUTOSCALE_POLL_INTERVAL": "15", "AUTOSCALE_POOLS": "x:max=2;y", "GH_TOKEN": "t0k"}
+    s = autoscale_settings({}, config, env)
+    assert (s.poll_interval, [p.name for p in s.pools], s.token) == (15.0, ["x", "y"], "t0k")
+    s = autoscale_settings({"poll_interval": "5", "pools": ["z:min=1"]}, config, env)
+    assert (s.poll_interval, s.pools) == (5.0, (Pool(("z",), 1, 10),))
+    d = autoscale_settings({"owner": "o"}, {}, {})
+    assert (d.poll_interval, d.scale_down_delay, [p.name for p in d.pools]) == (120.0, 300.0, [POOL])
+    assert "t0k" not in repr(autoscale_settings({"owner": "o"}, {}, {"GH_TOKEN": "t0k"}))
+
+
+@pytest.mark.parametrize(
+    ("flags", "config", "env", "says"),
+    [
+        ({}, {}, {}, "no owner"),
+        ({"owner": "o", "poll_interval": "0"}, {}, {}, "invalid value for --poll-interval"),
+        ({"owner": "o"}, {}, {"AUTOSCALE_SCALE_DOWN_DELAY": "nan"}, "$AUTOSCALE_SCALE_DOWN_DELAY"),
+        ({"owner": "bad owner"}, {}, {}, "organization or user name"),
+        ({"owner": "o"}, {"autoscale": {"pools": [1, 2]}}, {}, "list of strings"),
+        ({"owner": "o"}, {"autoscale": {"pools": "a:max=x"}}, {}, "config key 'autoscale.pools'"),
+        ({"owner": "o"}, {"autoscale": {"pol_interval": 3}}, {}, "did you mean 'poll_interval'"),
+        ({"owner": "o", "scale_cmd": "x", "docker_image": "y"}, {}, {}, "choose one"),
+        ({"owner": "o", "api_url": "ftp://x"}, {}, {}, "http(s) URL"),
+    ],
+)
+def test_bad_settings_are_one_line(
+    flags: dict[str, Any], config: dict[str, Any], env: dict[str, str], says: str
+) -> None:
+    with pytest.raises(UsageError) as err:
+        autoscale_settings(flags, config, env)
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_every_setting_has_a_flag_or_is_documented_as_env_only() -> None:
+    assert {s.name for s in AutoscaleOptions.settings if not s.flag} == {"pools", "token"}
+
+
+# -- the command line --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "env", "says", "code"),
+    [
+        (("autoscale", "--bogus"), {}, "unrecognized arguments: --bogus", 2),
+        (("autoscale", "--once"), {"GH_TOKEN": "x"}, "no owner", 2),
+        (
+            ("autoscale", "--once", "--owner", "o", "--api-url", "http://127.0.0.1:9"),
+            {},
+            "no GitHub token",
+            2,
+        ),
+        (("autoscale", "--once", "--owner", "o", "--pool", "a:min=3:max=1"), {"GH_TOKEN": "x"}, "--pool", 2),
+        (("autoscale", "--owner", "o", "--poll-interval", "inf"), {"GH_TOKEN": "x"}, "--poll-interval", 2),
+        (("autoscale", "--owner", "o", "--scale-cmd", "'unclosed"), {"GH_TOKEN": "x"}, "cannot be split", 2),
+    ],
+)
+def test_cli_bad_input_is_one_line(
+    fleetci: RunCli, args: tuple[str, ...], env: dict[str, str], says: str, code: int
+) -> None:
+    r = fleetci(*args, env=clean_env(**env))
+    assert r.returncode == code, r
+    assert says in one_line_error(r)
+
+
+def test_cli_unreachable_api_is_one_line(fleetci: RunCli, unused_port: int) -> None:
+    r = fleetci(
+        "autoscale", "--once", "--owner", "o", "--api-url", f"http://127.0.0.1:{unused_port}",
+        env=clean_env(GH_TOKEN="sekrit-token"),
+    )  # fmt: skip
+    line = one_line_error(r)
+    assert r.returncode == 1 and "unreachable" in line and "sekrit-token" not in r.stderr + r.stdout
+
+
+def test_cli_corrupt_config_file_is_one_line(fleetci: RunCli, tmp_path: Path) -> None:
+    bad = tmp_path / "config.yml"
+    bad.write_text("autoscale: [unclosed\n")
+    r = fleetci("--config", str(bad), "autoscale", "--once", "--owner", "o", env=clean_env(GH_TOKEN="x"))
+    assert r.returncode == 2 and "not valid YAML" in one_line_error(r)
+    bad.write_text("autoscale:\n  pools: {a: 1}\n")
+    r = fleetci("--config", str(bad), "autoscale", "--once", "--owner", "o", env=clean_env(GH_TOKEN="x"))
+    assert r.returncode == 2 and "autoscale.pools" in one_line_error(r)
+
+
+def test_cli_once_against_the_emulator_calls_the_command_and_logs_cache_stats(
+    fleetci_fd: RunCli, emulator: Any, tmp_path: Path
+) -> None:
+    out = tmp_path / "calls.jsonl"
+    cmd = f"sh -c {shlex.quote('cat >> ' + str(out))}"
+    r = fleetci_fd(
+        "autoscale", "--once", "--owner", "octo-org", "--api-url", emulator.url, "--scale-cmd", cmd,
+        "--pool", "self-hosted,linux,x64:max=2", "--pool", "self-hosted,linux,arm64",
+        env=clean_env(GH_TOKEN=tok("alice")),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    calls = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [c["labels"] for c in calls] == [
+        ["self-hosted", "linux", "x64"],
+        ["self-hosted", "linux", "arm64"],
+    ]
+    assert all(c["desired"] <= (2 if "x64" in c["labels"] else 10) for c in calls)
+    assert all(set(c) == {"owner", "labels", "current", "desired", "queued", "busy", "idle"} for c in calls)
+    cycle = [ln for ln in r.stderr.splitlines() if "cycle 1:" in ln]
+    assert len(cycle) == 1 and "no cache proxy" in cycle[0]  # straight to the API: said, not hidden
+    assert tok("alice") not in r.stderr + r.stdout
+
+
+def test_cli_failing_and_hanging_scale_commands_fail_once_in_one_line(
+    fleetci: RunCli, emulator: Any, tmp_path: Path
+) -> None:
+    base = ("autoscale", "--once", "--owner", "octo-org", "--api-url", emulator.url, "--pool", "gpu")
+    env = clean_env(GH_TOKEN=tok("alice"))
+    r = fleetci(*base, "--scale-cmd", "sh -c 'echo out of quota >&2; exit 4'", env=env)
+    assert r.returncode == 1
+    errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+    assert errors == [
+        "fleetci autoscale: error: pool gpu: scale command sh exited 4: out of quota (asked again next cycle)"
+    ]
+    r = fleetci(*base, "--scale-cmd", "sleep 30", "--scale-cmd-timeout", "0.3", env=env)
+    assert r.returncode == 1 and "did not finish within 0.3s (killed)" in r.stderr
+    r = fleetci(*base, "--scale-cmd", str(tmp_path / "missing-script"), env=env)
+    assert r.returncode == 1 and "cannot run" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_docker_image_without_a_daemon_is_one_line(fleetci: RunCli, emulator: Any, tmp_path: Path) -> None:
+    r = fleetci(
+        "autoscale", "--once", "--owner", "octo-org", "--api-url", emulator.url, "--docker-image", "runner:1",
+        "--docker-host", f"unix://{tmp_path}/no-docker.sock", env=clean_env(GH_TOKEN=tok("alice")),
+    )  # fmt: skip
+    assert r.returncode == 1 and "no docker daemon reachable" in one_line_error(r)
+
+
+@pytest.fixture
+def unused_port() -> int:
+    from fleetci.http import free_port
+
+    return free_port()
+
+
+# -- GET /_fleetci/changes ---------------------------------------------------------------------------------
+@pytest.fixture
+def changes() -> Iterator[tuple[str, ChangeFeed, asyncio.AbstractEventLoop]]:
+    """``handle_changes`` behind a real aiohttp server on 127.0.0.1, in a loop thread of its own."""
+    import threading
+
+    feed = ChangeFeed(max_waiters=2)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    app = web.Application()
+
+    async def route(request: web.Request) -> web.Response:
+        return await handle_changes(feed, request)
+
+    app.router.add_get("/_fleetci/changes", route)
+    server = TestServer(app, host="127.0.0.1")
+    asyncio.run_coroutine_threadsafe(server.start_server(), loop).result(10)
+    try:
+        yield str(server.make_url("/_fleetci/changes")), feed, loop
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+
+def test_changes_answers_when_the_counter_moves_and_on_timeout(
+    changes: tuple[str, ChangeFeed, asyncio.AbstractEventLoop],
+) -> None:
+    url, feed, loop = changes
+    assert httpx.get(url).json() == {"seq": 0}
+    assert httpx.get(url, params={"after": "0", "wait": "0.2"}).json() == {"seq": 0}  # timed out
+    with httpx.Client(timeout=20) as c:
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(c.get, url, params={"after": "0", "wait": "15"})
+            from support import wait_until
+
+            assert wait_until(lambda: feed.waiting == 1)
+            loop.call_soon_threadsafe(feed.bump)
+            assert waiting.result(10).json() == {"seq": 1}
+    assert httpx.get(url, params={"after": "0", "wait": "15"}).json() == {"seq": 1}  # already past
+
+
+def test_changes_caps_waiters_and_refuses_bad_parameters(
+    changes: tuple[str, ChangeFeed, asyncio.AbstractEventLoop],
+) -> None:
+    import concurrent.futures
+
+    url, feed, _ = changes
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(httpx.get, url, params={"after": "0", "wait": "2"}, timeout=10) for _ in range(2)]
+        from support import wait_until
+
+        assert wait_until(lambda: feed.waiting == 2)
+        r = httpx.get(url, params={"after": "0", "wait": "2"})
+        assert (
+            r.status_code == 503 and r.headers["Retry-After"] == "1" and "long polls" in r.json()["message"]
+        )
+        assert all(f.result(10).status_code == 200 for f in held)
+    for query in (
+        "after=-1",
+        "after=1.5",
+        "after=%EF%BC%91",
+        "wait=abc",
+        "wait=inf",
+        "wait=-1",
+        "wait=1&wait=2",
+        "after=" + "1" * 100,
+    ):
+        r = httpx.get(f"{url}?{query}")
+        assert r.status_code == 400 and "\n" not in r.json()["message"], (query, r.text)
+
+
+def test_changes_wait_is_capped() -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    from fleetci.cache.changes import parse_changes_query
+
+    assert parse_changes_query(make_mocked_request("GET", "/?after=3&wait=1e9"), 0) == (3, MAX_WAIT_S)
+    assert parse_changes_query(make_mocked_request("GET", "/"), 7) == (7, 0.0)
+
+
+# -- systemd -----------------------------------------------------------------------------------------------
+def test_service_template_is_verified_by_systemd_and_keeps_the_token_private(
+    fleetci: RunCli, tmp_path: Path
+) -> None:
+    from tests.unit.test_cache_service import unit_settings, verify
+
+    from fleetci.autoscale.service import TEMPLATE, env_path
+
+    root = tmp_path / "root"
+    env = clean_env(GH_TOKEN="ghp_sekrit", AUTOSCALE_POLL_INTERVAL="45")
+    r = fleetci(
+        "autoscale", "service", "install", "--root", str(root), "--owner", "octo-org",
+        "--pool", "self-hosted,gpu:max=4", "--scale-cmd", "/usr/local/bin/scale-gpu", env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "ghp_sekrit" not in r.stdout + r.stderr and "enabling was skipped (a --root prefix" in r.stdout
+    unit = root / "etc/systemd/system" / TEMPLATE
+    text = unit.read_text()
+    found = unit_settings(text)
+    assert found["ExecStart"][0].endswith("autoscale --owner %i") and found["DynamicUser"] == ["yes"]
+    assert found["Alias"] == ["github-autoscaler@.service"] and found["EnvironmentFile"] == [
+        "/etc/fleetci/autoscale-%i.env"
+    ]
+    envf = root / env_path("octo-org")
+    assert stat.S_IMODE(envf.stat().st_mode) == 0o600 and stat.S_IMODE(envf.parent.stat().st_mode) == 0o700
+    values = dict(
+        line.split("=", 1) for line in envf.read_text().splitlines() if line and not line.startswith("#")
+    )
+    assert values["GH_TOKEN"] == '"ghp_sekrit"' and values["AUTOSCALE_POLL_INTERVAL"] == '"45"'
+    assert values["AUTOSCALE_POOLS"] == '"self-hosted,gpu:min=0:max=4"'
+    # systemd itself checks an instance of the template
+    inst = tmp_path / "verify" / "fleetci-autoscale@octo-org.service"
+    inst.parent.mkdir()
+    inst.write_text(text.replace("%i", "octo-org").replace("EnvironmentFile=/", "EnvironmentFile=-/"))
+    v = verify(inst)
+    assert v.returncode == 0, v.stderr
+    r = fleetci("autoscale", "service", "status", "--root", str(root), "--owner", "octo-org", env=env)
+    assert r.returncode == 0 and "present" in r.stdout
+    r = fleetci("autoscale", "service", "uninstall", "--root", str(root), "--owner", "octo-org", env=env)
+    assert r.returncode == 0 and not unit.exists() and not envf.exists()
+    r = fleetci("autoscale", "service", "uninstall", "--root", str(root), "--owner", "octo-org", env=env)
+    assert r.returncode == 1 and "is not installed" in one_line_error(r)
+    r = fleetci("autoscale", "service", "install", "--root", str(root), env=env)
+    assert r.returncode == 2 and "no owner" in one_line_error(r)
+
+
+def test_cache_service_still_writes_the_same_hardening() -> None:
+    """cache/service.py now takes its hardening from fleetci.systemd: the shared block is in both units."""
+    from fleetci.autoscale.service import render_unit as autoscale_unit
+    from fleetci.cache.service import render_unit as cache_unit
+    from fleetci.systemd import HARDENING
+
+    assert HARDENING in cache_unit(["/usr/bin/python3", "-m", "fleetci"])
+    assert HARDENING in autoscale_unit(["/usr/bin/python3", "-m", "fleetci"])
+    assert "SupplementaryGroups=docker" in autoscale_unit(["x"], docker=True)
+
+
+# -- the emulator's queue endpoint (what the benchmark drives) -----------------------------------------------
+def test_emulator_queue_endpoint_refuses_bad_bodies(emulator: Any) -> None:
+    url = f"{emulator.url}/_emulator/queue"
+    good = {"owner": "octo-org", "repo": "no-such-repo", "labels": ["a"]}
+    assert httpx.post(url, content=b"{").status_code == 400
+    for body in (
+        {},
+        {"owner": "octo-org", "repo": 1},
+        {**good, "labels": []},
+        {**good, "labels": ["a" * 101]},
+    ):
+        assert httpx.post(url, json=body).status_code == 422, body
+    assert httpx.post(url, json=good).status_code == 404  # no such repository
+    repos = httpx.get(
+        f"{emulator.url}/orgs/octo-org/repos", headers={"Authorization": f"token {tok('alice')}"}
+    ).json()
+    owner, name = repos[0]["full_name"].split("/")
+    r = httpx.post(url, json={"owner": owner, "repo": name, "labels": ["self-hosted", "gpu"]})
+    assert r.status_code == 201
+    jobs = [emulator.emulator._world.jobs[j] for j in r.json()["job_ids"]]
+    assert jobs and all(j.labels == ["self-hosted", "gpu"] and j.status == "queued" for j in jobs)
