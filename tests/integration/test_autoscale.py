@@ -22,9 +22,9 @@ import pytest
 from fleetci.autoscale import GitHubRunnerAutoscaler
 from fleetci.cache.changes import CHANGES_PATH
 from fleetci.cache.webhooks import WEBHOOK_PATH
-from fleetci.testing import EmulatorConfig, EmulatorServer, GitHubEmulator
+from fleetci.testing import EmulatorServer, GitHubEmulator
 from support import Proxy, clean_env, start_proxy, wait_until
-from support.emulator import auth, tok
+from support.emulator import auth, quiet_emulator, tok
 
 SECRET = "autoscale-hook-Zq3"
 QUEUED_TTL_S = 3
@@ -49,13 +49,11 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("autoscale")
-    server = EmulatorServer(GitHubEmulator(EmulatorConfig(latency_ms=(0.0, 0.0), seed=11))).start()
     config = tmp / "config.yml"
     rule = {"pattern": r"status=queued", "seconds": QUEUED_TTL_S, "name": "queued-short"}
     config.write_text(json.dumps({"cache": {"ttl": [rule]}}), encoding="utf-8")
     env = clean_env(CACHE_WEBHOOK_SECRET=SECRET, FLEETCI_CONFIG=str(config))
-    proxy = start_proxy(server.url, tmp / "cache", env=env)
-    try:
+    with quiet_emulator(seed=11) as server, start_proxy(server.url, tmp / "cache", env=env) as proxy:
         r = httpx.post(
             f"{server.url}/orgs/octo-org/hooks",
             headers=auth("alice"),
@@ -66,9 +64,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         world = World(server, proxy, str(repos[0]["full_name"]), tmp)
         assert wait_until(lambda: world.received() >= 1)  # the hook's ping
         yield world
-    finally:
-        proxy.stop()
-        server.stop()
 
 
 class Recorder:
