@@ -204,7 +204,8 @@ def test_native_backend_python_keeps_a_virtualenv(
     monkeypatch.setenv("PATH", f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
     native = host_arch()
     assert native is not None
-    argv = run_argv(native.name, tmp_path, "python3", "-c", "import sys; print(sys.prefix)", python=version)
+    show = ("python3", "-c", "import sys; print(sys.prefix)")
+    argv = run_argv(native.name, tmp_path, *show, python=version, cache_dir=str(tmp_path / "cache"))
     proc = fleetci_fd(*argv)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(venv), proc.stdout
@@ -226,7 +227,7 @@ def test_native_backend_never_tests_with_fleetcis_own_virtualenv(
     native = host_arch()
     assert native is not None
     show = ("python3", "-c", "import sys; print(sys.prefix)")
-    for options in ({"python": version}, {}):
+    for options in ({"python": version, "cache_dir": str(tmp_path / "cache")}, {}):
         proc = fleetci_fd(*run_argv(native.name, tmp_path, *show, **options))
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == str(tested), (options, proc.stdout)
