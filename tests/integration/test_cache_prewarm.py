@@ -363,3 +363,49 @@ def test_shutdown_ends_the_prewarm_calls_in_flight_before_the_engine_closes(tmp_
             assert prewarmer.stats()["revalidated"] == 0
 
         _on_engine(slow, tmp_path, 10.0, body)
+
+
+def test_the_server_ends_prewarming_before_it_closes_the_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review #6, the server's side: at shutdown ``serve`` awaits the cancelled prewarming (and with it the
+    call it had upstream) before it closes the engine; the old code only cancelled it, so the engine was
+    closed under a prewarm call still unwinding. Recorded by a spy on ``CacheEngine.close`` (it calls
+    through); the upstream holds the prewarm call for a minute, the test waits until it arrived."""
+    from fleetci.cache.server import serve
+    from fleetci.http import free_port
+
+    pending_at_close: list[list[str]] = []
+    close = CacheEngine.close
+
+    async def recording_close(engine: CacheEngine) -> None:
+        names = [t.get_coro().__qualname__ for t in asyncio.all_tasks() if not t.done()]  # type: ignore[union-attr]
+        pending_at_close.append([n for n in names if n.startswith("Prewarmer.")])
+        await close(engine)
+
+    monkeypatch.setattr(CacheEngine, "close", recording_close)
+    with quiet_emulator(seed=11) as slow:
+        port = free_port()
+        flags = {"upstream": slow.url, "cache_dir": str(tmp_path / "cache"), "proxy_port": port}
+        flags |= {"socket": str(tmp_path / "proxy.sock"), "prewarm": r"[?&]warm=1", "prewarm_lead": LEAD}
+        settings = cache_settings(flags, {"cache": {"ttl": [{"pattern": "[?&]ttl=3", "seconds": TTL}]}}, {})
+        warm = f"http://127.0.0.1:{port}/repos/{_repo(slow, 0)}/actions/runs?status=queued&ttl=3&warm=1"
+
+        async def scenario() -> None:
+            ready = asyncio.Event()
+            server = asyncio.create_task(serve(settings, probe=False, ready=ready))
+            await wait_until_async(ready.is_set, timeout=60, what="the proxy")
+            async with httpx.AsyncClient(timeout=30) as client:
+                assert (await client.get(warm, headers=auth("alice"))).headers["X-Fleetci-Cache"] == "MISS"
+            asked = int(slow.emulator.stats()["requests"])
+            slow.emulator.set_latency(60_000.0, 60_000.0)
+            await wait_until_async(
+                lambda: int(slow.emulator.stats()["requests"]) > asked or None,
+                timeout=60,
+                what="the prewarm call upstream",
+            )
+            server.cancel()
+            await asyncio.gather(server, return_exceptions=True)
+
+        asyncio.run(scenario())
+    assert pending_at_close == [[]], pending_at_close
