@@ -430,3 +430,19 @@ def test_emulator_queue_endpoint_refuses_bad_bodies(emulator: Any) -> None:
     assert r.status_code == 201
     jobs = [emulator.emulator._world.jobs[j] for j in r.json()["job_ids"]]
     assert jobs and all(j.labels == ["self-hosted", "gpu"] and j.status == "queued" for j in jobs)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--jobs", "0"), "--jobs"),
+        (("--spread", "nan"), "--spread"),
+        (("--poll-without-webhooks", "0"), "--poll-without-webhooks"),
+        (("--webhook-loss", "1.5"), "--webhook-loss"),
+        (("--latency-ms", "9-1"), "--latency-ms"),
+        (("--bogus",), "unrecognized arguments"),
+    ],
+)
+def test_bench_autoscale_refuses_bad_flags(fleetci: RunCli, args: tuple[str, ...], says: str) -> None:
+    r = fleetci("bench", "autoscale", *args)
+    assert r.returncode == 2 and says in one_line_error(r)

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from fleetci.http import JsonApi, describe, redact_url
 from fleetci.wait import wait_stepwise
 
 Say = Callable[[str], None]
+READERS = 8  # GETs of one cycle in flight at once (the proxy caps upstream concurrency per token itself)
 
 
 def _stderr(line: str) -> None:
@@ -187,6 +189,7 @@ class GitHubRunnerAutoscaler:
         self.last = Cycle()
         self.cycles = 0
         self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="fleetci-autoscale")
 
     # -- one cycle --------------------------------------------------------------------------------------
     def once(self) -> list[Decision]:
@@ -195,7 +198,12 @@ class GitHubRunnerAutoscaler:
             self.cache.current()  # before the reads: a change during them wakes the next wait at once
         s = self.settings
         repos = self.reader.repositories()
-        jobs: list[QueuedJob] = [job for repo in repos for job in self.reader.queued_jobs(repo)]
+        # each repository's reads are independent: a few at once, so a cycle woken by a webhook takes
+        # about one round trip per step, not one per repository
+        runners = self._pool.submit(self.reader.runners, repos)
+        jobs: list[QueuedJob] = [
+            job for found in self._pool.map(self.reader.queued_jobs, repos) for job in found
+        ]
         counts: dict[frozenset[str], Count] = {p.key: Count() for p in s.pools}
         cycle = Cycle()
         for job in jobs:
@@ -204,7 +212,7 @@ class GitHubRunnerAutoscaler:
                 cycle.unmatched[job.labels] = cycle.unmatched.get(job.labels, 0) + 1
             else:
                 counts[pool.key].queued += 1
-        for runner in self.reader.runners(repos):
+        for runner in runners.result():
             rpool = pool_for_runner(s.pools, runner.labels)
             if rpool is None or runner.status != "online":
                 continue
@@ -286,6 +294,7 @@ class GitHubRunnerAutoscaler:
 
     def close(self) -> None:
         self.stop()
+        self._pool.shutdown(wait=True)
         self.reader.close()
         if self.cache is not None:
             self.cache.api.close()

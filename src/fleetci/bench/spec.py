@@ -218,6 +218,33 @@ def run_fleet(
     return bench_fleet(spec, progress=progress)
 
 
+def run_autoscale(
+    *,
+    jobs: int,
+    spread: float,
+    poll: float,
+    poll_without_webhooks: float,
+    webhook_delay_ms: float,
+    webhook_loss: float,
+    latency_ms: tuple[float, float],
+    seed: int,
+    progress: Progress,
+) -> Result:
+    from fleetci.bench.autoscale import AutoscaleBenchSpec, bench_autoscale
+
+    spec = AutoscaleBenchSpec(
+        jobs=jobs,
+        spread_s=spread,
+        poll_s=poll,
+        poll_without_webhooks_s=poll_without_webhooks,
+        webhook_delay_ms=webhook_delay_ms,
+        webhook_loss=webhook_loss,
+        latency_ms=latency_ms,
+        seed=seed,
+    )
+    return bench_autoscale(spec, progress=progress)
+
+
 def run_install(
     *, lock_hold: float, trials: int, packages: int, repeats: int, faulty_first: int, progress: Progress
 ) -> Result:
@@ -343,6 +370,29 @@ BENCHMARKS = (
             Param("webhook_delay_ms", parse_ms_range, (200.0, 1000.0), "webhook delivery delay, LOW-HIGH ms"),
         ),
         run_fleet,
+    ),
+    Benchmark(
+        "autoscale",
+        "autoscaler: job queued -> provider called, with webhooks and by polling alone, in the same run",
+        (
+            Param("jobs", COUNT, 30, "events; each queues one run per pool at a random time"),
+            Param("spread", parse_timeout, 30.0, "seconds over which the events are queued"),
+            Param("poll", parse_timeout, 120.0, "the webhook side's poll interval in seconds"),
+            Param(
+                "poll_without_webhooks",
+                parse_timeout,
+                5.0,
+                "the polling-only side's interval ({}; short, so the run ends within ~2 minutes)",
+            ),
+            Param("webhook_delay_ms", number(float, min=0, max=600_000), 500.0, "webhook delivery delay, ms"),
+            Param("webhook_loss", FRACTION, 0.0, "fraction of webhook deliveries lost"),
+            Param(
+                "latency_ms", parse_ms_range, (20.0, 80.0), "emulated GitHub latency per call, LOW-HIGH ms"
+            ),
+            Param("seed", parse_count, 17, "seed for the event times and repositories"),
+            JSON,
+        ),
+        run_autoscale,
     ),
     Benchmark(
         "install",

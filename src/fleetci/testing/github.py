@@ -309,6 +309,8 @@ class GitHubEmulator:
                 "requests": self._requests,
                 "graphql_points": dict(self._graphql_points),
                 "graphql_total_points": sum(self._graphql_points.values()),
+                "webhooks_sent": self.hooks.sent,  # deliveries attempted (redeliveries included)
+                "webhooks_dropped": self.hooks.dropped,  # first attempts lost (webhook_drop_rate)
             }
 
     def reset_counters(self) -> None:

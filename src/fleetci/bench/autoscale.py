@@ -1,0 +1,233 @@
+"""``fleetci bench autoscale``: how fast a queued job reaches the provider, with webhooks and without.
+
+Real parts: an emulator process (``fleetci emulate github``: latency, webhook delay and loss), two proxy
+processes (``fleetci cache serve``), and two autoscalers in this process, each with a recording provider
+(a :class:`fleetci.autoscale.Provider` that notes when it was called with which count). The organization
+hook delivers to proxy A only; proxy B never hears of a change, so its autoscaler sees new jobs by
+polling alone. Both run at once on the same workload, each on its own pool label (and token, so the
+emulator's charged counts stay apart).
+
+Workload: ``jobs`` events at random times over ``spread`` seconds; each event queues one run per pool in
+a random repository of the organization (a run has one to a few jobs). Nothing starts the jobs, so a
+pool's queued count only grows: the reaction to event k is the time from queueing it to the first
+provider call for that pool with a desired count of at least the jobs queued up to and including it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleetci.autoscale import GitHubRunnerAutoscaler, ScaleRequest
+from fleetci.bench.cache import _call
+from fleetci.cache.webhooks import WEBHOOK_PATH
+from fleetci.errors import FleetciError
+from fleetci.http import free_port
+from fleetci.process import Service, fleetci_argv, spawn
+from fleetci.wait import WaitTimeout, wait_until
+
+ORG = "octo-org"
+SECRET = "bench-autoscale-hook"
+PUSH: tuple[str, ...] = ("self-hosted", "bench-push")
+PULL: tuple[str, ...] = ("self-hosted", "bench-pull")
+TARGETS = {"scale_reaction_p99_s": 2}
+
+
+@dataclass(frozen=True)
+class AutoscaleBenchSpec:
+    jobs: int = 30
+    spread_s: float = 30.0
+    poll_s: float = 120.0
+    poll_without_webhooks_s: float = 5.0
+    webhook_delay_ms: float = 500.0
+    webhook_loss: float = 0.0
+    latency_ms: tuple[float, float] = (20.0, 80.0)
+    seed: int = 17
+
+
+@dataclass
+class Recording:
+    """A provider that notes (when, desired) per call."""
+
+    calls: list[tuple[float, int]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def scale(self, request: ScaleRequest) -> None:
+        with self.lock:
+            self.calls.append((time.monotonic(), request.desired))
+
+    def first_covering(self, count: int, since: float) -> float | None:
+        with self.lock:
+            return next((t for t, d in self.calls if d >= count and t >= since), None)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CACHE_", "FLEETCI_", "GITHUB_", "GH_"))}
+    return {**env, **extra}
+
+
+def _proxy(emulator: str, where: Path, secret: str) -> Service:
+    env = _env(CACHE_WEBHOOK_SECRET=secret) if secret else _env()
+    argv = fleetci_argv(
+        "cache", "serve", "--upstream", emulator, "--port", str(free_port()),
+        "--cache-dir", str(where / "cache"), "--socket", str(where / "proxy.sock"),
+    )  # fmt: skip
+    return spawn(argv, timeout=60, env=env)
+
+
+def _token(login: str) -> str:
+    from fleetci.testing import TOKENS
+
+    return next(t for t, who in TOKENS.items() if who == login)
+
+
+def _quantile(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return round(s[min(len(s) - 1, int(p * len(s)))], 3) if s else 0.0
+
+
+def bench_autoscale(spec: AutoscaleBenchSpec, progress: Callable[[str], None]) -> dict[str, Any]:
+    began = time.monotonic()
+    rng = random.Random(spec.seed)
+    services: list[Service] = []
+    scalers: list[GitHubRunnerAutoscaler] = []
+    threads: list[threading.Thread] = []
+    with tempfile.TemporaryDirectory(prefix="fleetci-bench-autoscale-") as tmp:
+        try:
+            lo, hi = spec.latency_ms
+            emu = spawn(
+                fleetci_argv(
+                    "emulate", "github", "--port", "0", "--latency-ms", f"{lo:g}-{hi:g}",
+                    "--webhook-delay-ms", f"{spec.webhook_delay_ms:g}",
+                    "--webhook-drop-rate", f"{spec.webhook_loss:g}", "--seed", str(spec.seed),
+                ),
+                env=_env(),
+            )  # fmt: skip
+            services.append(emu)
+            for name in ("push", "pull"):
+                (Path(tmp) / name).mkdir()
+            push = _proxy(emu.url, Path(tmp) / "push", SECRET)
+            services.append(push)
+            pull = _proxy(emu.url, Path(tmp) / "pull", "")
+            services.append(pull)
+            alice = {"Authorization": f"token {_token('alice')}"}
+            hook = _call(
+                "POST",
+                f"{emu.url}/orgs/{ORG}/hooks",
+                headers=alice,
+                json={"config": {"url": push.url + WEBHOOK_PATH, "secret": SECRET}, "events": ["*"]},
+            )
+            if hook.status_code != 201:
+                raise FleetciError(f"emulator refused the hook: HTTP {hook.status_code}")
+            repos = [
+                str(r["name"]) for r in _call("GET", f"{emu.url}/orgs/{ORG}/repos", headers=alice).json()
+            ]
+            recorders = {PUSH: Recording(), PULL: Recording()}
+            setups = (
+                (PUSH, push.url, "alice", spec.poll_s),
+                (PULL, pull.url, "fleet-bot", spec.poll_without_webhooks_s),
+            )
+            for labels, url, login, poll in setups:
+                scaler = GitHubRunnerAutoscaler(
+                    owner=ORG,
+                    poll_interval=poll,
+                    api_url=url,
+                    token=_token(login),
+                    pools=[f"{','.join(labels)}:max=10000"],
+                    scale_down_delay=3600,
+                    provider=recorders[labels],
+                    env={},
+                    config={},
+                    say=lambda line: None,
+                )
+                if scaler.cache is not None:
+                    scaler.cache.chunk = 5.0  # stop() waits for the long poll in flight
+                scalers.append(scaler)
+                threads.append(threading.Thread(target=scaler.run, daemon=True))
+                threads[-1].start()
+            wait_until(lambda: all(s.cycles >= 1 for s in scalers), timeout=60, what="the first cycles")
+            charged_before = _call("GET", f"{emu.url}/_emulator/stats").json()["charged"]
+            progress(
+                f"{spec.jobs} events over {spec.spread_s:g}s; polls {spec.poll_s:g}s (webhooks) and "
+                f"{spec.poll_without_webhooks_s:g}s (none); webhook delay {spec.webhook_delay_ms:g} ms"
+            )
+            times = sorted(rng.uniform(0, spec.spread_s) for _ in range(spec.jobs))
+            events: dict[tuple[str, ...], list[tuple[float, int]]] = {PUSH: [], PULL: []}
+            totals = dict.fromkeys(events, 0)
+            start = time.monotonic()
+            for at in times:
+                time.sleep(max(0.0, start + at - time.monotonic()))
+                repo = rng.choice(repos)
+                for labels in (PUSH, PULL):
+                    r = _call(
+                        "POST",
+                        f"{emu.url}/_emulator/queue",
+                        json={"owner": ORG, "repo": repo, "labels": list(labels)},
+                    )
+                    if r.status_code != 201:
+                        raise FleetciError(f"emulator refused to queue a run: HTTP {r.status_code}")
+                    totals[labels] += len(r.json()["job_ids"])
+                    events[labels].append((time.monotonic(), totals[labels]))
+            bound = spec.poll_without_webhooks_s + 60 + 30  # poll + the queued list's window + slack
+            reactions: dict[tuple[str, ...], list[float]] = {}
+            for labels, evs in events.items():
+                rec = recorders[labels]
+                last_t, last_n = evs[-1]
+
+                def covered(rec: Recording = rec, n: int = last_n, t0: float = last_t) -> bool:
+                    return rec.first_covering(n, t0) is not None
+
+                try:
+                    wait_until(covered, timeout=bound, what=f"the {labels[-1]} pool to cover every job")
+                except WaitTimeout as exc:
+                    progress(str(exc))
+                got = [rec.first_covering(n, t) for t, n in evs]
+                reactions[labels] = [c - t for (t, _), c in zip(evs, got, strict=True) if c is not None]
+                missed = sum(1 for c in got if c is None)
+                if missed:
+                    progress(f"{labels[-1]}: {missed} event(s) never covered within {bound:g}s")
+            stats = _call("GET", f"{emu.url}/_emulator/stats").json()
+        finally:
+            for s in scalers:
+                s.stop()
+            for t in threads:
+                t.join(timeout=15)
+            for s in scalers:
+                s.close()
+            for svc in reversed(services):
+                svc.stop()
+    charged = {k: int(v) - int(charged_before.get(k, 0)) for k, v in stats["charged"].items()}
+    push_r, pull_r = reactions[PUSH], reactions[PULL]
+    return {
+        "jobs": spec.jobs,
+        "queued_jobs": totals[PUSH] + totals[PULL],
+        "spread_s": spec.spread_s,
+        "poll_s": spec.poll_s,
+        "poll_s_without_webhooks": spec.poll_without_webhooks_s,
+        "webhook_delay_ms": spec.webhook_delay_ms,
+        "webhook_loss": spec.webhook_loss,
+        "latency_ms": list(spec.latency_ms),
+        "scale_reaction_p50_s": _quantile(push_r, 0.5),
+        "scale_reaction_p99_s": _quantile(push_r, 0.99),
+        "scale_reaction_max_s": _quantile(push_r, 1.0),
+        "scale_reaction_p50_s_without_webhooks": _quantile(pull_r, 0.5),
+        "scale_reaction_p99_s_without_webhooks": _quantile(pull_r, 0.99),
+        "scale_reaction_max_s_without_webhooks": _quantile(pull_r, 1.0),
+        "covered": len(push_r),
+        "covered_without_webhooks": len(pull_r),
+        "webhooks_sent": int(stats.get("webhooks_sent", 0)),
+        "webhooks_lost": int(stats.get("webhooks_dropped", 0)),
+        "charged_calls": charged.get("alice", 0),
+        "charged_calls_without_webhooks": charged.get("fleet-bot", 0),
+        "cycles": scalers[0].cycles if scalers else 0,
+        "cycles_without_webhooks": scalers[1].cycles if len(scalers) > 1 else 0,
+        "wall_s": round(time.monotonic() - began, 1),
+        "targets": dict(TARGETS),
+    }

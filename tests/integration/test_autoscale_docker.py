@@ -1,0 +1,89 @@
+"""Issue 17 (autoscaler): the docker provider against a real private dockerd (testing/dockerd.py).
+
+The runner image is built here without internet: ``/usr/bin/sleep`` and the libraries it loads, imported
+as a one-layer image. One test: dockerd starts once, the provider grows, shrinks and heals a pool.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetci.autoscale import DockerProvider, ScaleRequest
+from fleetci.autoscale.providers import LABEL_OWNER, LABEL_POOL
+from fleetci.testing.dockerd import DockerDaemon, DockerdUnavailable
+
+IMAGE = "fleetci-test-runner:1"
+
+
+def _sleep_rootfs() -> bytes:
+    """A tar of /usr/bin/sleep and the shared libraries ldd names for it."""
+    paths = ["/usr/bin/sleep"]
+    out = subprocess.run(["ldd", "/usr/bin/sleep"], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        paths += [p for p in parts if p.startswith("/")]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for p in paths:
+            real = Path(p).resolve()
+            info = tar.gettarinfo(str(real), arcname=p.lstrip("/"))
+            with real.open("rb") as fh:
+                tar.addfile(info, fh)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DockerDaemon]:
+    d = DockerDaemon(tmp_path / "dockerd")
+    try:
+        d.start()
+    except DockerdUnavailable as exc:
+        pytest.skip(f"dockerd cannot run here: {exc}")
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def _request(desired: int) -> ScaleRequest:
+    return ScaleRequest("octo-org", ["self-hosted", "gpu"], 0, desired, desired, 0, 0)
+
+
+def test_docker_provider_keeps_the_pools_containers_at_the_desired_count(daemon: DockerDaemon) -> None:
+    provider = DockerProvider(IMAGE, daemon.host, network="none", command=["/usr/bin/sleep", "600"])
+    client: Any = provider.client
+    client.api.import_image_from_data(
+        _sleep_rootfs(), repository=IMAGE.split(":")[0], tag=IMAGE.split(":")[1]
+    )
+    try:
+        provider.scale(_request(2))
+        mine = provider.containers(_request(2))
+        assert len(mine) == 2 and all(c.status == "running" for c in mine)
+        assert all(
+            c.labels[LABEL_OWNER] == "octo-org" and c.labels[LABEL_POOL] == "self-hosted,gpu" for c in mine
+        )
+        env = mine[0].attrs["Config"]["Env"]
+        assert "RUNNER_LABELS=self-hosted,gpu" in env and "RUNNER_OWNER=octo-org" in env
+        newest = max(mine, key=lambda c: c.attrs["Created"])
+        provider.scale(_request(1))
+        left = provider.containers(_request(1))
+        assert len(left) == 1 and left[0].id != newest.id  # the newest went first
+        left[0].kill()  # an ephemeral runner that finished its job
+        provider.scale(_request(1))
+        healed = provider.containers(_request(1))
+        assert len(healed) == 1 and healed[0].id != left[0].id and healed[0].status == "running"
+        # another pool's containers are not touched
+        other = ScaleRequest("octo-org", ["self-hosted", "cpu"], 0, 0, 0, 0, 0)
+        provider.scale(other)
+        assert len(provider.containers(_request(1))) == 1
+    finally:
+        for c in client.containers.list(all=True):
+            c.remove(force=True)
+        client.close()
