@@ -236,6 +236,50 @@ def test_cli_once_against_the_emulator_calls_the_command_and_logs_cache_stats(
     assert tok("alice") not in r.stderr + r.stdout
 
 
+def test_cli_once_writes_the_decisions_to_the_step_summary(
+    fleetci: RunCli, emulator: Any, tmp_path: Path
+) -> None:
+    summary = tmp_path / "summary.md"
+    r = fleetci(
+        "autoscale", "--once", "--owner", "octo-org", "--api-url", emulator.url,
+        "--pool", "self-hosted,qpu:min=2",
+        env=clean_env(GH_TOKEN=tok("alice"), GITHUB_STEP_SUMMARY=str(summary)),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    text = summary.read_text()
+    assert (
+        "| pool | queued | busy | current | desired |" in text
+        and "| self-hosted,qpu | 0 | 0 | 0 | 2 |" in text
+    )
+
+
+def test_hostile_job_labels_reach_the_log_without_control_characters(emulator: Any) -> None:
+    from fleetci.autoscale import GitHubRunnerAutoscaler
+
+    repos = httpx.get(
+        f"{emulator.url}/orgs/octo-org/repos", headers={"Authorization": f"token {tok('alice')}"}
+    ).json()
+    owner, name = repos[0]["full_name"].split("/")
+    emulator.emulator.queue_run(owner, name, ["evil\nfleetci autoscale: cycle 99: fake\x1b[2J"])
+    lines: list[str] = []
+    scaler = GitHubRunnerAutoscaler(
+        owner="octo-org",
+        api_url=emulator.url,
+        token=tok("alice"),
+        pools=["gpu"],
+        env={},
+        config={},
+        say=lines.append,
+    )
+    try:
+        scaler.once()
+    finally:
+        scaler.close()
+    unmatched = [ln for ln in lines if "match no pool" in ln]
+    assert len(unmatched) == 1 and "evil?fleetci autoscale: cycle 99: fake?[2J" in unmatched[0]
+    assert all("\n" not in ln and "\x1b" not in ln for ln in lines)
+
+
 def test_cli_failing_and_hanging_scale_commands_fail_once_in_one_line(
     fleetci: RunCli, emulator: Any, tmp_path: Path
 ) -> None:

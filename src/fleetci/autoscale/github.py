@@ -117,24 +117,30 @@ class GitHubReader:
             if isinstance(r.get("full_name"), str) and not r.get("archived")
         )
 
-    def queued_jobs(self, repo: str) -> list[QueuedJob]:
-        """Queued jobs of the repository's queued runs, with the labels they ask for."""
-        out: list[QueuedJob] = []
+    def queued_runs(self, repo: str) -> list[tuple[str, int]]:
+        """``(repo, run id)`` of the repository's queued runs."""
+        out: list[tuple[str, int]] = []
         for run in self.pages(
             f"/repos/{repo}/actions/runs?status=queued&per_page={PER_PAGE}", "workflow_runs"
         ):
             run_id = run.get("id")
-            if not isinstance(run_id, int) or run.get("status") != "queued":
-                continue
-            for job in self.pages(f"/repos/{repo}/actions/runs/{run_id}/jobs?per_page={PER_PAGE}", "jobs"):
-                labels = job.get("labels")
-                if (
-                    job.get("status") == "queued"
-                    and isinstance(labels, list)
-                    and isinstance(job.get("id"), int)
-                ):
-                    out.append(QueuedJob(repo, run_id, int(job["id"]), tuple(str(lb) for lb in labels)))
+            if isinstance(run_id, int) and not isinstance(run_id, bool) and run.get("status") == "queued":
+                out.append((repo, run_id))
         return out
+
+    def queued_jobs_of(self, run: tuple[str, int]) -> list[QueuedJob]:
+        """Queued jobs of one run, with the labels they ask for."""
+        repo, run_id = run
+        out: list[QueuedJob] = []
+        for job in self.pages(f"/repos/{repo}/actions/runs/{run_id}/jobs?per_page={PER_PAGE}", "jobs"):
+            labels, job_id = job.get("labels"), job.get("id")
+            if job.get("status") == "queued" and isinstance(labels, list) and isinstance(job_id, int):
+                out.append(QueuedJob(repo, run_id, job_id, tuple(str(lb) for lb in labels)))
+        return out
+
+    def queued_jobs(self, repo: str) -> list[QueuedJob]:
+        """Queued jobs of the repository's queued runs."""
+        return [job for run in self.queued_runs(repo) for job in self.queued_jobs_of(run)]
 
     def runners(self, repos: list[str]) -> list[Runner]:
         """The organization's runners, or each repository's for a user."""

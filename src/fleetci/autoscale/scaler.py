@@ -128,6 +128,11 @@ class CacheView:
         )
 
 
+def _printable(text: str, limit: int = 80) -> str:
+    """Job labels come from workflow files (a pull request's author): no control characters into the log."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+
+
 def _seq(body: bytes) -> int | None:
     import json
 
@@ -201,8 +206,9 @@ class GitHubRunnerAutoscaler:
         # each repository's reads are independent: a few at once, so a cycle woken by a webhook takes
         # about one round trip per step, not one per repository
         runners = self._pool.submit(self.reader.runners, repos)
+        runs = [run for found in self._pool.map(self.reader.queued_runs, repos) for run in found]
         jobs: list[QueuedJob] = [
-            job for found in self._pool.map(self.reader.queued_jobs, repos) for job in found
+            job for found in self._pool.map(self.reader.queued_jobs_of, runs) for job in found
         ]
         counts: dict[frozenset[str], Count] = {p.key: Count() for p in s.pools}
         cycle = Cycle()
@@ -256,7 +262,7 @@ class GitHubRunnerAutoscaler:
         self.say(f"cycle {self.cycles}: {pools} | {stats}")
         if cycle.unmatched:
             shown = ", ".join(
-                f"{'+'.join(k) or '(none)'} x{n}" for k, n in sorted(cycle.unmatched.items())[:5]
+                f"{_printable('+'.join(k)) or '(none)'} x{n}" for k, n in sorted(cycle.unmatched.items())[:5]
             )
             total = sum(cycle.unmatched.values())
             self.say(f"{total} queued job(s) match no pool (not scaled): {shown}")

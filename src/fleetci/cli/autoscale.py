@@ -65,7 +65,15 @@ def cmd_autoscale(args: argparse.Namespace) -> int:
     scaler = GitHubRunnerAutoscaler(settings=_settings(args))
     try:
         if args.once:
-            scaler.once()
+            decisions = scaler.once()
+            rows = [
+                [d.pool.name, str(d.queued), str(d.busy), str(d.current), str(d.desired)] for d in decisions
+            ]
+            gha.append_step_summary(
+                "### fleetci autoscale\n\n"
+                + gha.markdown_table(["pool", "queued", "busy", "current", "desired"], rows)
+                + "".join(f"\n- error: {e}" for e in scaler.last.errors)
+            )
             return 1 if scaler.last.errors else 0
         scaler.run()
         return 0
