@@ -338,6 +338,18 @@ def test_a_failed_pass_is_logged_with_its_message_and_the_next_pass_runs(
     _on_engine(emulator, tmp_path, 10.0, body)
 
 
+def _hold_upstream(emulator: EmulatorServer) -> Callable[[], Awaitable[object]]:
+    """From now on the emulator holds every call for a minute; the returned wait ends once the next call
+    arrived (it is then in flight, held there)."""
+    asked = int(emulator.emulator.stats()["requests"])
+    emulator.emulator.set_latency(60_000.0, 60_000.0)
+
+    def arrived() -> bool | None:
+        return int(emulator.emulator.stats()["requests"]) > asked or None
+
+    return lambda: wait_until_async(arrived, timeout=60, what="a call held upstream")
+
+
 def test_shutdown_ends_the_prewarm_calls_in_flight_before_the_engine_closes(tmp_path: Path) -> None:
     """Review #6: when prewarming is stopped (the server's shutdown cancels it, then closes the engine), a
     prewarm call still waiting on the upstream is cancelled and awaited: no task of it is left running
@@ -347,15 +359,10 @@ def test_shutdown_ends_the_prewarm_calls_in_flight_before_the_engine_closes(tmp_
 
         async def body(engine: CacheEngine, prewarmer: Prewarmer, clock: list[float]) -> None:
             assert await _get(engine, warm, f"token {tok('alice')}") == "200 MISS"
-            asked = int(slow.emulator.stats()["requests"])
-            slow.emulator.set_latency(60_000.0, 60_000.0)
+            arrived = _hold_upstream(slow)
             clock[0] += QUEUE_TTL - 5
             forever = asyncio.create_task(prewarmer.run_forever())
-            await wait_until_async(
-                lambda: int(slow.emulator.stats()["requests"]) > asked or None,
-                timeout=60,
-                what="the prewarm call upstream",
-            )
+            await arrived()
             forever.cancel()
             await asyncio.gather(forever, return_exceptions=True)
             left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
@@ -397,13 +404,7 @@ def test_the_server_ends_prewarming_before_it_closes_the_engine(
             await wait_until_async(ready.is_set, timeout=60, what="the proxy")
             async with httpx.AsyncClient(timeout=30) as client:
                 assert (await client.get(warm, headers=auth("alice"))).headers["X-Fleetci-Cache"] == "MISS"
-            asked = int(slow.emulator.stats()["requests"])
-            slow.emulator.set_latency(60_000.0, 60_000.0)
-            await wait_until_async(
-                lambda: int(slow.emulator.stats()["requests"]) > asked or None,
-                timeout=60,
-                what="the prewarm call upstream",
-            )
+            await _hold_upstream(slow)()
             server.cancel()
             await asyncio.gather(server, return_exceptions=True)
 
