@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -189,6 +188,7 @@ INVALIDATIONS_MAX = 10_000  # prefixes/targets whose last invalidation time the 
 CLAIMS_MAX = 50_000
 HEARD_S = 120.0  # a fleet member not heard from for this long no longer owns keys
 HEARD_MAX = 4096
+WRITE_BEHIND_S = 0.05  # seconds an answer's entry waits for its SQLite commit (batched with others)
 
 
 class PrewarmHook(Protocol):
@@ -246,6 +246,7 @@ class CacheEngine:
         self._scopes_heard: OrderedDict[str, float] = OrderedDict()
         # Prewarming (cache/prewarm.py), installed by the proxy when cache.prewarm lists URLs.
         self.prewarm: PrewarmHook | None = None
+        self._behind_timer: asyncio.TimerHandle | None = None  # _persist_later's pending commit
 
     # -- classification ------------------------------------------------------------------------------
     def prepare(self, target: str, headers: dict[str, str]) -> Prepared:
@@ -477,8 +478,7 @@ class CacheEngine:
             refreshed = self.store.refresh(prep.key, now + prep.ttl, merged)
             if refreshed is None:  # a copy from the shared store or a peer, not in our tiers yet: keep it
                 refreshed = replace(entry, fresh_until=now + prep.ttl, headers=merged)
-                self.store.remember(refreshed)
-                asyncio.get_running_loop().call_soon(self._persist, refreshed)
+                self._persist_later(refreshed)
             self._announce(refreshed)
             return self._from_entry(refreshed, Outcome.REVALIDATED, prep.limit_scope)
         if up.status >= 500 and usable_stale is not None:
@@ -500,9 +500,7 @@ class CacheEngine:
                 prep.ttl,
                 now,
             )
-            # Visible at once; the SQLite commit runs right after this response is written.
-            self.store.remember(stored)
-            asyncio.get_running_loop().call_soon(self._persist, stored)
+            self._persist_later(stored)  # visible at once; committed after this answer is written
             self._announce(stored)
             return self._from_entry(stored, Outcome.MISS, prep.limit_scope)
         return self._from_upstream(up, Outcome.MISS)
@@ -545,8 +543,7 @@ class CacheEngine:
             shared.unlock(prep.key)  # a no-op once the entry was published
 
     def _keep_shared(self, got: Entry, prep: Prepared) -> ProxyResponse:
-        self.store.remember(got)
-        asyncio.get_running_loop().call_soon(self._persist, got)
+        self._persist_later(got)
         return self._from_entry(got, Outcome.SHARED, prep.limit_scope)
 
     def _share_limit(self, scope: str) -> None:
@@ -750,8 +747,7 @@ class CacheEngine:
         if body is None:
             return None
         got = ann.to_entry(body)
-        self.store.remember(got)
-        asyncio.get_running_loop().call_soon(self._persist, got)
+        self._persist_later(got)
         return self._from_entry(got, Outcome.PEER, prep.limit_scope)
 
     def accept_announcements(self, anns: list[Announcement]) -> None:
@@ -783,11 +779,18 @@ class CacheEngine:
                 while len(self._peer_index) > PEER_INDEX_MAX:
                     self._peer_index.popitem(last=False)
 
-    def _persist(self, entry: Entry) -> None:
-        try:
-            self.store.put(entry)
-        except (OSError, sqlite3.Error) as exc:
-            log.warning("could not persist cache entry (%s); it stays in memory only", exc)
+    # -- write-behind (issue 16: a SQLite commit costs ~1 ms under load; it never delays an answer) ----
+    def _persist_later(self, entry: Entry) -> None:
+        """Visible at once; committed with whatever else arrives within WRITE_BEHIND_S, in one
+        transaction, once this answer is written (``CacheStore.write_behind``; ``close`` commits the
+        rest). A crash in between loses only these copies, never a whole row half written."""
+        if self.store.write_behind(entry) and self._behind_timer is None:
+            loop = asyncio.get_running_loop()
+            self._behind_timer = loop.call_later(WRITE_BEHIND_S, self._write_behind)
+
+    def _write_behind(self) -> None:
+        self._behind_timer = None
+        self.store.flush_behind()  # logs and keeps the entries in memory when the disk refuses
 
     async def _passthrough(
         self,
@@ -913,7 +916,10 @@ class CacheEngine:
         return cast(CacheStats, stats)
 
     async def close(self) -> None:
+        if self._behind_timer is not None:
+            self._behind_timer.cancel()
+            self._behind_timer = None
         if self.shared is not None:
             await self.shared.close()
         await self.upstream.close()
-        self.store.close()
+        self.store.close()  # commits what write-behind still holds

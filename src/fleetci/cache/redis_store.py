@@ -47,7 +47,7 @@ from fleetci.cache.store import Entry
 from fleetci.errors import FleetciError
 from fleetci.http import describe, redact_url
 from fleetci.retry import Backoff, call_async
-from fleetci.wait import WaitTimeout, wait_until_async
+from fleetci.wait import WaitTimeout, wait_until_async, within
 
 log = logging.getLogger("fleetci.cache")
 
@@ -79,6 +79,19 @@ CAPPED_GET = """
 local n = redis.call('STRLEN', KEYS[1])
 if n > tonumber(ARGV[1]) then return n end
 return redis.call('GET', KEYS[1])
+"""
+# A local miss reads the entry KEYS[1] (at most ARGV[1] bytes) and the rate-limit block KEYS[2] (at most
+# ARGV[2]) in one command: each value, or its length when longer, or -1 when it is not a string (a hostile
+# key of another type rejects that value only).
+CAPPED_GET_BOTH = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local n = redis.pcall('STRLEN', key)
+  if type(n) ~= 'number' then out[i] = -1
+  elseif n > tonumber(ARGV[i]) then out[i] = n
+  else out[i] = redis.call('GET', key) end
+end
+return out
 """
 # Renew (ARGV[2] ms) or drop (no ARGV[2]) the lock KEYS[1] only while it still holds our token ARGV[1]: a
 # holder whose lease ran out must not extend or delete the next holder's lock.
@@ -205,7 +218,7 @@ class RedisStore:
         if self._degraded:
             return default
         try:
-            return await asyncio.wait_for(action(), CALL_TIMEOUT)
+            return await within(action(), CALL_TIMEOUT)
         except DOWN as exc:
             if isinstance(exc, ResponseError):  # an answer, not an outage (WRONGTYPE on a hostile key)
                 self.stats["shared_rejected"] += 1
@@ -249,17 +262,13 @@ class RedisStore:
     async def lookup(self, scope: str, key: str, limit_scope: str) -> SharedLookup:
         limit_key = self._limit_key(limit_scope)
 
-        async def both() -> list[Any]:
-            async with self.client.pipeline(transaction=False) as p:
-                p.eval(CAPPED_GET, 1, self._entry_key(key), MAX_SHARED_VALUE)
-                p.eval(CAPPED_GET, 1, limit_key, MAX_LIMIT_VALUE)
-                return list(await p.execute(raise_on_error=False))
+        async def both() -> Any:  # one command, not a pipeline: fewer client-side steps on every hit
+            return await self.client.eval(
+                CAPPED_GET_BOTH, 2, self._entry_key(key), limit_key, MAX_SHARED_VALUE, MAX_LIMIT_VALUE
+            )
 
         got = await self._call(both, [None, None])
-        raw, limit = got[0], got[1]
-        if isinstance(raw, Exception):
-            self.stats["shared_rejected"] += 1
-            raw = None
+        raw, limit = got if isinstance(got, list) and len(got) == 2 else (None, None)
         entry = self._open(scope, key, raw)
         blocked_until, reason = 0.0, ""
         if isinstance(limit, bytes) and limit:

@@ -63,6 +63,8 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 Headers = tuple[tuple[str, str], ...]
 STALE_PENDING_MAX = 10_000
+BEHIND_MAX = 256  # queued write-behind entries (and bytes) before a write_behind commits them itself
+BEHIND_BYTES = 8 * 1024 * 1024
 ENTRY_COLUMNS = (
     "key, scope, target, status, headers, body, etag, last_modified, stored_at, fresh_until, digest"
 )
@@ -171,6 +173,8 @@ class CacheStore:
         self._mem_bytes = 0
         self._touched: dict[str, float] = {}
         self._stale_pending: dict[str, float] = {}  # key -> when an invalidation hit it before its write
+        self._behind: OrderedDict[str, Entry] = OrderedDict()  # write_behind: not committed yet
+        self._behind_bytes = 0
         self._last_flush = time.monotonic()
         self._count = 0
         self._bytes = 0
@@ -271,7 +275,7 @@ class CacheStore:
         entry nobody reads from being evicted)."""
         with self._lock:
             self._sync_with_disk()
-            entry = self._mem.get(key)
+            entry = self._mem.get(key) or self._behind.get(key)
             return entry if entry is not None else self._load(key)
 
     def get(self, key: str) -> Entry | None:
@@ -282,7 +286,7 @@ class CacheStore:
                 self._mem.move_to_end(key)
                 self._touched[key] = time.time()
                 return entry
-            entry = self._load(key)
+            entry = self._behind.get(key) or self._load(key)
             if entry is not None:
                 self._remember(entry)
                 self._touched[key] = time.time()
@@ -362,39 +366,11 @@ class CacheStore:
         out of the memory tier until a client reads it."""
         if entry.size > self.max_bytes:
             return
-        now = time.time()
         with self._lock:
+            self._flush_behind()
             self._sync_with_disk()
-            stale_at = self._stale_pending.pop(entry.key, None)
-            if stale_at is not None and entry.stored_at <= stale_at < entry.fresh_until:
-                entry = replace(entry, fresh_until=stale_at)  # invalidated while it was written behind
             with self._transaction() as db:
-                old = db.execute("SELECT size FROM entries WHERE key = ?", (entry.key,)).fetchone()
-                db.execute(
-                    "INSERT OR REPLACE INTO entries(key, scope, target, status, headers, body, etag,"
-                    " last_modified, stored_at, fresh_until, last_access, size, digest)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        entry.key,
-                        entry.scope,
-                        entry.target,
-                        entry.status,
-                        json.dumps(entry.headers),
-                        entry.body,
-                        entry.etag,
-                        entry.last_modified,
-                        entry.stored_at,
-                        entry.fresh_until,
-                        now,
-                        entry.size,
-                        entry.digest,
-                    ),
-                )
-                if old is None:
-                    self._count += 1
-                else:
-                    self._bytes -= int(old[0])
-                self._bytes += entry.size
+                entry = self._insert(db, entry, time.time())
                 self._flush_touched(db)
                 self._evict(db)
             self._touched.pop(entry.key, None)
@@ -403,9 +379,87 @@ class CacheStore:
             else:
                 self._forget(entry.key)
 
+    def _insert(self, db: sqlite3.Connection, entry: Entry, now: float) -> Entry:
+        """One row, inside the caller's transaction; the entry as written."""
+        stale_at = self._stale_pending.pop(entry.key, None)
+        if stale_at is not None and entry.stored_at <= stale_at < entry.fresh_until:
+            entry = replace(entry, fresh_until=stale_at)  # invalidated while it was written behind
+        old = db.execute("SELECT size FROM entries WHERE key = ?", (entry.key,)).fetchone()
+        db.execute(
+            "INSERT OR REPLACE INTO entries(key, scope, target, status, headers, body, etag,"
+            " last_modified, stored_at, fresh_until, last_access, size, digest)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                entry.key,
+                entry.scope,
+                entry.target,
+                entry.status,
+                json.dumps(entry.headers),
+                entry.body,
+                entry.etag,
+                entry.last_modified,
+                entry.stored_at,
+                entry.fresh_until,
+                now,
+                entry.size,
+                entry.digest,
+            ),
+        )
+        if old is None:
+            self._count += 1
+        else:
+            self._bytes -= int(old[0])
+        self._bytes += entry.size
+        return entry
+
+    # -- write-behind (the proxy's answers: the commit runs after the answer is on its way) ----------
+    def write_behind(self, entry: Entry) -> bool:
+        """Visible at once (memory tier, and the queue until it lands), written by the next
+        :meth:`flush_behind` in one transaction with the others queued; True when the caller should
+        schedule that flush (the queue was empty). A full queue is written now (bounded RAM)."""
+        with self._lock:
+            self._remember(entry)
+            if entry.size > self.max_bytes:
+                return False
+            first = not self._behind
+            self._behind[entry.key] = entry
+            self._behind.move_to_end(entry.key)
+            self._behind_bytes += entry.size
+            if len(self._behind) >= BEHIND_MAX or self._behind_bytes >= BEHIND_BYTES:
+                self._flush_behind()
+                return False
+            return first
+
+    def flush_behind(self) -> int:
+        """Commit what :meth:`write_behind` queued (one transaction); the number of entries written. A
+        failure (disk full, read-only) is logged and the entries stay in memory only, as a cache may."""
+        with self._lock:
+            return self._flush_behind()
+
+    def _flush_behind(self) -> int:
+        if not self._behind:
+            return 0
+        batch = list(self._behind.values())
+        self._behind.clear()
+        self._behind_bytes = 0
+        try:
+            self._sync_with_disk()
+            now = time.time()
+            with self._transaction() as db:
+                for entry in batch:
+                    self._insert(db, entry, now)
+                self._flush_touched(db)
+                self._evict(db)
+        except (OSError, sqlite3.Error) as exc:
+            self._recount()
+            log.warning("could not persist %d cache entries (%s); they stay in memory only", len(batch), exc)
+            return 0
+        return len(batch)
+
     def refresh(self, key: str, fresh_until: float, headers: Headers | None = None) -> Entry | None:
         """Extend an entry's fresh window after a 304 (and take the 304's newer headers)."""
         with self._lock:
+            self._flush_behind()
             entry = self.get(key)
             if entry is None:
                 return None
@@ -428,6 +482,7 @@ class CacheStore:
         whole = tuple(dict.fromkeys(e.lower() for e in exact if e))
         update = "UPDATE entries SET fresh_until = ? WHERE fresh_until > ? AND "
         with self._lock:
+            self._flush_behind()
             self._sync_with_disk()
             with self._transaction() as db:
                 for prefix in lowered:
@@ -480,14 +535,16 @@ class CacheStore:
                     self._mem_bytes -= dropped.size
 
     def flush(self) -> None:
-        """Persist LRU access times (batched so hits never write to disk)."""
+        """Persist queued entries and LRU access times (batched so hits never write to disk)."""
         with self._lock:
+            self._flush_behind()
             if self._touched:
                 with self._transaction() as db:
                     self._flush_touched(db)
 
     def delete(self, key: str) -> None:
         with self._lock:
+            self._flush_behind()
             self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
             dropped = self._mem.pop(key, None)
             if dropped is not None:
@@ -497,6 +554,7 @@ class CacheStore:
     def clear(self, stale_only: bool = False, older_than: float | None = None) -> int:
         """Remove all entries, or only those past their fresh window (``older_than`` defaults to now)."""
         with self._lock:
+            self._flush_behind()
             if stale_only:
                 cutoff = time.time() if older_than is None else older_than
                 cur = self._db.execute("DELETE FROM entries WHERE fresh_until <= ?", (cutoff,))
@@ -511,6 +569,7 @@ class CacheStore:
     # -- bookkeeping -------------------------------------------------------------------------------
     def __len__(self) -> int:
         with self._lock:
+            self._flush_behind()
             self._sync_with_disk()
             return self._count
 
@@ -523,6 +582,7 @@ class CacheStore:
     @property
     def total_bytes(self) -> int:
         with self._lock:
+            self._flush_behind()
             self._sync_with_disk()
             return self._bytes
 
@@ -530,6 +590,7 @@ class CacheStore:
         """Entries still inside their fresh window, newest first (what a rejoining peer catches up on)."""
         now = time.time() if now is None else now
         with self._lock:
+            self._flush_behind()
             rows = self._db.execute(
                 f"SELECT {ENTRY_COLUMNS} FROM entries WHERE fresh_until > ? ORDER BY stored_at DESC LIMIT ?",
                 (now, limit),
@@ -538,6 +599,7 @@ class CacheStore:
 
     def keys(self) -> list[str]:
         with self._lock:
+            self._flush_behind()
             return [r[0] for r in self._db.execute("SELECT key FROM entries")]
 
     def save_meta(self, name: str, value: dict[str, Any]) -> None:

@@ -26,6 +26,8 @@ def shared_store(settings: CacheSettings) -> SharedStore | None:
     try:
         from fleetci.cache.redis_store import RedisStore
         from fleetci.p2p.crypto import FleetKeys
+
+        keys = FleetKeys(settings.secret, settings.fleet, lean=True)  # pycryptodome: ~6 MB less RSS
     except ImportError as exc:
         raise UsageError(
             f"CACHE_BACKEND=redis needs 'pip install fleetci[redis]' ({exc.name} is missing)"
@@ -33,7 +35,6 @@ def shared_store(settings: CacheSettings) -> SharedStore | None:
     gha.add_mask(settings.secret)
     if settings.redis_password:
         gha.add_mask(settings.redis_password)
-    keys = FleetKeys(settings.secret, settings.fleet)
     return RedisStore(
         settings.backend,
         settings.redis_password,

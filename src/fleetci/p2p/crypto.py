@@ -3,59 +3,110 @@
 Only nodes that know the fleet secret can read or forge announcements and bodies (GCM authenticates
 every byte, header included). Keys are derived per token scope with HKDF, so a body is sealed under the
 scope it was fetched with; the scope id on the wire is already a salted hash, never a token.
+
+Two well-kept implementations of the same standard constructions, byte for byte (HKDF-SHA256 of RFC 5869;
+``nonce || ciphertext || 16-byte tag``; tests/unit/test_p2p.py checks that each opens what the other
+sealed): ``cryptography`` for a libp2p node, which loads it anyway, and pycryptodome (``lean=True``) for
+a proxy on a shared store, where ``cryptography``'s extension, which carries its own OpenSSL, would add
+~9 MB to every proxy's RSS against pycryptodome's ~3 MB (issue 16: a proxy within 50 MB). Neither is
+imported before a key is made.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from functools import lru_cache
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 NONCE = 12
+TAG = 16
+SALT = b"fleetci-p2p-v1"
 
 
 class SealError(Exception):
     """Authentication failed: wrong secret, tampering, or corruption."""
 
 
+# (key, nonce, data, aad) -> sealed body + tag / plaintext; opening raises on a wrong tag
+Cipher = Callable[[bytes, bytes, bytes, bytes], bytes]
+
+
+def _with_cryptography(secret: bytes) -> tuple[Callable[[bytes], bytes], Cipher, Cipher]:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    def derive(info: bytes) -> bytes:
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=SALT, info=info).derive(secret)
+
+    def seal(key: bytes, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+        return AESGCM(key).encrypt(nonce, data, aad)
+
+    def open_(key: bytes, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+        try:
+            return AESGCM(key).decrypt(nonce, data, aad)
+        except InvalidTag as exc:
+            raise SealError("authentication failed (wrong fleet secret or tampered payload)") from exc
+
+    return derive, seal, open_
+
+
+def _with_pycryptodome(secret: bytes) -> tuple[Callable[[bytes], bytes], Cipher, Cipher]:
+    from Crypto.Cipher import AES
+    from Crypto.Hash import SHA256
+    from Crypto.Protocol.KDF import HKDF
+
+    def derive(info: bytes) -> bytes:
+        key = HKDF(secret, 32, SALT, SHA256, context=info)
+        return key if isinstance(key, bytes) else key[0]  # one key asked for: bytes, never a list
+
+    def seal(key: bytes, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+        cipher = AES.new(key, AES.MODE_GCM, nonce=nonce, mac_len=TAG)
+        cipher.update(aad)
+        body, tag = cipher.encrypt_and_digest(data)
+        return body + tag
+
+    def open_(key: bytes, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+        cipher = AES.new(key, AES.MODE_GCM, nonce=nonce, mac_len=TAG)
+        cipher.update(aad)
+        try:
+            return cipher.decrypt_and_verify(data[:-TAG], data[-TAG:])
+        except ValueError as exc:  # pycryptodome's "MAC check failed"
+            raise SealError("authentication failed (wrong fleet secret or tampered payload)") from exc
+
+    return derive, seal, open_
+
+
 class FleetKeys:
-    def __init__(self, secret: str, fleet: str = "") -> None:
+    def __init__(self, secret: str, fleet: str = "", lean: bool = False) -> None:
+        """``lean``: pycryptodome instead of ``cryptography`` (the same bytes; see the module doc)."""
         if not secret:
             raise ValueError("an empty fleet secret would let anyone read and inject entries")
-        self._secret = secret.encode("utf-8")
+        self._derive, self._seal, self._open = (_with_pycryptodome if lean else _with_cryptography)(
+            secret.encode("utf-8")
+        )
         # A named fleet shares a topic whatever the secret (a node with the wrong secret then still
         # cannot read or inject); unnamed fleets get a topic derived from the secret.
         self.fleet_id = fleet or self._derive(b"fleetci/fleet-id/v1")[:8].hex()
-
-    def _derive(self, info: bytes) -> bytes:
-        return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"fleetci-p2p-v1", info=info).derive(
-            self._secret
-        )
 
     @property
     def topic(self) -> str:
         return f"/fleetci/cache/{self.fleet_id}"
 
     @lru_cache(maxsize=1024)  # noqa: B019 - one instance per node; the scope set is small
-    def _aead(self, scope: str) -> AESGCM:
-        return AESGCM(self._derive(b"fleetci/scope/v1/" + scope.encode("utf-8")))
+    def _key(self, scope: str) -> bytes:
+        return self._derive(b"fleetci/scope/v1/" + scope.encode("utf-8"))
 
     def seal(self, scope: str, plaintext: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(NONCE)
-        return nonce + self._aead(scope).encrypt(nonce, plaintext, aad)
+        return nonce + self._seal(self._key(scope), nonce, plaintext, aad)
 
     def open(self, scope: str, sealed: bytes, aad: bytes) -> bytes:
-        if len(sealed) < NONCE + 16:
+        if len(sealed) < NONCE + TAG:
             raise SealError("sealed payload too short")
-        try:
-            return self._aead(scope).decrypt(sealed[:NONCE], sealed[NONCE:], aad)
-        except InvalidTag as exc:
-            raise SealError("authentication failed (wrong fleet secret or tampered payload)") from exc
+        return self._open(self._key(scope), sealed[:NONCE], sealed[NONCE:], aad)
 
 
 def secret_fingerprint(secret: str) -> str:
