@@ -313,6 +313,77 @@ def test_rate_limit_block_is_shared_by_every_proxy(
         emulator.emulator.set_primary_limit(5000)
 
 
+def test_shared_hits_answer_before_their_sqlite_commit_which_takes_them_all_at_once(
+    emulator: Any, store: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16: the copy a shared hit keeps is committed after the answers (no COMMIT while answering;
+    the old code committed each one between requests, ~1 ms on the answer path under load), all of a
+    burst in one transaction, and still lands: on the write-behind timer, and at close."""
+    import sqlite3
+
+    from fleetci.cache import engine as engine_module
+    from fleetci.cache.engine import CacheEngine
+    from fleetci.p2p.backend import shared_store
+    from fleetci.wait import wait_until_async
+
+    env = {"CACHE_BACKEND": store.url, "CACHE_REDIS_PASSWORD": PASSWORD, "FLEETCI_CACHE_SECRET": SECRET}
+    headers = [("Authorization", f"token {token('alice')}")]
+    targets = [f"/repos/octo-org/api?write_behind={i}" for i in range(4)]
+
+    def rows(name: str) -> int:
+        with sqlite3.connect(tmp_path / name / "cache.db") as db:
+            return int(db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+
+    def engine(name: str) -> CacheEngine:
+        settings = cache_settings({"upstream": emulator.url, "cache_dir": str(tmp_path / name)}, {}, env)
+        e = CacheEngine(settings)
+        e.shared = shared_store(settings)
+        return e
+
+    async def scenario() -> tuple[list[str], list[str], int, list[str], int, int]:
+        origin, reader = engine("origin"), engine("reader")
+        for e in (origin, reader):
+            assert e.shared is not None
+            await e.shared.start()
+        commits: list[str] = []
+        reader.store._db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+        outcomes: list[str] = []
+        during: list[str] = []
+        try:
+            before = entry_keys(store)
+            for t in targets:
+                await origin.handle("GET", t, headers)
+            await wait_until_async(
+                lambda: len(entry_keys(store) - before) == len(targets), timeout=10, what="published"
+            )
+            for t in targets:
+                outcomes.append((await reader.handle("GET", t, headers)).outcome)
+                during += commits
+            on_disk = rows("reader")
+        finally:
+            await origin.close()
+            await reader.close()  # commits what is still queued
+        return outcomes, during, on_disk, commits, rows("reader"), rows("origin")
+
+    monkeypatch.setattr(engine_module, "WRITE_BEHIND_S", 60.0)  # only close() commits in this run
+    outcomes, during, on_disk, commits, after, origin_rows = asyncio.run(scenario())
+    assert outcomes == ["SHARED"] * 4 and during == [] and on_disk == 0
+    assert commits == ["COMMIT"] and after == 4 and origin_rows == 4
+
+    async def timer() -> int:  # the default delay: the commit lands on its own, the engine still open
+        e = engine("timed")
+        assert e.shared is not None
+        await e.shared.start()
+        try:
+            await e.handle("GET", targets[0], headers)
+            return await wait_until_async(lambda: rows("timed"), timeout=30, what="the deferred commit")
+        finally:
+            await e.close()
+
+    monkeypatch.setattr(engine_module, "WRITE_BEHIND_S", 0.05)
+    assert asyncio.run(timer()) == 1
+
+
 @pytest.mark.parametrize(
     ("password", "secret", "expected"),
     [

@@ -1,4 +1,4 @@
-"""The package's shape, checked statically (no imports, well under a second).
+"""The package's shape, checked statically (no imports, well under a second), and one runtime check.
 
 - Imports point one way: no cycle between the parts of ``fleetci`` (a subpackage, or a top-level module),
   nor between the modules of one package. Every ``import``/``from`` statement counts, also those inside
@@ -8,6 +8,8 @@
 - One of each piece of plumbing: httpx clients are built in ``http.py``, tenacity is used in
   ``retry.py``, files are renamed into place in ``files.py``, and deadline loops live in ``wait.py``.
 
+- At run time (one subprocess): serving, also on a shared store, loads no heavy optional module.
+
 A failure lists each offending import or call as ``path:line``.
 """
 
@@ -15,7 +17,10 @@ from __future__ import annotations
 
 import ast
 import io
+import os
 import re
+import subprocess
+import sys
 import tokenize
 from collections import defaultdict
 from collections.abc import Iterator
@@ -411,3 +416,45 @@ def test_cycles_finds_each_loop_once() -> None:
     assert cycles(edges("a>b", "b>c")) == []
     assert cycles(edges("a>b", "b>a", "b>c", "c>d", "d>c", "x>y")) == [["a", "b"], ["c", "d"]]
     assert cycles(edges("a>b", "b>c", "c>a")) == [["a", "b", "c"]]
+
+
+# What ``fleetci cache serve`` loads before it answers: a module named here costs every proxy RSS (issue
+# 16: a proxy on a shared store within 50 MB) and is imported where it is first used.
+SERVE_IMPORTS = """
+import sys
+from fleetci.cli import build_parser
+from fleetci.cache.server import run  # what cmd_serve imports
+from fleetci.cache.settings import cache_settings
+from fleetci.p2p.backend import shared_store
+env = {"CACHE_BACKEND": "redis://127.0.0.1:9/0", "FLEETCI_CACHE_SECRET": "s" * 32}
+shared_store(cache_settings({"upstream": "http://127.0.0.1:9"}, {}, env))  # the store, not connected
+build_parser("cache")
+print(" ".join(sorted(sys.modules)))
+"""
+NOT_FOR_SERVING = {
+    "graphql": "graphql-core: only once a GraphQL query is cached",
+    "prometheus_client": "only on the first /metrics scrape",
+    "libp2p": "only with --enable-p2p",
+    "trio": "only with --enable-p2p",
+    "httpx": "the proxy talks HTTP through aiohttp",
+    "cryptography.hazmat.bindings._rust": "a shared store seals with pycryptodome (FleetKeys lean)",
+    "fleetci.p2p.discovery": "peer discovery: only with --enable-p2p",
+    "fleetci.p2p.messages": "the gossip codec: only with --enable-p2p",
+    "fleetci.bench": "benchmarks",
+    "fleetci.testing": "emulators",
+}
+
+
+def test_serving_with_a_shared_store_loads_no_heavy_optional_module(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", SERVE_IMPORTS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("CACHE_", "FLEETCI_"))},
+    ).stdout.split()
+    loaded = {m for m in NOT_FOR_SERVING if m in out or any(o.startswith(m + ".") for o in out)}
+    assert not loaded, {m: NOT_FOR_SERVING[m] for m in loaded}
+    assert "redis" in out and "Crypto.Cipher.AES" in out  # the shared store's own needs did load

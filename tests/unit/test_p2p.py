@@ -266,3 +266,32 @@ def test_peer_identity_is_private_and_an_old_wide_file_is_tightened(tmp_path: Pa
     path.chmod(0o644)
     assert load_identity(path) == seed  # the same peer ID after a restart
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_lean_keys_are_the_same_aes_gcm_and_hkdf_as_cryptography() -> None:
+    """A proxy on a shared store seals with pycryptodome (``lean``), a libp2p node with cryptography: each
+    opens what the other sealed, derives the same fleet id, and refuses the same tampering."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    lean, full = FleetKeys(SECRET, lean=True), FleetKeys(SECRET)
+    assert lean.fleet_id == full.fleet_id and lean.topic == full.topic
+    for plain in (b"", b"x", os.urandom(5000)):
+        for a, b in ((lean, full), (full, lean)):
+            sealed = a.seal("scope", plain, b"aad")
+            assert b.open("scope", sealed, b"aad") == plain
+            with pytest.raises(SealError):
+                b.open("other scope", sealed, b"aad")
+            with pytest.raises(SealError):
+                b.open("scope", sealed, b"other aad")
+            tampered = bytearray(sealed)
+            tampered[-1] ^= 1
+            with pytest.raises(SealError):
+                b.open("scope", bytes(tampered), b"aad")
+            with pytest.raises(SealError):
+                b.open("scope", sealed[: 12 + 15], b"aad")
+    # Against the primitives themselves: HKDF-SHA256 (RFC 5869) key, nonce || ciphertext || tag.
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"fleetci-p2p-v1", info=b"fleetci/scope/v1/s")
+    sealed = lean.seal("s", b"body", b"aad")
+    assert AESGCM(key.derive(SECRET.encode())).decrypt(sealed[:12], sealed[12:], b"aad") == b"body"
