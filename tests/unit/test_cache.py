@@ -130,13 +130,13 @@ def test_store_byte_budget(tmp_path: Path) -> None:
 
 
 def test_store_memory_tier_has_its_own_budget(tmp_path: Path) -> None:
-    s = CacheStore(tmp_path / "c.db", max_entries=100, max_bytes=100_000, memory_bytes=3000)
+    s = CacheStore(tmp_path / "c.db", max_entries=100, max_bytes=100_000, memory_bytes=8000)
     for i in range(10):
         s.put(_entry(str(i), b"x" * 1000))
-    assert s.memory_tier_bytes <= 3000  # RAM holds the hot few ...
+    assert s.memory_tier_bytes <= 8000  # RAM holds the hot few (~3 KB each, objects included) ...
     assert s.total_bytes >= 10_000 and len(s) == 10  # ... disk keeps every entry
     assert all(s.get(str(i)) is not None for i in range(10))  # cold ones come back from disk
-    assert s.memory_tier_bytes <= 3000
+    assert s.memory_tier_bytes <= 8000
     big = CacheStore(tmp_path / "d.db", memory_bytes=10)  # the newest entry stays until it is on disk
     big.remember(_entry("n", b"y" * 100))
     assert big.get("n") is not None
@@ -147,10 +147,10 @@ def test_cold_put_stays_out_of_memory_until_read(tmp_path: Path) -> None:
     s = CacheStore(tmp_path / "c.db")
     s.put(_entry("hot", b"h" * 1000))
     s.put(_entry("cold", b"c" * 5000), hot=False)
-    assert s.memory_tier_bytes == _entry("hot", b"h" * 1000).size
+    assert s.memory_tier_bytes == _entry("hot", b"h" * 1000).memory_size
     got = s.get("cold")
     assert got is not None and got.body == b"c" * 5000
-    assert s.memory_tier_bytes == _entry("hot", b"h" * 1000).size + got.size  # read: now it is hot
+    assert s.memory_tier_bytes == _entry("hot", b"h" * 1000).memory_size + got.memory_size  # now hot
     s.put(_entry("hot", b"H" * 10), hot=False)  # a cold overwrite drops the stale hot copy
     assert s.get("hot") is not None and s.get("hot").body == b"H" * 10  # type: ignore[union-attr]
     reopened = CacheStore(tmp_path / "c.db")  # both were persisted
@@ -331,7 +331,7 @@ def test_entries_peers_push_are_served_but_not_held_in_ram(tmp_path: Path) -> No
     assert engine.store.memory_tier_bytes == before
     got = engine.store.get(pushed.key)
     assert got is not None and got.body == pushed.body and got.etag == '"e"'
-    assert engine.store.memory_tier_bytes == before + got.size
+    assert engine.store.memory_tier_bytes == before + got.memory_size
 
 
 def test_first_answer_of_a_pushed_entry_says_peer_and_the_marks_are_bounded(
@@ -758,3 +758,28 @@ def test_write_behind_commits_survive_kill_9_whole(tmp_path: Path) -> None:
         reopened = CacheStore(path)
         assert reopened.corrupt_moved_to is None and len(reopened) == len(rows)
         reopened.close()
+
+
+@pytest.mark.parametrize("body_size", [500, 6000])
+def test_memory_tier_budget_counts_what_python_holds(tmp_path: Path, body_size: int) -> None:
+    """Issue 16: a full tier costs its budget, not 1.3-3x it. Small API answers are mostly headers and
+    Python objects (tuples, str, the Entry): counting their text alone let a 4 MiB tier hold ~9 MB."""
+    import tracemalloc
+
+    store = CacheStore(tmp_path / "c.db", memory_bytes=512 * 1024)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for i in range(1000):  # fresh objects per entry, as parsed from an upstream answer or Redis
+            headers = tuple((f"X-Header-{j}-{i}", f"value {j} of answer {i} " + "v" * 20) for j in range(20))
+            body = os.urandom(body_size // 2).hex().encode()
+            key = hashlib.sha256(b"%d" % i).hexdigest()
+            store.remember(Entry.create(key, "s" * 32, f"/repos/o/r/issues?page={i}", 200, headers, body, 60))
+        held = sum(d.size_diff for d in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    finally:
+        tracemalloc.stop()
+    assert store.memory_tier_bytes <= 512 * 1024
+    assert 0.8 * store.memory_tier_bytes <= held <= 1.15 * store.memory_tier_bytes, (
+        held,
+        store.memory_tier_bytes,
+    )

@@ -62,6 +62,10 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 Headers = tuple[tuple[str, str], ...]
+# Measured with tracemalloc (tests/unit/test_cache.py): a header's 2-tuple and two str objects beyond their
+# text; the Entry, its key/scope/target/digest strings and the tier's OrderedDict slot beyond ``size``.
+HEADER_OVERHEAD = 235
+ENTRY_OVERHEAD = 1600
 STALE_PENDING_MAX = 10_000
 BEHIND_MAX = 256  # queued write-behind entries (and bytes) before a write_behind commits them itself
 BEHIND_BYTES = 8 * 1024 * 1024
@@ -117,6 +121,14 @@ class Entry:
     @property
     def size(self) -> int:
         return len(self.body) + sum(len(k) + len(v) for k, v in self.headers) + 256
+
+    @property
+    def memory_size(self) -> int:
+        """What the entry really costs the memory tier (issue 16): ``size`` counts the text only, but each
+        header is a tuple of two ``str`` objects and the entry an object with its own strings: for a
+        500-byte API answer with twenty headers ``size`` said 1.9 KB where Python holds 8.3 KB, so a
+        "4 MiB" tier of such answers held ~9 MB."""
+        return self.size + HEADER_OVERHEAD * len(self.headers) + ENTRY_OVERHEAD
 
     def is_fresh(self, now: float) -> bool:
         return now < self.fresh_until
@@ -337,18 +349,18 @@ class CacheStore:
     def _remember(self, entry: Entry) -> None:
         self._forget(entry.key)
         self._mem[entry.key] = entry
-        self._mem_bytes += entry.size
+        self._mem_bytes += entry.memory_size
         # The newest entry always stays (it may not be on disk yet: ``put`` follows ``remember``).
         while len(self._mem) > 1 and (
             len(self._mem) > self.max_entries or self._mem_bytes > self.memory_bytes
         ):
             _, dropped = self._mem.popitem(last=False)
-            self._mem_bytes -= dropped.size
+            self._mem_bytes -= dropped.memory_size
 
     def _forget(self, key: str) -> None:
         old = self._mem.pop(key, None)
         if old is not None:
-            self._mem_bytes -= old.size
+            self._mem_bytes -= old.memory_size
 
     # -- writes ------------------------------------------------------------------------------------
     @contextmanager
@@ -532,7 +544,7 @@ class CacheStore:
                 self._bytes -= int(size)
                 dropped = self._mem.pop(k, None)
                 if dropped is not None:
-                    self._mem_bytes -= dropped.size
+                    self._mem_bytes -= dropped.memory_size
 
     def flush(self) -> None:
         """Persist queued entries and LRU access times (batched so hits never write to disk)."""
@@ -548,7 +560,7 @@ class CacheStore:
             self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
             dropped = self._mem.pop(key, None)
             if dropped is not None:
-                self._mem_bytes -= dropped.size
+                self._mem_bytes -= dropped.memory_size
             self._recount()
 
     def clear(self, stale_only: bool = False, older_than: float | None = None) -> int:
