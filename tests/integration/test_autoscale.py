@@ -204,3 +204,13 @@ def test_changes_endpoint_of_the_real_proxy(world: World) -> None:
     assert set(httpx.get(url).json()) == {"seq"}
     # DNS rebinding guard as for the proxy's other pages
     assert httpx.get(url, headers={"Host": "evil.example"}).status_code == 403
+
+
+def test_without_an_api_url_it_reads_through_the_proxy_on_its_socket(world: World, tmp_path: Path) -> None:
+    from fleetci.autoscale.scaler import find_api_url
+    from fleetci.autoscale.settings import UPSTREAM
+
+    url, note = find_api_url("", world.proxy.socket)
+    assert url == world.proxy.url and "cache proxy" in note
+    assert find_api_url("", tmp_path / "no.sock") == (UPSTREAM, "")
+    assert find_api_url("http://example.test", world.proxy.socket) == ("http://example.test", "")

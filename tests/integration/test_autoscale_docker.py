@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from fleetci.autoscale import DockerProvider, ScaleRequest
+from fleetci.autoscale import DockerProvider, GitHubRunnerAutoscaler, ScaleRequest
 from fleetci.autoscale.providers import LABEL_OWNER, LABEL_POOL
 from fleetci.testing.dockerd import DockerDaemon, DockerdUnavailable
+from support.emulator import quiet_emulator, tok
 
 IMAGE = "fleetci-test-runner:1"
 
@@ -83,6 +84,23 @@ def test_docker_provider_keeps_the_pools_containers_at_the_desired_count(daemon:
         other = ScaleRequest("octo-org", ["self-hosted", "cpu"], 0, 0, 0, 0, 0)
         provider.scale(other)
         assert len(provider.containers(_request(1))) == 1
+        # in the autoscaler it is asked every cycle: a runner that exited is replaced while the desired
+        # count stays the same (a command provider is asked only when the count changes)
+        with quiet_emulator() as emu:
+            scaler = GitHubRunnerAutoscaler(
+                owner="octo-org", api_url=emu.url, token=tok("alice"), pools=["self-hosted,gpu:min=1"],
+                provider=provider, env={}, config={}, say=lambda line: None,
+            )  # fmt: skip
+            try:
+                scaler.once()
+                (first,) = provider.containers(_request(1))
+                first.kill()
+                decisions = scaler.once()
+                assert decisions[0].desired == 1 and not decisions[0].call  # unchanged count
+                (second,) = provider.containers(_request(1))
+                assert second.id != first.id and second.status == "running"
+            finally:
+                scaler.close()
     finally:
         for c in client.containers.list(all=True):
             c.remove(force=True)

@@ -7,6 +7,8 @@
 - :class:`DockerProvider` (``--docker-image IMAGE``) keeps ``desired`` containers of the image per pool,
   found by their labels (``fleetci.autoscale.owner``/``fleetci.autoscale.pool``): it starts the missing
   ones, removes exited ones (ephemeral runners that finished their job) and, when shrinking, the newest.
+  It is asked every cycle (``every_cycle``), so a finished runner is replaced without waiting for the
+  desired count to change.
 - Anything with a ``scale(request)`` method is a :class:`Provider` for embedding.
 """
 
@@ -42,7 +44,8 @@ class ScaleRequest:
 
 
 class Provider(Protocol):
-    """Bring one pool to ``request.desired`` runners; raise :class:`FleetciError` (one line) on failure."""
+    """Bring one pool to ``request.desired`` runners; raise :class:`FleetciError` (one line) on failure.
+    A provider with a true ``every_cycle`` attribute is asked every cycle, not only on a change."""
 
     def scale(self, request: ScaleRequest) -> None: ...
 
@@ -91,6 +94,9 @@ class DockerProvider:
             first = " ".join(str(exc).split())[:200]
             raise FleetciError(f"no docker daemon reachable at {where}: {first}") from None
         self.image, self.network, self.command = image, network, command
+        # asked every cycle, not only when the desired count changes: exited (ephemeral) runners are
+        # replaced at once
+        self.every_cycle = True
 
     def containers(self, request: ScaleRequest) -> list[Any]:
         pool = ",".join(request.labels)

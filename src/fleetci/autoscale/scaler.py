@@ -39,12 +39,11 @@ def _stderr(line: str) -> None:
     print(f"fleetci autoscale: {line}", file=sys.stderr, flush=True)
 
 
-def find_api_url(configured: str) -> tuple[str, str]:
+def find_api_url(configured: str, sock: Path = Path(WELL_KNOWN_SOCKET)) -> tuple[str, str]:
     """The API to read through, and a note: the configured URL, else the host's cache proxy on its
     well-known socket when it answers (what ``fleetci cache start`` reuses), else api.github.com."""
     if configured:
         return configured, ""
-    sock = Path(WELL_KNOWN_SOCKET)
     if sock.is_socket():
         from fleetci.cache.hostproxy import proxy_health
 
@@ -227,8 +226,9 @@ class GitHubRunnerAutoscaler:
             else:
                 counts[rpool.key].idle += 1
         cycle.decisions = self.planner.plan(counts, self.clock())
+        every_cycle = bool(getattr(self.provider, "every_cycle", False))  # docker: heal exited containers
         for d in cycle.decisions:
-            if d.call:
+            if d.call or every_cycle:
                 self._apply(d, cycle)
         self.cycles += 1
         self.last = cycle

@@ -15,7 +15,6 @@ provider call for that pool with a desired count of at least the jobs queued up 
 
 from __future__ import annotations
 
-import os
 import random
 import tempfile
 import threading
@@ -27,6 +26,7 @@ from typing import Any
 
 from fleetci.autoscale import GitHubRunnerAutoscaler, ScaleRequest
 from fleetci.bench.cache import _call
+from fleetci.bench.hostproxy import _env
 from fleetci.cache.webhooks import WEBHOOK_PATH
 from fleetci.errors import FleetciError
 from fleetci.http import free_port
@@ -66,11 +66,6 @@ class Recording:
     def first_covering(self, count: int, since: float) -> float | None:
         with self.lock:
             return next((t for t, d in self.calls if d >= count and t >= since), None)
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CACHE_", "FLEETCI_", "GITHUB_", "GH_"))}
-    return {**env, **extra}
 
 
 def _proxy(emulator: str, where: Path, secret: str) -> Service:

@@ -10,8 +10,6 @@ from fleetci import gha
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from fleetci.autoscale.settings import AutoscaleOptions
-
     p = sub.add_parser(
         "autoscale",
         help="scale self-hosted runner pools from queued jobs, read through the cache (+ webhooks)",
@@ -30,7 +28,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     v.add_argument("--root", default="/", help="write under this prefix and leave systemd alone (/)")
     _settings_flags(v)
     v.set_defaults(func=cmd_service)
-    del AutoscaleOptions
 
 
 def _settings_flags(p: argparse.ArgumentParser) -> None:
