@@ -280,6 +280,25 @@ def test_hostile_job_labels_reach_the_log_without_control_characters(emulator: A
     assert all("\n" not in ln and "\x1b" not in ln for ln in lines)
 
 
+def test_without_a_proxy_the_loop_polls_and_a_failing_cycle_does_not_end_it(emulator: Any) -> None:
+    from fleetci.autoscale import GitHubRunnerAutoscaler
+
+    lines: list[str] = []
+    scaler = GitHubRunnerAutoscaler(
+        owner="octo-org", poll_interval=0.1, api_url=emulator.url, token=tok("alice"), pools=["gpu"],
+        env={}, config={}, say=lines.append,
+    )  # fmt: skip
+    try:
+        assert scaler.cache is None  # the emulator is no fleetci proxy: plain polling
+        assert scaler.run(cycles=3) == 3 and scaler.cycles == 3
+        emulator.emulator.configure(error_rate=1.0)  # every call 502/503: retried, then one line
+        assert scaler.run(cycles=1) == 1 and scaler.cycles == 3
+        assert any(ln.startswith("error: cycle failed:") and "HTTP 50" in ln for ln in lines), lines
+    finally:
+        emulator.emulator.configure(error_rate=0.0)
+        scaler.close()
+
+
 def test_cli_failing_and_hanging_scale_commands_fail_once_in_one_line(
     fleetci: RunCli, emulator: Any, tmp_path: Path
 ) -> None:

@@ -79,10 +79,10 @@ class CacheView:
         if not self.long_poll:
             return None
         try:
-            r = self.api.response("GET", f"{CHANGES_PATH}?wait=0", ok=(404,), timeout=10)
+            r = self.api.response("GET", f"{CHANGES_PATH}?wait=0", ok=(403, 404), timeout=10)
         except FleetciError:
             return None
-        if r.status_code == 404:
+        if r.status_code in (403, 404):
             self.long_poll = False
             return None
         seq = _seq(r.content)
@@ -98,12 +98,15 @@ class CacheView:
         wait = min(remaining, self.chunk)
         try:
             r = self.api.response(
-                "GET", f"{CHANGES_PATH}?after={self.seq}&wait={wait:.3f}", ok=(404, 503), timeout=wait + 10
+                "GET",
+                f"{CHANGES_PATH}?after={self.seq}&wait={wait:.3f}",
+                ok=(403, 404, 503),
+                timeout=wait + 10,
             )
         except FleetciError:
             return stop.wait(min(remaining, 5.0)) or stop.is_set()  # the proxy restarts: poll on
         if r.status_code != 200:
-            if r.status_code == 404:
+            if r.status_code in (403, 404):  # an older proxy, or one reached by a name it does not answer
                 self.long_poll = False
             return stop.wait(min(remaining, 1.0)) or stop.is_set()
         seq = _seq(r.content)
@@ -119,11 +122,15 @@ class CacheView:
             return f"cache stats unavailable ({exc})"
         if not isinstance(s, dict):
             return "cache stats unavailable"
-        hits = sum(int(s.get(k) or 0) for k in ("local_hits", "peer_hits", "shared_hits"))
-        n = {k: int(s.get(k) or 0) for k in ("revalidations", "misses", "api_calls_saved")}
+        try:
+            hits = sum(int(s.get(k) or 0) for k in ("local_hits", "peer_hits", "shared_hits"))
+            n = {k: int(s.get(k) or 0) for k in ("revalidations", "misses", "api_calls_saved")}
+            rate = float(s.get("hit_rate") or 0)
+        except (TypeError, ValueError):
+            return "cache stats unreadable"
         return (
             f"cache hits={hits} revalidated={n['revalidations']} charged={n['misses']} "
-            f"saved={n['api_calls_saved']} hit_rate={float(s.get('hit_rate') or 0):.1%}"
+            f"saved={n['api_calls_saved']} hit_rate={rate:.1%}"
         )
 
 
@@ -289,6 +296,10 @@ class GitHubRunnerAutoscaler:
                 self.once()
             except FleetciError as exc:
                 self.say(f"error: cycle failed: {exc} (retried in {self.settings.poll_interval:g}s)")
+            except Exception as exc:  # an answer of a shape nobody foresaw must not end the daemon
+                self.say(
+                    f"error: cycle failed: {describe(exc)} (retried in {self.settings.poll_interval:g}s)"
+                )
             done += 1
             if cycles is not None and done >= cycles:
                 break
