@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import subprocess
+import tarfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,6 +123,14 @@ def test_layers_go_gzip_compressed_and_a_repush_or_retag_sends_no_blob_bytes(
         blob = (pulled / layer["digest"].split(":")[1]).read_bytes()
         assert "sha256:" + hashlib.sha256(blob).hexdigest() == layer["digest"] and len(blob) == layer["size"]
         assert "sha256:" + hashlib.sha256(gzip.decompress(blob)).hexdigest() == diff_id
+    # Go's gzip reader (skopeo's, as docker's and containerd's) decompresses the multi-member blobs to
+    # the layers the config names: a docker-archive holds them uncompressed
+    skopeo("copy", "--src-tls-verify=false", f"docker://{repo}:{GL_TAG}", f"docker-archive:{tmp_path}/go.tar")
+    with tarfile.open(tmp_path / "go.tar") as tar:
+        saved = json.load(tar.extractfile("manifest.json"))[0]  # type: ignore[arg-type]
+        tars = [tar.extractfile(name).read() for name in saved["Layers"]]  # type: ignore[union-attr]
+    assert ["sha256:" + hashlib.sha256(t).hexdigest() for t in tars] == config["rootfs"]["diff_ids"]
+    assert max(b["size"] for b in img["blobs"]) > 1024 * 1024  # a layer of several gzip members
     remembered = json.loads((downloads / "layer-digests.json").read_text())
     assert {e["digest"] for v in remembered.values() for e in v.values()} == {
         d["digest"] for d in doc["layers"]

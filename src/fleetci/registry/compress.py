@@ -1,17 +1,22 @@
 """Layer compression for pushes: the archive's uncompressed layer tar -> gzip (or zstd), streamed.
 
-A :class:`CompressedStream` reads the layer's window of the ``docker save`` tar in 1 MiB blocks, feeds a
-multi-threaded compressor (``zlib_ng.gzip_ng_threaded`` for gzip, ``zstandard`` for zstd) on a producer thread
-and hands the compressed bytes to the uploader through a small bounded queue, hashing them on the way: the
-digest of the compressed blob is known when the stream ends, which is when the upload's final PUT needs it.
-Nothing is spooled: a layer is never whole in memory, nor on disk a second time.
+A :class:`CompressedStream` reads the layer's window of the ``docker save`` tar in 1 MiB blocks on a
+producer thread, hashes them (the diff-ID check) and has them compressed on a small pool of threads
+(``libdeflate`` through PyPI ``deflate`` for gzip: one gzip member per block, compressed in parallel and
+emitted in order; ``zstandard``'s own multi-threaded writer for zstd). The compressed pieces go to the
+uploader through a small bounded queue and are hashed as they leave: the digest of the compressed blob is
+known when the stream ends, which is when the upload's final PUT needs it. Nothing is spooled: a layer is
+never whole in memory (at most a few blocks per stream are in flight), nor on disk a second time.
 
-The output is deterministic for a given :attr:`Codec.identity` (fixed block size, level, no timestamp in
-the gzip header; each 1 MiB block is compressed with the previous 32 KiB as dictionary, so the thread count
-does not change the bytes, and zstd's multi-threaded frames do not depend on the worker count either).
-That is what makes a compressed upload resumable without a spool file: the resume compresses the layer
-again and skips (while hashing) the bytes the registry already holds. If a different library version ever
-produced other bytes, the final PUT's digest check fails and the layer starts again from 0, once.
+The output is deterministic for a given :attr:`Codec.identity` (binding version, level, block size; every
+block is compressed on its own, so the thread count does not change the bytes, and zstd's multi-threaded
+frames do not depend on the worker count either). That is what makes a compressed upload resumable
+without a spool file: the resume compresses the layer again and skips (while hashing) the bytes the
+registry already holds. If a different library version ever produced other bytes, the final PUT's digest
+check fails and the layer starts again from 0, once.
+
+A gzip blob of several members is one valid gzip file (RFC 1952, 2.2): Go's ``compress/gzip`` (docker,
+containerd, skopeo), pigz and Python's ``gzip`` read it whole; each member costs 18 bytes per MiB.
 
 The uncompressed bytes are hashed too, on the producer thread: the manifest keeps the config's diff IDs,
 so a layer window whose bytes no longer hash to its diff ID (the archive rewritten at the same size after
@@ -24,7 +29,9 @@ import hashlib
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +40,11 @@ from fleetci.errors import FleetciError
 from fleetci.registry.archive import READ_CHUNK, read_window
 
 CODECS = ("gzip", "zstd", "none")
-# zlib-ng level 3 (deflate_medium): ~2 % more bytes than skopeo's gzip for ~2/3 of its CPU (bench
-# registry: cpu_ratio). isal's igzip is faster still, but its best level (3) writes 19 % more than zlib -6
-# on text-heavy layers (level 2: 24 %): on a link those bytes cost more than the CPU saved, and every
-# later pull pays them again. --compression-level trades the other way.
-GZIP_LEVEL = 3
+# libdeflate level 5 on the benchmark's rootfs content (577.5 MB of /usr files): 0.962 x skopeo's gzip
+# bytes for the CPU zlib-ng level 3 took to write 1.022 x (3.4 s). isal's igzip is 2x faster but writes
+# 1.067 x at its best level (3), over the 1.05 bound: on a link those bytes cost more than the CPU saved,
+# and every later pull pays them again (docs/registry.md has the table). --compression-level trades.
+GZIP_LEVEL = 5
 ZSTD_LEVEL = 3
 BLOCK = READ_CHUNK  # the unit the compressors see; part of the identity (it shapes the output)
 QUEUE_PIECES = 4  # compressed pieces waiting for the uploader, per stream (bounded memory)
@@ -70,11 +77,11 @@ class Codec:
     def identity(self) -> str:
         """What fixes the output bytes: remembered with each compressed digest and upload session."""
         if self.name == "gzip":
-            import zlib_ng
-            from zlib_ng import zlib_ng as native
+            import deflate
 
-            # the binding's version and the C library's it was built with (both shape the bytes)
-            return f"gzip/zlib-ng-{zlib_ng.__version__}/c{native.ZLIBNG_VERSION}/l{self.level}/b{BLOCK}"
+            # the binding's version pins the libdeflate it bundles (that shapes the bytes); one member
+            # per block
+            return f"gzip/libdeflate-py{deflate.__version__}/l{self.level}/b{BLOCK}/members"
         import zstandard
 
         c_lib = ".".join(str(n) for n in zstandard.ZSTD_VERSION)
@@ -87,7 +94,7 @@ class Codec:
         return f"{OCI_LAYER}+{self.name}"
 
 
-LEVELS = {"gzip": (GZIP_LEVEL, 9), "zstd": (ZSTD_LEVEL, 19)}  # (default, highest)
+LEVELS = {"gzip": (GZIP_LEVEL, 12), "zstd": (ZSTD_LEVEL, 19)}  # (default, highest)
 
 
 def codec(name: str, level: int = 0) -> Codec | None:
@@ -98,6 +105,28 @@ def codec(name: str, level: int = 0) -> Codec | None:
     if not 0 <= level <= highest:
         raise ValueError(f"{name} levels run 1-{highest} (0: the default, {default}), got {level}")
     return Codec(name, level or default)
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _gzip_pool() -> ThreadPoolExecutor:
+    """The block compressors: one thread per core for the whole process (libdeflate frees the GIL)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(cpu_threads(), thread_name_prefix="fleetci-gzip")
+        return _POOL
+
+
+def _hashed(blocks: Iterator[bytes], into: Any, cancelled: threading.Event) -> Iterator[bytes]:
+    """``blocks``, each hashed into ``into`` on the way (the diff-ID check); stops once cancelled."""
+    for data in blocks:
+        if cancelled.is_set():
+            return
+        into.update(data)
+        yield data
 
 
 class LayerChanged(FleetciError):
@@ -158,23 +187,21 @@ class CompressedStream:
     def _produce(self, path: Path, offset: int, size: int) -> None:
         sink = _Sink(self._queue, self._cancelled)
         try:
-            writer = self._writer(sink)
-            try:
-                plain = hashlib.sha256()
-                with path.open("rb") as fh:
-                    for data in read_window(fh, offset, size, BLOCK):
-                        if self._cancelled.is_set():
-                            return
-                        plain.update(data)
-                        writer.write(data)
-                got = "sha256:" + plain.hexdigest()
-                if self.expected and got != self.expected:
-                    raise LayerChanged(
-                        f"{path.name}: layer {self.expected[:19]} changed since prepare (its bytes hash "
-                        f"to {got[:19]}); run prepare again"
-                    )
-            finally:
-                writer.close()
+            plain = hashlib.sha256()
+            with path.open("rb") as fh:
+                blocks = _hashed(read_window(fh, offset, size, BLOCK), plain, self._cancelled)
+                if self.codec.name == "gzip":
+                    self._gzip_members(blocks, sink)
+                else:
+                    self._zstd(blocks, sink)
+            if self._cancelled.is_set():
+                return
+            got = "sha256:" + plain.hexdigest()
+            if self.expected and got != self.expected:
+                raise LayerChanged(
+                    f"{path.name}: layer {self.expected[:19]} changed since prepare (its bytes hash "
+                    f"to {got[:19]}); run prepare again"
+                )
         except BaseException as exc:  # handed to the reader, who raises it
             self._put(exc if isinstance(exc, FleetciError) else FleetciError(f"compressing: {exc}"))
             return
@@ -188,23 +215,50 @@ class CompressedStream:
             except queue.Full:
                 continue
 
-    @property
-    def compressor_threads(self) -> int:
-        """The worker threads the compressor really gets (gzip never runs with one)."""
-        # zlib-ng's one-thread writer ends the stream with other bytes than the pool's
-        return max(2, self.threads) if self.codec.name == "gzip" else max(1, self.threads)
+    def _gzip_members(self, blocks: Iterator[bytes], sink: _Sink) -> None:
+        """One gzip member per block, up to ``compressor_threads`` blocks compressing at once on the
+        process-wide pool (one worker per core, shared by every stream of a push), written in order.
 
-    def _writer(self, sink: _Sink) -> Any:
-        if self.codec.name == "gzip":
-            from zlib_ng import gzip_ng_threaded
+        At most ``threads + 1`` blocks of this stream are in flight: bounded memory, and reading,
+        hashing, compressing and sending overlap. A stream left alone at the end of a push gets every
+        core (its blocks are the only ones queued), while five streams share the cores block by block.
+        """
+        import deflate
 
-            return gzip_ng_threaded.open(  # type: ignore[no-untyped-call]
-                sink, "wb", compresslevel=self.codec.level, threads=self.compressor_threads, block_size=BLOCK
-            )
+        level = self.codec.level
+        pool = _gzip_pool()
+        ahead: deque[Future[bytearray]] = deque()
+        wrote = False
+        try:
+            for data in blocks:
+                ahead.append(pool.submit(deflate.gzip_compress, data, level))
+                while len(ahead) > self.compressor_threads:
+                    sink.write(ahead.popleft().result())
+                    wrote = True
+            if not ahead and not wrote and not self._cancelled.is_set():
+                ahead.append(pool.submit(deflate.gzip_compress, b"", level))  # still one gzip member
+            while ahead and not self._cancelled.is_set():
+                sink.write(ahead.popleft().result())
+        finally:
+            for future in ahead:
+                future.cancel()
+
+    def _zstd(self, blocks: Iterator[bytes], sink: _Sink) -> None:
         import zstandard
 
         cctx = zstandard.ZstdCompressor(level=self.codec.level, threads=self.compressor_threads)
-        return cctx.stream_writer(sink, closefd=False)  # type: ignore[arg-type]
+        writer = cctx.stream_writer(sink, closefd=False)  # type: ignore[arg-type]
+        try:
+            for data in blocks:
+                writer.write(data)
+        finally:
+            writer.close()  # type: ignore[no-untyped-call]
+
+    @property
+    def compressor_threads(self) -> int:
+        """Blocks of this stream compressing at once (gzip: on the shared pool; zstd: its workers);
+        the bytes do not depend on it."""
+        return max(1, self.threads)
 
     def _next_piece(self) -> bytes:
         if self._pending:

@@ -73,8 +73,9 @@ def push_blobs(
     """Make every blob exist in ``repo``, ``parallel`` at once; uncompressed layers go compressed."""
     unique = list({b.digest: b for b in blobs}.values())  # an image may repeat a layer (empty ones)
     workers = max(1, min(parallel, len(unique)))
-    # the cores are shared by the streams in flight: one big layer gets them all, five share them
-    threads = max(
+    # gzip streams share one pool of a thread per core (each may use them all: the last layer of a push
+    # gets every core); zstd's own workers are split among the streams in flight
+    split = max(
         1, cpu_threads() // min(workers, sum(b.media_type in UNCOMPRESSED_LAYERS for b in unique) or 1)
     )
     result = BlobsPushed()
@@ -105,7 +106,14 @@ def push_blobs(
                 digest, size = client.push_compressed(
                     repo,
                     f"{blob.digest}+{c.identity}",
-                    lambda: CompressedStream(archive, blob.offset, blob.size, c, threads, blob.digest),
+                    lambda: CompressedStream(
+                        archive,
+                        blob.offset,
+                        blob.size,
+                        c,
+                        cpu_threads() if c.name == "gzip" else split,
+                        blob.digest,
+                    ),
                     state,
                     failed,
                 )
