@@ -334,6 +334,7 @@ def bench_registry(
         skopeo_cpu = CPU_SECONDS["skopeo"]
         say(f"skopeo: {skopeo_s:.1f}s; fleetci push ({compression}, {parallel} in parallel)")
         plan = str(root / "plan.json")
+        push_started = time.monotonic()
         push_s, push_rss, out = _run_child(
             _child_argv(
                 "push", plan, url, "bench/fleetci", "v1", chunk, "", layers_file, compression, par, lvl
@@ -341,7 +342,8 @@ def bench_registry(
         )
         first = json.loads(out)
         push_cpu = CPU_SECONDS[Path(sys.executable).name]
-        fleetci_link = relay.reset().up if relay else 0
+        fleetci_counts = relay.reset() if relay else None
+        fleetci_link = fleetci_counts.up if fleetci_counts else 0
         say(f"fleetci: {push_s:.1f}s; re-push and retag")
         _, _, out = _run_child(
             _child_argv(
@@ -418,6 +420,15 @@ def bench_registry(
             "fleetci_link_bytes": fleetci_link,
             "skopeo_link_bytes": skopeo_link,
             "bytes_on_link_ratio": round(fleetci_link / skopeo_link, 3) if skopeo_link else None,
+            # where fleetci's wall time went on the link: start-up before its first byte, the link's
+            # busy span, and how full the link was over the whole push (1.0: every second at the rate)
+            "push_first_byte_s": (
+                round(fleetci_counts.first_up - push_started, 2) if fleetci_counts else None
+            ),
+            "push_link_busy_s": round(fleetci_counts.busy_s(), 2) if fleetci_counts else None,
+            "push_link_use": (
+                round(fleetci_link / (link_mbps * 1e6 / 8) / push_s, 3) if fleetci_counts else None
+            ),
             "fleetci_blob_bytes": fleetci_blobs,
             "skopeo_blob_bytes": skopeo_blobs,
             "blob_bytes_ratio": round(fleetci_blobs / skopeo_blobs, 3),

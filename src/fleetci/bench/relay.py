@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from dataclasses import dataclass
 
 READ = 64 * 1024
@@ -45,6 +46,12 @@ class TokenBucket:
 class Counts:
     up: int = 0  # client -> server
     down: int = 0
+    first_up: float = 0.0  # time.monotonic() of the first / last upstream bytes (0: none yet)
+    last_up: float = 0.0
+
+    def busy_s(self) -> float:
+        """Seconds from the first upstream byte to the last: the link's share of a push's wall time."""
+        return self.last_up - self.first_up if self.first_up else 0.0
 
 
 class LinkRelay:
@@ -121,6 +128,9 @@ class LinkRelay:
                 dst.write(data)
                 await dst.drain()
                 if way == "up":
+                    now = time.monotonic()
+                    self.counts.first_up = self.counts.first_up or now
+                    self.counts.last_up = now
                     self.counts.up += len(data)
                 else:
                     self.counts.down += len(data)

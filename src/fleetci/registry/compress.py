@@ -40,11 +40,12 @@ from fleetci.errors import FleetciError
 from fleetci.registry.archive import READ_CHUNK, read_window
 
 CODECS = ("gzip", "zstd", "none")
-# libdeflate level 5 on the benchmark's rootfs content (577.5 MB of /usr files): 0.962 x skopeo's gzip
-# bytes for the CPU zlib-ng level 3 took to write 1.022 x (3.4 s). isal's igzip is 2x faster but writes
-# 1.067 x at its best level (3), over the 1.05 bound: on a link those bytes cost more than the CPU saved,
-# and every later pull pays them again (docs/registry.md has the table). --compression-level trades.
-GZIP_LEVEL = 5
+# libdeflate level 3 on the benchmark's rootfs content (577.5 MB of /usr files, one core): 0.996 x
+# skopeo's gzip bytes for 2.8 CPU-s, where zlib-ng level 3 took 3.4 s for 1.022 x; level 2 saves no CPU,
+# level 1 nears the 1.05 x bound. isal's igzip is 1.7x faster but writes 1.067 x at its best level (3):
+# on a link those bytes cost more than the CPU saved, and every later pull pays them again
+# (docs/registry.md has the table). --compression-level trades either way (5: 0.962 x for 3.4 s).
+GZIP_LEVEL = 3
 ZSTD_LEVEL = 3
 BLOCK = READ_CHUNK  # the unit the compressors see; part of the identity (it shapes the output)
 QUEUE_PIECES = 4  # compressed pieces waiting for the uploader, per stream (bounded memory)

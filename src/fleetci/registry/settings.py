@@ -194,7 +194,7 @@ class RegistryOptions(SettingTable):
         0,
         parse_level,
         env=("REGISTRY_COMPRESSION_LEVEL",),
-        help="0 = the codec's default (gzip 5, zstd 3); gzip 1-12, zstd 1-19: CPU against bytes on the link",
+        help="0 = the codec's default (gzip 3, zstd 3); gzip 1-12, zstd 1-19: CPU against bytes on the link",
     )
     parallel = Setting(
         DEFAULT_PARALLEL,
