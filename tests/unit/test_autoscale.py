@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shlex
 import stat
 from collections.abc import Iterator
@@ -62,6 +63,16 @@ def test_bad_pools_are_refused_in_one_line(text: str, says: str) -> None:
     with pytest.raises(ValueError, match=says) as err:
         parse_pools(text)
     assert "\n" not in str(err.value)
+
+
+@given(st.text(max_size=200))
+def test_any_pool_text_parses_or_is_one_line_value_error(text: str) -> None:
+    try:
+        pools = parse_pools(text)
+    except ValueError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert pools and all(p.labels and 0 <= p.min <= p.max for p in pools)
 
 
 def test_a_job_goes_to_the_smallest_pool_having_all_its_labels() -> None:
@@ -509,3 +520,28 @@ def test_emulator_queue_endpoint_refuses_bad_bodies(emulator: Any) -> None:
 def test_bench_autoscale_refuses_bad_flags(fleetci: RunCli, args: tuple[str, ...], says: str) -> None:
     r = fleetci("bench", "autoscale", *args)
     assert r.returncode == 2 and says in one_line_error(r)
+
+
+def test_the_seeds_call_takes_everything_else_from_the_environment(
+    emulator: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Seed 004: ``GitHubRunnerAutoscaler(owner=..., poll_interval=120)``; token and API from the
+    environment (what the setup-p2p-cache action exports), the default pool, no provider (logged only)."""
+    from fleetci.autoscale import GitHubRunnerAutoscaler
+
+    for var in [v for v in os.environ if v.startswith(("AUTOSCALE_", "FLEETCI_", "GITHUB_", "GH_"))]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))  # no config file
+    monkeypatch.setenv("GH_TOKEN", tok("alice"))
+    monkeypatch.setenv("FLEETCI_API_URL", emulator.url)
+    lines: list[str] = []
+    scaler = GitHubRunnerAutoscaler(owner="octo-org", poll_interval=120, say=lines.append)
+    try:
+        (decision,) = scaler.step()
+        assert decision.pool.name == "self-hosted,linux,x64" and decision.desired >= 1
+        assert scaler.settings.poll_interval == 120 and scaler.provider is None
+        assert any("cycle 1: self-hosted,linux,x64: queued=" in ln for ln in lines)
+    finally:
+        scaler.close()
+    with pytest.raises(UsageError, match="unknown setting"):
+        GitHubRunnerAutoscaler(owner="octo-org", pol_interval=3)
