@@ -210,7 +210,10 @@ def test_without_an_api_url_it_reads_through_the_proxy_on_its_socket(world: Worl
     from fleetci.autoscale.scaler import find_api_url
     from fleetci.autoscale.settings import UPSTREAM
 
-    url, note = find_api_url("", world.proxy.socket)
+    url, note = find_api_url("", world.proxy.socket, upstream=world.emulator.url)
     assert url == world.proxy.url and "cache proxy" in note
     assert find_api_url("", tmp_path / "no.sock") == (UPSTREAM, "")
     assert find_api_url("http://example.test", world.proxy.socket) == ("http://example.test", "")
+    # a host proxy in front of another upstream never gets this token
+    url, note = find_api_url("", world.proxy.socket)
+    assert url == UPSTREAM and "not reading through the host proxy" in note and "caches" in note

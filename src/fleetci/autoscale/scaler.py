@@ -39,21 +39,28 @@ def _stderr(line: str) -> None:
     print(f"fleetci autoscale: {line}", file=sys.stderr, flush=True)
 
 
-def find_api_url(configured: str, sock: Path = Path(WELL_KNOWN_SOCKET)) -> tuple[str, str]:
+def find_api_url(
+    configured: str, sock: Path = Path(WELL_KNOWN_SOCKET), upstream: str = UPSTREAM
+) -> tuple[str, str]:
     """The API to read through, and a note: the configured URL, else the host's cache proxy on its
-    well-known socket when it answers (what ``fleetci cache start`` reuses), else api.github.com."""
+    well-known socket when ``fleetci cache start`` would reuse it (same upstream, no shared scope, its TCP
+    port answered by the process the socket vouches for: the token goes there), else the upstream."""
     if configured:
         return configured, ""
-    if sock.is_socket():
-        from fleetci.cache.hostproxy import proxy_health
+    if not sock.is_socket():
+        return upstream, ""
+    from fleetci.cache.hostproxy import find_host_proxy
+    from fleetci.cache.settings import cache_settings
 
-        try:
-            url = str(proxy_health(uds=sock).get("proxy_url") or "")
-        except FleetciError as exc:
-            return UPSTREAM, f"host proxy {sock} not usable ({exc}): reading {UPSTREAM} directly"
-        if url.startswith("http://"):
-            return url, f"reading through the host's cache proxy {url}"
-    return UPSTREAM, ""
+    try:
+        host, note = find_host_proxy(cache_settings({"host_proxy": str(sock), "upstream": upstream}, {}, {}))
+    except FleetciError as exc:
+        return upstream, f"not reading through the host proxy: {exc}"
+    if host is None:
+        return upstream, note
+    return host.api_url, f"reading through the host's cache proxy {host.api_url}" + (
+        f" ({note})" if note else ""
+    )
 
 
 def is_fleetci_proxy(api_url: str) -> bool:
