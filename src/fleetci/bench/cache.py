@@ -227,6 +227,50 @@ class _Conn:
         self.conn.close()
 
 
+def measure_misses(
+    proxy_url: str,
+    emulator_url: str,
+    repos: list[str],
+    token: str,
+    samples: int,
+    plain_url: str | None = None,
+    tag: str = "",
+    org: str = "octo-org",
+) -> dict[str, Any]:
+    """Misses of distinct URLs through ``proxy_url``, interleaved with the same URL straight to the
+    emulator and (``plain_url``) through a proxy without P2P, so drift on the machine affects every side
+    alike. The overhead is the median of the per-URL differences: vs the plain proxy when there is one
+    (what P2P adds to a miss, issue 16), else vs going direct (what the proxy adds)."""
+    conns = [_Conn(emulator_url, token), _Conn(proxy_url, token)]
+    if plain_url is not None:
+        conns.append(_Conn(plain_url, token))
+    direct_s: list[float] = []
+    miss_s: list[float] = []
+    plain_s: list[float] = []
+    try:
+        for i in range(samples):
+            repo = repos[i % len(repos)]
+            path = f"/repos/{org}/{repo}/actions/runs?per_page={1 + i % 100}&page={1 + i // 100}{tag}"
+            answers = [c.get(path) for c in conns]
+            if all(a[1] == 200 for a in answers) and all(a[2] == "MISS" for a in answers[1:]):
+                direct_s.append(answers[0][0])
+                miss_s.append(answers[1][0])
+                if plain_url is not None:
+                    plain_s.append(answers[2][0])
+    finally:
+        for c in conns:
+            c.close()
+    base = plain_s if plain_url is not None else direct_s
+    pairs = sorted(m - b for m, b in zip(miss_s, base, strict=True))
+    return {
+        "direct_p50_ms": _p50_ms(direct_s) if direct_s else float("nan"),
+        "miss_via_proxy_p50_ms": _p50_ms(miss_s) if miss_s else float("nan"),
+        "miss_via_plain_proxy_p50_ms": _p50_ms(plain_s) if plain_s else float("nan"),
+        "miss_overhead_p50_ms": round(statistics.median(pairs) * 1000, 4) if pairs else float("nan"),
+        "latency_samples": len(pairs),
+    }
+
+
 def measure_latencies(
     proxy_url: str,
     emulator_url: str,
@@ -234,7 +278,8 @@ def measure_latencies(
     repos: list[str],
     samples: int = 400,
     org: str = "octo-org",
-) -> dict[str, float]:
+    plain_url: str | None = None,
+) -> dict[str, Any]:
     """Hit over HTTP, hit in-process, direct, and miss overhead, with a zero-latency emulator."""
     from fleetci.cache import GitHubAPICache
     from fleetci.cache.settings import cache_settings
@@ -242,20 +287,9 @@ def measure_latencies(
 
     set_emulator(emulator_url, latency_ms=[0, 0], error_rate=0.0, drop_rate=0.0)
     tok = next(t for t, who in TOKENS.items() if who == "alice")  # a scope the fleet phase left cold
-    direct, via = _Conn(emulator_url, tok), _Conn(proxy_url, tok)
+    misses = measure_misses(proxy_url, emulator_url, repos, tok, samples, plain_url, org=org)
+    via = _Conn(proxy_url, tok)
     try:
-        # Distinct URLs, each a miss for the proxy; interleaved with the direct call to the same URL so
-        # drift on the machine affects both sides alike.
-        direct_s: list[float] = []
-        miss_s: list[float] = []
-        for i in range(samples):
-            repo = repos[i % len(repos)]
-            path = f"/repos/{org}/{repo}/actions/runs?per_page={1 + i % 100}&page={1 + i // 100}"
-            d, status, _ = direct.get(path)
-            m, status2, outcome = via.get(path)
-            if status == status2 == 200 and outcome == "MISS":
-                direct_s.append(d)
-                miss_s.append(m)
         hit_path = f"/repos/{org}/{repos[0]}"
         via.get(hit_path)
         hits = [via.get(hit_path)[0] for _ in range(samples * 2)]
@@ -274,7 +308,6 @@ def measure_latencies(
 
         wait_until(stored, timeout=10, what=f"the proxy to store {hit_path} in {cache_dir}")
     finally:
-        direct.close()
         via.close()
     inproc = []
     for _ in range(samples * 5):
@@ -282,14 +315,10 @@ def measure_latencies(
         cache.get(hit_path, auth, {"Accept": "application/vnd.github+json"})
         inproc.append(time.perf_counter() - t0)
     cache.close()
-    pairs = sorted(m - d for m, d in zip(miss_s, direct_s, strict=True))
     return {
         "local_hit_http_p50_ms": _p50_ms(hits),
         "local_hit_inproc_p50_ms": _p50_ms(inproc),
-        "direct_p50_ms": _p50_ms(direct_s),
-        "miss_via_proxy_p50_ms": _p50_ms(miss_s),
-        "miss_overhead_p50_ms": round(statistics.median(pairs) * 1000, 4) if pairs else float("nan"),
-        "latency_samples": len(pairs),
+        **misses,
     }
 
 
@@ -336,7 +365,24 @@ TARGETS = {
 }
 
 
-P2P_TARGETS = {"peer_hit_p50_ms_max": 5.0, "propagation_p99_ms_max": 1000.0, "rss_mb_per_node_max": 100.0}
+P2P_TARGETS = {
+    "peer_hit_p50_ms_max": 5.0,
+    "propagation_p99_ms_max": 1000.0,
+    "rss_mb_per_node_max": 100.0,
+    # issue 16: what P2P adds to a miss nobody else fetches, over a proxy without P2P (same run)
+    "miss_overhead_p50_ms_max": 5.0,
+}
+
+
+FLEET_COUNTERS = (
+    "misses",
+    "revalidations",
+    "peer_hits",
+    "leases",
+    "fetched_at_once",
+    "claim_waits",
+    "claim_windows",
+)
 
 
 def wait_for_mesh(nodes: list[Service], timeout: float = 60.0) -> None:
@@ -480,8 +526,24 @@ def bench_cache(
                 say(f"proxy at {proxy.url}; the same fleet through the cache")
                 cached = run_fleet([n.url for n in nodes], emu.url, spec, repos, paced=True, progress=say)
                 stats = _call("GET", f"{proxy.url}/_fleetci/stats", timeout=10).json()
+                # Where the fleet's charged calls came from (misses, leases, waits), summed over the nodes.
+                node_stats = [_call("GET", f"{n.url}/_fleetci/stats", timeout=10).json() for n in nodes]
+                fleet_counters = {k: sum(int(ns.get(k, 0)) for ns in node_stats) for k in FLEET_COUNTERS}
                 say("latency: direct vs proxy miss vs proxy hit (zero-latency emulator)")
-                lat = measure_latencies(proxy.url, emu.url, tmp_path / "cache", repos, latency_samples)
+                plain_url = None
+                if p2p:  # the same misses through a proxy without P2P: what P2P adds (issue 16)
+                    plain_url = stack.enter_context(start_proxy(emu.url, tmp_path / "plain", config)).url
+                lat = measure_latencies(
+                    proxy.url, emu.url, tmp_path / "cache", repos, latency_samples, plain_url=plain_url
+                )
+                if p2p and plain_url is not None:
+                    say("misses in the fleet's own token (every node uses it: leases)")
+                    shared = measure_misses(
+                        proxy.url, emu.url, repos, fleet_token(), latency_samples, plain_url, tag="&fleet=1"
+                    )
+                    lat["miss_overhead_fleet_token_p50_ms"] = shared["miss_overhead_p50_ms"]
+                    lat["fleet_token_samples"] = shared["latency_samples"]
+                    lat["fleet_counters"] = fleet_counters
                 lat.update(measure_memory(proxy, repos))
                 if p2p:
                     say("peer hits and propagation")
@@ -519,9 +581,15 @@ def bench_cache(
         "latency_ms": list(spec.latency_ms),
         "wall_s": round(baseline.wall_s + cached.wall_s, 2),
         "targets": {**TARGETS, **(P2P_TARGETS if p2p else {"rss_mb_max": 50.0})},
+        # p2p: vs a proxy without P2P in the same run (what P2P adds); else vs going straight to the API
+        "miss_overhead_vs": "plain_proxy" if p2p else "direct",
     }
     if p2p:
         for k in (
+            "miss_via_plain_proxy_p50_ms",
+            "miss_overhead_fleet_token_p50_ms",
+            "fleet_token_samples",
+            "fleet_counters",
             "peer_hit_p50_ms",
             "propagation_p99_ms",
             "propagation_p50_ms",

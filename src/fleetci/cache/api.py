@@ -44,6 +44,8 @@ COUNTER_KEYS = (
     "rate_limited",
     "claim_waits",
     "claim_windows",
+    "leases",
+    "fetched_at_once",
     "refused",
     "shared_hits",
     "shared_waits",
@@ -84,6 +86,8 @@ class CacheStats(TypedDict, total=False):
     rate_limited: int
     claim_waits: int
     claim_windows: int  # misses that waited the claim window (no owner answered; see engine._lease)
+    leases: int  # misses that asked the key's owner for a lease (issue 16)
+    fetched_at_once: int  # misses that asked nobody: no peer uses their token (issue 16)
     refused: int
     shared_hits: int
     shared_waits: int

@@ -87,6 +87,8 @@ class Counters:
     upstream_requests: int = 0
     claim_waits: int = 0  # peer answers obtained by waiting for another node's claimed fetch
     claim_windows: int = 0  # misses that waited the claim window (the key's owner did not answer)
+    leases: int = 0  # misses that asked the key's owner for a lease (a round trip unless we own the key)
+    fetched_at_once: int = 0  # misses that asked nobody: no peer uses their token (issue 16)
     refused: int = 0  # requests answered 400 (ambiguous credentials, credentials in the query)
     shared_hits: int = 0  # answered from the shared store (CACHE_BACKEND)
     shared_waits: int = 0  # of those, after waiting for another proxy's fetch (its miss lock)
@@ -244,6 +246,9 @@ class CacheEngine:
         # Scopes (token partitions) peers used lately: only a node holding the same token can fetch the
         # same key, so a miss in a scope no peer uses has nobody to coalesce with.
         self._scopes_heard: OrderedDict[str, float] = OrderedDict()
+        # Scopes this node's own misses used: scope -> (first, last) miss. A token this node only just
+        # started using may be starting on other nodes too (a fleet starting up): see ``_quiet``.
+        self._scopes_used: OrderedDict[str, tuple[float, float]] = OrderedDict()
         # Prewarming (cache/prewarm.py), installed by the proxy when cache.prewarm lists URLs.
         self.prewarm: PrewarmHook | None = None
         self._behind_timer: asyncio.TimerHandle | None = None  # _persist_later's pending commit
@@ -409,6 +414,7 @@ class CacheEngine:
                 from_peer = await self._after_claimant(prep, entry)
             if from_peer is not None:
                 return from_peer
+            entry = await self._newer_stale_copy(prep, entry, self.clock())
             try:
                 return await self._fetch_upstream(prep, headers, entry, force, call)
             finally:
@@ -584,6 +590,16 @@ class CacheEngine:
                 got = self.store.get(key)  # fetched a moment ago: its announcement is on its way to them
                 if got is not None and got.is_fresh(self.clock()):
                     return False
+                ann = self._peer_index.get(key)  # announced without its body (large): the same
+                if ann is not None and ann.peer != peer and ann.fresh_until > self.clock():
+                    return False
+            if held is None:  # a node that could not ask us (claim window) claimed it: it fetches
+                wall = self.clock()
+                claims = list(
+                    (self._claims.get(key) or {}).items()
+                )  # one C-level copy: the loop thread writes
+                if any(p != peer and wall - at < self.settings.claim_wait for p, at in claims):
+                    return False
             self._leases[key] = (peer, now)
             self._leases.move_to_end(key)
             while len(self._leases) > CLAIMS_MAX:
@@ -623,39 +639,38 @@ class CacheEngine:
         return answer
 
     async def _after_claimant(self, prep: Prepared, entry: Entry | None) -> ProxyResponse | None:
-        """Fleet-wide coalescing: if another node is already fetching this key from GitHub, wait for its
-        announcement instead of paying for the same call.
+        """Fleet-wide coalescing, paid for only when another node may be fetching the same key (issue 16).
 
-        Otherwise, when no peer has used this key's scope (token) lately, nobody else can be fetching it:
-        claim it and fetch at once. Else ask the key's owner (rendezvous hashing over the fleet; one
-        direct round trip, none when we own it) for a lease: granted, claim the key and fetch at once;
-        refused, another node is fetching it and we wait for its announcement. Only when the owner cannot
-        be asked do we fall back to the claim window: claim, give concurrent claims ``claim_window`` to
-        arrive, and let the lowest peer ID fetch. Everyone waits at most ``claim_wait`` and then goes
-        upstream itself, so a silent claimant costs time, not errors."""
+        A live claim on the key (a node that could not reach the owner fetches it): wait for its
+        announcement. Else, when no other node can be fetching it (see ``_quiet``), fetch at once: no
+        round trip, no gossip before the call (work on the p2p thread during the fetch competes with it
+        for the GIL, which cost 5-10 ms a miss). Else ask the key's owner for a lease (rendezvous hashing
+        over the fleet; nothing to ask when we own it, else one question on a lease line kept open to
+        each peer): granted, fetch at once (the owner tells every other asker to wait); refused, another
+        node is fetching it and we wait for its announcement. Only when the owner cannot be asked do we
+        claim (gossip), give concurrent claims ``claim_window`` to arrive, and let the lowest peer ID
+        fetch. Everyone waits at most ``claim_wait`` and then goes upstream itself, so a silent
+        claimant costs time, not errors."""
         peers = self.peers
         connected = peers.connected_peers() if peers is not None else []
         if peers is None or not connected:
             return None
         now = self.clock()
         claimants = self._claimants(prep.key, now)
-        if not claimants and not self._scope_in_fleet(prep.scope, now):
-            # No peer has used this token lately: nobody else can be fetching this key. Claim it (peers
-            # that miss it meanwhile wait for us) and fetch at once.
-            peers.claim(prep.scope, prep.key)
-            self._claimed.add(prep.key)
+        if not claimants and self._quiet(prep.scope, now):
+            self.counters.fetched_at_once += 1
             return None
         if not claimants:
             if prep.key not in self._arrivals:  # an announcement during the lease round trip wakes us too
                 self._arrivals[prep.key] = asyncio.get_running_loop().create_future()
+            self.counters.leases += 1
             granted = await self._lease(prep, connected)
             if granted is False:  # the holder may have announced it while we asked
                 answer = await self._served_by_fleet(prep, entry)
                 if answer is not None:
                     return answer
             if granted:
-                peers.claim(prep.scope, prep.key)
-                self._claimed.add(prep.key)
+                self._claimed.add(prep.key)  # released (gossip) if we end without an entry to announce
                 return None
             if granted is None:
                 peers.claim(prep.scope, prep.key)
@@ -678,6 +693,42 @@ class CacheEngine:
         if self._arrivals.get(prep.key) is arrival and not arrival.done():
             del self._arrivals[prep.key]  # nobody delivered within claim_wait
         return await self._served_by_fleet(prep, entry)
+
+    def _quiet(self, scope: str, now: float) -> bool:
+        """Nobody else can be fetching a key of ``scope`` now: no peer used this token (scope) for
+        ``HEARD_S``, and this node has used it for at least ``claim_wait`` — a token the whole fleet
+        starts using at once (a fleet starting up) is not heard from the others for a moment, so its
+        first misses still ask the owners."""
+        first, last = self._scopes_used.get(scope, (now, now))
+        if now - last > HEARD_S:
+            first = now
+        self._scopes_used[scope] = (first, now)
+        self._scopes_used.move_to_end(scope)
+        while len(self._scopes_used) > HEARD_MAX:
+            self._scopes_used.popitem(last=False)
+        return not self._scope_in_fleet(scope, now) and now - first >= self.settings.claim_wait
+
+    async def _newer_stale_copy(self, prep: Prepared, entry: Entry | None, now: float) -> Entry | None:
+        """Before calling GitHub for a key a peer announced without its body (too large to inline) and
+        that has expired since: that peer's copy, if newer than ours, makes the call a conditional one
+        (a 304 is free) instead of a charged full fetch, as one cache holding that copy would."""
+        ann = self._peer_index.get(prep.key)
+        if ann is None or self.peers is None or ann.fresh_until > now:
+            return entry
+        if now - ann.fresh_until > self.settings.max_stale or not (ann.etag or ann.last_modified):
+            return entry
+        if entry is not None and (entry.stored_at >= ann.stored_at or entry.etag == ann.etag):
+            return entry
+        try:
+            body = await asyncio.wait_for(
+                asyncio.wrap_future(self.peers.fetch(ann)), timeout=self.settings.peer_timeout + 0.5
+            )
+        except asyncio.TimeoutError:
+            body = None
+        if body is None:
+            return entry
+        self._peer_index.pop(prep.key, None)
+        return ann.to_entry(body)
 
     async def _served_by_fleet(self, prep: Prepared, entry: Entry | None) -> ProxyResponse | None:
         """After waiting on a claim: the entry a peer announced meanwhile, if any."""
@@ -722,8 +773,8 @@ class CacheEngine:
                 peers = self._claims.get(c.key)
                 if peers is not None:
                     peers.pop(c.peer, None)
-                    if not peers:
-                        self._arrived(c.key)
+                if not peers:  # a lease holder (it never claimed) gave up: wake whoever waits for it
+                    self._arrived(c.key)
                 continue
             self._claims.setdefault(c.key, {})[c.peer] = now
             self._claims.move_to_end(c.key)

@@ -180,24 +180,54 @@ def encode_sync_request(op: str, sealed_addrs: bytes) -> bytes:
 LEASE = "lease"  # op: "may I fetch this key upstream now?", asked of the key's owner (issue 16)
 
 
-def encode_lease_request(scope: str, sealed_key: bytes) -> bytes:
-    """``sealed_key``: the key, sealed for ``scope`` with the asker's peer ID as associated data."""
+LEASE_PROTOCOL = "/fleetci/lease/1.0.0"  # one long-lived stream per owner: questions and answers as lines
+LEASE_ANSWERS = {
+    b"g": True,
+    b"w": False,
+}  # granted / wait (another node fetches it); anything else: no answer
+
+
+def encode_lease_request(scope: str, sealed_key: bytes, rid: int | None = None) -> bytes:
+    """``sealed_key``: the key, sealed for ``scope`` with the asker's peer ID as associated data;
+    ``rid``: the question's number on a lease line (its answer carries it back)."""
     sealed = base64.b64encode(sealed_key).decode()
-    return (
-        json.dumps({"v": VERSION, "op": LEASE, "s": scope, "me": sealed}, separators=(",", ":")).encode()
-        + b"\n"
-    )
+    d: dict[str, Any] = {"v": VERSION, "op": LEASE, "s": scope, "me": sealed}
+    if rid is not None:
+        d["i"] = rid
+    return json.dumps(d, separators=(",", ":")).encode() + b"\n"
 
 
 def decode_lease_request(line: bytes) -> tuple[str, bytes] | None:
     """(scope, sealed key) of a lease request; None for any other request."""
+    got = decode_lease_line(line)
+    return None if got is None else (got[1], got[2])
+
+
+def decode_lease_line(line: bytes) -> tuple[int, str, bytes] | None:
+    """(number, scope, sealed key) of a lease request (number 0 when it has none); None for another op."""
     try:
         d = json.loads(line)
         if not isinstance(d, dict) or d.get("op") != LEASE:
             return None
-        return str(d["s"]), base64.b64decode(str(d["me"]), validate=True)
+        rid = d.get("i", 0)
+        if not isinstance(rid, int) or isinstance(rid, bool) or not 0 <= rid < 2**53:
+            raise ValueError(f"request number {rid!r}")
+        return rid, str(d["s"]), base64.b64decode(str(d["me"]), validate=True)
     except (ValueError, KeyError, TypeError) as exc:
         raise MessageError(f"bad lease request: {exc}") from exc
+
+
+def encode_lease_answer(rid: int, answer: bytes) -> bytes:
+    """One answer line on a lease line: ``<number> <g|w|0>``."""
+    return b"%d %s\n" % (rid, answer)
+
+
+def decode_lease_answer(line: bytes) -> tuple[int, bool | None]:
+    """(number, granted) of an answer line; granted None: the owner could not answer (not a member)."""
+    rid, _, answer = line.strip().partition(b" ")
+    if not rid.isdigit() or len(rid) > 16:
+        raise MessageError("bad lease answer")
+    return int(rid), LEASE_ANSWERS.get(answer)
 
 
 def decode_fetch_request(line: bytes) -> tuple[str, str]:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +35,21 @@ from fleetci.p2p.identity import parse_multiaddr as parse_multiaddr
 from fleetci.p2p.identity import peer_id_for as peer_id_for
 from fleetci.p2p.messages import (
     FETCH_PROTOCOL,
+    LEASE_PROTOCOL,
     PX,
     SYNC,
     Invalidation,
     MessageError,
     decode_fetch_request,
+    decode_lease_answer,
+    decode_lease_line,
     decode_lease_request,
     decode_message,
     encode_batch,
     encode_claims,
     encode_fetch_request,
     encode_invalidation,
+    encode_lease_answer,
     encode_lease_request,
     encode_sync_request,
     frame,
@@ -96,6 +100,18 @@ class P2PConfig:
 
 
 @dataclass
+class _LeaseLine:
+    """A long-lived stream to one key owner (issue 16). Opening a libp2p stream negotiates its protocol
+    first (~20 ms under load, five times the question itself), so a node keeps one line per owner,
+    numbers its questions and matches the answers; the line's reader runs in ``reader``."""
+
+    stream: Any
+    write_lock: Any  # trio.Lock: whole lines, one writer at a time
+    reader: Any  # trio.CancelScope of the answer reader (cancel it to drop the line)
+    waiting: dict[int, list[Any]] = field(default_factory=dict)  # number -> [trio.Event, answer]
+
+
+@dataclass
 class P2PStats:
     announced: int = 0
     batches_sent: int = 0
@@ -109,6 +125,7 @@ class P2PStats:
     claims_received: int = 0
     leases_asked: int = 0  # "may I fetch this key?" asked of its owner (issue 16)
     leases_served: int = 0  # such questions this node answered as a key's owner
+    lease_lines: int = 0  # lease lines opened to owners (one per owner while connected)
     held: int = 0  # 10 ms waits for back-pressure (see _hold_while_backlogged)
     invalidations_sent: int = 0  # webhook invalidations passed on to the fleet
     invalidations_received: int = 0
@@ -155,6 +172,9 @@ class P2PNode:
         self.receipts: OrderedDict[str, float] = OrderedDict()  # key -> when its announcement arrived
         self._px: set[str] = set()  # addresses learned by peer exchange
         self._px_book: dict[str, list[str]] = {}  # peer -> the listen addresses it told us
+        self._lease_lines: dict[str, _LeaseLine] = {}  # owner -> open line (trio thread only)
+        self._lease_opening: dict[str, Any] = {}  # owner -> trio.Event set once its line is open (or not)
+        self._lease_rid = 0
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self, timeout: float = 20.0) -> None:
@@ -329,6 +349,7 @@ class P2PNode:
         router = self._gossipsub()
         ps = pubsub_module.Pubsub(host, router)
         host.set_stream_handler(TProtocol(FETCH_PROTOCOL), self._serve_fetch)
+        host.set_stream_handler(TProtocol(LEASE_PROTOCOL), self._serve_leases)
         try:
             async with host.run([listen]), background_trio_service(ps), background_trio_service(router):
                 await ps.wait_until_ready()
@@ -535,27 +556,133 @@ class P2PNode:
         self, scope: str, key: str, owner: str, fut: concurrent.futures.Future[bool | None]
     ) -> None:
         import trio
-        from libp2p.custom_types import TProtocol
-        from libp2p.peer.id import ID
 
         answer: bool | None = None
         # Longer than a body fetch: a late answer still means one call fleet-wide, an early give-up two.
         with trio.move_on_after(LEASE_TIMEOUT_S):
             try:
-                stream = await self._host.new_stream(ID.from_base58(owner), [TProtocol(FETCH_PROTOCOL)])
-                try:
-                    sealed = self.keys.seal(scope, key.encode(), b"lease\x00" + self.peer_id.encode())
-                    await stream.write(encode_lease_request(scope, sealed))
-                    data = await _read_all(stream, 16)
-                finally:
-                    with contextlib.suppress(Exception):
-                        await stream.close()
-                answer = {b"g": True, b"w": False}.get(data[:1])
+                line = await self._lease_line(owner)
+                if line is not None:
+                    answer = await self._ask(line, scope, key)
             except Exception as exc:
                 log.debug("lease of %s from %s failed: %s", key[:12], owner, exc)
         self.stats.leases_asked += 1
         if not fut.done():
             fut.set_result(answer)
+
+    async def _ask(self, line: _LeaseLine, scope: str, key: str) -> bool | None:
+        """One question on ``line``; a question cut off while being written drops the line (a partial
+        line would garble the next one), so the next question opens a new one."""
+        import trio
+
+        self._lease_rid += 1
+        rid = self._lease_rid
+        waiter: list[Any] = [trio.Event(), None]
+        line.waiting[rid] = waiter
+        written = False
+        try:
+            sealed = self.keys.seal(scope, key.encode(), b"lease\x00" + self.peer_id.encode())
+            async with line.write_lock:
+                await line.stream.write(encode_lease_request(scope, sealed, rid))
+                written = True
+            await waiter[0].wait()
+            answer: bool | None = waiter[1]
+            return answer
+        finally:
+            line.waiting.pop(rid, None)
+            if not written:
+                line.reader.cancel()
+
+    async def _lease_line(self, owner: str) -> _LeaseLine | None:
+        """The open lease line to ``owner``, opened now if needed (one opener; others wait for it)."""
+        import trio
+        from libp2p.custom_types import TProtocol
+        from libp2p.peer.id import ID
+
+        line = self._lease_lines.get(owner)
+        if line is not None:
+            return line
+        opening = self._lease_opening.get(owner)
+        if opening is not None:
+            await opening.wait()
+            return self._lease_lines.get(owner)
+        opening = self._lease_opening[owner] = trio.Event()
+        try:
+            stream = await self._host.new_stream(ID.from_base58(owner), [TProtocol(LEASE_PROTOCOL)])
+            line = _LeaseLine(stream, trio.Lock(), trio.CancelScope())
+            self._lease_lines[owner] = line
+            self.stats.lease_lines += 1
+            self._nursery.start_soon(self._read_lease_answers, owner, line)
+            return line
+        except Exception as exc:
+            log.debug("could not open a lease line to %s: %s", owner, exc)
+            return None
+        finally:
+            del self._lease_opening[owner]
+            opening.set()
+
+    async def _open_lease_line(self, owner: str) -> None:
+        """Open the line to a newly connected peer ahead of the first miss it owns."""
+        import trio
+
+        with trio.move_on_after(LEASE_TIMEOUT_S * 2):
+            await self._lease_line(owner)
+
+    async def _read_lease_answers(self, owner: str, line: _LeaseLine) -> None:
+        """Match answers to questions until the line ends; then every open question gets no answer."""
+        buf = b""
+        with line.reader:
+            try:
+                while True:
+                    chunk = await line.stream.read(4096)
+                    if not chunk:
+                        break
+                    buf += chunk
+                    while b"\n" in buf:
+                        one, buf = buf.split(b"\n", 1)
+                        rid, answer = decode_lease_answer(one)
+                        waiter = line.waiting.get(rid)
+                        if waiter is not None:
+                            waiter[1] = answer
+                            waiter[0].set()
+                    if len(buf) > 64:
+                        raise MessageError("lease answer too long")
+            except Exception as exc:  # the peer went away, reset the stream, or sent garbage
+                log.debug("lease line to %s ended: %s", owner, exc)
+        if self._lease_lines.get(owner) is line:
+            del self._lease_lines[owner]
+        for waiter in line.waiting.values():
+            waiter[0].set()
+        with contextlib.suppress(Exception):
+            await line.stream.reset()
+
+    async def _serve_leases(self, stream: Any) -> None:
+        """A lease line from a peer: answer each question in order; a stranger's question (not sealed by
+        a fleet member for its own peer ID) gets "0" and the line is closed."""
+        buf = b""
+        try:
+            while True:
+                chunk = await stream.read(4096)
+                if not chunk:
+                    break
+                buf += chunk
+                while b"\n" in buf:
+                    one, buf = buf.split(b"\n", 1)
+                    got = decode_lease_line(one)
+                    if got is None:
+                        raise MessageError("not a lease request")
+                    rid, scope, sealed = got
+                    answer = self._grant(stream, scope, sealed)
+                    await stream.write(encode_lease_answer(rid, answer))
+                    if answer == b"0":
+                        return
+                if len(buf) > MAX_REQUEST:
+                    raise MessageError("lease request too large")
+        except Exception as exc:
+            log.debug("lease line from a peer ended: %s", exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.close()
 
     def _grant(self, stream: Any, scope: str, sealed: bytes) -> bytes:
         """Answer a lease request: only a fleet member (it sealed the key for its own peer ID) gets one."""
@@ -719,6 +846,7 @@ class P2PNode:
                     now = set()
                 for peer in now - self._peers:
                     nursery.start_soon(self._catch_up, peer)
+                    nursery.start_soon(self._open_lease_line, peer)
                 self._peers = now
                 if now and len(now) < PX_TARGET and time.monotonic() >= next_px:
                     nursery.start_soon(self._catch_up, random.choice(sorted(now)), PX)
