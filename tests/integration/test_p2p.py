@@ -75,12 +75,12 @@ def mesh_ready(origin: Proxy, others: list[Proxy], timeout: float = 30) -> None:
 def fleet(emulator: Any, tmp_path: Path) -> Iterator[Any]:
     nodes: list[Proxy] = []
 
-    def make(n: int) -> list[Proxy]:
-        first = start_node(emulator, tmp_path, "n0")
+    def make(n: int, env: dict[str, str] | None = None) -> list[Proxy]:
+        first = start_node(emulator, tmp_path, "n0", env=env)
         nodes.append(first)
         boot = peers_of(first)["addrs"][0]
         for i in range(1, n):
-            nodes.append(start_node(emulator, tmp_path, f"n{i}", "--bootstrap-peers", boot))
+            nodes.append(start_node(emulator, tmp_path, f"n{i}", "--bootstrap-peers", boot, env=env))
         mesh_ready(first, nodes[1:])
         return nodes  # the fixture's own list: nodes a test appends are torn down too
 
@@ -175,30 +175,78 @@ def test_simultaneous_misses_on_five_nodes_cost_one_call(emulator: Any, fleet: A
     assert sum(int(str(n.stats()["claim_waits"])) for n in nodes) >= peer, outcomes
 
 
-def test_a_miss_waits_only_when_another_node_fetches_the_same_key(emulator: Any, fleet: Any) -> None:
-    """Issue 16: fleet-wide coalescing is paid for only under contention. An uncontested miss asks the
-    key's owner for a lease (one round trip, nothing when it owns the key) and never sits out the claim
-    window; misses of the same key on two nodes at once still cost one upstream call."""
-    a, b = fleet(2)
+def test_a_miss_waits_only_when_another_node_fetches_the_same_key(
+    emulator: Any, fleet: Any, tmp_path: Path
+) -> None:
+    """Issue 16: fleet-wide coalescing is paid for only under contention. A miss in a token no other node
+    uses asks nobody (no round trip, no gossip before the call); a miss in a token the fleet shares asks
+    the key's owner for a lease on one long-lived lease line per owner, never sits out the claim window;
+    misses of the same key on two nodes at once still cost one upstream call. And a peer's newer copy
+    announced without its body (too large to inline) makes the next call after expiry a free 304."""
+    short = tmp_path / "short.yml"  # a 1 s fresh window for URLs marked short=1, the defaults elsewhere
+    short.write_text('cache:\n  ttl:\n    - {pattern: "[?&]short=1", seconds: 1, name: short}\n')
+    a, b = fleet(2, env=p2p_env(FLEETCI_CONFIG=str(short)))
     h = {"Authorization": f"token {token('alice')}"}
     repos = [r["name"] for r in httpx.get(a.url + "/orgs/octo-org/repos", headers=h).json()][:3]
     ca, cb = (httpx.Client(base_url=n.url, headers=h, timeout=30) for n in (a, b))
+    own = httpx.Client(base_url=a.url, headers={"Authorization": f"token {token('bob')}"}, timeout=30)
     try:
+        own.get(f"/repos/octo-org/{repos[0]}")  # bob's token: only node a ever uses it
         # Each node first hears that the other uses this token (an announcement), so the misses below take
-        # the lease path, not the "nobody else uses this token" shortcut, however fast gossip is today.
+        # the lease path, not the "nobody else uses this token" one, however fast gossip is today.
         for i, (client, other) in enumerate(((ca, b), (cb, a))):
             heard = int(peers_of(other)["stats"]["received"])
             assert client.get(f"/repos/octo-org/{repos[0]}/actions/runs?per_page={20 + i}").status_code == 200
             assert wait_until(lambda o=other, n=heard: int(peers_of(o)["stats"]["received"]) > n, timeout=30)
         before = emulator.emulator.charged(token("alice"))
+        leases_before = [int(n.stats()["leases"]) for n in (a, b)]
+        lines_before = [int(peers_of(n)["stats"]["lease_lines"]) for n in (a, b)]
         alone = [f"/repos/octo-org/{name}/actions/runs?per_page={i + 2}" for i in range(3) for name in repos]
         solo = [(ca if i % 2 else cb).get(url).headers["X-Fleetci-Cache"] for i, url in enumerate(alone)]
         assert solo == ["MISS"] * len(alone)
         assert emulator.emulator.charged(token("alice")) - before == len(alone)
         stats = [n.stats() for n in (a, b)]
         assert [s["claim_windows"] for s in stats] == [0, 0], stats  # nobody sat out a window
+        assert sum(int(s["leases"]) for s in stats) - sum(leases_before) == len(alone), stats
         p2p = [peers_of(n)["stats"] for n in (a, b)]
         assert sum(s["leases_asked"] for s in p2p) >= 1 and sum(s["leases_served"] for s in p2p) >= 1, p2p
+        # the questions ride the lease line each node opened to the other when they connected
+        assert [s["lease_lines"] for s in p2p] == lines_before and all(n == 1 for n in lines_before), p2p
+
+        # bob's token: nobody else uses it, so once node a has used it for a moment (claim_wait; a fleet
+        # starting up is still asking), its misses ask nobody: no lease, no claim, no round trip
+        fresh_urls = (f"/repos/octo-org/{repos[0]}/actions/runs?per_page={40 + i}" for i in range(60))
+
+        def at_once() -> bool:
+            was = int(a.stats()["fetched_at_once"])
+            assert own.get(next(fresh_urls)).status_code == 200
+            return int(a.stats()["fetched_at_once"]) > was
+
+        assert wait_until(at_once, timeout=30, interval=0.2), a.stats()
+        mine = [int(a.stats()[k]) for k in ("leases", "fetched_at_once")]
+        sent = [int(peers_of(a)["stats"][k]) for k in ("leases_asked", "claims_sent")]
+        bob_before = emulator.emulator.charged(token("bob"))
+        quiet = [
+            f"/repos/octo-org/{name}/actions/workflows?per_page={i + 2}" for i in range(3) for name in repos
+        ]
+        assert [own.get(url).headers["X-Fleetci-Cache"] for url in quiet] == ["MISS"] * len(quiet)
+        assert emulator.emulator.charged(token("bob")) - bob_before == len(quiet)
+        assert [int(a.stats()[k]) for k in ("leases", "fetched_at_once")] == [mine[0], mine[1] + len(quiet)]
+        assert [int(peers_of(a)["stats"][k]) for k in ("leases_asked", "claims_sent")] == sent
+
+        # a large entry (announced without its body) that node a fetched: after it expires, node b's miss
+        # takes a's copy and asks GitHub conditionally, a free 304, as one cache holding that copy would
+        large = f"/repos/octo-org/{repos[1]}/actions/runs?per_page=100&short=1"
+        heard = int(peers_of(b)["stats"]["received"])
+        first = ca.get(large)
+        assert first.headers["X-Fleetci-Cache"] == "MISS" and len(first.content) > INLINE_MAX
+        assert wait_until(lambda: int(peers_of(b)["stats"]["received"]) > heard, timeout=30)
+        time.sleep(1.2)  # past the 1 s fresh window on both nodes
+        before = emulator.emulator.charged(token("alice"))
+        again = cb.get(large)
+        assert again.headers["X-Fleetci-Cache"] == "REVALIDATED", again.headers
+        assert again.content.replace(b.url.encode(), b"P") == first.content.replace(a.url.encode(), b"P")
+        assert emulator.emulator.charged(token("alice")) - before == 0
 
         # the same keys on both nodes at the same moment, with GitHub slow enough for the fetches to overlap
         r = httpx.post(f"{emulator.url}/_emulator/config", json={"latency_ms": [300, 300]}, timeout=10)
@@ -227,6 +275,7 @@ def test_a_miss_waits_only_when_another_node_fetches_the_same_key(emulator: Any,
         httpx.post(f"{emulator.url}/_emulator/config", json={"latency_ms": [0, 0]}, timeout=10)
         ca.close()
         cb.close()
+        own.close()
 
 
 def test_twenty_nodes_five_hundred_announcements_nothing_lost(emulator: Any, tmp_path: Path) -> None:
