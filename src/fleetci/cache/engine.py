@@ -577,6 +577,10 @@ class CacheEngine:
             self._claims.pop(key, None)
         return live
 
+    def fetching(self) -> bool:
+        """A miss is being fetched now (asked from the p2p thread, which holds its announcements back)."""
+        return bool(self._inflight)
+
     # -- fleet-wide coalescing (issue 16: pay for it only when another node is fetching the key) ------
     def grant_lease(self, key: str, peer: str) -> bool:
         """As ``key``'s owner: may ``peer`` fetch it upstream now? No while another node holds a recent

@@ -90,6 +90,7 @@ def start_node(settings: CacheSettings, engine: CacheEngine, loop: asyncio.Abstr
         on_claims=claims,
         on_invalidation=invalidation,
         on_lease=engine.grant_lease,
+        busy=engine.fetching,
     )
     node.start()
     log.info("fleet secret fingerprint %s", secret_fingerprint(secret))

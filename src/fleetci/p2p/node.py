@@ -72,6 +72,7 @@ PX_TARGET = 8  # connections a node tries to keep through peer exchange
 BACKLOG_RPCS = 16
 HOLD_ANNOUNCEMENTS_S = 2.0
 HOLD_CLAIMS_S = 0.25
+HOLD_BUSY_S = 0.1
 MAX_BODY = 32 * 1024 * 1024
 # Lost or unreachable peers are dialled again after 1, 2, 4 … 60 s (the discovery loop keeps one
 # schedule per address; the policy is the shared one, without jitter).
@@ -144,7 +145,9 @@ class P2PNode:
         on_claims: Callable[[list[Claim]], None] | None = None,
         on_invalidation: Callable[[tuple[str, ...], tuple[str, ...]], None] | None = None,
         on_lease: Callable[[str, str], bool] | None = None,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
+        self.busy = busy  # the proxy is answering a miss now: announcements wait (see _publish_loop)
         self.on_invalidation = on_invalidation
         self._inv_send: Any = None
         self.fresh_entries = fresh_entries
@@ -404,6 +407,18 @@ class P2PNode:
             self.stats.held += 1
             await trio.sleep(0.01)
 
+    async def _hold_while_busy(self) -> None:
+        """Wait (up to ``HOLD_BUSY_S``) while the proxy is fetching a miss. Publishing is pure-Python work
+        on this thread (sealing, signing, encrypting for every peer) that holds the GIL: run during a
+        miss, the proxy's own thread waited for it, 5-10 ms a miss (issue 16)."""
+        import trio
+
+        if self.busy is None:
+            return
+        deadline = trio.current_time() + HOLD_BUSY_S
+        while self.busy() and trio.current_time() < deadline:
+            await trio.sleep(0.002)
+
     async def _publish_loop(self, ps: Any) -> None:
         import trio
 
@@ -412,6 +427,7 @@ class P2PNode:
             if not self._pending:
                 continue
             await self._hold_while_backlogged(ps, HOLD_ANNOUNCEMENTS_S)
+            await self._hold_while_busy()
             pending, self._pending = self._pending, defaultdict(list)
             for scope, anns in pending.items():
                 # Keep each gossip message well under the 1 MiB RPC limit.
