@@ -240,6 +240,9 @@ class CacheEngine:
         # key -> (peer, since). Asked from the p2p thread (grant_lease), hence the lock.
         self._leases: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._lease_lock = threading.Lock()
+        # key -> fresh_until of what this node stored or heard announced lately: the owner's "someone just
+        # fetched it" check, read from the p2p thread without touching the store.
+        self._fresh_hint: OrderedDict[str, float] = OrderedDict()
         # Fleet members heard from lately (claims and announcements carry their sender): with those, nodes
         # of a mesh that is not (yet) complete still agree on a key's owner.
         self._heard: OrderedDict[str, float] = OrderedDict()
@@ -290,6 +293,7 @@ class CacheEngine:
         reaches one proxy; ``fleetci.p2p`` gossips it to the others, which call this with False)."""
         now = self.clock()
         n = self.store.invalidate(prefixes, exact, now=now)
+        self._fresh_hint.clear()  # keyed by cache key, not target: a webhook is rare, start over
         lowered, whole = tuple(p.lower() for p in prefixes), frozenset(e.lower() for e in exact)
         for key, ann in list(self._peer_index.items()):
             target = ann.target.lower()
@@ -562,6 +566,7 @@ class CacheEngine:
         if self.shared is not None:
             self.shared.publish(entry)
         if self.peers is not None:
+            self._hint(entry.key, entry.fresh_until)
             self._end_lease(entry.key)
             self._peer_origin.pop(entry.key, None)
             self._claimed.discard(entry.key)
@@ -590,18 +595,14 @@ class CacheEngine:
             held = self._leases.get(key)
             if held is not None and held[0] != peer and now - held[1] < self.settings.claim_wait:
                 return False
-            if held is None and peer != getattr(self.peers, "peer_id", None):
-                got = self.store.get(key)  # fetched a moment ago: its announcement is on its way to them
-                if got is not None and got.is_fresh(self.clock()):
-                    return False
-                ann = self._peer_index.get(key)  # announced without its body (large): the same
-                if ann is not None and ann.peer != peer and ann.fresh_until > self.clock():
-                    return False
+            wall = self.clock()
+            # Fetched (here or by a peer) a moment ago: its announcement is on its way to them. A dict
+            # lookup, not the store: this runs on the p2p thread and must not wait for SQLite.
+            asker_is_other = peer != getattr(self.peers, "peer_id", None)
+            if held is None and asker_is_other and self._fresh_hint.get(key, 0.0) > wall:
+                return False
             if held is None:  # a node that could not ask us (claim window) claimed it: it fetches
-                wall = self.clock()
-                claims = list(
-                    (self._claims.get(key) or {}).items()
-                )  # one C-level copy: the loop thread writes
+                claims = list((self._claims.get(key) or {}).items())  # one copy: the loop thread writes
                 if any(p != peer and wall - at < self.settings.claim_wait for p, at in claims):
                     return False
             self._leases[key] = (peer, now)
@@ -609,6 +610,13 @@ class CacheEngine:
             while len(self._leases) > CLAIMS_MAX:
                 self._leases.popitem(last=False)
             return True
+
+    def _hint(self, key: str, fresh_until: float) -> None:
+        if fresh_until > self._fresh_hint.get(key, 0.0):
+            self._fresh_hint[key] = fresh_until
+            self._fresh_hint.move_to_end(key)
+            while len(self._fresh_hint) > CLAIMS_MAX:
+                self._fresh_hint.popitem(last=False)
 
     def _end_lease(self, key: str) -> None:
         with self._lease_lock:
@@ -815,6 +823,7 @@ class CacheEngine:
             if self._invalidated and self._invalidated_since(ann.target, ann.stored_at):
                 continue  # a copy from before a webhook's change
             self._arrived(ann.key)  # waiters resume after this loop
+            self._hint(ann.key, ann.fresh_until)
             local = self.store.get(ann.key)
             if local is not None and local.etag == ann.etag and ann.etag is not None:
                 if ann.fresh_until > local.fresh_until:
