@@ -439,6 +439,11 @@ def test_wrong_secret_can_neither_read_nor_inject(emulator: Any, fleet: Any, tmp
         assert r.headers["X-Fleetci-Cache"] == "MISS" and r.json() != []
         stolen = rogue.node.fetch(Announcement.of(forged, peers_of(nodes[0])["peer_id"], inline=False))
         assert stolen.result(timeout=10) is None  # bodies are sealed for the fleet only
+        # nor hold a lease: the owner cannot open its question, answers "0" and hangs up the lease line
+        owner = peers_of(nodes[0])
+        asked = rogue.node.lease(scope, _key_for("alice", "/repos/octo-org/docs"), owner["peer_id"])
+        assert asked.result(timeout=10) is None
+        assert int(peers_of(nodes[0])["stats"]["rejected"]) > int(owner["stats"]["rejected"])
     finally:
         rogue.stop()
 

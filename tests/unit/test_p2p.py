@@ -16,7 +16,19 @@ from fleetci.cache.store import Entry
 from fleetci.http import free_port
 from fleetci.p2p.crypto import FleetKeys, SealError
 from fleetci.p2p.discovery import PeerRegistry
-from fleetci.p2p.messages import INLINE_MAX, Announcement, decode_message, encode_batch, encode_claims
+from fleetci.p2p.messages import (
+    INLINE_MAX,
+    Announcement,
+    MessageError,
+    decode_lease_answer,
+    decode_lease_line,
+    decode_lease_request,
+    decode_message,
+    encode_batch,
+    encode_claims,
+    encode_lease_answer,
+    encode_lease_request,
+)
 from support import RunCli, clean_env, one_line_error
 from support.p2p import FLEET, SECRET
 
@@ -295,3 +307,31 @@ def test_lean_keys_are_the_same_aes_gcm_and_hkdf_as_cryptography() -> None:
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"fleetci-p2p-v1", info=b"fleetci/scope/v1/s")
     sealed = lean.seal("s", b"body", b"aad")
     assert AESGCM(key.derive(SECRET.encode())).decrypt(sealed[:12], sealed[12:], b"aad") == b"body"
+
+
+def test_lease_lines_round_trip_and_refuse_hostile_lines() -> None:
+    """The lease line (issue 16): numbered questions and answers; anything else is refused in one line,
+    never a crash of the stream handler's loop with something other than MessageError."""
+    line = encode_lease_request("scope", b"sealed", 7)
+    assert line.endswith(b"\n") and decode_lease_line(line[:-1]) == (7, "scope", b"sealed")
+    assert decode_lease_request(line[:-1]) == ("scope", b"sealed")  # the one-shot form still reads it
+    assert decode_lease_line(encode_lease_request("s", b"x")[:-1]) == (0, "s", b"x")  # no number: 0
+    assert decode_lease_line(b'{"v":1,"op":"sync","me":""}') is None  # another op
+    for rid, answer, want in ((3, b"g", True), (4, b"w", False), (5, b"0", None)):
+        assert decode_lease_answer(encode_lease_answer(rid, answer)[:-1]) == (rid, want)
+    hostile = [
+        b"",
+        b"not json",
+        b'{"v":1,"op":"lease","s":"s","me":"!!"}',  # not base64
+        b'{"v":1,"op":"lease","s":"s","me":"eA==","i":true}',
+        b'{"v":1,"op":"lease","s":"s","me":"eA==","i":-1}',
+        b'{"v":1,"op":"lease","s":"s","me":"eA==","i":9007199254740993}',
+        b'{"v":1,"op":"lease","s":"s","me":"eA==","i":"1"}',
+        b'{"v":1,"op":"lease","me":"eA=="}',
+    ]
+    for bad in hostile:
+        with pytest.raises(MessageError):
+            decode_lease_line(bad)
+    for bad in (b"", b"x g", b"-1 g", b"1" * 17 + b" g", b"\xff g"):
+        with pytest.raises(MessageError):
+            decode_lease_answer(bad)
