@@ -438,6 +438,7 @@ NOT_FOR_SERVING = {
     "trio": "only with --enable-p2p",
     "httpx": "the proxy talks HTTP through aiohttp",
     "cryptography.hazmat.bindings._rust": "a shared store seals with pycryptodome (FleetKeys lean)",
+    "pycparser": "pycryptodome is bound through ctypes, not cffi (which parses C headers at import)",
     "fleetci.p2p.discovery": "peer discovery: only with --enable-p2p",
     "fleetci.p2p.messages": "the gossip codec: only with --enable-p2p",
     "fleetci.bench": "benchmarks",

@@ -8,14 +8,15 @@ Two well-kept implementations of the same standard constructions, byte for byte 
 ``nonce || ciphertext || 16-byte tag``; tests/unit/test_p2p.py checks that each opens what the other
 sealed): ``cryptography`` for a libp2p node, which loads it anyway, and pycryptodome (``lean=True``) for
 a proxy on a shared store, where ``cryptography``'s extension, which carries its own OpenSSL, would add
-~9 MB to every proxy's RSS against pycryptodome's ~3 MB (issue 16: a proxy within 50 MB). Neither is
-imported before a key is made.
+~9 MB to every proxy's RSS against pycryptodome's ~1.6 MB on its ctypes binding (issue 16: a proxy
+within 50 MB). Neither is imported before a key is made.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -53,7 +54,22 @@ def _with_cryptography(secret: bytes) -> tuple[Callable[[bytes], bytes], Cipher,
     return derive, seal, open_
 
 
+def _load_pycryptodome() -> None:
+    """Import pycryptodome on its ctypes binding. It binds its C code through cffi whenever cffi is
+    importable (``cryptography`` installs it), and cffi parses the C declarations with pycparser at
+    import: ~1.8 MB of RSS for the same C functions its ctypes binding calls. The choice is made once, by
+    ``Crypto.Util._raw_api``; with cffi already loaded by someone else it costs nothing more to use it."""
+    if "Crypto.Util._raw_api" in sys.modules or "cffi" in sys.modules:
+        return
+    sys.modules["cffi"] = None  # type: ignore[assignment]  # "not installed", for this import only
+    try:
+        import Crypto.Util._raw_api  # noqa: F401
+    finally:
+        del sys.modules["cffi"]
+
+
 def _with_pycryptodome(secret: bytes) -> tuple[Callable[[bytes], bytes], Cipher, Cipher]:
+    _load_pycryptodome()
     from Crypto.Cipher import AES
     from Crypto.Hash import SHA256
     from Crypto.Protocol.KDF import HKDF
