@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from fleetci.errors import FleetciError
-from fleetci.wait import WaitTimeout, wait_until
+from fleetci.wait import WaitTimeout, wait_stepwise, wait_until
 
 LISTENING = re.compile(r"listening on (http://[\w.\-]+:\d+)")
 
@@ -159,11 +159,20 @@ def _last_line(text: str) -> str:
 
 
 def run_with_input(
-    argv: Sequence[str], stdin: str, timeout: float, env: dict[str, str] | None = None
+    argv: Sequence[str],
+    stdin: str,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    cancel: threading.Event | None = None,
+    grace: float = 10.0,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command given by the operator (a hook such as ``--scale-cmd``) with ``stdin``, in its own
     session; on timeout its whole process group is killed. A command that cannot start or runs too long
-    is a one-line :class:`FleetciError`; its exit status is the caller's to judge."""
+    is a one-line :class:`FleetciError`; its exit status is the caller's to judge.
+
+    ``cancel``: once set (the caller is stopping), the command may still finish within ``grace`` seconds;
+    then its process group gets SIGTERM, and SIGKILL 2 s later, and the call fails in one line. Nothing of
+    it is left running behind the caller."""
     import os
     import signal
 
@@ -179,6 +188,14 @@ def run_with_input(
         )
     except OSError as exc:
         raise FleetciError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+    finished, cancelled = threading.Event(), threading.Event()
+    if cancel is not None:
+        threading.Thread(
+            target=_cancel_group,
+            args=(proc, cancel, finished, cancelled, timeout, grace),
+            daemon=True,
+            name="fleetci-cancel-command",
+        ).start()
     try:
         out, err = proc.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -186,4 +203,37 @@ def run_with_input(
             os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise FleetciError(f"{argv[0]} did not finish within {timeout:g}s (killed)") from None
+    finally:
+        finished.set()
+    if cancelled.is_set():
+        raise FleetciError(
+            f"{argv[0]} stopped after {grace:g}s as fleetci is stopping (process group killed)"
+        )
     return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+
+
+def _cancel_group(
+    proc: subprocess.Popen[str],
+    cancel: threading.Event,
+    finished: threading.Event,
+    cancelled: threading.Event,
+    timeout: float,
+    grace: float,
+) -> None:
+    """Watch ``cancel`` while ``proc`` runs; once set, give it ``grace`` seconds, then end its group."""
+    import os
+    import signal
+
+    # cancel.wait in short steps: the watch must also end, without a signal, when the command finishes
+    asked = wait_stepwise(lambda left: finished.is_set() or cancel.wait(min(left, 0.2)), timeout=timeout)
+    if not asked or finished.is_set() or finished.wait(grace):
+        return
+    cancelled.set()
+    for sig, then in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 0.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        if then and finished.wait(then):
+            # the leader went; whatever else of the group is left goes too
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            return

@@ -31,7 +31,8 @@ from fleetci.autoscale.pools import (
 from fleetci.autoscale.settings import AutoscaleOptions, autoscale_settings
 from fleetci.cache.changes import MAX_WAIT_S, ChangeFeed, handle_changes
 from fleetci.errors import UsageError
-from support import RunCli, clean_env, one_line_error
+from fleetci.testing.openapi import OpenAPISpec
+from support import RunCli, clean_env, one_line_error, wait_until
 from support.emulator import tok
 
 POOL = "self-hosted,linux,x64"
@@ -504,6 +505,106 @@ def test_emulator_queue_endpoint_refuses_bad_bodies(emulator: Any) -> None:
     assert r.status_code == 201
     jobs = [emulator.emulator._world.jobs[j] for j in r.json()["job_ids"]]
     assert jobs and all(j.labels == ["self-hosted", "gpu"] and j.status == "queued" for j in jobs)
+
+
+def test_emulator_queue_endpoint_makes_an_in_progress_run_with_queued_matrix_jobs(emulator: Any) -> None:
+    url = f"{emulator.url}/_emulator/queue"
+    repos = httpx.get(
+        f"{emulator.url}/orgs/octo-org/repos", headers={"Authorization": f"token {tok('alice')}"}
+    )
+    owner, name = repos.json()[0]["full_name"].split("/")
+    good = {"owner": owner, "repo": name, "labels": ["self-hosted", "gpu"]}
+    for bad in (
+        {"matrix": 0},
+        {"matrix": 257},
+        {"matrix": "3"},
+        {"matrix": True},
+        {"matrix": 3, "started": 4},
+        {"started": -1},
+        {"matrix": 2, "started": 1.0},
+    ):
+        r = httpx.post(url, json={**good, **bad})
+        assert r.status_code == 422 and "matrix" in r.json()["message"], bad
+    r = httpx.post(url, json={**good, "matrix": 3, "started": 1})
+    assert r.status_code == 201
+    world = emulator.emulator._world
+    assert world.runs[r.json()["run_id"]].status == "in_progress"
+    jobs = [world.jobs[j] for j in r.json()["job_ids"]]
+    assert [j.status for j in jobs] == ["in_progress", "queued", "queued"]
+    assert [j.name for j in jobs] == ["test (1)", "test (2)", "test (3)"]
+
+
+def test_queued_jobs_inside_an_in_progress_run_are_counted(emulator: Any, spec: OpenAPISpec) -> None:
+    """A saturated fleet: the run started, two of its three matrix jobs wait for a runner. The planner's
+    input counts them (only queued runs were read before), and the emulator's answers are GitHub's shape."""
+    from fleetci.autoscale import GitHubRunnerAutoscaler
+    from fleetci.cache.webhooks import affected_prefixes
+
+    h = {"Authorization": f"token {tok('alice')}"}
+    repos = httpx.get(f"{emulator.url}/orgs/octo-org/repos", headers=h).json()
+    owner, name = repos[0]["full_name"].split("/")
+    pool = ["self-hosted", "matrix-unit"]
+    run_id = emulator.emulator.queue_run(owner, name, pool, matrix=3, started=1)
+    runs = httpx.get(f"{emulator.url}/repos/{owner}/{name}/actions/runs?status=in_progress", headers=h)
+    spec.validate("GET", "/repos/{owner}/{repo}/actions/runs", 200, runs.json())
+    assert run_id in [r["id"] for r in runs.json()["workflow_runs"]]
+    jobs_path = f"/repos/{owner}/{name}/actions/runs/{run_id}/jobs?filter=latest&per_page=100"
+    jobs = httpx.get(emulator.url + jobs_path, headers=h).json()
+    spec.validate("GET", "/repos/{owner}/{repo}/actions/runs/{run_id}/jobs", 200, jobs)
+    assert [j["status"] for j in jobs["jobs"]] == ["in_progress", "queued", "queued"]
+    seen: list[Any] = []
+
+    class Record:
+        def scale(self, request: Any) -> None:
+            seen.append(request)
+
+    scaler = GitHubRunnerAutoscaler(
+        owner="octo-org", api_url=emulator.url, token=tok("alice"), pools=[",".join(pool)],
+        env={}, config={}, say=lambda line: None, provider=Record(),
+    )  # fmt: skip
+    try:
+        (decision,) = scaler.once()
+    finally:
+        scaler.close()
+    assert (decision.queued, decision.desired) == (2, 2)
+    assert [(r.queued, r.desired) for r in seen] == [(2, 2)]
+    # a workflow_job delivery about the repository makes both lists the count came from stale
+    payload = {"repository": {"full_name": f"{owner}/{name}"}, "workflow_job": {"id": 1}}
+    stale = affected_prefixes("workflow_job", payload).prefixes
+    for path in (f"/repos/{owner}/{name}/actions/runs?status=in_progress&per_page=100", jobs_path):
+        assert any(path.startswith(p) for p in stale), path
+
+
+def test_run_with_input_stops_a_command_when_cancelled(tmp_path: Path) -> None:
+    """The caller is stopping: a command that ends within the grace finishes; one that does not has its
+    whole process group killed (the background child too), in one line."""
+    import threading
+
+    from fleetci.errors import FleetciError
+    from fleetci.process import run_with_input
+
+    cancel = threading.Event()
+    cancel.set()
+    done = run_with_input(["sh", "-c", "cat; echo finished"], "in\n", timeout=30, cancel=cancel, grace=30)
+    assert done.returncode == 0 and done.stdout == "in\nfinished\n"  # within the grace: it finishes
+    child = tmp_path / "child.pid"
+    script = f"sleep 300 & echo $! > {shlex.quote(str(child))}; wait"
+    cancel.clear()
+    threading.Thread(
+        target=lambda: wait_until(child.exists, timeout=30) and cancel.set(), daemon=True
+    ).start()
+    with pytest.raises(FleetciError, match=r"^sh stopped after 0.2s as fleetci is stopping \(process"):
+        run_with_input(["sh", "-c", script], "", timeout=120, cancel=cancel, grace=0.2)
+    assert not _alive(int(child.read_text()))
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie left for init to reap is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
 
 
 @pytest.mark.parametrize(

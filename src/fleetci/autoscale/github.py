@@ -2,9 +2,11 @@
 API answers it (``HIT``) or revalidates it (a free 304) — the autoscaler never bypasses the cache.
 
 Per cycle: the owner's repositories (``/orgs/{o}/repos``, or ``/users/{o}/repos`` for a user), each
-repository's queued runs (``/repos/{o}/{r}/actions/runs?status=queued``), the jobs of those runs (their
-``labels``), and the runners (``/orgs/{o}/actions/runners``, or per repository for a user). Transient
-failures (unreachable, 5xx) are retried through :mod:`fleetci.retry`; everything else is one line.
+repository's queued and in-progress runs (``/repos/{o}/{r}/actions/runs?status=queued``, ``…=in_progress``:
+a run that started still holds matrix jobs waiting for a runner when the fleet is saturated), the queued
+jobs of those runs (``…/runs/{id}/jobs?filter=latest``, with their ``labels``), and the runners
+(``/orgs/{o}/actions/runners``, or per repository for a user). Transient failures (unreachable, 5xx)
+are retried through :mod:`fleetci.retry`; everything else is one line.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from fleetci.errors import FleetciError
 from fleetci.http import ApiError, JsonApi, loads_strict, redact_url
 
 PER_PAGE = 100
+# runs whose jobs may wait for a runner: a queued run, and a started one whose other matrix jobs still wait
+RUN_STATUSES = ("queued", "in_progress")
 MAX_PAGES = 50  # 5,000 items of one list: more is a runaway pagination, not an organization
 BACKOFF = retry.Backoff(retries=2, initial=0.3, most=3.0)
 HEADERS = {
@@ -117,30 +121,40 @@ class GitHubReader:
             if isinstance(r.get("full_name"), str) and not r.get("archived")
         )
 
-    def queued_runs(self, repo: str) -> list[tuple[str, int]]:
-        """``(repo, run id)`` of the repository's queued runs."""
+    def runs(self, repo: str, status: str = "queued") -> list[tuple[str, int]]:
+        """``(repo, run id)`` of the repository's runs with ``status`` (one list, its pages followed)."""
         out: list[tuple[str, int]] = []
         for run in self.pages(
-            f"/repos/{repo}/actions/runs?status=queued&per_page={PER_PAGE}", "workflow_runs"
+            f"/repos/{repo}/actions/runs?status={quote(status)}&per_page={PER_PAGE}", "workflow_runs"
         ):
             run_id = run.get("id")
-            if isinstance(run_id, int) and not isinstance(run_id, bool) and run.get("status") == "queued":
+            if isinstance(run_id, int) and not isinstance(run_id, bool) and run.get("status") == status:
                 out.append((repo, run_id))
         return out
 
+    def queued_runs(self, repo: str) -> list[tuple[str, int]]:
+        """``(repo, run id)`` of the repository's queued runs."""
+        return self.runs(repo, "queued")
+
+    def waiting_runs(self, repo: str) -> list[tuple[str, int]]:
+        """``(repo, run id)`` of the runs that may hold queued jobs: queued and in progress (no run twice)."""
+        return list(dict.fromkeys(run for status in RUN_STATUSES for run in self.runs(repo, status)))
+
     def queued_jobs_of(self, run: tuple[str, int]) -> list[QueuedJob]:
-        """Queued jobs of one run, with the labels they ask for."""
+        """Queued jobs of one run (its latest attempt), with the labels they ask for."""
         repo, run_id = run
         out: list[QueuedJob] = []
-        for job in self.pages(f"/repos/{repo}/actions/runs/{run_id}/jobs?per_page={PER_PAGE}", "jobs"):
+        for job in self.pages(
+            f"/repos/{repo}/actions/runs/{run_id}/jobs?filter=latest&per_page={PER_PAGE}", "jobs"
+        ):
             labels, job_id = job.get("labels"), job.get("id")
             if job.get("status") == "queued" and isinstance(labels, list) and isinstance(job_id, int):
                 out.append(QueuedJob(repo, run_id, job_id, tuple(str(lb) for lb in labels)))
         return out
 
     def queued_jobs(self, repo: str) -> list[QueuedJob]:
-        """Queued jobs of the repository's queued runs."""
-        return [job for run in self.queued_runs(repo) for job in self.queued_jobs_of(run)]
+        """Queued jobs of the repository's queued and in-progress runs."""
+        return [job for run in self.waiting_runs(repo) for job in self.queued_jobs_of(run)]
 
     def runners(self, repos: list[str]) -> list[Runner]:
         """The organization's runners, or each repository's for a user."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import threading
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -53,7 +54,11 @@ class Provider(Protocol):
 class CommandProvider:
     """``--scale-cmd``: the operator's command, the request as JSON on stdin (no shell: split like sh)."""
 
-    def __init__(self, command: str, timeout: float = 60.0) -> None:
+    def __init__(
+        self, command: str, timeout: float = 60.0, stop: threading.Event | None = None, grace: float = 10.0
+    ) -> None:
+        """``stop``: once set (the autoscaler is stopping), a command in flight gets ``grace`` seconds to
+        finish, then its process group is killed."""
         try:
             self.argv = shlex.split(command)
         except ValueError as exc:
@@ -61,9 +66,12 @@ class CommandProvider:
         if not self.argv:
             raise UsageError("--scale-cmd is empty")
         self.timeout = timeout
+        self.stop, self.grace = stop, grace
 
     def scale(self, request: ScaleRequest) -> None:
-        done = run_with_input(self.argv, request.to_json() + "\n", self.timeout)
+        done = run_with_input(
+            self.argv, request.to_json() + "\n", self.timeout, cancel=self.stop, grace=self.grace
+        )
         if done.returncode != 0:
             said = [ln.strip() for ln in (done.stderr or done.stdout or "").splitlines() if ln.strip()]
             last = f": {said[-1][:200]}" if said else ""

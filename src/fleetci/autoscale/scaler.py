@@ -10,16 +10,19 @@ poll (plus the cache's window for queued lists), never a wrong count.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-from fleetci.autoscale.github import GitHubReader, QueuedJob
+from fleetci.autoscale.github import RUN_STATUSES, GitHubReader, QueuedJob
 from fleetci.autoscale.pools import Count, Decision, Planner, Pool, parse_pool, pool_for_job, pool_for_runner
 from fleetci.autoscale.providers import CommandProvider, DockerProvider, Provider, ScaleRequest
 from fleetci.autoscale.settings import UPSTREAM, AutoscaleOptions, AutoscaleSettings, autoscale_settings
@@ -32,6 +35,9 @@ from fleetci.http import JsonApi, describe, redact_url
 from fleetci.wait import wait_stepwise
 
 Say = Callable[[str], None]
+# a scale command running when the autoscaler is stopped may finish within this, then its process group is
+# killed: below systemd's TimeoutStopSec=15 of the unit, which would kill the autoscaler itself
+STOP_GRACE_S = 10.0
 READERS = 8  # GETs of one cycle in flight at once (the proxy caps upstream concurrency per token itself)
 
 
@@ -163,6 +169,7 @@ class Cycle:
     decisions: list[Decision] = field(default_factory=list)
     unmatched: dict[tuple[str, ...], int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    cancelled: bool = False  # stopped before every pool's provider call was made
 
 
 class GitHubRunnerAutoscaler:
@@ -196,7 +203,8 @@ class GitHubRunnerAutoscaler:
         self.api_url, note = find_api_url(settings.api_url)
         if note:
             self.say(note)
-        self.provider = provider or _provider(settings)
+        self._stop = threading.Event()
+        self.provider = provider or _provider(settings, self._stop)
         self.reader = GitHubReader(self.api_url, settings.token, settings.owner)
         self.planner = Planner(settings.pools, settings.scale_down_delay)
         self.cache: CacheView | None = (
@@ -206,7 +214,8 @@ class GitHubRunnerAutoscaler:
         )
         self.last = Cycle()
         self.cycles = 0
-        self._stop = threading.Event()
+        self.stopped_by = ""  # the signal that stopped run() ("SIGTERM"), if one did
+        self._waiting = False  # run() is in wait_for_change: a signal may end the wait at once
         self._pool = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="fleetci-autoscale")
 
     # -- one cycle --------------------------------------------------------------------------------------
@@ -219,7 +228,11 @@ class GitHubRunnerAutoscaler:
         # each repository's reads are independent: a few at once, so a cycle woken by a webhook takes
         # about one round trip per step, not one per repository
         runners = self._pool.submit(self.reader.runners, repos)
-        runs = [run for found in self._pool.map(self.reader.queued_runs, repos) for run in found]
+        lists = [(repo, status) for repo in repos for status in RUN_STATUSES]
+        # queued runs, and in-progress ones whose matrix jobs may still wait (a run listed under both,
+        # having started between the two reads, is counted once)
+        found_runs = self._pool.map(lambda rs: self.reader.runs(*rs), lists)
+        runs = list(dict.fromkeys(run for found in found_runs for run in found))
         jobs: list[QueuedJob] = [
             job for found in self._pool.map(self.reader.queued_jobs_of, runs) for job in found
         ]
@@ -242,6 +255,9 @@ class GitHubRunnerAutoscaler:
         cycle.decisions = self.planner.plan(counts, self.clock())
         every_cycle = bool(getattr(self.provider, "every_cycle", False))  # docker: heal exited containers
         for d in cycle.decisions:
+            if self._stop.is_set():  # stopping: no new provider call (the pool is asked again at start)
+                cycle.cancelled = True
+                break
             if d.call or every_cycle:
                 self._apply(d, cycle)
         self.cycles += 1
@@ -273,7 +289,8 @@ class GitHubRunnerAutoscaler:
     def _log(self, cycle: Cycle) -> None:
         pools = "; ".join(d.line() for d in cycle.decisions)
         stats = self.cache.stats() if self.cache is not None else "no cache proxy (reading the API directly)"
-        self.say(f"cycle {self.cycles}: {pools} | {stats}")
+        cancelled = " (stopping: the remaining pools were not asked)" if cycle.cancelled else ""
+        self.say(f"cycle {self.cycles}: {pools} | {stats}{cancelled}")
         if cycle.unmatched:
             shown = ", ".join(
                 f"{_printable('+'.join(k)) or '(none)'} x{n}" for k, n in sorted(cycle.unmatched.items())[:5]
@@ -293,25 +310,59 @@ class GitHubRunnerAutoscaler:
         )
         return bool(woke) and not self._stop.is_set()
 
-    def run(self, cycles: int | None = None) -> int:
-        """Cycle until :meth:`stop` (or ``cycles`` cycles); a failing cycle is logged and retried."""
+    def run(self, cycles: int | None = None, handle_signals: bool = True) -> int:
+        """Cycle until :meth:`stop`, SIGTERM or SIGINT (or ``cycles`` cycles); a failing cycle is logged and
+        retried. A signal lets the current cycle end: a scale command in flight gets ``STOP_GRACE_S`` to
+        finish, then its process group is killed; no pool is asked after it. Logs "stopped" once."""
         done = 0
-        while not self._stop.is_set():
-            if self.cache is not None:
-                self.cache.current()
+        with self.signals_handled(handle_signals):
             try:
-                self.once()
-            except FleetciError as exc:
-                self.say(f"error: cycle failed: {exc} (retried in {self.settings.poll_interval:g}s)")
-            except Exception as exc:  # an answer of a shape nobody foresaw must not end the daemon
-                self.say(
-                    f"error: cycle failed: {describe(exc)} (retried in {self.settings.poll_interval:g}s)"
-                )
-            done += 1
-            if cycles is not None and done >= cycles:
-                break
-            self.wait_for_change(self.settings.poll_interval)
+                while not self._stop.is_set():
+                    if self.cache is not None:
+                        self.cache.current()
+                    try:
+                        self.once()
+                    except FleetciError as exc:
+                        self.say(f"error: cycle failed: {exc} (retried in {self.settings.poll_interval:g}s)")
+                    except Exception as exc:  # an answer of a shape nobody foresaw must not end the daemon
+                        self.say(
+                            f"error: cycle failed: {describe(exc)} "
+                            f"(retried in {self.settings.poll_interval:g}s)"
+                        )
+                    done += 1
+                    if cycles is not None and done >= cycles:
+                        return done
+                    self._waiting = True
+                    try:
+                        self.wait_for_change(self.settings.poll_interval)
+                    finally:
+                        self._waiting = False
+            except _Interrupted:
+                pass  # a signal ended the wait between two cycles
+            self.say(f"stopped ({self.stopped_by or 'stop()'}) after {self.cycles} cycle(s)")
         return done
+
+    @contextlib.contextmanager
+    def signals_handled(self, enabled: bool = True) -> Iterator[None]:
+        """SIGTERM/SIGINT stop the loop instead of ending the process mid-cycle (main thread only: elsewhere
+        Python cannot install handlers); the previous handlers come back afterwards."""
+        if not enabled or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            self.stopped_by = self.stopped_by or signal.Signals(signum).name
+            self._stop.set()
+            if self._waiting:  # between cycles: nothing is half done, leave the (long) poll at once
+                self._waiting = False
+                raise _Interrupted
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
     def stop(self) -> None:
         self._stop.set()
@@ -348,9 +399,14 @@ def _settings_from(
     return autoscale_settings(flags, load_config_file(None) if config is None else config, env)
 
 
-def _provider(settings: AutoscaleSettings) -> Provider | None:
+class _Interrupted(BaseException):
+    """Raised by the signal handler to leave the wait between cycles (never caught as an error)."""
+
+
+def _provider(settings: AutoscaleSettings, stop: threading.Event | None = None) -> Provider | None:
     if settings.scale_cmd:
-        return CommandProvider(settings.scale_cmd, settings.scale_cmd_timeout)
+        grace = min(settings.scale_cmd_timeout, STOP_GRACE_S)
+        return CommandProvider(settings.scale_cmd, settings.scale_cmd_timeout, stop=stop, grace=grace)
     if settings.docker_image:
         return DockerProvider(settings.docker_image, settings.docker_host, settings.docker_network)
     return None

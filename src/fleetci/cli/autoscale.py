@@ -62,7 +62,8 @@ def cmd_autoscale(args: argparse.Namespace) -> int:
     scaler = GitHubRunnerAutoscaler(settings=_settings(args))
     try:
         if args.once:
-            decisions = scaler.once()
+            with scaler.signals_handled():  # SIGTERM/SIGINT: no scale command left half-run
+                decisions = scaler.once()
             rows = [
                 [d.pool.name, str(d.queued), str(d.busy), str(d.current), str(d.desired)] for d in decisions
             ]

@@ -70,6 +70,7 @@ JSON_TYPE = "application/json; charset=utf-8"
 RUN_STATUSES = frozenset({"completed", "in_progress", "queued", "requested", "waiting", "pending"})
 MAX_BODY_BYTES = 8 * 1024 * 1024  # request bodies: nothing a client sends the emulator comes close
 MAX_LATENCY_MS = 600_000.0  # a delay the emulator can honour (longer would only hang its clients)
+MATRIX_MAX = 256  # GitHub's limit of jobs a matrix may generate per workflow run
 MUTATE_MAX = 1000  # world changes per admin call: each one holds the lock, a huge n would stall the server
 T = TypeVar("T")
 
@@ -221,6 +222,10 @@ def _etag_matches(header: str, etag: str) -> bool:
 def _github_shape(status: int, message: str) -> dict[str, object]:
     """Errors the guards answer (413, 500) in GitHub's shape, as the emulator's own errors are."""
     return gd.error(message, DOCS, status)
+
+
+def _int_in(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _short_strings(value: object) -> bool:
@@ -452,10 +457,25 @@ class GitHubEmulator:
             self._bump()
             return run.id
 
-    def queue_run(self, owner: str, repo: str, labels: Sequence[str] | None = None) -> int:
+    def queue_run(
+        self,
+        owner: str,
+        repo: str,
+        labels: Sequence[str] | None = None,
+        *,
+        matrix: int | None = None,
+        started: int = 0,
+    ) -> int:
         """A new queued run (with queued jobs) of the repository's first workflow: a push just happened.
         ``labels``: every job of the run asks for these runner labels (``runs-on``): an autoscaler's pool.
+        ``matrix``: the run has this many jobs (``test (1)``…), not one of the usual job sets.
+        ``started``: its first ``started`` jobs already run and the run is ``in_progress``, while the
+        others still wait for a runner (what a saturated fleet looks like).
         """
+        if matrix is not None and not 1 <= matrix <= MATRIX_MAX:
+            raise ValueError(f"matrix must be 1..{MATRIX_MAX} jobs")
+        if started < 0 or started > (matrix or MATRIX_MAX):
+            raise ValueError(f"started must be 0..{matrix or MATRIX_MAX} (jobs of the run already running)")
         with self._lock:
             r = self._world.repo(owner, repo)
             if r is None:
@@ -463,11 +483,18 @@ class GitHubEmulator:
             flows = sorted(
                 (f for f in self._world.workflows.values() if f.repo_id == r.id), key=lambda f: f.id
             )
+            names = None if matrix is None else [f"test ({i})" for i in range(1, matrix + 1)]
             self._world.now += 30
-            run = gd.add_run(self._world, self._world_rng, r, flows[0], "queued", self._world.now)
+            run = gd.add_run(self._world, self._world_rng, r, flows[0], "queued", self._world.now, names)
+            jobs = gd.jobs_of(self._world, run)
             if labels is not None:
-                for job in gd.jobs_of(self._world, run):
+                for job in jobs:
                     job.labels = list(labels)
+            if started:
+                at = self._world.now + 3
+                run.status, run.run_started_at, run.updated_at = "in_progress", at, at
+                for job in jobs[: min(started, len(jobs))]:
+                    gd.start_job(self._world, job, self._runner_for(job), at)
             self._bump()
             return run.id
 
@@ -1505,22 +1532,29 @@ class GitHubEmulator:
         return web.json_response({"mutated": n, "version": self._version})
 
     async def _a_queue(self, request: web.Request) -> web.StreamResponse:
-        """``{"owner", "repo", "labels": [...]}``: queue a run whose jobs ask for ``labels`` (benchmarks)."""
+        """``{"owner", "repo", "labels": [...], "matrix": N, "started": K}``: queue a run whose jobs ask for
+        ``labels`` (benchmarks); ``matrix``/``started`` as in :meth:`queue_run` (optional)."""
         try:
             payload = loads_strict(await request.read())
         except ValueError as exc:
             return error_response(400, f"Problems parsing JSON: {exc}")
-        owner = payload.get("owner") if isinstance(payload, dict) else None
-        repo = payload.get("repo") if isinstance(payload, dict) else None
-        labels = payload.get("labels") if isinstance(payload, dict) else None
+        body = payload if isinstance(payload, dict) else {}
+        owner, repo, labels = body.get("owner"), body.get("repo"), body.get("labels")
+        matrix, started = body.get("matrix"), body.get("started", 0)
         if (
             not isinstance(owner, str)
             or not isinstance(repo, str)
             or (labels is not None and not _short_strings(labels))
+            or not (matrix is None or _int_in(matrix, 1, MATRIX_MAX))
+            or not _int_in(started, 0, matrix if isinstance(matrix, int) else MATRIX_MAX)
         ):
-            return error_response(422, 'expected {"owner": str, "repo": str, "labels": [str, ...] (1..10)}')
+            return error_response(
+                422,
+                'expected {"owner": str, "repo": str, "labels": [str, ...] (1..10), '
+                f'"matrix": 1..{MATRIX_MAX} (optional), "started": 0..matrix (optional)}}',
+            )
         try:
-            run_id = self.queue_run(owner, repo, labels)
+            run_id = self.queue_run(owner, repo, labels, matrix=matrix, started=started)
         except KeyError as exc:
             return error_response(404, str(exc.args[0]))
         return web.json_response({"run_id": run_id, "job_ids": self.job_ids(run_id)}, status=201)

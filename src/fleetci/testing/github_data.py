@@ -13,6 +13,7 @@ import io
 import random
 import time
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any, Literal
@@ -437,8 +438,17 @@ def _job_labels(rng: random.Random, world: World) -> tuple[list[str], Runner | N
     return [lb[1] for lb in runner.labels[:3]], runner
 
 
-def add_run(world: World, rng: random.Random, repo: Repo, wf: Workflow, status: str, created: float) -> Run:
-    """A run whose jobs agree with it (queued jobs for a queued run, finished jobs for a finished one)."""
+def add_run(
+    world: World,
+    rng: random.Random,
+    repo: Repo,
+    wf: Workflow,
+    status: str,
+    created: float,
+    job_names: Sequence[str] | None = None,
+) -> Run:
+    """A run whose jobs agree with it (queued jobs for a queued run, finished jobs for a finished one);
+    ``job_names``: its jobs (a matrix), else one of the usual job sets."""
     number = 1 + sum(1 for r in world.runs.values() if r.workflow_id == wf.id)
     event = "schedule" if wf.name == "Nightly" else rng.choice(EVENTS)
     branch = (
@@ -463,7 +473,7 @@ def add_run(world: World, rng: random.Random, repo: Repo, wf: Workflow, status: 
         world.new_id("check_suite"),
     )
     world.runs[run.id] = run
-    for name in rng.choice(JOB_SETS):
+    for name in rng.choice(JOB_SETS) if job_names is None else job_names:
         labels, runner = _job_labels(rng, world)
         job = Job(world.new_id("job"), run.id, name, "queued", None, created, created, None, labels)
         world.jobs[job.id] = job
