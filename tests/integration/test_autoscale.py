@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ import pytest
 from fleetci.autoscale import GitHubRunnerAutoscaler
 from fleetci.cache.changes import CHANGES_PATH
 from fleetci.cache.webhooks import WEBHOOK_PATH
+from fleetci.process import fleetci_argv
 from fleetci.testing import EmulatorServer, GitHubEmulator
 from support import Proxy, clean_env, start_proxy, wait_until
 from support.emulator import auth, quiet_emulator, tok
@@ -217,3 +220,90 @@ def test_without_an_api_url_it_reads_through_the_proxy_on_its_socket(world: Worl
     # a host proxy in front of another upstream never gets this token
     url, note = find_api_url("", world.proxy.socket)
     assert url == UPSTREAM and "not reading through the host proxy" in note and "caches" in note
+
+
+def test_queued_matrix_jobs_of_a_started_run_are_scaled_for(world: World) -> None:
+    """The fleet is saturated: the run started (one job got a runner), two matrix jobs still wait. Only
+    ``status=queued`` runs were read before: the run was invisible and nothing was scaled for them."""
+    pool = "self-hosted,gpu-matrix"
+    rec = Recorder(world.tmp / "matrix.jsonl")
+    running = start(world, rec, pool, poll=60.0)
+    try:
+        assert [c["desired"] for c in rec.calls(pool)] == [0]
+        owner, name = world.repo.split("/")
+        world.emu.queue_run(owner, name, pool.split(","), matrix=3, started=1)
+        # the poll is 60 s away: the workflow_job/workflow_run deliveries made the lists stale
+        assert wait_until(lambda: any(c["desired"] >= 1 for c in rec.calls(pool)), timeout=10)
+        last = rec.calls(pool)[-1]
+        assert (last["queued"], last["desired"]) == (2, 2)
+    finally:
+        running.stop()
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie left for init to reap is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _autoscale_cli(world: World, pool: str, scale_cmd: str, log: Path, *more: str) -> subprocess.Popen[bytes]:
+    argv = fleetci_argv(
+        "autoscale", "--owner", "octo-org", "--api-url", world.proxy.url, "--pool", pool,
+        "--poll-interval", "600", "--scale-cmd", scale_cmd, *more,
+    )  # fmt: skip
+    with log.open("wb") as err:
+        return subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=err, env=clean_env(GH_TOKEN=tok("alice"))
+        )
+
+
+def _stopped(proc: subprocess.Popen[bytes], log: Path) -> list[str]:
+    """SIGTERM, as systemd stops the unit; the exit status and the log's lines."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = log.read_text().splitlines()
+    assert code == 0, lines
+    assert not any("Traceback" in ln for ln in lines), lines
+    return lines
+
+
+def test_sigterm_between_cycles_stops_at_once_with_one_line(world: World) -> None:
+    """SIGTERM while the CLI long-polls the proxy's change feed (up to 30 s): it leaves the poll, says
+    "stopped" and exits 0 (it used to die of the signal)."""
+    pool = "self-hosted,gpu-stop-idle"
+    rec, log = Recorder(world.tmp / "stop-idle.jsonl"), world.tmp / "stop-idle.log"
+    proc = _autoscale_cli(world, pool, rec.command, log)
+    assert wait_until(lambda: "cycle 1:" in log.read_text() or proc.poll() is not None, timeout=60)
+    lines = _stopped(proc, log)
+    assert [ln for ln in lines if "stopped" in ln] == [
+        "fleetci autoscale: stopped (SIGTERM) after 1 cycle(s)"
+    ]
+    assert [c["desired"] for c in rec.calls(pool)] == [0]
+
+
+def test_sigterm_during_a_scale_command_kills_its_process_group(world: World) -> None:
+    """SIGTERM while a scale command hangs (with a child of its own): the command gets its grace (here the
+    4 s timeout), then its whole process group is killed; the CLI says "stopped" and exits 0."""
+    pool = "self-hosted,gpu-stop-busy"
+    pids, log = world.tmp / "busy-pids", world.tmp / "stop-busy.log"
+    script = world.tmp / "hang.sh"
+    script.write_text(f"sleep 300 &\necho $$ $! > {shlex.quote(str(pids))}\nwait\n")
+    proc = _autoscale_cli(world, pool, f"sh {shlex.quote(str(script))}", log, "--scale-cmd-timeout", "4")
+    assert wait_until(
+        lambda: (pids.exists() and len(pids.read_text().split()) == 2) or proc.poll(), timeout=60
+    )
+    lines = _stopped(proc, log)
+    assert [ln for ln in lines if "stopped (" in ln] == [
+        "fleetci autoscale: stopped (SIGTERM) after 1 cycle(s)"
+    ]
+    errors = [ln for ln in lines if "error: pool self-hosted,gpu-stop-busy:" in ln]
+    assert len(errors) == 1 and "killed" in errors[0], lines
+    assert not any(_alive(int(pid)) for pid in pids.read_text().split())

@@ -27,6 +27,7 @@ from typing import Any
 from fleetci.autoscale import GitHubRunnerAutoscaler, ScaleRequest
 from fleetci.bench.cache import _call
 from fleetci.bench.hostproxy import _env
+from fleetci.cache.api import STATS_PATH
 from fleetci.cache.webhooks import WEBHOOK_PATH
 from fleetci.errors import FleetciError
 from fleetci.http import free_port
@@ -81,6 +82,11 @@ def _token(login: str) -> str:
     from fleetci.testing import TOKENS
 
     return next(t for t, who in TOKENS.items() if who == login)
+
+
+def _proxy_requests(url: str) -> int:
+    """GitHub API requests a proxy answered so far (its stats' ``requests``: hits, 304s and misses)."""
+    return int(_call("GET", f"{url}{STATS_PATH}").json().get("requests", 0))
 
 
 def _quantile(xs: list[float], p: float) -> float:
@@ -149,6 +155,8 @@ def bench_autoscale(spec: AutoscaleBenchSpec, progress: Callable[[str], None]) -
                 threads[-1].start()
             wait_until(lambda: all(s.cycles >= 1 for s in scalers), timeout=60, what="the first cycles")
             charged_before = _call("GET", f"{emu.url}/_emulator/stats").json()["charged"]
+            proxies = (push, pull)
+            reads_before = [(_proxy_requests(p.url), s.cycles) for p, s in zip(proxies, scalers, strict=True)]
             progress(
                 f"{spec.jobs} events over {spec.spread_s:g}s; polls {spec.poll_s:g}s (webhooks) and "
                 f"{spec.poll_without_webhooks_s:g}s (none); webhook delay {spec.webhook_delay_ms:g} ms"
@@ -189,6 +197,10 @@ def bench_autoscale(spec: AutoscaleBenchSpec, progress: Callable[[str], None]) -
                 if missed:
                     progress(f"{labels[-1]}: {missed} event(s) never covered within {bound:g}s")
             stats = _call("GET", f"{emu.url}/_emulator/stats").json()
+            reads = [
+                (_proxy_requests(p.url) - n) / max(s.cycles - c, 1)
+                for p, s, (n, c) in zip(proxies, scalers, reads_before, strict=True)
+            ]
         finally:
             for s in scalers:
                 s.stop()
@@ -221,6 +233,8 @@ def bench_autoscale(spec: AutoscaleBenchSpec, progress: Callable[[str], None]) -
         "webhooks_lost": int(stats.get("webhooks_dropped", 0)),
         "charged_calls": charged.get("alice", 0),
         "charged_calls_without_webhooks": charged.get("fleet-bot", 0),
+        "reads_per_cycle": round(reads[0], 1),
+        "reads_per_cycle_without_webhooks": round(reads[1], 1),
         "cycles": scalers[0].cycles if scalers else 0,
         "cycles_without_webhooks": scalers[1].cycles if len(scalers) > 1 else 0,
         "wall_s": round(time.monotonic() - began, 1),
