@@ -320,6 +320,8 @@ class GitHubRunnerAutoscaler:
                 while not self._stop.is_set():
                     if self.cache is not None:
                         self.cache.current()
+                    if self._stop.is_set():
+                        break
                     try:
                         self.once()
                     except FleetciError as exc:
