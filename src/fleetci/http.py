@@ -12,7 +12,7 @@ import errno
 import json
 import logging
 import socket
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -304,6 +304,71 @@ class ApiError(FleetciError):
         self.reason = message
 
 
+MAX_PAGES = 50  # default cap of one paginated list (5,000 items at 100 a page)
+
+
+class ListTruncated(FleetciError):
+    """A paginated list had more pages than its cap: the caller learns it, the list is never cut silently."""
+
+
+def next_link(headers: Mapping[str, str]) -> str | None:
+    """The ``rel="next"`` URL of a ``Link`` header (GitHub's and GitLab's keyset pagination), else None."""
+    link = next((v for k, v in headers.items() if k.lower() == "link"), "")
+    for part in link.split(","):
+        bits = [b.strip() for b in part.split(";")]
+        if any(b.replace(" ", "") in ('rel="next"', "rel=next") for b in bits[1:]):
+            url = bits[0]
+            if url.startswith("<") and url.endswith(">") and len(url) > 2:
+                return url[1:-1]
+    return None
+
+
+PageFetch = Callable[[str, "Mapping[str, Any] | None"], tuple[bytes, Mapping[str, str]]]
+
+
+def paginate(
+    fetch: PageFetch,
+    first: str,
+    *,
+    what: str,
+    field: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    max_pages: int = MAX_PAGES,
+    truncated: Callable[[str], None] | None = None,
+) -> Iterator[Any]:
+    """Every item of a list over its pages: the one pagination of the project (see :meth:`JsonApi.pages`).
+
+    ``fetch(url, params)`` returns one page's body and headers (or raises its own one-line error). The
+    next page is the ``Link: <…>; rel="next"`` URL, else GitLab's ``X-Next-Page`` number. After
+    ``max_pages`` with a next page still pending, ``truncated(message)`` is called and the walk stops, or
+    (without it) :class:`ListTruncated` is raised: a cap never cuts a list silently.
+    """
+    url, page_params = first, params
+    name = first.split("?")[0]
+    for _ in range(max_pages):
+        body, headers = fetch(url, page_params)
+        try:
+            data = loads_strict(body)
+        except ValueError:
+            raise FleetciError(f"{what}: answer to GET {name} is not JSON") from None
+        items = data.get(field) if field and isinstance(data, dict) else data
+        if not isinstance(items, list):
+            raise FleetciError(f"{what}: GET {name} did not answer a list")
+        yield from items
+        link = next_link(headers)
+        page = next((v for k, v in headers.items() if k.lower() == "x-next-page"), "").strip()
+        if link:
+            url, page_params = link, None
+        elif page and params is not None:
+            page_params = {**params, "page": page}
+        else:
+            return
+    message = f"{what}: GET {name} has more than {max_pages} pages (the rest was not read)"
+    if truncated is None:
+        raise ListTruncated(message)
+    truncated(message)
+
+
 class JsonApi:
     """A small JSON-over-HTTP client for our own services and registries' JSON endpoints.
 
@@ -402,6 +467,30 @@ class JsonApi:
 
     def post(self, path: str, **kw: Any) -> Any:
         return self.request("POST", path, **kw)
+
+    def pages(
+        self,
+        path: str,
+        field: str | None = None,
+        *,
+        params: Mapping[str, Any] | None = None,
+        max_pages: int = MAX_PAGES,
+        truncated: Callable[[str], None] | None = None,
+        get: Callable[[str, Mapping[str, Any] | None], httpx.Response] | None = None,
+    ) -> Iterator[Any]:
+        """Items of a paginated list (``field``: the list's key in an object answer; None: an array).
+
+        ``get`` replaces the plain GET of each page (a caller's retries or its own error wording); the
+        cap and ``truncated`` are :func:`paginate`'s.
+        """
+
+        def fetch(url: str, page_params: Mapping[str, Any] | None) -> tuple[bytes, Mapping[str, str]]:
+            r = get(url, page_params) if get else self.response("GET", url, params=page_params)
+            return r.content, r.headers
+
+        return paginate(
+            fetch, path, what=self.what, field=field, params=params, max_pages=max_pages, truncated=truncated
+        )
 
     def close(self) -> None:
         self.http.close()

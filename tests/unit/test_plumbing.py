@@ -8,6 +8,7 @@ import os
 import stat
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -742,3 +743,40 @@ def test_outputs_and_env_survive_values_with_line_breaks(
     assert _file_command(env.read_text()) == {"CACHE_DIR": "/tmp/a\nPATH=/evil"}
     monkeypatch.delenv("GITHUB_OUTPUT")
     assert not gha.set_output("x", "y")  # outside Actions: nothing written, and says so
+
+
+# -- pagination (one JsonApi.pages for every paginated list) ------------------------------------------------
+
+
+def test_pages_walk_every_link_page_and_a_cap_is_reported_never_silent(emulator: Any) -> None:
+    """Against the real GitHub emulator: per_page=1 walks one repository a page; a cap below the list's
+    length raises (or reports through ``truncated``) instead of returning a cut list."""
+    from fleetci.http import JsonApi, ListTruncated
+    from support.emulator import tok
+
+    with JsonApi(emulator.url, token=tok("alice")) as api:
+        whole = api.get("/orgs/octo-org/repos?per_page=100")
+        paged = list(api.pages("/orgs/octo-org/repos?per_page=1"))
+        assert len(whole) > 3 and [r["full_name"] for r in paged] == [r["full_name"] for r in whole]
+        with pytest.raises(ListTruncated, match=r"more than 3 pages"):
+            list(api.pages("/orgs/octo-org/repos?per_page=1", max_pages=3))
+        said: list[str] = []
+        cut = list(api.pages("/orgs/octo-org/repos?per_page=1", max_pages=3, truncated=said.append))
+        assert len(cut) == 3 and len(said) == 1 and "/orgs/octo-org/repos" in said[0]
+        assert len(list(api.pages("/orgs/octo-org/repos?per_page=1", max_pages=len(whole)))) == len(whole)
+
+
+@pytest.mark.parametrize(
+    ("link", "found"),
+    [
+        ('<https://h/x?page=2>; rel="next", <https://h/x?page=9>; rel="last"', "https://h/x?page=2"),
+        ('<https://h/x?page=9>; rel="last",<https://h/x?page=3>;rel="next"', "https://h/x?page=3"),
+        ('<https://h/x?page=1>; rel="prev"', None),
+        ("garbage; rel=next", None),
+        ("", None),
+    ],
+)
+def test_next_link_reads_only_a_well_formed_next(link: str, found: str | None) -> None:
+    from fleetci.http import next_link
+
+    assert next_link({"Link": link}) == found

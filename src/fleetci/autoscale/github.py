@@ -20,7 +20,7 @@ import httpx
 
 from fleetci import retry
 from fleetci.errors import FleetciError
-from fleetci.http import ApiError, JsonApi, loads_strict, redact_url
+from fleetci.http import ApiError, JsonApi, redact_url
 
 PER_PAGE = 100
 # runs whose jobs may wait for a runner: a queued run, and a started one whose other matrix jobs still wait
@@ -83,24 +83,10 @@ class GitHubReader:
             raise FleetciError(str(exc)) from None
 
     def pages(self, path: str, field: str | None) -> Iterator[dict[str, Any]]:
-        """Items of a list over its ``Link: rel="next"`` pages (``field``: the list's key; None: an array)."""
-        url: str | None = path
-        for _ in range(MAX_PAGES):
-            if url is None:
-                return
-            r = self.get(url)
-            try:
-                body = loads_strict(r.content)
-            except ValueError:
-                raise FleetciError(
-                    f"{self.api.what}: answer to GET {path.split('?')[0]} is not JSON"
-                ) from None
-            items = body.get(field) if field and isinstance(body, dict) else body
-            if not isinstance(items, list):
-                raise FleetciError(f"{self.api.what}: GET {path.split('?')[0]} did not answer a list")
-            yield from (i for i in items if isinstance(i, dict))
-            nxt = r.links.get("next", {}).get("url")
-            url = str(nxt) if nxt else None
+        """Items of a list over its ``Link: rel="next"`` pages (``field``: the list's key; None: an array);
+        more than ``MAX_PAGES`` pages is a one-line :class:`~fleetci.http.ListTruncated`, never a cut list."""
+        items = self.api.pages(path, field, max_pages=MAX_PAGES, get=lambda url, _: self.get(url))
+        return (i for i in items if isinstance(i, dict))
 
     def repositories(self) -> list[str]:
         """``owner/name`` of the owner's repositories that are not archived."""

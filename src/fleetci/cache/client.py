@@ -9,6 +9,7 @@ proxy process (which imports this package) never needs it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import threading
@@ -37,7 +38,7 @@ from fleetci.cache.settings import CacheSettings, cache_settings, github_token
 from fleetci.cache.store import CacheStore, Entry
 from fleetci.config import load_config_file
 from fleetci.errors import FleetciError, UsageError
-from fleetci.http import client, describe, error_message, redact_url
+from fleetci.http import MAX_PAGES, client, describe, error_message, paginate, redact_url
 
 if TYPE_CHECKING:
     import httpx
@@ -190,17 +191,16 @@ class CachedGitHubCLI:
             raise FleetciError(f"GitHub API GET {target} failed: HTTP {status} {error_message(status, body)}")
         return json.loads(body) if body else None
 
+    def _page(self, target: str, _: object) -> tuple[bytes, dict[str, str]]:
+        status, headers, body = self.request(target)
+        if status >= 400:
+            raise FleetciError(f"GitHub API GET {target} failed: HTTP {status} {error_message(status, body)}")
+        return body, headers
+
     def _paginate(self, target: str, field: str | None, limit: int) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        next_url: str | None = target
-        while next_url and len(items) < limit:
-            status, headers, body = self.request(next_url)
-            if status >= 400:
-                self.get_json(next_url)  # raises with GitHub's message
-            page = json.loads(body)
-            items.extend(page[field] if field else page)
-            next_url = _next_link(headers.get("link", ""))
-        return items[:limit]
+        """At most ``limit`` items over the list's pages (:func:`fleetci.http.paginate`, capped)."""
+        pages = paginate(self._page, target, what="GitHub API", field=field, max_pages=max(MAX_PAGES, limit))
+        return list(itertools.islice(pages, limit))
 
     def list_repos(
         self, owner: str | None = None, since_days: float | None = None, limit: int = 1000
@@ -242,15 +242,6 @@ class CachedGitHubCLI:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _next_link(link: str) -> str | None:
-    for part in link.split(","):
-        if 'rel="next"' in part:
-            start, end = part.find("<"), part.find(">")
-            if start != -1 and end > start:
-                return part[start + 1 : end]
-    return None
 
 
 def _iso_ts(value: Any) -> float:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from fleetci.errors import FleetciError, UsageError
-from fleetci.http import JsonApi, loads_strict, redact_url
+from fleetci.http import JsonApi, redact_url
 from fleetci.registry.settings import RegistrySettings
+
+if TYPE_CHECKING:
+    import httpx
 
 
 @dataclass
@@ -25,6 +28,7 @@ class GitLabRepository:
         return {"id": self.id, "name": self.name, "location": self.location, "tags": self.tags}
 
 
+MAX_PAGES = 1000  # 100,000 repositories or tags of one project: more is a runaway pagination
 ERROR_STATUSES = range(400, 600)  # answered here, in GitLab's terms (see GitLabAPI._refused)
 
 
@@ -60,30 +64,15 @@ class GitLabAPI(JsonApi):
             return FleetciError(f"{self.what}: project {project} not found (HTTP 404)")
         return FleetciError(f"{self.what} answered HTTP {status} for {path}")
 
+    def _get_page(self, url: str, params: Mapping[str, Any] | None) -> httpx.Response:
+        resp = self.response("GET", url, params=params, ok=ERROR_STATUSES)
+        if resp.status_code != 200:
+            raise self._refused(resp.status_code, resp.request.url.path)
+        return resp
+
     def _pages(self, url: str, params: Mapping[str, str | int]) -> Iterator[Any]:
         """Every item of a paginated listing: a ``Link: <…>; rel="next"`` (keyset) or ``X-Next-Page``."""
-        next_url: str | None = url
-        next_params: Mapping[str, str | int] | None = params
-        while next_url:
-            resp = self.response("GET", next_url, params=next_params, ok=ERROR_STATUSES)
-            where = resp.request.url.path
-            if resp.status_code != 200:
-                raise self._refused(resp.status_code, where)
-            try:
-                items = loads_strict(resp.content)
-            except ValueError as exc:
-                raise FleetciError(f"GitLab sent invalid JSON for {where}") from exc
-            if not isinstance(items, list):
-                raise FleetciError(f"GitLab sent an unexpected answer for {where}")
-            yield from items
-            link = resp.links.get("next", {}).get("url")
-            page = resp.headers.get("x-next-page")
-            if link:
-                next_url, next_params = link, None
-            elif page:
-                next_params = {**params, "page": page}
-            else:
-                next_url = None
+        return self.pages(url, params=params, max_pages=MAX_PAGES, get=self._get_page)
 
     def repositories(self, with_tags: bool = True) -> list[GitLabRepository]:
         repos = []
