@@ -9,6 +9,7 @@ change without a webhook, and one with a 60 s poll can only see it in time throu
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -307,3 +308,19 @@ def test_sigterm_during_a_scale_command_kills_its_process_group(world: World) ->
     errors = [ln for ln in lines if "error: pool self-hosted,gpu-stop-busy:" in ln]
     assert len(errors) == 1 and "killed" in errors[0], lines
     assert not any(_alive(int(pid)) for pid in pids.read_text().split())
+
+
+def test_a_socket_in_a_world_writable_dir_never_gets_the_token(world: World, tmp_path: Path) -> None:
+    """Review finding 10: the well-known socket is found, not named, so the planted-socket check of
+    ``fleetci cache start`` applies: in a directory anyone may write to, a socket vouching for a real proxy
+    (a hard link to the real proxy's socket, so everything else checks out) is not used."""
+    from fleetci.autoscale.scaler import find_api_url
+
+    shared = tmp_path / "run"
+    shared.mkdir()
+    os.link(world.proxy.socket, shared / "proxy.sock")
+    url, note = find_api_url("", shared / "proxy.sock", upstream=world.emulator.url)
+    assert url == world.proxy.url  # trusted while only root may write there
+    shared.chmod(0o1777)
+    url, note = find_api_url("", shared / "proxy.sock", upstream=world.emulator.url)
+    assert url == world.emulator.url and "not trusted" in note and "writable by every user" in note

@@ -55,13 +55,16 @@ def find_api_url(
         return configured, ""
     if not sock.is_socket():
         return upstream, ""
-    from fleetci.cache.hostproxy import find_host_proxy
+    from fleetci.cache.hostproxy import find_host_proxy, planted
     from fleetci.cache.settings import cache_settings
 
+    if why := planted(sock):  # found, not named: the same check as `fleetci cache start` makes
+        return upstream, f"not reading through the host proxy: socket {sock} is not trusted ({why})"
     try:
         host, note = find_host_proxy(cache_settings({"host_proxy": str(sock), "upstream": upstream}, {}, {}))
     except FleetciError as exc:
-        return upstream, f"not reading through the host proxy: {exc}"
+        why = str(exc).split("; CACHE_HOST_PROXY=off")[0]  # a job's remedy, not this service's
+        return upstream, f"not reading through the host proxy: {why}"
     if host is None:
         return upstream, note
     return host.api_url, f"reading through the host's cache proxy {host.api_url}" + (

@@ -88,7 +88,7 @@ def _same_process(tcp_url: str, anchor: Health) -> None:
         )
 
 
-def _planted(sock: Path) -> str:
+def planted(sock: Path) -> str:
     """Why a socket found by itself may have been put there by anyone ("" when it may not): jobs send it
     their tokens, so a directory every user can write to (and so plant a socket in) is not trusted."""
     try:
@@ -112,7 +112,7 @@ def find_host_proxy(settings: CacheSettings) -> tuple[HostProxy | None, str]:
     where = choice or WELL_KNOWN_SOCKET
     if not explicit and not Path(WELL_KNOWN_SOCKET).is_socket():
         return None, ""
-    if not explicit and (why := _planted(Path(WELL_KNOWN_SOCKET))):
+    if not explicit and (why := planted(Path(WELL_KNOWN_SOCKET))):
         return (
             None,
             f"host proxy socket {WELL_KNOWN_SOCKET} is not trusted ({why}); starting a proxy for this job",
