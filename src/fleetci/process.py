@@ -142,7 +142,7 @@ def spawn_logged(
         if ready in text:
             return True
         if proc.poll() is not None:
-            raise FleetciError(f"{argv[0]} exited ({proc.returncode}): {_last_line(text)}")
+            raise FleetciError(f"{argv[0]} exited ({proc.returncode}): {last_line(text)}")
         return False
 
     try:
@@ -153,7 +153,7 @@ def spawn_logged(
     return proc
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1][:300] if lines else "no output"
 

@@ -7,7 +7,6 @@ write their units through here, so a hardening fix or an escaping fix lands in b
 from __future__ import annotations
 
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,15 +75,16 @@ def render_env(header: str, values: dict[str, str]) -> str:
 
 
 def systemctl(*args: str) -> None:
+    """``systemctl ARGS`` through :func:`fleetci.process.run_with_input` (timeout, one-line errors)."""
+    from fleetci.process import last_line, run_with_input
+
+    what = f"systemctl {' '.join(args)}"
     try:
-        proc = subprocess.run(
-            ["systemctl", *args], capture_output=True, text=True, timeout=SYSTEMD_TIMEOUT_S, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise FleetciError(f"systemctl {' '.join(args)} failed: {describe(exc)}") from exc
+        proc = run_with_input(["systemctl", *args], "", SYSTEMD_TIMEOUT_S)
+    except FleetciError as exc:
+        raise FleetciError(f"{what} failed: {exc}") from None
     if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise FleetciError(f"systemctl {' '.join(args)} failed: {detail[-1] if detail else proc.returncode}")
+        raise FleetciError(f"{what} failed: {last_line(proc.stderr or proc.stdout)}")
 
 
 def write_unit(root: Path, unit: Path, text: str, env_path: Path, env_text: str | None) -> None:
@@ -109,13 +109,17 @@ def enable(root: Path, name: str) -> tuple[bool, str]:
     return True, ""
 
 
-def remove_unit(root: Path, unit: Path, name: str) -> list[Path]:
-    """Stop and disable ``name`` (where systemd runs) and remove the unit file."""
+def remove_unit(root: Path, unit: Path, name: str | None, systemd: bool | None = None) -> list[Path]:
+    """Stop and disable ``name`` (where systemd runs; None: the caller did) and remove the unit file.
+
+    ``systemd`` None: detected (:func:`systemd_running`); tests pass True with their own systemctl.
+    """
     if not unit.exists():
         raise FleetciError(f"{unit} is not installed")
-    if systemd_running(root):
+    live = systemd_running(root) if systemd is None else systemd
+    if live and name:
         systemctl("disable", "--now", name)
     unit.unlink()
-    if systemd_running(root):
+    if live:
         systemctl("daemon-reload")
     return [unit]

@@ -646,3 +646,42 @@ def test_the_seeds_call_takes_everything_else_from_the_environment(
         scaler.close()
     with pytest.raises(UsageError, match="unknown setting"):
         GitHubRunnerAutoscaler(owner="octo-org", pol_interval=3)
+
+
+def test_uninstall_stops_that_owners_instance_and_keeps_the_template_for_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding 12. ``systemctl`` here is a real script on PATH recording its argv: tests cannot
+    drive PID 1 on this machine (no running systemd), so systemctl is the one thing stubbed; the unit files
+    and environment files are real and ``systemd=True`` says systemd runs."""
+    from fleetci.autoscale import service
+    from fleetci.autoscale.settings import autoscale_settings
+
+    bin_dir, calls = tmp_path / "bin", tmp_path / "systemctl.log"
+    bin_dir.mkdir()
+    fake = bin_dir / "systemctl"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {shlex.quote(str(calls))}\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    root = tmp_path / "root"
+    for owner in ("org-a", "org-b"):
+        settings = autoscale_settings({"owner": owner}, {}, {})
+        service.install(settings, root, argv=["/usr/bin/fleetci"])
+    template = root / "etc/systemd/system" / service.TEMPLATE
+    service.uninstall("org-a", root, systemd=True)
+    assert calls.read_text().splitlines() == ["disable --now fleetci-autoscale@org-a.service"]
+    assert template.exists() and (root / service.env_path("org-b")).exists()
+    assert not (root / service.env_path("org-a")).exists()
+    service.uninstall("org-b", root, systemd=True)
+    assert calls.read_text().splitlines()[1:] == [
+        "disable --now fleetci-autoscale@org-b.service",
+        "daemon-reload",
+    ]
+    assert not template.exists()
+    # a failing systemctl is one line, and the owner's file is kept (nothing lost)
+    service.install(autoscale_settings({"owner": "org-c"}, {}, {}), root, ["x"])
+    fake.write_text("#!/bin/sh\necho 'Failed to disable unit: Access denied' >&2\nexit 1\n")
+    with pytest.raises(Exception, match=r"^systemctl disable --now fleetci-autoscale@org-c.service failed: "
+                       r"Failed to disable unit: Access denied$"):  # fmt: skip
+        service.uninstall("org-c", root, systemd=True)
+    assert (root / service.env_path("org-c")).exists()

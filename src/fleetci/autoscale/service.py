@@ -15,7 +15,17 @@ from pathlib import Path
 
 from fleetci.autoscale.settings import AutoscaleSettings
 from fleetci.process import fleetci_argv
-from fleetci.systemd import HARDENING, UNIT_DIR, Installed, enable, remove_unit, render_env, write_unit
+from fleetci.systemd import (
+    HARDENING,
+    UNIT_DIR,
+    Installed,
+    enable,
+    remove_unit,
+    render_env,
+    systemctl,
+    systemd_running,
+    write_unit,
+)
 
 TEMPLATE = "fleetci-autoscale@.service"
 SEED_ALIAS = "github-autoscaler@.service"  # `journalctl -u github-autoscaler@OWNER` as the seed says
@@ -93,19 +103,23 @@ def install(
     return Installed(unit, env, enabled, note, name)
 
 
-def uninstall(owner: str, root: Path = Path("/")) -> list[Path]:
-    """Stop this owner's instance and remove its environment file; the template goes with the last one."""
+def uninstall(owner: str, root: Path = Path("/"), systemd: bool | None = None) -> list[Path]:
+    """Stop and disable this owner's instance (always: other owners' instances keep running) and remove
+    its environment file; the template goes with the last owner. ``systemd`` None: detected."""
     unit = root / UNIT_DIR / TEMPLATE
     env = root / env_path(owner)
     if not env.exists():
         from fleetci.errors import FleetciError
 
         raise FleetciError(f"{instance(owner)} is not installed ({env} is missing)")
+    live = systemd_running(root) if systemd is None else systemd
+    if live:  # before the file goes: a running instance never loses its EnvironmentFile under it
+        systemctl("disable", "--now", instance(owner))
     env.unlink()
     removed = [env]
     others = list((root / ENV_DIR).glob("autoscale-*.env"))
     if not others:
-        removed += remove_unit(root, unit, instance(owner))
+        removed += remove_unit(root, unit, None, systemd=live)
     return removed
 
 
