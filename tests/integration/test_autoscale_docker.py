@@ -17,6 +17,7 @@ import pytest
 
 from fleetci.autoscale import DockerProvider, GitHubRunnerAutoscaler, ScaleRequest
 from fleetci.autoscale.providers import LABEL_OWNER, LABEL_POOL
+from fleetci.errors import FleetciError
 from fleetci.testing.dockerd import DockerDaemon, DockerdUnavailable
 from support.emulator import quiet_emulator, tok
 
@@ -53,8 +54,8 @@ def daemon(tmp_path: Path) -> Iterator[DockerDaemon]:
         d.stop()
 
 
-def _request(desired: int) -> ScaleRequest:
-    return ScaleRequest("octo-org", ["self-hosted", "gpu"], 0, desired, desired, 0, 0)
+def _request(desired: int, runners: dict[str, bool] | None = None, pool: str = "gpu") -> ScaleRequest:
+    return ScaleRequest("octo-org", ["self-hosted", pool], 0, desired, desired, 0, 0, runners=runners or {})
 
 
 def test_docker_provider_keeps_the_pools_containers_at_the_desired_count(daemon: DockerDaemon) -> None:
@@ -72,6 +73,18 @@ def test_docker_provider_keeps_the_pools_containers_at_the_desired_count(daemon:
         )
         env = mine[0].attrs["Config"]["Env"]
         assert "RUNNER_LABELS=self-hosted,gpu" in env and "RUNNER_OWNER=octo-org" in env
+        assert f"RUNNER_NAME={mine[0].name}" in env  # the name it registers under: how busy is known
+        # review finding 3: the newest container runs a job; a shrink removes the idle one, never it,
+        # and a shrink to 0 leaves the busy one until its job ends
+        oldest, newest = sorted(mine, key=lambda c: c.attrs["Created"])
+        busy = {newest.name: True, oldest.name: False}
+        provider.scale(_request(1, busy))
+        assert [c.id for c in provider.containers(_request(1))] == [newest.id]
+        provider.scale(_request(0, busy))
+        assert [c.id for c in provider.containers(_request(0))] == [newest.id]
+        provider.scale(_request(2, busy))
+        mine = provider.containers(_request(2))
+        assert len(mine) == 2
         newest = max(mine, key=lambda c: c.attrs["Created"])
         provider.scale(_request(1))
         left = provider.containers(_request(1))
@@ -84,6 +97,29 @@ def test_docker_provider_keeps_the_pools_containers_at_the_desired_count(daemon:
         other = ScaleRequest("octo-org", ["self-hosted", "cpu"], 0, 0, 0, 0, 0)
         provider.scale(other)
         assert len(provider.containers(_request(1))) == 1
+        # containers of a pool no longer configured drain: the idle go, the busy stay until they end
+        provider.scale(_request(2, pool="cpu"))
+        cpu = provider.containers(_request(2, pool="cpu"))
+        configured = DockerProvider(
+            IMAGE, daemon.host, network="none", command=["/usr/bin/sleep", "600"],
+            pools=["self-hosted,gpu"],
+        )  # fmt: skip
+        configured.scale(_request(1, {cpu[0].name: True, cpu[1].name: False}))
+        assert [c.id for c in provider.containers(_request(0, pool="cpu"))] == [cpu[0].id]
+        assert len(provider.containers(_request(1))) == 1
+        # a container that never starts (no such executable) is removed after the grace, not kept
+        # forever as one of the pool's runners
+        broken = DockerProvider(
+            IMAGE, daemon.host, network="none", command=["/no/such/runner"], created_grace=0
+        )
+        with pytest.raises(FleetciError, match=r"^docker: "):
+            broken.scale(_request(1, pool="bad"))
+        (stuck,) = broken.containers(_request(1, pool="bad"))
+        assert stuck.status == "created"
+        with pytest.raises(FleetciError, match=r"^docker: "):
+            broken.scale(_request(1, pool="bad"))
+        (again,) = broken.containers(_request(1, pool="bad"))
+        assert again.id != stuck.id
         # in the autoscaler it is asked every cycle: a runner that exited is replaced while the desired
         # count stays the same (a command provider is asked only when the count changes)
         with quiet_emulator() as emu:

@@ -173,6 +173,7 @@ class Cycle:
     unmatched: dict[tuple[str, ...], int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     cancelled: bool = False  # stopped before every pool's provider call was made
+    runners: dict[str, bool] = field(default_factory=dict)  # every runner read: name -> busy
 
 
 class GitHubRunnerAutoscaler:
@@ -248,6 +249,7 @@ class GitHubRunnerAutoscaler:
             else:
                 counts[pool.key].queued += 1
         for runner in runners.result():
+            cycle.runners[runner.name] = runner.busy and runner.status == "online"
             rpool = pool_for_runner(s.pools, runner.labels)
             if rpool is None or runner.status != "online":
                 continue
@@ -275,7 +277,14 @@ class GitHubRunnerAutoscaler:
             self.planner.provided(d.pool, d.desired)  # no provider: the decision is only logged
             return
         request = ScaleRequest(
-            self.settings.owner, list(d.pool.labels), d.current, d.desired, d.queued, d.busy, d.idle
+            self.settings.owner,
+            list(d.pool.labels),
+            d.current,
+            d.desired,
+            d.queued,
+            d.busy,
+            d.idle,
+            runners=cycle.runners,
         )
         try:
             self.provider.scale(request)
@@ -413,7 +422,12 @@ def _provider(settings: AutoscaleSettings, stop: threading.Event | None = None) 
         grace = min(settings.scale_cmd_timeout, STOP_GRACE_S)
         return CommandProvider(settings.scale_cmd, settings.scale_cmd_timeout, stop=stop, grace=grace)
     if settings.docker_image:
-        return DockerProvider(settings.docker_image, settings.docker_host, settings.docker_network)
+        return DockerProvider(
+            settings.docker_image,
+            settings.docker_host,
+            settings.docker_network,
+            pools=[p.name for p in settings.pools],
+        )
     return None
 
 
