@@ -57,6 +57,7 @@ class Installed:
     enabled: bool
     note: str  # why enabling was skipped ("" when it was done)
     name: str = ""  # the unit to enable (an instance for a template)
+    notes: tuple[str, ...] = ()  # what else the operator should know, one line each
 
 
 def systemd_running(root: Path) -> bool:

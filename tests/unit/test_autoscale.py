@@ -473,15 +473,66 @@ def test_service_template_is_verified_by_systemd_and_keeps_the_token_private(
     assert r.returncode == 2 and "no owner" in one_line_error(r)
 
 
-def test_cache_service_still_writes_the_same_hardening() -> None:
-    """cache/service.py now takes its hardening from fleetci.systemd: the shared block is in both units."""
+def test_no_unit_weakens_the_shared_hardening() -> None:
+    """Review finding 14: each hardening directive's effective value (systemd uses the last assignment) is
+    the shared one in both units, whatever lines a unit adds (state directory, groups, HOME)."""
+    from tests.unit.test_cache_service import unit_settings
+
     from fleetci.autoscale.service import render_unit as autoscale_unit
     from fleetci.cache.service import render_unit as cache_unit
     from fleetci.systemd import HARDENING
 
-    assert HARDENING in cache_unit(["/usr/bin/python3", "-m", "fleetci"])
-    assert HARDENING in autoscale_unit(["/usr/bin/python3", "-m", "fleetci"])
-    assert "SupplementaryGroups=docker" in autoscale_unit(["x"], docker=True)
+    shared = unit_settings(HARDENING)
+    units = [
+        cache_unit(["/usr/bin/python3", "-m", "fleetci"], group="runners"),
+        autoscale_unit(["/usr/bin/python3", "-m", "fleetci"], docker=True, groups=["fleetci-cache"]),
+    ]
+    for text in units:
+        found = unit_settings(text)
+        for key, values in shared.items():
+            assert found[key][-len(values) :] == values, key
+        assert not {"User", "Group"} & set(shared) and found["DynamicUser"] == ["yes"]
+    assert unit_settings(units[1])["SupplementaryGroups"] == ["fleetci-cache docker"]
+
+
+def test_install_next_to_the_cache_service_reads_through_it_with_a_home(
+    fleetci: RunCli, tmp_path: Path
+) -> None:
+    """Review finding 7: with the host's cache service installed, the autoscale unit joins its socket's
+    group (so find_api_url opens and checks the socket), or, when that socket has no group, its env file
+    names the proxy's loopback port; each instance has a state directory as HOME. systemd verifies it."""
+    from tests.unit.test_cache_service import unit_settings, verify
+
+    from fleetci.autoscale.service import TEMPLATE, env_path
+
+    env = clean_env(GH_TOKEN="ghp_x")
+    grouped, plain = tmp_path / "grouped", tmp_path / "plain"
+    for root, extra in ((grouped, ["--group", "daemon"]), (plain, ["--port", "9123"])):
+        r = fleetci("cache", "service", "install", "--root", str(root), *extra, env=env)
+        assert r.returncode == 0, r.stderr
+        r = fleetci("autoscale", "service", "install", "--root", str(root), "--owner", "octo-org", env=env)
+        assert r.returncode == 0, r.stderr
+    unit = unit_settings((grouped / "etc/systemd/system" / TEMPLATE).read_text())
+    assert unit["SupplementaryGroups"] == ["daemon"]
+    assert unit["StateDirectory"] == ["fleetci-autoscale/%i"]
+    assert unit["Environment"] == ["HOME=%S/fleetci-autoscale/%i"]
+    assert "FLEETCI_API_URL=" not in (grouped / env_path("octo-org")).read_text()
+    assert "SupplementaryGroups" not in unit_settings((plain / "etc/systemd/system" / TEMPLATE).read_text())
+    assert 'FLEETCI_API_URL="http://127.0.0.1:9123"' in (plain / env_path("octo-org")).read_text()
+    assert "note: reading through the host cache at http://127.0.0.1:9123" in r.stdout
+    inst = tmp_path / "verify" / "fleetci-autoscale@octo-org.service"
+    inst.parent.mkdir()
+    text = (grouped / "etc/systemd/system" / TEMPLATE).read_text()
+    inst.write_text(text.replace("%i", "octo-org").replace("EnvironmentFile=/", "EnvironmentFile=-/"))
+    v = verify(inst)
+    assert v.returncode == 0, v.stderr
+    # an API URL the operator chose is kept: no group, no rewrite
+    r = fleetci(
+        "autoscale", "service", "install", "--root", str(plain), "--owner", "org-b",
+        "--api-url", "http://127.0.0.1:7000", env=env,
+    )  # fmt: skip
+    assert r.returncode == 0 and "note:" not in r.stdout
+    assert 'FLEETCI_API_URL="http://127.0.0.1:7000"' in (plain / env_path("org-b")).read_text()
 
 
 # -- the emulator's queue endpoint (what the benchmark drives) -----------------------------------------------

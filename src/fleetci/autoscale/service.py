@@ -4,7 +4,10 @@ A template unit like seed 004's ``github-autoscaler@.service`` (an alias of ours
 ``fleetci-autoscale@.service``, runs ``fleetci autoscale --owner %i`` under a dynamic user with the
 shared hardening (fleetci.systemd).
 Each owner's settings and token live in ``/etc/fleetci/autoscale-OWNER.env`` (0600: systemd reads it as
-root). ``--docker-image`` adds the ``docker`` group so the unit can reach the daemon's socket.
+root). ``--docker-image`` adds the ``docker`` group so the unit can reach the daemon's socket (that group
+is root-equivalent). With the host's cache service installed, the unit joins its socket group (or, when
+it has none, the env file names its loopback port) so the autoscaler reads through it. Each instance has
+a state directory as ``HOME`` (a scale command's cloud CLI writes its config there).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fleetci.autoscale.settings import AutoscaleSettings
+from fleetci.cache.service import installed_endpoint
 from fleetci.process import fleetci_argv
 from fleetci.systemd import (
     HARDENING,
@@ -44,9 +48,12 @@ def env_path(owner: str) -> Path:
     return ENV_DIR / f"autoscale-{owner}.env"
 
 
-def render_unit(argv: Sequence[str], *, docker: bool = False) -> str:
+def render_unit(argv: Sequence[str], *, docker: bool = False, groups: Sequence[str] = ()) -> str:
+    """The template unit. ``groups``: supplementary groups (the host cache proxy's socket group, so the
+    autoscaler can open its socket and check it); ``docker`` adds ``docker`` (root-equivalent)."""
     run = [*argv, "autoscale", "--owner"]
-    groups = "SupplementaryGroups=docker\n" if docker else ""
+    wanted = [*groups, *(["docker"] if docker else [])]
+    supplementary = f"SupplementaryGroups={' '.join(wanted)}\n" if wanted else ""
     return f"""\
 # Written by `fleetci autoscale service install`; `fleetci autoscale service uninstall` removes it.
 [Unit]
@@ -60,7 +67,11 @@ Type=simple
 ExecStart={shlex.join(run)} %i
 EnvironmentFile=/{ENV_DIR}/autoscale-%i.env
 User=fleetci-autoscale
-{groups}{HARDENING}Restart=always
+{supplementary}StateDirectory=fleetci-autoscale/%i
+StateDirectoryMode=0700
+WorkingDirectory=%S/fleetci-autoscale/%i
+Environment=HOME=%S/fleetci-autoscale/%i
+{HARDENING}Restart=always
 RestartSec=10
 TimeoutStopSec=15
 
@@ -94,13 +105,25 @@ def install(
     """Write the template unit and this owner's environment file; enable the instance where systemd runs."""
     unit = root / UNIT_DIR / TEMPLATE
     env = root / env_path(settings.owner)
-    text = render_unit(argv or fleetci_argv(), docker=bool(settings.docker_image))
-    write_unit(root, unit, text, env, render_env(_ENV_HEADER, env_values(settings)))
+    values, groups, notes = env_values(settings), [], []
+    cache = installed_endpoint(root)  # the host's cache service: read through it, not around it
+    if cache is not None and not settings.api_url:
+        port, group = cache
+        if group:  # its socket is 0660 for that group: the autoscaler finds it and checks it
+            groups.append(group)
+        else:  # its socket is its own user's alone: the loopback port, named
+            values["FLEETCI_API_URL"] = f"http://127.0.0.1:{port}"
+            notes.append(
+                f"reading through the host cache at http://127.0.0.1:{port} (install the cache service "
+                "with --group so the autoscaler can check its socket)"
+            )
+    text = render_unit(argv or fleetci_argv(), docker=bool(settings.docker_image), groups=groups)
+    write_unit(root, unit, text, env, render_env(_ENV_HEADER, values))
     name = instance(settings.owner)
     enabled, note = enable(root, name)
     if not settings.token:
-        note = (note + "; " if note else "") + f"no GH_TOKEN was set: add it to {env}"
-    return Installed(unit, env, enabled, note, name)
+        notes.append(f"no GH_TOKEN was set: add it to {env}")
+    return Installed(unit, env, enabled, note, name, tuple(notes))
 
 
 def uninstall(owner: str, root: Path = Path("/"), systemd: bool | None = None) -> list[Path]:

@@ -24,7 +24,16 @@ from fleetci.process import fleetci_argv
 from fleetci.systemd import HARDENING, UNIT_DIR, Installed, enable, remove_unit, write_unit
 from fleetci.systemd import render_env as _render_env
 
-__all__ = ["UNIT_DIR", "Installed", "install", "render_env", "render_unit", "status", "uninstall"]
+__all__ = [
+    "UNIT_DIR",
+    "Installed",
+    "install",
+    "installed_endpoint",
+    "render_env",
+    "render_unit",
+    "status",
+    "uninstall",
+]
 
 UNIT_NAME = "fleetci-cache.service"
 SEED_ALIAS = "github-cache.service"  # the seed's name: `systemctl start github-cache.service` works too
@@ -93,6 +102,28 @@ TimeoutStopSec=15
 WantedBy=multi-user.target
 Alias={SEED_ALIAS}
 """
+
+
+def installed_endpoint(root: Path = Path("/")) -> tuple[int, str] | None:
+    """The installed unit's loopback port and socket group ("" without ``--group``), read back from its
+    ``ExecStart``; None when the unit is not installed. Another service of this host (the autoscaler)
+    uses it to reach the proxy."""
+    unit = root / UNIT_DIR / UNIT_NAME
+    try:
+        text = unit.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    start = next((ln.split("=", 1)[1] for ln in text.splitlines() if ln.startswith("ExecStart=")), "")
+    try:
+        words = shlex.split(start)
+    except ValueError:
+        words = []
+
+    def after(flag: str) -> str:
+        return words[words.index(flag) + 1] if flag in words[:-1] else ""
+
+    port = after("--port")
+    return (int(port) if port.isdigit() else DEFAULT_PORT), after("--socket-group")
 
 
 def render_env(values: dict[str, str]) -> str:

@@ -91,6 +91,8 @@ def cmd_service(args: argparse.Namespace) -> int:
             print(f"enabled and started {done.name}")
         else:
             print(f"enabling was skipped ({done.note}): run 'systemctl enable --now {done.name}'")
+        for note in done.notes:
+            print(f"note: {note}")
         return 0
     if args.action == "uninstall":
         for path in service.uninstall(settings.owner, root):
