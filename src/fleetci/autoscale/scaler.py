@@ -31,7 +31,7 @@ from fleetci.cache.changes import CHANGES_PATH, MAX_WAIT_S
 from fleetci.cache.settings import WELL_KNOWN_SOCKET
 from fleetci.config import load_config_file
 from fleetci.errors import FleetciError, UsageError
-from fleetci.http import JsonApi, describe, redact_url
+from fleetci.http import JsonApi, describe, loads_strict, redact_url
 from fleetci.wait import wait_stepwise
 
 Say = Callable[[str], None]
@@ -156,10 +156,8 @@ def _printable(text: str, limit: int = 80) -> str:
 
 
 def _seq(body: bytes) -> int | None:
-    import json
-
     try:
-        value = json.loads(body).get("seq")
+        value = loads_strict(body).get("seq")
     except (ValueError, AttributeError):
         return None
     return value if isinstance(value, int) and not isinstance(value, bool) else None

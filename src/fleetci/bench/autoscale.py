@@ -7,10 +7,14 @@ hook delivers to proxy A only; proxy B never hears of a change, so its autoscale
 polling alone. Both run at once on the same workload, each on its own pool label (and token, so the
 emulator's charged counts stay apart).
 
-Workload: ``jobs`` events at random times over ``spread`` seconds; each event queues one run per pool in
-a random repository of the organization (a run has one to a few jobs). Nothing starts the jobs, so a
-pool's queued count only grows: the reaction to event k is the time from queueing it to the first
-provider call for that pool with a desired count of at least the jobs queued up to and including it.
+Workload: ``jobs`` events at random times over ``spread`` seconds; each event queues one run per pool,
+each pool in a random repository of its own half of the organization's repositories (disjoint: the other
+side's deliveries never refresh a repository the webhook side must hear about, so loss is measured
+honestly). A run has one to a few jobs. Nothing starts the jobs, so a pool's queued count only grows: the
+reaction to event k is the time from just before queueing it to the first provider call for that pool
+with a desired count of at least the jobs queued up to and including it. An event not covered within the
+bound counts as the bound in the quantiles (and in ``missed``): loss shows in p99, never as a smaller
+sample.
 """
 
 from __future__ import annotations
@@ -25,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetci.autoscale import GitHubRunnerAutoscaler, ScaleRequest
-from fleetci.bench.cache import _call
-from fleetci.bench.hostproxy import _env
+from fleetci.bench.common import call, clean_env
 from fleetci.cache.api import STATS_PATH
 from fleetci.cache.webhooks import WEBHOOK_PATH
 from fleetci.errors import FleetciError
@@ -70,7 +73,7 @@ class Recording:
 
 
 def _proxy(emulator: str, where: Path, secret: str) -> Service:
-    env = _env(CACHE_WEBHOOK_SECRET=secret) if secret else _env()
+    env = clean_env(CACHE_WEBHOOK_SECRET=secret) if secret else clean_env()
     argv = fleetci_argv(
         "cache", "serve", "--upstream", emulator, "--port", str(free_port()),
         "--cache-dir", str(where / "cache"), "--socket", str(where / "proxy.sock"),
@@ -86,7 +89,7 @@ def _token(login: str) -> str:
 
 def _proxy_requests(url: str) -> int:
     """GitHub API requests a proxy answered so far (its stats' ``requests``: hits, 304s and misses)."""
-    return int(_call("GET", f"{url}{STATS_PATH}").json().get("requests", 0))
+    return int(call("GET", f"{url}{STATS_PATH}").json().get("requests", 0))
 
 
 def _quantile(xs: list[float], p: float) -> float:
@@ -109,7 +112,7 @@ def bench_autoscale(spec: AutoscaleBenchSpec, progress: Callable[[str], None]) -
                     "--webhook-delay-ms", f"{spec.webhook_delay_ms:g}",
                     "--webhook-drop-rate", f"{spec.webhook_loss:g}", "--seed", str(spec.seed),
                 ),
-                env=_env(),
+                env=clean_env(),
             )  # fmt: skip
             services.append(emu)
             for name in ("push", "pull"):
@@ -119,7 +122,7 @@ def bench_autoscale(spec: AutoscaleBenchSpec, progress: Callable[[str], None]) -
             pull = _proxy(emu.url, Path(tmp) / "pull", "")
             services.append(pull)
             alice = {"Authorization": f"token {_token('alice')}"}
-            hook = _call(
+            hook = call(
                 "POST",
                 f"{emu.url}/orgs/{ORG}/hooks",
                 headers=alice,
@@ -127,9 +130,7 @@ def bench_autoscale(spec: AutoscaleBenchSpec, progress: Callable[[str], None]) -
             )
             if hook.status_code != 201:
                 raise FleetciError(f"emulator refused the hook: HTTP {hook.status_code}")
-            repos = [
-                str(r["name"]) for r in _call("GET", f"{emu.url}/orgs/{ORG}/repos", headers=alice).json()
-            ]
+            repos = [str(r["name"]) for r in call("GET", f"{emu.url}/orgs/{ORG}/repos", headers=alice).json()]
             recorders = {PUSH: Recording(), PULL: Recording()}
             setups = (
                 (PUSH, push.url, "alice", spec.poll_s),
@@ -154,7 +155,7 @@ def bench_autoscale(spec: AutoscaleBenchSpec, progress: Callable[[str], None]) -
                 threads.append(threading.Thread(target=scaler.run, daemon=True))
                 threads[-1].start()
             wait_until(lambda: all(s.cycles >= 1 for s in scalers), timeout=60, what="the first cycles")
-            charged_before = _call("GET", f"{emu.url}/_emulator/stats").json()["charged"]
+            charged_before = call("GET", f"{emu.url}/_emulator/stats").json()["charged"]
             proxies = (push, pull)
             reads_before = [(_proxy_requests(p.url), s.cycles) for p, s in zip(proxies, scalers, strict=True)]
             progress(
@@ -162,14 +163,17 @@ def bench_autoscale(spec: AutoscaleBenchSpec, progress: Callable[[str], None]) -
                 f"{spec.poll_without_webhooks_s:g}s (none); webhook delay {spec.webhook_delay_ms:g} ms"
             )
             times = sorted(rng.uniform(0, spec.spread_s) for _ in range(spec.jobs))
+            halves = {PUSH: repos[0::2], PULL: repos[1::2]}
+            measured_from = time.monotonic()
             events: dict[tuple[str, ...], list[tuple[float, int]]] = {PUSH: [], PULL: []}
             totals = dict.fromkeys(events, 0)
             start = time.monotonic()
             for at in times:
                 time.sleep(max(0.0, start + at - time.monotonic()))
-                repo = rng.choice(repos)
                 for labels in (PUSH, PULL):
-                    r = _call(
+                    repo = rng.choice(halves[labels])
+                    t0 = time.monotonic()  # before the POST: its round trip is part of the reaction
+                    r = call(
                         "POST",
                         f"{emu.url}/_emulator/queue",
                         json={"owner": ORG, "repo": repo, "labels": list(labels)},
@@ -177,9 +181,10 @@ def bench_autoscale(spec: AutoscaleBenchSpec, progress: Callable[[str], None]) -
                     if r.status_code != 201:
                         raise FleetciError(f"emulator refused to queue a run: HTTP {r.status_code}")
                     totals[labels] += len(r.json()["job_ids"])
-                    events[labels].append((time.monotonic(), totals[labels]))
+                    events[labels].append((t0, totals[labels]))
             bound = spec.poll_without_webhooks_s + 60 + 30  # poll + the queued list's window + slack
             reactions: dict[tuple[str, ...], list[float]] = {}
+            missed: dict[tuple[str, ...], int] = {}
             for labels, evs in events.items():
                 rec = recorders[labels]
                 last_t, last_n = evs[-1]
@@ -192,11 +197,14 @@ def bench_autoscale(spec: AutoscaleBenchSpec, progress: Callable[[str], None]) -
                 except WaitTimeout as exc:
                     progress(str(exc))
                 got = [rec.first_covering(n, t) for t, n in evs]
-                reactions[labels] = [c - t for (t, _), c in zip(evs, got, strict=True) if c is not None]
-                missed = sum(1 for c in got if c is None)
-                if missed:
-                    progress(f"{labels[-1]}: {missed} event(s) never covered within {bound:g}s")
-            stats = _call("GET", f"{emu.url}/_emulator/stats").json()
+                reactions[labels] = [
+                    bound if c is None else c - t for (t, _), c in zip(evs, got, strict=True)
+                ]
+                missed[labels] = sum(1 for c in got if c is None)
+                if missed[labels]:
+                    progress(f"{labels[-1]}: {missed[labels]} event(s) never covered within {bound:g}s")
+            stats = call("GET", f"{emu.url}/_emulator/stats").json()
+            measured_s = time.monotonic() - measured_from
             reads = [
                 (_proxy_requests(p.url) - n) / max(s.cycles - c, 1)
                 for p, s, (n, c) in zip(proxies, scalers, reads_before, strict=True)
@@ -227,14 +235,21 @@ def bench_autoscale(spec: AutoscaleBenchSpec, progress: Callable[[str], None]) -
         "scale_reaction_p50_s_without_webhooks": _quantile(pull_r, 0.5),
         "scale_reaction_p99_s_without_webhooks": _quantile(pull_r, 0.99),
         "scale_reaction_max_s_without_webhooks": _quantile(pull_r, 1.0),
-        "covered": len(push_r),
-        "covered_without_webhooks": len(pull_r),
+        "covered": len(push_r) - missed[PUSH],
+        "covered_without_webhooks": len(pull_r) - missed[PULL],
+        "missed": missed[PUSH],
+        "missed_without_webhooks": missed[PULL],
+        "bound_s": bound,
         "webhooks_sent": int(stats.get("webhooks_sent", 0)),
         "webhooks_lost": int(stats.get("webhooks_dropped", 0)),
         "charged_calls": charged.get("alice", 0),
         "charged_calls_without_webhooks": charged.get("fleet-bot", 0),
         "reads_per_cycle": round(reads[0], 1),
         "reads_per_cycle_without_webhooks": round(reads[1], 1),
+        # the rate over the measured part, as an hour of this workload would cost each token
+        "charged_per_hour": round(charged.get("alice", 0) * 3600 / measured_s),
+        "charged_per_hour_without_webhooks": round(charged.get("fleet-bot", 0) * 3600 / measured_s),
+        "measured_s": round(measured_s, 1),
         "cycles": scalers[0].cycles if scalers else 0,
         "cycles_without_webhooks": scalers[1].cycles if len(scalers) > 1 else 0,
         "wall_s": round(time.monotonic() - began, 1),

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import yaml
 
+from fleetci.bench.common import call as _call
 from fleetci.cache.graphql import DEFAULT_RULES as GRAPHQL_RULES
 from fleetci.cache.policy import DEFAULT_RULES
 from fleetci.errors import FleetciError
@@ -59,12 +59,6 @@ class FleetResult:
     churn_events: int = 0
     errors: int = 0
     wall_s: float = 0.0
-
-
-def _call(method: str, url: str, *, timeout: float = 10.0, **kw: Any) -> httpx.Response:
-    """One request to a service the benchmark started (the emulator, a proxy), via fleetci.http.client."""
-    with client(timeout=timeout) as session:
-        return session.request(method, url, **kw)
 
 
 def workload(org: str, repos: list[str], cycle: int, runner: int) -> list[str]:

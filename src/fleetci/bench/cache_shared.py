@@ -25,7 +25,6 @@ from fleetci.bench.cache import (
     BENCH_PRIMARY_LIMIT,
     BENCH_SECRET,
     FleetSpec,
-    _call,
     _Conn,
     _p50_ms,
     _rss_mb,
@@ -36,6 +35,7 @@ from fleetci.bench.cache import (
     start_emulator,
     start_proxy,
 )
+from fleetci.bench.common import call as _call
 from fleetci.http import free_port
 from fleetci.process import Service, fleetci_argv, spawn
 from fleetci.testing.redis import RedisServer

@@ -25,7 +25,6 @@ from fleetci.bench.cache import (
     BENCH_PRIMARY_LIMIT,
     FleetResult,
     FleetSpec,
-    _call,
     _rss_mb,
     list_repo_names,
     run_fleet,
@@ -33,6 +32,8 @@ from fleetci.bench.cache import (
     set_emulator,
     start_emulator,
 )
+from fleetci.bench.common import call as _call
+from fleetci.bench.common import clean_env as _env
 from fleetci.errors import FleetciError
 from fleetci.http import free_port
 from fleetci.process import Service, fleetci_argv, running, stop_process
@@ -42,12 +43,6 @@ TARGETS = {
     "host_proxy_processes_max": 1,  # one proxy however many jobs
     "host_proxy_charged_vs_per_job_max": 1.0,  # never charges more than a proxy per job
 }
-
-
-def _env(**extra: str) -> dict[str, str]:
-    """This environment without settings a caller's shell would leak into the jobs."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CACHE_", "FLEETCI_", "GITHUB_", "GH_"))}
-    return {**env, **extra}
 
 
 def _start_job(job: Path, emulator_url: str, config: Path, host_proxy: str) -> tuple[str, int | None, float]:
