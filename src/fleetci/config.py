@@ -171,16 +171,28 @@ parse_ms = number(float, min=0, max=MAX_SECONDS * 1000, unit="milliseconds")
 parse_stale = number(int, min=0, max=MAX_SECONDS, unit="seconds")
 
 
-def parse_ms_range(text: str) -> tuple[float, float]:
-    """``100-500`` (a uniform range) or ``250`` (fixed), in milliseconds."""
+def _parse_range(text: str, unit: str, example: str) -> tuple[float, float]:
     low, sep, high = text.partition("-")
     try:
         lo = float(low)
         hi = float(high) if sep else lo
     except ValueError:
-        raise ValueError(f"expected LOW-HIGH milliseconds such as 100-500, got {text!r}") from None
+        raise ValueError(f"expected LOW-HIGH {unit} such as {example}, got {text!r}") from None
     if not (0 <= lo <= hi < float("inf")):
-        raise ValueError(f"expected 0 <= LOW <= HIGH milliseconds, got {text!r}")
+        raise ValueError(f"expected 0 <= LOW <= HIGH {unit}, got {text!r}")
+    return lo, hi
+
+
+def parse_ms_range(text: str) -> tuple[float, float]:
+    """``100-500`` (a uniform range) or ``250`` (fixed), in milliseconds."""
+    return _parse_range(text, "milliseconds", "100-500")
+
+
+def parse_s_range(text: str) -> tuple[float, float]:
+    """``10-120`` (a uniform range) or ``60`` (fixed), in seconds."""
+    lo, hi = _parse_range(text, "seconds", "10-120")
+    if hi > MAX_SECONDS:
+        raise ValueError(f"expected at most {MAX_SECONDS:g} seconds, got {text!r}")
     return lo, hi
 
 

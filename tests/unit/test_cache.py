@@ -142,6 +142,29 @@ def test_store_memory_tier_has_its_own_budget(tmp_path: Path) -> None:
     assert big.get("n") is not None
 
 
+def test_in_memory_store_is_the_same_store_without_files(tmp_path: Path) -> None:
+    """``memory=True`` (the fleet benchmark's hundreds of engines): same LRU bound, refresh and
+    invalidation, nothing written; and an engine given an empty store uses it (an empty store is falsy)."""
+    from fleetci.cache.engine import CacheEngine
+    from fleetci.cache.settings import CacheSettings
+
+    settings = CacheSettings(cache_dir=tmp_path / "never")
+    s = CacheStore.for_settings(settings, memory=True)
+    assert CacheEngine(settings, s).store is s
+    s.max_entries = 3
+    for k in "abcd":
+        s.put(_entry(k), hot=False)
+    assert len(s) == 3 and s.get("a") is None and s.get("d") is not None
+    later = time.time() + 5
+    refreshed = s.refresh("d", 10**10, verified_at=later)  # a 304 confirmed it: as if stored then
+    assert refreshed is not None and refreshed.stored_at == later
+    assert s.refresh("d", 10**10, verified_at=1.0).stored_at == later  # type: ignore[union-attr]
+    assert s.invalidate([_entry("d").target]) >= 1
+    assert not s.get("d").is_fresh(time.time() + 1)  # type: ignore[union-attr]
+    s.close()
+    assert not (tmp_path / "never").exists()
+
+
 def test_cold_put_stays_out_of_memory_until_read(tmp_path: Path) -> None:
     """Entries peers push (``hot=False``) take no RAM until a client here reads one."""
     s = CacheStore(tmp_path / "c.db")

@@ -199,3 +199,54 @@ def test_serve_refuses_bad_prewarm_settings_in_one_line(fleetci: RunCli, tmp_pat
     for var, value in (("CACHE_PREWARM_LEAD", "-1"), ("CACHE_PREWARM_RESERVE", "1.5")):
         out = fleetci(*base, env=clean_env(**{var: value}))
         assert out.returncode == 2 and var in one_line_error(out)
+
+
+def test_a_copy_confirmed_after_an_invalidation_serves_the_fleet(tmp_path: Path) -> None:
+    """After a fleet-wide invalidation the first node to revalidate (a free 304) announces the copy as
+    confirmed now: the other nodes take it instead of each revalidating upstream (real engines, the
+    emulator called in process, the fleet benchmark's simulated links)."""
+    import asyncio
+    import random
+
+    from fleetci.bench.cache import fleet_token
+    from fleetci.bench.fleet import EmulatorUpstream, SimNetwork, VirtualTimeLoop
+    from fleetci.cache.engine import CacheEngine
+    from fleetci.cache.settings import CacheSettings
+    from fleetci.testing import EmulatorConfig, GitHubEmulator
+
+    loop = VirtualTimeLoop()
+    emu = GitHubEmulator(EmulatorConfig(latency_ms=(50.0, 50.0), seed=3))
+    upstream = EmulatorUpstream(emu)
+    net = SimNetwork(loop, random.Random(1), (10.0, 10.0))
+    nodes = []
+    for n in range(2):
+        settings = CacheSettings(upstream="http://emulator.invalid", cache_dir=tmp_path / f"n{n}")
+        store = CacheStore.for_settings(settings, memory=True)
+        engine = CacheEngine(settings, store, upstream, clock=loop.wall)  # type: ignore[arg-type]
+        net.join(engine)
+        nodes.append(engine)
+    a, b = nodes
+    headers = [("Authorization", f"token {fleet_token()}")]
+    target = "/repos/octo-org/api/actions/runs?status=queued"
+
+    async def scenario() -> list[str]:
+        seen = [(await a.handle("GET", target, headers)).outcome]
+        await asyncio.sleep(1)
+        seen.append((await b.handle("GET", target, headers)).outcome)
+        a.invalidate(["/repos/octo-org/"])  # a webhook at a, gossiped to b
+        await asyncio.sleep(1)
+        seen.append((await a.handle("GET", target, headers)).outcome)  # nothing changed: a free 304
+        await asyncio.sleep(1)
+        before = b.counters.upstream_requests
+        seen.append((await b.handle("GET", target, headers)).outcome)
+        seen.append(str(b.counters.upstream_requests - before))
+        for engine in nodes:
+            await engine.close()
+        return seen
+
+    try:
+        seen = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert seen[0] == "MISS" and seen[2] == "REVALIDATED", seen
+    assert seen[3] in ("HIT", "PEER") and seen[4] == "0", seen  # b asked GitHub nothing

@@ -25,6 +25,25 @@ def test_same_seed_same_world() -> None:
     assert GitHubEmulator(EmulatorConfig(seed=4)).run_ids(ORG, "api") != a.run_ids(ORG, "api")
 
 
+def test_a_queued_run_starts_and_completes_through_the_public_api() -> None:
+    """The fleet benchmark's job lifecycle: queue_run -> start_run -> complete_run, each one change of
+    the lists an autoscaler reads (run_states is what ``/actions/runs`` shows, newest first)."""
+    emu = GitHubEmulator(EmulatorConfig(seed=3))
+    run_id = emu.queue_run(ORG, "api")
+    assert emu.run_states(ORG, "api", 1) == [(run_id, "queued")]
+    assert run_id in emu.run_ids(ORG, "api", status="queued")
+    emu.start_run(run_id)
+    assert emu.run_states(ORG, "api", 1) == [(run_id, "in_progress")]
+    assert run_id not in emu.run_ids(ORG, "api", status="queued")
+    with pytest.raises(KeyError):
+        emu.start_run(run_id)  # only a queued run starts
+    emu.complete_run(run_id)
+    assert emu.run_states(ORG, "api", 1) == [(run_id, "completed")]
+    with pytest.raises(KeyError):
+        emu.complete_run(run_id)  # only a running run completes
+    assert [i for i, _ in emu.run_states(ORG, "api", 5)] == emu.run_ids(ORG, "api")[:5]
+
+
 def test_nullable_conversion_and_readable_errors() -> None:
     doc = {
         "paths": {

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from fleetci.bench.fleet import FleetSimSpec, VirtualTimeLoop, simulate
+from fleetci.bench.fleet import FleetSimSpec, VirtualTimeLoop, bench_fleet, simulate
 from support import RunCli, one_line_error
 
 
@@ -64,6 +65,13 @@ def test_fleet_modes_rank_and_charges_match_misses(tmp_path: Path) -> None:
         (["--webhooks", "--webhook-loss", "1.5"], "--webhook-loss"),
         (["--webhook-loss", "0.1"], "--webhooks"),
         (["--webhooks", "--webhook-delay-ms", "slow"], "--webhook-delay-ms"),
+        (["--jobs-per-hour", "-1"], "--jobs-per-hour"),
+        (["--jobs-per-hour", "nan"], "--jobs-per-hour"),
+        (["--queue-wait-s", "120-10"], "--queue-wait-s"),
+        (["--job-duration-s", "long"], "--job-duration-s"),
+        (["--workers", "0"], "--workers"),
+        (["--isolated-runners", "0"], "--isolated-runners"),
+        (["--one-webhook-per-change"], "--webhooks"),
     ],
 )
 def test_bench_fleet_bad_input(args: list[str], needle: str, fleetci: RunCli) -> None:
@@ -73,8 +81,6 @@ def test_bench_fleet_bad_input(args: list[str], needle: str, fleetci: RunCli) ->
 def test_webhooks_cut_staleness_and_lost_ones_are_bounded_by_the_ttl(tmp_path: Path) -> None:
     """Issue 17: the same fleet and world with and without webhooks (some lost): reads of queued lists
     are current far more often with them, and a lost delivery costs at most about the 60 s window."""
-    from dataclasses import replace
-
     spec = FleetSimSpec(
         runners=30,
         hours=0.5,
@@ -83,6 +89,7 @@ def test_webhooks_cut_staleness_and_lost_ones_are_bounded_by_the_ttl(tmp_path: P
         baseline_runners=4,
         webhooks=True,
         webhook_loss=0.2,
+        jobs_per_hour=120,
     )
     hooked = simulate(spec, "p2p", tmp_path / "on", lambda _m: None)
     plain = simulate(replace(spec, webhooks=False), "p2p", tmp_path / "off", lambda _m: None)
@@ -91,4 +98,42 @@ def test_webhooks_cut_staleness_and_lost_ones_are_bounded_by_the_ttl(tmp_path: P
     on, off = hooked.staleness, plain.staleness
     assert on["reads"] > 100 and on["unmatched_reads"] == 0 and off["unmatched_reads"] == 0
     assert int(on["stale_reads"]) * 3 < int(off["stale_reads"])
-    assert float(on["staleness_max_s"]) <= 60 + 2  # a lost delivery: the queue class's TTL, plus delivery
+    # every delivery of a change lost: stale until the list's TTL (queue class 60 s, runs 120 s) at most
+    by_list = on["staleness_by_list"]
+    assert float(by_list["queued_runs"]["staleness_max_s"]) <= 60 + 2
+    assert float(by_list["runs"]["staleness_max_s"]) <= 120 + 2
+    assert int(by_list["queued_runs"]["reads"]) > 50 and int(by_list["runs"]["reads"]) > 50
+
+
+def test_jobs_change_the_world_at_the_asked_rate_and_cost_calls_with_it(tmp_path: Path) -> None:
+    """The job lifecycle: Poisson arrivals, each queued -> in_progress -> completed (three changes);
+    the same arrivals whatever the caches do; more jobs, more list states read, more charged calls;
+    no jobs, nothing is ever stale."""
+    base = FleetSimSpec(
+        runners=10, hours=0.5, runners_per_node=10, repos=3, webhooks=True, queue_wait_s=(5.0, 30.0)
+    )
+    quiet = simulate(replace(base, jobs_per_hour=0), "p2p", tmp_path / "q", lambda _m: None)
+    few = simulate(replace(base, jobs_per_hour=60), "p2p", tmp_path / "f", lambda _m: None)
+    many = simulate(replace(base, jobs_per_hour=600), "p2p", tmp_path / "m", lambda _m: None)
+    again = simulate(replace(base, jobs_per_hour=600), "isolated", tmp_path / "i", lambda _m: None)
+    assert quiet.jobs_queued == quiet.changes == quiet.webhooks_sent == 0
+    assert quiet.staleness["stale_reads"] == 0 and quiet.staleness["unmatched_reads"] == 0
+    assert 10 <= few.jobs_queued <= 55 and 200 <= many.jobs_queued <= 400  # Poisson: 30 and 300 expected
+    assert many.jobs_queued == again.jobs_queued  # the world does not depend on the caches
+    # a 5-30 s wait and a 3-20 min run: almost every job has started, most have finished
+    assert 2 * many.jobs_queued < many.changes <= 3 * many.jobs_queued
+    # GitHub sends workflow_run plus one workflow_job per job (1-3 jobs a run) for every change
+    assert 2 * many.changes <= many.webhooks_sent <= 4 * many.changes
+    assert quiet.charged < few.charged < many.charged
+    assert many.staleness["unmatched_reads"] == 0
+
+
+def test_bench_fleet_samples_the_isolated_fleet_and_scales_it(tmp_path: Path) -> None:
+    spec = FleetSimSpec(
+        runners=40, hours=0.2, runners_per_node=10, repos=3, baseline_runners=4, isolated_runners=20
+    )
+    got = bench_fleet(spec, workers=1)
+    assert got["isolated_sampled_runners"] == 20 and got["workers"] == 1
+    sampled = got["outcomes_isolated"].get("MISS", 0)  # 20 runners' misses, charged one each
+    assert got["charged_per_hour_isolated"] == round(sampled * 40 / 20 / spec.hours, 1)
+    assert got["jobs_queued"] > 0 and got["changes"] > got["jobs_queued"]

@@ -21,6 +21,7 @@ from fleetci.config import (
     parse_count,
     parse_ms_range,
     parse_positive_int,
+    parse_s_range,
     parse_seconds,
     parse_timeout,
 )
@@ -88,6 +89,7 @@ SCALE = number(float, min=0, min_inclusive=False)
 FRACTION = number(float, min=0, max=1)
 LINK_MBPS = number(float, min=0, max=1e6, unit="Mbit/s")
 LEVEL = number(int, min=0, max=19)
+PER_HOUR = number(float, min=0, max=1e6, unit="per hour")
 
 
 def world_params(runners: int, churn_every: float, repos: int) -> tuple[Param, ...]:
@@ -195,6 +197,12 @@ def run_fleet(
     webhooks: bool,
     webhook_loss: float,
     webhook_delay_ms: tuple[float, float],
+    jobs_per_hour: float,
+    queue_wait_s: tuple[float, float],
+    job_duration_s: tuple[float, float],
+    isolated_runners: int,
+    workers: int,
+    one_webhook_per_change: bool,
     progress: Progress,
 ) -> Result:
     from fleetci.bench.fleet import FleetSimSpec, bench_fleet
@@ -212,10 +220,17 @@ def run_fleet(
         webhooks=webhooks,
         webhook_loss=webhook_loss,
         webhook_delay_ms=webhook_delay_ms,
+        webhook_per_job=not one_webhook_per_change,
+        jobs_per_hour=jobs_per_hour,
+        queue_wait_s=queue_wait_s,
+        job_duration_s=job_duration_s,
+        isolated_runners=isolated_runners,
     )
     if webhook_loss and not webhooks:
         raise UsageError("--webhook-loss needs --webhooks")
-    return bench_fleet(spec, progress=progress)
+    if one_webhook_per_change and not webhooks:
+        raise UsageError("--one-webhook-per-change needs --webhooks")
+    return bench_fleet(spec, progress=progress, workers=workers)
 
 
 def run_autoscale(
@@ -347,8 +362,16 @@ BENCHMARKS = (
         "fleet",
         "API cache at fleet scale: charged calls per hour for N runners, in virtual time",
         (
-            *world_params(runners=500, churn_every=60.0, repos=7),
+            *world_params(runners=500, churn_every=0.0, repos=7),
             Param("hours", HOURS, 1.0, "virtual hours to simulate"),
+            Param(
+                "jobs_per_hour",
+                PER_HOUR,
+                300.0,
+                "workflow runs queued per hour over the watched repos, Poisson ({}; 0 = none)",
+            ),
+            Param("queue_wait_s", parse_s_range, (10.0, 120.0), "a job's wait queued, LOW-HIGH seconds"),
+            Param("job_duration_s", parse_s_range, (180.0, 1200.0), "a job's run time, LOW-HIGH seconds"),
             Param("runners_per_node", COUNT, 10, "runners sharing one proxy"),
             Param("poll", parse_timeout, 120.0, "seconds between an autoscaler's polls"),
             Param(
@@ -358,6 +381,13 @@ BENCHMARKS = (
                 "peer-to-peer delivery delay, LOW-HIGH ms ({}, as bench cache --p2p measures)",
             ),
             Param("baseline_runners", COUNT, 20, "runners sampled without any cache"),
+            Param(
+                "isolated_runners",
+                COUNT,
+                500,
+                "runners simulated for the unshared-cache comparison, scaled to the fleet",
+            ),
+            Param("workers", COUNT, 2, "processes running the fleet's simulations at once"),
             JSON,
             Param(
                 "webhooks",
@@ -368,6 +398,13 @@ BENCHMARKS = (
             ),
             Param("webhook_loss", FRACTION, 0.0, "fraction of webhook deliveries lost"),
             Param("webhook_delay_ms", parse_ms_range, (200.0, 1000.0), "webhook delivery delay, LOW-HIGH ms"),
+            Param(
+                "one_webhook_per_change",
+                None,
+                False,
+                "one delivery per transition (GitHub sends workflow_run plus one workflow_job per job)",
+                switch=True,
+            ),
         ),
         run_fleet,
     ),

@@ -213,7 +213,8 @@ class CacheEngine:
         self.settings = settings
         self.clock = clock  # injectable: ``fleetci bench fleet`` runs an hour of virtual time
         self.policy = TTLPolicy.build(settings.ttl_rules, settings.default_ttl)
-        self.store = store or CacheStore.for_settings(settings)
+        # ``is not None``: an empty store is falsy (``__len__``), and a given store must be the one used
+        self.store = store if store is not None else CacheStore.for_settings(settings)
         self.upstream = upstream or AsyncUpstream(settings.upstream, settings.upstream_timeout)
         self.limits = RateLimitTracker(settings.max_concurrency)
         self.counters = Counters()
@@ -236,6 +237,7 @@ class CacheEngine:
         self.graphql: GraphQLHook | None = None
         # (when, prefixes, exact) of the last webhook invalidations: see ``invalidate``.
         self._invalidated: OrderedDict[str, float] = OrderedDict()  # "p:<prefix>" / "e:<target>" -> when
+        self._prefix_lengths: set[int] = set()  # lengths of invalidated prefixes (only grows: a bounded set)
         # Keys this node owns (rendezvous hashing over the connected fleet) that a node is fetching now:
         # key -> (peer, since). Asked from the p2p thread (grant_lease), hence the lock.
         self._leases: OrderedDict[str, tuple[str, float]] = OrderedDict()
@@ -299,6 +301,7 @@ class CacheEngine:
             target = ann.target.lower()
             if target.startswith(lowered) or target in whole:
                 del self._peer_index[key]
+        self._prefix_lengths.update(len(p) for p in lowered)
         for name in (*(f"p:{p}" for p in lowered), *(f"e:{e}" for e in whole)):
             self._invalidated[name] = now
             self._invalidated.move_to_end(name)
@@ -313,12 +316,14 @@ class CacheEngine:
 
     def _invalidated_since(self, target: str, stored_at: float) -> bool:
         """A copy of ``target`` stored at ``stored_at`` predates an invalidation of it (one dict lookup per
-        prefix length of the target: no scan over the invalidations)."""
+        length some invalidated prefix has: no scan over the invalidations, and every announcement a
+        fleet gossips is checked here)."""
         low = target.lower()
         marks = self._invalidated
         if marks.get(f"e:{low}", -1.0) >= stored_at:
             return True
-        return any(marks.get(f"p:{low[:i]}", -1.0) >= stored_at for i in range(1, len(low) + 1))
+        n = len(low)
+        return any(marks.get(f"p:{low[:i]}", -1.0) >= stored_at for i in self._prefix_lengths if i <= n)
 
     # -- main entry point ----------------------------------------------------------------------------
     async def handle(
@@ -485,9 +490,11 @@ class CacheEngine:
             return self._from_upstream(up, Outcome.MISS)
         if up.status == 304 and entry is not None and call is None:
             merged = self._merge_headers(entry.headers, up.headers)
-            refreshed = self.store.refresh(prep.key, now + prep.ttl, merged)
+            # Confirmed current now: peers that heard a webhook's invalidation take this copy (its
+            # stored_at is after the invalidation) instead of each revalidating it upstream themselves.
+            refreshed = self.store.refresh(prep.key, now + prep.ttl, merged, verified_at=now)
             if refreshed is None:  # a copy from the shared store or a peer, not in our tiers yet: keep it
-                refreshed = replace(entry, fresh_until=now + prep.ttl, headers=merged)
+                refreshed = replace(entry, fresh_until=now + prep.ttl, headers=merged, stored_at=now)
                 self._persist_later(refreshed)
             self._announce(refreshed)
             return self._from_entry(refreshed, Outcome.REVALIDATED, prep.limit_scope)
@@ -827,7 +834,7 @@ class CacheEngine:
             local = self.store.get(ann.key)
             if local is not None and local.etag == ann.etag and ann.etag is not None:
                 if ann.fresh_until > local.fresh_until:
-                    self.store.refresh(ann.key, ann.fresh_until)
+                    self.store.refresh(ann.key, ann.fresh_until, verified_at=ann.stored_at)
                 continue
             if local is not None and local.fresh_until >= ann.fresh_until:
                 continue

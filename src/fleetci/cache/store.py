@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -118,8 +119,8 @@ class Entry:
             digest=hashlib.sha256(body).hexdigest(),
         )
 
-    @property
-    def size(self) -> int:
+    @functools.cached_property
+    def size(self) -> int:  # cached: the memory tier asks on every insert and eviction
         return len(self.body) + sum(len(k) + len(v) for k, v in self.headers) + 256
 
     @property
@@ -174,8 +175,11 @@ class CacheStore:
         max_bytes: int = 256 * 1024 * 1024,
         memory_bytes: int = MEMORY_BYTES,
         repair: bool = True,
+        *,
+        memory: bool = False,
     ) -> None:
         self.path = path
+        self.memory = memory  # a private in-memory database (simulated fleets): nothing on disk
         self.repair = repair  # False (inspection commands): a corrupt file is reported, never moved
         self.max_entries = max_entries
         self.max_bytes = max_bytes
@@ -196,11 +200,24 @@ class CacheStore:
         self._recount()
 
     @classmethod
-    def for_settings(cls, settings: CacheSettings, repair: bool = True) -> CacheStore:
-        return cls(settings.db_path, settings.max_entries, settings.max_bytes, settings.memory_bytes, repair)
+    def for_settings(cls, settings: CacheSettings, repair: bool = True, memory: bool = False) -> CacheStore:
+        """The store ``settings`` describe; ``memory``: the same store in a private in-memory database
+        (``fleetci bench fleet`` runs hundreds of engines in one process; a proxy never does)."""
+        return cls(
+            settings.db_path,
+            settings.max_entries,
+            settings.max_bytes,
+            settings.memory_bytes,
+            repair,
+            memory=memory,
+        )
 
     # -- opening, corruption -------------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
+        if self.memory:
+            db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            db.executescript(SCHEMA)
+            return db
         try:
             ensure_private_dir(self.path.parent)
         except OSError as exc:
@@ -468,17 +485,25 @@ class CacheStore:
             return 0
         return len(batch)
 
-    def refresh(self, key: str, fresh_until: float, headers: Headers | None = None) -> Entry | None:
-        """Extend an entry's fresh window after a 304 (and take the 304's newer headers)."""
+    def refresh(
+        self, key: str, fresh_until: float, headers: Headers | None = None, verified_at: float | None = None
+    ) -> Entry | None:
+        """Extend an entry's fresh window after a 304 (and take the 304's newer headers); ``verified_at``:
+        when upstream confirmed the body current, which becomes its ``stored_at`` (a copy confirmed after a
+        webhook's invalidation is as good as one fetched after it)."""
         with self._lock:
             self._flush_behind()
             entry = self.get(key)
             if entry is None:
                 return None
-            updated = replace(entry, fresh_until=fresh_until, headers=headers or entry.headers)
+            stored_at = entry.stored_at if verified_at is None else max(entry.stored_at, verified_at)
+            updated = replace(
+                entry, fresh_until=fresh_until, headers=headers or entry.headers, stored_at=stored_at
+            )
             self._db.execute(
-                "UPDATE entries SET fresh_until = ?, headers = ?, last_access = ? WHERE key = ?",
-                (fresh_until, json.dumps(updated.headers), time.time(), key),
+                "UPDATE entries SET fresh_until = ?, headers = ?, last_access = ?, stored_at = ?"
+                " WHERE key = ?",
+                (fresh_until, json.dumps(updated.headers), time.time(), stored_at, key),
             )
             self._remember(updated)
             return updated

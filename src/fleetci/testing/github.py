@@ -498,6 +498,36 @@ class GitHubEmulator:
             self._bump()
             return run.id
 
+    def start_run(self, run_id: int) -> None:
+        """A queued run's jobs are picked up: the run and its jobs go ``in_progress`` (self-hosted jobs on
+        an idle organization runner, which turns busy)."""
+        with self._lock:
+            run = self._world.runs.get(run_id)
+            if run is None or run.status != "queued":
+                raise KeyError(f"no queued run {run_id}")
+            w = self._world
+            w.now += 1
+            run.status, run.run_started_at, run.updated_at = "in_progress", w.now, w.now
+            for job in gd.jobs_of(w, run):
+                gd.start_job(w, job, self._runner_for(job), w.now)
+            self._bump()
+
+    def complete_run(self, run_id: int) -> None:
+        """An in-progress run finishes (its jobs complete, their runners turn idle)."""
+        with self._lock:
+            run = self._world.runs.get(run_id)
+            if run is None or run.status != "in_progress":
+                raise KeyError(f"no run {run_id} in progress")
+            self._world.now += 1
+            gd.complete_run(self._world, self._world_rng, run, self._world.now)
+            self._bump()
+
+    def run_states(self, owner: str, repo: str, limit: int = 30) -> list[tuple[int, str]]:
+        """``(id, status)`` of a repository's newest runs, in the order its runs list shows them."""
+        with self._lock:
+            ids = self.run_ids(owner, repo)[: max(0, limit)]
+            return [(i, self._world.runs[i].status) for i in ids]
+
     def set_job_log(self, job_id: int, text: str) -> None:
         """Set the log text served for a job (and inside its run's log archive)."""
         with self._lock:
