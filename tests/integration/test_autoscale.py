@@ -125,13 +125,14 @@ def queue(world: World, labels: list[str]) -> int:
 def test_webhook_wakes_the_autoscaler_long_before_its_poll(world: World) -> None:
     pool = "self-hosted,gpu-push"
     rec = Recorder(world.tmp / "push.jsonl")
-    running = start(world, rec, pool, poll=60.0)
+    running = start(world, rec, pool, poll=600.0)
     try:
         assert [c["desired"] for c in rec.calls(pool)] == [0]  # the first cycle: nothing queued
         received = world.received()
         jobs = queue(world, ["self-hosted", "gpu-push"])
-        # the poll is 60 s away: only the webhook -> /_fleetci/changes -> re-read path is this fast
-        assert wait_until(lambda: any(c["desired"] >= 1 for c in rec.calls(pool)), timeout=10)
+        # the poll is 600 s away: only the webhook -> /_fleetci/changes -> re-read path reacts within
+        # 40 s (a loose bound: a loaded 2-core CI box must not flake; it still proves the path)
+        assert wait_until(lambda: any(c["desired"] >= 1 for c in rec.calls(pool)), timeout=40)
         last = rec.calls(pool)[-1]
         assert last["desired"] == last["queued"] == jobs and last["owner"] == "octo-org"
         assert world.received() > received
