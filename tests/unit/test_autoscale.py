@@ -320,7 +320,7 @@ def test_cli_failing_and_hanging_scale_commands_fail_once_in_one_line(
     assert r.returncode == 1
     errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
     assert errors == [
-        "fleetci autoscale: error: pool gpu: scale command sh exited 4: out of quota (asked again next cycle)"
+        "fleetci autoscale: error: pool gpu: scale command sh exited 4: out of quota (asked again in 5s)"
     ]
     r = fleetci(*base, "--scale-cmd", "sleep 30", "--scale-cmd-timeout", "0.3", env=env)
     assert r.returncode == 1 and "did not finish within 0.3s (killed)" in r.stderr

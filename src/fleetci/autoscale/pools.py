@@ -1,24 +1,39 @@
 """Runner pools and the scaling decision: pure logic, no I/O (unit-tested on its own).
 
 A pool is a label set with bounds, ``self-hosted,linux,x64:min=0:max=10``. GitHub gives a job to a runner
-that has *all* the job's labels, so a queued job counts for the smallest configured pool whose labels
-include the job's (labels compare case-insensitively, as GitHub's do); a job no pool can serve is
-counted and logged, never scaled for. A runner belongs to the most specific pool whose labels it has.
+that has *all* the job's labels (compared case-insensitively), and every self-hosted runner also carries
+GitHub's default labels: ``self-hosted``, its OS (``Linux``/``Windows``/``macOS``) and its architecture
+(``X64``/``ARM64``/``ARM``). So a pool's runners have its labels plus ``self-hosted``, plus any OS or
+architecture when the pool names none (a job asking for default labels only goes to a pool of default
+labels only, never to ``self-hosted,gpu``). A queued job counts for the pool that serves it with the fewest
+labels beyond the job's (then the fewest such implied defaults, then the first configured); a job no pool
+can serve, or with no labels at all, is counted and logged, never scaled for.
 
-Desired count: ``clamp(min, max, queued + busy)``. Growing happens at once; shrinking only after the
-lower count has held for ``scale_down_delay`` seconds, so a burst that drains between two polls does not
-tear runners down and start them again.
+A runner belongs to the pool whose own (non-default) labels it carries most of, then the one with the most
+labels it carries: a GPU runner ``self-hosted,Linux,X64,gpu`` is in pool ``self-hosted,gpu``, not in
+``self-hosted,linux,x64``.
+
+Desired count: ``clamp(min, max, queued + busy)``. Growing happens at once; shrinking only after a lower
+count has held for ``scale_down_delay`` seconds, and then only to the highest count wanted during that
+window, so a burst that drains between two polls does not tear runners down and start them again. The
+first cycle (a restart) starts from the runners that exist and holds them for the delay too.
 """
 
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 MAX_POOLS = 100
 MAX_RUNNERS = 10_000
 _LABEL = re.compile(r"[^\s,:;]{1,100}")
+# GitHub's default labels of a self-hosted runner (lower case): every runner has one of each group
+SELF_HOSTED = "self-hosted"
+OS_LABELS = frozenset({"linux", "windows", "macos"})
+ARCH_LABELS = frozenset({"x64", "arm64", "arm"})
+DEFAULT_LABELS = frozenset({SELF_HOSTED}) | OS_LABELS | ARCH_LABELS
 
 
 @dataclass(frozen=True)
@@ -35,8 +50,32 @@ class Pool:
     def name(self) -> str:
         return ",".join(self.labels)
 
+    @property
+    def own(self) -> frozenset[str]:
+        """The pool's labels that are not GitHub's default labels (``gpu`` of ``self-hosted,gpu``)."""
+        return self.key - DEFAULT_LABELS
+
+    def implied(self, job_labels: Iterable[str]) -> int | None:
+        """None when the pool's runners lack a label of the job, else how many of the job's labels only
+        the runners' default labels provide (``self-hosted``; an OS or arch the pool does not name)."""
+        want = {label.lower() for label in job_labels}
+        if self.own and not want - DEFAULT_LABELS:
+            return None  # a job asking only for default labels is not worth starting a special runner
+        missing = want - self.key
+        for label in missing:
+            if label == SELF_HOSTED:
+                continue
+            if label in OS_LABELS and not self.key & OS_LABELS:
+                continue
+            if label in ARCH_LABELS and not self.key & ARCH_LABELS:
+                continue
+            return None
+        if len(missing & OS_LABELS) > 1 or len(missing & ARCH_LABELS) > 1:
+            return None  # a runner has one OS and one architecture
+        return len(missing)
+
     def serves(self, job_labels: Iterable[str]) -> bool:
-        return {label.lower() for label in job_labels} <= self.key
+        return self.implied(job_labels) is not None
 
     def clamp(self, wanted: int) -> int:
         return max(self.min, min(self.max, wanted))
@@ -82,17 +121,29 @@ def parse_pools(text: str) -> tuple[Pool, ...]:
 
 
 def pool_for_job(pools: Sequence[Pool], job_labels: Iterable[str]) -> Pool | None:
-    """The smallest pool that has every label of the job (the first configured on a tie)."""
-    labels = list(job_labels)
-    fitting = [p for p in pools if p.serves(labels)]
-    return min(fitting, key=lambda p: len(p.key)) if fitting else None
+    """The pool serving the job with the fewest labels beyond the job's, then the fewest implied default
+    labels (the first configured on a tie); None for a job with no labels (nothing to match)."""
+    want = {label.lower() for label in job_labels}
+    if not want:
+        return None
+    best: tuple[int, int, int] | None = None
+    found: Pool | None = None
+    for i, pool in enumerate(pools):
+        implied = pool.implied(want)
+        if implied is None:
+            continue
+        rank = (len(pool.key - want), implied, i)
+        if best is None or rank < best:
+            best, found = rank, pool
+    return found
 
 
 def pool_for_runner(pools: Sequence[Pool], runner_labels: Iterable[str]) -> Pool | None:
-    """The most specific pool whose labels the runner has (the first configured on a tie)."""
-    have = {label.lower() for label in runner_labels}
+    """The pool whose labels the runner has (``self-hosted`` implied) with the most of its own labels,
+    then the most labels (the first configured on a tie)."""
+    have = {label.lower() for label in runner_labels} | {SELF_HOSTED}
     fitting = [p for p in pools if p.key <= have]
-    return max(fitting, key=lambda p: len(p.key)) if fitting else None
+    return max(fitting, key=lambda p: (len(p.own), len(p.key))) if fitting else None
 
 
 @dataclass
@@ -133,15 +184,34 @@ class Decision:
 class _State:
     applied: int | None = None  # the desired count decided last
     provided: int | None = None  # the count the provider last accepted
+    provided_at: float | None = None  # when it accepted it
     low_since: float | None = None  # when ``wanted`` first fell below ``applied``
+    # (time, wanted) of the last ``scale_down_delay`` seconds, wanted strictly decreasing: the front is the
+    # window's highest count (a sliding-window maximum)
+    window: deque[tuple[float, int]] = field(default_factory=deque)
+
+    def remember(self, now: float, wanted: int, delay: float) -> int:
+        """Add this cycle's count; the highest count wanted within the last ``delay`` seconds."""
+        while self.window and self.window[-1][1] <= wanted:
+            self.window.pop()
+        self.window.append((now, wanted))
+        while len(self.window) > 1 and self.window[0][0] <= now - delay:
+            self.window.popleft()
+        return self.window[0][1]
 
 
 @dataclass
 class Planner:
-    """Desired counts per pool across cycles (the scale-down delay needs memory)."""
+    """Desired counts per pool across cycles (the scale-down delay needs memory).
+
+    The provider is asked when the desired count changed since it last accepted one, and again — at most
+    every ``recall_after`` seconds — while the pool's online runners differ from it: ephemeral runners that
+    finished leave the desired count flat while the pool empties, and a command provider must hear again.
+    """
 
     pools: tuple[Pool, ...]
     scale_down_delay: float
+    recall_after: float = 30.0
     _state: dict[frozenset[str], _State] = field(default_factory=dict)
 
     def plan(self, counts: dict[frozenset[str], Count], now: float) -> list[Decision]:
@@ -150,24 +220,33 @@ class Planner:
             c = counts.get(pool.key, Count())
             st = self._state.setdefault(pool.key, _State())
             wanted = pool.clamp(c.queued + c.busy)
-            held = False
-            if st.applied is None or wanted >= st.applied:
+            peak = st.remember(now, wanted, self.scale_down_delay)
+            if st.applied is None:  # a (re)start: keep what exists for the delay, as after a burst
+                st.applied = max(wanted, pool.clamp(c.current))
+                st.low_since = now if st.applied > wanted else None
+            elif wanted >= st.applied:
                 st.applied, st.low_since = wanted, None
             else:
                 if st.low_since is None:
                     st.low_since = now
                 if now - st.low_since >= self.scale_down_delay:
-                    st.applied, st.low_since = wanted, None
-                else:
-                    held = True
+                    # never below a count wanted within the delay: a dip followed by a rise is no lull
+                    st.applied = max(wanted, min(st.applied, peak))
+                    st.low_since = None if st.applied == wanted else st.low_since
             desired = st.applied
+            call = desired != st.provided or (
+                desired != c.current
+                and st.provided_at is not None
+                and now - st.provided_at >= self.recall_after
+            )
             out.append(
-                Decision(
-                    pool, c.queued, c.busy, c.idle, c.current, wanted, desired, desired != st.provided, held
-                )
+                Decision(pool, c.queued, c.busy, c.idle, c.current, wanted, desired, call, desired > wanted)
             )
         return out
 
-    def provided(self, pool: Pool, desired: int) -> None:
-        """The provider applied ``desired``: not asked again until the desired count changes."""
-        self._state.setdefault(pool.key, _State()).provided = desired
+    def provided(self, pool: Pool, desired: int, now: float | None = None) -> None:
+        """The provider applied ``desired`` (at ``now``): asked again when the desired count changes, or
+        after ``recall_after`` seconds while the online runners still differ from it."""
+        st = self._state.setdefault(pool.key, _State())
+        st.provided = desired
+        st.provided_at = now

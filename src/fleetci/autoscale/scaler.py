@@ -6,6 +6,12 @@ proxy or by any proxy of the fleet — invalidated something; the autoscaler re-
 reads revalidate just the entries the webhook touched. Without a proxy, or with one that lacks the
 endpoint, it simply reads every ``poll_interval`` seconds. Lost webhooks cost reaction time up to the
 poll (plus the cache's window for queued lists), never a wrong count.
+
+What a webhook wake costs stays bounded whatever the event rate: the first wake after a quiet spell runs
+a cycle at once, a burst of them is one cycle per ``WAKE_SPACING_S``; a woken cycle re-reads the queued
+lists only (scaling up needs them fresh) and the runner list (every page of it at 5,000 runners) at most
+every ``RUNNERS_MAX_AGE_S`` seconds or on the poll. A failing provider is asked again after a per-pool
+back-off, not on every wake.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from fleetci.autoscale.github import RUN_STATUSES, GitHubReader, QueuedJob
+from fleetci.autoscale.github import RUN_STATUSES, GitHubReader, QueuedJob, Runner
 from fleetci.autoscale.pools import Count, Decision, Planner, Pool, parse_pool, pool_for_job, pool_for_runner
 from fleetci.autoscale.providers import CommandProvider, DockerProvider, Provider, ScaleRequest
 from fleetci.autoscale.settings import UPSTREAM, AutoscaleOptions, AutoscaleSettings, autoscale_settings
@@ -31,7 +37,7 @@ from fleetci.cache.changes import CHANGES_PATH, MAX_WAIT_S
 from fleetci.cache.settings import WELL_KNOWN_SOCKET
 from fleetci.config import load_config_file
 from fleetci.errors import FleetciError, UsageError
-from fleetci.http import JsonApi, describe, loads_strict, redact_url
+from fleetci.http import ApiError, JsonApi, describe, loads_strict, redact_url
 from fleetci.wait import wait_stepwise
 
 Say = Callable[[str], None]
@@ -39,6 +45,11 @@ Say = Callable[[str], None]
 # killed: below systemd's TimeoutStopSec=15 of the unit, which would kill the autoscaler itself
 STOP_GRACE_S = 10.0
 READERS = 8  # GETs of one cycle in flight at once (the proxy caps upstream concurrency per token itself)
+WAKE_SPACING_S = 1.0  # woken cycles start at least this far apart: a burst of deliveries is one cycle
+RUNNERS_MAX_AGE_S = 60.0  # a woken cycle re-reads the runner list only when it is older than this
+RECALL_MIN_S = 30.0  # a pool whose runners differ from its desired count is asked again after max(poll, this)
+BACKOFF_FIRST_S = 5.0  # a failing provider's pool waits this long, doubling up to the poll interval
+SKIP_STATUSES = (403, 404, 410)  # a repository or run this token cannot read (any more): skipped, not fatal
 
 
 def _stderr(line: str) -> None:
@@ -172,6 +183,7 @@ class Cycle:
     errors: list[str] = field(default_factory=list)
     cancelled: bool = False  # stopped before every pool's provider call was made
     runners: dict[str, bool] = field(default_factory=dict)  # every runner read: name -> busy
+    skipped: list[str] = field(default_factory=list)  # repositories/runs answered 403/404/410
 
 
 class GitHubRunnerAutoscaler:
@@ -208,38 +220,62 @@ class GitHubRunnerAutoscaler:
         self._stop = threading.Event()
         self.provider = provider or _provider(settings, self._stop)
         self.reader = GitHubReader(self.api_url, settings.token, settings.owner)
-        self.planner = Planner(settings.pools, settings.scale_down_delay)
-        self.cache: CacheView | None = (
-            CacheView(JsonApi(self.api_url, what=f"fleetci cache {redact_url(self.api_url)}"))
-            if is_fleetci_proxy(self.api_url)
-            else None
+        self.planner = Planner(
+            settings.pools, settings.scale_down_delay, max(settings.poll_interval, RECALL_MIN_S)
         )
+        self.cache: CacheView | None = None
+        self._probe_cache()
         self.last = Cycle()
         self.cycles = 0
         self.stopped_by = ""  # the signal that stopped run() ("SIGTERM"), if one did
         self._waiting = False  # run() is in wait_for_change: a signal may end the wait at once
+        self.woken = False  # the next cycle was woken by a change (not the poll): runners may stay cached
+        self._runners: tuple[float, list[Runner]] | None = None  # when read, what
+        self._backoff: dict[frozenset[str], tuple[float, float]] = {}  # pool -> (not before, last delay)
+        self._skipped_said: frozenset[str] = frozenset()
         self._pool = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="fleetci-autoscale")
+
+    def _probe_cache(self) -> None:
+        """Use the proxy's long poll and stats once ``api_url`` answers as a fleetci proxy: probed at start
+        and again each cycle until it does (after a reboot the proxy may bind after the autoscaler)."""
+        if self.cache is None and self.api_url != UPSTREAM and is_fleetci_proxy(self.api_url):
+            self.cache = CacheView(JsonApi(self.api_url, what=f"fleetci cache {redact_url(self.api_url)}"))
+
+    def _current_runners(self, repos: list[str]) -> list[Runner]:
+        """The runner list: read on the poll, and on a woken cycle only when older than the limit."""
+        now = self.clock()
+        if self.woken and self._runners is not None and now - self._runners[0] < RUNNERS_MAX_AGE_S:
+            return self._runners[1]
+        found = self.reader.runners(repos)
+        self._runners = (now, found)
+        return found
 
     # -- one cycle --------------------------------------------------------------------------------------
     def once(self) -> list[Decision]:
-        """Read, decide, call the provider for pools whose desired count changed; the decisions."""
+        """Read, decide, call the provider for pools whose desired count changed (or whose runners still
+        differ from it, now and then); the decisions."""
+        self._probe_cache()
         if self.cache is not None and self.cache.seq is None:
             self.cache.current()  # before the reads: a change during them wakes the next wait at once
         s = self.settings
+        cycle = Cycle()
         repos = self.reader.repositories()
         # each repository's reads are independent: a few at once, so a cycle woken by a webhook takes
         # about one round trip per step, not one per repository
-        runners = self._pool.submit(self.reader.runners, repos)
+        runners = self._pool.submit(self._current_runners, repos)
         lists = [(repo, status) for repo in repos for status in RUN_STATUSES]
         # queued runs, and in-progress ones whose matrix jobs may still wait (a run listed under both,
         # having started between the two reads, is counted once)
-        found_runs = self._pool.map(lambda rs: self.reader.runs(*rs), lists)
+        found_runs = self._pool.map(
+            self._skipping(lambda rs: self.reader.runs(*rs), cycle, lambda rs: str(rs[0])), lists
+        )
         runs = list(dict.fromkeys(run for found in found_runs for run in found))
         jobs: list[QueuedJob] = [
-            job for found in self._pool.map(self.reader.queued_jobs_of, runs) for job in found
+            job
+            for found in self._pool.map(self._skipping(self.reader.queued_jobs_of, cycle), runs)
+            for job in found
         ]
         counts: dict[frozenset[str], Count] = {p.key: Count() for p in s.pools}
-        cycle = Cycle()
         for job in jobs:
             pool = pool_for_job(s.pools, job.labels)
             if pool is None:
@@ -255,14 +291,19 @@ class GitHubRunnerAutoscaler:
                 counts[rpool.key].busy += 1
             else:
                 counts[rpool.key].idle += 1
-        cycle.decisions = self.planner.plan(counts, self.clock())
+        now = self.clock()
+        cycle.decisions = self.planner.plan(counts, now)
         every_cycle = bool(getattr(self.provider, "every_cycle", False))  # docker: heal exited containers
         for d in cycle.decisions:
             if self._stop.is_set():  # stopping: no new provider call (the pool is asked again at start)
                 cycle.cancelled = True
                 break
-            if d.call or every_cycle:
-                self._apply(d, cycle)
+            if not (d.call or every_cycle):
+                continue
+            until, _ = self._backoff.get(d.pool.key, (0.0, 0.0))
+            if now < until:
+                continue  # a failing provider: asked again after its back-off, not on every wake
+            self._apply(d, cycle, now)
         self.cycles += 1
         self.last = cycle
         self._log(cycle)
@@ -270,9 +311,34 @@ class GitHubRunnerAutoscaler:
 
     step = once  # the seed's name for one cycle
 
-    def _apply(self, d: Decision, cycle: Cycle) -> None:
+    def _skipping(
+        self, read: Callable[[Any], list[Any]], cycle: Cycle, name: Callable[[Any], str] | None = None
+    ) -> Callable[[Any], list[Any]]:
+        """``read`` of one repository or run, where 403/404/410 (deleted, transferred, not readable with
+        this token) skips it and is recorded: one repository never stops the organization's scaling."""
+
+        def one(item: Any) -> list[Any]:
+            try:
+                return read(item)
+            except ApiError as exc:
+                if exc.status not in SKIP_STATUSES:
+                    raise
+                what = name(item) if name else "/".join(str(x) for x in item)  # a run: repo/id
+                cycle.skipped.append(f"{_printable(what)}: HTTP {exc.status}")
+                return []
+
+        return one
+
+    def _failed(self, d: Decision, cycle: Cycle, now: float, what: str) -> None:
+        _, last = self._backoff.get(d.pool.key, (0.0, 0.0))
+        delay = min(max(self.settings.poll_interval, BACKOFF_FIRST_S), max(BACKOFF_FIRST_S, 2 * last))
+        self._backoff[d.pool.key] = (now + delay, delay)
+        cycle.errors.append(f"pool {d.pool.name}: {what}")
+        self.say(f"error: pool {d.pool.name}: {what} (asked again in {delay:g}s)")
+
+    def _apply(self, d: Decision, cycle: Cycle, now: float) -> None:
         if self.provider is None:
-            self.planner.provided(d.pool, d.desired)  # no provider: the decision is only logged
+            self.planner.provided(d.pool, d.desired, now)  # no provider: the decision is only logged
             return
         request = ScaleRequest(
             self.settings.owner,
@@ -287,14 +353,13 @@ class GitHubRunnerAutoscaler:
         try:
             self.provider.scale(request)
         except FleetciError as exc:
-            cycle.errors.append(f"pool {d.pool.name}: {exc}")
-            self.say(f"error: pool {d.pool.name}: {exc} (asked again next cycle)")
+            self._failed(d, cycle, now, str(exc))
             return
         except Exception as exc:  # an embedded provider's bug must not end the loop either
-            cycle.errors.append(f"pool {d.pool.name}: {describe(exc)}")
-            self.say(f"error: pool {d.pool.name}: provider failed: {describe(exc)} (asked again next cycle)")
+            self._failed(d, cycle, now, f"provider failed: {describe(exc)}")
             return
-        self.planner.provided(d.pool, d.desired)
+        self._backoff.pop(d.pool.key, None)
+        self.planner.provided(d.pool, d.desired, now)
 
     def _log(self, cycle: Cycle) -> None:
         pools = "; ".join(d.line() for d in cycle.decisions)
@@ -307,6 +372,11 @@ class GitHubRunnerAutoscaler:
             )
             total = sum(cycle.unmatched.values())
             self.say(f"{total} queued job(s) match no pool (not scaled): {shown}")
+        skipped = frozenset(cycle.skipped)
+        if skipped and skipped != self._skipped_said:  # said when the set changes, not every cycle
+            shown = ", ".join(sorted(skipped)[:5])
+            self.say(f"skipped {len(skipped)} repository/run read(s) this token cannot make: {shown}")
+        self._skipped_said = skipped
 
     # -- the loop ---------------------------------------------------------------------------------------
     def wait_for_change(self, timeout: float) -> bool:
@@ -325,9 +395,21 @@ class GitHubRunnerAutoscaler:
         retried. A signal lets the current cycle end: a scale command in flight gets ``STOP_GRACE_S`` to
         finish, then its process group is killed; no pool is asked after it. Logs "stopped" once."""
         done = 0
+        started: float | None = None
         with self.signals_handled(handle_signals):
             try:
                 while not self._stop.is_set():
+                    if self.woken and started is not None:
+                        # coalesce a burst: the first wake after a quiet spell runs at once, the next wait
+                        spacing = WAKE_SPACING_S - (self.clock() - started)
+                        if spacing > 0:
+                            self._waiting = True
+                            try:
+                                if self._stop.wait(spacing):
+                                    break
+                            finally:
+                                self._waiting = False
+                    started = self.clock()
                     if self.cache is not None:
                         self.cache.current()
                     if self._stop.is_set():
@@ -346,7 +428,7 @@ class GitHubRunnerAutoscaler:
                         return done
                     self._waiting = True
                     try:
-                        self.wait_for_change(self.settings.poll_interval)
+                        self.woken = self.wait_for_change(self.settings.poll_interval)
                     finally:
                         self._waiting = False
             except _Interrupted:
