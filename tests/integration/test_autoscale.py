@@ -25,6 +25,7 @@ import pytest
 from fleetci.autoscale import GitHubRunnerAutoscaler
 from fleetci.cache.changes import CHANGES_PATH
 from fleetci.cache.webhooks import WEBHOOK_PATH
+from fleetci.http import free_port
 from fleetci.process import fleetci_argv
 from fleetci.testing import EmulatorServer, GitHubEmulator
 from support import Proxy, clean_env, start_proxy, wait_until
@@ -167,6 +168,7 @@ def test_a_failing_scale_command_is_logged_and_retried_next_cycle(world: World) 
         f"exit 3; fi\ncat >> {shlex.quote(str(rec.path))}\n"
     )
     lines: list[str] = []
+    now = [0.0]
     scaler = GitHubRunnerAutoscaler(
         owner="octo-org",
         api_url=world.proxy.url,
@@ -176,6 +178,7 @@ def test_a_failing_scale_command_is_logged_and_retried_next_cycle(world: World) 
         env={},
         config={},
         say=lines.append,
+        clock=lambda: now[0],
     )
     try:
         scaler.once()
@@ -184,6 +187,7 @@ def test_a_failing_scale_command_is_logged_and_retried_next_cycle(world: World) 
             ln.startswith("error: pool self-hosted,gpu-flaky: scale command sh exited 3") for ln in lines
         )
         assert rec.calls(pool) == []
+        now[0] = 5.0  # after the pool's back-off
         scaler.once()  # the same desired count is asked for again, and now accepted
         assert [c["desired"] for c in rec.calls(pool)] == [0] and not scaler.last.errors
         scaler.once()
@@ -325,3 +329,51 @@ def test_a_socket_in_a_world_writable_dir_never_gets_the_token(world: World, tmp
     shared.chmod(0o1777)
     url, note = find_api_url("", shared / "proxy.sock", upstream=world.emulator.url)
     assert url == world.emulator.url and "not trusted" in note and "writable by every user" in note
+
+
+def test_a_deleted_repository_is_skipped_and_the_cycle_goes_on(world: World) -> None:
+    """The cached organization listing still names a deleted repository: its 404 skips it (said once),
+    the other repositories' queued jobs are still scaled for."""
+    pool = "self-hosted,gpu-gone"
+    rec = Recorder(world.tmp / "gone.jsonl")
+    lines: list[str] = []
+    scaler = GitHubRunnerAutoscaler(
+        owner="octo-org", api_url=world.proxy.url, token=tok("alice"), scale_cmd=rec.command,
+        pools=[f"{pool}:max=50"], env={}, config={}, say=lines.append,
+    )  # fmt: skip
+    repos = httpx.get(f"{world.emulator.url}/orgs/octo-org/repos", headers=auth("alice")).json()
+    victim = str(repos[-1]["full_name"])
+    assert victim != world.repo
+    try:
+        scaler.once()  # the listing with the victim is now in the proxy's cache
+        world.emu.delete_repo(*victim.split("/"))
+        jobs = queue(world, ["self-hosted", "gpu-gone"])
+
+        def skipped() -> bool:
+            scaler.once()  # raised ApiError (404) and scaled nothing before the fix
+            return any(s.startswith(victim) for s in scaler.last.skipped)
+
+        assert wait_until(skipped, timeout=30)  # once the victim's queued list (3 s window) revalidates
+        assert not scaler.last.errors and rec.calls(pool)[-1]["desired"] == jobs
+        assert sum("skipped 1 repository/run read" in ln and victim in ln for ln in lines) == 1
+    finally:
+        scaler.close()
+
+
+def test_a_proxy_that_starts_after_the_autoscaler_is_long_polled(world: World) -> None:
+    """After a reboot the proxy may bind after the autoscaler started: it is probed again each cycle."""
+    port = free_port()
+    lines: list[str] = []
+    scaler = GitHubRunnerAutoscaler(
+        owner="octo-org", api_url=f"http://127.0.0.1:{port}", token=tok("alice"), pools=["gpu"],
+        env={}, config={}, say=lines.append,
+    )  # fmt: skip
+    try:
+        assert scaler.cache is None  # nothing answers yet
+        with start_proxy(world.emulator.url, world.tmp / "late" / "cache", port=port):
+            scaler.once()
+            assert scaler.cache is not None and scaler.cache.long_poll
+            (cycle,) = [ln for ln in lines if ln.startswith("cycle ")]
+            assert "cache hits=" in cycle and "no cache proxy" not in cycle
+    finally:
+        scaler.close()

@@ -116,8 +116,11 @@ class Proxy:
         return data
 
 
-def start_proxy(upstream: str, cache_dir: Path, *args: str, env: dict[str, str] | None = None) -> Proxy:
-    port = free_port()
+def start_proxy(
+    upstream: str, cache_dir: Path, *args: str, env: dict[str, str] | None = None, port: int = 0
+) -> Proxy:
+    """A real proxy on ``port`` (0: a free one), healthy before this returns."""
+    port = port or free_port()
     sock = cache_dir / "proxy.sock"
     log = cache_dir.parent / f"proxy-{port}.log"
     cache_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -784,3 +784,191 @@ def test_a_cycle_counts_the_emulators_busy_and_idle_runners_and_leaves_out_offli
     assert busy >= 1 and len(mine) - busy >= 1
     assert (d.busy, d.idle, d.current) == (busy, len(mine) - busy, len(mine))
     assert fitting[2].name not in {r["name"] for r in mine}
+
+
+# -- review 17a: findings 1, 2, 4, 5, 6, 8, 9, 11 ----------------------------------------------------------
+DOCS_POOLS = "self-hosted,linux,x64:min=1:max=20;self-hosted,gpu:max=4"  # docs/autoscale.md's example
+
+
+def test_runners_with_githubs_default_labels_count_in_their_own_pool() -> None:
+    linux, gpu = parse_pools(DOCS_POOLS)
+    pools = (linux, gpu)
+    # every self-hosted runner carries self-hosted, its OS and its arch besides its own labels
+    assert pool_for_runner(pools, ["self-hosted", "Linux", "X64", "gpu", "cuda-12"]) == gpu
+    assert pool_for_runner(pools, ["self-hosted", "Linux", "X64", "docker"]) == linux
+    assert pool_for_runner(pools, ["self-hosted", "Linux", "ARM64"]) is None
+    assert pool_for_job(pools, ["self-hosted", "gpu"]) == gpu
+    assert pool_for_job(pools, ["self-hosted", "Linux", "X64"]) == linux  # not the GPU pool
+    assert pool_for_job(pools, ["self-hosted", "linux", "gpu"]) == gpu  # its runners are Linux too
+    assert pool_for_job(pools, ["self-hosted", "linux", "arm64"]) is None  # linux pool is x64
+    assert pool_for_job(pools, []) is None  # nothing asked for: unmatched, not the smallest pool
+    bare = parse_pools("gpu")
+    assert pool_for_job(bare, ["self-hosted", "gpu"]) == bare[0]  # self-hosted is on every runner
+    assert pool_for_job(bare, ["self-hosted", "linux", "windows", "gpu"]) is None  # one OS per runner
+
+
+def test_a_busy_gpu_runner_counts_in_the_gpu_pool_of_the_docs_example(emulator: Any) -> None:
+    from fleetci.autoscale import GitHubRunnerAutoscaler
+
+    emu = emulator.emulator
+    repos = httpx.get(
+        f"{emulator.url}/orgs/octo-org/repos", headers={"Authorization": f"token {tok('alice')}"}
+    )
+    owner, name = repos.json()[0]["full_name"].split("/")
+    run = emu.queue_run(owner, name, ["self-hosted", "gpu"])
+    emu.start_run(run)  # the job runs on fleet-gpu-01 (self-hosted, Linux, X64, gpu, cuda-12)
+    scaler = GitHubRunnerAutoscaler(
+        owner="octo-org", api_url=emulator.url, token=tok("alice"), pools=DOCS_POOLS.split(";"),
+        env={}, config={}, say=lambda _: None,
+    )  # fmt: skip
+    try:
+        linux, gpu = scaler.once()
+    finally:
+        scaler.close()
+    assert (gpu.busy, gpu.wanted) == (1, 1)  # the old rule counted it in the linux pool
+    listed = httpx.get(
+        f"{emulator.url}/orgs/octo-org/actions/runners", headers={"Authorization": f"token {tok('alice')}"}
+    ).json()["runners"]
+    plain = [
+        r for r in listed
+        if r["busy"] and r["status"] == "online" and {lb["name"] for lb in r["labels"]} >= {"Linux", "X64"}
+        and "gpu" not in {lb["name"] for lb in r["labels"]}
+    ]  # fmt: skip
+    assert linux.busy == len(plain)
+
+
+def test_the_command_is_asked_again_while_ephemeral_runners_are_gone() -> None:
+    """The review's table: desired stays 5 while the 5 ephemeral runners finish and 5 new jobs queue."""
+    pool = parse_pool("self-hosted,linux,x64:max=10")
+    p = Planner((pool,), scale_down_delay=300, recall_after=30)
+    calls = []
+    for t, queued, busy in [(0, 5, 0), (10, 0, 5), (20, 5, 0), (30, 5, 0), (40, 5, 0), (60, 5, 0)]:
+        (d,) = p.plan({pool.key: Count(queued, busy, 0)}, float(t))
+        assert d.desired == 5
+        if d.call:
+            p.provided(pool, d.desired, float(t))
+            calls.append(t)
+    assert calls == [0, 30, 60]  # again while no runner is online, at most every 30 s
+    (d,) = p.plan({pool.key: Count(0, 5, 0)}, 100.0)
+    assert not d.call  # the runners are there: not asked
+
+
+def test_a_scale_command_gets_a_second_call_when_runners_went_away(emulator: Any, tmp_path: Path) -> None:
+    from fleetci.autoscale import GitHubRunnerAutoscaler
+
+    emu = emulator.emulator
+    repos = httpx.get(
+        f"{emulator.url}/orgs/octo-org/repos", headers={"Authorization": f"token {tok('alice')}"}
+    )
+    owner, name = repos.json()[0]["full_name"].split("/")
+    jobs = len(emu.job_ids(emu.queue_run(owner, name, ["self-hosted", "qpu"])))
+    out = tmp_path / "calls.jsonl"
+    now = [0.0]
+    scaler = GitHubRunnerAutoscaler(
+        owner="octo-org", poll_interval=1, api_url=emulator.url, token=tok("alice"),
+        pools=["self-hosted,qpu"], scale_cmd=f"sh -c {shlex.quote('cat >> ' + str(out))}",
+        env={}, config={}, say=lambda _: None, clock=lambda: now[0],
+    )  # fmt: skip
+    try:
+        scaler.once()
+        now[0] = 10.0
+        scaler.once()  # no runner yet, but asked 10 s ago: the VM may still boot
+        now[0] = 31.0
+        scaler.once()  # still none online: asked again
+    finally:
+        scaler.close()
+    calls = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(c["desired"], c["current"]) for c in calls] == [(jobs, 0), (jobs, 0)]
+
+
+def test_a_restart_keeps_the_existing_runners_for_the_delay() -> None:
+    pool = parse_pool("a:max=20")
+    p = Planner((pool,), scale_down_delay=300)
+    d = _plan(p, pool, 0, queued=0, busy=0, idle=12)  # the first cycle after a restart, 12 warm runners
+    assert (d.wanted, d.desired, d.held, d.call) == (0, 12, True, True)
+    assert _plan(p, pool, 299, queued=0).desired == 12
+    assert _plan(p, pool, 300, queued=0).desired == 0
+    p = Planner((pool,), scale_down_delay=300)
+    assert _plan(p, pool, 0, queued=3, busy=0, idle=30).desired == 20  # never above max
+
+
+def test_the_pool_shrinks_to_the_highest_count_of_the_delay_window() -> None:
+    pool = parse_pool("a:max=20")
+    p = Planner((pool,), scale_down_delay=300)
+    assert _plan(p, pool, 0, queued=10).desired == 10
+    assert _plan(p, pool, 1, queued=2).desired == 10
+    assert _plan(p, pool, 299, queued=9).desired == 10
+    assert _plan(p, pool, 301, queued=2).desired == 9  # 9 were wanted 2 s ago: not 2
+    assert _plan(p, pool, 600, queued=2).desired == 2  # the 9 is older than the delay now
+
+
+@given(
+    delay=st.integers(0, 50),
+    steps=st.lists(st.tuples(st.integers(1, 20), st.integers(0, 30)), min_size=1, max_size=40),
+)
+def test_a_scale_down_never_goes_below_a_count_wanted_within_the_delay(
+    delay: int, steps: list[tuple[int, int]]
+) -> None:
+    pool = Pool(("a",), 0, 30)
+    p = Planner((pool,), scale_down_delay=delay)
+    seen: list[tuple[int, int]] = []
+    t, before = 0, None
+    for gap, wanted in steps:
+        t += gap
+        d = _plan(p, pool, float(t), wanted)
+        seen.append((t, wanted))
+        assert d.desired >= wanted
+        if before is not None and d.desired < before:
+            assert d.desired >= max(w for s, w in seen if s > t - delay or s == t)
+        before = d.desired
+
+
+def test_a_failing_provider_backs_off_per_pool(emulator: Any, tmp_path: Path) -> None:
+    from fleetci.autoscale import GitHubRunnerAutoscaler
+
+    out = tmp_path / "calls"
+    now = [0.0]
+    lines: list[str] = []
+    scaler = GitHubRunnerAutoscaler(
+        owner="octo-org", poll_interval=60, api_url=emulator.url, token=tok("alice"),
+        pools=["self-hosted,qpu:min=1"], env={}, config={}, say=lines.append, clock=lambda: now[0],
+        scale_cmd=f"sh -c {shlex.quote('echo x >> ' + str(out) + '; echo no quota >&2; exit 3')}",
+    )  # fmt: skip
+    try:
+        for t in (0.0, 1.0, 2.0, 5.0, 6.0, 14.0, 16.0):  # woken cycles, a burst of them
+            now[0] = t
+            scaler.once()
+    finally:
+        scaler.close()
+    # asked at 0, then after 5 s (5), then after 10 s (15: not at 14, at 16)
+    assert len(out.read_text().split()) == 3
+    assert [ln.rsplit("(", 1)[1] for ln in lines if ln.startswith("error:")] == [
+        "asked again in 5s)", "asked again in 10s)", "asked again in 20s)"
+    ]  # fmt: skip
+
+
+def test_a_woken_cycle_reuses_a_recent_runner_list(emulator: Any) -> None:
+    from fleetci.autoscale import GitHubRunnerAutoscaler
+
+    now = [0.0]
+    scaler = GitHubRunnerAutoscaler(
+        owner="octo-org", api_url=emulator.url, token=tok("alice"), pools=DOCS_POOLS.split(";"),
+        env={}, config={}, say=lambda _: None, clock=lambda: now[0],
+    )  # fmt: skip
+    emu = emulator.emulator
+
+    def cost(t: float, woken: bool) -> int:
+        """Charged calls of one cycle (the emulator is quiet: the same reads each time, no 304s)."""
+        before = emu.total_charged
+        scaler.woken, now[0] = woken, t
+        scaler.once()
+        return int(emu.total_charged - before)
+
+    try:
+        poll = cost(0.0, False)
+        assert cost(30.0, True) == poll - 1  # woken by a webhook, the runner list 30 s old: kept
+        assert cost(61.0, True) == poll  # older than a minute: re-read even when woken
+        assert cost(62.0, False) == poll  # the poll always re-reads
+        assert cost(63.0, True) == poll - 1
+    finally:
+        scaler.close()

@@ -528,6 +528,25 @@ class GitHubEmulator:
             ids = self.run_ids(owner, repo)[: max(0, limit)]
             return [(i, self._world.runs[i].status) for i in ids]
 
+    def delete_repo(self, owner: str, repo: str) -> None:
+        """The repository is deleted (or transferred away): its pages, runs, jobs and runners answer 404."""
+        with self._lock:
+            w = self._world
+            r = w.repo(owner, repo)
+            if r is None:
+                raise KeyError(f"no repository {owner}/{repo}")
+            runs = {x.id for x in w.runs.values() if x.repo_id == r.id}
+            for job_id in [j.id for j in w.jobs.values() if j.run_id in runs]:
+                del w.jobs[job_id]
+                w.job_logs.pop(job_id, None)
+            for table in (w.runs, w.workflows, w.artifacts):
+                for key in [k for k, v in table.items() if v.repo_id == r.id]:
+                    del table[key]
+            for key in [k for k, v in w.runners.items() if v.repo_id == r.id]:
+                del w.runners[key]
+            del w.repos[r.full_name.lower()], w.repos_by_id[r.id]
+            self._bump()
+
     def set_job_log(self, job_id: int, text: str) -> None:
         """Set the log text served for a job (and inside its run's log archive)."""
         with self._lock:
