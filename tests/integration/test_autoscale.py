@@ -377,3 +377,29 @@ def test_a_proxy_that_starts_after_the_autoscaler_is_long_polled(world: World) -
             assert "cache hits=" in cycle and "no cache proxy" not in cycle
     finally:
         scaler.close()
+
+
+def test_a_burst_of_webhooks_is_coalesced_into_few_cycles(world: World) -> None:
+    """Each delivery moves the proxy's counter; cycles start at least WAKE_SPACING_S apart, so a burst of
+    deliveries costs a bounded number of cycles (before: about one cycle per delivery)."""
+    import time
+
+    from fleetci.autoscale.scaler import WAKE_SPACING_S
+
+    pool = "self-hosted,gpu-burst"
+    rec = Recorder(world.tmp / "burst.jsonl")
+    running = start(world, rec, pool, poll=60.0)
+    try:
+        before, received = running.scaler.cycles, world.received()
+        began = time.monotonic()
+        jobs = 0
+        for _ in range(20):  # a busy organization: a run queued every 150 ms for 3 s
+            jobs += queue(world, ["self-hosted", "gpu-burst"])
+            time.sleep(0.15)
+        assert wait_until(lambda: any(c["desired"] == jobs for c in rec.calls(pool)), timeout=40)
+        elapsed = time.monotonic() - began
+        assert world.received() - received >= 20  # at least one delivery per queued run
+        cycles = running.scaler.cycles - before
+        assert cycles <= elapsed / WAKE_SPACING_S + 2, (cycles, elapsed)
+    finally:
+        running.stop()
