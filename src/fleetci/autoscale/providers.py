@@ -1,9 +1,10 @@
 """Providers: what turns a pool's desired count into runners.
 
-- :class:`CommandProvider` (``--scale-cmd CMD``) runs the operator's command once per pool whose desired
-  count changed, with ``{"owner", "labels", "current", "desired", "queued", "busy", "idle"}`` as JSON on
-  stdin. A non-zero exit or a timeout is a one-line error; the autoscaler logs it and asks again next
-  cycle.
+- :class:`CommandProvider` (``--scale-cmd CMD``) runs the operator's command for each pool whose desired
+  count changed (and again, at most every ``max(poll, 30 s)``, while the pool's online runners differ),
+  with ``{"owner", "labels", "current", "desired", "queued", "busy", "idle"}`` as JSON on stdin. A
+  non-zero exit or a timeout is a one-line error; the autoscaler logs it and asks again after a per-pool
+  back-off.
 - :class:`DockerProvider` (``--docker-image IMAGE``) keeps ``desired`` containers of the image per pool,
   found by their labels (``fleetci.autoscale.owner``/``fleetci.autoscale.pool``). Each container gets
   ``RUNNER_NAME`` (its own name: the image registers under it), ``RUNNER_LABELS`` and ``RUNNER_OWNER``;

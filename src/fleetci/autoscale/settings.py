@@ -81,7 +81,7 @@ class AutoscaleOptions(SettingTable):
         env=("AUTOSCALE_POOLS",),
         flag=False,
         help="runner pools 'label,label:min=N:max=M' (flag --pool, repeatable; ';' between pools in the "
-        "environment; a list in the config file); a job goes to the smallest pool having all its labels",
+        "environment; a list in the config file); a job goes to the pool serving it most closely",
     )
     poll_interval = Setting(
         120.0,
@@ -99,7 +99,8 @@ class AutoscaleOptions(SettingTable):
         "",
         str,
         env=("AUTOSCALE_SCALE_CMD",),
-        help="command run per pool whose desired count changed, the counts as JSON on stdin",
+        help="command run per pool whose desired count changed (or whose runners still differ from it), "
+        "the counts as JSON on stdin",
     )
     scale_cmd_timeout = Setting(
         60.0, parse_cmd_timeout, env=("AUTOSCALE_SCALE_CMD_TIMEOUT",), help="seconds a scale command may take"
