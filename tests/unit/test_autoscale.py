@@ -973,3 +973,18 @@ def test_a_woken_cycle_reuses_a_recent_runner_list(emulator: Any) -> None:
         assert cost(63.0, True) == poll - 1
     finally:
         scaler.close()
+
+    class EveryCycle:  # like the docker provider: it removes containers by the runners' busy flags
+        every_cycle = True
+
+        def scale(self, request: Any) -> None:
+            pass
+
+    scaler = GitHubRunnerAutoscaler(
+        owner="octo-org", api_url=emulator.url, token=tok("alice"), pools=DOCS_POOLS.split(";"),
+        provider=EveryCycle(), env={}, config={}, say=lambda _: None, clock=lambda: now[0],
+    )  # fmt: skip
+    try:
+        assert cost(100.0, False) == poll and cost(101.0, True) == poll  # always a fresh list
+    finally:
+        scaler.close()

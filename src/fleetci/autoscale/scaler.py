@@ -242,9 +242,17 @@ class GitHubRunnerAutoscaler:
             self.cache = CacheView(JsonApi(self.api_url, what=f"fleetci cache {redact_url(self.api_url)}"))
 
     def _current_runners(self, repos: list[str]) -> list[Runner]:
-        """The runner list: read on the poll, and on a woken cycle only when older than the limit."""
+        """The runner list: read on the poll, and on a woken cycle only when older than the limit. A
+        provider asked every cycle (docker) picks the containers to remove by these busy flags: for it
+        the list is always read (a stale flag could remove a runner that just took a job)."""
         now = self.clock()
-        if self.woken and self._runners is not None and now - self._runners[0] < RUNNERS_MAX_AGE_S:
+        stale_ok = not getattr(self.provider, "every_cycle", False)
+        if (
+            stale_ok
+            and self.woken
+            and self._runners is not None
+            and now - self._runners[0] < RUNNERS_MAX_AGE_S
+        ):
             return self._runners[1]
         found = self.reader.runners(repos)
         self._runners = (now, found)
