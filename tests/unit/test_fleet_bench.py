@@ -137,3 +137,18 @@ def test_bench_fleet_samples_the_isolated_fleet_and_scales_it(tmp_path: Path) ->
     sampled = got["outcomes_isolated"].get("MISS", 0)  # 20 runners' misses, charged one each
     assert got["charged_per_hour_isolated"] == round(sampled * 40 / 20 / spec.hours, 1)
     assert got["jobs_queued"] > 0 and got["changes"] > got["jobs_queued"]
+
+
+def test_a_lost_delivery_costs_at_most_the_ttl_even_when_a_peer_copy_races_a_304(tmp_path: Path) -> None:
+    """Found at 500 runners with one delivery per change: a 304 for the body a proxy asked about was
+    applied to another body a peer had put in its store meanwhile, so the old body went on under the
+    current ETag and every later 304 kept it fresh (reads 200+ s stale on a 120 s list). The 304 now
+    refreshes only the body it was for."""
+    spec = FleetSimSpec(
+        runners=500, hours=0.08, webhooks=True, webhook_loss=0.1, webhook_per_job=False, baseline_runners=1
+    )
+    got = simulate(spec, "p2p", tmp_path, lambda _m: None)
+    by_list = got.staleness["staleness_by_list"]
+    assert got.staleness["unmatched_reads"] == 0 and int(by_list["runs"]["reads"]) > 100
+    assert float(by_list["queued_runs"]["staleness_max_s"]) <= 60 + 2
+    assert float(by_list["runs"]["staleness_max_s"]) <= 120 + 2

@@ -492,8 +492,12 @@ class CacheEngine:
             merged = self._merge_headers(entry.headers, up.headers)
             # Confirmed current now: peers that heard a webhook's invalidation take this copy (its
             # stored_at is after the invalidation) instead of each revalidating it upstream themselves.
-            refreshed = self.store.refresh(prep.key, now + prep.ttl, merged, verified_at=now)
-            if refreshed is None:  # a copy from the shared store or a peer, not in our tiers yet: keep it
+            refreshed = self.store.refresh(
+                prep.key, now + prep.ttl, merged, verified_at=now, digest=entry.digest
+            )
+            # None: a copy from the shared store or a peer, not in our tiers yet, or the store holds
+            # another body by now (the 304 is for ours): keep the one GitHub confirmed
+            if refreshed is None:
                 refreshed = replace(entry, fresh_until=now + prep.ttl, headers=merged, stored_at=now)
                 self._persist_later(refreshed)
             self._announce(refreshed)

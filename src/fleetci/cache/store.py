@@ -486,15 +486,22 @@ class CacheStore:
         return len(batch)
 
     def refresh(
-        self, key: str, fresh_until: float, headers: Headers | None = None, verified_at: float | None = None
+        self,
+        key: str,
+        fresh_until: float,
+        headers: Headers | None = None,
+        verified_at: float | None = None,
+        digest: str | None = None,
     ) -> Entry | None:
         """Extend an entry's fresh window after a 304 (and take the 304's newer headers); ``verified_at``:
         when upstream confirmed the body current, which becomes its ``stored_at`` (a copy confirmed after a
-        webhook's invalidation is as good as one fetched after it)."""
+        webhook's invalidation is as good as one fetched after it). ``digest``: the body the 304 was for;
+        None (nothing refreshed) when the store holds another body by now (a peer's copy arrived while
+        the request was out): its body under the 304's ETag would be served as current for ever."""
         with self._lock:
             self._flush_behind()
             entry = self.get(key)
-            if entry is None:
+            if entry is None or (digest is not None and entry.digest != digest):
                 return None
             stored_at = entry.stored_at if verified_at is None else max(entry.stored_at, verified_at)
             updated = replace(
