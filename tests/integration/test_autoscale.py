@@ -14,6 +14,7 @@ import shlex
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -403,3 +404,70 @@ def test_a_burst_of_webhooks_is_coalesced_into_few_cycles(world: World) -> None:
         assert cycles <= elapsed / WAKE_SPACING_S + 2, (cycles, elapsed)
     finally:
         running.stop()
+
+
+def test_a_host_proxy_that_appears_later_on_the_socket_is_read_through(world: World, tmp_path: Path) -> None:
+    """No api_url and no proxy on the well-known socket at start: the autoscaler read the API directly for
+    its whole life. Now each poll looks for the socket again and switches to a proxy that appeared."""
+    cache_dir = tmp_path / "run" / "late-socket"
+    lines: list[str] = []
+    scaler = GitHubRunnerAutoscaler(
+        owner="octo-org", token=tok("alice"), pools=["gpu"], env={}, config={}, say=lines.append,
+        socket=cache_dir / "proxy.sock", upstream=world.emulator.url,
+    )  # fmt: skip
+    try:
+        scaler.once()
+        assert scaler.api_url == world.emulator.url and scaler.cache is None
+        with start_proxy(world.emulator.url, cache_dir) as proxy:
+            scaler.once()
+            assert scaler.api_url == proxy.url and scaler.cache is not None
+            switched = [ln for ln in lines if ln.startswith("switched to the host proxy")]
+            assert len(switched) == 1 and proxy.url in switched[0]
+            cycle = [ln for ln in lines if ln.startswith("cycle ")][-1]
+            assert "cache hits=" in cycle  # read through the proxy: its stats in the log
+            scaler.once()
+            assert len([ln for ln in lines if ln.startswith("switched")]) == 1  # said once
+    finally:
+        scaler.close()
+
+
+def test_below_the_budget_reserve_woken_cycles_stop_and_the_poll_goes_on(world: World) -> None:
+    """A webhook storm must not spend the token's budget: with the emulator's limit low (150 calls in a
+    20 s window) and a reserve the first cycle's reads take the token under, every wake is skipped (one log
+    line), the 2 s poll still scales for the queued jobs, and the guard releases once the window resets."""
+    pool = "self-hosted,gpu-budget"
+    poll = 2.0
+    rec = Recorder(world.tmp / "budget.jsonl")
+    lines: list[str] = []
+    world.emu.set_primary_limit(150, window_seconds=20)  # fleet-bot's first call opens its window
+    scaler = GitHubRunnerAutoscaler(
+        owner="octo-org", poll_interval=poll, api_url=world.proxy.url, token=tok("fleet-bot"),
+        scale_cmd=rec.command, pools=[f"{pool}:max=50"], env={}, config={}, say=lines.append,
+        budget_reserve=140,
+    )  # fmt: skip
+    assert scaler.cache is not None
+    scaler.cache.chunk = 1.0
+    running = Running(scaler, threading.Thread(target=scaler.run, daemon=True))
+    running.thread.start()
+    try:
+        assert wait_until(lambda: scaler.cycles >= 1, timeout=30)
+        remaining = scaler.reader.budget.remaining
+        assert remaining is not None and remaining < 140  # the first cycle's reads were charged
+        before, began, jobs = scaler.cycles, time.monotonic(), 0
+        for _ in range(12):  # a run queued every 0.3 s: each one's deliveries wake the autoscaler
+            jobs += queue(world, ["self-hosted", "gpu-budget"])
+            time.sleep(0.3)
+        assert wait_until(lambda: any(c["desired"] == jobs for c in rec.calls(pool)), timeout=30)
+        elapsed = time.monotonic() - began
+        cycles = scaler.cycles - before
+        assert cycles <= elapsed / poll + 2, (cycles, elapsed)  # the polls only (every wake: one per 0.5 s)
+        assert scaler.wakes_skipped >= 3, scaler.wakes_skipped
+        guard = [ln.split(":")[0] for ln in lines if ln.startswith("budget guard")]
+        assert guard == ["budget guard on"], lines
+        # the window resets (20 s after fleet-bot's first call): the guard releases, said once
+        assert wait_until(lambda: any(ln.startswith("budget guard off") for ln in lines), timeout=40)
+        guard = [ln.split(":")[0] for ln in lines if ln.startswith("budget guard")]
+        assert guard[:2] == ["budget guard on", "budget guard off"], lines
+    finally:
+        running.stop()
+        world.emu.set_primary_limit(5000, window_seconds=3600)

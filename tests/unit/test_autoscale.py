@@ -988,3 +988,41 @@ def test_a_woken_cycle_reuses_a_recent_runner_list(emulator: Any) -> None:
         assert cost(100.0, False) == poll and cost(101.0, True) == poll  # always a fresh list
     finally:
         scaler.close()
+
+
+# -- the budget guard (issue 17 deliverable 5) --------------------------------------------------------------
+def _budget(remaining: int, reset: int) -> Any:
+    from fleetci.autoscale.github import Budget
+
+    b = Budget()
+    b.observe({"x-ratelimit-remaining": str(remaining), "x-ratelimit-reset": str(reset)})
+    return b
+
+
+def test_the_budget_keeps_the_lowest_count_of_a_window_and_renews_with_the_next() -> None:
+    b = _budget(400, 1000)
+    b.observe({"x-ratelimit-remaining": "420", "x-ratelimit-reset": "1000"})  # an earlier answer, late
+    assert (b.remaining, b.reset) == (400, 1000.0)
+    b.observe({"x-ratelimit-remaining": "4999", "x-ratelimit-reset": "4600"})  # the next window
+    assert (b.remaining, b.reset) == (4999, 4600.0)
+    for bad in ({}, {"x-ratelimit-remaining": "x", "x-ratelimit-reset": "1"}, {"x-ratelimit-remaining": "3"}):
+        b.observe(bad)  # a hostile or partial answer changes nothing
+    assert (b.remaining, b.reset) == (4999, 4600.0)
+
+
+def test_the_budget_guard_skips_wakes_below_the_reserve_until_the_reset_and_says_so_twice() -> None:
+    from fleetci.autoscale.scaler import BudgetGuard
+
+    lines: list[str] = []
+    guard = BudgetGuard(500, lines.append)
+    assert guard.allows_wake(_budget(501, 1000), now=100.0)
+    low = _budget(499, 1000)
+    assert not guard.allows_wake(low, now=100.0) and not guard.allows_wake(low, now=999.0)
+    assert guard.reset_in(low, now=400.0) == 600.0
+    assert len(lines) == 1 and lines[0].startswith("budget guard on: the token has 499 calls left")
+    assert guard.allows_wake(low, now=1000.0)  # the window reset: the stale count no longer holds
+    assert guard.reset_in(low, now=1000.0) is None
+    assert len(lines) == 2 and lines[1].startswith("budget guard off")
+    assert guard.allows_wake(_budget(4990, 4600), now=1001.0) and len(lines) == 2
+    off = BudgetGuard(0, lines.append)  # reserve 0: never engaged
+    assert off.allows_wake(_budget(0, 1000), now=100.0) and len(lines) == 2

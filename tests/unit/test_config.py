@@ -321,6 +321,13 @@ NUMERIC: list[tuple[str, str, str, str, tuple[str, ...]]] = [
     ),
     (
         "autoscale",
+        "budget_reserve",
+        "budget_reserve",
+        "AUTOSCALE_BUDGET_RESERVE",
+        NOT_FINITE + NEGATIVE + FRACTION,
+    ),
+    (
+        "autoscale",
         "scale_cmd_timeout",
         "scale_cmd_timeout",
         "AUTOSCALE_SCALE_CMD_TIMEOUT",

@@ -11,8 +11,9 @@ are retried through :mod:`fleetci.retry`; everything else is one line.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -50,11 +51,37 @@ class Runner:
     labels: tuple[str, ...]
 
 
+@dataclass
+class Budget:
+    """The token's rate-limit budget as the answers it gets say (``X-RateLimit-Remaining``/``-Reset``: GitHub
+    sends them on every answer, and a fleetci proxy puts the latest ones it saw on its cached answers too).
+    Answers of one cycle arrive out of order: within one window the lowest count is kept."""
+
+    remaining: int | None = None
+    reset: float | None = None  # epoch seconds the window ends
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        try:
+            remaining = int(headers.get("x-ratelimit-remaining", ""))
+            reset = float(int(headers.get("x-ratelimit-reset", "")))
+        except ValueError:
+            return
+        with self._lock:
+            if self.remaining is None or reset != self.reset:  # the first answer, or a new window
+                self.remaining, self.reset = remaining, reset
+            else:
+                self.remaining = min(self.remaining, remaining)
+
+
 class GitHubReader:
     """The autoscaler's view of GitHub through ``api_url`` (a fleetci proxy or the API itself)."""
 
-    def __init__(self, api_url: str, token: str, owner: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self, api_url: str, token: str, owner: str, timeout: float = 30.0, budget: Budget | None = None
+    ) -> None:
         self.owner = owner
+        self.budget = budget or Budget()  # the token's, whichever way it reads
         self.api = JsonApi(
             api_url, what=f"GitHub API {redact_url(api_url)}", token=token, headers=HEADERS, timeout=timeout
         )
@@ -75,6 +102,7 @@ class GitHubReader:
                 raise retry.Transient(str(exc)) from None
             if r.status_code >= 500:
                 raise retry.Transient(f"{self.api.what}: GET {path.split('?')[0]}: HTTP {r.status_code}")
+            self.budget.observe(r.headers)
             return r
 
         try:

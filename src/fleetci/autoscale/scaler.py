@@ -12,6 +12,13 @@ a cycle at once, a burst of them is one cycle per ``WAKE_SPACING_S``; a woken cy
 lists only (scaling up needs them fresh) and the runner list (every page of it at 5,000 runners) at most
 every ``RUNNERS_MAX_AGE_S`` seconds or on the poll. A failing provider is asked again after a per-pool
 back-off, not on every wake.
+
+A webhook storm must not spend the token's hourly budget either: while the budget GitHub reports on the
+answers (``X-RateLimit-Remaining``, kept per window by :class:`~fleetci.autoscale.github.Budget`) is under
+``budget_reserve``, a wake is remembered but its cycle skipped; the poll runs as usual (it is the safety
+net), and so does the remembered wake once the window resets. With no ``api_url`` configured and no host
+proxy at start, the well-known socket is looked for again on every poll: a proxy that starts later is
+read through from then on.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from fleetci.autoscale.github import RUN_STATUSES, GitHubReader, QueuedJob, Runner
+from fleetci.autoscale.github import RUN_STATUSES, Budget, GitHubReader, QueuedJob, Runner
 from fleetci.autoscale.pools import Count, Decision, Planner, Pool, parse_pool, pool_for_job, pool_for_runner
 from fleetci.autoscale.providers import CommandProvider, DockerProvider, Provider, ScaleRequest
 from fleetci.autoscale.settings import UPSTREAM, AutoscaleOptions, AutoscaleSettings, autoscale_settings
@@ -175,6 +182,40 @@ def _seq(body: bytes) -> int | None:
 
 
 @dataclass
+class BudgetGuard:
+    """Skips woken cycles while the token's remaining budget is under ``reserve`` and its window has not
+    reset (0: never); says one line when it engages and one when it releases."""
+
+    reserve: int
+    say: Say
+    engaged: bool = False
+
+    def _low(self, budget: Budget, now: float) -> bool:
+        remaining, reset = budget.remaining, budget.reset
+        return remaining is not None and remaining < self.reserve and (reset is None or now < reset)
+
+    def allows_wake(self, budget: Budget, now: float) -> bool:
+        """May a cycle woken by a change run now (``now``: epoch seconds, as the reset header)?"""
+        low = self._low(budget, now)
+        if low and not self.engaged:
+            until = f" until its reset in {budget.reset - now:.0f}s" if budget.reset is not None else ""
+            self.say(
+                f"budget guard on: the token has {budget.remaining} calls left (reserve {self.reserve})"
+                f"{until}: cycles woken by webhooks are skipped, the poll goes on"
+            )
+        elif self.engaged and not low:
+            self.say(f"budget guard off: the token has {budget.remaining} calls left or its window reset")
+        self.engaged = low
+        return not low
+
+    def reset_in(self, budget: Budget, now: float) -> float | None:
+        """Seconds until the guard releases by itself (the window's reset), while engaged."""
+        if not self._low(budget, now) or budget.reset is None:
+            return None
+        return max(0.0, budget.reset - now)
+
+
+@dataclass
 class Cycle:
     """What one cycle saw and did (``once()`` returns its decisions; this keeps the rest)."""
 
@@ -205,6 +246,8 @@ class GitHubRunnerAutoscaler:
         clock: Callable[[], float] = time.monotonic,
         env: Mapping[str, str] | None = None,
         config: Mapping[str, Any] | None = None,
+        socket: Path | None = None,
+        upstream: str = UPSTREAM,
         **options: Any,
     ) -> None:
         if settings is None:
@@ -214,9 +257,12 @@ class GitHubRunnerAutoscaler:
         self.settings = settings
         self.say = say or _stderr
         self.clock = clock
-        self.api_url, note = find_api_url(settings.api_url)
-        if note:
-            self.say(note)
+        self.wall = time.time  # the reset header's clock
+        self.socket = socket or Path(WELL_KNOWN_SOCKET)  # the host proxy's, when no api_url is set
+        self.upstream = upstream
+        self.api_url, self._note = find_api_url(settings.api_url, self.socket, upstream)
+        if self._note:
+            self.say(self._note)
         self._stop = threading.Event()
         self.provider = provider or _provider(settings, self._stop)
         self.reader = GitHubReader(self.api_url, settings.token, settings.owner)
@@ -233,7 +279,28 @@ class GitHubRunnerAutoscaler:
         self._runners: tuple[float, list[Runner]] | None = None  # when read, what
         self._backoff: dict[frozenset[str], tuple[float, float]] = {}  # pool -> (not before, last delay)
         self._skipped_said: frozenset[str] = frozenset()
+        self.guard = BudgetGuard(settings.budget_reserve, self.say)
+        self.wakes_skipped = 0  # wakes whose cycle the budget guard skipped
         self._pool = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="fleetci-autoscale")
+
+    def _find_proxy(self) -> None:
+        """No api_url configured and no host proxy found yet: look for it again (once per poll, when the
+        autoscaler reads the API directly there are no wakes). A proxy that started after the autoscaler
+        is read through from its next cycle on; said in one line."""
+        if self.settings.api_url or self.api_url != self.upstream:
+            return
+        url, note = find_api_url("", self.socket, self.upstream)
+        if url == self.api_url:
+            if note and note != self._note:  # a new reason not to use it: said once, not every poll
+                self.say(note)
+            self._note = note
+            return
+        old = self.reader
+        self.reader = GitHubReader(url, self.settings.token, self.settings.owner, budget=old.budget)
+        self.reader.is_org = old.is_org
+        old.close()
+        self.api_url, self._note = url, note
+        self.say(f"switched to the host proxy: {note}")
 
     def _probe_cache(self) -> None:
         """Use the proxy's long poll and stats once ``api_url`` answers as a fleetci proxy: probed at start
@@ -262,6 +329,7 @@ class GitHubRunnerAutoscaler:
     def once(self) -> list[Decision]:
         """Read, decide, call the provider for pools whose desired count changed (or whose runners still
         differ from it, now and then); the decisions."""
+        self._find_proxy()
         self._probe_cache()
         if self.cache is not None and self.cache.seq is None:
             self.cache.current()  # before the reads: a change during them wakes the next wait at once
@@ -398,6 +466,29 @@ class GitHubRunnerAutoscaler:
         )
         return bool(woke) and not self._stop.is_set()
 
+    def _wait_next(self) -> bool:
+        """Wait for a change (True: a woken cycle is due) or the poll (False). Under the budget reserve a
+        wake is remembered but not run: the wait goes on to the poll, or to the window's reset when that
+        comes first (then the remembered wake's cycle runs)."""
+        deadline = self.clock() + self.settings.poll_interval
+        pending = False
+        while not self._stop.is_set():
+            left = deadline - self.clock()
+            if left <= 0:
+                return False  # the poll
+            reset_in = self.guard.reset_in(self.reader.budget, self.wall()) if pending else None
+            timeout = left if reset_in is None else min(left, reset_in)
+            woke = self.wait_for_change(timeout)
+            if self._stop.is_set():
+                return False
+            if not woke and (not pending or timeout >= left):
+                return False  # the poll (a wake remembered till now runs as the poll's cycle)
+            if self.guard.allows_wake(self.reader.budget, self.wall()):
+                return True
+            pending = True
+            self.wakes_skipped += 1
+        return False
+
     def run(self, cycles: int | None = None, handle_signals: bool = True) -> int:
         """Cycle until :meth:`stop`, SIGTERM or SIGINT (or ``cycles`` cycles); a failing cycle is logged and
         retried. A signal lets the current cycle end: a scale command in flight gets ``STOP_GRACE_S`` to
@@ -431,12 +522,13 @@ class GitHubRunnerAutoscaler:
                             f"error: cycle failed: {describe(exc)} "
                             f"(retried in {self.settings.poll_interval:g}s)"
                         )
+                    self.guard.allows_wake(self.reader.budget, self.wall())  # said as the reads moved it
                     done += 1
                     if cycles is not None and done >= cycles:
                         return done
                     self._waiting = True
                     try:
-                        self.woken = self.wait_for_change(self.settings.poll_interval)
+                        self.woken = self._wait_next()
                     finally:
                         self._waiting = False
             except _Interrupted:

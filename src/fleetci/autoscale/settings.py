@@ -18,6 +18,7 @@ from fleetci.config import (
     Setting,
     SettingTable,
     number,
+    parse_count,
     parse_seconds,
     parse_timeout,
 )
@@ -59,6 +60,7 @@ class AutoscaleSettings:
     docker_network: str = ""
     api_url: str = ""  # "": the host's running cache proxy when it answers, else UPSTREAM
     token: str = ""
+    budget_reserve: int = 500
 
     def __repr__(self) -> str:  # the token never reaches a log through a repr
         return f"AutoscaleSettings(owner={self.owner!r}, pools={len(self.pools)}, api_url={self.api_url!r})"
@@ -114,6 +116,13 @@ class AutoscaleOptions(SettingTable):
     docker_host = Setting("", str, env=("DOCKER_HOST",), help="docker daemon for --docker-image")
     docker_network = Setting(
         "", str, env=("AUTOSCALE_DOCKER_NETWORK",), help="network of the containers", doc_default="docker's"
+    )
+    budget_reserve = Setting(
+        500,
+        parse_count,
+        env=("AUTOSCALE_BUDGET_RESERVE",),
+        help="cycles woken by webhooks are skipped (the poll still runs) while the token's remaining "
+        "rate-limit budget is under this, until its reset",
     )
     api_url = Setting(
         "",
@@ -185,6 +194,7 @@ def autoscale_settings(
         docker_network=r.value(o.docker_network).strip(),
         api_url=r.value(o.api_url),
         token=r.value(o.token).strip(),
+        budget_reserve=r.value(o.budget_reserve),
     )
     r.check_unknown()
     if settings.scale_cmd and settings.docker_image:
