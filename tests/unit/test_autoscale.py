@@ -195,6 +195,8 @@ def test_every_setting_has_a_flag_or_is_documented_as_env_only() -> None:
         ),
         (("autoscale", "--once", "--owner", "o", "--pool", "a:min=3:max=1"), {"GH_TOKEN": "x"}, "--pool", 2),
         (("autoscale", "--owner", "o", "--poll-interval", "inf"), {"GH_TOKEN": "x"}, "--poll-interval", 2),
+        (("autoscale", "--owner", "o", "--budget-reserve", "-1"), {"GH_TOKEN": "x"}, "--budget-reserve", 2),
+        (("autoscale", "--owner", "o"), {"GH_TOKEN": "x", "AUTOSCALE_BUDGET_RESERVE": "many"}, "RESERVE", 2),
         (("autoscale", "--owner", "o", "--scale-cmd", "'unclosed"), {"GH_TOKEN": "x"}, "cannot be split", 2),
     ],
 )
