@@ -250,3 +250,187 @@ def test_a_copy_confirmed_after_an_invalidation_serves_the_fleet(tmp_path: Path)
         loop.close()
     assert seen[0] == "MISS" and seen[2] == "REVALIDATED", seen
     assert seen[3] in ("HIT", "PEER") and seen[4] == "0", seen  # b asked GitHub nothing
+
+
+# -- issue 16 review t2 (#2-#4): the P2P miss path around webhooks, 304s and leases ----------------------
+# Real engines and the emulator's app called in process, linked by the fleet benchmark's simulated network
+# (virtual time: a 2 s wait costs nothing and durations are exact), with the lease line added: a question
+# is answered by the owner's engine, as fleetci.p2p's lease line does.
+
+
+def _sim_fleet(tmp_path: Path, n: int, upstream: object) -> tuple[object, list[object]]:
+    import random
+
+    from fleetci.bench.fleet import SimNetwork, SimPeerLink, VirtualTimeLoop
+    from fleetci.cache.engine import CacheEngine
+    from fleetci.cache.settings import CacheSettings
+
+    class LeaseLink(SimPeerLink):
+        def lease(self, scope: str, key: str, owner: str) -> object:
+            import concurrent.futures
+
+            fut: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+            fut.set_result(self.net.links[owner].engine.answer_lease(key, self.peer_id, scope))
+            return fut
+
+    loop = VirtualTimeLoop()
+    net = SimNetwork(loop, random.Random(1), (10.0, 10.0))
+    nodes = []
+    for i in range(n):
+        settings = CacheSettings(upstream="http://emulator.invalid", cache_dir=tmp_path / f"n{i}")
+        engine = CacheEngine(
+            settings, CacheStore.for_settings(settings, memory=True), upstream, clock=loop.wall
+        )  # type: ignore[arg-type]
+        link = LeaseLink(net, f"node-{i:03d}", engine)
+        net.links[link.peer_id] = link
+        engine.peers = link
+        nodes.append(engine)
+    return loop, nodes
+
+
+def _owned_target(engines: list[object], owner: object, others: tuple[object, ...] = ()) -> str:
+    """A queued-runs list whose key ``owner`` owns (rendezvous hashing over the simulated fleet)."""
+    from fleetci.bench.cache import fleet_token
+
+    ids = sorted(e.peers.peer_id for e in engines)  # type: ignore[attr-defined]
+    for repo in ("api", "docs", "web", "infra", "mobile", "data", "tools", "site"):
+        target = f"/repos/octo-org/{repo}/actions/runs?status=queued"
+        key = owner.prepare(target, {"authorization": f"token {fleet_token()}"}).key  # type: ignore[attr-defined]
+        if owner.owner_of(key, ids) == owner.peers.peer_id:  # type: ignore[attr-defined]
+            return target
+    raise AssertionError("no target owned by that node")
+
+
+def test_a_fresh_hint_refusal_never_makes_the_asker_wait(tmp_path: Path) -> None:
+    """#2: the owner knows of a fresh copy (announced a moment ago), but the asker dropped its own (a
+    webhook reached it before the owner): the owner's answer says so, and the asker fetches at once
+    instead of waiting claim_wait for an announcement that was made already."""
+    import asyncio
+
+    from fleetci.bench.cache import fleet_token
+    from fleetci.bench.fleet import EmulatorUpstream
+    from fleetci.testing import EmulatorConfig, GitHubEmulator
+
+    emu = GitHubEmulator(EmulatorConfig(latency_ms=(50.0, 50.0), seed=3))
+    loop, nodes = _sim_fleet(tmp_path, 3, EmulatorUpstream(emu))
+    owner, fetcher, asker = nodes
+    target = _owned_target(nodes, owner)
+    headers = [("Authorization", f"token {fleet_token()}")]
+
+    async def scenario() -> tuple[str, float, bytes, bytes]:
+        first = await fetcher.handle("GET", target, headers)  # type: ignore[attr-defined]
+        await asyncio.sleep(1)  # announced: the owner holds the hint, the asker the copy
+        emu.queue_run("octo-org", target.split("/")[3])
+        asker.invalidate(["/repos/octo-org/"], forward=False)  # the webhook reached the asker only
+        started = loop.time()
+        got = await asker.handle("GET", target, headers)  # type: ignore[attr-defined]
+        took = loop.time() - started
+        for engine in nodes:
+            await engine.close()  # type: ignore[attr-defined]
+        return got.outcome, took, got.body, first.body
+
+    try:
+        outcome, took, body, old = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert outcome == "MISS" and body != old  # the new list, from GitHub
+    assert took < asker.settings.claim_wait / 2, took  # type: ignore[attr-defined]
+
+
+def test_a_key_fetched_at_once_is_not_leased_to_another_node(tmp_path: Path) -> None:
+    """#4: a node that thinks nobody else uses its token fetches at once; a rarer user of that token
+    asks it (the key's owner) for a lease meanwhile: it is told to wait for that fetch, not granted a
+    second charged call, and the question tells the owner the token is in use elsewhere."""
+    import asyncio
+
+    from fleetci.bench.cache import fleet_token
+    from fleetci.bench.fleet import EmulatorUpstream
+    from fleetci.testing import EmulatorConfig, GitHubEmulator
+
+    emu = GitHubEmulator(EmulatorConfig(latency_ms=(50.0, 50.0), seed=3))
+    upstream = EmulatorUpstream(emu)
+    loop, nodes = _sim_fleet(tmp_path, 2, upstream)
+    busy, rare = nodes
+    target = _owned_target(nodes, busy)
+    headers = [("Authorization", f"token {fleet_token()}")]
+
+    async def scenario() -> tuple[int, str, int]:
+        await busy.handle("GET", "/repos/octo-org/api/pulls", headers)  # type: ignore[attr-defined]
+        await asyncio.sleep(5)  # busy has used the token for longer than claim_wait, heard nobody in it
+        before = busy.counters.upstream_requests + rare.counters.upstream_requests  # type: ignore[attr-defined]
+        mine = asyncio.ensure_future(busy.handle("GET", target, headers))  # type: ignore[attr-defined]
+        await asyncio.sleep(0.01)
+        theirs = await rare.handle("GET", target, headers)  # type: ignore[attr-defined]
+        await mine
+        calls = busy.counters.upstream_requests + rare.counters.upstream_requests - before  # type: ignore[attr-defined]
+        at_once = busy.counters.fetched_at_once  # type: ignore[attr-defined]
+        await busy.handle("GET", "/repos/octo-org/api/issues", headers)  # type: ignore[attr-defined]
+        after = busy.counters.fetched_at_once - at_once  # type: ignore[attr-defined]
+        for engine in nodes:
+            await engine.close()  # type: ignore[attr-defined]
+        return calls, theirs.outcome, after
+
+    try:
+        calls, outcome, at_once_after = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert calls == 1 and outcome == "PEER", (calls, outcome)
+    assert at_once_after == 0  # the question said the token is in use elsewhere: ask from now on
+
+
+class _SlowReturn:
+    """The emulator answers at once, the answer takes ``delay`` to come back (a long round trip): a 304
+    GitHub computed before a change arrives after the webhook announcing it."""
+
+    def __init__(self, inner: object, delay: float) -> None:
+        self.inner, self.delay, self.base_path = inner, delay, ""
+
+    async def request(self, *args: object, **kwargs: object) -> object:
+        import asyncio
+
+        up = await self.inner.request(*args, **kwargs)  # type: ignore[attr-defined]
+        await asyncio.sleep(self.delay)
+        return up
+
+    async def close(self) -> None:
+        await self.inner.close()  # type: ignore[attr-defined]
+
+
+def test_a_304_older_than_a_webhook_is_not_announced_as_current(tmp_path: Path) -> None:
+    """#3: a revalidation is out when a run is queued and the webhook invalidates the list; its 304
+    (computed before the change) must neither make the old list fresh again nor reach peers as newer
+    than the invalidation: every reader then gets the new list."""
+    import asyncio
+
+    from fleetci.bench.cache import fleet_token
+    from fleetci.bench.fleet import EmulatorUpstream
+    from fleetci.testing import EmulatorConfig, GitHubEmulator
+
+    emu = GitHubEmulator(EmulatorConfig(latency_ms=(0.0, 0.0), seed=3))
+    loop, nodes = _sim_fleet(tmp_path, 2, _SlowReturn(EmulatorUpstream(emu), 0.2))
+    a, b = nodes
+    target = "/repos/octo-org/api/actions/runs?status=queued"
+    headers = [("Authorization", f"token {fleet_token()}")]
+
+    async def scenario() -> tuple[bytes, str, bytes, bytes, bytes]:
+        old = (await a.handle("GET", target, headers)).body  # type: ignore[attr-defined]
+        ttl = a.prepare(target, {"authorization": headers[0][1]}).ttl  # type: ignore[attr-defined]
+        await asyncio.sleep(ttl + 1)  # stale everywhere: the next read revalidates
+        reval = asyncio.ensure_future(a.handle("GET", target, headers))  # type: ignore[attr-defined]
+        await asyncio.sleep(0.05)  # GitHub said 304 already; the answer is on its way back
+        emu.queue_run("octo-org", "api")
+        b.invalidate(["/repos/octo-org/api/"])  # the webhook reaches b, gossiped to a
+        first = await reval
+        await asyncio.sleep(1)  # whatever a announced has reached b
+        from_b = await b.handle("GET", target, headers)  # type: ignore[attr-defined]
+        from_a = (await a.handle("GET", target, headers)).body  # type: ignore[attr-defined]
+        for engine in nodes:
+            await engine.close()  # type: ignore[attr-defined]
+        return old, first.outcome, from_b.body, from_a, first.body
+
+    try:
+        old, outcome, from_b, from_a, first = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert outcome == "REVALIDATED" and first == old  # concurrent with the change: either is right
+    assert from_b != old and from_a != old  # afterwards nobody serves the old list as current

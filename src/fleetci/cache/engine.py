@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -23,7 +24,7 @@ from fleetci.cache.api import COUNTER_KEYS as COUNTER_KEYS
 from fleetci.cache.api import GRAPHQL_KEYS, CacheStats
 from fleetci.cache.api import SUMMARY_KEYS as SUMMARY_KEYS
 from fleetci.cache.changes import ChangeFeed
-from fleetci.cache.peering import Announcement, Claim
+from fleetci.cache.peering import LEASE_FRESH, LEASE_GRANTED, LEASE_WAIT, Announcement, Claim
 from fleetci.cache.peering import PeerLink as PeerLink
 from fleetci.cache.policy import (
     ANONYMOUS_SCOPE,
@@ -251,6 +252,8 @@ class CacheEngine:
         # Scopes (token partitions) peers used lately: only a node holding the same token can fetch the
         # same key, so a miss in a scope no peer uses has nobody to coalesce with.
         self._scopes_heard: OrderedDict[str, float] = OrderedDict()
+        # Scopes of lease questions peers asked this node (written on the p2p thread: a plain dict).
+        self._scopes_asked: dict[str, float] = {}
         # Scopes this node's own misses used: scope -> (first, last) miss. A token this node only just
         # started using may be starting on other nodes too (a fleet starting up): see ``_quiet``.
         self._scopes_used: OrderedDict[str, tuple[float, float]] = OrderedDict()
@@ -463,6 +466,7 @@ class CacheEngine:
         try:
             async with self.limits.semaphore(prep.limit_scope):
                 self.counters.upstream_requests += 1
+                sent = self.clock()  # a 304 confirms the body as of when we asked, not of its arrival
                 if call is None:
                     up = await self.upstream.request("GET", prep.target, fwd)
                 else:
@@ -490,15 +494,25 @@ class CacheEngine:
             return self._from_upstream(up, Outcome.MISS)
         if up.status == 304 and entry is not None and call is None:
             merged = self._merge_headers(entry.headers, up.headers)
-            # Confirmed current now: peers that heard a webhook's invalidation take this copy (its
-            # stored_at is after the invalidation) instead of each revalidating it upstream themselves.
+            confirmed = replace(entry, fresh_until=sent + prep.ttl, headers=merged, stored_at=sent)
+            if self._invalidated and self._invalidated_since(prep.target, sent):
+                # A webhook's change reached us while the question was out: GitHub may have answered
+                # before it. This client gets the body (as any request concurrent with a change may),
+                # but nothing is extended or announced: the next read revalidates.
+                return self._from_entry(confirmed, Outcome.REVALIDATED, prep.limit_scope)
+            # Confirmed current as of ``sent``: peers that heard a webhook's invalidation before that
+            # take this copy (its stored_at is after the invalidation) instead of each revalidating it.
             refreshed = self.store.refresh(
-                prep.key, now + prep.ttl, merged, verified_at=now, digest=entry.digest
+                prep.key, sent + prep.ttl, merged, verified_at=sent, digest=entry.digest
             )
             # None: a copy from the shared store or a peer, not in our tiers yet, or the store holds
-            # another body by now (the 304 is for ours): keep the one GitHub confirmed
+            # another body by now (the 304 is for ours). A body stored after we asked (a peer fetched
+            # it after a change) is newer than the one GitHub confirmed: keep it, do not write ours.
             if refreshed is None:
-                refreshed = replace(entry, fresh_until=now + prep.ttl, headers=merged, stored_at=now)
+                current = self.store.get(prep.key)
+                if current is not None and current.stored_at > sent:
+                    return self._from_entry(confirmed, Outcome.REVALIDATED, prep.limit_scope)
+                refreshed = confirmed
                 self._persist_later(refreshed)
             self._announce(refreshed)
             return self._from_entry(refreshed, Outcome.REVALIDATED, prep.limit_scope)
@@ -599,28 +613,45 @@ class CacheEngine:
 
     # -- fleet-wide coalescing (issue 16: pay for it only when another node is fetching the key) ------
     def grant_lease(self, key: str, peer: str) -> bool:
-        """As ``key``'s owner: may ``peer`` fetch it upstream now? No while another node holds a recent
-        lease on it (that node's announcement will serve everyone). Thread-safe, never blocks."""
+        """As ``key``'s owner: may ``peer`` fetch it upstream now (see :meth:`answer_lease`)?"""
+        return self.answer_lease(key, peer) != LEASE_WAIT
+
+    def answer_lease(self, key: str, peer: str, scope: str = "") -> str:
+        """As ``key``'s owner, answer ``peer``'s lease question: LEASE_WAIT while another node holds a
+        recent lease on it or this node is fetching it itself (that announcement will serve everyone);
+        LEASE_FRESH (granted) when a fresh copy was stored or announced lately, so the asker looks in
+        the fleet first and then fetches at once instead of waiting for an announcement that was made
+        already (or never reached it: a webhook invalidated it there first); else LEASE_GRANTED. The
+        question also says ``scope`` is in use elsewhere (``_quiet``). Thread-safe, never blocks."""
         now = time.monotonic()
+        wall = self.clock()
+        asker_is_other = peer != getattr(self.peers, "peer_id", None)
+        if scope and asker_is_other:
+            self._scopes_asked[scope] = wall  # one dict store: safe from the p2p thread
+            if len(self._scopes_asked) > HEARD_MAX:
+                self._scopes_asked.clear()
         with self._lease_lock:
             held = self._leases.get(key)
             if held is not None and held[0] != peer and now - held[1] < self.settings.claim_wait:
-                return False
-            wall = self.clock()
-            # Fetched (here or by a peer) a moment ago: its announcement is on its way to them. A dict
-            # lookup, not the store: this runs on the p2p thread and must not wait for SQLite.
-            asker_is_other = peer != getattr(self.peers, "peer_id", None)
+                return LEASE_WAIT
+            # This node fetches it right now (at once: a token it thought nobody else used): its
+            # announcement is coming. A dict membership test (the GIL makes it atomic).
+            if held is None and asker_is_other and key in self._inflight:
+                return LEASE_WAIT
+            answer = LEASE_GRANTED
+            # Fetched (here or by a peer) a moment ago. A dict lookup, not the store: this runs on the
+            # p2p thread and must not wait for SQLite.
             if held is None and asker_is_other and self._fresh_hint.get(key, 0.0) > wall:
-                return False
+                answer = LEASE_FRESH
             if held is None:  # a node that could not ask us (claim window) claimed it: it fetches
                 claims = list((self._claims.get(key) or {}).items())  # one copy: the loop thread writes
                 if any(p != peer and wall - at < self.settings.claim_wait for p, at in claims):
-                    return False
+                    return LEASE_WAIT
             self._leases[key] = (peer, now)
             self._leases.move_to_end(key)
             while len(self._leases) > CLAIMS_MAX:
                 self._leases.popitem(last=False)
-            return True
+            return answer
 
     def _hint(self, key: str, fresh_until: float) -> None:
         if fresh_until > self._fresh_hint.get(key, 0.0):
@@ -638,28 +669,29 @@ class CacheEngine:
         """Rendezvous hashing: every node that sees the same fleet picks the same owner for a key."""
         return max(peers, key=lambda p: hashlib.sha256(f"{p}\x00{key}".encode()).digest())
 
-    async def _lease(self, prep: Prepared, connected: list[str]) -> bool | None:
-        """Ask the key's owner (ourselves included) whether we may fetch now; None: no answer."""
+    async def _lease(self, prep: Prepared, connected: list[str]) -> str | None:
+        """Ask the key's owner (ourselves included) whether we may fetch now (LEASE_GRANTED, LEASE_WAIT
+        or LEASE_FRESH); None: no answer."""
         peers = self.peers
         assert peers is not None
         now = self.clock()
         members = {peers.peer_id, *connected, *(p for p, at in self._heard.items() if now - at < HEARD_S)}
         owner = self.owner_of(prep.key, sorted(members))
         if owner == peers.peer_id:
-            return self.grant_lease(prep.key, owner)
+            return self.answer_lease(prep.key, owner)
         if owner not in connected:  # no direct line to it: the claim window decides
             return None
         ask = getattr(peers, "lease", None)  # a PeerLink without leases (bench.fleet): claim window
         if ask is None:
             return None
         try:
-            answer: bool | None = await asyncio.wait_for(
+            answer: str | None = await asyncio.wait_for(
                 asyncio.wrap_future(ask(prep.scope, prep.key, owner)),
                 timeout=self.settings.claim_wait + 0.5,
             )
         except asyncio.TimeoutError:
             return None
-        return answer
+        return answer if answer in (LEASE_GRANTED, LEASE_WAIT, LEASE_FRESH) else None
 
     async def _after_claimant(self, prep: Prepared, entry: Entry | None) -> ProxyResponse | None:
         """Fleet-wide coalescing, paid for only when another node may be fetching the same key (issue 16).
@@ -688,11 +720,13 @@ class CacheEngine:
                 self._arrivals[prep.key] = asyncio.get_running_loop().create_future()
             self.counters.leases += 1
             granted = await self._lease(prep, connected)
-            if granted is False:  # the holder may have announced it while we asked
+            if granted in (LEASE_WAIT, LEASE_FRESH):  # announced while we asked, or a while ago
                 answer = await self._served_by_fleet(prep, entry)
                 if answer is not None:
+                    if granted == LEASE_FRESH:  # we hold its lease: let whoever waits on it go
+                        peers.claim(prep.scope, prep.key, release=True)
                     return answer
-            if granted:
+            if granted in (LEASE_GRANTED, LEASE_FRESH):  # a fresh copy we lack: fetch, never wait
                 self._claimed.add(prep.key)  # released (gossip) if we end without an entry to announce
                 return None
             if granted is None:
@@ -783,8 +817,8 @@ class CacheEngine:
                 seen.popitem(last=False)
 
     def _scope_in_fleet(self, scope: str, now: float) -> bool:
-        at = self._scopes_heard.get(scope)
-        return at is not None and now - at < HEARD_S
+        at = max(self._scopes_heard.get(scope, -math.inf), self._scopes_asked.get(scope, -math.inf))
+        return now - at < HEARD_S
 
     def accept_claims(self, claims: list[Claim]) -> None:
         """Claims peers made (runs on the event loop thread)."""

@@ -67,6 +67,13 @@ class Announcement:
         )
 
 
+# A key owner's answers to a lease question (issue 16; the wire letters of fleetci.p2p's lease line):
+# granted; wait (another node is fetching it, its announcement will come); granted, but a fresh copy
+# was stored or announced lately (look in the fleet first, then fetch: never wait for an announcement
+# that was made already).
+LEASE_GRANTED, LEASE_WAIT, LEASE_FRESH = "g", "w", "h"
+
+
 @dataclass(frozen=True)
 class Claim:
     """A peer is fetching ``key`` upstream right now (``release``: it gave up without an entry)."""

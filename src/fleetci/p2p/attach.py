@@ -89,7 +89,7 @@ def start_node(settings: CacheSettings, engine: CacheEngine, loop: asyncio.Abstr
         fresh_entries=engine.store.fresh_entries,
         on_claims=claims,
         on_invalidation=invalidation,
-        on_lease=engine.grant_lease,
+        on_lease=engine.answer_lease,
         busy=engine.fetching,
     )
     node.start()

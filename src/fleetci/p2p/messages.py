@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetci.cache.peering import INLINE_MAX as INLINE_MAX
+from fleetci.cache.peering import LEASE_FRESH, LEASE_GRANTED, LEASE_WAIT
 from fleetci.cache.peering import Announcement as Announcement
 from fleetci.cache.peering import Claim as Claim
 from fleetci.p2p.crypto import FleetKeys
@@ -181,10 +182,9 @@ LEASE = "lease"  # op: "may I fetch this key upstream now?", asked of the key's 
 
 
 LEASE_PROTOCOL = "/fleetci/lease/1.0.0"  # one long-lived stream per owner: questions and answers as lines
-LEASE_ANSWERS = {
-    b"g": True,
-    b"w": False,
-}  # granted / wait (another node fetches it); anything else: no answer
+# The owner's answers (fleetci.cache.peering: granted / wait / granted, a fresh copy exists); anything
+# else: no answer.
+LEASE_ANSWERS = {b"g": LEASE_GRANTED, b"w": LEASE_WAIT, b"h": LEASE_FRESH}
 
 
 def encode_lease_request(scope: str, sealed_key: bytes, rid: int | None = None) -> bytes:
@@ -218,12 +218,13 @@ def decode_lease_line(line: bytes) -> tuple[int, str, bytes] | None:
 
 
 def encode_lease_answer(rid: int, answer: bytes) -> bytes:
-    """One answer line on a lease line: ``<number> <g|w|0>``."""
+    """One answer line on a lease line: ``<number> <g|w|h|0>``."""
     return b"%d %s\n" % (rid, answer)
 
 
-def decode_lease_answer(line: bytes) -> tuple[int, bool | None]:
-    """(number, granted) of an answer line; granted None: the owner could not answer (not a member)."""
+def decode_lease_answer(line: bytes) -> tuple[int, str | None]:
+    """(number, answer) of an answer line: "g", "w" or "h" (``LEASE_ANSWERS``); None: the owner could not
+    answer (not a member)."""
     rid, _, answer = line.strip().partition(b" ")
     if not rid.isdigit() or len(rid) > 16:
         raise MessageError("bad lease answer")

@@ -144,14 +144,16 @@ class P2PNode:
         fresh_entries: Callable[[int], list[Entry]] | None = None,
         on_claims: Callable[[list[Claim]], None] | None = None,
         on_invalidation: Callable[[tuple[str, ...], tuple[str, ...]], None] | None = None,
-        on_lease: Callable[[str, str], bool] | None = None,
+        on_lease: Callable[[str, str, str], str] | None = None,
         busy: Callable[[], bool] | None = None,
     ) -> None:
         self.busy = busy  # the proxy is answering a miss now: announcements wait (see _publish_loop)
         self.on_invalidation = on_invalidation
         self._inv_send: Any = None
         self.fresh_entries = fresh_entries
-        self.on_lease = on_lease  # (key, asking peer) -> granted; runs on the trio thread, must not block
+        # (key, asking peer, scope) -> "g" / "w" / "h" (messages.LEASE_ANSWERS); runs on the trio thread,
+        # must not block
+        self.on_lease = on_lease
         self.on_claims = on_claims
         self.config = config
         self.keys = keys
@@ -254,10 +256,11 @@ class P2PNode:
             fut.set_result(None)
         return fut
 
-    def lease(self, scope: str, key: str, owner: str) -> concurrent.futures.Future[bool | None]:
-        """Ask ``owner`` (the key's rendezvous owner) whether we may fetch ``key`` upstream now: True
-        (go: nobody else is), False (wait: another node is fetching it) or None (no answer in time)."""
-        fut: concurrent.futures.Future[bool | None] = concurrent.futures.Future()
+    def lease(self, scope: str, key: str, owner: str) -> concurrent.futures.Future[str | None]:
+        """Ask ``owner`` (the key's rendezvous owner) whether we may fetch ``key`` upstream now: "g" (go:
+        nobody else is), "w" (wait: another node is fetching it), "h" (go, but a fresh copy was announced
+        lately: look in the fleet first) or None (no answer in time)."""
+        fut: concurrent.futures.Future[str | None] = concurrent.futures.Future()
         if self._token is None or self._nursery is None:
             fut.set_result(None)
             return fut
@@ -569,11 +572,11 @@ class P2PNode:
             fut.set_result(body)
 
     async def _lease_one(
-        self, scope: str, key: str, owner: str, fut: concurrent.futures.Future[bool | None]
+        self, scope: str, key: str, owner: str, fut: concurrent.futures.Future[str | None]
     ) -> None:
         import trio
 
-        answer: bool | None = None
+        answer: str | None = None
         # Longer than a body fetch: a late answer still means one call fleet-wide, an early give-up two.
         with trio.move_on_after(LEASE_TIMEOUT_S):
             try:
@@ -586,7 +589,7 @@ class P2PNode:
         if not fut.done():
             fut.set_result(answer)
 
-    async def _ask(self, line: _LeaseLine, scope: str, key: str) -> bool | None:
+    async def _ask(self, line: _LeaseLine, scope: str, key: str) -> str | None:
         """One question on ``line``; a question cut off while being written drops the line (a partial
         line would garble the next one), so the next question opens a new one."""
         import trio
@@ -602,7 +605,7 @@ class P2PNode:
                 await line.stream.write(encode_lease_request(scope, sealed, rid))
                 written = True
             await waiter[0].wait()
-            answer: bool | None = waiter[1]
+            answer: str | None = waiter[1]
             return answer
         finally:
             line.waiting.pop(rid, None)
@@ -711,7 +714,7 @@ class P2PNode:
         self.stats.leases_served += 1
         if self.on_lease is None:
             return b"0"
-        return b"g" if self.on_lease(key, remote) else b"w"
+        return self.on_lease(key, remote, scope).encode()
 
     async def _serve_fetch(self, stream: Any) -> None:
         try:
