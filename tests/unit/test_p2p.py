@@ -317,7 +317,7 @@ def test_lease_lines_round_trip_and_refuse_hostile_lines() -> None:
     assert decode_lease_request(line[:-1]) == ("scope", b"sealed")  # the one-shot form still reads it
     assert decode_lease_line(encode_lease_request("s", b"x")[:-1]) == (0, "s", b"x")  # no number: 0
     assert decode_lease_line(b'{"v":1,"op":"sync","me":""}') is None  # another op
-    for rid, answer, want in ((3, b"g", True), (4, b"w", False), (5, b"0", None)):
+    for rid, answer, want in ((3, b"g", "g"), (4, b"w", "w"), (6, b"h", "h"), (5, b"0", None)):
         assert decode_lease_answer(encode_lease_answer(rid, answer)[:-1]) == (rid, want)
     hostile = [
         b"",
