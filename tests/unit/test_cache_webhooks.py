@@ -434,3 +434,45 @@ def test_a_304_older_than_a_webhook_is_not_announced_as_current(tmp_path: Path) 
         loop.close()
     assert outcome == "REVALIDATED" and first == old  # concurrent with the change: either is right
     assert from_b != old and from_a != old  # afterwards nobody serves the old list as current
+
+
+def test_a_304_never_writes_its_old_body_over_a_newer_peer_copy(tmp_path: Path) -> None:
+    """#3: while a's revalidation is out, a run is queued (its delivery lost) and b fetches the new list
+    and announces it; a's 304, for the old body, then arrives: a keeps the newer copy and announces
+    nothing, so neither node goes back to the old list."""
+    import asyncio
+
+    from fleetci.bench.cache import fleet_token
+    from fleetci.bench.fleet import EmulatorUpstream
+    from fleetci.testing import EmulatorConfig, GitHubEmulator
+
+    emu = GitHubEmulator(EmulatorConfig(latency_ms=(0.0, 0.0), seed=3))
+    direct = EmulatorUpstream(emu)
+    loop, nodes = _sim_fleet(tmp_path, 2, _SlowReturn(direct, 0.5))
+    a, b = nodes
+    b.upstream = direct  # type: ignore[attr-defined]
+    target = "/repos/octo-org/api/actions/runs?status=queued"
+    headers = [("Authorization", f"token {fleet_token()}")]
+
+    async def scenario() -> tuple[bytes, bytes, bytes, bytes]:
+        old = (await a.handle("GET", target, headers)).body  # type: ignore[attr-defined]
+        prep = b.prepare(target, {"authorization": headers[0][1]})  # type: ignore[attr-defined]
+        await asyncio.sleep(prep.ttl + 1)  # stale everywhere
+        reval = asyncio.ensure_future(a.revalidate(prep, headers))  # type: ignore[attr-defined]
+        await asyncio.sleep(0.05)  # GitHub said 304 already; the answer is on its way back
+        emu.queue_run("octo-org", "api")
+        new = (await b.revalidate(prep, headers)).body  # type: ignore[attr-defined]
+        await reval
+        await asyncio.sleep(1)
+        from_a = (await a.handle("GET", target, headers)).body  # type: ignore[attr-defined]
+        from_b = (await b.handle("GET", target, headers)).body  # type: ignore[attr-defined]
+        for engine in nodes:
+            await engine.close()  # type: ignore[attr-defined]
+        return old, new, from_a, from_b
+
+    try:
+        old, new, from_a, from_b = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert new != old
+    assert from_a == new and from_b == new
