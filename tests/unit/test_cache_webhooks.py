@@ -476,3 +476,39 @@ def test_a_304_never_writes_its_old_body_over_a_newer_peer_copy(tmp_path: Path) 
         loop.close()
     assert new != old
     assert from_a == new and from_b == new
+
+
+def test_a_full_answer_older_than_a_webhook_is_not_announced_as_current(tmp_path: Path) -> None:
+    """#3, the charged path: a miss is out when a run is queued and the webhook invalidates the list; the
+    200 (computed before the change) answers that reader but is neither fresh afterwards nor announced to
+    peers as newer than the invalidation."""
+    import asyncio
+
+    from fleetci.bench.cache import fleet_token
+    from fleetci.bench.fleet import EmulatorUpstream
+    from fleetci.testing import EmulatorConfig, GitHubEmulator
+
+    emu = GitHubEmulator(EmulatorConfig(latency_ms=(0.0, 0.0), seed=3))
+    loop, nodes = _sim_fleet(tmp_path, 2, _SlowReturn(EmulatorUpstream(emu), 0.2))
+    a, b = nodes
+    target = "/repos/octo-org/api/actions/runs?status=queued"
+    headers = [("Authorization", f"token {fleet_token()}")]
+
+    async def scenario() -> tuple[bytes, bytes, bytes]:
+        miss = asyncio.ensure_future(a.handle("GET", target, headers))  # type: ignore[attr-defined]
+        await asyncio.sleep(0.05)  # GitHub answered already; the answer is on its way back
+        emu.queue_run("octo-org", "api")
+        b.invalidate(["/repos/octo-org/api/"])  # the webhook reaches b, gossiped to a
+        old = (await miss).body
+        await asyncio.sleep(1)
+        from_b = (await b.handle("GET", target, headers)).body  # type: ignore[attr-defined]
+        from_a = (await a.handle("GET", target, headers)).body  # type: ignore[attr-defined]
+        for engine in nodes:
+            await engine.close()  # type: ignore[attr-defined]
+        return old, from_b, from_a
+
+    try:
+        old, from_b, from_a = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert from_b != old and from_a != old

@@ -535,6 +535,13 @@ class CacheEngine:
                 prep.ttl,
                 now,
             )
+            if self._invalidated and self._invalidated_since(prep.target, sent):
+                # As for a 304: GitHub may have answered before the change a webhook announced while
+                # the question was out. Kept (its validators make the next read a cheap check), but
+                # already stale and not announced as newer than the invalidation.
+                stored = replace(stored, fresh_until=min(stored.fresh_until, now))
+                self._persist_later(stored)
+                return self._from_entry(stored, Outcome.MISS, prep.limit_scope)
             self._persist_later(stored)  # visible at once; committed after this answer is written
             self._announce(stored)
             return self._from_entry(stored, Outcome.MISS, prep.limit_scope)
