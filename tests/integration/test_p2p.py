@@ -448,6 +448,53 @@ def test_wrong_secret_can_neither_read_nor_inject(emulator: Any, fleet: Any, tmp
         rogue.stop()
 
 
+def test_only_members_own_keys_and_a_hung_owner_is_backed_off(
+    emulator: Any, fleet: Any, tmp_path: Path
+) -> None:
+    """Review t2 #1: a stranger connected over libp2p (no fleet secret) that answers "wait" to every lease
+    question never becomes the owner of a key, so no miss asks it or waits for it. #5: an owner whose
+    process hangs with its connection up costs one timed-out question; its line is dropped and it owns
+    no keys for a while, instead of every miss it owns paying the whole timeout."""
+    a, b = fleet(2)
+    rogue = Rogue(tmp_path, "not the fleet secret", peers_of(a)["addrs"][0])
+    asked: list[str] = []
+
+    def hostile(stream: Any, scope: str, sealed: bytes, *_: Any) -> Any:
+        asked.append(scope)
+        return b"w"  # "someone else is fetching it": the asker would wait for an announcement
+
+    rogue.node._grant = hostile  # type: ignore[method-assign]
+    rogue.node._grant_for = lambda *args: (hostile(*args), "", "")  # type: ignore[method-assign]
+    h = {"Authorization": f"token {token('alice')}"}
+    ca = httpx.Client(base_url=a.url, headers=h, timeout=30)
+    try:
+        assert wait_until(lambda: rogue.node.peer_id in peers_of(a)["connected"], timeout=15)
+        heard = int(peers_of(a)["stats"]["received"])  # a hears that b uses alice's token: misses ask owners
+        assert httpx.get(b.url + "/orgs/octo-org/repos", headers=h, timeout=30).status_code == 200
+        assert wait_until(lambda: int(peers_of(a)["stats"]["received"]) > heard, timeout=30)
+        before = a.stats()
+        urls = [f"/repos/octo-org/docs/actions/runs?per_page={i + 2}" for i in range(15)]
+        assert [ca.get(url).headers["X-Fleetci-Cache"] for url in urls] == ["MISS"] * len(urls)
+        after = a.stats()
+        assert int(after["leases"]) - int(before["leases"]) == len(urls), after  # the lease path each time
+        assert asked == []  # the stranger owned none of the 15 keys (about 5 on the old code)
+        for k in ("claim_windows", "claim_waits"):
+            assert after[k] == before[k], (k, after)
+
+        b.proc.send_signal(signal.SIGSTOP)  # b hangs; its connection stays up
+        was = peers_of(a)["stats"]
+        hung = [f"/repos/octo-org/docs/actions/workflows?per_page={i + 2}" for i in range(12)]
+        assert [ca.get(url).headers["X-Fleetci-Cache"] for url in hung] == ["MISS"] * len(hung)
+        now = peers_of(a)["stats"]
+        # one question to b timed out; the misses b owned after it asked nobody (about 6 on the old code)
+        assert now["lease_timeouts"] - was["lease_timeouts"] == 1, now
+        assert now["leases_asked"] - was["leases_asked"] == 1, now
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+        ca.close()
+        rogue.stop()
+
+
 @pytest.mark.parametrize("case", ["malformed", "unreachable", "port-in-use", "no-secret"])
 def test_bad_p2p_input_keeps_serving_locally(emulator: Any, tmp_path: Path, case: str) -> None:
     import socket

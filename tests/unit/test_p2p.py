@@ -28,6 +28,8 @@ from fleetci.p2p.messages import (
     encode_claims,
     encode_lease_answer,
     encode_lease_request,
+    open_lease_answer,
+    seal_lease_answer,
 )
 from support import RunCli, clean_env, one_line_error
 from support.p2p import FLEET, SECRET
@@ -317,8 +319,31 @@ def test_lease_lines_round_trip_and_refuse_hostile_lines() -> None:
     assert decode_lease_request(line[:-1]) == ("scope", b"sealed")  # the one-shot form still reads it
     assert decode_lease_line(encode_lease_request("s", b"x")[:-1]) == (0, "s", b"x")  # no number: 0
     assert decode_lease_line(b'{"v":1,"op":"sync","me":""}') is None  # another op
-    for rid, answer, want in ((3, b"g", "g"), (4, b"w", "w"), (6, b"h", "h"), (5, b"0", None)):
-        assert decode_lease_answer(encode_lease_answer(rid, answer)[:-1]) == (rid, want)
+    keys, stranger = FleetKeys(SECRET, FLEET), FleetKeys("not the fleet secret", FLEET)
+    for rid, answer, want in ((3, b"g", "g"), (4, b"w", "w"), (6, b"h", "h")):
+        sealed = seal_lease_answer(keys, "s", "asker", "owner", rid, "k", answer)
+        got = decode_lease_answer(encode_lease_answer(rid, answer, sealed)[:-1])
+        assert got == (rid, answer, sealed)
+        assert open_lease_answer(keys, "s", "asker", "owner", rid, "k", answer, sealed) == want
+        # review t2 #1: an answer opens only with the fleet secret, for exactly this asker, owner, number
+        # and key, and says what its seal says; an unsealed "g"/"w"/"h" is no answer at all
+        forged = seal_lease_answer(stranger, "s", "asker", "owner", rid, "k", answer)
+        other = b"w" if answer != b"w" else b"g"
+        for case in (
+            ("s", "asker", "owner", rid, "k", answer, forged),
+            ("s", "asker", "owner", rid, "k", answer, b""),
+            ("s", "asker", "owner", rid, "k", other, sealed),
+            ("s2", "asker", "owner", rid, "k", answer, sealed),
+            ("s", "someone", "owner", rid, "k", answer, sealed),
+            ("s", "asker", "stranger", rid, "k", answer, sealed),
+            ("s", "asker", "owner", rid + 1, "k", answer, sealed),
+            ("s", "asker", "owner", rid, "k2", answer, sealed),
+        ):
+            with pytest.raises(SealError):
+                open_lease_answer(keys, *case)
+    assert decode_lease_answer(encode_lease_answer(5, b"0")[:-1]) == (5, b"0", b"")
+    assert open_lease_answer(keys, "s", "a", "o", 5, "k", b"0", b"") is None  # the owner could not answer
+    assert len(encode_lease_answer(2**53, b"g", seal_lease_answer(keys, "s", "a", "o", 1, "k", b"g"))) < 128
     hostile = [
         b"",
         b"not json",
@@ -332,6 +357,6 @@ def test_lease_lines_round_trip_and_refuse_hostile_lines() -> None:
     for bad in hostile:
         with pytest.raises(MessageError):
             decode_lease_line(bad)
-    for bad in (b"", b"x g", b"-1 g", b"1" * 17 + b" g", b"\xff g"):
+    for bad in (b"", b"x g", b"-1 g", b"1" * 17 + b" g", b"\xff g", b"1 g !!", b"1 g eA== x"):
         with pytest.raises(MessageError):
             decode_lease_answer(bad)

@@ -682,7 +682,13 @@ class CacheEngine:
         peers = self.peers
         assert peers is not None
         now = self.clock()
-        members = {peers.peer_id, *connected, *(p for p, at in self._heard.items() if now - at < HEARD_S)}
+        # Only peers that proved the fleet secret own keys, and none the node backed off (it left a
+        # question unanswered): a stranger that dialled us must not make our misses wait (review t2 #1, #5).
+        # A PeerLink that cannot tell them apart (bench.fleet) offers its connected peers.
+        pick = getattr(peers, "lease_candidates", None)
+        candidates, shunned = pick() if pick is not None else (connected, frozenset[str]())
+        heard = (p for p, at in self._heard.items() if now - at < HEARD_S and p not in shunned)
+        members = {peers.peer_id, *candidates, *heard}
         owner = self.owner_of(prep.key, sorted(members))
         if owner == peers.peer_id:
             return self.answer_lease(prep.key, owner)

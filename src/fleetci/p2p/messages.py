@@ -25,7 +25,7 @@ from fleetci.cache.peering import INLINE_MAX as INLINE_MAX
 from fleetci.cache.peering import LEASE_FRESH, LEASE_GRANTED, LEASE_WAIT
 from fleetci.cache.peering import Announcement as Announcement
 from fleetci.cache.peering import Claim as Claim
-from fleetci.p2p.crypto import FleetKeys
+from fleetci.p2p.crypto import FleetKeys, SealError
 
 VERSION = 1
 FETCH_PROTOCOL = "/fleetci/cache/1.0.0"
@@ -217,18 +217,49 @@ def decode_lease_line(line: bytes) -> tuple[int, str, bytes] | None:
         raise MessageError(f"bad lease request: {exc}") from exc
 
 
-def encode_lease_answer(rid: int, answer: bytes) -> bytes:
-    """One answer line on a lease line: ``<number> <g|w|h|0>``."""
-    return b"%d %s\n" % (rid, answer)
+def encode_lease_answer(rid: int, answer: bytes, sealed: bytes = b"") -> bytes:
+    """One answer line on a lease line: ``<number> <g|w|h|0> [<sealed>]``; a "g", "w" or "h" carries the
+    answer sealed by the owner (``seal_lease_answer``), a "0" (the owner could not open the question)
+    nothing."""
+    tail = b" " + base64.b64encode(sealed) if sealed else b""
+    return b"%d %s%s\n" % (rid, answer, tail)
 
 
-def decode_lease_answer(line: bytes) -> tuple[int, str | None]:
-    """(number, answer) of an answer line: "g", "w" or "h" (``LEASE_ANSWERS``); None: the owner could not
-    answer (not a member)."""
-    rid, _, answer = line.strip().partition(b" ")
-    if not rid.isdigit() or len(rid) > 16:
+def decode_lease_answer(line: bytes) -> tuple[int, bytes, bytes]:
+    """(number, answer, sealed answer) of an answer line; the caller opens it (``open_lease_answer``)."""
+    parts = line.strip().split(b" ")
+    if len(parts) not in (2, 3) or not parts[0].isdigit() or len(parts[0]) > 16:
         raise MessageError("bad lease answer")
-    return int(rid), LEASE_ANSWERS.get(answer)
+    try:
+        sealed = base64.b64decode(parts[2], validate=True) if len(parts) == 3 else b""
+    except ValueError as exc:
+        raise MessageError("bad lease answer") from exc
+    return int(parts[0]), parts[1], sealed
+
+
+def _lease_answer_aad(asker: str, owner: str, rid: int, key: str) -> bytes:
+    return b"\x00".join((b"lease-answer", asker.encode(), owner.encode(), b"%d" % rid, key.encode()))
+
+
+def seal_lease_answer(
+    keys: FleetKeys, scope: str, asker: str, owner: str, rid: int, key: str, answer: bytes
+) -> bytes:
+    """The owner's answer sealed with the scope key, bound to who asked, who answered, the question's
+    number and the key: only a fleet member can answer, and an answer cannot be replayed to another
+    question (finding 1 of review t2)."""
+    return keys.seal(scope, answer, _lease_answer_aad(asker, owner, rid, key))
+
+
+def open_lease_answer(
+    keys: FleetKeys, scope: str, asker: str, owner: str, rid: int, key: str, answer: bytes, sealed: bytes
+) -> str | None:
+    """The owner's answer ("g", "w" or "h", ``LEASE_ANSWERS``) from a sealed answer line; None for "0";
+    SealError when a "g"/"w"/"h" is not sealed by a fleet member for exactly this question."""
+    if answer not in LEASE_ANSWERS:
+        return None
+    if keys.open(scope, sealed, _lease_answer_aad(asker, owner, rid, key)) != answer:
+        raise SealError("lease answer does not match its seal")
+    return LEASE_ANSWERS[answer]
 
 
 def decode_fetch_request(line: bytes) -> tuple[str, str]:

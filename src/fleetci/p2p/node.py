@@ -54,7 +54,9 @@ from fleetci.p2p.messages import (
     encode_sync_request,
     frame,
     open_body,
+    open_lease_answer,
     seal_body,
+    seal_lease_answer,
     unframe,
 )
 from fleetci.retry import Backoff
@@ -63,6 +65,10 @@ log = logging.getLogger("fleetci.p2p")
 
 GOSSIP_PROTOCOLS = ("/meshsub/1.1.0", "/meshsub/1.0.0")
 LEASE_TIMEOUT_S = 2.0
+# An owner that let a written question time out (hung process, blackholed route) or sent an answer that
+# does not open is left out of key ownership this long, so its keys stop costing LEASE_TIMEOUT_S a miss.
+LEASE_BACKOFF_S = 30.0
+MAX_LEASE_ANSWER = 128  # "<number> <g|w|0> <sealed answer>" is ~60 bytes
 MAX_REQUEST = 64 * 1024
 PX_SCOPE = "fleetci-px"
 RECEIPTS_KEPT = 5000  # arrival times of recent announcements (propagation measurements)
@@ -109,7 +115,8 @@ class _LeaseLine:
     stream: Any
     write_lock: Any  # trio.Lock: whole lines, one writer at a time
     reader: Any  # trio.CancelScope of the answer reader (cancel it to drop the line)
-    waiting: dict[int, list[Any]] = field(default_factory=dict)  # number -> [trio.Event, answer]
+    waiting: dict[int, list[Any]] = field(default_factory=dict)  # number -> [trio.Event, answer, scope, key]
+    closed: bool = False  # the reader has finished: a question asked now would never be answered
 
 
 @dataclass
@@ -127,6 +134,8 @@ class P2PStats:
     leases_asked: int = 0  # "may I fetch this key?" asked of its owner (issue 16)
     leases_served: int = 0  # such questions this node answered as a key's owner
     lease_lines: int = 0  # lease lines opened to owners (one per owner while connected)
+    lease_timeouts: int = 0  # written questions an owner left unanswered (its line dropped, owner backed off)
+    lease_answers_rejected: int = 0  # answers that did not open with the fleet secret for their question
     held: int = 0  # 10 ms waits for back-pressure (see _hold_while_backlogged)
     invalidations_sent: int = 0  # webhook invalidations passed on to the fleet
     invalidations_received: int = 0
@@ -180,6 +189,10 @@ class P2PNode:
         self._lease_lines: dict[str, _LeaseLine] = {}  # owner -> open line (trio thread only)
         self._lease_opening: dict[str, Any] = {}  # owner -> trio.Event set once its line is open (or not)
         self._lease_rid = 0
+        # Peers that proved the fleet secret (we opened a sealed message of theirs): the only candidates
+        # for key ownership. Both replaced, never mutated: the asyncio thread reads them.
+        self._proven: frozenset[str] = frozenset()
+        self._backoff: dict[str, float] = {}  # owner -> monotonic time it may own keys again
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self, timeout: float = 20.0) -> None:
@@ -272,6 +285,23 @@ class P2PNode:
 
     def connected_peers(self) -> list[str]:
         return sorted(self._peers)
+
+    def lease_candidates(self) -> tuple[list[str], frozenset[str]]:
+        """(connected peers that may own keys, peers that must not): a peer is a candidate once it proved
+        the fleet secret and while it is not backed off; the backed-off ones must not be chosen even when
+        the engine heard from them. A stranger connected over libp2p never owns keys."""
+        now = time.monotonic()
+        backoff = frozenset(p for p, until in self._backoff.copy().items() if until > now)
+        proven = self._proven
+        return sorted(p for p in self._peers if p in proven and p not in backoff), backoff
+
+    def _prove(self, peer: str) -> None:
+        if peer not in self._proven:
+            self._proven = self._proven | {peer}
+
+    def _back_off(self, owner: str) -> None:
+        now = time.monotonic()
+        self._backoff = {p: t for p, t in self._backoff.items() if t > now} | {owner: now + LEASE_BACKOFF_S}
 
     # -- trio side -----------------------------------------------------------------------------------
     def _gossipsub(self) -> Any:
@@ -511,6 +541,7 @@ class P2PNode:
             return
         if msg.peer == self.peer_id:
             return
+        self._prove(sender)
         if msg.invalidations:
             self.stats.invalidations_received += len(msg.invalidations)
             if self.on_invalidation is not None:
@@ -582,21 +613,25 @@ class P2PNode:
             try:
                 line = await self._lease_line(owner)
                 if line is not None:
-                    answer = await self._ask(line, scope, key)
+                    answer = await self._ask(line, owner, scope, key)
             except Exception as exc:
                 log.debug("lease of %s from %s failed: %s", key[:12], owner, exc)
         self.stats.leases_asked += 1
         if not fut.done():
             fut.set_result(answer)
 
-    async def _ask(self, line: _LeaseLine, scope: str, key: str) -> str | None:
+    async def _ask(self, line: _LeaseLine, owner: str, scope: str, key: str) -> str | None:
         """One question on ``line``; a question cut off while being written drops the line (a partial
-        line would garble the next one), so the next question opens a new one."""
+        line would garble the next one), so the next question opens a new one. A written question cut
+        off unanswered (the owner hangs with its connection up) drops the line and backs the owner off
+        (``LEASE_BACKOFF_S``), so its keys stop costing every miss the whole timeout."""
         import trio
 
+        if line.closed:
+            return None
         self._lease_rid += 1
         rid = self._lease_rid
-        waiter: list[Any] = [trio.Event(), None]
+        waiter: list[Any] = [trio.Event(), None, scope, key]
         line.waiting[rid] = waiter
         written = False
         try:
@@ -604,12 +639,19 @@ class P2PNode:
             async with line.write_lock:
                 await line.stream.write(encode_lease_request(scope, sealed, rid))
                 written = True
+            if line.closed:  # the reader finished (its last sweep may have run before we registered)
+                return None
             await waiter[0].wait()
             answer: str | None = waiter[1]
             return answer
         finally:
             line.waiting.pop(rid, None)
             if not written:
+                line.reader.cancel()
+            elif not waiter[0].is_set() and not line.closed:
+                self.stats.lease_timeouts += 1
+                log.debug("lease owner %s left a question unanswered: line dropped, owner backed off", owner)
+                self._back_off(owner)
                 line.reader.cancel()
 
     async def _lease_line(self, owner: str) -> _LeaseLine | None:
@@ -619,7 +661,7 @@ class P2PNode:
         from libp2p.peer.id import ID
 
         line = self._lease_lines.get(owner)
-        if line is not None:
+        if line is not None and not line.closed:
             return line
         opening = self._lease_opening.get(owner)
         if opening is not None:
@@ -659,15 +701,26 @@ class P2PNode:
                     buf += chunk
                     while b"\n" in buf:
                         one, buf = buf.split(b"\n", 1)
-                        rid, answer = decode_lease_answer(one)
+                        if len(one) > MAX_LEASE_ANSWER:
+                            raise MessageError("lease answer too long")
+                        rid, answer, sealed = decode_lease_answer(one)
                         waiter = line.waiting.get(rid)
-                        if waiter is not None:
-                            waiter[1] = answer
-                            waiter[0].set()
-                    if len(buf) > 64:
+                        if waiter is None:
+                            continue
+                        try:
+                            waiter[1] = open_lease_answer(
+                                self.keys, waiter[2], self.peer_id, owner, rid, waiter[3], answer, sealed
+                            )
+                        except SealError:  # not the fleet's answer to this question: no answer at all
+                            self.stats.lease_answers_rejected += 1
+                            self._back_off(owner)
+                            raise MessageError("a lease answer did not open") from None
+                        waiter[0].set()
+                    if len(buf) > MAX_LEASE_ANSWER:
                         raise MessageError("lease answer too long")
             except Exception as exc:  # the peer went away, reset the stream, or sent garbage
                 log.debug("lease line to %s ended: %s", owner, exc)
+        line.closed = True
         if self._lease_lines.get(owner) is line:
             del self._lease_lines[owner]
         for waiter in line.waiting.values():
@@ -691,10 +744,12 @@ class P2PNode:
                     if got is None:
                         raise MessageError("not a lease request")
                     rid, scope, sealed = got
-                    answer = self._grant(stream, scope, sealed)
-                    await stream.write(encode_lease_answer(rid, answer))
+                    answer, asker, key = self._grant_for(stream, scope, sealed)
                     if answer == b"0":
+                        await stream.write(encode_lease_answer(rid, answer))
                         return
+                    proof = seal_lease_answer(self.keys, scope, asker, self.peer_id, rid, key, answer)
+                    await stream.write(encode_lease_answer(rid, answer, proof))
                 if len(buf) > MAX_REQUEST:
                     raise MessageError("lease request too large")
         except Exception as exc:
@@ -704,17 +759,22 @@ class P2PNode:
                 await stream.close()
 
     def _grant(self, stream: Any, scope: str, sealed: bytes) -> bytes:
-        """Answer a lease request: only a fleet member (it sealed the key for its own peer ID) gets one."""
+        return self._grant_for(stream, scope, sealed)[0]
+
+    def _grant_for(self, stream: Any, scope: str, sealed: bytes) -> tuple[bytes, str, str]:
+        """(answer, asker, key) for a lease request: only a fleet member (it sealed the key for its own
+        peer ID) gets one; it has then proved the secret, so it may own keys too."""
         try:
             remote = stream.muxed_conn.peer_id.pretty()
             key = self.keys.open(scope, sealed, b"lease\x00" + remote.encode()).decode()
         except Exception:
             self.stats.rejected += 1
-            return b"0"
+            return b"0", "", ""
+        self._prove(remote)
         self.stats.leases_served += 1
         if self.on_lease is None:
-            return b"0"
-        return self.on_lease(key, remote, scope).encode()
+            return b"0", remote, key
+        return self.on_lease(key, remote, scope).encode(), remote, key
 
     async def _serve_fetch(self, stream: Any) -> None:
         try:
@@ -757,6 +817,7 @@ class P2PNode:
         except Exception:
             self.stats.rejected += 1
             return
+        self._prove(remote)
         own = [a for a in addrs if a.endswith("/p2p/" + remote)]
         if own:
             self._px_book[remote] = own
@@ -799,6 +860,7 @@ class P2PNode:
                     self._px.update(
                         a for a in self._open_addrs(parts[0], peer) if not a.endswith(self.peer_id)
                     )
+                    self._prove(peer)
                 except (SealError, ValueError):
                     self.stats.rejected += 1
                     return
