@@ -311,6 +311,51 @@ def test_lean_keys_are_the_same_aes_gcm_and_hkdf_as_cryptography() -> None:
     assert AESGCM(key.derive(SECRET.encode())).decrypt(sealed[:12], sealed[12:], b"aad") == b"body"
 
 
+def test_a_hung_owner_is_backed_off_and_a_closed_line_never_waited_on(tmp_path: Path) -> None:
+    """Review t2 #5, on the lease line machinery itself (trio's virtual clock, so no real waiting): a
+    written question its owner leaves unanswered drops the line and takes the owner out of key ownership
+    for LEASE_BACKOFF_S; a question on a line whose reader has finished returns at once. And #1: a
+    connected peer that never proved the fleet secret is no candidate owner."""
+    import trio
+    import trio.testing
+
+    from fleetci.p2p.node import LEASE_BACKOFF_S, LEASE_TIMEOUT_S, P2PConfig, P2PNode, _LeaseLine
+
+    node = P2PNode(
+        P2PConfig("127.0.0.1", 0, tmp_path / "id.key"),
+        FleetKeys(SECRET, FLEET),
+        on_announcements=lambda anns: None,
+        lookup=lambda key: None,
+    )
+    written: list[bytes] = []
+
+    class Hung:  # a libp2p stream to an owner that reads questions and never answers
+        async def write(self, data: bytes) -> None:
+            written.append(data)
+
+    node._peers = {"owner", "stranger"}
+    node._prove("owner")
+    assert node.lease_candidates() == (["owner"], frozenset())  # the stranger never owns keys
+
+    async def ask(closed: bool) -> tuple[bool | None, _LeaseLine]:
+        line = _LeaseLine(Hung(), trio.Lock(), trio.CancelScope(), closed=closed)
+        answer: bool | None = None
+        with trio.move_on_after(LEASE_TIMEOUT_S):  # as _lease_one does
+            answer = await node._ask(line, "owner", "scope", "key")
+            return answer, line
+        return answer, line
+
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    answer, line = trio.run(ask, True, clock=clock)
+    assert answer is None and written == [] and node.stats.lease_timeouts == 0  # closed: not even asked
+    assert node.lease_candidates() == (["owner"], frozenset())
+    answer, line = trio.run(ask, False, clock=clock)
+    assert answer is None and len(written) == 1 and node.stats.lease_timeouts == 1
+    assert line.reader.cancel_called  # the line is dropped: the next question opens a new one
+    assert node.lease_candidates() == ([], frozenset({"owner"}))
+    assert 0 < node._backoff["owner"] - time.monotonic() <= LEASE_BACKOFF_S
+
+
 def test_lease_lines_round_trip_and_refuse_hostile_lines() -> None:
     """The lease line (issue 16): numbered questions and answers; anything else is refused in one line,
     never a crash of the stream handler's loop with something other than MessageError."""
