@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from fleetci.bench.relay import LinkRelay
 from fleetci.errors import FleetciError, UsageError
+from fleetci.registry import compress
 from fleetci.registry.archive import DOCKER_MANIFEST, OCI_MANIFEST
 from fleetci.registry.compress import CompressedStream, LayerChanged, codec
 from fleetci.registry.engine_oci import final_manifest
@@ -29,6 +30,7 @@ from fleetci.registry.index import index_refs
 from fleetci.registry.plan import PlannedImage, UploadPlan
 from fleetci.registry.settings import registry_settings
 from fleetci.registry.state import LayerDigests
+from fleetci.wait import wait_until
 from support import RunCli, one_line_error
 from support.registry import TAG
 
@@ -73,6 +75,85 @@ def test_compressed_stream_is_the_layer_deterministically(
     assert plain == original
     if name == "gzip":  # one member per 1 MiB block: a multi-member gzip file, read whole by gzip
         assert one.count(b"\x1f\x8b\x08") >= -(-len(original) // (1 << 20))
+
+
+def test_gzip_blocks_in_flight_are_bounded_for_the_whole_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review t2 #7: several gzip streams on a many-core runner share one budget of blocks in flight.
+
+    16 cores (patched) and uploaders that do not read yet: a stream alone still has every core's block
+    plus one in flight, while four streams together hold at most 2 x 16 shared slots plus their own first
+    block each (the old per-stream bound let them hold 4 x 17). Blocks read but not yet written out
+    are counted from outside the compressor: the archive reader and the stream's sink.
+    """
+    cores = 16
+    monkeypatch.setattr(compress, "cpu_threads", lambda: cores)
+    monkeypatch.setattr(compress, "_POOL", None)
+    monkeypatch.setattr(compress, "_BUDGET", None, raising=False)
+    lock = threading.Lock()
+    count = {"held": 0, "peak": 0, "writing": 0}
+    real_window, real_write = compress.read_window, compress._Sink.write
+
+    def counted_window(*args: object, **kwargs: object) -> object:
+        for data in real_window(*args, **kwargs):  # type: ignore[arg-type]
+            with lock:
+                count["held"] += 1
+                count["peak"] = max(count["peak"], count["held"])
+            yield data
+
+    def counted_write(sink: object, data: object) -> int:
+        with lock:
+            count["writing"] += 1
+        try:
+            return real_write(sink, data)  # type: ignore[arg-type]
+        finally:
+            with lock:
+                count["writing"] -= 1
+                count["held"] -= 1
+
+    monkeypatch.setattr(compress, "read_window", counted_window)
+    monkeypatch.setattr(compress._Sink, "write", counted_write)
+    blocks = cores + compress.QUEUE_PIECES + 6  # enough to fill a stalled stream's every slot
+    path = tmp_path / "zeros.tar"
+    with path.open("wb") as fh:
+        fh.truncate(blocks * compress.BLOCK)
+    c = codec("gzip")
+    assert c is not None
+
+    def stalled(n: int) -> list[CompressedStream]:
+        streams = [CompressedStream(path, 0, blocks * compress.BLOCK, c) for _ in range(n)]
+        wait_until(  # every producer blocked on its full queue: nothing more can be read
+            lambda: count["writing"] == n and all(s._queue.full() for s in streams),
+            timeout=60,
+            what=f"{n} stalled gzip streams",
+            interval=0.01,
+            last=lambda: count,
+        )
+        return streams
+
+    def drained(streams: list[CompressedStream]) -> set[str]:
+        digests = set()
+        for stream in streams:
+            with stream:
+                data = b"".join(stream.take(1 << 40))
+                assert gzip.decompress(data) == bytes(blocks * compress.BLOCK)
+                digests.add(stream.digest)
+        return digests
+
+    try:
+        alone = stalled(1)
+        assert count["peak"] == cores + 1  # a stream alone: a block for every core, and the next one
+        one = drained(alone)
+        count["peak"] = 0
+        four = drained(stalled(4))
+        assert count["peak"] <= 2 * cores + 4, count
+        assert one == four and len(one) == 1  # the same bytes whatever the sharing
+        assert count["held"] == 0
+    finally:
+        pool = compress._POOL
+        if pool is not None:
+            pool.shutdown(wait=False)
 
 
 def test_an_empty_layer_is_still_one_gzip_member(tmp_path: Path) -> None:

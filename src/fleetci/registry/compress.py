@@ -6,7 +6,10 @@ producer thread, hashes them (the diff-ID check) and has them compressed on a sm
 emitted in order; ``zstandard``'s own multi-threaded writer for zstd). The compressed pieces go to the
 uploader through a small bounded queue and are hashed as they leave: the digest of the compressed blob is
 known when the stream ends, which is when the upload's final PUT needs it. Nothing is spooled: a layer is
-never whole in memory (at most a few blocks per stream are in flight), nor on disk a second time.
+never whole in memory, nor on disk a second time. Memory is bounded for the whole process, not per stream:
+each gzip stream may always have one block in flight, and every further block takes one of
+``2 x pool size`` slots shared by all streams (:class:`_BlockBudget`). Five streams on 32 cores thus hold
+at most 69 one-MiB blocks (with their outputs), not 5 x 33; a stream left alone still gets every core.
 
 The output is deterministic for a given :attr:`Codec.identity` (binding version, level, block size; every
 block is compressed on its own, so the thread count does not change the bytes, and zstd's multi-threaded
@@ -108,17 +111,48 @@ def codec(name: str, level: int = 0) -> Codec | None:
     return Codec(name, level or default)
 
 
+class _BlockBudget:
+    """Process-wide slots for gzip blocks in flight beyond each stream's first (input and output held).
+
+    Taking a slot never blocks: a stream that finds none writes out its oldest block first (which frees
+    one), so a stream whose uploader is slow can hold slots but never keeps another stream from moving
+    (each always has its own first block). ``peak`` is what the budget test reads.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.held = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def try_take(self) -> bool:
+        with self._lock:
+            if self.held >= self.slots:
+                return False
+            self.held += 1
+            self.peak = max(self.peak, self.held)
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.held -= 1
+
+
 _POOL: ThreadPoolExecutor | None = None
+_BUDGET: _BlockBudget | None = None
 _POOL_LOCK = threading.Lock()
 
 
-def _gzip_pool() -> ThreadPoolExecutor:
-    """The block compressors: one thread per core for the whole process (libdeflate frees the GIL)."""
-    global _POOL
+def _gzip_pool() -> tuple[ThreadPoolExecutor, _BlockBudget]:
+    """The block compressors: one thread per core for the whole process (libdeflate frees the GIL),
+    and the shared budget of blocks in flight (two per pool thread: one compressing, one waiting)."""
+    global _POOL, _BUDGET
     with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(cpu_threads(), thread_name_prefix="fleetci-gzip")
-        return _POOL
+        if _POOL is None or _BUDGET is None:
+            threads = cpu_threads()
+            _POOL = ThreadPoolExecutor(threads, thread_name_prefix="fleetci-gzip")
+            _BUDGET = _BlockBudget(2 * threads)
+        return _POOL, _BUDGET
 
 
 def _hashed(blocks: Iterator[bytes], into: Any, cancelled: threading.Event) -> Iterator[bytes]:
@@ -217,32 +251,56 @@ class CompressedStream:
                 continue
 
     def _gzip_members(self, blocks: Iterator[bytes], sink: _Sink) -> None:
-        """One gzip member per block, up to ``compressor_threads`` blocks compressing at once on the
-        process-wide pool (one worker per core, shared by every stream of a push), written in order.
+        """One gzip member per block, compressed on the process-wide pool (one worker per core, shared
+        by every stream of a push), written in order.
 
-        At most ``threads + 1`` blocks of this stream are in flight: bounded memory, and reading,
-        hashing, compressing and sending overlap. A stream left alone at the end of a push gets every
-        core (its blocks are the only ones queued), while five streams share the cores block by block.
+        At most ``compressor_threads + 1`` blocks of this stream are in flight, and all but its first
+        hold a slot of the shared :class:`_BlockBudget`: bounded memory for the whole process, while
+        reading, hashing, compressing and sending overlap. A slot is taken *before* the next block is
+        read. A stream left alone at the end of a push gets every core (the budget is twice the pool),
+        while five streams share the cores and the slots block by block.
         """
         import deflate
 
         level = self.codec.level
-        pool = _gzip_pool()
-        ahead: deque[Future[bytearray]] = deque()
+        pool, budget = _gzip_pool()
+        ahead: deque[tuple[Future[bytearray], bool]] = deque()  # (compressed block, holds a slot)
         wrote = False
+
+        def write_oldest() -> None:
+            future, slot = ahead.popleft()
+            try:
+                sink.write(future.result())
+            finally:
+                if slot:
+                    budget.give_back()
+
         try:
-            for data in blocks:
-                ahead.append(pool.submit(deflate.gzip_compress, data, level))
-                while len(ahead) > self.compressor_threads:
-                    sink.write(ahead.popleft().result())
+            while not self._cancelled.is_set():
+                if len(ahead) > self.compressor_threads:
+                    write_oldest()
                     wrote = True
+                    continue
+                slot = any(not s for _, s in ahead)  # this stream's own first block is in flight
+                if slot and not budget.try_take():
+                    write_oldest()  # frees a slot or this stream's own block
+                    wrote = True
+                    continue
+                data = next(blocks, None)
+                if data is None:
+                    if slot:
+                        budget.give_back()
+                    break
+                ahead.append((pool.submit(deflate.gzip_compress, data, level), slot))
             if not ahead and not wrote and not self._cancelled.is_set():
-                ahead.append(pool.submit(deflate.gzip_compress, b"", level))  # still one gzip member
+                ahead.append((pool.submit(deflate.gzip_compress, b"", level), False))  # one member
             while ahead and not self._cancelled.is_set():
-                sink.write(ahead.popleft().result())
+                write_oldest()
         finally:
-            for future in ahead:
+            for future, slot in ahead:
                 future.cancel()
+                if slot:
+                    budget.give_back()
 
     def _zstd(self, blocks: Iterator[bytes], sink: _Sink) -> None:
         import zstandard
