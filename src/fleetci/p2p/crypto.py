@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import threading
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -54,18 +55,45 @@ def _with_cryptography(secret: bytes) -> tuple[Callable[[bytes], bytes], Cipher,
     return derive, seal, open_
 
 
+class _NoCffiOnThisThread:
+    """Refuses ``import cffi`` on a thread that is loading pycryptodome's binding, and on no other.
+
+    The previous way, ``sys.modules["cffi"] = None`` for the duration of that import, said "cffi is not
+    installed" to *every* thread: a webhook or p2p thread importing cffi in that window failed. A finder
+    asks per thread; it is put first on ``sys.meta_path`` once and never removed (removing an entry while
+    another thread walks the list could make that thread skip a finder; inserting one cannot).
+    """
+
+    def __init__(self) -> None:
+        self.refusing = threading.local()
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        if (fullname == "cffi" or fullname.startswith("cffi.")) and getattr(self.refusing, "on", False):
+            raise ModuleNotFoundError("cffi left out for pycryptodome's ctypes binding", name=fullname)
+        return None
+
+
+_NO_CFFI = _NoCffiOnThisThread()
+_LOAD_LOCK = threading.Lock()
+
+
 def _load_pycryptodome() -> None:
     """Import pycryptodome on its ctypes binding. It binds its C code through cffi whenever cffi is
     importable (``cryptography`` installs it), and cffi parses the C declarations with pycparser at
     import: ~1.8 MB of RSS for the same C functions its ctypes binding calls. The choice is made once, by
-    ``Crypto.Util._raw_api``; with cffi already loaded by someone else it costs nothing more to use it."""
-    if "Crypto.Util._raw_api" in sys.modules or "cffi" in sys.modules:
-        return
-    sys.modules["cffi"] = None  # type: ignore[assignment]  # "not installed", for this import only
-    try:
-        import Crypto.Util._raw_api  # noqa: F401
-    finally:
-        del sys.modules["cffi"]
+    ``Crypto.Util._raw_api`` (a private module: tests/unit/test_p2p_crypto.py checks its ``backend``, so a
+    pycryptodome that decides otherwise fails the suite); with cffi already loaded by someone else it
+    costs nothing more to use it. Only this thread is refused cffi, and only for this import."""
+    with _LOAD_LOCK:
+        if "Crypto.Util._raw_api" in sys.modules or "cffi" in sys.modules:
+            return
+        if _NO_CFFI not in sys.meta_path:
+            sys.meta_path.insert(0, _NO_CFFI)
+        _NO_CFFI.refusing.on = True
+        try:
+            import Crypto.Util._raw_api  # noqa: F401
+        finally:
+            _NO_CFFI.refusing.on = False
 
 
 def _with_pycryptodome(secret: bytes) -> tuple[Callable[[bytes], bytes], Cipher, Cipher]:
