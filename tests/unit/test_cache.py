@@ -692,8 +692,8 @@ def _rows(path: Path) -> dict[str, float]:
 
 def test_write_behind_is_read_at_once_and_committed_in_one_transaction(tmp_path: Path) -> None:
     """Issue 16: an answer's entry is visible at once, its SQLite commit waits for ``flush_behind`` (after
-    the answer) and takes every queued entry in one transaction; whatever observes or changes the file
-    (len, invalidate, put, refresh) sees the queue committed first."""
+    the answer) and takes every queued entry in one transaction; whatever changes the file (invalidate,
+    put, refresh) sees the queue committed first, and len counts it without committing it."""
     path = tmp_path / "c.db"
     store = CacheStore(path, memory_bytes=6000)  # the memory tier holds one of these entries at a time
     commits: list[str] = []
@@ -721,7 +721,8 @@ def test_write_behind_is_read_at_once_and_committed_in_one_transaction(tmp_path:
     store.flush_behind()
     assert store.get("k0") == entries[0] and CacheStore(path).get("k0") == entries[0]
     store.write_behind(Entry.create("k10", "s", "/t", 200, (), b"y", 60, now))
-    assert len(store) == 7 and "k10" in _rows(path)
+    assert len(store) == 7 and "k10" not in _rows(path)  # counted while still queued
+    store.flush_behind()
     store.write_behind(Entry.create("k11", "s", "/t2", 200, (), b"z", 60, now))
     store.close()  # commits what is queued
     assert "k11" in _rows(path)
@@ -735,6 +736,51 @@ def test_write_behind_queue_is_bounded(tmp_path: Path, monkeypatch: pytest.Monke
     flags = [store.write_behind(Entry.create(f"k{i}", "s", f"/t{i}", 200, (), b"b", 60)) for i in range(7)]
     assert flags == [True, False, False, True, False, False, True]  # the third write commits the queue
     assert len(_rows(tmp_path / "c.db")) == 6
+
+
+def test_a_requeued_key_counts_once_toward_the_queue_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review t2 #9: the same key written behind again replaces its queued copy, in the byte count too
+    (counting both made the queue commit early)."""
+    from fleetci.cache import store as store_module
+
+    store = CacheStore(tmp_path / "c.db")
+    size = Entry.create("k", "s", "/t", 200, (), b"b" * 1000, 60).size  # body and row overhead
+    monkeypatch.setattr(store_module, "BEHIND_BYTES", 2 * size + size // 2)
+    flags = [
+        store.write_behind(Entry.create("k", "s", "/t", 200, (), b"%d" % i * 1000, 60)) for i in range(5)
+    ]
+    assert flags == [True, False, False, False, False] and _rows(tmp_path / "c.db") == {}
+    assert store.write_behind(Entry.create("k2", "s", "/t2", 200, (), b"b" * 1000, 60)) is False
+    assert store.write_behind(Entry.create("k3", "s", "/t3", 200, (), b"c" * 1000, 60)) is False
+    assert set(_rows(tmp_path / "c.db")) == {"k", "k2", "k3"}  # three entries' bytes: committed
+    assert store.get("k").body == b"4" * 1000  # type: ignore[union-attr]
+
+
+def test_peer_catch_up_and_len_read_the_queue_without_committing_it(tmp_path: Path) -> None:
+    """Review t2 #9: ``fresh_entries`` runs on the p2p thread and ``len`` for stats: both include queued
+    entries (a queued newer copy replaces the row on disk, newest first, stale ones left out) and
+    neither runs a commit under the store lock."""
+    path = tmp_path / "c.db"
+    store = CacheStore(path)
+    now = time.time()
+    on_disk = Entry.create("a", "s", "/a", 200, (), b"old", 60, now - 30)
+    store.put(on_disk)
+    store.put(Entry.create("b", "s", "/b", 200, (), b"b", 60, now - 20))
+    commits: list[str] = []
+    store._db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    newer = Entry.create("a", "s", "/a", 200, (), b"new", 60, now - 5)
+    queued = Entry.create("c", "s", "/c", 200, (), b"c", 60, now - 10)
+    stale = Entry.create("d", "s", "/d", 200, (), b"d", 1, now - 100)
+    for e in (newer, queued, stale):
+        store.write_behind(e)
+    got = store.fresh_entries(now=now)
+    assert [(e.key, e.body) for e in got] == [("a", b"new"), ("c", b"c"), ("b", b"b")]
+    assert [e.key for e in store.fresh_entries(2, now=now)] == ["a", "c"]
+    assert len(store) == 4  # a, b on disk; c, d queued (a's queued copy is no second entry)
+    assert commits == [] and set(_rows(path)) == {"a", "b"}
+    assert store.flush_behind() == 3 and len(store) == 4
 
 
 WRITER = """

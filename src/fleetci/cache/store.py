@@ -451,8 +451,10 @@ class CacheStore:
             if entry.size > self.max_bytes:
                 return False
             first = not self._behind
+            replaced = self._behind.pop(entry.key, None)  # a re-queued key counts once
+            if replaced is not None:
+                self._behind_bytes -= replaced.size
             self._behind[entry.key] = entry
-            self._behind.move_to_end(entry.key)
             self._behind_bytes += entry.size
             if len(self._behind) >= BEHIND_MAX or self._behind_bytes >= BEHIND_BYTES:
                 self._flush_behind()
@@ -612,10 +614,20 @@ class CacheStore:
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def __len__(self) -> int:
+        """Entries on disk plus those still queued for it, without committing the queue (stats and the
+        dashboard ask often, and a commit of up to 8 MiB under the store lock would hold up every hit)."""
         with self._lock:
-            self._flush_behind()
             self._sync_with_disk()
-            return self._count
+            return self._count + len(self._queued_only())
+
+    def _queued_only(self) -> list[str]:
+        """Queued keys not on disk yet (one indexed lookup; the queue holds at most BEHIND_MAX keys)."""
+        if not self._behind:
+            return []
+        keys = list(self._behind)
+        marks = ",".join("?" * len(keys))
+        found = {r[0] for r in self._db.execute(f"SELECT key FROM entries WHERE key IN ({marks})", keys)}
+        return [k for k in keys if k not in found]
 
     @property
     def memory_tier_bytes(self) -> int:
@@ -634,12 +646,18 @@ class CacheStore:
         """Entries still inside their fresh window, newest first (what a rejoining peer catches up on)."""
         now = time.time() if now is None else now
         with self._lock:
-            self._flush_behind()
+            # the queue is read, not committed: this runs on the p2p thread (a peer's catch-up), where a
+            # commit of up to 8 MiB under the store lock would stall every hit meanwhile
+            queued = [e for e in self._behind.values() if e.fresh_until > now]
             rows = self._db.execute(
                 f"SELECT {ENTRY_COLUMNS} FROM entries WHERE fresh_until > ? ORDER BY stored_at DESC LIMIT ?",
                 (now, limit),
             ).fetchall()
-        return [e for e in (self._row_to_entry(r) for r in rows) if e is not None]
+        newer = {e.key for e in queued}
+        stored = (self._row_to_entry(r) for r in rows if r[0] not in newer)  # a queued copy replaces it
+        entries = queued + [e for e in stored if e is not None]
+        entries.sort(key=lambda e: e.stored_at, reverse=True)
+        return entries[:limit]
 
     def keys(self) -> list[str]:
         with self._lock:
