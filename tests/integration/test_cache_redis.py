@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from fleetci.cache.hostproxy import find_host_proxy
+from fleetci.cache.redis_store import CAPPED_GET_BOTH
 from fleetci.cache.settings import cache_settings
 from support import Proxy, clean_env, one_line_error, run_fleetci, start_proxy, wait_until
 from support.emulator import quiet_emulator
@@ -117,6 +119,34 @@ def test_second_proxy_first_read_is_a_shared_hit(
     for k in store.client().scan_iter(match="*"):
         value = store.client().get(k) if store.client().type(k) == b"string" else b""
         assert token("alice").encode() not in k + (value or b"")
+
+
+def script_calls(store: RedisServer) -> dict[str, int]:
+    """How many EVAL and EVALSHA commands Redis ran since the last CONFIG RESETSTAT."""
+    stats = store.client().info("commandstats")
+    return {c: int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("eval", "evalsha")}
+
+
+def test_shared_hits_send_the_script_digest_and_survive_a_script_flush(
+    emulator: Any, store: RedisServer, pair: list[Proxy]
+) -> None:
+    """Review t2 #12: a shared lookup runs its script by EVALSHA (not the whole text by EVAL on every
+    hit), and a Redis that forgot its scripts (SCRIPT FLUSH, a restart) still answers the next hit."""
+    a, b = pair
+    target = "/repos/octo-org/api?script=digest"
+    before = entry_keys(store)
+    assert get(a, target).headers["X-Fleetci-Cache"] == "MISS"
+    published(store, before)
+    before = entry_keys(store)
+    assert get(b, "/repos/octo-org/api?script=warm").headers["X-Fleetci-Cache"] == "MISS"  # b ran it too
+    published(store, before)  # and its publishing pipeline (EVAL) is over
+    store.client().script_flush()
+    store.client().config_resetstat()
+    shared = get(b, target)
+    assert shared.status_code == 200 and shared.headers["X-Fleetci-Cache"] == "SHARED"
+    calls = script_calls(store)
+    assert calls["eval"] == 0 and calls["evalsha"] >= 1, calls
+    assert store.client().script_exists(hashlib.sha1(CAPPED_GET_BOTH.encode()).hexdigest()) == [True]
 
 
 def test_concurrent_misses_on_two_proxies_make_one_upstream_call(

@@ -72,9 +72,11 @@ def _targets(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-# GET, unless the value is longer than ARGV[1]: then its length (an integer), never the bytes. Sent with
-# EVAL (Redis caches the compiled script): redis-py's EVALSHA in a pipeline costs a SCRIPT EXISTS round
-# trip on every execution.
+# GET, unless the value is longer than ARGV[1]: then its length (an integer), never the bytes. In a
+# pipeline sent with EVAL (Redis caches the compiled script): redis-py's EVALSHA in a pipeline costs a
+# SCRIPT EXISTS round trip on every execution. Outside pipelines the scripts go by EVALSHA
+# (``register_script``: the 40-byte digest instead of the text, and no hashing of it on the server;
+# redis-py loads the script again once on NOSCRIPT, after a SCRIPT FLUSH or a restarted Redis).
 CAPPED_GET = """
 local n = redis.call('STRLEN', KEYS[1])
 if n > tonumber(ARGV[1]) then return n end
@@ -146,6 +148,8 @@ class RedisStore:
             decode_responses=False,
         )
         self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self._get_both = self.client.register_script(CAPPED_GET_BOTH)  # every shared lookup
+        self._if_ours = self.client.register_script(IF_OURS)  # lease renewals and unlocks
         self.password = bool(password or urlsplit(url).password)
         self._degraded = False
         self._monitor: asyncio.Task[None] | None = None
@@ -263,8 +267,8 @@ class RedisStore:
         limit_key = self._limit_key(limit_scope)
 
         async def both() -> Any:  # one command, not a pipeline: fewer client-side steps on every hit
-            return await self.client.eval(
-                CAPPED_GET_BOTH, 2, self._entry_key(key), limit_key, MAX_SHARED_VALUE, MAX_LIMIT_VALUE
+            return await self._get_both(
+                keys=[self._entry_key(key), limit_key], args=[MAX_SHARED_VALUE, MAX_LIMIT_VALUE]
             )
 
         got = await self._call(both, [None, None])
@@ -300,7 +304,7 @@ class RedisStore:
         lock_key = self._lock_key(key)
         while True:
             await asyncio.sleep(self.lock_ms / 3000)
-            renewed = await self._call(lambda: self.client.eval(IF_OURS, 1, lock_key, mine, self.lock_ms), 0)
+            renewed = await self._call(lambda: self._if_ours(keys=[lock_key], args=[mine, self.lock_ms]), 0)
             if not renewed:
                 return
 
@@ -362,7 +366,7 @@ class RedisStore:
         """Release a lock we hold without an entry (error, uncacheable answer): waiters stop waiting."""
         mine = self._release(key)
         if mine is not None:
-            self._spawn(lambda: self.client.eval(IF_OURS, 1, self._lock_key(key), mine))
+            self._spawn(lambda: self._if_ours(keys=[self._lock_key(key)], args=[mine]))
 
     def share_limit(self, limit_scope: str, blocked_until: float, reason: str) -> None:
         ms = int((blocked_until - time.time()) * 1000)
