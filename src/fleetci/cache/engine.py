@@ -44,6 +44,7 @@ from fleetci.cache.settings import CacheSettings
 from fleetci.cache.shared import SharedStore
 from fleetci.cache.store import CacheStore, Entry, Headers
 from fleetci.http import HOP_BY_HOP, AsyncUpstream, StreamedBody, UpstreamError, UpstreamResponse, forwardable
+from fleetci.wait import within
 
 log = logging.getLogger("fleetci.cache")
 
@@ -698,9 +699,8 @@ class CacheEngine:
         if ask is None:
             return None
         try:
-            answer: str | None = await asyncio.wait_for(
-                asyncio.wrap_future(ask(prep.scope, prep.key, owner)),
-                timeout=self.settings.claim_wait + 0.5,
+            answer: str | None = await within(
+                asyncio.wrap_future(ask(prep.scope, prep.key, owner)), self.settings.claim_wait + 0.5
             )
         except asyncio.TimeoutError:
             return None
@@ -790,9 +790,7 @@ class CacheEngine:
         if entry is not None and (entry.stored_at >= ann.stored_at or entry.etag == ann.etag):
             return entry
         try:
-            body = await asyncio.wait_for(
-                asyncio.wrap_future(self.peers.fetch(ann)), timeout=self.settings.peer_timeout + 0.5
-            )
+            body = await within(asyncio.wrap_future(self.peers.fetch(ann)), self.settings.peer_timeout + 0.5)
         except asyncio.TimeoutError:
             body = None
         if body is None:
