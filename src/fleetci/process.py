@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import queue
 import re
 import subprocess
@@ -48,6 +49,25 @@ def release_free_memory() -> bool:
     trim.argtypes = [ctypes.c_size_t]
     trim(0)
     return True
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs: our own exited child is reaped here, and a zombie counts as gone
+    (a detached proxy that exited waits for init to reap it, and ``kill(pid, 0)`` alone says it lives)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(pid, 0) found it
+    return state != "Z"
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:

@@ -27,7 +27,7 @@ from fleetci.autoscale import GitHubRunnerAutoscaler
 from fleetci.cache.changes import CHANGES_PATH
 from fleetci.cache.webhooks import WEBHOOK_PATH
 from fleetci.http import free_port
-from fleetci.process import fleetci_argv
+from fleetci.process import alive, fleetci_argv
 from fleetci.testing import EmulatorServer, GitHubEmulator
 from support import Proxy, clean_env, start_proxy, wait_until
 from support.emulator import auth, quiet_emulator, tok
@@ -247,15 +247,6 @@ def test_queued_matrix_jobs_of_a_started_run_are_scaled_for(world: World) -> Non
         running.stop()
 
 
-def _alive(pid: int) -> bool:
-    """Running (a zombie left for init to reap is not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
-
-
 def _autoscale_cli(world: World, pool: str, scale_cmd: str, log: Path, *more: str) -> subprocess.Popen[bytes]:
     argv = fleetci_argv(
         "autoscale", "--owner", "octo-org", "--api-url", world.proxy.url, "--pool", pool,
@@ -313,7 +304,7 @@ def test_sigterm_during_a_scale_command_kills_its_process_group(world: World) ->
     ]
     errors = [ln for ln in lines if "error: pool self-hosted,gpu-stop-busy:" in ln]
     assert len(errors) == 1 and "killed" in errors[0], lines
-    assert not any(_alive(int(pid)) for pid in pids.read_text().split())
+    assert not any(alive(int(pid)) for pid in pids.read_text().split())
 
 
 def test_a_socket_in_a_world_writable_dir_never_gets_the_token(world: World, tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from fleetci.autoscale.pools import (
 from fleetci.autoscale.settings import AutoscaleOptions, autoscale_settings
 from fleetci.cache.changes import MAX_WAIT_S, ChangeFeed, handle_changes
 from fleetci.errors import UsageError
+from fleetci.process import alive
 from fleetci.testing.openapi import OpenAPISpec
 from support import RunCli, clean_env, one_line_error, wait_until
 from support.emulator import tok
@@ -652,16 +653,7 @@ def test_run_with_input_stops_a_command_when_cancelled(tmp_path: Path) -> None:
     ).start()
     with pytest.raises(FleetciError, match=r"^sh stopped after 0.2s as fleetci is stopping \(process"):
         run_with_input(["sh", "-c", script], "", timeout=120, cancel=cancel, grace=0.2)
-    assert not _alive(int(child.read_text()))
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie left for init to reap is not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
+    assert not alive(int(child.read_text()))
 
 
 @pytest.mark.parametrize(

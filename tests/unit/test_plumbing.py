@@ -780,3 +780,25 @@ def test_next_link_reads_only_a_well_formed_next(link: str, found: str | None) -
     from fleetci.http import next_link
 
     assert next_link({"Link": link}) == found
+
+
+def test_alive_sees_a_running_process_and_not_one_that_exited() -> None:
+    """One check for every 'is that proxy/command still there' question: our exited child (a zombie
+    until reaped) and a process that is gone both count as not running."""
+    import contextlib
+    import subprocess
+
+    from fleetci.process import alive
+    from fleetci.wait import wait_until
+
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        assert alive(proc.pid)
+        proc.kill()
+        # not waited for: a zombie child, which kill(pid, 0) alone reports as alive
+        assert wait_until(lambda: not alive(proc.pid), timeout=10, what="the killed child to be gone")
+    finally:
+        proc.kill()
+        with contextlib.suppress(ChildProcessError):
+            proc.wait(timeout=10)
+    assert not alive(proc.pid)

@@ -36,7 +36,7 @@ from fleetci.bench.common import call as _call
 from fleetci.bench.common import clean_env as _env
 from fleetci.errors import FleetciError
 from fleetci.http import free_port
-from fleetci.process import Service, fleetci_argv, running, stop_process
+from fleetci.process import Service, alive, fleetci_argv, running, stop_process
 from fleetci.wait import WaitTimeout, wait_until
 
 TARGETS = {
@@ -78,21 +78,13 @@ def _start_job(job: Path, emulator_url: str, config: Path, host_proxy: str) -> t
     return values["api-url"], pid, took
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def _stop(pids: list[int]) -> None:
     """SIGTERM the proxies jobs started (not our children: ``cache start`` detached them), then SIGKILL."""
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     with contextlib.suppress(WaitTimeout):
-        wait_until(lambda: not any(_alive(p) for p in pids), timeout=15, what="the per-job proxies to exit")
+        wait_until(lambda: not any(alive(p) for p in pids), timeout=15, what="the per-job proxies to exit")
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

@@ -25,7 +25,7 @@ from fleetci.cache.settings import CacheOptions, CacheSettings
 from fleetci.errors import FleetciError
 from fleetci.files import ensure_private_dir, private_fd, write_private
 from fleetci.http import wait_healthy
-from fleetci.process import fleetci_argv, stop_process
+from fleetci.process import alive, fleetci_argv, stop_process
 from fleetci.wait import WaitTimeout, wait_until
 
 STOP_WAIT_S = 10.0  # how long ``stop`` waits for the proxy to exit after SIGTERM (then it stops waiting)
@@ -170,20 +170,9 @@ def stop(settings: CacheSettings) -> int:
         pid_file.unlink(missing_ok=True)
         raise FleetciError(f"proxy pid {pid} from {pid_file} is not running") from None
     with contextlib.suppress(WaitTimeout):  # it flushes its stats on the way out; not worth failing over
-        wait_until(lambda: not _alive(pid), timeout=STOP_WAIT_S, what=f"proxy pid {pid} to exit")
+        wait_until(lambda: not alive(pid), timeout=STOP_WAIT_S, what=f"proxy pid {pid} to exit")
     pid_file.unlink(missing_ok=True)
     return pid
-
-
-def _alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):  # started by start() in this very process: reap it
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def verify(
