@@ -73,6 +73,9 @@ REWRITE_MEMO_MAX_BODY = 1 << 20
 ENGINE_KEY = web.AppKey("engine", CacheEngine)
 WEBHOOKS_KEY = web.AppKey("webhooks", WebhookReceiver)
 PREWARM_KEY = web.AppKey("prewarm", Prewarmer)
+# Where the TCP side listens, known only after the site starts: a holder set before start (aiohttp
+# deprecates changing a started application's state) and filled in once the port is known.
+PROXY_URL_KEY = web.AppKey("proxy_url", dict)
 # Random per process: a job that finds this proxy on its unix socket (whose permissions are the trust
 # anchor) checks that the loopback TCP port it will send tokens to answers with the same value, so a
 # process that took the port (e.g. while the service restarts) is not mistaken for this proxy.
@@ -310,7 +313,7 @@ async def _health(request: web.Request) -> web.Response:
         "status": "degraded" if backend_state == "degraded" else "ok",
         "upstream": redact_url(engine.settings.upstream),
         "socket": str(engine.settings.socket_path),
-        "proxy_url": request.app.get("proxy_url", ""),
+        "proxy_url": request.app.get(PROXY_URL_KEY, {}).get("url", ""),
         "pid": os.getpid(),
         "instance": INSTANCE,
         "shared_scope": bool(engine.settings.shared_scope),
@@ -573,6 +576,8 @@ async def serve(
             if callable(listen):
                 listen(functools.partial(engine.invalidate, forward=False))
         app = make_app(engine)
+        proxy_url: dict[str, str] = {}
+        app[PROXY_URL_KEY] = proxy_url
         if settings.prewarm:
             prewarmer = Prewarmer(engine, settings.prewarm, settings.prewarm_lead, settings.prewarm_reserve)
             engine.prewarm = app[PREWARM_KEY] = prewarmer
@@ -594,7 +599,7 @@ async def serve(
         server = getattr(tcp, "_server", None)
         if server is not None and server.sockets:
             port = server.sockets[0].getsockname()[1]
-        app["proxy_url"] = f"http://{settings.host}:{port}"
+        proxy_url["url"] = f"http://{settings.host}:{port}"
         with contextlib.suppress(FileNotFoundError):
             if sock.is_socket():
                 sock.unlink()
