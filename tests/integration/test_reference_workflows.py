@@ -332,7 +332,8 @@ def test_cache_fleet_schedule_without_the_fleet_secret_polls_locally_and_says_so
 ) -> None:
     """cache-fleet.yml on its schedule, three members at once: the fleet secret is the user's to set; without
     it each member warns visibly (annotation naming FLEETCI_CACHE_SECRET), polls through its own cache, and
-    "Join the fleet" is skipped by its own ``if:`` with a notice and a step-summary line naming the secret."""
+    "Join the fleet" is skipped by its own ``if:`` with a notice and a step-summary line naming the secret.
+    Each member's proxy prewarms the URLs it polls (the action's ``prewarm`` input)."""
     workflow = WORKFLOWS / "cache-fleet.yml"
     try:
         run = act_as_user(
@@ -364,6 +365,10 @@ def test_cache_fleet_schedule_without_the_fleet_secret_polls_locally_and_says_so
     assert run.summaries("poll").count("Join the fleet skipped: set the `FLEETCI_CACHE_SECRET` secret") == 3
     polls = [ln for ln in job_lines(run, "poll") if re.fullmatch(r"member \d round \d: GET \S+ -> \w+", ln)]
     assert len(polls) == 18, run.describe()
+    # The action's prewarm input reached each member's proxy: the three URLs its poll step read are kept warm.
+    stats = [json.loads(ln) for ln in job_lines(run, "poll") if ln.startswith("{") and '"hit_rate"' in ln]
+    assert len(stats) == 3, run.describe()
+    assert [s.get("prewarm", {}).get("watched") for s in stats] == [3] * 3, stats
     assert leftovers == [], f"proxy processes left running: {leftovers}"
 
 

@@ -158,6 +158,9 @@ def test_setup_p2p_cache_passes_every_setting_input_to_the_cli() -> None:
         "host-proxy": "CACHE_HOST_PROXY",
         "backend": "CACHE_BACKEND",
         "redis-password": "CACHE_REDIS_PASSWORD",
+        "prewarm": "CACHE_PREWARM",
+        "webhook-secret": "CACHE_WEBHOOK_SECRET",
+        "webhook-port": "CACHE_WEBHOOK_PORT",
     }
     assert set(inputs) - {"python", "extras"} == set(cli_env)
     assert all(str(inputs[name]["default"]) == "" for name in cli_env)
@@ -191,6 +194,16 @@ def test_setup_p2p_cache_masks_the_shared_store_password_before_fleetci_runs(tmp
     assert lines[:2] == ["::add-mask::pw-input", "::add-mask::pw-in-url"], shown(proc)
     assert lines[2] == "fleetci ran with pw-input"  # the runner hides it from here on
     quiet = run_step(tmp_path, "start", bindir, FLEETCI_BIN=str(bindir), CACHE_BACKEND="redis://h:1/0")
+    assert "::add-mask::" not in quiet.stdout, shown(quiet)
+
+
+def test_setup_p2p_cache_masks_the_webhook_secret_before_fleetci_runs(tmp_path: Path) -> None:
+    bindir = fake_bin(tmp_path, fleetci='echo "fleetci ran with $CACHE_WEBHOOK_SECRET"')
+    proc = run_step(tmp_path, "start", bindir, FLEETCI_BIN=str(bindir), CACHE_WEBHOOK_SECRET="hook s3cret")
+    assert proc.returncode == 0, shown(proc)
+    lines = proc.stdout.splitlines()
+    assert lines == ["::add-mask::hook s3cret", "fleetci ran with hook s3cret"], shown(proc)  # masked first
+    quiet = run_step(tmp_path, "start", bindir, FLEETCI_BIN=str(bindir), CACHE_WEBHOOK_SECRET="")
     assert "::add-mask::" not in quiet.stdout, shown(quiet)
 
 

@@ -512,3 +512,19 @@ def test_a_full_answer_older_than_a_webhook_is_not_announced_as_current(tmp_path
     finally:
         loop.close()
     assert from_b != old and from_a != old
+
+
+def test_start_reads_the_variables_setup_p2p_cache_exports_for_prewarming_and_webhooks(
+    fleetci: RunCli, tmp_path: Path
+) -> None:
+    """The action's prewarm/webhook-port/webhook-secret inputs travel as CACHE_PREWARM, CACHE_WEBHOOK_PORT
+    and CACHE_WEBHOOK_SECRET (never flags): ``cache start`` resolves them from its environment, refusing a
+    bad one in one line before anything starts, and the ``serve`` it spawns inherits that environment."""
+    cache = tmp_path / "c"
+    upstream = "http://127.0.0.1:9"
+    base = ("cache", "start", "--cache-dir", str(cache), "--upstream", upstream, "--no-host-proxy")
+    for var, value in (("CACHE_PREWARM", "/repos/(unclosed"), ("CACHE_WEBHOOK_PORT", "70000")):
+        out = fleetci(*base, env=clean_env(CACHE_WEBHOOK_SECRET="hook-secret", **{var: value}))
+        assert out.returncode == 2 and var in one_line_error(out), out
+        assert "hook-secret" not in out.stdout + out.stderr
+    assert not cache.exists()
