@@ -368,7 +368,7 @@ def test_cache_fleet_schedule_without_the_fleet_secret_polls_locally_and_says_so
     # The action's prewarm input reached each member's proxy: the three URLs its poll step read are kept warm.
     stats = [json.loads(ln) for ln in job_lines(run, "poll") if ln.startswith("{") and '"hit_rate"' in ln]
     assert len(stats) == 3, run.describe()
-    assert [s.get("prewarm", {}).get("watched") for s in stats] == [3] * 3, stats
+    assert [s.get("prewarm", {}).get("watched") for s in stats] == [3] * 3, f"{stats}\n{run.describe()}"
     assert leftovers == [], f"proxy processes left running: {leftovers}"
 
 
