@@ -28,4 +28,4 @@ def test_bench_fleet_cli_prints_the_issue_keys() -> None:
     assert 0 < result["charged_per_hour"] < result["charged_per_hour_isolated"]
     assert result["charged_per_hour_isolated"] < result["baseline_charged_per_hour"]
     assert result["runners_supported_per_5000h"] > result["baseline_runners_supported_per_5000h"]
-    assert "p2p: 30 runners" in proc.stderr  # progress on stderr, the JSON alone on stdout
+    assert "shared: 30 runners" in proc.stderr  # progress on stderr, the JSON alone on stdout
