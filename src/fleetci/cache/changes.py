@@ -20,6 +20,7 @@ import math
 from aiohttp import web
 
 from fleetci.http import error_response, parse_id
+from fleetci.wait import within
 
 CHANGES_PATH = "/_fleetci/changes"
 MAX_WAIT_S = 30.0  # a long poll answers within this, changed or not
@@ -54,7 +55,7 @@ class ChangeFeed:
         self.waiting += 1
         try:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(moved.wait(), timeout)
+                await within(moved.wait(), timeout)
         finally:
             self.waiting -= 1
         return self.seq
