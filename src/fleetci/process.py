@@ -31,6 +31,28 @@ class Service:
         stop_process(self.proc)
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
+MMAP_THRESHOLD = 128 * 1024  # glibc's starting value, kept fixed
+
+
+def fix_malloc_thresholds() -> bool:
+    """Pin glibc's mmap threshold at 128 KiB (and so turn off its sliding threshold); False where there
+    is no glibc. glibc raises the threshold to the size of each mmapped block a process frees (up to 32
+    MiB), after which every body of that size lands in the heap, fragments it and outlives its request
+    there; pinned, a big body is its own mapping and goes back to the OS when freed. Set once, at the
+    start of a long-running server (a proxy's RSS per runner is a target, issue 16)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, MMAP_THRESHOLD))
+
+
 def release_free_memory() -> bool:
     """Give freed heap pages back to the OS (glibc ``malloc_trim``); False where there is no glibc.
 

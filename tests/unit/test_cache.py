@@ -9,6 +9,8 @@ import hashlib
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -380,6 +382,41 @@ def test_first_answer_of_a_pushed_entry_says_peer_and_the_marks_are_bounded(
     engine.accept_announcements([Announcement.of(first, "12D3KooWpeer")])  # unchanged: no new mark
     engine.accept_announcements([Announcement.of(e, "12D3KooWpeer") for e in others])
     assert len(engine._peer_origin) == 3
+
+
+FREED_BODIES = """
+import sys
+from fleetci.process import fix_malloc_thresholds
+
+def anon_kb():
+    with open("/proc/self/smaps_rollup") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("Anonymous:"))
+
+if sys.argv[1] == "fixed":
+    assert fix_malloc_thresholds()
+big = bytearray(8 << 20)
+del big  # a freed 8 MiB mapping: glibc's sliding threshold moves up to it
+before = anon_kb()
+bodies = [bytearray(256 * 1024) for _ in range(100)]  # 25 MiB of response bodies
+pin = bytearray(2048)  # a later small allocation: the top of the heap cannot shrink past it
+del bodies
+print(anon_kb() - before)
+"""
+
+
+@pytest.mark.parametrize("mode", ["fixed", "default"])
+def test_fixed_malloc_thresholds_give_freed_bodies_back(mode: str) -> None:
+    """Pinned thresholds: freed 256 KiB bodies leave the process; glibc's default (the sliding threshold
+    after one big free) keeps them resident in the heap until a trim. The default case shows what the
+    fix is for (and that the measurement can tell)."""
+    out = subprocess.run(
+        [sys.executable, "-c", FREED_BODIES, mode], capture_output=True, text=True, check=True
+    ).stdout
+    kept_kb = int(out)
+    if mode == "fixed":
+        assert kept_kb < 2 * 1024
+    else:
+        assert kept_kb > 4 * 1024
 
 
 def test_release_free_memory_trims_the_heap() -> None:
@@ -852,3 +889,19 @@ def test_memory_tier_budget_counts_what_python_holds(tmp_path: Path, body_size: 
         held,
         store.memory_tier_bytes,
     )
+
+
+def test_the_cache_verb_loads_no_cxx_runtime() -> None:
+    """``fleetci cache`` runs frozenlist's pure-Python twin: its C++ extension alone loads libstdc++
+    (~0.9 MB of a proxy's RSS, issue 16)."""
+    probe = (
+        "import sys\n"
+        "from fleetci.cli import build_parser\n"
+        "build_parser('cache')\n"
+        "import fleetci.cache.server\n"
+        "maps = open('/proc/self/maps').read()\n"
+        "print('frozenlist._frozenlist' in sys.modules, 'libstdc++' in maps)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FROZENLIST_NO_EXTENSIONS"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split() == ["False", "False"]

@@ -15,7 +15,15 @@ from support import RunCli, clean_env, one_line_error
 
 
 @pytest.mark.parametrize(
-    "url", ["redis://127.0.0.1:6379/0", "rediss://cache.example:6380/3", "redis://h", "redis://:pw@h:1/2"]
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "rediss://cache.example:6380/3",
+        "redis://h",
+        "redis://:pw@h:1/2",
+        "valkey://127.0.0.1:6379/0",
+        "valkeys://cache.example:6380/3",
+    ],
 )
 def test_backend_urls_accepted(url: str) -> None:
     assert parse_backend(url) == url

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+import valkey.asyncio as aiovalkey
+from valkey.asyncio.retry import Retry
+from valkey.backoff import NoBackoff
+from valkey.exceptions import AuthenticationError, ResponseError, ValkeyError
 
 from fleetci.cache.shared import (
     MAX_SHARED_VALUE,
@@ -58,7 +58,7 @@ POOL_SIZE = 16  # connections per proxy
 MONITOR_EVERY = 1.0  # seconds between PINGs while the store is healthy
 WAIT_POLL = 0.005  # seconds between looks for a lock holder's entry
 MAX_LIMIT_VALUE = 4096
-DOWN = (RedisError, OSError, asyncio.TimeoutError)
+DOWN = (ValkeyError, OSError, asyncio.TimeoutError)
 INVALIDATION_SCOPE = "fleet-invalidation"  # sealing scope of invalidations: they concern every scope
 MAX_INVALIDATION_BYTES = 64 * 1024
 MAX_INVALIDATION_TARGETS = 64
@@ -73,10 +73,10 @@ def _targets(value: Any) -> tuple[str, ...]:
 
 
 # GET, unless the value is longer than ARGV[1]: then its length (an integer), never the bytes. In a
-# pipeline sent with EVAL (Redis caches the compiled script): redis-py's EVALSHA in a pipeline costs a
-# SCRIPT EXISTS round trip on every execution. Outside pipelines the scripts go by EVALSHA
+# pipeline sent with EVAL (Redis caches the compiled script): valkey-py's EVALSHA in a pipeline (as
+# redis-py's) costs a SCRIPT EXISTS round trip on every execution. Outside pipelines the scripts go by EVALSHA
 # (``register_script``: the 40-byte digest instead of the text, and no hashing of it on the server;
-# redis-py loads the script again once on NOSCRIPT, after a SCRIPT FLUSH or a restarted Redis).
+# valkey-py loads the script again once on NOSCRIPT, after a SCRIPT FLUSH or a restarted Redis).
 CAPPED_GET = """
 local n = redis.call('STRLEN', KEYS[1])
 if n > tonumber(ARGV[1]) then return n end
@@ -105,7 +105,7 @@ return redis.call('DEL', KEYS[1])
 
 
 def without_password(url: str) -> str:
-    """``url`` without the password of its userinfo (the user name stays, for Redis ACLs): redis-py lets a
+    """``url`` without the password of its userinfo (the user name stays, for Redis ACLs): valkey-py lets a
     password in the URL beat the ``password`` argument, and ``CACHE_REDIS_PASSWORD`` must win."""
     parts = urlsplit(url)
     if parts.password is None:
@@ -135,7 +135,7 @@ class RedisStore:
         self.prefix = f"fleetci:{sealer.fleet_id}:"
         # A bounded pool that waits for a free connection: a burst of misses (twenty runners) must not
         # open a connection per request, nor fail with "Too many connections".
-        pool = aioredis.BlockingConnectionPool.from_url(
+        pool = aiovalkey.BlockingConnectionPool.from_url(
             without_password(url) if password else url,
             max_connections=POOL_SIZE,
             timeout=CALL_TIMEOUT,
@@ -147,7 +147,7 @@ class RedisStore:
             health_check_interval=0,
             decode_responses=False,
         )
-        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self.client: aiovalkey.Valkey = aiovalkey.Valkey(connection_pool=pool)
         self._get_both = self.client.register_script(CAPPED_GET_BOTH)  # every shared lookup
         self._if_ours = self.client.register_script(IF_OURS)  # lease renewals and unlocks
         self.password = bool(password or urlsplit(url).password)
@@ -324,7 +324,7 @@ class RedisStore:
         async def look() -> _Seen | None:
             async def both() -> list[Any]:
                 async with self.client.pipeline(transaction=False) as p:
-                    p.eval(CAPPED_GET, 1, self._entry_key(key), MAX_SHARED_VALUE)
+                    p.eval(CAPPED_GET, 1, self._entry_key(key), str(MAX_SHARED_VALUE))
                     p.exists(self._lock_key(key))
                     return list(await p.execute(raise_on_error=False))
 
@@ -357,7 +357,7 @@ class RedisStore:
             async with self.client.pipeline(transaction=False) as p:
                 p.set(ekey, value, px=ttl_ms)
                 if mine is not None:
-                    p.eval(IF_OURS, 1, self._lock_key(entry.key), mine)
+                    p.eval(IF_OURS, 1, self._lock_key(entry.key), mine.decode())  # hex: the same bytes
                 await p.execute()
 
         self._spawn(write)

@@ -558,6 +558,9 @@ async def serve(
     reconciled_hooks(settings)
     if settings.upstream.rstrip("/") in (settings.proxy_url, f"http://localhost:{settings.proxy_port}"):
         raise FleetciError(f"upstream {redact_url(settings.upstream)} is this proxy itself")
+    from fleetci.process import fix_malloc_thresholds
+
+    fix_malloc_thresholds()
     engine = CacheEngine(settings)
     runner: web.AppRunner | None = None
     flusher: asyncio.Task[None] | None = None

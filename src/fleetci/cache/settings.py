@@ -109,7 +109,8 @@ def parse_job(text: str) -> str:
 
 
 def parse_backend(text: str) -> str:
-    """``CACHE_BACKEND``: empty/``local`` (this proxy's tiers only) or ``redis[s]://host:port/db``.
+    """``CACHE_BACKEND``: empty/``local`` (this proxy's tiers only) or ``redis[s]://host:port/db``
+    (``valkey[s]://`` too: the client is valkey-py, which speaks to Redis and Valkey alike).
 
     The message never repeats the URL's userinfo (it may hold the password).
     """
@@ -120,7 +121,7 @@ def parse_backend(text: str) -> str:
         return ""
     parts = urlsplit(text)
     shown = redact_url(text)
-    if parts.scheme not in ("redis", "rediss"):
+    if parts.scheme not in ("redis", "rediss", "valkey", "valkeys"):
         raise ValueError(f"expected local, redis://HOST:PORT/DB or rediss://…, got {shown!r}")
     try:
         port = parts.port
@@ -128,7 +129,7 @@ def parse_backend(text: str) -> str:
         raise ValueError(f"invalid port in {shown!r}") from None
     db = parts.path.strip("/")
     if not parts.hostname or (db and not db.isdigit()) or parts.query or parts.fragment or port == 0:
-        raise ValueError(f"expected redis[s]://HOST[:PORT][/DB] (DB a number), got {shown!r}")
+        raise ValueError(f"expected {parts.scheme}://HOST[:PORT][/DB] (DB a number), got {shown!r}")
     return text
 
 
@@ -381,7 +382,7 @@ class CacheOptions(SettingTable):
         parse_backend,
         env=("CACHE_BACKEND",),
         doc_default="local",
-        help="shared store for every proxy of the fleet: redis://HOST:PORT/DB or rediss://… "
+        help="shared store for every proxy of the fleet: redis://HOST:PORT/DB, rediss://… (valkey[s]:// too) "
         "(needs FLEETCI_CACHE_SECRET)",
     )
     redis_password = Setting(

@@ -35,6 +35,9 @@ def build_parser(verb: str | None = None) -> Parser:
     """All verbs; for ``cache`` only its own, so a long-running proxy does not hold every other
     capability's modules in memory (issue 16: a host proxy within 50 MB)."""
     if verb == "cache":
+        # frozenlist's C++ extension loads libstdc++ (~0.9 MB RSS) for a class aiohttp uses at start-up
+        # only; its pure-Python twin is the library's own switch (issue 16: a proxy within 50 MB).
+        os.environ.setdefault("FROZENLIST_NO_EXTENSIONS", "1")
         from fleetci.cli import cache
 
         modules: tuple[Any, ...] = (cache,)

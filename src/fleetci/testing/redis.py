@@ -18,7 +18,7 @@ from fleetci.http import free_port
 from fleetci.process import spawn_logged
 
 if TYPE_CHECKING:
-    import redis
+    import valkey
 
 READY = "Ready to accept connections"
 
@@ -48,11 +48,11 @@ class RedisServer:
         self.proc = spawn_logged(argv, log, READY)
         return self
 
-    def client(self) -> redis.Redis:
+    def client(self) -> valkey.Valkey:
         """A synchronous client (the ``redis`` extra) to look at or tamper with what the proxies wrote."""
-        import redis
+        import valkey
 
-        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5)
+        return valkey.Valkey(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5)
 
     def kill(self) -> None:
         """SIGKILL, as a crash: no shutdown, no goodbye to the clients."""
