@@ -180,7 +180,8 @@ def test_a_miss_waits_only_when_another_node_fetches_the_same_key(
 ) -> None:
     """Issue 16: fleet-wide coalescing is paid for only under contention. A miss in a token no other node
     uses asks nobody (no round trip, no gossip before the call); a miss in a token the fleet shares asks
-    the key's owner for a lease on one long-lived lease line per owner, never sits out the claim window;
+    the key's owner for a lease (one sealed datagram between the event loops, the long-lived lease line per
+    owner when that goes unanswered), never sits out the claim window;
     misses of the same key on two nodes at once still cost one upstream call. And a peer's newer copy
     announced without its body (too large to inline) makes the next call after expiry a free 304."""
     short = tmp_path / "short.yml"  # a 1 s fresh window for URLs marked short=1, the defaults elsewhere
@@ -201,6 +202,7 @@ def test_a_miss_waits_only_when_another_node_fetches_the_same_key(
         before = emulator.emulator.charged(token("alice"))
         leases_before = [int(n.stats()["leases"]) for n in (a, b)]
         lines_before = [int(peers_of(n)["stats"]["lease_lines"]) for n in (a, b)]
+        p2p_before = [peers_of(n)["stats"] for n in (a, b)]
         alone = [f"/repos/octo-org/{name}/actions/runs?per_page={i + 2}" for i in range(3) for name in repos]
         solo = [(ca if i % 2 else cb).get(url).headers["X-Fleetci-Cache"] for i, url in enumerate(alone)]
         assert solo == ["MISS"] * len(alone)
@@ -209,8 +211,15 @@ def test_a_miss_waits_only_when_another_node_fetches_the_same_key(
         assert [s["claim_windows"] for s in stats] == [0, 0], stats  # nobody sat out a window
         assert sum(int(s["leases"]) for s in stats) - sum(leases_before) == len(alone), stats
         p2p = [peers_of(n)["stats"] for n in (a, b)]
-        assert sum(s["leases_asked"] for s in p2p) >= 1 and sum(s["leases_served"] for s in p2p) >= 1, p2p
-        # the questions ride the lease line each node opened to the other when they connected
+        asked = {
+            k: sum(int(s[k]) for s in p2p) - sum(int(s[k]) for s in p2p_before)
+            for k in ("lease_datagrams", "lease_datagrams_served", "leases_asked", "lease_datagram_timeouts")
+        }
+        # the questions went as datagrams between the event loops, answered by the owner's; the lease line
+        # (each node opened one to the other when they connected) only after a datagram went unanswered
+        assert asked["lease_datagrams"] >= 1, asked
+        assert asked["lease_datagrams_served"] >= asked["lease_datagrams"], asked
+        assert asked["leases_asked"] == asked["lease_datagram_timeouts"], asked
         assert [s["lease_lines"] for s in p2p] == lines_before and all(n == 1 for n in lines_before), p2p
 
         # bob's token: nobody else uses it, so once node a has used it for a moment (claim_wait; a fleet

@@ -15,7 +15,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast
 
@@ -695,13 +695,18 @@ class CacheEngine:
             return self.answer_lease(prep.key, owner)
         if owner not in connected:  # no direct line to it: the claim window decides
             return None
-        ask = getattr(peers, "lease", None)  # a PeerLink without leases (bench.fleet): claim window
-        if ask is None:
+        # On the event loop when the PeerLink can (P2PNode.ask_lease: a datagram, no thread hop), else a
+        # future from its own thread; a PeerLink without leases (bench.fleet): the claim window.
+        ask_here = getattr(peers, "ask_lease", None)
+        ask = getattr(peers, "lease", None)
+        if ask_here is not None:
+            asked: Awaitable[str | None] = ask_here(prep.scope, prep.key, owner)
+        elif ask is not None:
+            asked = asyncio.wrap_future(ask(prep.scope, prep.key, owner))
+        else:
             return None
         try:
-            answer: str | None = await within(
-                asyncio.wrap_future(ask(prep.scope, prep.key, owner)), self.settings.claim_wait + 0.5
-            )
+            answer: str | None = await within(asked, self.settings.claim_wait + 0.5)
         except asyncio.TimeoutError:
             return None
         return answer if answer in (LEASE_GRANTED, LEASE_WAIT, LEASE_FRESH) else None

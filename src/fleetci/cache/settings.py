@@ -149,7 +149,12 @@ class CacheOptions(SettingTable):
     proxy_port = Setting(
         9101, parse_port, env=("CACHE_PROXY_PORT",), flags=("--port",), help="proxy TCP port (0: a free one)"
     )
-    listen_port = Setting(9100, parse_port, env=("CACHE_LISTEN_PORT",), help="peer-to-peer port")
+    listen_port = Setting(
+        9100,
+        parse_port,
+        env=("CACHE_LISTEN_PORT",),
+        help="peer-to-peer port (TCP; lease datagrams use it over UDP when free)",
+    )
     cache_dir = Setting[str | None](
         None,
         str,

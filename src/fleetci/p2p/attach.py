@@ -93,6 +93,7 @@ def start_node(settings: CacheSettings, engine: CacheEngine, loop: asyncio.Abstr
         busy=engine.fetching,
     )
     node.start()
+    node.serve_datagrams(loop)  # lease questions between event loops (fleetci.p2p.datagrams)
     log.info("fleet secret fingerprint %s", secret_fingerprint(secret))
     return node
 

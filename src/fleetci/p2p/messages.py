@@ -262,6 +262,76 @@ def open_lease_answer(
     return LEASE_ANSWERS[answer]
 
 
+# Lease questions as single UDP datagrams (issue 16): the same question and sealed answer without
+# libp2p's stream stack and the trio thread on either side (fleetci.p2p.datagrams).
+LEASE_DATAGRAM_MAX = 1024  # a question is ~200 bytes, an answer ~60
+QUESTION_ID = 12  # a question's id: the random nonce its sealed key starts with
+
+
+def _question_aad(asker: str, owner: str) -> bytes:
+    return b"\x00".join((b"lease-datagram", asker.encode(), owner.encode()))
+
+
+def encode_lease_datagram(
+    keys: FleetKeys, scope: str, asker: str, owner: str, key: str, now: float
+) -> tuple[bytes, bytes]:
+    """(datagram, question id): ``q<scope> <asker> <owner>\n<sealed>``, the sealed part holding the time
+    it was asked (ms) and the key, bound to asker and owner; its random nonce is the question's id."""
+    sealed = keys.seal(scope, b"%d %s" % (int(now * 1000), key.encode()), _question_aad(asker, owner))
+    head = b" ".join((scope.encode(), asker.encode(), owner.encode()))
+    return b"q" + head + b"\n" + sealed, sealed[:QUESTION_ID]
+
+
+def decode_lease_datagram(data: bytes) -> tuple[str, str, str, bytes]:
+    """(scope, asker, owner, sealed) of a question datagram; MessageError for anything else."""
+    head, sep, sealed = data[1:].partition(b"\n")
+    parts = head.split(b" ")
+    if data[:1] != b"q" or not sep or len(parts) != 3 or len(head) > 400 or len(sealed) <= QUESTION_ID:
+        raise MessageError("not a lease question")
+    try:
+        scope, asker, owner = (p.decode("ascii") for p in parts)
+    except UnicodeDecodeError:
+        raise MessageError("not a lease question") from None
+    if not (scope and asker and owner):
+        raise MessageError("not a lease question")
+    return scope, asker, owner, sealed
+
+
+def open_lease_datagram(
+    keys: FleetKeys, scope: str, asker: str, owner: str, sealed: bytes
+) -> tuple[float, str]:
+    """(when it was asked, key); SealError unless a fleet member sealed it for this asker and owner."""
+    plain = keys.open(scope, sealed, _question_aad(asker, owner))
+    when, sep, key = plain.partition(b" ")
+    if not sep or not when.isdigit() or len(when) > 16 or not key:
+        raise SealError("malformed lease question")
+    return int(when) / 1000, key.decode("utf-8", "replace")
+
+
+def question_number(qid: bytes) -> int:
+    """A datagram question's id as the number its sealed answer is bound to (``seal_lease_answer``)."""
+    return int.from_bytes(qid, "big")
+
+
+def encode_lease_reply(qid: bytes, answer: bytes, sealed: bytes) -> bytes:
+    """``a<question id><g|w|h><sealed answer>`` (``seal_lease_answer`` with ``question_number(qid)``)."""
+    return b"a" + qid + answer + sealed
+
+
+def decode_lease_reply(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """(question id, answer, sealed answer) of an answer datagram; MessageError for anything else."""
+    if data[:1] != b"a" or len(data) < 2 + QUESTION_ID + 1:
+        raise MessageError("not a lease answer")
+    qid, answer, sealed = (
+        data[1 : 1 + QUESTION_ID],
+        data[1 + QUESTION_ID : 2 + QUESTION_ID],
+        data[2 + QUESTION_ID :],
+    )
+    if answer not in LEASE_ANSWERS:
+        raise MessageError("not a lease answer")
+    return qid, answer, sealed
+
+
 def decode_fetch_request(line: bytes) -> tuple[str, str]:
     """(key, scope) of a body request, or (SYNC|PX, base64 sealed addresses) for peer exchange."""
     try:

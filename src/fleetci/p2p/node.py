@@ -10,11 +10,13 @@ messages/s per peer and topic, 120 s heartbeat), so announcements are batched pe
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import json
 import logging
 import random
+import socket
 import threading
 import time
 from collections import OrderedDict, defaultdict
@@ -28,6 +30,7 @@ from fleetci.cache.store import Entry, cid_of
 from fleetci.errors import FleetciError
 from fleetci.http import check_port_free, primary_ip
 from fleetci.p2p.crypto import FleetKeys, SealError
+from fleetci.p2p.datagrams import LeaseDatagrams, parse_udp_addr
 from fleetci.p2p.discovery import PeerRegistry
 from fleetci.p2p.identity import P2PError as P2PError
 from fleetci.p2p.identity import load_identity as load_identity
@@ -136,6 +139,11 @@ class P2PStats:
     lease_lines: int = 0  # lease lines opened to owners (one per owner while connected)
     lease_timeouts: int = 0  # written questions an owner left unanswered (its line dropped, owner backed off)
     lease_answers_rejected: int = 0  # answers that did not open with the fleet secret for their question
+    # The same questions as single UDP datagrams between the event loops (fleetci.p2p.datagrams):
+    lease_datagrams: int = 0  # asked and answered that way (the rest: on the lease line)
+    lease_datagram_timeouts: int = 0  # unanswered in time: asked again on the lease line
+    lease_datagrams_served: int = 0  # questions this node answered that way as a key's owner
+    lease_datagrams_replayed: int = 0  # questions refused as seen before or asked too long ago
     held: int = 0  # 10 ms waits for back-pressure (see _hold_while_backlogged)
     invalidations_sent: int = 0  # webhook invalidations passed on to the fleet
     invalidations_received: int = 0
@@ -193,6 +201,14 @@ class P2PNode:
         # for key ownership. Both replaced, never mutated: the asyncio thread reads them.
         self._proven: frozenset[str] = frozenset()
         self._backoff: dict[str, float] = {}  # owner -> monotonic time it may own keys again
+        # Datagram leases: the socket (bound in start, served by the proxy's event loop once
+        # serve_datagrams is called), our own address for it, and the peers' (learned by peer exchange;
+        # replaced, never mutated: the trio thread writes, the event loop reads).
+        self._udp_sock: socket.socket | None = None
+        self._udp_addr: str | None = None
+        self._datagrams: LeaseDatagrams | None = None
+        self._datagram_task: asyncio.Task[Any] | None = None
+        self._udp_peers: dict[str, tuple[str, int]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self, timeout: float = 20.0) -> None:
@@ -201,6 +217,7 @@ class P2PNode:
             check_port_free(self.config.listen_host, self.config.listen_port)
         except FleetciError as exc:
             raise P2PError(f"cannot listen for peers: {str(exc).removeprefix('cannot listen on ')}") from None
+        self._udp_sock = _udp_socket(self.config.listen_host, self.config.listen_port)
         self._thread = threading.Thread(target=self._run, name="fleetci-p2p", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
@@ -212,7 +229,25 @@ class P2PNode:
                 raise err
             raise P2PError(f"peer-to-peer node failed: {err}") from err
 
+    def serve_datagrams(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Answer and ask lease questions as datagrams on ``loop`` (the proxy's; call it on that loop's
+        thread). Until then, and without a socket, every question takes the lease line."""
+        if self._udp_sock is None or self._datagrams is not None:
+            return
+        proto = self._datagrams = LeaseDatagrams(
+            self.keys, self.peer_id, self.stats, self.on_lease, lambda: self._peers
+        )
+        sock = self._udp_sock
+        self._datagram_task = loop.create_task(loop.create_datagram_endpoint(lambda: proto, sock=sock))
+
     def stop(self) -> None:
+        if self._datagram_task is not None:  # the event loop's socket now: closed on that loop's thread
+            transport = self._datagrams.transport if self._datagrams is not None else None
+            if transport is not None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed already: so is the socket
+                    self._datagram_task.get_loop().call_soon_threadsafe(transport.close)
+        elif self._udp_sock is not None:
+            self._udp_sock.close()
         if self._token is not None and self._cancel is not None:
             with contextlib.suppress(Exception):
                 self._token.run_sync_soon(self._cancel.cancel)
@@ -282,6 +317,16 @@ class P2PNode:
         except Exception:
             fut.set_result(None)
         return fut
+
+    async def ask_lease(self, scope: str, key: str, owner: str) -> str | None:
+        """:meth:`lease`, awaited on the proxy's event loop: as one datagram when the owner told us where
+        (its answer arrives on this loop, no thread hop), on the lease line when not or unanswered."""
+        fast, addr = self._datagrams, self._udp_peers.get(owner)
+        if fast is not None and addr is not None and fast.usable(owner):
+            answer = await fast.ask(scope, key, owner, addr)
+            if answer is not None:
+                return answer
+        return await asyncio.wrap_future(self.lease(scope, key, owner))
 
     def connected_peers(self) -> list[str]:
         return sorted(self._peers)
@@ -398,6 +443,9 @@ class P2PNode:
                     for a in host.get_addrs()
                     if a.value_for_protocol("tcp")
                 ][:1]
+                if self._udp_sock is not None:
+                    udp_port = self._udp_sock.getsockname()[1]
+                    self._udp_addr = f"/ip4/{announce_host}/udp/{udp_port}/p2p/{self.peer_id}"
                 self._send, receive = trio.open_memory_channel[tuple[Announcement, Any]](1024)
                 self._claim_send, claims = trio.open_memory_channel[tuple[str, str, bool]](4096)
                 self._inv_send, invalidations = trio.open_memory_channel[Invalidation](1024)
@@ -818,14 +866,32 @@ class P2PNode:
             self.stats.rejected += 1
             return
         self._prove(remote)
-        own = [a for a in addrs if a.endswith("/p2p/" + remote)]
+        own = [a for a in self._dialable(addrs, remote) if a.endswith("/p2p/" + remote)]
         if own:
             self._px_book[remote] = own
+
+    def _own_addrs(self) -> list[str]:
+        """What peer exchange tells the fleet: where we listen, and where we take lease datagrams."""
+        served = self._udp_addr is not None and self._datagrams is not None
+        return [*self.addrs, *([self._udp_addr] if served and self._udp_addr else [])]
+
+    def _dialable(self, addrs: list[str], sender: str) -> list[str]:
+        """``addrs`` without UDP ones; the sender's own lease-datagram address among them is noted (only
+        its own: the sender's identity was authenticated by the stream, a third party's was not)."""
+        out = []
+        for a in addrs:
+            if "/udp/" not in a:
+                out.append(a)
+                continue
+            got = parse_udp_addr(a, sender)
+            if got is not None and self._udp_peers.get(sender) != got:
+                self._udp_peers = {**self._udp_peers, sender: got}
+        return out
 
     def _sync_answer(self, with_entries: bool = True) -> bytes:
         """Peer exchange (sealed: only fleet members can steer our dialling), then fresh entries."""
         known = [a for pid, addrs in self._px_book.items() if pid in self._peers for a in addrs[:1]]
-        parts = [self._seal_addrs([*self.addrs, *known], self.peer_id)]
+        parts = [self._seal_addrs([*self._own_addrs(), *known], self.peer_id)]
         entries = self.fresh_entries(self.config.sync_limit) if self.fresh_entries and with_entries else []
         by_scope: dict[str, list[Announcement]] = defaultdict(list)
         for e in entries:
@@ -846,7 +912,9 @@ class P2PNode:
             try:
                 stream = await self._host.new_stream(ID.from_base58(peer), [TProtocol(FETCH_PROTOCOL)])
                 try:
-                    await stream.write(encode_sync_request(op, self._seal_addrs(self.addrs, self.peer_id)))
+                    await stream.write(
+                        encode_sync_request(op, self._seal_addrs(self._own_addrs(), self.peer_id))
+                    )
                     data = await _read_all(stream, MAX_BODY)
                 finally:
                     with contextlib.suppress(Exception):
@@ -857,9 +925,8 @@ class P2PNode:
             parts = unframe(data)
             if parts:
                 try:
-                    self._px.update(
-                        a for a in self._open_addrs(parts[0], peer) if not a.endswith(self.peer_id)
-                    )
+                    addrs = self._open_addrs(parts[0], peer)
+                    self._px.update(a for a in self._dialable(addrs, peer) if not a.endswith(self.peer_id))
                     self._prove(peer)
                 except (SealError, ValueError):
                     self.stats.rejected += 1
@@ -962,3 +1029,18 @@ async def _read_line(stream: Any, limit: int) -> bytes:
         if len(buf) > limit:
             raise ValueError("request too large")
     return buf.split(b"\n", 1)[0]
+
+
+def _udp_socket(host: str, port: int) -> socket.socket | None:
+    """The lease-datagram socket: the libp2p listen port's number over UDP when free, else any port
+    (peers learn it by peer exchange); None when UDP cannot be bound (every question takes the line)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for p in (port, 0):
+        try:
+            sock.bind((host, p))
+            sock.setblocking(False)
+            return sock
+        except OSError:
+            continue
+    sock.close()
+    return None
