@@ -64,11 +64,14 @@ def fleet(
     emulator: Any, store: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[Proxy]]:
     """Three proxies on the one Redis; a short lock lease (CACHE_CLAIM_WAIT) so that an upstream slower
-    than it is cheap to test."""
+    than it is cheap to test. They push nothing (CACHE_SHARED_PUSH_BYTES=0): these tests are about
+    the Redis round trip (``pushing`` has two proxies that push)."""
     base = tmp_path_factory.mktemp("proxies")
     config = base / "config.yml"  # a short fresh window for the revalidation test's URLs only
     config.write_text(f"cache:\n  ttl:\n    - {{pattern: '[?&]ttl={SHORT_TTL:g}', seconds: {SHORT_TTL:g}}}\n")
-    env = shared_env(store, FLEETCI_CONFIG=str(config), CACHE_CLAIM_WAIT=str(LEASE))
+    env = shared_env(
+        store, FLEETCI_CONFIG=str(config), CACHE_CLAIM_WAIT=str(LEASE), CACHE_SHARED_PUSH_BYTES="0"
+    )
     with contextlib.ExitStack() as stack:
         yield [stack.enter_context(start_proxy(emulator.url, base / n / "cache", env=env)) for n in "abc"]
 
@@ -111,6 +114,7 @@ def test_second_proxy_first_read_is_a_shared_hit(
     assert first.text.replace(a.url, b.url) == second.text  # links point at the proxy asked
     assert charged(emulator, "alice") - before == 1
     assert b.stats()["shared_hits"] == 1
+    assert b.stats()["shared_lookups"] == 1 and b.stats()["shared_pushed"] == 0  # push cap 0: from Redis
     # another token still misses on the other proxy: entries stay partitioned by credential
     assert get(b, "/repos/octo-org/api", "bob").headers["X-Fleetci-Cache"] == "MISS"
     # Redis holds sealed values and hashed keys: no token, no URL, no body in clear text
@@ -119,6 +123,136 @@ def test_second_proxy_first_read_is_a_shared_hit(
     for k in store.client().scan_iter(match="*"):
         value = store.client().get(k) if store.client().type(k) == b"string" else b""
         assert token("alice").encode() not in k + (value or b"")
+
+
+# -- pushed entries (CACHE_SHARED_PUSH_BYTES): a proxy's first read of what another fetched is local ------
+@pytest.fixture(scope="module")
+def pushing(
+    emulator: Any, store: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[Proxy]]:
+    """Two proxies on the same Redis that push small entries to each other (the default cap)."""
+    base = tmp_path_factory.mktemp("pushing")
+    with contextlib.ExitStack() as stack:
+        yield [
+            stack.enter_context(start_proxy(emulator.url, base / n / "cache", env=shared_env(store)))
+            for n in "de"
+        ]
+
+
+def counter(proxy: Proxy, name: str) -> int:
+    return int(str(proxy.stats()[name]))
+
+
+def pushes_seen(store: RedisServer) -> Any:
+    """The fleet's entry channel as anyone with access to Redis sees it (subscribed before this returns)."""
+    sub = store.client().pubsub(ignore_subscribe_messages=True)
+    sub.psubscribe("fleetci:*:e")
+    assert sub.get_message(timeout=5) is None  # the subscription's confirmation, skipped
+    return sub
+
+
+def next_push(sub: Any) -> tuple[bytes, bytes]:
+    """(channel, message) of the next entry a proxy pushed."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        got = sub.get_message(timeout=1)
+        if got is not None:
+            return got["channel"], got["data"]
+    raise AssertionError("no entry was pushed")
+
+
+def test_pushed_entry_makes_the_first_read_shared_without_a_redis_lookup(
+    emulator: Any, pushing: list[Proxy]
+) -> None:
+    d, e = pushing
+    target = "/repos/octo-org/api?push=first-read"
+    pushed, lookups, hits = (counter(e, n) for n in ("shared_pushed", "shared_lookups", "shared_hits"))
+    before = charged(emulator, "alice")
+    first = get(d, target)
+    assert first.headers["X-Fleetci-Cache"] == "MISS"
+    assert wait_until(lambda: counter(e, "shared_pushed") == pushed + 1)
+    reads = [get(e, target) for _ in range(2)]
+    assert [r.headers["X-Fleetci-Cache"] for r in reads] == ["SHARED", "HIT"]
+    assert first.text.replace(d.url, e.url) == reads[0].text
+    assert counter(e, "shared_lookups") == lookups  # answered from e's disk: no round trip to Redis
+    assert counter(e, "shared_hits") == hits + 1 and charged(emulator, "alice") - before == 1
+    # another token still misses on e: a pushed entry stays in its credential's partition
+    assert get(e, target, "fleet-bot").headers["X-Fleetci-Cache"] == "MISS"
+    assert counter(e, "shared_lookups") == lookups + 1
+
+
+def test_hostile_pushed_messages_are_counted_and_never_kept(store: RedisServer, pushing: list[Proxy]) -> None:
+    from fleetci.cache.policy import scope_of
+    from fleetci.cache.shared import push_message
+
+    d, e = pushing
+    sub = pushes_seen(store)
+    try:
+        pushed = counter(e, "shared_pushed")
+        assert get(d, "/repos/octo-org/api?push=hostile").headers["X-Fleetci-Cache"] == "MISS"
+        channel, message = next_push(sub)
+        assert wait_until(lambda: counter(e, "shared_pushed") == pushed + 1)
+    finally:
+        sub.close()
+    _, key, value = message.split(b"\n", 2)
+    fmt, scope, sealed = value.split(b"\n", 2)
+    assert (
+        b"octo-org" not in message
+        and token("alice").encode() not in message
+        and SECRET.encode() not in message
+    )
+    flipped = bytearray(sealed)
+    flipped[-3] ^= 0x01
+    bob = scope_of(f"token {token('bob')}").encode()
+    origin = b"f" * 16  # not e's own token: e does look at these
+    hostile = [
+        push_message(origin, key.decode(), b"\n".join((fmt, scope, bytes(flipped)))),  # tampered
+        push_message(origin, key.decode(), b"\n".join((fmt, bob, sealed))),  # claims another scope
+        push_message(origin, "a" * 64, value),  # replayed under another key
+        push_message(origin, key.decode(), value + b"x" * (40 * 1024)),  # over the 32 KiB cap
+        b"\xff\x00garbage\n\n" * 7,
+    ]
+    rejected = counter(e, "shared_rejected")
+    r = store.client()
+    for message in hostile:
+        assert r.publish(channel, message) == 2  # both proxies subscribe
+    # the channel is in order: once the next real push is kept, every hostile one was looked at
+    assert get(d, "/repos/octo-org/api?push=after-hostile").headers["X-Fleetci-Cache"] == "MISS"
+    assert wait_until(lambda: counter(e, "shared_pushed") == pushed + 2)
+    assert counter(e, "shared_rejected") == rejected + len(hostile)
+    assert counter(d, "shared_rejected") >= len(hostile) and e.proc.poll() is None
+
+
+def test_replayed_push_after_a_webhook_invalidation_is_not_kept(
+    emulator: Any, store: RedisServer, pushing: list[Proxy]
+) -> None:
+    from fleetci.cache.redis_store import RedisStore
+    from fleetci.p2p.crypto import FleetKeys
+
+    d, e = pushing
+    target = "/repos/octo-org/api?push=replayed"
+    sub = pushes_seen(store)
+    try:
+        pushed = counter(e, "shared_pushed")
+        assert get(d, target).headers["X-Fleetci-Cache"] == "MISS"
+        channel, old = next_push(sub)
+        assert wait_until(lambda: counter(e, "shared_pushed") == pushed + 1)
+    finally:
+        sub.close()
+
+    async def webhook() -> None:  # what a proxy that received the webhook tells the fleet
+        fleet = RedisStore(store.url, PASSWORD, FleetKeys(SECRET), max_stale=60)
+        await fleet.start()
+        fleet.invalidate((target,), ())
+        await fleet.close()  # waits for the PUBLISH
+
+    asyncio.run(webhook())
+    assert store.client().publish(channel, old) == 2  # the old, validly sealed copy again
+    assert get(d, "/repos/octo-org/api?push=after-replay").headers["X-Fleetci-Cache"] == "MISS"
+    assert wait_until(lambda: counter(e, "shared_pushed") == pushed + 2)  # that one, not the replay
+    before = charged(emulator, "alice")
+    assert get(e, target).headers["X-Fleetci-Cache"] == "REVALIDATED"  # e knows its copy is out of date
+    assert charged(emulator, "alice") == before  # a 304: free
 
 
 def script_calls(store: RedisServer) -> dict[str, int]:

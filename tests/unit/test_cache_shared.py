@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from fleetci.cache.engine import CacheEngine
 from fleetci.cache.settings import cache_settings, parse_backend
-from fleetci.cache.shared import Unsealed, open_entry, open_limit, seal_entry, seal_limit
+from fleetci.cache.shared import (
+    PUSH_OVERHEAD,
+    Unsealed,
+    open_entry,
+    open_limit,
+    open_push,
+    push_message,
+    seal_entry,
+    seal_limit,
+    split_push,
+)
 from fleetci.cache.store import Entry
 from fleetci.errors import UsageError
 from fleetci.p2p.crypto import FleetKeys
@@ -108,3 +124,130 @@ def test_sealed_rate_limit_record() -> None:
         open_limit(keys, "fleetci:f:r:y", "scope", raw)
     with pytest.raises(Unsealed):
         open_limit(keys, "fleetci:f:r:x", "scope", b"x" * 40)
+
+
+# -- pushed entries (CACHE_SHARED_PUSH_BYTES): the message codec ------------------------------------------
+ORIGIN = b"0123456789abcdef"
+REDIS_KEY = "fleetci:f:e:" + ENTRY.key
+
+
+def pushed(keys: FleetKeys, entry: Entry = ENTRY) -> bytes:
+    return push_message(ORIGIN, entry.key, seal_entry(keys, "fleetci:f:e:" + entry.key, entry))
+
+
+def opened(keys: FleetKeys, data: bytes, cap: int = 4096) -> Entry:
+    origin, key, value = split_push(data, cap)
+    assert origin == ORIGIN
+    return open_push(keys, "fleetci:f:e:" + key, key, value)
+
+
+def test_pushed_entry_opens_as_stored_and_carries_no_secret() -> None:
+    keys = FleetKeys("secret-one")
+    data = pushed(keys)
+    assert b"private" not in data and b"/repos/o/r" not in data and b"secret-one" not in data
+    assert dataclasses.astuple(opened(keys, data)) == dataclasses.astuple(ENTRY)
+    with pytest.raises(Unsealed):  # another fleet's secret
+        opened(FleetKeys("secret-two"), data)
+
+
+def test_pushed_entry_for_another_key_or_scope_does_not_open() -> None:
+    keys = FleetKeys("secret-one")
+    origin, key, value = split_push(pushed(keys), 4096)
+    other = dataclasses.replace(ENTRY, key="a" * 64)
+    with pytest.raises(Unsealed):  # the value replayed under another key
+        opened(keys, push_message(origin, other.key, value))
+    fmt, scope, sealed = value.split(b"\n", 2)
+    with pytest.raises(Unsealed):  # the same value claiming another scope
+        opened(keys, push_message(origin, key, b"\n".join((fmt, b"t" * 32, sealed))))
+    bob = dataclasses.replace(ENTRY, scope="b" * 32)  # sealed for another scope under this key
+    with pytest.raises(Unsealed):
+        opened(
+            keys, push_message(origin, key, b"\n".join((fmt, scope, pushed(keys, bob).split(b"\n", 4)[4])))
+        )
+
+
+def test_pushed_message_over_the_cap_is_refused_before_it_is_parsed() -> None:
+    keys = FleetKeys("secret-one")
+    data = pushed(keys)
+    cap = len(data) - PUSH_OVERHEAD
+    assert dataclasses.astuple(opened(keys, data, cap)) == dataclasses.astuple(ENTRY)
+    with pytest.raises(Unsealed, match="size cap"):
+        split_push(data, cap - 1)
+    with pytest.raises(Unsealed, match="size cap"):
+        split_push(b"\n" * (cap + PUSH_OVERHEAD + 1), cap)
+
+
+def test_tampered_pushed_message_never_opens() -> None:
+    keys = FleetKeys("secret-one")
+    data = pushed(keys)
+    start = len(ORIGIN) + 1  # the origin is only compared with the receiver's own token
+    for i in range(start, len(data), max(1, len(data) // 60)):
+        bad = bytearray(data)
+        bad[i] ^= 0x40
+        with pytest.raises(Unsealed):
+            opened(keys, bytes(bad))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600) | st.lists(st.binary(max_size=80), max_size=6).map(b"\n".join))
+def test_garbage_pushed_messages_are_refused_cleanly(data: bytes) -> None:
+    keys = _KEYS
+    try:
+        origin, key, value = split_push(data, 512)
+        open_push(keys, "fleetci:f:e:" + key, key, value)
+    except Unsealed:
+        return
+    raise AssertionError(f"garbage opened: {data!r}")
+
+
+_KEYS = FleetKeys("secret-one")
+
+
+# -- pushed entries: what the engine keeps (CacheEngine.accept_shared) -------------------------------------
+AUTH = [("Authorization", "token ghp_pushTestTokenpushTestTokenpushTest1")]
+
+
+def _pushed_entry(engine: CacheEngine, target: str, ttl: float = 60, at: float | None = None) -> Entry:
+    prep = engine.prepare(target, {"authorization": AUTH[0][1]})
+    body = b'{"full_name": "o/r"}'
+    return Entry.create(prep.key, prep.scope, prep.target, 200, (("ETag", '"v1"'),), body, ttl, now=at)
+
+
+def _engine(tmp_path: Path) -> CacheEngine:
+    return CacheEngine(cache_settings({"upstream": "http://127.0.0.1:9", "cache_dir": str(tmp_path)}, {}, {}))
+
+
+def test_pushed_entry_is_kept_on_disk_only_and_its_first_read_says_shared(tmp_path: Path) -> None:
+    async def scenario() -> tuple[bool, bool, int, list[str], int, int]:
+        engine = _engine(tmp_path)
+        try:
+            entry = _pushed_entry(engine, "/repos/o/r")
+            kept = engine.accept_shared(entry)
+            in_memory = entry.key in engine.store._mem
+            engine.store.flush_behind()
+            rows = len(engine.store)
+            outcomes = [(await engine.handle("GET", "/repos/o/r", AUTH)).outcome for _ in range(2)]
+            again = engine.accept_shared(entry)  # our copy is as fresh: nothing to do
+            return kept, in_memory, rows, outcomes, engine.stats()["shared_pushed"], int(again)
+        finally:
+            await engine.close()
+
+    kept, in_memory, rows, outcomes, pushed_count, again = asyncio.run(scenario())
+    assert kept and not in_memory and rows == 1
+    assert outcomes == ["SHARED", "HIT"] and pushed_count == 1 and again == 0
+
+
+def test_pushed_entries_that_are_stale_or_predate_a_webhook_invalidation_are_dropped(tmp_path: Path) -> None:
+    async def scenario() -> list[bool]:
+        engine = _engine(tmp_path)
+        try:
+            old = _pushed_entry(engine, "/repos/o/r", at=time.time() - 1)
+            engine.invalidate(["/repos/o/"], forward=False)  # a webhook: o/* changed just now
+            replayed = engine.accept_shared(old)  # sealed before the change: a replay, or late
+            expired = engine.accept_shared(_pushed_entry(engine, "/repos/o/x", ttl=10, at=time.time() - 20))
+            other = engine.accept_shared(_pushed_entry(engine, "/repos/p/r"))  # another repository
+            return [replayed, expired, other, len(engine.store) == 1]
+        finally:
+            await engine.close()
+
+    assert asyncio.run(scenario()) == [False, False, True, True]

@@ -287,6 +287,13 @@ NUMERIC: list[tuple[str, str, str, str, tuple[str, ...]]] = [
         "CACHE_PREWARM_RESERVE",
         NOT_FINITE + NEGATIVE + FRACTION,
     ),
+    (
+        "cache",
+        "shared_push_bytes",
+        "shared_push_bytes",
+        "CACHE_SHARED_PUSH_BYTES",
+        NOT_FINITE + NEGATIVE + FRACTION + ("1048577",),
+    ),
     ("install", "lock_timeout", "lock_timeout", "INSTALL_LOCK_TIMEOUT", NOT_FINITE + NEGATIVE),
     ("install", "retries", "retries", "INSTALL_RETRIES", NOT_FINITE + NEGATIVE + FRACTION),
     ("install", "backoff", "backoff", "INSTALL_BACKOFF", NOT_FINITE + NEGATIVE),

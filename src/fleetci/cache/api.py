@@ -51,6 +51,9 @@ COUNTER_KEYS = (
     "shared_waits",
     "shared_rejected",
     "shared_errors",
+    "shared_lookups",
+    "shared_pushed",
+    "shared_push_dropped",
     *GRAPHQL_KEYS,
 )
 SUMMARY_KEYS = (
@@ -93,6 +96,9 @@ class CacheStats(TypedDict, total=False):
     shared_waits: int
     shared_rejected: int
     shared_errors: int
+    shared_lookups: int  # local misses that asked the shared store (one round trip each)
+    shared_pushed: int  # entries other proxies pushed that this proxy kept (CACHE_SHARED_PUSH_BYTES)
+    shared_push_dropped: int  # pushed entries over the rate cap (their readers ask the shared store)
     graphql_requests: int
     graphql_hits: int
     graphql_peer_hits: int

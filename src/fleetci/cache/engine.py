@@ -96,6 +96,9 @@ class Counters:
     shared_waits: int = 0  # of those, after waiting for another proxy's fetch (its miss lock)
     shared_rejected: int = 0  # shared values refused: tampered, foreign, oversize (kept by the store)
     shared_errors: int = 0  # failed calls to the shared store (kept by the store)
+    shared_lookups: int = 0  # local misses that asked the shared store (kept by the store)
+    shared_pushed: int = 0  # entries other proxies pushed that this one kept (accept_shared)
+    shared_push_dropped: int = 0  # pushed entries over the store's rate cap (kept by the store)
     started_at: float = field(default_factory=time.time)
 
     def count(self, outcome: str) -> None:
@@ -229,6 +232,9 @@ class CacheEngine:
         # Stored from a peer, not served yet (its first answer says PEER); bounded like the index, since
         # a runner may never serve most of what its peers push.
         self._peer_origin: OrderedDict[str, None] = OrderedDict()
+        # Pushed by another proxy through the shared store (accept_shared), not served yet: key -> the
+        # copy's stored_at (its first answer says SHARED; a copy renewed here since is our own).
+        self._shared_origin: OrderedDict[str, float] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[ProxyResponse]] = {}
         # Fleet-wide coalescing: key -> {peer: when its claim arrived (monotonic)}, the keys we claimed
         # and have not announced yet, and requests waiting for a claimant's announcement.
@@ -389,6 +395,8 @@ class CacheEngine:
             if prep.key in self._peer_origin:
                 del self._peer_origin[prep.key]
                 outcome = Outcome.PEER
+            elif self._shared_origin and self._shared_origin.pop(prep.key, None) == entry.stored_at:
+                outcome = Outcome.SHARED  # pushed by another proxy: it came from the shared store
             self._count(outcome, prep.target)
             return self._from_entry(entry, outcome, prep.limit_scope)
         pending = self._inflight.get(prep.key)
@@ -586,8 +594,30 @@ class CacheEngine:
             shared.unlock(prep.key)  # a no-op once the entry was published
 
     def _keep_shared(self, got: Entry, prep: Prepared) -> ProxyResponse:
+        self._shared_origin.pop(prep.key, None)
         self._persist_later(got)
         return self._from_entry(got, Outcome.SHARED, prep.limit_scope)
+
+    def accept_shared(self, entry: Entry) -> bool:
+        """An entry another proxy pushed through the shared store (opened under the fleet secret by the
+        store; runs on the event loop). Kept on disk only, through write-behind (one commit per batch,
+        the memory tier untouched until a client reads it), unless it is no longer fresh, predates a
+        webhook's invalidation of its target (a replay), or our own copy is as fresh. True: kept."""
+        now = self.clock()
+        if not entry.is_fresh(now):
+            return False
+        if self._invalidated and self._invalidated_since(entry.target, entry.stored_at):
+            return False
+        local = self.store.peek(entry.key)
+        if local is not None and local.fresh_until >= entry.fresh_until:
+            return False
+        self._persist_later(entry, hot=False)
+        self._shared_origin[entry.key] = entry.stored_at
+        self._shared_origin.move_to_end(entry.key)
+        while len(self._shared_origin) > PEER_INDEX_MAX:
+            self._shared_origin.popitem(last=False)
+        self.counters.shared_pushed += 1
+        return True
 
     def _share_limit(self, scope: str) -> None:
         state = self.limits.scopes.get(scope)
@@ -905,11 +935,12 @@ class CacheEngine:
                     self._peer_index.popitem(last=False)
 
     # -- write-behind (issue 16: a SQLite commit costs ~1 ms under load; it never delays an answer) ----
-    def _persist_later(self, entry: Entry) -> None:
+    def _persist_later(self, entry: Entry, hot: bool = True) -> None:
         """Visible at once; committed with whatever else arrives within WRITE_BEHIND_S, in one
         transaction, once this answer is written (``CacheStore.write_behind``; ``close`` commits the
-        rest). A crash in between loses only these copies, never a whole row half written."""
-        if self.store.write_behind(entry) and self._behind_timer is None:
+        rest). A crash in between loses only these copies, never a whole row half written. ``hot``:
+        also in the memory tier (not for pushed entries nobody asked for yet)."""
+        if self.store.write_behind(entry, hot) and self._behind_timer is None:
             loop = asyncio.get_running_loop()
             self._behind_timer = loop.call_later(WRITE_BEHIND_S, self._write_behind)
 

@@ -7,7 +7,12 @@ its own, a lease of ``claim_wait`` renewed while the holder fetches, released on
 upstream keeps it, a holder that died loses it after one lease); ``r:<hash>`` a sealed rate-limit block
 of one credential, expiring when the block ends.
 The channel ``i`` carries webhook invalidations (issue 17): sealed ``[prefixes, exact]`` lists that every
-proxy of the fleet applies to its own tiers (``CacheEngine.invalidate``).
+proxy of the fleet applies to its own tiers (``CacheEngine.invalidate``). The channel ``e`` pushes small
+entries (sealed value at most ``CACHE_SHARED_PUSH_BYTES``) to every proxy as they are written, in the
+same pipeline: a proxy keeps them on disk (``CacheEngine.accept_shared``), so its first read of what
+another proxy fetched is a local read instead of a Redis round trip (issue 16: two process wake-ups and
+the client's command path cost more than the 2 ms a shared hit may take). A proxy whose subscription is
+down just looks them up in Redis.
 Values are read by a small script that answers a value's length instead of the value when it exceeds
 :data:`MAX_SHARED_VALUE`, so a hostile giant value never crosses the wire. Every call has a short
 timeout and no client-side retries: a Redis that is down turns the store ``degraded`` (one log line),
@@ -40,8 +45,11 @@ from fleetci.cache.shared import (
     Unsealed,
     open_entry,
     open_limit,
+    open_push,
+    push_message,
     seal_entry,
     seal_limit,
+    split_push,
 )
 from fleetci.cache.store import Entry
 from fleetci.errors import FleetciError
@@ -62,6 +70,8 @@ DOWN = (ValkeyError, OSError, asyncio.TimeoutError)
 INVALIDATION_SCOPE = "fleet-invalidation"  # sealing scope of invalidations: they concern every scope
 MAX_INVALIDATION_BYTES = 64 * 1024
 MAX_INVALIDATION_TARGETS = 64
+LISTEN_IDLE = 10.0  # seconds without a message before the subscription checks its connection
+PUSH_RATE = 200.0  # pushed entries a proxy opens per second (a burst of as many); the rest wait for Redis
 
 
 def _targets(value: Any) -> tuple[str, ...]:
@@ -125,7 +135,13 @@ class RedisStore:
     """:class:`fleetci.cache.shared.SharedStore` on one Redis/Valkey database."""
 
     def __init__(
-        self, url: str, password: str, sealer: Sealer, max_stale: float, lock_ms: int = 2000
+        self,
+        url: str,
+        password: str,
+        sealer: Sealer,
+        max_stale: float,
+        lock_ms: int = 2000,
+        push_bytes: int = 0,
     ) -> None:
         self.url = url
         self.shown = redact_url(url)
@@ -157,8 +173,16 @@ class RedisStore:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._held: dict[str, tuple[bytes, asyncio.Task[None]]] = {}  # key -> (lock token, lease renewal)
         self.token = os.urandom(8).hex().encode()
-        self.stats = {"shared_rejected": 0, "shared_errors": 0, "shared_reconnects": 0}
+        self.stats = {
+            "shared_rejected": 0,
+            "shared_errors": 0,
+            "shared_reconnects": 0,
+            "shared_lookups": 0,  # round trips of local misses (a pushed copy spares one)
+            "shared_push_dropped": 0,  # pushed entries over PUSH_RATE: their readers ask Redis
+        }
         self._listener: asyncio.Task[None] | None = None
+        self.push_bytes = push_bytes  # 0: entries are neither pushed nor taken from the channel
+        self._push_budget, self._push_at = PUSH_RATE, time.monotonic()
 
     # -- state ---------------------------------------------------------------------------------------
     @property
@@ -265,6 +289,7 @@ class RedisStore:
     # -- engine calls --------------------------------------------------------------------------------
     async def lookup(self, scope: str, key: str, limit_scope: str) -> SharedLookup:
         limit_key = self._limit_key(limit_scope)
+        self.stats["shared_lookups"] += 1
 
         async def both() -> Any:  # one command, not a pipeline: fewer client-side steps on every hit
             return await self._get_both(
@@ -353,9 +378,13 @@ class RedisStore:
         value = seal_entry(self.sealer, ekey, entry)
         ttl_ms = int(max(1.0, entry.fresh_until - time.time() + self.max_stale) * 1000)
 
+        pushed = push_message(self.token, entry.key, value) if len(value) <= self.push_bytes else None
+
         async def write() -> None:
             async with self.client.pipeline(transaction=False) as p:
                 p.set(ekey, value, px=ttl_ms)
+                if pushed is not None:  # after the SET: a proxy that gets it finds the same value in Redis
+                    p.publish(self._entries_channel, pushed)
                 if mine is not None:
                     p.eval(IF_OURS, 1, self._lock_key(entry.key), mine.decode())  # hex: the same bytes
                 await p.execute()
@@ -381,6 +410,10 @@ class RedisStore:
     def _channel(self) -> str:
         return f"{self.prefix}i"
 
+    @property
+    def _entries_channel(self) -> str:
+        return f"{self.prefix}e"
+
     def invalidate(self, prefixes: tuple[str, ...], exact: tuple[str, ...]) -> None:
         """Tell every proxy of the fleet (``listen``) that these targets changed upstream."""
         if self._degraded:
@@ -389,17 +422,39 @@ class RedisStore:
         sealed = self.sealer.seal(INVALIDATION_SCOPE, payload, self._channel.encode())
         self._spawn(lambda: self.client.publish(self._channel, self.token + b"\n" + sealed))
 
-    def listen(self, apply: Callable[[tuple[str, ...], tuple[str, ...]], object]) -> None:
-        """Apply the fleet's invalidations as they arrive (a subscription that reconnects)."""
-        self._listener = asyncio.get_running_loop().create_task(self._listen(apply))
+    def listen(
+        self,
+        apply: Callable[[tuple[str, ...], tuple[str, ...]], object],
+        accept: Callable[[Entry], object] | None = None,
+    ) -> None:
+        """Apply the fleet's invalidations as they arrive, and hand entries other proxies push to
+        ``accept`` (with a push cap): one subscription, which reconnects."""
+        self._listener = asyncio.get_running_loop().create_task(self._listen(apply, accept))
 
-    async def _listen(self, apply: Callable[[tuple[str, ...], tuple[str, ...]], object]) -> None:
+    async def _listen(
+        self,
+        apply: Callable[[tuple[str, ...], tuple[str, ...]], object],
+        accept: Callable[[Entry], object] | None,
+    ) -> None:
+        channels = [self._channel]
+        if accept is not None and self.push_bytes > 0:
+            channels.append(self._entries_channel)
+        entries = self._entries_channel.encode()
         while True:
             pubsub = self.client.pubsub()
             try:
-                await pubsub.subscribe(self._channel)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                await pubsub.subscribe(*channels)
+                while True:
+                    # Not ``listen()``: its reads carry the pool's socket timeout (CALL_TIMEOUT), so an
+                    # idle subscription dropped every half second and was gone for RECONNECT.most.
+                    message = await pubsub.get_message(timeout=LISTEN_IDLE)
+                    if message is None:  # idle: a PING (its answer arrives as a message) keeps it honest
+                        await within(pubsub.ping(), CALL_TIMEOUT)
+                    elif message.get("type") != "message":
+                        continue
+                    elif message.get("channel") == entries and accept is not None:
+                        self._pushed(message.get("data"), accept)
+                    else:
                         self._received(message.get("data"), apply)
             except DOWN:
                 await asyncio.sleep(RECONNECT.most)  # the store's own reconnect reports the outage
@@ -421,6 +476,34 @@ class RedisStore:
             self.stats["shared_rejected"] += 1
             return
         apply(lists[0], lists[1])
+
+    def _pushed(self, data: Any, accept: Callable[[Entry], object]) -> None:
+        """An entry another proxy pushed: size first, then whose it is, the rate cap, then the seal."""
+        try:
+            origin, key, value = split_push(data, self.push_bytes)
+        except Unsealed:
+            self.stats["shared_rejected"] += 1
+            return
+        if origin == self.token:
+            return  # our own
+        now = time.monotonic()
+        self._push_budget = min(PUSH_RATE, self._push_budget + (now - self._push_at) * PUSH_RATE)
+        self._push_at = now
+        if self._push_budget < 1:
+            self.stats["shared_push_dropped"] += 1
+            return
+        self._push_budget -= 1
+        try:
+            entry = open_push(self.sealer, self._entry_key(key), key, value)
+        except Unsealed:
+            self.stats["shared_rejected"] += 1
+            return
+        try:
+            accept(entry)
+        except Exception as exc:  # the engine's store refused it (disk full, …): the subscription goes on
+            self.stats["shared_errors"] += 1
+            log.warning("could not keep an entry another proxy pushed (%s)", type(exc).__name__)
+            log.debug("pushed entry", exc_info=True)
 
     async def close(self) -> None:
         if self._listener is not None:

@@ -575,9 +575,10 @@ async def serve(
         if shared is not None:
             engine.shared = shared  # closed with the engine, also when start() refuses
             await shared.start()
-            listen = getattr(shared, "listen", None)  # webhook invalidations of the other proxies
+            # webhook invalidations of the other proxies, and the small entries they push
+            listen = getattr(shared, "listen", None)
             if callable(listen):
-                listen(functools.partial(engine.invalidate, forward=False))
+                listen(functools.partial(engine.invalidate, forward=False), engine.accept_shared)
         app = make_app(engine)
         proxy_url: dict[str, str] = {}
         app[PROXY_URL_KEY] = proxy_url

@@ -35,12 +35,19 @@ from fleetci.config import (
     parse_stale,
     parse_timeout,
 )
+from fleetci.config import (
+    number as numeric,
+)
 from fleetci.errors import UsageError
 
 DEFAULT_UPSTREAM = "https://api.github.com"
 # The hot part of a proxy's cache kept in RAM; the rest is a SQLite read away (see cache/store.py).
 MEMORY_BYTES = 4 * 1024 * 1024
 MAX_BODY_BYTES = 16 * 1024 * 1024  # fleetci.http.DEFAULT_MAX_BODY_BYTES (settings import no asyncio)
+# Entries whose sealed value is at most this are pushed to every proxy of a shared store (P2P inlines
+# bodies up to 32 KiB, fleetci.cache.peering.INLINE_MAX); a fleet may not push more than SHARED_PUSH_MAX.
+SHARED_PUSH_BYTES = 32 * 1024
+SHARED_PUSH_MAX = 1024 * 1024
 # Where the host service (``fleetci cache service install``) listens; jobs look here first.
 WELL_KNOWN_SOCKET = "/run/fleetci/proxy.sock"
 DEFAULT_SERVICE_PORT = 9101  # the host service's loopback TCP port
@@ -398,6 +405,14 @@ class CacheOptions(SettingTable):
         doc_default="none",
         help="password for the shared store (wins over one in the URL; never logged)",
     )
+    shared_push_bytes = Setting(
+        SHARED_PUSH_BYTES,
+        numeric(int, min=0, max=SHARED_PUSH_MAX),
+        env=("CACHE_SHARED_PUSH_BYTES",),
+        flag=False,
+        help="with CACHE_BACKEND: entries sealed into at most this many bytes are pushed to every proxy, "
+        "which keeps them on disk (its first read answers without a Redis round trip); 0: no pushing",
+    )
 
 
 @dataclass(frozen=True)
@@ -446,6 +461,7 @@ class CacheSettings:
     prewarm_reserve: int = 500
     backend: str = field(default="", repr=False)  # may carry userinfo: print it with redact_url
     redis_password: str = field(default="", repr=False)
+    shared_push_bytes: int = SHARED_PUSH_BYTES
 
     @property
     def identity_path(self) -> Path:
@@ -589,6 +605,7 @@ def cache_settings(
         prewarm_reserve=r.value(o.prewarm_reserve),
         backend=r.value(o.backend),
         redis_password=r.value(o.redis_password),
+        shared_push_bytes=r.value(o.shared_push_bytes),
     )
     r.check_unknown()
     return settings

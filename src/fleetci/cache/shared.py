@@ -19,6 +19,9 @@ from typing import Any, Protocol
 from fleetci.cache.store import Entry
 
 SHARED_FORMAT = b"fleetci-entry/1"
+# Pushed entries (``CACHE_SHARED_PUSH_BYTES``): ``origin \n key \n value``, the value sealed exactly as
+# stored in Redis. Anything longer than the receiver's cap plus this much is refused before it is parsed.
+PUSH_OVERHEAD = 256
 # Largest value read from the shared store: a stored body is at most 16 MiB (engine.MAX_STORED_BODY)
 # plus its sealed headers; anything longer is hostile and is never read whole.
 MAX_SHARED_VALUE = 16 * 1024 * 1024 + 256 * 1024
@@ -104,6 +107,34 @@ def open_entry(sealer: Sealer, redis_key: str, key: str, scope: str, raw: bytes)
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise Unsealed(f"malformed entry: {exc}") from None
+
+
+def push_message(origin: bytes, key: str, value: bytes) -> bytes:
+    """What a proxy PUBLISHes on the fleet's entry channel: its origin token (so it skips its own), the
+    entry key and the value sealed as stored (bound to key and scope: the message carries no secret)."""
+    return origin + b"\n" + key.encode() + b"\n" + value
+
+
+def split_push(data: Any, cap: int) -> tuple[bytes, str, bytes]:
+    """``(origin, key, value)`` of a pushed message at most ``cap`` + PUSH_OVERHEAD bytes long; the size
+    is checked before anything else. :class:`Unsealed` for anything malformed."""
+    if not isinstance(data, bytes) or len(data) > cap + PUSH_OVERHEAD:
+        raise Unsealed("not a pushed entry within the size cap")
+    origin, _, rest = data.partition(b"\n")
+    raw_key, _, value = rest.partition(b"\n")
+    if not 0 < len(raw_key) <= 128 or not raw_key.isalnum() or not value:
+        raise Unsealed("not a pushed entry")
+    return origin, raw_key.decode("ascii"), value
+
+
+def open_push(sealer: Sealer, redis_key: str, key: str, value: bytes) -> Entry:
+    """The entry a pushed ``value`` seals for ``key`` (its scope is the one it names: it opens only if it
+    was sealed for that scope and this key); :class:`Unsealed` otherwise."""
+    _, _, rest = value.partition(b"\n")
+    raw_scope = rest.partition(b"\n")[0]
+    if not 0 < len(raw_scope) <= 64 or not raw_scope.replace(b"-", b"").isalnum():
+        raise Unsealed("not a scope id")
+    return open_entry(sealer, redis_key, key, raw_scope.decode("ascii"), value)
 
 
 def seal_limit(sealer: Sealer, redis_key: str, limit_scope: str, blocked_until: float, reason: str) -> bytes:

@@ -442,12 +442,17 @@ class CacheStore:
         return entry
 
     # -- write-behind (the proxy's answers: the commit runs after the answer is on its way) ----------
-    def write_behind(self, entry: Entry) -> bool:
+    def write_behind(self, entry: Entry, hot: bool = True) -> bool:
         """Visible at once (memory tier, and the queue until it lands), written by the next
         :meth:`flush_behind` in one transaction with the others queued; True when the caller should
-        schedule that flush (the queue was empty). A full queue is written now (bounded RAM)."""
+        schedule that flush (the queue was empty). A full queue is written now (bounded RAM).
+        ``hot=False`` (entries pushed by other proxies that no client asked for yet): not in the memory
+        tier, as :meth:`put` with ``hot=False``; a read finds it in the queue or on disk."""
         with self._lock:
-            self._remember(entry)
+            if hot:
+                self._remember(entry)
+            else:
+                self._forget(entry.key)
             if entry.size > self.max_bytes:
                 return False
             first = not self._behind

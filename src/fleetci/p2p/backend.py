@@ -41,4 +41,5 @@ def shared_store(settings: CacheSettings) -> SharedStore | None:
         keys,
         max_stale=settings.max_stale,
         lock_ms=int(settings.claim_wait * 1000),
+        push_bytes=settings.shared_push_bytes,
     )
