@@ -181,6 +181,18 @@ def test_pushed_entry_makes_the_first_read_shared_without_a_redis_lookup(
     assert counter(e, "shared_lookups") == lookups + 1
 
 
+def test_an_idle_subscription_stays_subscribed(store: RedisServer, pushing: list[Proxy]) -> None:
+    """The subscription (pushed entries, webhook invalidations) used to read with the pool's 0.5 s
+    socket timeout: idle for half a second, it dropped and was gone for two seconds at a time."""
+    d = pushing[0]
+    assert get(d, "/repos/octo-org/api?push=idle").headers["X-Fleetci-Cache"] == "MISS"  # some traffic
+    r = store.client()
+    channel = next(c for c in r.pubsub_channels() if c.endswith(b":e"))
+    for _ in range(3):
+        time.sleep(1.0)  # idle
+        assert dict(r.pubsub_numsub(channel))[channel] == 2  # d and e, all the time
+
+
 def test_hostile_pushed_messages_are_counted_and_never_kept(store: RedisServer, pushing: list[Proxy]) -> None:
     from fleetci.cache.policy import scope_of
     from fleetci.cache.shared import push_message

@@ -193,7 +193,7 @@ def test_tampered_pushed_message_never_opens() -> None:
 def test_garbage_pushed_messages_are_refused_cleanly(data: bytes) -> None:
     keys = _KEYS
     try:
-        origin, key, value = split_push(data, 512)
+        _, key, value = split_push(data, 512)
         open_push(keys, "fleetci:f:e:" + key, key, value)
     except Unsealed:
         return

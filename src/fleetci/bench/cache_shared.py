@@ -185,7 +185,13 @@ def bench_cache_shared(
                 redis_rss = _rss_mb(store.proc.pid) if store.proc is not None else 0.0
                 say("latency of answers from Redis (zero-latency emulator)")
                 set_emulator(emu.url, latency_ms=[0, 0])
+                lookups = int(
+                    _call("GET", f"{nodes[1].url}/_fleetci/stats", timeout=10).json()["shared_lookups"]
+                )
                 lat = measure_shared_hits(nodes[0].url, nodes[1].url, repos, latency_samples)
+                after = _call("GET", f"{nodes[1].url}/_fleetci/stats", timeout=10).json()
+                # of the reader's first reads, how many asked Redis (a pushed copy had not arrived)
+                lat["shared_hit_lookups"] = int(after["shared_lookups"]) - lookups
                 set_emulator(emu.url, latency_ms=list(scaled_latency))
                 say(f"Redis killed for {DOWN_FOR_S:g}s while the fleet polls")
                 outage = redis_outage(nodes, emu.url, spec, repos, store)
@@ -210,6 +216,8 @@ def bench_cache_shared(
         **outage,
         "shared_hits": sum(int(s.get("shared_hits", 0)) for s in stats),
         "shared_waits": sum(int(s.get("shared_waits", 0)) for s in stats),
+        "shared_pushed": sum(int(s.get("shared_pushed", 0)) for s in stats),
+        "shared_push_dropped": sum(int(s.get("shared_push_dropped", 0)) for s in stats),
         "outcomes": dict(sorted(shared.outcomes.items())),
         "single_proxy_outcomes": dict(sorted(one.outcomes.items())),
         "errors": one.errors + shared.errors,

@@ -444,13 +444,19 @@ class RedisStore:
             pubsub = self.client.pubsub()
             try:
                 await pubsub.subscribe(*channels)
+                pinged = False
                 while True:
                     # Not ``listen()``: its reads carry the pool's socket timeout (CALL_TIMEOUT), so an
                     # idle subscription dropped every half second and was gone for RECONNECT.most.
                     message = await pubsub.get_message(timeout=LISTEN_IDLE)
-                    if message is None:  # idle: a PING (its answer arrives as a message) keeps it honest
+                    if message is None:  # idle: a PING (answered as a message) checks the connection
+                        if pinged:
+                            raise ConnectionError("the subscription did not answer a PING")
+                        pinged = True
                         await within(pubsub.ping(), CALL_TIMEOUT)
-                    elif message.get("type") != "message":
+                        continue
+                    pinged = False
+                    if message.get("type") != "message":
                         continue
                     elif message.get("channel") == entries and accept is not None:
                         self._pushed(message.get("data"), accept)
