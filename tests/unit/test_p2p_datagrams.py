@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -58,7 +59,7 @@ def _side(name: str, members: set[str], answers: list[tuple[str, str, str]] | No
         return "g" if len(answers) == 1 else "w"
 
     return LeaseDatagrams(
-        keys, name, P2PStats(), on_lease if answers is not None else None, lambda: members, **kw
+        keys, name, P2PStats(), on_lease if answers is not None else None, members.__contains__, **kw
     )
 
 
@@ -217,5 +218,53 @@ def test_datagrams_refuse_what_is_not_a_lease_message() -> None:
         while owner.stats.rejected < 3:
             await asyncio.sleep(0.01)
         assert sniffer.got.empty() and owner.stats.lease_datagrams_served == 0
+
+    asyncio.run(main())
+
+
+def test_a_node_answers_the_datagrams_of_peers_it_learned_by_peer_exchange(tmp_path: Path) -> None:
+    """P2PNode on the event loop: a peer's sealed peer exchange names its datagram address (only its own
+    counts; UDP addresses are never dialled), and from then on its questions are answered, before the
+    connection shows in the node's connected peers (its first miss must not wait 0.25 s for the line);
+    a fleet member the node knows nothing of gets no answer."""
+    from fleetci.p2p.node import P2PConfig, P2PNode, _udp_socket
+
+    asked: list[tuple[str, str, str]] = []
+
+    def on_lease(key: str, asker: str, scope: str) -> str:
+        asked.append((key, asker, scope))
+        return "g"
+
+    node = P2PNode(
+        P2PConfig("127.0.0.1", 0, tmp_path / "id.key"),
+        FleetKeys(SECRET, FLEET),
+        on_announcements=lambda anns: None,
+        lookup=lambda key: None,
+        on_lease=on_lease,
+    )
+    node._udp_sock = _udp_socket("127.0.0.1", 0)
+    assert node._udp_sock is not None
+    at = ("127.0.0.1", node._udp_sock.getsockname()[1])
+
+    async def main() -> None:
+        node.serve_datagrams(asyncio.get_running_loop())
+        assert node._datagram_task is not None
+        await node._datagram_task
+        asker = _side("asker", {node.peer_id})
+        await _bind(asker)
+        assert await asker.ask("scope", "k", node.peer_id, at, timeout=SHORT) is None
+        learned = node._dialable(
+            [
+                "/ip4/127.0.0.1/tcp/4001/p2p/asker",
+                "/ip4/127.0.0.1/udp/4002/p2p/asker",
+                "/ip4/127.0.0.1/udp/4003/p2p/someone-else",  # a third party's: not the sender's to say
+            ],
+            "asker",
+        )
+        assert learned == ["/ip4/127.0.0.1/tcp/4001/p2p/asker"]
+        assert node._udp_peers == {"asker": ("127.0.0.1", 4002)} and "asker" not in node.connected_peers()
+        assert await asker.ask("scope", "k", node.peer_id, at) == "g"
+        assert asked == [("k", "asker", "scope")] and node.stats.lease_datagrams_served == 1
+        node.stop()
 
     asyncio.run(main())

@@ -8,8 +8,9 @@ thread-safe and never blocks) with one datagram: no thread hop, no stream, no mu
 
 What libp2p's noise channel gave the lease line is kept by sealing: a question is the key sealed with the
 fleet secret for its scope, bound to the asker and the owner, and carries the time it was asked; the owner
-answers only a question that opens, from a connected peer, asked within ``REPLAY_WINDOW_S`` and not seen
-before (a copied question replayed later is dropped), and nothing to anyone else (no reflection). The
+answers only a question that opens, from a peer it knows (``is_peer``), asked within ``REPLAY_WINDOW_S``
+and not seen before (a copied question replayed later is dropped), and nothing to anyone else (no
+reflection). The
 answer is sealed to asker, owner, the question's random id and the key (``seal_lease_answer``), so only
 the owner asked can answer it. Where to send is learned from the peer's sealed peer-exchange addresses
 (``/ip4/H/udp/P/p2p/ID``, only a peer's own, over a noise channel authenticated as that peer).
@@ -26,7 +27,7 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any, cast
 
 from fleetci.p2p.crypto import FleetKeys, SealError
@@ -78,14 +79,14 @@ class LeaseDatagrams(asyncio.DatagramProtocol):
         peer_id: str,
         stats: Any,  # fleetci.p2p.node.P2PStats: lease_datagrams*, rejected, lease_answers_rejected
         on_lease: Callable[[str, str, str], str] | None,
-        members: Callable[[], Collection[str]],
+        is_peer: Callable[[str], bool],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.keys = keys
         self.peer_id = peer_id
         self.stats = stats
         self.on_lease = on_lease  # (key, asker, scope) -> "g" / "w" / "h" (messages.LEASE_ANSWERS)
-        self.members = members  # peers connected now: only their questions are answered
+        self.is_peer = is_peer  # a connected (or known) fleet peer: only their questions are answered
         self.clock = clock
         self.transport: asyncio.DatagramTransport | None = None
         # question id -> (future answer, scope, key, owner)
@@ -192,7 +193,7 @@ class LeaseDatagrams(asyncio.DatagramProtocol):
     def _question_arrived(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         try:
             scope, asker, owner, sealed = decode_lease_datagram(data)
-            if owner != self.peer_id or asker == self.peer_id or asker not in self.members():
+            if owner != self.peer_id or asker == self.peer_id or not self.is_peer(asker):
                 raise MessageError("not a question for this node from a connected peer")
             asked_at, key = open_lease_datagram(self.keys, scope, asker, owner, sealed)
         except (MessageError, SealError, ValueError):

@@ -235,10 +235,16 @@ class P2PNode:
         if self._udp_sock is None or self._datagrams is not None:
             return
         proto = self._datagrams = LeaseDatagrams(
-            self.keys, self.peer_id, self.stats, self.on_lease, lambda: self._peers
+            self.keys, self.peer_id, self.stats, self.on_lease, self._datagram_peer
         )
         sock = self._udp_sock
         self._datagram_task = loop.create_task(loop.create_datagram_endpoint(lambda: proto, sock=sock))
+
+    def _datagram_peer(self, peer: str) -> bool:
+        """Whose lease datagrams this node answers: connected peers, and those whose datagram address it
+        learned (a fleet member's sealed peer exchange, which reaches us before the connection shows in
+        ``_peers``: its first question must not wait for our next look at the connections)."""
+        return peer in self._peers or peer in self._udp_peers
 
     def stop(self) -> None:
         if self._datagram_task is not None:  # the event loop's socket now: closed on that loop's thread
