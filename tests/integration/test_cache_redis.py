@@ -130,13 +130,17 @@ def test_second_proxy_first_read_is_a_shared_hit(
 def pushing(
     emulator: Any, store: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[Proxy]]:
-    """Two proxies on the same Redis that push small entries to each other (the default cap)."""
+    """Two proxies on the same Redis that push small entries to each other (the default cap); both
+    have served alice (a proxy keeps only pushes of scopes its clients used lately)."""
     base = tmp_path_factory.mktemp("pushing")
     with contextlib.ExitStack() as stack:
-        yield [
+        proxies = [
             stack.enter_context(start_proxy(emulator.url, base / n / "cache", env=shared_env(store)))
             for n in "de"
         ]
+        for proxy in proxies:
+            assert get(proxy, f"/repos/octo-org/api?push=warm-{proxy.url}").status_code == 200
+        yield proxies
 
 
 def counter(proxy: Proxy, name: str) -> int:
@@ -193,6 +197,51 @@ def test_an_idle_subscription_stays_subscribed(store: RedisServer, pushing: list
         assert dict(r.pubsub_numsub(channel))[channel] == 2  # d and e, all the time
 
 
+def test_invalidations_and_pushes_subscribe_on_separate_connections_that_ping_and_reconnect(
+    store: RedisServer,
+) -> None:
+    """A burst of pushes that makes Redis drop the entries subscriber (its pubsub output-buffer limit)
+    must not cost an invalidation; each subscription PINGs when idle, and reconnects are counted."""
+    from fleetci.cache.redis_store import RedisStore
+    from fleetci.p2p.crypto import FleetKeys
+
+    url = store.url.rsplit("/", 1)[0] + "/7"  # CLIENT LIST tells this store's connections by their db
+    r = store.client()
+
+    def subscribers() -> list[dict[str, Any]]:
+        return [c for c in r.client_list() if c.get("db") == "7" and c.get("sub") == "1"]
+
+    async def scenario() -> tuple[int, int, list[str], int]:
+        applied: list[tuple[str, ...]] = []
+        fleet = RedisStore(url, PASSWORD, FleetKeys(SECRET + "-subs"), max_stale=60, push_bytes=4096)
+        fleet.listen_idle = 0.2
+        await fleet.start()
+        try:
+            fleet.listen(lambda p, e: applied.append(p), lambda entry: None, lambda scope: True)
+            assert await asyncio.to_thread(wait_until, lambda: len(subscribers()) == 2)
+            two = len({c["id"] for c in subscribers()})
+            # idle: each one PINGs on its own connection (the last command Redis saw from it)
+            assert await asyncio.to_thread(
+                wait_until, lambda: [c["cmd"] for c in subscribers()] == ["ping", "ping"]
+            )
+            victim = next(c for c in subscribers())["id"]
+            r.client_kill_filter(_id=victim)
+            reconnects = fleet.counters
+            assert await asyncio.to_thread(wait_until, lambda: reconnects()["shared_listen_reconnects"] == 1)
+            assert await asyncio.to_thread(wait_until, lambda: len(subscribers()) == 2)
+            sender = RedisStore(url, PASSWORD, FleetKeys(SECRET + "-subs"), max_stale=60)
+            await sender.start()
+            sender.invalidate(("/repos/o/",), ())
+            await sender.close()
+            assert await asyncio.to_thread(wait_until, lambda: applied == [("/repos/o/",)])
+            return two, len(subscribers()), [c["cmd"] for c in subscribers()], len(applied)
+        finally:
+            await fleet.close()
+
+    two, after, _, applied_count = asyncio.run(scenario())
+    assert two == 2 and after == 2 and applied_count == 1
+
+
 def test_hostile_pushed_messages_are_counted_and_never_kept(store: RedisServer, pushing: list[Proxy]) -> None:
     from fleetci.cache.policy import scope_of
     from fleetci.cache.shared import push_message
@@ -224,15 +273,18 @@ def test_hostile_pushed_messages_are_counted_and_never_kept(store: RedisServer, 
         push_message(origin, key.decode(), value + b"x" * (40 * 1024)),  # over the 32 KiB cap
         b"\xff\x00garbage\n\n" * 7,
     ]
-    rejected = counter(e, "shared_rejected")
+    rejected, ignored = counter(e, "shared_rejected"), counter(e, "shared_push_ignored")
     r = store.client()
     for message in hostile:
         assert r.publish(channel, message) == 2  # both proxies subscribe
     # the channel is in order: once the next real push is kept, every hostile one was looked at
     assert get(d, "/repos/octo-org/api?push=after-hostile").headers["X-Fleetci-Cache"] == "MISS"
     assert wait_until(lambda: counter(e, "shared_pushed") == pushed + 2)
-    assert counter(e, "shared_rejected") == rejected + len(hostile)
-    assert counter(d, "shared_rejected") >= len(hostile) and e.proc.poll() is None
+    # bob's scope: nobody used it on e, so it is not even opened
+    assert counter(e, "shared_rejected") == rejected + len(hostile) - 1
+    assert counter(e, "shared_push_ignored") == ignored + 1
+    assert counter(d, "shared_rejected") + counter(d, "shared_push_ignored") >= len(hostile)
+    assert e.proc.poll() is None
 
 
 def test_replayed_push_after_a_webhook_invalidation_is_not_kept(
@@ -265,6 +317,19 @@ def test_replayed_push_after_a_webhook_invalidation_is_not_kept(
     before = charged(emulator, "alice")
     assert get(e, target).headers["X-Fleetci-Cache"] == "REVALIDATED"  # e knows its copy is out of date
     assert charged(emulator, "alice") == before  # a 304: free
+
+
+def test_pushes_of_a_token_no_client_of_the_proxy_used_are_not_kept(
+    emulator: Any, pushing: list[Proxy]
+) -> None:
+    d, e = pushing
+    target = "/repos/bob/hello-fleet?push=foreign"
+    ignored = counter(e, "shared_push_ignored")
+    assert get(d, target, "bob").headers["X-Fleetci-Cache"] == "MISS"
+    assert wait_until(lambda: counter(e, "shared_push_ignored") == ignored + 1)
+    lookups = counter(e, "shared_lookups")
+    assert get(e, target, "bob").headers["X-Fleetci-Cache"] == "SHARED"  # from Redis, as before pushing
+    assert counter(e, "shared_lookups") == lookups + 1
 
 
 def script_calls(store: RedisServer) -> dict[str, int]:

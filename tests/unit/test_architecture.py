@@ -422,8 +422,9 @@ def test_cycles_finds_each_loop_once() -> None:
 # 16: a proxy on a shared store within 50 MB) and is imported where it is first used.
 SERVE_IMPORTS = """
 import sys
-from fleetci.cli import build_parser
-build_parser("cache")  # first, as fleetci.cli.main does
+from fleetci.cli import build_parser, prepare_process
+prepare_process("cache")  # first, as fleetci.cli.main does
+build_parser("cache")
 from fleetci.cache.server import run  # what cmd_serve imports
 from fleetci.cache.settings import cache_settings
 from fleetci.p2p.backend import shared_store

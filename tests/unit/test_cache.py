@@ -896,7 +896,8 @@ def test_the_cache_verb_loads_no_cxx_runtime() -> None:
     (~0.9 MB of a proxy's RSS, issue 16)."""
     probe = (
         "import sys\n"
-        "from fleetci.cli import build_parser\n"
+        "from fleetci.cli import build_parser, prepare_process\n"
+        "prepare_process('cache')\n"  # as fleetci.cli.main does, before build_parser
         "build_parser('cache')\n"
         "import fleetci.cache.server\n"
         "maps = open('/proc/self/maps').read()\n"
@@ -905,3 +906,22 @@ def test_the_cache_verb_loads_no_cxx_runtime() -> None:
     env = {k: v for k, v in os.environ.items() if k != "FROZENLIST_NO_EXTENSIONS"}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_only_the_fleetci_process_switches_frozenlist_to_pure_python() -> None:
+    """Building the parser (a library caller, a test) leaves the environment alone; ``main`` running the
+    cache verb sets the switch before anything imports frozenlist."""
+    probe = (
+        "import os\n"
+        "from fleetci.cli import build_parser, main\n"
+        "build_parser('cache')\n"
+        "print(os.environ.get('FROZENLIST_NO_EXTENSIONS', '-'))\n"
+        "try:\n"
+        "    main(['cache', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(os.environ.get('FROZENLIST_NO_EXTENSIONS', '-'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FROZENLIST_NO_EXTENSIONS"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split()[0] == "-" and out.stdout.split()[-1] == "1"

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -26,6 +27,7 @@ from fleetci.cache.shared import (
 )
 from fleetci.cache.store import Entry
 from fleetci.errors import UsageError
+from fleetci.http import UpstreamError
 from fleetci.p2p.crypto import FleetKeys
 from support import RunCli, clean_env, one_line_error
 
@@ -213,8 +215,14 @@ def _pushed_entry(engine: CacheEngine, target: str, ttl: float = 60, at: float |
     return Entry.create(prep.key, prep.scope, prep.target, 200, (("ETag", '"v1"'),), body, ttl, now=at)
 
 
-def _engine(tmp_path: Path) -> CacheEngine:
-    return CacheEngine(cache_settings({"upstream": "http://127.0.0.1:9", "cache_dir": str(tmp_path)}, {}, {}))
+def _engine(tmp_path: Path, max_entries: int = 10_000, started: float | None = None) -> CacheEngine:
+    """An engine whose clients used AUTH's scope just now (pushes of it are wanted), started an hour
+    ago unless ``started`` says otherwise (pushes stored since are not refused as from before start)."""
+    settings = {"upstream": "http://127.0.0.1:9", "cache_dir": str(tmp_path), "max_entries": max_entries}
+    engine = CacheEngine(cache_settings(settings, {}, {}))
+    engine._started = time.time() - 3600 if started is None else started
+    engine._served_scope(engine.prepare("/", {"authorization": AUTH[0][1]}).scope, time.time())
+    return engine
 
 
 def test_pushed_entry_is_kept_on_disk_only_and_its_first_read_says_shared(tmp_path: Path) -> None:
@@ -251,3 +259,159 @@ def test_pushed_entries_that_are_stale_or_predate_a_webhook_invalidation_are_dro
             await engine.close()
 
     assert asyncio.run(scenario()) == [False, False, True, True]
+
+
+def test_pushed_entries_of_a_scope_no_client_used_here_are_not_kept(tmp_path: Path) -> None:
+    """Another token's entries: this proxy's clients can never read them (and its cache.db must not hold
+    a credential's private answers that no job here presented)."""
+
+    async def scenario() -> list[bool]:
+        engine = _engine(tmp_path)
+        try:
+            foreign = {"authorization": "token ghp_" + "b" * 36}
+            prep = engine.prepare("/repos/o/r", foreign)
+            entry = Entry.create(prep.key, prep.scope, prep.target, 200, (), b"{}", 60)
+            before = [engine.wants_shared(prep.scope), engine.accept_shared(entry)]
+            with pytest.raises(UpstreamError):  # upstream down; the scope was used all the same
+                await engine.handle("GET", "/repos/o/other", list(foreign.items()))
+            return [*before, engine.wants_shared(prep.scope), engine.accept_shared(entry)]
+        finally:
+            await engine.close()
+
+    assert asyncio.run(scenario()) == [False, False, True, True]
+
+
+def test_pushed_entries_go_in_cold_and_never_evict_what_this_proxy_read(tmp_path: Path) -> None:
+    async def scenario() -> tuple[int, bool, int]:
+        engine = _engine(tmp_path, max_entries=50)
+        try:
+            own = [_pushed_entry(engine, f"/repos/o/own{i}") for i in range(40)]
+            for entry in own:
+                engine._persist_later(entry)
+            engine.store.flush_behind()
+            pushed = [_pushed_entry(engine, f"/repos/z/q{i}") for i in range(60)]
+            assert all(engine.accept_shared(p) for p in pushed[:10])
+            engine.store.flush_behind()
+            read = (await engine.handle("GET", pushed[0].target, AUTH)).outcome  # promotes it
+            for p in pushed[10:]:
+                engine.accept_shared(p)
+            engine.store.flush_behind()
+            left = sum(engine.store.peek(e.key) is not None for e in own)
+            return left, read == "SHARED" and engine.store.peek(pushed[0].key) is not None, len(engine.store)
+        finally:
+            await engine.close()
+
+    left, promoted, rows = asyncio.run(scenario())
+    assert left == 40 and promoted and rows == 50  # the read pushed entry outlived 59 unread ones
+
+
+def test_shared_origin_marks_are_bounded_by_the_store_size(tmp_path: Path) -> None:
+    async def scenario() -> int:
+        engine = _engine(tmp_path, max_entries=50)
+        try:
+            for i in range(120):
+                assert engine.accept_shared(_pushed_entry(engine, f"/repos/z/q{i}"))
+            return len(engine._shared_origin)
+        finally:
+            await engine.close()
+
+    assert asyncio.run(scenario()) == 50
+
+
+def test_older_push_with_a_longer_window_does_not_replace_a_newer_copy(tmp_path: Path) -> None:
+    async def scenario() -> list[bool]:
+        engine = _engine(tmp_path)
+        try:
+            now = time.time()
+            newer = _pushed_entry(engine, "/repos/o/r", ttl=60, at=now - 10)
+            older = _pushed_entry(engine, "/repos/o/r", ttl=600, at=now - 100)
+            return [engine.accept_shared(newer), engine.accept_shared(older)]
+        finally:
+            await engine.close()
+
+    assert asyncio.run(scenario()) == [True, False]
+
+
+def test_pushes_stored_before_this_process_started_are_refused(tmp_path: Path) -> None:
+    """Invalidations are remembered in memory only: a push sealed before a restart may be a replay of a
+    copy a webhook made obsolete while this process was not there to hear it."""
+
+    async def scenario() -> list[bool]:
+        engine = _engine(tmp_path, started=time.time())
+        try:
+            before = _pushed_entry(engine, "/repos/o/r", at=engine._started - 5)
+            after = _pushed_entry(engine, "/repos/o/s", at=engine._started + 0.001)
+            return [engine.accept_shared(before), engine.accept_shared(after)]
+        finally:
+            await engine.close()
+
+    assert asyncio.run(scenario()) == [False, True]
+
+
+# -- the Redis store's receiving side (no connection needed: valkey-py connects lazily) ---------------------
+@pytest.mark.parametrize("url", ["rediss://cache.example:6380/0", "valkeys://cache.example:6380/0"])
+def test_tls_backends_check_the_server_hostname(url: str) -> None:
+    """valkey-py's SSLConnection does not check the host name by default (redis-py 8 did): an on-path
+    attacker with any publicly trusted certificate would get the AUTH password."""
+    import ssl
+
+    from fleetci.cache.redis_store import RedisStore
+
+    store = RedisStore(url, "pw", FleetKeys("secret-one"), 60.0)
+    context = store.client.connection_pool.make_connection().ssl_context  # type: ignore[attr-defined]
+    assert context.check_hostname is True and context.cert_reqs == ssl.CERT_REQUIRED
+    plain = RedisStore("redis://cache.example:6379/0", "pw", FleetKeys("secret-one"), 60.0)
+    assert not hasattr(plain.client.connection_pool.make_connection(), "ssl_context")
+
+
+def _store(push_bytes: int = 4096) -> Any:
+    from fleetci.cache.redis_store import RedisStore
+
+    return RedisStore("redis://127.0.0.1:9/0", "", FleetKeys("secret-one"), 60.0, push_bytes=push_bytes)
+
+
+def test_push_rate_cap_drops_the_excess_and_counts_it() -> None:
+    from fleetci.cache.redis_store import PUSH_RATE
+
+    store = _store()
+    keys = store.sealer
+    kept: list[Entry] = []
+    burst = int(PUSH_RATE) + 50
+    for i in range(burst):
+        entry = dataclasses.replace(ENTRY, key=f"{i:064x}")
+        message = push_message(ORIGIN, entry.key, seal_entry(keys, store._entry_key(entry.key), entry))
+        store._pushed(message, kept.append, lambda scope: True)
+    dropped = store.stats["shared_push_dropped"]
+    assert len(kept) + dropped == burst and dropped >= 40 and len(kept) >= PUSH_RATE
+
+
+def test_pushes_of_an_unwanted_scope_are_ignored_before_they_are_opened() -> None:
+    store = _store()
+    value = seal_entry(store.sealer, store._entry_key(ENTRY.key), ENTRY)
+    fmt, scope, sealed = value.split(b"\n", 2)
+    garbage = push_message(ORIGIN, ENTRY.key, b"\n".join((fmt, scope, b"x" * len(sealed))))
+    kept: list[Entry] = []
+    store._pushed(garbage, kept.append, lambda s: s != scope.decode())  # would not open: never tried
+    assert store.stats["shared_push_ignored"] == 1 and store.stats["shared_rejected"] == 0
+    store._pushed(push_message(ORIGIN, ENTRY.key, value), kept.append, lambda s: s == scope.decode())
+    assert kept == [ENTRY] and store.stats["shared_push_ignored"] == 1
+
+
+def test_an_invalidation_the_engine_fails_to_apply_does_not_end_the_subscription() -> None:
+    import sqlite3
+
+    from fleetci.cache.redis_store import INVALIDATION_SCOPE
+
+    store = _store()
+    payload = b'[["/repos/o/"],[]]'
+    message = b"f" * 16 + b"\n" + store.sealer.seal(INVALIDATION_SCOPE, payload, store._channel.encode())
+    applied: list[tuple[str, ...]] = []
+
+    def apply(prefixes: tuple[str, ...], exact: tuple[str, ...]) -> None:
+        applied.append(prefixes)
+        if len(applied) == 1:
+            raise sqlite3.OperationalError("database is locked")
+
+    store._received(message, apply)  # raised inside the listener task before: the task ended
+    store._received(message, apply)
+    assert applied == [("/repos/o/",)] * 2 and store.stats["shared_errors"] == 1

@@ -54,6 +54,8 @@ COUNTER_KEYS = (
     "shared_lookups",
     "shared_pushed",
     "shared_push_dropped",
+    "shared_push_ignored",
+    "shared_listen_reconnects",
     *GRAPHQL_KEYS,
 )
 SUMMARY_KEYS = (
@@ -99,6 +101,8 @@ class CacheStats(TypedDict, total=False):
     shared_lookups: int  # local misses that asked the shared store (one round trip each)
     shared_pushed: int  # entries other proxies pushed that this proxy kept (CACHE_SHARED_PUSH_BYTES)
     shared_push_dropped: int  # pushed entries over the rate cap (their readers ask the shared store)
+    shared_push_ignored: int  # pushed entries of scopes no client of this proxy used lately (not opened)
+    shared_listen_reconnects: int  # subscriptions (invalidations, pushes) lost and made again
     graphql_requests: int
     graphql_hits: int
     graphql_peer_hits: int

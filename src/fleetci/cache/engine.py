@@ -99,6 +99,8 @@ class Counters:
     shared_lookups: int = 0  # local misses that asked the shared store (kept by the store)
     shared_pushed: int = 0  # entries other proxies pushed that this one kept (accept_shared)
     shared_push_dropped: int = 0  # pushed entries over the store's rate cap (kept by the store)
+    shared_push_ignored: int = 0  # pushed entries of scopes no client here used lately (kept by the store)
+    shared_listen_reconnects: int = 0  # subscriptions to the shared store lost and made again (the store's)
     started_at: float = field(default_factory=time.time)
 
     def count(self, outcome: str) -> None:
@@ -191,6 +193,9 @@ class GraphQLHook(Protocol):
 
 
 PEER_INDEX_MAX = 50_000
+SHARED_ORIGIN_MAX = 10_000  # pushed entries whose first read says SHARED (also at most CACHE_MAX_ENTRIES)
+SCOPES_SERVED_MAX = 1024  # scopes (tokens) whose pushed entries this proxy keeps: its clients' own
+SCOPE_RECENT_S = 3600.0  # ... used within this long
 INVALIDATIONS_MAX = 10_000  # prefixes/targets whose last invalidation time the engine remembers
 CLAIMS_MAX = 50_000
 HEARD_S = 120.0  # a fleet member not heard from for this long no longer owns keys
@@ -235,6 +240,12 @@ class CacheEngine:
         # Pushed by another proxy through the shared store (accept_shared), not served yet: key -> the
         # copy's stored_at (its first answer says SHARED; a copy renewed here since is our own).
         self._shared_origin: OrderedDict[str, float] = OrderedDict()
+        # Scopes this proxy's clients used lately (with a shared store): only their pushed entries are
+        # kept (``wants_shared``), so another token's pushes neither fill the disk nor sit in cache.db.
+        self._scopes_served: OrderedDict[str, float] = OrderedDict()
+        # Pushes stored before this process started are refused: the invalidations that may have made
+        # them obsolete (``_invalidated``) are remembered in memory only.
+        self._started = clock()
         self._inflight: dict[str, asyncio.Future[ProxyResponse]] = {}
         # Fleet-wide coalescing: key -> {peer: when its claim arrived (monotonic)}, the keys we claimed
         # and have not announced yet, and requests waiting for a claimant's announcement.
@@ -389,6 +400,7 @@ class CacheEngine:
         """A cacheable request: fresh entry, else join the identical in-flight one, else fetch (peers
         first, then upstream: a conditional GET unless ``call`` says otherwise, as GraphQL's does)."""
         now = self.clock()
+        self._served_scope(prep.scope, now)  # cheap: one dict write (``wants_shared`` asks)
         entry = self.store.get(prep.key)
         if entry is not None and entry.is_fresh(now) and not force:
             outcome = Outcome.HIT
@@ -598,23 +610,39 @@ class CacheEngine:
         self._persist_later(got)
         return self._from_entry(got, Outcome.SHARED, prep.limit_scope)
 
+    def _served_scope(self, scope: str, now: float) -> None:
+        self._scopes_served[scope] = now
+        self._scopes_served.move_to_end(scope)
+        if len(self._scopes_served) > SCOPES_SERVED_MAX:
+            self._scopes_served.popitem(last=False)
+
+    def wants_shared(self, scope: str) -> bool:
+        """Keep pushed entries of ``scope``? Only when this proxy's clients used it within
+        SCOPE_RECENT_S (asked by the store before it opens a push: a plaintext scope id)."""
+        at = self._scopes_served.get(scope)
+        return at is not None and self.clock() - at < SCOPE_RECENT_S
+
     def accept_shared(self, entry: Entry) -> bool:
         """An entry another proxy pushed through the shared store (opened under the fleet secret by the
         store; runs on the event loop). Kept on disk only, through write-behind (one commit per batch,
-        the memory tier untouched until a client reads it), unless it is no longer fresh, predates a
-        webhook's invalidation of its target (a replay), or our own copy is as fresh. True: kept."""
+        the memory tier untouched until a client reads it, written cold: evicted before anything read
+        here), unless its scope is none of this proxy's clients' (``wants_shared``), it is no longer
+        fresh, was stored before this process started or before a webhook's invalidation of its target
+        (a replay), or our own copy is as fresh or as recent. True: kept."""
         now = self.clock()
-        if not entry.is_fresh(now):
+        if not entry.is_fresh(now) or entry.stored_at < self._started or not self.wants_shared(entry.scope):
             return False
         if self._invalidated and self._invalidated_since(entry.target, entry.stored_at):
             return False
         local = self.store.peek(entry.key)
-        if local is not None and local.fresh_until >= entry.fresh_until:
+        if local is not None and (
+            local.fresh_until >= entry.fresh_until or local.stored_at >= entry.stored_at
+        ):
             return False
         self._persist_later(entry, hot=False)
         self._shared_origin[entry.key] = entry.stored_at
         self._shared_origin.move_to_end(entry.key)
-        while len(self._shared_origin) > PEER_INDEX_MAX:
+        while len(self._shared_origin) > min(SHARED_ORIGIN_MAX, self.store.max_entries):
             self._shared_origin.popitem(last=False)
         self.counters.shared_pushed += 1
         return True

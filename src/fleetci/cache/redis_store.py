@@ -47,6 +47,7 @@ from fleetci.cache.shared import (
     open_limit,
     open_push,
     push_message,
+    push_scope,
     seal_entry,
     seal_limit,
     split_push,
@@ -151,6 +152,11 @@ class RedisStore:
         self.prefix = f"fleetci:{sealer.fleet_id}:"
         # A bounded pool that waits for a free connection: a burst of misses (twenty runners) must not
         # open a connection per request, nor fail with "Too many connections".
+        # TLS (rediss://, valkeys://) checks the server's name: valkey-py's SSLConnection does not by
+        # default (redis-py 8 did), and a plain Connection refuses ssl_* arguments.
+        tls: dict[str, Any] = {}
+        if urlsplit(url).scheme in ("rediss", "valkeys"):
+            tls["ssl_check_hostname"] = True
         pool = aiovalkey.BlockingConnectionPool.from_url(
             without_password(url) if password else url,
             max_connections=POOL_SIZE,
@@ -162,6 +168,7 @@ class RedisStore:
             retry_on_timeout=False,
             health_check_interval=0,
             decode_responses=False,
+            **tls,
         )
         self.client: aiovalkey.Valkey = aiovalkey.Valkey(connection_pool=pool)
         self._get_both = self.client.register_script(CAPPED_GET_BOTH)  # every shared lookup
@@ -179,8 +186,11 @@ class RedisStore:
             "shared_reconnects": 0,
             "shared_lookups": 0,  # round trips of local misses (a pushed copy spares one)
             "shared_push_dropped": 0,  # pushed entries over PUSH_RATE: their readers ask Redis
+            "shared_push_ignored": 0,  # pushed entries of scopes this proxy's clients did not use lately
+            "shared_listen_reconnects": 0,  # subscriptions lost (invalidations or pushes) and made again
         }
-        self._listener: asyncio.Task[None] | None = None
+        self._listeners: list[asyncio.Task[None]] = []
+        self.listen_idle = LISTEN_IDLE  # seconds idle before a subscription PINGs (tests shorten it)
         self.push_bytes = push_bytes  # 0: entries are neither pushed nor taken from the channel
         self._push_budget, self._push_at = PUSH_RATE, time.monotonic()
 
@@ -426,29 +436,33 @@ class RedisStore:
         self,
         apply: Callable[[tuple[str, ...], tuple[str, ...]], object],
         accept: Callable[[Entry], object] | None = None,
+        wanted: Callable[[str], bool] | None = None,
     ) -> None:
         """Apply the fleet's invalidations as they arrive, and hand entries other proxies push to
-        ``accept`` (with a push cap): one subscription, which reconnects."""
-        self._listener = asyncio.get_running_loop().create_task(self._listen(apply, accept))
-
-    async def _listen(
-        self,
-        apply: Callable[[tuple[str, ...], tuple[str, ...]], object],
-        accept: Callable[[Entry], object] | None,
-    ) -> None:
-        channels = [self._channel]
+        ``accept`` (with a push cap; only scopes ``wanted`` says yes to, None: all). Two subscriptions,
+        each on its own connection, which reconnect: a burst of pushes that makes Redis drop a slow
+        subscriber (its pubsub output-buffer limit) never costs an invalidation."""
+        loop = asyncio.get_running_loop()
+        self._listeners.append(
+            loop.create_task(self._listen(self._channel, lambda data: self._received(data, apply)))
+        )
         if accept is not None and self.push_bytes > 0:
-            channels.append(self._entries_channel)
-        entries = self._entries_channel.encode()
+            self._listeners.append(
+                loop.create_task(
+                    self._listen(self._entries_channel, lambda data: self._pushed(data, accept, wanted))
+                )
+            )
+
+    async def _listen(self, channel: str, handle: Callable[[Any], None]) -> None:
         while True:
             pubsub = self.client.pubsub()
             try:
-                await pubsub.subscribe(*channels)
+                await pubsub.subscribe(channel)
                 pinged = False
                 while True:
                     # Not ``listen()``: its reads carry the pool's socket timeout (CALL_TIMEOUT), so an
                     # idle subscription dropped every half second and was gone for RECONNECT.most.
-                    message = await pubsub.get_message(timeout=LISTEN_IDLE)
+                    message = await pubsub.get_message(timeout=self.listen_idle)
                     if message is None:  # idle: a PING (answered as a message) checks the connection
                         if pinged:
                             raise ConnectionError("the subscription did not answer a PING")
@@ -456,13 +470,10 @@ class RedisStore:
                         await within(pubsub.ping(), CALL_TIMEOUT)
                         continue
                     pinged = False
-                    if message.get("type") != "message":
-                        continue
-                    elif message.get("channel") == entries and accept is not None:
-                        self._pushed(message.get("data"), accept)
-                    else:
-                        self._received(message.get("data"), apply)
+                    if message.get("type") == "message":
+                        handle(message.get("data"))
             except DOWN:
+                self.stats["shared_listen_reconnects"] += 1
                 await asyncio.sleep(RECONNECT.most)  # the store's own reconnect reports the outage
             finally:
                 with contextlib.suppress(*DOWN):
@@ -481,17 +492,29 @@ class RedisStore:
         except Exception:  # not sealed by this fleet, or not two lists of targets
             self.stats["shared_rejected"] += 1
             return
-        apply(lists[0], lists[1])
+        try:
+            apply(lists[0], lists[1])
+        except Exception as exc:  # the engine's store failed (SQLite busy, disk): the subscription goes on
+            self.stats["shared_errors"] += 1
+            log.warning("could not apply a fleet invalidation (%s)", type(exc).__name__)
+            log.debug("invalidation", exc_info=True)
 
-    def _pushed(self, data: Any, accept: Callable[[Entry], object]) -> None:
-        """An entry another proxy pushed: size first, then whose it is, the rate cap, then the seal."""
+    def _pushed(
+        self, data: Any, accept: Callable[[Entry], object], wanted: Callable[[str], bool] | None = None
+    ) -> None:
+        """An entry another proxy pushed: size first, then whose it is, its (plaintext) scope, the rate
+        cap, then the seal: a push of a scope this proxy's clients do not use costs no AES."""
         try:
             origin, key, value = split_push(data, self.push_bytes)
+            scope = push_scope(value)
         except Unsealed:
             self.stats["shared_rejected"] += 1
             return
         if origin == self.token:
             return  # our own
+        if wanted is not None and not wanted(scope):
+            self.stats["shared_push_ignored"] += 1
+            return
         now = time.monotonic()
         self._push_budget = min(PUSH_RATE, self._push_budget + (now - self._push_at) * PUSH_RATE)
         self._push_at = now
@@ -512,8 +535,8 @@ class RedisStore:
             log.debug("pushed entry", exc_info=True)
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
+        for listener in self._listeners:
+            listener.cancel()
         for key in list(self._held):
             self._release(key)
         for task in (self._reconnect, self._monitor):

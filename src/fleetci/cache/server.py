@@ -578,7 +578,11 @@ async def serve(
             # webhook invalidations of the other proxies, and the small entries they push
             listen = getattr(shared, "listen", None)
             if callable(listen):
-                listen(functools.partial(engine.invalidate, forward=False), engine.accept_shared)
+                listen(
+                    functools.partial(engine.invalidate, forward=False),
+                    engine.accept_shared,
+                    engine.wants_shared,
+                )
         app = make_app(engine)
         proxy_url: dict[str, str] = {}
         app[PROXY_URL_KEY] = proxy_url

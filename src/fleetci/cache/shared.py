@@ -127,14 +127,20 @@ def split_push(data: Any, cap: int) -> tuple[bytes, str, bytes]:
     return origin, raw_key.decode("ascii"), value
 
 
-def open_push(sealer: Sealer, redis_key: str, key: str, value: bytes) -> Entry:
-    """The entry a pushed ``value`` seals for ``key`` (its scope is the one it names: it opens only if it
-    was sealed for that scope and this key); :class:`Unsealed` otherwise."""
+def push_scope(value: bytes) -> str:
+    """The scope id a pushed ``value`` names (plaintext, not yet authenticated: ``open_push`` checks it);
+    :class:`Unsealed` when it names none."""
     _, _, rest = value.partition(b"\n")
     raw_scope = rest.partition(b"\n")[0]
     if not 0 < len(raw_scope) <= 64 or not raw_scope.replace(b"-", b"").isalnum():
         raise Unsealed("not a scope id")
-    return open_entry(sealer, redis_key, key, raw_scope.decode("ascii"), value)
+    return raw_scope.decode("ascii")
+
+
+def open_push(sealer: Sealer, redis_key: str, key: str, value: bytes) -> Entry:
+    """The entry a pushed ``value`` seals for ``key`` (its scope is the one it names: it opens only if it
+    was sealed for that scope and this key); :class:`Unsealed` otherwise."""
+    return open_entry(sealer, redis_key, key, push_scope(value), value)
 
 
 def seal_limit(sealer: Sealer, redis_key: str, limit_scope: str, blocked_until: float, reason: str) -> bytes:

@@ -68,6 +68,7 @@ Headers = tuple[tuple[str, str], ...]
 HEADER_OVERHEAD = 235
 ENTRY_OVERHEAD = 1600
 STALE_PENDING_MAX = 10_000
+COLD_AGE = 1e9  # seconds a pushed entry's last_access is set back: evicted before anything read here
 BEHIND_MAX = 256  # queued write-behind entries (and bytes) before a write_behind commits them itself
 BEHIND_BYTES = 8 * 1024 * 1024
 ENTRY_COLUMNS = (
@@ -190,6 +191,7 @@ class CacheStore:
         self._touched: dict[str, float] = {}
         self._stale_pending: dict[str, float] = {}  # key -> when an invalidation hit it before its write
         self._behind: OrderedDict[str, Entry] = OrderedDict()  # write_behind: not committed yet
+        self._cold: set[str] = set()  # queued keys written cold (hot=False): see ``_cold_access``
         self._behind_bytes = 0
         self._last_flush = time.monotonic()
         self._count = 0
@@ -399,7 +401,7 @@ class CacheStore:
             self._flush_behind()
             self._sync_with_disk()
             with self._transaction() as db:
-                entry = self._insert(db, entry, time.time())
+                entry = self._insert(db, entry, time.time() if hot else self._cold_access(entry))
                 self._flush_touched(db)
                 self._evict(db)
             self._touched.pop(entry.key, None)
@@ -407,6 +409,13 @@ class CacheStore:
                 self._remember(entry)
             else:
                 self._forget(entry.key)
+
+    @staticmethod
+    def _cold_access(entry: Entry) -> float:
+        """The last_access of an entry nobody here read yet (pushed by another proxy): older than any
+        real access, so eviction takes these first (oldest pushed first) and never this proxy's own
+        working set; a read promotes it (``_touched``)."""
+        return entry.stored_at - COLD_AGE
 
     def _insert(self, db: sqlite3.Connection, entry: Entry, now: float) -> Entry:
         """One row, inside the caller's transaction; the entry as written."""
@@ -451,10 +460,13 @@ class CacheStore:
         with self._lock:
             if hot:
                 self._remember(entry)
+                self._cold.discard(entry.key)
             else:
                 self._forget(entry.key)
             if entry.size > self.max_bytes:
                 return False
+            if not hot:
+                self._cold.add(entry.key)
             first = not self._behind
             replaced = self._behind.pop(entry.key, None)  # a re-queued key counts once
             if replaced is not None:
@@ -476,6 +488,7 @@ class CacheStore:
         if not self._behind:
             return 0
         batch = list(self._behind.values())
+        cold, self._cold = self._cold, set()
         self._behind.clear()
         self._behind_bytes = 0
         try:
@@ -483,7 +496,7 @@ class CacheStore:
             now = time.time()
             with self._transaction() as db:
                 for entry in batch:
-                    self._insert(db, entry, now)
+                    self._insert(db, entry, self._cold_access(entry) if entry.key in cold else now)
                 self._flush_touched(db)
                 self._evict(db)
         except (OSError, sqlite3.Error) as exc:

@@ -15,7 +15,8 @@ from fleetci import __version__
 from fleetci.cli.args import Parser, arg_type
 from fleetci.errors import FleetciError
 
-__all__ = ["Parser", "arg_type", "build_parser", "main"]  # Parser, arg_type: see fleetci.cli.args
+# Parser, arg_type: see fleetci.cli.args
+__all__ = ["Parser", "arg_type", "build_parser", "main", "prepare_process"]
 
 
 def _verb(argv: Sequence[str]) -> str | None:
@@ -31,13 +32,19 @@ def _verb(argv: Sequence[str]) -> str | None:
     return None
 
 
-def build_parser(verb: str | None = None) -> Parser:
-    """All verbs; for ``cache`` only its own, so a long-running proxy does not hold every other
-    capability's modules in memory (issue 16: a host proxy within 50 MB)."""
+def prepare_process(verb: str | None) -> None:
+    """What the ``fleetci`` process sets for itself before it imports ``verb`` (``main`` only: a library
+    caller's environment is its own)."""
     if verb == "cache":
         # frozenlist's C++ extension loads libstdc++ (~0.9 MB RSS) for a class aiohttp uses at start-up
         # only; its pure-Python twin is the library's own switch (issue 16: a proxy within 50 MB).
         os.environ.setdefault("FROZENLIST_NO_EXTENSIONS", "1")
+
+
+def build_parser(verb: str | None = None) -> Parser:
+    """All verbs; for ``cache`` only its own, so a long-running proxy does not hold every other
+    capability's modules in memory (issue 16: a host proxy within 50 MB)."""
+    if verb == "cache":
         from fleetci.cli import cache
 
         modules: tuple[Any, ...] = (cache,)
@@ -63,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fleetci {__version__}")
         return 0
     try:
-        parser = build_parser(_verb(argv))
+        verb = _verb(argv)
+        prepare_process(verb)
+        parser = build_parser(verb)
         args = parser.parse_args(argv)
         func: Any = args.func
         return int(func(args) or 0)
