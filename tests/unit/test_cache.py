@@ -394,6 +394,22 @@ def anon_kb():
 
 if sys.argv[1] == "fixed":
     assert fix_malloc_thresholds()
+if sys.argv[1] == "serve":  # the proxy pins them itself: run it (in this process) and stop it
+    import asyncio
+    from fleetci.cache.server import serve
+    from fleetci.cache.settings import cache_settings
+    from fleetci.http import free_port
+
+    async def once():
+        flags = {"upstream": "http://127.0.0.1:9", "cache_dir": sys.argv[2], "proxy_port": free_port()}
+        ready = asyncio.Event()
+        task = asyncio.create_task(serve(cache_settings(flags, {}, {}), probe=False, ready=ready))
+        while not ready.is_set() and not task.done():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(once())
 big = bytearray(8 << 20)
 del big  # a freed 8 MiB mapping: glibc's sliding threshold moves up to it
 before = anon_kb()
@@ -404,16 +420,19 @@ print(anon_kb() - before)
 """
 
 
-@pytest.mark.parametrize("mode", ["fixed", "default"])
-def test_fixed_malloc_thresholds_give_freed_bodies_back(mode: str) -> None:
+@pytest.mark.parametrize("mode", ["fixed", "default", "serve"])
+def test_fixed_malloc_thresholds_give_freed_bodies_back(mode: str, tmp_path: Path) -> None:
     """Pinned thresholds: freed 256 KiB bodies leave the process; glibc's default (the sliding threshold
     after one big free) keeps them resident in the heap until a trim. The default case shows what the
-    fix is for (and that the measurement can tell)."""
+    fix is for (and that the measurement can tell); ``serve``: the proxy pins them when it starts."""
     out = subprocess.run(
-        [sys.executable, "-c", FREED_BODIES, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", FREED_BODIES, mode, str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
-    kept_kb = int(out)
-    if mode == "fixed":
+    kept_kb = int(out.split()[-1])
+    if mode in ("fixed", "serve"):
         assert kept_kb < 2 * 1024
     else:
         assert kept_kb > 4 * 1024

@@ -66,7 +66,10 @@ def _shared_proxy(emulator_url: str, cache_dir: Path, config: Path, store: Redis
 
 
 def measure_shared_hits(origin_url: str, reader_url: str, repos: list[str], samples: int) -> dict[str, Any]:
-    """Latency of a reader proxy's first read of what another proxy fetched (answered from Redis)."""
+    """Latency of a reader proxy's first read of what another proxy fetched (answered from Redis, or
+    from the copy the origin pushed). The probe token is new to the reader at its first probe, so that
+    push is not kept (a proxy keeps pushes only of scopes its clients used) and the first read asks
+    Redis; from the second probe on the reader has used the token, as a runner's proxy has its job's."""
     from fleetci.testing import TOKENS
 
     tok = next(t for t, who in TOKENS.items() if who == "bob")  # a scope the fleet phase never used

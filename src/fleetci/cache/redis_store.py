@@ -9,10 +9,12 @@ of one credential, expiring when the block ends.
 The channel ``i`` carries webhook invalidations (issue 17): sealed ``[prefixes, exact]`` lists that every
 proxy of the fleet applies to its own tiers (``CacheEngine.invalidate``). The channel ``e`` pushes small
 entries (sealed value at most ``CACHE_SHARED_PUSH_BYTES``) to every proxy as they are written, in the
-same pipeline: a proxy keeps them on disk (``CacheEngine.accept_shared``), so its first read of what
-another proxy fetched is a local read instead of a Redis round trip (issue 16: two process wake-ups and
-the client's command path cost more than the 2 ms a shared hit may take). A proxy whose subscription is
-down just looks them up in Redis.
+same pipeline: a proxy keeps those of scopes its clients used lately on disk (``CacheEngine.accept_shared``;
+the scope is checked before the seal is opened), so its first read of what another proxy fetched is a
+local read instead of a Redis round trip (issue 16: two process wake-ups and the client's command path
+cost more than the 2 ms a shared hit may take). Each channel has its own subscription (connection): a
+flood of pushes that makes Redis drop a slow subscriber never costs an invalidation. A proxy whose
+subscription is down just looks them up in Redis.
 Values are read by a small script that answers a value's length instead of the value when it exceeds
 :data:`MAX_SHARED_VALUE`, so a hostile giant value never crosses the wire. Every call has a short
 timeout and no client-side retries: a Redis that is down turns the store ``degraded`` (one log line),
