@@ -95,6 +95,28 @@ def test_a_proxy_without_p2p_loads_no_heavy_module_it_does_not_use() -> None:
     assert out.stdout.strip() == "[]", out.stdout
 
 
+def test_a_lease_holder_asking_again_gets_the_same_answer(tmp_path: object) -> None:
+    """Review 25, 5: a datagram answer "fresh" that was lost is asked again on the lease line; the owner
+    repeats it (a "granted" would send the asker upstream instead of to the fleet's fresh copy)."""
+    import asyncio
+
+    from fleetci.cache.engine import CacheEngine
+    from fleetci.cache.peering import LEASE_FRESH, LEASE_GRANTED, LEASE_WAIT
+    from fleetci.cache.settings import cache_settings
+
+    engine = CacheEngine(cache_settings({"cache_dir": str(tmp_path)}, {}, {}))
+    try:
+        engine._hint("k", engine.clock() + 60)  # fetched a moment ago
+        assert engine.answer_lease("k", "peerA") == LEASE_FRESH
+        assert engine.answer_lease("k", "peerA") == LEASE_FRESH  # the lost answer, again
+        assert engine.answer_lease("k", "peerB") == LEASE_WAIT
+        assert engine.answer_lease("k2", "peerA") == LEASE_GRANTED
+        engine._hint("k2", engine.clock() + 60)
+        assert engine.answer_lease("k2", "peerA") == LEASE_GRANTED  # what it was told, not a new answer
+    finally:
+        asyncio.run(engine.close())
+
+
 def test_key_owner_grants_one_lease_at_a_time(tmp_path: object) -> None:
     """Issue 16: the owner of a key lets one node fetch it; others wait until its announcement (or its
     release) ends the lease; every node computes the same owner from the same fleet."""

@@ -258,8 +258,8 @@ class CacheEngine:
         self._invalidated: OrderedDict[str, float] = OrderedDict()  # "p:<prefix>" / "e:<target>" -> when
         self._prefix_lengths: set[int] = set()  # lengths of invalidated prefixes (only grows: a bounded set)
         # Keys this node owns (rendezvous hashing over the connected fleet) that a node is fetching now:
-        # key -> (peer, since). Asked from the p2p thread (grant_lease), hence the lock.
-        self._leases: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        # key -> (peer, since, the answer it got). Asked from the p2p thread (grant_lease), hence the lock.
+        self._leases: OrderedDict[str, tuple[str, float, str]] = OrderedDict()
         self._lease_lock = threading.Lock()
         # key -> fresh_until of what this node stored or heard announced lately: the owner's "someone just
         # fetched it" check, read from the p2p thread without touching the store.
@@ -698,8 +698,14 @@ class CacheEngine:
                 self._scopes_asked.clear()
         with self._lease_lock:
             held = self._leases.get(key)
-            if held is not None and held[0] != peer and now - held[1] < self.settings.claim_wait:
-                return LEASE_WAIT
+            if held is not None and now - held[1] < self.settings.claim_wait:
+                if held[0] != peer:
+                    return LEASE_WAIT
+                # the same asker again (its datagram answer was lost, it asks on the line): the same
+                # answer, or a LEASE_FRESH would turn into an upstream fetch
+                self._leases[key] = (peer, now, held[2])
+                self._leases.move_to_end(key)
+                return held[2]
             # This node fetches it right now (at once: a token it thought nobody else used): its
             # announcement is coming. A dict membership test (the GIL makes it atomic).
             if held is None and asker_is_other and key in self._inflight:
@@ -713,7 +719,7 @@ class CacheEngine:
                 claims = list((self._claims.get(key) or {}).items())  # one copy: the loop thread writes
                 if any(p != peer and wall - at < self.settings.claim_wait for p, at in claims):
                     return LEASE_WAIT
-            self._leases[key] = (peer, now)
+            self._leases[key] = (peer, now, answer)
             self._leases.move_to_end(key)
             while len(self._leases) > CLAIMS_MAX:
                 self._leases.popitem(last=False)

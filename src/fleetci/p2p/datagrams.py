@@ -6,18 +6,27 @@ miss on an idle machine, 6-15 ms under load, against ~0.3 ms for the bytes thems
 event loop sends one datagram to the owner's, which answers from its event loop (``on_lease`` is
 thread-safe and never blocks) with one datagram: no thread hop, no stream, no muxer.
 
-What libp2p's noise channel gave the lease line is kept by sealing: a question is the key sealed with the
-fleet secret for its scope, bound to the asker and the owner, and carries the time it was asked; the owner
-answers only a question that opens, from a peer it knows (``is_peer``), asked within ``REPLAY_WINDOW_S``
-and not seen before (a copied question replayed later is dropped), and nothing to anyone else (no
-reflection). The
-answer is sealed to asker, owner, the question's random id and the key (``seal_lease_answer``), so only
-the owner asked can answer it. Where to send is learned from the peer's sealed peer-exchange addresses
-(``/ip4/H/udp/P/p2p/ID``, only a peer's own, over a noise channel authenticated as that peer).
+What libp2p's noise channel gave the lease line is kept by sealing: a question is the scope, the key
+and the time it was asked, sealed with the fleet's lease key (one key for all scopes: the scope id is never
+on the wire, and a stranger cannot make the owner derive keys) and bound to the asker and the owner. The
+owner answers only a question from a peer whose datagram address it learned from that peer's sealed peer
+exchange, coming from that address's IP (checked before any crypto), that opens, was asked within
+``REPLAY_WINDOW_S`` and was not seen before (a copied question replayed later is dropped); and it sends
+the answer to the learned address, never to the datagram's source (which UDP does not authenticate): a
+forged source address gets nothing back, and a copy sent first from elsewhere is answered to the real
+asker. The answer is sealed to the scope, asker, owner, the question's random id and the key
+(``seal_lease_answer``), so only the owner asked can answer it. Where to send is learned from the peer's
+sealed peer-exchange addresses (``/ip4/H/udp/P/p2p/ID``, only a peer's own, on the IP its connection comes
+from, over a noise channel authenticated as that peer).
+
+What is not kept: after an owner restarts it has forgotten the ids it saw, so a copy of a question less
+than ``REPLAY_WINDOW_S`` old sent again is answered once more, to the real asker (who drops it); the owner
+records that asker's lease again, which makes others wait at most ``claim_wait``.
 
 A datagram can be lost or blocked: an unanswered question falls back to the lease line
 (``LEASE_DATAGRAM_TIMEOUT_S`` later), and an owner that left ``DOWN_AFTER`` questions in a row unanswered
-is asked on the line only, for ``DOWN_S``.
+is asked on the line only, for ``DOWN_S``; then one question probes it, and while those go unanswered the
+time doubles each time (up to ``DOWN_MAX_S``); one answer resets it.
 """
 
 from __future__ import annotations
@@ -50,24 +59,31 @@ log = logging.getLogger("fleetci.p2p")
 
 LEASE_DATAGRAM_TIMEOUT_S = 0.25  # then the lease line; a loaded owner answers in a few ms
 REPLAY_WINDOW_S = 30.0  # a question asked longer ago (or later, clocks apart) is not answered
-SEEN_MAX = 100_000  # question ids remembered for REPLAY_WINDOW_S (bounded: ~3,000 questions a second)
+SEEN_MAX = 100_000  # question ids remembered for REPLAY_WINDOW_S; when full, new ones take the line
 DOWN_AFTER = 3  # unanswered datagram questions in a row before an owner is asked on its line only
-DOWN_S = 30.0
+DOWN_S = 30.0  # the first time; doubled each time the probe after it goes unanswered
+DOWN_MAX_S = 600.0
 
 
-def parse_udp_addr(addr: str, peer: str) -> tuple[str, int] | None:
-    """(host, port) of ``/ip4/H/udp/P/p2p/<peer>``; None for any other address."""
+def parse_udp_addr(addr: str, peer: str, conn_ip: str | None) -> tuple[str, int] | None:
+    """(host, port) of ``/ip4/H/udp/P/p2p/<peer>`` when H is ``conn_ip``, the IP the peer's authenticated
+    connection comes from (a member cannot point our answers at a third party); None for any other
+    address, for an unspecified, multicast or broadcast host, and when the connection's IP is unknown."""
     parts = addr.split("/")
     if len(parts) != 7 or parts[0] or parts[1] != "ip4" or parts[3] != "udp" or parts[5] != "p2p":
         return None
-    if parts[6] != peer or not parts[4].isdigit():
+    if parts[6] != peer or not parts[4].isdigit() or conn_ip is None:
         return None
     try:
-        host = str(ipaddress.IPv4Address(parts[2]))
+        ip = ipaddress.IPv4Address(parts[2])
     except ValueError:
         return None
+    if ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+        return None
+    if str(ip) != conn_ip:
+        return None
     port = int(parts[4])
-    return (host, port) if 0 < port < 65536 else None
+    return (str(ip), port) if 0 < port < 65536 else None
 
 
 class LeaseDatagrams(asyncio.DatagramProtocol):
@@ -79,21 +95,27 @@ class LeaseDatagrams(asyncio.DatagramProtocol):
         peer_id: str,
         stats: Any,  # fleetci.p2p.node.P2PStats: lease_datagrams*, rejected, lease_answers_rejected
         on_lease: Callable[[str, str, str], str] | None,
-        is_peer: Callable[[str], bool],
+        peer_addr: Callable[[str], tuple[str, int] | None],
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.keys = keys
         self.peer_id = peer_id
         self.stats = stats
         self.on_lease = on_lease  # (key, asker, scope) -> "g" / "w" / "h" (messages.LEASE_ANSWERS)
-        self.is_peer = is_peer  # a connected (or known) fleet peer: only their questions are answered
-        self.clock = clock
+        # a fleet peer's datagram address, learned from its sealed peer exchange: only their questions
+        # are answered, only when they come from that IP, and always to that address
+        self.peer_addr = peer_addr
+        self.clock = clock  # wall time: what a question says when it was asked
+        self.monotonic = monotonic  # how long an owner is down
         self.transport: asyncio.DatagramTransport | None = None
         # question id -> (future answer, scope, key, owner)
         self._waiting: dict[bytes, tuple[asyncio.Future[str | None], str, str, str]] = {}
-        self._seen: OrderedDict[bytes, float] = OrderedDict()  # question id -> when it was asked
+        self._seen: OrderedDict[bytes, float] = OrderedDict()  # question id -> until when it is answerable
         self._unanswered: dict[str, int] = {}  # owner -> datagram questions in a row it left unanswered
         self._down: dict[str, float] = {}  # owner -> monotonic time it is asked by datagram again
+        self._down_for: dict[str, float] = {}  # owner -> how long it was down last (reset by an answer)
+        self._probing: set[str] = set()  # owners asked one question after their down time: no more
 
     # -- asyncio.DatagramProtocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -122,15 +144,18 @@ class LeaseDatagrams(asyncio.DatagramProtocol):
 
     # -- asker ---------------------------------------------------------------------------------------
     def usable(self, owner: str) -> bool:
-        """Datagrams may be tried for ``owner`` (a socket is up and the owner is not marked down)."""
-        if self.transport is None:
+        """Datagrams may be tried for ``owner`` (a socket is up and the owner is not marked down). When a
+        down time ends, the one caller told True asks the probe; others take the line until it is answered
+        or not (the caller must :meth:`ask` right away)."""
+        if self.transport is None or owner in self._probing:
             return False
         until = self._down.get(owner)
         if until is None:
             return True
-        if time.monotonic() < until:
+        if self.monotonic() < until:
             return False
         del self._down[owner]
+        self._probing.add(owner)
         return True
 
     async def ask(
@@ -142,6 +167,14 @@ class LeaseDatagrams(asyncio.DatagramProtocol):
         timeout: float = LEASE_DATAGRAM_TIMEOUT_S,
     ) -> str | None:
         """The owner's answer ("g", "w" or "h") to one datagram question; None: none within ``timeout``."""
+        try:
+            return await self._ask(scope, key, owner, addr, timeout)
+        finally:
+            self._probing.discard(owner)
+
+    async def _ask(
+        self, scope: str, key: str, owner: str, addr: tuple[str, int], timeout: float
+    ) -> str | None:
         transport = self.transport
         if transport is None:
             return None
@@ -159,13 +192,20 @@ class LeaseDatagrams(asyncio.DatagramProtocol):
             self.stats.lease_datagram_timeouts += 1
             missed = self._unanswered[owner] = self._unanswered.get(owner, 0) + 1
             if missed >= DOWN_AFTER:
+                last = self._down_for.get(owner)
+                period = DOWN_S if last is None else min(last * 2, DOWN_MAX_S)
                 log.debug(
-                    "lease owner %s left %d datagram questions unanswered: its line only", owner, missed
+                    "lease owner %s left %d datagram questions unanswered: its line only for %gs",
+                    owner,
+                    missed,
+                    period,
                 )
-                self._down[owner] = time.monotonic() + DOWN_S
-                del self._unanswered[owner]
+                self._down[owner] = self.monotonic() + period
+                self._down_for[owner] = period
+                self._unanswered[owner] = DOWN_AFTER - 1  # after the down time: one probe, not three
             return None
         self._unanswered.pop(owner, None)
+        self._down_for.pop(owner, None)
         self.stats.lease_datagrams += 1
         return answer
 
@@ -192,34 +232,36 @@ class LeaseDatagrams(asyncio.DatagramProtocol):
     # -- owner ---------------------------------------------------------------------------------------
     def _question_arrived(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         try:
-            scope, asker, owner, sealed = decode_lease_datagram(data)
-            if owner != self.peer_id or asker == self.peer_id or not self.is_peer(asker):
-                raise MessageError("not a question for this node from a connected peer")
-            asked_at, key = open_lease_datagram(self.keys, scope, asker, owner, sealed)
+            asker, owner, sealed = decode_lease_datagram(data)
+            learned = self.peer_addr(asker) if owner == self.peer_id and asker != self.peer_id else None
+            if learned is None or learned[0] != addr[0]:  # UDP's source is not authenticated: no crypto
+                raise MessageError("not a question for this node from where a known peer said it is")
+            qid = sealed[:QUESTION_ID]
+            if not self._room(qid):
+                raise MessageError("seen-id table full: the asker takes the lease line")
+            asked_at, scope, key = open_lease_datagram(self.keys, asker, owner, sealed)
         except (MessageError, SealError, ValueError):
             self.stats.rejected += 1
             return
         now = self.clock()
-        qid = sealed[:QUESTION_ID]
         if abs(now - asked_at) > REPLAY_WINDOW_S or qid in self._seen:
             self.stats.lease_datagrams_replayed += 1
             return
-        self._remember(qid, asked_at, now)
+        self._seen[qid] = asked_at + REPLAY_WINDOW_S
         if self.on_lease is None or self.transport is None:
             return
         answer = self.on_lease(key, asker, scope).encode()
         self.stats.lease_datagrams_served += 1
         proof = seal_lease_answer(self.keys, scope, asker, self.peer_id, question_number(qid), key, answer)
-        try:
-            self.transport.sendto(encode_lease_reply(qid, answer, proof), addr)
+        try:  # to where the peer said it takes datagrams, never to the (forgeable) source address
+            self.transport.sendto(encode_lease_reply(qid, answer, proof), learned)
         except OSError as exc:
             log.debug("could not answer a lease datagram: %s", exc)
 
-    def _remember(self, qid: bytes, asked_at: float, now: float) -> None:
-        seen = self._seen
-        seen[qid] = asked_at
-        while seen:
-            oldest = next(iter(seen.values()))
-            if len(seen) <= SEEN_MAX and now - oldest <= REPLAY_WINDOW_S:
-                break
+    def _room(self, qid: bytes) -> bool:
+        """Ids past the replay window are forgotten; a full table of live ones takes no new question (an
+        evicted live id could be replayed), only the ones it holds (answered as replays)."""
+        seen, now = self._seen, self.clock()
+        while seen and next(iter(seen.values())) < now:
             seen.popitem(last=False)
+        return len(seen) < SEEN_MAX or qid in seen

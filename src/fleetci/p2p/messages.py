@@ -237,17 +237,23 @@ def decode_lease_answer(line: bytes) -> tuple[int, bytes, bytes]:
     return int(parts[0]), parts[1], sealed
 
 
-def _lease_answer_aad(asker: str, owner: str, rid: int, key: str) -> bytes:
-    return b"\x00".join((b"lease-answer", asker.encode(), owner.encode(), b"%d" % rid, key.encode()))
+LEASE_SCOPE = "fleetci-lease"  # the one fleet-wide key lease answers and datagram questions are sealed with
+
+
+def _lease_answer_aad(scope: str, asker: str, owner: str, rid: int, key: str) -> bytes:
+    return b"\x00".join(
+        (b"lease-answer", scope.encode(), asker.encode(), owner.encode(), b"%d" % rid, key.encode())
+    )
 
 
 def seal_lease_answer(
     keys: FleetKeys, scope: str, asker: str, owner: str, rid: int, key: str, answer: bytes
 ) -> bytes:
-    """The owner's answer sealed with the scope key, bound to who asked, who answered, the question's
-    number and the key: only a fleet member can answer, and an answer cannot be replayed to another
-    question (finding 1 of review t2)."""
-    return keys.seal(scope, answer, _lease_answer_aad(asker, owner, rid, key))
+    """The owner's answer sealed with the fleet's lease key, bound to the scope, who asked, who answered,
+    the question's number and the key: only a fleet member can answer, and an answer cannot be replayed
+    to another question (finding 1 of review t2). One key for every scope: a datagram's scope is chosen
+    by whoever sends it, and a key derivation per scope would be theirs to ask for (review 25, 3)."""
+    return keys.seal(LEASE_SCOPE, answer, _lease_answer_aad(scope, asker, owner, rid, key))
 
 
 def open_lease_answer(
@@ -257,7 +263,7 @@ def open_lease_answer(
     SealError when a "g"/"w"/"h" is not sealed by a fleet member for exactly this question."""
     if answer not in LEASE_ANSWERS:
         return None
-    if keys.open(scope, sealed, _lease_answer_aad(asker, owner, rid, key)) != answer:
+    if keys.open(LEASE_SCOPE, sealed, _lease_answer_aad(scope, asker, owner, rid, key)) != answer:
         raise SealError("lease answer does not match its seal")
     return LEASE_ANSWERS[answer]
 
@@ -265,47 +271,50 @@ def open_lease_answer(
 # Lease questions as single UDP datagrams (issue 16): the same question and sealed answer without
 # libp2p's stream stack and the trio thread on either side (fleetci.p2p.datagrams).
 LEASE_DATAGRAM_MAX = 1024  # a question is ~200 bytes, an answer ~60
-QUESTION_ID = 12  # a question's id: the random nonce its sealed key starts with
+QUESTION_ID = 12  # a question's id: the random nonce its sealed part starts with
+_NAME_MAX = 128  # a peer ID (base58) is ~52 characters
 
 
 def _question_aad(asker: str, owner: str) -> bytes:
     return b"\x00".join((b"lease-datagram", asker.encode(), owner.encode()))
 
 
+def _scope_shape(raw: bytes) -> bool:
+    """What ``scope_of`` / ``shared_scope_of`` make: hex and dashes, at most 64 characters."""
+    return 0 < len(raw) <= 64 and raw.replace(b"-", b"").isalnum() and raw.isascii()
+
+
 def encode_lease_datagram(
     keys: FleetKeys, scope: str, asker: str, owner: str, key: str, now: float
 ) -> tuple[bytes, bytes]:
-    """(datagram, question id): ``q<scope> <asker> <owner>\n<sealed>``, the sealed part holding the time
-    it was asked (ms) and the key, bound to asker and owner; its random nonce is the question's id."""
-    sealed = keys.seal(scope, b"%d %s" % (int(now * 1000), key.encode()), _question_aad(asker, owner))
-    head = b" ".join((scope.encode(), asker.encode(), owner.encode()))
-    return b"q" + head + b"\n" + sealed, sealed[:QUESTION_ID]
+    """(datagram, question id): ``q<asker> <owner>\n<sealed>``, the sealed part (the fleet's lease key,
+    bound to asker and owner) holding the time it was asked (ms), the scope and the key: the scope id is
+    never shown on the wire. The sealed part's random nonce is the question's id."""
+    plain = b"%d %s %s" % (int(now * 1000), scope.encode(), key.encode())
+    sealed = keys.seal(LEASE_SCOPE, plain, _question_aad(asker, owner))
+    return b"q" + asker.encode() + b" " + owner.encode() + b"\n" + sealed, sealed[:QUESTION_ID]
 
 
-def decode_lease_datagram(data: bytes) -> tuple[str, str, str, bytes]:
-    """(scope, asker, owner, sealed) of a question datagram; MessageError for anything else."""
+def decode_lease_datagram(data: bytes) -> tuple[str, str, bytes]:
+    """(asker, owner, sealed) of a question datagram; MessageError for anything else (no crypto)."""
     head, sep, sealed = data[1:].partition(b"\n")
     parts = head.split(b" ")
-    if data[:1] != b"q" or not sep or len(parts) != 3 or len(head) > 400 or len(sealed) <= QUESTION_ID:
+    if data[:1] != b"q" or not sep or len(parts) != 2 or len(sealed) <= QUESTION_ID:
         raise MessageError("not a lease question")
-    try:
-        scope, asker, owner = (p.decode("ascii") for p in parts)
-    except UnicodeDecodeError:
-        raise MessageError("not a lease question") from None
-    if not (scope and asker and owner):
+    if not all(0 < len(p) <= _NAME_MAX and p.isascii() and p.replace(b"-", b"").isalnum() for p in parts):
         raise MessageError("not a lease question")
-    return scope, asker, owner, sealed
+    return parts[0].decode("ascii"), parts[1].decode("ascii"), sealed
 
 
-def open_lease_datagram(
-    keys: FleetKeys, scope: str, asker: str, owner: str, sealed: bytes
-) -> tuple[float, str]:
-    """(when it was asked, key); SealError unless a fleet member sealed it for this asker and owner."""
-    plain = keys.open(scope, sealed, _question_aad(asker, owner))
-    when, sep, key = plain.partition(b" ")
-    if not sep or not when.isdigit() or len(when) > 16 or not key:
+def open_lease_datagram(keys: FleetKeys, asker: str, owner: str, sealed: bytes) -> tuple[float, str, str]:
+    """(when it was asked, scope, key); SealError unless a fleet member sealed it for this asker and
+    owner."""
+    plain = keys.open(LEASE_SCOPE, sealed, _question_aad(asker, owner))
+    when, sep, rest = plain.partition(b" ")
+    scope, sep2, key = rest.partition(b" ")
+    if not (sep and sep2) or not when.isdigit() or len(when) > 16 or not key or not _scope_shape(scope):
         raise SealError("malformed lease question")
-    return int(when) / 1000, key.decode("utf-8", "replace")
+    return int(when) / 1000, scope.decode("ascii"), key.decode("utf-8", "replace")
 
 
 def question_number(qid: bytes) -> int:

@@ -75,6 +75,7 @@ MAX_LEASE_ANSWER = 128  # "<number> <g|w|0> <sealed answer>" is ~60 bytes
 MAX_REQUEST = 64 * 1024
 PX_SCOPE = "fleetci-px"
 RECEIPTS_KEPT = 5000  # arrival times of recent announcements (propagation measurements)
+UDP_FORGET_S = 60.0  # a departed peer's datagram address is forgotten this long after it left
 PX_TARGET = 8  # connections a node tries to keep through peer exchange
 # Back-pressure: while the typical peer still has this many RPCs queued from us, hold our own messages
 # back (at most the given seconds) so what piles up meanwhile leaves as one message instead of hundreds.
@@ -209,6 +210,8 @@ class P2PNode:
         self._datagrams: LeaseDatagrams | None = None
         self._datagram_task: asyncio.Task[Any] | None = None
         self._udp_peers: dict[str, tuple[str, int]] = {}
+        self._udp_heard: dict[str, float] = {}  # peer -> monotonic time it was last connected or learned
+        self._stopping = False
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self, timeout: float = 20.0) -> None:
@@ -221,37 +224,58 @@ class P2PNode:
         self._thread = threading.Thread(target=self._run, name="fleetci-p2p", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
+            self._close_udp()
             raise P2PError(f"peer-to-peer node did not start within {timeout:g}s")
         if self._error is not None:
             err = self._error
             self._thread.join(timeout=5)
+            self._close_udp()
             if isinstance(err, P2PError):
                 raise err
             raise P2PError(f"peer-to-peer node failed: {err}") from err
 
+    def _close_udp(self) -> None:
+        """The datagram socket of a node that did not start (nobody serves it)."""
+        sock, self._udp_sock = self._udp_sock, None
+        if sock is not None and self._datagram_task is None:
+            sock.close()
+
     def serve_datagrams(self, loop: asyncio.AbstractEventLoop) -> None:
         """Answer and ask lease questions as datagrams on ``loop`` (the proxy's; call it on that loop's
         thread). Until then, and without a socket, every question takes the lease line."""
-        if self._udp_sock is None or self._datagrams is not None:
+        if self._udp_sock is None or self._datagrams is not None or self._stopping:
             return
         proto = self._datagrams = LeaseDatagrams(
-            self.keys, self.peer_id, self.stats, self.on_lease, self._datagram_peer
+            self.keys, self.peer_id, self.stats, self.on_lease, self._udp_peers_get
         )
         sock = self._udp_sock
-        self._datagram_task = loop.create_task(loop.create_datagram_endpoint(lambda: proto, sock=sock))
+        task = self._datagram_task = loop.create_task(loop.create_datagram_endpoint(lambda: proto, sock=sock))
+        task.add_done_callback(lambda t: self._endpoint_made(t, sock))
 
-    def _datagram_peer(self, peer: str) -> bool:
-        """Whose lease datagrams this node answers: connected peers, and those whose datagram address it
-        learned (a fleet member's sealed peer exchange, which reaches us before the connection shows in
-        ``_peers``: its first question must not wait for our next look at the connections)."""
-        return peer in self._peers or peer in self._udp_peers
+    def _endpoint_made(self, task: asyncio.Task[Any], sock: socket.socket) -> None:
+        """On the event loop: an endpoint that could not be made leaves its socket to us (closed: every
+        question takes the line); one made after stop() is closed at once."""
+        if task.cancelled() or task.exception() is not None:
+            if not task.cancelled():
+                log.warning("lease datagrams off, UDP endpoint failed: %s", task.exception())
+            sock.close()
+        elif self._stopping:
+            task.result()[0].close()
+
+    def _udp_peers_get(self, peer: str) -> tuple[str, int] | None:
+        """Where a peer takes lease datagrams (learned from its sealed peer exchange, which reaches us
+        before the connection shows in ``_peers``: its first question must not wait for our next look at
+        the connections); only those peers' questions are answered, only from and to that address."""
+        return self._udp_peers.get(peer)
 
     def stop(self) -> None:
+        self._stopping = True
         if self._datagram_task is not None:  # the event loop's socket now: closed on that loop's thread
             transport = self._datagrams.transport if self._datagrams is not None else None
             if transport is not None:
                 with contextlib.suppress(RuntimeError):  # the loop is closed already: so is the socket
                     self._datagram_task.get_loop().call_soon_threadsafe(transport.close)
+            # else: not made yet (_endpoint_made closes it) or failed (closed already)
         elif self._udp_sock is not None:
             self._udp_sock.close()
         if self._token is not None and self._cancel is not None:
@@ -872,27 +896,41 @@ class P2PNode:
             self.stats.rejected += 1
             return
         self._prove(remote)
-        own = [a for a in self._dialable(addrs, remote) if a.endswith("/p2p/" + remote)]
+        own = [a for a in self._dialable(addrs, remote, _remote_ip(stream)) if a.endswith("/p2p/" + remote)]
         if own:
             self._px_book[remote] = own
 
     def _own_addrs(self) -> list[str]:
         """What peer exchange tells the fleet: where we listen, and where we take lease datagrams."""
-        served = self._udp_addr is not None and self._datagrams is not None
+        served = self._datagrams is not None and self._datagrams.transport is not None
         return [*self.addrs, *([self._udp_addr] if served and self._udp_addr else [])]
 
-    def _dialable(self, addrs: list[str], sender: str) -> list[str]:
+    def _dialable(self, addrs: list[str], sender: str, conn_ip: str | None) -> list[str]:
         """``addrs`` without UDP ones; the sender's own lease-datagram address among them is noted (only
-        its own: the sender's identity was authenticated by the stream, a third party's was not)."""
+        its own, on the IP its connection comes from: the sender's identity was authenticated by the
+        stream, a third party's was not)."""
         out = []
         for a in addrs:
             if "/udp/" not in a:
                 out.append(a)
                 continue
-            got = parse_udp_addr(a, sender)
-            if got is not None and self._udp_peers.get(sender) != got:
-                self._udp_peers = {**self._udp_peers, sender: got}
+            got = parse_udp_addr(a, sender, conn_ip)
+            if got is not None:
+                self._udp_heard[sender] = time.monotonic()
+                if self._udp_peers.get(sender) != got:
+                    self._udp_peers = {**self._udp_peers, sender: got}
         return out
+
+    def _forget_udp_peers(self, connected: set[str]) -> None:
+        """Departed peers' datagram addresses go ``UDP_FORGET_S`` after they left (no answers to them)."""
+        now = time.monotonic()
+        for p in connected:
+            self._udp_heard[p] = now
+        gone = [p for p, t in self._udp_heard.items() if p not in connected and now - t > UDP_FORGET_S]
+        for p in gone:
+            del self._udp_heard[p]
+        if any(p in self._udp_peers for p in gone):
+            self._udp_peers = {p: a for p, a in self._udp_peers.items() if p not in gone}
 
     def _sync_answer(self, with_entries: bool = True) -> bytes:
         """Peer exchange (sealed: only fleet members can steer our dialling), then fresh entries."""
@@ -917,6 +955,7 @@ class P2PNode:
         with trio.move_on_after(10):
             try:
                 stream = await self._host.new_stream(ID.from_base58(peer), [TProtocol(FETCH_PROTOCOL)])
+                conn_ip = _remote_ip(stream)
                 try:
                     await stream.write(
                         encode_sync_request(op, self._seal_addrs(self._own_addrs(), self.peer_id))
@@ -932,7 +971,9 @@ class P2PNode:
             if parts:
                 try:
                     addrs = self._open_addrs(parts[0], peer)
-                    self._px.update(a for a in self._dialable(addrs, peer) if not a.endswith(self.peer_id))
+                    self._px.update(
+                        a for a in self._dialable(addrs, peer, conn_ip) if not a.endswith(self.peer_id)
+                    )
                     self._prove(peer)
                 except (SealError, ValueError):
                     self.stats.rejected += 1
@@ -1002,6 +1043,7 @@ class P2PNode:
                     nursery.start_soon(self._catch_up, peer)
                     nursery.start_soon(self._open_lease_line, peer)
                 self._peers = now
+                self._forget_udp_peers(now)
                 if now and len(now) < PX_TARGET and time.monotonic() >= next_px:
                     nursery.start_soon(self._catch_up, random.choice(sorted(now)), PX)
                     next_px = time.monotonic() + 2.0
@@ -1035,6 +1077,15 @@ async def _read_line(stream: Any, limit: int) -> bytes:
         if len(buf) > limit:
             raise ValueError("request too large")
     return buf.split(b"\n", 1)[0]
+
+
+def _remote_ip(stream: Any) -> str | None:
+    """The IP a libp2p stream's connection comes from (None when the transport does not say)."""
+    try:
+        got = stream.get_remote_address()
+    except Exception:
+        return None
+    return str(got[0]) if got else None
 
 
 def _udp_socket(host: str, port: int) -> socket.socket | None:
