@@ -14,7 +14,14 @@ import pytest
 
 from fleetci.p2p import datagrams
 from fleetci.p2p.crypto import FleetKeys, SealError
-from fleetci.p2p.datagrams import DOWN_AFTER, DOWN_MAX_S, DOWN_S, REPLAY_WINDOW_S, LeaseDatagrams, parse_udp_addr
+from fleetci.p2p.datagrams import (
+    DOWN_AFTER,
+    DOWN_MAX_S,
+    DOWN_S,
+    REPLAY_WINDOW_S,
+    LeaseDatagrams,
+    parse_udp_addr,
+)
 from fleetci.p2p.messages import (
     QUESTION_ID,
     MessageError,
@@ -220,7 +227,7 @@ def test_the_scope_is_sealed_and_bound_to_the_answer() -> None:
     one lease key, and the answer is sealed for it: a stranger's datagram cannot pick a scope to make the
     owner derive a key, and an answer for another scope does not count."""
     keys = FleetKeys(SECRET, FLEET)
-    question, qid = encode_lease_datagram(keys, SCOPE, "asker", "owner", "key-1", 1000.0)
+    question, _qid = encode_lease_datagram(keys, SCOPE, "asker", "owner", "key-1", 1000.0)
     assert SCOPE.encode() not in question and b"key-1" not in question
     asker, owner, sealed = decode_lease_datagram(question)
     assert (asker, owner) == ("asker", "owner")
