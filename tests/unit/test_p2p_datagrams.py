@@ -479,3 +479,23 @@ def test_a_node_closes_its_datagram_socket_whenever_it_stops_and_advertises_only
         broken.stop()
 
     asyncio.run(fail())
+
+
+def test_a_node_that_fails_to_start_closes_its_datagram_socket(tmp_path: Path) -> None:
+    """Review 25, 7: start() binds the UDP socket before the libp2p thread; when that thread fails, the
+    socket must not outlive the node."""
+    from fleetci.p2p.node import P2PError
+
+    node = _node(tmp_path, [])
+    sockets: list[Any] = []
+
+    async def broken_main() -> None:
+        sockets.append(node._udp_sock)
+        raise RuntimeError("libp2p could not start")
+
+    node._main = broken_main
+    with pytest.raises(P2PError, match="libp2p could not start"):
+        node.start(timeout=30)
+    assert sockets and sockets[0] is not None and sockets[0].fileno() == -1
+    assert node._udp_sock is None
+    node.stop()

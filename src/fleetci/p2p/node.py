@@ -473,9 +473,11 @@ class P2PNode:
                     for a in host.get_addrs()
                     if a.value_for_protocol("tcp")
                 ][:1]
-                if self._udp_sock is not None:
-                    udp_port = self._udp_sock.getsockname()[1]
-                    self._udp_addr = f"/ip4/{announce_host}/udp/{udp_port}/p2p/{self.peer_id}"
+                udp_sock = self._udp_sock
+                with contextlib.suppress(OSError):  # closed by a start() that gave up waiting
+                    if udp_sock is not None:
+                        udp_port = udp_sock.getsockname()[1]
+                        self._udp_addr = f"/ip4/{announce_host}/udp/{udp_port}/p2p/{self.peer_id}"
                 self._send, receive = trio.open_memory_channel[tuple[Announcement, Any]](1024)
                 self._claim_send, claims = trio.open_memory_channel[tuple[str, str, bool]](4096)
                 self._inv_send, invalidations = trio.open_memory_channel[Invalidation](1024)
