@@ -494,12 +494,7 @@ class RedisStore:
         except Exception:  # not sealed by this fleet, or not two lists of targets
             self.stats["shared_rejected"] += 1
             return
-        try:
-            apply(lists[0], lists[1])
-        except Exception as exc:  # the engine's store failed (SQLite busy, disk): the subscription goes on
-            self.stats["shared_errors"] += 1
-            log.warning("could not apply a fleet invalidation (%s)", type(exc).__name__)
-            log.debug("invalidation", exc_info=True)
+        self._hand_over("apply a fleet invalidation", apply, lists[0], lists[1])
 
     def _pushed(
         self, data: Any, accept: Callable[[Entry], object], wanted: Callable[[str], bool] | None = None
@@ -529,12 +524,17 @@ class RedisStore:
         except Unsealed:
             self.stats["shared_rejected"] += 1
             return
+        self._hand_over("keep an entry another proxy pushed", accept, entry)
+
+    def _hand_over(self, what: str, engine_call: Callable[..., object], *args: Any) -> None:
+        """Give the engine what a subscription brought; when its store fails (SQLite busy, disk full) the
+        failure is counted and logged in one line, and the subscription goes on."""
         try:
-            accept(entry)
-        except Exception as exc:  # the engine's store refused it (disk full, …): the subscription goes on
+            engine_call(*args)
+        except Exception as exc:
             self.stats["shared_errors"] += 1
-            log.warning("could not keep an entry another proxy pushed (%s)", type(exc).__name__)
-            log.debug("pushed entry", exc_info=True)
+            log.warning("could not %s (%s)", what, type(exc).__name__)
+            log.debug("could not %s", what, exc_info=True)
 
     async def close(self) -> None:
         for listener in self._listeners:
