@@ -910,6 +910,15 @@ def test_memory_tier_budget_counts_what_python_holds(tmp_path: Path, body_size: 
     )
 
 
+def _fresh_python(probe: str) -> str:
+    """The output of ``probe`` in a new interpreter whose environment lacks the frozenlist switch (an
+    in-process ``main(["cache", ...])`` of another test may have set it in this one)."""
+    env = {k: v for k, v in os.environ.items() if k != "FROZENLIST_NO_EXTENSIONS"}
+    return subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env
+    ).stdout
+
+
 def test_the_cache_verb_loads_no_cxx_runtime() -> None:
     """``fleetci cache`` runs frozenlist's pure-Python twin: its C++ extension alone loads libstdc++
     (~0.9 MB of a proxy's RSS, issue 16)."""
@@ -922,9 +931,8 @@ def test_the_cache_verb_loads_no_cxx_runtime() -> None:
         "maps = open('/proc/self/maps').read()\n"
         "print('frozenlist._frozenlist' in sys.modules, 'libstdc++' in maps)\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "FROZENLIST_NO_EXTENSIONS"}
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
-    assert out.stdout.split() == ["False", "False"]
+    out = _fresh_python(probe)
+    assert out.split() == ["False", "False"]
 
 
 def test_only_the_fleetci_process_switches_frozenlist_to_pure_python() -> None:
@@ -941,6 +949,5 @@ def test_only_the_fleetci_process_switches_frozenlist_to_pure_python() -> None:
         "    pass\n"
         "print(os.environ.get('FROZENLIST_NO_EXTENSIONS', '-'))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "FROZENLIST_NO_EXTENSIONS"}
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
-    assert out.stdout.split()[0] == "-" and out.stdout.split()[-1] == "1"
+    out = _fresh_python(probe)
+    assert out.split()[0] == "-" and out.split()[-1] == "1"

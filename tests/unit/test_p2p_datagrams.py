@@ -53,9 +53,9 @@ class Sniffer(asyncio.DatagramProtocol):
         self.got.put_nowait((data, addr))
 
 
-async def _bind(proto: asyncio.DatagramProtocol) -> tuple[str, int]:
+async def _bind(proto: asyncio.DatagramProtocol, host: str = "127.0.0.1") -> tuple[str, int]:
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(lambda: proto, local_addr=("127.0.0.1", 0))
+    transport, _ = await loop.create_datagram_endpoint(lambda: proto, local_addr=(host, 0))
     addr: tuple[str, int] = transport.get_extra_info("sockname")[:2]
     return addr
 
@@ -82,14 +82,21 @@ def _side(
 SCOPE = "0123456789abcdef0123456789abcdef"  # what scope_of makes: must never be on the wire
 
 
+async def _owner_and_asker(asked: list[tuple[str, str, str]]) -> tuple[Any, tuple[str, int], Any]:
+    """(owner, its address, asker), bound on 127.0.0.1, each knowing the other's datagram address; the
+    owner's engine records its questions in ``asked``."""
+    learned: dict[str, tuple[str, int]] = {}
+    owner = _side("owner", learned, asked)
+    at = await _bind(owner)
+    asker = _side("asker", {"owner": at})
+    learned["asker"] = await _bind(asker)
+    return owner, at, asker
+
+
 def test_a_question_is_answered_once_by_its_owner_for_known_fleet_members_only() -> None:
     async def main() -> None:
         asked: list[tuple[str, str, str]] = []
-        learned: dict[str, tuple[str, int]] = {}
-        owner = _side("owner", learned, asked)
-        at = await _bind(owner)
-        asker = _side("asker", {"owner": at})
-        learned["asker"] = await _bind(asker)
+        owner, at, asker = await _owner_and_asker(asked)
         assert await asker.ask(SCOPE, "key-1", "owner", at) == "g"
         assert await asker.ask(SCOPE, "key-2", "owner", at) == "w"  # whatever the owner's engine says
         assert asked == [("key-1", "asker", SCOPE), ("key-2", "asker", SCOPE)]
@@ -143,7 +150,7 @@ def test_the_answer_goes_to_the_learned_address_never_to_the_datagrams_source() 
 
         # the asker's learned address is on another IP: whatever comes from 127.0.0.1 is not opened
         other = Sniffer()
-        learned["asker"] = await _bind_on(other, "127.0.0.2")
+        learned["asker"] = await _bind(other, "127.0.0.2")
         question, _ = encode_lease_datagram(keys, SCOPE, "asker", "owner", "key-2", time.time())
         sniffer.transport.sendto(question, at)
         while owner.stats.rejected == 0:
@@ -152,13 +159,6 @@ def test_the_answer_goes_to_the_learned_address_never_to_the_datagrams_source() 
         assert spy[0] == "127.0.0.1"
 
     asyncio.run(main())
-
-
-async def _bind_on(proto: asyncio.DatagramProtocol, host: str) -> tuple[str, int]:
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(lambda: proto, local_addr=(host, 0))
-    addr: tuple[str, int] = transport.get_extra_info("sockname")[:2]
-    return addr
 
 
 def test_a_copied_question_is_not_answered_again_nor_when_asked_too_long_ago() -> None:
@@ -200,11 +200,7 @@ def test_a_full_seen_id_table_takes_no_new_question_and_forgets_no_live_id(monke
 
     async def main() -> None:
         asked: list[tuple[str, str, str]] = []
-        learned: dict[str, tuple[str, int]] = {}
-        owner = _side("owner", learned, asked)
-        at = await _bind(owner)
-        asker = _side("asker", {"owner": at})
-        learned["asker"] = await _bind(asker)
+        owner, at, asker = await _owner_and_asker(asked)
         sniffer = Sniffer()  # keeps a copy of the first question
         spy = await _bind(sniffer)
         assert await asker.ask(SCOPE, "key-1", "owner", spy, timeout=SHORT) is None
